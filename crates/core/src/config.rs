@@ -1,0 +1,410 @@
+//! The configuration file (TOML), its defaults and its validation.
+//!
+//! Every struct denies unknown fields, so a typo is refused at start with the key's name and
+//! position instead of being silently ignored. Relative paths are resolved against the directory
+//! of the configuration file (or the working directory for the embedded default).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database and generated certificates live.
+    pub data_dir: PathBuf,
+    /// Default tracing filter: error, warn, info, debug, trace (or a full filter directive).
+    pub log_level: String,
+    pub storage: StorageConfig,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(rename = "host")]
+    pub hosts: Vec<HostConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("rookery-data"),
+            log_level: "info".into(),
+            storage: StorageConfig::default(),
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+            listeners: vec![
+                ListenerConfig {
+                    kind: ListenerKind::C2s,
+                    address: SocketAddr::from(([127, 0, 0, 1], 5222)),
+                },
+                ListenerConfig {
+                    kind: ListenerKind::C2sDirectTls,
+                    address: SocketAddr::from(([127, 0, 0, 1], 5223)),
+                },
+            ],
+            hosts: vec![HostConfig {
+                domain: "localhost".into(),
+                certificate: None,
+                key: None,
+                modules: None,
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// SQLite database file; default `<data_dir>/rookery.db`.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Sqlite,
+            path: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Sqlite,
+    /// Volatile, for tests and experiments: everything is lost at exit.
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Refuse SASL (and everything else) on the STARTTLS port until TLS is negotiated.
+    pub require_starttls: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            require_starttls: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest stanza accepted, in bytes on the wire; beyond it: `policy-violation`.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside one stanza.
+    pub max_depth: usize,
+    pub max_attributes: usize,
+    pub max_attribute_bytes: usize,
+    /// A connection that has not authenticated and bound within this time is closed with
+    /// `connection-timeout`.
+    pub unauthenticated_timeout_secs: u64,
+    /// Stanzas queued for one session before it counts as not reading and is disconnected.
+    pub session_send_queue: usize,
+    /// Open client connections, in total and from one IP address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// SASL attempts on one stream before it is closed.
+    pub max_auth_attempts: u32,
+    /// TLS handshake time limit.
+    pub tls_handshake_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 64,
+            max_attributes: 64,
+            max_attribute_bytes: 8 * 1024,
+            unauthenticated_timeout_secs: 60,
+            session_send_queue: 1024,
+            max_connections: 18_000,
+            max_connections_per_ip: 18_000,
+            max_auth_attempts: 5,
+            tls_handshake_timeout_secs: 15,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub kind: ListenerKind,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// Client-to-server with STARTTLS (RFC 6120 §5).
+    #[serde(rename = "c2s")]
+    C2s,
+    /// Client-to-server with TLS from the first byte (XEP-0368).
+    #[serde(rename = "c2s-direct-tls")]
+    C2sDirectTls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub domain: String,
+    /// PEM certificate chain; generated (self-signed) in `<data_dir>/certs` when absent.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Modules enabled on this host; absent means every module this build has.
+    pub modules: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Loads and validates a configuration file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            let mut cfg = Config::default();
+            cfg.finish(Path::new("."))?;
+            return Ok(cfg);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_toml(&text, path, base)
+    }
+
+    /// Parses TOML text; `base` is the directory relative paths are resolved against.
+    pub fn from_toml(text: &str, origin: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.finish(base)?;
+        Ok(cfg)
+    }
+
+    fn finish(&mut self, base: &Path) -> Result<(), ConfigError> {
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        self.data_dir = resolve(&self.data_dir);
+        if let Some(p) = &self.storage.path {
+            self.storage.path = Some(resolve(p));
+        }
+        for h in &mut self.hosts {
+            h.certificate = h.certificate.as_deref().map(resolve);
+            h.key = h.key.as_deref().map(resolve);
+        }
+        self.validate()
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if !matches!(
+            self.log_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) && !self.log_level.contains('=')
+        {
+            return Err(invalid(
+                "log_level",
+                format!(
+                    "'{}' is not one of error, warn, info, debug, trace (or a filter directive)",
+                    self.log_level
+                ),
+            ));
+        }
+        if self.hosts.is_empty() {
+            return Err(invalid("host", "at least one [[host]] must be served"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in self.hosts.iter_mut().enumerate() {
+            let key = format!("host[{i}].domain");
+            let jid = rookery_stanza::BareJid::new(&h.domain)
+                .map_err(|e| invalid(&key, format!("'{}' is not a valid domain: {e}", h.domain)))?;
+            if jid.node().is_some() || h.domain.contains('/') {
+                return Err(invalid(
+                    &key,
+                    format!("'{}' is not a bare domain", h.domain),
+                ));
+            }
+            h.domain = jid.domain().to_string();
+            if !seen.insert(h.domain.clone()) {
+                return Err(invalid(&key, format!("'{}' is configured twice", h.domain)));
+            }
+            if h.certificate.is_some() != h.key.is_some() {
+                return Err(invalid(
+                    format!("host[{i}].certificate"),
+                    "certificate and key must be given together",
+                ));
+            }
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid("listener", "at least one [[listener]] is needed"));
+        }
+        let mut addrs = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !addrs.insert(l.address) {
+                return Err(invalid(
+                    format!("listener[{i}].address"),
+                    format!("{} is used by two listeners", l.address),
+                ));
+            }
+        }
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_stanza_bytes", l.max_stanza_bytes),
+            ("limits.max_depth", l.max_depth),
+            ("limits.max_attributes", l.max_attributes),
+            ("limits.max_attribute_bytes", l.max_attribute_bytes),
+            ("limits.session_send_queue", l.session_send_queue),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            (
+                "limits.unauthenticated_timeout_secs",
+                l.unauthenticated_timeout_secs as usize,
+            ),
+            (
+                "limits.tls_handshake_timeout_secs",
+                l.tls_handshake_timeout_secs as usize,
+            ),
+            ("limits.max_auth_attempts", l.max_auth_attempts as usize),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.max_stanza_bytes < 4096 {
+            return Err(invalid(
+                "limits.max_stanza_bytes",
+                "must be at least 4096 (RFC 6120 §13.12 requires 10000 for stanzas; 4096 is the floor)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.storage
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("rookery.db"))
+    }
+
+    pub fn host(&self, domain: &str) -> Option<&HostConfig> {
+        self.hosts.iter().find(|h| h.domain == domain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(s, Path::new("test.toml"), Path::new("/etc/rookery"))
+    }
+
+    #[test]
+    fn default_is_valid() {
+        let c = Config::load(None).expect("default config");
+        assert_eq!(c.hosts[0].domain, "localhost");
+        assert_eq!(c.listeners.len(), 2);
+    }
+
+    #[test]
+    fn full_example_parses_and_resolves_paths() {
+        let c = parse(
+            r#"
+            data_dir = "data"
+            log_level = "debug"
+            [limits]
+            max_stanza_bytes = 65536
+            [[listener]]
+            kind = "c2s"
+            address = "127.0.0.1:5222"
+            [[host]]
+            domain = "Example.ORG"
+            certificate = "certs/example.pem"
+            key = "/abs/example.key"
+            modules = ["ping"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/rookery/data"));
+        assert_eq!(c.hosts[0].domain, "example.org");
+        assert_eq!(
+            c.hosts[0].certificate.as_deref(),
+            Some(Path::new("/etc/rookery/certs/example.pem"))
+        );
+        assert_eq!(
+            c.hosts[0].key.as_deref(),
+            Some(Path::new("/abs/example.key"))
+        );
+        assert_eq!(c.limits.max_stanza_bytes, 65536);
+        assert_eq!(c.limits.max_depth, Limits::default().max_depth);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("data_dir = 'x'\nbogus_key = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus_key"), "{e}");
+        let e = parse("[limits]\nmax_stanza_byte = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_stanza_byte"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("[limits]\nmax_stanza_bytes = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_stanza_bytes"), "{e}");
+        let e = parse("[[listener]]\nkind = 'c2s'\naddress = 'nope'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("address"), "{e}");
+        let e = parse("[[listener]]\nkind = 'websocket'\naddress = '127.0.0.1:1'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kind") || e.contains("websocket"), "{e}");
+        let e = parse("[[host]]\ndomain = 'a b'\n").unwrap_err().to_string();
+        assert!(e.contains("host[0].domain"), "{e}");
+        let e = parse("log_level = 'loud'\n").unwrap_err().to_string();
+        assert!(e.contains("log_level"), "{e}");
+        let e = parse("[[host]]\ndomain = 'x.org'\n[[host]]\ndomain = 'X.org'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
+}

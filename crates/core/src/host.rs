@@ -1,0 +1,49 @@
+//! A virtual host: one served domain with the modules enabled on it.
+
+use crate::hooks::Hooks;
+use crate::iq::{IqHandler, IqScope};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub category: String,
+    pub kind: String,
+    pub name: Option<String>,
+}
+
+pub struct Host {
+    pub(crate) domain: String,
+    pub(crate) modules: Vec<&'static str>,
+    pub(crate) iq_handlers: HashMap<IqScope, HashMap<String, Arc<dyn IqHandler>>>,
+    pub(crate) features: Vec<String>,
+    pub(crate) identities: Vec<Identity>,
+    pub(crate) disco_items: Vec<(String, Option<String>)>,
+    pub(crate) hooks: Hooks,
+}
+
+impl Host {
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+    /// Names of the modules enabled here, in initialisation order.
+    pub fn modules(&self) -> &[&'static str] {
+        &self.modules
+    }
+    /// The disco features of the server on this host, sorted.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+    pub fn identities(&self) -> &[Identity] {
+        &self.identities
+    }
+    pub fn disco_items(&self) -> &[(String, Option<String>)] {
+        &self.disco_items
+    }
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+    pub fn iq_handler(&self, ns: &str, scope: IqScope) -> Option<&Arc<dyn IqHandler>> {
+        self.iq_handlers.get(&scope)?.get(ns)
+    }
+}

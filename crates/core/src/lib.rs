@@ -1,0 +1,27 @@
+//! The Rookery core: what every feature plugs into, and nothing feature-specific.
+//!
+//! * [`config`]: the TOML configuration and its validation.
+//! * [`module`]: the [`Module`](module::Module) contract and the registry of compiled-in modules.
+//! * [`hooks`] and [`events`]: typed events and filters modules subscribe to.
+//! * [`host`]: a virtual host with the handlers its modules registered.
+//! * [`sessions`]: the registry of bound client sessions and their bounded send queues.
+//! * [`server`]: the whole: hosts, sessions, storage, shutdown, and the routing rules.
+//!
+//! The core knows no transport (the `net` crate feeds it stanzas) and no feature module.
+
+pub mod config;
+pub mod events;
+pub mod hooks;
+pub mod host;
+pub mod iq;
+pub mod module;
+pub mod server;
+pub mod sessions;
+
+pub use config::Config;
+pub use hooks::Flow;
+pub use host::Host;
+pub use iq::{iq_fn, IqHandler, IqRequest, IqResult, IqScope};
+pub use module::{HostBuilder, Module, ModuleError, ModuleRegistry, Spec};
+pub use server::Server;
+pub use sessions::{SessionHandle, SessionInbox, SessionRegistry};

@@ -1,0 +1,243 @@
+//! The module system: each protocol feature is a [`Module`] that registers what it handles with
+//! a virtual host at start (IQ handlers by namespace, hooks, filters, disco features), the way
+//! Prosody's `mod_*` and ejabberd's `gen_mod` work. The core only knows the contract.
+
+use crate::config::Config;
+use crate::hooks::{Flow, Hooks};
+use crate::host::{Host, Identity};
+use crate::iq::{IqHandler, IqScope};
+use rookery_storage::Storage;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// A specification a module implements, for the README's list and for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// "XEP-0199", "RFC 6120 §7", ...
+    pub id: &'static str,
+    pub title: &'static str,
+    /// The version of the document implemented.
+    pub version: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("host {host}: unknown module '{name}' (known: {known})")]
+    Unknown {
+        host: String,
+        name: String,
+        known: String,
+    },
+    #[error("host {host}: module '{module}' needs '{dependency}', which is not enabled")]
+    MissingDependency {
+        host: String,
+        module: &'static str,
+        dependency: &'static str,
+    },
+    #[error("module '{module}': {message}")]
+    Init {
+        module: &'static str,
+        message: String,
+    },
+}
+
+/// A feature module. Compiled in; enabled per virtual host in the configuration.
+pub trait Module: 'static {
+    /// The name used in the configuration's `modules` list and as the log target.
+    const NAME: &'static str;
+    /// The documents this module implements.
+    const SPECS: &'static [Spec] = &[];
+    /// Modules that must be enabled on the same host.
+    const DEPENDS: &'static [&'static str] = &[];
+    /// Registers the module's handlers with a host.
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError>;
+}
+
+/// A module's contract as a value, so a registry can hold modules of different types.
+#[derive(Clone, Copy)]
+pub struct ModuleDescriptor {
+    pub name: &'static str,
+    pub specs: &'static [Spec],
+    pub depends: &'static [&'static str],
+    init: fn(&mut HostBuilder<'_>) -> Result<(), ModuleError>,
+}
+
+impl ModuleDescriptor {
+    pub fn of<M: Module>() -> Self {
+        Self {
+            name: M::NAME,
+            specs: M::SPECS,
+            depends: M::DEPENDS,
+            init: M::init,
+        }
+    }
+}
+
+/// Every module this build contains.
+#[derive(Clone, Default)]
+pub struct ModuleRegistry {
+    modules: Vec<ModuleDescriptor>,
+}
+
+impl ModuleRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn register<M: Module>(&mut self) -> &mut Self {
+        self.modules.push(ModuleDescriptor::of::<M>());
+        self
+    }
+    pub fn modules(&self) -> &[ModuleDescriptor] {
+        &self.modules
+    }
+    pub fn get(&self, name: &str) -> Option<&ModuleDescriptor> {
+        self.modules.iter().find(|m| m.name == name)
+    }
+
+    /// Checks a host's module list without building anything (for `rookery check`).
+    pub fn resolve(
+        &self,
+        domain: &str,
+        enabled: Option<&[String]>,
+    ) -> Result<Vec<ModuleDescriptor>, ModuleError> {
+        let chosen: Vec<ModuleDescriptor> = match enabled {
+            None => self.modules.clone(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.get(n).copied().ok_or_else(|| ModuleError::Unknown {
+                        host: domain.to_owned(),
+                        name: n.clone(),
+                        known: self
+                            .modules
+                            .iter()
+                            .map(|m| m.name)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        for m in &chosen {
+            for dep in m.depends {
+                if !chosen.iter().any(|c| c.name == *dep) {
+                    return Err(ModuleError::MissingDependency {
+                        host: domain.to_owned(),
+                        module: m.name,
+                        dependency: dep,
+                    });
+                }
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// Builds a virtual host with the enabled modules initialised on it.
+    pub fn build_host(
+        &self,
+        domain: &str,
+        enabled: Option<&[String]>,
+        config: &Config,
+        storage: &Storage,
+    ) -> Result<Host, ModuleError> {
+        let chosen = self.resolve(domain, enabled)?;
+        let mut b = HostBuilder {
+            domain,
+            config,
+            storage,
+            current: "core",
+            iq_handlers: HashMap::new(),
+            features: BTreeSet::new(),
+            identities: Vec::new(),
+            disco_items: Vec::new(),
+            hooks: Hooks::default(),
+        };
+        for m in &chosen {
+            b.current = m.name;
+            (m.init)(&mut b)?;
+        }
+        Ok(Host {
+            domain: domain.to_owned(),
+            modules: chosen.iter().map(|m| m.name).collect(),
+            iq_handlers: b.iq_handlers,
+            features: b.features.into_iter().collect(),
+            identities: b.identities,
+            disco_items: b.disco_items,
+            hooks: b.hooks,
+        })
+    }
+}
+
+/// What a module sees while it initialises on a host.
+pub struct HostBuilder<'a> {
+    domain: &'a str,
+    config: &'a Config,
+    storage: &'a Storage,
+    current: &'static str,
+    iq_handlers: HashMap<IqScope, HashMap<String, Arc<dyn IqHandler>>>,
+    features: BTreeSet<String>,
+    identities: Vec<Identity>,
+    disco_items: Vec<(String, Option<String>)>,
+    hooks: Hooks,
+}
+
+impl HostBuilder<'_> {
+    pub fn domain(&self) -> &str {
+        self.domain
+    }
+    pub fn config(&self) -> &Config {
+        self.config
+    }
+    pub fn storage(&self) -> &Storage {
+        self.storage
+    }
+
+    /// Handles IQ requests whose payload is in `ns`, addressed as `scope` says.
+    pub fn iq_handler(
+        &mut self,
+        ns: &str,
+        scope: IqScope,
+        handler: impl IqHandler,
+    ) -> Result<(), ModuleError> {
+        let by_ns = self.iq_handlers.entry(scope).or_default();
+        if by_ns.contains_key(ns) {
+            return Err(ModuleError::Init {
+                module: self.current,
+                message: format!("a handler for {ns} ({scope:?}) is already registered"),
+            });
+        }
+        by_ns.insert(ns.to_owned(), Arc::new(handler));
+        Ok(())
+    }
+
+    /// Advertises a feature in the server's `disco#info`. Only for what works end to end.
+    pub fn add_feature(&mut self, var: &str) {
+        self.features.insert(var.to_owned());
+    }
+    pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
+        self.identities.push(Identity {
+            category: category.to_owned(),
+            kind: kind.to_owned(),
+            name: name.map(str::to_owned),
+        });
+    }
+    /// An item in the server's `disco#items` (a component or service JID).
+    pub fn add_disco_item(&mut self, jid: &str, name: Option<&str>) {
+        self.disco_items
+            .push((jid.to_owned(), name.map(str::to_owned)));
+    }
+    pub fn hook<E: 'static>(
+        &mut self,
+        priority: i32,
+        handler: impl Fn(&E) -> Flow + Send + Sync + 'static,
+    ) {
+        self.hooks.add_handler(priority, handler);
+    }
+    pub fn filter<E: 'static>(
+        &mut self,
+        priority: i32,
+        filter: impl Fn(E) -> Option<E> + Send + Sync + 'static,
+    ) {
+        self.hooks.add_filter(priority, filter);
+    }
+}

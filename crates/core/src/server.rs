@@ -1,0 +1,465 @@
+//! The server: virtual hosts, the session registry, storage, and the routing rules of
+//! RFC 6120 §10 and RFC 6121 §8 for stanzas between local entities.
+
+use crate::config::Config;
+use crate::events::{ClientStanza, InboundPresence, PresenceBroadcast, UndeliverableMessage};
+use crate::hooks::Flow;
+use crate::host::Host;
+use crate::iq::{IqRequest, IqScope};
+use crate::module::{ModuleError, ModuleRegistry};
+use crate::sessions::SessionRegistry;
+use rookery_stanza::{
+    error_reply, iq_result, ns, parse_jid, BareJid, FullJid, IqType, Jid, MessageType,
+    PresenceType, StanzaError, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
+};
+use rookery_storage::Storage;
+use rookery_xml::Element;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Server {
+    config: Arc<Config>,
+    hosts: HashMap<String, Arc<Host>>,
+    sessions: SessionRegistry,
+    storage: Storage,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    started: Instant,
+}
+
+impl Server {
+    /// Builds every configured virtual host with its modules.
+    pub fn new(
+        config: Config,
+        storage: Storage,
+        registry: &ModuleRegistry,
+    ) -> Result<Arc<Server>, ModuleError> {
+        let mut hosts = HashMap::new();
+        for h in &config.hosts {
+            let host = registry.build_host(&h.domain, h.modules.as_deref(), &config, &storage)?;
+            hosts.insert(h.domain.clone(), Arc::new(host));
+        }
+        Ok(Arc::new(Server {
+            config: Arc::new(config),
+            hosts,
+            sessions: SessionRegistry::default(),
+            storage,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn host(&self, domain: &str) -> Option<&Arc<Host>> {
+        self.hosts.get(domain)
+    }
+    pub fn serves(&self, domain: &str) -> bool {
+        self.hosts.contains_key(domain)
+    }
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.sessions
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    /// Cancelled when the server begins a graceful stop.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+    /// Connection tasks register here so a graceful stop can wait for them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Checks and stamps the `from` of a stanza a client sent (RFC 6120 §8.1.2.1): absent is
+    /// stamped with the session's full JID; the full or bare JID of the session is accepted;
+    /// anything else is spoofing and ends the stream with `invalid-from`. Also refuses what
+    /// is not a stanza of the stream's content namespace.
+    pub fn stamp_from_client(
+        &self,
+        session: &FullJid,
+        mut stanza: Element,
+    ) -> Result<Element, StreamErrorCondition> {
+        if StanzaKind::of(&stanza).is_none() {
+            return Err(if stanza.ns() == ns::CLIENT {
+                StreamErrorCondition::UnsupportedStanzaType
+            } else {
+                StreamErrorCondition::InvalidNamespace
+            });
+        }
+        if let Some(from) = stanza.attr("from") {
+            let ok = match Jid::new(from) {
+                Ok(j) => match j.try_as_full() {
+                    Ok(full) => full == session,
+                    Err(bare) => *bare == session.to_bare(),
+                },
+                Err(_) => false,
+            };
+            if !ok {
+                return Err(StreamErrorCondition::InvalidFrom);
+            }
+        }
+        stanza.set_attr("from", session.as_str());
+        Ok(stanza)
+    }
+
+    /// Routes a stamped stanza from a local client session.
+    pub async fn route_from_client(self: &Arc<Self>, from: &FullJid, stanza: Element) {
+        let Some(host) = self.hosts.get(from.domain().as_str()).cloned() else {
+            return;
+        };
+        let Some(ClientStanza { stanza, .. }) = host.hooks().fold(ClientStanza {
+            from: from.clone(),
+            stanza,
+        }) else {
+            return;
+        };
+        let to = match stanza.attr("to").map(parse_jid) {
+            None => None,
+            Some(Ok(j)) => Some(j),
+            Some(Err(e)) => return self.bounce(&stanza, e),
+        };
+        match StanzaKind::of(&stanza) {
+            Some(StanzaKind::Iq) => self.route_iq(from, to, stanza).await,
+            Some(StanzaKind::Message) => {
+                let (to, stanza) = match to {
+                    Some(to) => (to, stanza),
+                    // RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
+                    None => {
+                        let bare = from.to_bare();
+                        let mut s = stanza;
+                        s.set_attr("to", bare.as_str());
+                        (Jid::from(bare), s)
+                    }
+                };
+                self.route_message(to, stanza).await
+            }
+            Some(StanzaKind::Presence) => match to {
+                None => self.client_presence(from, &host, stanza),
+                Some(to) => self.route_presence(to, stanza).await,
+            },
+            None => {}
+        }
+    }
+
+    /// Sends the error answer to a stanza back to its sender (never an error to an error).
+    pub fn bounce(&self, stanza: &Element, error: StanzaError) {
+        if let Some(reply) = error_reply(stanza, &error) {
+            self.deliver_to_sender(reply);
+        }
+    }
+
+    /// Delivers a reply addressed to a local full JID, if that session is still there.
+    fn deliver_to_sender(&self, reply: Element) {
+        let Some(Ok(to)) = reply.attr("to").map(FullJid::new) else {
+            return;
+        };
+        if let Some(session) = self.sessions.get(&to) {
+            let _ = session.deliver(reply);
+        }
+    }
+
+    async fn account_exists(&self, jid: &BareJid) -> Result<bool, StanzaError> {
+        let Some(node) = jid.node() else {
+            return Ok(false);
+        };
+        if self.sessions.is_online(jid) {
+            return Ok(true);
+        }
+        self.storage
+            .accounts
+            .account_exists(jid.domain().as_str(), node.as_str())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "account look-up failed");
+                StanzaError::new(StanzaErrorCondition::InternalServerError)
+            })
+    }
+
+    // ---- IQ (RFC 6120 §8.2.3, §10.3.3, §10.5.3) -------------------------------------------
+
+    async fn route_iq(self: &Arc<Self>, from: &FullJid, to: Option<Jid>, stanza: Element) {
+        let Some(iq_type) = IqType::of(&stanza) else {
+            return self.bounce(
+                &stanza,
+                StanzaError::bad_request("missing or unknown IQ type"),
+            );
+        };
+        if stanza.attr("id").is_none() {
+            return self.bounce(&stanza, StanzaError::bad_request("an IQ needs an id"));
+        }
+        let Some(to) = to else {
+            // Addressed to the sender's own account.
+            let own = Jid::from(from.to_bare());
+            return self
+                .handle_iq(from, own, IqScope::Account, iq_type, stanza)
+                .await;
+        };
+        if !self.serves(to.domain().as_str()) {
+            if iq_type.is_request() {
+                self.bounce(
+                    &stanza,
+                    StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
+                );
+            }
+            return;
+        }
+        if to.node().is_none() {
+            return self
+                .handle_iq(from, to, IqScope::Host, iq_type, stanza)
+                .await;
+        }
+        match to.try_as_full() {
+            Ok(full) => match self.sessions.get(full) {
+                Some(session) => {
+                    let _ = session.deliver(stanza);
+                }
+                None if iq_type.is_request() => {
+                    self.bounce(&stanza, StanzaError::service_unavailable())
+                }
+                None => {}
+            },
+            Err(bare) => {
+                if *bare != from.to_bare() {
+                    match self.account_exists(bare).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if iq_type.is_request() {
+                                self.bounce(&stanza, StanzaError::service_unavailable());
+                            }
+                            return;
+                        }
+                        Err(e) => return self.bounce(&stanza, e),
+                    }
+                }
+                self.handle_iq(from, to.clone(), IqScope::Account, iq_type, stanza)
+                    .await
+            }
+        }
+    }
+
+    async fn handle_iq(
+        self: &Arc<Self>,
+        from: &FullJid,
+        to: Jid,
+        scope: IqScope,
+        iq_type: IqType,
+        stanza: Element,
+    ) {
+        if !iq_type.is_request() {
+            // The server sends no requests of its own yet, so no response is awaited.
+            return;
+        }
+        let mut children = stanza.children();
+        let payload = match (children.next(), children.next()) {
+            (Some(p), None) => p.clone(),
+            _ => {
+                return self.bounce(
+                    &stanza,
+                    StanzaError::bad_request("an IQ request carries exactly one child element"),
+                )
+            }
+        };
+        let handler = self
+            .hosts
+            .get(to.domain().as_str())
+            .and_then(|h| h.iq_handler(payload.ns(), scope))
+            .cloned();
+        let Some(handler) = handler else {
+            return self.bounce(&stanza, StanzaError::service_unavailable());
+        };
+        let request = IqRequest {
+            server: self.clone(),
+            from: from.clone(),
+            to,
+            iq_type,
+            payload,
+        };
+        match handler.handle(request).await {
+            Ok(payload) => self.deliver_to_sender(iq_result(&stanza, payload)),
+            Err(e) => self.bounce(&stanza, e),
+        }
+    }
+
+    // ---- Messages (RFC 6121 §8.5) -----------------------------------------------------------
+
+    async fn route_message(self: &Arc<Self>, to: Jid, stanza: Element) {
+        let mtype = MessageType::of(&stanza);
+        if !self.serves(to.domain().as_str()) {
+            return self.bounce(
+                &stanza,
+                StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
+            );
+        }
+        if to.node().is_none() {
+            // Messages to the server itself: no module consumes them yet.
+            if matches!(mtype, MessageType::Normal | MessageType::Chat) {
+                self.bounce(&stanza, StanzaError::service_unavailable());
+            }
+            return;
+        }
+        match to.try_as_full() {
+            Ok(full) => {
+                if let Some(session) = self.sessions.get(full) {
+                    let _ = session.deliver(stanza);
+                    return;
+                }
+                // §8.5.3.2.1: resource not online.
+                match mtype {
+                    MessageType::Normal | MessageType::Chat => {
+                        self.message_to_bare(full.to_bare(), mtype, stanza).await
+                    }
+                    MessageType::Groupchat => {
+                        self.bounce(&stanza, StanzaError::service_unavailable())
+                    }
+                    MessageType::Headline | MessageType::Error => {}
+                }
+            }
+            Err(bare) => self.message_to_bare(bare.clone(), mtype, stanza).await,
+        }
+    }
+
+    /// §8.5.2: a message to a local bare JID.
+    async fn message_to_bare(&self, bare: BareJid, mtype: MessageType, stanza: Element) {
+        if mtype == MessageType::Error {
+            return;
+        }
+        let resources = self.sessions.resources(&bare);
+        let available: Vec<_> = resources
+            .iter()
+            .filter_map(|s| s.priority().filter(|p| *p >= 0).map(|p| (p, s)))
+            .collect();
+        if available.is_empty() {
+            let exists = if resources.is_empty() {
+                match self.account_exists(&bare).await {
+                    Ok(e) => e,
+                    Err(e) => return self.bounce(&stanza, e),
+                }
+            } else {
+                true
+            };
+            if exists {
+                let host = self.hosts.get(bare.domain().as_str());
+                let event = UndeliverableMessage { to: bare, stanza };
+                if host.is_some_and(|h| h.hooks().run(&event) == Flow::Stop) {
+                    return;
+                }
+                if matches!(mtype, MessageType::Normal | MessageType::Chat) {
+                    self.bounce(&event.stanza, StanzaError::service_unavailable());
+                }
+            } else {
+                // §8.5.1: no such account.
+                self.bounce(&stanza, StanzaError::service_unavailable());
+            }
+            return;
+        }
+        match mtype {
+            MessageType::Groupchat => self.bounce(&stanza, StanzaError::service_unavailable()),
+            MessageType::Headline => {
+                for (_, s) in &available {
+                    let _ = s.deliver(stanza.clone());
+                }
+            }
+            MessageType::Normal | MessageType::Chat => {
+                // The highest priority wins; all resources that share it get the message
+                // (§8.5.2.1.1 allows either one or all of them).
+                let top = available.iter().map(|(p, _)| *p).max().unwrap_or(0);
+                let mut targets = available.iter().filter(|(p, _)| *p == top).peekable();
+                while let Some((_, s)) = targets.next() {
+                    if targets.peek().is_some() {
+                        let _ = s.deliver(stanza.clone());
+                    } else {
+                        let _ = s.deliver(stanza);
+                        break;
+                    }
+                }
+            }
+            MessageType::Error => {}
+        }
+    }
+
+    // ---- Presence (RFC 6121 §4, §8.5) -------------------------------------------------------
+
+    fn client_presence(&self, from: &FullJid, host: &Host, stanza: Element) {
+        let Some(session) = self.sessions.get(from) else {
+            return;
+        };
+        match PresenceType::of(&stanza) {
+            Some(PresenceType::Available) => {
+                let priority = stanza
+                    .get_child("priority", ns::CLIENT)
+                    .and_then(|p| p.text().trim().parse::<i8>().ok())
+                    .unwrap_or(0);
+                session.set_priority(Some(priority));
+            }
+            Some(PresenceType::Unavailable) => session.set_priority(None),
+            _ => return,
+        }
+        host.hooks().run(&PresenceBroadcast {
+            from: from.clone(),
+            stanza,
+        });
+    }
+
+    async fn route_presence(&self, to: Jid, stanza: Element) {
+        let Some(ptype) = PresenceType::of(&stanza) else {
+            return self.bounce(&stanza, StanzaError::bad_request("unknown presence type"));
+        };
+        if !self.serves(to.domain().as_str()) {
+            return self.bounce(
+                &stanza,
+                StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
+            );
+        }
+        if to.node().is_none() {
+            return;
+        }
+        let subscription_related = matches!(
+            ptype,
+            PresenceType::Subscribe
+                | PresenceType::Subscribed
+                | PresenceType::Unsubscribe
+                | PresenceType::Unsubscribed
+                | PresenceType::Probe
+        );
+        if let Ok(full) = to.try_as_full() {
+            if !subscription_related {
+                if let Some(session) = self.sessions.get(full) {
+                    let _ = session.deliver(stanza);
+                }
+                return;
+            }
+        }
+        let bare = to.to_bare();
+        match self.account_exists(&bare).await {
+            Ok(true) => {}
+            _ => return, // §8.5.1: presence to no such account is silently ignored.
+        }
+        let event = InboundPresence {
+            to: bare.clone(),
+            stanza,
+        };
+        if let Some(host) = self.hosts.get(bare.domain().as_str()) {
+            if host.hooks().run(&event) == Flow::Stop {
+                return;
+            }
+        }
+        if subscription_related {
+            return; // Only a roster module may act on these.
+        }
+        for s in self.sessions.resources(&bare) {
+            if s.priority().is_some() {
+                let _ = s.deliver(event.stanza.clone());
+            }
+        }
+    }
+}

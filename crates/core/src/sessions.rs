@@ -1,0 +1,241 @@
+//! The registry of bound client sessions: who is online, under which resource, and how to
+//! reach them. Delivery never blocks the sender: each session has a bounded queue, and a session
+//! that does not drain it is disconnected instead of letting memory grow.
+
+use parking_lot::{Mutex, RwLock};
+use rookery_stanza::{BareJid, FullJid, StreamErrorCondition};
+use rookery_xml::Element;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
+
+/// Presence state stored in one atomic: `UNAVAILABLE`, or the priority (-128..=127).
+const UNAVAILABLE: i16 = i16::MIN;
+
+/// Why a delivery did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// The session's queue was full: it has been told to close with `policy-violation`.
+    Overflow,
+    /// The session is closing.
+    Gone,
+}
+
+/// The router's side of one bound session.
+pub struct SessionHandle {
+    id: u64,
+    jid: FullJid,
+    queue: mpsc::Sender<Box<Element>>,
+    presence: AtomicI16,
+    kick: Mutex<Option<(StreamErrorCondition, String)>>,
+    kicked: Notify,
+}
+
+/// The session task's side: the stanzas to write and the kick signal.
+pub struct SessionInbox {
+    pub stanzas: mpsc::Receiver<Box<Element>>,
+    handle: Arc<SessionHandle>,
+}
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+impl SessionHandle {
+    /// A new handle and its inbox; `queue` bounds the stanzas waiting to be written.
+    pub fn new(jid: FullJid, queue: usize) -> (Arc<SessionHandle>, SessionInbox) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let handle = Arc::new(SessionHandle {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            jid,
+            queue: tx,
+            presence: AtomicI16::new(UNAVAILABLE),
+            kick: Mutex::new(None),
+            kicked: Notify::new(),
+        });
+        let inbox = SessionInbox {
+            stanzas: rx,
+            handle: handle.clone(),
+        };
+        (handle, inbox)
+    }
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn jid(&self) -> &FullJid {
+        &self.jid
+    }
+    /// Queues a stanza for this session without waiting.
+    pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
+        match self.queue.try_send(Box::new(stanza)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many stanzas waiting to be read",
+                );
+                Err(DeliveryError::Overflow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
+        }
+    }
+    /// Asks the session to close its stream with this error. The first reason wins.
+    pub fn kick(&self, condition: StreamErrorCondition, text: &str) {
+        let mut k = self.kick.lock();
+        if k.is_none() {
+            *k = Some((condition, text.to_owned()));
+            self.kicked.notify_one();
+        }
+    }
+    /// `Some(priority)` while the session has sent available presence (RFC 6121 §4.2).
+    pub fn priority(&self) -> Option<i8> {
+        match self.presence.load(Ordering::Relaxed) {
+            UNAVAILABLE => None,
+            p => i8::try_from(p).ok(),
+        }
+    }
+    /// Resolves when the session has been kicked; returns the reason.
+    pub async fn kicked(&self) -> (StreamErrorCondition, String) {
+        loop {
+            let notified = self.kicked.notified();
+            if let Some(reason) = self.kick.lock().clone() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+    pub fn set_priority(&self, priority: Option<i8>) {
+        self.presence
+            .store(priority.map_or(UNAVAILABLE, i16::from), Ordering::Relaxed);
+    }
+}
+
+impl SessionInbox {
+    pub fn handle(&self) -> &Arc<SessionHandle> {
+        &self.handle
+    }
+}
+
+/// All bound sessions, by bare JID.
+#[derive(Default)]
+pub struct SessionRegistry {
+    users: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    count: AtomicUsize,
+}
+
+impl SessionRegistry {
+    /// Registers a bound session. If the same full JID was bound, that older session is
+    /// returned (already removed): the caller kicks it with `conflict` (RFC 6120 §7.7.2.2).
+    pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        let bare = handle.jid.to_bare();
+        let mut users = self.users.write();
+        let list = users.entry(bare).or_default();
+        let old = list
+            .iter()
+            .position(|h| h.jid == handle.jid)
+            .map(|i| list.swap_remove(i));
+        list.push(handle);
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        old
+    }
+
+    /// Removes a session, if it is still the one registered under its JID.
+    pub fn unbind(&self, handle: &SessionHandle) -> bool {
+        let bare = handle.jid.to_bare();
+        let mut users = self.users.write();
+        let Some(list) = users.get_mut(&bare) else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|h| h.id == handle.id) else {
+            return false;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            users.remove(&bare);
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
+        let bare = jid.to_bare();
+        self.users
+            .read()
+            .get(&bare)?
+            .iter()
+            .find(|h| h.jid == *jid)
+            .cloned()
+    }
+
+    /// Every bound session of an account.
+    pub fn resources(&self, bare: &BareJid) -> Vec<Arc<SessionHandle>> {
+        self.users.read().get(bare).cloned().unwrap_or_default()
+    }
+
+    pub fn is_online(&self, bare: &BareJid) -> bool {
+        self.users.read().contains_key(bare)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Every bound session (for admin listing and shutdown).
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.users.read().values().flatten().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jid(s: &str) -> FullJid {
+        FullJid::new(s).expect("valid")
+    }
+
+    #[test]
+    fn bind_replaces_same_resource() {
+        let reg = SessionRegistry::default();
+        let (a, _ia) = SessionHandle::new(jid("u@x/r"), 4);
+        let (b, _ib) = SessionHandle::new(jid("u@x/r"), 4);
+        let (c, _ic) = SessionHandle::new(jid("u@x/other"), 4);
+        assert!(reg.bind(a.clone()).is_none());
+        assert!(reg.bind(c.clone()).is_none());
+        let old = reg.bind(b.clone()).expect("replaced");
+        assert_eq!(old.id(), a.id());
+        assert_eq!(reg.count(), 2);
+        // The replaced session's late unbind must not remove its successor.
+        assert!(!reg.unbind(&a));
+        assert_eq!(reg.get(&jid("u@x/r")).map(|h| h.id()), Some(b.id()));
+        assert!(reg.unbind(&b));
+        assert!(reg.unbind(&c));
+        assert_eq!(reg.count(), 0);
+        assert!(!reg.is_online(&BareJid::new("u@x").expect("valid")));
+    }
+
+    #[tokio::test]
+    async fn full_queue_kicks_instead_of_growing() {
+        let (h, mut inbox) = SessionHandle::new(jid("u@x/r"), 2);
+        let el = Element::new("message", "jabber:client");
+        assert_eq!(h.deliver(el.clone()), Ok(()));
+        assert_eq!(h.deliver(el.clone()), Ok(()));
+        assert_eq!(h.deliver(el.clone()), Err(DeliveryError::Overflow));
+        let (cond, _) = h.kicked().await;
+        assert_eq!(cond, StreamErrorCondition::PolicyViolation);
+        assert!(inbox.stanzas.recv().await.is_some());
+    }
+
+    #[test]
+    fn priority_round_trips() {
+        let (h, _i) = SessionHandle::new(jid("u@x/r"), 1);
+        assert_eq!(h.priority(), None);
+        h.set_priority(Some(-5));
+        assert_eq!(h.priority(), Some(-5));
+        h.set_priority(Some(127));
+        assert_eq!(h.priority(), Some(127));
+        h.set_priority(None);
+        assert_eq!(h.priority(), None);
+    }
+}

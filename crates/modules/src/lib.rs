@@ -1,0 +1,22 @@
+//! Feature modules. Each file is one feature with one entry point, a type implementing
+//! [`rookery_core::Module`]; [`registry`] lists every module this build has.
+
+pub mod disco;
+pub mod ping;
+pub mod time;
+pub mod version;
+
+use rookery_core::ModuleRegistry;
+
+/// Every module compiled into this build, in initialisation order.
+pub fn registry() -> ModuleRegistry {
+    let mut r = ModuleRegistry::new();
+    r.register::<disco::Disco>()
+        .register::<ping::Ping>()
+        .register::<version::Version>()
+        .register::<time::Time>();
+    r
+}
+
+#[cfg(test)]
+mod tests;

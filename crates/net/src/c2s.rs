@@ -1,0 +1,837 @@
+//! One client-to-server connection (RFC 6120): stream negotiation (STARTTLS, SASL, resource
+//! binding), then stanzas in from the socket to the core's router, and stanzas out from the
+//! session's queue to the socket. One task per connection; nothing here blocks another
+//! connection.
+
+use crate::limits::{AuthThrottle, ConnectionPermit};
+use crate::tls::TlsContext;
+use crate::transport::Transport;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rookery_core::config::ListenerKind;
+use rookery_core::events::{FeatureStage, SessionBound, SessionClosed, StreamFeatures};
+use rookery_core::{Host, Server, SessionHandle, SessionInbox};
+use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
+use rookery_stanza::{
+    error_reply, iq_result, ns, random_id, BareJid, FullJid, IqType, StanzaError,
+    StanzaErrorCondition, StreamErrorCondition,
+};
+use rookery_xml::{Element, Limits, StreamEvent, StreamHeader, StreamParser};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Bytes read from the socket at once. Small on purpose: this buffer lives as long as the
+/// connection, and stanzas larger than it are assembled by the parser, not here.
+const READ_BUFFER: usize = 4096;
+/// Stanzas written in one batch before flushing (one syscall for a burst of deliveries).
+const WRITE_BATCH: usize = 64;
+
+/// What every connection on one listener shares.
+pub struct ListenerContext {
+    pub server: Arc<Server>,
+    pub tls: TlsContext,
+    pub kind: ListenerKind,
+    pub throttle: Arc<AuthThrottle>,
+}
+
+/// How far the stream has come (RFC 6120 §4.3 negotiation order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before TLS on a STARTTLS port.
+    Plain,
+    /// TLS up (or not required), not authenticated.
+    Unauthenticated,
+    /// Authenticated, no resource bound.
+    Authenticated,
+    /// Resource bound: stanzas flow.
+    Bound,
+}
+
+/// Why the stream ends.
+enum Close {
+    /// Send this stream error, then close.
+    Error(StreamErrorCondition, Option<String>),
+    /// The client closed its stream: answer with ours.
+    Graceful,
+    /// The socket is gone: nothing more can be written.
+    Dropped,
+}
+
+impl Close {
+    fn err(c: StreamErrorCondition) -> Self {
+        Close::Error(c, None)
+    }
+    fn err_text(c: StreamErrorCondition, t: impl Into<String>) -> Self {
+        Close::Error(c, Some(t.into()))
+    }
+}
+
+/// What processing one top-level element asks the read loop to do next.
+enum Next {
+    Continue,
+    /// Discard the rest of what was read and expect a new stream header (after TLS or SASL).
+    Restart,
+}
+
+struct Connection {
+    ctx: Arc<ListenerContext>,
+    peer: SocketAddr,
+    io: Option<Transport>,
+    parser: StreamParser,
+    out: Vec<u8>,
+    stage: Stage,
+    header_sent: bool,
+    /// The domain this stream is for (from the first header's `to`).
+    host: Option<Arc<Host>>,
+    channel_bindings: ChannelBindings,
+    sasl: Option<ServerSession>,
+    auth_attempts: u32,
+    user: Option<BareJid>,
+    session: Option<Arc<SessionHandle>>,
+    inbox: Option<SessionInbox>,
+    _permit: ConnectionPermit,
+}
+
+/// Runs one accepted connection to its end.
+pub async fn run(
+    ctx: Arc<ListenerContext>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) {
+    let limits = &ctx.server.config().limits;
+    let parser = StreamParser::new(Limits {
+        max_stanza_bytes: limits.max_stanza_bytes,
+        max_depth: limits.max_depth,
+        max_attributes: limits.max_attributes,
+        max_attribute_bytes: limits.max_attribute_bytes,
+        ..Limits::default()
+    });
+    let handshake_limit = Duration::from_secs(limits.tls_handshake_timeout_secs);
+    let (io, stage) = match ctx.kind {
+        ListenerKind::C2s => {
+            let stage = if ctx.server.config().tls.require_starttls {
+                Stage::Plain
+            } else {
+                Stage::Unauthenticated
+            };
+            (Transport::Plain(socket), stage)
+        }
+        ListenerKind::C2sDirectTls => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(ctx.tls.direct.clone());
+            match tokio::time::timeout(handshake_limit, acceptor.accept(socket)).await {
+                Ok(Ok(tls)) => (Transport::Tls(Box::new(tls)), Stage::Unauthenticated),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let mut conn = Connection {
+        channel_bindings: ChannelBindings::default(),
+        ctx,
+        peer,
+        io: Some(io),
+        parser,
+        out: Vec::new(),
+        stage,
+        header_sent: false,
+        host: None,
+        sasl: None,
+        auth_attempts: 0,
+        user: None,
+        session: None,
+        inbox: None,
+        _permit: permit,
+    };
+    conn.update_channel_bindings();
+    tracing::debug!(%peer, tls = conn.is_tls(), "client connected");
+    let close = conn.serve().await;
+    conn.finish(close).await;
+}
+
+/// Waits on an optional session inbox; pending forever when there is none.
+async fn next_outgoing(inbox: &mut Option<SessionInbox>) -> Option<Box<Element>> {
+    match inbox {
+        Some(inbox) => inbox.stanzas.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn kicked(session: &Option<Arc<SessionHandle>>) -> (StreamErrorCondition, String) {
+    match session {
+        Some(handle) => handle.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    fn server(&self) -> &Arc<Server> {
+        &self.ctx.server
+    }
+
+    fn is_tls(&self) -> bool {
+        self.io.as_ref().is_some_and(Transport::is_tls)
+    }
+
+    fn update_channel_bindings(&mut self) {
+        if let Some(Transport::Tls(tls)) = &self.io {
+            self.channel_bindings = self.ctx.tls.channel_bindings(tls.get_ref().1);
+        }
+    }
+
+    /// The read/write loop; returns why the stream ended.
+    async fn serve(&mut self) -> Close {
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut events = Vec::new();
+        let shutdown = self.server().shutdown_token().clone();
+        let deadline = Instant::now()
+            + Duration::from_secs(self.server().config().limits.unauthenticated_timeout_secs);
+        loop {
+            let Some(io) = self.io.as_mut() else {
+                return Close::Dropped;
+            };
+            let bound = self.stage == Stage::Bound;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return Close::err(StreamErrorCondition::SystemShutdown);
+                }
+                (cond, text) = kicked(&self.session) => {
+                    return Close::Error(cond, Some(text));
+                }
+                first = next_outgoing(&mut self.inbox) => {
+                    let Some(first) = first else { return Close::Dropped };
+                    first.write_to(&mut self.out, ns::CLIENT);
+                    if let Some(inbox) = self.inbox.as_mut() {
+                        for _ in 1..WRITE_BATCH {
+                            match inbox.stanzas.try_recv() {
+                                Ok(st) => st.write_to(&mut self.out, ns::CLIENT),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    if self.flush().await.is_err() {
+                        return Close::Dropped;
+                    }
+                }
+                read = io.read(&mut buf) => {
+                    let n = match read {
+                        Ok(0) | Err(_) => return Close::Dropped,
+                        Ok(n) => n,
+                    };
+                    let fed = self.parser.feed(&buf[..n], &mut events);
+                    let mut restarted = false;
+                    for ev in events.drain(..) {
+                        match self.on_event(ev).await {
+                            Ok(Next::Continue) => {}
+                            Ok(Next::Restart) => {
+                                restarted = true;
+                                break;
+                            }
+                            Err(close) => return close,
+                        }
+                    }
+                    if self.flush().await.is_err() {
+                        return Close::Dropped;
+                    }
+                    if restarted {
+                        // Anything the client sent after <starttls/> or <auth/> in the same
+                        // read was sent before it could know the outcome: discard it
+                        // (RFC 6120 §5.4.3.3, the STARTTLS command-injection rule).
+                        events.clear();
+                        self.parser.reset();
+                        continue;
+                    }
+                    if let Err(e) = fed {
+                        let cond = StreamErrorCondition::from_name(e.stream_condition())
+                            .unwrap_or(StreamErrorCondition::NotWellFormed);
+                        return Close::err_text(cond, e.to_string());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if !bound => {
+                    return Close::err_text(
+                        StreamErrorCondition::ConnectionTimeout,
+                        "authentication took too long",
+                    );
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let Some(io) = self.io.as_mut() else {
+            return Ok(());
+        };
+        let r = async {
+            io.write_all(&self.out).await?;
+            io.flush().await
+        }
+        .await;
+        self.out.clear();
+        if self.out.capacity() > 64 * 1024 {
+            // Don't keep a burst-sized buffer for an idle session.
+            self.out.shrink_to(4096);
+        }
+        r
+    }
+
+    /// Ends the stream as `close` says, then releases the session.
+    async fn finish(mut self, close: Close) {
+        match &close {
+            Close::Error(cond, text) => {
+                tracing::debug!(peer = %self.peer, condition = %cond, "closing stream with error");
+                if !self.header_sent {
+                    self.write_header(None);
+                }
+                let err = cond.to_element(text.as_deref());
+                self.out.extend_from_slice(b"<stream:error>");
+                for child in err.children() {
+                    child.write_to(&mut self.out, ns::STREAMS);
+                }
+                self.out
+                    .extend_from_slice(b"</stream:error></stream:stream>");
+            }
+            Close::Graceful => self.out.extend_from_slice(b"</stream:stream>"),
+            Close::Dropped => {}
+        }
+        if !matches!(close, Close::Dropped) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = self.flush().await;
+                if let Some(io) = self.io.as_mut() {
+                    let _ = io.shutdown().await;
+                }
+            })
+            .await;
+        }
+        self.inbox = None;
+        if let Some(handle) = self.session.take() {
+            let was_available = handle.priority().is_some();
+            if self.server().sessions().unbind(&handle) {
+                if let Some(host) = &self.host {
+                    host.hooks().run(&SessionClosed {
+                        jid: handle.jid().clone(),
+                        was_available,
+                    });
+                }
+            }
+            tracing::info!(jid = %handle.jid(), "session ended");
+        }
+        tracing::debug!(peer = %self.peer, "connection closed");
+    }
+
+    fn write_header(&mut self, to: Option<&str>) {
+        let from = self
+            .host
+            .as_ref()
+            .map(|h| h.domain().to_owned())
+            .or_else(|| {
+                self.server()
+                    .config()
+                    .hosts
+                    .first()
+                    .map(|h| h.domain.clone())
+            })
+            .unwrap_or_default();
+        let mut header = Element::new("stream", ns::STREAMS)
+            .with_attr("id", random_id(16))
+            .with_attr("from", from)
+            .with_attr("version", "1.0")
+            .with_attr("xml:lang", "en");
+        if let Some(to) = to {
+            header.set_attr("to", to);
+        }
+        // The open tag is written by hand: it stays open for the life of the stream.
+        self.out.extend_from_slice(
+            b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'",
+        );
+        for (k, v) in header.attrs() {
+            self.out.push(b' ');
+            self.out.extend_from_slice(k.as_bytes());
+            self.out.extend_from_slice(b"='");
+            escape_attr(v, &mut self.out);
+            self.out.push(b'\'');
+        }
+        self.out.push(b'>');
+        self.header_sent = true;
+    }
+
+    fn write_features(&mut self, features: &[Element]) {
+        self.out.extend_from_slice(b"<stream:features>");
+        for f in features {
+            f.write_to(&mut self.out, ns::CLIENT);
+        }
+        self.out.extend_from_slice(b"</stream:features>");
+    }
+
+    fn write(&mut self, el: &Element) {
+        el.write_to(&mut self.out, ns::CLIENT);
+    }
+
+    async fn on_event(&mut self, ev: StreamEvent) -> Result<Next, Close> {
+        match ev {
+            StreamEvent::Open(header) => self.on_stream_open(header).map(|()| Next::Continue),
+            StreamEvent::Close => Err(Close::Graceful),
+            StreamEvent::Stanza(el) => self.on_element(el).await,
+        }
+    }
+
+    /// RFC 6120 §4.7: validate the client's stream header, answer with ours and the features.
+    fn on_stream_open(&mut self, header: StreamHeader) -> Result<(), Close> {
+        if header.name != "stream" || header.ns != ns::STREAMS {
+            return Err(Close::err_text(
+                StreamErrorCondition::InvalidNamespace,
+                "the stream element must be <stream> in http://etherx.jabber.org/streams",
+            ));
+        }
+        if header.default_ns.as_deref() != Some(ns::CLIENT) {
+            return Err(Close::err_text(
+                StreamErrorCondition::InvalidNamespace,
+                "the content namespace of a client stream is jabber:client",
+            ));
+        }
+        let to = header.attr("to").unwrap_or("");
+        let domain = BareJid::new(to)
+            .ok()
+            .filter(|j| j.node().is_none())
+            .map(|j| j.domain().to_string());
+        let host = domain.and_then(|d| self.server().host(&d).cloned());
+        let Some(host) = host else {
+            return Err(Close::err_text(
+                StreamErrorCondition::HostUnknown,
+                "this server does not serve that domain",
+            ));
+        };
+        if let Some(prev) = &self.host {
+            if prev.domain() != host.domain() {
+                return Err(Close::err_text(
+                    StreamErrorCondition::HostUnknown,
+                    "a restarted stream must be for the same domain",
+                ));
+            }
+        }
+        self.host = Some(host);
+        let reply_to = header
+            .attr("from")
+            .filter(|f| rookery_stanza::Jid::new(f).is_ok())
+            .map(str::to_owned);
+        self.write_header(reply_to.as_deref());
+        // §4.7.5: version 1.0 is required; a higher major version is answered with ours.
+        let major = header
+            .attr("version")
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse::<u32>().ok());
+        if major.unwrap_or(0) < 1 {
+            return Err(Close::err_text(
+                StreamErrorCondition::UnsupportedVersion,
+                "XMPP version 1.0 is required",
+            ));
+        }
+        let features = self.features();
+        self.write_features(&features);
+        Ok(())
+    }
+
+    fn offered_mechanisms(&self) -> Vec<Mechanism> {
+        let tls = self.is_tls();
+        let has_cb = !self.channel_bindings.supported().is_empty();
+        Mechanism::ALL
+            .into_iter()
+            .filter(|m| match m {
+                Mechanism::Plain => tls,
+                m if m.is_plus() => tls && has_cb,
+                _ => true,
+            })
+            .collect()
+    }
+
+    fn features(&self) -> Vec<Element> {
+        let mut out = Vec::new();
+        match self.stage {
+            Stage::Plain => {
+                out.push(
+                    Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)),
+                );
+            }
+            Stage::Unauthenticated => {
+                if self.ctx.kind == ListenerKind::C2s && !self.is_tls() {
+                    out.push(Element::new("starttls", ns::TLS));
+                }
+                let mut mechs = Element::new("mechanisms", ns::SASL);
+                for m in self.offered_mechanisms() {
+                    mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
+                }
+                out.push(mechs);
+                // XEP-0440: which channel-binding types this connection supports.
+                let cbs = self.channel_bindings.supported();
+                if !cbs.is_empty() {
+                    let mut el = Element::new("sasl-channel-binding", ns::SASL_CB);
+                    for t in cbs {
+                        el.push_child(
+                            Element::new("channel-binding", ns::SASL_CB)
+                                .with_attr("type", t.name()),
+                        );
+                    }
+                    out.push(el);
+                }
+            }
+            Stage::Authenticated | Stage::Bound => {
+                out.push(Element::new("bind", ns::BIND));
+                // RFC 6121 Appendix E: kept for old clients, marked optional.
+                out.push(
+                    Element::new("session", ns::SESSION)
+                        .with_child(Element::new("optional", ns::SESSION)),
+                );
+                if let Some(host) = &self.host {
+                    if let Some(f) = host.hooks().fold(StreamFeatures {
+                        stage: FeatureStage::PostAuth,
+                        features: Vec::new(),
+                    }) {
+                        out.extend(f.features);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn on_element(&mut self, el: Element) -> Result<Next, Close> {
+        if self.host.is_none() {
+            return Err(Close::err(StreamErrorCondition::NotWellFormed));
+        }
+        match (self.stage, el.ns(), el.name()) {
+            (Stage::Plain | Stage::Unauthenticated, ns::TLS, "starttls") => self.starttls().await,
+            (Stage::Plain, ns::SASL, "auth") => {
+                let fail = Element::new("failure", ns::SASL)
+                    .with_child(Element::new("encryption-required", ns::SASL));
+                self.write(&fail);
+                Ok(Next::Continue)
+            }
+            (Stage::Unauthenticated, ns::SASL, "auth") => self.sasl_auth(&el).await,
+            (Stage::Unauthenticated, ns::SASL, "response") => {
+                let data = decode_sasl(&el);
+                self.sasl_step(|s| data.and_then(|d| s.step(&d))).await
+            }
+            (Stage::Unauthenticated, ns::SASL, "abort") => {
+                self.sasl = None;
+                self.sasl_failure(SaslError::Aborted, None).await
+            }
+            (Stage::Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el),
+            (Stage::Bound, _, _) => self.on_stanza(el).await.map(|()| Next::Continue),
+            (_, ns::CLIENT, "message" | "presence" | "iq") => Err(Close::err_text(
+                StreamErrorCondition::NotAuthorized,
+                "authenticate and bind a resource first",
+            )),
+            (_, ns::CLIENT, _) => Err(Close::err(StreamErrorCondition::UnsupportedStanzaType)),
+            (_, ns::SERVER, _) => Err(Close::err(StreamErrorCondition::InvalidNamespace)),
+            _ => Err(Close::err(StreamErrorCondition::UnsupportedStanzaType)),
+        }
+    }
+
+    /// RFC 6120 §5.4: upgrade the connection in place.
+    async fn starttls(&mut self) -> Result<Next, Close> {
+        if self.is_tls() {
+            self.write(&Element::new("failure", ns::TLS));
+            return Err(Close::Dropped);
+        }
+        self.write(&Element::new("proceed", ns::TLS));
+        if self.flush().await.is_err() {
+            return Err(Close::Dropped);
+        }
+        let Some(Transport::Plain(tcp)) = self.io.take() else {
+            return Err(Close::Dropped);
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.starttls.clone());
+        let limit = Duration::from_secs(self.server().config().limits.tls_handshake_timeout_secs);
+        match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.io = Some(Transport::Tls(Box::new(tls)));
+                self.update_channel_bindings();
+                self.stage = Stage::Unauthenticated;
+                self.header_sent = false;
+                Ok(Next::Restart)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "STARTTLS handshake failed");
+                Err(Close::Dropped)
+            }
+            Err(_) => Err(Close::Dropped),
+        }
+    }
+
+    async fn sasl_auth(&mut self, el: &Element) -> Result<Next, Close> {
+        let offered = self.offered_mechanisms();
+        let mech = el
+            .attr("mechanism")
+            .and_then(Mechanism::from_name)
+            .filter(|m| offered.contains(m));
+        let Some(mech) = mech else {
+            let fail = Element::new("failure", ns::SASL)
+                .with_child(Element::new("invalid-mechanism", ns::SASL));
+            self.write(&fail);
+            return Ok(Next::Continue);
+        };
+        let plus_advertised = offered.iter().any(|m| m.is_plus());
+        self.sasl = Some(ServerSession::new(
+            mech,
+            self.channel_bindings.clone(),
+            plus_advertised,
+            self.is_tls(),
+        ));
+        let initial = decode_sasl(el);
+        self.sasl_step(|s| initial.and_then(|d| s.start(&d))).await
+    }
+
+    /// Drives the SASL exchange one client message further.
+    async fn sasl_step(
+        &mut self,
+        f: impl FnOnce(&mut ServerSession) -> Result<Step, SaslError>,
+    ) -> Result<Next, Close> {
+        let Some(mut session) = self.sasl.take() else {
+            let fail = Element::new("failure", ns::SASL)
+                .with_child(Element::new("malformed-request", ns::SASL));
+            self.write(&fail);
+            return Ok(Next::Continue);
+        };
+        let mut step = f(&mut session);
+        let mut account = None;
+        loop {
+            match step {
+                Ok(Step::NeedCredentials { username, .. }) => {
+                    let domain = self
+                        .host
+                        .as_ref()
+                        .map(|h| h.domain().to_owned())
+                        .unwrap_or_default();
+                    let jid = BareJid::new(&format!("{username}@{domain}")).ok();
+                    let creds = match (&jid, session.mechanism().hash()) {
+                        (Some(jid), hash) => {
+                            let node = jid.node().map(|n| n.to_string()).unwrap_or_default();
+                            let hash = hash.unwrap_or(rookery_sasl::HashAlg::Sha256);
+                            match self
+                                .server()
+                                .storage()
+                                .accounts
+                                .get_credentials(&domain, &node, hash)
+                                .await
+                            {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "credential look-up failed");
+                                    return self
+                                        .sasl_failure(SaslError::Internal("storage".into()), None)
+                                        .await;
+                                }
+                            }
+                        }
+                        (None, _) => None,
+                    };
+                    account = jid;
+                    step = session.credentials(creds);
+                }
+                Ok(Step::Challenge(data)) => {
+                    let el = Element::new("challenge", ns::SASL).with_text(B64.encode(data));
+                    self.write(&el);
+                    self.sasl = Some(session);
+                    return Ok(Next::Continue);
+                }
+                Ok(Step::Success {
+                    username,
+                    authzid,
+                    additional_data,
+                }) => {
+                    let domain = self.host.as_ref().map(|h| h.domain().to_owned());
+                    let jid = account.or_else(|| {
+                        BareJid::new(&format!("{username}@{}", domain.unwrap_or_default())).ok()
+                    });
+                    let Some(jid) = jid else {
+                        return self.sasl_failure(SaslError::NotAuthorized, None).await;
+                    };
+                    // An authorization identity other than the account itself is not allowed.
+                    if let Some(z) = authzid.filter(|z| !z.is_empty()) {
+                        if BareJid::new(&z).ok().as_ref() != Some(&jid) {
+                            return self
+                                .sasl_failure(SaslError::InvalidAuthzid, Some(&jid))
+                                .await;
+                        }
+                    }
+                    let mut el = Element::new("success", ns::SASL);
+                    if let Some(d) = additional_data {
+                        el.push_text(B64.encode(d));
+                    }
+                    self.write(&el);
+                    self.ctx.throttle.success(self.peer.ip());
+                    tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated");
+                    self.user = Some(jid);
+                    self.stage = Stage::Authenticated;
+                    self.header_sent = false;
+                    return Ok(Next::Restart);
+                }
+                Err(e) => return self.sasl_failure(e, account.as_ref()).await,
+            }
+        }
+    }
+
+    /// Answers a failed SASL exchange: slowed down by the throttle, and the stream closed after
+    /// too many attempts (RFC 6120 §6.4.5 lets the server limit retries).
+    async fn sasl_failure(
+        &mut self,
+        e: SaslError,
+        account: Option<&BareJid>,
+    ) -> Result<Next, Close> {
+        self.sasl = None;
+        let counted = !matches!(e, SaslError::Aborted);
+        if counted {
+            self.auth_attempts += 1;
+            let delay = self
+                .ctx
+                .throttle
+                .failure(self.peer.ip(), account.map(|a| a.as_str()));
+            tracing::warn!(peer = %self.peer, account = account.map(|a| a.to_string()), condition = e.condition(), "authentication failed");
+            if self.flush().await.is_err() {
+                return Err(Close::Dropped);
+            }
+            tokio::time::sleep(delay).await;
+        }
+        let fail =
+            Element::new("failure", ns::SASL).with_child(Element::new(e.condition(), ns::SASL));
+        self.write(&fail);
+        if self.auth_attempts >= self.server().config().limits.max_auth_attempts {
+            return Err(Close::err_text(
+                StreamErrorCondition::PolicyViolation,
+                "too many failed authentication attempts",
+            ));
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Resource binding (RFC 6120 §7) and the legacy session request.
+    fn pre_bind_iq(&mut self, el: Element) -> Result<Next, Close> {
+        let is_set = IqType::of(&el) == Some(IqType::Set);
+        if is_set && el.has_child("session", ns::SESSION) {
+            self.write(&iq_result(&el, None));
+            return Ok(Next::Continue);
+        }
+        let Some(bind) = el.get_child("bind", ns::BIND).filter(|_| is_set) else {
+            return Err(Close::err_text(
+                StreamErrorCondition::NotAuthorized,
+                "bind a resource first",
+            ));
+        };
+        let Some(user) = self.user.clone() else {
+            return Err(Close::err(StreamErrorCondition::NotAuthorized));
+        };
+        let requested = bind
+            .get_child("resource", ns::BIND)
+            .map(|r| r.text().trim().to_owned())
+            .filter(|r| !r.is_empty());
+        let full = match requested {
+            Some(r) => match user.with_resource_str(&r) {
+                Ok(j) => j,
+                Err(_) => {
+                    let e = StanzaError::bad_request("the resource is not a valid resourcepart");
+                    if let Some(reply) = error_reply(&el, &e) {
+                        self.write(&reply);
+                    }
+                    return Ok(Next::Continue);
+                }
+            },
+            None => match user.with_resource_str(&random_id(12)) {
+                Ok(j) => j,
+                Err(_) => return Err(Close::err(StreamErrorCondition::InternalServerError)),
+            },
+        };
+        self.bind(full.clone());
+        let reply = iq_result(
+            &el,
+            Some(
+                Element::new("bind", ns::BIND)
+                    .with_child(Element::new("jid", ns::BIND).with_text(full.as_str())),
+            ),
+        );
+        self.write(&reply);
+        Ok(Next::Continue)
+    }
+
+    fn bind(&mut self, jid: FullJid) {
+        let queue = self.server().config().limits.session_send_queue;
+        let (handle, inbox) = SessionHandle::new(jid.clone(), queue);
+        if let Some(old) = self.server().sessions().bind(handle.clone()) {
+            // RFC 6120 §7.7.2.2: this server's policy is that the newer session wins.
+            old.kick(
+                StreamErrorCondition::Conflict,
+                "replaced by a new session with the same resource",
+            );
+        }
+        self.session = Some(handle);
+        self.inbox = Some(inbox);
+        self.stage = Stage::Bound;
+        tracing::info!(peer = %self.peer, jid = %jid, "resource bound");
+        if let Some(host) = &self.host {
+            host.hooks().run(&SessionBound { jid });
+        }
+    }
+
+    async fn on_stanza(&mut self, el: Element) -> Result<(), Close> {
+        let Some(jid) = self.session.as_ref().map(|h| h.jid().clone()) else {
+            return Err(Close::err(StreamErrorCondition::InternalServerError));
+        };
+        let stanza = self
+            .server()
+            .stamp_from_client(&jid, el)
+            .map_err(Close::err)?;
+        if stanza.name() == "iq" && stanza.attr("to").is_none() {
+            let is_set = IqType::of(&stanza) == Some(IqType::Set);
+            if is_set && stanza.has_child("session", ns::SESSION) {
+                self.write(&iq_result(&stanza, None));
+                return Ok(());
+            }
+            if stanza.has_child("bind", ns::BIND) {
+                let e = StanzaError::new(StanzaErrorCondition::NotAllowed)
+                    .with_text("a resource is already bound on this stream");
+                if let Some(reply) = error_reply(&stanza, &e) {
+                    self.write(&reply);
+                }
+                return Ok(());
+            }
+        }
+        let server = self.server().clone();
+        server.route_from_client(&jid, stanza).await;
+        Ok(())
+    }
+}
+
+/// The base64 payload of a SASL element: empty text is "no data", `=` is an empty response.
+fn decode_sasl(el: &Element) -> Result<Vec<u8>, SaslError> {
+    let text = el.text();
+    let t = text.trim();
+    if t.is_empty() || t == "=" {
+        return Ok(Vec::new());
+    }
+    B64.decode(t).map_err(|_| SaslError::IncorrectEncoding)
+}
+
+fn escape_attr(v: &str, out: &mut Vec<u8>) {
+    for b in v.bytes() {
+        match b {
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            b'\'' => out.extend_from_slice(b"&apos;"),
+            b'"' => out.extend_from_slice(b"&quot;"),
+            _ => out.push(b),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Listeners and client streams.
+//!
+//! * [`tls`]: certificates per host (loaded or generated), SNI, channel-binding data.
+//! * [`c2s`]: one task per client connection: negotiation, then stanzas to and from the core.
+//! * [`limits`]: connection counting and authentication-failure slow-down.
+//!
+//! Transports hand the core stanzas that are already parsed and stamped; the core never sees
+//! bytes. WebSocket and BOSH will feed the same session logic.
+
+pub mod c2s;
+pub mod limits;
+pub mod tls;
+pub mod transport;
+
+use crate::c2s::ListenerContext;
+use crate::limits::{AuthThrottle, ConnectionLimits};
+use rookery_core::config::ListenerKind;
+use rookery_core::Server;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A bound listener, before it starts accepting.
+pub struct BoundListener {
+    pub kind: ListenerKind,
+    pub local_addr: SocketAddr,
+    listener: TcpListener,
+}
+
+/// Binds every configured listener; fails before anything is served if one address is taken.
+pub async fn bind_all(server: &Server) -> std::io::Result<Vec<BoundListener>> {
+    let mut out = Vec::new();
+    for l in &server.config().listeners {
+        let listener = TcpListener::bind(l.address).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.address))
+        })?;
+        out.push(BoundListener {
+            kind: l.kind,
+            local_addr: listener.local_addr()?,
+            listener,
+        });
+    }
+    Ok(out)
+}
+
+/// Accepts connections on the bound listeners until the server shuts down.
+pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundListener>) {
+    let limits = &server.config().limits;
+    let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
+    let throttle = Arc::new(AuthThrottle::default());
+    for l in listeners {
+        let ctx = Arc::new(ListenerContext {
+            server: server.clone(),
+            tls: tls.clone(),
+            kind: l.kind,
+            throttle: throttle.clone(),
+        });
+        let conn_limits = conn_limits.clone();
+        tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
+        server
+            .tasks()
+            .spawn(accept_loop(ctx, l.listener, conn_limits));
+    }
+}
+
+async fn accept_loop(
+    ctx: Arc<ListenerContext>,
+    listener: TcpListener,
+    limits: Arc<ConnectionLimits>,
+) {
+    let shutdown = ctx.server.shutdown_token().clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let Some(permit) = limits.try_acquire(peer.ip()) else {
+                    tracing::warn!(%peer, open = limits.open(), "connection refused: connection limit reached");
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                ctx.server
+                    .tasks()
+                    .spawn(c2s::run(ctx.clone(), socket, peer, permit));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Connection counting and the slow-down of repeated authentication failures.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counts open connections in total and per address.
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Held by a connection task; gives its slot back when dropped.
+pub struct ConnectionPermit {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            state: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let mut st = self.state.lock();
+        if st.0 >= self.max_total {
+            return None;
+        }
+        let n = st.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        st.0 += 1;
+        Some(ConnectionPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.state.lock().0
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut st = self.limits.state.lock();
+        st.0 = st.0.saturating_sub(1);
+        if let Some(n) = st.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                st.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Failed SASL attempts, by source address and by account. Each failure doubles the delay
+/// before the next failure answer (from 250 ms up to 8 s); both counts decay after a quiet
+/// period. The delay only holds back that connection's answer, so a guesser is slowed while
+/// the real user, from another address and with the right password, is not locked out.
+pub struct AuthThrottle {
+    entries: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+const MAX_ENTRIES: usize = 100_000;
+
+impl Default for AuthThrottle {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl AuthThrottle {
+    /// Records a failure and returns how long to wait before answering it.
+    pub fn failure(&self, ip: IpAddr, account: Option<&str>) -> Duration {
+        let now = Instant::now();
+        let mut map = self.entries.lock();
+        if map.len() > MAX_ENTRIES {
+            map.retain(|_, (_, t)| now.duration_since(*t) < FORGET_AFTER);
+        }
+        let mut worst = 0;
+        let keys = [
+            Some(format!("ip:{ip}")),
+            account.map(|a| format!("user:{a}")),
+        ];
+        for key in keys.into_iter().flatten() {
+            let e = map.entry(key).or_insert((0, now));
+            if now.duration_since(e.1) >= FORGET_AFTER {
+                e.0 = 0;
+            }
+            e.0 = e.0.saturating_add(1);
+            e.1 = now;
+            worst = worst.max(e.0);
+        }
+        Self::delay(worst)
+    }
+
+    /// A success clears the address's record (not the account's: the guesser may be elsewhere).
+    pub fn success(&self, ip: IpAddr) {
+        self.entries.lock().remove(&format!("ip:{ip}"));
+    }
+
+    fn delay(failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(5);
+        Duration::from_millis(250u64 << exp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_hold_and_release() {
+        let l = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let b: IpAddr = "127.0.0.2".parse().expect("ip");
+        let p1 = l.try_acquire(a).expect("1");
+        let _p2 = l.try_acquire(a).expect("2");
+        assert!(l.try_acquire(a).is_none(), "per-ip limit");
+        let _p3 = l.try_acquire(b).expect("3");
+        assert!(l.try_acquire(b).is_none(), "total limit");
+        drop(p1);
+        assert!(l.try_acquire(a).is_some());
+    }
+
+    #[test]
+    fn failures_slow_down_exponentially_with_a_cap() {
+        let t = AuthThrottle::default();
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        let d: Vec<_> = (0..8).map(|_| t.failure(ip, Some("u@x"))).collect();
+        assert_eq!(d[0], Duration::from_millis(250));
+        assert_eq!(d[1], Duration::from_millis(500));
+        assert_eq!(d[7], Duration::from_secs(8));
+        // Another address guessing the same account is slowed too (per-account count).
+        let other: IpAddr = "10.0.0.2".parse().expect("ip");
+        assert_eq!(t.failure(other, Some("u@x")), Duration::from_secs(8));
+        t.success(ip);
+        assert_eq!(t.failure(ip, None), Duration::from_millis(250));
+    }
+}

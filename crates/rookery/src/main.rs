@@ -1,0 +1,267 @@
+//! The `rookery` binary: command line, logging, and wiring the crates together.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use rookery_core::config::StorageBackend;
+use rookery_core::{Config, Server};
+use rookery_stanza::BareJid;
+use rookery_storage::Storage;
+use rookery_storage_sqlite::SqliteBackend;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Iterations for newly stored SCRAM records (RFC 7677 recommends at least 4096).
+const SCRAM_ITERATIONS: u32 = 4096;
+/// How long a graceful stop waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(name = "rookery", version, about = "Rookery, an XMPP server")]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded default is used: domain localhost,
+    /// ports 5222/5223 on loopback, data in ./rookery-data.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or SIGINT.
+    Serve,
+    /// Validate the configuration and certificates without starting.
+    Check,
+    /// Manage accounts (works while the server runs).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account. The password comes from --password or the first line of stdin.
+    Add {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change an account's password (from --password or the first line of stdin).
+    Passwd {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete an account.
+    Delete { jid: String },
+    /// List accounts, one bare JID per line.
+    List {
+        /// Only this domain.
+        domain: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rookery: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve => {
+            init_logging(&config.log_level);
+            rt.block_on(serve(config))
+        }
+        Command::Check => check(&config),
+        Command::User(cmd) => rt.block_on(user(&config, cmd)),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn open_storage(config: &Config) -> Result<Storage> {
+    match config.storage.backend {
+        StorageBackend::Memory => Ok(Storage::memory()),
+        StorageBackend::Sqlite => {
+            let path = config.database_path();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let db = SqliteBackend::open(&path)
+                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            Ok(db.storage())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let storage = open_storage(&config)?;
+    let tls = rookery_net::tls::TlsContext::load(&config, true)?;
+    let server = Server::new(config, storage, &rookery_modules::registry())?;
+    let listeners = rookery_net::bind_all(&server).await?;
+    rookery_net::serve(server.clone(), tls, listeners);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        hosts = ?server.config().hosts.iter().map(|h| &h.domain).collect::<Vec<_>>(),
+        "Rookery started"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!(
+        sessions = server.sessions().count(),
+        "stopping: closing every stream"
+    );
+    server.shutdown_token().cancel();
+    server.tasks().close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, server.tasks().wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn check(config: &Config) -> Result<()> {
+    let registry = rookery_modules::registry();
+    for h in &config.hosts {
+        let modules = registry.resolve(&h.domain, h.modules.as_deref())?;
+        println!(
+            "host {}: modules {}",
+            h.domain,
+            modules
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    rookery_net::tls::TlsContext::load(config, false)?;
+    for l in &config.listeners {
+        println!("listener {:?} on {}", l.kind, l.address);
+    }
+    println!("configuration OK");
+    Ok(())
+}
+
+/// Reads a password from the flag or the first line of stdin.
+fn password(flag: Option<String>) -> Result<String> {
+    let pw = match flag {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if pw.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(pw)
+}
+
+/// Parses `user@domain` and checks the domain is served.
+fn account(config: &Config, jid: &str) -> Result<(String, String)> {
+    let j = BareJid::new(jid).map_err(|e| anyhow!("'{jid}' is not a valid JID: {e}"))?;
+    let node = j
+        .node()
+        .ok_or_else(|| anyhow!("'{jid}' has no user part (expected user@domain)"))?;
+    let domain = j.domain().to_string();
+    if config.host(&domain).is_none() {
+        bail!("{domain} is not a domain this server serves");
+    }
+    Ok((node.to_string(), domain))
+}
+
+async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
+    if config.storage.backend == StorageBackend::Memory {
+        bail!("the memory storage backend keeps no accounts between runs");
+    }
+    let storage = open_storage(config)?;
+    let accounts = &storage.accounts;
+    match cmd {
+        UserCommand::Add { jid, password: pw } => {
+            let (node, domain) = account(config, &jid)?;
+            let creds = rookery_sasl::generate_all(&password(pw)?, SCRAM_ITERATIONS)?;
+            accounts
+                .create_account(&domain, &node, &creds)
+                .await
+                .map_err(|e| match e {
+                    rookery_storage::StorageError::AlreadyExists => {
+                        anyhow!("{node}@{domain} already exists")
+                    }
+                    e => e.into(),
+                })?;
+            println!("created {node}@{domain}");
+        }
+        UserCommand::Passwd { jid, password: pw } => {
+            let (node, domain) = account(config, &jid)?;
+            let creds = rookery_sasl::generate_all(&password(pw)?, SCRAM_ITERATIONS)?;
+            accounts
+                .set_credentials(&domain, &node, &creds)
+                .await
+                .map_err(|e| match e {
+                    rookery_storage::StorageError::NotFound => {
+                        anyhow!("{node}@{domain} does not exist")
+                    }
+                    e => e.into(),
+                })?;
+            println!("password changed for {node}@{domain}");
+        }
+        UserCommand::Delete { jid } => {
+            let (node, domain) = account(config, &jid)?;
+            if !accounts.delete_account(&domain, &node).await? {
+                bail!("{node}@{domain} does not exist");
+            }
+            println!("deleted {node}@{domain}");
+        }
+        UserCommand::List { domain } => {
+            if let Some(d) = &domain {
+                if config.host(d).is_none() {
+                    bail!("{d} is not a domain this server serves");
+                }
+            }
+            for (node, d) in accounts.list_accounts(domain.as_deref()).await? {
+                println!("{node}@{d}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! The embedded default storage backend of Rookery: one SQLite database file.
+//!
+//! # Invariants
+//!
+//! * **Only SCRAM records are stored, never passwords** (table `scram_credentials`:
+//!   salt, iteration count, StoredKey, ServerKey per hash).
+//! * **Durability.** The database runs in WAL mode with `synchronous=NORMAL`: a
+//!   transaction that returned `Ok` survives a crash or kill of the process (the WAL is
+//!   written before commit returns); only an operating-system crash or power loss can
+//!   lose the last few commits. That is the trade-off recommended by SQLite for WAL and
+//!   the one Rookery makes: FULL would fsync on every commit for protection only
+//!   against OS crashes.
+//! * **Several processes.** The server and the `rookery user` CLI may open the same file
+//!   at once: writers use `BEGIN IMMEDIATE` and wait up to 5 s (`busy_timeout`) for the
+//!   lock, and WAL lets readers proceed meanwhile.
+//! * **Never block the async runtime.** Every store call runs on tokio's blocking pool
+//!   with the connection behind a mutex.
+//! * **Schema versioning.** Migrations (embedded from `migrations/*.sql`) are applied
+//!   once each, in order, each in its own transaction, recorded in `schema_migrations`.
+//!   A database whose schema is newer than this build knows is refused.
+//! * **Rows are validated on read.** Malformed records surface as
+//!   [`StorageError::Corrupt`], never as a panic.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rookery_sasl::{HashAlg, ScramCredentials};
+use rookery_storage::{validate_credentials, AccountStore, Storage, StorageError};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+/// The migrations, in order: entry `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_accounts.sql")];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a writer waits for another connection's lock (the CLI, say).
+pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+type Shared = Arc<Mutex<Connection>>;
+
+fn backend(e: rusqlite::Error) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// An open SQLite database.
+#[derive(Clone)]
+pub struct SqliteBackend {
+    conn: Shared,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend").finish_non_exhaustive()
+    }
+}
+
+impl SqliteBackend {
+    /// Open or create the database file: WAL journal mode, synchronous=NORMAL,
+    /// foreign_keys=ON, busy_timeout 5000 ms, then run migrations.
+    ///
+    /// Blocking: call it at startup (or from `spawn_blocking`), not from async code.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let conn = Connection::open(path)
+            .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        Self::setup(conn, true)
+    }
+
+    /// A private in-memory database (tests, ephemeral servers).
+    pub fn open_in_memory() -> Result<Self, StorageError> {
+        let conn = Connection::open_in_memory().map_err(backend)?;
+        Self::setup(conn, false)
+    }
+
+    fn setup(mut conn: Connection, file: bool) -> Result<Self, StorageError> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(backend)?;
+        if file && !mode.eq_ignore_ascii_case("wal") {
+            return Err(StorageError::Backend(format!(
+                "cannot enable WAL journal mode (got {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(backend)?;
+        let fk: bool = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .map_err(backend)?;
+        if !fk {
+            return Err(StorageError::Backend(
+                "SQLite foreign key support is unavailable".into(),
+            ));
+        }
+        migrate(&mut conn)?;
+        Ok(SqliteBackend {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The trait objects backed by this database.
+    pub fn storage(&self) -> Storage {
+        Storage {
+            accounts: Arc::new(self.account_store()),
+        }
+    }
+
+    /// The concrete account store (also available as `storage().accounts`).
+    pub fn account_store(&self) -> SqliteAccountStore {
+        SqliteAccountStore {
+            conn: self.conn.clone(),
+        }
+    }
+
+    /// `PRAGMA integrity_check` reports "ok". Blocking.
+    pub fn integrity_check(&self) -> Result<bool, StorageError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(backend)?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        Ok(rows.len() == 1 && rows[0] == "ok")
+    }
+
+    /// The schema version recorded in the database. Blocking.
+    pub fn schema_version(&self) -> Result<i64, StorageError> {
+        current_version(&self.conn.lock())
+    }
+}
+
+fn current_version(conn: &Connection) -> Result<i64, StorageError> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(backend)
+}
+
+/// Apply the migrations the database lacks, each once, each in its own transaction.
+/// Safe to run concurrently from several processes (`BEGIN IMMEDIATE` serialises them
+/// and the version is re-read inside the transaction).
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 applied_at INTEGER NOT NULL
+             )",
+        )
+        .map_err(backend)?;
+        let current = current_version(&tx)?;
+        if current > SCHEMA_VERSION {
+            return Err(StorageError::Backend(format!(
+                "database schema version {current} is newer than this build of Rookery \
+                 supports (version {SCHEMA_VERSION}); upgrade Rookery or use a matching database"
+            )));
+        }
+        let Some(sql) = usize::try_from(current)
+            .ok()
+            .and_then(|i| MIGRATIONS.get(i))
+        else {
+            tx.commit().map_err(backend)?;
+            return Ok(());
+        };
+        let version = current + 1;
+        tx.execute_batch(sql)
+            .map_err(|e| StorageError::Backend(format!("migration {version} failed: {e}")))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, now_unix()],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+}
+
+/// [`AccountStore`] on SQLite.
+#[derive(Clone)]
+pub struct SqliteAccountStore {
+    conn: Shared,
+}
+
+impl std::fmt::Debug for SqliteAccountStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteAccountStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteAccountStore {
+    /// Run `f` with the connection on tokio's blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock();
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?
+    }
+}
+
+fn insert_credentials(
+    tx: &rusqlite::Transaction<'_>,
+    domain: &str,
+    username: &str,
+    creds: &[ScramCredentials],
+) -> Result<(), StorageError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO scram_credentials
+                 (domain, username, hash, salt, iterations, stored_key, server_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(backend)?;
+    for c in creds {
+        stmt.execute(params![
+            domain,
+            username,
+            c.hash.name(),
+            c.salt,
+            i64::from(c.iterations),
+            c.stored_key,
+            c.server_key
+        ])
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn blob(v: ValueRef<'_>, what: &str) -> Result<Vec<u8>, StorageError> {
+    match v {
+        ValueRef::Blob(b) => Ok(b.to_vec()),
+        other => Err(StorageError::Corrupt(format!(
+            "{what} is {:?}, not a BLOB",
+            other.data_type()
+        ))),
+    }
+}
+
+/// Turn a `scram_credentials` row back into a record, checking everything.
+fn credentials_from_row(
+    row: &rusqlite::Row<'_>,
+    expected: HashAlg,
+) -> Result<ScramCredentials, StorageError> {
+    let col = |i: usize| row.get_ref(i).map_err(backend);
+    let hash = match col(0)? {
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(HashAlg::from_name)
+            .ok_or_else(|| {
+                StorageError::Corrupt(format!("unknown hash {:?}", String::from_utf8_lossy(t)))
+            })?,
+        other => {
+            return Err(StorageError::Corrupt(format!(
+                "hash is {:?}, not TEXT",
+                other.data_type()
+            )))
+        }
+    };
+    if hash != expected {
+        return Err(StorageError::Corrupt(format!(
+            "asked for {expected}, row says {hash}"
+        )));
+    }
+    let iterations = match col(2)? {
+        ValueRef::Integer(i) => u32::try_from(i)
+            .map_err(|_| StorageError::Corrupt(format!("iteration count {i} out of range")))?,
+        other => {
+            return Err(StorageError::Corrupt(format!(
+                "iterations is {:?}, not INTEGER",
+                other.data_type()
+            )))
+        }
+    };
+    let creds = ScramCredentials {
+        hash,
+        salt: blob(col(1)?, "salt")?,
+        iterations,
+        stored_key: blob(col(3)?, "stored_key")?,
+        server_key: blob(col(4)?, "server_key")?,
+    };
+    creds
+        .validate()
+        .map_err(|e| StorageError::Corrupt(format!("{hash} record: {e}")))?;
+    Ok(creds)
+}
+
+#[async_trait::async_trait]
+impl AccountStore for SqliteAccountStore {
+    async fn create_account(
+        &self,
+        domain: &str,
+        username: &str,
+        creds: &[ScramCredentials],
+    ) -> Result<(), StorageError> {
+        validate_credentials(creds)?;
+        let (domain, username, creds) = (domain.to_owned(), username.to_owned(), creds.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO accounts (domain, username, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    params![domain, username, now_unix()],
+                )
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists);
+            }
+            insert_credentials(&tx, &domain, &username, &creds)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_credentials(
+        &self,
+        domain: &str,
+        username: &str,
+        creds: &[ScramCredentials],
+    ) -> Result<(), StorageError> {
+        validate_credentials(creds)?;
+        let (domain, username, creds) = (domain.to_owned(), username.to_owned(), creds.to_vec());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM accounts WHERE domain = ?1 AND username = ?2",
+                    params![domain, username],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(backend)?
+                .is_some();
+            if !exists {
+                return Err(StorageError::NotFound);
+            }
+            tx.execute(
+                "DELETE FROM scram_credentials WHERE domain = ?1 AND username = ?2",
+                params![domain, username],
+            )
+            .map_err(backend)?;
+            insert_credentials(&tx, &domain, &username, &creds)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_credentials(
+        &self,
+        domain: &str,
+        username: &str,
+        hash: HashAlg,
+    ) -> Result<Option<ScramCredentials>, StorageError> {
+        let (domain, username) = (domain.to_owned(), username.to_owned());
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hash, salt, iterations, stored_key, server_key
+                     FROM scram_credentials
+                     WHERE domain = ?1 AND username = ?2 AND hash = ?3",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt
+                .query(params![domain, username, hash.name()])
+                .map_err(backend)?;
+            match rows.next().map_err(backend)? {
+                Some(row) => credentials_from_row(row, hash).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn account_exists(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
+        let (domain, username) = (domain.to_owned(), username.to_owned());
+        self.run(move |conn| {
+            conn.prepare_cached("SELECT 1 FROM accounts WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut s| s.exists(params![domain, username]))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
+        let (domain, username) = (domain.to_owned(), username.to_owned());
+        self.run(move |conn| {
+            // Credentials go with it (ON DELETE CASCADE).
+            conn.execute(
+                "DELETE FROM accounts WHERE domain = ?1 AND username = ?2",
+                params![domain, username],
+            )
+            .map(|n| n > 0)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_accounts(
+        &self,
+        domain: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let domain = domain.map(str::to_owned);
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT username, domain FROM accounts
+                     WHERE ?1 IS NULL OR domain = ?1
+                     ORDER BY domain, username",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![domain], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<(String, String)>, _>>()
+                .map_err(|e| StorageError::Corrupt(format!("account row: {e}")))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_idempotent_on_one_connection() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn).expect("first");
+        migrate(&mut conn).expect("second");
+        migrate(&mut conn).expect("third");
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, SCHEMA_VERSION);
+        assert_eq!(current_version(&conn).expect("version"), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn in_memory_pragmas() {
+        let b = SqliteBackend::open_in_memory().expect("open");
+        let conn = b.conn.lock();
+        let fk: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .expect("fk");
+        assert_eq!(fk, 1);
+        let timeout: i64 = conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .expect("busy");
+        assert_eq!(timeout, 5000);
+    }
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Rookery's whole test suite: formatting, lints, unit tests, build, interop tests.
+#
+#   ./test.sh                 run everything
+#   ./test.sh -k login -x     extra arguments go to pytest (interop phase)
+#
+# Needs Rust (cargo with rustfmt and clippy) and Python 3.11 (python3 -m venv);
+# the Python packages for the interop tests are installed into .venv.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+REQUIREMENTS="$ROOT/tests/interop/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export ROOKERY_BIN="${ROOKERY_BIN:-$TARGET_DIR/debug/rookery}"
+
+CURRENT_PHASE=""
+on_exit() {
+    local rc=$?
+    if [[ $rc -ne 0 && -n "$CURRENT_PHASE" ]]; then
+        echo >&2
+        echo "test.sh: FAILED in phase: $CURRENT_PHASE (exit $rc)" >&2
+    fi
+}
+trap on_exit EXIT
+
+phase() {
+    CURRENT_PHASE="$1"
+    echo
+    echo "==> $CURRENT_PHASE"
+}
+
+phase "cargo fmt"
+cargo fmt --all -- --check
+
+phase "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+phase "cargo test"
+cargo test --workspace
+
+phase "cargo build"
+cargo build --workspace
+if [[ ! -x "$ROOKERY_BIN" ]]; then
+    echo "rookery binary not found at $ROOKERY_BIN after the build" >&2
+    exit 1
+fi
+
+phase "python venv"
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    if ! "$PYTHON" -m venv "$VENV"; then
+        echo "could not create a venv with '$PYTHON -m venv' (on Debian: apt-get install python3-venv)" >&2
+        exit 1
+    fi
+fi
+want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ "$want" != "$have" ]]; then
+    echo "installing interop test requirements"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+    echo "$want" >"$STAMP"
+else
+    echo "requirements unchanged"
+fi
+
+phase "interop tests (pytest)"
+"$VENV/bin/python" -m pytest "$ROOT/tests/interop" "$@"
+
+CURRENT_PHASE=""
+echo
+echo "test.sh: all phases passed"

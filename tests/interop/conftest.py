@@ -1,0 +1,141 @@
+"""Fixtures for Rookery's interop tests.
+
+Environment:
+  ROOKERY_BIN                 the server binary (default: <repo>/target/debug/rookery)
+  ROOKERY_INTEROP_EXTERNAL    HOST:C2S_PORT:TLS_PORT:DOMAIN:CA_CERT_FILE — run the
+                              tests that need just "a server" against an XMPP server
+                              that is already running instead of starting rookery
+                              (tests that start their own server are skipped)
+  ROOKERY_INTEROP_EXTERNAL_CLI  command taking rookery's `user ...` arguments, to
+                              manage accounts on that external server
+
+A test module may set ``SERVER_CONFIG = {...}`` (keyword arguments of
+``harness.render_config``) to configure its module-scoped ``server``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness import ExternalServer, RawStream, RookeryServer, ServerStartError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROOKERY_BIN = Path(os.environ.get("ROOKERY_BIN") or REPO_ROOT / "target" / "debug" / "rookery")
+EXTERNAL = os.environ.get("ROOKERY_INTEROP_EXTERNAL")
+
+
+def start_rookery(workdir: Path, **config) -> RookeryServer:
+    server = RookeryServer(ROOKERY_BIN, workdir, **config)
+    try:
+        return server.start()
+    except ServerStartError as e:
+        error = str(e)
+    server.kill()
+    pytest.fail(error, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    """One server per test module, configured by the module's SERVER_CONFIG."""
+    if EXTERNAL:
+        yield ExternalServer(EXTERNAL, os.environ.get("ROOKERY_INTEROP_EXTERNAL_CLI"))
+        return
+    config = dict(getattr(request.module, "SERVER_CONFIG", {}))
+    srv = start_rookery(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), **config)
+    try:
+        yield srv
+    finally:
+        srv.kill()
+
+
+class ServerFactory:
+    def __init__(self, tmp_path_factory):
+        self.tmp_path_factory = tmp_path_factory
+        self.servers: list[RookeryServer] = []
+
+    def __call__(self, **config) -> RookeryServer:
+        srv = start_rookery(self.tmp_path_factory.mktemp("rookery"), **config)
+        self.servers.append(srv)
+        return srv
+
+
+@pytest.fixture
+def make_server(tmp_path_factory):
+    """Start a private rookery for one test: ``make_server(**render_config kwargs)``."""
+    if EXTERNAL:
+        pytest.skip("needs its own rookery process (ROOKERY_INTEROP_EXTERNAL is set)")
+    factory = ServerFactory(tmp_path_factory)
+    try:
+        yield factory
+    finally:
+        for srv in factory.servers:
+            srv.kill()
+
+
+@pytest.fixture
+def new_user(server):
+    """``new_user(prefix="user")`` creates a fresh account through the CLI."""
+    return server.add_user
+
+
+@pytest.fixture
+def alice(new_user):
+    return new_user("alice")
+
+
+@pytest.fixture
+def bob(new_user):
+    return new_user("bob")
+
+
+@pytest.fixture
+def raw_factory():
+    """``raw_factory(server, direct_tls=False, timeout=5.0, tls_impl="stdlib")`` opens a
+    RawStream to ``server``; all are closed after the test."""
+    streams: list[RawStream] = []
+
+    def open_raw(srv, direct_tls: bool = False, timeout: float = 5.0, tls_impl: str = "stdlib") -> RawStream:
+        stream = RawStream(
+            srv.host,
+            srv.tls_port if direct_tls else srv.c2s_port,
+            domain=srv.domain,
+            cafile=srv.cert_path,
+            direct_tls=direct_tls,
+            timeout=timeout,
+            tls_impl=tls_impl,
+        )
+        streams.append(stream)
+        return stream
+
+    try:
+        yield open_raw
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+@pytest.fixture
+def raw(server, raw_factory):
+    """``raw(direct_tls=False, timeout=5.0, tls_impl="stdlib")`` opens a RawStream to the module's server."""
+    return lambda **kwargs: raw_factory(server, **kwargs)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the tail of the server's log to failing tests."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    servers = []
+    funcargs = getattr(item, "funcargs", {})
+    if "server" in funcargs:
+        servers.append(funcargs["server"])
+    factory = funcargs.get("make_server")
+    if isinstance(factory, ServerFactory):
+        servers.extend(factory.servers)
+    for i, srv in enumerate(servers):
+        report.sections.append((f"server log (tail) #{i}", srv.log_tail()))
