@@ -272,7 +272,8 @@ impl Config {
         }
         let mut addrs = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
-            if !addrs.insert(l.address) {
+            // Port 0 ("any free port", used by tests) may appear more than once.
+            if l.address.port() != 0 && !addrs.insert(l.address) {
                 return Err(invalid(
                     format!("listener[{i}].address"),
                     format!("{} is used by two listeners", l.address),
@@ -406,5 +407,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("twice"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The documented example in the repository must stay valid and complete.
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rookery.example.toml");
+        let c = Config::load(Some(&path)).expect("the example config is valid");
+        let d = Config::default();
+        assert_eq!(
+            c.limits, d.limits,
+            "the example documents the default limits"
+        );
+        assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
+        assert_eq!(c.listeners.len(), d.listeners.len());
+        assert_eq!(c.hosts[0].domain, "localhost");
     }
 }

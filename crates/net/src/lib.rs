@@ -13,6 +13,56 @@ pub mod tls;
 pub mod transport;
 
 use crate::c2s::ListenerContext;
+use rookery_core::Spec;
+
+/// What the stream layer implements (features modules register are listed by the modules).
+pub const SPECS: &[Spec] = &[
+    Spec {
+        id: "RFC 6120",
+        title: "XMPP Core",
+        version: "",
+    },
+    Spec {
+        id: "RFC 7622",
+        title: "XMPP Address Format",
+        version: "",
+    },
+    Spec {
+        id: "RFC 7590",
+        title: "Use of TLS in XMPP",
+        version: "",
+    },
+    Spec {
+        id: "RFC 5802",
+        title: "SCRAM (SCRAM-SHA-1, -PLUS)",
+        version: "",
+    },
+    Spec {
+        id: "RFC 7677",
+        title: "SCRAM-SHA-256 (and -512, -PLUS)",
+        version: "",
+    },
+    Spec {
+        id: "RFC 9266",
+        title: "Channel binding tls-exporter",
+        version: "",
+    },
+    Spec {
+        id: "RFC 5929",
+        title: "Channel binding tls-server-end-point",
+        version: "",
+    },
+    Spec {
+        id: "XEP-0368",
+        title: "SRV records for XMPP over TLS (direct TLS)",
+        version: "1.1.0",
+    },
+    Spec {
+        id: "XEP-0440",
+        title: "SASL Channel-Binding Type Capability",
+        version: "1.0.0",
+    },
+];
 use crate::limits::{AuthThrottle, ConnectionLimits};
 use rookery_core::config::ListenerKind;
 use rookery_core::Server;

@@ -34,6 +34,8 @@ enum Command {
     Serve,
     /// Validate the configuration and certificates without starting.
     Check,
+    /// List the modules of this build and the specifications implemented, as Markdown.
+    Modules,
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
@@ -74,6 +76,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Modules = cli.command {
+        print!("{}", modules_markdown());
+        return Ok(());
+    }
     let config = Config::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -85,8 +91,41 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(serve(config))
         }
         Command::Check => check(&config),
+        Command::Modules => Ok(()),
         Command::User(cmd) => rt.block_on(user(&config, cmd)),
     }
+}
+
+/// The table of supported specifications the README carries, generated from the code.
+fn modules_markdown() -> String {
+    let mut out = String::from("| module | specification | title | version |\n|---|---|---|---|\n");
+    let version = |v: &str| {
+        if v.is_empty() {
+            "—".to_owned()
+        } else {
+            v.to_owned()
+        }
+    };
+    for s in rookery_net::SPECS {
+        out.push_str(&format!(
+            "| (core) | {} | {} | {} |\n",
+            s.id,
+            s.title,
+            version(s.version)
+        ));
+    }
+    for m in rookery_modules::registry().modules() {
+        for s in m.specs {
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                m.name,
+                s.id,
+                s.title,
+                version(s.version)
+            ));
+        }
+    }
+    out
 }
 
 fn init_logging(level: &str) {

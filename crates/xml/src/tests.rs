@@ -1241,13 +1241,3 @@ fn types_are_send_and_sync() {
     check::<StreamParser>();
     check::<XmlError>();
 }
-
-#[test]
-fn zz_sizes() {
-    println!(
-        "Element {} Node {} StreamParser {}",
-        std::mem::size_of::<Element>(),
-        std::mem::size_of::<Node>(),
-        std::mem::size_of::<StreamParser>()
-    );
-}

@@ -1,0 +1,222 @@
+//! End-to-end test support: a real server (the same crates the binary wires together) on
+//! ephemeral loopback ports with a temporary SQLite database and generated certificate, and a
+//! raw client that speaks bytes, so tests see exactly what goes over the wire.
+
+pub mod scram;
+
+use rookery_core::{Config, Server};
+use rookery_storage_sqlite::SqliteBackend;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const DOMAIN: &str = "localhost";
+/// Every wait in these tests is bounded by this.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub server: Arc<Server>,
+    pub c2s: SocketAddr,
+    pub direct_tls: SocketAddr,
+    pub cert: CertificateDer<'static>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server; `extra` is appended to the generated configuration (e.g. `[limits]`).
+    pub async fn start(extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let toml = format!(
+            "data_dir = 'data'\n{extra}\n\
+             [[listener]]\nkind = 'c2s'\naddress = '127.0.0.1:0'\n\
+             [[listener]]\nkind = 'c2s-direct-tls'\naddress = '127.0.0.1:0'\n\
+             [[host]]\ndomain = '{DOMAIN}'\n"
+        );
+        let config = Config::from_toml(&toml, &dir.path().join("test.toml"), dir.path())
+            .expect("test config");
+        std::fs::create_dir_all(&config.data_dir).expect("data dir");
+        let db = SqliteBackend::open(&config.database_path()).expect("database");
+        let tls = rookery_net::tls::TlsContext::load(&config, true).expect("tls");
+        let (cert_path, _, _) = rookery_net::tls::cert_paths(&config, DOMAIN);
+        let pem = std::fs::read(cert_path).expect("cert");
+        let cert = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .expect("one cert")
+            .expect("pem");
+        let server =
+            Server::new(config, db.storage(), &rookery_modules::registry()).expect("server");
+        let listeners = rookery_net::bind_all(&server).await.expect("bind");
+        let addr = |k| {
+            listeners
+                .iter()
+                .find(|l| l.kind == k)
+                .map(|l| l.local_addr)
+                .expect("listener")
+        };
+        let c2s = addr(rookery_core::config::ListenerKind::C2s);
+        let direct_tls = addr(rookery_core::config::ListenerKind::C2sDirectTls);
+        rookery_net::serve(server.clone(), tls, listeners);
+        TestServer {
+            server,
+            c2s,
+            direct_tls,
+            cert,
+            _dir: dir,
+        }
+    }
+
+    pub async fn add_user(&self, node: &str, password: &str) {
+        let creds = rookery_sasl::generate_all(password, 4096).expect("credentials");
+        self.server
+            .storage()
+            .accounts
+            .create_account(DOMAIN, node, &creds)
+            .await
+            .expect("create account");
+    }
+
+    /// A TLS client config that trusts exactly this server's certificate.
+    pub fn client_tls(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).expect("trust anchor");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// Graceful stop, waiting for every connection task.
+    pub async fn stop(&self) {
+        self.server.shutdown_token().cancel();
+        self.server.tasks().close();
+        tokio::time::timeout(TIMEOUT, self.server.tasks().wait())
+            .await
+            .expect("server stopped in time");
+    }
+}
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A byte-level client: send text, read until the received text contains a marker.
+pub struct RawClient {
+    io: Box<dyn Io>,
+    pub received: String,
+    /// Channel-binding data computed on the client side of the TLS connection.
+    pub tls_exporter: Option<Vec<u8>>,
+    pub tls_version: Option<rustls::ProtocolVersion>,
+}
+
+impl RawClient {
+    pub async fn plain(addr: SocketAddr) -> RawClient {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        RawClient {
+            io: Box::new(tcp),
+            received: String::new(),
+            tls_exporter: None,
+            tls_version: None,
+        }
+    }
+
+    pub async fn direct_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> RawClient {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Self::wrap_tls(tcp, config).await
+    }
+
+    async fn wrap_tls(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> RawClient {
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let name = ServerName::try_from(DOMAIN).expect("name");
+        let tls = tokio::time::timeout(TIMEOUT, connector.connect(name, tcp))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+        let conn = tls.get_ref().1;
+        let tls_version = conn.protocol_version();
+        let tls_exporter = conn
+            .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok();
+        RawClient {
+            io: Box::new(tls),
+            received: String::new(),
+            tls_exporter,
+            tls_version,
+        }
+    }
+
+    pub async fn connect_starttls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> RawClient {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(stream_header().as_bytes())
+            .await
+            .expect("write");
+        let mut seen = String::new();
+        read_until(&mut tcp, &mut seen, "</stream:features>").await;
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .expect("write");
+        read_until(&mut tcp, &mut seen, "<proceed").await;
+        Self::wrap_tls(tcp, config).await
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.io.write_all(text.as_bytes()).await.expect("write");
+        self.io.flush().await.expect("flush");
+    }
+
+    /// Reads until `marker` appears in what was received since the last call; returns that part.
+    pub async fn read_until(&mut self, marker: &str) -> String {
+        let mut seen = String::new();
+        read_until(&mut self.io, &mut seen, marker).await;
+        self.received.push_str(&seen);
+        seen
+    }
+
+    /// Reads until the server closes the connection; returns everything received.
+    pub async fn read_to_end(&mut self) -> String {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(TIMEOUT, self.io.read_to_end(&mut buf))
+            .await
+            .expect("server closed in time");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub async fn open_stream(&mut self) -> String {
+        self.send(&stream_header()).await;
+        self.read_until("</stream:features>").await
+    }
+}
+
+pub fn stream_header() -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream to='{DOMAIN}' version='1.0' \
+         xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
+}
+
+async fn read_until<R: AsyncRead + Unpin + ?Sized>(io: &mut R, seen: &mut String, marker: &str) {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !seen.contains(marker) {
+        let n = tokio::time::timeout_at(deadline, io.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {marker:?}; got {seen:?}"))
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed while waiting for {marker:?}; got {seen:?}"
+        );
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
