@@ -123,14 +123,11 @@ pub async fn run(
         }
         ListenerKind::C2sDirectTls => {
             let acceptor = tokio_rustls::TlsAcceptor::from(ctx.tls.direct.clone());
-            match tokio::time::timeout(handshake_limit, acceptor.accept(socket)).await {
-                Ok(Ok(tls)) => (Transport::Tls(Box::new(tls)), Stage::Unauthenticated),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
+            let shutdown = ctx.server.shutdown_token();
+            match handshake(acceptor.accept(socket), handshake_limit, shutdown).await {
+                Ok(tls) => (Transport::Tls(Box::new(tls)), Stage::Unauthenticated),
+                Err(why) => {
+                    tracing::debug!(%peer, why, "TLS handshake did not complete");
                     return;
                 }
             }
@@ -157,6 +154,22 @@ pub async fn run(
     tracing::debug!(%peer, tls = conn.is_tls(), "client connected");
     let close = conn.serve().await;
     conn.finish(close).await;
+}
+
+/// A TLS handshake bounded in time and abandoned at shutdown.
+async fn handshake<T>(
+    accept: impl std::future::Future<Output = std::io::Result<T>>,
+    limit: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<T, String> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, accept) => match r {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        },
+        _ = shutdown.cancelled() => Err("server shutting down".into()),
+    }
 }
 
 /// Waits on an optional session inbox; pending forever when there is none.
@@ -555,19 +568,18 @@ impl Connection {
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.starttls.clone());
         let limit = Duration::from_secs(self.server().config().limits.tls_handshake_timeout_secs);
-        match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => {
+        match handshake(acceptor.accept(tcp), limit, self.server().shutdown_token()).await {
+            Ok(tls) => {
                 self.io = Some(Transport::Tls(Box::new(tls)));
                 self.update_channel_bindings();
                 self.stage = Stage::Unauthenticated;
                 self.header_sent = false;
                 Ok(Next::Restart)
             }
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %self.peer, error = %e, "STARTTLS handshake failed");
+            Err(why) => {
+                tracing::debug!(peer = %self.peer, why, "STARTTLS handshake did not complete");
                 Err(Close::Dropped)
             }
-            Err(_) => Err(Close::Dropped),
         }
     }
 
@@ -703,7 +715,12 @@ impl Connection {
             if self.flush().await.is_err() {
                 return Err(Close::Dropped);
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.ctx.server.shutdown_token().cancelled() => {
+                    return Err(Close::err(StreamErrorCondition::SystemShutdown));
+                }
+            }
         }
         let fail =
             Element::new("failure", ns::SASL).with_child(Element::new(e.condition(), ns::SASL));

@@ -83,8 +83,23 @@ impl TestServer {
         &self,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<rustls::ClientConfig> {
+        self.client_tls_trusting(versions, &[DOMAIN])
+    }
+
+    /// A TLS client config trusting the generated certificates of these domains.
+    pub fn client_tls_trusting(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        domains: &[&str],
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert.clone()).expect("trust anchor");
+        for d in domains {
+            let (path, _, _) = rookery_net::tls::cert_paths(self.server.config(), d);
+            let pem = std::fs::read(path).expect("generated cert");
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(c.expect("pem")).expect("trust anchor");
+            }
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         Arc::new(
             rustls::ClientConfig::builder_with_provider(provider)
@@ -129,13 +144,30 @@ impl RawClient {
     }
 
     pub async fn direct_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> RawClient {
+        Self::direct_tls_to(addr, config, DOMAIN).await
+    }
+
+    /// Direct TLS with `sni` as the server name (and name checked in the certificate).
+    pub async fn direct_tls_to(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> RawClient {
         let tcp = TcpStream::connect(addr).await.expect("connect");
-        Self::wrap_tls(tcp, config).await
+        Self::wrap_tls_to(tcp, config, sni).await
     }
 
     async fn wrap_tls(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> RawClient {
+        Self::wrap_tls_to(tcp, config, DOMAIN).await
+    }
+
+    async fn wrap_tls_to(
+        tcp: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> RawClient {
         let connector = tokio_rustls::TlsConnector::from(config);
-        let name = ServerName::try_from(DOMAIN).expect("name");
+        let name = ServerName::try_from(sni.to_owned()).expect("name");
         let tls = tokio::time::timeout(TIMEOUT, connector.connect(name, tcp))
             .await
             .expect("handshake in time")
@@ -195,6 +227,28 @@ impl RawClient {
     pub async fn open_stream(&mut self) -> String {
         self.send(&stream_header()).await;
         self.read_until("</stream:features>").await
+    }
+
+    /// PLAIN authentication, stream restart and resource binding; returns the bound JID.
+    pub async fn login_plain(&mut self, user: &str, password: &str, resource: &str) -> String {
+        use base64::Engine as _;
+        let creds =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
+        ))
+        .await;
+        let got = self.read_until("xmpp-sasl").await;
+        assert!(got.contains("<success"), "login failed: {got}");
+        self.open_stream().await;
+        self.send(&format!(
+            "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
+        ))
+        .await;
+        let got = self.read_until("</jid>").await;
+        let start = got.find("<jid>").expect("bound jid") + 5;
+        let end = got.find("</jid>").expect("bound jid end");
+        got[start..end].to_owned()
     }
 }
 

@@ -86,7 +86,15 @@
 //!   like one); a malformed comment or CDATA opener (`<!-x`, `<![CDAX`) is
 //!   `NotWellFormed`.
 //! * An undeclared entity reference is `RestrictedXml`, even if its name is
-//!   absurdly long.
+//!   absurdly long. Directly below the stream root, however, any `&` is
+//!   character data at stream level and refused as `NotWellFormed` before
+//!   the reference is looked at.
+//! * `<?target ...?>` is `RestrictedXml` everywhere, including a target
+//!   starting with `xml` at the very beginning of the stream
+//!   (`<?xml-stylesheet ...?>`); a malformed XML declaration (`<?xml?>`,
+//!   `<?xml version='1.0'>`) is `NotWellFormed`.
+//! * A UTF-8 byte order mark is U+FEFF, i.e. character data before the root
+//!   (RFC 6120 §11.6), and therefore `NotWellFormed`.
 //! * A name or attribute value longer than the tokenizer limit is refused by
 //!   the tokenizer itself; it is reported as `AttributeTooLarge` inside an
 //!   element's start tag, `HeaderTooLarge` while reading the stream header and

@@ -168,6 +168,8 @@ pub struct StreamParser {
     idle_dirty: bool,
     /// Bytes since the `<` that made the parser dirty.
     idle_bytes: usize,
+    /// The first bytes of the stream, to classify errors in the prolog.
+    sniff: [u8; 6],
     error: Option<XmlError>,
 }
 
@@ -191,6 +193,7 @@ impl StreamParser {
             stanza_bytes: 0,
             idle_dirty: false,
             idle_bytes: 0,
+            sniff: [0; 6],
             error: None,
         }
     }
@@ -233,6 +236,7 @@ impl StreamParser {
         self.stanza_bytes = 0;
         self.idle_dirty = false;
         self.idle_bytes = 0;
+        self.sniff = [0; 6];
         self.error = None;
     }
 
@@ -358,6 +362,11 @@ impl StreamParser {
     fn account(&mut self, used: &[u8]) -> Result<(), XmlError> {
         match self.phase {
             Phase::Header => {
+                if let Some(dst) = self.sniff.get_mut(self.header_bytes..) {
+                    for (d, s) in dst.iter_mut().zip(used) {
+                        *d = *s;
+                    }
+                }
                 self.header_bytes = self.header_bytes.saturating_add(used.len());
                 if self.header_bytes > self.limits.max_header_bytes {
                     return Err(XmlError::HeaderTooLarge);
@@ -388,6 +397,15 @@ impl StreamParser {
         Ok(())
     }
 
+    /// The stream starts with `<?xml` directly followed by a name character,
+    /// i.e. a processing instruction whose target starts with "xml".
+    fn starts_with_xml_pi(&self) -> bool {
+        self.header_bytes >= self.sniff.len()
+            && self.sniff.starts_with(b"<?xml")
+            && matches!(self.sniff[5], b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+                | b'-' | b'_' | b'.' | b':' | 0x80..=0xFF)
+    }
+
     fn map_error(&self, e: rxml::Error) -> XmlError {
         use rxml::Error as E;
         match e {
@@ -411,6 +429,11 @@ impl StreamParser {
                 XmlError::RestrictedXml("DTD or markup declaration".to_owned())
             }
             E::InvalidUtf8Byte(_) => XmlError::BadEncoding,
+            // `<?xml-stylesheet ...?>` at the very start looks like a broken
+            // XML declaration to the tokenizer; it is a PI
+            _ if self.phase == Phase::Header && self.starts_with_xml_pi() => {
+                XmlError::RestrictedXml("processing instructions".to_owned())
+            }
             // NUL bytes in the header: UTF-16 / UTF-32 without a BOM
             E::UnexpectedByte(_, 0, _) | E::InvalidChar(_, 0, _) if self.phase == Phase::Header => {
                 XmlError::BadEncoding

@@ -519,10 +519,25 @@ fn restricted_xml() {
         let e = stream_err(body);
         assert!(matches!(e, XmlError::RestrictedXml(_)), "{body}: {e:?}");
     }
-    assert!(matches!(
-        err_of("<?foo?><stream:stream>"),
-        XmlError::RestrictedXml(_)
-    ));
+    for pre in [
+        "<?foo?><stream:stream>",
+        "<?xml-stylesheet href='a'?><stream:stream>",
+        "<?xmlfoo?><stream:stream>",
+        "<?xml version='1.0'?><?xml-stylesheet href='a'?><stream:stream>",
+        "<?xml version='1.0'?><?foo?><stream:stream>",
+    ] {
+        let e = err_of(pre);
+        assert!(matches!(e, XmlError::RestrictedXml(_)), "{pre}: {e:?}");
+    }
+    // a broken XML declaration is just not well-formed
+    for pre in [
+        "<?xml?><a>",
+        "<?xml version='1.0'><a>",
+        "<?xml foo='1.0'?><a>",
+    ] {
+        let e = err_of(pre);
+        assert!(matches!(e, XmlError::NotWellFormed(_)), "{pre}: {e:?}");
+    }
     // comments, everywhere
     for body in [
         "<!-- hi -->",

@@ -1,0 +1,143 @@
+//! Stream-level behaviour over real sockets: SNI, host checks, STARTTLS injection, binding,
+//! conflicts, keepalives and graceful shutdown.
+
+use rookery_testkit::{stream_header, RawClient, TestServer, DOMAIN};
+use rustls::version::TLS13;
+
+#[tokio::test]
+async fn sni_selects_the_certificate_of_each_host() {
+    let t = TestServer::start("[[host]]\ndomain = 'example.org'\n").await;
+    for domain in ["example.org", DOMAIN] {
+        // The client trusts only that domain's certificate and checks the name in it.
+        let tls = t.client_tls_trusting(&[&TLS13], &[domain]);
+        let mut c = RawClient::direct_tls_to(t.direct_tls, tls, domain).await;
+        c.send(&stream_header().replace(&format!("to='{DOMAIN}'"), &format!("to='{domain}'")))
+            .await;
+        let got = c.read_until("</stream:features>").await;
+        assert!(got.contains(&format!("from='{domain}'")), "{got}");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn unserved_and_changed_hosts_are_refused() {
+    let t = TestServer::start("").await;
+    let mut c = RawClient::plain(t.c2s).await;
+    c.send(&stream_header().replace("to='localhost'", "to='nope.example'"))
+        .await;
+    let got = c.read_to_end().await;
+    assert!(got.contains("<host-unknown"), "{got}");
+    assert!(got.ends_with("</stream:stream>"), "{got}");
+
+    // After STARTTLS the restarted stream must name the same domain.
+    let t2 = TestServer::start("[[host]]\ndomain = 'example.org'\n").await;
+    let mut c = RawClient::connect_starttls(t2.c2s, t2.client_tls(&[&TLS13])).await;
+    c.send(&stream_header().replace("to='localhost'", "to='example.org'"))
+        .await;
+    let got = c.read_to_end().await;
+    assert!(got.contains("<host-unknown"), "{got}");
+    t.stop().await;
+    t2.stop().await;
+}
+
+#[tokio::test]
+async fn data_pipelined_after_starttls_is_discarded() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "pw").await;
+    let mut c = RawClient::plain(t.c2s).await;
+    c.open_stream().await;
+    // An attacker in the middle appends a plaintext command after <starttls/>: it must not be
+    // executed inside the TLS session (RFC 6120 §5.4.3.3).
+    c.send(
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+         <auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>",
+    )
+    .await;
+    let got = c.read_until("<proceed").await;
+    assert!(
+        !got.contains("success") && !got.contains("failure"),
+        "{got}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn auth_before_tls_is_refused_and_plain_not_offered() {
+    let t = TestServer::start("").await;
+    let mut c = RawClient::plain(t.c2s).await;
+    let features = c.open_stream().await;
+    assert!(features.contains("<required/>"), "{features}");
+    assert!(!features.contains("mechanism"), "{features}");
+    c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHB3</auth>")
+        .await;
+    let got = c.read_until("</failure>").await;
+    assert!(got.contains("<encryption-required/>"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn binding_conflict_replaces_the_older_session() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "pw").await;
+    let tls = t.client_tls(&[&TLS13]);
+    let mut first = RawClient::direct_tls(t.direct_tls, tls.clone()).await;
+    first.open_stream().await;
+    assert_eq!(
+        first.login_plain("alice", "pw", "phone").await,
+        "alice@localhost/phone"
+    );
+    let mut second = RawClient::direct_tls(t.direct_tls, tls.clone()).await;
+    second.open_stream().await;
+    assert_eq!(
+        second.login_plain("alice", "pw", "phone").await,
+        "alice@localhost/phone"
+    );
+    let got = first.read_to_end().await;
+    assert!(got.contains("<conflict"), "{got}");
+    // The newer session works: it can ping the server.
+    second
+        .send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let got = second.read_until("id=\"p1\"").await;
+    assert!(
+        got.contains("type=\"result\"") && got.contains("p1"),
+        "{got}"
+    );
+    // A server-generated resource when none is asked for.
+    let mut third = RawClient::direct_tls(t.direct_tls, tls).await;
+    third.open_stream().await;
+    let jid = third.login_plain("alice", "pw", "").await;
+    assert!(
+        jid.starts_with("alice@localhost/") && jid.len() > "alice@localhost/".len(),
+        "{jid}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn keepalives_pass_and_shutdown_closes_streams() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "pw").await;
+    let mut c = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    c.open_stream().await;
+    c.login_plain("alice", "pw", "r").await;
+    c.send("   \n  ").await;
+    c.send("<iq type='get' id='k' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert!(c.read_until("id=\"k\"").await.contains("type=\"result\""));
+    let stop = t.stop();
+    let got = c.read_to_end();
+    let (_, got) = tokio::join!(stop, got);
+    assert!(got.contains("<system-shutdown"), "{got}");
+    assert!(got.ends_with("</stream:stream>"), "{got}");
+}
+
+#[tokio::test]
+async fn idle_unauthenticated_connections_time_out() {
+    let t = TestServer::start("[limits]\nunauthenticated_timeout_secs = 1\n").await;
+    let mut c = RawClient::plain(t.c2s).await;
+    c.open_stream().await;
+    let got = c.read_to_end().await;
+    assert!(got.contains("<connection-timeout"), "{got}");
+    t.stop().await;
+}
