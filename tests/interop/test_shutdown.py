@@ -6,12 +6,12 @@ import asyncio
 import signal
 import time
 
-from harness import PING_NS, pem_to_der, session
+from harness import PING_NS, excerpt, pem_to_der, session
 
 
 def _read_shutdown(stream) -> None:
     stream.read_until_closed(timeout=5, eof=True)
-    assert stream.stream_error() == "system-shutdown", stream.text[-2000:]
+    assert stream.stream_error() == "system-shutdown", excerpt(stream.text)
     assert stream.stream_closed, "no </stream:stream> after system-shutdown"
 
 

@@ -142,7 +142,7 @@ pub struct StanzaError {
     pub error_type: ErrorType,
     pub condition: StanzaErrorCondition,
     pub text: Option<String>,
-    pub app_specific: Option<Element>,
+    pub app_specific: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -163,7 +163,7 @@ impl StanzaError {
         self
     }
     pub fn with_app_specific(mut self, el: Element) -> Self {
-        self.app_specific = Some(el);
+        self.app_specific = Some(Box::new(el));
         self
     }
     pub fn bad_request(text: impl Into<String>) -> Self {
@@ -185,7 +185,7 @@ impl StanzaError {
             );
         }
         if let Some(app) = &self.app_specific {
-            el.push_child(app.clone());
+            el.push_child(app.as_ref().clone());
         }
         el
     }
