@@ -1,7 +1,7 @@
 //! The events and filter values the core emits. Modules hook these; the core never needs to
-//! know which modules listen.
+//! know which modules listen. Every handler gets the server as its context.
 
-use rookery_stanza::{BareJid, FullJid};
+use rookery_stanza::{BareJid, FullJid, Jid};
 use rookery_xml::Element;
 
 /// A resource was bound (RFC 6120 §7): the session can now send and receive stanzas.
@@ -26,6 +26,14 @@ pub struct ClientStanza {
     pub stanza: Element,
 }
 
+/// Filter: a stanza about to be delivered to a local account (bare or full JID), whoever
+/// sent it. Blocking and privacy rules drop here.
+#[derive(Debug, Clone)]
+pub struct LocalDelivery {
+    pub to: Jid,
+    pub stanza: Element,
+}
+
 /// Presence without a `to` from a client (RFC 6121 §4.2, §4.4): the core has recorded the
 /// session's availability and priority; presence modules broadcast it.
 #[derive(Debug, Clone)]
@@ -34,12 +42,23 @@ pub struct PresenceBroadcast {
     pub stanza: Element,
 }
 
-/// A presence addressed to a local account's bare JID (subscriptions, probes, directed
-/// presence). A module that handles it returns `Flow::Stop`; otherwise the core delivers it to
-/// every available resource.
+/// Presence with a `to` from a local client: subscription requests and answers (RFC 6121
+/// §3), directed presence (§4.6). A module that handled it returns `Flow::Stop`; otherwise
+/// the core routes it as it is.
+#[derive(Debug, Clone)]
+pub struct OutboundPresence {
+    pub from: FullJid,
+    pub to: Jid,
+    pub stanza: Element,
+}
+
+/// A presence addressed to an existing local account (its bare or full JID): subscriptions,
+/// probes, directed presence. A module that handles it returns `Flow::Stop`; otherwise the
+/// core delivers presence of type available/unavailable to the addressed resource, or to every
+/// available resource for a bare JID, and drops the rest.
 #[derive(Debug, Clone)]
 pub struct InboundPresence {
-    pub to: BareJid,
+    pub to: Jid,
     pub stanza: Element,
 }
 
@@ -50,18 +69,4 @@ pub struct InboundPresence {
 pub struct UndeliverableMessage {
     pub to: BareJid,
     pub stanza: Element,
-}
-
-/// Which point of stream negotiation features are being offered at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeatureStage {
-    /// Authenticated, resource not yet bound.
-    PostAuth,
-}
-
-/// Filter: the stream features offered at a stage; modules append theirs.
-#[derive(Debug, Clone)]
-pub struct StreamFeatures {
-    pub stage: FeatureStage,
-    pub features: Vec<Element>,
 }

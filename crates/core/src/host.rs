@@ -2,6 +2,8 @@
 
 use crate::hooks::Hooks;
 use crate::iq::{IqHandler, IqScope};
+use crate::server::Server;
+use rookery_xml::Element;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,7 +21,8 @@ pub struct Host {
     pub(crate) features: Vec<String>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) disco_items: Vec<(String, Option<String>)>,
-    pub(crate) hooks: Hooks,
+    pub(crate) stream_features: Vec<Element>,
+    pub(crate) hooks: Hooks<Arc<Server>>,
 }
 
 impl Host {
@@ -40,8 +43,12 @@ impl Host {
     pub fn disco_items(&self) -> &[(String, Option<String>)] {
         &self.disco_items
     }
-    pub fn hooks(&self) -> &Hooks {
+    pub fn hooks(&self) -> &Hooks<Arc<Server>> {
         &self.hooks
+    }
+    /// Stream features modules offer after authentication.
+    pub fn stream_features(&self) -> &[Element] {
+        &self.stream_features
     }
     pub fn iq_handler(&self, ns: &str, scope: IqScope) -> Option<&Arc<dyn IqHandler>> {
         self.iq_handlers.get(&scope)?.get(ns)

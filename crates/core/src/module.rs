@@ -6,8 +6,11 @@ use crate::config::Config;
 use crate::hooks::{Flow, Hooks};
 use crate::host::{Host, Identity};
 use crate::iq::{IqHandler, IqScope};
+use crate::server::Server;
 use rookery_storage::Storage;
+use rookery_xml::Element;
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 
 /// A specification a module implements, for the README's list and for operators.
@@ -150,6 +153,7 @@ impl ModuleRegistry {
             features: BTreeSet::new(),
             identities: Vec::new(),
             disco_items: Vec::new(),
+            stream_features: Vec::new(),
             hooks: Hooks::default(),
         };
         for m in &chosen {
@@ -163,6 +167,7 @@ impl ModuleRegistry {
             features: b.features.into_iter().collect(),
             identities: b.identities,
             disco_items: b.disco_items,
+            stream_features: b.stream_features,
             hooks: b.hooks,
         })
     }
@@ -178,7 +183,8 @@ pub struct HostBuilder<'a> {
     features: BTreeSet<String>,
     identities: Vec<Identity>,
     disco_items: Vec<(String, Option<String>)>,
-    hooks: Hooks,
+    stream_features: Vec<Element>,
+    hooks: Hooks<Arc<Server>>,
 }
 
 impl HostBuilder<'_> {
@@ -226,18 +232,26 @@ impl HostBuilder<'_> {
         self.disco_items
             .push((jid.to_owned(), name.map(str::to_owned)));
     }
-    pub fn hook<E: 'static>(
-        &mut self,
-        priority: i32,
-        handler: impl Fn(&E) -> Flow + Send + Sync + 'static,
-    ) {
+    /// A stream feature offered once the client is authenticated (stream management, CSI...).
+    pub fn add_stream_feature(&mut self, feature: Element) {
+        self.stream_features.push(feature);
+    }
+    /// Observes an event; higher priorities run first, and a handler may stop the event.
+    pub fn hook<E, F, Fut>(&mut self, priority: i32, handler: F)
+    where
+        E: Send + Sync + 'static,
+        F: Fn(Arc<Server>, Arc<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Flow> + Send + 'static,
+    {
         self.hooks.add_handler(priority, handler);
     }
-    pub fn filter<E: 'static>(
-        &mut self,
-        priority: i32,
-        filter: impl Fn(E) -> Option<E> + Send + Sync + 'static,
-    ) {
+    /// Transforms or drops a value; higher priorities run first.
+    pub fn filter<E, F, Fut>(&mut self, priority: i32, filter: F)
+    where
+        E: Send + 'static,
+        F: Fn(Arc<Server>, E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<E>> + Send + 'static,
+    {
         self.hooks.add_filter(priority, filter);
     }
 }

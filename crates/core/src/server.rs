@@ -2,7 +2,10 @@
 //! RFC 6120 §10 and RFC 6121 §8 for stanzas between local entities.
 
 use crate::config::Config;
-use crate::events::{ClientStanza, InboundPresence, PresenceBroadcast, UndeliverableMessage};
+use crate::events::{
+    ClientStanza, InboundPresence, LocalDelivery, OutboundPresence, PresenceBroadcast,
+    UndeliverableMessage,
+};
 use crate::hooks::Flow;
 use crate::host::Host;
 use crate::iq::{IqRequest, IqScope};
@@ -117,10 +120,17 @@ impl Server {
         let Some(host) = self.hosts.get(from.domain().as_str()).cloned() else {
             return;
         };
-        let Some(ClientStanza { stanza, .. }) = host.hooks().fold(ClientStanza {
-            from: from.clone(),
-            stanza,
-        }) else {
+        let Some(ClientStanza { stanza, .. }) = host
+            .hooks()
+            .fold(
+                self,
+                ClientStanza {
+                    from: from.clone(),
+                    stanza,
+                },
+            )
+            .await
+        else {
             return;
         };
         let to = match stanza.attr("to").map(parse_jid) {
@@ -144,11 +154,73 @@ impl Server {
                 self.route_message(to, stanza).await
             }
             Some(StanzaKind::Presence) => match to {
-                None => self.client_presence(from, &host, stanza),
-                Some(to) => self.route_presence(to, stanza).await,
+                None => self.client_presence(from, &host, stanza).await,
+                Some(to) => {
+                    let event = Arc::new(OutboundPresence {
+                        from: from.clone(),
+                        to: to.clone(),
+                        stanza,
+                    });
+                    if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
+                        return;
+                    }
+                    let stanza = Arc::try_unwrap(event)
+                        .map(|e| e.stanza)
+                        .unwrap_or_else(|e| e.stanza.clone());
+                    self.route_presence(to, stanza).await
+                }
             },
             None => {}
         }
+    }
+
+    /// Routes a stanza that did not come from a client of this server's streams (a module
+    /// speaking for the server or for an account); its `from` must already be set. Presence
+    /// and messages go through the same rules as a client's.
+    pub async fn route(self: &Arc<Self>, stanza: Element) {
+        let to = match stanza.attr("to").map(parse_jid) {
+            Some(Ok(j)) => j,
+            _ => return,
+        };
+        match StanzaKind::of(&stanza) {
+            Some(StanzaKind::Message) => self.route_message(to, stanza).await,
+            Some(StanzaKind::Presence) => self.route_presence(to, stanza).await,
+            Some(StanzaKind::Iq) => {
+                // Only answers and requests to full JIDs are routed this way.
+                if let Ok(full) = to.try_as_full() {
+                    if let Some(s) = self.sessions.get(full) {
+                        let _ = s.deliver(stanza);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Runs the [`LocalDelivery`] filters for a stanza addressed to a local account.
+    /// A dropped IQ request is answered `service-unavailable` (every request gets an answer).
+    async fn filter_local(self: &Arc<Self>, to: &Jid, stanza: Element) -> Option<Element> {
+        let host = self.hosts.get(to.domain().as_str())?;
+        let is_request =
+            stanza.name() == "iq" && IqType::of(&stanza).is_some_and(IqType::is_request);
+        let bounce_copy = is_request.then(|| stanza.clone());
+        let passed = host
+            .hooks()
+            .fold(
+                self,
+                LocalDelivery {
+                    to: to.clone(),
+                    stanza,
+                },
+            )
+            .await
+            .map(|d| d.stanza);
+        if passed.is_none() {
+            if let Some(req) = bounce_copy {
+                self.bounce(&req, StanzaError::service_unavailable());
+            }
+        }
+        passed
     }
 
     /// Sends the error answer to a stanza back to its sender (never an error to an error).
@@ -221,7 +293,9 @@ impl Server {
         match to.try_as_full() {
             Ok(full) => match self.sessions.get(full) {
                 Some(session) => {
-                    let _ = session.deliver(stanza);
+                    if let Some(stanza) = self.filter_local(&to, stanza).await {
+                        let _ = session.deliver(stanza);
+                    }
                 }
                 None if iq_type.is_request() => {
                     self.bounce(&stanza, StanzaError::service_unavailable())
@@ -241,6 +315,9 @@ impl Server {
                         Err(e) => return self.bounce(&stanza, e),
                     }
                 }
+                let Some(stanza) = self.filter_local(&to, stanza).await else {
+                    return;
+                };
                 self.handle_iq(from, to.clone(), IqScope::Account, iq_type, stanza)
                     .await
             }
@@ -307,6 +384,9 @@ impl Server {
             }
             return;
         }
+        let Some(stanza) = self.filter_local(&to, stanza).await else {
+            return;
+        };
         match to.try_as_full() {
             Ok(full) => {
                 if let Some(session) = self.sessions.get(full) {
@@ -329,7 +409,7 @@ impl Server {
     }
 
     /// §8.5.2: a message to a local bare JID.
-    async fn message_to_bare(&self, bare: BareJid, mtype: MessageType, stanza: Element) {
+    async fn message_to_bare(self: &Arc<Self>, bare: BareJid, mtype: MessageType, stanza: Element) {
         if mtype == MessageType::Error {
             return;
         }
@@ -348,10 +428,11 @@ impl Server {
                 true
             };
             if exists {
-                let host = self.hosts.get(bare.domain().as_str());
-                let event = UndeliverableMessage { to: bare, stanza };
-                if host.is_some_and(|h| h.hooks().run(&event) == Flow::Stop) {
-                    return;
+                let event = Arc::new(UndeliverableMessage { to: bare, stanza });
+                if let Some(host) = self.hosts.get(event.to.domain().as_str()) {
+                    if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
+                        return;
+                    }
                 }
                 if matches!(mtype, MessageType::Normal | MessageType::Chat) {
                     self.bounce(&event.stanza, StanzaError::service_unavailable());
@@ -389,7 +470,7 @@ impl Server {
 
     // ---- Presence (RFC 6121 §4, §8.5) -------------------------------------------------------
 
-    fn client_presence(&self, from: &FullJid, host: &Host, stanza: Element) {
+    async fn client_presence(self: &Arc<Self>, from: &FullJid, host: &Host, stanza: Element) {
         let Some(session) = self.sessions.get(from) else {
             return;
         };
@@ -404,13 +485,18 @@ impl Server {
             Some(PresenceType::Unavailable) => session.set_priority(None),
             _ => return,
         }
-        host.hooks().run(&PresenceBroadcast {
-            from: from.clone(),
-            stanza,
-        });
+        host.hooks()
+            .run(
+                self,
+                PresenceBroadcast {
+                    from: from.clone(),
+                    stanza,
+                },
+            )
+            .await;
     }
 
-    async fn route_presence(&self, to: Jid, stanza: Element) {
+    async fn route_presence(self: &Arc<Self>, to: Jid, stanza: Element) {
         let Some(ptype) = PresenceType::of(&stanza) else {
             return self.bounce(&stanza, StanzaError::bad_request("unknown presence type"));
         };
@@ -423,42 +509,38 @@ impl Server {
         if to.node().is_none() {
             return;
         }
-        let subscription_related = matches!(
-            ptype,
-            PresenceType::Subscribe
-                | PresenceType::Subscribed
-                | PresenceType::Unsubscribe
-                | PresenceType::Unsubscribed
-                | PresenceType::Probe
-        );
-        if let Ok(full) = to.try_as_full() {
-            if !subscription_related {
-                if let Some(session) = self.sessions.get(full) {
-                    let _ = session.deliver(stanza);
-                }
-                return;
-            }
-        }
         let bare = to.to_bare();
         match self.account_exists(&bare).await {
             Ok(true) => {}
-            _ => return, // §8.5.1: presence to no such account is silently ignored.
+            _ => return, // RFC 6121 §8.5.1: presence to no such account is silently ignored.
         }
-        let event = InboundPresence {
-            to: bare.clone(),
-            stanza,
+        let Some(stanza) = self.filter_local(&to, stanza).await else {
+            return;
         };
+        let event = Arc::new(InboundPresence {
+            to: to.clone(),
+            stanza,
+        });
         if let Some(host) = self.hosts.get(bare.domain().as_str()) {
-            if host.hooks().run(&event) == Flow::Stop {
+            if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
                 return;
             }
         }
-        if subscription_related {
-            return; // Only a roster module may act on these.
+        if !matches!(ptype, PresenceType::Available | PresenceType::Unavailable) {
+            return; // Subscriptions and probes are for a roster module to act on.
         }
-        for s in self.sessions.resources(&bare) {
-            if s.priority().is_some() {
-                let _ = s.deliver(event.stanza.clone());
+        match to.try_as_full() {
+            Ok(full) => {
+                if let Some(s) = self.sessions.get(full) {
+                    let _ = s.deliver(event.stanza.clone());
+                }
+            }
+            Err(_) => {
+                for s in self.sessions.resources(&bare) {
+                    if s.priority().is_some() {
+                        let _ = s.deliver(event.stanza.clone());
+                    }
+                }
             }
         }
     }

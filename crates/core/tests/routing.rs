@@ -2,7 +2,7 @@
 //! in-memory storage and sessions that are queues instead of sockets.
 
 use parking_lot::Mutex;
-use rookery_core::events::{ClientStanza, UndeliverableMessage};
+use rookery_core::events::{ClientStanza, LocalDelivery, UndeliverableMessage};
 use rookery_core::{
     iq_fn, Config, Flow, HostBuilder, IqRequest, IqScope, Module, ModuleError, ModuleRegistry,
     Server, SessionHandle, SessionInbox,
@@ -31,8 +31,13 @@ impl Module for Echo {
                 Ok(Some(req.payload))
             }),
         )?;
-        host.filter::<ClientStanza>(0, |s| (s.stanza.attr("id") != Some("drop-me")).then_some(s));
-        host.hook::<UndeliverableMessage>(0, |m| {
+        host.filter::<ClientStanza, _, _>(0, |_, s| async move {
+            (s.stanza.attr("id") != Some("drop-me")).then_some(s)
+        });
+        host.filter::<LocalDelivery, _, _>(0, |_, d| async move {
+            (d.stanza.attr("id") != Some("blocked")).then_some(d)
+        });
+        host.hook::<UndeliverableMessage, _, _>(0, |_, m| async move {
             let body = m
                 .stanza
                 .get_child("body", "jabber:client")
@@ -391,7 +396,7 @@ async fn from_is_stamped_and_spoofing_refused() {
 #[tokio::test]
 async fn filters_can_drop_client_stanzas() {
     let s = server().await;
-    let alice = Client::online(&s, "alice@example.org/a", Some(0));
+    let mut alice = Client::online(&s, "alice@example.org/a", Some(0));
     let mut bob = Client::online(&s, "bob@example.org/b", Some(0));
     alice
         .send(
@@ -400,6 +405,22 @@ async fn filters_can_drop_client_stanzas() {
         )
         .await;
     assert!(bob.recv().is_none());
+    // A delivery filter (blocking) drops messages; a dropped IQ request is still answered.
+    alice
+        .send(
+            &s,
+            "<message xmlns='jabber:client' to='bob@example.org/b' id='blocked' type='chat'/>",
+        )
+        .await;
+    assert!(bob.recv().is_none());
+    alice
+        .send(&s, "<iq xmlns='jabber:client' to='bob@example.org/b' id='blocked' type='get'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert!(bob.recv().is_none());
+    assert_eq!(
+        error_condition(&alice.recv().expect("answered")),
+        Some(StanzaErrorCondition::ServiceUnavailable)
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use crate::transport::Transport;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rookery_core::config::ListenerKind;
-use rookery_core::events::{FeatureStage, SessionBound, SessionClosed, StreamFeatures};
+use rookery_core::events::{SessionBound, SessionClosed};
 use rookery_core::{Host, Server, SessionHandle, SessionInbox};
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
 use rookery_stanza::{
@@ -333,11 +333,12 @@ impl Connection {
         if let Some(handle) = self.session.take() {
             let was_available = handle.priority().is_some();
             if self.server().sessions().unbind(&handle) {
-                if let Some(host) = &self.host {
-                    host.hooks().run(&SessionClosed {
+                if let Some(host) = self.host.clone() {
+                    let event = SessionClosed {
                         jid: handle.jid().clone(),
                         was_available,
-                    });
+                    };
+                    host.hooks().run(self.server(), event).await;
                 }
             }
             tracing::info!(jid = %handle.jid(), "session ended");
@@ -508,12 +509,7 @@ impl Connection {
                         .with_child(Element::new("optional", ns::SESSION)),
                 );
                 if let Some(host) = &self.host {
-                    if let Some(f) = host.hooks().fold(StreamFeatures {
-                        stage: FeatureStage::PostAuth,
-                        features: Vec::new(),
-                    }) {
-                        out.extend(f.features);
-                    }
+                    out.extend(host.stream_features().iter().cloned());
                 }
             }
         }
@@ -541,7 +537,7 @@ impl Connection {
                 self.sasl = None;
                 self.sasl_failure(SaslError::Aborted, None).await
             }
-            (Stage::Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el),
+            (Stage::Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el).await,
             (Stage::Bound, _, _) => self.on_stanza(el).await.map(|()| Next::Continue),
             (_, ns::CLIENT, "message" | "presence" | "iq") => Err(Close::err_text(
                 StreamErrorCondition::NotAuthorized,
@@ -735,7 +731,7 @@ impl Connection {
     }
 
     /// Resource binding (RFC 6120 §7) and the legacy session request.
-    fn pre_bind_iq(&mut self, el: Element) -> Result<Next, Close> {
+    async fn pre_bind_iq(&mut self, el: Element) -> Result<Next, Close> {
         let is_set = IqType::of(&el) == Some(IqType::Set);
         if is_set && el.has_child("session", ns::SESSION) {
             self.write(&iq_result(&el, None));
@@ -770,7 +766,7 @@ impl Connection {
                 Err(_) => return Err(Close::err(StreamErrorCondition::InternalServerError)),
             },
         };
-        self.bind(full.clone());
+        self.bind(full.clone()).await;
         let reply = iq_result(
             &el,
             Some(
@@ -782,7 +778,7 @@ impl Connection {
         Ok(Next::Continue)
     }
 
-    fn bind(&mut self, jid: FullJid) {
+    async fn bind(&mut self, jid: FullJid) {
         let queue = self.server().config().limits.session_send_queue;
         let (handle, inbox) = SessionHandle::new(jid.clone(), queue);
         if let Some(old) = self.server().sessions().bind(handle.clone()) {
@@ -796,8 +792,8 @@ impl Connection {
         self.inbox = Some(inbox);
         self.stage = Stage::Bound;
         tracing::info!(peer = %self.peer, jid = %jid, "resource bound");
-        if let Some(host) = &self.host {
-            host.hooks().run(&SessionBound { jid });
+        if let Some(host) = self.host.clone() {
+            host.hooks().run(self.server(), SessionBound { jid }).await;
         }
     }
 
