@@ -133,6 +133,14 @@ pub struct Limits {
     pub max_auth_attempts: u32,
     /// TLS handshake time limit.
     pub tls_handshake_timeout_secs: u64,
+    /// Items in one roster; adding beyond gets `not-allowed`.
+    pub max_roster_items: usize,
+    /// Messages kept offline for one account; beyond, `service-unavailable`.
+    pub max_offline_messages: usize,
+    /// Bytes of one account's vCard.
+    pub max_vcard_bytes: usize,
+    /// Bytes of one private XML storage element.
+    pub max_private_bytes: usize,
 }
 
 impl Default for Limits {
@@ -148,6 +156,10 @@ impl Default for Limits {
             max_connections_per_ip: 18_000,
             max_auth_attempts: 5,
             tls_handshake_timeout_secs: 15,
+            max_roster_items: 5000,
+            max_offline_messages: 1000,
+            max_vcard_bytes: 200 * 1024,
+            max_private_bytes: 64 * 1024,
         }
     }
 }
@@ -298,6 +310,10 @@ impl Config {
                 l.tls_handshake_timeout_secs as usize,
             ),
             ("limits.max_auth_attempts", l.max_auth_attempts as usize),
+            ("limits.max_roster_items", l.max_roster_items),
+            ("limits.max_offline_messages", l.max_offline_messages),
+            ("limits.max_vcard_bytes", l.max_vcard_bytes),
+            ("limits.max_private_bytes", l.max_private_bytes),
         ];
         for (key, v) in positive {
             if v == 0 {

@@ -1,19 +1,22 @@
 //! The events and filter values the core emits. Modules hook these; the core never needs to
 //! know which modules listen. Every handler gets the server as its context.
 
+use crate::sessions::SessionHandle;
 use rookery_stanza::{BareJid, FullJid, Jid};
 use rookery_xml::Element;
+use std::sync::Arc;
 
 /// A resource was bound (RFC 6120 §7): the session can now send and receive stanzas.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionBound {
-    pub jid: FullJid,
+    pub session: Arc<SessionHandle>,
 }
 
 /// A bound session ended, for whatever reason (logout, dropped connection, conflict, shutdown).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionClosed {
-    pub jid: FullJid,
+    /// Already removed from the session registry; its module state is still attached.
+    pub session: Arc<SessionHandle>,
     /// The session had sent available presence and not withdrawn it.
     pub was_available: bool,
 }

@@ -182,6 +182,13 @@ impl Server {
             Some(Ok(j)) => j,
             _ => return,
         };
+        if !self.serves(to.domain().as_str()) {
+            // No federation yet: what the server sends for an account to a remote contact
+            // (presence broadcasts, probes) has nowhere to go. Not bounced: the account
+            // did not send it.
+            tracing::debug!(to = %to, "no route to a remote domain");
+            return;
+        }
         match StanzaKind::of(&stanza) {
             Some(StanzaKind::Message) => self.route_message(to, stanza).await,
             Some(StanzaKind::Presence) => self.route_presence(to, stanza).await,

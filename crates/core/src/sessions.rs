@@ -5,6 +5,7 @@
 use parking_lot::{Mutex, RwLock};
 use rookery_stanza::{BareJid, FullJid, StreamErrorCondition};
 use rookery_xml::Element;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,9 @@ pub struct SessionHandle {
     presence: AtomicI16,
     kick: Mutex<Option<(StreamErrorCondition, String)>>,
     kicked: Notify,
+    /// Per-session state of modules (e.g. "requested the roster", last presence), one value
+    /// per type. Empty for most sessions, so it costs one pointer-sized vector when idle.
+    extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
 /// The session task's side: the stanzas to write and the kick signal.
@@ -51,6 +55,7 @@ impl SessionHandle {
             presence: AtomicI16::new(UNAVAILABLE),
             kick: Mutex::new(None),
             kicked: Notify::new(),
+            extensions: Mutex::new(Vec::new()),
         });
         let inbox = SessionInbox {
             stanzas: rx,
@@ -85,6 +90,26 @@ impl SessionHandle {
             *k = Some((condition, text.to_owned()));
             self.kicked.notify_one();
         }
+    }
+    /// The module state of type `T` attached to this session, if any.
+    pub fn extension<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.extensions
+            .lock()
+            .iter()
+            .find_map(|e| e.clone().downcast::<T>().ok())
+    }
+    /// The module state of type `T`, created with `make` on first use.
+    pub fn extension_or_insert_with<T: Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let mut exts = self.extensions.lock();
+        if let Some(found) = exts.iter().find_map(|e| e.clone().downcast::<T>().ok()) {
+            return found;
+        }
+        let value = Arc::new(make());
+        exts.push(value.clone());
+        value
     }
     /// `Some(priority)` while the session has sent available presence (RFC 6121 §4.2).
     pub fn priority(&self) -> Option<i8> {

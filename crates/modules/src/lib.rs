@@ -3,6 +3,8 @@
 
 pub mod disco;
 pub mod ping;
+pub mod presence;
+pub mod roster;
 pub mod time;
 pub mod version;
 
@@ -14,7 +16,9 @@ pub fn registry() -> ModuleRegistry {
     r.register::<disco::Disco>()
         .register::<ping::Ping>()
         .register::<version::Version>()
-        .register::<time::Time>();
+        .register::<time::Time>()
+        .register::<roster::Roster>()
+        .register::<presence::Presence>();
     r
 }
 

@@ -335,7 +335,7 @@ impl Connection {
             if self.server().sessions().unbind(&handle) {
                 if let Some(host) = self.host.clone() {
                     let event = SessionClosed {
-                        jid: handle.jid().clone(),
+                        session: handle.clone(),
                         was_available,
                     };
                     host.hooks().run(self.server(), event).await;
@@ -788,12 +788,14 @@ impl Connection {
                 "replaced by a new session with the same resource",
             );
         }
-        self.session = Some(handle);
+        self.session = Some(handle.clone());
         self.inbox = Some(inbox);
         self.stage = Stage::Bound;
         tracing::info!(peer = %self.peer, jid = %jid, "resource bound");
         if let Some(host) = self.host.clone() {
-            host.hooks().run(self.server(), SessionBound { jid }).await;
+            host.hooks()
+                .run(self.server(), SessionBound { session: handle })
+                .await;
         }
     }
 

@@ -20,6 +20,22 @@
 //!   A database whose schema is newer than this build knows is refused.
 //! * **Rows are validated on read.** Malformed records surface as
 //!   [`StorageError::Corrupt`], never as a panic.
+//! * **Everything of an account hangs off `accounts`.** Credentials, roster items (and,
+//!   through them, their groups), the roster version, pending inbound subscriptions,
+//!   offline messages and user data all reference `accounts` with `ON DELETE CASCADE`:
+//!   deleting an account is one statement, so it removes everything at once or nothing,
+//!   and with `foreign_keys=ON` (required at open) no row can exist for a missing account.
+//!   Writes of the IM stores also check the owner inside their transaction and report a
+//!   missing one as [`StorageError::NotFound`].
+//! * **Checks and writes are atomic.** Every write runs in one `BEGIN IMMEDIATE`
+//!   transaction: a roster change and its version bump commit together; the offline
+//!   quota and the roster item limit are checked under the same write lock as the insert
+//!   they guard, so concurrent writers (tasks or processes) never exceed them.
+//! * **Hot paths are cheap.** Statements are prepared once per connection
+//!   (`prepare_cached`, with a cache larger than the set of statements); a roster is read with its version and all its groups in two
+//!   queries, whatever its size; offline messages are read, counted and deleted through
+//!   the `(domain, username, id)` index and the primary key.
+//! * **Offline message ids** come from `AUTOINCREMENT`: increasing, never reused.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,11 +47,22 @@ use rookery_storage::{validate_credentials, AccountStore, Storage, StorageError}
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod im;
+
+pub use im::{SqliteOfflineStore, SqliteRosterStore, SqliteUserDataStore};
+
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_accounts.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_accounts.sql"),
+    include_str!("../migrations/0002_im.sql"),
+];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Prepared statements kept per connection: more than the stores use (about 30), so
+/// `prepare_cached` never evicts one on a mixed workload (rusqlite's default is 16).
+const STATEMENT_CACHE_CAPACITY: usize = 64;
 
 /// How long a writer waits for another connection's lock (the CLI, say).
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -44,6 +71,21 @@ type Shared = Arc<Mutex<Connection>>;
 
 fn backend(e: rusqlite::Error) -> StorageError {
     StorageError::Backend(e.to_string())
+}
+
+/// Run `f` with the connection on tokio's blocking pool.
+async fn run<T, F>(conn: &Shared, f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+{
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = conn.lock();
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?
 }
 
 fn now_unix() -> i64 {
@@ -84,6 +126,7 @@ impl SqliteBackend {
 
     fn setup(mut conn: Connection, file: bool) -> Result<Self, StorageError> {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(backend)?;
@@ -114,6 +157,9 @@ impl SqliteBackend {
     pub fn storage(&self) -> Storage {
         Storage {
             accounts: Arc::new(self.account_store()),
+            roster: Arc::new(self.roster_store()),
+            offline: Arc::new(self.offline_store()),
+            user_data: Arc::new(self.user_data_store()),
         }
     }
 
@@ -124,7 +170,29 @@ impl SqliteBackend {
         }
     }
 
-    /// `PRAGMA integrity_check` reports "ok". Blocking.
+    /// The concrete roster store (also available as `storage().roster`).
+    pub fn roster_store(&self) -> SqliteRosterStore {
+        SqliteRosterStore {
+            conn: self.conn.clone(),
+        }
+    }
+
+    /// The concrete offline store (also available as `storage().offline`).
+    pub fn offline_store(&self) -> SqliteOfflineStore {
+        SqliteOfflineStore {
+            conn: self.conn.clone(),
+        }
+    }
+
+    /// The concrete user-data store (also available as `storage().user_data`).
+    pub fn user_data_store(&self) -> SqliteUserDataStore {
+        SqliteUserDataStore {
+            conn: self.conn.clone(),
+        }
+    }
+
+    /// `PRAGMA integrity_check` reports "ok" and `PRAGMA foreign_key_check` reports no
+    /// row without its account (or roster item). Blocking.
     pub fn integrity_check(&self) -> Result<bool, StorageError> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(backend)?;
@@ -133,7 +201,11 @@ impl SqliteBackend {
             .map_err(backend)?
             .collect::<Result<_, _>>()
             .map_err(backend)?;
-        Ok(rows.len() == 1 && rows[0] == "ok")
+        let orphans = conn
+            .prepare("PRAGMA foreign_key_check")
+            .and_then(|mut s| s.exists([]))
+            .map_err(backend)?;
+        Ok(rows.len() == 1 && rows[0] == "ok" && !orphans)
     }
 
     /// The schema version recorded in the database. Blocking.
@@ -211,13 +283,7 @@ impl SqliteAccountStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock();
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?
+        run(&self.conn, f).await
     }
 }
 
@@ -411,7 +477,9 @@ impl AccountStore for SqliteAccountStore {
     async fn delete_account(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
         let (domain, username) = (domain.to_owned(), username.to_owned());
         self.run(move |conn| {
-            // Credentials go with it (ON DELETE CASCADE).
+            // Everything of the account goes with it, in this one statement (ON DELETE
+            // CASCADE): credentials, roster items and groups, roster version, pending
+            // subscriptions, offline messages, user data.
             conn.execute(
                 "DELETE FROM accounts WHERE domain = ?1 AND username = ?2",
                 params![domain, username],
@@ -460,6 +528,83 @@ mod tests {
             .expect("count");
         assert_eq!(n, SCHEMA_VERSION);
         assert_eq!(current_version(&conn).expect("version"), SCHEMA_VERSION);
+    }
+
+    /// Statements traced on the connection under test (only that test installs a tracer).
+    static TRACED: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+
+    fn record(sql: &str) {
+        TRACED.lock().push(sql.trim_start().to_owned());
+    }
+
+    fn traced_selects() -> Vec<String> {
+        std::mem::take(&mut *TRACED.lock())
+            .into_iter()
+            .filter(|s| s.starts_with("SELECT"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn roster_reads_do_not_grow_with_the_roster() {
+        use rookery_storage::RosterItem;
+        let b = SqliteBackend::open_in_memory().expect("open");
+        let s = b.storage();
+        s.accounts
+            .create_account("example.org", "alice", &[])
+            .await
+            .expect("create");
+        for i in 0..30 {
+            let item = RosterItem {
+                groups: vec![format!("g{}", i % 4), "all".into(), format!("g{}", i % 4)],
+                ..RosterItem::new(format!("c{i:02}@example.net"))
+            };
+            s.roster
+                .set_roster_item("example.org", "alice", &item, 100)
+                .await
+                .expect("set");
+        }
+        b.conn.lock().trace(Some(record));
+        TRACED.lock().clear();
+
+        let roster = s
+            .roster
+            .roster("example.org", "alice")
+            .await
+            .expect("roster");
+        assert_eq!((roster.version, roster.items.len()), (30, 30));
+        assert_eq!(roster.items[5].groups, ["g1", "all"]);
+        assert_eq!(
+            traced_selects().len(),
+            2,
+            "version + items, then all groups"
+        );
+
+        let item = s
+            .roster
+            .roster_item("example.org", "alice", "c05@example.net")
+            .await
+            .expect("item")
+            .expect("present");
+        assert_eq!(item.groups, ["g1", "all"]);
+        assert_eq!(traced_selects().len(), 2, "item, then its groups");
+
+        // An empty roster (and an unknown account) is still one row for the version.
+        let empty = s
+            .roster
+            .roster("example.org", "nobody")
+            .await
+            .expect("roster");
+        assert_eq!(empty, rookery_storage::Roster::default());
+        assert_eq!(traced_selects().len(), 2);
+
+        // An offline push is: owner check, bounded count, insert.
+        s.offline
+            .push_offline("example.org", "alice", "<message/>", 10)
+            .await
+            .expect("push")
+            .expect("stored");
+        assert_eq!(traced_selects().len(), 2);
+        b.conn.lock().trace(None);
     }
 
     #[test]

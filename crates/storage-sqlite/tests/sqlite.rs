@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rookery_sasl::HashAlg;
 use rookery_storage::conformance::{self, sample_all, sample_credentials};
-use rookery_storage::StorageError;
+use rookery_storage::{RosterItem, StorageError, Subscription};
 use rookery_storage_sqlite::{SqliteBackend, SCHEMA_VERSION};
 
 fn raw(path: &Path) -> rusqlite::Connection {
@@ -15,19 +15,381 @@ fn raw(path: &Path) -> rusqlite::Connection {
     c
 }
 
+/// Rows left in every per-account table (all must be 0 once the suite cleaned up).
+fn rows_per_table(c: &rusqlite::Connection) -> Vec<(&'static str, i64)> {
+    [
+        "accounts",
+        "scram_credentials",
+        "roster_items",
+        "roster_groups",
+        "roster_versions",
+        "roster_pending_in",
+        "offline_messages",
+        "user_data",
+    ]
+    .into_iter()
+    .map(|t| {
+        let n = c
+            .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+            .expect("count");
+        (t, n)
+    })
+    .collect()
+}
+
 #[tokio::test]
 async fn conformance_in_memory() {
     let b = SqliteBackend::open_in_memory().expect("open");
-    conformance::account_store(b.storage().accounts.as_ref()).await;
+    conformance::all(&b.storage()).await;
     assert!(b.integrity_check().expect("check"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let b = SqliteBackend::open(&dir.path().join("rookery.db")).expect("open");
-    conformance::account_store(b.storage().accounts.as_ref()).await;
+    let path = dir.path().join("rookery.db");
+    let b = SqliteBackend::open(&path).expect("open");
+    conformance::all(&b.storage()).await;
     assert!(b.integrity_check().expect("check"));
+    // Account deletions left no orphan row anywhere.
+    for (table, n) in rows_per_table(&raw(&path)) {
+        assert_eq!(n, 0, "{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_individual_suites_on_file() {
+    // Each suite on its own fresh database (they don't depend on running after another).
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, suite) in ["roster", "offline", "user_data", "deletion"]
+        .iter()
+        .enumerate()
+    {
+        let b = SqliteBackend::open(&dir.path().join(format!("{i}.db"))).expect("open");
+        let s = b.storage();
+        match *suite {
+            "roster" => conformance::roster_store(&s).await,
+            "offline" => conformance::offline_store(&s).await,
+            "user_data" => conformance::user_data_store(&s).await,
+            _ => conformance::account_deletion(&s).await,
+        }
+        assert!(b.integrity_check().expect("check"), "{suite}");
+    }
+}
+
+/// Build the database exactly as a build with schema version 1 left it.
+fn create_v1_database(path: &Path) {
+    let c = raw(path);
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         );",
+    )
+    .expect("schema_migrations");
+    c.execute_batch(include_str!("../migrations/0001_accounts.sql"))
+        .expect("migration 1");
+    c.execute(
+        "INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0)",
+        [],
+    )
+    .expect("version 1");
+    let cred = sample_credentials(HashAlg::Sha256, 42);
+    c.execute(
+        "INSERT INTO accounts (domain, username, created_at) VALUES ('example.org', 'old', 0)",
+        [],
+    )
+    .expect("account");
+    c.execute(
+        "INSERT INTO scram_credentials
+             (domain, username, hash, salt, iterations, stored_key, server_key)
+         VALUES ('example.org', 'old', ?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            cred.hash.name(),
+            cred.salt,
+            i64::from(cred.iterations),
+            cred.stored_key,
+            cred.server_key
+        ],
+    )
+    .expect("credentials");
+}
+
+#[tokio::test]
+async fn schema_version_1_database_migrates_keeping_its_accounts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    create_v1_database(&path);
+
+    let b = SqliteBackend::open(&path).expect("open migrates");
+    assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 2);
+    let s = b.storage();
+    assert_eq!(
+        s.accounts.list_accounts(None).await.expect("list"),
+        vec![("old".to_owned(), "example.org".to_owned())]
+    );
+    assert_eq!(
+        s.accounts
+            .get_credentials("example.org", "old", HashAlg::Sha256)
+            .await
+            .expect("get"),
+        Some(sample_credentials(HashAlg::Sha256, 42))
+    );
+    // The migrated account uses the new stores, starting empty.
+    assert_eq!(
+        s.roster.roster("example.org", "old").await.expect("roster"),
+        rookery_storage::Roster::default()
+    );
+    assert_eq!(
+        s.roster
+            .set_roster_item(
+                "example.org",
+                "old",
+                &RosterItem::new("friend@example.net"),
+                10
+            )
+            .await
+            .expect("set"),
+        1
+    );
+    assert!(s
+        .offline
+        .push_offline("example.org", "old", "<message/>", 10)
+        .await
+        .expect("push")
+        .is_some());
+    s.user_data
+        .set_data("example.org", "old", "vcard", "", Some("<vCard/>"), 100)
+        .await
+        .expect("set data");
+    // And deleting it cascades into the new tables.
+    assert!(s
+        .accounts
+        .delete_account("example.org", "old")
+        .await
+        .expect("delete"));
+    assert!(b.integrity_check().expect("check"));
+    drop(s);
+    drop(b);
+    for (table, n) in rows_per_table(&raw(&path)) {
+        assert_eq!(n, 0, "{table}");
+    }
+    let versions: Vec<i64> = raw(&path)
+        .prepare("SELECT version FROM schema_migrations ORDER BY version")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(versions, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_quota_holds_across_connections() {
+    // Two backends on one file (the server and the CLI, say) push concurrently.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    let one = SqliteBackend::open(&path).expect("open");
+    let two = SqliteBackend::open(&path).expect("open");
+    one.storage()
+        .accounts
+        .create_account("example.org", "alice", &sample_all(1))
+        .await
+        .expect("create");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let s = if i % 2 == 0 {
+            one.storage()
+        } else {
+            two.storage()
+        };
+        tasks.spawn(async move {
+            s.offline
+                .push_offline("example.org", "alice", &format!("<message id='{i}'/>"), 15)
+                .await
+        });
+    }
+    let mut stored = 0;
+    while let Some(r) = tasks.join_next().await {
+        if r.expect("join").expect("push").is_some() {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 15);
+    assert_eq!(
+        two.storage()
+            .offline
+            .count_offline("example.org", "alice")
+            .await
+            .expect("count"),
+        15
+    );
+    // Concurrent roster changes from both connections get distinct versions.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = if i % 2 == 0 {
+            one.storage()
+        } else {
+            two.storage()
+        };
+        tasks.spawn(async move {
+            s.roster
+                .set_roster_item(
+                    "example.org",
+                    "alice",
+                    &RosterItem::new(format!("c{i}@example.net")),
+                    100,
+                )
+                .await
+        });
+    }
+    let mut versions = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        versions.push(r.expect("join").expect("set"));
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=20).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn hot_path_queries_use_indexes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    let b = SqliteBackend::open(&path).expect("open");
+    let s = b.storage();
+    s.accounts
+        .create_account("example.org", "alice", &sample_all(1))
+        .await
+        .expect("create");
+    for i in 0..50 {
+        s.roster
+            .set_roster_item(
+                "example.org",
+                "alice",
+                &RosterItem {
+                    groups: vec![format!("g{}", i % 3), "all".into()],
+                    ..RosterItem::new(format!("c{i:02}@example.net"))
+                },
+                1000,
+            )
+            .await
+            .expect("set");
+    }
+    let c = raw(&path);
+    let roster = s
+        .roster
+        .roster("example.org", "alice")
+        .await
+        .expect("roster");
+    assert_eq!(roster.version, 50);
+    assert_eq!(roster.items.len(), 50);
+    assert_eq!(
+        roster.items[7].groups,
+        vec!["g1".to_owned(), "all".to_owned()]
+    );
+    // The lookups behind the hot paths use indexes, never a full scan.
+    for sql in [
+        "SELECT id, stanza FROM offline_messages
+         WHERE domain = 'example.org' AND username = 'alice' ORDER BY id LIMIT 10",
+        "SELECT COUNT(*) FROM offline_messages WHERE domain = 'example.org' AND username = 'alice'",
+        "SELECT contact, name FROM roster_groups
+         WHERE domain = 'example.org' AND username = 'alice' ORDER BY contact, position",
+        "SELECT contact, name FROM roster_groups
+         WHERE domain = 'example.org' AND username = 'alice' AND contact = 'c07@example.net'
+         ORDER BY position",
+        "DELETE FROM offline_messages WHERE id = 1 AND domain = 'a' AND username = 'b'",
+        "SELECT contact, name, subscription, ask, approved,
+                (SELECT version FROM roster_versions
+                 WHERE domain = 'example.org' AND username = 'alice')
+         FROM roster_items WHERE domain = 'example.org' AND username = 'alice'
+         ORDER BY contact",
+        "SELECT COUNT(*) FROM (SELECT 1 FROM offline_messages
+                               WHERE domain = 'example.org' AND username = 'alice' LIMIT 10)",
+    ] {
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan")
+            .query_map([], |r| r.get(3))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let plan = plan.join("; ");
+        assert!(
+            !plan.contains("SCAN offline_messages")
+                && !plan.contains("SCAN roster_groups")
+                && !plan.contains("SCAN roster_items"),
+            "{sql}: {plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+    }
+}
+
+#[tokio::test]
+async fn corrupt_im_rows_are_reported_not_panicked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    let b = SqliteBackend::open(&path).expect("open");
+    let s = b.storage();
+    s.accounts
+        .create_account("example.org", "alice", &sample_all(1))
+        .await
+        .expect("create");
+    let item = RosterItem {
+        subscription: Subscription::Both,
+        groups: vec!["G".into()],
+        ..RosterItem::new("bob@example.net")
+    };
+    s.roster
+        .set_roster_item("example.org", "alice", &item, 10)
+        .await
+        .expect("set");
+    let c = raw(&path);
+    // Bypass the CHECK constraints, as a broken tool or disk might.
+    c.execute_batch(
+        "PRAGMA ignore_check_constraints = ON;
+         UPDATE roster_items SET subscription = 'sometimes';",
+    )
+    .expect("corrupt");
+    for r in [
+        s.roster.roster("example.org", "alice").await.map(|_| ()),
+        s.roster
+            .roster_item("example.org", "alice", "bob@example.net")
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(r, Err(StorageError::Corrupt(_))), "{r:?}");
+    }
+    c.execute_batch("UPDATE roster_items SET subscription = 'both', ask = 7;")
+        .expect("corrupt");
+    assert!(matches!(
+        s.roster.roster("example.org", "alice").await,
+        Err(StorageError::Corrupt(_))
+    ));
+    c.execute_batch("UPDATE roster_items SET ask = 0; UPDATE roster_versions SET version = -3;")
+        .expect("corrupt");
+    assert!(matches!(
+        s.roster.roster("example.org", "alice").await,
+        Err(StorageError::Corrupt(_))
+    ));
+    // Replacing the item and changing the roster repairs it.
+    c.execute_batch("UPDATE roster_versions SET version = 3;")
+        .expect("repair version");
+    assert_eq!(
+        s.roster
+            .set_roster_item("example.org", "alice", &item, 10)
+            .await
+            .expect("set"),
+        4
+    );
+    assert_eq!(
+        s.roster
+            .roster_item("example.org", "alice", "bob@example.net")
+            .await
+            .expect("item"),
+        Some(item)
+    );
 }
 
 #[tokio::test]

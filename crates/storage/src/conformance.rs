@@ -1,10 +1,21 @@
-//! Backend conformance suite (ejabberd-style): every [`AccountStore`] implementation
-//! runs these checks in its tests, so all backends behave identically.
+//! Backend conformance suite (ejabberd-style): every backend runs these checks in its
+//! tests, so all backends behave identically.
 //!
-//! Each function expects an **empty** store and panics (via `assert!`) on the first
-//! deviation from the contract documented on the trait.
+//! [`account_store`] checks one [`AccountStore`]; [`roster_store`], [`offline_store`],
+//! [`user_data_store`] and [`account_deletion`] check the stores of a whole [`Storage`]
+//! bundle (they create their accounts through `storage.accounts`); [`all`] runs
+//! everything.
+//!
+//! Each function expects an **empty** store (no accounts), leaves it empty again, and
+//! panics (via `assert!`) on the first deviation from the contract documented on the
+//! traits.
 
-use crate::{AccountStore, HashAlg, ScramCredentials, StorageError};
+use std::collections::BTreeSet;
+
+use crate::{
+    AccountStore, HashAlg, Roster, RosterItem, ScramCredentials, Storage, StorageError,
+    Subscription,
+};
 
 /// A structurally valid record whose bytes are derived from `seed` (no PBKDF2: fast).
 pub fn sample_credentials(hash: HashAlg, seed: u8) -> ScramCredentials {
@@ -476,4 +487,1370 @@ async fn concurrent_create(s: &dyn AccountStore) {
         .delete_account("example.org", "race")
         .await
         .expect("cleanup"));
+}
+
+/// Every check of this module, in order, on one bundle.
+pub async fn all(storage: &Storage) {
+    account_store(storage.accounts.as_ref()).await;
+    roster_store(storage).await;
+    offline_store(storage).await;
+    user_data_store(storage).await;
+    account_deletion(storage).await;
+}
+
+const D: &str = "example.org";
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn assert_no_accounts(s: &Storage) {
+    assert!(
+        s.accounts
+            .list_accounts(None)
+            .await
+            .expect("list")
+            .is_empty(),
+        "the suite expects (and leaves) a store without accounts"
+    );
+}
+
+async fn create(s: &Storage, domain: &str, user: &str) {
+    s.accounts
+        .create_account(domain, user, &sample_all(1))
+        .await
+        .expect("create account");
+}
+
+async fn drop_account(s: &Storage, domain: &str, user: &str) {
+    assert!(
+        s.accounts
+            .delete_account(domain, user)
+            .await
+            .expect("delete account"),
+        "{user}@{domain} existed"
+    );
+}
+
+fn item(jid: &str, groups: &[&str]) -> RosterItem {
+    RosterItem {
+        groups: strings(groups),
+        ..RosterItem::new(jid)
+    }
+}
+
+fn jids(r: &Roster) -> Vec<&str> {
+    r.items.iter().map(|i| i.jid.as_str()).collect()
+}
+
+fn is_not_found<T: std::fmt::Debug>(r: Result<T, StorageError>) -> bool {
+    matches!(r, Err(StorageError::NotFound))
+}
+
+fn is_limit<T: std::fmt::Debug>(r: Result<T, StorageError>) -> bool {
+    matches!(r, Err(StorageError::LimitReached(_)))
+}
+
+// ---------------------------------------------------------------------------------
+// Rosters
+
+/// The whole [`crate::RosterStore`] contract.
+pub async fn roster_store(s: &Storage) {
+    assert_no_accounts(s).await;
+    roster_unknown_account(s).await;
+    roster_set_get_replace_remove(s).await;
+    roster_groups(s).await;
+    roster_max_items(s).await;
+    roster_pending_in(s).await;
+    roster_concurrent(s).await;
+    roster_account_deletion(s).await;
+    assert_no_accounts(s).await;
+}
+
+async fn roster_unknown_account(s: &Storage) {
+    let r = &s.roster;
+    assert_eq!(
+        r.roster(D, "ghost").await.expect("roster"),
+        Roster::default()
+    );
+    assert_eq!(
+        r.roster_item(D, "ghost", "bob@example.net")
+            .await
+            .expect("item"),
+        None
+    );
+    assert!(is_not_found(
+        r.set_roster_item(D, "ghost", &item("bob@example.net", &["G"]), 100)
+            .await
+    ));
+    assert!(is_not_found(
+        r.remove_roster_item(D, "ghost", "bob@example.net").await
+    ));
+    assert!(is_not_found(
+        r.add_pending_in(D, "ghost", "bob@example.net", "<presence/>")
+            .await
+    ));
+    assert!(is_not_found(
+        r.remove_pending_in(D, "ghost", "bob@example.net").await
+    ));
+    assert!(r.pending_in(D, "ghost").await.expect("pending").is_empty());
+    // A refused write creates neither an account nor data.
+    assert!(!s.accounts.account_exists(D, "ghost").await.expect("exists"));
+    assert_eq!(
+        r.roster(D, "ghost").await.expect("roster"),
+        Roster::default()
+    );
+}
+
+async fn roster_set_get_replace_remove(s: &Storage) {
+    let r = &s.roster;
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    assert_eq!(
+        r.roster(D, "alice").await.expect("roster"),
+        Roster::default(),
+        "a new account has an empty roster at version 0"
+    );
+
+    // Add: every field round-trips; the version goes 0 -> 1.
+    let carol = RosterItem {
+        jid: "carol@example.net".into(),
+        name: Some("Carol \u{2603} <&>".into()),
+        subscription: Subscription::Both,
+        ask: true,
+        approved: true,
+        groups: strings(&["Friends", "Work"]),
+    };
+    assert_eq!(
+        r.set_roster_item(D, "alice", &carol, 100)
+            .await
+            .expect("set"),
+        1
+    );
+    assert_eq!(
+        r.roster_item(D, "alice", "carol@example.net")
+            .await
+            .expect("item"),
+        Some(carol.clone())
+    );
+    assert_eq!(
+        r.roster(D, "alice").await.expect("roster"),
+        Roster {
+            version: 1,
+            items: vec![carol.clone()]
+        }
+    );
+    // Every subscription state and flag combination round-trips.
+    let mut version = 1;
+    for (i, sub) in Subscription::ALL.into_iter().enumerate() {
+        let it = RosterItem {
+            jid: format!("s{i}@example.com"),
+            name: (i % 2 == 0).then(|| format!("n{i}")),
+            subscription: sub,
+            ask: i % 2 == 1,
+            approved: i >= 2,
+            groups: vec![],
+        };
+        version += 1;
+        assert_eq!(
+            r.set_roster_item(D, "alice", &it, 100).await.expect("set"),
+            version
+        );
+        assert_eq!(
+            r.roster_item(D, "alice", &it.jid).await.expect("item"),
+            Some(it)
+        );
+    }
+    // Items come sorted by JID in byte order (uppercase before lowercase, non-ASCII last),
+    // whatever the insertion order.
+    for jid in [
+        "zed@example.com",
+        "\u{e9}mile@example.com",
+        "Zed@example.com",
+        "a@b",
+    ] {
+        version += 1;
+        assert_eq!(
+            r.set_roster_item(D, "alice", &item(jid, &[]), 100)
+                .await
+                .expect("set"),
+            version
+        );
+    }
+    let roster = r.roster(D, "alice").await.expect("roster");
+    assert_eq!(roster.version, version);
+    assert_eq!(
+        jids(&roster),
+        [
+            "Zed@example.com",
+            "a@b",
+            "carol@example.net",
+            "s0@example.com",
+            "s1@example.com",
+            "s2@example.com",
+            "s3@example.com",
+            "zed@example.com",
+            "\u{e9}mile@example.com",
+        ]
+    );
+    // Contacts are byte-exact keys.
+    for other in [
+        "Carol@example.net",
+        "carol@example.net/res",
+        "carol@example.ne",
+    ] {
+        assert_eq!(
+            r.roster_item(D, "alice", other).await.expect("item"),
+            None,
+            "{other}"
+        );
+    }
+
+    // Replace: every field is replaced, the item count stays, the version goes up.
+    let carol2 = RosterItem {
+        jid: "carol@example.net".into(),
+        name: None,
+        subscription: Subscription::To,
+        ask: false,
+        approved: false,
+        groups: strings(&["Family"]),
+    };
+    version += 1;
+    assert_eq!(
+        r.set_roster_item(D, "alice", &carol2, 100)
+            .await
+            .expect("replace"),
+        version
+    );
+    assert_eq!(
+        r.roster_item(D, "alice", "carol@example.net")
+            .await
+            .expect("item"),
+        Some(carol2.clone())
+    );
+    // Setting an equal item is still a change (a roster push goes out): the version moves.
+    version += 1;
+    assert_eq!(
+        r.set_roster_item(D, "alice", &carol2, 100)
+            .await
+            .expect("same again"),
+        version
+    );
+    let roster = r.roster(D, "alice").await.expect("roster");
+    assert_eq!((roster.version, roster.items.len()), (version, 9));
+
+    // Remove: the version goes up; removing again is a no-op that keeps the version.
+    version += 1;
+    assert_eq!(
+        r.remove_roster_item(D, "alice", "carol@example.net")
+            .await
+            .expect("remove"),
+        Some(version)
+    );
+    assert_eq!(
+        r.remove_roster_item(D, "alice", "carol@example.net")
+            .await
+            .expect("remove again"),
+        None
+    );
+    assert_eq!(
+        r.remove_roster_item(D, "alice", "nobody@example.net")
+            .await
+            .expect("remove unknown"),
+        None
+    );
+    assert_eq!(
+        r.roster_item(D, "alice", "carol@example.net")
+            .await
+            .expect("item"),
+        None
+    );
+    let roster = r.roster(D, "alice").await.expect("roster");
+    assert_eq!((roster.version, roster.items.len()), (version, 8));
+    // Removed then added again: a fresh item, the version still only goes up.
+    version += 1;
+    assert_eq!(
+        r.set_roster_item(D, "alice", &item("carol@example.net", &[]), 100)
+            .await
+            .expect("re-add"),
+        version
+    );
+    assert_eq!(
+        r.roster_item(D, "alice", "carol@example.net")
+            .await
+            .expect("item"),
+        Some(item("carol@example.net", &[]))
+    );
+
+    // Rosters are per user: bob's is untouched; the same contact on bob's roster is
+    // another item; a user on another domain is another user.
+    assert_eq!(r.roster(D, "bob").await.expect("roster"), Roster::default());
+    assert_eq!(
+        r.set_roster_item(D, "bob", &carol, 100)
+            .await
+            .expect("bob set"),
+        1
+    );
+    assert_eq!(
+        r.roster_item(D, "bob", "carol@example.net")
+            .await
+            .expect("item"),
+        Some(carol.clone())
+    );
+    assert_eq!(
+        r.roster_item(D, "alice", "carol@example.net")
+            .await
+            .expect("item"),
+        Some(item("carol@example.net", &[]))
+    );
+    assert_eq!(r.roster(D, "alice").await.expect("roster").version, version);
+    assert_eq!(
+        r.roster("example.net", "alice").await.expect("roster"),
+        Roster::default()
+    );
+    // The owner may be the contact of someone else, and a local contact is just a JID.
+    assert_eq!(
+        r.set_roster_item(D, "bob", &item("alice@example.org", &[]), 100)
+            .await
+            .expect("local contact"),
+        2
+    );
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+}
+
+async fn roster_groups(s: &Storage) {
+    let r = &s.roster;
+    create(s, D, "alice").await;
+    let cases: &[(&[&str], &[&str])] = &[
+        // Order as given, not sorted.
+        (&["Zeta", "Alpha", "Mid"], &["Zeta", "Alpha", "Mid"]),
+        // Duplicates removed, the first occurrence stays.
+        (&["b", "a", "b", "c", "a", "b"], &["b", "a", "c"]),
+        // Byte-exact: case and spaces make different groups.
+        (
+            &["Work", "work", "Work ", "WORK"],
+            &["Work", "work", "Work ", "WORK"],
+        ),
+        // Any text, including separators a naive encoding would split on.
+        (
+            &[
+                "a,b",
+                "c;d",
+                "e\nf",
+                "[\"g\"]",
+                "\u{1f600} h\u{e9}",
+                "",
+                "a,b",
+            ],
+            &["a,b", "c;d", "e\nf", "[\"g\"]", "\u{1f600} h\u{e9}", ""],
+        ),
+        (&[], &[]),
+    ];
+    for (i, (given, stored)) in cases.iter().enumerate() {
+        let jid = format!("c{i}@example.net");
+        r.set_roster_item(D, "alice", &item(&jid, given), 100)
+            .await
+            .expect("set");
+        assert_eq!(
+            r.roster_item(D, "alice", &jid)
+                .await
+                .expect("item")
+                .expect("present")
+                .groups,
+            strings(stored),
+            "{given:?}"
+        );
+    }
+    // The whole roster carries the same groups per item.
+    let roster = r.roster(D, "alice").await.expect("roster");
+    for (i, (_, stored)) in cases.iter().enumerate() {
+        assert_eq!(roster.items[i].jid, format!("c{i}@example.net"));
+        assert_eq!(roster.items[i].groups, strings(stored));
+    }
+    // Replacing the groups replaces them all (no leftovers, new order).
+    r.set_roster_item(D, "alice", &item("c0@example.net", &["Mid", "New"]), 100)
+        .await
+        .expect("replace");
+    assert_eq!(
+        r.roster_item(D, "alice", "c0@example.net")
+            .await
+            .expect("item")
+            .expect("present")
+            .groups,
+        strings(&["Mid", "New"])
+    );
+    r.set_roster_item(D, "alice", &item("c0@example.net", &[]), 100)
+        .await
+        .expect("replace");
+    assert!(r
+        .roster_item(D, "alice", "c0@example.net")
+        .await
+        .expect("item")
+        .expect("present")
+        .groups
+        .is_empty());
+    // Many groups.
+    let many: Vec<String> = (0..200).rev().map(|i| format!("g{i:03}")).collect();
+    r.set_roster_item(
+        D,
+        "alice",
+        &RosterItem {
+            groups: many.clone(),
+            ..RosterItem::new("many@example.net")
+        },
+        100,
+    )
+    .await
+    .expect("many groups");
+    assert_eq!(
+        r.roster_item(D, "alice", "many@example.net")
+            .await
+            .expect("item")
+            .expect("present")
+            .groups,
+        many
+    );
+    // A removed item takes its groups along: re-added without groups, it has none.
+    r.remove_roster_item(D, "alice", "c1@example.net")
+        .await
+        .expect("remove");
+    r.set_roster_item(D, "alice", &item("c1@example.net", &[]), 100)
+        .await
+        .expect("re-add");
+    assert!(r
+        .roster_item(D, "alice", "c1@example.net")
+        .await
+        .expect("item")
+        .expect("present")
+        .groups
+        .is_empty());
+    drop_account(s, D, "alice").await;
+}
+
+async fn roster_max_items(s: &Storage) {
+    let r = &s.roster;
+    create(s, D, "alice").await;
+    assert!(
+        is_limit(r.set_roster_item(D, "alice", &item("a@x", &[]), 0).await),
+        "max 0 refuses any add"
+    );
+    assert_eq!(
+        r.roster(D, "alice").await.expect("roster"),
+        Roster::default(),
+        "a refused add changes nothing, not even the version"
+    );
+    assert_eq!(
+        r.set_roster_item(D, "alice", &item("a@x", &[]), 2)
+            .await
+            .expect("1 of 2"),
+        1
+    );
+    assert_eq!(
+        r.set_roster_item(D, "alice", &item("b@x", &[]), 2)
+            .await
+            .expect("2 of 2"),
+        2
+    );
+    assert!(is_limit(
+        r.set_roster_item(D, "alice", &item("c@x", &["G"]), 2).await
+    ));
+    let roster = r.roster(D, "alice").await.expect("roster");
+    assert_eq!((roster.version, jids(&roster)), (2, vec!["a@x", "b@x"]));
+    assert_eq!(r.roster_item(D, "alice", "c@x").await.expect("item"), None);
+    // Replacing is always allowed, at the limit and even above it.
+    assert_eq!(
+        r.set_roster_item(D, "alice", &item("a@x", &["G"]), 2)
+            .await
+            .expect("replace at limit"),
+        3
+    );
+    assert_eq!(
+        r.set_roster_item(D, "alice", &item("b@x", &["G"]), 0)
+            .await
+            .expect("replace over limit"),
+        4
+    );
+    // A removal makes room.
+    assert_eq!(
+        r.remove_roster_item(D, "alice", "a@x")
+            .await
+            .expect("remove"),
+        Some(5)
+    );
+    assert_eq!(
+        r.set_roster_item(D, "alice", &item("c@x", &[]), 2)
+            .await
+            .expect("room again"),
+        6
+    );
+    // The limit counts this user's items only.
+    create(s, D, "bob").await;
+    assert_eq!(
+        r.set_roster_item(D, "bob", &item("a@x", &[]), 1)
+            .await
+            .expect("bob's first"),
+        1
+    );
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+}
+
+async fn roster_pending_in(s: &Storage) {
+    let r = &s.roster;
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    let sub = |from: &str, n: u32| {
+        format!("<presence from='{from}' to='alice@example.org' type='subscribe'><status>hi {n} \u{2603}</status></presence>")
+    };
+    assert!(r.pending_in(D, "alice").await.expect("pending").is_empty());
+    r.add_pending_in(D, "alice", "zoe@example.net", &sub("zoe@example.net", 1))
+        .await
+        .expect("add");
+    r.add_pending_in(
+        D,
+        "alice",
+        "carol@example.net",
+        &sub("carol@example.net", 1),
+    )
+    .await
+    .expect("add");
+    r.add_pending_in(D, "alice", "Zed@example.net", &sub("Zed@example.net", 1))
+        .await
+        .expect("add");
+    // Adding again replaces the stanza.
+    r.add_pending_in(D, "alice", "zoe@example.net", &sub("zoe@example.net", 2))
+        .await
+        .expect("replace");
+    assert_eq!(
+        r.pending_in(D, "alice").await.expect("pending"),
+        vec![
+            ("Zed@example.net".to_owned(), sub("Zed@example.net", 1)),
+            ("carol@example.net".to_owned(), sub("carol@example.net", 1)),
+            ("zoe@example.net".to_owned(), sub("zoe@example.net", 2)),
+        ]
+    );
+    // Per user.
+    assert!(r.pending_in(D, "bob").await.expect("pending").is_empty());
+    r.add_pending_in(D, "bob", "zoe@example.net", "<presence type='subscribe'/>")
+        .await
+        .expect("bob add");
+    // Pending requests are not roster items and do not move the version.
+    assert_eq!(
+        r.roster(D, "alice").await.expect("roster"),
+        Roster::default()
+    );
+    // Remove: true once, then false; others stay.
+    assert!(r
+        .remove_pending_in(D, "alice", "zoe@example.net")
+        .await
+        .expect("remove"));
+    assert!(!r
+        .remove_pending_in(D, "alice", "zoe@example.net")
+        .await
+        .expect("remove again"));
+    assert!(!r
+        .remove_pending_in(D, "alice", "zed@example.net")
+        .await
+        .expect("byte-exact contact"));
+    assert_eq!(
+        r.pending_in(D, "alice").await.expect("pending"),
+        vec![
+            ("Zed@example.net".to_owned(), sub("Zed@example.net", 1)),
+            ("carol@example.net".to_owned(), sub("carol@example.net", 1)),
+        ]
+    );
+    assert_eq!(
+        r.pending_in(D, "bob").await.expect("pending"),
+        vec![(
+            "zoe@example.net".to_owned(),
+            "<presence type='subscribe'/>".to_owned()
+        )]
+    );
+    // Removing a roster item leaves the pending requests alone.
+    r.set_roster_item(D, "alice", &item("carol@example.net", &[]), 10)
+        .await
+        .expect("set");
+    r.remove_roster_item(D, "alice", "carol@example.net")
+        .await
+        .expect("remove item");
+    assert_eq!(r.pending_in(D, "alice").await.expect("pending").len(), 2);
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+}
+
+async fn roster_concurrent(s: &Storage) {
+    create(s, D, "alice").await;
+    // Concurrent changes each get their own version: 1..=20, no gaps, no repeats.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = s.clone();
+        set.spawn(async move {
+            s.roster
+                .set_roster_item(D, "alice", &item(&format!("c{i:02}@x"), &["G"]), 1000)
+                .await
+        });
+    }
+    let mut versions = BTreeSet::new();
+    while let Some(r) = set.join_next().await {
+        versions.insert(r.expect("join").expect("set"));
+    }
+    assert_eq!(versions, (1..=20).collect::<BTreeSet<u64>>());
+    assert_eq!(
+        s.roster.roster(D, "alice").await.expect("roster").version,
+        20
+    );
+    drop_account(s, D, "alice").await;
+
+    // Concurrent adds of different contacts never exceed max_items.
+    create(s, D, "alice").await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = s.clone();
+        set.spawn(async move {
+            s.roster
+                .set_roster_item(D, "alice", &item(&format!("c{i:02}@x"), &[]), 10)
+                .await
+        });
+    }
+    let (mut ok, mut limited) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        match r.expect("join") {
+            Ok(_) => ok += 1,
+            Err(StorageError::LimitReached(_)) => limited += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!((ok, limited), (10, 10));
+    let roster = s.roster.roster(D, "alice").await.expect("roster");
+    assert_eq!((roster.version, roster.items.len()), (10, 10));
+    drop_account(s, D, "alice").await;
+}
+
+async fn roster_account_deletion(s: &Storage) {
+    let r = &s.roster;
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    for u in ["alice", "bob"] {
+        r.set_roster_item(D, u, &item("carol@example.net", &["G", "H"]), 10)
+            .await
+            .expect("set");
+        r.set_roster_item(D, u, &item("dave@example.net", &[]), 10)
+            .await
+            .expect("set");
+        r.add_pending_in(D, u, "eve@example.net", "<presence type='subscribe'/>")
+            .await
+            .expect("pending");
+    }
+    drop_account(s, D, "alice").await;
+    // Gone with the account, and writes are refused now.
+    assert_eq!(
+        r.roster(D, "alice").await.expect("roster"),
+        Roster::default()
+    );
+    assert!(r.pending_in(D, "alice").await.expect("pending").is_empty());
+    assert!(is_not_found(
+        r.set_roster_item(D, "alice", &item("x@y", &[]), 10).await
+    ));
+    assert!(is_not_found(
+        r.add_pending_in(D, "alice", "x@y", "<presence/>").await
+    ));
+    // Re-created: empty, version 0, groups did not come back.
+    create(s, D, "alice").await;
+    assert_eq!(
+        r.roster(D, "alice").await.expect("roster"),
+        Roster::default()
+    );
+    assert!(r.pending_in(D, "alice").await.expect("pending").is_empty());
+    assert_eq!(
+        r.set_roster_item(D, "alice", &item("carol@example.net", &[]), 10)
+            .await
+            .expect("set"),
+        1
+    );
+    assert!(r
+        .roster_item(D, "alice", "carol@example.net")
+        .await
+        .expect("item")
+        .expect("present")
+        .groups
+        .is_empty());
+    // Another account's data is untouched.
+    let bob = r.roster(D, "bob").await.expect("roster");
+    assert_eq!(bob.version, 2);
+    assert_eq!(bob.items[0].groups, strings(&["G", "H"]));
+    assert_eq!(r.pending_in(D, "bob").await.expect("pending").len(), 1);
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+}
+
+// ---------------------------------------------------------------------------------
+// Offline messages
+
+/// The whole [`crate::OfflineStore`] contract.
+pub async fn offline_store(s: &Storage) {
+    assert_no_accounts(s).await;
+    offline_unknown_account(s).await;
+    offline_order_peek_remove(s).await;
+    offline_quota(s).await;
+    offline_concurrent_quota(s).await;
+    offline_account_deletion(s).await;
+    assert_no_accounts(s).await;
+}
+
+fn msg(n: usize) -> String {
+    format!("<message from='bob@example.net/r' to='alice@example.org' type='chat'><body>#{n} caf\u{e9} &amp; \u{1f600}</body></message>")
+}
+
+async fn offline_unknown_account(s: &Storage) {
+    let o = &s.offline;
+    assert!(is_not_found(o.push_offline(D, "ghost", &msg(1), 100).await));
+    assert!(is_not_found(o.push_offline(D, "ghost", &msg(1), 0).await));
+    assert!(o
+        .peek_offline(D, "ghost", 100)
+        .await
+        .expect("peek")
+        .is_empty());
+    assert_eq!(o.count_offline(D, "ghost").await.expect("count"), 0);
+    assert!(is_not_found(o.remove_offline(D, "ghost", &[1, 2, 3]).await));
+    assert!(!s.accounts.account_exists(D, "ghost").await.expect("exists"));
+}
+
+async fn offline_order_peek_remove(s: &Storage) {
+    let o = &s.offline;
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    assert!(o
+        .peek_offline(D, "alice", 10)
+        .await
+        .expect("peek")
+        .is_empty());
+    // Interleaved arrivals for two users: ids increase across the backend.
+    let mut alice = Vec::new();
+    let mut bob = Vec::new();
+    let mut last = 0;
+    for n in 0..6 {
+        let user = if n % 3 == 2 { "bob" } else { "alice" };
+        let id = o
+            .push_offline(D, user, &msg(n), 100)
+            .await
+            .expect("push")
+            .expect("stored");
+        assert!(
+            id > last,
+            "ids increase in arrival order: {id} after {last}"
+        );
+        last = id;
+        if user == "bob" { &mut bob } else { &mut alice }.push((id, msg(n)));
+    }
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 4);
+    assert_eq!(o.count_offline(D, "bob").await.expect("count"), 2);
+    // Peek: oldest first, exactly `limit`, nothing removed.
+    assert_eq!(o.peek_offline(D, "alice", 100).await.expect("peek"), alice);
+    assert_eq!(o.peek_offline(D, "alice", 4).await.expect("peek"), alice);
+    assert_eq!(
+        o.peek_offline(D, "alice", 2).await.expect("peek"),
+        alice[..2]
+    );
+    assert!(o
+        .peek_offline(D, "alice", 0)
+        .await
+        .expect("peek")
+        .is_empty());
+    assert_eq!(
+        o.peek_offline(D, "alice", usize::MAX).await.expect("peek"),
+        alice
+    );
+    assert_eq!(o.peek_offline(D, "bob", 100).await.expect("peek"), bob);
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 4);
+    // Remove by ids: unknown ids and other users' ids are ignored (and not removed).
+    let removed = o
+        .remove_offline(
+            D,
+            "alice",
+            &[
+                alice[0].0,
+                bob[0].0,
+                last + 1000,
+                -1,
+                0,
+                alice[2].0,
+                alice[0].0,
+            ],
+        )
+        .await
+        .expect("remove");
+    assert_eq!(removed, 2);
+    assert_eq!(
+        o.peek_offline(D, "alice", 100).await.expect("peek"),
+        vec![alice[1].clone(), alice[3].clone()]
+    );
+    assert_eq!(o.peek_offline(D, "bob", 100).await.expect("peek"), bob);
+    assert_eq!(o.remove_offline(D, "alice", &[]).await.expect("none"), 0);
+    assert_eq!(
+        o.remove_offline(D, "alice", &[alice[0].0])
+            .await
+            .expect("again"),
+        0
+    );
+    // New messages come after the remaining ones, with ids never used before.
+    let id = o
+        .push_offline(D, "alice", &msg(99), 100)
+        .await
+        .expect("push")
+        .expect("stored");
+    assert!(id > last);
+    assert_eq!(
+        o.peek_offline(D, "alice", 100).await.expect("peek"),
+        vec![alice[1].clone(), alice[3].clone(), (id, msg(99))]
+    );
+    // Removing all of them.
+    let ids: Vec<i64> = o
+        .peek_offline(D, "alice", 100)
+        .await
+        .expect("peek")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(o.remove_offline(D, "alice", &ids).await.expect("all"), 3);
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 0);
+    assert!(o
+        .peek_offline(D, "alice", 100)
+        .await
+        .expect("peek")
+        .is_empty());
+    // A large stanza round-trips exactly.
+    let big = format!(
+        "<message><body>{}</body></message>",
+        "\u{e9}x".repeat(100_000)
+    );
+    let id = o
+        .push_offline(D, "alice", &big, 100)
+        .await
+        .expect("push")
+        .expect("stored");
+    assert_eq!(
+        o.peek_offline(D, "alice", 1).await.expect("peek"),
+        vec![(id, big)]
+    );
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+}
+
+async fn offline_quota(s: &Storage) {
+    let o = &s.offline;
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    assert_eq!(
+        o.push_offline(D, "alice", &msg(0), 0).await.expect("push"),
+        None,
+        "quota 0 stores nothing"
+    );
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 0);
+    // Exactly `max` fit: the one at count = max - 1 is stored, at count = max it is not.
+    for n in 0..3 {
+        assert!(o
+            .push_offline(D, "alice", &msg(n), 3)
+            .await
+            .expect("push")
+            .is_some());
+    }
+    assert_eq!(
+        o.push_offline(D, "alice", &msg(3), 3).await.expect("push"),
+        None
+    );
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 3);
+    // A lower quota than what is stored refuses too; nothing is dropped.
+    assert_eq!(
+        o.push_offline(D, "alice", &msg(3), 1).await.expect("push"),
+        None
+    );
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 3);
+    // A refused message is not stored.
+    let stored: Vec<String> = o
+        .peek_offline(D, "alice", 10)
+        .await
+        .expect("peek")
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(stored, vec![msg(0), msg(1), msg(2)]);
+    // The quota is per user.
+    assert!(o
+        .push_offline(D, "bob", &msg(0), 3)
+        .await
+        .expect("push")
+        .is_some());
+    // Removing one makes room for exactly one.
+    let first = o.peek_offline(D, "alice", 1).await.expect("peek")[0].0;
+    assert_eq!(o.remove_offline(D, "alice", &[first]).await.expect("rm"), 1);
+    assert!(o
+        .push_offline(D, "alice", &msg(4), 3)
+        .await
+        .expect("push")
+        .is_some());
+    assert_eq!(
+        o.push_offline(D, "alice", &msg(5), 3).await.expect("push"),
+        None
+    );
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 3);
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+}
+
+async fn offline_concurrent_quota(s: &Storage) {
+    create(s, D, "alice").await;
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let s = s.clone();
+        set.spawn(async move { s.offline.push_offline(D, "alice", &msg(n), 10).await });
+    }
+    let mut ids = BTreeSet::new();
+    let mut refused = 0;
+    while let Some(r) = set.join_next().await {
+        match r.expect("join").expect("push") {
+            Some(id) => assert!(ids.insert(id), "id {id} handed out twice"),
+            None => refused += 1,
+        }
+    }
+    assert_eq!(
+        (ids.len(), refused),
+        (10, 10),
+        "exactly the quota is stored"
+    );
+    assert_eq!(
+        s.offline.count_offline(D, "alice").await.expect("count"),
+        10
+    );
+    let peeked: Vec<i64> = s
+        .offline
+        .peek_offline(D, "alice", 100)
+        .await
+        .expect("peek")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(peeked, ids.into_iter().collect::<Vec<_>>());
+    drop_account(s, D, "alice").await;
+}
+
+async fn offline_account_deletion(s: &Storage) {
+    let o = &s.offline;
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    let mut last = 0;
+    for n in 0..5 {
+        for u in ["alice", "bob"] {
+            last = o
+                .push_offline(D, u, &msg(n), 100)
+                .await
+                .expect("push")
+                .expect("stored");
+        }
+    }
+    let old_ids: Vec<i64> = o
+        .peek_offline(D, "alice", 100)
+        .await
+        .expect("peek")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    drop_account(s, D, "alice").await;
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 0);
+    assert!(o
+        .peek_offline(D, "alice", 100)
+        .await
+        .expect("peek")
+        .is_empty());
+    assert!(is_not_found(o.push_offline(D, "alice", &msg(0), 100).await));
+    create(s, D, "alice").await;
+    assert_eq!(o.count_offline(D, "alice").await.expect("count"), 0);
+    // Ids are not reused after a deletion: the old ids remove nothing new.
+    let id = o
+        .push_offline(D, "alice", &msg(7), 100)
+        .await
+        .expect("push")
+        .expect("stored");
+    assert!(id > last);
+    assert_eq!(o.remove_offline(D, "alice", &old_ids).await.expect("rm"), 0);
+    assert_eq!(
+        o.peek_offline(D, "alice", 100).await.expect("peek"),
+        vec![(id, msg(7))]
+    );
+    // Bob's messages are untouched.
+    assert_eq!(o.count_offline(D, "bob").await.expect("count"), 5);
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+}
+
+// ---------------------------------------------------------------------------------
+// User data
+
+/// The whole [`crate::UserDataStore`] contract.
+pub async fn user_data_store(s: &Storage) {
+    assert_no_accounts(s).await;
+    let u = &s.user_data;
+    const M: usize = 1 << 20;
+
+    // Unknown account: reads are empty, writes refused.
+    assert_eq!(
+        u.get_data(D, "ghost", "vcard", "").await.expect("get"),
+        None
+    );
+    assert!(u
+        .data_keys(D, "ghost", "vcard")
+        .await
+        .expect("keys")
+        .is_empty());
+    assert!(is_not_found(
+        u.set_data(D, "ghost", "vcard", "", Some("<vCard/>"), M)
+            .await
+    ));
+    assert!(is_not_found(
+        u.set_data(D, "ghost", "vcard", "", None, M).await
+    ));
+    assert!(!s.accounts.account_exists(D, "ghost").await.expect("exists"));
+
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    // Set, get, replace, delete.
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "").await.expect("get"),
+        None
+    );
+    let vcard = "<vCard xmlns='vcard-temp'><FN>Alice \u{2603}</FN></vCard>";
+    u.set_data(D, "alice", "vcard", "", Some(vcard), M)
+        .await
+        .expect("set");
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some(vcard)
+    );
+    u.set_data(
+        D,
+        "alice",
+        "vcard",
+        "",
+        Some("<vCard xmlns='vcard-temp'/>"),
+        M,
+    )
+    .await
+    .expect("replace");
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("<vCard xmlns='vcard-temp'/>")
+    );
+    u.set_data(D, "alice", "vcard", "", None, M)
+        .await
+        .expect("delete");
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "").await.expect("get"),
+        None
+    );
+    u.set_data(D, "alice", "vcard", "", None, M)
+        .await
+        .expect("deleting an absent key is fine");
+    // The empty string is a value, distinct from absence.
+    u.set_data(D, "alice", "last", "", Some(""), M)
+        .await
+        .expect("set empty");
+    assert_eq!(
+        u.get_data(D, "alice", "last", "")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("")
+    );
+    assert_eq!(
+        u.data_keys(D, "alice", "last").await.expect("keys"),
+        strings(&[""])
+    );
+
+    // Stores, keys and users are independent namespaces.
+    for (store, key, value) in [
+        (
+            "private",
+            "storage storage:bookmarks",
+            "<storage xmlns='storage:bookmarks'/>",
+        ),
+        ("private", "prefs urn:x", "<prefs xmlns='urn:x'/>"),
+        ("private", "Prefs urn:x", "<Prefs xmlns='urn:x'/>"),
+        (
+            "private",
+            "\u{e9}l\u{e9}ment urn:y",
+            "<\u{e9}l\u{e9}ment xmlns='urn:y'/>",
+        ),
+        ("vcard", "", "<vCard/>"),
+        ("privatex", "a", "other store"),
+        ("privat", "a", "other store"),
+    ] {
+        u.set_data(D, "alice", store, key, Some(value), M)
+            .await
+            .expect("set");
+    }
+    assert_eq!(
+        u.data_keys(D, "alice", "private").await.expect("keys"),
+        strings(&[
+            "Prefs urn:x",
+            "prefs urn:x",
+            "storage storage:bookmarks",
+            "\u{e9}l\u{e9}ment urn:y",
+        ])
+    );
+    assert_eq!(
+        u.data_keys(D, "alice", "vcard").await.expect("keys"),
+        strings(&[""])
+    );
+    assert_eq!(
+        u.data_keys(D, "alice", "privat").await.expect("keys"),
+        strings(&["a"])
+    );
+    assert!(u
+        .data_keys(D, "alice", "blocklist")
+        .await
+        .expect("keys")
+        .is_empty());
+    assert!(u
+        .data_keys(D, "alice", "Private")
+        .await
+        .expect("keys")
+        .is_empty());
+    assert_eq!(
+        u.get_data(D, "alice", "private", "prefs urn:x")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("<prefs xmlns='urn:x'/>")
+    );
+    assert_eq!(
+        u.get_data(D, "alice", "private", "Prefs urn:x")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("<Prefs xmlns='urn:x'/>")
+    );
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "prefs urn:x")
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(u.get_data(D, "bob", "vcard", "").await.expect("get"), None);
+    assert!(u
+        .data_keys(D, "bob", "private")
+        .await
+        .expect("keys")
+        .is_empty());
+    u.set_data(D, "bob", "vcard", "", Some("<vCard>bob</vCard>"), M)
+        .await
+        .expect("bob set");
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("<vCard/>")
+    );
+    // Deleting one key leaves the others.
+    u.set_data(D, "alice", "private", "prefs urn:x", None, M)
+        .await
+        .expect("delete");
+    assert_eq!(
+        u.data_keys(D, "alice", "private").await.expect("keys"),
+        strings(&[
+            "Prefs urn:x",
+            "storage storage:bookmarks",
+            "\u{e9}l\u{e9}ment urn:y"
+        ])
+    );
+
+    // Limits: exactly max_bytes (bytes, not chars) fits; one more is refused and changes
+    // nothing; a deletion is never refused.
+    let at = "\u{e9}".repeat(50); // 100 bytes
+    u.set_data(D, "alice", "vcard", "", Some(&at), 100)
+        .await
+        .expect("exactly at the limit");
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "").await.expect("get"),
+        Some(at.clone())
+    );
+    let over = format!("{at}x");
+    assert!(is_limit(
+        u.set_data(D, "alice", "vcard", "", Some(&over), 100).await
+    ));
+    assert!(is_limit(
+        u.set_data(D, "alice", "blocklist", "", Some(&over), 100)
+            .await
+    ));
+    assert!(is_limit(
+        u.set_data(D, "alice", "blocklist", "", Some("x"), 0).await
+    ));
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "").await.expect("get"),
+        Some(at),
+        "a refused set keeps the old value"
+    );
+    assert_eq!(
+        u.get_data(D, "alice", "blocklist", "").await.expect("get"),
+        None
+    );
+    u.set_data(D, "alice", "last", "", Some(""), 0)
+        .await
+        .expect("empty value within 0 bytes");
+    u.set_data(D, "alice", "vcard", "", None, 0)
+        .await
+        .expect("delete ignores the limit");
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "").await.expect("get"),
+        None
+    );
+    // A large document round-trips.
+    let big = "<vCard>".to_owned() + &"A".repeat(300_000) + "</vCard>";
+    u.set_data(D, "alice", "vcard", "", Some(&big), M)
+        .await
+        .expect("big");
+    assert_eq!(
+        u.get_data(D, "alice", "vcard", "").await.expect("get"),
+        Some(big)
+    );
+
+    // Account deletion wipes every store of the user, and only that user.
+    drop_account(s, D, "alice").await;
+    for store in ["vcard", "private", "last", "privat"] {
+        assert!(u
+            .data_keys(D, "alice", store)
+            .await
+            .expect("keys")
+            .is_empty());
+    }
+    assert!(is_not_found(
+        u.set_data(D, "alice", "vcard", "", Some("x"), M).await
+    ));
+    create(s, D, "alice").await;
+    for store in ["vcard", "private", "last", "privat"] {
+        assert!(u
+            .data_keys(D, "alice", store)
+            .await
+            .expect("keys")
+            .is_empty());
+    }
+    assert_eq!(
+        u.get_data(D, "alice", "private", "storage storage:bookmarks")
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        u.get_data(D, "bob", "vcard", "")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("<vCard>bob</vCard>")
+    );
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+    assert_no_accounts(s).await;
+}
+
+// ---------------------------------------------------------------------------------
+// Account deletion across every store
+
+/// Deleting an account wipes it from every store at once; a same-named account on
+/// another domain and other accounts keep everything.
+pub async fn account_deletion(s: &Storage) {
+    assert_no_accounts(s).await;
+    let users = [(D, "alice"), ("example.net", "alice"), (D, "bob")];
+    for (d, u) in users {
+        create(s, d, u).await;
+        s.roster
+            .set_roster_item(d, u, &item("carol@example.com", &["G"]), 10)
+            .await
+            .expect("roster");
+        s.roster
+            .add_pending_in(d, u, "dave@example.com", "<presence type='subscribe'/>")
+            .await
+            .expect("pending");
+        s.offline
+            .push_offline(d, u, &msg(1), 10)
+            .await
+            .expect("offline")
+            .expect("stored");
+        for (store, key) in [
+            ("vcard", ""),
+            ("private", "a b"),
+            ("last", ""),
+            ("blocklist", ""),
+        ] {
+            s.user_data
+                .set_data(d, u, store, key, Some("<x/>"), 100)
+                .await
+                .expect("data");
+        }
+    }
+    drop_account(s, D, "alice").await;
+    check_empty(s, D, "alice").await;
+    for (d, u) in [("example.net", "alice"), (D, "bob")] {
+        let roster = s.roster.roster(d, u).await.expect("roster");
+        assert_eq!((roster.version, roster.items.len()), (1, 1), "{u}@{d}");
+        assert_eq!(s.roster.pending_in(d, u).await.expect("pending").len(), 1);
+        assert_eq!(s.offline.count_offline(d, u).await.expect("count"), 1);
+        assert_eq!(
+            s.user_data.data_keys(d, u, "private").await.expect("keys"),
+            strings(&["a b"])
+        );
+        assert!(s
+            .accounts
+            .get_credentials(d, u, HashAlg::Sha256)
+            .await
+            .expect("creds")
+            .is_some());
+    }
+    create(s, D, "alice").await;
+    check_empty(s, D, "alice").await;
+    for (d, u) in users {
+        drop_account(s, d, u).await;
+    }
+    for (d, u) in users {
+        check_empty(s, d, u).await;
+    }
+    assert_no_accounts(s).await;
+}
+
+async fn check_empty(s: &Storage, d: &str, u: &str) {
+    assert_eq!(
+        s.roster.roster(d, u).await.expect("roster"),
+        Roster::default()
+    );
+    assert!(s.roster.pending_in(d, u).await.expect("pending").is_empty());
+    assert_eq!(s.offline.count_offline(d, u).await.expect("count"), 0);
+    assert!(s
+        .offline
+        .peek_offline(d, u, 10)
+        .await
+        .expect("peek")
+        .is_empty());
+    for (store, key) in [
+        ("vcard", ""),
+        ("private", "a b"),
+        ("last", ""),
+        ("blocklist", ""),
+    ] {
+        assert_eq!(
+            s.user_data.get_data(d, u, store, key).await.expect("get"),
+            None,
+            "{store}"
+        );
+        assert!(s
+            .user_data
+            .data_keys(d, u, store)
+            .await
+            .expect("keys")
+            .is_empty());
+    }
 }

@@ -2,17 +2,42 @@
 //! bundle a server runs with, an in-memory backend ([`memory`]) and a conformance
 //! suite ([`conformance`]) that every backend runs in its own tests.
 //!
+//! Stores: [`AccountStore`] (accounts and SCRAM credentials), [`RosterStore`] (RFC 6121
+//! rosters, roster versions, pending inbound subscription requests), [`OfflineStore`]
+//! (XEP-0160 offline messages) and [`UserDataStore`] (small per-user documents: vCard
+//! XEP-0054, private XML XEP-0049, last activity XEP-0012, blocklist XEP-0191).
+//!
 //! # Invariants
 //!
 //! * **Only SCRAM records are stored, never passwords.** Accounts carry one
 //!   [`ScramCredentials`] record (salt, iteration count, StoredKey, ServerKey) per hash;
 //!   no API here accepts or returns a password.
-//! * **Names are opaque bytes.** Usernames and domains arrive already normalised by the
-//!   caller (JID localpart / domainpart preparation); stores compare them byte-exactly
-//!   and sort them by byte order.
+//! * **Names are opaque bytes.** Usernames, domains, contact JIDs, group names and
+//!   user-data store names and keys arrive already normalised by the caller (JID
+//!   preparation); stores compare them byte-exactly and sort them by byte order.
 //! * **Records are validated both ways.** A backend refuses to store a malformed record
 //!   (wrong key length for its hash, two records for one hash) and reports a malformed
 //!   record read back as [`StorageError::Corrupt`] rather than panicking.
+//! * **Per-user data belongs to an account.** The roster, offline and user-data stores
+//!   of a [`Storage`] share their backend with its account store. Every *write* method
+//!   of those stores (including removals) fails with [`StorageError::NotFound`] when the
+//!   owning account does not exist; *reads* of an unknown account return the empty value
+//!   (roster version 0, no items, no messages, no data). Only the owner must exist: a
+//!   roster item's contact may be any JID, local or remote.
+//! * **Deleting an account deletes everything of it**, atomically, in every store of the
+//!   backend: credentials, roster items, roster version, pending inbound subscriptions,
+//!   offline messages, user data. An account created again with the same name starts
+//!   empty (roster version 0).
+//! * **Roster versions** ([`Roster::version`]) start at 0 and increase by exactly one on
+//!   every change of the items (each [`RosterStore::set_roster_item`], even with an equal
+//!   item, and each removal of an existing item), in the same atomic step as the change;
+//!   a removal of an absent item and any change to pending subscriptions leave it as is.
+//! * **Quotas are exact under concurrency.** [`RosterStore::set_roster_item`]'s
+//!   `max_items` and [`OfflineStore::push_offline`]'s `max_messages` are checked in the
+//!   same atomic step as the write, so concurrent writers never exceed them.
+//! * **Offline message ids** are positive, increase in arrival order across the whole
+//!   backend and are never reused (not even after the messages or the account were
+//!   deleted): a stale id can never remove a newer message.
 //! * Store methods are async and must never block the async runtime.
 
 use std::sync::Arc;
@@ -33,6 +58,9 @@ pub enum StorageError {
     Backend(String),
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A quota or size limit passed by the caller would be exceeded; nothing was written.
+    #[error("limit reached: {0}")]
+    LimitReached(String),
 }
 
 /// Accounts and their SCRAM credentials.
@@ -69,18 +97,222 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> Result<Vec<(String, String)>, StorageError>;
 }
 
-/// The bundle of per-feature stores a server runs with; later features add fields (roster, offline, ...).
+/// RFC 6121 §2.1.2.5 subscription states, as stored on the user's item for a contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subscription {
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    /// Every state, in the order above.
+    pub const ALL: [Subscription; 4] = [
+        Subscription::None,
+        Subscription::To,
+        Subscription::From,
+        Subscription::Both,
+    ];
+
+    /// The value of the `subscription` attribute: `none`, `to`, `from`, `both`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+
+    /// Inverse of [`Subscription::as_str`] (exact, case-sensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One item of a user's roster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterItem {
+    /// The contact's bare JID (already normalised by the caller); the item's key.
+    pub jid: String,
+    pub name: Option<String>,
+    pub subscription: Subscription,
+    /// Pending-out: the user sent subscribe, no answer yet.
+    pub ask: bool,
+    /// Pre-approval (RFC 6121 §3.4) given by the user.
+    pub approved: bool,
+    /// Kept in the order given, duplicates removed (the first occurrence stays).
+    pub groups: Vec<String>,
+}
+
+impl RosterItem {
+    /// An item with no name, no groups, subscription `none`, no ask, no pre-approval.
+    pub fn new(jid: impl Into<String>) -> Self {
+        RosterItem {
+            jid: jid.into(),
+            name: None,
+            subscription: Subscription::None,
+            ask: false,
+            approved: false,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// A whole roster: its version and its items, sorted by `jid` (byte order).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Roster {
+    pub version: u64,
+    pub items: Vec<RosterItem>,
+}
+
+/// Rosters (RFC 6121 §2), their versions (RFC 6121 §2.6) and pending inbound
+/// subscription requests (RFC 6121 §3.1.3).
+#[async_trait::async_trait]
+pub trait RosterStore: Send + Sync + 'static {
+    /// Whole roster with its version (0 for an account that never had a change, and for
+    /// an account that doesn't exist).
+    async fn roster(&self, domain: &str, user: &str) -> Result<Roster, StorageError>;
+    async fn roster_item(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StorageError>;
+    /// Insert or replace the item (keyed by `item.jid`; groups deduplicated); increments
+    /// the roster version and returns the new version.
+    /// `max_items`: refuse ([`StorageError::LimitReached`]) to ADD an item when the
+    /// roster already has that many (replacing is always allowed).
+    /// NotFound if the account doesn't exist.
+    async fn set_roster_item(
+        &self,
+        domain: &str,
+        user: &str,
+        item: &RosterItem,
+        max_items: usize,
+    ) -> Result<u64, StorageError>;
+    /// Remove; returns the new version if the item existed, None otherwise (version
+    /// unchanged). NotFound if the account doesn't exist.
+    async fn remove_roster_item(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<Option<u64>, StorageError>;
+    /// Pending inbound subscription requests (RFC 6121 §3.1.3: kept and delivered again
+    /// at each login until answered); `stanza` is the serialized
+    /// `<presence type='subscribe'/>` to redeliver. Adding again replaces it.
+    /// Does not change the roster version. NotFound if the account doesn't exist.
+    async fn add_pending_in(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+        stanza: &str,
+    ) -> Result<(), StorageError>;
+    /// true if one existed. NotFound if the account doesn't exist.
+    async fn remove_pending_in(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<bool, StorageError>;
+    /// `(contact, stanza)` pairs sorted by contact.
+    async fn pending_in(
+        &self,
+        domain: &str,
+        user: &str,
+    ) -> Result<Vec<(String, String)>, StorageError>;
+}
+
+/// Offline messages (XEP-0160): serialized stanzas kept for a user until a session of
+/// theirs took them.
+#[async_trait::async_trait]
+pub trait OfflineStore: Send + Sync + 'static {
+    /// Append a serialized message for an offline user. Returns Ok(None) without storing
+    /// when the user already has `max_messages` stored (quota), else Ok(Some(id)). Ids
+    /// increase in arrival order and are never reused. NotFound if the account doesn't
+    /// exist.
+    async fn push_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        stanza: &str,
+        max_messages: usize,
+    ) -> Result<Option<i64>, StorageError>;
+    /// Up to `limit` oldest messages, in arrival order: `(id, stanza)`. Does NOT remove
+    /// them.
+    async fn peek_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StorageError>;
+    /// Remove these ids (after they were written to a session); ids that are unknown or
+    /// belong to another user are ignored. Returns how many were removed. NotFound if the
+    /// account doesn't exist.
+    async fn remove_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        ids: &[i64],
+    ) -> Result<usize, StorageError>;
+    async fn count_offline(&self, domain: &str, user: &str) -> Result<usize, StorageError>;
+}
+
+/// Small per-user documents, keyed by `(store, key)`: e.g. `("vcard", "")`,
+/// `("private", "<element name> <namespace>")`, `("last", "")`, `("blocklist", "")`.
+#[async_trait::async_trait]
+pub trait UserDataStore: Send + Sync + 'static {
+    async fn get_data(
+        &self,
+        domain: &str,
+        user: &str,
+        store: &str,
+        key: &str,
+    ) -> Result<Option<String>, StorageError>;
+    /// Set (Some) or delete (None; deleting an absent key is not an error).
+    /// `max_bytes`: refuse with [`StorageError::LimitReached`] if `value.len() > max_bytes`
+    /// (checked first, nothing is written). NotFound if the account doesn't exist.
+    async fn set_data(
+        &self,
+        domain: &str,
+        user: &str,
+        store: &str,
+        key: &str,
+        value: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(), StorageError>;
+    /// All keys of one store for a user, sorted (byte order).
+    async fn data_keys(
+        &self,
+        domain: &str,
+        user: &str,
+        store: &str,
+    ) -> Result<Vec<String>, StorageError>;
+}
+
+/// The bundle of per-feature stores a server runs with. All stores of one bundle share
+/// one backend (so deleting an account through `accounts` wipes the others).
 #[derive(Clone)]
 pub struct Storage {
     pub accounts: Arc<dyn AccountStore>,
+    pub roster: Arc<dyn RosterStore>,
+    pub offline: Arc<dyn OfflineStore>,
+    pub user_data: Arc<dyn UserDataStore>,
 }
 
 impl Storage {
     /// Everything in memory (tests, ephemeral servers).
     pub fn memory() -> Self {
-        Storage {
-            accounts: Arc::new(memory::MemoryAccountStore::new()),
-        }
+        memory::MemoryBackend::new().storage()
     }
 }
 
@@ -104,4 +336,52 @@ pub fn validate_credentials(creds: &[ScramCredentials]) -> Result<(), StorageErr
         }
     }
     Ok(())
+}
+
+/// Roster groups as stored: in the order given, each name once (its first occurrence).
+/// Backends call this on every roster write.
+pub fn dedup_groups(groups: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::with_capacity(groups.len());
+    groups
+        .iter()
+        .filter(|g| seen.insert(g.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The error [`UserDataStore::set_data`] returns for a value over `max_bytes`, if any.
+pub fn check_data_size(value: Option<&str>, max_bytes: usize) -> Result<(), StorageError> {
+    match value {
+        Some(v) if v.len() > max_bytes => Err(StorageError::LimitReached(format!(
+            "value of {} bytes exceeds the limit of {max_bytes} bytes",
+            v.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_names_round_trip() {
+        for s in Subscription::ALL {
+            assert_eq!(Subscription::from_name(s.as_str()), Some(s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        for bad in ["", "None", "BOTH", "remove", " to", "to "] {
+            assert_eq!(Subscription::from_name(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn groups_keep_order_and_first_occurrence() {
+        let g = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            dedup_groups(&g(&["b", "a", "b", "c", "a", "B"])),
+            g(&["b", "a", "c", "B"])
+        );
+        assert!(dedup_groups(&[]).is_empty());
+    }
 }

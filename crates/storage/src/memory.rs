@@ -1,24 +1,120 @@
 //! In-memory stores: fast, ephemeral, and the reference behaviour for the
 //! conformance suite.
+//!
+//! One [`MemoryBackend`] holds every account together with all of its data (roster,
+//! pending subscriptions, offline messages, user data) in one record behind one lock:
+//! deleting the account drops the record, so everything of it goes at once, and a write
+//! for an account without a record is refused with [`StorageError::NotFound`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::{validate_credentials, AccountStore, HashAlg, ScramCredentials, StorageError};
+use crate::{
+    check_data_size, dedup_groups, validate_credentials, AccountStore, HashAlg, OfflineStore,
+    Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError, UserDataStore,
+};
 
 type Key = (String, String); // (domain, username): BTreeMap order = list order
+
+/// Everything of one account.
+#[derive(Debug, Default)]
+struct Account {
+    creds: HashMap<HashAlg, ScramCredentials>,
+    roster_version: u64,
+    roster: BTreeMap<String, RosterItem>,
+    pending_in: BTreeMap<String, String>,
+    offline: BTreeMap<i64, String>,
+    /// (store, key) -> value
+    data: BTreeMap<(String, String), String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    accounts: BTreeMap<Key, Account>,
+    /// The last offline message id handed out (ids are never reused).
+    last_offline_id: i64,
+}
+
+/// The lock is never held across an await (no store method awaits while holding it).
+type Shared = Arc<RwLock<State>>;
+
+/// One in-memory database; its stores share it.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBackend {
+    state: Shared,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The trait objects backed by this database.
+    pub fn storage(&self) -> Storage {
+        Storage {
+            accounts: Arc::new(self.account_store()),
+            roster: Arc::new(self.roster_store()),
+            offline: Arc::new(self.offline_store()),
+            user_data: Arc::new(self.user_data_store()),
+        }
+    }
+
+    pub fn account_store(&self) -> MemoryAccountStore {
+        MemoryAccountStore {
+            state: self.state.clone(),
+        }
+    }
+
+    pub fn roster_store(&self) -> MemoryRosterStore {
+        MemoryRosterStore {
+            state: self.state.clone(),
+        }
+    }
+
+    pub fn offline_store(&self) -> MemoryOfflineStore {
+        MemoryOfflineStore {
+            state: self.state.clone(),
+        }
+    }
+
+    pub fn user_data_store(&self) -> MemoryUserDataStore {
+        MemoryUserDataStore {
+            state: self.state.clone(),
+        }
+    }
+}
 
 /// [`AccountStore`] kept in a map behind a lock (never held across an await).
 #[derive(Debug, Default)]
 pub struct MemoryAccountStore {
-    accounts: RwLock<BTreeMap<Key, HashMap<HashAlg, ScramCredentials>>>,
+    state: Shared,
 }
 
 impl MemoryAccountStore {
+    /// A store with its own, fresh database (use [`MemoryBackend`] to share one).
     pub fn new() -> Self {
         Self::default()
     }
+}
+
+/// [`RosterStore`] of a [`MemoryBackend`].
+#[derive(Debug)]
+pub struct MemoryRosterStore {
+    state: Shared,
+}
+
+/// [`OfflineStore`] of a [`MemoryBackend`].
+#[derive(Debug)]
+pub struct MemoryOfflineStore {
+    state: Shared,
+}
+
+/// [`UserDataStore`] of a [`MemoryBackend`].
+#[derive(Debug)]
+pub struct MemoryUserDataStore {
+    state: Shared,
 }
 
 fn key(domain: &str, username: &str) -> Key {
@@ -27,6 +123,19 @@ fn key(domain: &str, username: &str) -> Key {
 
 fn to_map(creds: &[ScramCredentials]) -> HashMap<HashAlg, ScramCredentials> {
     creds.iter().map(|c| (c.hash, c.clone())).collect()
+}
+
+impl State {
+    fn get(&self, domain: &str, user: &str) -> Option<&Account> {
+        self.accounts.get(&key(domain, user))
+    }
+
+    /// The account to write to, or NotFound.
+    fn get_mut(&mut self, domain: &str, user: &str) -> Result<&mut Account, StorageError> {
+        self.accounts
+            .get_mut(&key(domain, user))
+            .ok_or(StorageError::NotFound)
+    }
 }
 
 #[async_trait::async_trait]
@@ -38,11 +147,14 @@ impl AccountStore for MemoryAccountStore {
         creds: &[ScramCredentials],
     ) -> Result<(), StorageError> {
         validate_credentials(creds)?;
-        let mut map = self.accounts.write();
-        match map.entry(key(domain, username)) {
+        let mut state = self.state.write();
+        match state.accounts.entry(key(domain, username)) {
             std::collections::btree_map::Entry::Occupied(_) => Err(StorageError::AlreadyExists),
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(to_map(creds));
+                v.insert(Account {
+                    creds: to_map(creds),
+                    ..Account::default()
+                });
                 Ok(())
             }
         }
@@ -55,11 +167,7 @@ impl AccountStore for MemoryAccountStore {
         creds: &[ScramCredentials],
     ) -> Result<(), StorageError> {
         validate_credentials(creds)?;
-        let mut map = self.accounts.write();
-        let entry = map
-            .get_mut(&key(domain, username))
-            .ok_or(StorageError::NotFound)?;
-        *entry = to_map(creds);
+        self.state.write().get_mut(domain, username)?.creds = to_map(creds);
         Ok(())
     }
 
@@ -69,21 +177,23 @@ impl AccountStore for MemoryAccountStore {
         username: &str,
         hash: HashAlg,
     ) -> Result<Option<ScramCredentials>, StorageError> {
-        let map = self.accounts.read();
-        Ok(map
-            .get(&key(domain, username))
-            .and_then(|creds| creds.get(&hash))
+        let state = self.state.read();
+        Ok(state
+            .get(domain, username)
+            .and_then(|a| a.creds.get(&hash))
             .cloned())
     }
 
     async fn account_exists(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
-        Ok(self.accounts.read().contains_key(&key(domain, username)))
+        Ok(self.state.read().get(domain, username).is_some())
     }
 
     async fn delete_account(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
+        // The record holds everything of the account: it all goes at once.
         Ok(self
-            .accounts
+            .state
             .write()
+            .accounts
             .remove(&key(domain, username))
             .is_some())
     }
@@ -92,8 +202,9 @@ impl AccountStore for MemoryAccountStore {
         &self,
         domain: Option<&str>,
     ) -> Result<Vec<(String, String)>, StorageError> {
-        let map = self.accounts.read();
-        Ok(map
+        let state = self.state.read();
+        Ok(state
+            .accounts
             .keys()
             .filter(|(d, _)| match domain {
                 Some(want) => want == d,
@@ -101,6 +212,244 @@ impl AccountStore for MemoryAccountStore {
             })
             .map(|(d, u)| (u.clone(), d.clone()))
             .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl RosterStore for MemoryRosterStore {
+    async fn roster(&self, domain: &str, user: &str) -> Result<Roster, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .get(domain, user)
+            .map(|a| Roster {
+                version: a.roster_version,
+                items: a.roster.values().cloned().collect(),
+            })
+            .unwrap_or_default())
+    }
+
+    async fn roster_item(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .get(domain, user)
+            .and_then(|a| a.roster.get(contact))
+            .cloned())
+    }
+
+    async fn set_roster_item(
+        &self,
+        domain: &str,
+        user: &str,
+        item: &RosterItem,
+        max_items: usize,
+    ) -> Result<u64, StorageError> {
+        let item = RosterItem {
+            groups: dedup_groups(&item.groups),
+            ..item.clone()
+        };
+        let mut state = self.state.write();
+        let account = state.get_mut(domain, user)?;
+        if !account.roster.contains_key(&item.jid) && account.roster.len() >= max_items {
+            return Err(StorageError::LimitReached(format!(
+                "roster has {} items (limit {max_items})",
+                account.roster.len()
+            )));
+        }
+        account.roster.insert(item.jid.clone(), item);
+        account.roster_version += 1;
+        Ok(account.roster_version)
+    }
+
+    async fn remove_roster_item(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<Option<u64>, StorageError> {
+        let mut state = self.state.write();
+        let account = state.get_mut(domain, user)?;
+        if account.roster.remove(contact).is_none() {
+            return Ok(None);
+        }
+        account.roster_version += 1;
+        Ok(Some(account.roster_version))
+    }
+
+    async fn add_pending_in(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+        stanza: &str,
+    ) -> Result<(), StorageError> {
+        self.state
+            .write()
+            .get_mut(domain, user)?
+            .pending_in
+            .insert(contact.to_owned(), stanza.to_owned());
+        Ok(())
+    }
+
+    async fn remove_pending_in(
+        &self,
+        domain: &str,
+        user: &str,
+        contact: &str,
+    ) -> Result<bool, StorageError> {
+        Ok(self
+            .state
+            .write()
+            .get_mut(domain, user)?
+            .pending_in
+            .remove(contact)
+            .is_some())
+    }
+
+    async fn pending_in(
+        &self,
+        domain: &str,
+        user: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .get(domain, user)
+            .map(|a| {
+                a.pending_in
+                    .iter()
+                    .map(|(c, s)| (c.clone(), s.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait::async_trait]
+impl OfflineStore for MemoryOfflineStore {
+    async fn push_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        stanza: &str,
+        max_messages: usize,
+    ) -> Result<Option<i64>, StorageError> {
+        let mut state = self.state.write();
+        let next = state
+            .last_offline_id
+            .checked_add(1)
+            .ok_or_else(|| StorageError::Backend("offline message ids exhausted".into()))?;
+        let account = state.get_mut(domain, user)?;
+        if account.offline.len() >= max_messages {
+            return Ok(None);
+        }
+        account.offline.insert(next, stanza.to_owned());
+        state.last_offline_id = next;
+        Ok(Some(next))
+    }
+
+    async fn peek_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .get(domain, user)
+            .map(|a| {
+                a.offline
+                    .iter()
+                    .take(limit)
+                    .map(|(id, s)| (*id, s.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn remove_offline(
+        &self,
+        domain: &str,
+        user: &str,
+        ids: &[i64],
+    ) -> Result<usize, StorageError> {
+        let mut state = self.state.write();
+        let account = state.get_mut(domain, user)?;
+        Ok(ids
+            .iter()
+            .filter(|id| account.offline.remove(id).is_some())
+            .count())
+    }
+
+    async fn count_offline(&self, domain: &str, user: &str) -> Result<usize, StorageError> {
+        Ok(self
+            .state
+            .read()
+            .get(domain, user)
+            .map_or(0, |a| a.offline.len()))
+    }
+}
+
+#[async_trait::async_trait]
+impl UserDataStore for MemoryUserDataStore {
+    async fn get_data(
+        &self,
+        domain: &str,
+        user: &str,
+        store: &str,
+        key: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .get(domain, user)
+            .and_then(|a| a.data.get(&(store.to_owned(), key.to_owned())))
+            .cloned())
+    }
+
+    async fn set_data(
+        &self,
+        domain: &str,
+        user: &str,
+        store: &str,
+        key: &str,
+        value: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(), StorageError> {
+        check_data_size(value, max_bytes)?;
+        let mut state = self.state.write();
+        let data = &mut state.get_mut(domain, user)?.data;
+        let k = (store.to_owned(), key.to_owned());
+        match value {
+            Some(v) => {
+                data.insert(k, v.to_owned());
+            }
+            None => {
+                data.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    async fn data_keys(
+        &self,
+        domain: &str,
+        user: &str,
+        store: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .get(domain, user)
+            .map(|a| {
+                a.data
+                    .range((store.to_owned(), String::new())..)
+                    .take_while(|((s, _), _)| s == store)
+                    .map(|((_, k), _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }
 
@@ -115,6 +464,12 @@ mod tests {
     #[tokio::test]
     async fn storage_bundle() {
         let s = crate::Storage::memory();
-        crate::conformance::account_store(s.accounts.as_ref()).await;
+        crate::conformance::all(&s).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn storage_bundle_multi_thread() {
+        let s = super::MemoryBackend::new().storage();
+        crate::conformance::all(&s).await;
     }
 }

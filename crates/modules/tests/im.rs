@@ -1,0 +1,425 @@
+//! Rosters, subscriptions and presence through the real router, with in-memory storage and
+//! sessions that are queues instead of sockets.
+
+use rookery_core::events::SessionClosed;
+use rookery_core::{Config, Server, SessionHandle, SessionInbox};
+use rookery_stanza::FullJid;
+use rookery_storage::{Storage, Subscription};
+use rookery_xml::{parse_element, Element};
+use std::sync::Arc;
+
+async fn server(extra: &str) -> Arc<Server> {
+    let storage = Storage::memory();
+    for (i, user) in ["alice", "bob", "carol", "dave"].into_iter().enumerate() {
+        storage
+            .accounts
+            .create_account(
+                "example.org",
+                user,
+                &rookery_storage::conformance::sample_all(i as u8),
+            )
+            .await
+            .expect("account");
+    }
+    let cfg = Config::from_toml(
+        &format!("{extra}\n[[host]]\ndomain = 'example.org'\n"),
+        std::path::Path::new("t.toml"),
+        std::path::Path::new("."),
+    )
+    .expect("config");
+    Server::new(cfg, storage, &rookery_modules::registry()).expect("server")
+}
+
+struct Client {
+    jid: FullJid,
+    handle: Arc<SessionHandle>,
+    inbox: SessionInbox,
+    server: Arc<Server>,
+}
+
+impl Client {
+    fn bind(server: &Arc<Server>, jid: &str) -> Client {
+        let jid = FullJid::new(jid).expect("jid");
+        let (handle, inbox) = SessionHandle::new(jid.clone(), 256);
+        server.sessions().bind(handle.clone());
+        Client {
+            jid,
+            handle,
+            inbox,
+            server: server.clone(),
+        }
+    }
+    /// Bound, roster requested, initial presence sent; queue drained.
+    async fn online(server: &Arc<Server>, jid: &str) -> Client {
+        let mut c = Client::bind(server, jid);
+        c.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>")
+            .await;
+        c.send("<presence/>").await;
+        c.drain();
+        c
+    }
+    async fn send(&self, xml: &str) {
+        let el = parse_element(&add_client_ns(xml))
+            .unwrap_or_else(|e| panic!("bad test xml {xml}: {e}"));
+        let el = self.server.stamp_from_client(&self.jid, el).expect("stamp");
+        self.server.route_from_client(&self.jid, el).await;
+    }
+    fn drain(&mut self) -> Vec<Element> {
+        std::iter::from_fn(|| self.inbox.stanzas.try_recv().ok().map(|b| *b)).collect()
+    }
+    async fn close(self) {
+        let was_available = self.handle.priority().is_some();
+        self.server.sessions().unbind(&self.handle);
+        let host = self.server.host("example.org").expect("host").clone();
+        host.hooks()
+            .run(
+                &self.server,
+                SessionClosed {
+                    session: self.handle.clone(),
+                    was_available,
+                },
+            )
+            .await;
+    }
+}
+
+fn add_client_ns(xml: &str) -> String {
+    // Put the top-level element in jabber:client, as the stream would.
+    let end = xml
+        .find([' ', '>', '/'])
+        .expect("tag");
+    format!("{} xmlns='jabber:client'{}", &xml[..end], &xml[end..])
+}
+
+fn reply<'a>(got: &'a [Element], id: &str) -> &'a Element {
+    got.iter()
+        .find(|e| e.name() == "iq" && e.attr("id") == Some(id))
+        .unwrap_or_else(|| panic!("no reply to {id} in {got:?}"))
+}
+
+fn presences<'a>(got: &'a [Element], ptype: Option<&str>) -> Vec<&'a Element> {
+    got.iter()
+        .filter(|e| e.name() == "presence" && e.attr("type") == ptype)
+        .collect()
+}
+
+fn pushes(got: &[Element]) -> Vec<Element> {
+    got.iter()
+        .filter(|e| e.name() == "iq" && e.attr("type") == Some("set"))
+        .filter_map(|e| e.get_child("query", "jabber:iq:roster"))
+        .filter_map(|q| q.get_child("item", "jabber:iq:roster").cloned())
+        .collect()
+}
+
+async fn item(server: &Server, user: &str, contact: &str) -> Option<rookery_storage::RosterItem> {
+    server
+        .storage()
+        .roster
+        .roster_item("example.org", user, contact)
+        .await
+        .expect("read")
+}
+
+#[tokio::test]
+async fn roster_get_set_remove_with_versions_and_pushes() {
+    let s = server("").await;
+    let mut a1 = Client::online(&s, "alice@example.org/one").await;
+    let mut a2 = Client::online(&s, "alice@example.org/two").await;
+    let mut a3 = Client::bind(&s, "alice@example.org/no-roster");
+    a1.send("<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    let got = a1.drain();
+    let q = reply(&got, "g")
+        .get_child("query", "jabber:iq:roster")
+        .expect("roster");
+    let ver0 = q.attr("ver").expect("versioned").to_owned();
+    assert_eq!(q.children().count(), 0);
+
+    a1.send("<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='Bob@Example.org' name='Bob'><group>Friends</group><group>Friends</group><group>Work</group></item></query></iq>").await;
+    let got = a1.drain();
+    let p = pushes(&got);
+    assert_eq!(p.len(), 1, "{got:?}");
+    assert_eq!(p[0].attr("jid"), Some("bob@example.org"));
+    assert_eq!(p[0].attr("subscription"), Some("none"));
+    let groups: Vec<_> = p[0].children().map(|g| g.text()).collect();
+    assert_eq!(groups, ["Friends", "Work"]);
+    assert!(got
+        .iter()
+        .any(|e| e.attr("id") == Some("s") && e.attr("type") == Some("result")));
+    assert_eq!(
+        pushes(&a2.drain()).len(),
+        1,
+        "other interested resource pushed"
+    );
+    assert!(
+        pushes(&a3.drain()).is_empty(),
+        "a resource that never asked gets no push"
+    );
+
+    // Same version: empty result; old version: the full roster.
+    a1.send("<iq type='get' id='g2'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    let ver1 = reply(&a1.drain(), "g2")
+        .get_child("query", "jabber:iq:roster")
+        .and_then(|q| q.attr("ver").map(str::to_owned))
+        .expect("ver");
+    assert_ne!(ver0, ver1);
+    a1.send(&format!(
+        "<iq type='get' id='g3'><query xmlns='jabber:iq:roster' ver='{ver1}'/></iq>"
+    ))
+    .await;
+    assert_eq!(
+        reply(&a1.drain(), "g3").children().count(),
+        0,
+        "unchanged roster: empty result"
+    );
+    a1.send(&format!(
+        "<iq type='get' id='g4'><query xmlns='jabber:iq:roster' ver='{ver0}'/></iq>"
+    ))
+    .await;
+    let got = a1.drain();
+    assert_eq!(
+        reply(&got, "g4")
+            .get_child("query", "jabber:iq:roster")
+            .map(|q| q.children().count()),
+        Some(1)
+    );
+
+    a1.send("<iq type='set' id='rm'><query xmlns='jabber:iq:roster'><item jid='bob@example.org' subscription='remove'/></query></iq>").await;
+    let p = pushes(&a1.drain());
+    assert_eq!(p[0].attr("subscription"), Some("remove"));
+    assert!(item(&s, "alice", "bob@example.org").await.is_none());
+    a1.send("<iq type='set' id='rm2'><query xmlns='jabber:iq:roster'><item jid='bob@example.org' subscription='remove'/></query></iq>").await;
+    assert!(reply(&a1.drain(), "rm2")
+        .to_string()
+        .contains("item-not-found"));
+}
+
+#[tokio::test]
+async fn roster_set_validation_and_limit() {
+    let s = server("[limits]\nmax_roster_items = 1\n").await;
+    let mut a = Client::online(&s, "alice@example.org/r").await;
+    let cases = [
+        (
+            "<item jid='x@example.org'/><item jid='y@example.org'/>",
+            "bad-request",
+        ),
+        ("", "bad-request"),
+        ("<item jid='x@example.org/res'/>", "bad-request"),
+        ("<item jid='a@b@c'/>", "jid-malformed"),
+        ("<item jid='alice@example.org'/>", "not-allowed"),
+    ];
+    for (items, cond) in cases {
+        a.send(&format!(
+            "<iq type='set' id='v'><query xmlns='jabber:iq:roster'>{items}</query></iq>"
+        ))
+        .await;
+        let got = a.drain();
+        assert!(got[0].to_string().contains(cond), "{items}: {got:?}");
+    }
+    let long = "n".repeat(2000);
+    a.send(&format!("<iq type='set' id='v'><query xmlns='jabber:iq:roster'><item jid='x@example.org' name='{long}'/></query></iq>")).await;
+    assert!(a.drain()[0].to_string().contains("not-acceptable"));
+    a.send("<iq type='set' id='v'><query xmlns='jabber:iq:roster'><item jid='x@example.org'><group></group></item></query></iq>").await;
+    assert!(a.drain()[0].to_string().contains("not-acceptable"));
+    a.send("<iq type='set' id='ok'><query xmlns='jabber:iq:roster'><item jid='x@example.org'/></query></iq>").await;
+    assert!(a.drain().iter().any(|e| e.attr("type") == Some("result")));
+    a.send("<iq type='set' id='full'><query xmlns='jabber:iq:roster'><item jid='y@example.org'/></query></iq>").await;
+    assert!(
+        a.drain()[0].to_string().contains("not-allowed"),
+        "roster full"
+    );
+    a.send("<iq type='set' id='upd'><query xmlns='jabber:iq:roster'><item jid='x@example.org' name='X'/></query></iq>").await;
+    assert!(
+        a.drain().iter().any(|e| e.attr("type") == Some("result")),
+        "updating is not adding"
+    );
+    a.send("<iq type='get' id='o' to='bob@example.org'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    assert!(a.drain()[0].to_string().contains("forbidden"));
+}
+
+#[tokio::test]
+async fn mutual_subscription_then_presence_flows_only_to_subscribers() {
+    let s = server("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+
+    alice
+        .send("<presence to='bob@example.org' type='subscribe'/>")
+        .await;
+    let a = item(&s, "alice", "bob@example.org")
+        .await
+        .expect("item created");
+    assert!(a.ask && a.subscription == Subscription::None);
+    let got = bob.drain();
+    let req = presences(&got, Some("subscribe"));
+    assert_eq!(req.len(), 1);
+    assert_eq!(
+        req[0].attr("from"),
+        Some("alice@example.org"),
+        "bare JID stamped"
+    );
+    alice.drain();
+
+    bob.send("<presence to='alice@example.org' type='subscribed'/>")
+        .await;
+    let b = item(&s, "bob", "alice@example.org")
+        .await
+        .expect("bob's item");
+    assert_eq!(b.subscription, Subscription::From);
+    let a = item(&s, "alice", "bob@example.org")
+        .await
+        .expect("alice's item");
+    assert_eq!((a.subscription, a.ask), (Subscription::To, false));
+    let got = alice.drain();
+    assert_eq!(presences(&got, Some("subscribed")).len(), 1);
+    assert_eq!(pushes(&got)[0].attr("subscription"), Some("to"));
+    let avail = presences(&got, None);
+    assert_eq!(
+        avail.len(),
+        1,
+        "bob's current presence follows approval: {got:?}"
+    );
+    assert_eq!(avail[0].attr("from"), Some("bob@example.org/b"));
+    bob.drain();
+
+    // Bob's changes reach Alice; Alice's don't reach Bob (she is only 'to').
+    bob.send("<presence><show>away</show></presence>").await;
+    assert_eq!(presences(&alice.drain(), None).len(), 1);
+    alice.send("<presence><show>dnd</show></presence>").await;
+    let got = bob.drain();
+    assert!(
+        presences(&got, None)
+            .iter()
+            .all(|p| p.attr("from") != Some("alice@example.org/a")),
+        "no leak: {got:?}"
+    );
+
+    // Bob's session drops: Alice is told.
+    bob.close().await;
+    let got = alice.drain();
+    let un = presences(&got, Some("unavailable"));
+    assert_eq!(un.len(), 1);
+    assert_eq!(un[0].attr("from"), Some("bob@example.org/b"));
+}
+
+#[tokio::test]
+async fn pending_requests_are_redelivered_at_login_and_probes_answered() {
+    let s = server("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    alice.send("<presence to='carol@example.org' type='subscribe'><status>hi, it is Alice</status></presence>").await;
+    // Carol was offline; each login shows the waiting request until she answers.
+    for _ in 0..2 {
+        let mut carol = Client::bind(&s, "carol@example.org/c");
+        carol.send("<presence/>").await;
+        let got = carol.drain();
+        let req = presences(&got, Some("subscribe"));
+        assert_eq!(req.len(), 1, "{got:?}");
+        assert!(req[0].to_string().contains("hi, it is Alice"));
+        carol.close().await;
+    }
+    let mut carol = Client::online(&s, "carol@example.org/c").await;
+    carol
+        .send("<presence to='alice@example.org' type='subscribed'/>")
+        .await;
+    alice.drain();
+    // A second resource of Alice comes online: its probe is answered with Carol's presence.
+    let mut a2 = Client::bind(&s, "alice@example.org/second");
+    a2.send("<presence/>").await;
+    let got = a2.drain();
+    assert!(
+        presences(&got, None)
+            .iter()
+            .any(|p| p.attr("from") == Some("carol@example.org/c")),
+        "{got:?}"
+    );
+    assert!(
+        presences(&got, None)
+            .iter()
+            .any(|p| p.attr("from") == Some("alice@example.org/a")),
+        "own other resource: {got:?}"
+    );
+    // Dave, not subscribed, probes Carol and learns nothing.
+    let mut dave = Client::online(&s, "dave@example.org/d").await;
+    dave.send("<presence to='carol@example.org' type='probe'/>")
+        .await;
+    assert!(dave.drain().is_empty());
+    carol.drain();
+}
+
+#[tokio::test]
+async fn pre_approval_grants_the_later_request() {
+    let s = server("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    bob.send("<presence to='alice@example.org' type='subscribed'/>")
+        .await;
+    let b = item(&s, "bob", "alice@example.org")
+        .await
+        .expect("pre-approved item");
+    assert!(b.approved && b.subscription == Subscription::None);
+    assert!(
+        presences(&alice.drain(), Some("subscribed")).is_empty(),
+        "pre-approval isn't sent"
+    );
+    bob.drain();
+    alice
+        .send("<presence to='bob@example.org' type='subscribe'/>")
+        .await;
+    assert!(
+        presences(&bob.drain(), Some("subscribe")).is_empty(),
+        "granted without asking Bob"
+    );
+    let b = item(&s, "bob", "alice@example.org").await.expect("item");
+    assert_eq!((b.subscription, b.approved), (Subscription::From, false));
+    let a = item(&s, "alice", "bob@example.org").await.expect("item");
+    assert_eq!(a.subscription, Subscription::To);
+}
+
+#[tokio::test]
+async fn directed_presence_is_cleaned_up() {
+    let s = server("").await;
+    let alice = Client::online(&s, "alice@example.org/a").await;
+    let mut dave = Client::online(&s, "dave@example.org/d").await;
+    alice.send("<presence to='dave@example.org/d'/>").await;
+    assert_eq!(presences(&dave.drain(), None).len(), 1);
+    alice.close().await;
+    let got = dave.drain();
+    assert_eq!(presences(&got, Some("unavailable")).len(), 1, "{got:?}");
+}
+
+#[tokio::test]
+async fn removing_an_item_ends_both_subscriptions() {
+    let s = server("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    alice
+        .send("<presence to='bob@example.org' type='subscribe'/>")
+        .await;
+    bob.send("<presence to='alice@example.org' type='subscribed'/>")
+        .await;
+    bob.send("<presence to='alice@example.org' type='subscribe'/>")
+        .await;
+    alice
+        .send("<presence to='bob@example.org' type='subscribed'/>")
+        .await;
+    assert_eq!(
+        item(&s, "alice", "bob@example.org")
+            .await
+            .map(|i| i.subscription),
+        Some(Subscription::Both)
+    );
+    alice.drain();
+    bob.drain();
+    alice.send("<iq type='set' id='rm'><query xmlns='jabber:iq:roster'><item jid='bob@example.org' subscription='remove'/></query></iq>").await;
+    assert_eq!(
+        item(&s, "bob", "alice@example.org")
+            .await
+            .map(|i| i.subscription),
+        Some(Subscription::None)
+    );
+    let got = bob.drain();
+    assert_eq!(presences(&got, Some("unsubscribe")).len(), 1, "{got:?}");
+    assert_eq!(presences(&got, Some("unsubscribed")).len(), 1, "{got:?}");
+}
