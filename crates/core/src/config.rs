@@ -67,6 +67,8 @@ impl Default for Config {
                 certificate: None,
                 key: None,
                 modules: None,
+                registration: false,
+                contact: ContactAddresses::default(),
             }],
         }
     }
@@ -141,6 +143,8 @@ pub struct Limits {
     pub max_vcard_bytes: usize,
     /// Bytes of one private XML storage element.
     pub max_private_bytes: usize,
+    /// In-band registrations accepted from one IP address per hour.
+    pub registrations_per_ip_per_hour: u32,
 }
 
 impl Default for Limits {
@@ -160,6 +164,7 @@ impl Default for Limits {
             max_offline_messages: 1000,
             max_vcard_bytes: 200 * 1024,
             max_private_bytes: 64 * 1024,
+            registrations_per_ip_per_hour: 5,
         }
     }
 }
@@ -190,6 +195,44 @@ pub struct HostConfig {
     pub key: Option<PathBuf>,
     /// Modules enabled on this host; absent means every module this build has.
     pub modules: Option<Vec<String>>,
+    /// In-band account registration (XEP-0077) by anyone who can connect. Off by default.
+    #[serde(default)]
+    pub registration: bool,
+    /// Contact addresses of the service (XEP-0157), advertised in service discovery.
+    #[serde(default)]
+    pub contact: ContactAddresses,
+}
+
+/// XEP-0157 contact addresses: URIs (`mailto:`, `xmpp:`, `https:`) per role.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactAddresses {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl ContactAddresses {
+    /// (XEP-0157 field var, addresses) for the roles that have any.
+    pub fn fields(&self) -> Vec<(&'static str, &[String])> {
+        [
+            ("abuse-addresses", &self.abuse),
+            ("admin-addresses", &self.admin),
+            ("feedback-addresses", &self.feedback),
+            ("sales-addresses", &self.sales),
+            ("security-addresses", &self.security),
+            ("status-addresses", &self.status),
+            ("support-addresses", &self.support),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.as_slice()))
+        .collect()
+    }
 }
 
 impl Config {
@@ -271,6 +314,16 @@ impl Config {
             h.domain = jid.domain().to_string();
             if !seen.insert(h.domain.clone()) {
                 return Err(invalid(&key, format!("'{}' is configured twice", h.domain)));
+            }
+            for (role, addrs) in h.contact.fields() {
+                for a in addrs {
+                    if !a.contains(':') {
+                        return Err(invalid(
+                            format!("host[{i}].contact"),
+                            format!("{role}: '{a}' is not a URI (mailto:, xmpp:, https:...)"),
+                        ));
+                    }
+                }
             }
             if h.certificate.is_some() != h.key.is_some() {
                 return Err(invalid(
