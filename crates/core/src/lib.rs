@@ -24,4 +24,4 @@ pub use host::Host;
 pub use iq::{iq_fn, IqHandler, IqRequest, IqResult, IqScope};
 pub use module::{HostBuilder, Module, ModuleError, ModuleRegistry, Spec};
 pub use server::Server;
-pub use sessions::{SessionHandle, SessionInbox, SessionRegistry};
+pub use sessions::{Outgoing, SessionHandle, SessionInbox, SessionRegistry};

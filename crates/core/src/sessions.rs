@@ -9,7 +9,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Presence state stored in one atomic: `UNAVAILABLE`, or the priority (-128..=127).
 const UNAVAILABLE: i16 = i16::MIN;
@@ -23,11 +23,19 @@ pub enum DeliveryError {
     Gone,
 }
 
+/// A stanza queued for a session, with an optional receipt resolved once the stanza has been
+/// written to the client's connection and flushed (used by features that must not drop
+/// their copy of a stanza before that, such as offline storage).
+pub struct Outgoing {
+    pub stanza: Element,
+    pub written: Option<oneshot::Sender<()>>,
+}
+
 /// The router's side of one bound session.
 pub struct SessionHandle {
     id: u64,
     jid: FullJid,
-    queue: mpsc::Sender<Box<Element>>,
+    queue: mpsc::Sender<Box<Outgoing>>,
     presence: AtomicI16,
     kick: Mutex<Option<(StreamErrorCondition, String)>>,
     kicked: Notify,
@@ -38,7 +46,7 @@ pub struct SessionHandle {
 
 /// The session task's side: the stanzas to write and the kick signal.
 pub struct SessionInbox {
-    pub stanzas: mpsc::Receiver<Box<Element>>,
+    pub stanzas: mpsc::Receiver<Box<Outgoing>>,
     handle: Arc<SessionHandle>,
 }
 
@@ -71,7 +79,25 @@ impl SessionHandle {
     }
     /// Queues a stanza for this session without waiting.
     pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
-        match self.queue.try_send(Box::new(stanza)) {
+        self.enqueue(Outgoing {
+            stanza,
+            written: None,
+        })
+    }
+
+    /// Queues a stanza and returns a receipt that resolves when it has been written and
+    /// flushed to the connection (and errs if the session ends first).
+    pub fn deliver_tracked(&self, stanza: Element) -> Result<oneshot::Receiver<()>, DeliveryError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Outgoing {
+            stanza,
+            written: Some(tx),
+        })?;
+        Ok(rx)
+    }
+
+    fn enqueue(&self, out: Outgoing) -> Result<(), DeliveryError> {
+        match self.queue.try_send(Box::new(out)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.kick(

@@ -105,7 +105,7 @@ impl Client {
         Client { jid, handle, inbox }
     }
     fn recv(&mut self) -> Option<Element> {
-        self.inbox.stanzas.try_recv().ok().map(|b| *b)
+        self.inbox.stanzas.try_recv().ok().map(|b| b.stanza)
     }
     fn recv_all(&mut self) -> Vec<Element> {
         std::iter::from_fn(|| self.recv()).collect()

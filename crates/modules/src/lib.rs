@@ -2,6 +2,7 @@
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
 pub mod disco;
+pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod roster;
@@ -18,7 +19,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<version::Version>()
         .register::<time::Time>()
         .register::<roster::Roster>()
-        .register::<presence::Presence>();
+        .register::<presence::Presence>()
+        .register::<offline::Offline>();
     r
 }
 

@@ -40,7 +40,7 @@ impl Module for Presence {
             if let Some(session) = server.sessions().get(&ev.from) {
                 broadcast(&server, &session, ev.stanza.clone(), true).await;
             }
-            Flow::Stop
+            Flow::Continue
         });
         host.hook::<SessionClosed, _, _>(0, |server, ev| async move {
             if ev.was_available {

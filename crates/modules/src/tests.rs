@@ -37,7 +37,7 @@ async fn ask(server: &Arc<Server>, xml: &str) -> Element {
         .expect("stamp");
     server.route_from_client(&jid, el).await;
     server.sessions().unbind(&handle);
-    *inbox.stanzas.try_recv().expect("one answer")
+    inbox.stanzas.try_recv().expect("one answer").stanza
 }
 
 fn iq(payload: &str) -> String {
@@ -65,6 +65,7 @@ async fn disco_lists_exactly_the_enabled_features() {
             "http://jabber.org/protocol/disco#info",
             "http://jabber.org/protocol/disco#items",
             "jabber:iq:version",
+            "msgoffline",
             "urn:xmpp:ping",
             "urn:xmpp:time"
         ]

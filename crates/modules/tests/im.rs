@@ -64,8 +64,29 @@ impl Client {
         let el = self.server.stamp_from_client(&self.jid, el).expect("stamp");
         self.server.route_from_client(&self.jid, el).await;
     }
+    /// Everything queued for this session, acknowledged as written (as the connection would).
     fn drain(&mut self) -> Vec<Element> {
-        std::iter::from_fn(|| self.inbox.stanzas.try_recv().ok().map(|b| *b)).collect()
+        std::iter::from_fn(|| self.inbox.stanzas.try_recv().ok())
+            .map(|o| {
+                let o = *o;
+                if let Some(w) = o.written {
+                    let _ = w.send(());
+                }
+                o.stanza
+            })
+            .collect()
+    }
+    /// Like `drain`, waiting (bounded) until `n` stanzas arrived.
+    async fn drain_at_least(&mut self, n: usize) -> Vec<Element> {
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            got.extend(self.drain());
+            if got.len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        got
     }
     async fn close(self) {
         let was_available = self.handle.priority().is_some();
@@ -85,9 +106,7 @@ impl Client {
 
 fn add_client_ns(xml: &str) -> String {
     // Put the top-level element in jabber:client, as the stream would.
-    let end = xml
-        .find([' ', '>', '/'])
-        .expect("tag");
+    let end = xml.find([' ', '>', '/']).expect("tag");
     format!("{} xmlns='jabber:client'{}", &xml[..end], &xml[end..])
 }
 
@@ -422,4 +441,114 @@ async fn removing_an_item_ends_both_subscriptions() {
     let got = bob.drain();
     assert_eq!(presences(&got, Some("unsubscribe")).len(), 1, "{got:?}");
     assert_eq!(presences(&got, Some("unsubscribed")).len(), 1, "{got:?}");
+}
+
+async fn offline_count(server: &Server, user: &str) -> usize {
+    server
+        .storage()
+        .offline
+        .count_offline("example.org", user)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn offline_messages_are_kept_and_delivered_with_a_delay_stamp() {
+    let s = server("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    for i in 0..3 {
+        alice
+            .send(&format!(
+                "<message to='bob@example.org' type='chat' id='m{i}'><body>m{i}</body></message>"
+            ))
+            .await;
+    }
+    // Not stored: chat states without a body, headlines, and no-store hints.
+    alice.send("<message to='bob@example.org' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    alice
+        .send("<message to='bob@example.org' type='headline'><body>news</body></message>")
+        .await;
+    alice.send("<message to='bob@example.org' type='chat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>").await;
+    assert_eq!(offline_count(&s, "bob").await, 3);
+    let errors: Vec<_> = alice
+        .drain()
+        .into_iter()
+        .filter(|e| e.attr("type") == Some("error"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the no-store chat message is refused: {errors:?}"
+    );
+
+    // A negative-priority session does not take the backlog.
+    let mut shy = Client::bind(&s, "bob@example.org/shy");
+    shy.send("<presence><priority>-1</priority></presence>")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(shy.drain().iter().all(|e| e.name() != "message"));
+    assert_eq!(offline_count(&s, "bob").await, 3);
+
+    let mut bob = Client::bind(&s, "bob@example.org/b");
+    bob.send("<presence/>").await;
+    let got = bob.drain_at_least(4).await;
+    let msgs: Vec<_> = got.iter().filter(|e| e.name() == "message").collect();
+    let ids: Vec<_> = msgs.iter().filter_map(|m| m.attr("id")).collect();
+    assert_eq!(ids, ["m0", "m1", "m2"], "in order");
+    for m in &msgs {
+        let d = m.get_child("delay", "urn:xmpp:delay").expect("delay stamp");
+        assert_eq!(d.attr("from"), Some("example.org"));
+        assert!(d.attr("stamp").is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(m.attr("to"), Some("bob@example.org/b"));
+    }
+    // Removed once written.
+    for _ in 0..200 {
+        if offline_count(&s, "bob").await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(offline_count(&s, "bob").await, 0);
+}
+
+#[tokio::test]
+async fn unwritten_offline_messages_stay_stored() {
+    let s = server("").await;
+    let alice = Client::online(&s, "alice@example.org/a").await;
+    alice
+        .send("<message to='bob@example.org' type='chat'><body>keep me</body></message>")
+        .await;
+    let bob = Client::bind(&s, "bob@example.org/b");
+    bob.send("<presence/>").await;
+    // The connection dies before writing anything.
+    drop(bob.inbox);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        offline_count(&s, "bob").await,
+        1,
+        "still there for next time"
+    );
+}
+
+#[tokio::test]
+async fn offline_quota_answers_service_unavailable() {
+    let s = server("[limits]\nmax_offline_messages = 2\n").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    for i in 0..3 {
+        alice
+            .send(&format!(
+                "<message to='bob@example.org' type='chat' id='q{i}'><body>x</body></message>"
+            ))
+            .await;
+    }
+    let got = alice.drain();
+    let err = reply_msg(&got, "q2");
+    assert!(err.to_string().contains("service-unavailable"), "{err}");
+    assert_eq!(offline_count(&s, "bob").await, 2);
+}
+
+fn reply_msg<'a>(got: &'a [Element], id: &str) -> &'a Element {
+    got.iter()
+        .find(|e| e.name() == "message" && e.attr("id") == Some(id))
+        .unwrap_or_else(|| panic!("no message {id} in {got:?}"))
 }

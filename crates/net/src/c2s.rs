@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rookery_core::config::ListenerKind;
 use rookery_core::events::{SessionBound, SessionClosed};
-use rookery_core::{Host, Server, SessionHandle, SessionInbox};
+use rookery_core::{Host, Outgoing, Server, SessionHandle, SessionInbox};
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
 use rookery_stanza::{
     error_reply, iq_result, ns, random_id, BareJid, FullJid, IqType, StanzaError,
@@ -173,7 +173,7 @@ async fn handshake<T>(
 }
 
 /// Waits on an optional session inbox; pending forever when there is none.
-async fn next_outgoing(inbox: &mut Option<SessionInbox>) -> Option<Box<Element>> {
+async fn next_outgoing(inbox: &mut Option<SessionInbox>) -> Option<Box<Outgoing>> {
     match inbox {
         Some(inbox) => inbox.stanzas.recv().await,
         None => std::future::pending().await,
@@ -224,17 +224,27 @@ impl Connection {
                 }
                 first = next_outgoing(&mut self.inbox) => {
                     let Some(first) = first else { return Close::Dropped };
-                    first.write_to(&mut self.out, ns::CLIENT);
+                    let mut receipts = Vec::new();
+                    let mut take = |o: Box<Outgoing>, out: &mut Vec<u8>| {
+                        o.stanza.write_to(out, ns::CLIENT);
+                        if let Some(r) = o.written {
+                            receipts.push(r);
+                        }
+                    };
+                    take(first, &mut self.out);
                     if let Some(inbox) = self.inbox.as_mut() {
                         for _ in 1..WRITE_BATCH {
                             match inbox.stanzas.try_recv() {
-                                Ok(st) => st.write_to(&mut self.out, ns::CLIENT),
+                                Ok(o) => take(o, &mut self.out),
                                 Err(_) => break,
                             }
                         }
                     }
                     if self.flush().await.is_err() {
                         return Close::Dropped;
+                    }
+                    for r in receipts {
+                        let _ = r.send(());
                     }
                 }
                 read = io.read(&mut buf) => {
