@@ -38,6 +38,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub tls: TlsConfig,
     pub limits: Limits,
+    pub messages: MessagesConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
@@ -52,6 +53,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             tls: TlsConfig::default(),
             limits: Limits::default(),
+            messages: MessagesConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -97,6 +99,23 @@ pub enum StorageBackend {
     Sqlite,
     /// Volatile, for tests and experiments: everything is lost at exit.
     Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// A `chat` or `normal` message to a bare JID goes to every resource that shares the
+    /// highest priority (RFC 6121 §8.5.2.1.1 allows this or picking one); false picks the
+    /// most recently bound of them.
+    pub to_all_top_priority_resources: bool,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            to_all_top_priority_resources: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

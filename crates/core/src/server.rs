@@ -459,16 +459,22 @@ impl Server {
             }
             MessageType::Normal | MessageType::Chat => {
                 // The highest priority wins; all resources that share it get the message
-                // (§8.5.2.1.1 allows either one or all of them).
+                // unless configured to pick one (§8.5.2.1.1 allows either).
                 let top = available.iter().map(|(p, _)| *p).max().unwrap_or(0);
-                let mut targets = available.iter().filter(|(p, _)| *p == top).peekable();
-                while let Some((_, s)) = targets.next() {
-                    if targets.peek().is_some() {
+                let mut targets: Vec<_> = available
+                    .iter()
+                    .filter(|(p, _)| *p == top)
+                    .map(|(_, s)| *s)
+                    .collect();
+                if !self.config.messages.to_all_top_priority_resources {
+                    // Sessions are registered in binding order: the last is the newest.
+                    targets.drain(..targets.len().saturating_sub(1));
+                }
+                if let Some((last, rest)) = targets.split_last() {
+                    for s in rest {
                         let _ = s.deliver(stanza.clone());
-                    } else {
-                        let _ = s.deliver(stanza);
-                        break;
                     }
+                    let _ = last.deliver(stanza);
                 }
             }
             MessageType::Error => {}

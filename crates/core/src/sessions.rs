@@ -183,7 +183,7 @@ impl SessionRegistry {
         let old = list
             .iter()
             .position(|h| h.jid == handle.jid)
-            .map(|i| list.swap_remove(i));
+            .map(|i| list.remove(i));
         list.push(handle);
         if old.is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -201,7 +201,7 @@ impl SessionRegistry {
         let Some(i) = list.iter().position(|h| h.id == handle.id) else {
             return false;
         };
-        list.swap_remove(i);
+        list.remove(i);
         if list.is_empty() {
             users.remove(&bare);
         }

@@ -69,6 +69,10 @@ fn registry() -> ModuleRegistry {
 }
 
 async fn server() -> Arc<Server> {
+    server_with("").await
+}
+
+async fn server_with(extra: &str) -> Arc<Server> {
     let storage = Storage::memory();
     for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
         storage
@@ -82,7 +86,7 @@ async fn server() -> Arc<Server> {
             .expect("account");
     }
     let cfg = Config::from_toml(
-        "[[host]]\ndomain = 'example.org'\n",
+        &format!("{extra}\n[[host]]\ndomain = 'example.org'\n"),
         std::path::Path::new("t.toml"),
         std::path::Path::new("."),
     )
@@ -508,4 +512,15 @@ fn a_namespace_has_one_handler() {
     r.register::<Twice>();
     let cfg = Config::load(None).expect("default config");
     assert!(r.build_host("x", None, &cfg, &Storage::memory()).is_err());
+}
+
+#[tokio::test]
+async fn one_resource_among_tied_ones_when_configured() {
+    let s = server_with("[messages]\nto_all_top_priority_resources = false\n").await;
+    let alice = Client::online(&s, "alice@example.org/a", Some(0));
+    let mut older = Client::online(&s, "bob@example.org/older", Some(3));
+    let mut newer = Client::online(&s, "bob@example.org/newer", Some(3));
+    alice.send(&s, CHAT).await;
+    assert!(newer.recv().is_some(), "the newest of the tied resources");
+    assert!(older.recv().is_none());
 }

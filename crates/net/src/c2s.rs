@@ -3,7 +3,7 @@
 //! session's queue to the socket. One task per connection; nothing here blocks another
 //! connection.
 
-use crate::limits::{AuthThrottle, ConnectionPermit};
+use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter};
 use crate::tls::TlsContext;
 use crate::transport::Transport;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -36,6 +36,7 @@ pub struct ListenerContext {
     pub tls: TlsContext,
     pub kind: ListenerKind,
     pub throttle: Arc<AuthThrottle>,
+    pub registrations: Arc<RegistrationLimiter>,
 }
 
 /// How far the stream has come (RFC 6120 §4.3 negotiation order).
@@ -498,6 +499,9 @@ impl Connection {
                     mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
                 }
                 out.push(mechs);
+                if self.registration_open() {
+                    out.push(Element::new("register", NS_REGISTER_FEATURE));
+                }
                 // XEP-0440: which channel-binding types this connection supports.
                 let cbs = self.channel_bindings.supported();
                 if !cbs.is_empty() {
@@ -546,6 +550,15 @@ impl Connection {
             (Stage::Unauthenticated, ns::SASL, "abort") => {
                 self.sasl = None;
                 self.sasl_failure(SaslError::Aborted, None).await
+            }
+            (Stage::Unauthenticated, ns::CLIENT, "iq")
+                if el
+                    .children()
+                    .next()
+                    .is_some_and(|q| q.is("query", NS_REGISTER)) =>
+            {
+                self.register(el).await;
+                Ok(Next::Continue)
             }
             (Stage::Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el).await,
             (Stage::Bound, _, _) => self.on_stanza(el).await.map(|()| Next::Continue),
@@ -835,6 +848,115 @@ impl Connection {
         let server = self.server().clone();
         server.route_from_client(&jid, stanza).await;
         Ok(())
+    }
+}
+
+const NS_REGISTER: &str = "jabber:iq:register";
+const NS_REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+
+impl Connection {
+    /// In-band registration is offered only where the host allows it, and only over TLS.
+    fn registration_open(&self) -> bool {
+        self.is_tls()
+            && self
+                .host
+                .as_ref()
+                .and_then(|h| self.server().config().host(h.domain()))
+                .is_some_and(|h| h.registration)
+    }
+
+    /// XEP-0077 §3.1: registering a new account on a stream that is not authenticated yet.
+    async fn register(&mut self, iq: Element) {
+        let reply = match self.register_reply(&iq).await {
+            Ok(payload) => iq_result(&iq, payload),
+            Err(e) => match error_reply(&iq, &e) {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        self.write(&reply);
+    }
+
+    async fn register_reply(&mut self, iq: &Element) -> Result<Option<Element>, StanzaError> {
+        if !self.registration_open() {
+            return Err(StanzaError::service_unavailable());
+        }
+        let query = iq
+            .children()
+            .next()
+            .ok_or_else(|| StanzaError::bad_request("no query"))?;
+        match IqType::of(iq) {
+            Some(IqType::Get) => Ok(Some(
+                Element::new("query", NS_REGISTER)
+                    .with_child(
+                        Element::new("instructions", NS_REGISTER)
+                            .with_text("Choose a username and password."),
+                    )
+                    .with_child(Element::new("username", NS_REGISTER))
+                    .with_child(Element::new("password", NS_REGISTER)),
+            )),
+            Some(IqType::Set) => {
+                let field = |n: &str| query.get_child(n, NS_REGISTER).map(|e| e.text());
+                let (Some(user), Some(password)) = (field("username"), field("password")) else {
+                    return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                        .with_text("username and password are required"));
+                };
+                let domain = self
+                    .host
+                    .as_ref()
+                    .map(|h| h.domain().to_owned())
+                    .unwrap_or_default();
+                let jid = BareJid::new(&format!("{}@{domain}", user.trim()))
+                    .ok()
+                    .filter(|j| j.node().is_some())
+                    .ok_or_else(|| {
+                        StanzaError::new(StanzaErrorCondition::JidMalformed)
+                            .with_text("not a valid username")
+                    })?;
+                if password.is_empty() {
+                    return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                        .with_text("the password is empty"));
+                }
+                let per_hour = self.server().config().limits.registrations_per_ip_per_hour;
+                if !self
+                    .ctx
+                    .registrations
+                    .try_register(self.peer.ip(), per_hour)
+                {
+                    tracing::warn!(peer = %self.peer, "registration refused: rate limit");
+                    return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)
+                        .with_text("too many registrations from this address; try later"));
+                }
+                let creds = tokio::task::spawn_blocking(move || {
+                    rookery_sasl::generate_all(&password, 4096)
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| StanzaError::new(StanzaErrorCondition::InternalServerError))?;
+                let node = jid.node().map(|n| n.to_string()).unwrap_or_default();
+                match self
+                    .server()
+                    .storage()
+                    .accounts
+                    .create_account(&domain, &node, &creds)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(peer = %self.peer, jid = %jid, "account registered in-band");
+                        Ok(None)
+                    }
+                    Err(rookery_storage::StorageError::AlreadyExists) => {
+                        Err(StanzaError::new(StanzaErrorCondition::Conflict))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "registration failed");
+                        Err(StanzaError::new(StanzaErrorCondition::InternalServerError))
+                    }
+                }
+            }
+            _ => Err(StanzaError::bad_request("registration takes get or set")),
+        }
     }
 }
 

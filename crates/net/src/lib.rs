@@ -63,7 +63,7 @@ pub const SPECS: &[Spec] = &[
         version: "1.0.0",
     },
 ];
-use crate::limits::{AuthThrottle, ConnectionLimits};
+use crate::limits::{AuthThrottle, ConnectionLimits, RegistrationLimiter};
 use rookery_core::config::ListenerKind;
 use rookery_core::Server;
 use std::net::SocketAddr;
@@ -99,12 +99,14 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     let limits = &server.config().limits;
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
     let throttle = Arc::new(AuthThrottle::default());
+    let registrations = Arc::new(RegistrationLimiter::default());
     for l in listeners {
         let ctx = Arc::new(ListenerContext {
             server: server.clone(),
             tls: tls.clone(),
             kind: l.kind,
             throttle: throttle.clone(),
+            registrations: registrations.clone(),
         });
         let conn_limits = conn_limits.clone();
         tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");

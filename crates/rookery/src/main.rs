@@ -1,5 +1,7 @@
 //! The `rookery` binary: command line, logging, and wiring the crates together.
 
+mod admin;
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use rookery_core::config::StorageBackend;
@@ -36,6 +38,8 @@ enum Command {
     Check,
     /// List the modules of this build and the specifications implemented, as Markdown.
     Modules,
+    /// List the sessions of the running server (optionally of one domain).
+    Sessions { domain: Option<String> },
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
@@ -92,6 +96,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check => check(&config),
         Command::Modules => Ok(()),
+        Command::Sessions { domain } => rt.block_on(async {
+            let line = format!("sessions {}", domain.unwrap_or_default());
+            match admin::request(&config, line.trim()).await? {
+                Some(out) => {
+                    print!("{out}");
+                    Ok(())
+                }
+                None => bail!(
+                    "the server is not running (no admin socket in {})",
+                    config.data_dir.display()
+                ),
+            }
+        }),
         Command::User(cmd) => rt.block_on(user(&config, cmd)),
     }
 }
@@ -161,6 +178,7 @@ async fn serve(config: Config) -> Result<()> {
     let server = Server::new(config, storage, &rookery_modules::registry())?;
     let listeners = rookery_net::bind_all(&server).await?;
     rookery_net::serve(server.clone(), tls, listeners);
+    admin::serve(server.clone())?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         hosts = ?server.config().hosts.iter().map(|h| &h.domain).collect::<Vec<_>>(),
@@ -289,7 +307,11 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
             if !accounts.delete_account(&domain, &node).await? {
                 bail!("{node}@{domain} does not exist");
             }
-            println!("deleted {node}@{domain}");
+            println!("deleted {node}@{domain} and all its data");
+            // Sessions of the account end now, if the server runs.
+            if let Some(reply) = admin::request(config, &format!("kick {node}@{domain}")).await? {
+                print!("{reply}");
+            }
         }
         UserCommand::List { domain } => {
             if let Some(d) = &domain {

@@ -28,12 +28,17 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server; `extra` is appended to the generated configuration (e.g. `[limits]`).
     pub async fn start(extra: &str) -> TestServer {
+        Self::start_with_host(extra, "").await
+    }
+
+    /// Like [`start`](Self::start), with `host_extra` added to the `localhost` host table.
+    pub async fn start_with_host(extra: &str, host_extra: &str) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
             "data_dir = 'data'\n{extra}\n\
              [[listener]]\nkind = 'c2s'\naddress = '127.0.0.1:0'\n\
              [[listener]]\nkind = 'c2s-direct-tls'\naddress = '127.0.0.1:0'\n\
-             [[host]]\ndomain = '{DOMAIN}'\n"
+             [[host]]\ndomain = '{DOMAIN}'\n{host_extra}\n"
         );
         let config = Config::from_toml(&toml, &dir.path().join("test.toml"), dir.path())
             .expect("test config");

@@ -141,3 +141,63 @@ async fn idle_unauthenticated_connections_time_out() {
     assert!(got.contains("<connection-timeout"), "{got}");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn in_band_registration_when_enabled() {
+    let t = TestServer::start_with_host(
+        "[limits]\nregistrations_per_ip_per_hour = 1\n",
+        "registration = true",
+    )
+    .await;
+    let tls = t.client_tls(&[&TLS13]);
+    let mut c = RawClient::direct_tls(t.direct_tls, tls.clone()).await;
+    let features = c.open_stream().await;
+    assert!(
+        features.contains("http://jabber.org/features/iq-register"),
+        "{features}"
+    );
+    c.send("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
+        .await;
+    let got = c.read_until("id=\"r1\"").await;
+    assert!(got.contains("type=\"result\""), "{got}");
+    c.send("<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>newbie</username><password>s3cret</password></query></iq>").await;
+    let got = c.read_until("id=\"r2\"").await;
+    assert!(got.contains("type=\"result\""), "{got}");
+    // The same name again: conflict; another registration from this address: rate limited.
+    c.send("<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>NEWBIE</username><password>x</password></query></iq>").await;
+    let got = c.read_until("id=\"r3\"").await;
+    assert!(
+        got.contains("conflict") || got.contains("resource-constraint"),
+        "{got}"
+    );
+    c.send("<iq type='set' id='r4'><query xmlns='jabber:iq:register'><username>other</username><password>x</password></query></iq>").await;
+    let got = c.read_until("id=\"r4\"").await;
+    assert!(got.contains("resource-constraint"), "{got}");
+    // The new account logs in.
+    let mut d = RawClient::direct_tls(t.direct_tls, tls).await;
+    d.open_stream().await;
+    assert_eq!(
+        d.login_plain("newbie", "s3cret", "r").await,
+        "newbie@localhost/r"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn registration_is_off_by_default() {
+    let t = TestServer::start("").await;
+    let mut c = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    let features = c.open_stream().await;
+    assert!(!features.contains("iq-register"), "{features}");
+    c.send("<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>x</username><password>y</password></query></iq>").await;
+    let got = c.read_until("id=\"r\"").await;
+    assert!(got.contains("service-unavailable"), "{got}");
+    assert!(!t
+        .server
+        .storage()
+        .accounts
+        .account_exists("localhost", "x")
+        .await
+        .expect("read"));
+    t.stop().await;
+}
