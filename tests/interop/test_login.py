@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import base64
 
 import pytest
 
@@ -12,13 +12,14 @@ from harness import (
     PING_NS,
     SASL_CB_NS,
     SASL_NS,
-    STREAM_NS,
     TLS_NS,
     LoginError,
+    StreamClosed,
     connect_client,
     pem_to_der,
     qn,
     session,
+    unique_localpart,
     write_self_signed_cert,
 )
 
@@ -72,17 +73,26 @@ async def test_login_scram_sha_256_plus_with_slixmpp(server, alice):
     await client.close()
 
 
+# Each refusal below follows a successful login from the same address: this is
+# the contrast under test, and it keeps the server's slow-down of repeated
+# failures from one address out of these tests.
+
+
 @pytest.mark.parametrize("mech", ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
 async def test_wrong_password_rejected(server, alice, mech):
+    async with session(server, alice, mech=mech):
+        pass
     with pytest.raises(LoginError) as err:
         await connect_client(server, alice.jid, alice.password + "-wrong", mech=mech)
     assert err.value.auth_failures == ["not-authorized"]
 
 
 @pytest.mark.parametrize("mech", ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
-async def test_unknown_user_rejected_like_wrong_password(server, mech):
+async def test_unknown_user_rejected_like_wrong_password(server, alice, mech):
+    async with session(server, alice, mech=mech):
+        pass
     with pytest.raises(LoginError) as err:
-        await connect_client(server, f"nobody-here@{server.domain}", "whatever", mech=mech)
+        await connect_client(server, f"nobody-{unique_localpart()}@{server.domain}", "whatever", mech=mech)
     assert err.value.auth_failures == ["not-authorized"]
 
 
@@ -114,21 +124,40 @@ def test_features_before_tls_require_starttls_and_offer_no_sasl(server, raw):
     assert stream.stream_attrs.get("id")
 
 
-def test_auth_before_tls_is_refused(server, raw, alice):
-    stream = raw()
-    stream.open_stream()
-    payload = "AGFsaWNlAHNlY3JldA=="  # \0alice\0secret
+def _assert_plain_refused_in_clear(stream, user) -> None:
+    """PLAIN sent without TLS gets a SASL <failure/> or a stream error, never <success/>."""
+    payload = base64.b64encode(f"\0{user.localpart}\0{user.password}".encode()).decode()
     stream.send(f"<auth xmlns='{SASL_NS}' mechanism='PLAIN'>{payload}</auth>")
-    # Either a SASL <failure/> or a stream error; never <success/>.
     try:
         answer = stream.wait_for(lambda e: e.tag in (qn(SASL_NS, "failure"), qn(SASL_NS, "success")), timeout=5)
-    except Exception:
+    except (StreamClosed, TimeoutError):
         stream.read_until_closed(timeout=5)
         assert stream.stream_error() is not None, stream.text
         return
     assert answer.tag == qn(SASL_NS, "failure"), stream.text
-    # And the stream is still not authenticated: binding must not work.
-    assert "<success" not in stream.text
+
+
+def test_auth_before_tls_is_refused(server, raw, alice):
+    stream = raw()
+    stream.open_stream()
+    _assert_plain_refused_in_clear(stream, alice)
+
+
+def test_optional_starttls_still_keeps_plain_off_cleartext(make_server, raw_factory):
+    """With require_starttls = false, STARTTLS is offered without <required/>,
+    and PLAIN is still neither offered nor accepted before TLS."""
+    srv = make_server(require_starttls=False)
+    user = srv.add_user("clear")
+    stream = raw_factory(srv)
+    features = stream.open_stream()
+    starttls = features.find(qn(TLS_NS, "starttls"))
+    assert starttls is not None, stream.text
+    assert starttls.find(qn(TLS_NS, "required")) is None, "starttls <required/> although require_starttls = false"
+    assert "PLAIN" not in stream.mechanisms(), stream.mechanisms()
+    _assert_plain_refused_in_clear(stream, user)
+    # Over TLS on the same port, PLAIN works.
+    tls_stream = raw_factory(srv)
+    assert tls_stream.login(user).startswith(user.jid + "/")
 
 
 @pytest.mark.parametrize("direct_tls", TRANSPORTS)
@@ -185,7 +214,7 @@ def test_bind_before_auth_is_refused(server, raw):
     stream.send(f"<iq type='set' id='b1'><bind xmlns='{BIND_NS}'/></iq>")
     try:
         reply = stream.wait_for(qn(CLIENT_NS, "iq"), timeout=5)
-    except Exception:
+    except (StreamClosed, TimeoutError):
         stream.read_until_closed(timeout=5)
         assert stream.stream_error() is not None, stream.text
         return

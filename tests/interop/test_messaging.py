@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from harness import PING_NS, session
+from harness import CLIENT_NS, PING_NS, qn, session
 
 
 def _is_error(msg) -> bool:
@@ -103,8 +103,6 @@ def test_raw_message_routing_after_auth(server, raw, alice, bob):
     sb = raw(direct_tls=True)
     jb = sb.login(bob, resource="wire")
     sa.send(f"<message to='{jb}' type='chat' id='w1'><body>over the wire</body><thread>t-1</thread></message>")
-    from harness import CLIENT_NS, qn
-
     got = sb.wait_for(qn(CLIENT_NS, "message"), timeout=5)
     assert got.get("from") == ja
     assert got.get("to") == jb

@@ -162,6 +162,8 @@ pub struct StreamParser {
     /// Elements of the current stanza that are still open.
     stack: Vec<Element>,
     header_bytes: usize,
+    /// A `<` has been seen in the header phase: only whitespace may come before it.
+    header_started: bool,
     stanza_bytes: usize,
     /// Non-whitespace bytes seen at stream level since the last stanza
     /// ended (i.e. the start of the next stanza is in the tokenizer).
@@ -190,6 +192,7 @@ impl StreamParser {
             prefixes: Vec::new(),
             stack: Vec::new(),
             header_bytes: 0,
+            header_started: false,
             stanza_bytes: 0,
             idle_dirty: false,
             idle_bytes: 0,
@@ -233,6 +236,7 @@ impl StreamParser {
         self.prefixes = Vec::new();
         self.stack = Vec::new();
         self.header_bytes = 0;
+        self.header_started = false;
         self.stanza_bytes = 0;
         self.idle_dirty = false;
         self.idle_bytes = 0;
@@ -311,6 +315,20 @@ impl StreamParser {
             // these; UTF-8 XML starts with '<' or whitespace.
             if let Some(0x00 | 0xFE | 0xFF) = data.first() {
                 return Err(XmlError::BadEncoding);
+            }
+        }
+        if self.phase == Phase::Header && !self.header_started {
+            // The tokenizer would wait for more data on text before the root; refuse it at
+            // once so a client sending garbage gets its error instead of a timeout.
+            for &b in data {
+                match b {
+                    b' ' | b'\t' | b'\r' | b'\n' => {}
+                    b'<' => {
+                        self.header_started = true;
+                        break;
+                    }
+                    _ => return Err(nwf("character data before the stream header")),
+                }
             }
         }
         let mut input = data;

@@ -1256,3 +1256,19 @@ fn types_are_send_and_sync() {
     check::<StreamParser>();
     check::<XmlError>();
 }
+
+#[test]
+fn text_before_the_stream_header_fails_at_once() {
+    let mut p = StreamParser::new(Limits::default());
+    let mut ev = Vec::new();
+    assert!(matches!(
+        p.feed(b"  this is not XML\r\n", &mut ev),
+        Err(XmlError::NotWellFormed(_))
+    ));
+    // Split in the middle of garbage: the first byte decides.
+    let mut p = StreamParser::new(Limits::default());
+    assert!(matches!(
+        p.feed(b"x", &mut ev),
+        Err(XmlError::NotWellFormed(_))
+    ));
+}
