@@ -16,7 +16,20 @@ impl Module for Ping {
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.add_feature(NS);
-        host.iq_handler(NS, IqScope::Host, iq_fn(pong))
+        host.iq_handler(NS, IqScope::Host, iq_fn(pong))?;
+        // A ping without `to` is addressed to the sender's own account (RFC 6120 §10.3.3),
+        // which the server answers; another account's bare JID is not answered for, so a
+        // ping can't tell whether an account exists.
+        host.iq_handler(
+            NS,
+            IqScope::Account,
+            iq_fn(|req: IqRequest| async move {
+                if req.to.to_bare() != req.from.to_bare() {
+                    return Err(rookery_stanza::StanzaError::service_unavailable());
+                }
+                pong(req).await
+            }),
+        )
     }
 }
 

@@ -140,6 +140,10 @@ async fn ping_version_time() {
     assert!(utc.ends_with('Z') && utc.len() == 20, "{utc}");
     assert!(t.get_child("tzo", "urn:xmpp:time").is_some());
 
+    // Without `to`: the sender's own account, answered by the server.
+    let r = ask(&s, "<iq xmlns='jabber:client' type='get' id='own'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    assert_eq!(r.attr("type"), Some("result"));
+
     // A set where only get is defined: bad-request.
     let r = ask(
         &s,
