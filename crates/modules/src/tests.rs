@@ -141,7 +141,11 @@ async fn ping_version_time() {
     assert!(t.get_child("tzo", "urn:xmpp:time").is_some());
 
     // Without `to`: the sender's own account, answered by the server.
-    let r = ask(&s, "<iq xmlns='jabber:client' type='get' id='own'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let r = ask(
+        &s,
+        "<iq xmlns='jabber:client' type='get' id='own'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await;
     assert_eq!(r.attr("type"), Some("result"));
 
     // A set where only get is defined: bad-request.
