@@ -1,9 +1,24 @@
 //! XEP-0030 Service Discovery for the server itself: identities, the features the enabled
-//! modules registered, and items.
+//! modules registered, items, and XEP-0128 extension forms of enabled modules; and for the
+//! accounts it hosts, answered on their behalf (RFC 6121 §8.5.2.1.3, §8.5.2.2.3): identity
+//! `account/registered`, to anyone, and an empty item list.
 
-use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
+use rookery_core::{
+    iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
+};
 use rookery_stanza::{StanzaError, StanzaErrorCondition};
 use rookery_xml::Element;
+
+/// Builds a XEP-0128 form for the server's disco#info of a domain.
+type FormBuilder = fn(&Server, &str) -> Option<Element>;
+
+/// XEP-0128 extended information: a module named here adds its form to the server's
+/// disco#info while it is enabled on the host. (The core has no per-host registration for
+/// forms; modules whose form derives from the configuration are listed here instead.)
+const EXTENSION_FORMS: &[(&str, FormBuilder)] = &[(
+    <crate::contact_info::ContactInfo as Module>::NAME,
+    crate::contact_info::server_info_form,
+)];
 
 pub const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
@@ -24,6 +39,8 @@ impl Module for Disco {
         host.add_feature(NS_ITEMS);
         host.iq_handler(NS_INFO, IqScope::Host, iq_fn(info))?;
         host.iq_handler(NS_ITEMS, IqScope::Host, iq_fn(items))?;
+        host.iq_handler(NS_INFO, IqScope::Account, iq_fn(account_info))?;
+        host.iq_handler(NS_ITEMS, IqScope::Account, iq_fn(account_items))?;
         Ok(())
     }
 }
@@ -55,6 +72,13 @@ async fn info(req: IqRequest) -> IqResult {
     for f in host.features() {
         query.push_child(Element::new("feature", NS_INFO).with_attr("var", f.clone()));
     }
+    for (module, build) in EXTENSION_FORMS {
+        if host.modules().contains(module) {
+            if let Some(form) = build(&req.server, host.domain()) {
+                query.push_child(form);
+            }
+        }
+    }
     Ok(Some(query))
 }
 
@@ -76,4 +100,33 @@ async fn items(req: IqRequest) -> IqResult {
         query.push_child(el);
     }
     Ok(Some(query))
+}
+
+/// disco#info of an account's bare JID. The core has already answered `service-unavailable`
+/// for an account that does not exist (and the blocking module's delivery filter for a
+/// requester the account blocked).
+async fn account_info(req: IqRequest) -> IqResult {
+    req.require_get()?;
+    if req.payload.attr("node").is_some() {
+        return Err(no_such_node());
+    }
+    Ok(Some(
+        Element::new("query", NS_INFO)
+            .with_child(
+                Element::new("identity", NS_INFO)
+                    .with_attr("category", "account")
+                    .with_attr("type", "registered"),
+            )
+            .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_INFO))
+            .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_ITEMS)),
+    ))
+}
+
+/// disco#items of an account's bare JID: nothing is published there yet.
+async fn account_items(req: IqRequest) -> IqResult {
+    req.require_get()?;
+    if req.payload.attr("node").is_some() {
+        return Err(no_such_node());
+    }
+    Ok(Some(Element::new("query", NS_ITEMS)))
 }

@@ -1,12 +1,18 @@
 //! Feature modules. Each file is one feature with one entry point, a type implementing
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
+pub mod blocking;
+pub mod contact_info;
 pub mod disco;
+pub mod last;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod private;
+pub mod register;
 pub mod roster;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use rookery_core::ModuleRegistry;
@@ -20,7 +26,13 @@ pub fn registry() -> ModuleRegistry {
         .register::<time::Time>()
         .register::<roster::Roster>()
         .register::<presence::Presence>()
-        .register::<offline::Offline>();
+        .register::<offline::Offline>()
+        .register::<vcard::VCard>()
+        .register::<private::Private>()
+        .register::<last::Last>()
+        .register::<blocking::Blocking>()
+        .register::<register::Register>()
+        .register::<contact_info::ContactInfo>();
     r
 }
 

@@ -64,10 +64,15 @@ async fn disco_lists_exactly_the_enabled_features() {
         [
             "http://jabber.org/protocol/disco#info",
             "http://jabber.org/protocol/disco#items",
+            "jabber:iq:last",
+            "jabber:iq:private",
+            "jabber:iq:register",
             "jabber:iq:version",
             "msgoffline",
+            "urn:xmpp:blocking",
             "urn:xmpp:ping",
-            "urn:xmpp:time"
+            "urn:xmpp:time",
+            "vcard-temp"
         ]
     );
     let id = q

@@ -855,13 +855,18 @@ const NS_REGISTER: &str = "jabber:iq:register";
 const NS_REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 
 impl Connection {
-    /// In-band registration is offered only where the host allows it, and only over TLS.
+    /// In-band registration is offered only where the host allows it and runs the
+    /// `register` module, and only over TLS.
     fn registration_open(&self) -> bool {
+        let Some(host) = self.host.as_ref() else {
+            return false;
+        };
         self.is_tls()
+            && host.modules().contains(&"register")
             && self
-                .host
-                .as_ref()
-                .and_then(|h| self.server().config().host(h.domain()))
+                .server()
+                .config()
+                .host(host.domain())
                 .is_some_and(|h| h.registration)
     }
 

@@ -1,0 +1,143 @@
+//! XEP-0049 Private XML Storage: an account keeps XML fragments on the server, each keyed by
+//! the (name, namespace) of its root element, readable and writable only by the account.
+//!
+//! * Only the account itself (no `to`, or its own bare JID): anyone else gets `forbidden`
+//!   (§2.3, "the former is preferable").
+//! * A get carries one element (or several of one namespace, §2.3) and is answered with the
+//!   stored element of each, or the empty element when nothing is stored under it.
+//! * A set stores each child element it carries (§2.3: "an IQ set ... MAY contain multiple
+//!   elements"); all are checked before any is written. Storing an empty element deletes
+//!   what was stored under its name and namespace.
+//! * A query without a child is refused with `not-acceptable` (the MUST of §2.3; the "Bad
+//!   Format" suggested a few lines later is not an RFC 6120 condition).
+//! * Elements in `jabber:client`, `jabber:server` or `jabber:iq:private`, or in no namespace,
+//!   are refused with `not-acceptable`. XEP-0049 makes refusing reserved namespaces optional
+//!   and lists every `jabber:*` and `http://jabber.org/*` namespace plus `vcard-temp`; only
+//!   the stream content namespaces and this protocol's own are refused here, since nothing
+//!   stored under them could be meaningful and the wider list would refuse data clients do
+//!   store.
+//! * An element larger than `limits.max_private_bytes` (serialized) gets `not-acceptable`.
+
+use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
+use rookery_stanza::{IqType, StanzaError, StanzaErrorCondition};
+use rookery_storage::StorageError;
+use rookery_xml::Element;
+
+pub const NS: &str = "jabber:iq:private";
+/// The user-data store; keys are `"<element name> <namespace>"`.
+pub const STORE: &str = "private";
+/// Namespaces no private element may be in.
+const REFUSED: &[&str] = &["", "jabber:client", "jabber:server", NS];
+
+pub struct Private;
+
+impl Module for Private {
+    const NAME: &'static str = "private";
+    const SPECS: &'static [Spec] = &[Spec {
+        id: "XEP-0049",
+        title: "Private XML Storage",
+        version: "1.2",
+    }];
+
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
+        host.add_feature(NS);
+        host.iq_handler(NS, IqScope::Account, iq_fn(handle))
+    }
+}
+
+fn not_acceptable(text: &str) -> StanzaError {
+    StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(text)
+}
+
+fn storage_error(e: StorageError) -> StanzaError {
+    match e {
+        StorageError::LimitReached(_) => not_acceptable("the element is too large"),
+        e => {
+            tracing::error!(error = %e, "private storage failed");
+            StanzaError::new(StanzaErrorCondition::InternalServerError)
+        }
+    }
+}
+
+/// The storage key of an element.
+pub fn key(el: &Element) -> String {
+    format!("{} {}", el.name(), el.ns())
+}
+
+async fn handle(req: IqRequest) -> IqResult {
+    let user = req.from.to_bare();
+    if req.to.to_bare() != user {
+        return Err(StanzaError::new(StanzaErrorCondition::Forbidden)
+            .with_text("private data belongs to its account alone"));
+    }
+    if req.payload.name() != "query" {
+        return Err(StanzaError::bad_request(
+            "expected <query xmlns='jabber:iq:private'/>",
+        ));
+    }
+    let elements: Vec<&Element> = req.payload.children().collect();
+    if elements.is_empty() {
+        return Err(not_acceptable("the query carries no element"));
+    }
+    if let Some(bad) = elements.iter().find(|e| REFUSED.contains(&e.ns())) {
+        return Err(not_acceptable(&format!(
+            "elements in the namespace '{}' cannot be stored",
+            bad.ns()
+        )));
+    }
+    let (domain, node) = match user.node() {
+        Some(n) => (user.domain().as_str(), n.as_str()),
+        None => return Err(StanzaError::service_unavailable()),
+    };
+    let store = &req.server.storage().user_data;
+    match req.iq_type {
+        IqType::Get => {
+            if elements.iter().any(|e| e.ns() != elements[0].ns()) {
+                return Err(StanzaError::bad_request(
+                    "a get asks for elements of one namespace",
+                ));
+            }
+            let mut query = Element::new("query", NS);
+            for el in elements {
+                let stored = store
+                    .get_data(domain, node, STORE, &key(el))
+                    .await
+                    .map_err(storage_error)?;
+                let found = match stored.as_deref().map(rookery_xml::parse_element) {
+                    Some(Ok(s)) if s.name() == el.name() && s.ns() == el.ns() => s,
+                    Some(_) => {
+                        tracing::error!(account = %user, key = %key(el), "stored private element is corrupt");
+                        return Err(StanzaError::new(StanzaErrorCondition::InternalServerError));
+                    }
+                    None => Element::new(el.name(), el.ns()),
+                };
+                query.push_child(found);
+            }
+            Ok(Some(query))
+        }
+        _ => {
+            let max = req.server.config().limits.max_private_bytes;
+            // An empty element is what a get of nothing answers: storing one deletes.
+            let docs: Vec<(String, Option<String>)> = elements
+                .iter()
+                .map(|el| {
+                    let empty = el.nodes().is_empty() && el.attrs().next().is_none();
+                    (key(el), (!empty).then(|| el.to_xml("")))
+                })
+                .collect();
+            if docs
+                .iter()
+                .any(|(_, xml)| xml.as_ref().is_some_and(|x| x.len() > max))
+            {
+                return Err(not_acceptable("the element is too large"));
+            }
+            for (k, xml) in &docs {
+                store
+                    .set_data(domain, node, STORE, k, xml.as_deref(), max)
+                    .await
+                    .map_err(storage_error)?;
+            }
+            Ok(None)
+        }
+    }
+}

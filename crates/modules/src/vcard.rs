@@ -1,0 +1,118 @@
+//! XEP-0054 vcard-temp: each account stores one vCard, which the server hands out on the
+//! account's behalf to anyone who asks its bare JID (vCards are public, §5).
+//!
+//! * Get on one's own account (no `to`, or the own bare JID, §3.1): the stored vCard, or an
+//!   empty `<vCard/>` when there is none (the XEP allows that or `item-not-found`; the empty
+//!   element is what clients handle best and what Prosody does).
+//! * Get on another local account (§3.3): its vCard; when it has none, `service-unavailable`,
+//!   the one condition §3.3 (version 1.3) allows so that "no vCard" and "no such account"
+//!   (which the core answers `service-unavailable`) look the same.
+//! * Set only on one's own account, else `forbidden` (§3.2). A set replaces the whole vCard;
+//!   an empty `<vCard/>` deletes it.
+//! * A vCard larger than `limits.max_vcard_bytes` (serialized) is refused with
+//!   `not-acceptable`: the XEP names no condition, and RFC 6120 §8.3.3.9 defines
+//!   `not-acceptable` as a request that "does not meet criteria defined by the recipient or
+//!   server" (a size limit is such a criterion, and the roster module answers over-long names
+//!   the same way); `policy-violation` (§8.3.3.12) reads as a content rule instead.
+
+use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
+use rookery_stanza::{BareJid, IqType, StanzaError, StanzaErrorCondition};
+use rookery_storage::StorageError;
+use rookery_xml::Element;
+
+pub const NS: &str = "vcard-temp";
+/// The user-data store holding one vCard per account under the key "".
+pub const STORE: &str = "vcard";
+
+pub struct VCard;
+
+impl Module for VCard {
+    const NAME: &'static str = "vcard";
+    const SPECS: &'static [Spec] = &[Spec {
+        id: "XEP-0054",
+        title: "vcard-temp",
+        version: "1.3.0",
+    }];
+
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
+        host.add_feature(NS);
+        host.iq_handler(NS, IqScope::Account, iq_fn(handle))
+    }
+}
+
+fn storage_error(e: StorageError) -> StanzaError {
+    match e {
+        StorageError::LimitReached(_) => too_large(),
+        e => {
+            tracing::error!(error = %e, "vCard storage failed");
+            StanzaError::new(StanzaErrorCondition::InternalServerError)
+        }
+    }
+}
+
+fn too_large() -> StanzaError {
+    StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("the vCard is too large")
+}
+
+fn parts(jid: &BareJid) -> Result<(&str, &str), StanzaError> {
+    match jid.node() {
+        Some(n) => Ok((jid.domain().as_str(), n.as_str())),
+        None => Err(StanzaError::service_unavailable()),
+    }
+}
+
+async fn handle(req: IqRequest) -> IqResult {
+    if req.payload.name() != "vCard" {
+        return Err(StanzaError::bad_request(
+            "expected <vCard xmlns='vcard-temp'/>",
+        ));
+    }
+    let owner = req.to.to_bare();
+    let own = owner == req.from.to_bare();
+    match req.iq_type {
+        IqType::Get => get(&req, &owner, own).await,
+        _ if !own => Err(StanzaError::new(StanzaErrorCondition::Forbidden)
+            .with_text("only the account itself may change its vCard")),
+        _ => set(&req, &owner).await,
+    }
+}
+
+async fn get(req: &IqRequest, owner: &BareJid, own: bool) -> IqResult {
+    let (domain, node) = parts(owner)?;
+    let stored = req
+        .server
+        .storage()
+        .user_data
+        .get_data(domain, node, STORE, "")
+        .await
+        .map_err(storage_error)?;
+    match stored {
+        Some(xml) => match rookery_xml::parse_element(&xml) {
+            Ok(el) if el.is("vCard", NS) => Ok(Some(el)),
+            Ok(_) | Err(_) => {
+                tracing::error!(account = %owner, "stored vCard is not a vCard element");
+                Err(StanzaError::new(StanzaErrorCondition::InternalServerError))
+            }
+        },
+        None if own => Ok(Some(Element::new("vCard", NS))),
+        // §3.3: the same answer as for an account that does not exist.
+        None => Err(StanzaError::service_unavailable()),
+    }
+}
+
+async fn set(req: &IqRequest, owner: &BareJid) -> IqResult {
+    let (domain, node) = parts(owner)?;
+    let max = req.server.config().limits.max_vcard_bytes;
+    let empty = req.payload.nodes().is_empty() && req.payload.attrs().next().is_none();
+    let xml = (!empty).then(|| req.payload.to_xml(""));
+    if xml.as_ref().is_some_and(|x| x.len() > max) {
+        return Err(too_large());
+    }
+    req.server
+        .storage()
+        .user_data
+        .set_data(domain, node, STORE, "", xml.as_deref(), max)
+        .await
+        .map_err(storage_error)?;
+    Ok(None)
+}
