@@ -71,6 +71,9 @@ fi
 phase "interop tests (pytest)"
 "$VENV/bin/python" -m pytest "$ROOT/tests/interop" "$@"
 
+phase "fuzz smoke run (${FUZZ_SECONDS:-10}s per target)"
+"$ROOT/fuzz/run.sh" "${FUZZ_SECONDS:-10}"
+
 CURRENT_PHASE=""
 echo
 echo "test.sh: all phases passed"
