@@ -164,6 +164,13 @@ pub struct Limits {
     pub max_private_bytes: usize,
     /// In-band registrations accepted from one IP address per hour.
     pub registrations_per_ip_per_hour: u32,
+    /// Bytes per second one connection may send (bursts of twice that are allowed). Beyond,
+    /// the server stops reading from it until it is back under the rate.
+    pub max_bytes_per_second: u64,
+    /// Stanzas per second one connection may send (bursts of twice that), paced the same way.
+    pub max_stanzas_per_second: u64,
+    /// A connection kept over its rate for this long is closed with `policy-violation`.
+    pub rate_limit_grace_secs: u64,
 }
 
 impl Default for Limits {
@@ -184,6 +191,9 @@ impl Default for Limits {
             max_vcard_bytes: 200 * 1024,
             max_private_bytes: 64 * 1024,
             registrations_per_ip_per_hour: 5,
+            max_bytes_per_second: 1024 * 1024,
+            max_stanzas_per_second: 1000,
+            rate_limit_grace_secs: 30,
         }
     }
 }
@@ -386,6 +396,18 @@ impl Config {
             ("limits.max_offline_messages", l.max_offline_messages),
             ("limits.max_vcard_bytes", l.max_vcard_bytes),
             ("limits.max_private_bytes", l.max_private_bytes),
+            (
+                "limits.max_bytes_per_second",
+                l.max_bytes_per_second as usize,
+            ),
+            (
+                "limits.max_stanzas_per_second",
+                l.max_stanzas_per_second as usize,
+            ),
+            (
+                "limits.rate_limit_grace_secs",
+                l.rate_limit_grace_secs as usize,
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {

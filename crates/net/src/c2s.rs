@@ -3,7 +3,7 @@
 //! session's queue to the socket. One task per connection; nothing here blocks another
 //! connection.
 
-use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter};
+use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter, TokenBucket};
 use crate::tls::TlsContext;
 use crate::transport::Transport;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -29,6 +29,9 @@ use tokio::time::Instant;
 const READ_BUFFER: usize = 4096;
 /// Stanzas written in one batch before flushing (one syscall for a burst of deliveries).
 const WRITE_BATCH: usize = 64;
+/// A client that accepts none of our bytes for this long is gone or hostile: the connection
+/// is dropped rather than holding its task and buffers.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every connection on one listener shares.
 pub struct ListenerContext {
@@ -94,6 +97,11 @@ struct Connection {
     user: Option<BareJid>,
     session: Option<Arc<SessionHandle>>,
     inbox: Option<SessionInbox>,
+    /// Input pacing (bytes and stanzas per second).
+    bytes_bucket: TokenBucket,
+    stanzas_bucket: TokenBucket,
+    /// When the connection first went over its rate, if it still is.
+    throttled_since: Option<Instant>,
     _permit: ConnectionPermit,
 }
 
@@ -113,6 +121,12 @@ pub async fn run(
         ..Limits::default()
     });
     let handshake_limit = Duration::from_secs(limits.tls_handshake_timeout_secs);
+    let bytes_bucket =
+        TokenBucket::new(limits.max_bytes_per_second, limits.max_bytes_per_second * 2);
+    let stanzas_bucket = TokenBucket::new(
+        limits.max_stanzas_per_second,
+        limits.max_stanzas_per_second * 2,
+    );
     let (io, stage) = match ctx.kind {
         ListenerKind::C2s => {
             let stage = if ctx.server.config().tls.require_starttls {
@@ -149,6 +163,9 @@ pub async fn run(
         user: None,
         session: None,
         inbox: None,
+        bytes_bucket,
+        stanzas_bucket,
+        throttled_since: None,
         _permit: permit,
     };
     conn.update_channel_bindings();
@@ -210,6 +227,10 @@ impl Connection {
         let shutdown = self.server().shutdown_token().clone();
         let deadline = Instant::now()
             + Duration::from_secs(self.server().config().limits.unauthenticated_timeout_secs);
+        let grace = Duration::from_secs(self.server().config().limits.rate_limit_grace_secs);
+        // While over its rate the connection is not read (TCP pushes back on the sender);
+        // stanzas for it are still written.
+        let mut resume_reading = Instant::now();
         loop {
             let Some(io) = self.io.as_mut() else {
                 return Close::Dropped;
@@ -248,12 +269,33 @@ impl Connection {
                         let _ = r.send(());
                     }
                 }
-                read = io.read(&mut buf) => {
+                _ = tokio::time::sleep_until(resume_reading), if resume_reading > Instant::now() => {}
+                read = io.read(&mut buf), if resume_reading <= Instant::now() => {
                     let n = match read {
                         Ok(0) | Err(_) => return Close::Dropped,
                         Ok(n) => n,
                     };
                     let fed = self.parser.feed(&buf[..n], &mut events);
+                    let now = Instant::now();
+                    let wait = self
+                        .bytes_bucket
+                        .charge(n as u64, now.into_std())
+                        .max(self.stanzas_bucket.charge(events.len() as u64, now.into_std()));
+                    if wait.is_zero() {
+                        self.throttled_since = None;
+                    } else {
+                        let since = *self.throttled_since.get_or_insert_with(|| {
+                            tracing::warn!(peer = %self.peer, "input rate limit reached: pausing reads");
+                            now
+                        });
+                        if now.duration_since(since) > grace {
+                            return Close::err_text(
+                                StreamErrorCondition::PolicyViolation,
+                                "sending too fast for too long",
+                            );
+                        }
+                        resume_reading = now + wait;
+                    }
                     let mut restarted = false;
                     for ev in events.drain(..) {
                         match self.on_event(ev).await {
@@ -299,11 +341,17 @@ impl Connection {
         let Some(io) = self.io.as_mut() else {
             return Ok(());
         };
-        let r = async {
+        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
             io.write_all(&self.out).await?;
             io.flush().await
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client is not reading",
+            ))
+        });
         self.out.clear();
         if self.out.capacity() > 64 * 1024 {
             // Don't keep a burst-sized buffer for an idle session.

@@ -118,6 +118,45 @@ impl AuthThrottle {
     }
 }
 
+/// A token bucket: `rate` tokens per second, holding at most `burst`. Charging may drive it
+/// negative; the debt says how long the connection must stop reading.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u64, burst: u64) -> Self {
+        let burst = burst.max(1) as f64;
+        TokenBucket {
+            rate: rate.max(1) as f64,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Takes `amount` tokens; returns how long to wait until the bucket is out of debt.
+    pub fn charge(&mut self, amount: u64, now: Instant) -> Duration {
+        self.refill(now);
+        self.tokens -= amount as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
 /// In-band registrations per source address in the current hour (a fixed window).
 #[derive(Default)]
 pub struct RegistrationLimiter {
@@ -161,6 +200,19 @@ mod tests {
         assert!(l.try_acquire(b).is_none(), "total limit");
         drop(p1);
         assert!(l.try_acquire(a).is_some());
+    }
+
+    #[test]
+    fn token_bucket_allows_bursts_then_paces() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100, 200);
+        assert_eq!(b.charge(200, t0), Duration::ZERO, "the burst is free");
+        let wait = b.charge(50, t0);
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        // After the wait the debt is paid; tokens accumulate at the rate, capped at burst.
+        assert_eq!(b.charge(0, t0 + Duration::from_millis(500)), Duration::ZERO);
+        assert_eq!(b.charge(200, t0 + Duration::from_secs(100)), Duration::ZERO);
+        assert!(b.charge(1, t0 + Duration::from_secs(100)) > Duration::ZERO);
     }
 
     #[test]

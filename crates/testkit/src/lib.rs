@@ -207,6 +207,12 @@ impl RawClient {
         Self::wrap_tls(tcp, config).await
     }
 
+    /// Sends without asserting success (for clients the server may cut off).
+    pub async fn try_send(&mut self, text: &str) -> std::io::Result<()> {
+        self.io.write_all(text.as_bytes()).await?;
+        self.io.flush().await
+    }
+
     pub async fn send(&mut self, text: &str) {
         self.io.write_all(text.as_bytes()).await.expect("write");
         self.io.flush().await.expect("flush");

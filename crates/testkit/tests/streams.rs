@@ -201,3 +201,63 @@ async fn registration_is_off_by_default() {
         .expect("read"));
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_flooding_client_is_paced_then_cut_off_while_others_keep_their_latency() {
+    let t = TestServer::start("[limits]\nmax_stanzas_per_second = 20\nrate_limit_grace_secs = 2\n")
+        .await;
+    t.add_user("flood", "pw").await;
+    t.add_user("calm", "pw").await;
+    let tls = t.client_tls(&[&TLS13]);
+    let mut flooder = RawClient::direct_tls(t.direct_tls, tls.clone()).await;
+    flooder.open_stream().await;
+    flooder.login_plain("flood", "pw", "f").await;
+    let mut calm = RawClient::direct_tls(t.direct_tls, tls).await;
+    calm.open_stream().await;
+    calm.login_plain("calm", "pw", "c").await;
+
+    let started = std::time::Instant::now();
+    let flood = tokio::spawn(async move {
+        let batch: String = (0..20)
+            .map(|i| {
+                format!(
+                    "<iq type='get' id='f{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+                )
+            })
+            .collect();
+        for _ in 0..200 {
+            if flooder.try_send(&batch).await.is_err() {
+                break;
+            }
+        }
+        flooder.read_to_end().await
+    });
+    // Meanwhile another client's pings are answered promptly.
+    for i in 0..5 {
+        let sent = std::time::Instant::now();
+        calm.send(&format!(
+            "<iq type='get' id='c{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        calm.read_until(&format!("id=\"c{i}\"")).await;
+        assert!(
+            sent.elapsed() < std::time::Duration::from_millis(500),
+            "ping {i} took {:?}",
+            sent.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let got = flood.await.expect("flood task");
+    let elapsed = started.elapsed();
+    assert!(
+        got.contains("<policy-violation"),
+        "{}",
+        &got[got.len().saturating_sub(400)..]
+    );
+    // Paced, not served flat out: 4,000 pings at 20/s would take minutes; it was cut off
+    // after the grace period instead, having had only a fraction answered.
+    let answered = got.matches("type=\"result\"").count();
+    assert!(answered < 400, "{answered} pings answered");
+    assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
+    t.stop().await;
+}
