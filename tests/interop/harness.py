@@ -178,7 +178,12 @@ def render_config(
     modules: Iterable[str] | None = None,
     extra_hosts: Iterable[str] = (),
     host: str = "127.0.0.1",
+    extra_limits: dict[str, int] | None = None,
+    host_extra: str = "",
 ) -> str:
+    """The server's TOML. ``extra_limits`` adds keys to ``[limits]`` (e.g.
+    ``{"max_roster_items": 2}``); ``host_extra`` is TOML appended to the first host's
+    ``[[host]]`` block (keys, then sub-tables such as ``[host.contact]``)."""
     lines = [f"data_dir = {toml_str(data_dir)}", f"log_level = {toml_str(log_level)}", ""]
     if require_starttls is not None:
         lines += ["[tls]", f"require_starttls = {'true' if require_starttls else 'false'}", ""]
@@ -187,6 +192,8 @@ def render_config(
         limits.append(f"max_stanza_bytes = {int(max_stanza_bytes)}")
     if unauthenticated_timeout_secs is not None:
         limits.append(f"unauthenticated_timeout_secs = {int(unauthenticated_timeout_secs)}")
+    for key, value in (extra_limits or {}).items():
+        limits.append(f"{key} = {int(value)}")
     if limits:
         lines += ["[limits]", *limits, ""]
     lines += [
@@ -203,6 +210,8 @@ def render_config(
         lines += ["[[host]]", f"domain = {toml_str(d)}"]
         if modules is not None and d == domain:
             lines.append("modules = [" + ", ".join(toml_str(m) for m in modules) + "]")
+        if host_extra and d == domain:
+            lines.append(host_extra.strip())
         lines.append("")
     return "\n".join(lines)
 
@@ -1135,3 +1144,278 @@ def write_self_signed_cert(cert_path: Path, key_path: Path, name: str) -> None:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+
+
+# --------------------------------------------------------------------------
+# Instant messaging helpers: synchronisation, rosters, presence, accounts in
+# advance, restarts.
+
+ROSTER_NS = "jabber:iq:roster"
+ROSTERVER_FEATURE_NS = "urn:xmpp:features:rosterver"
+PRE_APPROVAL_FEATURE_NS = "urn:xmpp:features:pre-approval"
+DELAY_NS = "urn:xmpp:delay"
+
+
+def collect_until(
+    stream: "RawStream", predicate: Callable[[ET.Element], bool], timeout: float | None = None, what: str = ""
+) -> tuple[list[ET.Element], ET.Element]:
+    """Like ``RawStream.wait_for``, but also return every element consumed before the match."""
+    seen: list[ET.Element] = []
+
+    def record(elem: ET.Element) -> bool:
+        seen.append(elem)
+        return predicate(elem)
+
+    match = stream.wait_for(record, timeout, what=what)
+    return seen[:-1], match
+
+
+def sync(stream: "RawStream", timeout: float | None = None) -> list[ET.Element]:
+    """Ping the server and return everything that arrived before the answer (consumed).
+
+    A server processes one client's stanzas in order, so once the answer is here, whatever
+    the server did because of this client's earlier stanzas has been done, and whatever it
+    queued for this client earlier has been received."""
+    iq_id = stream.next_id("sync")
+    stream.send(f"<iq type='get' id='{iq_id}' to='{stream.domain}'><ping xmlns='{PING_NS}'/></iq>")
+    before, _ = collect_until(
+        stream,
+        lambda e: e.tag == qn(CLIENT_NS, "iq") and e.get("id") == iq_id and e.get("type") in ("result", "error"),
+        timeout,
+        what=f"answer to ping {iq_id}",
+    )
+    return before
+
+
+def presences(elems: Iterable[ET.Element], ptype: str | None = "*", from_: str | None = None) -> list[ET.Element]:
+    """The <presence/> stanzas among ``elems``; ``ptype`` None means available, "*" any type;
+    ``from_`` a full JID, or a bare JID matching it and all its resources."""
+    out = []
+    for e in elems:
+        if e.tag != qn(CLIENT_NS, "presence"):
+            continue
+        if ptype != "*" and e.get("type") != ptype:
+            continue
+        if from_ is not None:
+            sender = e.get("from") or ""
+            if sender != from_ and not ("/" not in from_ and sender.split("/", 1)[0] == from_):
+                continue
+        out.append(e)
+    return out
+
+
+def messages(elems: Iterable[ET.Element]) -> list[ET.Element]:
+    return [e for e in elems if e.tag == qn(CLIENT_NS, "message")]
+
+
+@dataclasses.dataclass
+class RosterEntry:
+    jid: str
+    subscription: str
+    ask: str | None
+    name: str | None
+    groups: list[str]
+    approved: bool
+
+    @classmethod
+    def parse(cls, item: ET.Element) -> "RosterEntry":
+        return cls(
+            jid=item.get("jid", ""),
+            subscription=item.get("subscription", "none"),
+            ask=item.get("ask"),
+            name=item.get("name"),
+            groups=[g.text or "" for g in item.findall(qn(ROSTER_NS, "group"))],
+            approved=item.get("approved") in ("true", "1"),
+        )
+
+
+def roster_of(query: ET.Element | None) -> dict[str, RosterEntry]:
+    """jid -> entry for the items of a roster <query/> (empty for None)."""
+    if query is None:
+        return {}
+    return {e.jid: e for e in map(RosterEntry.parse, query.findall(qn(ROSTER_NS, "item")))}
+
+
+def roster_get(stream: "RawStream", ver: str | None = None, to: str | None = None) -> ET.Element:
+    """Send a roster get (with ``ver`` if given) and return the IQ reply."""
+    ver_attr = f" ver='{xml_attr_escape(ver)}'" if ver is not None else ""
+    return stream.iq(f"<query xmlns='{ROSTER_NS}'{ver_attr}/>", to=to)
+
+
+def roster_item_xml(
+    jid: str, name: str | None = None, groups: Iterable[str] = (), subscription: str | None = None, extra: str = ""
+) -> str:
+    attrs = f"jid='{xml_attr_escape(jid)}'"
+    if name is not None:
+        attrs += f" name='{xml_attr_escape(name)}'"
+    if subscription is not None:
+        attrs += f" subscription='{subscription}'"
+    body = "".join(f"<group>{xml_text_escape(g)}</group>" for g in groups)
+    return f"<item {attrs}{extra}>{body}</item>"
+
+
+def roster_set(stream: "RawStream", *items: str, to: str | None = None) -> ET.Element:
+    """Send a roster set with the given <item/> XML strings; return the IQ reply."""
+    return stream.iq(f"<query xmlns='{ROSTER_NS}'>{''.join(items)}</query>", itype="set", to=to)
+
+
+def roster_pushes(elems: Iterable[ET.Element]) -> list[ET.Element]:
+    """The roster pushes (IQ sets with a roster query) among ``elems``."""
+    return [
+        e
+        for e in elems
+        if e.tag == qn(CLIENT_NS, "iq") and e.get("type") == "set" and e.find(qn(ROSTER_NS, "query")) is not None
+    ]
+
+
+def xml_text_escape(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def send_presence(
+    stream: "RawStream",
+    to: str | None = None,
+    ptype: str | None = None,
+    *,
+    priority: int | None = None,
+    status: str | None = None,
+    show: str | None = None,
+) -> None:
+    attrs = ""
+    if to is not None:
+        attrs += f" to='{xml_attr_escape(to)}'"
+    if ptype is not None:
+        attrs += f" type='{ptype}'"
+    body = ""
+    if show is not None:
+        body += f"<show>{show}</show>"
+    if status is not None:
+        body += f"<status>{xml_text_escape(status)}</status>"
+    if priority is not None:
+        body += f"<priority>{priority}</priority>"
+    stream.send(f"<presence{attrs}>{body}</presence>" if body else f"<presence{attrs}/>")
+
+
+def login_scram(stream: "RawStream", user: User, resource: str | None = None) -> str:
+    """STARTTLS (unless on TLS already), SCRAM-SHA-256, bind. Cheaper for the server than
+    PLAIN, which derives the salted password on every login."""
+    if not stream.tls:
+        stream.open_stream()
+        stream.starttls()
+    elif stream.features is None:
+        stream.open_stream()
+    result = stream.auth_scram(user.localpart, user.password, "SHA-256")
+    if not result.ok:
+        raise AssertionError(f"SCRAM-SHA-256 failed for {user.jid}: {result.condition}")
+    stream.open_stream()
+    return stream.bind(resource)
+
+
+def im_login(
+    stream: "RawStream",
+    user: User,
+    resource: str | None = None,
+    *,
+    roster: bool = True,
+    available: bool = True,
+    priority: int | None = None,
+    status: str | None = None,
+) -> list[ET.Element]:
+    """Log in like an IM client: bind, request the roster (an "interested resource"), send
+    initial presence (an "available resource"), then ``sync``. Returns what arrived after
+    the roster result up to the sync answer (presence of contacts and of the account's own
+    resources, pending subscription requests...). The roster result is in ``stream.roster``."""
+    login_scram(stream, user, resource)
+    stream.roster = None
+    if roster:
+        reply = roster_get(stream)
+        assert reply.get("type") == "result", ET.tostring(reply)
+        stream.roster = reply.find(qn(ROSTER_NS, "query"))
+    if available:
+        send_presence(stream, priority=priority, status=status)
+    return sync(stream)
+
+
+def abort_connection(stream: "RawStream") -> None:
+    """Drop the TCP connection at once (RST), with no closing tag and no TLS close_notify."""
+    import struct
+
+    sock = stream.transport.sock  # closing an ssl socket does not send close_notify
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    stream.closed = True
+
+
+class UserPool:
+    """Accounts created ahead of use by background threads (``rookery user add`` takes a
+    noticeable part of a second in a debug build): ``prefetch(n)``, then ``take()``."""
+
+    def __init__(self, server, prefix: str = "user", workers: int = 3):
+        import collections
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.server = server
+        self.prefix = prefix
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="user-pool")
+        self._ready: "collections.deque" = collections.deque()
+
+    def prefetch(self, count: int) -> None:
+        for _ in range(count):
+            self._ready.append(self._executor.submit(self.server.add_user, self.prefix))
+
+    def take(self, timeout: float = 60.0) -> User:
+        if not self._ready:
+            self.prefetch(1)
+        return self._ready.popleft().result(timeout=timeout)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def restart_server(server: RookeryServer, *, kill: bool = False, timeout: float = 10.0) -> int | None:
+    """Stop the server — SIGTERM and wait, or SIGKILL with ``kill`` — and start it again on the
+    same config and data dir (new ports). Returns the exit code of the stop (None if killed)."""
+    if kill:
+        server.kill()
+        rc = None
+    else:
+        rc, _out, _err = server.stop(signal.SIGTERM, timeout=timeout)
+    server.start()
+    return rc
+
+
+def request(
+    stream: "RawStream", body: str, *, itype: str = "get", to: str | None = None, timeout: float | None = None
+) -> tuple[list[ET.Element], ET.Element]:
+    """Send an IQ; return (everything received before its reply, the reply) — ``RawStream.iq``
+    skips what comes first, such as the push a roster set causes."""
+    iq_id = stream.next_id("req")
+    to_attr = f" to='{xml_attr_escape(to)}'" if to else ""
+    stream.send(f"<iq type='{itype}' id='{iq_id}'{to_attr}>{body}</iq>")
+    return collect_until(
+        stream,
+        lambda e: e.tag == qn(CLIENT_NS, "iq") and e.get("id") == iq_id and e.get("type") in ("result", "error"),
+        timeout,
+        what=f"reply to IQ {iq_id}",
+    )
+
+
+def find_or_wait(
+    stream: "RawStream",
+    seen: Iterable[ET.Element],
+    predicate: Callable[[ET.Element], bool],
+    timeout: float = 3.0,
+    what: str = "",
+) -> ET.Element:
+    """The first element of ``seen`` matching ``predicate``, else the next one to arrive."""
+    for elem in seen:
+        if predicate(elem):
+            return elem
+    return stream.wait_for(predicate, timeout, what=what)
+
+
+def is_presence(ptype: str | None = None, from_: str | None = None) -> Callable[[ET.Element], bool]:
+    """A predicate: a presence of ``ptype`` (None: available) from ``from_`` (a full JID, or a
+    bare JID matching all its resources)."""
+    return lambda e: bool(presences([e], ptype, from_))

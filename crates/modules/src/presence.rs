@@ -8,7 +8,7 @@ use crate::roster::subscription::{Kind, State};
 use parking_lot::Mutex;
 use rookery_core::events::{InboundPresence, OutboundPresence, PresenceBroadcast, SessionClosed};
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
-use rookery_stanza::{BareJid, Jid};
+use rookery_stanza::{BareJid, Jid, StanzaError, StanzaErrorCondition};
 use rookery_storage::{RosterItem, Subscription};
 use rookery_xml::Element;
 use std::collections::HashSet;
@@ -43,11 +43,21 @@ impl Module for Presence {
             Flow::Continue
         });
         host.hook::<SessionClosed, _, _>(0, |server, ev| async move {
+            let unavailable = Element::new("presence", "jabber:client")
+                .with_attr("type", "unavailable")
+                .with_attr("from", ev.session.jid().as_str());
             if ev.was_available {
-                let unavailable = Element::new("presence", "jabber:client")
-                    .with_attr("type", "unavailable")
-                    .with_attr("from", ev.session.jid().as_str());
                 broadcast(&server, &ev.session, unavailable, false).await;
+            } else {
+                // Never broadcast, but directed presence still needs its unavailable (§4.6.3).
+                let directed: Vec<String> = ev
+                    .session
+                    .extension::<SessionPresence>()
+                    .map(|st| st.0.lock().directed.drain().collect())
+                    .unwrap_or_default();
+                for target in directed {
+                    send(&server, presence_to(&unavailable, &target)).await;
+                }
             }
             Flow::Continue
         });
@@ -231,6 +241,15 @@ async fn outbound(server: &Arc<Server>, ev: &OutboundPresence) -> Flow {
     let user = ev.from.to_bare();
     let contact = ev.to.to_bare();
     if contact == user {
+        return Flow::Stop;
+    }
+    if !server.serves(contact.domain().as_str()) {
+        // No federation yet: the request can't reach the contact, so the roster must not
+        // show it as pending (RFC 6120 §10.4).
+        server.bounce(
+            &ev.stanza,
+            StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
+        );
         return Flow::Stop;
     }
     let contact_s = contact.to_string();

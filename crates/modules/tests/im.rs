@@ -154,7 +154,7 @@ async fn roster_get_set_remove_with_versions_and_pushes() {
     let ver0 = q.attr("ver").expect("versioned").to_owned();
     assert_eq!(q.children().count(), 0);
 
-    a1.send("<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='Bob@Example.org' name='Bob'><group>Friends</group><group>Friends</group><group>Work</group></item></query></iq>").await;
+    a1.send("<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='Bob@Example.org' name='Bob'><group>Friends</group><group>Work</group></item></query></iq>").await;
     let got = a1.drain();
     let p = pushes(&got);
     assert_eq!(p.len(), 1, "{got:?}");
@@ -227,6 +227,10 @@ async fn roster_set_validation_and_limit() {
         ("<item jid='x@example.org/res'/>", "bad-request"),
         ("<item jid='a@b@c'/>", "jid-malformed"),
         ("<item jid='alice@example.org'/>", "not-allowed"),
+        (
+            "<item jid='x@example.org'><group>G</group><group>G</group></item>",
+            "bad-request",
+        ),
     ];
     for (items, cond) in cases {
         a.send(&format!(

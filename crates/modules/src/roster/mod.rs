@@ -239,9 +239,11 @@ async fn set(req: &IqRequest, user: &BareJid) -> IqResult {
             return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
                 .with_text("group names must be 1 to 1023 bytes"));
         }
-        if !groups.contains(&g) {
-            groups.push(g);
+        // §2.3.3: the same group twice is a malformed request, not something to tidy up.
+        if groups.contains(&g) {
+            return Err(StanzaError::bad_request("a group is listed twice"));
         }
+        groups.push(g);
     }
     if groups.len() > MAX_GROUPS {
         return Err(
