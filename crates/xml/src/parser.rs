@@ -143,6 +143,12 @@ fn nwf(msg: &str) -> XmlError {
     XmlError::NotWellFormed(msg.to_owned())
 }
 
+/// Estimated heap bytes of one parsed element beyond its wire bytes (name, namespace,
+/// attribute and child vectors).
+const ELEMENT_COST: usize = 96;
+/// A stanza's estimated memory may be at most this many times `max_stanza_bytes`.
+const MEMORY_FACTOR: usize = 4;
+
 /// Incremental, sans-I/O XMPP stream parser.
 ///
 /// Feed it bytes as they arrive with [`feed`](Self::feed); it appends
@@ -165,6 +171,8 @@ pub struct StreamParser {
     /// A `<` has been seen in the header phase: only whitespace may come before it.
     header_started: bool,
     stanza_bytes: usize,
+    /// Elements in the stanza being built, for the memory bound (see [`ELEMENT_COST`]).
+    stanza_elements: usize,
     /// Non-whitespace bytes seen at stream level since the last stanza
     /// ended (i.e. the start of the next stanza is in the tokenizer).
     idle_dirty: bool,
@@ -194,6 +202,7 @@ impl StreamParser {
             header_bytes: 0,
             header_started: false,
             stanza_bytes: 0,
+            stanza_elements: 0,
             idle_dirty: false,
             idle_bytes: 0,
             sniff: [0; 6],
@@ -238,6 +247,7 @@ impl StreamParser {
         self.header_bytes = 0;
         self.header_started = false;
         self.stanza_bytes = 0;
+        self.stanza_elements = 0;
         self.idle_dirty = false;
         self.idle_bytes = 0;
         self.sniff = [0; 6];
@@ -622,6 +632,17 @@ impl StreamParser {
             self.header_bytes = 0;
             events.push(StreamEvent::Open(header));
         } else {
+            // A tree costs more than its wire form: `<a/>` is 4 bytes on the wire and about
+            // a hundred in memory. Charging each element keeps a stanza's memory within
+            // MEMORY_FACTOR times the stanza size limit, however it is shaped.
+            self.stanza_elements += 1;
+            let estimate = self
+                .stanza_elements
+                .saturating_mul(ELEMENT_COST)
+                .saturating_add(self.stanza_bytes);
+            if estimate > self.limits.max_stanza_bytes.saturating_mul(MEMORY_FACTOR) {
+                return Err(XmlError::StanzaTooLarge);
+            }
             self.stack.push(Element {
                 name: head.local,
                 ns,
@@ -650,6 +671,7 @@ impl StreamParser {
             Some(parent) => parent.push_child(el),
             None => {
                 self.stanza_bytes = 0;
+                self.stanza_elements = 0;
                 events.push(StreamEvent::Stanza(el));
             }
         }

@@ -1272,3 +1272,30 @@ fn text_before_the_stream_header_fails_at_once() {
         Err(XmlError::NotWellFormed(_))
     ));
 }
+
+#[test]
+fn many_tiny_elements_are_bounded_by_memory_not_only_wire_bytes() {
+    let limits = Limits {
+        max_stanza_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let header = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='x' version='1.0'>";
+    // 60 KiB of <a/> is under the wire limit but would be ~1.5 MiB as a tree.
+    let mut body = b"<message>".to_vec();
+    for _ in 0..(60 * 1024 / 4) {
+        body.extend_from_slice(b"<a/>");
+    }
+    body.extend_from_slice(b"</message>");
+    let mut p = StreamParser::new(limits.clone());
+    let mut ev = Vec::new();
+    p.feed(header, &mut ev).expect("header");
+    assert_eq!(p.feed(&body, &mut ev), Err(XmlError::StanzaTooLarge));
+    // A normal stanza of the same wire size, with a long text, is fine.
+    let mut p = StreamParser::new(limits);
+    let mut ev = Vec::new();
+    p.feed(header, &mut ev).expect("header");
+    let text = "x".repeat(60 * 1024);
+    let msg = format!("<message><body>{text}</body></message>");
+    p.feed(msg.as_bytes(), &mut ev).expect("accepted");
+    assert!(matches!(ev.last(), Some(StreamEvent::Stanza(_))));
+}
