@@ -1,125 +1,16 @@
 //! Rosters, subscriptions and presence through the real router, with in-memory storage and
 //! sessions that are queues instead of sockets.
 
-use rookery_core::events::SessionClosed;
-use rookery_core::{Config, Server, SessionHandle, SessionInbox};
-use rookery_stanza::FullJid;
-use rookery_storage::{Storage, Subscription};
-use rookery_xml::{parse_element, Element};
+mod common;
+
+use common::*;
+use rookery_core::Server;
+use rookery_storage::Subscription;
+use rookery_xml::Element;
 use std::sync::Arc;
 
 async fn server(extra: &str) -> Arc<Server> {
-    let storage = Storage::memory();
-    for (i, user) in ["alice", "bob", "carol", "dave"].into_iter().enumerate() {
-        storage
-            .accounts
-            .create_account(
-                "example.org",
-                user,
-                &rookery_storage::conformance::sample_all(i as u8),
-            )
-            .await
-            .expect("account");
-    }
-    let cfg = Config::from_toml(
-        &format!("{extra}\n[[host]]\ndomain = 'example.org'\n"),
-        std::path::Path::new("t.toml"),
-        std::path::Path::new("."),
-    )
-    .expect("config");
-    Server::new(cfg, storage, &rookery_modules::registry()).expect("server")
-}
-
-struct Client {
-    jid: FullJid,
-    handle: Arc<SessionHandle>,
-    inbox: SessionInbox,
-    server: Arc<Server>,
-}
-
-impl Client {
-    fn bind(server: &Arc<Server>, jid: &str) -> Client {
-        let jid = FullJid::new(jid).expect("jid");
-        let (handle, inbox) = SessionHandle::new(jid.clone(), 256);
-        server.sessions().bind(handle.clone());
-        Client {
-            jid,
-            handle,
-            inbox,
-            server: server.clone(),
-        }
-    }
-    /// Bound, roster requested, initial presence sent; queue drained.
-    async fn online(server: &Arc<Server>, jid: &str) -> Client {
-        let mut c = Client::bind(server, jid);
-        c.send("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>")
-            .await;
-        c.send("<presence/>").await;
-        c.drain();
-        c
-    }
-    async fn send(&self, xml: &str) {
-        let el = parse_element(&add_client_ns(xml))
-            .unwrap_or_else(|e| panic!("bad test xml {xml}: {e}"));
-        let el = self.server.stamp_from_client(&self.jid, el).expect("stamp");
-        self.server.route_from_client(&self.jid, el).await;
-    }
-    /// Everything queued for this session, acknowledged as written (as the connection would).
-    fn drain(&mut self) -> Vec<Element> {
-        std::iter::from_fn(|| self.inbox.stanzas.try_recv().ok())
-            .map(|o| {
-                let o = *o;
-                if let Some(w) = o.written {
-                    let _ = w.send(());
-                }
-                o.stanza
-            })
-            .collect()
-    }
-    /// Like `drain`, waiting (bounded) until `n` stanzas arrived.
-    async fn drain_at_least(&mut self, n: usize) -> Vec<Element> {
-        let mut got = Vec::new();
-        for _ in 0..200 {
-            got.extend(self.drain());
-            if got.len() >= n {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        got
-    }
-    async fn close(self) {
-        let was_available = self.handle.priority().is_some();
-        self.server.sessions().unbind(&self.handle);
-        let host = self.server.host("example.org").expect("host").clone();
-        host.hooks()
-            .run(
-                &self.server,
-                SessionClosed {
-                    session: self.handle.clone(),
-                    was_available,
-                },
-            )
-            .await;
-    }
-}
-
-fn add_client_ns(xml: &str) -> String {
-    // Put the top-level element in jabber:client, as the stream would.
-    let end = xml.find([' ', '>', '/']).expect("tag");
-    format!("{} xmlns='jabber:client'{}", &xml[..end], &xml[end..])
-}
-
-fn reply<'a>(got: &'a [Element], id: &str) -> &'a Element {
-    got.iter()
-        .find(|e| e.name() == "iq" && e.attr("id") == Some(id))
-        .unwrap_or_else(|| panic!("no reply to {id} in {got:?}"))
-}
-
-fn presences<'a>(got: &'a [Element], ptype: Option<&str>) -> Vec<&'a Element> {
-    got.iter()
-        .filter(|e| e.name() == "presence" && e.attr("type") == ptype)
-        .collect()
+    server_with(extra, "").await
 }
 
 fn pushes(got: &[Element]) -> Vec<Element> {
@@ -144,7 +35,7 @@ async fn roster_get_set_remove_with_versions_and_pushes() {
     let s = server("").await;
     let mut a1 = Client::online(&s, "alice@example.org/one").await;
     let mut a2 = Client::online(&s, "alice@example.org/two").await;
-    let mut a3 = Client::bind(&s, "alice@example.org/no-roster");
+    let mut a3 = Client::bind(&s, "alice@example.org/no-roster").await;
     a1.send("<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>")
         .await;
     let got = a1.drain();
@@ -334,7 +225,7 @@ async fn pending_requests_are_redelivered_at_login_and_probes_answered() {
     alice.send("<presence to='carol@example.org' type='subscribe'><status>hi, it is Alice</status></presence>").await;
     // Carol was offline; each login shows the waiting request until she answers.
     for _ in 0..2 {
-        let mut carol = Client::bind(&s, "carol@example.org/c");
+        let mut carol = Client::bind(&s, "carol@example.org/c").await;
         carol.send("<presence/>").await;
         let got = carol.drain();
         let req = presences(&got, Some("subscribe"));
@@ -348,7 +239,7 @@ async fn pending_requests_are_redelivered_at_login_and_probes_answered() {
         .await;
     alice.drain();
     // A second resource of Alice comes online: its probe is answered with Carol's presence.
-    let mut a2 = Client::bind(&s, "alice@example.org/second");
+    let mut a2 = Client::bind(&s, "alice@example.org/second").await;
     a2.send("<presence/>").await;
     let got = a2.drain();
     assert!(
@@ -486,14 +377,14 @@ async fn offline_messages_are_kept_and_delivered_with_a_delay_stamp() {
     );
 
     // A negative-priority session does not take the backlog.
-    let mut shy = Client::bind(&s, "bob@example.org/shy");
+    let mut shy = Client::bind(&s, "bob@example.org/shy").await;
     shy.send("<presence><priority>-1</priority></presence>")
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(shy.drain().iter().all(|e| e.name() != "message"));
     assert_eq!(offline_count(&s, "bob").await, 3);
 
-    let mut bob = Client::bind(&s, "bob@example.org/b");
+    let mut bob = Client::bind(&s, "bob@example.org/b").await;
     bob.send("<presence/>").await;
     let got = bob.drain_at_least(4).await;
     let msgs: Vec<_> = got.iter().filter(|e| e.name() == "message").collect();
@@ -522,7 +413,7 @@ async fn unwritten_offline_messages_stay_stored() {
     alice
         .send("<message to='bob@example.org' type='chat'><body>keep me</body></message>")
         .await;
-    let bob = Client::bind(&s, "bob@example.org/b");
+    let bob = Client::bind(&s, "bob@example.org/b").await;
     bob.send("<presence/>").await;
     // The connection dies before writing anything.
     drop(bob.inbox);
