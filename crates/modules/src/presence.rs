@@ -253,46 +253,56 @@ async fn outbound(server: &Arc<Server>, ev: &OutboundPresence) -> Flow {
         return Flow::Stop;
     }
     let contact_s = contact.to_string();
-    let Some((item, state)) = item_and_state(server, &user, &contact_s).await else {
-        return Flow::Stop;
-    };
     // §3.1.2 and friends: subscription stanzas carry the account's bare JID.
     let mut out = ev.stanza.clone();
     out.set_attr("from", user.as_str());
     out.set_attr("to", contact.as_str());
-    let mut item = item.unwrap_or_else(|| new_item(&contact_s));
-    match state.outbound(kind) {
-        Some(next) => {
-            apply(&mut item, next);
-            if kind == Kind::Subscribed {
-                item.approved = false;
+    // The roster change happens under the account's lock; routing happens after it is
+    // released, since the contact's side takes the contact's lock.
+    let routed = {
+        let _guard = crate::roster::lock_account(&user).await;
+        let Some((item, state)) = item_and_state(server, &user, &contact_s).await else {
+            return Flow::Stop;
+        };
+        let mut item = item.unwrap_or_else(|| new_item(&contact_s));
+        match state.outbound(kind) {
+            Some(next) => {
+                apply(&mut item, next);
+                if kind == Kind::Subscribed {
+                    item.approved = false;
+                }
+                if state.pending_in && !next.pending_in {
+                    remove_pending(server, &user, &contact_s).await;
+                }
+                if save_and_push(server, &user, &item).await.is_err() {
+                    return Flow::Stop;
+                }
+                true
             }
-            if state.pending_in && !next.pending_in {
-                remove_pending(server, &user, &contact_s).await;
-            }
-            if save_and_push(server, &user, &item).await.is_err() {
-                return Flow::Stop;
-            }
-            send(server, out).await;
-            match kind {
-                Kind::Subscribed => send_current_presence(server, &user, &contact).await,
-                Kind::Unsubscribed => send_unavailable(server, &user, &contact).await,
-                _ => {}
-            }
+            None => match kind {
+                Kind::Subscribe | Kind::Unsubscribe => true,
+                // §3.4: approving before being asked is a pre-approval, kept on the item.
+                Kind::Subscribed if !state.has_from() && !item.approved => {
+                    item.approved = true;
+                    let _ = save_and_push(server, &user, &item).await;
+                    return Flow::Stop;
+                }
+                Kind::Unsubscribed if item.approved => {
+                    item.approved = false;
+                    let _ = save_and_push(server, &user, &item).await;
+                    return Flow::Stop;
+                }
+                _ => return Flow::Stop,
+            },
         }
-        None => match kind {
-            Kind::Subscribe | Kind::Unsubscribe => send(server, out).await,
-            // §3.4: approving before being asked is a pre-approval, kept on the item.
-            Kind::Subscribed if !state.has_from() && !item.approved => {
-                item.approved = true;
-                let _ = save_and_push(server, &user, &item).await;
-            }
-            Kind::Unsubscribed if item.approved => {
-                item.approved = false;
-                let _ = save_and_push(server, &user, &item).await;
-            }
+    };
+    if routed {
+        send(server, out).await;
+        match kind {
+            Kind::Subscribed => send_current_presence(server, &user, &contact).await,
+            Kind::Unsubscribed => send_unavailable(server, &user, &contact).await,
             _ => {}
-        },
+        }
     }
     Flow::Stop
 }
@@ -373,67 +383,89 @@ async fn inbound(server: &Arc<Server>, ev: &InboundPresence) -> Flow {
     };
     let contact = from.to_bare();
     let contact_s = contact.to_string();
-    let Some((item, state)) = item_and_state(server, &account, &contact_s).await else {
-        return Flow::Stop;
-    };
     // §3.1.3: the request as the account sees it, from the contact's bare JID.
     let mut delivered = ev.stanza.clone();
     delivered.set_attr("from", contact.as_str());
     delivered.set_attr("to", account.as_str());
-    if kind == Kind::Subscribe {
-        if state.has_from() {
-            // Already approved: answer for the account (Appendix A.3.1, "auto-reply").
-            crate::roster::send_presence(server, &account, &contact, "subscribed").await;
+    /// What to send once the account's roster lock is released.
+    enum Then {
+        Nothing,
+        AutoReply,
+        Granted,
+        Changed(State),
+    }
+    let then = {
+        let _guard = crate::roster::lock_account(&account).await;
+        let Some((item, state)) = item_and_state(server, &account, &contact_s).await else {
             return Flow::Stop;
-        }
-        if let Some(mut item) = item.clone().filter(|i| i.approved) {
-            // §3.4: pre-approved, so the request is granted without asking the account.
-            let granted = State::new(state.subscription, state.pending_out, true)
-                .outbound(Kind::Subscribed)
-                .unwrap_or(state);
-            apply(&mut item, granted);
-            item.approved = false;
-            if save_and_push(server, &account, &item).await.is_ok() {
-                crate::roster::send_presence(server, &account, &contact, "subscribed").await;
-                send_current_presence(server, &account, &contact).await;
+        };
+        if kind == Kind::Subscribe {
+            if state.has_from() {
+                // Already approved: answer for the account (Appendix A.3.1, "auto-reply").
+                Then::AutoReply
+            } else if let Some(mut item) = item.clone().filter(|i| i.approved) {
+                // §3.4: pre-approved, so the request is granted without asking the account.
+                let granted = State::new(state.subscription, state.pending_out, true)
+                    .outbound(Kind::Subscribed)
+                    .unwrap_or(state);
+                apply(&mut item, granted);
+                item.approved = false;
+                match save_and_push(server, &account, &item).await {
+                    Ok(_) => Then::Granted,
+                    Err(_) => Then::Nothing,
+                }
+            } else {
+                if let Some((d, u)) = parts(&account) {
+                    let _ = server
+                        .storage()
+                        .roster
+                        .add_pending_in(d, u, &contact_s, &delivered.to_xml(""))
+                        .await;
+                }
+                if state.inbound(kind).is_some() {
+                    deliver_available(server, &account, &delivered);
+                }
+                Then::Nothing
             }
-            return Flow::Stop;
-        }
-        if let Some((d, u)) = parts(&account) {
-            let _ = server
-                .storage()
-                .roster
-                .add_pending_in(d, u, &contact_s, &delivered.to_xml(""))
-                .await;
-        }
-        if state.inbound(kind).is_some() {
+        } else {
+            let Some(next) = state.inbound(kind) else {
+                return Flow::Stop; // No state change: not delivered (Appendix A.3).
+            };
+            if state.pending_in && !next.pending_in {
+                remove_pending(server, &account, &contact_s).await;
+            }
+            if let Some(mut item) = item {
+                apply(&mut item, next);
+                let _ = save_and_push(server, &account, &item).await;
+            }
             deliver_available(server, &account, &delivered);
+            Then::Changed(state)
         }
-        return Flow::Stop;
-    }
-    let Some(next) = state.inbound(kind) else {
-        return Flow::Stop; // No state change: not delivered (Appendix A.3).
     };
-    if state.pending_in && !next.pending_in {
-        remove_pending(server, &account, &contact_s).await;
-    }
-    if let Some(mut item) = item {
-        apply(&mut item, next);
-        let _ = save_and_push(server, &account, &item).await;
-    }
-    deliver_available(server, &account, &delivered);
-    match kind {
-        // The contact no longer sees the account: tell it the account is gone.
-        Kind::Unsubscribe if state.has_from() => send_unavailable(server, &account, &contact).await,
-        // The account no longer sees the contact (§3.3.3).
-        Kind::Unsubscribed if state.has_to() => {
-            let p = Element::new("presence", "jabber:client")
-                .with_attr("type", "unavailable")
-                .with_attr("from", contact.as_str())
-                .with_attr("to", account.as_str());
-            deliver_available(server, &account, &p);
+    match then {
+        Then::Nothing => {}
+        Then::AutoReply => {
+            crate::roster::send_presence(server, &account, &contact, "subscribed").await
         }
-        _ => {}
+        Then::Granted => {
+            crate::roster::send_presence(server, &account, &contact, "subscribed").await;
+            send_current_presence(server, &account, &contact).await;
+        }
+        Then::Changed(state) => match kind {
+            // The contact no longer sees the account: tell it the account is gone.
+            Kind::Unsubscribe if state.has_from() => {
+                send_unavailable(server, &account, &contact).await
+            }
+            // The account no longer sees the contact (§3.3.3).
+            Kind::Unsubscribed if state.has_to() => {
+                let p = Element::new("presence", "jabber:client")
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", contact.as_str())
+                    .with_attr("to", account.as_str());
+                deliver_available(server, &account, &p);
+            }
+            _ => {}
+        },
     }
     Flow::Stop
 }

@@ -22,6 +22,20 @@ pub const MAX_GROUPS: usize = 64;
 
 pub struct Roster;
 
+/// Roster changes of one account are made one at a time: every read-modify-write of an
+/// account's roster (a roster set, a subscription change from either side) holds its lock.
+/// Striped over a fixed set of locks, so nothing grows per account. Never route a stanza
+/// while holding one: the other side's handler takes its own.
+static ACCOUNT_LOCKS: [tokio::sync::Mutex<()>; 256] =
+    [const { tokio::sync::Mutex::const_new(()) }; 256];
+
+pub async fn lock_account(account: &BareJid) -> tokio::sync::MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    account.as_str().hash(&mut h);
+    ACCOUNT_LOCKS[(h.finish() % 256) as usize].lock().await
+}
+
 /// Session state: the resource requested the roster, so it gets pushes (§2.1.6).
 #[derive(Default)]
 pub struct Interested(AtomicBool);
@@ -251,6 +265,7 @@ async fn set(req: &IqRequest, user: &BareJid) -> IqResult {
         );
     }
     let (domain, node) = parts(user)?;
+    let _guard = lock_account(user).await;
     let existing = req
         .server
         .storage()
@@ -281,14 +296,21 @@ async fn remove(req: &IqRequest, user: &BareJid, contact: &BareJid) -> IqResult 
     let (domain, node) = parts(user)?;
     let contact_str = contact.to_string();
     let store = &req.server.storage().roster;
-    let item = store
-        .roster_item(domain, node, &contact_str)
-        .await
-        .map_err(storage_error)?;
-    let pending_in = store
-        .remove_pending_in(domain, node, &contact_str)
-        .await
-        .map_err(storage_error)?;
+    let (item, pending_in) = {
+        let _guard = lock_account(user).await;
+        let item = store
+            .roster_item(domain, node, &contact_str)
+            .await
+            .map_err(storage_error)?;
+        let pending_in = store
+            .remove_pending_in(domain, node, &contact_str)
+            .await
+            .map_err(storage_error)?;
+        if item.is_some() {
+            remove_and_push(&req.server, user, &contact_str).await?;
+        }
+        (item, pending_in)
+    };
     let Some(item) = item else {
         if pending_in {
             send_presence(&req.server, user, contact, "unsubscribed").await;
@@ -296,7 +318,6 @@ async fn remove(req: &IqRequest, user: &BareJid, contact: &BareJid) -> IqResult 
         }
         return Err(StanzaError::new(StanzaErrorCondition::ItemNotFound));
     };
-    remove_and_push(&req.server, user, &contact_str).await?;
     let to = matches!(item.subscription, Subscription::To | Subscription::Both);
     let from = matches!(item.subscription, Subscription::From | Subscription::Both);
     if to || item.ask {

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Turns a bench/run.sh results directory (meta.json, raw.jsonl) into a Markdown table:
+one row per figure, per server the median over repetitions with the min-max spread, and
+each other server's median divided by Rookery's.
+
+    python3 bench/report.py bench/results/DATE
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+SERVERS = ["rookery", "ejabberd", "prosody"]
+NAMES = {"rookery": "Rookery", "ejabberd": "ejabberd", "prosody": "Prosody"}
+
+
+def get(d, *path):
+    for p in path:
+        if d is None:
+            return None
+        if isinstance(p, int):
+            d = d[p] if isinstance(d, list) and len(d) > p else None
+        else:
+            d = d.get(p) if isinstance(d, dict) else None
+    return d
+
+
+def idle_kib(rec):
+    runs = [r for r in rec.get("runs") or [] if r]
+    est = sum(get(r, "results", "established") or 0 for r in runs)
+    before = get(rec, "proc", "rss_kib_before")
+    held = get(rec, "proc", "rss_kib_held")
+    if not est or before is None or held is None:
+        return None
+    return (held - before) / est
+
+
+def idle_sessions(rec):
+    runs = [r for r in rec.get("runs") or [] if r]
+    return sum(get(r, "results", "established") or 0 for r in runs) or None
+
+
+def per_core(rec):
+    cpu = get(rec, "run", "results", "server_cpu_s_per_100k")
+    return 100000 / cpu if cpu else None
+
+
+def rate_latency(q):
+    return lambda rec: get(rec, "run", "results", "latency_ms", q)
+
+
+def fanout(field):
+    def f(rec):
+        if get(rec, "run", "results", "supported") is False:
+            return "unsupported"
+        return field(rec)
+
+    return f
+
+
+# (section, label, scenario, extractor, format, better)
+ROWS = [
+    ("Login storm, SCRAM-SHA-1 over STARTTLS", "logins/s", "login",
+     lambda r: get(r, "run", "results", "logins_per_s"), "{:.0f}", "higher"),
+    ("", "server CPU ms per login (incl. logout)", "login",
+     lambda r: get(r, "run", "results", "server_cpu_ms_per_login"), "{:.2f}", "lower"),
+    ("", "login latency p99, ms", "login",
+     lambda r: get(r, "run", "results", "latency_ms", "p99"), "{:.1f}", "lower"),
+    ("Login storm, PLAIN over STARTTLS", "logins/s", "login-plain",
+     lambda r: get(r, "run", "results", "logins_per_s"), "{:.0f}", "higher"),
+    ("", "server CPU ms per login (incl. logout)", "login-plain",
+     lambda r: get(r, "run", "results", "server_cpu_ms_per_login"), "{:.2f}", "lower"),
+    ("Idle authenticated sessions (TLS)", "sessions held", "idle", idle_sessions, "{:.0f}", "higher"),
+    ("", "server KiB per session (RSS)", "idle", idle_kib, "{:.1f}", "lower"),
+    ("One-to-one messages, flat out", "delivered msg/s", "messages",
+     lambda r: get(r, "run", "results", "msgs_per_s"), "{:.0f}", "higher"),
+    ("", "server CPU s per 100k msgs", "messages",
+     lambda r: get(r, "run", "results", "server_cpu_s_per_100k"), "{:.2f}", "lower"),
+    ("", "msgs per server CPU-second", "messages", per_core, "{:.0f}", "higher"),
+    ("", "server CPU use (of its 1 core)", "messages",
+     lambda r: get(r, "run", "server", "cpu_util"), "{:.2f}", ""),
+    ("", "generator CPU use (of its 1 core)", "messages",
+     lambda r: get(r, "run", "generator", "measured_phase", "cpu_util"), "{:.2f}", ""),
+    ("", "lost + out of order", "messages",
+     lambda r: (get(r, "run", "results", "lost") or 0) + (get(r, "run", "results", "out_of_order") or 0)
+     if get(r, "run", "results") else None, "{:.0f}", "lower"),
+    ("Fixed rate (latency)", "achieved msg/s", "rate",
+     lambda r: get(r, "run", "results", "achieved_msgs_per_s"), "{:.0f}", ""),
+    ("", "latency p50, ms", "rate", rate_latency("p50"), "{:.3f}", "lower"),
+    ("", "latency p90, ms", "rate", rate_latency("p90"), "{:.3f}", "lower"),
+    ("", "latency p99, ms", "rate", rate_latency("p99"), "{:.3f}", "lower"),
+    ("", "latency p99.9, ms", "rate", rate_latency("p999"), "{:.3f}", "lower"),
+    ("", "latency max, ms", "rate", rate_latency("max"), "{:.2f}", "lower"),
+    ("", "lost + out of order", "rate",
+     lambda r: (get(r, "run", "results", "lost") or 0) + (get(r, "run", "results", "out_of_order") or 0)
+     if get(r, "run", "results") else None, "{:.0f}", "lower"),
+    ("Presence fan-out", "time until all contacts have it, p50 of changes, ms", "fanout",
+     fanout(lambda r: get(r, "run", "results", "completion_ms", "p50")), "{:.2f}", "lower"),
+    ("", "same, slowest change, ms", "fanout",
+     fanout(lambda r: get(r, "run", "results", "completion_ms", "max")), "{:.2f}", "lower"),
+    ("", "server CPU ms per change", "fanout",
+     fanout(lambda r: get(r, "run", "results", "server_cpu_ms_per_change")), "{:.2f}", "lower"),
+]
+
+
+def fmt_cell(vals, f):
+    nums = [v for v in vals if isinstance(v, (int, float))]
+    if not nums:
+        if any(v == "unsupported" for v in vals):
+            return "not yet supported", None
+        return "—", None
+    med = statistics.median(nums)
+    cell = f.format(med)
+    if len(nums) > 1:
+        cell += f" ({f.format(min(nums))}–{f.format(max(nums))})"
+    return cell, med
+
+
+def main():
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    meta = json.loads((out / "meta.json").read_text())
+    recs = []
+    for line in (out / "raw.jsonl").read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    servers = [s for s in SERVERS if any(r["server"] == s for r in recs)]
+    others = [s for s in servers if s != "rookery"]
+    v = meta.get("versions", {})
+    print(f"Run {meta.get('date')} on {meta.get('nproc')} × {meta.get('cpu_model')} "
+          f"(kernel {meta.get('kernel')}); `{meta.get('command')}`")
+    print(f"Rookery {v.get('rookery')}, ejabberd {v.get('ejabberd')} (Erlang {v.get('erlang')}), "
+          f"Prosody {v.get('prosody')} (Lua {v.get('lua')}). Servers pinned to CPU 0, generator "
+          f"to CPU 1; autogroup nice {meta.get('priority')}; fixed-rate scenario under SCHED_FIFO: "
+          f"{'yes' if meta.get('realtime_rate') == 1 else 'no'}. Median (min–max) of "
+          f"{meta.get('reps')} repetition(s); ratio = server / Rookery.")
+    print()
+    cols = ["scenario", "figure"]
+    for s in servers:
+        cols.append(NAMES[s])
+        if s != "rookery" and "rookery" in servers:
+            cols.append(f"{NAMES[s]} / Rookery")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    section_seen = set()
+    for section, label, scen, fn, f, _better in ROWS:
+        if not any(r["scenario"] == scen for r in recs):
+            continue
+        cells = {}
+        for s in servers:
+            vals = []
+            for r in recs:
+                if r["server"] == s and r["scenario"] == scen:
+                    try:
+                        vals.append(fn(r))
+                    except (TypeError, ZeroDivisionError):
+                        vals.append(None)
+            cells[s] = fmt_cell(vals, f)
+        title = section if section and section not in section_seen else ""
+        if section:
+            section_seen.add(section)
+        row = [f"**{title}**" if title else "", label]
+        base = cells.get("rookery", (None, None))[1]
+        for s in servers:
+            row.append(cells[s][0])
+            if s != "rookery" and "rookery" in servers:
+                m = cells[s][1]
+                row.append(f"{m / base:.2f}" if m is not None and base else "—")
+        print("| " + " | ".join(row) + " |")
+
+    # Failures and conditions.
+    print()
+    loads = []
+    notes = []
+    for r in recs:
+        for k in ("loadavg_before", "loadavg_after"):
+            try:
+                loads.append(float(str(r.get(k, "")).split()[0]))
+            except (ValueError, IndexError):
+                pass
+        runs = r.get("runs") if "runs" in r else [r.get("run")]
+        for run in runs or []:
+            if run is None:
+                notes.append(f"{r['server']} {r['scenario']} #{r.get('rep')}: no output from the generator")
+                continue
+            if not run.get("ok") and r["scenario"] != "idle-warmup":
+                if get(run, "results", "supported") is False:
+                    notes.append(f"{r['server']} {r['scenario']}: not supported "
+                                 f"({get(run, 'results', 'reason')})")
+                    continue
+                errs = get(run, "errors", "by_kind") or {}
+                first = (get(run, "errors", "samples") or [""])[0]
+                notes.append(f"{r['server']} {r['scenario']} #{r.get('rep')}: errors {errs} {first}")
+    if loads:
+        print(f"Load average (1 min) seen during the runs: {min(loads):.2f}–{max(loads):.2f} "
+              f"on {meta.get('nproc')} CPUs (the benchmark's own processes included).")
+    seen = set()
+    for n in notes:
+        if n not in seen:
+            seen.add(n)
+            print(f"- {n}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+#!/usr/bin/env bash
+# Runs the same load scenarios against Rookery, ejabberd and Prosody on this machine and
+# prints a side-by-side Markdown table (medians, min–max spreads, ratio to Rookery).
+#
+#   bench/run.sh                   full run (well under 30 minutes on 2 cores)
+#   bench/run.sh --quick           small counts, one repetition (a few minutes)
+#   bench/run.sh --reps 5 --servers "rookery ejabberd" --scenarios "messages rate"
+#
+# Each server runs as its own process from a private configuration and data directory under
+# a temporary directory, on its own loopback ports, pinned to CPU 0; the load generator
+# (crates/loadgen, `rookery-load`) is pinned to CPU 1. The system ejabberd and Prosody
+# services are never used: if installing the packages started them, they are stopped.
+# Needs root (apt-get, running ejabberd and Prosody as their own users), Rust, Python 3.
+#
+# Output: the table on stdout and in OUT/table.md, raw JSON lines (one per generator run,
+# wrapped with the server's /proc figures) in OUT/raw.jsonl, logs in OUT/logs/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+TEMPLATES="$BENCH/templates"
+
+# ---- Parameters (environment variables override the defaults; --quick lowers them) -------
+REPS="${REPS:-3}"
+SERVERS="${SERVERS:-rookery ejabberd prosody}"
+SCENARIOS="${SCENARIOS:-login login-plain idle messages rate fanout}"
+DOMAIN="${DOMAIN:-localhost}"
+LOGIN_COUNT="${LOGIN_COUNT:-3000}"       # logins per login run
+LOGIN_USERS="${LOGIN_USERS:-1000}"       # accounts the logins cycle through
+LOGIN_CONC="${LOGIN_CONC:-50}"
+IDLE_COUNT="${IDLE_COUNT:-19000}"        # sessions held (the server may hold 20,000 files)
+IDLE_PROCS="${IDLE_PROCS:-2}"            # generator processes sharing them (own file limits)
+IDLE_REPS="${IDLE_REPS:-1}"
+MSG_PAIRS="${MSG_PAIRS:-500}"
+MSG_DURATION="${MSG_DURATION:-10}"
+MSG_WINDOW="${MSG_WINDOW:-16}"
+RATE="${RATE:-2000}"
+RATE_PAIRS="${RATE_PAIRS:-100}"
+RATE_DURATION="${RATE_DURATION:-10}"
+FANOUT_CONTACTS="${FANOUT_CONTACTS:-1000}"
+FANOUT_REPEATS="${FANOUT_REPEATS:-50}"
+FANOUT_BASE="${FANOUT_BASE:-100000}"     # fan-out accounts are numbered from here
+PRIORITY="${PRIORITY:--10}"              # autogroup nice of the benchmark processes
+REALTIME="${REALTIME:-1}"                # rate scenario under SCHED_FIFO (see below)
+INSTALL=1
+KEEP=0
+OUT=""
+QUICK=0
+
+usage() {
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    cat <<EOF
+Options:
+  --quick               small counts, 1 repetition
+  --reps N              repetitions per scenario and server (default $REPS)
+  --servers "LIST"      among: rookery ejabberd prosody
+  --scenarios "LIST"    among: login login-plain idle messages rate fanout
+  --out DIR             results directory (default bench/results/DATE)
+  --no-install          do not apt-get install missing servers (skip them instead)
+  --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
+  --no-realtime         run the latency (rate) scenario without SCHED_FIFO
+  --keep                keep the temporary server directories
+Counts come from environment variables: LOGIN_COUNT LOGIN_USERS LOGIN_CONC IDLE_COUNT
+IDLE_PROCS IDLE_REPS MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
+FANOUT_CONTACTS FANOUT_REPEATS (see the top of this script for defaults).
+EOF
+}
+
+ARGS_GIVEN="$*"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1; shift ;;
+        --reps) REPS="$2"; IDLE_REPS="$2"; shift 2 ;;
+        --servers) SERVERS="$2"; shift 2 ;;
+        --scenarios) SCENARIOS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --no-install) INSTALL=0; shift ;;
+        --no-priority) PRIORITY=""; shift ;;
+        --no-realtime) REALTIME=0; shift ;;
+        --keep) KEEP=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    REPS=1; IDLE_REPS=1
+    LOGIN_COUNT=1000; LOGIN_USERS=300
+    IDLE_COUNT=2000; IDLE_PROCS=1
+    MSG_PAIRS=100; MSG_DURATION=5
+    RATE_PAIRS=50; RATE_DURATION=5
+    FANOUT_CONTACTS=200; FANOUT_REPEATS=20
+fi
+
+[[ $(id -u) == 0 ]] || { echo "run.sh needs root (apt-get, private ejabberd/Prosody instances)" >&2; exit 2; }
+for tool in taskset openssl python3 cargo getconf; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 2; }
+done
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="${OUT:-$BENCH/results/$STAMP}"
+mkdir -p "$OUT/logs"
+RAW="$OUT/raw.jsonl"
+: >"$RAW"
+WORK="$(mktemp -d /tmp/rookery-bench.XXXXXX)"
+chmod 755 "$WORK"
+CLK_TCK="$(getconf CLK_TCK)"
+SERVER_PID=""
+SERVER_NAME=""
+GEN_PIDS=()
+GEN_PREFIX=()
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---- Priority: the machine may be shared; give the benchmark's session more CPU weight -----
+OLD_AUTOGROUP_NICE=""
+if [[ -n "$PRIORITY" && -w /proc/$$/autogroup ]]; then
+    OLD_AUTOGROUP_NICE="$(awk '{print $3}' /proc/$$/autogroup)"
+    echo "$PRIORITY" >/proc/$$/autogroup 2>/dev/null || OLD_AUTOGROUP_NICE=""
+fi
+
+cleanup() {
+    local rc=$?
+    for p in "${GEN_PIDS[@]:-}"; do
+        [[ -n "$p" ]] && kill "$p" 2>/dev/null || true
+    done
+    stop_server || true
+    if [[ -n "$OLD_AUTOGROUP_NICE" ]]; then
+        echo "$OLD_AUTOGROUP_NICE" >/proc/$$/autogroup 2>/dev/null || true
+    fi
+    if [[ $KEEP == 0 ]]; then rm -rf "$WORK"; else log "kept $WORK"; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'echo "run.sh: command failed at line $LINENO" >&2' ERR
+trap 'exit 130' INT TERM
+
+# ---- Installation --------------------------------------------------------------------------
+service_running() { # name
+    case "$1" in
+        ejabberd) ejabberdctl status >/dev/null 2>&1 ;;
+        prosody) [[ -f /run/prosody/prosody.pid ]] && kill -0 "$(cat /run/prosody/prosody.pid)" 2>/dev/null ;;
+    esac
+}
+
+install_servers() {
+    local missing=()
+    [[ " $SERVERS " == *" ejabberd "* ]] && ! command -v ejabberdctl >/dev/null && missing+=(ejabberd)
+    [[ " $SERVERS " == *" prosody "* ]] && ! command -v prosody >/dev/null && missing+=(prosody)
+    [[ ${#missing[@]} == 0 ]] && return 0
+    if [[ $INSTALL == 0 ]]; then
+        log "not installed: ${missing[*]} (skipped, --no-install)"
+        for m in "${missing[@]}"; do SERVERS="${SERVERS//$m/}"; done
+        return 0
+    fi
+    log "installing ${missing[*]} from Debian"
+    # Keep the packages from starting their system services (Debian's policy-rc.d protocol).
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; made_policy=1
+    fi
+    apt-get update >"$OUT/logs/apt.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >>"$OUT/logs/apt.log" 2>&1
+    [[ $made_policy == 1 ]] && rm -f "$policy"
+    for m in "${missing[@]}"; do
+        if service_running "$m"; then
+            log "the $m package started its system service: stopping it"
+            service "$m" stop >>"$OUT/logs/apt.log" 2>&1 || true
+        fi
+    done
+}
+
+# ---- Build -----------------------------------------------------------------------------------
+build() {
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    log "building rookery and rookery-load (release) into $CARGO_TARGET_DIR"
+    (cd "$ROOT" && cargo build --release -p rookery -p rookery-loadgen) >"$OUT/logs/build.log" 2>&1 \
+        || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
+    ROOKERY_BIN="$CARGO_TARGET_DIR/release/rookery"
+    LOADGEN="$CARGO_TARGET_DIR/release/rookery-load"
+}
+
+# ---- Servers ---------------------------------------------------------------------------------
+# Ports: Rookery 15222/15223, ejabberd 25222/25223 (+25299 Erlang distribution),
+# Prosody 35222/35223. Port numbers are checked free before each start.
+port_of() { case "$1" in rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; esac; }
+EJ_NODE="rkbench$$@localhost"
+EJ_DIST_PORT=25299
+
+render() { # template output DIR
+    sed -e "s|@DIR@|$3|g; s|@DOMAIN@|$DOMAIN|g; s|@CERT@|$WORK/cert.pem|g; s|@KEY@|$WORK/key.pem|g" \
+        -e "s|@CERTFILE@|$WORK/server.pem|g; s|@NODE@|$EJ_NODE|g; s|@DIST_PORT@|$EJ_DIST_PORT|g" \
+        -e "s|@ERL_WRAPPER@|$3/erl-wrapper|g; s|@PORT_C2S@|$PORT|g; s|@PORT_C2S_TLS@|$((PORT + 1))|g" \
+        "$TEMPLATES/$1" >"$2"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+prepare_servers() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj "/CN=$DOMAIN" \
+        -addext "subjectAltName=DNS:$DOMAIN" >/dev/null 2>&1
+    cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/server.pem"
+    chmod 644 "$WORK"/*.pem
+    local s PORT
+    for s in $SERVERS; do
+        PORT="$(port_of "$s")"
+        local d="$WORK/$s"
+        mkdir -p "$d"
+        case "$s" in
+            rookery)
+                render rookery.toml "$d/rookery.toml" "$d"
+                ;;
+            ejabberd)
+                mkdir -p "$d/conf" "$d/spool" "$d/logs"
+                render ejabberd.yml "$d/conf/ejabberd.yml" "$d"
+                render ejabberdctl.cfg "$d/conf/ejabberdctl.cfg" "$d"
+                : >"$d/conf/inetrc"
+                printf '#!/bin/sh\nulimit -n "$(ulimit -Hn)"\nexec /usr/bin/erl "$@"\n' >"$d/erl-wrapper"
+                printf '#!/bin/sh\nexec ejabberdctl --config-dir %s/conf --config %s/conf/ejabberd.yml --ctl-config %s/conf/ejabberdctl.cfg --logs %s/logs --spool %s/spool foreground\n' \
+                    "$d" "$d" "$d" "$d" "$d" >"$d/start.sh"
+                chmod 755 "$d/erl-wrapper" "$d/start.sh"
+                chown -R ejabberd: "$d"
+                ;;
+            prosody)
+                mkdir -p "$d/data" "$d/certs"
+                render prosody.cfg.lua "$d/prosody.cfg.lua" "$d"
+                chown -R prosody: "$d"
+                ;;
+        esac
+    done
+}
+
+ejabberdctl_() {
+    local d="$WORK/ejabberd"
+    ejabberdctl --config-dir "$d/conf" --config "$d/conf/ejabberd.yml" \
+        --ctl-config "$d/conf/ejabberdctl.cfg" --logs "$d/logs" --spool "$d/spool" "$@"
+}
+
+start_server() { # name
+    local s="$1" d="$WORK/$1" PORT
+    PORT="$(port_of "$s")"
+    for p in "$PORT" $((PORT + 1)); do
+        if port_open "$p"; then echo "port $p is in use: cannot start $s" >&2; return 1; fi
+    done
+    local logf="$OUT/logs/$s.log"
+    case "$s" in
+        rookery)
+            taskset -c 0 "$ROOKERY_BIN" serve --config "$d/rookery.toml" >>"$logf" 2>&1 &
+            SERVER_PID=$!
+            ;;
+        ejabberd)
+            taskset -c 0 "$d/start.sh" >>"$logf" 2>&1 &
+            ;;
+        prosody)
+            taskset -c 0 runuser -u prosody -- sh -c \
+                "ulimit -n \"\$(ulimit -Hn)\"; exec prosody --config '$d/prosody.cfg.lua'" >>"$logf" 2>&1 &
+            ;;
+    esac
+    SERVER_NAME="$s"
+    local i
+    for i in $(seq 1 120); do
+        case "$s" in
+            ejabberd) SERVER_PID="$(pgrep -f "beam.smp.*-sname $EJ_NODE" | head -1 || true)" ;;
+            prosody) SERVER_PID="$(pgrep -f "^lua[0-9.]* /usr/bin/prosody --config $d/prosody.cfg.lua" | head -1 || true)" ;;
+        esac
+        if [[ -n "$SERVER_PID" ]] && port_open "$PORT" && port_open $((PORT + 1)); then
+            break
+        fi
+        sleep 0.5
+    done
+    if [[ -z "$SERVER_PID" ]] || ! port_open "$PORT"; then
+        echo "$s did not start (see $logf)" >&2
+        return 1
+    fi
+    if [[ -n "$PRIORITY" ]]; then echo "$PRIORITY" >"/proc/$SERVER_PID/autogroup" 2>/dev/null || true; fi
+    log "$s started (pid $SERVER_PID, ports $PORT/$((PORT + 1)))"
+}
+
+stop_server() {
+    [[ -z "$SERVER_PID" ]] && return 0
+    local pid="$SERVER_PID" s="$SERVER_NAME"
+    SERVER_PID=""
+    if [[ "$s" == ejabberd ]]; then
+        ejabberdctl_ stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    else
+        kill "$pid" 2>/dev/null || true
+    fi
+    local i
+    for i in $(seq 1 60); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.5
+    done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+proc_cpu() { # pid -> CPU seconds (utime + stime)
+    awk -v tck="$CLK_TCK" '{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.2f", (f[12] + f[13]) / tck }' \
+        "/proc/$1/stat" 2>/dev/null || echo null
+}
+proc_rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo null; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# ---- Accounts --------------------------------------------------------------------------------
+# Accounts user0..: the login, idle, messages and rate scenarios; userFANOUT_BASE..: the
+# fan-out owner and contacts (their rosters stay out of the other scenarios).
+ACCOUNTS_MAIN=$LOGIN_USERS
+for n in $((2 * MSG_PAIRS)) $((2 * RATE_PAIRS)) $([[ " $SCENARIOS " == *" idle "* ]] && echo "$IDLE_COUNT"); do
+    if (( n > ACCOUNTS_MAIN )); then ACCOUNTS_MAIN=$n; fi
+done
+ACCOUNTS_FANOUT=0
+[[ " $SCENARIOS " == *" fanout "* ]] && ACCOUNTS_FANOUT=$((FANOUT_CONTACTS + 1))
+
+create_accounts() { # server (running)
+    local s="$1" PORT
+    PORT="$(port_of "$s")"
+    local t0=$SECONDS
+    case "$s" in
+        rookery)
+            # One `rookery user add` per account (each derives SCRAM-SHA-1/256/512 records),
+            # four at a time.
+            {
+                seq 0 $((ACCOUNTS_MAIN - 1))
+                if [[ $ACCOUNTS_FANOUT -gt 0 ]]; then
+                    seq "$FANOUT_BASE" $((FANOUT_BASE + ACCOUNTS_FANOUT - 1))
+                fi
+            } |
+                xargs -P 4 -I{} "$ROOKERY_BIN" user add "user{}@$DOMAIN" --password "pass{}" \
+                    --config "$WORK/rookery/rookery.toml" >/dev/null 2>>"$OUT/logs/accounts-rookery.log"
+            ;;
+        ejabberd|prosody)
+            # In-band registration from loopback (allowed by the bench configurations).
+            "$LOADGEN" --port "$PORT" --domain "$DOMAIN" --label "$s" register \
+                --first 0 --count "$ACCOUNTS_MAIN" --concurrency 16 >>"$OUT/logs/accounts-$s.json" \
+                2>>"$OUT/logs/accounts-$s.log"
+            if [[ $ACCOUNTS_FANOUT -gt 0 ]]; then
+                "$LOADGEN" --port "$PORT" --domain "$DOMAIN" --label "$s" register \
+                    --first "$FANOUT_BASE" --count "$ACCOUNTS_FANOUT" --concurrency 16 \
+                    >>"$OUT/logs/accounts-$s.json" 2>>"$OUT/logs/accounts-$s.log"
+            fi
+            ;;
+    esac
+    log "$s: $ACCOUNTS_MAIN + $ACCOUNTS_FANOUT accounts ready in $((SECONDS - t0)) s"
+}
+
+# ---- Running the generator -------------------------------------------------------------------
+# gen SERVER SCENARIO REP -- generator arguments: runs one pinned generator and appends its
+# JSON, wrapped with the server's /proc figures and the load average, to raw.jsonl.
+gen() {
+    local s="$1" scen="$2" rep="$3"; shift 4
+    local PORT out err cpu0 rss0 cpu1 rss1 la0 la1
+    PORT="$(port_of "$s")"
+    out="$WORK/gen.json"; err="$OUT/logs/gen-$s-$scen-$rep.log"
+    la0="$(loadavg)"; cpu0="$(proc_cpu "$SERVER_PID")"; rss0="$(proc_rss "$SERVER_PID")"
+    taskset -c 1 "${GEN_PREFIX[@]}" "$LOADGEN" --port "$PORT" --domain "$DOMAIN" \
+        --server-pid "$SERVER_PID" --label "$s" "$@" >"$out" 2>"$err" || true
+    cpu1="$(proc_cpu "$SERVER_PID")"; rss1="$(proc_rss "$SERVER_PID")"; la1="$(loadavg)"
+    [[ -s "$out" ]] || echo 'null' >"$out"
+    printf '{"server":"%s","scenario":"%s","rep":%s,"loadavg_before":"%s","loadavg_after":"%s","proc":{"cpu_s_before":%s,"cpu_s_after":%s,"rss_kib_before":%s,"rss_kib_after":%s},"run":%s}\n' \
+        "$s" "$scen" "$rep" "$la0" "$la1" "$cpu0" "$cpu1" "$rss0" "$rss1" "$(cat "$out")" >>"$RAW"
+    log "$s $scen #$rep: $(tail -1 "$err" | cut -c1-200)"
+}
+
+# idle: sessions split over IDLE_PROCS generator processes; the server's RSS is read here once
+# all of them report their sessions open.
+run_idle() {
+    local s="$1" rep="$2" PORT per i rss_base rss_held cpu0 la0
+    PORT="$(port_of "$s")"
+    per=$(( (IDLE_COUNT + IDLE_PROCS - 1) / IDLE_PROCS ))
+    rss_base="$(proc_rss "$SERVER_PID")"; cpu0="$(proc_cpu "$SERVER_PID")"; la0="$(loadavg)"
+    rm -f "$WORK"/idle-ready-* "$WORK/idle-release"
+    GEN_PIDS=()
+    for ((i = 0; i < IDLE_PROCS; i++)); do
+        local first=$((i * per)) count=$per
+        (( first + count > IDLE_COUNT )) && count=$((IDLE_COUNT - first))
+        taskset -c 1 "$LOADGEN" --port "$PORT" --domain "$DOMAIN" --server-pid "$SERVER_PID" \
+            --label "$s" idle --first "$first" --count "$count" --concurrency 100 --hold 900 \
+            --ready-file "$WORK/idle-ready-$i" --release-file "$WORK/idle-release" \
+            >"$WORK/idle-$i.json" 2>"$OUT/logs/gen-$s-idle-$rep-$i.log" &
+        GEN_PIDS+=($!)
+    done
+    local waited=0
+    while (( $(ls "$WORK"/idle-ready-* 2>/dev/null | wc -l) < IDLE_PROCS )) && (( waited < 1200 )); do
+        sleep 1; waited=$((waited + 1))
+    done
+    sleep 3 # let the last sessions' presence and pings settle
+    rss_held="$(proc_rss "$SERVER_PID")"
+    local gen_rss=0
+    for p in "${GEN_PIDS[@]}"; do gen_rss=$((gen_rss + $(proc_rss "$p" 2>/dev/null || echo 0))); done
+    touch "$WORK/idle-release"
+    for p in "${GEN_PIDS[@]}"; do wait "$p" || true; done
+    GEN_PIDS=()
+    local runs="[" sep=""
+    for ((i = 0; i < IDLE_PROCS; i++)); do
+        runs+="$sep$(cat "$WORK/idle-$i.json" 2>/dev/null || echo null)"; sep=","
+    done
+    runs+="]"
+    printf '{"server":"%s","scenario":"idle","rep":%s,"loadavg_before":"%s","loadavg_after":"%s","proc":{"cpu_s_before":%s,"cpu_s_after":%s,"rss_kib_before":%s,"rss_kib_held":%s},"generator_rss_kib_held":%s,"runs":%s}\n' \
+        "$s" "$rep" "$la0" "$(loadavg)" "$cpu0" "$(proc_cpu "$SERVER_PID")" "$rss_base" "$rss_held" "$gen_rss" "$runs" >>"$RAW"
+    log "$s idle #$rep: server RSS $rss_base -> $rss_held KiB with up to $IDLE_COUNT sessions"
+}
+
+run_scenario() { # server scenario
+    local s="$1" scen="$2" r
+    case "$scen" in
+        login|login-plain)
+            local mech=SCRAM-SHA-1
+            [[ $scen == login-plain ]] && mech=PLAIN
+            for ((r = 1; r <= REPS; r++)); do
+                # Each run starts with an untimed warm-up login per account (it also fills
+                # the generator's SCRAM key cache, which lives as long as the process).
+                gen "$s" "$scen" "$r" -- --mechanism "$mech" login --count "$LOGIN_COUNT" \
+                    --users "$LOGIN_USERS" --concurrency "$LOGIN_CONC"
+            done
+            ;;
+        idle)
+            # Warm the server (code loading, caches) so the baseline RSS is not a cold start.
+            gen "$s" idle-warmup 0 -- login --count 50 --users 50 --concurrency 10 --no-warmup
+            for ((r = 1; r <= IDLE_REPS; r++)); do run_idle "$s" "$r"; done
+            ;;
+        messages)
+            for ((r = 1; r <= REPS; r++)); do
+                gen "$s" messages "$r" -- messages --pairs "$MSG_PAIRS" --duration "$MSG_DURATION" \
+                    --window "$MSG_WINDOW" --warmup 2 --drain 20 --concurrency 50
+            done
+            ;;
+        rate)
+            # Latency at a low, fixed rate is dominated by scheduling delays when other work
+            # shares the machine. With REALTIME=1 the server (all its threads) and the
+            # generator run under SCHED_FIFO for this scenario only: they use a small
+            # fraction of a core here, and the kernel's RT throttling bounds them anyway.
+            if [[ $REALTIME == 1 ]] && chrt -a -f -p 10 "$SERVER_PID" >/dev/null 2>&1; then
+                GEN_PREFIX=(chrt -f 10)
+            fi
+            for ((r = 1; r <= REPS; r++)); do
+                gen "$s" rate "$r" -- rate --rate "$RATE" --pairs "$RATE_PAIRS" \
+                    --duration "$RATE_DURATION" --warmup 2 --drain 20 --concurrency 50
+            done
+            GEN_PREFIX=()
+            ;;
+        fanout)
+            for ((r = 1; r <= REPS; r++)); do
+                gen "$s" fanout "$r" -- fanout --first "$FANOUT_BASE" --contacts "$FANOUT_CONTACTS" \
+                    --repeats "$FANOUT_REPEATS" --interval-ms 100 --concurrency 50
+            done
+            ;;
+        *) echo "unknown scenario $scen" >&2; return 1 ;;
+    esac
+}
+
+# ---- Main ------------------------------------------------------------------------------------
+install_servers
+build
+prepare_servers
+
+versions() {
+    local v
+    printf '{"rookery":"%s",' "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)"
+    v="$(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo none)"; printf '"ejabberd":"%s",' "$v"
+    v="$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo none)"; printf '"prosody":"%s",' "$v"
+    v="$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo none)"; printf '"erlang":"%s",' "$v"
+    v="$(dpkg-query -W -f='${Version}' lua5.4 2>/dev/null || echo none)"; printf '"lua":"%s"}' "$v"
+}
+cat >"$OUT/meta.json" <<EOF
+{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","nproc":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')","kernel":"$(uname -r)","versions":$(versions),"command":"bench/run.sh $ARGS_GIVEN","quick":$QUICK,"reps":$REPS,"priority":"${PRIORITY:-none}","realtime_rate":$REALTIME,"params":{"login_count":$LOGIN_COUNT,"login_users":$LOGIN_USERS,"login_concurrency":$LOGIN_CONC,"idle_count":$IDLE_COUNT,"idle_procs":$IDLE_PROCS,"msg_pairs":$MSG_PAIRS,"msg_duration":$MSG_DURATION,"msg_window":$MSG_WINDOW,"rate":$RATE,"rate_pairs":$RATE_PAIRS,"rate_duration":$RATE_DURATION,"fanout_contacts":$FANOUT_CONTACTS,"fanout_repeats":$FANOUT_REPEATS}}
+EOF
+log "results in $OUT (servers: $SERVERS; scenarios: $SCENARIOS; reps: $REPS)"
+
+for s in $SERVERS; do
+    # Accounts are created once per server, then every scenario runs on a fresh start.
+    start_server "$s"
+    create_accounts "$s"
+    stop_server
+    for scen in $SCENARIOS; do
+        start_server "$s"
+        run_scenario "$s" "$scen"
+        stop_server
+    done
+done
+
+python3 "$BENCH/report.py" "$OUT" | tee "$OUT/table.md"
+log "table: $OUT/table.md; raw results: $RAW"

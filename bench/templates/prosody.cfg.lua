@@ -1,0 +1,71 @@
+-- Prosody 0.12 configuration for benchmarks. Generated into a private directory by
+-- bench/run.sh, which replaces the @...@ placeholders. Changes from Debian's
+-- /etc/prosody/prosody.cfg.lua are listed in BENCHMARKS.md ("Server configurations").
+
+admins = { }
+pidfile = "@DIR@/prosody.pid"
+data_path = "@DIR@/data"
+plugin_paths = { }
+
+-- The modules matching Rookery's (disco, ping, version, time, roster, presence, offline,
+-- vcard, private, last, blocking, register). Debian's default also loads mod_limits
+-- (c2s rate 10 kB/s), carbons, smacks, PEP, bookmarks, vcard4, csi_simple, invites,
+-- admin_adhoc/admin_shell, uptime and posix: not loaded here.
+modules_enabled = {
+	"roster";
+	"saslauth";
+	"tls";
+	"disco";
+	"ping";
+	"time";
+	"version";
+	"vcard_legacy";
+	"private";
+	"lastactivity";
+	"blocklist";
+	"register";
+}
+-- Autoloaded modules kept: presence, message, iq, offline, c2s. No federation.
+modules_disabled = { "s2s"; "s2s_auth_certs"; "dialback" }
+
+-- Listen on loopback only, on this instance's own ports.
+interfaces = { "127.0.0.1" }
+local_interfaces = { "127.0.0.1" }
+c2s_ports = { @PORT_C2S@ }
+c2s_direct_tls_ports = { @PORT_C2S_TLS@ }
+s2s_ports = { }
+component_ports = { }
+http_ports = { }
+https_ports = { }
+
+-- Default 128 pending connections; raised to match the others (1024).
+network_settings = {
+	tcp_backlog = 1024;
+}
+
+c2s_require_encryption = true
+s2s_require_encryption = true
+
+authentication = "internal_hashed"
+-- Default 10,000 PBKDF2 iterations for new accounts; 4096 like ejabberd and Rookery.
+default_iteration_count = 4096
+storage = "internal"
+
+-- In-band registration, used by the bench script to create the accounts. Loopback is on
+-- mod_register_limits' default allowlist, so registrations are not throttled.
+allow_registration = true
+
+log = {
+	{ levels = { min = "warn" }, to = "file", filename = "@DIR@/prosody.log" };
+}
+
+ssl = {
+	certificate = "@CERT@";
+	key = "@KEY@";
+}
+
+VirtualHost "@DOMAIN@"
+	ssl = {
+		certificate = "@CERT@";
+		key = "@KEY@";
+	}

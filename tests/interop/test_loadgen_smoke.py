@@ -1,0 +1,72 @@
+"""A tiny run of every rookery-load scenario against the real server, so the benchmark tool
+keeps working. This measures nothing: speeds are for bench/run.sh and BENCHMARKS.md."""
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+EXTERNAL = os.environ.get("ROOKERY_INTEROP_EXTERNAL")
+
+LOAD_BIN = Path(os.environ.get("ROOKERY_LOAD_BIN", Path(__file__).resolve().parents[2] / "target" / "debug" / "rookery-load"))
+
+pytestmark = pytest.mark.skipif(EXTERNAL, reason="drives its own rookery accounts")
+
+
+@pytest.fixture(scope="module")
+def accounts(server):
+    """Eight accounts named by a pattern, as the load generator expects."""
+    prefix = f"load{uuid.uuid4().hex[:6]}u"
+    for n in range(8):
+        res = server.user("add", f"{prefix}{n}@{server.domain}", "--password", f"pw{n}")
+        assert res.returncode == 0, res.stderr
+    return prefix
+
+
+def run_load(server, accounts, *args, timeout=60):
+    if not LOAD_BIN.exists():
+        pytest.fail(f"{LOAD_BIN} is missing: build the workspace first")
+    cmd = [
+        str(LOAD_BIN),
+        "--port", str(server.c2s_port),
+        "--domain", server.domain,
+        "--user-pattern", accounts + "{n}",
+        "--password-pattern", "pw{n}",
+        "--mechanism", "SCRAM-SHA-256",
+        *args,
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{cmd}\n{res.stderr[-3000:]}"
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["ok"], out
+    assert out["errors"]["total"] == 0, out["errors"]
+    return out["results"]
+
+
+def test_login(server, accounts):
+    r = run_load(server, accounts, "login", "--count", "8", "--concurrency", "4", "--users", "8")
+    assert r, r
+
+
+def test_messages_without_loss_or_reordering(server, accounts):
+    r = run_load(server, accounts, "messages", "--pairs", "2", "--duration", "1", "--warmup", "0", "--drain", "5")
+    assert r["lost"] == 0 and r["out_of_order"] == 0, r
+    assert r["received"] == r["sent"] > 0, r
+
+
+def test_rate_reports_latency(server, accounts):
+    r = run_load(server, accounts, "rate", "--pairs", "2", "--rate", "50", "--duration", "1", "--warmup", "0", "--drain", "5")
+    assert r["lost"] == 0 and r["latency_ms"]["count"] > 0, r
+
+
+def test_idle_sessions(server, accounts):
+    r = run_load(server, accounts, "idle", "--count", "4", "--hold", "1")
+    assert r, r
+
+
+def test_presence_fanout(server, accounts):
+    r = run_load(server, accounts, "fanout", "--contacts", "3", "--repeats", "2", "--interval-ms", "50")
+    assert r["changes_complete"] == 2 and r["changes_incomplete"] == 0, r
