@@ -155,6 +155,12 @@ def test_unserved_host_on_direct_tls(server, raw):
 # -- invalid-from -------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def spoof_pair(server):
+    """Two accounts shared by the spoofing cases (each case uses a new stream)."""
+    return server.add_user("alice"), server.add_user("bob")
+
+
 @pytest.mark.parametrize(
     "spoofed",
     [
@@ -164,11 +170,25 @@ def test_unserved_host_on_direct_tls(server, raw):
         pytest.param(lambda bob, domain: "someone@elsewhere.example/x", id="other-domain"),
     ],
 )
-def test_spoofed_from_is_invalid_from(server, raw, alice, bob, spoofed):
+@pytest.mark.parametrize(
+    "stanza",
+    [
+        pytest.param(
+            "<message from='{fake}' to='{to}' type='chat' id='spoof'><body>it is me</body></message>", id="message"
+        ),
+        pytest.param("<presence from='{fake}'/>", id="presence-broadcast"),
+        pytest.param("<presence from='{fake}' to='{to}' type='subscribed'/>", id="presence-directed"),
+        pytest.param(f"<iq from='{{fake}}' to='{{to}}' type='get' id='spoof'><ping xmlns='{PING_NS}'/></iq>", id="iq"),
+    ],
+)
+def test_spoofed_from_is_invalid_from(server, raw, spoof_pair, spoofed, stanza):
+    """Every stanza kind, with another user's full and bare JID, the server's domain and a
+    remote domain as 'from': invalid-from."""
+    alice, bob = spoof_pair
     stream = raw()
     stream.login(alice)
     fake = spoofed(bob, server.domain)
-    stream.send(f"<message from='{fake}' to='{bob.jid}' type='chat' id='spoof'><body>it is me</body></message>")
+    stream.send(stanza.format(fake=fake, to=bob.jid))
     expect_stream_error(stream, "invalid-from")
 
 

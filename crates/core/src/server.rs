@@ -93,10 +93,13 @@ impl Server {
         mut stanza: Element,
     ) -> Result<Element, StreamErrorCondition> {
         if StanzaKind::of(&stanza).is_none() {
-            return Err(if stanza.ns() == ns::CLIENT {
-                StreamErrorCondition::UnsupportedStanzaType
-            } else {
+            // A server-to-server stanza on a client stream is the wrong content namespace;
+            // anything else unknown at the top level is an unsupported stanza type
+            // (RFC 6120 §4.9.3.10, §4.9.3.22).
+            return Err(if stanza.ns() == ns::SERVER {
                 StreamErrorCondition::InvalidNamespace
+            } else {
+                StreamErrorCondition::UnsupportedStanzaType
             });
         }
         if let Some(from) = stanza.attr("from") {

@@ -65,10 +65,18 @@ impl Drop for ConnectionPermit {
 
 /// Failed SASL attempts, by source address and by account. Each failure doubles the delay
 /// before the next failure answer (from 250 ms up to 8 s); both counts decay after a quiet
-/// period. The delay only holds back that connection's answer, so a guesser is slowed while
-/// the real user, from another address and with the right password, is not locked out.
+/// period. Answers for one key are also queued one after another, so opening many
+/// connections in parallel doesn't multiply a guesser's rate. Only failures wait: the real
+/// user, from another address and with the right password, is not locked out.
 pub struct AuthThrottle {
-    entries: Mutex<HashMap<String, (u32, Instant)>>,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+struct Entry {
+    failures: u32,
+    last: Instant,
+    /// When the last queued failure answer for this key goes out.
+    next_slot: Instant,
 }
 
 const FORGET_AFTER: Duration = Duration::from_secs(600);
@@ -88,23 +96,28 @@ impl AuthThrottle {
         let now = Instant::now();
         let mut map = self.entries.lock();
         if map.len() > MAX_ENTRIES {
-            map.retain(|_, (_, t)| now.duration_since(*t) < FORGET_AFTER);
+            map.retain(|_, e| now.duration_since(e.last) < FORGET_AFTER);
         }
-        let mut worst = 0;
         let keys = [
             Some(format!("ip:{ip}")),
             account.map(|a| format!("user:{a}")),
         ];
+        let mut answer_at = now;
         for key in keys.into_iter().flatten() {
-            let e = map.entry(key).or_insert((0, now));
-            if now.duration_since(e.1) >= FORGET_AFTER {
-                e.0 = 0;
+            let e = map.entry(key).or_insert(Entry {
+                failures: 0,
+                last: now,
+                next_slot: now,
+            });
+            if now.duration_since(e.last) >= FORGET_AFTER {
+                e.failures = 0;
             }
-            e.0 = e.0.saturating_add(1);
-            e.1 = now;
-            worst = worst.max(e.0);
+            e.failures = e.failures.saturating_add(1);
+            e.last = now;
+            e.next_slot = e.next_slot.max(now) + Self::delay(e.failures);
+            answer_at = answer_at.max(e.next_slot);
         }
-        Self::delay(worst)
+        answer_at.duration_since(now)
     }
 
     /// A success clears the address's record (not the account's: the guesser may be elsewhere).
@@ -203,6 +216,16 @@ mod tests {
     }
 
     #[test]
+    fn parallel_failures_are_queued_not_multiplied() {
+        let t = AuthThrottle::default();
+        let ip: IpAddr = "10.0.0.9".parse().expect("ip");
+        // Twenty failures at once: each answer waits for the ones before it.
+        let waits: Vec<_> = (0..20).map(|_| t.failure(ip, None)).collect();
+        assert!(waits.windows(2).all(|w| w[1] > w[0]), "{waits:?}");
+        assert!(waits[19] > Duration::from_secs(100), "{:?}", waits[19]);
+    }
+
+    #[test]
     fn token_bucket_allows_bursts_then_paces() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(100, 200);
@@ -230,12 +253,15 @@ mod tests {
         let t = AuthThrottle::default();
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
         let d: Vec<_> = (0..8).map(|_| t.failure(ip, Some("u@x"))).collect();
-        assert_eq!(d[0], Duration::from_millis(250));
-        assert_eq!(d[1], Duration::from_millis(500));
-        assert_eq!(d[7], Duration::from_secs(8));
-        // Another address guessing the same account is slowed too (per-account count).
+        // Each answer waits for the previous one, plus a delay that doubles up to 8 s.
+        let near = |a: Duration, ms: u64| a.as_millis().abs_diff(u128::from(ms)) < 20;
+        assert!(near(d[0], 250), "{d:?}");
+        assert!(near(d[1] - d[0], 500), "{d:?}");
+        assert!(near(d[7] - d[6], 8000), "{d:?}");
+        // Another address guessing the same account is slowed too (per-account count), and
+        // queued behind the answers already waiting for that account.
         let other: IpAddr = "10.0.0.2".parse().expect("ip");
-        assert_eq!(t.failure(other, Some("u@x")), Duration::from_secs(8));
+        assert!(t.failure(other, Some("u@x")) >= Duration::from_secs(8));
         t.success(ip);
         assert_eq!(t.failure(ip, None), Duration::from_millis(250));
     }

@@ -285,3 +285,54 @@ async fn read_until<R: AsyncRead + Unpin + ?Sized>(io: &mut R, seen: &mut String
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
 }
+
+impl RawClient {
+    /// A plain TCP connection from `source` (any loopback address such as 127.0.0.7), for
+    /// tests of per-address limits. Connection errors are returned, not asserted.
+    pub async fn plain_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+    ) -> std::io::Result<RawClient> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let tcp = socket.connect(addr).await?;
+        Ok(RawClient {
+            io: Box::new(tcp),
+            received: String::new(),
+            tls_exporter: None,
+            tls_version: None,
+        })
+    }
+
+    /// Reads whatever arrives within `wait`; returns it and whether the peer closed the
+    /// connection (end of file or an error) in that time.
+    pub async fn read_for(&mut self, wait: Duration) -> (String, bool) {
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
+                Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return (String::from_utf8_lossy(&got).into_owned(), true)
+                }
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Pings the server and waits for the answer; panics on an error or a timeout.
+    pub async fn ping(&mut self, id: &str) {
+        self.send(&format!(
+            "<iq type='get' id='{id}' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        let got = self.read_until(&format!("id=\"{id}\"")).await;
+        let at = got.find(&format!("id=\"{id}\"")).unwrap_or(0);
+        let tag_start = got[..at].rfind("<iq").unwrap_or(0);
+        assert!(
+            got[tag_start..].contains("type=\"result\""),
+            "ping {id} failed: {got}"
+        );
+    }
+}

@@ -448,13 +448,17 @@ pub async fn run(t: Arc<Target>, a: &FanoutArgs, server_pid: Option<u32>) -> Rep
             {
                 break;
             }
+            // A server answers for a user who already approved (so no request reaches the
+            // client): a batch also ends after 10 s without progress; the roster check below
+            // decides.
             loop {
                 let done = shared.subscribed_in.load(Ordering::SeqCst) >= target
                     && shared.approved.load(Ordering::SeqCst) >= target;
                 if done {
                     break;
                 }
-                let wait = tokio::time::timeout_at(until.into(), shared.progress.notified());
+                let stall = (Instant::now() + Duration::from_secs(10)).min(until);
+                let wait = tokio::time::timeout_at(stall.into(), shared.progress.notified());
                 if wait.await.is_err() {
                     break;
                 }
