@@ -181,7 +181,7 @@ impl Default for Limits {
             max_attributes: 64,
             max_attribute_bytes: 8 * 1024,
             unauthenticated_timeout_secs: 60,
-            session_send_queue: 1024,
+            session_send_queue: 8192,
             max_connections: 18_000,
             max_connections_per_ip: 18_000,
             max_auth_attempts: 5,
