@@ -2,7 +2,7 @@
 # Runs the same load scenarios against Rookery, ejabberd and Prosody on this machine and
 # prints a side-by-side Markdown table (medians, min–max spreads, ratio to Rookery).
 #
-#   bench/run.sh                   full run (well under 30 minutes on 2 cores)
+#   bench/run.sh                   full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick           small counts, one repetition (a few minutes)
 #   bench/run.sh --reps 5 --servers "rookery ejabberd" --scenarios "messages rate"
 #
@@ -25,7 +25,7 @@ REPS="${REPS:-3}"
 SERVERS="${SERVERS:-rookery ejabberd prosody}"
 SCENARIOS="${SCENARIOS:-login login-plain idle messages rate fanout}"
 DOMAIN="${DOMAIN:-localhost}"
-LOGIN_COUNT="${LOGIN_COUNT:-3000}"       # logins per login run
+LOGIN_COUNT="${LOGIN_COUNT:-2000}"       # logins per login run
 LOGIN_USERS="${LOGIN_USERS:-1000}"       # accounts the logins cycle through
 LOGIN_CONC="${LOGIN_CONC:-50}"
 IDLE_COUNT="${IDLE_COUNT:-19000}"        # sessions held (the server may hold 20,000 files)
