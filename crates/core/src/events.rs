@@ -73,3 +73,22 @@ pub struct UndeliverableMessage {
     pub to: BareJid,
     pub stanza: Element,
 }
+
+/// A `chat` or `normal` message was handed to sessions of a local account (after the
+/// [`LocalDelivery`] filters). `delivered_to` lists the sessions (ids) that got it, so a
+/// feature that copies messages to other resources (carbons) can skip those.
+#[derive(Debug, Clone)]
+pub struct MessageDelivered {
+    pub to: BareJid,
+    pub stanza: Element,
+    pub delivered_to: Vec<u64>,
+}
+
+/// A message was queued for a session whose connection is gone while stream management
+/// keeps the session for resumption (XEP-0198 §5): the client will not see it until it
+/// comes back. Push notifications (XEP-0357) hook this.
+#[derive(Clone)]
+pub struct HeldMessage {
+    pub session: Arc<SessionHandle>,
+    pub stanza: Element,
+}

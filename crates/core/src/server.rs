@@ -3,8 +3,8 @@
 
 use crate::config::Config;
 use crate::events::{
-    ClientStanza, InboundPresence, LocalDelivery, OutboundPresence, PresenceBroadcast,
-    UndeliverableMessage,
+    ClientStanza, InboundPresence, LocalDelivery, MessageDelivered, OutboundPresence,
+    PresenceBroadcast, UndeliverableMessage,
 };
 use crate::hooks::Flow;
 use crate::host::Host;
@@ -400,7 +400,13 @@ impl Server {
         match to.try_as_full() {
             Ok(full) => {
                 if let Some(session) = self.sessions.get(full) {
-                    let _ = session.deliver(stanza);
+                    let copy = self.wants_delivered(full.domain().as_str(), mtype, &stanza);
+                    if session.deliver(stanza).is_ok() {
+                        if let Some(stanza) = copy {
+                            self.delivered(full.to_bare(), stanza, vec![session.id()])
+                                .await;
+                        }
+                    }
                     return;
                 }
                 // §8.5.3.2.1: resource not online.
@@ -473,15 +479,75 @@ impl Server {
                     // Sessions are registered in binding order: the last is the newest.
                     targets.drain(..targets.len().saturating_sub(1));
                 }
+                let copy = self.wants_delivered(bare.domain().as_str(), mtype, &stanza);
+                let mut delivered = Vec::with_capacity(targets.len());
                 if let Some((last, rest)) = targets.split_last() {
                     for s in rest {
-                        let _ = s.deliver(stanza.clone());
+                        if s.deliver(stanza.clone()).is_ok() {
+                            delivered.push(s.id());
+                        }
                     }
-                    let _ = last.deliver(stanza);
+                    if last.deliver(stanza).is_ok() {
+                        delivered.push(last.id());
+                    }
+                }
+                if let Some(stanza) = copy {
+                    self.delivered(bare, stanza, delivered).await;
                 }
             }
             MessageType::Error => {}
         }
+    }
+
+    /// A copy of a chat/normal message for the [`MessageDelivered`] hook, only when some
+    /// module listens (the common path pays nothing).
+    fn wants_delivered(
+        &self,
+        domain: &str,
+        mtype: MessageType,
+        stanza: &Element,
+    ) -> Option<Element> {
+        if !matches!(mtype, MessageType::Normal | MessageType::Chat) {
+            return None;
+        }
+        let host = self.hosts.get(domain)?;
+        host.hooks()
+            .has_handlers::<MessageDelivered>()
+            .then(|| stanza.clone())
+    }
+
+    async fn delivered(self: &Arc<Self>, to: BareJid, stanza: Element, delivered_to: Vec<u64>) {
+        if let Some(host) = self.hosts.get(to.domain().as_str()).cloned() {
+            host.hooks()
+                .run(
+                    self,
+                    MessageDelivered {
+                        to,
+                        stanza,
+                        delivered_to,
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// Delivers again a message that a session accepted but never confirmed before it ended
+    /// (XEP-0198 §4, stream management without resumption): to the account's other available
+    /// resources, else the [`UndeliverableMessage`] hook (offline storage). The filters already
+    /// ran when it was first delivered, so they do not run again; the ended session must
+    /// already be unbound so it cannot get the message back.
+    pub async fn redeliver_message(self: &Arc<Self>, stanza: Element) {
+        let mtype = MessageType::of(&stanza);
+        if !matches!(mtype, MessageType::Normal | MessageType::Chat) {
+            return;
+        }
+        let Some(Ok(to)) = stanza.attr("to").map(parse_jid) else {
+            return;
+        };
+        if to.node().is_none() || !self.serves(to.domain().as_str()) {
+            return;
+        }
+        self.message_to_bare(to.to_bare(), mtype, stanza).await;
     }
 
     // ---- Presence (RFC 6121 §4, §8.5) -------------------------------------------------------
