@@ -180,10 +180,12 @@ def render_config(
     host: str = "127.0.0.1",
     extra_limits: dict[str, int] | None = None,
     host_extra: str = "",
+    extra_toml: str = "",
 ) -> str:
     """The server's TOML. ``extra_limits`` adds keys to ``[limits]`` (e.g.
     ``{"max_roster_items": 2}``); ``host_extra`` is TOML appended to the first host's
-    ``[[host]]`` block (keys, then sub-tables such as ``[host.contact]``)."""
+    ``[[host]]`` block (keys, then sub-tables such as ``[host.contact]``); ``extra_toml``
+    adds top-level tables (e.g. ``"[stream_management]\nresume_timeout_secs = 2"``)."""
     lines = [f"data_dir = {toml_str(data_dir)}", f"log_level = {toml_str(log_level)}", ""]
     if require_starttls is not None:
         lines += ["[tls]", f"require_starttls = {'true' if require_starttls else 'false'}", ""]
@@ -196,6 +198,8 @@ def render_config(
         limits.append(f"{key} = {int(value)}")
     if limits:
         lines += ["[limits]", *limits, ""]
+    if extra_toml:
+        lines += [extra_toml.strip(), ""]
     lines += [
         "[[listener]]",
         'kind = "c2s"',
@@ -570,6 +574,7 @@ async def connect_client(
     mech: str | None = None,
     direct_tls: bool = False,
     timeout: float = 15.0,
+    plugins: Iterable[str] = (),
 ) -> Client:
     """Connect and log in; return the client once the session has started.
 
@@ -579,6 +584,9 @@ async def connect_client(
     if the session does not start within ``timeout`` seconds.
     """
     client = Client(jid, password, cafile=server.cert_path, mech=mech)
+    # Registered before connecting, so plugins that act on stream features see them.
+    for plugin in plugins:
+        client.register_plugin(plugin)
     client.enable_plaintext = False
     client.enable_direct_tls = direct_tls
     client.enable_starttls = not direct_tls

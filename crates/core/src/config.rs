@@ -39,6 +39,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: Limits,
     pub messages: MessagesConfig,
+    pub stream_management: StreamManagementConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
@@ -54,6 +55,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             messages: MessagesConfig::default(),
+            stream_management: StreamManagementConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -114,6 +116,34 @@ impl Default for MessagesConfig {
     fn default() -> Self {
         Self {
             to_all_top_priority_resources: true,
+        }
+    }
+}
+
+/// Stream management (XEP-0198): acknowledgements and resumption after a dropped connection.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementConfig {
+    /// Offer stream management to clients.
+    pub enabled: bool,
+    /// How long a session whose connection dropped waits to be resumed, when the client does
+    /// not ask for less. Messages for it meanwhile are held (and trigger push notifications).
+    pub resume_timeout_secs: u64,
+    /// The longest resumption time a client may ask for with `max`.
+    pub max_resume_timeout_secs: u64,
+    /// Stanzas sent to a client and not yet acknowledged (plus those held while it is away)
+    /// before the session is ended and its messages handed to other resources or offline
+    /// storage.
+    pub max_unacked_stanzas: usize,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            resume_timeout_secs: 300,
+            max_resume_timeout_secs: 3600,
+            max_unacked_stanzas: 8192,
         }
     }
 }
@@ -409,7 +439,22 @@ impl Config {
                 l.rate_limit_grace_secs as usize,
             ),
         ];
-        for (key, v) in positive {
+        let sm = &self.stream_management;
+        let sm_positive = [
+            (
+                "stream_management.resume_timeout_secs",
+                sm.resume_timeout_secs as usize,
+            ),
+            (
+                "stream_management.max_resume_timeout_secs",
+                sm.max_resume_timeout_secs as usize,
+            ),
+            (
+                "stream_management.max_unacked_stanzas",
+                sm.max_unacked_stanzas,
+            ),
+        ];
+        for (key, v) in positive.into_iter().chain(sm_positive) {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
@@ -534,6 +579,7 @@ mod example_file {
             c.limits, d.limits,
             "the example documents the default limits"
         );
+        assert_eq!(c.stream_management, d.stream_management);
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
         assert_eq!(c.listeners.len(), d.listeners.len());

@@ -3,13 +3,15 @@
 //! session's queue to the socket. One task per connection; nothing here blocks another
 //! connection.
 
+use crate::csi::ClientState;
 use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter, TokenBucket};
+use crate::sm::{self, Detached, ResumeError, Resumptions, StreamState, TakeoverReceiver};
 use crate::tls::TlsContext;
 use crate::transport::Transport;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rookery_core::config::ListenerKind;
-use rookery_core::events::{SessionBound, SessionClosed};
+use rookery_core::events::SessionBound;
 use rookery_core::{Host, Outgoing, Server, SessionHandle, SessionInbox};
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
 use rookery_stanza::{
@@ -40,6 +42,8 @@ pub struct ListenerContext {
     pub kind: ListenerKind,
     pub throttle: Arc<AuthThrottle>,
     pub registrations: Arc<RegistrationLimiter>,
+    /// Sessions that can be resumed (XEP-0198), shared by every listener.
+    pub resumptions: Arc<Resumptions>,
 }
 
 /// How far the stream has come (RFC 6120 §4.3 negotiation order).
@@ -63,6 +67,10 @@ enum Close {
     Graceful,
     /// The socket is gone: nothing more can be written.
     Dropped,
+    /// Send this stream error with an application-specific condition element, then close.
+    ErrorWith(StreamErrorCondition, Element),
+    /// Another connection resumes this session (XEP-0198 §5): hand it over, then close.
+    TakenOver(sm::TakeoverRequest),
 }
 
 impl Close {
@@ -97,6 +105,12 @@ struct Connection {
     user: Option<BareJid>,
     session: Option<Arc<SessionHandle>>,
     inbox: Option<SessionInbox>,
+    /// Stream management, once the client enabled it or resumed.
+    sm: Option<StreamState>,
+    /// Where a resuming connection asks for this session (resumable sessions only).
+    takeover: Option<TakeoverReceiver>,
+    /// Client state indication (XEP-0352): what is held while the client is inactive.
+    csi: ClientState,
     /// Input pacing (bytes and stanzas per second).
     bytes_bucket: TokenBucket,
     stanzas_bucket: TokenBucket,
@@ -163,6 +177,9 @@ pub async fn run(
         user: None,
         session: None,
         inbox: None,
+        sm: None,
+        takeover: None,
+        csi: ClientState::default(),
         bytes_bucket,
         stanzas_bucket,
         throttled_since: None,
@@ -194,6 +211,14 @@ async fn handshake<T>(
 async fn next_outgoing(inbox: &mut Option<SessionInbox>) -> Option<Box<Outgoing>> {
     match inbox {
         Some(inbox) => inbox.stanzas.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for a resuming connection's request; pending forever when not resumable.
+async fn takeover_request(takeover: &mut Option<TakeoverReceiver>) -> Option<sm::TakeoverRequest> {
+    match takeover {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -244,26 +269,33 @@ impl Connection {
                 (cond, text) = kicked(&self.session) => {
                     return Close::Error(cond, Some(text));
                 }
+                req = takeover_request(&mut self.takeover) => {
+                    match req {
+                        Some(req) => return Close::TakenOver(req),
+                        None => self.takeover = None,
+                    }
+                }
                 first = next_outgoing(&mut self.inbox) => {
                     let Some(first) = first else { return Close::Dropped };
                     let mut receipts = Vec::new();
-                    let mut take = |o: Box<Outgoing>, out: &mut Vec<u8>| {
-                        o.stanza.write_to(out, ns::CLIENT);
-                        if let Some(r) = o.written {
-                            receipts.push(r);
+                    self.offer_outgoing(first, &mut receipts);
+                    for _ in 1..WRITE_BATCH {
+                        match self.inbox.as_mut().map(|i| i.stanzas.try_recv()) {
+                            Some(Ok(o)) => self.offer_outgoing(o, &mut receipts),
+                            _ => break,
                         }
-                    };
-                    take(first, &mut self.out);
-                    if let Some(inbox) = self.inbox.as_mut() {
-                        for _ in 1..WRITE_BATCH {
-                            match inbox.stanzas.try_recv() {
-                                Ok(o) => take(o, &mut self.out),
-                                Err(_) => break,
-                            }
-                        }
+                    }
+                    if self.sm.as_mut().is_some_and(StreamState::should_request) {
+                        self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
                     }
                     if self.flush().await.is_err() {
                         return Close::Dropped;
+                    }
+                    if self.sm.as_ref().is_some_and(|s| s.unacked_len() > self.server().config().stream_management.max_unacked_stanzas) {
+                        return Close::err_text(
+                            StreamErrorCondition::PolicyViolation,
+                            "too many stanzas left unacknowledged",
+                        );
                     }
                     for r in receipts {
                         let _ = r.send(());
@@ -376,9 +408,36 @@ impl Connection {
                 self.out
                     .extend_from_slice(b"</stream:error></stream:stream>");
             }
+            Close::ErrorWith(cond, app) => {
+                if !self.header_sent {
+                    self.write_header(None);
+                }
+                self.out.extend_from_slice(b"<stream:error>");
+                Element::new(cond.as_str(), ns::STREAM_ERRORS).write_to(&mut self.out, ns::STREAMS);
+                app.write_to(&mut self.out, ns::STREAMS);
+                self.out
+                    .extend_from_slice(b"</stream:error></stream:stream>");
+            }
             Close::Graceful => self.out.extend_from_slice(b"</stream:stream>"),
             Close::Dropped => {}
+            Close::TakenOver(_) => {}
         }
+        let close = match close {
+            Close::TakenOver(req) => {
+                // Hand the session over before spending any time on this dead connection.
+                self.hand_over(req);
+                let err = StreamErrorCondition::Conflict
+                    .to_element(Some("the session was resumed on another connection"));
+                self.out.extend_from_slice(b"<stream:error>");
+                for child in err.children() {
+                    child.write_to(&mut self.out, ns::STREAMS);
+                }
+                self.out
+                    .extend_from_slice(b"</stream:error></stream:stream>");
+                Close::Graceful
+            }
+            other => other,
+        };
         if !matches!(close, Close::Dropped) {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 let _ = self.flush().await;
@@ -388,21 +447,109 @@ impl Connection {
             })
             .await;
         }
-        self.inbox = None;
-        if let Some(handle) = self.session.take() {
-            let was_available = handle.priority().is_some();
-            if self.server().sessions().unbind(&handle) {
-                if let Some(host) = self.host.clone() {
-                    let event = SessionClosed {
-                        session: handle.clone(),
-                        was_available,
+        if let (Some(handle), Some(host)) = (self.session.take(), self.host.clone()) {
+            let resumable = matches!(close, Close::Dropped)
+                && self.takeover.is_some()
+                && self.sm.as_ref().is_some_and(|s| s.id.is_some());
+            match (
+                resumable,
+                self.inbox.take(),
+                self.sm.take(),
+                self.takeover.take(),
+            ) {
+                (true, Some(inbox), Some(mut state), Some(takeover)) => {
+                    state.connection_changed();
+                    let detached = Detached {
+                        handle,
+                        inbox,
+                        state,
+                        takeover,
+                        host,
+                        held: self.csi.take_all().into(),
                     };
-                    host.hooks().run(self.server(), event).await;
+                    let server = self.server().clone();
+                    let resumptions = self.ctx.resumptions.clone();
+                    server
+                        .tasks()
+                        .spawn(sm::park(server.clone(), resumptions, detached));
+                }
+                (_, mut inbox, mut state, _) => {
+                    let held = self.csi.take_all().into();
+                    sm::end_session(
+                        self.server(),
+                        &self.ctx.resumptions,
+                        &host,
+                        &handle,
+                        inbox.as_mut(),
+                        state.as_mut(),
+                        held,
+                    )
+                    .await;
                 }
             }
-            tracing::info!(jid = %handle.jid(), "session ended");
         }
         tracing::debug!(peer = %self.peer, "connection closed");
+    }
+
+    /// Gives this connection's session to a resuming connection (the other end of `req`).
+    fn hand_over(&mut self, req: sm::TakeoverRequest) {
+        let parts = (
+            self.session.take(),
+            self.inbox.take(),
+            self.sm.take(),
+            self.takeover.take(),
+            self.host.clone(),
+        );
+        if let (Some(handle), Some(inbox), Some(mut state), Some(takeover), Some(host)) = parts {
+            state.connection_changed();
+            let _ = req.send(Detached {
+                handle,
+                inbox,
+                state,
+                takeover,
+                host,
+                held: self.csi.take_all().into(),
+            });
+        }
+    }
+
+    /// Writes a queued stanza now, or holds it while the client is inactive (XEP-0352).
+    fn offer_outgoing(
+        &mut self,
+        o: Box<Outgoing>,
+        receipts: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        if !self.csi.is_inactive() {
+            return self.write_outgoing(*o, receipts);
+        }
+        for o in self.csi.offer(o) {
+            self.write_outgoing(*o, receipts);
+        }
+    }
+
+    /// Serialises one queued stanza; under stream management it joins the unacknowledged
+    /// queue (its receipt resolves on the client's ack), otherwise its receipt resolves after
+    /// the flush.
+    fn write_outgoing(
+        &mut self,
+        o: Outgoing,
+        receipts: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        let Outgoing { stanza, written } = o;
+        stanza.write_to(&mut self.out, ns::CLIENT);
+        match self.sm.as_mut() {
+            Some(sm) => sm.sent(stanza, written),
+            None => receipts.extend(written),
+        }
+    }
+
+    /// Writes a stanza this connection answers itself once bound (counted by stream
+    /// management like any other).
+    fn write_stanza(&mut self, stanza: Element) {
+        stanza.write_to(&mut self.out, ns::CLIENT);
+        if let Some(sm) = self.sm.as_mut() {
+            sm.sent(stanza, None);
+        }
     }
 
     fn write_header(&mut self, to: Option<&str>) {
@@ -565,6 +712,10 @@ impl Connection {
             }
             Stage::Authenticated | Stage::Bound => {
                 out.push(Element::new("bind", ns::BIND));
+                if self.server().config().stream_management.enabled {
+                    out.push(Element::new("sm", sm::NS));
+                }
+                out.push(Element::new("csi", crate::csi::NS));
                 // RFC 6121 Appendix E: kept for old clients, marked optional.
                 out.push(
                     Element::new("session", ns::SESSION)
@@ -609,6 +760,32 @@ impl Connection {
                 Ok(Next::Continue)
             }
             (Stage::Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el).await,
+            (Stage::Authenticated | Stage::Bound, sm::NS, _) => {
+                self.on_sm(el).await.map(|()| Next::Continue)
+            }
+            (Stage::Bound, crate::csi::NS, "inactive") => {
+                self.csi.set_inactive();
+                Ok(Next::Continue)
+            }
+            (Stage::Bound, crate::csi::NS, "active") => {
+                // §5: everything held is on the wire before anything the client sends next
+                // is processed (the read loop flushes before reading on).
+                let mut receipts = Vec::new();
+                for o in self.csi.set_active() {
+                    self.write_outgoing(*o, &mut receipts);
+                }
+                if self.sm.as_mut().is_some_and(StreamState::should_request) {
+                    self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
+                }
+                if self.flush().await.is_err() {
+                    return Err(Close::Dropped);
+                }
+                for r in receipts {
+                    let _ = r.send(());
+                }
+                Ok(Next::Continue)
+            }
+            (Stage::Authenticated, crate::csi::NS, _) => Ok(Next::Continue),
             (Stage::Bound, _, _) => self.on_stanza(el).await.map(|()| Next::Continue),
             (_, ns::CLIENT, "message" | "presence" | "iq") => Err(Close::err_text(
                 StreamErrorCondition::NotAuthorized,
@@ -881,20 +1058,23 @@ impl Connection {
         if stanza.name() == "iq" && stanza.attr("to").is_none() {
             let is_set = IqType::of(&stanza) == Some(IqType::Set);
             if is_set && stanza.has_child("session", ns::SESSION) {
-                self.write(&iq_result(&stanza, None));
+                self.write_stanza(iq_result(&stanza, None));
+                self.count_handled();
                 return Ok(());
             }
             if stanza.has_child("bind", ns::BIND) {
                 let e = StanzaError::new(StanzaErrorCondition::NotAllowed)
                     .with_text("a resource is already bound on this stream");
                 if let Some(reply) = error_reply(&stanza, &e) {
-                    self.write(&reply);
+                    self.write_stanza(reply);
                 }
+                self.count_handled();
                 return Ok(());
             }
         }
         let server = self.server().clone();
         server.route_from_client(&jid, stanza).await;
+        self.count_handled();
         Ok(())
     }
 }
@@ -1033,5 +1213,155 @@ fn escape_attr(v: &str, out: &mut Vec<u8>) {
             b'"' => out.extend_from_slice(b"&quot;"),
             _ => out.push(b),
         }
+    }
+}
+
+// ---- Stream management (XEP-0198) --------------------------------------------------------
+
+impl Connection {
+    fn count_handled(&mut self) {
+        if let Some(sm) = self.sm.as_mut() {
+            sm.handled();
+        }
+    }
+
+    fn sm_failed(&mut self, condition: StanzaErrorCondition, h: Option<u32>) {
+        let mut el = Element::new("failed", sm::NS)
+            .with_child(Element::new(condition.as_str(), ns::STANZA_ERRORS));
+        if let Some(h) = h {
+            el.set_attr("h", h.to_string());
+        }
+        self.write(&el);
+    }
+
+    async fn on_sm(&mut self, el: Element) -> Result<(), Close> {
+        let config = self.server().config().stream_management.clone();
+        if !config.enabled {
+            return Err(Close::err(StreamErrorCondition::UnsupportedStanzaType));
+        }
+        match (self.stage, el.name()) {
+            (Stage::Bound, "enable") if self.sm.is_none() => {
+                let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let mut reply = Element::new("enabled", sm::NS);
+                let mut state = StreamState::new(None, Duration::ZERO);
+                if wants_resume {
+                    if let Some(user) = self.user.clone() {
+                        let secs = el
+                            .attr("max")
+                            .and_then(|m| m.parse::<u64>().ok())
+                            .filter(|m| *m > 0)
+                            .unwrap_or(config.resume_timeout_secs)
+                            .min(config.max_resume_timeout_secs);
+                        let (id, rx) = self.ctx.resumptions.register(user);
+                        reply.set_attr("id", id.as_str());
+                        reply.set_attr("resume", "true");
+                        reply.set_attr("max", secs.to_string());
+                        state = StreamState::new(Some(id), Duration::from_secs(secs));
+                        self.takeover = Some(rx);
+                    }
+                }
+                self.write(&reply);
+                self.sm = Some(state);
+                Ok(())
+            }
+            (Stage::Authenticated, "resume") => self.sm_resume(&el).await,
+            (Stage::Bound, "r") => {
+                if let Some(h) = self.sm.as_ref().map(StreamState::inbound) {
+                    let a = Element::new("a", sm::NS).with_attr("h", h.to_string());
+                    self.write(&a);
+                }
+                Ok(())
+            }
+            (Stage::Bound, "a") => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return Err(Close::err_text(
+                        StreamErrorCondition::InvalidXml,
+                        "an <a/> needs a numeric h",
+                    ));
+                };
+                let Some(sm) = self.sm.as_mut() else {
+                    return Ok(());
+                };
+                sm.ack(h).map(|_| ()).map_err(|e| {
+                    Close::ErrorWith(
+                        StreamErrorCondition::UndefinedCondition,
+                        Element::new("handled-count-too-high", sm::NS)
+                            .with_attr("h", e.h.to_string())
+                            .with_attr("send-count", e.sent.to_string()),
+                    )
+                })
+            }
+            // Enabling twice, enabling before binding, resuming after binding (§3, §5).
+            _ => {
+                self.sm_failed(StanzaErrorCondition::UnexpectedRequest, None);
+                Ok(())
+            }
+        }
+    }
+
+    /// XEP-0198 §5: continue a session whose connection dropped on this stream.
+    async fn sm_resume(&mut self, el: &Element) -> Result<(), Close> {
+        let (Some(previd), Some(h)) = (
+            el.attr("previd"),
+            el.attr("h").and_then(|h| h.parse::<u32>().ok()),
+        ) else {
+            self.sm_failed(StanzaErrorCondition::BadRequest, None);
+            return Ok(());
+        };
+        let Some(user) = self.user.clone() else {
+            return Err(Close::err(StreamErrorCondition::NotAuthorized));
+        };
+        let mut d = match self.ctx.resumptions.take(previd, &user).await {
+            Ok(d) => d,
+            Err(ResumeError::NotFound { h }) => {
+                self.sm_failed(StanzaErrorCondition::ItemNotFound, h);
+                return Ok(());
+            }
+        };
+        if let Err(e) = d.state.ack(h) {
+            // The client claims stanzas it cannot have had: end the session, keep nothing
+            // from this stream.
+            let server = self.server().clone();
+            let resumptions = self.ctx.resumptions.clone();
+            sm::end_session(
+                &server,
+                &resumptions,
+                &d.host,
+                &d.handle,
+                Some(&mut d.inbox),
+                Some(&mut d.state),
+                std::mem::take(&mut d.held),
+            )
+            .await;
+            return Err(Close::ErrorWith(
+                StreamErrorCondition::UndefinedCondition,
+                Element::new("handled-count-too-high", sm::NS)
+                    .with_attr("h", e.h.to_string())
+                    .with_attr("send-count", e.sent.to_string()),
+            ));
+        }
+        let resumed = Element::new("resumed", sm::NS)
+            .with_attr("previd", previd)
+            .with_attr("h", d.state.inbound().to_string());
+        self.write(&resumed);
+        // What the client never confirmed is written again, then what arrived meanwhile.
+        for stanza in d.state.unacked() {
+            stanza.write_to(&mut self.out, ns::CLIENT);
+        }
+        let mut receipts = Vec::new();
+        let held = std::mem::take(&mut d.held);
+        self.sm = Some(d.state);
+        for o in held {
+            self.write_outgoing(*o, &mut receipts);
+        }
+        if self.sm.as_mut().is_some_and(StreamState::should_request) {
+            self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
+        }
+        tracing::info!(peer = %self.peer, jid = %d.handle.jid(), "session resumed");
+        self.session = Some(d.handle);
+        self.inbox = Some(d.inbox);
+        self.takeover = Some(d.takeover);
+        self.stage = Stage::Bound;
+        Ok(())
     }
 }

@@ -8,7 +8,9 @@
 //! bytes. WebSocket and BOSH will feed the same session logic.
 
 pub mod c2s;
+pub mod csi;
 pub mod limits;
+pub mod sm;
 pub mod tls;
 pub mod transport;
 
@@ -58,6 +60,16 @@ pub const SPECS: &[Spec] = &[
         version: "1.1.0",
     },
     Spec {
+        id: "XEP-0198",
+        title: "Stream Management",
+        version: "1.6.3",
+    },
+    Spec {
+        id: "XEP-0352",
+        title: "Client State Indication",
+        version: "1.0.0",
+    },
+    Spec {
         id: "XEP-0440",
         title: "SASL Channel-Binding Type Capability",
         version: "1.0.0",
@@ -100,6 +112,7 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
     let throttle = Arc::new(AuthThrottle::default());
     let registrations = Arc::new(RegistrationLimiter::default());
+    let resumptions = Arc::new(sm::Resumptions::default());
     for l in listeners {
         let ctx = Arc::new(ListenerContext {
             server: server.clone(),
@@ -107,6 +120,7 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
             kind: l.kind,
             throttle: throttle.clone(),
             registrations: registrations.clone(),
+            resumptions: resumptions.clone(),
         });
         let conn_limits = conn_limits.clone();
         tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");

@@ -240,8 +240,8 @@ impl RawClient {
         self.read_until("</stream:features>").await
     }
 
-    /// PLAIN authentication, stream restart and resource binding; returns the bound JID.
-    pub async fn login_plain(&mut self, user: &str, password: &str, resource: &str) -> String {
+    /// PLAIN authentication and the stream restart; returns the features offered after it.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> String {
         use base64::Engine as _;
         let creds =
             base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
@@ -251,7 +251,12 @@ impl RawClient {
         .await;
         let got = self.read_until("xmpp-sasl").await;
         assert!(got.contains("<success"), "login failed: {got}");
-        self.open_stream().await;
+        self.open_stream().await
+    }
+
+    /// PLAIN authentication, stream restart and resource binding; returns the bound JID.
+    pub async fn login_plain(&mut self, user: &str, password: &str, resource: &str) -> String {
+        self.auth_plain(user, password).await;
         self.send(&format!(
             "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
         ))
