@@ -40,6 +40,7 @@ pub struct Config {
     pub limits: Limits,
     pub messages: MessagesConfig,
     pub stream_management: StreamManagementConfig,
+    pub fast: FastConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
@@ -56,6 +57,7 @@ impl Default for Config {
             limits: Limits::default(),
             messages: MessagesConfig::default(),
             stream_management: StreamManagementConfig::default(),
+            fast: FastConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -148,6 +150,25 @@ impl Default for StreamManagementConfig {
     }
 }
 
+/// FAST (XEP-0484): tokens for one-round-trip logins over SASL2.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastConfig {
+    /// Offer FAST tokens to SASL2 clients.
+    pub enabled: bool,
+    /// How long a token is valid; it is rotated when less than half of this is left.
+    pub token_lifetime_secs: u64,
+}
+
+impl Default for FastConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token_lifetime_secs: 14 * 24 * 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
@@ -201,6 +222,10 @@ pub struct Limits {
     pub max_stanzas_per_second: u64,
     /// A connection kept over its rate for this long is closed with `policy-violation`.
     pub rate_limit_grace_secs: u64,
+    /// A bound client silent this long gets a liveness check (an XEP-0198 `<r/>` or an
+    /// XEP-0199 ping) and, silent a minute more, is closed with `connection-timeout`
+    /// (a resumable session is kept for resumption). Advertised with XEP-0478.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -224,6 +249,7 @@ impl Default for Limits {
             max_bytes_per_second: 1024 * 1024,
             max_stanzas_per_second: 1000,
             rate_limit_grace_secs: 30,
+            idle_timeout_secs: 1800,
         }
     }
 }
@@ -438,6 +464,7 @@ impl Config {
                 "limits.rate_limit_grace_secs",
                 l.rate_limit_grace_secs as usize,
             ),
+            ("limits.idle_timeout_secs", l.idle_timeout_secs as usize),
         ];
         let sm = &self.stream_management;
         let sm_positive = [
@@ -452,6 +479,10 @@ impl Config {
             (
                 "stream_management.max_unacked_stanzas",
                 sm.max_unacked_stanzas,
+            ),
+            (
+                "fast.token_lifetime_secs",
+                self.fast.token_lifetime_secs as usize,
             ),
         ];
         for (key, v) in positive.into_iter().chain(sm_positive) {
@@ -580,6 +611,7 @@ mod example_file {
             "the example documents the default limits"
         );
         assert_eq!(c.stream_management, d.stream_management);
+        assert_eq!(c.fast, d.fast);
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
         assert_eq!(c.listeners.len(), d.listeners.len());

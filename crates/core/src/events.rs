@@ -92,3 +92,13 @@ pub struct HeldMessage {
     pub session: Arc<SessionHandle>,
     pub stanza: Element,
 }
+
+/// A Bind 2 request (XEP-0386) asked to enable a feature inline for a session that was just
+/// bound; `request` is the client's element (e.g. `<enable xmlns='urn:xmpp:carbons:2'/>`).
+/// The module that registered the namespace with `add_bind_inline_feature` handles it and
+/// returns `Flow::Stop`.
+#[derive(Clone)]
+pub struct BindInline {
+    pub session: Arc<SessionHandle>,
+    pub request: Element,
+}

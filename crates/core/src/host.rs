@@ -22,6 +22,7 @@ pub struct Host {
     pub(crate) identities: Vec<Identity>,
     pub(crate) disco_items: Vec<(String, Option<String>)>,
     pub(crate) stream_features: Vec<Element>,
+    pub(crate) bind_inline_features: Vec<String>,
     pub(crate) hooks: Hooks<Arc<Server>>,
 }
 
@@ -49,6 +50,10 @@ impl Host {
     /// Stream features modules offer after authentication.
     pub fn stream_features(&self) -> &[Element] {
         &self.stream_features
+    }
+    /// Features modules let clients enable inline in a Bind 2 request (XEP-0386).
+    pub fn bind_inline_features(&self) -> &[String] {
+        &self.bind_inline_features
     }
     pub fn iq_handler(&self, ns: &str, scope: IqScope) -> Option<&Arc<dyn IqHandler>> {
         self.iq_handlers.get(&scope)?.get(ns)

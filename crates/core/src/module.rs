@@ -154,6 +154,7 @@ impl ModuleRegistry {
             identities: Vec::new(),
             disco_items: Vec::new(),
             stream_features: Vec::new(),
+            bind_inline_features: Vec::new(),
             hooks: Hooks::default(),
         };
         for m in &chosen {
@@ -168,6 +169,7 @@ impl ModuleRegistry {
             identities: b.identities,
             disco_items: b.disco_items,
             stream_features: b.stream_features,
+            bind_inline_features: b.bind_inline_features,
             hooks: b.hooks,
         })
     }
@@ -184,6 +186,7 @@ pub struct HostBuilder<'a> {
     identities: Vec<Identity>,
     disco_items: Vec<(String, Option<String>)>,
     stream_features: Vec<Element>,
+    bind_inline_features: Vec<String>,
     hooks: Hooks<Arc<Server>>,
 }
 
@@ -235,6 +238,11 @@ impl HostBuilder<'_> {
     /// A stream feature offered once the client is authenticated (stream management, CSI...).
     pub fn add_stream_feature(&mut self, feature: Element) {
         self.stream_features.push(feature);
+    }
+    /// A feature a client may enable inside a Bind 2 request (XEP-0386 §2.1): the module
+    /// must handle [`crate::events::BindInline`] for the namespace `var`.
+    pub fn add_bind_inline_feature(&mut self, var: &str) {
+        self.bind_inline_features.push(var.to_owned());
     }
     /// Observes an event; higher priorities run first, and a handler may stop the event.
     pub fn hook<E, F, Fut>(&mut self, priority: i32, handler: F)

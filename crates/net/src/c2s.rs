@@ -26,6 +26,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod sasl2;
+use sasl2::NS_SASL2;
+
 /// Bytes read from the socket at once. Small on purpose: this buffer lives as long as the
 /// connection, and stanzas larger than it are assembled by the parser, not here.
 const READ_BUFFER: usize = 4096;
@@ -34,6 +37,9 @@ const WRITE_BATCH: usize = 64;
 /// A client that accepts none of our bytes for this long is gone or hostile: the connection
 /// is dropped rather than holding its task and buffers.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client has to answer the liveness check sent after its idle time (or the
+/// idle time itself, if shorter).
+const LIVENESS_GRACE: Duration = Duration::from_secs(60);
 
 /// What every connection on one listener shares.
 pub struct ListenerContext {
@@ -71,6 +77,9 @@ enum Close {
     ErrorWith(StreamErrorCondition, Element),
     /// Another connection resumes this session (XEP-0198 §5): hand it over, then close.
     TakenOver(sm::TakeoverRequest),
+    /// The client went silent and did not answer the liveness check: `connection-timeout`,
+    /// but a resumable session is kept as if the connection had dropped.
+    IdleTimeout,
 }
 
 impl Close {
@@ -111,6 +120,13 @@ struct Connection {
     takeover: Option<TakeoverReceiver>,
     /// Client state indication (XEP-0352): what is held while the client is inactive.
     csi: ClientState,
+    /// The SASL2 `<authenticate/>` of the exchange in progress (XEP-0388), with its inline
+    /// requests; `None` for legacy SASL.
+    sasl2: Option<Element>,
+    /// The FAST token this exchange authenticated with (mechanism, token, expiry).
+    fast_used: Option<(rookery_sasl::ht::HtMechanism, String, u64)>,
+    /// When the client last sent anything (for the idle timeout once bound).
+    last_read: Instant,
     /// Input pacing (bytes and stanzas per second).
     bytes_bucket: TokenBucket,
     stanzas_bucket: TokenBucket,
@@ -180,6 +196,9 @@ pub async fn run(
         sm: None,
         takeover: None,
         csi: ClientState::default(),
+        sasl2: None,
+        fast_used: None,
+        last_read: Instant::now(),
         bytes_bucket,
         stanzas_bucket,
         throttled_since: None,
@@ -256,6 +275,12 @@ impl Connection {
         // While over its rate the connection is not read (TCP pushes back on the sender);
         // stanzas for it are still written.
         let mut resume_reading = Instant::now();
+        let idle = Duration::from_secs(self.server().config().limits.idle_timeout_secs);
+        // One timer for the life of the connection, re-armed only when it fires: reads
+        // just record the time, so an active client costs no timer work per read.
+        let idle_check = tokio::time::sleep(idle);
+        tokio::pin!(idle_check);
+        let mut probed = false;
         loop {
             let Some(io) = self.io.as_mut() else {
                 return Close::Dropped;
@@ -309,6 +334,7 @@ impl Connection {
                     };
                     let fed = self.parser.feed(&buf[..n], &mut events);
                     let now = Instant::now();
+                    self.last_read = now;
                     let wait = self
                         .bytes_bucket
                         .charge(n as u64, now.into_std())
@@ -354,6 +380,23 @@ impl Connection {
                         let cond = StreamErrorCondition::from_name(e.stream_condition())
                             .unwrap_or(StreamErrorCondition::NotWellFormed);
                         return Close::err_text(cond, e.to_string());
+                    }
+                }
+                _ = &mut idle_check, if bound => {
+                    let now = Instant::now();
+                    if now.duration_since(self.last_read) < idle {
+                        probed = false;
+                        idle_check.as_mut().reset(self.last_read + idle);
+                    } else if !probed {
+                        // XEP-0478 / RFC 6120 §4.6: check liveness before giving up.
+                        probed = true;
+                        self.liveness_probe();
+                        if self.flush().await.is_err() {
+                            return Close::Dropped;
+                        }
+                        idle_check.as_mut().reset(now + LIVENESS_GRACE.min(idle));
+                    } else {
+                        return Close::IdleTimeout;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline), if !bound => {
@@ -421,6 +464,16 @@ impl Connection {
             Close::Graceful => self.out.extend_from_slice(b"</stream:stream>"),
             Close::Dropped => {}
             Close::TakenOver(_) => {}
+            Close::IdleTimeout => {
+                let err = StreamErrorCondition::ConnectionTimeout
+                    .to_element(Some("no answer to the liveness check"));
+                self.out.extend_from_slice(b"<stream:error>");
+                for child in err.children() {
+                    child.write_to(&mut self.out, ns::STREAMS);
+                }
+                self.out
+                    .extend_from_slice(b"</stream:error></stream:stream>");
+            }
         }
         let close = match close {
             Close::TakenOver(req) => {
@@ -448,7 +501,7 @@ impl Connection {
             .await;
         }
         if let (Some(handle), Some(host)) = (self.session.take(), self.host.clone()) {
-            let resumable = matches!(close, Close::Dropped)
+            let resumable = matches!(close, Close::Dropped | Close::IdleTimeout)
                 && self.takeover.is_some()
                 && self.sm.as_ref().is_some_and(|s| s.id.is_some());
             match (
@@ -489,6 +542,24 @@ impl Connection {
             }
         }
         tracing::debug!(peer = %self.peer, "connection closed");
+    }
+
+    /// Asks a silent client to show it is there: an SM ack request, or a ping.
+    fn liveness_probe(&mut self) {
+        if self.sm.is_some() {
+            self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
+            return;
+        }
+        let (Some(session), Some(host)) = (&self.session, &self.host) else {
+            return;
+        };
+        let ping = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("id", format!("idle-{}", random_id(8)))
+            .with_attr("from", host.domain())
+            .with_attr("to", session.jid().as_str())
+            .with_child(Element::new("ping", "urn:xmpp:ping"));
+        self.write_stanza(ping);
     }
 
     /// Gives this connection's session to a resuming connection (the other end of `req`).
@@ -697,6 +768,7 @@ impl Connection {
                 if self.registration_open() {
                     out.push(Element::new("register", NS_REGISTER_FEATURE));
                 }
+                out.push(self.sasl2_feature());
                 // XEP-0440: which channel-binding types this connection supports.
                 let cbs = self.channel_bindings.supported();
                 if !cbs.is_empty() {
@@ -711,22 +783,43 @@ impl Connection {
                 }
             }
             Stage::Authenticated | Stage::Bound => {
-                out.push(Element::new("bind", ns::BIND));
-                if self.server().config().stream_management.enabled {
+                // After a SASL2 login with Bind 2 the stream is bound without a restart:
+                // binding is no longer on offer (XEP-0386), nor SM once enabled.
+                let bound = self.stage == Stage::Bound;
+                if !bound {
+                    out.push(Element::new("bind", ns::BIND));
+                    // RFC 6121 Appendix E: kept for old clients, marked optional.
+                    out.push(
+                        Element::new("session", ns::SESSION)
+                            .with_child(Element::new("optional", ns::SESSION)),
+                    );
+                }
+                if self.server().config().stream_management.enabled && self.sm.is_none() {
                     out.push(Element::new("sm", sm::NS));
                 }
                 out.push(Element::new("csi", crate::csi::NS));
-                // RFC 6121 Appendix E: kept for old clients, marked optional.
-                out.push(
-                    Element::new("session", ns::SESSION)
-                        .with_child(Element::new("optional", ns::SESSION)),
-                );
                 if let Some(host) = &self.host {
                     out.extend(host.stream_features().iter().cloned());
                 }
             }
         }
+        out.push(self.limits_feature());
         out
+    }
+
+    /// XEP-0478: the largest top-level element accepted and the idle time before a
+    /// liveness check.
+    fn limits_feature(&self) -> Element {
+        let limits = &self.server().config().limits;
+        Element::new("limits", NS_STREAM_LIMITS)
+            .with_child(
+                Element::new("max-bytes", NS_STREAM_LIMITS)
+                    .with_text(limits.max_stanza_bytes.to_string()),
+            )
+            .with_child(
+                Element::new("idle-seconds", NS_STREAM_LIMITS)
+                    .with_text(limits.idle_timeout_secs.to_string()),
+            )
     }
 
     async fn on_element(&mut self, el: Element) -> Result<Next, Close> {
@@ -741,7 +834,27 @@ impl Connection {
                 self.write(&fail);
                 Ok(Next::Continue)
             }
-            (Stage::Unauthenticated, ns::SASL, "auth") => self.sasl_auth(&el).await,
+            (Stage::Unauthenticated, ns::SASL, "auth") => {
+                let initial = decode_sasl(&el);
+                self.sasl_auth(&el, initial).await
+            }
+            (Stage::Plain, NS_SASL2, _) => {
+                let fail = Element::new("failure", NS_SASL2)
+                    .with_child(Element::new("encryption-required", ns::SASL));
+                self.write(&fail);
+                Ok(Next::Continue)
+            }
+            (Stage::Unauthenticated, NS_SASL2, "authenticate") if self.sasl.is_none() => {
+                self.sasl2_authenticate(el).await
+            }
+            (Stage::Unauthenticated, NS_SASL2, "response") => {
+                let data = decode_sasl(&el);
+                self.sasl_step(|s| data.and_then(|d| s.step(&d))).await
+            }
+            (Stage::Unauthenticated, NS_SASL2, "abort") => {
+                self.sasl = None;
+                self.sasl_failure(SaslError::Aborted, None).await
+            }
             (Stage::Unauthenticated, ns::SASL, "response") => {
                 let data = decode_sasl(&el);
                 self.sasl_step(|s| data.and_then(|d| s.step(&d))).await
@@ -827,26 +940,36 @@ impl Connection {
         }
     }
 
-    async fn sasl_auth(&mut self, el: &Element) -> Result<Next, Close> {
+    async fn sasl_auth(
+        &mut self,
+        el: &Element,
+        initial: Result<Vec<u8>, SaslError>,
+    ) -> Result<Next, Close> {
         let offered = self.offered_mechanisms();
         let mech = el
             .attr("mechanism")
             .and_then(Mechanism::from_name)
             .filter(|m| offered.contains(m));
         let Some(mech) = mech else {
-            let fail = Element::new("failure", ns::SASL)
-                .with_child(Element::new("invalid-mechanism", ns::SASL));
+            let fail = self.sasl_failure_element("invalid-mechanism");
+            self.sasl2 = None;
             self.write(&fail);
             return Ok(Next::Continue);
         };
         let plus_advertised = offered.iter().any(|m| m.is_plus());
-        self.sasl = Some(ServerSession::new(
-            mech,
-            self.channel_bindings.clone(),
-            plus_advertised,
-            self.is_tls(),
-        ));
-        let initial = decode_sasl(el);
+        // XEP-0474: the client can check that nobody stripped what was offered.
+        let names: Vec<&str> = offered.iter().map(|m| m.name()).collect();
+        let cbs = self.channel_bindings.supported();
+        let cb_names: Vec<&str> = cbs.iter().map(|c| c.name()).collect();
+        self.sasl = Some(
+            ServerSession::new(
+                mech,
+                self.channel_bindings.clone(),
+                plus_advertised,
+                self.is_tls(),
+            )
+            .with_downgrade_protection(&names, (!cb_names.is_empty()).then_some(&cb_names[..])),
+        );
         self.sasl_step(|s| initial.and_then(|d| s.start(&d))).await
     }
 
@@ -898,7 +1021,12 @@ impl Connection {
                     step = session.credentials(creds);
                 }
                 Ok(Step::Challenge(data)) => {
-                    let el = Element::new("challenge", ns::SASL).with_text(B64.encode(data));
+                    let ns = if self.sasl2.is_some() {
+                        NS_SASL2
+                    } else {
+                        ns::SASL
+                    };
+                    let el = Element::new("challenge", ns).with_text(B64.encode(data));
                     self.write(&el);
                     self.sasl = Some(session);
                     return Ok(Next::Continue);
@@ -922,6 +1050,10 @@ impl Connection {
                                 .sasl_failure(SaslError::InvalidAuthzid, Some(&jid))
                                 .await;
                         }
+                    }
+                    if self.sasl2.is_some() {
+                        tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated (SASL2)");
+                        return self.sasl2_success(jid, additional_data).await;
                     }
                     let mut el = Element::new("success", ns::SASL);
                     if let Some(d) = additional_data {
@@ -966,8 +1098,9 @@ impl Connection {
                 }
             }
         }
-        let fail =
-            Element::new("failure", ns::SASL).with_child(Element::new(e.condition(), ns::SASL));
+        let fail = self.sasl_failure_element(e.condition());
+        self.sasl2 = None;
+        self.fast_used = None;
         self.write(&fail);
         if self.auth_attempts >= self.server().config().limits.max_auth_attempts {
             return Err(Close::err_text(
@@ -976,6 +1109,17 @@ impl Connection {
             ));
         }
         Ok(Next::Continue)
+    }
+
+    /// A SASL `<failure/>` in the namespace of the exchange in progress (RFC 6120 §6.5 or
+    /// XEP-0388 §2.6.2, whose failure carries the RFC 6120 condition).
+    fn sasl_failure_element(&self, condition: &str) -> Element {
+        let ns = if self.sasl2.is_some() {
+            NS_SASL2
+        } else {
+            ns::SASL
+        };
+        Element::new("failure", ns).with_child(Element::new(condition, ns::SASL))
     }
 
     /// Resource binding (RFC 6120 §7) and the legacy session request.
@@ -1080,6 +1224,7 @@ impl Connection {
 }
 
 const NS_REGISTER: &str = "jabber:iq:register";
+const NS_STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
 const NS_REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 
 impl Connection {
@@ -1225,46 +1370,29 @@ impl Connection {
         }
     }
 
-    fn sm_failed(&mut self, condition: StanzaErrorCondition, h: Option<u32>) {
-        let mut el = Element::new("failed", sm::NS)
-            .with_child(Element::new(condition.as_str(), ns::STANZA_ERRORS));
-        if let Some(h) = h {
-            el.set_attr("h", h.to_string());
-        }
-        self.write(&el);
-    }
-
     async fn on_sm(&mut self, el: Element) -> Result<(), Close> {
         let config = self.server().config().stream_management.clone();
         if !config.enabled {
             return Err(Close::err(StreamErrorCondition::UnsupportedStanzaType));
         }
         match (self.stage, el.name()) {
-            (Stage::Bound, "enable") if self.sm.is_none() => {
-                let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
-                let mut reply = Element::new("enabled", sm::NS);
-                let mut state = StreamState::new(None, Duration::ZERO);
-                if wants_resume {
-                    if let Some(user) = self.user.clone() {
-                        let secs = el
-                            .attr("max")
-                            .and_then(|m| m.parse::<u64>().ok())
-                            .filter(|m| *m > 0)
-                            .unwrap_or(config.resume_timeout_secs)
-                            .min(config.max_resume_timeout_secs);
-                        let (id, rx) = self.ctx.resumptions.register(user);
-                        reply.set_attr("id", id.as_str());
-                        reply.set_attr("resume", "true");
-                        reply.set_attr("max", secs.to_string());
-                        state = StreamState::new(Some(id), Duration::from_secs(secs));
-                        self.takeover = Some(rx);
-                    }
-                }
+            (Stage::Bound, "enable") => {
+                let reply = self.sm_enable(&el);
                 self.write(&reply);
-                self.sm = Some(state);
                 Ok(())
             }
-            (Stage::Authenticated, "resume") => self.sm_resume(&el).await,
+            (Stage::Authenticated, "resume") => match self.take_for_resume(&el).await? {
+                Ok(d) => {
+                    let resumed = resumed_element(&d, &el);
+                    self.write(&resumed);
+                    self.install_resumed(d);
+                    Ok(())
+                }
+                Err(failed) => {
+                    self.write(&failed);
+                    Ok(())
+                }
+            },
             (Stage::Bound, "r") => {
                 if let Some(h) = self.sm.as_ref().map(StreamState::inbound) {
                     let a = Element::new("a", sm::NS).with_attr("h", h.to_string());
@@ -1282,31 +1410,63 @@ impl Connection {
                 let Some(sm) = self.sm.as_mut() else {
                     return Ok(());
                 };
-                sm.ack(h).map(|_| ()).map_err(|e| {
-                    Close::ErrorWith(
-                        StreamErrorCondition::UndefinedCondition,
-                        Element::new("handled-count-too-high", sm::NS)
-                            .with_attr("h", e.h.to_string())
-                            .with_attr("send-count", e.sent.to_string()),
-                    )
-                })
+                sm.ack(h)
+                    .map(|_| ())
+                    .map_err(|e| handled_too_high(e.h, e.sent))
             }
-            // Enabling twice, enabling before binding, resuming after binding (§3, §5).
+            // Resuming after binding (§5).
             _ => {
-                self.sm_failed(StanzaErrorCondition::UnexpectedRequest, None);
+                self.write(&sm_failed(StanzaErrorCondition::UnexpectedRequest, None));
                 Ok(())
             }
         }
     }
 
-    /// XEP-0198 §5: continue a session whose connection dropped on this stream.
-    async fn sm_resume(&mut self, el: &Element) -> Result<(), Close> {
+    /// `<enable/>` (XEP-0198 §3), on a bound stream or inline in Bind 2: the `<enabled/>`
+    /// or `<failed/>` answer.
+    fn sm_enable(&mut self, el: &Element) -> Element {
+        let config = self.server().config().stream_management.clone();
+        if self.sm.is_some() || self.stage != Stage::Bound || !config.enabled {
+            // Enabling twice or before binding.
+            return sm_failed(StanzaErrorCondition::UnexpectedRequest, None);
+        }
+        let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
+        let mut reply = Element::new("enabled", sm::NS);
+        let mut state = StreamState::new(None, Duration::ZERO);
+        if wants_resume {
+            if let Some(user) = self.user.clone() {
+                let secs = el
+                    .attr("max")
+                    .and_then(|m| m.parse::<u64>().ok())
+                    .filter(|m| *m > 0)
+                    .unwrap_or(config.resume_timeout_secs)
+                    .min(config.max_resume_timeout_secs);
+                let (id, rx) = self.ctx.resumptions.register(user);
+                reply.set_attr("id", id.as_str());
+                reply.set_attr("resume", "true");
+                reply.set_attr("max", secs.to_string());
+                state = StreamState::new(Some(id), Duration::from_secs(secs));
+                self.takeover = Some(rx);
+            }
+        }
+        self.sm = Some(state);
+        reply
+    }
+
+    /// XEP-0198 §5: takes over the session named by a `<resume/>`; `Err` is the `<failed/>`
+    /// to send (the client may then bind normally).
+    async fn take_for_resume(&mut self, el: &Element) -> Result<Result<Detached, Element>, Close> {
+        if !self.server().config().stream_management.enabled {
+            return Ok(Err(sm_failed(
+                StanzaErrorCondition::FeatureNotImplemented,
+                None,
+            )));
+        }
         let (Some(previd), Some(h)) = (
             el.attr("previd"),
             el.attr("h").and_then(|h| h.parse::<u32>().ok()),
         ) else {
-            self.sm_failed(StanzaErrorCondition::BadRequest, None);
-            return Ok(());
+            return Ok(Err(sm_failed(StanzaErrorCondition::BadRequest, None)));
         };
         let Some(user) = self.user.clone() else {
             return Err(Close::err(StreamErrorCondition::NotAuthorized));
@@ -1314,13 +1474,11 @@ impl Connection {
         let mut d = match self.ctx.resumptions.take(previd, &user).await {
             Ok(d) => d,
             Err(ResumeError::NotFound { h }) => {
-                self.sm_failed(StanzaErrorCondition::ItemNotFound, h);
-                return Ok(());
+                return Ok(Err(sm_failed(StanzaErrorCondition::ItemNotFound, h)))
             }
         };
         if let Err(e) = d.state.ack(h) {
-            // The client claims stanzas it cannot have had: end the session, keep nothing
-            // from this stream.
+            // The client claims stanzas it cannot have had: end the session.
             let server = self.server().clone();
             let resumptions = self.ctx.resumptions.clone();
             sm::end_session(
@@ -1333,18 +1491,14 @@ impl Connection {
                 std::mem::take(&mut d.held),
             )
             .await;
-            return Err(Close::ErrorWith(
-                StreamErrorCondition::UndefinedCondition,
-                Element::new("handled-count-too-high", sm::NS)
-                    .with_attr("h", e.h.to_string())
-                    .with_attr("send-count", e.sent.to_string()),
-            ));
+            return Err(handled_too_high(e.h, e.sent));
         }
-        let resumed = Element::new("resumed", sm::NS)
-            .with_attr("previd", previd)
-            .with_attr("h", d.state.inbound().to_string());
-        self.write(&resumed);
-        // What the client never confirmed is written again, then what arrived meanwhile.
+        Ok(Ok(d))
+    }
+
+    /// Continues a taken-over session on this stream: writes again what the client never
+    /// confirmed, then what arrived while it was away.
+    fn install_resumed(&mut self, mut d: Detached) {
         for stanza in d.state.unacked() {
             stanza.write_to(&mut self.out, ns::CLIENT);
         }
@@ -1362,6 +1516,31 @@ impl Connection {
         self.inbox = Some(d.inbox);
         self.takeover = Some(d.takeover);
         self.stage = Stage::Bound;
-        Ok(())
     }
+}
+
+fn sm_failed(condition: StanzaErrorCondition, h: Option<u32>) -> Element {
+    let mut el = Element::new("failed", sm::NS)
+        .with_child(Element::new(condition.as_str(), ns::STANZA_ERRORS));
+    if let Some(h) = h {
+        el.set_attr("h", h.to_string());
+    }
+    el
+}
+
+/// The `<resumed/>` answer for a taken-over session (its 'h' is what this side handled).
+fn resumed_element(d: &Detached, request: &Element) -> Element {
+    Element::new("resumed", sm::NS)
+        .with_attr("previd", request.attr("previd").unwrap_or_default())
+        .with_attr("h", d.state.inbound().to_string())
+}
+
+/// XEP-0198 §6: the peer acknowledged more than it was sent.
+fn handled_too_high(h: u32, sent: u32) -> Close {
+    Close::ErrorWith(
+        StreamErrorCondition::UndefinedCondition,
+        Element::new("handled-count-too-high", sm::NS)
+            .with_attr("h", h.to_string())
+            .with_attr("send-count", sent.to_string()),
+    )
 }

@@ -9,6 +9,7 @@
 
 pub mod c2s;
 pub mod csi;
+pub mod fast;
 pub mod limits;
 pub mod sm;
 pub mod tls;
@@ -70,9 +71,34 @@ pub const SPECS: &[Spec] = &[
         version: "1.0.0",
     },
     Spec {
+        id: "XEP-0386",
+        title: "Bind 2",
+        version: "1.1.0",
+    },
+    Spec {
+        id: "XEP-0388",
+        title: "Extensible SASL Profile (SASL2)",
+        version: "1.0.4",
+    },
+    Spec {
         id: "XEP-0440",
         title: "SASL Channel-Binding Type Capability",
         version: "1.0.0",
+    },
+    Spec {
+        id: "XEP-0474",
+        title: "SASL SCRAM Downgrade Protection",
+        version: "0.5.0",
+    },
+    Spec {
+        id: "XEP-0478",
+        title: "Stream Limits Advertisement",
+        version: "0.2.0",
+    },
+    Spec {
+        id: "XEP-0484",
+        title: "Fast Authentication Streamlining Tokens (HT-SHA-256-*)",
+        version: "0.2.0",
     },
 ];
 use crate::limits::{AuthThrottle, ConnectionLimits, RegistrationLimiter};

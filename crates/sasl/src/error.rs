@@ -31,6 +31,9 @@ pub enum SaslError {
     /// The client asked for a channel-binding type that is unknown or unavailable.
     #[error("unsupported channel binding type: {0}")]
     UnsupportedChannelBinding(String),
+    /// The credentials (a FAST token) were right but are no longer valid.
+    #[error("credentials expired")]
+    CredentialsExpired,
     /// The client aborted the exchange (raised by the server on `<abort/>`).
     #[error("aborted")]
     Aborted,
@@ -53,6 +56,7 @@ impl SaslError {
             SaslError::InvalidAuthzid => "invalid-authzid",
             SaslError::IncorrectEncoding => "incorrect-encoding",
             SaslError::Aborted => "aborted",
+            SaslError::CredentialsExpired => "credentials-expired",
             SaslError::Internal(_) => "temporary-auth-failure",
         }
     }

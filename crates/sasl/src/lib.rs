@@ -22,6 +22,7 @@ mod channel_binding;
 mod credentials;
 mod error;
 mod hash;
+pub mod ht;
 mod mechanism;
 mod session;
 
@@ -30,4 +31,6 @@ pub use credentials::{generate_all, ScramCredentials, SALT_LEN};
 pub use error::SaslError;
 pub use hash::HashAlg;
 pub use mechanism::Mechanism;
-pub use session::{ServerSession, Step, MAX_MESSAGE_LEN};
+pub use session::{
+    downgrade_protection_hash, downgrade_protection_input, ServerSession, Step, MAX_MESSAGE_LEN,
+};

@@ -84,6 +84,9 @@ pub struct ServerSession {
     fixed_nonce: Option<String>,
     secret: Option<Vec<u8>>,
     unknown_user_iterations: u32,
+    /// XEP-0474: the advertised mechanisms and channel-binding types, hashed into the
+    /// server-first message so a client can detect a stripped list.
+    downgrade: Option<String>,
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -123,7 +126,20 @@ impl ServerSession {
             fixed_nonce: None,
             secret: None,
             unknown_user_iterations: ScramCredentials::MIN_ITERATIONS,
+            downgrade: None,
         }
+    }
+
+    /// XEP-0474 SCRAM downgrade protection: `mechanisms` are the SASL mechanisms advertised
+    /// on this stream (for the SASL profile in use) and `channel_bindings` the XEP-0440
+    /// types, if advertised. SCRAM's server-first message then carries `h=`.
+    pub fn with_downgrade_protection(
+        mut self,
+        mechanisms: &[&str],
+        channel_bindings: Option<&[&str]>,
+    ) -> Self {
+        self.downgrade = Some(downgrade_protection_input(mechanisms, channel_bindings));
+        self
     }
 
     /// Secret from which the fake records for unknown accounts are derived. Defaults to
@@ -350,11 +366,16 @@ impl ServerSession {
             None => random_nonce()?,
         };
         let nonce = format!("{}{}", first.client_nonce, server_nonce);
-        let server_first = format!(
+        let mut server_first = format!(
             "r={nonce},s={},i={}",
             B64.encode(&creds.salt),
             creds.iterations
         );
+        if let Some(s) = &self.downgrade {
+            // RFC 5802 §7 allows extensions after the iteration count.
+            server_first.push_str(",h=");
+            server_first.push_str(&B64.encode(hash.digest(s.as_bytes())));
+        }
         let challenge = server_first.as_bytes().to_vec();
         self.state = State::ScramAwaitFinal(Box::new(ScramSent {
             first,
@@ -611,5 +632,74 @@ mod tests {
         assert!(n.len() >= 24);
         assert!(n.bytes().all(is_printable));
         assert_ne!(n, random_nonce().expect("rng"));
+    }
+}
+
+/// XEP-0474 §2.1: the string hashed for downgrade protection: the sorted mechanisms joined
+/// by U+001E, then (if channel-binding types were advertised) U+001F and the sorted types
+/// joined by U+001E. Sorting is by octets.
+pub fn downgrade_protection_input(
+    mechanisms: &[&str],
+    channel_bindings: Option<&[&str]>,
+) -> String {
+    let mut mechs: Vec<&str> = mechanisms.to_vec();
+    mechs.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut s = mechs.join("\u{1e}");
+    if let Some(cbs) = channel_bindings {
+        let mut cbs: Vec<&str> = cbs.to_vec();
+        cbs.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        s.push('\u{1f}');
+        s.push_str(&cbs.join("\u{1e}"));
+    }
+    s
+}
+
+/// The base64 value of `h=` a client expects for what it saw advertised (XEP-0474 §2.2).
+pub fn downgrade_protection_hash(
+    hash: HashAlg,
+    mechanisms: &[&str],
+    channel_bindings: Option<&[&str]>,
+) -> String {
+    B64.encode(hash.digest(downgrade_protection_input(mechanisms, channel_bindings).as_bytes()))
+}
+
+#[cfg(test)]
+mod downgrade_tests {
+    use super::*;
+
+    #[test]
+    fn input_is_sorted_and_delimited_as_xep_0474_says() {
+        let s = downgrade_protection_input(
+            &["SCRAM-SHA-256", "PLAIN", "SCRAM-SHA-1-PLUS"],
+            Some(&["tls-server-end-point", "tls-exporter"]),
+        );
+        assert_eq!(
+            s,
+            "PLAIN\u{1e}SCRAM-SHA-1-PLUS\u{1e}SCRAM-SHA-256\u{1f}tls-exporter\u{1e}tls-server-end-point"
+        );
+        assert_eq!(
+            downgrade_protection_input(&["SCRAM-SHA-1"], None),
+            "SCRAM-SHA-1"
+        );
+    }
+
+    #[test]
+    fn server_first_carries_the_hash() {
+        let mechs = ["SCRAM-SHA-1", "PLAIN"];
+        let mut s = ServerSession::new(Mechanism::ScramSha1, ChannelBindings::none(), false, true)
+            .with_downgrade_protection(&mechs, None);
+        let step = s.start(b"n,,n=user,r=abc").expect("first");
+        assert!(matches!(step, Step::NeedCredentials { .. }));
+        let creds = crate::generate_all("pw", 4096)
+            .expect("creds")
+            .into_iter()
+            .find(|c| c.hash == HashAlg::Sha1)
+            .expect("sha1");
+        let Ok(Step::Challenge(first)) = s.credentials(Some(creds)) else {
+            panic!("expected server-first");
+        };
+        let first = String::from_utf8(first).expect("utf8");
+        let expected = downgrade_protection_hash(HashAlg::Sha1, &mechs, None);
+        assert!(first.ends_with(&format!(",h={expected}")), "{first}");
     }
 }

@@ -127,3 +127,40 @@ impl ScramClient {
             .is_some_and(|v| v == self.server_signature)
     }
 }
+
+/// XEP-0474 as a client computes it: the base64 hash of the advertised mechanisms (sorted,
+/// joined by U+001E), then U+001F and the sorted channel-binding types, if any.
+pub fn downgrade_hash(hash: Hash, mechanisms: &[&str], channel_bindings: &[&str]) -> String {
+    let mut m = mechanisms.to_vec();
+    m.sort();
+    let mut s = m.join("\u{1e}");
+    if !channel_bindings.is_empty() {
+        let mut c = channel_bindings.to_vec();
+        c.sort();
+        s.push('\u{1f}');
+        s.push_str(&c.join("\u{1e}"));
+    }
+    B64.encode(digest(hash, s.as_bytes()))
+}
+
+/// The `h=` attribute of a server-first message, if present.
+pub fn server_first_downgrade_attr(server_first: &str) -> Option<&str> {
+    server_first.split(',').find_map(|p| p.strip_prefix("h="))
+}
+
+/// The HT-SHA-256 (FAST) initial response: `user NUL HMAC-SHA-256(token, "Initiator" || cb)`.
+pub fn ht_sha256_initial(user: &str, token: &str, cb_data: &[u8]) -> Vec<u8> {
+    let mut data = b"Initiator".to_vec();
+    data.extend_from_slice(cb_data);
+    let mut out = user.as_bytes().to_vec();
+    out.push(0);
+    out.extend(hmac(Hash::Sha256, token.as_bytes(), &data));
+    out
+}
+
+/// The server's HT-SHA-256 answer a client expects.
+pub fn ht_sha256_responder(token: &str, cb_data: &[u8]) -> Vec<u8> {
+    let mut data = b"Responder".to_vec();
+    data.extend_from_slice(cb_data);
+    hmac(Hash::Sha256, token.as_bytes(), &data)
+}

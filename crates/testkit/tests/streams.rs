@@ -261,3 +261,36 @@ async fn a_flooding_client_is_paced_then_cut_off_while_others_keep_their_latency
     assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn idle_clients_get_a_liveness_check_then_a_timeout() {
+    let t = TestServer::start("[limits]\nidle_timeout_secs = 1\n").await;
+    t.add_user("alice", "pw").await;
+    // A client that answers the check stays.
+    let mut live = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    live.open_stream().await;
+    let jid = live.login_plain("alice", "pw", "live").await;
+    let got = live.read_until("urn:xmpp:ping").await;
+    assert!(got.contains(&format!("to=\"{jid}\"")), "{got}");
+    let id_at = got.find("id=\"").expect("ping id") + 4;
+    let id = &got[id_at..id_at + got[id_at..].find('"').expect("id end")];
+    live.send(&format!("<iq type='result' id='{id}' to='{DOMAIN}'/>"))
+        .await;
+    live.ping("still-here").await;
+    // A silent one is closed with connection-timeout after the check.
+    let mut silent = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    silent.open_stream().await;
+    silent.login_plain("alice", "pw", "silent").await;
+    let got = silent.read_to_end().await;
+    assert!(got.contains("urn:xmpp:ping"), "{got}");
+    assert!(got.contains("<connection-timeout"), "{got}");
+    // Under stream management the check is an ack request.
+    let mut sm = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    sm.open_stream().await;
+    sm.login_plain("alice", "pw", "sm").await;
+    sm.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    sm.read_until("<enabled").await;
+    let got = sm.read_until("<r xmlns").await;
+    assert!(got.contains("urn:xmpp:sm:3"), "{got}");
+    t.stop().await;
+}
