@@ -499,15 +499,18 @@ impl Server {
         }
     }
 
-    /// A copy of a chat/normal message for the [`MessageDelivered`] hook, only when some
-    /// module listens (the common path pays nothing).
+    /// A copy of a chat/normal/error message for the [`MessageDelivered`] hook, only when
+    /// some module listens (the common path pays nothing).
     fn wants_delivered(
         &self,
         domain: &str,
         mtype: MessageType,
         stanza: &Element,
     ) -> Option<Element> {
-        if !matches!(mtype, MessageType::Normal | MessageType::Chat) {
+        if !matches!(
+            mtype,
+            MessageType::Normal | MessageType::Chat | MessageType::Error
+        ) {
             return None;
         }
         let host = self.hosts.get(domain)?;

@@ -2,6 +2,7 @@
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
 pub mod blocking;
+pub mod carbons;
 pub mod contact_info;
 pub mod disco;
 pub mod last;
@@ -32,7 +33,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<last::Last>()
         .register::<blocking::Blocking>()
         .register::<register::Register>()
-        .register::<contact_info::ContactInfo>();
+        .register::<contact_info::ContactInfo>()
+        .register::<carbons::Carbons>();
     r
 }
 
