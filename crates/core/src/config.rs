@@ -39,6 +39,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: Limits,
     pub messages: MessagesConfig,
+    pub push: PushConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
@@ -54,6 +55,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             messages: MessagesConfig::default(),
+            push: PushConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -114,6 +116,29 @@ impl Default for MessagesConfig {
     fn default() -> Self {
         Self {
             to_all_top_priority_resources: true,
+        }
+    }
+}
+
+/// Push notifications (XEP-0357), for the module that sends them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Put the body of the last message in notifications. Off by default: notifications pass
+    /// through the app's push service and the platform's (XEP-0357 §10).
+    pub include_body: bool,
+    /// Push services (JID and node) one account may enable.
+    pub max_registrations: usize,
+    /// How long to wait for the push service to answer a notification.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            include_body: false,
+            max_registrations: 10,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -326,6 +351,18 @@ impl Config {
                 ),
             ));
         }
+        if self.push.max_registrations == 0 {
+            return Err(invalid(
+                "push.max_registrations",
+                "must be greater than 0 (disable the push module instead)",
+            ));
+        }
+        if self.push.request_timeout_secs == 0 {
+            return Err(invalid(
+                "push.request_timeout_secs",
+                "must be greater than 0",
+            ));
+        }
         if self.hosts.is_empty() {
             return Err(invalid("host", "at least one [[host]] must be served"));
         }
@@ -535,6 +572,7 @@ mod example_file {
             "the example documents the default limits"
         );
         assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.push, d.push, "the example documents the push defaults");
         assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
         assert_eq!(c.listeners.len(), d.listeners.len());
         assert_eq!(c.hosts[0].domain, "localhost");

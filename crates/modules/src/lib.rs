@@ -10,6 +10,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod time;
@@ -34,7 +35,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<blocking::Blocking>()
         .register::<register::Register>()
         .register::<contact_info::ContactInfo>()
-        .register::<carbons::Carbons>();
+        .register::<carbons::Carbons>()
+        .register::<push::Push>();
     r
 }
 
