@@ -180,10 +180,12 @@ def render_config(
     host: str = "127.0.0.1",
     extra_limits: dict[str, int] | None = None,
     host_extra: str = "",
+    extra_toml: str = "",
 ) -> str:
     """The server's TOML. ``extra_limits`` adds keys to ``[limits]`` (e.g.
     ``{"max_roster_items": 2}``); ``host_extra`` is TOML appended to the first host's
-    ``[[host]]`` block (keys, then sub-tables such as ``[host.contact]``)."""
+    ``[[host]]`` block (keys, then sub-tables such as ``[host.contact]``); ``extra_toml`` is
+    appended at the end (top-level tables such as ``[push]``)."""
     lines = [f"data_dir = {toml_str(data_dir)}", f"log_level = {toml_str(log_level)}", ""]
     if require_starttls is not None:
         lines += ["[tls]", f"require_starttls = {'true' if require_starttls else 'false'}", ""]
@@ -213,6 +215,8 @@ def render_config(
         if host_extra and d == domain:
             lines.append(host_extra.strip())
         lines.append("")
+    if extra_toml:
+        lines += [extra_toml.strip(), ""]
     return "\n".join(lines)
 
 
