@@ -150,7 +150,7 @@ async def test_private_and_no_copy_are_respected(server, alice, bob):
             got = await r1.next_message()
             assert got["body"] == f"in {name}"
             if name == "private":
-                # The server leaves <private/> in place (XEP-0280 §10).
+                # The server leaves <private/> in place (XEP-0280 §9).
                 assert got.xml.find(qn(CARBONS_NS, "private")) is not None
             await barrier(b, [r2])
             # Sent.

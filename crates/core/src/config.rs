@@ -125,7 +125,7 @@ impl Default for MessagesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
     /// Put the body of the last message in notifications. Off by default: notifications pass
-    /// through the app's push service and the platform's (XEP-0357 §10).
+    /// through the app's push service and the platform's (XEP-0357 §9).
     pub include_body: bool,
     /// Push services (JID and node) one account may enable.
     pub max_registrations: usize,

@@ -2,7 +2,7 @@
 //! account's conversations, including messages another resource sent or received.
 //!
 //! * Enabling and disabling (§4, §5) is per session, an IQ set to the account; repeating
-//!   either is answered with a result (§9.1). Only the account itself may change it.
+//!   either is answered with a result (§10.1). Only the account itself may change it.
 //! * Eligibility (§6.1, the recommended rules): no `<private/>` (and no XEP-0334
 //!   `<no-copy/>` hint, which asks for the same thing); then type `chat`, type `normal` with
 //!   a body or with IM payloads (receipts, chat states, chat markers), XEP-0249 and mediated
@@ -16,7 +16,7 @@
 //!   did not get the message under RFC 6121 rules — for full-JID and bare-JID messages
 //!   alike, and also when no resource could take it (then the copies go alongside offline
 //!   storage to enabled resources with a negative priority or no presence).
-//! * The server leaves `<private/>` in the message: §10 lifted the old requirement to strip
+//! * The server leaves `<private/>` in the message: §9 lifted the old requirement to strip
 //!   it, since stripping let a sender silently change how a message is routed.
 //! * Messages between resources of one account are not copied: they are not a conversation
 //!   with a contact, and copying them would show the same message twice.

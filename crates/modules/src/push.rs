@@ -19,7 +19,7 @@
 //! * A notification (§7) is an IQ set from the account's bare JID: a pubsub publish of a
 //!   `<notification/>` carrying a `urn:xmpp:push:summary` form with `message-count` (messages
 //!   since a client of the account last connected), `last-message-sender` and, only when
-//!   `push.include_body` is set, `last-message-body` (bodies pass through third parties, §10);
+//!   `push.include_body` is set, `last-message-body` (bodies pass through third parties, §9);
 //!   then the stored publish options.
 //! * At most one notification per registration is in flight: messages that arrive meanwhile
 //!   are counted and sent as one notification once the service has answered, so a flood of

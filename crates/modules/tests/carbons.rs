@@ -64,7 +64,7 @@ async fn enable_disable_and_refusals() {
     let s = server().await;
     let mut a = Client::online(&s, "alice@example.org/1").await;
     for id in ["e1", "e2"] {
-        // §9.1: repeating is not an error.
+        // §10.1: repeating is not an error.
         let r = a
             .ask(
                 &format!("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:carbons:2'/></iq>"),
@@ -232,7 +232,7 @@ async fn private_no_copy_groupchat_headline_and_muc_pm() {
         assert!(a2.drain().is_empty(), "received: {case}");
         let got3 = a3.drain();
         assert_eq!(got3.len(), 1, "{case}: {got3:?}");
-        // The server leaves <private/> in place (§10).
+        // The server leaves <private/> in place (§9).
         if case.contains("private") {
             assert!(got3[0].has_child("private", NS));
         }
