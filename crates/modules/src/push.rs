@@ -10,7 +10,10 @@
 //!   A registration is stored in the account's user data, so it survives restarts, at most
 //!   [`MAX_REGISTRATION_BYTES`] each and `push.max_registrations` per account
 //!   (`policy-violation` beyond). The session that enabled it remembers it: that client is
-//!   the one to wake when the stream layer holds a message for it.
+//!   the one to wake when the stream layer holds a message for it. Until federation (or a
+//!   local PubSub service) exists, only a client of this server can be the push service:
+//!   other JIDs are refused at enable time (`remote-server-not-found` for other domains,
+//!   `service-unavailable` for a local bare JID or domain).
 //! * Triggers: a message with a body (not a chat state or receipt alone, which are not worth
 //!   waking a phone for) for an account with no available resource (`UndeliverableMessage`,
 //!   before offline storage keeps it) notifies every registration of the account; one held
@@ -274,6 +277,22 @@ fn service_jid(payload: &Element) -> Result<Jid, StanzaError> {
     Jid::new(jid).map_err(|_| StanzaError::bad_request("the 'jid' is not a valid JID"))
 }
 
+/// Whether notifications could reach a push service at `jid` today; refused at enable time
+/// rather than stored and disabled by the first notification's error. There is no
+/// federation and no local PubSub service yet: only a client of this server (a full JID)
+/// can receive the publish. Widen this when either exists.
+fn reachable(server: &Server, jid: &Jid) -> Result<(), StanzaError> {
+    if !server.serves(jid.domain().as_str()) {
+        return Err(StanzaError::new(StanzaErrorCondition::RemoteServerNotFound)
+            .with_text("push services on other servers can't be reached yet"));
+    }
+    if jid.resource().is_none() {
+        return Err(StanzaError::service_unavailable()
+            .with_text("no push service at this address: only a client's full JID"));
+    }
+    Ok(())
+}
+
 /// The FORM_TYPE of a data form, if it has one.
 fn form_type(form: &Element) -> Option<String> {
     form.children()
@@ -318,6 +337,7 @@ async fn handle(state: &State, req: IqRequest) -> IqResult {
                     ));
                 }
             }
+            reachable(server, &jid)?;
             let reg = Registration { jid, node, options };
             let xml = reg.to_xml();
             if xml.len() > MAX_REGISTRATION_BYTES {

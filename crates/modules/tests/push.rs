@@ -97,6 +97,10 @@ async fn enable_disable_validation_and_storage() {
         ("<iq type='get' id='b1'><enable xmlns='urn:xmpp:push:0' jid='push.example' node='n'/></iq>", StanzaErrorCondition::BadRequest),
         ("<iq type='set' id='b1'><other xmlns='urn:xmpp:push:0'/></iq>", StanzaErrorCondition::BadRequest),
         ("<iq type='set' id='b1' to='bob@example.org'><enable xmlns='urn:xmpp:push:0' jid='push.example' node='n'/></iq>", StanzaErrorCondition::Forbidden),
+        // Unreachable without federation or a local PubSub service.
+        ("<iq type='set' id='b1'><enable xmlns='urn:xmpp:push:0' jid='push.example' node='n'/></iq>", StanzaErrorCondition::RemoteServerNotFound),
+        ("<iq type='set' id='b1'><enable xmlns='urn:xmpp:push:0' jid='example.org' node='n'/></iq>", StanzaErrorCondition::ServiceUnavailable),
+        ("<iq type='set' id='b1'><enable xmlns='urn:xmpp:push:0' jid='carol@example.org' node='n'/></iq>", StanzaErrorCondition::ServiceUnavailable),
     ];
     for (xml, cond) in bad {
         let r = alice.ask(xml, "b1").await;
