@@ -206,6 +206,13 @@ async fn received_carbons_full_and_bare() {
         body(carbon(&got2[0], "received", "alice@example.org/2")),
         "bare 2"
     );
+    // §9: a private message to the bare JID is still delivered by RFC 6121 rules (to every
+    // top-priority resource), but copied to nobody.
+    bob.send("<message to='alice@example.org' type='chat'><body>bare private</body><private xmlns='urn:xmpp:carbons:2'/></message>")
+        .await;
+    assert_eq!(body(&a1.drain()[0]), "bare private");
+    assert_eq!(body(&a3.drain()[0]), "bare private");
+    assert!(a2.drain().is_empty());
 }
 
 #[tokio::test]
