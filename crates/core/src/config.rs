@@ -41,6 +41,7 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub stream_management: StreamManagementConfig,
     pub fast: FastConfig,
+    pub push: PushConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
@@ -58,6 +59,7 @@ impl Default for Config {
             messages: MessagesConfig::default(),
             stream_management: StreamManagementConfig::default(),
             fast: FastConfig::default(),
+            push: PushConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -165,6 +167,29 @@ impl Default for FastConfig {
         Self {
             enabled: true,
             token_lifetime_secs: 14 * 24 * 3600,
+        }
+    }
+}
+
+/// Push notifications (XEP-0357), for the module that sends them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Put the body of the last message in notifications. Off by default: notifications pass
+    /// through the app's push service and the platform's (XEP-0357 §9).
+    pub include_body: bool,
+    /// Push services (JID and node) one account may enable.
+    pub max_registrations: usize,
+    /// How long to wait for the push service to answer a notification.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            include_body: false,
+            max_registrations: 10,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -380,6 +405,18 @@ impl Config {
                     "'{}' is not one of error, warn, info, debug, trace (or a filter directive)",
                     self.log_level
                 ),
+            ));
+        }
+        if self.push.max_registrations == 0 {
+            return Err(invalid(
+                "push.max_registrations",
+                "must be greater than 0 (disable the push module instead)",
+            ));
+        }
+        if self.push.request_timeout_secs == 0 {
+            return Err(invalid(
+                "push.request_timeout_secs",
+                "must be greater than 0",
             ));
         }
         if self.hosts.is_empty() {
@@ -613,6 +650,7 @@ mod example_file {
         assert_eq!(c.stream_management, d.stream_management);
         assert_eq!(c.fast, d.fast);
         assert_eq!(c.log_level, d.log_level);
+        assert_eq!(c.push, d.push, "the example documents the push defaults");
         assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
         assert_eq!(c.listeners.len(), d.listeners.len());
         assert_eq!(c.hosts[0].domain, "localhost");

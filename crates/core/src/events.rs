@@ -75,8 +75,9 @@ pub struct UndeliverableMessage {
 }
 
 /// A `chat` or `normal` message was handed to sessions of a local account (after the
-/// [`LocalDelivery`] filters). `delivered_to` lists the sessions (ids) that got it, so a
-/// feature that copies messages to other resources (carbons) can skip those.
+/// [`LocalDelivery`] filters), or an `error` message to one of its full JIDs (errors to a
+/// bare JID are dropped, RFC 6121 §8.5.2). `delivered_to` lists the sessions (ids) that got
+/// it, so a feature that copies messages to other resources (carbons) can skip those.
 #[derive(Debug, Clone)]
 pub struct MessageDelivered {
     pub to: BareJid,

@@ -19,6 +19,7 @@ pub struct Host {
     pub(crate) modules: Vec<&'static str>,
     pub(crate) iq_handlers: HashMap<IqScope, HashMap<String, Arc<dyn IqHandler>>>,
     pub(crate) features: Vec<String>,
+    pub(crate) account_features: Vec<String>,
     pub(crate) identities: Vec<Identity>,
     pub(crate) disco_items: Vec<(String, Option<String>)>,
     pub(crate) stream_features: Vec<Element>,
@@ -37,6 +38,10 @@ impl Host {
     /// The disco features of the server on this host, sorted.
     pub fn features(&self) -> &[String] {
         &self.features
+    }
+    /// The disco features of the accounts on this host (beyond disco itself), sorted.
+    pub fn account_features(&self) -> &[String] {
+        &self.account_features
     }
     pub fn identities(&self) -> &[Identity] {
         &self.identities

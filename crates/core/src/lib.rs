@@ -5,6 +5,7 @@
 //! * [`hooks`] and [`events`]: typed events and filters modules subscribe to.
 //! * [`host`]: a virtual host with the handlers its modules registered.
 //! * [`sessions`]: the registry of bound client sessions and their bounded send queues.
+//! * [`requests`]: IQ requests the server sends itself and the answers they wait for.
 //! * [`server`]: the whole: hosts, sessions, storage, shutdown, and the routing rules.
 //!
 //! The core knows no transport (the `net` crate feeds it stanzas) and no feature module.
@@ -15,6 +16,7 @@ pub mod hooks;
 pub mod host;
 pub mod iq;
 pub mod module;
+pub mod requests;
 pub mod server;
 pub mod sessions;
 
@@ -23,5 +25,6 @@ pub use hooks::Flow;
 pub use host::Host;
 pub use iq::{iq_fn, IqHandler, IqRequest, IqResult, IqScope};
 pub use module::{HostBuilder, Module, ModuleError, ModuleRegistry, Spec};
+pub use requests::IqRequestError;
 pub use server::Server;
 pub use sessions::{Outgoing, SessionHandle, SessionInbox, SessionRegistry};

@@ -151,6 +151,7 @@ impl ModuleRegistry {
             current: "core",
             iq_handlers: HashMap::new(),
             features: BTreeSet::new(),
+            account_features: BTreeSet::new(),
             identities: Vec::new(),
             disco_items: Vec::new(),
             stream_features: Vec::new(),
@@ -166,6 +167,7 @@ impl ModuleRegistry {
             modules: chosen.iter().map(|m| m.name).collect(),
             iq_handlers: b.iq_handlers,
             features: b.features.into_iter().collect(),
+            account_features: b.account_features.into_iter().collect(),
             identities: b.identities,
             disco_items: b.disco_items,
             stream_features: b.stream_features,
@@ -183,6 +185,7 @@ pub struct HostBuilder<'a> {
     current: &'static str,
     iq_handlers: HashMap<IqScope, HashMap<String, Arc<dyn IqHandler>>>,
     features: BTreeSet<String>,
+    account_features: BTreeSet<String>,
     identities: Vec<Identity>,
     disco_items: Vec<(String, Option<String>)>,
     stream_features: Vec<Element>,
@@ -222,6 +225,11 @@ impl HostBuilder<'_> {
     /// Advertises a feature in the server's `disco#info`. Only for what works end to end.
     pub fn add_feature(&mut self, var: &str) {
         self.features.insert(var.to_owned());
+    }
+    /// Advertises a feature in the `disco#info` of every account on this host: something the
+    /// server does on the accounts' behalf (RFC 6121 §8.5.2.1.3), such as push notifications.
+    pub fn add_account_feature(&mut self, var: &str) {
+        self.account_features.insert(var.to_owned());
     }
     pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
         self.identities.push(Identity {

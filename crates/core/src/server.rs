@@ -10,6 +10,7 @@ use crate::hooks::Flow;
 use crate::host::Host;
 use crate::iq::{IqRequest, IqScope};
 use crate::module::{ModuleError, ModuleRegistry};
+use crate::requests::{IqRequestError, PendingIqs};
 use crate::sessions::SessionRegistry;
 use rookery_stanza::{
     error_reply, iq_result, ns, parse_jid, BareJid, FullJid, IqType, Jid, MessageType,
@@ -19,7 +20,7 @@ use rookery_storage::Storage;
 use rookery_xml::Element;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +32,7 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     started: Instant,
+    pending_iqs: Arc<PendingIqs>,
 }
 
 impl Server {
@@ -53,6 +55,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: Instant::now(),
+            pending_iqs: Arc::default(),
         }))
     }
 
@@ -269,6 +272,83 @@ impl Server {
 
     // ---- IQ (RFC 6120 §8.2.3, §10.3.3, §10.5.3) -------------------------------------------
 
+    /// Sends an IQ get or set of the server's own, from a host or an account (`from` must be
+    /// set: the domain or a local bare JID), and waits up to `timeout` for the answer. The
+    /// server chooses the id. Returns the result stanza; an error answer (or the error the
+    /// router would have answered, e.g. for a resource that is not online) is
+    /// [`IqRequestError::Error`]. Only local full JIDs can be reached for now (no federation,
+    /// and bare JIDs and hosts are answered by the server itself).
+    pub async fn send_iq_request(
+        self: &Arc<Self>,
+        mut stanza: Element,
+        timeout: Duration,
+    ) -> Result<Element, IqRequestError> {
+        if stanza.name() != "iq" || !IqType::of(&stanza).is_some_and(IqType::is_request) {
+            return Err(IqRequestError::NotARequest);
+        }
+        let (Some(Ok(from)), Some(Ok(to))) = (
+            stanza.attr("from").map(parse_jid),
+            stanza.attr("to").map(parse_jid),
+        ) else {
+            return Err(IqRequestError::NotARequest);
+        };
+        if !self.serves(from.domain().as_str()) || from.resource().is_some() {
+            return Err(IqRequestError::NotARequest);
+        }
+        if !self.serves(to.domain().as_str()) {
+            return Err(IqRequestError::Error(StanzaError::new(
+                StanzaErrorCondition::RemoteServerNotFound,
+            )));
+        }
+        let Ok(full) = to.try_as_full() else {
+            return Err(IqRequestError::Error(
+                StanzaError::service_unavailable().with_text("requests reach local resources only"),
+            ));
+        };
+        let Some(session) = self.sessions.get(full) else {
+            return Err(IqRequestError::Error(StanzaError::service_unavailable()));
+        };
+        let (id, answer, _pending) = self.pending_iqs.register(from, to.clone());
+        stanza.set_attr("id", id);
+        // The addressee's delivery filters apply as to any IQ (a blocked sender is refused).
+        let Some(stanza) = self.filter_local_quiet(&to, stanza).await else {
+            return Err(IqRequestError::Error(StanzaError::service_unavailable()));
+        };
+        if session.deliver(stanza).is_err() {
+            return Err(IqRequestError::Error(StanzaError::service_unavailable()));
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(reply)) => {
+                if IqType::of(&reply) == Some(IqType::Result) {
+                    Ok(reply)
+                } else {
+                    Err(IqRequestError::Error(
+                        StanzaError::from_stanza(&reply).unwrap_or_else(|| {
+                            StanzaError::new(StanzaErrorCondition::UndefinedCondition)
+                        }),
+                    ))
+                }
+            }
+            // The entry is only removed with the guard, which lives until here.
+            Ok(Err(_)) | Err(_) => Err(IqRequestError::Timeout(timeout)),
+        }
+    }
+
+    /// The [`LocalDelivery`] filters without answering a dropped request (the caller does).
+    async fn filter_local_quiet(self: &Arc<Self>, to: &Jid, stanza: Element) -> Option<Element> {
+        let host = self.hosts.get(to.domain().as_str())?;
+        host.hooks()
+            .fold(
+                self,
+                LocalDelivery {
+                    to: to.clone(),
+                    stanza,
+                },
+            )
+            .await
+            .map(|d| d.stanza)
+    }
+
     async fn route_iq(self: &Arc<Self>, from: &FullJid, to: Option<Jid>, stanza: Element) {
         let Some(iq_type) = IqType::of(&stanza) else {
             return self.bounce(
@@ -343,7 +423,9 @@ impl Server {
         stanza: Element,
     ) {
         if !iq_type.is_request() {
-            // The server sends no requests of its own yet, so no response is awaited.
+            // An answer to the server itself or to an account: only requests the server sent
+            // (`send_iq_request`) await one; anything else is dropped.
+            self.pending_iqs.resolve(from, &to, stanza);
             return;
         }
         let mut children = stanza.children();
@@ -499,15 +581,18 @@ impl Server {
         }
     }
 
-    /// A copy of a chat/normal message for the [`MessageDelivered`] hook, only when some
-    /// module listens (the common path pays nothing).
+    /// A copy of a chat/normal/error message for the [`MessageDelivered`] hook, only when
+    /// some module listens (the common path pays nothing).
     fn wants_delivered(
         &self,
         domain: &str,
         mtype: MessageType,
         stanza: &Element,
     ) -> Option<Element> {
-        if !matches!(mtype, MessageType::Normal | MessageType::Chat) {
+        if !matches!(
+            mtype,
+            MessageType::Normal | MessageType::Chat | MessageType::Error
+        ) {
             return None;
         }
         let host = self.hosts.get(domain)?;

@@ -524,3 +524,117 @@ async fn one_resource_among_tied_ones_when_configured() {
     assert!(newer.recv().is_some(), "the newest of the tied resources");
     assert!(older.recv().is_none());
 }
+
+#[tokio::test]
+async fn server_iq_requests_get_their_answer_an_error_or_time_out() {
+    use rookery_core::IqRequestError;
+    use std::time::Duration;
+    let s = server().await;
+    let mut svc = Client::online(&s, "bob@example.org/svc", Some(0));
+    let mallory = Client::online(&s, "carol@example.org/m", Some(0));
+    let request = |to: &str| {
+        parse_element(&format!(
+            "<iq xmlns='jabber:client' type='set' from='alice@example.org' to='{to}'><q xmlns='urn:test:q'/></iq>"
+        ))
+        .expect("xml")
+    };
+
+    // A result from the addressee resolves the request; a forged one from elsewhere does not.
+    let s2 = s.clone();
+    let waiting = tokio::spawn(async move {
+        s2.send_iq_request(request("bob@example.org/svc"), Duration::from_secs(5))
+            .await
+    });
+    let mut got = None;
+    for _ in 0..100 {
+        if let Some(el) = svc.recv() {
+            got = Some(el);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let req = got.expect("the request reached the addressee");
+    assert_eq!(req.attr("from"), Some("alice@example.org"));
+    assert_eq!(req.attr("type"), Some("set"));
+    let id = req.attr("id").expect("server-chosen id").to_owned();
+    mallory
+        .send(
+            &s,
+            &format!("<iq xmlns='jabber:client' type='result' id='{id}' to='alice@example.org'/>"),
+        )
+        .await;
+    assert!(
+        !waiting.is_finished(),
+        "an answer from another JID is ignored"
+    );
+    svc.send(
+        &s,
+        &format!("<iq xmlns='jabber:client' type='result' id='{id}' to='alice@example.org'><r xmlns='urn:test:q'/></iq>"),
+    )
+    .await;
+    let reply = waiting.await.expect("join").expect("result");
+    assert!(reply.has_child("r", "urn:test:q"));
+    assert_eq!(reply.attr("from"), Some("bob@example.org/svc"));
+
+    // An error answer.
+    let s2 = s.clone();
+    let waiting = tokio::spawn(async move {
+        s2.send_iq_request(request("bob@example.org/svc"), Duration::from_secs(5))
+            .await
+    });
+    let req = loop {
+        if let Some(el) = svc.recv() {
+            break el;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let id = req.attr("id").expect("id");
+    svc.send(
+        &s,
+        &format!("<iq xmlns='jabber:client' type='error' id='{id}' to='alice@example.org'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"),
+    )
+    .await;
+    match waiting.await.expect("join") {
+        Err(IqRequestError::Error(e)) => {
+            assert_eq!(e.condition, StanzaErrorCondition::ItemNotFound)
+        }
+        other => panic!("expected the error, got {other:?}"),
+    }
+
+    // No answer: a timeout, and the pending entry is gone (a late answer resolves nothing
+    // and is dropped quietly).
+    let r = s
+        .send_iq_request(request("bob@example.org/svc"), Duration::from_millis(50))
+        .await;
+    assert_eq!(r, Err(IqRequestError::Timeout(Duration::from_millis(50))));
+    let late = svc.recv().expect("request");
+    svc.send(
+        &s,
+        &format!(
+            "<iq xmlns='jabber:client' type='result' id='{}' to='alice@example.org'/>",
+            late.attr("id").expect("id")
+        ),
+    )
+    .await;
+    assert!(svc.recv_all().is_empty(), "nothing bounced back");
+
+    // A resource that is not online, a remote domain, and not a request.
+    assert_eq!(
+        s.send_iq_request(request("bob@example.org/gone"), Duration::from_secs(1))
+            .await,
+        Err(IqRequestError::Error(StanzaError::service_unavailable()))
+    );
+    assert!(matches!(
+        s.send_iq_request(request("x@remote.example/r"), Duration::from_secs(1))
+            .await,
+        Err(IqRequestError::Error(e)) if e.condition == StanzaErrorCondition::RemoteServerNotFound
+    ));
+    let result = parse_element(
+        "<iq xmlns='jabber:client' type='result' from='alice@example.org' to='bob@example.org/svc'/>",
+    )
+    .expect("xml");
+    assert_eq!(
+        s.send_iq_request(result, Duration::from_secs(1)).await,
+        Err(IqRequestError::NotARequest)
+    );
+}

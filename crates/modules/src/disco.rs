@@ -1,7 +1,8 @@
 //! XEP-0030 Service Discovery for the server itself: identities, the features the enabled
 //! modules registered, items, and XEP-0128 extension forms of enabled modules; and for the
 //! accounts it hosts, answered on their behalf (RFC 6121 §8.5.2.1.3, §8.5.2.2.3): identity
-//! `account/registered`, to anyone, and an empty item list.
+//! `account/registered` and the account features enabled modules registered, to anyone, and
+//! an empty item list.
 
 use rookery_core::{
     iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
@@ -110,16 +111,21 @@ async fn account_info(req: IqRequest) -> IqResult {
     if req.payload.attr("node").is_some() {
         return Err(no_such_node());
     }
-    Ok(Some(
-        Element::new("query", NS_INFO)
-            .with_child(
-                Element::new("identity", NS_INFO)
-                    .with_attr("category", "account")
-                    .with_attr("type", "registered"),
-            )
-            .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_INFO))
-            .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_ITEMS)),
-    ))
+    let mut query = Element::new("query", NS_INFO)
+        .with_child(
+            Element::new("identity", NS_INFO)
+                .with_attr("category", "account")
+                .with_attr("type", "registered"),
+        )
+        .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_INFO))
+        .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_ITEMS));
+    // What enabled modules do on the accounts' behalf (HostBuilder::add_account_feature).
+    if let Some(host) = req.server.host(req.to.domain().as_str()) {
+        for f in host.account_features() {
+            query.push_child(Element::new("feature", NS_INFO).with_attr("var", f.clone()));
+        }
+    }
+    Ok(Some(query))
 }
 
 /// disco#items of an account's bare JID: nothing is published there yet.

@@ -2,6 +2,7 @@
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
 pub mod blocking;
+pub mod carbons;
 pub mod contact_info;
 pub mod disco;
 pub mod last;
@@ -9,6 +10,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod time;
@@ -32,7 +34,9 @@ pub fn registry() -> ModuleRegistry {
         .register::<last::Last>()
         .register::<blocking::Blocking>()
         .register::<register::Register>()
-        .register::<contact_info::ContactInfo>();
+        .register::<contact_info::ContactInfo>()
+        .register::<carbons::Carbons>()
+        .register::<push::Push>();
     r
 }
 

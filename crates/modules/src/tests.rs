@@ -70,6 +70,7 @@ async fn disco_lists_exactly_the_enabled_features() {
             "jabber:iq:version",
             "msgoffline",
             "urn:xmpp:blocking",
+            "urn:xmpp:carbons:2",
             "urn:xmpp:ping",
             "urn:xmpp:time",
             "vcard-temp"

@@ -405,3 +405,40 @@ async fn sasl2_failure_and_inline_resumption() {
     let _ = DOMAIN;
     t.stop().await;
 }
+
+#[tokio::test]
+async fn carbons_enabled_inline_in_bind2() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "pw").await;
+    t.add_user("bob", "pw").await;
+    let (mut phone, features) = connect(&t).await;
+    assert!(
+        features.contains("var=\"urn:xmpp:carbons:2\""),
+        "{features}"
+    );
+    phone
+        .send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+               <initial-response>{}</initial-response>\
+               <bind xmlns='urn:xmpp:bind:0'><tag>Phone</tag><enable xmlns='urn:xmpp:carbons:2'/></bind>\
+             </authenticate>",
+            plain_b64("alice", "pw")
+        ))
+        .await;
+    phone.read_until("</stream:features>").await;
+    let mut laptop = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    laptop.open_stream().await;
+    laptop.login_plain("alice", "pw", "laptop").await;
+    let mut bob = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    bob.open_stream().await;
+    bob.login_plain("bob", "pw", "pc").await;
+    bob.send("<message type='chat' to='alice@localhost/laptop'><body>to-laptop</body></message>")
+        .await;
+    laptop.read_until("to-laptop</body>").await;
+    let got = phone.read_until("to-laptop</body>").await;
+    assert!(
+        got.contains("<received xmlns=\"urn:xmpp:carbons:2\""),
+        "{got}"
+    );
+    t.stop().await;
+}
