@@ -153,3 +153,34 @@ def test_sessions_without_running_server(make_server):
     assert message and "panicked" not in message, message
     assert "not running" in message.lower(), message
 
+
+
+def stats(server) -> dict[str, int]:
+    res = server.cli("stats")
+    assert res.returncode == 0, res.stderr
+    out = {}
+    for line in res.stdout.splitlines():
+        name, value = line.split()
+        out[name] = int(value)
+    return out
+
+
+def test_stats_count_what_the_limits_refused(server, raw, pool):
+    before = stats(server)
+    assert "auth_failures" in before and "sessions" in before, before
+    user = pool.take()
+    s = raw()
+    s.open_stream()
+    s.starttls()
+    assert not s.auth_plain(user.localpart, "wrong password").ok
+    after = stats(server)
+    assert after["auth_failures"] == before["auth_failures"] + 1, (before, after)
+    # Not-well-formed XML is counted as it closes the stream.
+    bad = raw()
+    bad.open_stream()
+    bad.send("<a></b>")
+    bad.read_until_closed(timeout=5)
+    deadline = time.monotonic() + 5
+    while stats(server)["bad_xml"] == before["bad_xml"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stats(server)["bad_xml"] == before["bad_xml"] + 1

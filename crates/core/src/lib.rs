@@ -1,6 +1,7 @@
 //! The Rookery core: what every feature plugs into, and nothing feature-specific.
 //!
 //! * [`config`]: the TOML configuration and its validation.
+//! * [`counters`]: process-wide counters of limits hit and session events.
 //! * [`module`]: the [`Module`](module::Module) contract and the registry of compiled-in modules.
 //! * [`hooks`] and [`events`]: typed events and filters modules subscribe to.
 //! * [`host`]: a virtual host with the handlers its modules registered.
@@ -11,6 +12,7 @@
 //! The core knows no transport (the `net` crate feeds it stanzas) and no feature module.
 
 pub mod config;
+pub mod counters;
 pub mod events;
 pub mod hooks;
 pub mod host;

@@ -100,6 +100,7 @@ impl SessionHandle {
         match self.queue.try_send(Box::new(out)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::counters::incr(crate::counters::Counter::SendQueueOverflows);
                 self.kick(
                     StreamErrorCondition::PolicyViolation,
                     "too many stanzas waiting to be read",

@@ -11,6 +11,7 @@ use crate::transport::Transport;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rookery_core::config::ListenerKind;
+use rookery_core::counters::{self, Counter};
 use rookery_core::events::SessionBound;
 use rookery_core::{Host, Outgoing, Server, SessionHandle, SessionInbox};
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
@@ -173,6 +174,7 @@ pub async fn run(
                 Ok(tls) => (Transport::Tls(Box::new(tls)), Stage::Unauthenticated),
                 Err(why) => {
                     tracing::debug!(%peer, why, "TLS handshake did not complete");
+                    counters::incr(Counter::TlsHandshakeFailures);
                     return;
                 }
             }
@@ -343,6 +345,7 @@ impl Connection {
                         self.throttled_since = None;
                     } else {
                         let since = *self.throttled_since.get_or_insert_with(|| {
+                            counters::incr(Counter::RateLimited);
                             tracing::warn!(peer = %self.peer, "input rate limit reached: pausing reads");
                             now
                         });
@@ -400,6 +403,7 @@ impl Connection {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline), if !bound => {
+                    counters::incr(Counter::UnauthenticatedTimeouts);
                     return Close::err_text(
                         StreamErrorCondition::ConnectionTimeout,
                         "authentication took too long",
@@ -437,6 +441,21 @@ impl Connection {
 
     /// Ends the stream as `close` says, then releases the session.
     async fn finish(mut self, close: Close) {
+        match &close {
+            Close::Error(StreamErrorCondition::PolicyViolation, _) => {
+                counters::incr(Counter::PolicyViolations)
+            }
+            Close::Error(
+                StreamErrorCondition::NotWellFormed
+                | StreamErrorCondition::InvalidXml
+                | StreamErrorCondition::RestrictedXml
+                | StreamErrorCondition::InvalidNamespace
+                | StreamErrorCondition::UnsupportedStanzaType,
+                _,
+            ) => counters::incr(Counter::BadXml),
+            Close::IdleTimeout => counters::incr(Counter::IdleTimeouts),
+            _ => {}
+        }
         match &close {
             Close::Error(cond, text) => {
                 tracing::debug!(peer = %self.peer, condition = %cond, "closing stream with error");
@@ -935,6 +954,7 @@ impl Connection {
             }
             Err(why) => {
                 tracing::debug!(peer = %self.peer, why, "STARTTLS handshake did not complete");
+                counters::incr(Counter::TlsHandshakeFailures);
                 Err(Close::Dropped)
             }
         }
@@ -1082,6 +1102,7 @@ impl Connection {
         self.sasl = None;
         let counted = !matches!(e, SaslError::Aborted);
         if counted {
+            counters::incr(Counter::AuthFailures);
             self.auth_attempts += 1;
             let delay = self
                 .ctx
@@ -1103,6 +1124,7 @@ impl Connection {
         self.fast_used = None;
         self.write(&fail);
         if self.auth_attempts >= self.server().config().limits.max_auth_attempts {
+            counters::incr(Counter::AuthAttemptsExceeded);
             return Err(Close::err_text(
                 StreamErrorCondition::PolicyViolation,
                 "too many failed authentication attempts",
@@ -1302,6 +1324,7 @@ impl Connection {
                     .try_register(self.peer.ip(), per_hour)
                 {
                     tracing::warn!(peer = %self.peer, "registration refused: rate limit");
+                    counters::incr(Counter::RegistrationsRefused);
                     return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)
                         .with_text("too many registrations from this address; try later"));
                 }
@@ -1512,6 +1535,7 @@ impl Connection {
             self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
         }
         tracing::info!(peer = %self.peer, jid = %d.handle.jid(), "session resumed");
+        counters::incr(Counter::SmResumed);
         self.session = Some(d.handle);
         self.inbox = Some(d.inbox);
         self.takeover = Some(d.takeover);

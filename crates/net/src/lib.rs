@@ -171,6 +171,9 @@ async fn accept_loop(
             Ok((socket, peer)) => {
                 let Some(permit) = limits.try_acquire(peer.ip()) else {
                     tracing::warn!(%peer, open = limits.open(), "connection refused: connection limit reached");
+                    rookery_core::counters::incr(
+                        rookery_core::counters::Counter::ConnectionsRefused,
+                    );
                     continue;
                 };
                 let _ = socket.set_nodelay(true);

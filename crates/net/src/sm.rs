@@ -12,6 +12,7 @@
 //!   the stanzas that arrive meanwhile, and ends it ([`end_session`]) if nobody resumes.
 
 use parking_lot::Mutex;
+use rookery_core::counters::{self, Counter};
 use rookery_core::events::{HeldMessage, SessionClosed};
 use rookery_core::{Host, Outgoing, Server, SessionHandle, SessionInbox};
 use rookery_stanza::{BareJid, IqType, StanzaError};
@@ -275,6 +276,7 @@ pub async fn park(server: Arc<Server>, resumptions: Arc<Resumptions>, mut d: Det
     let shutdown = server.shutdown_token().clone();
     let handle = d.handle.clone();
     tracing::info!(jid = %handle.jid(), "connection lost; session kept for resumption");
+    counters::incr(Counter::SmParked);
     loop {
         tokio::select! {
             biased;
@@ -304,6 +306,7 @@ pub async fn park(server: Arc<Server>, resumptions: Arc<Resumptions>, mut d: Det
             }
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::info!(jid = %handle.jid(), "resumption time ran out");
+                counters::incr(Counter::SmExpired);
                 break;
             }
         }

@@ -82,6 +82,17 @@ fn execute(server: &Server, request: &str) -> String {
             lines.sort();
             lines.concat()
         }
+        "stats" => {
+            let mut out = format!(
+                "sessions {}\nuptime_secs {}\n",
+                server.sessions().count(),
+                server.uptime().as_secs()
+            );
+            for (name, value) in rookery_core::counters::snapshot() {
+                out.push_str(&format!("{name} {value}\n"));
+            }
+            out
+        }
         "kick" => match Jid::new(arg) {
             Ok(jid) => {
                 let targets: Vec<_> = match jid.try_as_full() {

@@ -12,6 +12,7 @@ use rookery_storage_sqlite::SqliteBackend;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Iterations for newly stored SCRAM records (RFC 7677 recommends at least 4096).
@@ -40,6 +41,8 @@ enum Command {
     Modules,
     /// List the sessions of the running server (optionally of one domain).
     Sessions { domain: Option<String> },
+    /// Print the running server's counters: limits hit, sessions, resumptions.
+    Stats,
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
@@ -96,6 +99,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check => check(&config),
         Command::Modules => Ok(()),
+        Command::Stats => rt.block_on(async {
+            match admin::request(&config, "stats").await? {
+                Some(out) => {
+                    print!("{out}");
+                    Ok(())
+                }
+                None => bail!(
+                    "the server is not running (no admin socket in {})",
+                    config.data_dir.display()
+                ),
+            }
+        }),
         Command::Sessions { domain } => rt.block_on(async {
             let line = format!("sessions {}", domain.unwrap_or_default());
             match admin::request(&config, line.trim()).await? {
@@ -179,6 +194,7 @@ async fn serve(config: Config) -> Result<()> {
     let listeners = rookery_net::bind_all(&server).await?;
     rookery_net::serve(server.clone(), tls, listeners);
     admin::serve(server.clone())?;
+    server.tasks().spawn(log_counters(server.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         hosts = ?server.config().hosts.iter().map(|h| &h.domain).collect::<Vec<_>>(),
@@ -200,6 +216,35 @@ async fn serve(config: Config) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Logs the counters that changed in the last minute (limits hit, resumptions...), so an
+/// operator sees in the log what the server refused and why.
+async fn log_counters(server: Arc<Server>) {
+    let mut last = rookery_core::counters::snapshot();
+    let shutdown = server.shutdown_token().clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let now = rookery_core::counters::snapshot();
+        let changed: Vec<String> = now
+            .iter()
+            .zip(&last)
+            .filter(|((_, v), (_, old))| v != old)
+            .map(|((name, v), (_, old))| format!("{name}=+{} ({v})", v - old))
+            .collect();
+        if !changed.is_empty() {
+            tracing::info!(
+                target: "rookery::counters",
+                sessions = server.sessions().count(),
+                "counters: {}",
+                changed.join(" ")
+            );
+        }
+        last = now;
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {
