@@ -7,7 +7,7 @@ use crate::csi::ClientState;
 use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter, TokenBucket};
 use crate::sm::{self, Detached, ResumeError, Resumptions, StreamState, TakeoverReceiver};
 use crate::tls::TlsContext;
-use crate::transport::Transport;
+use crate::transport::{ReadNow, Transport};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rookery_core::config::ListenerKind;
@@ -23,16 +23,18 @@ use rookery_xml::{Element, Limits, StreamEvent, StreamHeader, StreamParser};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod sasl2;
 use sasl2::NS_SASL2;
 
-/// Bytes read from the socket at once. Small on purpose: this buffer lives as long as the
-/// connection, and stanzas larger than it are assembled by the parser, not here.
+/// Bytes read from the socket at once, into a stack buffer lent for the read only (an idle
+/// connection holds none); stanzas larger than it are assembled by the parser.
 const READ_BUFFER: usize = 4096;
+/// Output buffer capacity kept between writes; anything larger is freed after the flush.
+const OUT_BUFFER_KEEP: usize = 512;
 /// Stanzas written in one batch before flushing (one syscall for a burst of deliveries).
 const WRITE_BATCH: usize = 64;
 /// A client that accepts none of our bytes for this long is gone or hostile: the connection
@@ -228,6 +230,30 @@ async fn handshake<T>(
     }
 }
 
+/// What one read from the socket gave.
+enum ReadOutcome {
+    /// End of stream or an error: the connection is gone.
+    Closed,
+    /// Nothing to read after all (a spurious wake-up, or TLS records not complete yet);
+    /// `again` when the TLS layer asked to be polled again without a socket event.
+    Nothing { again: bool },
+    /// `n` bytes fed to the parser; `full` when the buffer was filled (more may wait).
+    Read {
+        n: usize,
+        full: bool,
+        fed: Result<(), rookery_xml::XmlError>,
+    },
+}
+
+/// Resolves when the socket is readable, or at once when a previous read may have left
+/// decrypted bytes behind.
+async fn readable_or_now(io: &Transport, more_buffered: bool) -> std::io::Result<()> {
+    if more_buffered {
+        return Ok(());
+    }
+    io.readable().await
+}
+
 /// Waits on an optional session inbox; pending forever when there is none.
 async fn next_outgoing(inbox: &mut Option<SessionInbox>) -> Option<Box<Outgoing>> {
     match inbox {
@@ -268,8 +294,10 @@ impl Connection {
 
     /// The read/write loop; returns why the stream ended.
     async fn serve(&mut self) -> Close {
-        let mut buf = vec![0u8; READ_BUFFER];
         let mut events = Vec::new();
+        // TLS may hold decrypted bytes the socket no longer signals (e.g. data that came with
+        // the end of the handshake): read at once before waiting on readiness.
+        let mut more_buffered = true;
         let shutdown = self.server().shutdown_token().clone();
         let deadline = Instant::now()
             + Duration::from_secs(self.server().config().limits.unauthenticated_timeout_secs);
@@ -329,12 +357,25 @@ impl Connection {
                     }
                 }
                 _ = tokio::time::sleep_until(resume_reading), if resume_reading > Instant::now() => {}
-                read = io.read(&mut buf), if resume_reading <= Instant::now() => {
-                    let n = match read {
-                        Ok(0) | Err(_) => return Close::Dropped,
-                        Ok(n) => n,
+                ready = readable_or_now(io, more_buffered), if resume_reading <= Instant::now() => {
+                    if ready.is_err() {
+                        return Close::Dropped;
+                    }
+                    let (n, fed) = match self.read_available(&mut events) {
+                        ReadOutcome::Closed => return Close::Dropped,
+                        ReadOutcome::Nothing { again } => {
+                            more_buffered = again;
+                            if again {
+                                // Let other tasks run before polling TLS again.
+                                tokio::task::yield_now().await;
+                            }
+                            continue;
+                        }
+                        ReadOutcome::Read { n, full, fed } => {
+                            more_buffered = full;
+                            (n, fed)
+                        }
                     };
-                    let fed = self.parser.feed(&buf[..n], &mut events);
                     let now = Instant::now();
                     self.last_read = now;
                     let wait = self
@@ -377,6 +418,7 @@ impl Connection {
                         // (RFC 6120 §5.4.3.3, the STARTTLS command-injection rule).
                         events.clear();
                         self.parser.reset();
+                        more_buffered = true;
                         continue;
                     }
                     if let Err(e) = fed {
@@ -413,6 +455,25 @@ impl Connection {
         }
     }
 
+    /// Reads what is available into a buffer that lives only for this call (so an idle
+    /// connection holds no read buffer) and feeds it to the parser.
+    fn read_available(&mut self, events: &mut Vec<StreamEvent>) -> ReadOutcome {
+        let Some(io) = self.io.as_mut() else {
+            return ReadOutcome::Closed;
+        };
+        let mut buf = [0u8; READ_BUFFER];
+        match io.read_now(&mut buf) {
+            ReadNow::Eof | ReadNow::Error(_) => ReadOutcome::Closed,
+            ReadNow::Wait => ReadOutcome::Nothing { again: false },
+            ReadNow::Again => ReadOutcome::Nothing { again: true },
+            ReadNow::Data(n) => ReadOutcome::Read {
+                n,
+                full: n == buf.len(),
+                fed: self.parser.feed(&buf[..n], events),
+            },
+        }
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
@@ -432,9 +493,10 @@ impl Connection {
             ))
         });
         self.out.clear();
-        if self.out.capacity() > 64 * 1024 {
-            // Don't keep a burst-sized buffer for an idle session.
-            self.out.shrink_to(4096);
+        if self.out.capacity() > OUT_BUFFER_KEEP {
+            // An idle session keeps no more than a small buffer: the next batch allocates
+            // once (cheap next to the write itself).
+            self.out = Vec::new();
         }
         r
     }
