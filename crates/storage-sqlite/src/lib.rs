@@ -22,7 +22,7 @@
 //!   [`StorageError::Corrupt`], never as a panic.
 //! * **Everything of an account hangs off `accounts`.** Credentials, roster items (and,
 //!   through them, their groups), the roster version, pending inbound subscriptions,
-//!   offline messages and user data all reference `accounts` with `ON DELETE CASCADE`:
+//!   offline messages, user data and the message archive all reference `accounts` with `ON DELETE CASCADE`:
 //!   deleting an account is one statement, so it removes everything at once or nothing,
 //!   and with `foreign_keys=ON` (required at open) no row can exist for a missing account.
 //!   Writes of the IM stores also check the owner inside their transaction and report a
@@ -36,6 +36,8 @@
 //!   queries, whatever its size; offline messages are read, counted and deleted through
 //!   the `(domain, username, id)` index and the primary key.
 //! * **Offline message ids** come from `AUTOINCREMENT`: increasing, never reused.
+//! * **Archive queries cost a page, not an archive** (`archive.rs`): every query is a
+//!   range seek on an index whose entries are in archive order, reading `max + 1` rows.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,14 +49,17 @@ use rookery_storage::{validate_credentials, AccountStore, Storage, StorageError}
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod archive;
 mod im;
 
+pub use archive::SqliteArchiveStore;
 pub use im::{SqliteOfflineStore, SqliteRosterStore, SqliteUserDataStore};
 
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_im.sql"),
+    include_str!("../migrations/0003_archive.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -160,6 +165,14 @@ impl SqliteBackend {
             roster: Arc::new(self.roster_store()),
             offline: Arc::new(self.offline_store()),
             user_data: Arc::new(self.user_data_store()),
+            archive: Arc::new(self.archive_store()),
+        }
+    }
+
+    /// The concrete archive store (also available as `storage().archive`).
+    pub fn archive_store(&self) -> SqliteArchiveStore {
+        SqliteArchiveStore {
+            conn: self.conn.clone(),
         }
     }
 
