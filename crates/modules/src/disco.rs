@@ -20,6 +20,13 @@ const EXTENSION_FORMS: &[(&str, FormBuilder)] = &[(
     crate::contact_info::server_info_form,
 )];
 
+/// Features an account JID advertises while a module is enabled on its host (the core
+/// registers features for the server only).
+const ACCOUNT_FEATURES: &[(&str, &[&str])] = &[(
+    <crate::mam::Mam as Module>::NAME,
+    crate::mam::ACCOUNT_FEATURES,
+)];
+
 pub const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
@@ -110,16 +117,24 @@ async fn account_info(req: IqRequest) -> IqResult {
     if req.payload.attr("node").is_some() {
         return Err(no_such_node());
     }
-    Ok(Some(
-        Element::new("query", NS_INFO)
-            .with_child(
-                Element::new("identity", NS_INFO)
-                    .with_attr("category", "account")
-                    .with_attr("type", "registered"),
-            )
-            .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_INFO))
-            .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_ITEMS)),
-    ))
+    let mut query = Element::new("query", NS_INFO)
+        .with_child(
+            Element::new("identity", NS_INFO)
+                .with_attr("category", "account")
+                .with_attr("type", "registered"),
+        )
+        .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_INFO))
+        .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_ITEMS));
+    if let Some(host) = req.server.host(req.to.domain().as_str()) {
+        for (module, features) in ACCOUNT_FEATURES {
+            if host.modules().contains(module) {
+                for f in *features {
+                    query.push_child(Element::new("feature", NS_INFO).with_attr("var", *f));
+                }
+            }
+        }
+    }
+    Ok(Some(query))
 }
 
 /// disco#items of an account's bare JID: nothing is published there yet.

@@ -5,6 +5,7 @@ pub mod blocking;
 pub mod contact_info;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -32,7 +33,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<last::Last>()
         .register::<blocking::Blocking>()
         .register::<register::Register>()
-        .register::<contact_info::ContactInfo>();
+        .register::<contact_info::ContactInfo>()
+        .register::<mam::Mam>();
     r
 }
 
