@@ -475,7 +475,10 @@ impl Config {
         ];
         let a = &self.archive;
         let archive_positive = [
-            ("archive.purge_interval_secs", a.purge_interval_secs as usize),
+            (
+                "archive.purge_interval_secs",
+                a.purge_interval_secs as usize,
+            ),
             ("archive.purge_batch", a.purge_batch),
             ("archive.default_page_size", a.default_page_size),
             ("archive.max_page_size", a.max_page_size),
@@ -624,7 +627,10 @@ mod example_file {
             "the example documents the default limits"
         );
         assert_eq!(c.log_level, d.log_level);
-        assert_eq!(c.archive, d.archive, "the example documents the archive defaults");
+        assert_eq!(
+            c.archive, d.archive,
+            "the example documents the archive defaults"
+        );
         assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
         assert_eq!(c.listeners.len(), d.listeners.len());
         assert_eq!(c.hosts[0].domain, "localhost");
