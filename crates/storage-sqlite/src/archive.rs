@@ -8,12 +8,15 @@
 //! rows (the extra one tells whether the page is the last); the result set's size is one
 //! `COUNT` over the same index range. All statements of a query run in one read
 //! transaction, so they see one snapshot.
+//!
+//! Appends go through one writer thread per database that commits every append waiting
+//! at that moment in one transaction (group commit, [`start_writer`]).
 
 use rookery_storage::{
     ArchiveBound, ArchiveEntry, ArchivePage, ArchiveQuery, ArchiveStore, PageRequest, StorageError,
 };
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
 
 use crate::im::{count_from, read_err, read_tx, require_account, to_i64, write_err, write_tx};
 use crate::{backend, run, Shared};
@@ -22,6 +25,105 @@ use crate::{backend, run, Shared};
 #[derive(Clone)]
 pub struct SqliteArchiveStore {
     pub(crate) conn: Shared,
+    pub(crate) writer: ArchiveWriter,
+}
+
+/// Appends most in one transaction: every message is archived twice (sender, recipient)
+/// on the message path, and a commit per append would cost a WAL write of every page it
+/// touched and a hop to the blocking pool each time.
+const MAX_BATCH: usize = 256;
+
+/// An append waiting for the writer.
+pub(crate) struct PendingAppend {
+    domain: String,
+    user: String,
+    entry: ArchiveEntry,
+    reply: tokio::sync::oneshot::Sender<Result<i64, StorageError>>,
+}
+
+/// The queue of the archive writer: one thread per database that takes every append
+/// waiting when it gets to them and writes them in one transaction (group commit). Each
+/// caller still gets its own answer after the commit, so an append that returned `Ok` is
+/// durable, as with every other store; a failed append (unknown account, duplicate id)
+/// does not fail the others of its batch.
+pub(crate) type ArchiveWriter = tokio::sync::mpsc::UnboundedSender<PendingAppend>;
+
+/// Starts the writer thread of `conn`. It ends when every sender is gone.
+pub(crate) fn start_writer(conn: Shared) -> Result<ArchiveWriter, StorageError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingAppend>();
+    std::thread::Builder::new()
+        .name("archive-writer".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let results = write_batch(&mut conn.lock(), &batch);
+                for (job, result) in batch.drain(..).zip(results) {
+                    // The caller may have gone (its task ended): nothing to tell.
+                    let _ = job.reply.send(result);
+                }
+            }
+        })
+        .map_err(|e| StorageError::Backend(format!("cannot start the archive writer: {e}")))?;
+    Ok(tx)
+}
+
+/// Writes a batch in one transaction; one result per job, in order.
+fn write_batch(conn: &mut Connection, jobs: &[PendingAppend]) -> Vec<Result<i64, StorageError>> {
+    let failed_all = |e: &StorageError| {
+        jobs.iter()
+            .map(|_| Err(StorageError::Backend(e.to_string())))
+            .collect()
+    };
+    let tx = match write_tx(conn) {
+        Ok(tx) => tx,
+        Err(e) => return failed_all(&e),
+    };
+    // A failed statement is undone alone (SQLite statement atomicity); the rest commit.
+    let results: Vec<_> = jobs.iter().map(|job| append_one(&tx, job)).collect();
+    if let Err(e) = tx.commit().map_err(backend) {
+        return failed_all(&e);
+    }
+    results
+}
+
+fn append_one(tx: &Transaction<'_>, job: &PendingAppend) -> Result<i64, StorageError> {
+    let (domain, user, entry) = (&job.domain, &job.user, &job.entry);
+    require_account(tx, domain, user)?;
+    let newest: Option<i64> = tx
+        .prepare_cached("SELECT MAX(ts) FROM archive WHERE domain = ?1 AND username = ?2")
+        .and_then(|mut s| s.query_row(params![domain, user], |r| r.get(0)))
+        .map_err(read_err)?;
+    let ts = newest.map_or(entry.timestamp_us, |n| n.max(entry.timestamp_us));
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO archive
+                 (domain, username, stanza_id, ts, with_bare, with_resource, stanza)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (domain, username, stanza_id) DO NOTHING",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                domain,
+                user,
+                entry.id,
+                ts,
+                entry.with_bare,
+                entry.with_resource,
+                entry.stanza
+            ])
+        })
+        .map_err(write_err)?;
+    if inserted == 0 {
+        return Err(StorageError::AlreadyExists);
+    }
+    Ok(ts)
 }
 
 impl std::fmt::Debug for SqliteArchiveStore {
@@ -235,41 +337,19 @@ impl ArchiveStore for SqliteArchiveStore {
         user: &str,
         entry: &ArchiveEntry,
     ) -> Result<i64, StorageError> {
-        let (domain, user, entry) = (domain.to_owned(), user.to_owned(), entry.clone());
-        run(&self.conn, move |conn| {
-            let tx = write_tx(conn)?;
-            require_account(&tx, &domain, &user)?;
-            let newest: Option<i64> = tx
-                .prepare_cached("SELECT MAX(ts) FROM archive WHERE domain = ?1 AND username = ?2")
-                .and_then(|mut s| s.query_row(params![domain, user], |r| r.get(0)))
-                .map_err(read_err)?;
-            let ts = newest.map_or(entry.timestamp_us, |n| n.max(entry.timestamp_us));
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO archive
-                         (domain, username, stanza_id, ts, with_bare, with_resource, stanza)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (domain, username, stanza_id) DO NOTHING",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        domain,
-                        user,
-                        entry.id,
-                        ts,
-                        entry.with_bare,
-                        entry.with_resource,
-                        entry.stanza
-                    ])
-                })
-                .map_err(write_err)?;
-            if inserted == 0 {
-                return Err(StorageError::AlreadyExists);
-            }
-            tx.commit().map_err(backend)?;
-            Ok(ts)
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = PendingAppend {
+            domain: domain.to_owned(),
+            user: user.to_owned(),
+            entry: entry.clone(),
+            reply,
+        };
+        self.writer
+            .send(job)
+            .map_err(|_| StorageError::Backend("the archive writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StorageError::Backend("the archive writer has stopped".into()))?
     }
 
     async fn query_archive(

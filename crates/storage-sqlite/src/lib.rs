@@ -14,7 +14,8 @@
 //!   at once: writers use `BEGIN IMMEDIATE` and wait up to 5 s (`busy_timeout`) for the
 //!   lock, and WAL lets readers proceed meanwhile.
 //! * **Never block the async runtime.** Every store call runs on tokio's blocking pool
-//!   with the connection behind a mutex.
+//!   with the connection behind a mutex, except archive appends, which a dedicated writer
+//!   thread commits in batches (each caller is answered after the commit).
 //! * **Schema versioning.** Migrations (embedded from `migrations/*.sql`) are applied
 //!   once each, in order, each in its own transaction, recorded in `schema_migrations`.
 //!   A database whose schema is newer than this build knows is refused.
@@ -104,6 +105,7 @@ fn now_unix() -> i64 {
 #[derive(Clone)]
 pub struct SqliteBackend {
     conn: Shared,
+    archive_writer: archive::ArchiveWriter,
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -153,8 +155,10 @@ impl SqliteBackend {
             ));
         }
         migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteBackend {
-            conn: Arc::new(Mutex::new(conn)),
+            archive_writer: archive::start_writer(conn.clone())?,
+            conn,
         })
     }
 
@@ -173,6 +177,7 @@ impl SqliteBackend {
     pub fn archive_store(&self) -> SqliteArchiveStore {
         SqliteArchiveStore {
             conn: self.conn.clone(),
+            writer: self.archive_writer.clone(),
         }
     }
 

@@ -1915,6 +1915,7 @@ pub async fn archive_store(s: &Storage) {
     archive_filters(s, &all).await;
     archive_unknown_ids(s, &all).await;
     archive_purge(s).await;
+    archive_concurrent(s).await;
     drop_account(s, D, "alice").await;
     drop_account(s, D, "bob").await;
     assert_no_accounts(s).await;
@@ -2368,4 +2369,77 @@ async fn archive_purge(s: &Storage) {
         .expect("b")
         .expect("some");
     assert_eq!(first.id, before.entries[7].id);
+}
+
+/// Appends from many tasks at once (as many connections archive at once): each is stored
+/// exactly once, a failure (unknown account, duplicate id) fails only itself, and every
+/// archive stays in time order.
+async fn archive_concurrent(s: &Storage) {
+    let before = page(
+        s,
+        D,
+        "bob",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await
+    .count;
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = match n % 3 {
+                0 => "bob",
+                1 => "ghost",
+                _ => "alice",
+            };
+            let e = ArchiveEntry {
+                id: format!("c{n}"),
+                ..archived(n, "x@example.net", "", 3_000_000 - n as i64)
+            };
+            let first = s.archive.append_archive(D, user, &e).await;
+            let again = s.archive.append_archive(D, user, &e).await;
+            (user, first, again)
+        }));
+    }
+    let mut stored = std::collections::HashMap::new();
+    for t in tasks {
+        let (user, first, again) = t.await.expect("task");
+        if user == "ghost" {
+            assert!(is_not_found(first) && is_not_found(again));
+        } else {
+            first.expect("stored");
+            assert!(
+                matches!(again, Err(StorageError::AlreadyExists)),
+                "{again:?}"
+            );
+            *stored.entry(user).or_insert(0usize) += 1;
+        }
+    }
+    let bob = page(
+        s,
+        D,
+        "bob",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await;
+    assert_eq!(bob.count, before + stored["bob"]);
+    let alice = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await;
+    for p in [&bob, &alice] {
+        assert!(p
+            .entries
+            .windows(2)
+            .all(|w| w[0].timestamp_us <= w[1].timestamp_us));
+    }
 }
