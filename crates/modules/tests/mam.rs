@@ -711,3 +711,41 @@ async fn deleting_the_account_deletes_its_archive() {
         .expect("create");
     assert!(query(&mut b, "", "").await.results.is_empty());
 }
+
+#[tokio::test]
+async fn preferences_apply_to_every_resource_and_to_later_ones() {
+    let s = server().await;
+    let a = Client::online(&s, "alice@example.org/phone").await;
+    let mut b1 = Client::online(&s, "bob@example.org/one").await;
+    let mut b2 = Client::online(&s, "bob@example.org/two").await;
+    let r = b1
+        .ask(
+            &format!("<iq type='set' id='p'><prefs xmlns='{MAM}' default='never'/></iq>"),
+            "p",
+        )
+        .await;
+    assert_result(&r);
+    chat(&a, "bob@example.org/two", "to two").await;
+    let got = b2.drain();
+    assert!(stanza_ids(messages(&got)[0]).is_empty(), "{got:?}");
+    b1.close().await;
+    b2.close().await;
+    // A resource bound later reads them from storage.
+    let mut b3 = Client::online(&s, "bob@example.org/three").await;
+    chat(&a, "bob@example.org", "to three").await;
+    let got = b3.drain();
+    assert!(stanza_ids(messages(&got)[0]).is_empty(), "{got:?}");
+    // And with no resource at all (offline delivery), too.
+    b3.close().await;
+    chat(&a, "bob@example.org", "offline").await;
+    let mut b4 = Client::bind(&s, "bob@example.org/four").await;
+    assert!(query(&mut b4, "", "").await.results.is_empty());
+    b4.ask(
+        &format!("<iq type='set' id='p2'><prefs xmlns='{MAM}' default='always'/></iq>"),
+        "p2",
+    )
+    .await;
+    chat(&a, "bob@example.org/four", "now kept").await;
+    b4.drain();
+    assert_eq!(query(&mut b4, "", "").await.bodies(), ["now kept"]);
+}

@@ -29,7 +29,8 @@ pub mod query;
 
 use rookery_core::events::{ClientStanza, LocalDelivery, SessionBound};
 use rookery_core::{
-    iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
+    iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server,
+    SessionHandle, Spec,
 };
 use rookery_stanza::{
     random_id, BareJid, IqType, Jid, MessageType, StanzaError, StanzaErrorCondition,
@@ -103,6 +104,10 @@ impl Module for Mam {
         host.filter::<LocalDelivery, _, _>(0, |server, d| async move {
             Some(inbound(&server, d).await)
         });
+        host.hook::<SessionBound, _, _>(0, |server, ev| async move {
+            cache_prefs(&server, &ev.session).await;
+            Flow::Continue
+        });
         if host.config().archive.retention_days > 0 {
             let started = Arc::new(AtomicBool::new(false));
             host.hook::<SessionBound, _, _>(-100, move |server, _| {
@@ -140,12 +145,63 @@ async fn handle(req: IqRequest) -> IqResult {
             prefs::store(&req.server, domain, user, &new)
                 .await
                 .map_err(internal)?;
-            Ok(Some(new.to_element()))
+            let element = new.to_element();
+            let new = Arc::new(new);
+            for session in req.server.sessions().resources(&bare) {
+                *session
+                    .extension_or_insert_with(CachedPrefs::default)
+                    .0
+                    .write() = Some(new.clone());
+            }
+            Ok(Some(element))
         }
         _ => Err(StanzaError::bad_request(
             "expected <query/>, <prefs/> or <metadata/> with the right IQ type",
         )),
     }
+}
+
+/// An account's preferences, kept on each of its sessions: every message an online account
+/// sends or receives needs them, and reading storage each time cost a blocking-pool hop
+/// per message and side. Loaded when a session is bound, replaced on every session of the
+/// account when it sets new ones; accounts without a session are read from storage.
+#[derive(Default)]
+struct CachedPrefs(parking_lot::RwLock<Option<Arc<prefs::Prefs>>>);
+
+async fn cache_prefs(server: &Server, session: &SessionHandle) {
+    let bare = session.jid().to_bare();
+    let Some(node) = bare.node() else {
+        return;
+    };
+    match prefs::load(server, bare.domain().as_str(), node.as_str()).await {
+        Ok(p) => {
+            let cached = session.extension_or_insert_with(CachedPrefs::default);
+            let mut slot = cached.0.write();
+            // A set that ran meanwhile already put the newer preferences here.
+            if slot.is_none() {
+                *slot = Some(Arc::new(p));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "archive preferences unreadable"),
+    }
+}
+
+/// The preferences of `owner`: from one of its sessions, else from storage.
+async fn prefs_of(
+    server: &Server,
+    owner: &BareJid,
+    domain: &str,
+    user: &str,
+) -> Result<Arc<prefs::Prefs>, StorageError> {
+    for session in server.sessions().resources(owner) {
+        if let Some(p) = session
+            .extension::<CachedPrefs>()
+            .and_then(|c| c.0.read().clone())
+        {
+            return Ok(p);
+        }
+    }
+    prefs::load(server, domain, user).await.map(Arc::new)
 }
 
 fn internal(e: StorageError) -> StanzaError {
@@ -202,7 +258,7 @@ pub fn archivable(stanza: &Element) -> bool {
 /// preferences allow; returns the archive id.
 async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Element) -> Option<String> {
     let (domain, user) = (owner.domain().as_str(), owner.node()?.as_str());
-    let prefs = match prefs::load(server, domain, user).await {
+    let prefs = match prefs_of(server, owner, domain, user).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "archive preferences unreadable; message not archived");
