@@ -46,7 +46,7 @@ pub struct ArchiveFilter {
     pub after_id: Option<String>,
     /// Entries before the one with this id (exclusive). Unknown id: NotFound.
     pub before_id: Option<String>,
-    /// Only the entries with these ids. Any unknown id: NotFound (XEP-0313 §4.1.4).
+    /// Only the entries with these ids. Any unknown id: NotFound (XEP-0313 §4.1.3).
     pub ids: Option<Vec<String>>,
 }
 
@@ -92,7 +92,7 @@ pub struct ArchivePage {
     pub complete: bool,
 }
 
-/// The first or last entry of an archive (XEP-0313 §6 metadata).
+/// The first or last entry of an archive (XEP-0313 §5 metadata).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveBound {
     pub id: String,

@@ -17,7 +17,7 @@
 //!   the archive. Sent messages don't: the contact has no access to the sender's archive
 //!   (XEP-0313 §"Communicating the archive ID"). Any `stanza-id` whose `by` is an address
 //!   at a domain this server serves is removed from what clients send, and from what is
-//!   delivered, before ours is added (XEP-0359 §5): clients cannot forge them.
+//!   delivered, before ours is added (XEP-0359 §3): clients cannot forge them.
 //! * **Queries** are answered for the account's own resources only ([`query`]).
 //! * **Retention**: with `archive.retention_days` > 0, a task deletes older messages every
 //!   `archive.purge_interval_secs`, `archive.purge_batch` per transaction. It starts with
@@ -227,7 +227,7 @@ fn internal(e: StorageError) -> StanzaError {
 }
 
 /// Removes every `<stanza-id/>` whose `by` is at a domain this server serves: only this
-/// server may say what its archives hold (XEP-0359 §5).
+/// server may say what its archives hold (XEP-0359 §3).
 fn strip_local_stanza_ids(server: &Server, stanza: &mut Element) {
     let forged = |el: &Element| {
         el.attr("by")

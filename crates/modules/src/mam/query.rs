@@ -1,5 +1,5 @@
 //! Archive queries (XEP-0313 §4): the query form, XEP-0059 result set management, the
-//! result messages and the `<fin/>` answer, and the archive metadata (XEP-0313 §6).
+//! result messages and the `<fin/>` answer, and the archive metadata (XEP-0313 §5).
 
 use rookery_core::config::ArchiveConfig;
 use rookery_core::IqRequest;
@@ -24,6 +24,8 @@ pub enum QueryError {
     BadValue { field: &'static str, why: String },
     #[error("<set/>: {0}")]
     BadRsm(String),
+    #[error("<set/>: <index/> is not supported; page by id")]
+    IndexNotSupported,
 }
 
 impl From<QueryError> for StanzaError {
@@ -31,6 +33,8 @@ impl From<QueryError> for StanzaError {
         let condition = match &e {
             // XEP-0313 §4.1.5: an unrecognised field is feature-not-implemented.
             QueryError::UnknownField(_) => StanzaErrorCondition::FeatureNotImplemented,
+            // XEP-0059 §2.6: an entity that does not support paging by index says so.
+            QueryError::IndexNotSupported => StanzaErrorCondition::FeatureNotImplemented,
             QueryError::WrongForm => StanzaErrorCondition::NotAcceptable,
             QueryError::BadValue { .. } | QueryError::BadRsm(_) => StanzaErrorCondition::BadRequest,
         };
@@ -162,12 +166,12 @@ pub fn parse(query: &Element, cfg: &ArchiveConfig) -> Result<ParsedQuery, QueryE
                 .map_err(|_| QueryError::BadRsm(format!("<max/> '{m}' is not a number")))?;
         }
         if set.has_child("index", NS_RSM) {
-            // Jumping to an index (XEP-0059 §2.4) is optional; MAM clients page by id.
-            return Err(QueryError::BadRsm("<index/> is not supported".into()));
+            // Jumping to an index (XEP-0059 §2.6) is optional; MAM clients page by id.
+            return Err(QueryError::IndexNotSupported);
         }
         page = match (text_of(set, "after"), text_of(set, "before")) {
             (Some(_), Some(_)) => {
-                // XEP-0313 §7: undefined; before-id and after-id express a range.
+                // XEP-0313 §9: undefined; before-id and after-id express a range.
                 return Err(QueryError::BadRsm(
                     "<after/> and <before/> together are undefined; use after-id and before-id"
                         .into(),
@@ -229,7 +233,7 @@ fn result_message(
         .with_child(result))
 }
 
-/// The `<set/>` describing a page (XEP-0059 §2.6).
+/// The `<set/>` describing a page (XEP-0059 §2.2).
 fn rsm_set(page: &ArchivePage) -> Element {
     let mut set = Element::new("set", NS_RSM);
     if let (Some(first), Some(last), Some(index)) =
@@ -263,7 +267,7 @@ pub async fn run(req: &IqRequest) -> Result<Element, StanzaError> {
         .await
     {
         Ok(p) => p,
-        // §4.1.4, §4.3: an id that is not in the archive.
+        // §4.1.3, §4.3.2: an id that is not in the archive.
         Err(StorageError::NotFound) => {
             return Err(StanzaError::new(StanzaErrorCondition::ItemNotFound)
                 .with_text("no message with that id in the archive"))
@@ -305,7 +309,7 @@ pub async fn run(req: &IqRequest) -> Result<Element, StanzaError> {
     Ok(fin.with_child(rsm_set(&page)))
 }
 
-/// `<metadata/>` (XEP-0313 §6): the first and last archived messages, or nothing.
+/// `<metadata/>` (XEP-0313 §5): the first and last archived messages, or nothing.
 pub async fn metadata(req: &IqRequest) -> Result<Element, StanzaError> {
     let bare = req.from.to_bare();
     let bounds = req
@@ -425,10 +429,10 @@ mod tests {
             "<max>ten</max>",
             "<after/>",
             "<after>a</after><before>b</before>",
-            "<index>3</index>",
         ] {
             assert!(matches!(rsm(bad), Err(QueryError::BadRsm(_))), "{bad}");
         }
+        assert_eq!(rsm("<index>3</index>"), Err(QueryError::IndexNotSupported));
     }
 
     #[test]
