@@ -70,3 +70,12 @@ def test_idle_sessions(server, accounts):
 def test_presence_fanout(server, accounts):
     r = run_load(server, accounts, "fanout", "--contacts", "3", "--repeats", "2", "--interval-ms", "50")
     assert r["changes_complete"] == 2 and r["changes_incomplete"] == 0, r
+
+
+def test_mam_queries(server, accounts):
+    r = run_load(server, accounts, "mam", "--first", "6", "--messages", "300", "--fill-chunk", "100", "--queries", "3", "--page-size", "10")
+    assert r["filled"] == r["received"] == 300, r
+    assert r["archive_count"] >= 300, r
+    assert r["queries"] == 12, r
+    for kind in ("last", "start", "with", "after"):
+        assert r["latency_ms"][kind]["count"] == 3, r

@@ -42,6 +42,7 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     pub fast: FastConfig,
     pub push: PushConfig,
+    pub archive: ArchiveConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
@@ -60,6 +61,7 @@ impl Default for Config {
             stream_management: StreamManagementConfig::default(),
             fast: FastConfig::default(),
             push: PushConfig::default(),
+            archive: ArchiveConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -190,6 +192,68 @@ impl Default for PushConfig {
             include_body: false,
             max_registrations: 10,
             request_timeout_secs: 30,
+        }
+    }
+}
+
+/// Which messages an account archives when it has not set its own preference (XEP-0313
+/// §5.1.1).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchivePreference {
+    /// Every message.
+    Always,
+    /// None (unless the account lists the contact in `<always/>`).
+    Never,
+    /// Messages with contacts in the account's roster.
+    Roster,
+}
+
+impl ArchivePreference {
+    /// The value of the `default` attribute of `<prefs/>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchivePreference::Always => "always",
+            ArchivePreference::Never => "never",
+            ArchivePreference::Roster => "roster",
+        }
+    }
+
+    /// Inverse of [`ArchivePreference::as_str`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Always, Self::Never, Self::Roster]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+}
+
+/// Message archives (XEP-0313, the `mam` module).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// The preference of an account that has not set one.
+    pub default_preference: ArchivePreference,
+    /// Archived messages older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u32,
+    /// How often the retention purge runs.
+    pub purge_interval_secs: u64,
+    /// Messages deleted per purge transaction (the purge repeats until done).
+    pub purge_batch: usize,
+    /// Results per page when a query asks for no `max`.
+    pub default_page_size: usize,
+    /// Results per page at most, whatever `max` a query asks for.
+    pub max_page_size: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            default_preference: ArchivePreference::Always,
+            retention_days: 0,
+            purge_interval_secs: 3600,
+            purge_batch: 1000,
+            default_page_size: 50,
+            max_page_size: 250,
         }
     }
 }
@@ -522,10 +586,30 @@ impl Config {
                 self.fast.token_lifetime_secs as usize,
             ),
         ];
-        for (key, v) in positive.into_iter().chain(sm_positive) {
+        let a = &self.archive;
+        let archive_positive = [
+            (
+                "archive.purge_interval_secs",
+                a.purge_interval_secs as usize,
+            ),
+            ("archive.purge_batch", a.purge_batch),
+            ("archive.default_page_size", a.default_page_size),
+            ("archive.max_page_size", a.max_page_size),
+        ];
+        for (key, v) in positive
+            .into_iter()
+            .chain(sm_positive)
+            .chain(archive_positive)
+        {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if a.default_page_size > a.max_page_size {
+            return Err(invalid(
+                "archive.default_page_size",
+                "must not exceed archive.max_page_size",
+            ));
         }
         if l.max_stanza_bytes < 4096 {
             return Err(invalid(
@@ -624,6 +708,18 @@ mod tests {
         assert!(e.contains("kind") || e.contains("websocket"), "{e}");
         let e = parse("[[host]]\ndomain = 'a b'\n").unwrap_err().to_string();
         assert!(e.contains("host[0].domain"), "{e}");
+        let e = parse("[archive]\nmax_page_size = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("archive.max_page_size"), "{e}");
+        let e = parse("[archive]\ndefault_page_size = 300\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("archive.default_page_size"), "{e}");
+        let e = parse("[archive]\ndefault_preference = 'sometimes'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes"), "{e}");
         let e = parse("log_level = 'loud'\n").unwrap_err().to_string();
         assert!(e.contains("log_level"), "{e}");
         let e = parse("[[host]]\ndomain = 'x.org'\n[[host]]\ndomain = 'X.org'\n")
@@ -651,6 +747,10 @@ mod example_file {
         assert_eq!(c.fast, d.fast);
         assert_eq!(c.log_level, d.log_level);
         assert_eq!(c.push, d.push, "the example documents the push defaults");
+        assert_eq!(
+            c.archive, d.archive,
+            "the example documents the archive defaults"
+        );
         assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
         assert_eq!(c.listeners.len(), d.listeners.len());
         assert_eq!(c.hosts[0].domain, "localhost");

@@ -2,10 +2,11 @@
 //!
 //! It speaks XMPP with its own minimal client (STARTTLS or direct TLS, SCRAM or PLAIN,
 //! binding, presence, messages) and runs one scenario per invocation: `login`, `idle`,
-//! `messages`, `rate`, `fanout`, and `register` to create accounts by in-band registration on
-//! servers that allow it. Each run prints one JSON object on stdout (scenario, parameters,
-//! results, errors) and a human summary on stderr. Every loop is bounded in count and time,
-//! every connection is closed at the end, and only loopback addresses are accepted.
+//! `messages`, `rate`, `fanout`, `mam` (archive queries), and `register` to create accounts
+//! by in-band registration on servers that allow it. Each run prints one JSON object on
+//! stdout (scenario, parameters, results, errors) and a human summary on stderr. Every loop
+//! is bounded in count and time, every connection is closed at the end, and only loopback
+//! addresses are accepted.
 
 mod client;
 mod scan;
@@ -99,8 +100,9 @@ enum Scenario {
     Register(scenario::register::RegisterArgs),
     /// Multi-user chat (placeholder: not implemented yet).
     Muc(scenario::placeholder::MucArgs),
-    /// Message archive queries (placeholder: not implemented yet).
-    Mam(scenario::placeholder::MamArgs),
+    /// Fills an archive with MESSAGES messages between two accounts, then times archive
+    /// queries (last page, a page by start time, a `with` page, a page after an id).
+    Mam(scenario::mam::MamArgs),
 }
 
 impl Scenario {
@@ -215,7 +217,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             Scenario::Fanout(s) => scenario::fanout::run(target.clone(), s, server_pid).await,
             Scenario::Register(s) => scenario::register::run(target.clone(), s).await,
             Scenario::Muc(s) => scenario::placeholder::muc(s),
-            Scenario::Mam(s) => scenario::placeholder::mam(s),
+            Scenario::Mam(s) => scenario::mam::run(target.clone(), s, server_pid).await,
         }
     });
     // Let the close handshakes still in flight finish before the runtime goes away.

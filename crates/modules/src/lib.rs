@@ -6,6 +6,7 @@ pub mod carbons;
 pub mod contact_info;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -36,7 +37,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<register::Register>()
         .register::<contact_info::ContactInfo>()
         .register::<carbons::Carbons>()
-        .register::<push::Push>();
+        .register::<push::Push>()
+        .register::<mam::Mam>();
     r
 }
 

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use crate::{backend, now_unix, run, Shared};
 
 /// Errors of a read: a value of the wrong type or range is corrupt data.
-fn read_err(e: rusqlite::Error) -> StorageError {
+pub(crate) fn read_err(e: rusqlite::Error) -> StorageError {
     match e {
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::InvalidColumnType(..)
@@ -27,7 +27,7 @@ fn read_err(e: rusqlite::Error) -> StorageError {
 }
 
 /// Errors of a write: a foreign-key violation means the owner doesn't exist.
-fn write_err(e: rusqlite::Error) -> StorageError {
+pub(crate) fn write_err(e: rusqlite::Error) -> StorageError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
@@ -39,19 +39,23 @@ fn write_err(e: rusqlite::Error) -> StorageError {
 }
 
 /// A write transaction (takes the database write lock at once, waiting `busy_timeout`).
-fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>, StorageError> {
+pub(crate) fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>, StorageError> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(backend)
 }
 
 /// A read transaction: the statements in it see one snapshot.
-fn read_tx(conn: &mut Connection) -> Result<Transaction<'_>, StorageError> {
+pub(crate) fn read_tx(conn: &mut Connection) -> Result<Transaction<'_>, StorageError> {
     conn.transaction_with_behavior(TransactionBehavior::Deferred)
         .map_err(backend)
 }
 
 /// NotFound unless the account exists.
-fn require_account(conn: &Connection, domain: &str, user: &str) -> Result<(), StorageError> {
+pub(crate) fn require_account(
+    conn: &Connection,
+    domain: &str,
+    user: &str,
+) -> Result<(), StorageError> {
     let exists = conn
         .prepare_cached("SELECT 1 FROM accounts WHERE domain = ?1 AND username = ?2")
         .and_then(|mut s| s.exists(params![domain, user]))
@@ -63,11 +67,11 @@ fn require_account(conn: &Connection, domain: &str, user: &str) -> Result<(), St
     }
 }
 
-fn to_i64(n: usize) -> i64 {
+pub(crate) fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn count_from(n: i64) -> Result<usize, StorageError> {
+pub(crate) fn count_from(n: i64) -> Result<usize, StorageError> {
     usize::try_from(n).map_err(|_| StorageError::Corrupt(format!("negative count {n}")))
 }
 

@@ -14,7 +14,8 @@
 //!   at once: writers use `BEGIN IMMEDIATE` and wait up to 5 s (`busy_timeout`) for the
 //!   lock, and WAL lets readers proceed meanwhile.
 //! * **Never block the async runtime.** Every store call runs on tokio's blocking pool
-//!   with the connection behind a mutex.
+//!   with the connection behind a mutex, except archive appends, which a dedicated writer
+//!   thread commits in batches (each caller is answered after the commit).
 //! * **Schema versioning.** Migrations (embedded from `migrations/*.sql`) are applied
 //!   once each, in order, each in its own transaction, recorded in `schema_migrations`.
 //!   A database whose schema is newer than this build knows is refused.
@@ -22,7 +23,7 @@
 //!   [`StorageError::Corrupt`], never as a panic.
 //! * **Everything of an account hangs off `accounts`.** Credentials, roster items (and,
 //!   through them, their groups), the roster version, pending inbound subscriptions,
-//!   offline messages and user data all reference `accounts` with `ON DELETE CASCADE`:
+//!   offline messages, user data and the message archive all reference `accounts` with `ON DELETE CASCADE`:
 //!   deleting an account is one statement, so it removes everything at once or nothing,
 //!   and with `foreign_keys=ON` (required at open) no row can exist for a missing account.
 //!   Writes of the IM stores also check the owner inside their transaction and report a
@@ -36,6 +37,8 @@
 //!   queries, whatever its size; offline messages are read, counted and deleted through
 //!   the `(domain, username, id)` index and the primary key.
 //! * **Offline message ids** come from `AUTOINCREMENT`: increasing, never reused.
+//! * **Archive queries cost a page, not an archive** (`archive.rs`): every query is a
+//!   range seek on an index whose entries are in archive order, reading `max + 1` rows.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,14 +50,17 @@ use rookery_storage::{validate_credentials, AccountStore, Storage, StorageError}
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod archive;
 mod im;
 
+pub use archive::SqliteArchiveStore;
 pub use im::{SqliteOfflineStore, SqliteRosterStore, SqliteUserDataStore};
 
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_im.sql"),
+    include_str!("../migrations/0003_archive.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -99,6 +105,7 @@ fn now_unix() -> i64 {
 #[derive(Clone)]
 pub struct SqliteBackend {
     conn: Shared,
+    archive_writer: archive::ArchiveWriter,
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -148,8 +155,10 @@ impl SqliteBackend {
             ));
         }
         migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteBackend {
-            conn: Arc::new(Mutex::new(conn)),
+            archive_writer: archive::start_writer(conn.clone())?,
+            conn,
         })
     }
 
@@ -160,6 +169,15 @@ impl SqliteBackend {
             roster: Arc::new(self.roster_store()),
             offline: Arc::new(self.offline_store()),
             user_data: Arc::new(self.user_data_store()),
+            archive: Arc::new(self.archive_store()),
+        }
+    }
+
+    /// The concrete archive store (also available as `storage().archive`).
+    pub fn archive_store(&self) -> SqliteArchiveStore {
+        SqliteArchiveStore {
+            conn: self.conn.clone(),
+            writer: self.archive_writer.clone(),
         }
     }
 

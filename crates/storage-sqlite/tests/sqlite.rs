@@ -26,6 +26,7 @@ fn rows_per_table(c: &rusqlite::Connection) -> Vec<(&'static str, i64)> {
         "roster_pending_in",
         "offline_messages",
         "user_data",
+        "archive",
     ]
     .into_iter()
     .map(|t| {
@@ -61,7 +62,7 @@ async fn conformance_file() {
 async fn conformance_individual_suites_on_file() {
     // Each suite on its own fresh database (they don't depend on running after another).
     let dir = tempfile::tempdir().expect("tempdir");
-    for (i, suite) in ["roster", "offline", "user_data", "deletion"]
+    for (i, suite) in ["roster", "offline", "user_data", "archive", "deletion"]
         .iter()
         .enumerate()
     {
@@ -71,6 +72,7 @@ async fn conformance_individual_suites_on_file() {
             "roster" => conformance::roster_store(&s).await,
             "offline" => conformance::offline_store(&s).await,
             "user_data" => conformance::user_data_store(&s).await,
+            "archive" => conformance::archive_store(&s).await,
             _ => conformance::account_deletion(&s).await,
         }
         assert!(b.integrity_check().expect("check"), "{suite}");
@@ -124,7 +126,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
 
     let b = SqliteBackend::open(&path).expect("open migrates");
     assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
     let s = b.storage();
     assert_eq!(
         s.accounts.list_accounts(None).await.expect("list"),
@@ -183,7 +185,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows");
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

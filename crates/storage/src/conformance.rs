@@ -13,8 +13,8 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    AccountStore, HashAlg, Roster, RosterItem, ScramCredentials, Storage, StorageError,
-    Subscription,
+    AccountStore, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, HashAlg, PageRequest,
+    Roster, RosterItem, ScramCredentials, Storage, StorageError, Subscription, WithFilter,
 };
 
 /// A structurally valid record whose bytes are derived from `seed` (no PBKDF2: fast).
@@ -495,6 +495,7 @@ pub async fn all(storage: &Storage) {
     roster_store(storage).await;
     offline_store(storage).await;
     user_data_store(storage).await;
+    archive_store(storage).await;
     account_deletion(storage).await;
 }
 
@@ -1792,6 +1793,10 @@ pub async fn account_deletion(s: &Storage) {
                 .await
                 .expect("data");
         }
+        s.archive
+            .append_archive(d, u, &archived(1, "carol@example.com", "", 10))
+            .await
+            .expect("archive");
     }
     drop_account(s, D, "alice").await;
     check_empty(s, D, "alice").await;
@@ -1800,6 +1805,12 @@ pub async fn account_deletion(s: &Storage) {
         assert_eq!((roster.version, roster.items.len()), (1, 1), "{u}@{d}");
         assert_eq!(s.roster.pending_in(d, u).await.expect("pending").len(), 1);
         assert_eq!(s.offline.count_offline(d, u).await.expect("count"), 1);
+        assert_eq!(
+            page(s, d, u, ArchiveFilter::default(), PageRequest::First, 10)
+                .await
+                .count,
+            1
+        );
         assert_eq!(
             s.user_data.data_keys(d, u, "private").await.expect("keys"),
             strings(&["a b"])
@@ -1829,6 +1840,14 @@ async fn check_empty(s: &Storage, d: &str, u: &str) {
     );
     assert!(s.roster.pending_in(d, u).await.expect("pending").is_empty());
     assert_eq!(s.offline.count_offline(d, u).await.expect("count"), 0);
+    assert_eq!(
+        page(s, d, u, ArchiveFilter::default(), PageRequest::First, 10).await,
+        ArchivePage {
+            complete: true,
+            ..ArchivePage::default()
+        }
+    );
+    assert_eq!(s.archive.archive_bounds(d, u).await.expect("bounds"), None);
     assert!(s
         .offline
         .peek_offline(d, u, 10)
@@ -1852,5 +1871,575 @@ async fn check_empty(s: &Storage, d: &str, u: &str) {
             .await
             .expect("keys")
             .is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Message archives
+
+/// Entry number `n`. Its id is in an order unrelated to archive order, as random ids are.
+fn archived(n: usize, with_bare: &str, with_resource: &str, timestamp_us: i64) -> ArchiveEntry {
+    ArchiveEntry {
+        id: format!("id-{}", (n * 7919) % 10007),
+        timestamp_us,
+        with_bare: with_bare.to_owned(),
+        with_resource: with_resource.to_owned(),
+        stanza: format!("<message xmlns='jabber:client' id='m{n}'><body>{n}</body></message>"),
+    }
+}
+
+async fn page(
+    s: &Storage,
+    d: &str,
+    u: &str,
+    filter: ArchiveFilter,
+    page: PageRequest,
+    max: usize,
+) -> ArchivePage {
+    s.archive
+        .query_archive(d, u, &ArchiveQuery { filter, page, max })
+        .await
+        .expect("query")
+}
+
+fn ids_of(p: &ArchivePage) -> Vec<String> {
+    p.entries.iter().map(|e| e.id.clone()).collect()
+}
+
+/// The whole [`crate::ArchiveStore`] contract.
+pub async fn archive_store(s: &Storage) {
+    assert_no_accounts(s).await;
+    archive_unknown_account(s).await;
+    let all = archive_fill(s).await;
+    archive_paging(s, &all).await;
+    archive_filters(s, &all).await;
+    archive_unknown_ids(s, &all).await;
+    archive_purge(s).await;
+    archive_concurrent(s).await;
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+    assert_no_accounts(s).await;
+}
+
+async fn archive_unknown_account(s: &Storage) {
+    assert!(is_not_found(
+        s.archive
+            .append_archive(D, "ghost", &archived(1, "x@y", "", 1))
+            .await
+    ));
+    let p = page(
+        s,
+        D,
+        "ghost",
+        ArchiveFilter::default(),
+        PageRequest::Last,
+        10,
+    )
+    .await;
+    assert_eq!((p.count, p.entries.len(), p.first_index), (0, 0, None));
+    assert!(p.complete);
+    assert_eq!(s.archive.archive_bounds(D, "ghost").await.expect("b"), None);
+}
+
+/// alice's archive: 30 entries with bob (resources r1, r2, none) and carol, timestamps
+/// 1000 µs apart; bob has one entry so his archive is distinct. Returns alice's entries as
+/// stored.
+async fn archive_fill(s: &Storage) -> Vec<ArchiveEntry> {
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    let mut all = Vec::new();
+    for n in 0..30 {
+        let (bare, res) = match n % 4 {
+            0 => ("bob@example.org", "r1"),
+            1 => ("bob@example.org", "r2"),
+            2 => ("carol@example.net", ""),
+            _ => ("bob@example.org", ""),
+        };
+        let e = archived(n, bare, res, 1_000_000 + 1000 * n as i64);
+        let stored = s
+            .archive
+            .append_archive(D, "alice", &e)
+            .await
+            .expect("append");
+        assert_eq!(stored, e.timestamp_us);
+        all.push(e);
+    }
+    // The same id in another archive is fine; twice in one archive is not.
+    s.archive
+        .append_archive(D, "bob", &archived(0, "alice@example.org", "", 5))
+        .await
+        .expect("bob's");
+    assert!(matches!(
+        s.archive
+            .append_archive(D, "alice", &archived(0, "x@y", "", 2_000_000))
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    // A clock that went back: the timestamp is raised to the newest one.
+    let mut late = archived(30, "carol@example.net", "phone", 10);
+    let stored = s
+        .archive
+        .append_archive(D, "alice", &late)
+        .await
+        .expect("append");
+    assert_eq!(stored, all[29].timestamp_us);
+    late.timestamp_us = stored;
+    all.push(late);
+    let (first, last) = s
+        .archive
+        .archive_bounds(D, "alice")
+        .await
+        .expect("bounds")
+        .expect("not empty");
+    assert_eq!(
+        (first.id.as_str(), first.timestamp_us),
+        (all[0].id.as_str(), all[0].timestamp_us)
+    );
+    assert_eq!(
+        (last.id.as_str(), last.timestamp_us),
+        (all[30].id.as_str(), stored)
+    );
+    all
+}
+
+/// Walk the whole archive forwards and backwards with every page size from 1 to past the
+/// end: every entry exactly once, in order, `complete` on the last page only.
+async fn archive_paging(s: &Storage, all: &[ArchiveEntry]) {
+    let want: Vec<String> = all.iter().map(|e| e.id.clone()).collect();
+    for max in [1, 2, 7, 30, 31, 100] {
+        let mut seen = Vec::new();
+        let mut req = PageRequest::First;
+        loop {
+            let p = page(s, D, "alice", ArchiveFilter::default(), req.clone(), max).await;
+            assert_eq!(p.count, all.len());
+            assert_eq!(p.first_index, (!p.entries.is_empty()).then_some(seen.len()));
+            assert!(p.entries.len() <= max);
+            seen.extend(ids_of(&p));
+            assert_eq!(p.complete, seen.len() == all.len(), "forward max {max}");
+            if p.complete {
+                break;
+            }
+            req = PageRequest::After(seen.last().expect("non-empty page").clone());
+        }
+        assert_eq!(seen, want, "forward, max {max}");
+        entries_come_back_as_stored(s, all).await;
+
+        let mut seen: Vec<String> = Vec::new();
+        let mut req = PageRequest::Last;
+        loop {
+            let p = page(s, D, "alice", ArchiveFilter::default(), req.clone(), max).await;
+            assert_eq!(p.count, all.len());
+            let mut ids = ids_of(&p);
+            assert_eq!(
+                p.first_index,
+                (!ids.is_empty()).then(|| all.len() - seen.len() - ids.len())
+            );
+            ids.extend(seen);
+            seen = ids;
+            assert_eq!(p.complete, seen.len() == all.len(), "backward max {max}");
+            if p.complete {
+                break;
+            }
+            req = PageRequest::Before(seen[0].clone());
+        }
+        assert_eq!(seen, want, "backward, max {max}");
+    }
+    // max 0: the count alone.
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        0,
+    )
+    .await;
+    assert_eq!(
+        (p.count, p.entries.len(), p.first_index),
+        (all.len(), 0, None)
+    );
+    // After the last / before the first: an empty, complete page.
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::After(all[30].id.clone()),
+        5,
+    )
+    .await;
+    assert!(p.entries.is_empty() && p.complete && p.count == all.len());
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::Before(all[0].id.clone()),
+        5,
+    )
+    .await;
+    assert!(p.entries.is_empty() && p.complete);
+}
+
+/// Entries come back exactly as stored (every field).
+async fn entries_come_back_as_stored(s: &Storage, all: &[ArchiveEntry]) {
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        100,
+    )
+    .await;
+    assert_eq!(p.entries, all);
+}
+
+async fn archive_filters(s: &Storage, all: &[ArchiveEntry]) {
+    let expect = |pred: &dyn Fn(usize, &ArchiveEntry) -> bool| -> Vec<String> {
+        all.iter()
+            .enumerate()
+            .filter(|(i, e)| pred(*i, e))
+            .map(|(_, e)| e.id.clone())
+            .collect()
+    };
+    let with = |bare: &str, resource: Option<&str>| ArchiveFilter {
+        with: Some(WithFilter {
+            bare: bare.to_owned(),
+            resource: resource.map(str::to_owned),
+        }),
+        ..ArchiveFilter::default()
+    };
+    // A bare JID matches every resource; a full JID exactly.
+    let bob = expect(&|_, e| e.with_bare == "bob@example.org");
+    let p = page(
+        s,
+        D,
+        "alice",
+        with("bob@example.org", None),
+        PageRequest::First,
+        100,
+    )
+    .await;
+    assert_eq!(
+        (ids_of(&p), p.count, p.complete),
+        (bob.clone(), bob.len(), true)
+    );
+    let r2 = expect(&|_, e| e.with_bare == "bob@example.org" && e.with_resource == "r2");
+    let p = page(
+        s,
+        D,
+        "alice",
+        with("bob@example.org", Some("r2")),
+        PageRequest::First,
+        100,
+    )
+    .await;
+    assert_eq!(ids_of(&p), r2);
+    let p = page(
+        s,
+        D,
+        "alice",
+        with("nobody@example.org", None),
+        PageRequest::Last,
+        100,
+    )
+    .await;
+    assert_eq!((p.count, p.complete), (0, true));
+
+    // Paging within a filtered set: the last 3 of bob's, then the 3 before them.
+    let p = page(
+        s,
+        D,
+        "alice",
+        with("bob@example.org", None),
+        PageRequest::Last,
+        3,
+    )
+    .await;
+    assert_eq!(ids_of(&p), bob[bob.len() - 3..]);
+    assert_eq!((p.first_index, p.complete), (Some(bob.len() - 3), false));
+    let p = page(
+        s,
+        D,
+        "alice",
+        with("bob@example.org", None),
+        PageRequest::Before(bob[bob.len() - 3].clone()),
+        3,
+    )
+    .await;
+    assert_eq!(ids_of(&p), bob[bob.len() - 6..bob.len() - 3]);
+    // RSM after an id that isn't in the filtered set (but is in the archive): the page
+    // starts after its position.
+    let carol_first = &all[2].id;
+    let p = page(
+        s,
+        D,
+        "alice",
+        with("bob@example.org", None),
+        PageRequest::After(carol_first.clone()),
+        2,
+    )
+    .await;
+    assert_eq!(ids_of(&p), bob[2..4]);
+    assert_eq!(p.first_index, Some(2));
+
+    // start and end are inclusive.
+    let f = ArchiveFilter {
+        start_us: Some(all[5].timestamp_us),
+        end_us: Some(all[12].timestamp_us),
+        ..ArchiveFilter::default()
+    };
+    let p = page(s, D, "alice", f.clone(), PageRequest::First, 100).await;
+    assert_eq!(ids_of(&p), expect(&|i, _| (5..=12).contains(&i)));
+    let p = page(s, D, "alice", f, PageRequest::Last, 3).await;
+    assert_eq!(ids_of(&p), expect(&|i, _| (10..=12).contains(&i)));
+    assert_eq!(p.first_index, Some(5));
+    // Between two timestamps; an end before the start selects nothing.
+    let f = ArchiveFilter {
+        start_us: Some(all[5].timestamp_us + 1),
+        end_us: Some(all[4].timestamp_us),
+        ..ArchiveFilter::default()
+    };
+    assert_eq!(
+        page(s, D, "alice", f, PageRequest::First, 100).await.count,
+        0
+    );
+    // The two entries sharing the last timestamp both match an end at it.
+    let f = ArchiveFilter {
+        start_us: Some(all[29].timestamp_us),
+        ..ArchiveFilter::default()
+    };
+    assert_eq!(
+        page(s, D, "alice", f, PageRequest::First, 100).await.count,
+        2
+    );
+
+    // after-id / before-id are exclusive, combine with each other and with `with`.
+    let f = ArchiveFilter {
+        after_id: Some(all[3].id.clone()),
+        before_id: Some(all[20].id.clone()),
+        ..with("bob@example.org", None)
+    };
+    let p = page(s, D, "alice", f, PageRequest::First, 100).await;
+    assert_eq!(
+        ids_of(&p),
+        expect(&|i, e| i > 3 && i < 20 && e.with_bare == "bob@example.org")
+    );
+    let f = ArchiveFilter {
+        after_id: Some(all[27].id.clone()),
+        ..ArchiveFilter::default()
+    };
+    let p = page(s, D, "alice", f, PageRequest::First, 100).await;
+    assert_eq!(ids_of(&p), expect(&|i, _| i > 27));
+
+    // ids: those entries, in archive order whatever order they were asked in.
+    let f = ArchiveFilter {
+        ids: Some(vec![
+            all[9].id.clone(),
+            all[2].id.clone(),
+            all[30].id.clone(),
+        ]),
+        ..ArchiveFilter::default()
+    };
+    let p = page(s, D, "alice", f.clone(), PageRequest::First, 100).await;
+    assert_eq!(ids_of(&p), expect(&|i, _| [2, 9, 30].contains(&i)));
+    let p = page(s, D, "alice", f, PageRequest::First, 2).await;
+    assert_eq!((p.count, p.entries.len(), p.complete), (3, 2, false));
+    // bob's archive is his own.
+    let p = page(
+        s,
+        D,
+        "bob",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        100,
+    )
+    .await;
+    assert_eq!(p.count, 1);
+    assert_eq!(p.entries[0].with_bare, "alice@example.org");
+}
+
+async fn archive_unknown_ids(s: &Storage, all: &[ArchiveEntry]) {
+    let unknown = "no-such-id".to_owned();
+    let queries = [
+        (
+            ArchiveFilter {
+                after_id: Some(unknown.clone()),
+                ..ArchiveFilter::default()
+            },
+            PageRequest::First,
+        ),
+        (
+            ArchiveFilter {
+                before_id: Some(unknown.clone()),
+                ..ArchiveFilter::default()
+            },
+            PageRequest::First,
+        ),
+        (
+            ArchiveFilter {
+                ids: Some(vec![all[1].id.clone(), unknown.clone()]),
+                ..ArchiveFilter::default()
+            },
+            PageRequest::First,
+        ),
+        (
+            ArchiveFilter::default(),
+            PageRequest::After(unknown.clone()),
+        ),
+        (
+            ArchiveFilter::default(),
+            PageRequest::Before(unknown.clone()),
+        ),
+        // Another account's id is unknown here.
+        (
+            ArchiveFilter::default(),
+            PageRequest::After(all[5].id.clone()),
+        ),
+    ];
+    for (i, (filter, req)) in queries.into_iter().enumerate() {
+        let user = if i == 5 { "bob" } else { "alice" };
+        let r = s
+            .archive
+            .query_archive(
+                D,
+                user,
+                &ArchiveQuery {
+                    filter,
+                    page: req,
+                    max: 10,
+                },
+            )
+            .await;
+        assert!(is_not_found(r), "query {i}");
+    }
+}
+
+async fn archive_purge(s: &Storage) {
+    let before = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        100,
+    )
+    .await;
+    let cutoff = before.entries[7].timestamp_us;
+    // In batches of 3: alice's 7 older entries and bob's one (timestamp 5).
+    let mut batches = Vec::new();
+    loop {
+        let n = s.archive.purge_archive(cutoff, 3).await.expect("purge");
+        batches.push(n);
+        if n < 3 {
+            break;
+        }
+    }
+    assert_eq!(batches.iter().sum::<usize>(), 8, "{batches:?}");
+    assert!(batches.iter().all(|n| *n <= 3));
+    let after = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        100,
+    )
+    .await;
+    assert_eq!(after.entries, before.entries[7..]);
+    assert_eq!(
+        page(
+            s,
+            D,
+            "bob",
+            ArchiveFilter::default(),
+            PageRequest::First,
+            100
+        )
+        .await
+        .count,
+        0
+    );
+    assert_eq!(s.archive.purge_archive(cutoff, 3).await.expect("purge"), 0);
+    let (first, _) = s
+        .archive
+        .archive_bounds(D, "alice")
+        .await
+        .expect("b")
+        .expect("some");
+    assert_eq!(first.id, before.entries[7].id);
+}
+
+/// Appends from many tasks at once (as many connections archive at once): each is stored
+/// exactly once, a failure (unknown account, duplicate id) fails only itself, and every
+/// archive stays in time order.
+async fn archive_concurrent(s: &Storage) {
+    let before = page(
+        s,
+        D,
+        "bob",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await
+    .count;
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = match n % 3 {
+                0 => "bob",
+                1 => "ghost",
+                _ => "alice",
+            };
+            let e = ArchiveEntry {
+                id: format!("c{n}"),
+                ..archived(n, "x@example.net", "", 3_000_000 - n as i64)
+            };
+            let first = s.archive.append_archive(D, user, &e).await;
+            let again = s.archive.append_archive(D, user, &e).await;
+            (user, first, again)
+        }));
+    }
+    let mut stored = std::collections::HashMap::new();
+    for t in tasks {
+        let (user, first, again) = t.await.expect("task");
+        if user == "ghost" {
+            assert!(is_not_found(first) && is_not_found(again));
+        } else {
+            first.expect("stored");
+            assert!(
+                matches!(again, Err(StorageError::AlreadyExists)),
+                "{again:?}"
+            );
+            *stored.entry(user).or_insert(0usize) += 1;
+        }
+    }
+    let bob = page(
+        s,
+        D,
+        "bob",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await;
+    assert_eq!(bob.count, before + stored["bob"]);
+    let alice = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await;
+    for p in [&bob, &alice] {
+        assert!(p
+            .entries
+            .windows(2)
+            .all(|w| w[0].timestamp_us <= w[1].timestamp_us));
     }
 }

@@ -5,7 +5,8 @@
 //! Stores: [`AccountStore`] (accounts and SCRAM credentials), [`RosterStore`] (RFC 6121
 //! rosters, roster versions, pending inbound subscription requests), [`OfflineStore`]
 //! (XEP-0160 offline messages) and [`UserDataStore`] (small per-user documents: vCard
-//! XEP-0054, private XML XEP-0049, last activity XEP-0012, blocklist XEP-0191).
+//! XEP-0054, private XML XEP-0049, last activity XEP-0012, blocklist XEP-0191) and
+//! [`ArchiveStore`] (XEP-0313 message archives, see [`archive`]).
 //!
 //! # Invariants
 //!
@@ -26,7 +27,7 @@
 //!   roster item's contact may be any JID, local or remote.
 //! * **Deleting an account deletes everything of it**, atomically, in every store of the
 //!   backend: credentials, roster items, roster version, pending inbound subscriptions,
-//!   offline messages, user data. An account created again with the same name starts
+//!   offline messages, user data, message archive. An account created again with the same name starts
 //!   empty (roster version 0).
 //! * **Roster versions** ([`Roster::version`]) start at 0 and increase by exactly one on
 //!   every change of the items (each [`RosterStore::set_roster_item`], even with an equal
@@ -44,8 +45,13 @@ use std::sync::Arc;
 
 pub use rookery_sasl::{HashAlg, ScramCredentials};
 
+pub mod archive;
 pub mod conformance;
 pub mod memory;
+
+pub use archive::{
+    ArchiveBound, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, PageRequest, WithFilter,
+};
 
 /// Errors of every store.
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +305,40 @@ pub trait UserDataStore: Send + Sync + 'static {
     ) -> Result<Vec<String>, StorageError>;
 }
 
+/// Per-account message archives (XEP-0313); see [`archive`] for the model.
+#[async_trait::async_trait]
+pub trait ArchiveStore: Send + Sync + 'static {
+    /// Append an entry at the end of the account's archive. A `timestamp_us` older than
+    /// the archive's newest entry is raised to it (archive order is time order); returns
+    /// the timestamp stored. AlreadyExists if the archive has an entry with this id;
+    /// NotFound if the account doesn't exist.
+    async fn append_archive(
+        &self,
+        domain: &str,
+        user: &str,
+        entry: &ArchiveEntry,
+    ) -> Result<i64, StorageError>;
+    /// One page of the result set `query.filter` selects, in archive order. NotFound when
+    /// an id the query names (after-id, before-id, ids, RSM after/before) is not in the
+    /// archive. An unknown account has an empty archive.
+    async fn query_archive(
+        &self,
+        domain: &str,
+        user: &str,
+        query: &ArchiveQuery,
+    ) -> Result<ArchivePage, StorageError>;
+    /// The first and last entries, or None for an empty archive.
+    async fn archive_bounds(
+        &self,
+        domain: &str,
+        user: &str,
+    ) -> Result<Option<(ArchiveBound, ArchiveBound)>, StorageError>;
+    /// Delete at most `limit` entries (of any account) older than `before_us`, oldest
+    /// first; returns how many. Callers repeat until it returns less than `limit`, so no
+    /// single call holds the database for long.
+    async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError>;
+}
+
 /// The bundle of per-feature stores a server runs with. All stores of one bundle share
 /// one backend (so deleting an account through `accounts` wipes the others).
 #[derive(Clone)]
@@ -307,6 +347,7 @@ pub struct Storage {
     pub roster: Arc<dyn RosterStore>,
     pub offline: Arc<dyn OfflineStore>,
     pub user_data: Arc<dyn UserDataStore>,
+    pub archive: Arc<dyn ArchiveStore>,
 }
 
 impl Storage {

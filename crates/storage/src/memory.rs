@@ -12,7 +12,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::{
-    check_data_size, dedup_groups, validate_credentials, AccountStore, HashAlg, OfflineStore,
+    check_data_size, dedup_groups, validate_credentials, AccountStore, ArchiveBound, ArchiveEntry,
+    ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore, HashAlg, OfflineStore, PageRequest,
     Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError, UserDataStore,
 };
 
@@ -28,6 +29,8 @@ struct Account {
     offline: BTreeMap<i64, String>,
     /// (store, key) -> value
     data: BTreeMap<(String, String), String>,
+    /// The message archive, in archive order.
+    archive: Vec<ArchiveEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +61,13 @@ impl MemoryBackend {
             roster: Arc::new(self.roster_store()),
             offline: Arc::new(self.offline_store()),
             user_data: Arc::new(self.user_data_store()),
+            archive: Arc::new(self.archive_store()),
+        }
+    }
+
+    pub fn archive_store(&self) -> MemoryArchiveStore {
+        MemoryArchiveStore {
+            state: self.state.clone(),
         }
     }
 
@@ -114,6 +124,13 @@ pub struct MemoryOfflineStore {
 /// [`UserDataStore`] of a [`MemoryBackend`].
 #[derive(Debug)]
 pub struct MemoryUserDataStore {
+    state: Shared,
+}
+
+/// [`ArchiveStore`] of a [`MemoryBackend`]. Queries scan the archive (fine for tests and
+/// small ephemeral servers; the SQLite backend uses indexes).
+#[derive(Debug)]
+pub struct MemoryArchiveStore {
     state: Shared,
 }
 
@@ -450,6 +467,148 @@ impl UserDataStore for MemoryUserDataStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+/// Position of the entry with `id`, or NotFound.
+fn position(archive: &[ArchiveEntry], id: &str) -> Result<usize, StorageError> {
+    archive
+        .iter()
+        .position(|e| e.id == id)
+        .ok_or(StorageError::NotFound)
+}
+
+/// Positions (in archive order) of the entries `filter` selects.
+fn select(archive: &[ArchiveEntry], filter: &ArchiveFilter) -> Result<Vec<usize>, StorageError> {
+    let after = filter
+        .after_id
+        .as_deref()
+        .map(|id| position(archive, id))
+        .transpose()?;
+    let before = filter
+        .before_id
+        .as_deref()
+        .map(|id| position(archive, id))
+        .transpose()?;
+    let ids = match &filter.ids {
+        Some(ids) => {
+            let mut set = std::collections::HashSet::with_capacity(ids.len());
+            for id in ids {
+                set.insert(position(archive, id)?);
+            }
+            Some(set)
+        }
+        None => None,
+    };
+    Ok(archive
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            after.map_or(true, |a| *i > a)
+                && before.map_or(true, |b| *i < b)
+                && ids.as_ref().map_or(true, |s| s.contains(i))
+                && filter.start_us.map_or(true, |t| e.timestamp_us >= t)
+                && filter.end_us.map_or(true, |t| e.timestamp_us <= t)
+                && filter.with.as_ref().map_or(true, |w| {
+                    e.with_bare == w.bare
+                        && w.resource.as_ref().map_or(true, |r| *r == e.with_resource)
+                })
+        })
+        .map(|(i, _)| i)
+        .collect())
+}
+
+#[async_trait::async_trait]
+impl ArchiveStore for MemoryArchiveStore {
+    async fn append_archive(
+        &self,
+        domain: &str,
+        user: &str,
+        entry: &ArchiveEntry,
+    ) -> Result<i64, StorageError> {
+        let mut state = self.state.write();
+        let archive = &mut state.get_mut(domain, user)?.archive;
+        if archive.iter().any(|e| e.id == entry.id) {
+            return Err(StorageError::AlreadyExists);
+        }
+        let timestamp_us = archive.last().map_or(entry.timestamp_us, |l| {
+            l.timestamp_us.max(entry.timestamp_us)
+        });
+        archive.push(ArchiveEntry {
+            timestamp_us,
+            ..entry.clone()
+        });
+        Ok(timestamp_us)
+    }
+
+    async fn query_archive(
+        &self,
+        domain: &str,
+        user: &str,
+        query: &ArchiveQuery,
+    ) -> Result<ArchivePage, StorageError> {
+        let state = self.state.read();
+        let archive = state.get(domain, user).map_or(&[][..], |a| &a.archive[..]);
+        let set = select(archive, &query.filter)?;
+        // The page's bounds as indexes into `set`.
+        let (from, to) = match &query.page {
+            PageRequest::First => (0, set.len().min(query.max)),
+            PageRequest::Last => (set.len().saturating_sub(query.max), set.len()),
+            PageRequest::After(id) => {
+                let p = position(archive, id)?;
+                let from = set.partition_point(|i| *i <= p);
+                (from, set.len().min(from + query.max))
+            }
+            PageRequest::Before(id) => {
+                let p = position(archive, id)?;
+                let to = set.partition_point(|i| *i < p);
+                (to.saturating_sub(query.max), to)
+            }
+        };
+        let complete = if query.page.is_backwards() {
+            from == 0
+        } else {
+            to == set.len()
+        };
+        Ok(ArchivePage {
+            entries: set[from..to].iter().map(|i| archive[*i].clone()).collect(),
+            count: set.len(),
+            first_index: (from < to).then_some(from),
+            complete,
+        })
+    }
+
+    async fn archive_bounds(
+        &self,
+        domain: &str,
+        user: &str,
+    ) -> Result<Option<(ArchiveBound, ArchiveBound)>, StorageError> {
+        let state = self.state.read();
+        let bound = |e: &ArchiveEntry| ArchiveBound {
+            id: e.id.clone(),
+            timestamp_us: e.timestamp_us,
+        };
+        Ok(state
+            .get(domain, user)
+            .and_then(|a| Some((bound(a.archive.first()?), bound(a.archive.last()?)))))
+    }
+
+    async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError> {
+        let mut state = self.state.write();
+        let mut purged = 0;
+        for account in state.accounts.values_mut() {
+            // Timestamps never decrease within an archive: the old entries are a prefix.
+            let old = account
+                .archive
+                .partition_point(|e| e.timestamp_us < before_us)
+                .min(limit - purged);
+            account.archive.drain(..old);
+            purged += old;
+            if purged == limit {
+                break;
+            }
+        }
+        Ok(purged)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod fanout;
 pub mod idle;
 pub mod login;
+pub mod mam;
 pub mod messages;
 pub mod placeholder;
 pub mod register;

@@ -5,9 +5,6 @@
 //!   groupchat messages per second are spread over the rooms for DURATION seconds; reports
 //!   join time, delivered messages per second (each message reaches every occupant) and
 //!   latency percentiles as `rate` does.
-//! - `mam`: each of USERS accounts gets MESSAGES archived messages (sent by the generator),
-//!   then queries its archive in pages of PAGE_SIZE; reports queries per second and page
-//!   latency percentiles.
 
 use super::Report;
 use crate::stats::Errors;
@@ -25,19 +22,6 @@ pub struct MucArgs {
     pub messages: u64,
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    #[arg(long, default_value_t = 0)]
-    pub first: u64,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct MamArgs {
-    #[arg(long, default_value_t = 100)]
-    pub users: u64,
-    /// Messages archived per user before querying.
-    #[arg(long, default_value_t = 500)]
-    pub messages: u64,
-    #[arg(long, default_value_t = 50)]
-    pub page_size: u64,
     #[arg(long, default_value_t = 0)]
     pub first: u64,
 }
@@ -64,13 +48,5 @@ pub fn muc(a: &MucArgs) -> Report {
         json!({ "rooms": a.rooms, "occupants": a.occupants, "messages_per_s": a.messages,
                 "duration_s": a.duration, "first": a.first }),
         "muc",
-    )
-}
-
-pub fn mam(a: &MamArgs) -> Report {
-    not_implemented(
-        json!({ "users": a.users, "messages": a.messages, "page_size": a.page_size,
-                "first": a.first }),
-        "mam",
     )
 }

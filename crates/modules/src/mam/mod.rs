@@ -1,0 +1,444 @@
+//! XEP-0313 Message Archive Management for user archives, with XEP-0359 stanza ids,
+//! XEP-0059 paging and XEP-0441 preferences.
+//!
+//! * **What is archived** (XEP-0313 §"User Archives"): `chat` and `normal` messages with a
+//!   body or another payload worth keeping (encrypted payloads, reactions, retractions, or
+//!   an XEP-0334 `<store/>` hint); never errors, headlines or groupchat, never messages with
+//!   `<no-store/>` or `<no-permanent-store/>`, never copies of other messages (archive
+//!   results, carbons). The account's preferences decide per contact.
+//! * **Where**: a message an account sends goes into its archive in the `ClientStanza`
+//!   filter (after the blocking module's, so a refused message is not archived); a message
+//!   an account receives goes into its archive in the `LocalDelivery` filter (after the
+//!   blocking module's, before delivery and offline storage), once per message whatever
+//!   the number of resources it reaches. A message to one's own bare JID is archived once,
+//!   as received.
+//! * **Stanza ids** (XEP-0359): the received message carries `<stanza-id by='account'
+//!   id='archive id'/>` on its live (and offline) delivery, so clients can match it with
+//!   the archive. Sent messages don't: the contact has no access to the sender's archive
+//!   (XEP-0313 §"Communicating the archive ID"). Any `stanza-id` whose `by` is an address
+//!   at a domain this server serves is removed from what clients send, and from what is
+//!   delivered, before ours is added (XEP-0359 §3): clients cannot forge them.
+//! * **Queries** are answered for the account's own resources only ([`query`]).
+//! * **Retention**: with `archive.retention_days` > 0, a task deletes older messages every
+//!   `archive.purge_interval_secs`, `archive.purge_batch` per transaction. It starts with
+//!   the host's first session (the module has no hook at server start). Deleting an
+//!   account deletes its archive with it (storage cascade).
+
+pub mod prefs;
+pub mod query;
+
+use rookery_core::events::{ClientStanza, LocalDelivery, SessionBound};
+use rookery_core::{
+    iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server,
+    SessionHandle, Spec,
+};
+use rookery_stanza::{
+    random_id, BareJid, IqType, Jid, MessageType, StanzaError, StanzaErrorCondition,
+};
+use rookery_storage::{ArchiveEntry, StorageError};
+use rookery_xml::Element;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const NS: &str = "urn:xmpp:mam:2";
+pub const NS_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_DATA: &str = "jabber:x:data";
+pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+pub const NS_HINTS: &str = "urn:xmpp:hints";
+const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+
+/// The features account JIDs advertise in disco#info while the module is enabled.
+pub const ACCOUNT_FEATURES: &[&str] = &[NS, NS_EXTENDED, NS_SID];
+
+/// Payloads that make a message without a body worth archiving.
+const CONTENT_NAMESPACES: &[&str] = &[
+    "eu.siacs.conversations.axolotl", // OMEMO (XEP-0384 0.3)
+    "urn:xmpp:omemo:2",               // OMEMO (XEP-0384 0.8+)
+    "urn:xmpp:openpgp:0",             // XEP-0373
+    "jabber:x:encrypted",             // XEP-0027
+    "urn:xmpp:reactions:0",           // XEP-0444
+    "urn:xmpp:message-retract:1",     // XEP-0424
+];
+
+/// Random characters of a stanza id: 16 of 62 are about 95 bits, so ids are unpredictable
+/// and, in practice, never reused (XEP-0313 §"IDs").
+const ID_RANDOM_LEN: usize = 16;
+
+/// A new stanza id: the archiving time (microseconds, 11 base-62 digits, so ids sort by
+/// time), then random characters. Clients treat ids as opaque; the time prefix makes the
+/// store's id index grow at its end instead of at random places, so archiving a message
+/// touches a few hot pages instead of a random one per message.
+fn new_stanza_id(timestamp_us: i64) -> String {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut prefix = [b'0'; 11];
+    let mut n = u64::try_from(timestamp_us).unwrap_or(0);
+    for slot in prefix.iter_mut().rev() {
+        *slot = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    let mut id: String = prefix.iter().map(|&b| char::from(b)).collect();
+    id.push_str(&random_id(ID_RANDOM_LEN));
+    id
+}
+
+pub struct Mam;
+
+impl Module for Mam {
+    const NAME: &'static str = "mam";
+    const SPECS: &'static [Spec] = &[
+        Spec {
+            id: "XEP-0313",
+            title: "Message Archive Management (user archives, #extended)",
+            version: "1.1.3",
+        },
+        Spec {
+            id: "XEP-0359",
+            title: "Unique and Stable Stanza IDs",
+            version: "0.7.0",
+        },
+        Spec {
+            id: "XEP-0059",
+            title: "Result Set Management (archive queries)",
+            version: "1.0",
+        },
+        Spec {
+            id: "XEP-0441",
+            title: "Message Archive Management Preferences",
+            version: "0.2.0",
+        },
+    ];
+
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
+        host.iq_handler(NS, IqScope::Account, iq_fn(handle))?;
+        for f in ACCOUNT_FEATURES {
+            host.add_account_feature(f);
+        }
+        // Below the blocking module's filters (100): what it drops is not archived.
+        host.filter::<ClientStanza, _, _>(0, |server, c| async move {
+            Some(outbound(&server, c).await)
+        });
+        host.filter::<LocalDelivery, _, _>(0, |server, d| async move {
+            Some(inbound(&server, d).await)
+        });
+        host.hook::<SessionBound, _, _>(0, |server, ev| async move {
+            cache_prefs(&server, &ev.session).await;
+            Flow::Continue
+        });
+        if host.config().archive.retention_days > 0 {
+            let started = Arc::new(AtomicBool::new(false));
+            host.hook::<SessionBound, _, _>(-100, move |server, _| {
+                if !started.swap(true, Ordering::SeqCst) {
+                    start_purge(server);
+                }
+                async { Flow::Continue }
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn handle(req: IqRequest) -> IqResult {
+    // A user archive is exposed to its owner only (XEP-0313 §"User archives").
+    if req.to.to_bare() != req.from.to_bare() {
+        return Err(StanzaError::new(StanzaErrorCondition::Forbidden)
+            .with_text("only the account itself may use its archive"));
+    }
+    let bare = req.from.to_bare();
+    let (domain, user) = (
+        bare.domain().as_str(),
+        bare.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    match (req.payload.name(), req.iq_type) {
+        ("query", IqType::Get) => Ok(Some(query::form())),
+        ("query", IqType::Set) => query::run(&req).await.map(Some),
+        ("metadata", IqType::Get) => query::metadata(&req).await.map(Some),
+        ("prefs", IqType::Get) => prefs::load(&req.server, domain, user)
+            .await
+            .map(|p| Some(p.to_element()))
+            .map_err(internal),
+        ("prefs", IqType::Set) => {
+            let new = prefs::Prefs::from_element(&req.payload)?;
+            prefs::store(&req.server, domain, user, &new)
+                .await
+                .map_err(internal)?;
+            let element = new.to_element();
+            let new = Arc::new(new);
+            for session in req.server.sessions().resources(&bare) {
+                *session
+                    .extension_or_insert_with(CachedPrefs::default)
+                    .0
+                    .write() = Some(new.clone());
+            }
+            Ok(Some(element))
+        }
+        _ => Err(StanzaError::bad_request(
+            "expected <query/>, <prefs/> or <metadata/> with the right IQ type",
+        )),
+    }
+}
+
+/// An account's preferences, kept on each of its sessions: every message an online account
+/// sends or receives needs them, and reading storage each time cost a blocking-pool hop
+/// per message and side. Loaded when a session is bound, replaced on every session of the
+/// account when it sets new ones; accounts without a session are read from storage.
+#[derive(Default)]
+struct CachedPrefs(parking_lot::RwLock<Option<Arc<prefs::Prefs>>>);
+
+async fn cache_prefs(server: &Server, session: &SessionHandle) {
+    let bare = session.jid().to_bare();
+    let Some(node) = bare.node() else {
+        return;
+    };
+    match prefs::load(server, bare.domain().as_str(), node.as_str()).await {
+        Ok(p) => {
+            let cached = session.extension_or_insert_with(CachedPrefs::default);
+            let mut slot = cached.0.write();
+            // A set that ran meanwhile already put the newer preferences here.
+            if slot.is_none() {
+                *slot = Some(Arc::new(p));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "archive preferences unreadable"),
+    }
+}
+
+/// The preferences of `owner`: from one of its sessions, else from storage.
+async fn prefs_of(
+    server: &Server,
+    owner: &BareJid,
+    domain: &str,
+    user: &str,
+) -> Result<Arc<prefs::Prefs>, StorageError> {
+    for session in server.sessions().resources(owner) {
+        if let Some(p) = session
+            .extension::<CachedPrefs>()
+            .and_then(|c| c.0.read().clone())
+        {
+            return Ok(p);
+        }
+    }
+    prefs::load(server, domain, user).await.map(Arc::new)
+}
+
+fn internal(e: StorageError) -> StanzaError {
+    tracing::error!(error = %e, "archive storage failed");
+    StanzaError::new(StanzaErrorCondition::InternalServerError)
+}
+
+/// Removes every `<stanza-id/>` whose `by` is at a domain this server serves: only this
+/// server may say what its archives hold (XEP-0359 §3).
+fn strip_local_stanza_ids(server: &Server, stanza: &mut Element) {
+    let forged = |el: &Element| {
+        el.attr("by")
+            .and_then(|by| Jid::new(by).ok())
+            // An unparsable 'by' names no one here; what isn't ours is left alone.
+            .is_some_and(|by| server.serves(by.domain().as_str()))
+    };
+    if !stanza.has_child("stanza-id", NS_SID) {
+        return;
+    }
+    let mut others = Vec::new();
+    while let Some(sid) = stanza.remove_child("stanza-id", NS_SID) {
+        if !forged(&sid) {
+            others.push(sid);
+        }
+    }
+    for sid in others {
+        stanza.push_child(sid);
+    }
+}
+
+/// Whether a message belongs in a user archive (module docs).
+pub fn archivable(stanza: &Element) -> bool {
+    if stanza.name() != "message"
+        || !matches!(
+            MessageType::of(stanza),
+            MessageType::Normal | MessageType::Chat
+        )
+        || stanza.has_child("no-store", NS_HINTS)
+        || stanza.has_child("no-permanent-store", NS_HINTS)
+        || stanza.has_child("result", NS)
+        || stanza.has_child("sent", NS_CARBONS)
+        || stanza.has_child("received", NS_CARBONS)
+    {
+        return false;
+    }
+    stanza.has_child("body", "jabber:client")
+        || stanza.has_child("store", NS_HINTS)
+        || stanza
+            .children()
+            .any(|c| CONTENT_NAMESPACES.contains(&c.ns()))
+}
+
+/// Archives `stanza` in `owner`'s archive as exchanged with `with`, if the owner's
+/// preferences allow; returns the archive id.
+async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Element) -> Option<String> {
+    let (domain, user) = (owner.domain().as_str(), owner.node()?.as_str());
+    let prefs = match prefs_of(server, owner, domain, user).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "archive preferences unreadable; message not archived");
+            return None;
+        }
+    };
+    let contact = with.to_bare().to_string();
+    let in_roster = async {
+        server
+            .storage()
+            .roster
+            .roster_item(domain, user, &contact)
+            .await
+            .map(|i| i.is_some())
+    };
+    match prefs.allows(with, in_roster).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "roster unreadable; message not archived");
+            return None;
+        }
+    }
+    let now_us = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+        .unwrap_or(i64::MAX);
+    let xml = stanza.to_xml("");
+    // A clash of random ids is astronomically unlikely; retry rather than lose a message.
+    for _ in 0..3 {
+        let entry = ArchiveEntry {
+            id: new_stanza_id(now_us),
+            timestamp_us: now_us,
+            with_bare: contact.clone(),
+            with_resource: with.resource().map(|r| r.to_string()).unwrap_or_default(),
+            stanza: xml.clone(),
+        };
+        match server
+            .storage()
+            .archive
+            .append_archive(domain, user, &entry)
+            .await
+        {
+            Ok(_) => return Some(entry.id),
+            Err(StorageError::AlreadyExists) => continue,
+            // No such account: the core answers the sender; nothing to archive.
+            Err(StorageError::NotFound) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "archiving failed");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// A stanza a local client sends: forged stanza ids go; a message goes into the sender's
+/// archive (not marked: the recipient can't query the sender's archive).
+async fn outbound(server: &Server, mut c: ClientStanza) -> ClientStanza {
+    if c.stanza.name() != "message" {
+        return c;
+    }
+    strip_local_stanza_ids(server, &mut c.stanza);
+    if !archivable(&c.stanza) {
+        return c;
+    }
+    let owner = c.from.to_bare();
+    let to = match c.stanza.attr("to").map(Jid::new) {
+        Some(Ok(to)) => to,
+        // No 'to' is the sender's own account (archived when delivered); a bad one is
+        // refused by the core.
+        _ => return c,
+    };
+    if to.to_bare() != owner {
+        archive(server, &owner, &to, &c.stanza).await;
+    }
+    c
+}
+
+/// A stanza about to reach a local account: forged stanza ids go; a message goes into the
+/// recipient's archive and carries its archive id.
+async fn inbound(server: &Server, mut d: LocalDelivery) -> LocalDelivery {
+    if d.stanza.name() != "message" {
+        return d;
+    }
+    strip_local_stanza_ids(server, &mut d.stanza);
+    if !archivable(&d.stanza) {
+        return d;
+    }
+    let Some(Ok(from)) = d.stanza.attr("from").map(Jid::new) else {
+        return d;
+    };
+    let owner = d.to.to_bare();
+    if let Some(id) = archive(server, &owner, &from, &d.stanza).await {
+        d.stanza.push_child(
+            Element::new("stanza-id", NS_SID)
+                .with_attr("by", owner.to_string())
+                .with_attr("id", id),
+        );
+    }
+    d
+}
+
+/// The retention purge: every interval, delete what is older than the retention period,
+/// one bounded transaction at a time.
+fn start_purge(server: Arc<Server>) {
+    let cfg = server.config().archive.clone();
+    let tracker = server.tasks().clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(cfg.purge_interval_secs));
+        loop {
+            tokio::select! {
+                _ = server.shutdown_token().cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let retention_us = i64::from(cfg.retention_days) * 86_400 * 1_000_000;
+            let now_us =
+                i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+                    .unwrap_or(i64::MAX);
+            let cutoff = now_us.saturating_sub(retention_us);
+            let mut total = 0;
+            loop {
+                match server
+                    .storage()
+                    .archive
+                    .purge_archive(cutoff, cfg.purge_batch)
+                    .await
+                {
+                    Ok(n) => {
+                        total += n;
+                        if n < cfg.purge_batch {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "archive purge failed");
+                        break;
+                    }
+                }
+                // Let archiving and queries in between batches.
+                tokio::task::yield_now().await;
+            }
+            if total > 0 {
+                tracing::info!(messages = total, "archive retention purge");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_stanza_id;
+
+    #[test]
+    fn stanza_ids_sort_by_time_and_differ() {
+        let a = new_stanza_id(1_700_000_000_000_000);
+        let b = new_stanza_id(1_700_000_000_000_001);
+        let c = new_stanza_id(1_700_000_000_000_001);
+        assert_eq!(a.len(), 11 + 16);
+        assert!(a < b && a < c && b != c);
+        assert!(a.bytes().all(|ch| ch.is_ascii_alphanumeric()));
+        // 62^11 microseconds is over 16 million years: the prefix never wraps.
+        assert!(new_stanza_id(0) < new_stanza_id(i64::MAX / 1000));
+    }
+}
