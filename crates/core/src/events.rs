@@ -103,3 +103,12 @@ pub struct BindInline {
     pub session: Arc<SessionHandle>,
     pub request: Element,
 }
+
+/// Filter: a session was just bound through Bind 2 (XEP-0386 §2.2); modules add their part
+/// of the answer to `bound` (the archive's `<metadata/>`) and do what binding this way
+/// implies (the offline queue is left to the archive).
+#[derive(Clone)]
+pub struct Bind2Bound {
+    pub session: Arc<SessionHandle>,
+    pub bound: Element,
+}

@@ -5,7 +5,7 @@
 //! dropped connection can repeat a message but never lose one.
 
 use parking_lot::Mutex;
-use rookery_core::events::{PresenceBroadcast, UndeliverableMessage};
+use rookery_core::events::{Bind2Bound, PresenceBroadcast, UndeliverableMessage};
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
 use rookery_stanza::{BareJid, MessageType};
 use rookery_xml::Element;
@@ -60,7 +60,55 @@ impl Module for Offline {
             }
             Flow::Continue
         });
+        // XEP-0386 §2.2: a client binding with Bind 2 gets what it missed from the archive,
+        // so the offline messages the archive holds are cleared without being sent. Those
+        // it does not hold (archiving off for that contact) stay and are delivered as usual.
+        host.filter::<Bind2Bound, _, _>(-10, |server, b| async move {
+            if let Err(e) = clear_archived(&server, &b.session).await {
+                tracing::warn!(jid = %b.session.jid(), why = e, "offline queue not cleared");
+            }
+            Some(b)
+        });
         Ok(())
+    }
+}
+
+const NS_SID: &str = "urn:xmpp:sid:0";
+
+/// Removes the offline messages that carry the account's own archive id (XEP-0359).
+async fn clear_archived(server: &Server, session: &SessionHandle) -> Result<(), &'static str> {
+    let jid = session.jid();
+    let bare = jid.to_bare();
+    let domain = jid.domain().as_str();
+    let node = jid.node().map(|n| n.as_str()).ok_or("no account")?;
+    let store = &server.storage().offline;
+    let mut after = 0usize;
+    loop {
+        let batch = store
+            .peek_offline(domain, node, after + BATCH)
+            .await
+            .map_err(|_| "storage")?;
+        let fetched = batch.len();
+        let archived: Vec<i64> = batch
+            .iter()
+            .skip(after)
+            .filter(|(_, xml)| {
+                rookery_xml::parse_element(xml).is_ok_and(|m| {
+                    m.children()
+                        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(bare.as_str()))
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let kept = fetched - after - archived.len();
+        store
+            .remove_offline(domain, node, &archived)
+            .await
+            .map_err(|_| "storage")?;
+        if fetched < after + BATCH {
+            return Ok(());
+        }
+        after += kept;
     }
 }
 

@@ -442,3 +442,53 @@ async fn carbons_enabled_inline_in_bind2() {
     );
     t.stop().await;
 }
+
+#[tokio::test]
+async fn bind2_reports_the_archive_and_leaves_archived_offline_messages_to_it() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "pw").await;
+    t.add_user("bob", "pw").await;
+    let mut bob = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    bob.open_stream().await;
+    bob.login_plain("bob", "pw", "pc").await;
+    for n in 1..=2 {
+        bob.send(&format!(
+            "<message type='chat' to='alice@localhost'><body>missed-{n}</body></message>"
+        ))
+        .await;
+    }
+    bob.ping("stored").await;
+    let (mut phone, _) = connect(&t).await;
+    phone
+        .send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+               <initial-response>{}</initial-response><bind xmlns='urn:xmpp:bind:0'/>\
+             </authenticate>",
+            plain_b64("alice", "pw")
+        ))
+        .await;
+    let got = phone.read_until("</stream:features>").await;
+    assert!(got.contains("<metadata xmlns=\"urn:xmpp:mam:2\""), "{got}");
+    let first = attr(&got, "start", "id").expect("first archived id");
+    let last = attr(&got, "end", "id").expect("last archived id");
+    assert_ne!(first, last);
+    // Initial presence: the offline queue was left to the archive, nothing is replayed.
+    phone.send("<presence/>").await;
+    phone.ping("after-presence").await;
+    let (more, _) = phone.read_for(Duration::from_millis(500)).await;
+    let seen = phone.received.clone() + &more;
+    assert!(!seen.contains("missed-1</body>"), "{seen}");
+    // The archive has both, from the id the metadata named.
+    phone
+        .send(&format!(
+            "<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2' queryid='q1'>\
+               <x xmlns='jabber:x:data' type='submit'>\
+                 <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+                 <field var='after-id'><value>{first}</value></field></x></query></iq>"
+        ))
+        .await;
+    let got = phone.read_until("</fin>").await;
+    assert!(got.contains("missed-2</body>"), "{got}");
+    assert!(got.contains(&format!("id=\"{last}\"")), "{got}");
+    t.stop().await;
+}

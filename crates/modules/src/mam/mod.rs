@@ -27,7 +27,7 @@
 pub mod prefs;
 pub mod query;
 
-use rookery_core::events::{ClientStanza, LocalDelivery, SessionBound};
+use rookery_core::events::{Bind2Bound, ClientStanza, LocalDelivery, SessionBound};
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server,
     SessionHandle, Spec,
@@ -117,6 +117,15 @@ impl Module for Mam {
         for f in ACCOUNT_FEATURES {
             host.add_account_feature(f);
         }
+        // XEP-0386 §2.2: the archive's state at the moment of a Bind 2 binding, so the client
+        // knows what to fetch.
+        host.filter::<Bind2Bound, _, _>(0, |server, mut b| async move {
+            match query::metadata_of(&server, &b.session.jid().to_bare()).await {
+                Ok(m) => b.bound.push_child(m),
+                Err(e) => tracing::warn!(error = %e, "no archive metadata for Bind 2"),
+            }
+            Some(b)
+        });
         // Below the blocking module's filters (100): what it drops is not archived.
         host.filter::<ClientStanza, _, _>(0, |server, c| async move {
             Some(outbound(&server, c).await)

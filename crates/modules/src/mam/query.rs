@@ -2,8 +2,8 @@
 //! result messages and the `<fin/>` answer, and the archive metadata (XEP-0313 §5).
 
 use rookery_core::config::ArchiveConfig;
-use rookery_core::IqRequest;
-use rookery_stanza::{random_id, Jid, StanzaError, StanzaErrorCondition};
+use rookery_core::{IqRequest, Server};
+use rookery_stanza::{random_id, BareJid, Jid, StanzaError, StanzaErrorCondition};
 use rookery_storage::{
     ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, PageRequest, StorageError, WithFilter,
 };
@@ -311,9 +311,12 @@ pub async fn run(req: &IqRequest) -> Result<Element, StanzaError> {
 
 /// `<metadata/>` (XEP-0313 §5): the first and last archived messages, or nothing.
 pub async fn metadata(req: &IqRequest) -> Result<Element, StanzaError> {
-    let bare = req.from.to_bare();
-    let bounds = req
-        .server
+    metadata_of(&req.server, &req.from.to_bare()).await
+}
+
+/// The `<metadata/>` of one account's archive (also sent in a Bind 2 `<bound/>`).
+pub async fn metadata_of(server: &Server, bare: &BareJid) -> Result<Element, StanzaError> {
+    let bounds = server
         .storage()
         .archive
         .archive_bounds(

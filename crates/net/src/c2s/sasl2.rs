@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::fast::{self, FastTokens, Verified};
-use rookery_core::events::BindInline;
+use rookery_core::events::{Bind2Bound, BindInline};
 use rookery_sasl::ht::{self, HtMechanism};
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
@@ -321,6 +321,16 @@ impl Connection {
                     }
                 }
             }
+        }
+        if let Some(host) = &host {
+            let answer = Bind2Bound {
+                session: session.clone(),
+                bound,
+            };
+            bound = match host.hooks().fold(self.server(), answer).await {
+                Some(a) => a.bound,
+                None => Element::new("bound", NS_BIND2),
+            };
         }
         Ok((full, bound))
     }
