@@ -1,5 +1,6 @@
 //! Every SASL mechanism's message parsing, on both steps of the exchange: never panics and
-//! never authenticates without the right proof.
+//! never authenticates without the right proof. The FAST (HT-SHA-256-*) initial response is
+//! parsed and verified too.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use rookery_sasl::{ChannelBindings, HashAlg, Mechanism, ScramCredentials, ServerSession, Step};
@@ -24,12 +25,23 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
-    let mech = Mechanism::ALL[usize::from(pick) % Mechanism::ALL.len()];
-    let (first, second) = rest.split_at(rest.len() / 2);
     let cb = ChannelBindings {
         tls_exporter: Some(vec![1; 32]),
         tls_server_end_point: Some(vec![2; 32]),
     };
+    if usize::from(pick) % (Mechanism::ALL.len() + 1) == Mechanism::ALL.len() {
+        // FAST: parse, then verify against a token the input cannot know.
+        use rookery_sasl::ht::{parse_initial, HtMechanism};
+        if let Ok(initial) = parse_initial(rest) {
+            for m in HtMechanism::ALL {
+                let ok = m.verify(b"fuzz-token", &cb, &initial.proof).unwrap_or(false);
+                assert!(!ok || initial.proof == m.initiator_proof(b"fuzz-token", &cb).unwrap_or_default());
+            }
+        }
+        return;
+    }
+    let mech = Mechanism::ALL[usize::from(pick) % Mechanism::ALL.len()];
+    let (first, second) = rest.split_at(rest.len() / 2);
     let mut s = ServerSession::new(mech, cb, true, true);
     let mut step = s.start(first);
     for _ in 0..3 {

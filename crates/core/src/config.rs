@@ -327,7 +327,8 @@ impl Default for Limits {
             unauthenticated_timeout_secs: 60,
             session_send_queue: 8192,
             max_connections: 18_000,
-            max_connections_per_ip: 18_000,
+            // One address can't take every slot; large NATs still fit.
+            max_connections_per_ip: 1000,
             max_auth_attempts: 5,
             tls_handshake_timeout_secs: 15,
             max_roster_items: 5000,
