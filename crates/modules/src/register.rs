@@ -154,10 +154,10 @@ async fn change_password(req: &IqRequest, user: &BareJid) -> IqResult {
         }
         e => internal(e),
     })?;
+    // Also revokes the account's FAST tokens.
     req.server
         .storage()
-        .accounts
-        .set_credentials(domain, node, &creds)
+        .change_password(domain, node, &creds)
         .await
         .map_err(|e| match e {
             StorageError::NotFound => StanzaError::new(StanzaErrorCondition::RegistrationRequired),

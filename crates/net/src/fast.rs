@@ -15,7 +15,7 @@ use rookery_storage::{Storage, StorageError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const NS: &str = "urn:xmpp:fast:0";
-const STORE: &str = "fast";
+const STORE: &str = rookery_storage::FAST_TOKENS_STORE;
 const MAX_RECORD_BYTES: usize = 4096;
 /// Random bytes in a token (base64: 43 characters).
 const TOKEN_BYTES: usize = 32;
@@ -318,6 +318,38 @@ mod tests {
                 .expect("verify"),
             Verified::Invalid
         );
+    }
+
+    #[tokio::test]
+    async fn a_password_change_revokes_every_token() {
+        let s = storage().await;
+        let f = FastTokens {
+            storage: &s,
+            domain: "x",
+            lifetime: Duration::from_secs(3600),
+        };
+        let m = HtMechanism::Sha256None;
+        let a = f.issue("alice", "phone", m).await.expect("issue");
+        let b = f.issue("alice", "laptop", m).await.expect("issue");
+        let creds = generate_all("new password", 4096).expect("creds");
+        s.change_password("x", "alice", &creds)
+            .await
+            .expect("change");
+        for (client, t) in [("phone", &a), ("laptop", &b)] {
+            assert_eq!(
+                f.verify(
+                    "alice",
+                    client,
+                    m,
+                    &ChannelBindings::none(),
+                    &proof(m, &t.token)
+                )
+                .await
+                .expect("verify"),
+                Verified::Invalid,
+                "{client}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -336,8 +336,9 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
         UserCommand::Passwd { jid, password: pw } => {
             let (node, domain) = account(config, &jid)?;
             let creds = rookery_sasl::generate_all(&password(pw)?, SCRAM_ITERATIONS)?;
-            accounts
-                .set_credentials(&domain, &node, &creds)
+            // Also revokes the account's FAST tokens.
+            storage
+                .change_password(&domain, &node, &creds)
                 .await
                 .map_err(|e| match e {
                     rookery_storage::StorageError::NotFound => {

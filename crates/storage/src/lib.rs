@@ -350,10 +350,36 @@ pub struct Storage {
     pub archive: Arc<dyn ArchiveStore>,
 }
 
+/// The user-data store of FAST tokens (XEP-0484), one key per client: credentials issued
+/// under the current password, revoked when it changes.
+pub const FAST_TOKENS_STORE: &str = "fast";
+
 impl Storage {
     /// Everything in memory (tests, ephemeral servers).
     pub fn memory() -> Self {
         memory::MemoryBackend::new().storage()
+    }
+
+    /// Replaces an account's credentials and revokes what was issued under the old password
+    /// (FAST tokens), so changing a password also shuts out clients that log in with tokens.
+    /// NotFound if the account doesn't exist.
+    pub async fn change_password(
+        &self,
+        domain: &str,
+        user: &str,
+        creds: &[ScramCredentials],
+    ) -> Result<(), StorageError> {
+        self.accounts.set_credentials(domain, user, creds).await?;
+        for key in self
+            .user_data
+            .data_keys(domain, user, FAST_TOKENS_STORE)
+            .await?
+        {
+            self.user_data
+                .set_data(domain, user, FAST_TOKENS_STORE, &key, None, 0)
+                .await?;
+        }
+        Ok(())
     }
 }
 

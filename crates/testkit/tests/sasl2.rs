@@ -492,3 +492,33 @@ async fn bind2_reports_the_archive_and_leaves_archived_offline_messages_to_it() 
     assert!(got.contains(&format!("id=\"{last}\"")), "{got}");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn changing_the_password_in_band_revokes_fast_tokens() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "pw").await;
+    let (mut c, _) = connect(&t).await;
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+           <initial-response>{}</initial-response><user-agent id='{UA}'/>\
+           <bind xmlns='urn:xmpp:bind:0'/>\
+           <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>\
+         </authenticate>",
+        plain_b64("alice", "pw")
+    ))
+    .await;
+    let got = c.read_until("</stream:features>").await;
+    let token = attr(&got, "token", "token").expect("token");
+    assert!(login_token(&t, &token, "").await.contains("<success"));
+    // XEP-0077 §3.3: the password changes; tokens issued under the old one stop working.
+    c.send(
+        "<iq type='set' id='pw'><query xmlns='jabber:iq:register'>\
+           <username>alice</username><password>new password</password></query></iq>",
+    )
+    .await;
+    let got = c.read_until("id=\"pw\"").await;
+    assert!(got.contains("type=\"result\""), "{got}");
+    let got = login_token(&t, &token, "").await;
+    assert!(got.contains("<not-authorized"), "{got}");
+    t.stop().await;
+}
