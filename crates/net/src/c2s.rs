@@ -1371,6 +1371,7 @@ impl Connection {
                 let jid = BareJid::new(&format!("{}@{domain}", user.trim()))
                     .ok()
                     .filter(|j| j.node().is_some())
+                    .filter(|j| rookery_stanza::is_stable(&j.clone().into()))
                     .ok_or_else(|| {
                         StanzaError::new(StanzaErrorCondition::JidMalformed)
                             .with_text("not a valid username")

@@ -302,6 +302,11 @@ fn password(flag: Option<String>) -> Result<String> {
 /// Parses `user@domain` and checks the domain is served.
 fn account(config: &Config, jid: &str) -> Result<(String, String)> {
     let j = BareJid::new(jid).map_err(|e| anyhow!("'{jid}' is not a valid JID: {e}"))?;
+    if !rookery_stanza::is_stable(&j.clone().into()) {
+        bail!(
+            "'{jid}' is not a valid JID: it contains characters whose normalisation is ambiguous"
+        );
+    }
     let node = j
         .node()
         .ok_or_else(|| anyhow!("'{jid}' has no user part (expected user@domain)"))?;

@@ -156,8 +156,24 @@ pub fn random_id(len: usize) -> String {
 }
 
 /// Parses an address as it appears in a `to`/`from` attribute, applying RFC 7622 preparation.
+/// An address whose prepared form would prepare differently again is refused (see
+/// [`is_stable`]).
 pub fn parse_jid(s: &str) -> Result<Jid, StanzaError> {
-    Jid::new(s).map_err(|_| StanzaError::new(StanzaErrorCondition::JidMalformed))
+    Jid::new(s)
+        .ok()
+        .filter(is_stable)
+        .ok_or_else(|| StanzaError::new(StanzaErrorCondition::JidMalformed))
+}
+
+/// Whether preparing the address again leaves it unchanged. The `jid` crate lower-cases
+/// before compatibility normalisation, so a compatibility character that normalises to
+/// capitals (U+337A SQUARE IU → "IU", found by fuzzing) yields a form that a second
+/// preparation lower-cases: "co\u{337a}ec" → "coIUec" → "coiuec". Such an address would
+/// name one entity under two spellings; the places that establish identities (routing,
+/// account creation) refuse it. RFC 7622 disallows these characters in localparts anyway
+/// (PRECIS IdentifierClass excludes compatibility characters).
+pub fn is_stable(jid: &Jid) -> bool {
+    Jid::new(jid.as_str()).is_ok_and(|again| again == *jid)
 }
 
 #[cfg(test)]

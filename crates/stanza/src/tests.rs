@@ -83,3 +83,19 @@ fn jids_are_prepared() {
     assert!(parse_jid("").is_err());
     assert!(parse_jid("@example.com").is_err());
 }
+
+/// Found by the `jid` fuzz target: a compatibility character that normalises to capitals
+/// made preparation non-idempotent ("co\u{337a}ec" → "coIUec" → "coiuec").
+#[test]
+fn jid_with_square_iu_is_refused_where_identities_are_made() {
+    let raw = "co\u{337a}ec";
+    for s in [raw.to_owned(), format!("{raw}@x"), format!("a@{raw}")] {
+        assert!(parse_jid(&s).is_err(), "{s:?} must be refused");
+    }
+    // In a resource (OpaqueString, case kept) the prepared form is stable and accepted.
+    let full = parse_jid(&format!("a@x/{raw}")).expect("resource");
+    assert!(is_stable(&full));
+    assert!(is_stable(
+        &parse_jid("alice@example.org/phone").expect("plain")
+    ));
+}
