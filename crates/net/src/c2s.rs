@@ -518,59 +518,41 @@ impl Connection {
             Close::IdleTimeout => counters::incr(Counter::IdleTimeouts),
             _ => {}
         }
-        match &close {
+        let close = match close {
             Close::Error(cond, text) => {
                 tracing::debug!(peer = %self.peer, condition = %cond, "closing stream with error");
-                if !self.header_sent {
-                    self.write_header(None);
-                }
-                let err = cond.to_element(text.as_deref());
-                self.out.extend_from_slice(b"<stream:error>");
-                for child in err.children() {
-                    child.write_to(&mut self.out, ns::STREAMS);
-                }
-                self.out
-                    .extend_from_slice(b"</stream:error></stream:stream>");
-            }
-            Close::ErrorWith(cond, app) => {
-                if !self.header_sent {
-                    self.write_header(None);
-                }
-                self.out.extend_from_slice(b"<stream:error>");
-                Element::new(cond.as_str(), ns::STREAM_ERRORS).write_to(&mut self.out, ns::STREAMS);
-                app.write_to(&mut self.out, ns::STREAMS);
-                self.out
-                    .extend_from_slice(b"</stream:error></stream:stream>");
-            }
-            Close::Graceful => self.out.extend_from_slice(b"</stream:stream>"),
-            Close::Dropped => {}
-            Close::TakenOver(_) => {}
-            Close::IdleTimeout => {
-                let err = StreamErrorCondition::ConnectionTimeout
-                    .to_element(Some("no answer to the liveness check"));
-                self.out.extend_from_slice(b"<stream:error>");
-                for child in err.children() {
-                    child.write_to(&mut self.out, ns::STREAMS);
-                }
-                self.out
-                    .extend_from_slice(b"</stream:error></stream:stream>");
-            }
-        }
-        let close = match close {
-            Close::TakenOver(req) => {
-                // Hand the session over before spending any time on this dead connection.
-                self.hand_over(req);
-                let err = StreamErrorCondition::Conflict
-                    .to_element(Some("the session was resumed on another connection"));
-                self.out.extend_from_slice(b"<stream:error>");
-                for child in err.children() {
-                    child.write_to(&mut self.out, ns::STREAMS);
-                }
-                self.out
-                    .extend_from_slice(b"</stream:error></stream:stream>");
+                self.write_stream_error(cond, text.as_deref(), None);
                 Close::Graceful
             }
-            other => other,
+            Close::ErrorWith(cond, app) => {
+                self.write_stream_error(cond, None, Some(&app));
+                Close::Graceful
+            }
+            Close::IdleTimeout => {
+                self.write_stream_error(
+                    StreamErrorCondition::ConnectionTimeout,
+                    Some("no answer to the liveness check"),
+                    None,
+                );
+                Close::IdleTimeout
+            }
+            Close::TakenOver(req) => {
+                // Hand the session over before spending any time on this dead connection.
+                if let Some(d) = self.detach() {
+                    let _ = req.send(d);
+                }
+                self.write_stream_error(
+                    StreamErrorCondition::Conflict,
+                    Some("the session was resumed on another connection"),
+                    None,
+                );
+                Close::Graceful
+            }
+            Close::Graceful => {
+                self.out.extend_from_slice(b"</stream:stream>");
+                Close::Graceful
+            }
+            Close::Dropped => Close::Dropped,
         };
         if !matches!(close, Close::Dropped) {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -581,46 +563,27 @@ impl Connection {
             })
             .await;
         }
-        if let (Some(handle), Some(host)) = (self.session.take(), self.host.clone()) {
-            let resumable = matches!(close, Close::Dropped | Close::IdleTimeout)
-                && self.takeover.is_some()
-                && self.sm.as_ref().is_some_and(|s| s.id.is_some());
-            match (
-                resumable,
-                self.inbox.take(),
-                self.sm.take(),
-                self.takeover.take(),
-            ) {
-                (true, Some(inbox), Some(mut state), Some(takeover)) => {
-                    state.connection_changed();
-                    let detached = Detached {
-                        handle,
-                        inbox,
-                        state,
-                        takeover,
-                        host,
-                        held: self.csi.take_all().into(),
-                    };
-                    let server = self.server().clone();
-                    let resumptions = self.ctx.resumptions.clone();
-                    server
-                        .tasks()
-                        .spawn(sm::park(server.clone(), resumptions, detached));
-                }
-                (_, mut inbox, mut state, _) => {
-                    let held = self.csi.take_all().into();
-                    sm::end_session(
-                        self.server(),
-                        &self.ctx.resumptions,
-                        &host,
-                        &handle,
-                        inbox.as_mut(),
-                        state.as_mut(),
-                        held,
-                    )
-                    .await;
-                }
-            }
+        let resumable = matches!(close, Close::Dropped | Close::IdleTimeout)
+            && self.sm.as_ref().is_some_and(|s| s.id.is_some());
+        if let Some(detached) = resumable.then(|| self.detach()).flatten() {
+            let server = self.server().clone();
+            let resumptions = self.ctx.resumptions.clone();
+            server
+                .tasks()
+                .spawn(sm::park(server.clone(), resumptions, detached));
+        } else if let (Some(handle), Some(host)) = (self.session.take(), self.host.clone()) {
+            let held = self.csi.take_all().into();
+            let (mut inbox, mut state) = (self.inbox.take(), self.sm.take());
+            sm::end_session(
+                self.server(),
+                &self.ctx.resumptions,
+                &host,
+                &handle,
+                inbox.as_mut(),
+                state.as_mut(),
+                held,
+            )
+            .await;
         }
         tracing::debug!(peer = %self.peer, "connection closed");
     }
@@ -643,26 +606,45 @@ impl Connection {
         self.write_stanza(ping);
     }
 
-    /// Gives this connection's session to a resuming connection (the other end of `req`).
-    fn hand_over(&mut self, req: sm::TakeoverRequest) {
-        let parts = (
-            self.session.take(),
-            self.inbox.take(),
-            self.sm.take(),
-            self.takeover.take(),
-            self.host.clone(),
-        );
-        if let (Some(handle), Some(inbox), Some(mut state), Some(takeover), Some(host)) = parts {
-            state.connection_changed();
-            let _ = req.send(Detached {
-                handle,
-                inbox,
-                state,
-                takeover,
-                host,
-                held: self.csi.take_all().into(),
-            });
+    /// Takes the session off this connection, with everything needed to continue it
+    /// elsewhere (a resuming connection or the parked-session task); `None` unless it is a
+    /// resumable stream-management session.
+    fn detach(&mut self) -> Option<Detached> {
+        if self.session.is_none() || self.inbox.is_none() || self.takeover.is_none() {
+            return None;
         }
+        let mut state = self.sm.take()?;
+        state.connection_changed();
+        Some(Detached {
+            handle: self.session.take()?,
+            inbox: self.inbox.take()?,
+            state,
+            takeover: self.takeover.take()?,
+            host: self.host.clone()?,
+            held: self.csi.take_all().into(),
+        })
+    }
+
+    /// Writes `<stream:error>` (with an application-specific condition if given) and closes
+    /// the stream.
+    fn write_stream_error(
+        &mut self,
+        condition: StreamErrorCondition,
+        text: Option<&str>,
+        app: Option<&Element>,
+    ) {
+        if !self.header_sent {
+            self.write_header(None);
+        }
+        self.out.extend_from_slice(b"<stream:error>");
+        for child in condition.to_element(text).children() {
+            child.write_to(&mut self.out, ns::STREAMS);
+        }
+        if let Some(app) = app {
+            app.write_to(&mut self.out, ns::STREAMS);
+        }
+        self.out
+            .extend_from_slice(b"</stream:error></stream:stream>");
     }
 
     /// Writes a queued stanza now, or holds it while the client is inactive (XEP-0352).
@@ -1457,8 +1439,7 @@ impl Connection {
     }
 
     async fn on_sm(&mut self, el: Element) -> Result<(), Close> {
-        let config = self.server().config().stream_management.clone();
-        if !config.enabled {
+        if !self.server().config().stream_management.enabled {
             return Err(Close::err(StreamErrorCondition::UnsupportedStanzaType));
         }
         match (self.stage, el.name()) {
