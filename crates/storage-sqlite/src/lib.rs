@@ -101,6 +101,57 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Creates the database file owner-only if it does not exist, or narrows an existing one's
+/// mode to owner-only.
+fn make_private(path: &Path) -> Result<(), StorageError> {
+    let err =
+        |e: std::io::Error| StorageError::Backend(format!("cannot open {}: {e}", path.display()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => narrow_mode(path),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Removes group and other permissions from `path`, if it exists.
+fn narrow_mode(path: &Path) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(StorageError::Backend(format!(
+                    "cannot read the mode of {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
+                |e| {
+                    StorageError::Backend(format!(
+                        "cannot make {} private (mode 0600): {e}",
+                        path.display()
+                    ))
+                },
+            )?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// An open SQLite database.
 #[derive(Clone)]
 pub struct SqliteBackend {
@@ -119,10 +170,22 @@ impl SqliteBackend {
     /// foreign_keys=ON, busy_timeout 5000 ms, then run migrations.
     ///
     /// Blocking: call it at startup (or from `spawn_blocking`), not from async code.
+    ///
+    /// The file holds SCRAM records, so it is made readable by its owner only (0600), and so
+    /// are its `-wal` and `-shm` files: SQLite creates those with the database's mode, and
+    /// ones left wider by an earlier version are narrowed here.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
+        make_private(path)?;
         let conn = Connection::open(path)
             .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        Self::setup(conn, true)
+        let backend = Self::setup(conn, true)?;
+        // Opening in WAL mode creates the companions; narrow any an older version left wide.
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = path.as_os_str().to_owned();
+            companion.push(suffix);
+            narrow_mode(Path::new(&companion))?;
+        }
+        Ok(backend)
     }
 
     /// A private in-memory database (tests, ephemeral servers).

@@ -428,6 +428,48 @@ async fn file_is_wal_and_data_persists_across_reopen() {
     assert!(b.integrity_check().expect("check"));
 }
 
+/// The database holds SCRAM records: it and its WAL companions are owner-only, whether the
+/// process umask is permissive or an earlier version left them readable by others.
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    let wal = dir.path().join("rookery.db-wal");
+    let shm = dir.path().join("rookery.db-shm");
+    {
+        let b = SqliteBackend::open(&path).expect("open");
+        b.storage()
+            .accounts
+            .create_account("example.org", "alice", &sample_all(4))
+            .await
+            .expect("create");
+        for p in [&path, &wal, &shm] {
+            assert_eq!(mode(p), 0o600, "{}", p.display());
+        }
+    }
+    // A database left world-readable (as earlier versions created it) is narrowed on open.
+    for p in [&path, &wal, &shm] {
+        if p.exists() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+    }
+    let b = SqliteBackend::open(&path).expect("reopen");
+    for p in [&path, &wal, &shm] {
+        if p.exists() {
+            assert_eq!(mode(p), 0o600, "{}", p.display());
+        }
+    }
+    assert!(b
+        .storage()
+        .accounts
+        .account_exists("example.org", "alice")
+        .await
+        .expect("exists"));
+}
+
 #[tokio::test]
 async fn migrations_apply_once_and_reopen_is_idempotent() {
     let dir = tempfile::tempdir().expect("tempdir");
