@@ -324,7 +324,7 @@ create_accounts() { # server (running)
                     seq "$FANOUT_BASE" $((FANOUT_BASE + ACCOUNTS_FANOUT - 1))
                 fi
             } |
-                xargs -P 4 -I{} "$ROOKERY_BIN" user add "user{}@$DOMAIN" --password "pass{}" \
+                xargs -P 4 -I{} "$ROOKERY_BIN" user add "user{}@$DOMAIN" --password "password{}" \
                     --config "$WORK/rookery/rookery.toml" >/dev/null 2>>"$OUT/logs/accounts-rookery.log"
             ;;
         ejabberd|prosody)

@@ -6,6 +6,8 @@ password change and account removal (XEP-0077), contact addresses in service dis
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import pytest
 
 from harness import (
@@ -443,13 +445,20 @@ def test_in_band_registration(server):
         assert reply.get("type") == "result", reply
         # §3.1: taken.
         again = s.iq(
-            f"<query xmlns='{REGISTER_NS}'><username>{user.localpart}</username><password>x</password></query>",
+            f"<query xmlns='{REGISTER_NS}'><username>{user.localpart}</username><password>other-password</password></query>",
             itype="set",
         )
         assert error_of(again)[1] == "conflict"
         # §3.1: a required field missing.
         missing = s.iq(f"<query xmlns='{REGISTER_NS}'><username>{unique_localpart('nopw')}</username></query>", itype="set")
         assert error_of(missing)[1] == "not-acceptable"
+        # Shorter than limits.min_password_length (8): not-acceptable, saying why.
+        short = s.iq(
+            f"<query xmlns='{REGISTER_NS}'><username>{unique_localpart('short')}</username><password>1234567</password></query>",
+            itype="set",
+        )
+        assert error_of(short)[1] == "not-acceptable"
+        assert "too short" in ET.tostring(short, encoding="unicode")
         # The new account logs in on the same stream.
         assert s.auth_scram(user.localpart, user.password).ok
     finally:

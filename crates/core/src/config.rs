@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    // The I/O error is part of the message and deliberately not a `source`: a caller that
+    // prints the error chain would otherwise say it twice.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -304,6 +306,10 @@ pub struct Limits {
     pub max_private_bytes: usize,
     /// In-band registrations accepted from one IP address per hour.
     pub registrations_per_ip_per_hour: u32,
+    /// Shortest password (in characters) accepted for a new account or a password change,
+    /// from the `rookery user` commands and in-band registration alike. Existing passwords
+    /// keep working.
+    pub min_password_length: usize,
     /// Bytes per second one connection may send (bursts of twice that are allowed). Beyond,
     /// the server stops reading from it until it is back under the rate.
     pub max_bytes_per_second: u64,
@@ -315,6 +321,32 @@ pub struct Limits {
     /// XEP-0199 ping) and, silent a minute more, is closed with `connection-timeout`
     /// (a resumable session is kept for resumption). Advertised with XEP-0478.
     pub idle_timeout_secs: u64,
+}
+
+/// Longest password accepted, in bytes: SCRAM hashes it several times, so an unbounded one is
+/// a way to burn CPU.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+impl Limits {
+    /// Why a password chosen for an account (new account or password change) is refused, if it
+    /// is; `None` when it may be used.
+    pub fn password_problem(&self, password: &str) -> Option<String> {
+        let chars = password.chars().count();
+        if chars == 0 {
+            Some("the password is empty".to_owned())
+        } else if chars < self.min_password_length {
+            Some(format!(
+                "the password is too short: at least {} characters are required",
+                self.min_password_length
+            ))
+        } else if password.len() > MAX_PASSWORD_BYTES {
+            Some(format!(
+                "the password is too long: at most {MAX_PASSWORD_BYTES} bytes"
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl Default for Limits {
@@ -336,6 +368,7 @@ impl Default for Limits {
             max_vcard_bytes: 200 * 1024,
             max_private_bytes: 64 * 1024,
             registrations_per_ip_per_hour: 5,
+            min_password_length: 8,
             max_bytes_per_second: 1024 * 1024,
             max_stanzas_per_second: 1000,
             rate_limit_grace_secs: 30,
@@ -418,9 +451,9 @@ impl Config {
             cfg.finish(Path::new("."))?;
             return Ok(cfg);
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let base = path
             .parent()
@@ -605,6 +638,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if l.min_password_length > MAX_PASSWORD_BYTES {
+            return Err(invalid(
+                "limits.min_password_length",
+                format!("must not exceed {MAX_PASSWORD_BYTES}"),
+            ));
         }
         if a.default_page_size > a.max_page_size {
             return Err(invalid(

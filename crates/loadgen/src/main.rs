@@ -55,7 +55,7 @@ struct TargetArgs {
     #[arg(long, global = true, default_value = "user{n}")]
     user_pattern: String,
     /// Password; `{n}` is replaced by the account number.
-    #[arg(long, global = true, default_value = "pass{n}")]
+    #[arg(long, global = true, default_value = "password{n}")]
     password_pattern: String,
     /// Seconds allowed for each negotiation step.
     #[arg(long, global = true, default_value_t = 30)]

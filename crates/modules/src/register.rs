@@ -5,7 +5,9 @@
 //! * password change (§3.3): `<username/>` (required, and it must name the session's own
 //!   account) and a non-empty `<password/>` (an empty one keeps the password, as §3.3
 //!   requires, and is answered `bad-request`). New SCRAM records for every hash replace the
-//!   old ones; a password SASLprep refuses gets `not-acceptable`. Other sessions stay up.
+//!   old ones; a password shorter than `limits.min_password_length`, longer than
+//!   `config::MAX_PASSWORD_BYTES` or refused by SASLprep gets `not-acceptable`. Other sessions
+//!   stay up.
 //! * cancellation (§3.2): `<remove/>` as the only child, addressed to the account itself or
 //!   its server. The account's subscriptions are cancelled (`unsubscribe`/`unsubscribed` to
 //!   its contacts, as §3.2 recommends for an RFC 6121 server), the account is deleted with
@@ -34,8 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const NS: &str = "jabber:iq:register";
-/// Longest password accepted, in bytes.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// How long the result of a removal may take to be written before the session is closed
 /// anyway.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
@@ -137,9 +137,8 @@ async fn change_password(req: &IqRequest, user: &BareJid) -> IqResult {
             "an empty password is not set; the password is unchanged",
         ));
     }
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
-            .with_text("the password is too long"));
+    if let Some(problem) = req.server.config().limits.password_problem(&password) {
+        return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(problem));
     }
     // PBKDF2 for every hash takes milliseconds of CPU: not on an async worker.
     let creds = tokio::task::spawn_blocking(move || {

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use rookery_core::Server;
-use rookery_stanza::{StanzaErrorCondition, StreamErrorCondition};
+use rookery_stanza::{StanzaError, StanzaErrorCondition, StreamErrorCondition};
 use rookery_storage::{HashAlg, RosterItem, Subscription};
 use rookery_xml::Element;
 use std::time::Duration;
@@ -701,7 +701,7 @@ async fn password_change_regenerates_scram_records() {
     // Without 'to' (the account itself) works as well.
     let r = alice
         .ask(
-            "<iq type='set' id='c2'><query xmlns='jabber:iq:register'><username>alice</username><password>third</password></query></iq>",
+            "<iq type='set' id='c2'><query xmlns='jabber:iq:register'><username>alice</username><password>third one</password></query></iq>",
             "c2",
         )
         .await;
@@ -713,7 +713,28 @@ async fn password_change_regenerates_scram_records() {
         .await
         .expect("read")
         .expect("record");
-    assert!(creds.verify_password("third"));
+    assert!(creds.verify_password("third one"));
+    // Shorter than limits.min_password_length (8 by default): refused, nothing changes.
+    let r = alice
+        .ask(
+            "<iq type='set' id='c3'><query xmlns='jabber:iq:register'><username>alice</username><password>short</password></query></iq>",
+            "c3",
+        )
+        .await;
+    assert_eq!(condition(&r), Some(StanzaErrorCondition::NotAcceptable));
+    let text = StanzaError::from_stanza(&r).and_then(|e| e.text);
+    assert!(
+        text.as_deref().is_some_and(|t| t.contains("too short")),
+        "{r:?}"
+    );
+    let creds = s
+        .storage()
+        .accounts
+        .get_credentials(D, "alice", HashAlg::Sha1)
+        .await
+        .expect("read")
+        .expect("record");
+    assert!(creds.verify_password("third one"));
 }
 
 #[tokio::test]

@@ -1358,9 +1358,10 @@ impl Connection {
                         StanzaError::new(StanzaErrorCondition::JidMalformed)
                             .with_text("not a valid username")
                     })?;
-                if password.is_empty() {
-                    return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
-                        .with_text("the password is empty"));
+                if let Some(problem) = self.server().config().limits.password_problem(&password) {
+                    return Err(
+                        StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(problem)
+                    );
                 }
                 let per_hour = self.server().config().limits.registrations_per_ip_per_hour;
                 if !self

@@ -160,24 +160,31 @@ async fn in_band_registration_when_enabled() {
         .await;
     let got = c.read_until("id=\"r1\"").await;
     assert!(got.contains("type=\"result\""), "{got}");
-    c.send("<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>newbie</username><password>s3cret</password></query></iq>").await;
+    // Shorter than limits.min_password_length: refused before it counts against the rate.
+    c.send("<iq type='set' id='r1s'><query xmlns='jabber:iq:register'><username>newbie</username><password>s3cret</password></query></iq>").await;
+    let got = c.read_until("id=\"r1s\"").await;
+    assert!(
+        got.contains("not-acceptable") && got.contains("too short"),
+        "{got}"
+    );
+    c.send("<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>newbie</username><password>s3cret-newbie</password></query></iq>").await;
     let got = c.read_until("id=\"r2\"").await;
     assert!(got.contains("type=\"result\""), "{got}");
     // The same name again: conflict; another registration from this address: rate limited.
-    c.send("<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>NEWBIE</username><password>x</password></query></iq>").await;
+    c.send("<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>NEWBIE</username><password>another-password</password></query></iq>").await;
     let got = c.read_until("id=\"r3\"").await;
     assert!(
         got.contains("conflict") || got.contains("resource-constraint"),
         "{got}"
     );
-    c.send("<iq type='set' id='r4'><query xmlns='jabber:iq:register'><username>other</username><password>x</password></query></iq>").await;
+    c.send("<iq type='set' id='r4'><query xmlns='jabber:iq:register'><username>other</username><password>another-password</password></query></iq>").await;
     let got = c.read_until("id=\"r4\"").await;
     assert!(got.contains("resource-constraint"), "{got}");
     // The new account logs in.
     let mut d = RawClient::direct_tls(t.direct_tls, tls).await;
     d.open_stream().await;
     assert_eq!(
-        d.login_plain("newbie", "s3cret", "r").await,
+        d.login_plain("newbie", "s3cret-newbie", "r").await,
         "newbie@localhost/r"
     );
     t.stop().await;
