@@ -1,7 +1,8 @@
 """Fixtures for Rookery's interop tests.
 
 Environment:
-  ROOKERY_BIN                 the server binary (default: <repo>/target/debug/rookery)
+  ROOKERY_BIN                 the server binary (default: $CARGO_TARGET_DIR or <repo>/target,
+                              then debug/rookery)
   ROOKERY_INTEROP_EXTERNAL    HOST:C2S_PORT:TLS_PORT:DOMAIN:CA_CERT_FILE — run the
                               tests that need just "a server" against an XMPP server
                               that is already running instead of starting rookery
@@ -23,7 +24,10 @@ import pytest
 from harness import ExternalServer, RawStream, RookeryServer, ServerStartError, loopback_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ROOKERY_BIN = Path(os.environ.get("ROOKERY_BIN") or REPO_ROOT / "target" / "debug" / "rookery")
+ROOKERY_BIN = Path(
+    os.environ.get("ROOKERY_BIN")
+    or Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target") / "debug" / "rookery"
+)
 EXTERNAL = os.environ.get("ROOKERY_INTEROP_EXTERNAL")
 
 

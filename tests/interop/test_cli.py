@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -42,7 +43,7 @@ async def test_user_add_reads_password_from_stdin(server):
 
 def test_user_add_existing_fails(server, new_user):
     user = new_user("dup")
-    res = server.user("add", user.jid, "--password", "other")
+    res = server.user("add", user.jid, "--password", "other-password")
     _assert_failed_readably(res, user.localpart)
 
 
@@ -274,3 +275,163 @@ def test_serve_refuses_unknown_key(server, tmp_path):
     )
     assert res.returncode != 0
     assert "surprise_key" in res.stderr
+
+
+# -- first-run safety: prompts, password policy, where the database is ---------------------
+
+
+def _rookery(server, *args, cwd, input=None):
+    return subprocess.run(
+        [str(server.binary), *args], capture_output=True, text=True, timeout=60, cwd=cwd, input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def _prompted(server, *args, answers):
+    """Runs a rookery command on a pseudo-terminal, answering each prompt in turn."""
+    import pexpect
+
+    child = pexpect.spawn(str(server.binary), ["--config", str(server.config_path), *args], timeout=30, encoding="utf-8")
+    transcript = ""
+    for prompt, answer in answers:
+        child.expect(prompt)
+        transcript += child.before + child.after
+        child.sendline(answer)
+    child.expect(pexpect.EOF)
+    transcript += child.before
+    child.close()
+    return child.exitstatus, transcript
+
+
+async def test_user_add_prompts_twice_without_echo(server):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    user = User(unique_localpart("tty"), server.domain, "typed on a tty")
+    status, transcript = _prompted(
+        server, "user", "add", user.jid,
+        answers=[(f"New password for {user.jid}: ", user.password), ("Repeat the password: ", user.password)],
+    )
+    assert status == 0, transcript
+    assert user.password not in transcript, f"the password was echoed: {transcript!r}"
+    async with session(server, user) as c:
+        assert c.boundjid.bare == user.jid
+
+
+def test_user_add_prompt_mismatch_creates_nothing(server):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    jid = f"{unique_localpart('mismatch')}@{server.domain}"
+    status, transcript = _prompted(
+        server, "user", "add", jid,
+        answers=[("New password for", "first attempt"), ("Repeat the password: ", "second attempt")],
+    )
+    assert status == 1, transcript
+    assert "differ" in transcript
+    assert jid not in server.user("list").stdout.splitlines()
+
+
+@pytest.mark.parametrize("how", ["flag", "stdin", "passwd"])
+def test_short_password_is_refused(server, new_user, how):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    if how == "passwd":
+        user = new_user("short")
+        res = server.user("passwd", user.jid, "--password", "1234567")
+    else:
+        user = User(unique_localpart("short"), server.domain, "1234567")
+        if how == "flag":
+            res = server.user("add", user.jid, "--password", user.password)
+        else:
+            res = server.user("add", user.jid, input=user.password + "\n")
+    _assert_failed_readably(res, "too short", "8", "min_password_length")
+    if how != "passwd":
+        assert user.jid not in server.user("list").stdout.splitlines()
+
+
+@pytest.mark.parametrize("command", [["user", "list"], ["user", "delete", "a@localhost"],
+                                     ["user", "passwd", "a@localhost", "--password", "long enough"]])
+def test_commands_that_read_never_create_a_database(server, tmp_path, command):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    res = _rookery(server, *command, cwd=tmp_path)
+    _assert_failed_readably(res, "no database", str(tmp_path / "rookery-data" / "rookery.db"), "--config")
+    assert list(tmp_path.iterdir()) == [], "a command that only reads created files"
+
+
+def test_user_add_on_a_new_database_warns_and_makes_it_private(server, tmp_path):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    res = _rookery(server, "user", "add", "first@localhost", "--password", "first password", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    db = tmp_path / "rookery-data" / "rookery.db"
+    assert "warning" in res.stderr and "new, empty database" in res.stderr and str(db) in res.stderr, res.stderr
+    assert (tmp_path / "rookery-data").stat().st_mode & 0o777 == 0o700
+    for path in db.parent.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    again = _rookery(server, "user", "list", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.split() == ["first@localhost"]
+    assert "warning" not in again.stderr
+
+
+def test_running_servers_files_are_private(server):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    db = server.data_dir / "rookery.db"
+    names = [db, db.with_name("rookery.db-wal"), db.with_name("rookery.db-shm")]
+    names += list((server.data_dir / "certs").glob("*.key"))
+    for path in names:
+        assert path.exists(), path
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode & 0o777)}"
+
+
+def test_verbose_names_configuration_and_database(server):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    res = server.cli("-v", "user", "list")
+    assert res.returncode == 0, res.stderr
+    assert f"configuration: {server.config_path}" in res.stderr, res.stderr
+    assert f"database: {server.data_dir / 'rookery.db'}" in res.stderr, res.stderr
+
+
+def test_missing_config_file_is_said_once(server, tmp_path):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    res = _rookery(server, "check", "--config", str(tmp_path / "nope.toml"), cwd=tmp_path)
+    _assert_failed_readably(res, "nope.toml")
+    assert res.stderr.count("No such file or directory") == 1, res.stderr
+
+
+def test_check_names_the_key_of_a_missing_certificate_before_any_output(check):
+    config = _base_config().replace(
+        'domain = "localhost"\n', 'domain = "localhost"\ncertificate = "no/such.pem"\nkey = "data/certs/localhost.key"\n'
+    )
+    res = check(config)
+    assert res.returncode == 1
+    assert "host[0].certificate" in res.stderr and "no/such.pem" in res.stderr, res.stderr
+    assert res.stdout == "", f"partial output before the error: {res.stdout!r}"
+
+
+def test_check_refuses_a_port_another_process_holds(check):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        config = re.sub(r'address = "127\.0\.0\.1:\d+"', f'address = "127.0.0.1:{port}"', _base_config(), count=1)
+        res = check(config)
+        assert res.returncode == 1, res.stdout
+        assert "listener[0].address" in res.stderr and str(port) in res.stderr, res.stderr
+        assert res.stdout == ""
+    finally:
+        holder.close()
+
+
+def test_check_of_the_running_servers_config_notes_its_ports(server):
+    if server.external:
+        pytest.skip("rookery CLI only")
+    res = server.cli("check")
+    assert res.returncode == 0, res.stderr
+    assert "in use by the Rookery running with this configuration" in res.stdout, res.stdout
+    assert f"database: {server.data_dir / 'rookery.db'}" in res.stdout

@@ -18,6 +18,9 @@ pub enum TlsError {
     Host { domain: String, message: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A problem with a file the configuration names, with the key that named it.
+    #[error("{key}: {error}")]
+    Configured { key: String, error: Box<TlsError> },
 }
 
 fn file_err(path: &Path, message: impl ToString) -> TlsError {
@@ -202,8 +205,24 @@ impl TlsContext {
     pub fn load(config: &Config, generate: bool) -> Result<TlsContext, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut certs = HashMap::new();
-        for h in &config.hosts {
+        for (i, h) in config.hosts.iter().enumerate() {
             let (cert_path, key_path, generated) = cert_paths(config, &h.domain);
+            // A configured file's problem names the configuration key, so the operator knows
+            // which line to fix; generated files are the server's own.
+            let name_key = |e: TlsError| match &e {
+                TlsError::File { path, .. } if !generated => {
+                    let field = if *path == key_path {
+                        "key"
+                    } else {
+                        "certificate"
+                    };
+                    TlsError::Configured {
+                        key: format!("host[{i}].{field} ({})", h.domain),
+                        error: Box::new(e),
+                    }
+                }
+                _ => e,
+            };
             if generated && !cert_path.exists() {
                 if !generate {
                     continue;
@@ -211,23 +230,25 @@ impl TlsContext {
                 generate_self_signed(&h.domain, &cert_path, &key_path)?;
                 tracing::info!(domain = %h.domain, path = %cert_path.display(), "generated a self-signed certificate");
             }
-            let (chain, key) = load_host_cert(&h.domain, &cert_path, &key_path)?;
-            let end_point = rookery_sasl::tls_server_end_point(&chain[0]).map_err(|e| {
-                file_err(&cert_path, format!("cannot compute channel binding: {e}"))
-            })?;
+            let (chain, key) =
+                load_host_cert(&h.domain, &cert_path, &key_path).map_err(name_key)?;
+            let end_point = rookery_sasl::tls_server_end_point(&chain[0])
+                .map_err(|e| file_err(&cert_path, format!("cannot compute channel binding: {e}")))
+                .map_err(name_key)?;
             let signing = provider
                 .key_provider
                 .load_private_key(key)
-                .map_err(|e| file_err(&key_path, format!("unusable private key: {e}")))?;
+                .map_err(|e| file_err(&key_path, format!("unusable private key: {e}")))
+                .map_err(name_key)?;
             let ck = CertifiedKey::new(chain, signing);
             match ck.keys_match() {
                 Ok(())
                 | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
                 Err(_) => {
-                    return Err(file_err(
+                    return Err(name_key(file_err(
                         &key_path,
                         format!("the key does not belong to {}", cert_path.display()),
-                    ))
+                    )))
                 }
             }
             certs.insert(

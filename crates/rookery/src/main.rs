@@ -9,8 +9,8 @@ use rookery_core::{Config, Server};
 use rookery_stanza::BareJid;
 use rookery_storage::Storage;
 use rookery_storage_sqlite::SqliteBackend;
-use std::io::BufRead;
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,9 @@ struct Cli {
     /// ports 5222/5223 on loopback, data in ./rookery-data.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Say on stderr which configuration and database the command uses.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +41,11 @@ enum Command {
     /// Validate the configuration and certificates without starting.
     Check,
     /// List the modules of this build and the specifications implemented, as Markdown.
-    Modules,
+    Modules {
+        /// Instead, list what this build does not implement yet.
+        #[arg(long)]
+        missing: bool,
+    },
     /// List the sessions of the running server (optionally of one domain).
     Sessions { domain: Option<String> },
     /// Print the running server's counters: limits hit, sessions, resumptions.
@@ -50,13 +57,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Create an account. The password comes from --password or the first line of stdin.
+    /// Create an account. The password comes from --password, a prompt on a terminal (asked
+    /// twice, not echoed) or the first line of stdin.
     Add {
         jid: String,
         #[arg(long)]
         password: Option<String>,
     },
-    /// Change an account's password (from --password or the first line of stdin).
+    /// Change an account's password (from --password, a prompt, or the first line of stdin).
     Passwd {
         jid: String,
         #[arg(long)]
@@ -72,6 +80,12 @@ enum UserCommand {
 }
 
 fn main() -> ExitCode {
+    // Everything the server writes (database, WAL files, generated keys, the admin socket,
+    // the data directory) is for its own user only.
+    // SAFETY: umask only changes the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,11 +97,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Modules = cli.command {
-        print!("{}", modules_markdown());
+    if let Command::Modules { missing } = cli.command {
+        if missing {
+            print!("{}", missing_markdown());
+        } else {
+            print!("{}", modules_markdown());
+        }
         return Ok(());
     }
     let config = Config::load(cli.config.as_deref())?;
+    if cli.verbose {
+        for line in describe(cli.config.as_deref(), &config) {
+            eprintln!("rookery: {line}");
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,8 +120,13 @@ fn run(cli: Cli) -> Result<()> {
             init_logging(&config.log_level);
             rt.block_on(serve(config))
         }
-        Command::Check => check(&config),
-        Command::Modules => Ok(()),
+        Command::Check => {
+            // A server already running with this configuration holds its own ports: that is
+            // not an error (checking before a restart is what operators do).
+            let running = rt.block_on(admin::request(&config, "stats"))?.is_some();
+            check(cli.config.as_deref(), &config, running)
+        }
+        Command::Modules { .. } => Ok(()),
         Command::Stats => rt.block_on(async {
             match admin::request(&config, "stats").await? {
                 Some(out) => {
@@ -126,6 +154,57 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::User(cmd) => rt.block_on(user(&config, cmd)),
     }
+}
+
+/// What an XMPP server is expected to offer and this build does not yet, by area, with the
+/// specifications involved. The README's status section is generated from it, and a test
+/// fails when a specification listed here appears among the implemented ones, so the list
+/// cannot silently go stale.
+pub const MISSING: &[(&str, &str, &[&str])] = &[
+    (
+        "Federation",
+        "server-to-server streams, dialback, external components: only local accounts can be reached",
+        &["RFC 6120 server-to-server", "XEP-0220", "XEP-0288", "XEP-0114"],
+    ),
+    (
+        "Group chat",
+        "multi-user chat rooms",
+        &["XEP-0045", "XEP-0249", "XEP-0410"],
+    ),
+    (
+        "PubSub and PEP",
+        "bookmarks, avatars, OMEMO device lists and keys, entity capabilities",
+        &["XEP-0060", "XEP-0163", "XEP-0115", "XEP-0402", "XEP-0084", "XEP-0223"],
+    ),
+    (
+        "Web clients",
+        "BOSH, WebSocket and their discovery: browsers cannot connect",
+        &["XEP-0124", "XEP-0206", "RFC 7395", "XEP-0156"],
+    ),
+    (
+        "File sharing",
+        "HTTP file upload",
+        &["XEP-0363"],
+    ),
+    (
+        "Calls and file transfer",
+        "STUN/TURN discovery and credentials, SOCKS5 proxy",
+        &["XEP-0215", "XEP-0065"],
+    ),
+    (
+        "Operations",
+        "PostgreSQL backend, metrics, administration over XMPP, migration from other servers, full configuration reload",
+        &["XEP-0133"],
+    ),
+];
+
+/// The README's "not yet" table, generated from [`MISSING`].
+fn missing_markdown() -> String {
+    let mut out = String::from("| area | what is missing | specifications |\n|---|---|---|\n");
+    for (area, what, specs) in MISSING {
+        out.push_str(&format!("| {area} | {what} | {} |\n", specs.join(", ")));
+    }
+    out
 }
 
 /// The table of supported specifications the README carries, generated from the code.
@@ -169,14 +248,78 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn open_storage(config: &Config) -> Result<Storage> {
+/// Which configuration and database a command uses, one line each, with absolute paths: the
+/// embedded default resolves paths against the working directory, which is easy to forget.
+fn describe(file: Option<&Path>, config: &Config) -> Vec<String> {
+    let configuration = match file {
+        Some(f) => format!("configuration: {}", absolute(f).display()),
+        None => "configuration: the embedded default (no --config given)".to_owned(),
+    };
+    let storage = match config.storage.backend {
+        StorageBackend::Memory => "database: none (storage.backend = \"memory\")".to_owned(),
+        StorageBackend::Sqlite => {
+            let db = absolute(&config.database_path());
+            let state = if db.exists() {
+                ""
+            } else {
+                " (does not exist yet)"
+            };
+            format!("database: {}{state}", db.display())
+        }
+    };
+    vec![
+        configuration,
+        format!("data directory: {}", absolute(&config.data_dir).display()),
+        storage,
+    ]
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// Creates a directory (and its parents) readable by its owner only; an existing one is left
+/// as it is.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Whether a command may create the database when it does not exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// The server and `user add`: a new installation starts with an empty database.
+    Yes,
+    /// Commands that read or change existing accounts: a missing database means the command
+    /// is looking in the wrong place, which must not be answered by making an empty one.
+    No,
+}
+
+fn open_storage(config: &Config, create: Create) -> Result<Storage> {
     match config.storage.backend {
         StorageBackend::Memory => Ok(Storage::memory()),
         StorageBackend::Sqlite => {
             let path = config.database_path();
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            if !path.exists() {
+                if create == Create::No {
+                    bail!(
+                        "there is no database at {}: the server has not run with this \
+                         configuration{}. Give the server's configuration with --config FILE",
+                        absolute(&path).display(),
+                        if config.storage.path.is_none() {
+                            " (data_dir is relative to the working directory without --config)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if let Some(dir) = path.parent() {
+                    create_private_dir(dir)?;
+                }
             }
             let db = SqliteBackend::open(&path)
                 .with_context(|| format!("cannot open the database {}", path.display()))?;
@@ -186,9 +329,8 @@ fn open_storage(config: &Config) -> Result<Storage> {
 }
 
 async fn serve(config: Config) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let storage = open_storage(&config)?;
+    create_private_dir(&config.data_dir)?;
+    let storage = open_storage(&config, Create::Yes)?;
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
     let server = Server::new(config, storage, &rookery_modules::registry())?;
     let listeners = rookery_net::bind_all(&server).await?;
@@ -258,11 +400,14 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
-fn check(config: &Config) -> Result<()> {
+/// Everything `serve` would refuse, checked before anything is printed: modules, certificates
+/// and whether the listeners' addresses can be bound now.
+fn check(file: Option<&Path>, config: &Config, running: bool) -> Result<()> {
     let registry = rookery_modules::registry();
+    let mut hosts = Vec::new();
     for h in &config.hosts {
         let modules = registry.resolve(&h.domain, h.modules.as_deref())?;
-        println!(
+        hosts.push(format!(
             "host {}: modules {}",
             h.domain,
             modules
@@ -270,20 +415,67 @@ fn check(config: &Config) -> Result<()> {
                 .map(|m| m.name)
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ));
     }
     rookery_net::tls::TlsContext::load(config, false)?;
+    let mut notes = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        // Bound and released at once: the port is free now (it may be taken before `serve`
+        // starts, but a port another process holds is the common mistake this catches).
+        match std::net::TcpListener::bind(l.address) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && running => notes.push(format!(
+                "listener {:?} on {}: in use by the Rookery running with this configuration",
+                l.kind, l.address
+            )),
+            Err(e) => {
+                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another process listens there: stop it or choose another port)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "listener[{i}].address: cannot listen on {}: {e}{hint}",
+                    l.address
+                );
+            }
+        }
+    }
+    for line in describe(file, config) {
+        println!("{line}");
+    }
+    for line in hosts {
+        println!("{line}");
+    }
     for l in &config.listeners {
         println!("listener {:?} on {}", l.kind, l.address);
+    }
+    for note in notes {
+        println!("{note}");
     }
     println!("configuration OK");
     Ok(())
 }
 
-/// Reads a password from the flag or the first line of stdin.
-fn password(flag: Option<String>) -> Result<String> {
+/// Reads a new password for `jid`: from the flag, else from a prompt when stdin is a
+/// terminal (not echoed, asked twice), else from the first line of stdin. The password
+/// policy (`limits.min_password_length`) applies to all three.
+fn password(config: &Config, jid: &str, flag: Option<String>) -> Result<String> {
     let pw = match flag {
         Some(p) => p,
+        None if std::io::stdin().is_terminal() => {
+            let first = rpassword::prompt_password(format!("New password for {jid}: "))
+                .context("cannot read the password from the terminal")?;
+            if let Some(problem) = config.limits.password_problem(&first) {
+                bail!("{problem} (limits.min_password_length)");
+            }
+            let again = rpassword::prompt_password("Repeat the password: ")
+                .context("cannot read the password from the terminal")?;
+            if first != again {
+                bail!("the two passwords differ; nothing was changed");
+            }
+            first
+        }
         None => {
             let mut line = String::new();
             std::io::stdin()
@@ -293,8 +485,8 @@ fn password(flag: Option<String>) -> Result<String> {
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
-    if pw.is_empty() {
-        bail!("the password is empty");
+    if let Some(problem) = config.limits.password_problem(&pw) {
+        bail!("{problem} (limits.min_password_length)");
     }
     Ok(pw)
 }
@@ -321,13 +513,26 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
     if config.storage.backend == StorageBackend::Memory {
         bail!("the memory storage backend keeps no accounts between runs");
     }
-    let storage = open_storage(config)?;
-    let accounts = &storage.accounts;
+    // Arguments are checked before the database is opened, so a refused command changes
+    // nothing on disk.
+    let open = |create: Create| -> Result<Storage> {
+        let existed = config.database_path().exists();
+        let storage = open_storage(config, create)?;
+        if !existed {
+            eprintln!(
+                "rookery: warning: created a new, empty database at {}: if the server uses \
+                 another configuration, give it with --config FILE",
+                absolute(&config.database_path()).display()
+            );
+        }
+        Ok(storage)
+    };
     match cmd {
         UserCommand::Add { jid, password: pw } => {
             let (node, domain) = account(config, &jid)?;
-            let creds = rookery_sasl::generate_all(&password(pw)?, SCRAM_ITERATIONS)?;
-            accounts
+            let creds = rookery_sasl::generate_all(&password(config, &jid, pw)?, SCRAM_ITERATIONS)?;
+            open(Create::Yes)?
+                .accounts
                 .create_account(&domain, &node, &creds)
                 .await
                 .map_err(|e| match e {
@@ -340,7 +545,11 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Passwd { jid, password: pw } => {
             let (node, domain) = account(config, &jid)?;
-            let creds = rookery_sasl::generate_all(&password(pw)?, SCRAM_ITERATIONS)?;
+            let storage = open(Create::No)?;
+            if !storage.accounts.account_exists(&domain, &node).await? {
+                bail!("{node}@{domain} does not exist");
+            }
+            let creds = rookery_sasl::generate_all(&password(config, &jid, pw)?, SCRAM_ITERATIONS)?;
             // Also revokes the account's FAST tokens.
             storage
                 .change_password(&domain, &node, &creds)
@@ -355,7 +564,11 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Delete { jid } => {
             let (node, domain) = account(config, &jid)?;
-            if !accounts.delete_account(&domain, &node).await? {
+            if !open(Create::No)?
+                .accounts
+                .delete_account(&domain, &node)
+                .await?
+            {
                 bail!("{node}@{domain} does not exist");
             }
             println!("deleted {node}@{domain} and all its data");
@@ -370,7 +583,21 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
                     bail!("{d} is not a domain this server serves");
                 }
             }
-            for (node, d) in accounts.list_accounts(domain.as_deref()).await? {
+            let list = open(Create::No)?
+                .accounts
+                .list_accounts(domain.as_deref())
+                .await?;
+            if list.is_empty() {
+                eprintln!(
+                    "rookery: warning: no accounts{} in {}",
+                    domain
+                        .as_deref()
+                        .map(|d| format!(" of {d}"))
+                        .unwrap_or_default(),
+                    absolute(&config.database_path()).display()
+                );
+            }
+            for (node, d) in list {
                 println!("{node}@{d}");
             }
         }
