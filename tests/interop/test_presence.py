@@ -32,7 +32,7 @@ from harness import (
 @pytest.fixture(scope="module")
 def pool(server):
     users = UserPool(server, "pres", workers=2)
-    users.prefetch(38)
+    users.prefetch(41)
     yield users
     users.close()
 
@@ -138,6 +138,37 @@ def test_every_login_sees_contacts_current_presence(server, raw, pool):
         # §4.3.2: a probe of a contact without available resources is answered "unavailable".
         find_or_wait(stream, got, is_presence("unavailable", offline.jid), what="unavailable of the offline contact")
         assert presences(got + sync(stream), None, from_=offline.jid) == []
+
+
+def test_new_resource_alone_gets_contacts_presence(server, raw, pool):
+    """§4.3: the probes sent for a resource that comes online are answered to that resource
+    (they go out from its full JID, as in Prosody and ejabberd); the account's other
+    resources already have the contacts' presence and are not sent it again."""
+    user, contact, offline = pool.take(), pool.take(), pool.take()
+    c = online(raw, contact, "desk", status="here")
+    first = online(raw, user, "one")
+    subscribe(first, user, c, contact)
+    o = online(raw, offline, "gone")
+    subscribe(first, user, o, offline)
+    o.send("</stream:stream>")
+    o.read_until_closed(timeout=5)
+    first.wait_for(is_presence("unavailable", offline.full("gone")), timeout=5, what="the contact leaving")
+    sync(first)
+
+    second = raw()
+    got = im_login(second, user, "two")
+    p = find_or_wait(second, got, is_presence(None, contact.full("desk")), what="contact's presence")
+    assert p.get("to") == user.full("two")
+    assert p.findtext(qn(CLIENT_NS, "status")) == "here"
+    p = find_or_wait(second, got, is_presence("unavailable", offline.jid), what="unavailable of the offline contact")
+    assert p.get("to") == user.full("two")
+
+    seen = sync(first)
+    # The first resource hears of the new one...
+    find_or_wait(first, seen, is_presence(None, user.full("two")), what="presence of the new resource")
+    # ...and nothing from the contacts: their presence did not change.
+    assert presences(seen, "*", from_=contact.jid) == [], "contact's presence replayed"
+    assert presences(seen, "*", from_=offline.jid) == [], "offline contact's unavailable replayed"
 
 
 def test_own_resources_see_each_other(server, raw, pool):

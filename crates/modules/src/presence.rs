@@ -190,10 +190,16 @@ async fn broadcast(
     if !initial {
         return;
     }
+    // The probes go out from the full JID of the resource that just came online, not from
+    // the bare JID of RFC 6121 §4.3.1, as Prosody and ejabberd do: the answers (§4.3.2, the
+    // contacts' presence or their unavailable) are then addressed to this resource, the one
+    // that lacks them. From the bare JID they would reach every available resource of the
+    // account, replaying the contacts' presence to the others at each login. The contact's
+    // side checks the subscription by the bare JID either way (`answer_probe`).
     for item in items.iter().filter(|i| has_to(i.subscription)) {
         let probe = Element::new("presence", "jabber:client")
             .with_attr("type", "probe")
-            .with_attr("from", user.as_str())
+            .with_attr("from", from.as_str())
             .with_attr("to", item.jid.clone());
         send(server, probe).await;
     }
@@ -471,7 +477,9 @@ async fn inbound(server: &Arc<Server>, ev: &InboundPresence) -> Flow {
 }
 
 /// §4.3.2: a probe is answered with the last presence of each available resource, only for
-/// contacts the account has approved; anyone else learns nothing.
+/// contacts the account has approved; anyone else learns nothing. Subscriptions are between
+/// bare JIDs, so a probe from a full JID is checked by its bare JID, and answered to the
+/// full JID: only the probing resource asked.
 async fn answer_probe(server: &Arc<Server>, account: &BareJid, prober: &Jid) {
     let contact = prober.to_bare().to_string();
     let approved = match parts(account) {

@@ -263,6 +263,66 @@ async fn pending_requests_are_redelivered_at_login_and_probes_answered() {
 }
 
 #[tokio::test]
+async fn probes_of_a_new_resource_are_answered_to_it_alone() {
+    let s = server("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut carol = Client::online(&s, "carol@example.org/c").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    // Alice is subscribed to Carol (online) and to Bob (about to go offline).
+    for c in [&mut carol, &mut bob] {
+        let contact = c.jid.to_bare();
+        alice
+            .send(&format!("<presence to='{contact}' type='subscribe'/>"))
+            .await;
+        c.send("<presence to='alice@example.org' type='subscribed'/>")
+            .await;
+        c.drain();
+    }
+    bob.close().await;
+    alice.drain();
+    carol.drain();
+
+    // A second resource comes online: its probes are answered to it (RFC 6121 §4.3.2)...
+    let mut a2 = Client::bind(&s, "alice@example.org/second").await;
+    a2.send("<presence/>").await;
+    let got = a2.drain();
+    let from_carol = presences(&got, None)
+        .into_iter()
+        .filter(|p| p.attr("from") == Some("carol@example.org/c"))
+        .collect::<Vec<_>>();
+    assert_eq!(from_carol.len(), 1, "{got:?}");
+    assert_eq!(from_carol[0].attr("to"), Some("alice@example.org/second"));
+    let bob_gone = presences(&got, Some("unavailable"));
+    assert_eq!(bob_gone.len(), 1, "{got:?}");
+    assert_eq!(bob_gone[0].attr("from"), Some("bob@example.org"));
+    assert_eq!(bob_gone[0].attr("to"), Some("alice@example.org/second"));
+    // ...and not replayed to the resource that already had them: it only hears of the new one.
+    let got = alice.drain();
+    assert!(
+        got.iter()
+            .all(|p| p.attr("from") == Some("alice@example.org/second")),
+        "{got:?}"
+    );
+    assert_eq!(presences(&got, None).len(), 1, "{got:?}");
+    // The probes themselves are the server's business, never delivered to the contact.
+    assert!(carol.drain().is_empty());
+
+    // A probe from a full JID passes the subscription check by its bare JID and is answered
+    // to that full JID only.
+    a2.send("<presence to='carol@example.org' type='probe'/>")
+        .await;
+    let got = a2.drain();
+    assert_eq!(presences(&got, None).len(), 1, "{got:?}");
+    assert_eq!(got[0].attr("from"), Some("carol@example.org/c"));
+    assert!(alice.drain().is_empty());
+    // Dave has no subscription: his probe, from a full JID too, learns nothing.
+    let mut dave = Client::online(&s, "dave@example.org/d").await;
+    dave.send("<presence to='carol@example.org' type='probe'/>")
+        .await;
+    assert!(dave.drain().is_empty());
+}
+
+#[tokio::test]
 async fn pre_approval_grants_the_later_request() {
     let s = server("").await;
     let mut alice = Client::online(&s, "alice@example.org/a").await;

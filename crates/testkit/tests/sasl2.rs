@@ -363,6 +363,10 @@ async fn sasl2_failure_and_inline_resumption() {
     let got = phone.read_until("</stream:features>").await;
     let id = attr(&got, "enabled", "id").expect("SM id");
     let jid = text_of(&got, "authorization-identifier").expect("jid");
+    assert!(
+        jid.starts_with("alice@localhost/"),
+        "Bind 2: the full JID: {jid}"
+    );
     let mut bob = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
     bob.open_stream().await;
     bob.login_plain("bob", "pw", "pc").await;
@@ -395,13 +399,21 @@ async fn sasl2_failure_and_inline_resumption() {
         !got.contains("<bound"),
         "bind is skipped after resumption: {got}"
     );
+    // XEP-0388 §2.6.1: the identity of the resumed session, with its resource.
+    assert_eq!(
+        text_of(&got, "authorization-identifier").as_deref(),
+        Some(jid.as_str()),
+        "{got}"
+    );
     assert_eq!(got.matches("in-flight</body>").count(), 1, "{got}");
     assert_eq!(got.matches("while-away</body>").count(), 1, "{got}");
-    let success = got.find("<success").expect("success");
-    let features = got.find("<stream:features").expect("features");
+    let success_end = got.find("</success>").expect("success");
     let first_message = got.find("in-flight").expect("message");
-    assert!(success < features && features < first_message, "{got}");
+    assert!(success_end < first_message, "{got}");
     back.ping("works").await;
+    // XEP-0198 §9.2: the resumed stream goes on right after <success/>, with no features.
+    let after = &back.received[back.received.find("<success").expect("success")..];
+    assert!(!after.contains("<stream:features"), "{after}");
     let _ = DOMAIN;
     t.stop().await;
 }

@@ -155,7 +155,8 @@ impl Connection {
 
     /// XEP-0388 §2.6.1: authenticated. Processes the inline requests (FAST tokens,
     /// resumption, Bind 2) and answers `<success/>` followed by the new stream features,
-    /// without a stream restart.
+    /// without a stream restart; after a resumption the stream goes on as the resumed
+    /// session, with no features (XEP-0198 §9.2).
     pub(super) async fn sasl2_success(
         &mut self,
         jid: BareJid,
@@ -189,12 +190,18 @@ impl Connection {
                 Err(failed) => extras.push(failed),
             }
         }
+        // §2.6.1: the bare JID, or the full JID once a resource is bound, by Bind 2 or by
+        // the resumption (whose example shows a bare JID, but the session it resumed has its
+        // resource: clients learn the bound JID from this element).
         let mut identity = jid.to_string();
-        if resumed.is_none() {
-            if let Some(bind) = request.get_child("bind", NS_BIND2) {
-                let (full, bound) = self.bind2(bind, client.as_deref()).await?;
-                identity = full.to_string();
-                extras.push(bound);
+        match &resumed {
+            Some(d) => identity = d.handle.jid().to_string(),
+            None => {
+                if let Some(bind) = request.get_child("bind", NS_BIND2) {
+                    let (full, bound) = self.bind2(bind, client.as_deref()).await?;
+                    identity = full.to_string();
+                    extras.push(bound);
+                }
             }
         }
         success.push_child(Element::new("authorization-identifier", NS_SASL2).with_text(identity));
@@ -202,13 +209,15 @@ impl Connection {
             success.push_child(e);
         }
         self.write(&success);
-        if resumed.is_some() {
-            self.stage = Stage::Bound;
-        }
-        let features = self.features();
-        self.write_features(&features);
-        if let Some(d) = resumed {
-            self.install_resumed(d);
+        match resumed {
+            // XEP-0198 §9.2 (Inline Stream Resumption): the resumed stream is re-established
+            // right after `<success/>` and stream features MUST NOT be sent; what the client
+            // never confirmed and what arrived meanwhile come next.
+            Some(d) => self.install_resumed(d),
+            None => {
+                let features = self.features();
+                self.write_features(&features);
+            }
         }
         Ok(Next::Continue)
     }
