@@ -4,8 +4,10 @@
 #   ./test.sh                 run everything
 #   ./test.sh -k login -x     extra arguments go to pytest (interop phase)
 #
-# Needs Rust (cargo with rustfmt and clippy) and Python 3.11 (python3 -m venv);
-# the Python packages for the interop tests are installed into .venv.
+# Needs Rust (cargo with rustfmt and clippy) and Python 3.10 or newer (python3 -m venv);
+# the Python packages for the interop tests are installed into .venv, and the Debian
+# packages of the clients the README's recipes use (go-sendxmpp, profanity, tmux) with
+# apt-get when they are missing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +19,7 @@ REQUIREMENTS="$ROOT/tests/interop/requirements.txt"
 STAMP="$VENV/.requirements.sha256"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export ROOKERY_BIN="${ROOKERY_BIN:-$TARGET_DIR/debug/rookery}"
+export ROOKERY_LOAD_BIN="${ROOKERY_LOAD_BIN:-$TARGET_DIR/debug/rookery-load}"
 
 CURRENT_PHASE=""
 on_exit() {
@@ -50,7 +53,28 @@ if [[ ! -x "$ROOKERY_BIN" ]]; then
     exit 1
 fi
 
+phase "client packages"
+missing=()
+for pkg in go-sendxmpp profanity tmux; do
+    command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "installing ${missing[*]} (Debian packages)"
+    SUDO=()
+    [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+    if ! { "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+        echo "could not install ${missing[*]} with apt-get; install them and run again" >&2
+        exit 1
+    fi
+else
+    echo "go-sendxmpp, profanity and tmux present"
+fi
+
 phase "python venv"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    echo "the interop tests need Python 3.10 or newer ('$PYTHON' is $("$PYTHON" --version 2>&1))" >&2
+    exit 1
+fi
 if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
     rm -rf "$VENV"
     if ! "$PYTHON" -m venv "$VENV"; then

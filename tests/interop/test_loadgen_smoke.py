@@ -11,7 +11,10 @@ import pytest
 
 EXTERNAL = os.environ.get("ROOKERY_INTEROP_EXTERNAL")
 
-LOAD_BIN = Path(os.environ.get("ROOKERY_LOAD_BIN", Path(__file__).resolve().parents[2] / "target" / "debug" / "rookery-load"))
+LOAD_BIN = Path(
+    os.environ.get("ROOKERY_LOAD_BIN")
+    or Path(os.environ.get("CARGO_TARGET_DIR") or Path(__file__).resolve().parents[2] / "target") / "debug" / "rookery-load"
+)
 
 pytestmark = pytest.mark.skipif(EXTERNAL, reason="drives its own rookery accounts")
 
@@ -21,7 +24,7 @@ def accounts(server):
     """Eight accounts named by a pattern, as the load generator expects."""
     prefix = f"load{uuid.uuid4().hex[:6]}u"
     for n in range(8):
-        res = server.user("add", f"{prefix}{n}@{server.domain}", "--password", f"pw{n}")
+        res = server.user("add", f"{prefix}{n}@{server.domain}", "--password", f"password{n}")
         assert res.returncode == 0, res.stderr
     return prefix
 
@@ -34,7 +37,7 @@ def run_load(server, accounts, *args, timeout=60):
         "--port", str(server.c2s_port),
         "--domain", server.domain,
         "--user-pattern", accounts + "{n}",
-        "--password-pattern", "pw{n}",
+        "--password-pattern", "password{n}",
         "--mechanism", "SCRAM-SHA-256",
         *args,
     ]

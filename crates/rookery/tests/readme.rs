@@ -22,3 +22,57 @@ fn readme_lists_exactly_what_the_build_supports() {
         "README's spec table is stale: replace it with the output of `rookery modules`"
     );
 }
+
+fn section<'a>(readme: &'a str, name: &str) -> &'a str {
+    let start_marker = format!("<!-- {name}:start -->\n");
+    let end_marker = format!("<!-- {name}:end -->");
+    let start = readme
+        .find(&start_marker)
+        .unwrap_or_else(|| panic!("README has a {name}:start marker"))
+        + start_marker.len();
+    let end = readme
+        .find(&end_marker)
+        .unwrap_or_else(|| panic!("README has a {name}:end marker"));
+    &readme[start..end]
+}
+
+fn rookery(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(args)
+        .output()
+        .expect("run rookery");
+    assert!(out.status.success(), "rookery {args:?} failed");
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// The README's "not yet supported" table is generated, and none of the specifications it
+/// lists as missing may be among the implemented ones: implementing one without updating the
+/// list fails here.
+#[test]
+fn readme_says_what_is_missing_and_it_is_missing() {
+    let missing = rookery(&["modules", "--missing"]);
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    assert_eq!(
+        section(&readme, "missing"),
+        missing,
+        "README's status table is stale: replace it with the output of `rookery modules --missing`"
+    );
+    let supported = rookery(&["modules"]);
+    let mut listed = 0;
+    for row in missing.lines().skip(2) {
+        let specs = row
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .expect("specs cell");
+        for spec in specs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            listed += 1;
+            assert!(
+                !supported.contains(&format!("| {spec} |")),
+                "{spec} is implemented now: remove it from `MISSING` in crates/rookery/src/main.rs"
+            );
+        }
+    }
+    assert!(listed > 0, "the missing table lists no specification");
+}
