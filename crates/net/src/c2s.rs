@@ -6,7 +6,7 @@
 use crate::csi::ClientState;
 use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter, TokenBucket};
 use crate::sm::{self, Detached, ResumeError, Resumptions, StreamState, TakeoverReceiver};
-use crate::tls::TlsContext;
+use crate::tls::{TlsConfigs, TlsContext};
 use crate::transport::{ReadNow, Transport};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -160,20 +160,25 @@ pub async fn run(
         limits.max_stanzas_per_second,
         limits.max_stanzas_per_second * 2,
     );
-    let (io, stage) = match ctx.kind {
+    let (io, stage, tls_configs) = match ctx.kind {
         ListenerKind::C2s => {
             let stage = if ctx.server.config().tls.require_starttls {
                 Stage::Plain
             } else {
                 Stage::Unauthenticated
             };
-            (Transport::Plain(socket), stage)
+            (Transport::Plain(socket), stage, None)
         }
         ListenerKind::C2sDirectTls => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(ctx.tls.direct.clone());
+            let configs = ctx.tls.current();
+            let acceptor = tokio_rustls::TlsAcceptor::from(configs.direct.clone());
             let shutdown = ctx.server.shutdown_token();
             match handshake(acceptor.accept(socket), handshake_limit, shutdown).await {
-                Ok(tls) => (Transport::Tls(Box::new(tls)), Stage::Unauthenticated),
+                Ok(tls) => (
+                    Transport::Tls(Box::new(tls)),
+                    Stage::Unauthenticated,
+                    Some(configs),
+                ),
                 Err(why) => {
                     tracing::debug!(%peer, why, "TLS handshake did not complete");
                     counters::incr(Counter::TlsHandshakeFailures);
@@ -208,7 +213,9 @@ pub async fn run(
         throttled_since: None,
         _permit: permit,
     };
-    conn.update_channel_bindings();
+    if let Some(configs) = tls_configs {
+        conn.update_channel_bindings(&configs);
+    }
     tracing::debug!(%peer, tls = conn.is_tls(), "client connected");
     let close = conn.serve().await;
     conn.finish(close).await;
@@ -286,9 +293,11 @@ impl Connection {
         self.io.as_ref().is_some_and(Transport::is_tls)
     }
 
-    fn update_channel_bindings(&mut self) {
+    /// `configs`: those the handshake used (not the current ones, which a reload may have
+    /// replaced since).
+    fn update_channel_bindings(&mut self, configs: &TlsConfigs) {
         if let Some(Transport::Tls(tls)) = &self.io {
-            self.channel_bindings = self.ctx.tls.channel_bindings(tls.get_ref().1);
+            self.channel_bindings = configs.channel_bindings(tls.get_ref().1);
         }
     }
 
@@ -986,12 +995,13 @@ impl Connection {
         let Some(Transport::Plain(tcp)) = self.io.take() else {
             return Err(Close::Dropped);
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.starttls.clone());
+        let configs = self.ctx.tls.current();
+        let acceptor = tokio_rustls::TlsAcceptor::from(configs.starttls.clone());
         let limit = Duration::from_secs(self.server().config().limits.tls_handshake_timeout_secs);
         match handshake(acceptor.accept(tcp), limit, self.server().shutdown_token()).await {
             Ok(tls) => {
                 self.io = Some(Transport::Tls(Box::new(tls)));
-                self.update_channel_bindings();
+                self.update_channel_bindings(&configs);
                 self.stage = Stage::Unauthenticated;
                 self.header_sent = false;
                 Ok(Next::Restart)
