@@ -161,7 +161,8 @@ fn modules_markdown() -> String {
     out
 }
 
-/// Logs to stderr. The filter sits behind a reload layer so SIGHUP can change the log level.
+/// Logs to stderr, coloured only on a terminal (escape codes would litter files and
+/// journals). The filter sits behind a reload layer so SIGHUP can change the log level.
 fn init_logging(level: &str) -> reload::LogFilter {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -172,7 +173,11 @@ fn init_logging(level: &str) -> reload::LogFilter {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     reload::LogFilter::new(handle, from_env)
 }
