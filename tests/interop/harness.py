@@ -380,6 +380,18 @@ class RookeryServer:
         text = self.stdout_text() + self.stderr_text()
         return text[-chars:]
 
+    def wait_for_log(self, pattern: str, after: int = 0, timeout: float = 10.0) -> str:
+        """The first line of the server's log, from offset ``after``, matching the regular
+        expression ``pattern``; fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.stderr_text()[after:].splitlines():
+                if re.search(pattern, line):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log line matching {pattern!r} within {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
     # -- CLI ---------------------------------------------------------------
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@
 use crate::csi::ClientState;
 use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter, TokenBucket};
 use crate::sm::{self, Detached, ResumeError, Resumptions, StreamState, TakeoverReceiver};
-use crate::tls::TlsContext;
+use crate::tls::{TlsConfigs, TlsContext};
 use crate::transport::{ReadNow, Transport};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -94,6 +94,16 @@ impl Close {
     }
 }
 
+/// The SASL exchange in progress, as the failure log line and the throttle see it.
+struct AuthAttempt {
+    mechanism: &'static str,
+    /// The account name the client gave, as `user@domain` (the prepared JID when the name
+    /// makes one, else what was sent); `None` until the client's message named one.
+    user: Option<String>,
+    /// That account, when the name is a valid JID: the throttle's per-account key.
+    account: Option<BareJid>,
+}
+
 /// What processing one top-level element asks the read loop to do next.
 enum Next {
     Continue,
@@ -113,6 +123,9 @@ struct Connection {
     host: Option<Arc<Host>>,
     channel_bindings: ChannelBindings,
     sasl: Option<ServerSession>,
+    /// Remembered across the exchange's messages: a SCRAM exchange fails on the client-final
+    /// message, which no longer carries the name.
+    auth_attempt: Option<AuthAttempt>,
     auth_attempts: u32,
     user: Option<BareJid>,
     session: Option<Arc<SessionHandle>>,
@@ -160,20 +173,25 @@ pub async fn run(
         limits.max_stanzas_per_second,
         limits.max_stanzas_per_second * 2,
     );
-    let (io, stage) = match ctx.kind {
+    let (io, stage, tls_configs) = match ctx.kind {
         ListenerKind::C2s => {
             let stage = if ctx.server.config().tls.require_starttls {
                 Stage::Plain
             } else {
                 Stage::Unauthenticated
             };
-            (Transport::Plain(socket), stage)
+            (Transport::Plain(socket), stage, None)
         }
         ListenerKind::C2sDirectTls => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(ctx.tls.direct.clone());
+            let configs = ctx.tls.current();
+            let acceptor = tokio_rustls::TlsAcceptor::from(configs.direct.clone());
             let shutdown = ctx.server.shutdown_token();
             match handshake(acceptor.accept(socket), handshake_limit, shutdown).await {
-                Ok(tls) => (Transport::Tls(Box::new(tls)), Stage::Unauthenticated),
+                Ok(tls) => (
+                    Transport::Tls(Box::new(tls)),
+                    Stage::Unauthenticated,
+                    Some(configs),
+                ),
                 Err(why) => {
                     tracing::debug!(%peer, why, "TLS handshake did not complete");
                     counters::incr(Counter::TlsHandshakeFailures);
@@ -193,6 +211,7 @@ pub async fn run(
         header_sent: false,
         host: None,
         sasl: None,
+        auth_attempt: None,
         auth_attempts: 0,
         user: None,
         session: None,
@@ -208,7 +227,9 @@ pub async fn run(
         throttled_since: None,
         _permit: permit,
     };
-    conn.update_channel_bindings();
+    if let Some(configs) = tls_configs {
+        conn.update_channel_bindings(&configs);
+    }
     tracing::debug!(%peer, tls = conn.is_tls(), "client connected");
     let close = conn.serve().await;
     conn.finish(close).await;
@@ -286,9 +307,11 @@ impl Connection {
         self.io.as_ref().is_some_and(Transport::is_tls)
     }
 
-    fn update_channel_bindings(&mut self) {
+    /// `configs`: those the handshake used (not the current ones, which a reload may have
+    /// replaced since).
+    fn update_channel_bindings(&mut self, configs: &TlsConfigs) {
         if let Some(Transport::Tls(tls)) = &self.io {
-            self.channel_bindings = self.ctx.tls.channel_bindings(tls.get_ref().1);
+            self.channel_bindings = configs.channel_bindings(tls.get_ref().1);
         }
     }
 
@@ -508,13 +531,24 @@ impl Connection {
                 counters::incr(Counter::PolicyViolations)
             }
             Close::Error(
-                StreamErrorCondition::NotWellFormed
+                cond @ (StreamErrorCondition::NotWellFormed
                 | StreamErrorCondition::InvalidXml
                 | StreamErrorCondition::RestrictedXml
                 | StreamErrorCondition::InvalidNamespace
-                | StreamErrorCondition::UnsupportedStanzaType,
-                _,
-            ) => counters::incr(Counter::BadXml),
+                | StreamErrorCondition::UnsupportedStanzaType),
+                text,
+            ) => {
+                counters::incr(Counter::BadXml);
+                // Why, at info: the counter alone tells an operator nothing. The parser's
+                // message, never the input itself.
+                let error: String = text.as_deref().unwrap_or("-").chars().take(200).collect();
+                tracing::info!(
+                    addr = %self.peer.ip().to_canonical(),
+                    condition = %cond,
+                    error = ?error,
+                    "stream closed for bad XML"
+                );
+            }
             Close::IdleTimeout => counters::incr(Counter::IdleTimeouts),
             _ => {}
         }
@@ -916,7 +950,7 @@ impl Connection {
             }
             (Stage::Unauthenticated, NS_SASL2, "abort") => {
                 self.sasl = None;
-                self.sasl_failure(SaslError::Aborted, None).await
+                self.sasl_failure(SaslError::Aborted).await
             }
             (Stage::Unauthenticated, ns::SASL, "response") => {
                 let data = decode_sasl(&el);
@@ -924,7 +958,7 @@ impl Connection {
             }
             (Stage::Unauthenticated, ns::SASL, "abort") => {
                 self.sasl = None;
-                self.sasl_failure(SaslError::Aborted, None).await
+                self.sasl_failure(SaslError::Aborted).await
             }
             (Stage::Unauthenticated, ns::CLIENT, "iq")
                 if el
@@ -986,12 +1020,13 @@ impl Connection {
         let Some(Transport::Plain(tcp)) = self.io.take() else {
             return Err(Close::Dropped);
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.ctx.tls.starttls.clone());
+        let configs = self.ctx.tls.current();
+        let acceptor = tokio_rustls::TlsAcceptor::from(configs.starttls.clone());
         let limit = Duration::from_secs(self.server().config().limits.tls_handshake_timeout_secs);
         match handshake(acceptor.accept(tcp), limit, self.server().shutdown_token()).await {
             Ok(tls) => {
                 self.io = Some(Transport::Tls(Box::new(tls)));
-                self.update_channel_bindings();
+                self.update_channel_bindings(&configs);
                 self.stage = Stage::Unauthenticated;
                 self.header_sent = false;
                 Ok(Next::Restart)
@@ -1020,6 +1055,11 @@ impl Connection {
             self.write(&fail);
             return Ok(Next::Continue);
         };
+        self.auth_attempt = Some(AuthAttempt {
+            mechanism: mech.name(),
+            user: None,
+            account: None,
+        });
         let plus_advertised = offered.iter().any(|m| m.is_plus());
         // XEP-0474: the client can check that nobody stripped what was offered.
         let names: Vec<&str> = offered.iter().map(|m| m.name()).collect();
@@ -1059,6 +1099,7 @@ impl Connection {
                         .map(|h| h.domain().to_owned())
                         .unwrap_or_default();
                     let jid = BareJid::new(&format!("{username}@{domain}")).ok();
+                    self.note_auth_user(&username, jid.clone());
                     let creds = match (&jid, session.mechanism().hash()) {
                         (Some(jid), hash) => {
                             let node = jid.node().map(|n| n.to_string()).unwrap_or_default();
@@ -1074,7 +1115,7 @@ impl Connection {
                                 Err(e) => {
                                     tracing::error!(error = %e, "credential look-up failed");
                                     return self
-                                        .sasl_failure(SaslError::Internal("storage".into()), None)
+                                        .sasl_failure(SaslError::Internal("storage".into()))
                                         .await;
                                 }
                             }
@@ -1105,16 +1146,15 @@ impl Connection {
                         BareJid::new(&format!("{username}@{}", domain.unwrap_or_default())).ok()
                     });
                     let Some(jid) = jid else {
-                        return self.sasl_failure(SaslError::NotAuthorized, None).await;
+                        return self.sasl_failure(SaslError::NotAuthorized).await;
                     };
                     // An authorization identity other than the account itself is not allowed.
                     if let Some(z) = authzid.filter(|z| !z.is_empty()) {
                         if BareJid::new(&z).ok().as_ref() != Some(&jid) {
-                            return self
-                                .sasl_failure(SaslError::InvalidAuthzid, Some(&jid))
-                                .await;
+                            return self.sasl_failure(SaslError::InvalidAuthzid).await;
                         }
                     }
+                    self.auth_attempt = None;
                     if self.sasl2.is_some() {
                         tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated (SASL2)");
                         return self.sasl2_success(jid, additional_data).await;
@@ -1131,28 +1171,57 @@ impl Connection {
                     self.header_sent = false;
                     return Ok(Next::Restart);
                 }
-                Err(e) => return self.sasl_failure(e, account.as_ref()).await,
+                Err(e) => return self.sasl_failure(e).await,
             }
         }
     }
 
+    /// Records the account name the client's SASL message gave (`username` as sent, `jid`
+    /// when it makes a valid JID at this stream's domain).
+    fn note_auth_user(&mut self, username: &str, jid: Option<BareJid>) {
+        let user = match &jid {
+            Some(j) => j.to_string(),
+            None => {
+                let domain = self.host.as_ref().map(|h| h.domain()).unwrap_or_default();
+                format!("{username}@{domain}")
+            }
+        };
+        if let Some(a) = self.auth_attempt.as_mut() {
+            a.user = Some(user);
+            a.account = jid;
+        }
+    }
+
     /// Answers a failed SASL exchange: slowed down by the throttle, and the stream closed after
-    /// too many attempts (RFC 6120 §6.4.5 lets the server limit retries).
-    async fn sasl_failure(
-        &mut self,
-        e: SaslError,
-        account: Option<&BareJid>,
-    ) -> Result<Next, Close> {
+    /// too many attempts (RFC 6120 §6.4.5 lets the server limit retries). Logs one line per
+    /// failure with the name tried and the client's address, for fail2ban-style tools:
+    /// `authentication failed user=alice@example.org addr=192.0.2.7 mechanism=SCRAM-SHA-256
+    /// reason=not-authorized` (`user=(none)` when the exchange failed before naming one).
+    async fn sasl_failure(&mut self, e: SaslError) -> Result<Next, Close> {
         self.sasl = None;
+        let attempt = self.auth_attempt.take();
         let counted = !matches!(e, SaslError::Aborted);
         if counted {
             counters::incr(Counter::AuthFailures);
             self.auth_attempts += 1;
+            let (mechanism, user, account) = match attempt {
+                Some(a) => (a.mechanism, a.user, a.account),
+                None => ("(none)", None, None),
+            };
             let delay = self
                 .ctx
                 .throttle
-                .failure(self.peer.ip(), account.map(|a| a.as_str()));
-            tracing::warn!(peer = %self.peer, account = account.map(|a| a.to_string()), condition = e.condition(), "authentication failed");
+                .failure(self.peer.ip(), account.as_ref().map(|a| a.as_str()));
+            let user = user.map_or_else(|| "(none)".to_owned(), |u| log_field(&u));
+            tracing::warn!(
+                user = %user,
+                addr = %self.peer.ip().to_canonical(),
+                mechanism = %mechanism,
+                reason = %e.condition(),
+                "authentication failed"
+            );
+            // Debug-formatted: the detail may quote what the client sent.
+            tracing::debug!(peer = %self.peer, error = ?e.to_string(), "authentication failure detail");
             if self.flush().await.is_err() {
                 return Err(Close::Dropped);
             }
@@ -1407,6 +1476,25 @@ impl Connection {
     }
 }
 
+/// Client-chosen text made safe for one `key=value` of a log line: spaces, quotes, control
+/// characters and line breaks escaped (`\u{a}`), at most 128 characters.
+fn log_field(s: &str) -> String {
+    const MAX: usize = 128;
+    let mut out = String::with_capacity(s.len().min(MAX));
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || c.is_whitespace() || c == '"' || c == '\\' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The base64 payload of a SASL element: empty text is "no data", `=` is an empty response.
 fn decode_sasl(el: &Element) -> Result<Vec<u8>, SaslError> {
     let text = el.text();
@@ -1612,4 +1700,22 @@ fn handled_too_high(h: u32, sent: u32) -> Close {
             .with_attr("h", h.to_string())
             .with_attr("send-count", sent.to_string()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_field;
+
+    #[test]
+    fn log_fields_cannot_split_or_forge_log_lines() {
+        assert_eq!(log_field("alice@example.org"), "alice@example.org");
+        assert_eq!(log_field("jürgen@例え.jp"), "jürgen@例え.jp");
+        assert_eq!(
+            log_field("a b\n2026 WARN x\"y\\"),
+            "a\\u{20}b\\u{a}2026\\u{20}WARN\\u{20}x\\u{22}y\\u{5c}"
+        );
+        let long = log_field(&"x".repeat(1000));
+        assert_eq!(long.chars().count(), 129);
+        assert!(long.ends_with('…'));
+    }
 }

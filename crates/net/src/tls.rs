@@ -1,6 +1,7 @@
 //! TLS for client streams: certificates per virtual host (loaded, or generated self-signed on
 //! first start), SNI selection, TLS 1.2/1.3 only, and the channel-binding data SCRAM-PLUS needs.
 
+use parking_lot::RwLock;
 use rookery_core::Config;
 use rookery_sasl::ChannelBindings;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -37,9 +38,11 @@ struct HostCert {
     end_point: Vec<u8>,
 }
 
-/// Certificates of every served domain; picks one by SNI, else the first host's.
-#[derive(Clone)]
-pub struct TlsContext {
+/// The TLS configurations built from one load of every host's certificate. A connection
+/// takes the current one before its handshake and computes its channel-binding data from the
+/// same one, so `tls-server-end-point` always names the certificate that connection was
+/// shown, even when the certificates are reloaded in between.
+pub struct TlsConfigs {
     certs: Arc<HashMap<String, HostCert>>,
     default_domain: String,
     /// For STARTTLS.
@@ -48,9 +51,37 @@ pub struct TlsContext {
     pub direct: Arc<rustls::ServerConfig>,
 }
 
+/// Certificates of every served domain; picks one by SNI, else the first host's. Cloned into
+/// every listener; [`TlsContext::reload`] replaces the certificates for all of them at once:
+/// new handshakes use the new ones, established connections keep theirs.
+#[derive(Clone)]
+pub struct TlsContext {
+    /// Swapped whole on reload. Read once per handshake (an `Arc` clone under a read lock),
+    /// so a lock costs nothing that matters and needs no extra dependency.
+    current: Arc<RwLock<Arc<TlsConfigs>>>,
+}
+
+/// What a reload did, per served domain.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Domains whose certificate chain differs from the one served before.
+    pub changed: Vec<String>,
+    /// Domains whose certificate chain was read again and is the same.
+    pub unchanged: Vec<String>,
+}
+
 impl std::fmt::Debug for TlsContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current();
         f.debug_struct("TlsContext")
+            .field("domains", &current.certs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TlsConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfigs")
             .field("domains", &self.certs.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -203,6 +234,44 @@ impl TlsContext {
     /// and none was generated before. With `generate = false` (for `rookery check`) a missing
     /// generated certificate is not an error: it will be made at start.
     pub fn load(config: &Config, generate: bool) -> Result<TlsContext, TlsError> {
+        Ok(TlsContext {
+            current: Arc::new(RwLock::new(Arc::new(TlsConfigs::load(config, generate)?))),
+        })
+    }
+
+    /// Reads every host's certificate and key again (the paths `config` gives) and serves
+    /// them from the next handshake on. Connections already established are not touched. On
+    /// any error nothing changes: the certificates served before stay in use.
+    pub fn reload(&self, config: &Config) -> Result<Reloaded, TlsError> {
+        let new = Arc::new(TlsConfigs::load(config, true)?);
+        let old = std::mem::replace(&mut *self.current.write(), new.clone());
+        let mut report = Reloaded::default();
+        for h in &config.hosts {
+            let Some(cert) = new.certs.get(&h.domain) else {
+                continue;
+            };
+            let same = old
+                .certs
+                .get(&h.domain)
+                .is_some_and(|o| o.key.cert == cert.key.cert);
+            if same {
+                report.unchanged.push(h.domain.clone());
+            } else {
+                report.changed.push(h.domain.clone());
+            }
+        }
+        Ok(report)
+    }
+
+    /// The configurations to handshake with now. Keep it for the connection's channel
+    /// bindings ([`TlsConfigs::channel_bindings`]).
+    pub fn current(&self) -> Arc<TlsConfigs> {
+        self.current.read().clone()
+    }
+}
+
+impl TlsConfigs {
+    fn load(config: &Config, generate: bool) -> Result<TlsConfigs, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut certs = HashMap::new();
         for (i, h) in config.hosts.iter().enumerate() {
@@ -278,7 +347,7 @@ impl TlsContext {
             cfg.send_tls13_tickets = 0;
             Ok(Arc::new(cfg))
         };
-        Ok(TlsContext {
+        Ok(TlsConfigs {
             starttls: make(Vec::new())?,
             direct: make(vec![b"xmpp-client".to_vec()])?,
             certs,
@@ -286,7 +355,7 @@ impl TlsContext {
         })
     }
 
-    /// Channel-binding data of an established server connection.
+    /// Channel-binding data of a server connection established with these configurations.
     pub fn channel_bindings(&self, conn: &rustls::ServerConnection) -> ChannelBindings {
         let resolver = SniResolver {
             certs: self.certs.clone(),
@@ -324,5 +393,96 @@ mod tests {
         assert!(e.contains("does not name other.org"), "{e}");
         std::fs::write(&k, "garbage").expect("write");
         assert!(load_host_cert("example.org", &c, &k).is_err());
+    }
+
+    fn pem_chain(path: &Path) -> Vec<CertificateDer<'static>> {
+        let pem = std::fs::read(path).expect("read certificate");
+        rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .expect("PEM certificate")
+    }
+
+    /// A TLS handshake in memory against `configs`, trusting `roots`; returns the certificate
+    /// the client was shown and the server side's channel-binding data.
+    fn handshake(
+        configs: &TlsConfigs,
+        roots: &[CertificateDer<'static>],
+    ) -> (CertificateDer<'static>, ChannelBindings) {
+        let mut store = rustls::RootCertStore::empty();
+        for r in roots {
+            store.add(r.clone()).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("example.org").expect("name");
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_config), name).expect("client");
+        let mut server = rustls::ServerConnection::new(configs.starttls.clone()).expect("server");
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).expect("client write");
+            server.read_tls(&mut buf.as_slice()).expect("server read");
+            server.process_new_packets().expect("server handshake");
+            buf.clear();
+            server.write_tls(&mut buf).expect("server write");
+            client.read_tls(&mut buf.as_slice()).expect("client read");
+            client.process_new_packets().expect("client handshake");
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        let seen = client.peer_certificates().expect("server certificate")[0].clone();
+        (seen.into_owned(), configs.channel_bindings(&server))
+    }
+
+    #[test]
+    fn reload_serves_new_certificates_to_new_handshakes_and_keeps_the_old_on_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, k) = (dir.path().join("x.pem"), dir.path().join("x.key"));
+        let toml = "data_dir = 'data'\n[[host]]\ndomain = 'example.org'\n\
+                    certificate = 'x.pem'\nkey = 'x.key'\n";
+        let config =
+            Config::from_toml(toml, &dir.path().join("t.toml"), dir.path()).expect("config");
+        generate_self_signed("example.org", &c, &k).expect("generate");
+        let first = pem_chain(&c);
+        let tls = TlsContext::load(&config, false).expect("load");
+        let before = tls.current();
+
+        generate_self_signed("example.org", &c, &k).expect("generate again");
+        let second = pem_chain(&c);
+        assert_ne!(first, second);
+        let roots = [first[0].clone(), second[0].clone()];
+        let report = tls.reload(&config).expect("reload");
+        assert_eq!(report.changed, ["example.org"]);
+        assert!(report.unchanged.is_empty());
+
+        let (seen, cb) = handshake(&tls.current(), &roots);
+        assert_eq!(seen, second[0], "a new handshake gets the new certificate");
+        let end_point = rookery_sasl::tls_server_end_point(&second[0]).expect("end point");
+        assert_eq!(cb.tls_server_end_point, Some(end_point));
+        // Configurations taken before the reload (a handshake under way) keep the old
+        // certificate and channel-binding data that match it.
+        let (seen, cb) = handshake(&before, &roots);
+        assert_eq!(seen, first[0]);
+        let end_point = rookery_sasl::tls_server_end_point(&first[0]).expect("end point");
+        assert_eq!(cb.tls_server_end_point, Some(end_point));
+
+        let report = tls.reload(&config).expect("reload unchanged");
+        assert_eq!(report.unchanged, ["example.org"]);
+        assert!(report.changed.is_empty());
+
+        std::fs::write(&c, "not a certificate").expect("write");
+        let e = tls.reload(&config).unwrap_err().to_string();
+        assert!(e.contains("x.pem"), "{e}");
+        let (seen, _) = handshake(&tls.current(), &roots);
+        assert_eq!(
+            seen, second[0],
+            "a failed reload keeps the certificate served"
+        );
     }
 }

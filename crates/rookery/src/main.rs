@@ -1,6 +1,7 @@
 //! The `rookery` binary: command line, logging, and wiring the crates together.
 
 mod admin;
+mod reload;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -36,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server until SIGTERM or SIGINT.
+    /// Run the server until SIGTERM or SIGINT (SIGHUP re-reads certificates and log level).
     Serve,
     /// Validate the configuration and certificates without starting.
     Check,
@@ -117,8 +118,8 @@ fn run(cli: Cli) -> Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve => {
-            init_logging(&config.log_level);
-            rt.block_on(serve(config))
+            let log = init_logging(&config.log_level);
+            rt.block_on(serve(config, cli.config, log))
         }
         Command::Check => {
             // A server already running with this configuration holds its own ports: that is
@@ -239,13 +240,25 @@ fn modules_markdown() -> String {
     out
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+/// Logs to stderr, coloured only on a terminal (escape codes would litter files and
+/// journals). The filter sits behind a reload layer so SIGHUP can change the log level.
+fn init_logging(level: &str) -> reload::LogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, from_env) = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(f) => (f, true),
+        Err(_) => (tracing_subscriber::EnvFilter::new(level), false),
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    reload::LogFilter::new(handle, from_env)
 }
 
 /// Which configuration and database a command uses, one line each, with absolute paths: the
@@ -328,10 +341,19 @@ fn open_storage(config: &Config, create: Create) -> Result<Storage> {
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFilter) -> Result<()> {
+    // Watched before anything else: a signal that arrived before its handler would get the
+    // default action, which for SIGHUP is to die.
+    let mut signals = Signals::new()?;
     create_private_dir(&config.data_dir)?;
     let storage = open_storage(&config, Create::Yes)?;
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
+    let reloader = reload::Reloader {
+        config_path,
+        running: config.clone(),
+        tls: tls.clone(),
+        log,
+    };
     let server = Server::new(config, storage, &rookery_modules::registry())?;
     let listeners = rookery_net::bind_all(&server).await?;
     rookery_net::serve(server.clone(), tls, listeners);
@@ -343,7 +365,11 @@ async fn serve(config: Config) -> Result<()> {
         "Rookery started"
     );
 
-    wait_for_signal().await?;
+    while let Signal::Reload = signals.next().await {
+        // File reads and parsing, on the thread that only waits for signals: no connection
+        // waits for it.
+        reloader.reload();
+    }
     tracing::info!(
         sessions = server.sessions().count(),
         "stopping: closing every stream"
@@ -389,15 +415,37 @@ async fn log_counters(server: Arc<Server>) {
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+enum Signal {
+    /// SIGTERM or SIGINT: stop gracefully.
+    Stop,
+    /// SIGHUP: reload what can be reloaded.
+    Reload,
+}
+
+/// The signals `serve` acts on, watched for the life of the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
 }
 
 /// Everything `serve` would refuse, checked before anything is printed: modules, certificates

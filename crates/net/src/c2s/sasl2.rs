@@ -82,26 +82,30 @@ impl Connection {
             self.write(&fail);
             return Ok(Next::Continue);
         }
+        self.auth_attempt = Some(AuthAttempt {
+            mechanism: mechanism.name(),
+            user: None,
+            account: None,
+        });
         let parsed = match initial.and_then(|d| ht::parse_initial(&d)) {
             Ok(p) => p,
-            Err(e) => return self.sasl_failure(e, None).await,
+            Err(e) => return self.sasl_failure(e).await,
         };
         let domain = self
             .host
             .as_ref()
             .map(|h| h.domain().to_owned())
             .unwrap_or_default();
-        let Some(jid) = BareJid::new(&format!("{}@{domain}", parsed.username))
+        let jid = BareJid::new(&format!("{}@{domain}", parsed.username))
             .ok()
-            .filter(|j| j.node().is_some())
-        else {
-            return self.sasl_failure(SaslError::NotAuthorized, None).await;
+            .filter(|j| j.node().is_some());
+        self.note_auth_user(&parsed.username, jid.clone());
+        let Some(jid) = jid else {
+            return self.sasl_failure(SaslError::NotAuthorized).await;
         };
         let Some(client) = self.sasl2_client_id() else {
             // Tokens are per client installation: without its id there is nothing to check.
-            return self
-                .sasl_failure(SaslError::NotAuthorized, Some(&jid))
-                .await;
+            return self.sasl_failure(SaslError::NotAuthorized).await;
         };
         let node = jid.node().map(|n| n.to_string()).unwrap_or_default();
         let tokens = FastTokens {
@@ -120,6 +124,7 @@ impl Connection {
             .await;
         match verified {
             Ok(Verified::Valid { token, expiry }) => {
+                self.auth_attempt = None;
                 let additional = mechanism
                     .responder_proof(token.as_bytes(), &self.channel_bindings)
                     .ok();
@@ -127,17 +132,11 @@ impl Connection {
                 tracing::info!(peer = %self.peer, jid = %jid, mechanism = mechanism.name(), "authenticated (SASL2, FAST token)");
                 self.sasl2_success(jid, additional).await
             }
-            Ok(Verified::Expired) => {
-                self.sasl_failure(SaslError::CredentialsExpired, Some(&jid))
-                    .await
-            }
-            Ok(Verified::Invalid) => {
-                self.sasl_failure(SaslError::NotAuthorized, Some(&jid))
-                    .await
-            }
+            Ok(Verified::Expired) => self.sasl_failure(SaslError::CredentialsExpired).await,
+            Ok(Verified::Invalid) => self.sasl_failure(SaslError::NotAuthorized).await,
             Err(e) => {
                 tracing::error!(error = %e, "FAST token look-up failed");
-                self.sasl_failure(SaslError::Internal("storage".into()), None)
+                self.sasl_failure(SaslError::Internal("storage".into()))
                     .await
             }
         }

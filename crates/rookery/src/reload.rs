@@ -1,0 +1,173 @@
+//! SIGHUP: re-read the configuration file and apply what can change without dropping a
+//! session — every host's certificate and key, and the log level. Anything invalid is
+//! logged and the running settings stay; the server never stops because of a reload.
+
+use rookery_core::Config;
+use rookery_net::tls::TlsContext;
+use std::path::PathBuf;
+use tracing_subscriber::reload::Handle;
+use tracing_subscriber::{EnvFilter, Registry};
+
+/// The log filter of the running process, replaceable on reload.
+pub struct LogFilter {
+    handle: Handle<EnvFilter, Registry>,
+    /// `RUST_LOG` chose the filter at start: it keeps precedence over `log_level`, as it did
+    /// then.
+    from_env: bool,
+}
+
+impl LogFilter {
+    pub fn new(handle: Handle<EnvFilter, Registry>, from_env: bool) -> Self {
+        LogFilter { handle, from_env }
+    }
+
+    fn apply(&self, level: &str) {
+        if self.from_env {
+            tracing::info!(
+                "reload: log level left as RUST_LOG set it (log_level = {level:?} not applied)"
+            );
+            return;
+        }
+        let filter = match EnvFilter::try_new(level) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(
+                    "reload: log_level {level:?} is not usable ({e}); log level unchanged"
+                );
+                return;
+            }
+        };
+        match self.handle.reload(filter) {
+            Ok(()) => tracing::info!("reload: log level is now {level:?}"),
+            Err(e) => tracing::error!("reload: could not change the log level: {e}"),
+        }
+    }
+}
+
+/// What a reload needs: where the configuration comes from and what it can change.
+pub struct Reloader {
+    /// The file given with `--config`; `None` means the embedded default.
+    pub config_path: Option<PathBuf>,
+    /// The configuration the server runs with (listeners, hosts, limits...).
+    pub running: Config,
+    pub tls: TlsContext,
+    pub log: LogFilter,
+}
+
+impl Reloader {
+    /// Re-reads the configuration and applies the certificates and the log level; logs what
+    /// was reloaded, what failed (the old settings stay) and what needs a restart.
+    pub fn reload(&self) {
+        let source = self.config_path.as_ref().map_or_else(
+            || "the embedded default".to_owned(),
+            |p| p.display().to_string(),
+        );
+        tracing::info!("SIGHUP: reloading certificates and log level from {source}");
+        let new = match Config::load(self.config_path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "reload failed: {e}; the running configuration, certificates and log level stay"
+                );
+                return;
+            }
+        };
+        self.log.apply(&new.log_level);
+        self.reload_certificates(&new);
+        let restart = needs_restart(&self.running, &new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                "reload: changes to {} take effect only after a restart",
+                restart.join(", ")
+            );
+        }
+    }
+
+    fn reload_certificates(&self, new: &Config) {
+        // The served domains are those the server started with; a host's certificate and
+        // key paths come from the new file when it still lists that host.
+        let mut merged = self.running.clone();
+        for h in &mut merged.hosts {
+            if let Some(n) = new.host(&h.domain) {
+                h.certificate = n.certificate.clone();
+                h.key = n.key.clone();
+            }
+        }
+        match self.tls.reload(&merged) {
+            Ok(r) => tracing::info!(
+                "reload: certificates read again; changed: [{}], unchanged: [{}]",
+                r.changed.join(", "),
+                r.unchanged.join(", ")
+            ),
+            Err(e) => tracing::error!(
+                "reload: certificates not reloaded: {e}; the previous certificates stay in use"
+            ),
+        }
+    }
+}
+
+/// The settings of `new` that differ from the running ones and that a reload does not
+/// apply (everything but `log_level` and the hosts' certificate and key paths).
+fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    // Compared through Debug: the configuration types are plain data and don't implement
+    // PartialEq; a difference in rendering is a difference in value.
+    fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let without_certs = |c: &Config| {
+        let mut hosts = c.hosts.clone();
+        for h in &mut hosts {
+            h.certificate = None;
+            h.key = None;
+        }
+        hosts
+    };
+    let mut out = Vec::new();
+    let (a, b) = (running, new);
+    let checks: [(&'static str, bool); 11] = [
+        ("data_dir", differs(&a.data_dir, &b.data_dir)),
+        ("storage", differs(&a.storage, &b.storage)),
+        ("tls", differs(&a.tls, &b.tls)),
+        ("limits", differs(&a.limits, &b.limits)),
+        ("messages", differs(&a.messages, &b.messages)),
+        (
+            "stream_management",
+            differs(&a.stream_management, &b.stream_management),
+        ),
+        ("fast", differs(&a.fast, &b.fast)),
+        ("push", differs(&a.push, &b.push)),
+        ("archive", differs(&a.archive, &b.archive)),
+        ("listeners", differs(&a.listeners, &b.listeners)),
+        ("hosts", differs(&without_certs(a), &without_certs(b))),
+    ];
+    for (name, changed) in checks {
+        if changed {
+            out.push(name);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, Path::new("t.toml"), Path::new("/srv")).expect("config")
+    }
+
+    #[test]
+    fn only_settings_a_reload_does_not_apply_need_a_restart() {
+        let base = "[[host]]\ndomain = 'a.example'\n";
+        let running = config(base);
+        let same = config(&format!(
+            "log_level = 'debug'\n{base}certificate = 'a.pem'\nkey = 'a.key'\n"
+        ));
+        assert!(needs_restart(&running, &same).is_empty());
+        let other = config(&format!(
+            "[limits]\nmax_stanza_bytes = 100000\n{base}[[host]]\ndomain = 'b.example'\n"
+        ));
+        assert_eq!(needs_restart(&running, &other), ["limits", "hosts"]);
+    }
+}

@@ -1,0 +1,137 @@
+"""SIGHUP: certificates and log level are read again, sessions stay connected, and a bad
+certificate or configuration is logged and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import socket
+import ssl
+import time
+
+import pytest
+
+from harness import PING_NS, LoginError, connect_client, pem_to_der, session, write_self_signed_cert
+
+
+def fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def served_fingerprint(srv) -> str:
+    """SHA-256 of the certificate a new direct TLS connection is shown (not verified: the
+    point is to see which one it is)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((srv.host, srv.tls_port), timeout=5) as sock:
+        with ctx.wrap_socket(sock, server_hostname=srv.domain) as tls:
+            return fingerprint(tls.getpeercert(binary_form=True))
+
+
+def hup(srv) -> int:
+    """Send SIGHUP; return the log's length before it, to look for what it caused."""
+    mark = len(srv.stderr_text())
+    srv.proc.send_signal(signal.SIGHUP)
+    return mark
+
+
+async def test_sighup_serves_the_new_certificate_and_keeps_sessions(make_server, tmp_path):
+    srv = make_server()
+    alice, bob = srv.add_user("alice"), srv.add_user("bob")
+    old = fingerprint(pem_to_der(srv.cert_path))
+    assert served_fingerprint(srv) == old
+    old_ca = tmp_path / "old.pem"
+    old_ca.write_bytes(srv.cert_path.read_bytes())
+
+    async with session(srv, alice) as a, session(srv, bob) as b:
+        # Replace the certificate and key on disk, as a renewal would.
+        write_self_signed_cert(srv.cert_path, srv.key_path, srv.domain)
+        new = fingerprint(pem_to_der(srv.cert_path))
+        assert new != old
+        mark = await asyncio.to_thread(hup, srv)
+        line = await asyncio.to_thread(srv.wait_for_log, r"certificates read again", mark)
+        assert f"changed: [{srv.domain}]" in line, line
+        assert "log level is now" in srv.stderr_text()[mark:]
+        assert srv.running, "the server exited on SIGHUP"
+
+        # The sessions established before the reload go on.
+        reply = await a.iq(srv.domain, "get", f"<ping xmlns='{PING_NS}'/>")
+        assert reply["type"] == "result"
+        a.send_message(mto=b.boundjid.full, mbody="after the reload", mtype="chat")
+        msg = await b.next_message(timeout=5)
+        assert msg["body"] == "after the reload"
+
+        # New connections are shown the new certificate, over direct TLS and STARTTLS
+        # (the client trusts only the new one: srv.cert_path).
+        assert served_fingerprint(srv) == new
+        async with session(srv, srv.add_user("carol")) as c:
+            assert c.boundjid.bare.startswith("carol")
+        # A client that still trusts only the old certificate no longer gets in.
+        srv_old = _with_ca(srv, old_ca)
+        with pytest.raises(LoginError, match="not trusted|CERTIFICATE_VERIFY_FAILED"):
+            await connect_client(srv_old, alice.jid, alice.password, timeout=10)
+
+        reply = await a.iq(srv.domain, "get", f"<ping xmlns='{PING_NS}'/>")
+        assert reply["type"] == "result"
+
+
+class _with_ca:
+    """The server as seen by a client that trusts ``cafile`` instead of the server's file."""
+
+    def __init__(self, srv, cafile):
+        self.host, self.c2s_port, self.tls_port, self.domain = srv.host, srv.c2s_port, srv.tls_port, srv.domain
+        self.cert_path = cafile
+
+
+async def test_sighup_with_a_broken_certificate_keeps_the_old_one(make_server, tmp_path):
+    srv = make_server()
+    alice = srv.add_user("alice")
+    old = fingerprint(pem_to_der(srv.cert_path))
+    old_ca = tmp_path / "old.pem"
+    old_ca.write_bytes(srv.cert_path.read_bytes())
+    async with session(srv, alice) as a:
+        srv.cert_path.write_text("-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n")
+        mark = await asyncio.to_thread(hup, srv)
+        line = await asyncio.to_thread(srv.wait_for_log, r"certificates not reloaded", mark)
+        assert "ERROR" in line and str(srv.cert_path) in line, line
+        assert srv.running, "the server exited on SIGHUP with a broken certificate"
+        reply = await a.iq(srv.domain, "get", f"<ping xmlns='{PING_NS}'/>")
+        assert reply["type"] == "result"
+        assert served_fingerprint(srv) == old
+        async with session(_with_ca(srv, old_ca), alice, resource="second") as second:
+            assert second.boundjid.resource == "second"
+
+
+def test_sighup_applies_the_log_level_and_refuses_a_bad_configuration(make_server, raw_factory):
+    srv = make_server()  # log_level = "debug"
+    text = srv.config_path.read_text()
+    assert 'log_level = "debug"' in text
+    srv.config_path.write_text(
+        text.replace('log_level = "debug"', 'log_level = "info"').replace(
+            "unauthenticated_timeout_secs = 5", "unauthenticated_timeout_secs = 7"
+        )
+    )
+    mark = hup(srv)
+    srv.wait_for_log(r'log level is now "info"', mark)
+    srv.wait_for_log(r"changes to limits take effect only after a restart", mark)
+    # Debug lines (such as "client connected") stop.
+    after = len(srv.stderr_text())
+    stream = raw_factory(srv)
+    stream.open_stream()
+    stream.close()
+    time.sleep(0.5)
+    assert " DEBUG " not in srv.stderr_text()[after:], srv.stderr_text()[after:]
+
+    # An invalid configuration is reported and changes nothing.
+    srv.config_path.write_text(text.replace('log_level = "debug"', 'log_level = "loud"'))
+    mark = hup(srv)
+    line = srv.wait_for_log(r"reload failed", mark)
+    assert "ERROR" in line and "log_level" in line, line
+    assert srv.running
+    stream = raw_factory(srv)
+    stream.open_stream()
+    assert stream.features is not None
+    rc, _out, err = srv.stop(signal.SIGTERM, timeout=10)
+    assert rc == 0, err[-3000:]
