@@ -11,8 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
-SERVERS = ["rookery", "ejabberd", "prosody"]
-NAMES = {"rookery": "Rookery", "ejabberd": "ejabberd", "prosody": "Prosody"}
+SERVERS = ["rookery", "rookery-base", "ejabberd", "prosody"]
+NAMES = {"rookery": "Rookery", "rookery-base": "Rookery (baseline)", "ejabberd": "ejabberd", "prosody": "Prosody"}
 
 
 def get(d, *path):
@@ -133,6 +133,8 @@ def main():
     v = meta.get("versions", {})
     print(f"Run {meta.get('date')} on {meta.get('nproc')} × {meta.get('cpu_model')} "
           f"(kernel {meta.get('kernel')}); `{meta.get('command')}`")
+    if v.get("rookery_base") not in (None, "none"):
+        print(f"Rookery (baseline) is commit {v.get('rookery_base')}, built beside this one in the same run.")
     print(f"Rookery {v.get('rookery')}, ejabberd {v.get('ejabberd')} (Erlang {v.get('erlang')}), "
           f"Prosody {v.get('prosody')} (Lua {v.get('lua')}). Servers pinned to CPU 0, generator "
           f"to CPU 1; autogroup nice {meta.get('priority')}; fixed-rate scenario under SCHED_FIFO: "

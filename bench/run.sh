@@ -5,6 +5,7 @@
 #   bench/run.sh                   full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick           small counts, one repetition (a few minutes)
 #   bench/run.sh --reps 5 --servers "rookery ejabberd" --scenarios "messages rate"
+#   bench/run.sh --baseline main~3 --servers "rookery"   this build beside an older commit
 #
 # Each server runs as its own process from a private configuration and data directory under
 # a temporary directory, on its own loopback ports, pinned to CPU 0; the load generator
@@ -46,6 +47,7 @@ INSTALL=1
 KEEP=0
 OUT=""
 QUICK=0
+BASELINE=
 
 usage() {
     sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -60,6 +62,9 @@ Options:
   --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
   --no-realtime         run the latency (rate) scenario without SCHED_FIFO
   --keep                keep the temporary server directories
+  --baseline REV        also build the commit REV (in a temporary git worktree) and run it as
+                        the server "rookery-base", right after "rookery", for before/after
+                        figures from one run
 Counts come from environment variables: LOGIN_COUNT LOGIN_USERS LOGIN_CONC IDLE_COUNT
 IDLE_PROCS IDLE_REPS MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
 FANOUT_CONTACTS FANOUT_REPEATS (see the top of this script for defaults).
@@ -78,6 +83,7 @@ while [[ $# -gt 0 ]]; do
         --no-priority) PRIORITY=""; shift ;;
         --no-realtime) REALTIME=0; shift ;;
         --keep) KEEP=1; shift ;;
+        --baseline) BASELINE="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -177,12 +183,30 @@ build() {
         || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
     ROOKERY_BIN="$CARGO_TARGET_DIR/release/rookery"
     LOADGEN="$CARGO_TARGET_DIR/release/rookery-load"
+    if [[ -n "$BASELINE" ]]; then
+        # The older commit is built from its own worktree into its own target directory, so
+        # both builds stay cached between runs; the load generator is always this one's.
+        local src="$WORK/baseline-src" base_target="$ROOT/target/bench-baseline"
+        BASELINE_REV="$(cd "$ROOT" && git rev-parse --short "$BASELINE")"
+        log "building the baseline $BASELINE ($BASELINE_REV) into $base_target"
+        (cd "$ROOT" && git worktree add --detach "$src" "$BASELINE_REV") >>"$OUT/logs/build.log" 2>&1
+        (cd "$src" && CARGO_TARGET_DIR="$base_target" cargo build --release -p rookery) \
+            >>"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
+        (cd "$ROOT" && git worktree remove --force "$src") >>"$OUT/logs/build.log" 2>&1 || true
+        ROOKERY_BASE_BIN="$base_target/release/rookery"
+        if [[ " $SERVERS " == *" rookery "* ]]; then
+            SERVERS="${SERVERS/rookery/rookery rookery-base}"
+        else
+            SERVERS="rookery-base $SERVERS"
+        fi
+    fi
 }
 
 # ---- Servers ---------------------------------------------------------------------------------
 # Ports: Rookery 15222/15223, ejabberd 25222/25223 (+25299 Erlang distribution),
 # Prosody 35222/35223. Port numbers are checked free before each start.
-port_of() { case "$1" in rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; esac; }
+port_of() { case "$1" in rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; rookery-base) echo 45222 ;; esac; }
+rookery_bin_of() { if [[ "$1" == rookery-base ]]; then echo "$ROOKERY_BASE_BIN"; else echo "$ROOKERY_BIN"; fi; }
 EJ_NODE="rkbench$$@localhost"
 EJ_DIST_PORT=25299
 
@@ -207,7 +231,7 @@ prepare_servers() {
         local d="$WORK/$s"
         mkdir -p "$d"
         case "$s" in
-            rookery)
+            rookery|rookery-base)
                 render rookery.toml "$d/rookery.toml" "$d"
                 ;;
             ejabberd)
@@ -244,8 +268,8 @@ start_server() { # name
     done
     local logf="$OUT/logs/$s.log"
     case "$s" in
-        rookery)
-            taskset -c 0 "$ROOKERY_BIN" serve --config "$d/rookery.toml" >>"$logf" 2>&1 &
+        rookery|rookery-base)
+            taskset -c 0 "$(rookery_bin_of "$s")" serve --config "$d/rookery.toml" >>"$logf" 2>&1 &
             SERVER_PID=$!
             ;;
         ejabberd)
@@ -315,7 +339,7 @@ create_accounts() { # server (running)
     PORT="$(port_of "$s")"
     local t0=$SECONDS
     case "$s" in
-        rookery)
+        rookery|rookery-base)
             # One `rookery user add` per account (each derives SCRAM-SHA-1/256/512 records),
             # four at a time.
             {
@@ -324,8 +348,8 @@ create_accounts() { # server (running)
                     seq "$FANOUT_BASE" $((FANOUT_BASE + ACCOUNTS_FANOUT - 1))
                 fi
             } |
-                xargs -P 4 -I{} "$ROOKERY_BIN" user add "user{}@$DOMAIN" --password "password{}" \
-                    --config "$WORK/rookery/rookery.toml" >/dev/null 2>>"$OUT/logs/accounts-rookery.log"
+                xargs -P 4 -I{} "$(rookery_bin_of "$s")" user add "user{}@$DOMAIN" --password "password{}" \
+                    --config "$WORK/$s/rookery.toml" >/dev/null 2>>"$OUT/logs/accounts-$s.log"
             ;;
         ejabberd|prosody)
             # In-band registration from loopback (allowed by the bench configurations).
@@ -455,6 +479,7 @@ prepare_servers
 versions() {
     local v
     printf '{"rookery":"%s",' "$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)"
+    printf '"rookery_base":"%s",' "${BASELINE_REV:-none}"
     v="$(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo none)"; printf '"ejabberd":"%s",' "$v"
     v="$(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo none)"; printf '"prosody":"%s",' "$v"
     v="$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo none)"; printf '"erlang":"%s",' "$v"
