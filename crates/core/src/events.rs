@@ -2,7 +2,7 @@
 //! know which modules listen. Every handler gets the server as its context.
 
 use crate::sessions::SessionHandle;
-use rookery_stanza::{BareJid, FullJid, Jid};
+use rookery_stanza::{BareJid, FullJid, Jid, SharedStanza, Stanza};
 use rookery_xml::Element;
 use std::sync::Arc;
 
@@ -22,19 +22,21 @@ pub struct SessionClosed {
 }
 
 /// Filter: a stanza from a local client, after its `from` was stamped and before it is routed.
-/// A filter may rewrite it or drop it (returning `None`).
+/// A filter may rewrite it or drop it (returning `None`). Its header (`to`, `from`, type) is
+/// parsed: read it from the [`Stanza`] instead of the attributes.
 #[derive(Debug, Clone)]
 pub struct ClientStanza {
     pub from: FullJid,
-    pub stanza: Element,
+    pub stanza: Stanza,
 }
 
 /// Filter: a stanza about to be delivered to a local account (bare or full JID), whoever
-/// sent it. Blocking and privacy rules drop here.
+/// sent it (a local client, a module, a service domain, later a remote entity). Blocking
+/// and privacy rules drop here.
 #[derive(Debug, Clone)]
 pub struct LocalDelivery {
     pub to: Jid,
-    pub stanza: Element,
+    pub stanza: Stanza,
 }
 
 /// Presence without a `to` from a client (RFC 6121 §4.2, §4.4): the core has recorded the
@@ -78,11 +80,16 @@ pub struct UndeliverableMessage {
 /// [`LocalDelivery`] filters), or an `error` message to one of its full JIDs (errors to a
 /// bare JID are dropped, RFC 6121 §8.5.2). `delivered_to` lists the sessions (ids) that got
 /// it, so a feature that copies messages to other resources (carbons) can skip those.
-#[derive(Debug, Clone)]
+/// The stanza is the one the sessions got (shared, not a copy), and `sessions` every
+/// session the account had when it was routed, so listeners need no registry look-up.
+#[derive(Clone)]
 pub struct MessageDelivered {
     pub to: BareJid,
-    pub stanza: Element,
+    /// The sender, as parsed where the message entered the server.
+    pub from: Option<Jid>,
+    pub stanza: SharedStanza,
     pub delivered_to: Vec<u64>,
+    pub sessions: Vec<Arc<SessionHandle>>,
 }
 
 /// A message was queued for a session whose connection is gone while stream management
@@ -91,7 +98,7 @@ pub struct MessageDelivered {
 #[derive(Clone)]
 pub struct HeldMessage {
     pub session: Arc<SessionHandle>,
-    pub stanza: Element,
+    pub stanza: SharedStanza,
 }
 
 /// A Bind 2 request (XEP-0386) asked to enable a feature inline for a session that was just

@@ -25,6 +25,8 @@ pub struct Host {
     pub(crate) stream_features: Vec<Element>,
     pub(crate) bind_inline_features: Vec<String>,
     pub(crate) hooks: Hooks<Arc<Server>>,
+    /// Service domains its modules claimed; the server's router takes them over.
+    pub(crate) services: Vec<crate::module::ServiceClaim>,
 }
 
 impl Host {

@@ -1,8 +1,9 @@
 //! IQ handlers (RFC 6120 §8.2.3): every request gets exactly one result or error.
 
 use crate::server::Server;
+use crate::sessions::SessionHandle;
 use async_trait::async_trait;
-use rookery_stanza::{FullJid, IqType, Jid, StanzaError, StanzaErrorCondition};
+use rookery_stanza::{IqType, Jid, StanzaError, StanzaErrorCondition};
 use rookery_xml::Element;
 use std::future::Future;
 use std::sync::Arc;
@@ -20,8 +21,9 @@ pub enum IqScope {
 /// An IQ request as a handler sees it.
 pub struct IqRequest {
     pub server: Arc<Server>,
-    /// The requester (always a full JID of a local session for now).
-    pub from: FullJid,
+    /// The requester: a local client's full JID, or an entity of a service domain (and
+    /// later of a remote domain), which may be a bare or domain JID.
+    pub from: Jid,
     /// The addressee: the domain, or an account's bare JID.
     pub to: Jid,
     pub iq_type: IqType,
@@ -30,6 +32,12 @@ pub struct IqRequest {
 }
 
 impl IqRequest {
+    /// The requester's session, when the request comes from a local client that is still
+    /// connected.
+    pub fn session(&self) -> Option<Arc<SessionHandle>> {
+        let full = self.from.try_as_full().ok()?;
+        self.server.sessions().get(full)
+    }
     /// Answers `bad-request` to anything that isn't a `get`.
     pub fn require_get(&self) -> Result<(), StanzaError> {
         if self.iq_type == IqType::Get {

@@ -7,6 +7,7 @@
 //! * [`host`]: a virtual host with the handlers its modules registered.
 //! * [`sessions`]: the registry of bound client sessions and their bounded send queues.
 //! * [`requests`]: IQ requests the server sends itself and the answers they wait for.
+//! * [`route`]: where a stanza goes: hosts, service domains of modules, external routes.
 //! * [`server`]: the whole: hosts, sessions, storage, shutdown, and the routing rules.
 //!
 //! The core knows no transport (the `net` crate feeds it stanzas) and no feature module.
@@ -19,6 +20,7 @@ pub mod host;
 pub mod iq;
 pub mod module;
 pub mod requests;
+pub mod route;
 pub mod server;
 pub mod sessions;
 
@@ -28,5 +30,8 @@ pub use host::Host;
 pub use iq::{iq_fn, IqHandler, IqRequest, IqResult, IqScope};
 pub use module::{HostBuilder, Module, ModuleError, ModuleRegistry, Spec};
 pub use requests::IqRequestError;
+pub use route::{
+    Destination, ExternalRoute, RemoteRoutes, RouteError, Service, ServiceHandle, ServiceSendError,
+};
 pub use server::Server;
 pub use sessions::{Outgoing, SessionHandle, SessionInbox, SessionRegistry};

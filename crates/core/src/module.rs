@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::hooks::{Flow, Hooks};
 use crate::host::{Host, Identity};
 use crate::iq::{IqHandler, IqScope};
+use crate::route::Service;
 use crate::server::Server;
 use rookery_storage::Storage;
 use rookery_xml::Element;
@@ -157,6 +158,7 @@ impl ModuleRegistry {
             stream_features: Vec::new(),
             bind_inline_features: Vec::new(),
             hooks: Hooks::default(),
+            services: Vec::new(),
         };
         for m in &chosen {
             b.current = m.name;
@@ -173,6 +175,7 @@ impl ModuleRegistry {
             stream_features: b.stream_features,
             bind_inline_features: b.bind_inline_features,
             hooks: b.hooks,
+            services: b.services,
         })
     }
 }
@@ -191,6 +194,14 @@ pub struct HostBuilder<'a> {
     stream_features: Vec<Element>,
     bind_inline_features: Vec<String>,
     hooks: Hooks<Arc<Server>>,
+    services: Vec<ServiceClaim>,
+}
+
+/// A service domain a module claimed on a host (see [`HostBuilder::service_domain`]).
+pub(crate) struct ServiceClaim {
+    pub(crate) domain: rookery_stanza::Jid,
+    pub(crate) module: &'static str,
+    pub(crate) service: Arc<dyn Service>,
 }
 
 impl HostBuilder<'_> {
@@ -251,6 +262,38 @@ impl HostBuilder<'_> {
     /// must handle [`crate::events::BindInline`] for the namespace `var`.
     pub fn add_bind_inline_feature(&mut self, var: &str) {
         self.bind_inline_features.push(var.to_owned());
+    }
+    /// Claims a service domain (e.g. `conference.<host>`): the router hands `service` every
+    /// stanza addressed to that domain or to any JID in it, and the host's `disco#items`
+    /// lists it (with `name`). The service's identity and features are its own business
+    /// (it answers `disco#info` sent to its domain). A domain is claimed once on the whole
+    /// server and cannot be a virtual host; both are checked when the server is built.
+    pub fn service_domain(
+        &mut self,
+        domain: &str,
+        name: Option<&str>,
+        service: impl Service,
+    ) -> Result<(), ModuleError> {
+        let jid = rookery_stanza::parse_jid(domain)
+            .ok()
+            .filter(|j| j.node().is_none() && j.resource().is_none())
+            .ok_or_else(|| ModuleError::Init {
+                module: self.current,
+                message: format!("'{domain}' is not a domain"),
+            })?;
+        if jid.as_str() == self.domain || self.services.iter().any(|s| s.domain == jid) {
+            return Err(ModuleError::Init {
+                module: self.current,
+                message: format!("the domain {domain} is already served"),
+            });
+        }
+        self.add_disco_item(jid.as_str(), name);
+        self.services.push(ServiceClaim {
+            domain: jid,
+            module: self.current,
+            service: Arc::new(service),
+        });
+        Ok(())
     }
     /// Observes an event; higher priorities run first, and a handler may stop the event.
     pub fn hook<E, F, Fut>(&mut self, priority: i32, handler: F)

@@ -1,5 +1,6 @@
-//! The server: virtual hosts, the session registry, storage, and the routing rules of
-//! RFC 6120 §10 and RFC 6121 §8 for stanzas between local entities.
+//! The server: virtual hosts, the session registry, storage, and the router: where a
+//! stanza goes ([`Server::destination`], see [`crate::route`]) and the rules of RFC 6120 §10
+//! and RFC 6121 §8 for stanzas to local entities.
 
 use crate::config::Config;
 use crate::events::{
@@ -11,15 +12,18 @@ use crate::host::Host;
 use crate::iq::{IqRequest, IqScope};
 use crate::module::{ModuleError, ModuleRegistry};
 use crate::requests::{IqRequestError, PendingIqs};
-use crate::sessions::SessionRegistry;
+use crate::route::{Destination, ExternalRoute, RemoteRoutes, ServiceDomain, ServiceHandle};
+use crate::sessions::{SessionHandle, SessionRegistry};
+use parking_lot::RwLock;
 use rookery_stanza::{
     error_reply, iq_result, ns, parse_jid, BareJid, FullJid, IqType, Jid, MessageType,
-    PresenceType, StanzaError, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
+    PresenceType, SharedStanza, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
+    StreamErrorCondition,
 };
 use rookery_storage::Storage;
 use rookery_xml::Element;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +31,14 @@ use tokio_util::task::TaskTracker;
 pub struct Server {
     config: Arc<Config>,
     hosts: HashMap<String, Arc<Host>>,
+    /// Service domains claimed by the hosts' modules, by domain.
+    services: HashMap<String, Arc<ServiceDomain>>,
+    /// External components attached under their domain (XEP-0114), by domain.
+    components: RwLock<HashMap<String, Arc<dyn ExternalRoute>>>,
+    /// Routes to remote domains, once a server-to-server transport provides them.
+    remote: RwLock<Option<Arc<dyn RemoteRoutes>>>,
+    /// This server, for answers that must be routed from where no `Arc` is at hand.
+    me: Weak<Server>,
     sessions: SessionRegistry,
     storage: Storage,
     shutdown: CancellationToken,
@@ -43,13 +55,38 @@ impl Server {
         registry: &ModuleRegistry,
     ) -> Result<Arc<Server>, ModuleError> {
         let mut hosts = HashMap::new();
+        let mut services: HashMap<String, Arc<ServiceDomain>> = HashMap::new();
         for h in &config.hosts {
-            let host = registry.build_host(&h.domain, h.modules.as_deref(), &config, &storage)?;
+            let mut host =
+                registry.build_host(&h.domain, h.modules.as_deref(), &config, &storage)?;
+            for claim in std::mem::take(&mut host.services) {
+                let domain = claim.domain.as_str().to_owned();
+                if config.hosts.iter().any(|h| h.domain == domain) || services.contains_key(&domain)
+                {
+                    return Err(ModuleError::Init {
+                        module: claim.module,
+                        message: format!("the domain {domain} is already served"),
+                    });
+                }
+                services.insert(
+                    domain,
+                    Arc::new(ServiceDomain {
+                        domain: claim.domain,
+                        host: h.domain.clone(),
+                        module: claim.module,
+                        service: claim.service,
+                    }),
+                );
+            }
             hosts.insert(h.domain.clone(), Arc::new(host));
         }
-        Ok(Arc::new(Server {
+        Ok(Arc::new_cyclic(|me| Server {
             config: Arc::new(config),
             hosts,
+            services,
+            components: RwLock::default(),
+            remote: RwLock::default(),
+            me: me.clone(),
             sessions: SessionRegistry::default(),
             storage,
             shutdown: CancellationToken::new(),
@@ -65,8 +102,13 @@ impl Server {
     pub fn host(&self, domain: &str) -> Option<&Arc<Host>> {
         self.hosts.get(domain)
     }
+    /// Whether `domain` is one of this server's virtual hosts (its accounts' domains).
     pub fn serves(&self, domain: &str) -> bool {
         self.hosts.contains_key(domain)
+    }
+    /// The service domain `domain`, if a module claimed it.
+    pub fn service(&self, domain: &str) -> Option<&Arc<ServiceDomain>> {
+        self.services.get(domain)
     }
     pub fn sessions(&self) -> &SessionRegistry {
         &self.sessions
@@ -86,25 +128,82 @@ impl Server {
         self.started.elapsed()
     }
 
+    // ---- Routes ------------------------------------------------------------------------------
+
+    /// Where stanzas to `domain` go: the one place that decides it.
+    pub fn destination(&self, domain: &str) -> Destination {
+        if let Some(host) = self.hosts.get(domain) {
+            return Destination::Host(host.clone());
+        }
+        if let Some(service) = self.services.get(domain) {
+            return Destination::Service(service.clone());
+        }
+        if let Some(component) = self.components.read().get(domain) {
+            return Destination::External(component.clone());
+        }
+        match self.remote.read().as_ref().and_then(|r| r.route_to(domain)) {
+            Some(route) => Destination::External(route),
+            None => Destination::Unrouted,
+        }
+    }
+
+    /// Attaches an external component's route under its domain (XEP-0114). Refused (and
+    /// `false`) for a domain that a host or a service domain already serves.
+    pub fn attach_component(&self, domain: &str, route: Arc<dyn ExternalRoute>) -> bool {
+        if self.hosts.contains_key(domain) || self.services.contains_key(domain) {
+            return false;
+        }
+        self.components.write().insert(domain.to_owned(), route);
+        true
+    }
+
+    /// Detaches a component (its stream ended).
+    pub fn detach_component(&self, domain: &str) {
+        self.components.write().remove(domain);
+    }
+
+    /// Installs the routes to remote domains (a server-to-server transport).
+    pub fn set_remote_routes(&self, routes: Arc<dyn RemoteRoutes>) {
+        *self.remote.write() = Some(routes);
+    }
+
+    /// Whether stanzas to `domain` have somewhere to go; the error is the one a sender gets
+    /// when they do not. For modules that must know before they act (a subscription request
+    /// must not be recorded as pending when it cannot leave, RFC 6120 §10.4).
+    pub fn check_route(&self, domain: &str) -> Result<(), StanzaError> {
+        match self.destination(domain) {
+            Destination::Unrouted => Err(self.no_route(domain)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The answer to a stanza for a domain nobody routes to. Until federation exists, this
+    /// is every domain that is neither served here nor attached (RFC 6120 §10.4.2).
+    fn no_route(&self, domain: &str) -> StanzaError {
+        tracing::debug!(domain, "no route to domain");
+        StanzaError::new(StanzaErrorCondition::RemoteServerNotFound)
+    }
+
+    // ---- Entry points ------------------------------------------------------------------------
+
     /// Checks and stamps the `from` of a stanza a client sent (RFC 6120 §8.1.2.1): absent is
     /// stamped with the session's full JID; the full or bare JID of the session is accepted;
     /// anything else is spoofing and ends the stream with `invalid-from`. Also refuses what
-    /// is not a stanza of the stream's content namespace.
+    /// is not a stanza of the stream's content namespace, and parses the header once. A
+    /// malformed `to` is answered `jid-malformed` here (`Ok(None)`: nothing to route).
     pub fn stamp_from_client(
         &self,
         session: &FullJid,
         mut stanza: Element,
-    ) -> Result<Element, StreamErrorCondition> {
-        if StanzaKind::of(&stanza).is_none() {
+    ) -> Result<Option<Stanza>, StreamErrorCondition> {
+        let kind = match StanzaKind::of(&stanza) {
+            Some(kind) if stanza.ns() == ns::CLIENT => kind,
             // A server-to-server stanza on a client stream is the wrong content namespace;
             // anything else unknown at the top level is an unsupported stanza type
             // (RFC 6120 §4.9.3.10, §4.9.3.22).
-            return Err(if stanza.ns() == ns::SERVER {
-                StreamErrorCondition::InvalidNamespace
-            } else {
-                StreamErrorCondition::UnsupportedStanzaType
-            });
-        }
+            _ if stanza.ns() == ns::SERVER => return Err(StreamErrorCondition::InvalidNamespace),
+            _ => return Err(StreamErrorCondition::UnsupportedStanzaType),
+        };
         if let Some(from) = stanza.attr("from") {
             let ok = match Jid::new(from) {
                 Ok(j) => match j.try_as_full() {
@@ -118,15 +217,28 @@ impl Server {
             }
         }
         stanza.set_attr("from", session.as_str());
-        Ok(stanza)
+        let to = match stanza.attr("to").map(parse_jid) {
+            None => None,
+            Some(Ok(j)) => Some(j),
+            Some(Err(e)) => {
+                self.bounce(&stanza, e);
+                return Ok(None);
+            }
+        };
+        Ok(Some(Stanza::from_parts(
+            kind,
+            stanza,
+            to,
+            Some(Jid::from(session.clone())),
+        )))
     }
 
     /// Routes a stamped stanza from a local client session.
-    pub async fn route_from_client(self: &Arc<Self>, from: &FullJid, stanza: Element) {
+    pub async fn route_from_client(self: &Arc<Self>, from: &FullJid, stanza: Stanza) {
         let Some(host) = self.hosts.get(from.domain().as_str()).cloned() else {
             return;
         };
-        let Some(ClientStanza { stanza, .. }) = host
+        let Some(ClientStanza { mut stanza, .. }) = host
             .hooks()
             .fold(
                 self,
@@ -139,33 +251,42 @@ impl Server {
         else {
             return;
         };
-        let to = match stanza.attr("to").map(parse_jid) {
-            None => None,
-            Some(Ok(j)) => Some(j),
-            Some(Err(e)) => return self.bounce(&stanza, e),
-        };
-        match StanzaKind::of(&stanza) {
-            Some(StanzaKind::Iq) => self.route_iq(from, to, stanza).await,
-            Some(StanzaKind::Message) => {
-                let (to, stanza) = match to {
-                    Some(to) => (to, stanza),
+        let sender = Jid::from(from.clone());
+        match stanza.kind() {
+            StanzaKind::Iq => match stanza.to().cloned() {
+                Some(to) => self.dispatch(Some(&sender), to, stanza).await,
+                None => {
+                    // Addressed to the sender's own account (RFC 6120 §10.3.3).
+                    let Some(iq_type) = self.check_iq(&stanza) else {
+                        return;
+                    };
+                    let own = Jid::from(from.to_bare());
+                    self.handle_iq(&sender, own, IqScope::Account, iq_type, stanza)
+                        .await
+                }
+            },
+            StanzaKind::Message => {
+                let to = match stanza.to() {
+                    Some(to) => to.clone(),
                     // RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
                     None => {
-                        let bare = from.to_bare();
-                        let mut s = stanza;
-                        s.set_attr("to", bare.as_str());
-                        (Jid::from(bare), s)
+                        let bare = Jid::from(from.to_bare());
+                        stanza.set_to(bare.clone());
+                        bare
                     }
                 };
-                self.route_message(to, stanza).await
+                self.dispatch(Some(&sender), to, stanza).await
             }
-            Some(StanzaKind::Presence) => match to {
-                None => self.client_presence(from, &host, stanza).await,
+            StanzaKind::Presence => match stanza.to().cloned() {
+                None => {
+                    self.client_presence(from, &host, stanza.into_element())
+                        .await
+                }
                 Some(to) => {
                     let event = Arc::new(OutboundPresence {
                         from: from.clone(),
                         to: to.clone(),
-                        stanza,
+                        stanza: stanza.into_element(),
                     });
                     if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
                         return;
@@ -173,50 +294,130 @@ impl Server {
                     let stanza = Arc::try_unwrap(event)
                         .map(|e| e.stanza)
                         .unwrap_or_else(|e| e.stanza.clone());
-                    self.route_presence(to, stanza).await
+                    let stanza = Stanza::from_parts(
+                        StanzaKind::Presence,
+                        stanza,
+                        Some(to.clone()),
+                        Some(sender.clone()),
+                    );
+                    self.dispatch(Some(&sender), to, stanza).await
                 }
             },
-            None => {}
         }
+    }
+
+    /// Routes a stanza from an entity of a service domain (through its [`ServiceHandle`]),
+    /// and later from a remote one: the same rules as a client's stanza after the client
+    /// filters, with the sender answered when it cannot be delivered. `to` and `from` must be
+    /// set.
+    pub async fn route_from_entity(self: &Arc<Self>, stanza: Stanza) {
+        let (Some(from), Some(to)) = (stanza.from().cloned(), stanza.to().cloned()) else {
+            return;
+        };
+        self.dispatch(Some(&from), to, stanza).await
     }
 
     /// Routes a stanza that did not come from a client of this server's streams (a module
     /// speaking for the server or for an account); its `from` must already be set. Presence
-    /// and messages go through the same rules as a client's.
+    /// and messages go through the same rules as a client's; IQs reach local sessions and
+    /// other routes only. What cannot be routed is dropped, not answered: the account did
+    /// not send it.
     pub async fn route(self: &Arc<Self>, stanza: Element) {
-        let to = match stanza.attr("to").map(parse_jid) {
-            Some(Ok(j)) => j,
-            _ => return,
-        };
-        if !self.serves(to.domain().as_str()) {
-            // No federation yet: what the server sends for an account to a remote contact
-            // (presence broadcasts, probes) has nowhere to go. Not bounced: the account
-            // did not send it.
-            tracing::debug!(to = %to, "no route to a remote domain");
-            return;
+        match Stanza::parse(stanza) {
+            Ok(stanza) => self.route_stanza(stanza).await,
+            Err(e) => tracing::debug!(error = %e, "a module routed something unroutable"),
         }
-        match StanzaKind::of(&stanza) {
-            Some(StanzaKind::Message) => self.route_message(to, stanza).await,
-            Some(StanzaKind::Presence) => self.route_presence(to, stanza).await,
-            Some(StanzaKind::Iq) => {
-                // Only answers and requests to full JIDs are routed this way.
-                if let Ok(full) = to.try_as_full() {
-                    if let Some(s) = self.sessions.get(full) {
-                        let _ = s.deliver(stanza);
+    }
+
+    /// [`route`](Self::route) for a stanza whose header is parsed.
+    pub async fn route_stanza(self: &Arc<Self>, stanza: Stanza) {
+        let Some(to) = stanza.to().cloned() else {
+            return;
+        };
+        self.dispatch(None, to, stanza).await
+    }
+
+    /// Hands a stanza to its route. `sender` is the entity that sent it, answered when it
+    /// cannot be delivered; `None` for what the server itself sends on an account's behalf.
+    async fn dispatch(self: &Arc<Self>, sender: Option<&Jid>, to: Jid, stanza: Stanza) {
+        match stanza.kind() {
+            StanzaKind::Iq if sender.is_some() && self.check_iq(&stanza).is_none() => return,
+            StanzaKind::Presence if stanza.presence_type().is_none() => {
+                return self.bounce(&stanza, StanzaError::bad_request("unknown presence type"));
+            }
+            _ => {}
+        }
+        match self.destination(to.domain().as_str()) {
+            Destination::Host(host) => match (stanza.kind(), sender) {
+                (StanzaKind::Iq, Some(sender)) => self.iq_to_host(sender, to, stanza).await,
+                (StanzaKind::Iq, None) => self.server_iq_to_host(&to, stanza),
+                (StanzaKind::Message, _) => self.message_to_host(to, stanza).await,
+                (StanzaKind::Presence, _) => self.presence_to_host(&host, to, stanza).await,
+            },
+            Destination::Service(service) => {
+                let handle = ServiceHandle {
+                    server: Arc::downgrade(self),
+                    domain: service.domain.clone(),
+                };
+                service.service.receive(&handle, stanza).await
+            }
+            Destination::External(route) => {
+                if let Err(crate::route::RouteError::Unroutable(e)) =
+                    route.send(stanza.clone()).await
+                {
+                    if sender.is_some() {
+                        self.answer_unroutable(&stanza, e);
                     }
                 }
             }
-            None => {}
+            Destination::Unrouted => {
+                if sender.is_some() {
+                    self.answer_unroutable(&stanza, self.no_route(to.domain().as_str()));
+                } else {
+                    // What the server sends for an account to a contact it cannot reach
+                    // (presence broadcasts, probes) has nowhere to go; not bounced.
+                    tracing::debug!(to = %to, "no route for a stanza the server sent");
+                }
+            }
         }
+    }
+
+    /// Answers the sender of a stanza that has no route: IQ requests, messages and presence
+    /// get the error; IQ answers and errors are dropped (RFC 6120 §8.3.1).
+    fn answer_unroutable(&self, stanza: &Stanza, error: StanzaError) {
+        let answerable = match stanza.kind() {
+            StanzaKind::Iq => stanza.iq_type().is_some_and(IqType::is_request),
+            _ => true,
+        };
+        if answerable {
+            self.bounce(stanza, error);
+        }
+    }
+
+    /// The IQ type of a request or answer an entity sent, or `None` after answering one
+    /// without a valid type or id (RFC 6120 §8.2.3).
+    fn check_iq(&self, stanza: &Stanza) -> Option<IqType> {
+        let Some(iq_type) = stanza.iq_type() else {
+            self.bounce(
+                stanza,
+                StanzaError::bad_request("missing or unknown IQ type"),
+            );
+            return None;
+        };
+        if stanza.id().is_none() {
+            self.bounce(stanza, StanzaError::bad_request("an IQ needs an id"));
+            return None;
+        }
+        Some(iq_type)
     }
 
     /// Runs the [`LocalDelivery`] filters for a stanza addressed to a local account.
     /// A dropped IQ request is answered `service-unavailable` (every request gets an answer).
-    async fn filter_local(self: &Arc<Self>, to: &Jid, stanza: Element) -> Option<Element> {
+    async fn filter_local(self: &Arc<Self>, to: &Jid, stanza: Stanza) -> Option<Stanza> {
         let host = self.hosts.get(to.domain().as_str())?;
         let is_request =
-            stanza.name() == "iq" && IqType::of(&stanza).is_some_and(IqType::is_request);
-        let bounce_copy = is_request.then(|| stanza.clone());
+            stanza.kind() == StanzaKind::Iq && stanza.iq_type().is_some_and(IqType::is_request);
+        let bounce_copy = is_request.then(|| stanza.element().clone());
         let passed = host
             .hooks()
             .fold(
@@ -243,13 +444,39 @@ impl Server {
         }
     }
 
-    /// Delivers a reply addressed to a local full JID, if that session is still there.
+    /// Delivers an answer of the server's (a result, an error) to whoever asked: a local
+    /// session directly; a service, component or remote entity through the router, in a task
+    /// of its own since the caller may not wait. Answers to a local bare JID are dropped (the
+    /// server asked, and its own requests are resolved where they are routed).
     fn deliver_to_sender(&self, reply: Element) {
-        let Some(Ok(to)) = reply.attr("to").map(FullJid::new) else {
+        let Some(Ok(to)) = reply.attr("to").map(Jid::new) else {
             return;
         };
-        if let Some(session) = self.sessions.get(&to) {
-            let _ = session.deliver(reply);
+        if self.hosts.contains_key(to.domain().as_str()) {
+            if let Ok(full) = to.try_as_full() {
+                if let Some(session) = self.sessions.get(full) {
+                    let _ = session.deliver(reply);
+                }
+            }
+            return;
+        }
+        let Some(server) = self.me.upgrade() else {
+            return;
+        };
+        self.tasks.spawn(async move { server.route(reply).await });
+    }
+
+    /// [`deliver_to_sender`](Self::deliver_to_sender) in the caller's task.
+    async fn answer(self: &Arc<Self>, reply: Element) {
+        let remote = reply
+            .attr("to")
+            .and_then(|to| Jid::new(to).ok())
+            .is_some_and(|to| !self.hosts.contains_key(to.domain().as_str()));
+        if remote {
+            // Boxed: routing the answer may lead back here (a service asking a host).
+            Box::pin(self.route(reply)).await
+        } else {
+            self.deliver_to_sender(reply)
         }
     }
 
@@ -270,14 +497,14 @@ impl Server {
             })
     }
 
-    // ---- IQ (RFC 6120 §8.2.3, §10.3.3, §10.5.3) -------------------------------------------
+    // ---- IQ (RFC 6120 §8.2.3, §10.5.3) -------------------------------------------------------
 
     /// Sends an IQ get or set of the server's own, from a host or an account (`from` must be
     /// set: the domain or a local bare JID), and waits up to `timeout` for the answer. The
     /// server chooses the id. Returns the result stanza; an error answer (or the error the
     /// router would have answered, e.g. for a resource that is not online) is
-    /// [`IqRequestError::Error`]. Only local full JIDs can be reached for now (no federation,
-    /// and bare JIDs and hosts are answered by the server itself).
+    /// [`IqRequestError::Error`]. Local full JIDs, service domains and external routes can
+    /// be reached (bare JIDs and hosts are answered by the server itself).
     pub async fn send_iq_request(
         self: &Arc<Self>,
         mut stanza: Element,
@@ -295,27 +522,39 @@ impl Server {
         if !self.serves(from.domain().as_str()) || from.resource().is_some() {
             return Err(IqRequestError::NotARequest);
         }
-        if !self.serves(to.domain().as_str()) {
-            return Err(IqRequestError::Error(StanzaError::new(
-                StanzaErrorCondition::RemoteServerNotFound,
-            )));
-        }
-        let Ok(full) = to.try_as_full() else {
-            return Err(IqRequestError::Error(
-                StanzaError::service_unavailable().with_text("requests reach local resources only"),
-            ));
+        let session = match self.destination(to.domain().as_str()) {
+            Destination::Unrouted => {
+                return Err(IqRequestError::Error(self.no_route(to.domain().as_str())))
+            }
+            Destination::Host(_) => {
+                let Ok(full) = to.try_as_full() else {
+                    return Err(IqRequestError::Error(
+                        StanzaError::service_unavailable()
+                            .with_text("requests reach local resources only"),
+                    ));
+                };
+                let Some(session) = self.sessions.get(full) else {
+                    return Err(IqRequestError::Error(StanzaError::service_unavailable()));
+                };
+                Some(session)
+            }
+            Destination::Service(_) | Destination::External(_) => None,
         };
-        let Some(session) = self.sessions.get(full) else {
-            return Err(IqRequestError::Error(StanzaError::service_unavailable()));
-        };
-        let (id, answer, _pending) = self.pending_iqs.register(from, to.clone());
+        let (id, answer, _pending) = self.pending_iqs.register(from.clone(), to.clone());
         stanza.set_attr("id", id);
-        // The addressee's delivery filters apply as to any IQ (a blocked sender is refused).
-        let Some(stanza) = self.filter_local_quiet(&to, stanza).await else {
-            return Err(IqRequestError::Error(StanzaError::service_unavailable()));
-        };
-        if session.deliver(stanza).is_err() {
-            return Err(IqRequestError::Error(StanzaError::service_unavailable()));
+        let stanza = Stanza::from_parts(StanzaKind::Iq, stanza, Some(to.clone()), Some(from));
+        match session {
+            Some(session) => {
+                // The addressee's delivery filters apply as to any IQ (a blocked sender is
+                // refused).
+                let Some(stanza) = self.filter_local_quiet(&to, stanza).await else {
+                    return Err(IqRequestError::Error(StanzaError::service_unavailable()));
+                };
+                if session.deliver(stanza).is_err() {
+                    return Err(IqRequestError::Error(StanzaError::service_unavailable()));
+                }
+            }
+            None => self.dispatch(None, to, stanza).await,
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(reply)) => {
@@ -335,7 +574,7 @@ impl Server {
     }
 
     /// The [`LocalDelivery`] filters without answering a dropped request (the caller does).
-    async fn filter_local_quiet(self: &Arc<Self>, to: &Jid, stanza: Element) -> Option<Element> {
+    async fn filter_local_quiet(self: &Arc<Self>, to: &Jid, stanza: Stanza) -> Option<Stanza> {
         let host = self.hosts.get(to.domain().as_str())?;
         host.hooks()
             .fold(
@@ -349,35 +588,24 @@ impl Server {
             .map(|d| d.stanza)
     }
 
-    async fn route_iq(self: &Arc<Self>, from: &FullJid, to: Option<Jid>, stanza: Element) {
-        let Some(iq_type) = IqType::of(&stanza) else {
-            return self.bounce(
-                &stanza,
-                StanzaError::bad_request("missing or unknown IQ type"),
-            );
-        };
-        if stanza.attr("id").is_none() {
-            return self.bounce(&stanza, StanzaError::bad_request("an IQ needs an id"));
-        }
-        let Some(to) = to else {
-            // Addressed to the sender's own account.
-            let own = Jid::from(from.to_bare());
-            return self
-                .handle_iq(from, own, IqScope::Account, iq_type, stanza)
-                .await;
-        };
-        if !self.serves(to.domain().as_str()) {
-            if iq_type.is_request() {
-                self.bounce(
-                    &stanza,
-                    StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
-                );
+    /// An IQ the server sends on an account's behalf (not a request of `send_iq_request`):
+    /// only local sessions are reached this way.
+    fn server_iq_to_host(&self, to: &Jid, stanza: Stanza) {
+        if let Ok(full) = to.try_as_full() {
+            if let Some(s) = self.sessions.get(full) {
+                let _ = s.deliver(stanza);
             }
-            return;
         }
+    }
+
+    /// An IQ from an entity to a host or one of its accounts (RFC 6120 §10.5.3).
+    async fn iq_to_host(self: &Arc<Self>, sender: &Jid, to: Jid, stanza: Stanza) {
+        let Some(iq_type) = stanza.iq_type() else {
+            return;
+        };
         if to.node().is_none() {
             return self
-                .handle_iq(from, to, IqScope::Host, iq_type, stanza)
+                .handle_iq(sender, to, IqScope::Host, iq_type, stanza)
                 .await;
         }
         match to.try_as_full() {
@@ -393,7 +621,7 @@ impl Server {
                 None => {}
             },
             Err(bare) => {
-                if *bare != from.to_bare() {
+                if *bare != sender.to_bare() {
                     match self.account_exists(bare).await {
                         Ok(true) => {}
                         Ok(false) => {
@@ -408,7 +636,7 @@ impl Server {
                 let Some(stanza) = self.filter_local(&to, stanza).await else {
                     return;
                 };
-                self.handle_iq(from, to.clone(), IqScope::Account, iq_type, stanza)
+                self.handle_iq(sender, to.clone(), IqScope::Account, iq_type, stanza)
                     .await
             }
         }
@@ -416,16 +644,16 @@ impl Server {
 
     async fn handle_iq(
         self: &Arc<Self>,
-        from: &FullJid,
+        from: &Jid,
         to: Jid,
         scope: IqScope,
         iq_type: IqType,
-        stanza: Element,
+        stanza: Stanza,
     ) {
         if !iq_type.is_request() {
             // An answer to the server itself or to an account: only requests the server sent
             // (`send_iq_request`) await one; anything else is dropped.
-            self.pending_iqs.resolve(from, &to, stanza);
+            self.pending_iqs.resolve(from, &to, stanza.into_element());
             return;
         }
         let mut children = stanza.children();
@@ -454,21 +682,19 @@ impl Server {
             payload,
         };
         match handler.handle(request).await {
-            Ok(payload) => self.deliver_to_sender(iq_result(&stanza, payload)),
-            Err(e) => self.bounce(&stanza, e),
+            Ok(payload) => self.answer(iq_result(&stanza, payload)).await,
+            Err(e) => {
+                if let Some(reply) = error_reply(&stanza, &e) {
+                    self.answer(reply).await
+                }
+            }
         }
     }
 
     // ---- Messages (RFC 6121 §8.5) -----------------------------------------------------------
 
-    async fn route_message(self: &Arc<Self>, to: Jid, stanza: Element) {
-        let mtype = MessageType::of(&stanza);
-        if !self.serves(to.domain().as_str()) {
-            return self.bounce(
-                &stanza,
-                StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
-            );
-        }
+    async fn message_to_host(self: &Arc<Self>, to: Jid, stanza: Stanza) {
+        let mtype = stanza.message_type().unwrap_or(MessageType::Normal);
         if to.node().is_none() {
             // Messages to the server itself: no module consumes them yet.
             if matches!(mtype, MessageType::Normal | MessageType::Chat) {
@@ -479,14 +705,20 @@ impl Server {
         let Some(stanza) = self.filter_local(&to, stanza).await else {
             return;
         };
+        let bare = to.to_bare();
+        // The one registry look-up of the message's way: the hooks get the sessions too.
+        let sessions = self.sessions.resources(&bare);
         match to.try_as_full() {
             Ok(full) => {
-                if let Some(session) = self.sessions.get(full) {
-                    let copy = self.wants_delivered(full.domain().as_str(), mtype, &stanza);
+                if let Some(session) = sessions.iter().find(|s| s.jid() == full) {
+                    let watched = self.wants_delivered(bare.domain().as_str(), mtype);
+                    let from = watched.then(|| stanza.from().cloned()).flatten();
+                    let stanza = SharedStanza::from(stanza);
+                    let id = session.id();
+                    let copy = watched.then(|| stanza.clone());
                     if session.deliver(stanza).is_ok() {
                         if let Some(stanza) = copy {
-                            self.delivered(full.to_bare(), stanza, vec![session.id()])
-                                .await;
+                            self.delivered(bare, from, stanza, vec![id], sessions).await;
                         }
                     }
                     return;
@@ -494,7 +726,7 @@ impl Server {
                 // §8.5.3.2.1: resource not online.
                 match mtype {
                     MessageType::Normal | MessageType::Chat => {
-                        self.message_to_bare(full.to_bare(), mtype, stanza).await
+                        self.message_to_bare(bare, mtype, stanza, sessions).await
                     }
                     MessageType::Groupchat => {
                         self.bounce(&stanza, StanzaError::service_unavailable())
@@ -502,22 +734,27 @@ impl Server {
                     MessageType::Headline | MessageType::Error => {}
                 }
             }
-            Err(bare) => self.message_to_bare(bare.clone(), mtype, stanza).await,
+            Err(_) => self.message_to_bare(bare, mtype, stanza, sessions).await,
         }
     }
 
-    /// §8.5.2: a message to a local bare JID.
-    async fn message_to_bare(self: &Arc<Self>, bare: BareJid, mtype: MessageType, stanza: Element) {
+    /// §8.5.2: a message to a local bare JID, with the account's sessions.
+    async fn message_to_bare(
+        self: &Arc<Self>,
+        bare: BareJid,
+        mtype: MessageType,
+        stanza: Stanza,
+        sessions: Vec<Arc<SessionHandle>>,
+    ) {
         if mtype == MessageType::Error {
             return;
         }
-        let resources = self.sessions.resources(&bare);
-        let available: Vec<_> = resources
+        let available: Vec<_> = sessions
             .iter()
             .filter_map(|s| s.priority().filter(|p| *p >= 0).map(|p| (p, s)))
             .collect();
         if available.is_empty() {
-            let exists = if resources.is_empty() {
+            let exists = if sessions.is_empty() {
                 match self.account_exists(&bare).await {
                     Ok(e) => e,
                     Err(e) => return self.bounce(&stanza, e),
@@ -526,7 +763,10 @@ impl Server {
                 true
             };
             if exists {
-                let event = Arc::new(UndeliverableMessage { to: bare, stanza });
+                let event = Arc::new(UndeliverableMessage {
+                    to: bare,
+                    stanza: stanza.into_element(),
+                });
                 if let Some(host) = self.hosts.get(event.to.domain().as_str()) {
                     if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
                         return;
@@ -544,6 +784,7 @@ impl Server {
         match mtype {
             MessageType::Groupchat => self.bounce(&stanza, StanzaError::service_unavailable()),
             MessageType::Headline => {
+                let stanza = SharedStanza::from(stanza);
                 for (_, s) in &available {
                     let _ = s.deliver(stanza.clone());
                 }
@@ -561,55 +802,56 @@ impl Server {
                     // Sessions are registered in binding order: the last is the newest.
                     targets.drain(..targets.len().saturating_sub(1));
                 }
-                let copy = self.wants_delivered(bare.domain().as_str(), mtype, &stanza);
+                let watched = self.wants_delivered(bare.domain().as_str(), mtype);
+                let from = watched.then(|| stanza.from().cloned()).flatten();
+                let stanza = SharedStanza::from(stanza);
                 let mut delivered = Vec::with_capacity(targets.len());
-                if let Some((last, rest)) = targets.split_last() {
-                    for s in rest {
-                        if s.deliver(stanza.clone()).is_ok() {
-                            delivered.push(s.id());
-                        }
-                    }
-                    if last.deliver(stanza).is_ok() {
-                        delivered.push(last.id());
+                for s in &targets {
+                    if s.deliver(stanza.clone()).is_ok() {
+                        delivered.push(s.id());
                     }
                 }
-                if let Some(stanza) = copy {
-                    self.delivered(bare, stanza, delivered).await;
+                drop(targets);
+                drop(available);
+                if watched {
+                    self.delivered(bare, from, stanza, delivered, sessions)
+                        .await;
                 }
             }
             MessageType::Error => {}
         }
     }
 
-    /// A copy of a chat/normal/error message for the [`MessageDelivered`] hook, only when
-    /// some module listens (the common path pays nothing).
-    fn wants_delivered(
-        &self,
-        domain: &str,
-        mtype: MessageType,
-        stanza: &Element,
-    ) -> Option<Element> {
-        if !matches!(
+    /// Whether some module listens to [`MessageDelivered`] for a chat/normal/error message
+    /// (the common path pays nothing otherwise).
+    fn wants_delivered(&self, domain: &str, mtype: MessageType) -> bool {
+        matches!(
             mtype,
             MessageType::Normal | MessageType::Chat | MessageType::Error
-        ) {
-            return None;
-        }
-        let host = self.hosts.get(domain)?;
-        host.hooks()
-            .has_handlers::<MessageDelivered>()
-            .then(|| stanza.clone())
+        ) && self
+            .hosts
+            .get(domain)
+            .is_some_and(|h| h.hooks().has_handlers::<MessageDelivered>())
     }
 
-    async fn delivered(self: &Arc<Self>, to: BareJid, stanza: Element, delivered_to: Vec<u64>) {
+    async fn delivered(
+        self: &Arc<Self>,
+        to: BareJid,
+        from: Option<Jid>,
+        stanza: SharedStanza,
+        delivered_to: Vec<u64>,
+        sessions: Vec<Arc<SessionHandle>>,
+    ) {
         if let Some(host) = self.hosts.get(to.domain().as_str()).cloned() {
             host.hooks()
                 .run(
                     self,
                     MessageDelivered {
                         to,
+                        from,
                         stanza,
                         delivered_to,
+                        sessions,
                     },
                 )
                 .await;
@@ -621,18 +863,23 @@ impl Server {
     /// resources, else the [`UndeliverableMessage`] hook (offline storage). The filters already
     /// ran when it was first delivered, so they do not run again; the ended session must
     /// already be unbound so it cannot get the message back.
-    pub async fn redeliver_message(self: &Arc<Self>, stanza: Element) {
-        let mtype = MessageType::of(&stanza);
+    pub async fn redeliver_message(self: &Arc<Self>, stanza: SharedStanza) {
+        let Ok(stanza) = Stanza::parse(stanza.into_element()) else {
+            return;
+        };
+        let mtype = stanza.message_type().unwrap_or(MessageType::Normal);
         if !matches!(mtype, MessageType::Normal | MessageType::Chat) {
             return;
         }
-        let Some(Ok(to)) = stanza.attr("to").map(parse_jid) else {
+        let Some(to) = stanza.to() else {
             return;
         };
         if to.node().is_none() || !self.serves(to.domain().as_str()) {
             return;
         }
-        self.message_to_bare(to.to_bare(), mtype, stanza).await;
+        let bare = to.to_bare();
+        let sessions = self.sessions.resources(&bare);
+        self.message_to_bare(bare, mtype, stanza, sessions).await;
     }
 
     // ---- Presence (RFC 6121 §4, §8.5) -------------------------------------------------------
@@ -663,16 +910,10 @@ impl Server {
             .await;
     }
 
-    async fn route_presence(self: &Arc<Self>, to: Jid, stanza: Element) {
-        let Some(ptype) = PresenceType::of(&stanza) else {
-            return self.bounce(&stanza, StanzaError::bad_request("unknown presence type"));
+    async fn presence_to_host(self: &Arc<Self>, host: &Host, to: Jid, stanza: Stanza) {
+        let Some(ptype) = stanza.presence_type() else {
+            return;
         };
-        if !self.serves(to.domain().as_str()) {
-            return self.bounce(
-                &stanza,
-                StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
-            );
-        }
         if to.node().is_none() {
             return;
         }
@@ -686,26 +927,29 @@ impl Server {
         };
         let event = Arc::new(InboundPresence {
             to: to.clone(),
-            stanza,
+            stanza: stanza.into_element(),
         });
-        if let Some(host) = self.hosts.get(bare.domain().as_str()) {
-            if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
-                return;
-            }
+        if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
+            return;
         }
         if !matches!(ptype, PresenceType::Available | PresenceType::Unavailable) {
             return; // Subscriptions and probes are for a roster module to act on.
         }
+        let stanza = SharedStanza::from(
+            Arc::try_unwrap(event)
+                .map(|e| e.stanza)
+                .unwrap_or_else(|e| e.stanza.clone()),
+        );
         match to.try_as_full() {
             Ok(full) => {
                 if let Some(s) = self.sessions.get(full) {
-                    let _ = s.deliver(event.stanza.clone());
+                    let _ = s.deliver(stanza);
                 }
             }
             Err(_) => {
                 for s in self.sessions.resources(&bare) {
                     if s.priority().is_some() {
-                        let _ = s.deliver(event.stanza.clone());
+                        let _ = s.deliver(stanza.clone());
                     }
                 }
             }

@@ -3,8 +3,7 @@
 //! that does not drain it is disconnected instead of letting memory grow.
 
 use parking_lot::{Mutex, RwLock};
-use rookery_stanza::{BareJid, FullJid, StreamErrorCondition};
-use rookery_xml::Element;
+use rookery_stanza::{BareJid, FullJid, SharedStanza, StreamErrorCondition};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI16, AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +24,10 @@ pub enum DeliveryError {
 
 /// A stanza queued for a session, with an optional receipt resolved once the stanza has been
 /// written to the client's connection and flushed (used by features that must not drop
-/// their copy of a stanza before that, such as offline storage).
+/// their copy of a stanza before that, such as offline storage). The stanza is shared with
+/// every other session that gets it and serialised once for all of them.
 pub struct Outgoing {
-    pub stanza: Element,
+    pub stanza: SharedStanza,
     pub written: Option<oneshot::Sender<()>>,
 }
 
@@ -78,19 +78,22 @@ impl SessionHandle {
         &self.jid
     }
     /// Queues a stanza for this session without waiting.
-    pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
+    pub fn deliver(&self, stanza: impl Into<SharedStanza>) -> Result<(), DeliveryError> {
         self.enqueue(Outgoing {
-            stanza,
+            stanza: stanza.into(),
             written: None,
         })
     }
 
     /// Queues a stanza and returns a receipt that resolves when it has been written and
     /// flushed to the connection (and errs if the session ends first).
-    pub fn deliver_tracked(&self, stanza: Element) -> Result<oneshot::Receiver<()>, DeliveryError> {
+    pub fn deliver_tracked(
+        &self,
+        stanza: impl Into<SharedStanza>,
+    ) -> Result<oneshot::Receiver<()>, DeliveryError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Outgoing {
-            stanza,
+            stanza: stanza.into(),
             written: Some(tx),
         })?;
         Ok(rx)
@@ -242,6 +245,7 @@ impl SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rookery_xml::Element;
 
     fn jid(s: &str) -> FullJid {
         FullJid::new(s).expect("valid")

@@ -284,7 +284,7 @@ async fn filter_delivery(
     state: &State,
     d: LocalDelivery,
 ) -> Option<LocalDelivery> {
-    let Some(from) = d.stanza.attr("from").and_then(|f| Jid::new(f).ok()) else {
+    let Some(from) = d.stanza.from().cloned() else {
         return Some(d);
     };
     let recipient = d.to.to_bare();
@@ -301,7 +301,7 @@ async fn filter_delivery(
     if inbound {
         // §3.3: messages get an error, IQ requests are answered by the core, presence and
         // everything else is dropped without a word.
-        if StanzaKind::of(&d.stanza) == Some(StanzaKind::Message) {
+        if d.stanza.kind() == StanzaKind::Message {
             server.bounce(&d.stanza, StanzaError::service_unavailable());
         }
         return None;
@@ -339,7 +339,7 @@ async fn filter_outbound(
     state: &State,
     c: ClientStanza,
 ) -> Option<ClientStanza> {
-    let Some(to) = c.stanza.attr("to") else {
+    let Some(to) = c.stanza.to() else {
         return Some(c);
     };
     let user = c.from.to_bare();
@@ -357,11 +357,7 @@ async fn filter_outbound(
     if list.is_empty() {
         return Some(c);
     }
-    // A malformed `to` is the router's to refuse.
-    let Ok(to) = Jid::new(to) else {
-        return Some(c);
-    };
-    if (to.node().is_some() && to.to_bare() == user) || !list.blocks(&to) {
+    if (to.node().is_some() && to.to_bare() == user) || !list.blocks(to) {
         return Some(c);
     }
     server.bounce(&c.stanza, blocked_error());
@@ -378,7 +374,7 @@ async fn handle(state: &State, req: IqRequest) -> IqResult {
     }
     match (req.iq_type, req.payload.name()) {
         (IqType::Get, "blocklist") => {
-            if let Some(session) = req.server.sessions().get(&req.from) {
+            if let Some(session) = req.session() {
                 session
                     .extension_or_insert_with(Interested::default)
                     .0

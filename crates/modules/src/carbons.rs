@@ -36,10 +36,13 @@ use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server,
     SessionHandle, Spec,
 };
-use rookery_stanza::{ns, BareJid, FullJid, Jid, MessageType, StanzaError, StanzaErrorCondition};
+use rookery_stanza::{
+    ns, BareJid, FullJid, Jid, MessageType, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
+};
 use rookery_xml::Element;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub const NS: &str = "urn:xmpp:carbons:2";
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
@@ -125,13 +128,21 @@ impl Module for Carbons {
             sent_copies(&server, &c.from, &c.stanza);
             Some(c)
         });
-        host.hook::<MessageDelivered, _, _>(0, |server, ev| async move {
-            received_copies(&server, &ev.to, &ev.stanza, &ev.delivered_to);
+        host.hook::<MessageDelivered, _, _>(0, |_server, ev| async move {
+            received_copies(
+                &ev.sessions,
+                &ev.to,
+                ev.from.as_ref(),
+                &ev.stanza,
+                &ev.delivered_to,
+            );
             Flow::Continue
         });
         // Before offline storage (priority 0), which stops the event.
         host.hook::<UndeliverableMessage, _, _>(20, |server, ev| async move {
-            received_copies(&server, &ev.to, &ev.stanza, &[]);
+            let from = ev.stanza.attr("from").and_then(|f| Jid::new(f).ok());
+            let sessions = server.sessions().resources(&ev.to);
+            received_copies(&sessions, &ev.to, from.as_ref(), &ev.stanza, &[]);
             Flow::Continue
         });
         Ok(())
@@ -150,11 +161,7 @@ async fn handle(req: IqRequest) -> IqResult {
         "disable" => false,
         _ => return Err(StanzaError::bad_request("expected <enable/> or <disable/>")),
     };
-    let session = req
-        .server
-        .sessions()
-        .get(&req.from)
-        .ok_or_else(StanzaError::service_unavailable)?;
+    let session = req.session().ok_or_else(StanzaError::service_unavailable)?;
     session
         .extension_or_insert_with(CarbonState::default)
         .enabled
@@ -215,45 +222,45 @@ fn enabled(s: &SessionHandle) -> bool {
     s.extension::<CarbonState>().is_some_and(|c| c.is_enabled())
 }
 
-fn bare_of(jid: Option<&str>) -> Option<BareJid> {
-    jid.and_then(|j| Jid::new(j).ok()).map(|j| j.to_bare())
-}
-
 /// §8: copies of what `from` sent to its other carbon-enabled resources.
-fn sent_copies(server: &Server, from: &FullJid, stanza: &Element) {
-    if stanza.name() != "message" {
+fn sent_copies(server: &Server, from: &FullJid, stanza: &Stanza) {
+    if stanza.kind() != StanzaKind::Message {
         return;
     }
     let account = from.to_bare();
     // No 'to' means the account itself (RFC 6120 §10.3.1): nothing to copy.
-    let Some(peer) = bare_of(stanza.attr("to")) else {
+    let Some(peer) = stanza.to().map(Jid::to_bare) else {
         return;
     };
     if peer == account {
         return;
     }
-    let Some(sender) = server.sessions().get(from) else {
+    let is_error = stanza.message_type() == Some(MessageType::Error);
+    if !is_error && !eligible(stanza, Direction::Sent) {
+        return;
+    }
+    // One registry look-up: the sender is among the account's sessions.
+    let resources = server.sessions().resources(&account);
+    let Some(sender) = resources.iter().find(|s| s.jid() == from) else {
         return;
     };
-    let id = stanza.attr("id");
-    let ok = if MessageType::of(stanza) == MessageType::Error {
-        // An error the client sends back about a message it got as a copied exchange.
-        id.zip(sender.extension::<CarbonState>())
+    let id = stanza.id();
+    // An error the client sends back about a message it got as a copied exchange.
+    if is_error
+        && !id
+            .zip(sender.extension::<CarbonState>())
             .is_some_and(|(id, st)| st.knows(peer.as_str(), id))
-    } else {
-        eligible(stanza, Direction::Sent)
-    };
-    if !ok {
+    {
         return;
     }
     let mut copied = false;
-    for s in server.sessions().resources(&account) {
-        if s.id() != sender.id() && enabled(&s) {
+    for s in &resources {
+        if s.id() != sender.id() && enabled(s) {
             let _ = s.deliver(wrap("sent", &account, s.jid(), stanza));
             copied = true;
         }
     }
-    if let (true, Some(id), false) = (copied, id, MessageType::of(stanza) == MessageType::Error) {
+    if let (true, Some(id), false) = (copied, id, is_error) {
         sender
             .extension_or_insert_with(CarbonState::default)
             .remember(peer.as_str(), id);
@@ -262,14 +269,19 @@ fn sent_copies(server: &Server, from: &FullJid, stanza: &Element) {
 
 /// §7: copies of what the account received to its carbon-enabled resources that did not
 /// get the message (`delivered_to`).
-fn received_copies(server: &Server, account: &BareJid, stanza: &Element, delivered_to: &[u64]) {
-    let Some(peer) = bare_of(stanza.attr("from")) else {
+fn received_copies(
+    resources: &[Arc<SessionHandle>],
+    account: &BareJid,
+    from: Option<&Jid>,
+    stanza: &Element,
+    delivered_to: &[u64],
+) {
+    let Some(peer) = from.map(Jid::to_bare) else {
         return;
     };
     if peer == *account {
         return;
     }
-    let resources = server.sessions().resources(account);
     let id = stanza.attr("id");
     let is_error = MessageType::of(stanza) == MessageType::Error;
     let ok = if is_error {
@@ -288,7 +300,7 @@ fn received_copies(server: &Server, account: &BareJid, stanza: &Element, deliver
         return;
     }
     let mut copied = false;
-    for s in &resources {
+    for s in resources {
         if !delivered_to.contains(&s.id()) && enabled(s) {
             let _ = s.deliver(wrap("received", account, s.jid(), stanza));
             copied = true;

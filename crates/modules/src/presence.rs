@@ -8,7 +8,7 @@ use crate::roster::subscription::{Kind, State};
 use parking_lot::Mutex;
 use rookery_core::events::{InboundPresence, OutboundPresence, PresenceBroadcast, SessionClosed};
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
-use rookery_stanza::{BareJid, Jid, StanzaError, StanzaErrorCondition};
+use rookery_stanza::{BareJid, Jid};
 use rookery_storage::{RosterItem, Subscription};
 use rookery_xml::Element;
 use std::collections::HashSet;
@@ -249,13 +249,10 @@ async fn outbound(server: &Arc<Server>, ev: &OutboundPresence) -> Flow {
     if contact == user {
         return Flow::Stop;
     }
-    if !server.serves(contact.domain().as_str()) {
-        // No federation yet: the request can't reach the contact, so the roster must not
-        // show it as pending (RFC 6120 §10.4).
-        server.bounce(
-            &ev.stanza,
-            StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
-        );
+    if let Err(e) = server.check_route(contact.domain().as_str()) {
+        // The request can't reach the contact, so the roster must not show it as pending
+        // (RFC 6120 §10.4).
+        server.bounce(&ev.stanza, e);
         return Flow::Stop;
     }
     let contact_s = contact.to_string();

@@ -278,15 +278,14 @@ fn service_jid(payload: &Element) -> Result<Jid, StanzaError> {
 }
 
 /// Whether notifications could reach a push service at `jid` today; refused at enable time
-/// rather than stored and disabled by the first notification's error. There is no
-/// federation and no local PubSub service yet: only a client of this server (a full JID)
-/// can receive the publish. Widen this when either exists.
+/// rather than stored and disabled by the first notification's error. The router says
+/// whether the domain has a route (a service domain, a component, a remote server); on a
+/// host of this server only a client (a full JID) can receive the publish.
 fn reachable(server: &Server, jid: &Jid) -> Result<(), StanzaError> {
-    if !server.serves(jid.domain().as_str()) {
-        return Err(StanzaError::new(StanzaErrorCondition::RemoteServerNotFound)
-            .with_text("push services on other servers can't be reached yet"));
-    }
-    if jid.resource().is_none() {
+    server
+        .check_route(jid.domain().as_str())
+        .map_err(|e| e.with_text("push services on other servers can't be reached yet"))?;
+    if server.serves(jid.domain().as_str()) && jid.resource().is_none() {
         return Err(StanzaError::service_unavailable()
             .with_text("no push service at this address: only a client's full JID"));
     }
@@ -357,7 +356,7 @@ async fn handle(state: &State, req: IqRequest) -> IqResult {
                 .set_data(domain, user, STORE, &k, Some(&xml), MAX_REGISTRATION_BYTES)
                 .await
                 .map_err(internal)?;
-            if let Some(session) = server.sessions().get(&req.from) {
+            if let Some(session) = req.session() {
                 let here = session.extension_or_insert_with(EnabledHere::default);
                 let mut keys = here.0.lock();
                 if !keys.contains(&k) {

@@ -34,10 +34,16 @@ async fn ask(server: &Arc<Server>, xml: &str) -> Element {
     server.sessions().bind(handle.clone());
     let el = server
         .stamp_from_client(&jid, parse_element(xml).expect("xml"))
-        .expect("stamp");
+        .expect("stamp")
+        .expect("routable");
     server.route_from_client(&jid, el).await;
     server.sessions().unbind(&handle);
-    inbox.stanzas.try_recv().expect("one answer").stanza
+    inbox
+        .stanzas
+        .try_recv()
+        .expect("one answer")
+        .stanza
+        .into_element()
 }
 
 fn iq(payload: &str) -> String {

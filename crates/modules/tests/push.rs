@@ -353,7 +353,11 @@ async fn held_message_notifies_the_registrations_of_that_session() {
     assert_result(&desk.ask(&enable_xml("e2", "desk-node", ""), "e2").await);
     svc.drain();
     let host = s.host(D).expect("host").clone();
-    let held = |xml: &str| rookery_xml::parse_element(&add_client_ns(xml)).expect("xml");
+    let held = |xml: &str| -> rookery_stanza::SharedStanza {
+        rookery_xml::parse_element(&add_client_ns(xml))
+            .expect("xml")
+            .into()
+    };
 
     // Held for the phone's session: only the phone's registration is notified.
     host.hooks()

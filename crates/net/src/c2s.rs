@@ -1330,10 +1330,15 @@ impl Connection {
         let Some(jid) = self.session.as_ref().map(|h| h.jid().clone()) else {
             return Err(Close::err(StreamErrorCondition::InternalServerError));
         };
-        let stanza = self
+        let Some(stanza) = self
             .server()
             .stamp_from_client(&jid, el)
-            .map_err(Close::err)?;
+            .map_err(Close::err)?
+        else {
+            // Answered already (a malformed 'to').
+            self.count_handled();
+            return Ok(());
+        };
         if stanza.name() == "iq" && stanza.attr("to").is_none() {
             let is_set = IqType::of(&stanza) == Some(IqType::Set);
             if is_set && stanza.has_child("session", ns::SESSION) {

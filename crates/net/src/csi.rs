@@ -172,7 +172,7 @@ mod tests {
 
     fn out(el: Element) -> Box<Outgoing> {
         Box::new(Outgoing {
-            stanza: el,
+            stanza: el.into(),
             written: None,
         })
     }

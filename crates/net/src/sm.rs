@@ -15,8 +15,7 @@ use parking_lot::Mutex;
 use rookery_core::counters::{self, Counter};
 use rookery_core::events::{HeldMessage, SessionClosed};
 use rookery_core::{Host, Outgoing, Server, SessionHandle, SessionInbox};
-use rookery_stanza::{BareJid, IqType, StanzaError};
-use rookery_xml::Element;
+use rookery_stanza::{BareJid, IqType, SharedStanza, StanzaError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +29,7 @@ const EXPIRED_REMEMBERED: usize = 10_000;
 
 /// A stanza written to the client and not yet acknowledged.
 pub struct Unacked {
-    pub stanza: Element,
+    pub stanza: SharedStanza,
     /// The sender's receipt (e.g. offline storage): resolved when the client acknowledges
     /// the stanza, dropped (so the sender keeps its copy) if the session ends first.
     pub written: Option<oneshot::Sender<()>>,
@@ -86,9 +85,12 @@ impl StreamState {
     }
 
     /// Records a stanza written to the client.
-    pub fn sent(&mut self, stanza: Element, written: Option<oneshot::Sender<()>>) {
+    pub fn sent(&mut self, stanza: impl Into<SharedStanza>, written: Option<oneshot::Sender<()>>) {
         self.sent = self.sent.wrapping_add(1);
-        self.unacked.push_back(Unacked { stanza, written });
+        self.unacked.push_back(Unacked {
+            stanza: stanza.into(),
+            written,
+        });
     }
 
     /// Whether to send an `<r/>` now (one outstanding at a time, only with something to
@@ -127,7 +129,7 @@ impl StreamState {
 
     /// The stanzas still unacknowledged, oldest first, to write again after resumption.
     /// They stay in the queue: the client counts them again as it receives them.
-    pub fn unacked(&self) -> impl Iterator<Item = &Element> {
+    pub fn unacked(&self) -> impl Iterator<Item = &SharedStanza> {
         self.unacked.iter().map(|u| &u.stanza)
     }
 
@@ -340,7 +342,7 @@ pub async fn end_session(
 ) {
     let was_available = handle.priority().is_some();
     let unbound = server.sessions().unbind(handle);
-    let mut pending: Vec<(Element, bool)> = Vec::new();
+    let mut pending: Vec<(SharedStanza, bool)> = Vec::new();
     if let Some(state) = state {
         if let Some(id) = &state.id {
             resumptions.ended(id, state.inbound());
@@ -385,6 +387,7 @@ pub async fn end_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rookery_xml::Element;
 
     fn msg(n: u32) -> Element {
         Element::new("message", "jabber:client").with_attr("id", n.to_string())

@@ -6,10 +6,12 @@
 
 pub mod error;
 pub mod ns;
+pub mod stanza;
 
 pub use error::{ErrorType, StanzaError, StanzaErrorCondition, StreamErrorCondition};
 pub use jid::{BareJid, FullJid, Jid};
 use rookery_xml::Element;
+pub use stanza::{HeaderError, Rejected, SharedStanza, Stanza, StanzaType, CONTENT_NAMESPACES};
 
 /// The three stanza kinds of RFC 6120 §8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,9 +22,11 @@ pub enum StanzaKind {
 }
 
 impl StanzaKind {
-    /// The kind of a top-level element in the `jabber:client` namespace, if it is a stanza.
+    /// The kind of a top-level element, if it is a stanza: `<message/>`, `<presence/>` or
+    /// `<iq/>` in any content namespace (which one a stream accepts is the transport's
+    /// business, see [`Stanza::from_stream`]).
     pub fn of(el: &Element) -> Option<Self> {
-        if el.ns() != ns::CLIENT {
+        if !stanza::CONTENT_NAMESPACES.contains(&el.ns()) {
             return None;
         }
         match el.name() {

@@ -2,6 +2,8 @@
 
 pub const CLIENT: &str = "jabber:client";
 pub const SERVER: &str = "jabber:server";
+/// XEP-0114: the content namespace of external component streams.
+pub const COMPONENT: &str = "jabber:component:accept";
 pub const STREAMS: &str = "http://etherx.jabber.org/streams";
 pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";

@@ -47,7 +47,13 @@ fn iq_result_copies_id() {
 #[test]
 fn stanza_kinds_and_types() {
     assert_eq!(StanzaKind::of(&msg()), Some(StanzaKind::Message));
-    assert_eq!(StanzaKind::of(&Element::new("message", ns::SERVER)), None);
+    // The kind does not depend on the content namespace; which one a stream takes is the
+    // transport's business.
+    assert_eq!(
+        StanzaKind::of(&Element::new("message", ns::SERVER)),
+        Some(StanzaKind::Message)
+    );
+    assert_eq!(StanzaKind::of(&Element::new("message", "urn:other")), None);
     assert_eq!(MessageType::of(&msg()), MessageType::Chat);
     let p = Element::new("presence", ns::CLIENT).with_attr("type", "bogus");
     assert_eq!(PresenceType::of(&p), None);
@@ -98,4 +104,89 @@ fn jid_with_square_iu_is_refused_where_identities_are_made() {
     assert!(is_stable(
         &parse_jid("alice@example.org/phone").expect("plain")
     ));
+}
+
+#[test]
+fn a_stanza_carries_its_parsed_header() {
+    let s = Stanza::parse(msg()).expect("stanza");
+    assert_eq!(s.kind(), StanzaKind::Message);
+    assert_eq!(s.message_type(), Some(MessageType::Chat));
+    assert_eq!(s.id(), Some("m1"));
+    assert_eq!(s.to().map(|j| j.as_str()), Some("b@example.org"));
+    assert_eq!(s.from().map(|j| j.as_str()), Some("a@example.org/r"));
+    let mut s = s;
+    s.set_to(Jid::new("c@example.org/x").expect("jid"));
+    assert_eq!(
+        s.attr("to"),
+        Some("c@example.org/x"),
+        "attribute follows the header"
+    );
+    let bad = msg().with_attr("to", "@@");
+    let rejected = Stanza::parse(bad).expect_err("malformed to");
+    assert_eq!(rejected.reason, HeaderError::MalformedTo);
+    assert_eq!(
+        rejected.element.name(),
+        "message",
+        "the element is given back"
+    );
+}
+
+#[test]
+fn the_content_namespace_is_mapped_at_the_edge_and_on_output() {
+    let server_ns = Element::new("message", ns::SERVER)
+        .with_attr("to", "b@example.org")
+        .with_attr("from", "x@remote.example")
+        .with_child(Element::new("body", ns::SERVER).with_text("hi"))
+        .with_child(
+            Element::new("forwarded", "urn:xmpp:forward:0")
+                .with_child(Element::new("message", ns::CLIENT)),
+        );
+    let s = Stanza::from_stream(server_ns, ns::SERVER).expect("stanza");
+    assert_eq!(s.ns(), ns::CLIENT);
+    assert!(s.has_child("body", ns::CLIENT));
+    // A jabber:client stream refuses a jabber:server stanza, and names the namespaces.
+    let err = Stanza::from_stream(Element::new("iq", ns::SERVER), ns::CLIENT).expect_err("ns");
+    assert!(matches!(err.reason, HeaderError::WrongNamespace { .. }));
+    let err = Stanza::from_stream(Element::new("foo", ns::CLIENT), ns::CLIENT).expect_err("kind");
+    assert_eq!(err.reason, HeaderError::NotAStanza);
+
+    // The same bytes go out on any stream: the server's namespace is the stream's default.
+    let shared = SharedStanza::from(s);
+    let mut on_client = Vec::new();
+    let mut on_server = Vec::new();
+    shared.write_to(&mut on_client, ns::CLIENT);
+    shared.write_to(&mut on_server, ns::SERVER);
+    assert_eq!(on_client, on_server);
+    let text = String::from_utf8(on_client).expect("utf-8");
+    assert!(text.starts_with("<message to="), "{text}");
+    assert!(text.contains("<body>hi</body>"), "{text}");
+    assert!(
+        text.contains("<message xmlns=\"jabber:client\"/>"),
+        "a forwarded stanza keeps its namespace: {text}"
+    );
+}
+
+#[test]
+fn a_shared_stanza_is_serialised_once_for_all_its_recipients() {
+    let one = SharedStanza::from(msg());
+    let mut out = Vec::new();
+    one.write_to(&mut out, ns::CLIENT);
+    assert!(
+        !one.is_serialised(),
+        "a stanza nobody else holds is written directly"
+    );
+
+    let many = SharedStanza::from(msg());
+    let copies: Vec<SharedStanza> = (0..3).map(|_| many.clone()).collect();
+    let mut first = Vec::new();
+    copies[0].write_to(&mut first, ns::CLIENT);
+    assert!(many.is_serialised());
+    for c in &copies[1..] {
+        let mut again = Vec::new();
+        c.write_to(&mut again, ns::CLIENT);
+        assert_eq!(again, first);
+    }
+    assert_eq!(first, out);
+    drop(copies);
+    assert_eq!(many.into_element(), msg());
 }

@@ -33,6 +33,16 @@ impl TestServer {
 
     /// Like [`start`](Self::start), with `host_extra` added to the `localhost` host table.
     pub async fn start_with_host(extra: &str, host_extra: &str) -> TestServer {
+        Self::start_with_registry(extra, host_extra, &rookery_modules::registry()).await
+    }
+
+    /// Like [`start_with_host`](Self::start_with_host), with these modules instead of the
+    /// build's (a test adds its own modules to `rookery_modules::registry()`).
+    pub async fn start_with_registry(
+        extra: &str,
+        host_extra: &str,
+        registry: &rookery_core::ModuleRegistry,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
             "data_dir = 'data'\n{extra}\n\
@@ -51,8 +61,7 @@ impl TestServer {
             .next()
             .expect("one cert")
             .expect("pem");
-        let server =
-            Server::new(config, db.storage(), &rookery_modules::registry()).expect("server");
+        let server = Server::new(config, db.storage(), registry).expect("server");
         let listeners = rookery_net::bind_all(&server).await.expect("bind");
         let addr = |k| {
             listeners

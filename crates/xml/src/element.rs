@@ -245,6 +245,21 @@ impl Element {
         Some(removed)
     }
 
+    /// Moves this element and every descendant in namespace `from` to namespace `to`
+    /// (elements in other namespaces, and their subtrees' other elements, are left alone).
+    ///
+    /// This is how a stream's content namespace is mapped at the edge: a stanza read from a
+    /// `jabber:server` stream has its `jabber:server` elements (the stanza, `<body/>`,
+    /// `<error/>`...) moved to the namespace the rest of the program uses.
+    pub fn rename_ns(&mut self, from: &str, to: &str) {
+        if self.ns.as_str() == from {
+            self.ns = Ns::from_string(to.to_owned());
+        }
+        for child in self.children_mut() {
+            child.rename_ns(from, to);
+        }
+    }
+
     /// Concatenation of the direct text children.
     pub fn text(&self) -> String {
         let mut out = String::new();

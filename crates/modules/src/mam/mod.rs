@@ -348,19 +348,17 @@ async fn outbound(server: &Server, mut c: ClientStanza) -> ClientStanza {
     if c.stanza.name() != "message" {
         return c;
     }
-    strip_local_stanza_ids(server, &mut c.stanza);
+    strip_local_stanza_ids(server, c.stanza.element_mut());
     if !archivable(&c.stanza) {
         return c;
     }
     let owner = c.from.to_bare();
-    let to = match c.stanza.attr("to").map(Jid::new) {
-        Some(Ok(to)) => to,
-        // No 'to' is the sender's own account (archived when delivered); a bad one is
-        // refused by the core.
-        _ => return c,
+    // No 'to' is the sender's own account (archived when delivered).
+    let Some(to) = c.stanza.to() else {
+        return c;
     };
     if to.to_bare() != owner {
-        archive(server, &owner, &to, &c.stanza).await;
+        archive(server, &owner, to, &c.stanza).await;
     }
     c
 }
@@ -371,16 +369,16 @@ async fn inbound(server: &Server, mut d: LocalDelivery) -> LocalDelivery {
     if d.stanza.name() != "message" {
         return d;
     }
-    strip_local_stanza_ids(server, &mut d.stanza);
+    strip_local_stanza_ids(server, d.stanza.element_mut());
     if !archivable(&d.stanza) {
         return d;
     }
-    let Some(Ok(from)) = d.stanza.attr("from").map(Jid::new) else {
+    let Some(from) = d.stanza.from() else {
         return d;
     };
     let owner = d.to.to_bare();
-    if let Some(id) = archive(server, &owner, &from, &d.stanza).await {
-        d.stanza.push_child(
+    if let Some(id) = archive(server, &owner, from, &d.stanza).await {
+        d.stanza.element_mut().push_child(
             Element::new("stanza-id", NS_SID)
                 .with_attr("by", owner.to_string())
                 .with_attr("id", id),

@@ -277,11 +277,7 @@ pub async fn run(req: &IqRequest) -> Result<Element, StanzaError> {
             return Err(StanzaError::new(StanzaErrorCondition::InternalServerError));
         }
     };
-    let session = req
-        .server
-        .sessions()
-        .get(&req.from)
-        .ok_or_else(StanzaError::service_unavailable)?;
+    let session = req.session().ok_or_else(StanzaError::service_unavailable)?;
     let order: Box<dyn Iterator<Item = &ArchiveEntry>> = if parsed.flip_page {
         Box::new(page.entries.iter().rev())
     } else {

@@ -178,7 +178,7 @@ async fn get(req: &IqRequest, user: &BareJid) -> IqResult {
     if req.payload.children().next().is_some() {
         return Err(StanzaError::bad_request("a roster get carries no items"));
     }
-    if let Some(session) = req.server.sessions().get(&req.from) {
+    if let Some(session) = req.session() {
         session
             .extension_or_insert_with(Interested::default)
             .0
