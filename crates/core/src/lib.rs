@@ -23,7 +23,7 @@ pub mod server;
 pub mod sessions;
 
 pub use config::Config;
-pub use hooks::Flow;
+pub use hooks::{Flow, Order, Phase};
 pub use host::Host;
 pub use iq::{iq_fn, IqHandler, IqRequest, IqResult, IqScope};
 pub use module::{HostBuilder, Module, ModuleError, ModuleRegistry, Spec};

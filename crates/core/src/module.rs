@@ -3,7 +3,7 @@
 //! Prosody's `mod_*` and ejabberd's `gen_mod` work. The core only knows the contract.
 
 use crate::config::Config;
-use crate::hooks::{Flow, Hooks};
+use crate::hooks::{Flow, Hooks, Order, OrderError};
 use crate::host::{Host, Identity};
 use crate::iq::{IqHandler, IqScope};
 use crate::server::Server;
@@ -37,6 +37,8 @@ pub enum ModuleError {
         module: &'static str,
         dependency: &'static str,
     },
+    #[error("host {host}: {error}")]
+    HookOrder { host: String, error: OrderError },
     #[error("module '{module}': {message}")]
     Init {
         module: &'static str,
@@ -162,6 +164,12 @@ impl ModuleRegistry {
             b.current = m.name;
             (m.init)(&mut b)?;
         }
+        b.hooks
+            .resolve(&|name| self.get(name).is_some())
+            .map_err(|error| ModuleError::HookOrder {
+                host: domain.to_owned(),
+                error,
+            })?;
         Ok(Host {
             domain: domain.to_owned(),
             modules: chosen.iter().map(|m| m.name).collect(),
@@ -252,22 +260,23 @@ impl HostBuilder<'_> {
     pub fn add_bind_inline_feature(&mut self, var: &str) {
         self.bind_inline_features.push(var.to_owned());
     }
-    /// Observes an event; higher priorities run first, and a handler may stop the event.
-    pub fn hook<E, F, Fut>(&mut self, priority: i32, handler: F)
+    /// Observes an event, at the place in its chain `order` declares; a handler may stop the
+    /// event. The order is checked when the host is built.
+    pub fn hook<E, F, Fut>(&mut self, order: Order, handler: F)
     where
         E: Send + Sync + 'static,
         F: Fn(Arc<Server>, Arc<E>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Flow> + Send + 'static,
     {
-        self.hooks.add_handler(priority, handler);
+        self.hooks.add_handler(self.current, order, handler);
     }
-    /// Transforms or drops a value; higher priorities run first.
-    pub fn filter<E, F, Fut>(&mut self, priority: i32, filter: F)
+    /// Transforms or drops a value, at the place in its chain `order` declares.
+    pub fn filter<E, F, Fut>(&mut self, order: Order, filter: F)
     where
         E: Send + 'static,
         F: Fn(Arc<Server>, E) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<E>> + Send + 'static,
     {
-        self.hooks.add_filter(priority, filter);
+        self.hooks.add_filter(self.current, order, filter);
     }
 }

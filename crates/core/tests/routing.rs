@@ -3,6 +3,7 @@
 
 use parking_lot::Mutex;
 use rookery_core::events::{ClientStanza, LocalDelivery, UndeliverableMessage};
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, Config, Flow, HostBuilder, IqRequest, IqScope, Module, ModuleError, ModuleRegistry,
     Server, SessionHandle, SessionInbox,
@@ -31,13 +32,13 @@ impl Module for Echo {
                 Ok(Some(req.payload))
             }),
         )?;
-        host.filter::<ClientStanza, _, _>(0, |_, s| async move {
+        host.filter::<ClientStanza, _, _>(Order::normal(), |_, s| async move {
             (s.stanza.attr("id") != Some("drop-me")).then_some(s)
         });
-        host.filter::<LocalDelivery, _, _>(0, |_, d| async move {
+        host.filter::<LocalDelivery, _, _>(Order::normal(), |_, d| async move {
             (d.stanza.attr("id") != Some("blocked")).then_some(d)
         });
-        host.hook::<UndeliverableMessage, _, _>(0, |_, m| async move {
+        host.hook::<UndeliverableMessage, _, _>(Order::normal(), |_, m| async move {
             let body = m
                 .stanza
                 .get_child("body", "jabber:client")

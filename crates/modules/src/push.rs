@@ -33,6 +33,7 @@
 
 use parking_lot::Mutex;
 use rookery_core::events::{HeldMessage, SessionBound, UndeliverableMessage};
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqRequestError, IqResult, IqScope, Module, ModuleError,
     Server, Spec,
@@ -150,26 +151,29 @@ impl Module for Push {
                 async move { handle(&s, req).await }
             }),
         )?;
-        // Before offline storage (priority 0), which stops the event.
+        // Before offline storage, which stops the event; after the carbons module's copies.
         let s = state.clone();
-        host.hook::<UndeliverableMessage, _, _>(10, move |server, ev| {
-            let s = s.clone();
-            async move {
-                if worth_waking(&ev.stanza) {
-                    match load(&server, &ev.to).await {
-                        Ok(regs) => {
-                            for r in regs {
-                                s.notify(&server, &ev.to, r.key(), &ev.stanza);
+        host.hook::<UndeliverableMessage, _, _>(
+            Order::normal().before("offline").after("carbons"),
+            move |server, ev| {
+                let s = s.clone();
+                async move {
+                    if worth_waking(&ev.stanza) {
+                        match load(&server, &ev.to).await {
+                            Ok(regs) => {
+                                for r in regs {
+                                    s.notify(&server, &ev.to, r.key(), &ev.stanza);
+                                }
                             }
+                            Err(e) => tracing::error!(error = %e, "push registrations unreadable"),
                         }
-                        Err(e) => tracing::error!(error = %e, "push registrations unreadable"),
                     }
+                    Flow::Continue
                 }
-                Flow::Continue
-            }
-        });
+            },
+        );
         let s = state.clone();
-        host.hook::<HeldMessage, _, _>(0, move |server, ev| {
+        host.hook::<HeldMessage, _, _>(Order::normal(), move |server, ev| {
             let s = s.clone();
             async move {
                 let Some(here) = ev.session.extension::<EnabledHere>() else {
@@ -193,7 +197,7 @@ impl Module for Push {
             }
         });
         // A client of the account is back: the count of unseen messages starts again.
-        host.hook::<SessionBound, _, _>(0, move |_server, ev| {
+        host.hook::<SessionBound, _, _>(Order::normal(), move |_server, ev| {
             state.reset(&ev.session.jid().to_bare());
             async { Flow::Continue }
         });

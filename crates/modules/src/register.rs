@@ -23,6 +23,7 @@
 //! advertised in the server's disco#info.
 
 use rookery_core::events::ClientStanza;
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
 };
@@ -54,7 +55,7 @@ impl Module for Register {
         host.add_feature(NS);
         host.iq_handler(NS, IqScope::Host, iq_fn(handle))?;
         host.iq_handler(NS, IqScope::Account, iq_fn(handle))?;
-        host.filter::<ClientStanza, _, _>(200, |server, c| async move {
+        host.filter::<ClientStanza, _, _>(Order::first(), |server, c| async move {
             intercept_remove(&server, c).await
         });
         Ok(())

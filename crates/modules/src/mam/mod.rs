@@ -28,6 +28,7 @@ pub mod prefs;
 pub mod query;
 
 use rookery_core::events::{Bind2Bound, ClientStanza, LocalDelivery, SessionBound};
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server,
     SessionHandle, Spec,
@@ -119,27 +120,29 @@ impl Module for Mam {
         }
         // XEP-0386 §2.2: the archive's state at the moment of a Bind 2 binding, so the client
         // knows what to fetch.
-        host.filter::<Bind2Bound, _, _>(0, |server, mut b| async move {
+        host.filter::<Bind2Bound, _, _>(Order::normal(), |server, mut b| async move {
             match query::metadata_of(&server, &b.session.jid().to_bare()).await {
                 Ok(m) => b.bound.push_child(m),
                 Err(e) => tracing::warn!(error = %e, "no archive metadata for Bind 2"),
             }
             Some(b)
         });
-        // Below the blocking module's filters (100): what it drops is not archived.
-        host.filter::<ClientStanza, _, _>(0, |server, c| async move {
-            Some(outbound(&server, c).await)
-        });
-        host.filter::<LocalDelivery, _, _>(0, |server, d| async move {
-            Some(inbound(&server, d).await)
-        });
-        host.hook::<SessionBound, _, _>(0, |server, ev| async move {
+        // After the blocking module's filters: what it drops is not archived.
+        host.filter::<ClientStanza, _, _>(
+            Order::normal().after("blocking"),
+            |server, c| async move { Some(outbound(&server, c).await) },
+        );
+        host.filter::<LocalDelivery, _, _>(
+            Order::normal().after("blocking"),
+            |server, d| async move { Some(inbound(&server, d).await) },
+        );
+        host.hook::<SessionBound, _, _>(Order::normal(), |server, ev| async move {
             cache_prefs(&server, &ev.session).await;
             Flow::Continue
         });
         if host.config().archive.retention_days > 0 {
             let started = Arc::new(AtomicBool::new(false));
-            host.hook::<SessionBound, _, _>(-100, move |server, _| {
+            host.hook::<SessionBound, _, _>(Order::last(), move |server, _| {
                 if !started.swap(true, Ordering::SeqCst) {
                     start_purge(server);
                 }
