@@ -9,7 +9,7 @@ use crate::events::{
 use crate::hooks::Flow;
 use crate::host::Host;
 use crate::iq::{IqRequest, IqScope};
-use crate::module::{ModuleError, ModuleRegistry};
+use crate::module::{ModuleError, ModuleRegistry, SharedState};
 use crate::requests::{IqRequestError, PendingIqs};
 use crate::sessions::SessionRegistry;
 use rookery_stanza::{
@@ -36,18 +36,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds every configured virtual host with its modules.
+    /// Builds every configured virtual host with its modules, then starts the modules'
+    /// background work (so it must run inside a Tokio runtime). A graceful stop cancels
+    /// [`shutdown_token`](Self::shutdown_token) and waits for [`tasks`](Self::tasks).
     pub fn new(
         config: Config,
         storage: Storage,
         registry: &ModuleRegistry,
     ) -> Result<Arc<Server>, ModuleError> {
         let mut hosts = HashMap::new();
+        let mut shared = SharedState::default();
         for h in &config.hosts {
-            let host = registry.build_host(&h.domain, h.modules.as_deref(), &config, &storage)?;
+            let host = registry.build_host_sharing(
+                &h.domain,
+                h.modules.as_deref(),
+                &config,
+                &storage,
+                &mut shared,
+            )?;
             hosts.insert(h.domain.clone(), Arc::new(host));
         }
-        Ok(Arc::new(Server {
+        let enabled: std::collections::BTreeSet<&str> = hosts
+            .values()
+            .flat_map(|h: &Arc<Host>| h.modules().iter().copied())
+            .collect();
+        let server = Arc::new(Server {
             config: Arc::new(config),
             hosts,
             sessions: SessionRegistry::default(),
@@ -56,7 +69,9 @@ impl Server {
             tasks: TaskTracker::new(),
             started: Instant::now(),
             pending_iqs: Arc::default(),
-        }))
+        });
+        registry.start(&server, &enabled);
+        Ok(server)
     }
 
     pub fn config(&self) -> &Config {

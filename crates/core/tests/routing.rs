@@ -90,6 +90,7 @@ async fn server_with(extra: &str) -> Arc<Server> {
         &format!("{extra}\n[[host]]\ndomain = 'example.org'\n"),
         std::path::Path::new("t.toml"),
         std::path::Path::new("."),
+        &registry(),
     )
     .expect("config");
     Server::new(cfg, storage, &registry()).expect("server")
@@ -468,7 +469,7 @@ async fn presence_priority_and_directed_presence() {
 fn module_registry_checks_names_and_dependencies() {
     let r = registry();
     let storage = Storage::memory();
-    let cfg = Config::load(None).expect("default config");
+    let cfg = Config::load(None, &registry()).expect("default config");
     let e = r
         .build_host("example.org", Some(&["bogus".to_string()]), &cfg, &storage)
         .err()
@@ -511,7 +512,7 @@ fn a_namespace_has_one_handler() {
     }
     let mut r = ModuleRegistry::new();
     r.register::<Twice>();
-    let cfg = Config::load(None).expect("default config");
+    let cfg = Config::load(None, &registry()).expect("default config");
     assert!(r.build_host("x", None, &cfg, &Storage::memory()).is_err());
 }
 

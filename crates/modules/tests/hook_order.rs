@@ -18,7 +18,7 @@ use rookery_core::{Config, Host, ModuleRegistry};
 use rookery_storage::Storage;
 
 fn host(modules: Option<Vec<String>>) -> Host {
-    let cfg = Config::load(None).expect("default config");
+    let cfg = Config::load(None, &rookery_modules::registry()).expect("default config");
     rookery_modules::registry()
         .build_host("example.org", modules.as_deref(), &cfg, &Storage::memory())
         .expect("host")
@@ -126,7 +126,7 @@ fn a_constraint_naming_no_module_is_refused() {
     }
     let mut r = ModuleRegistry::new();
     r.register::<Typo>();
-    let cfg = Config::load(None).expect("default config");
+    let cfg = Config::load(None, &rookery_modules::registry()).expect("default config");
     let e = r
         .build_host("example.org", None, &cfg, &Storage::memory())
         .err()
