@@ -1,4 +1,4 @@
-//! The configuration parser: arbitrary TOML is accepted or refused with an error, never a panic.
+//! The configuration parser, with every module's sections: arbitrary TOML is accepted or refused with an error, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -10,5 +10,6 @@ fuzz_target!(|data: &[u8]| {
         text,
         std::path::Path::new("fuzz.toml"),
         std::path::Path::new("/"),
+        &rookery_modules::registry(),
     );
 });

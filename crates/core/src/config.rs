@@ -1,12 +1,17 @@
 //! The configuration file (TOML), its defaults and its validation.
 //!
 //! Every struct denies unknown fields, so a typo is refused at start with the key's name and
-//! position instead of being silently ignored. Relative paths are resolved against the directory
-//! of the configuration file (or the working directory for the embedded default).
+//! position instead of being silently ignored. The top level and each `[[host]]` also hold the
+//! sections modules declare ([`crate::settings`]): a key there that neither the core nor a
+//! module of the build knows is refused by name. Relative paths are resolved against the
+//! directory of the configuration file (or the working directory for the embedded default).
 
+use crate::module::ModuleRegistry;
+use crate::settings::{Place, Read, ReadError, Section, Sections};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,15 +28,65 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
+impl ConfigError {
+    /// A bad value at `key` (`archive.max_page_size`, `host[0].contact`).
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(key, message)
+}
+
+/// A key the core's structs skipped: a module's section, or a key nobody declares.
+enum UnknownKey {
+    Top(String),
+    Host(usize, String),
+    Other(String),
+}
+
+impl UnknownKey {
+    fn of(path: &serde_ignored::Path<'_>) -> Self {
+        use serde_ignored::Path;
+        match path {
+            Path::Map {
+                parent: Path::Root,
+                key,
+            } => Self::Top(key.clone()),
+            Path::Map {
+                parent:
+                    Path::Seq {
+                        parent:
+                            Path::Map {
+                                parent: Path::Root,
+                                key: table,
+                            },
+                        index,
+                    },
+                key,
+            } if table == "host" => Self::Host(*index, key.clone()),
+            _ => Self::Other(path.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Top(k) | Self::Other(k) => f.write_str(k),
+            Self::Host(i, k) => write!(f, "host[{i}].{k}"),
+        }
+    }
+}
+
+// No `deny_unknown_fields` here and in `HostConfig`: modules' sections sit beside the core's
+// keys, and `Config::from_toml` refuses what nobody declares.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     /// Where the database and generated certificates live.
     pub data_dir: PathBuf,
@@ -43,12 +98,13 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub stream_management: StreamManagementConfig,
     pub fast: FastConfig,
-    pub push: PushConfig,
-    pub archive: ArchiveConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
     pub hosts: Vec<HostConfig>,
+    /// The top-level sections modules declared, read and validated.
+    #[serde(skip)]
+    pub sections: Sections,
 }
 
 impl Default for Config {
@@ -62,8 +118,6 @@ impl Default for Config {
             messages: MessagesConfig::default(),
             stream_management: StreamManagementConfig::default(),
             fast: FastConfig::default(),
-            push: PushConfig::default(),
-            archive: ArchiveConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -79,9 +133,9 @@ impl Default for Config {
                 certificate: None,
                 key: None,
                 modules: None,
-                registration: false,
-                contact: ContactAddresses::default(),
+                sections: Sections::default(),
             }],
+            sections: Sections::default(),
         }
     }
 }
@@ -171,91 +225,6 @@ impl Default for FastConfig {
         Self {
             enabled: true,
             token_lifetime_secs: 14 * 24 * 3600,
-        }
-    }
-}
-
-/// Push notifications (XEP-0357), for the module that sends them.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PushConfig {
-    /// Put the body of the last message in notifications. Off by default: notifications pass
-    /// through the app's push service and the platform's (XEP-0357 §9).
-    pub include_body: bool,
-    /// Push services (JID and node) one account may enable.
-    pub max_registrations: usize,
-    /// How long to wait for the push service to answer a notification.
-    pub request_timeout_secs: u64,
-}
-
-impl Default for PushConfig {
-    fn default() -> Self {
-        Self {
-            include_body: false,
-            max_registrations: 10,
-            request_timeout_secs: 30,
-        }
-    }
-}
-
-/// Which messages an account archives when it has not set its own preference (XEP-0313
-/// §5.1.1).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ArchivePreference {
-    /// Every message.
-    Always,
-    /// None (unless the account lists the contact in `<always/>`).
-    Never,
-    /// Messages with contacts in the account's roster.
-    Roster,
-}
-
-impl ArchivePreference {
-    /// The value of the `default` attribute of `<prefs/>`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ArchivePreference::Always => "always",
-            ArchivePreference::Never => "never",
-            ArchivePreference::Roster => "roster",
-        }
-    }
-
-    /// Inverse of [`ArchivePreference::as_str`].
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Always, Self::Never, Self::Roster]
-            .into_iter()
-            .find(|p| p.as_str() == name)
-    }
-}
-
-/// Message archives (XEP-0313, the `mam` module).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ArchiveConfig {
-    /// The preference of an account that has not set one.
-    pub default_preference: ArchivePreference,
-    /// Archived messages older than this many days are deleted; 0 keeps them forever.
-    pub retention_days: u32,
-    /// How often the retention purge runs.
-    pub purge_interval_secs: u64,
-    /// Messages deleted per purge transaction (the purge repeats until done).
-    pub purge_batch: usize,
-    /// Results per page when a query asks for no `max`.
-    pub default_page_size: usize,
-    /// Results per page at most, whatever `max` a query asks for.
-    pub max_page_size: usize,
-}
-
-impl Default for ArchiveConfig {
-    fn default() -> Self {
-        Self {
-            default_preference: ArchivePreference::Always,
-            retention_days: 0,
-            purge_interval_secs: 3600,
-            purge_batch: 1000,
-            default_page_size: 50,
-            max_page_size: 250,
         }
     }
 }
@@ -395,7 +364,6 @@ pub enum ListenerKind {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HostConfig {
     pub domain: String,
     /// PEM certificate chain; generated (self-signed) in `<data_dir>/certs` when absent.
@@ -403,51 +371,25 @@ pub struct HostConfig {
     pub key: Option<PathBuf>,
     /// Modules enabled on this host; absent means every module this build has.
     pub modules: Option<Vec<String>>,
-    /// In-band account registration (XEP-0077) by anyone who can connect. Off by default.
-    #[serde(default)]
-    pub registration: bool,
-    /// Contact addresses of the service (XEP-0157), advertised in service discovery.
-    #[serde(default)]
-    pub contact: ContactAddresses,
+    /// The per-host sections modules declared, read and validated.
+    #[serde(skip)]
+    pub sections: Sections,
 }
 
-/// XEP-0157 contact addresses: URIs (`mailto:`, `xmpp:`, `https:`) per role.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ContactAddresses {
-    pub abuse: Vec<String>,
-    pub admin: Vec<String>,
-    pub feedback: Vec<String>,
-    pub sales: Vec<String>,
-    pub security: Vec<String>,
-    pub status: Vec<String>,
-    pub support: Vec<String>,
-}
-
-impl ContactAddresses {
-    /// (XEP-0157 field var, addresses) for the roles that have any.
-    pub fn fields(&self) -> Vec<(&'static str, &[String])> {
-        [
-            ("abuse-addresses", &self.abuse),
-            ("admin-addresses", &self.admin),
-            ("feedback-addresses", &self.feedback),
-            ("sales-addresses", &self.sales),
-            ("security-addresses", &self.security),
-            ("status-addresses", &self.status),
-            ("support-addresses", &self.support),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (k, v.as_slice()))
-        .collect()
+impl HostConfig {
+    /// This host's value of a module's per-host section.
+    pub fn section<T: Section>(&self) -> Arc<T> {
+        self.sections.get::<T>()
     }
 }
 
 impl Config {
-    /// Loads and validates a configuration file, or the embedded default when `path` is `None`.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Loads and validates a configuration file, or the embedded default when `path` is `None`,
+    /// with the sections the modules of `registry` declare.
+    pub fn load(path: Option<&Path>, registry: &ModuleRegistry) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             let mut cfg = Config::default();
+            cfg.read_sections("", Path::new("(default)"), registry)?;
             cfg.finish(Path::new("."))?;
             return Ok(cfg);
         };
@@ -459,17 +401,72 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Self::from_toml(&text, path, base)
+        Self::from_toml(&text, path, base, registry)
     }
 
-    /// Parses TOML text; `base` is the directory relative paths are resolved against.
-    pub fn from_toml(text: &str, origin: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+    /// Parses TOML text; `base` is the directory relative paths are resolved against. The
+    /// sections the modules of `registry` declare are read too; any other unknown key is refused.
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        base: &Path,
+        registry: &ModuleRegistry,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string(),
-        })?;
+        };
+        let mut unknown = Vec::new();
+        let mut cfg: Config = serde_ignored::deserialize(toml::Deserializer::new(text), |path| {
+            unknown.push(UnknownKey::of(&path))
+        })
+        .map_err(parse_error)?;
+        for key in unknown {
+            let declared = registry.sections().any(|s| match &key {
+                UnknownKey::Top(k) => s.place == Place::Server && s.key == k,
+                UnknownKey::Host(_, k) => s.place == Place::Host && s.key == k,
+                UnknownKey::Other(_) => false,
+            });
+            if !declared {
+                return Err(invalid(key.to_string(), "unknown key"));
+            }
+        }
+        cfg.read_sections(text, origin, registry)?;
         cfg.finish(base)?;
         Ok(cfg)
+    }
+
+    /// Reads every section the modules of `registry` declare (their defaults where the text
+    /// has none) into the config and its hosts.
+    fn read_sections(
+        &mut self,
+        text: &str,
+        origin: &Path,
+        registry: &ModuleRegistry,
+    ) -> Result<(), ConfigError> {
+        for decl in registry.sections() {
+            let read = decl.read(text).map_err(|e| match e {
+                ReadError::Toml(e) => ConfigError::Parse {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                },
+                ReadError::Invalid(e) => e,
+            })?;
+            match read {
+                Read::Server(v) => self.sections.insert(decl, v),
+                Read::Hosts(values) => {
+                    for (host, v) in self.hosts.iter_mut().zip(values) {
+                        host.sections.insert(decl, v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a module's top-level section.
+    pub fn section<T: Section>(&self) -> Arc<T> {
+        self.sections.get::<T>()
     }
 
     fn finish(&mut self, base: &Path) -> Result<(), ConfigError> {
@@ -505,18 +502,6 @@ impl Config {
                 ),
             ));
         }
-        if self.push.max_registrations == 0 {
-            return Err(invalid(
-                "push.max_registrations",
-                "must be greater than 0 (disable the push module instead)",
-            ));
-        }
-        if self.push.request_timeout_secs == 0 {
-            return Err(invalid(
-                "push.request_timeout_secs",
-                "must be greater than 0",
-            ));
-        }
         if self.hosts.is_empty() {
             return Err(invalid("host", "at least one [[host]] must be served"));
         }
@@ -534,16 +519,6 @@ impl Config {
             h.domain = jid.domain().to_string();
             if !seen.insert(h.domain.clone()) {
                 return Err(invalid(&key, format!("'{}' is configured twice", h.domain)));
-            }
-            for (role, addrs) in h.contact.fields() {
-                for a in addrs {
-                    if !a.contains(':') {
-                        return Err(invalid(
-                            format!("host[{i}].contact"),
-                            format!("{role}: '{a}' is not a URI (mailto:, xmpp:, https:...)"),
-                        ));
-                    }
-                }
             }
             if h.certificate.is_some() != h.key.is_some() {
                 return Err(invalid(
@@ -620,21 +595,7 @@ impl Config {
                 self.fast.token_lifetime_secs as usize,
             ),
         ];
-        let a = &self.archive;
-        let archive_positive = [
-            (
-                "archive.purge_interval_secs",
-                a.purge_interval_secs as usize,
-            ),
-            ("archive.purge_batch", a.purge_batch),
-            ("archive.default_page_size", a.default_page_size),
-            ("archive.max_page_size", a.max_page_size),
-        ];
-        for (key, v) in positive
-            .into_iter()
-            .chain(sm_positive)
-            .chain(archive_positive)
-        {
+        for (key, v) in positive.into_iter().chain(sm_positive) {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
@@ -643,12 +604,6 @@ impl Config {
             return Err(invalid(
                 "limits.min_password_length",
                 format!("must not exceed {MAX_PASSWORD_BYTES}"),
-            ));
-        }
-        if a.default_page_size > a.max_page_size {
-            return Err(invalid(
-                "archive.default_page_size",
-                "must not exceed archive.max_page_size",
             ));
         }
         if l.max_stanza_bytes < 4096 {
@@ -677,12 +632,17 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(s, Path::new("test.toml"), Path::new("/etc/rookery"))
+        Config::from_toml(
+            s,
+            Path::new("test.toml"),
+            Path::new("/etc/rookery"),
+            &ModuleRegistry::new(),
+        )
     }
 
     #[test]
     fn default_is_valid() {
-        let c = Config::load(None).expect("default config");
+        let c = Config::load(None, &ModuleRegistry::new()).expect("default config");
         assert_eq!(c.hosts[0].domain, "localhost");
         assert_eq!(c.listeners.len(), 2);
     }
@@ -722,6 +682,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
+        // Without the modules that declare them, their sections are unknown keys too.
+        let e = parse("[archive]\nretention_days = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "archive: unknown key");
+        let e = parse("[[host]]\ndomain = 'a.org'\nmotd = 'hi'\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "host[0].motd: unknown key");
         let e = parse("data_dir = 'x'\nbogus_key = 1\n")
             .unwrap_err()
             .to_string();
@@ -748,51 +717,11 @@ mod tests {
         assert!(e.contains("kind") || e.contains("websocket"), "{e}");
         let e = parse("[[host]]\ndomain = 'a b'\n").unwrap_err().to_string();
         assert!(e.contains("host[0].domain"), "{e}");
-        let e = parse("[archive]\nmax_page_size = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("archive.max_page_size"), "{e}");
-        let e = parse("[archive]\ndefault_page_size = 300\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("archive.default_page_size"), "{e}");
-        let e = parse("[archive]\ndefault_preference = 'sometimes'\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("sometimes"), "{e}");
         let e = parse("log_level = 'loud'\n").unwrap_err().to_string();
         assert!(e.contains("log_level"), "{e}");
         let e = parse("[[host]]\ndomain = 'x.org'\n[[host]]\ndomain = 'X.org'\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("twice"), "{e}");
-    }
-}
-
-#[cfg(test)]
-mod example_file {
-    use super::*;
-
-    /// The documented example in the repository must stay valid and complete.
-    #[test]
-    fn example_config_parses_and_matches_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rookery.example.toml");
-        let c = Config::load(Some(&path)).expect("the example config is valid");
-        let d = Config::default();
-        assert_eq!(
-            c.limits, d.limits,
-            "the example documents the default limits"
-        );
-        assert_eq!(c.stream_management, d.stream_management);
-        assert_eq!(c.fast, d.fast);
-        assert_eq!(c.log_level, d.log_level);
-        assert_eq!(c.push, d.push, "the example documents the push defaults");
-        assert_eq!(
-            c.archive, d.archive,
-            "the example documents the archive defaults"
-        );
-        assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
-        assert_eq!(c.listeners.len(), d.listeners.len());
-        assert_eq!(c.hosts[0].domain, "localhost");
     }
 }

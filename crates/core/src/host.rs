@@ -2,6 +2,7 @@
 
 use crate::hooks::Hooks;
 use crate::iq::{IqHandler, IqScope};
+use crate::preauth::PreAuthHandler;
 use crate::server::Server;
 use rookery_xml::Element;
 use std::collections::HashMap;
@@ -24,6 +25,9 @@ pub struct Host {
     pub(crate) disco_items: Vec<(String, Option<String>)>,
     pub(crate) stream_features: Vec<Element>,
     pub(crate) bind_inline_features: Vec<String>,
+    pub(crate) pre_auth_handlers: HashMap<String, Arc<dyn PreAuthHandler>>,
+    pub(crate) pre_auth_features: Vec<Element>,
+    pub(crate) info_forms: Vec<Element>,
     pub(crate) hooks: Hooks<Arc<Server>>,
     /// Service domains its modules claimed; the server's router takes them over.
     pub(crate) services: Vec<crate::module::ServiceClaim>,
@@ -61,6 +65,18 @@ impl Host {
     /// Features modules let clients enable inline in a Bind 2 request (XEP-0386).
     pub fn bind_inline_features(&self) -> &[String] {
         &self.bind_inline_features
+    }
+    /// The handler of IQs in `ns` on streams not authenticated yet ([`crate::preauth`]).
+    pub fn pre_auth_handler(&self, ns: &str) -> Option<&Arc<dyn PreAuthHandler>> {
+        self.pre_auth_handlers.get(ns)
+    }
+    /// XEP-0128 data forms modules add to the server's disco#info.
+    pub fn info_forms(&self) -> &[Element] {
+        &self.info_forms
+    }
+    /// Stream features modules offer before authentication (with TLS).
+    pub fn pre_auth_features(&self) -> &[Element] {
+        &self.pre_auth_features
     }
     pub fn iq_handler(&self, ns: &str, scope: IqScope) -> Option<&Arc<dyn IqHandler>> {
         self.iq_handlers.get(&scope)?.get(ns)

@@ -5,6 +5,7 @@
 //! * [`module`]: the [`Module`](module::Module) contract and the registry of compiled-in modules.
 //! * [`hooks`] and [`events`]: typed events and filters modules subscribe to.
 //! * [`host`]: a virtual host with the handlers its modules registered.
+//! * [`settings`]: configuration sections modules declare, read and validated at start.
 //! * [`sessions`]: the registry of bound client sessions and their bounded send queues.
 //! * [`requests`]: IQ requests the server sends itself and the answers they wait for.
 //! * [`route`]: where a stanza goes: hosts, service domains of modules, external routes.
@@ -19,19 +20,23 @@ pub mod hooks;
 pub mod host;
 pub mod iq;
 pub mod module;
+pub mod preauth;
 pub mod requests;
 pub mod route;
 pub mod server;
 pub mod sessions;
+pub mod settings;
 
 pub use config::Config;
-pub use hooks::Flow;
+pub use hooks::{Flow, Order, Phase};
 pub use host::Host;
 pub use iq::{iq_fn, IqHandler, IqRequest, IqResult, IqScope};
-pub use module::{HostBuilder, Module, ModuleError, ModuleRegistry, Spec};
+pub use module::{spawn_background, HostBuilder, Module, ModuleError, ModuleRegistry, Spec};
+pub use preauth::{pre_auth_fn, PreAuthHandler, PreAuthRequest};
 pub use requests::IqRequestError;
 pub use route::{
     Destination, ExternalRoute, RemoteRoutes, RouteError, Service, ServiceHandle, ServiceSendError,
 };
 pub use server::Server;
 pub use sessions::{Outgoing, SessionHandle, SessionInbox, SessionRegistry};
+pub use settings::{Place, Section, SectionDecl};

@@ -3,13 +3,16 @@
 //! Prosody's `mod_*` and ejabberd's `gen_mod` work. The core only knows the contract.
 
 use crate::config::Config;
-use crate::hooks::{Flow, Hooks};
+use crate::hooks::{Flow, Hooks, Order, OrderError};
 use crate::host::{Host, Identity};
 use crate::iq::{IqHandler, IqScope};
+use crate::preauth::PreAuthHandler;
 use crate::route::Service;
 use crate::server::Server;
+use crate::settings::{Place, Section, SectionDecl};
 use rookery_storage::Storage;
 use rookery_xml::Element;
+use std::any::{Any, TypeId};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub enum ModuleError {
         module: &'static str,
         dependency: &'static str,
     },
+    #[error("host {host}: {error}")]
+    HookOrder { host: String, error: OrderError },
     #[error("module '{module}': {message}")]
     Init {
         module: &'static str,
@@ -53,8 +58,32 @@ pub trait Module: 'static {
     const SPECS: &'static [Spec] = &[];
     /// Modules that must be enabled on the same host.
     const DEPENDS: &'static [&'static str] = &[];
+    /// The configuration sections this module reads ([`SectionDecl::of`]). They are read
+    /// and validated at start whether or not a host enables the module.
+    const CONFIG: &'static [SectionDecl] = &[];
     /// Registers the module's handlers with a host.
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError>;
+    /// Starts what the module runs for the whole server rather than for a request: called
+    /// once when the server starts, if a host enables the module. Background tasks go through
+    /// [`spawn_background`], which stops them when the server shuts down.
+    fn start(server: &Arc<Server>) {
+        let _ = server;
+    }
+}
+
+/// Runs a module's background task for as long as the server runs: tracked by the server's
+/// tasks, so a graceful stop waits for it, and dropped at its next await once shutdown begins.
+pub fn spawn_background<F>(server: &Server, name: &'static str, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let shutdown = server.shutdown_token().clone();
+    server.tasks().spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => tracing::debug!(task = name, "stopped at shutdown"),
+            _ = task => {}
+        }
+    });
 }
 
 /// A module's contract as a value, so a registry can hold modules of different types.
@@ -63,7 +92,9 @@ pub struct ModuleDescriptor {
     pub name: &'static str,
     pub specs: &'static [Spec],
     pub depends: &'static [&'static str],
+    pub config: &'static [SectionDecl],
     init: fn(&mut HostBuilder<'_>) -> Result<(), ModuleError>,
+    start: fn(&Arc<Server>),
 }
 
 impl ModuleDescriptor {
@@ -72,7 +103,9 @@ impl ModuleDescriptor {
             name: M::NAME,
             specs: M::SPECS,
             depends: M::DEPENDS,
+            config: M::CONFIG,
             init: M::init,
+            start: M::start,
         }
     }
 }
@@ -93,6 +126,17 @@ impl ModuleRegistry {
     }
     pub fn modules(&self) -> &[ModuleDescriptor] {
         &self.modules
+    }
+    /// Starts, in registry order, the modules some host of `server` enables ([`Module::start`]).
+    pub(crate) fn start(&self, server: &Arc<Server>, enabled: &BTreeSet<&str>) {
+        for m in self.modules.iter().filter(|m| enabled.contains(m.name)) {
+            (m.start)(server);
+        }
+    }
+
+    /// The configuration sections every module of the build declares.
+    pub fn sections(&self) -> impl Iterator<Item = &SectionDecl> + '_ {
+        self.modules.iter().flat_map(|m| m.config.iter())
     }
     pub fn get(&self, name: &str) -> Option<&ModuleDescriptor> {
         self.modules.iter().find(|m| m.name == name)
@@ -144,11 +188,31 @@ impl ModuleRegistry {
         config: &Config,
         storage: &Storage,
     ) -> Result<Host, ModuleError> {
+        self.build_host_sharing(
+            domain,
+            enabled,
+            config,
+            storage,
+            &mut SharedState::default(),
+        )
+    }
+
+    /// [`build_host`](Self::build_host) for one of a server's hosts: what modules keep with
+    /// [`HostBuilder::shared`] is the same for all of them.
+    pub(crate) fn build_host_sharing(
+        &self,
+        domain: &str,
+        enabled: Option<&[String]>,
+        config: &Config,
+        storage: &Storage,
+        shared: &mut SharedState,
+    ) -> Result<Host, ModuleError> {
         let chosen = self.resolve(domain, enabled)?;
         let mut b = HostBuilder {
             domain,
             config,
             storage,
+            shared,
             current: "core",
             iq_handlers: HashMap::new(),
             features: BTreeSet::new(),
@@ -157,6 +221,9 @@ impl ModuleRegistry {
             disco_items: Vec::new(),
             stream_features: Vec::new(),
             bind_inline_features: Vec::new(),
+            pre_auth_handlers: HashMap::new(),
+            pre_auth_features: Vec::new(),
+            info_forms: Vec::new(),
             hooks: Hooks::default(),
             services: Vec::new(),
         };
@@ -164,6 +231,12 @@ impl ModuleRegistry {
             b.current = m.name;
             (m.init)(&mut b)?;
         }
+        b.hooks
+            .resolve(&|name| self.get(name).is_some())
+            .map_err(|error| ModuleError::HookOrder {
+                host: domain.to_owned(),
+                error,
+            })?;
         Ok(Host {
             domain: domain.to_owned(),
             modules: chosen.iter().map(|m| m.name).collect(),
@@ -174,17 +247,25 @@ impl ModuleRegistry {
             disco_items: b.disco_items,
             stream_features: b.stream_features,
             bind_inline_features: b.bind_inline_features,
+            pre_auth_handlers: b.pre_auth_handlers,
+            pre_auth_features: b.pre_auth_features,
+            info_forms: b.info_forms,
             hooks: b.hooks,
             services: b.services,
         })
     }
 }
 
+/// State modules keep for the whole server, one value per type ([`HostBuilder::shared`]).
+#[derive(Default)]
+pub(crate) struct SharedState(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
 /// What a module sees while it initialises on a host.
 pub struct HostBuilder<'a> {
     domain: &'a str,
     config: &'a Config,
     storage: &'a Storage,
+    shared: &'a mut SharedState,
     current: &'static str,
     iq_handlers: HashMap<IqScope, HashMap<String, Arc<dyn IqHandler>>>,
     features: BTreeSet<String>,
@@ -193,6 +274,9 @@ pub struct HostBuilder<'a> {
     disco_items: Vec<(String, Option<String>)>,
     stream_features: Vec<Element>,
     bind_inline_features: Vec<String>,
+    pre_auth_handlers: HashMap<String, Arc<dyn PreAuthHandler>>,
+    pre_auth_features: Vec<Element>,
+    info_forms: Vec<Element>,
     hooks: Hooks<Arc<Server>>,
     services: Vec<ServiceClaim>,
 }
@@ -214,6 +298,31 @@ impl HostBuilder<'_> {
     pub fn storage(&self) -> &Storage {
         self.storage
     }
+    /// A value shared by every host of the server (created on first use), for state that is
+    /// the server's rather than one host's, such as a limit per client address.
+    pub fn shared<T: Default + Send + Sync + 'static>(&mut self) -> Arc<T> {
+        let value = self
+            .shared
+            .0
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        match value.clone().downcast::<T>() {
+            Ok(v) => v,
+            // Keyed by the type's id, so the downcast cannot fail; a fresh value is still correct.
+            Err(_) => Arc::new(T::default()),
+        }
+    }
+    /// A configuration section: the server's, or this host's for a per-host one.
+    pub fn section<T: Section>(&self) -> Arc<T> {
+        match T::PLACE {
+            Place::Server => self.config.section::<T>(),
+            Place::Host => self
+                .config
+                .host(self.domain)
+                .map(|h| h.section::<T>())
+                .unwrap_or_default(),
+        }
+    }
 
     /// Handles IQ requests whose payload is in `ns`, addressed as `scope` says.
     pub fn iq_handler(
@@ -233,6 +342,27 @@ impl HostBuilder<'_> {
         Ok(())
     }
 
+    /// Answers IQs whose payload is in `ns` on streams of this host that are not authenticated
+    /// yet ([`crate::preauth`]).
+    pub fn pre_auth_handler(
+        &mut self,
+        ns: &str,
+        handler: impl PreAuthHandler,
+    ) -> Result<(), ModuleError> {
+        if self.pre_auth_handlers.contains_key(ns) {
+            return Err(ModuleError::Init {
+                module: self.current,
+                message: format!("a pre-authentication handler for {ns} is already registered"),
+            });
+        }
+        self.pre_auth_handlers
+            .insert(ns.to_owned(), Arc::new(handler));
+        Ok(())
+    }
+    /// A stream feature offered before authentication (with TLS), announcing a pre-auth handler.
+    pub fn add_pre_auth_feature(&mut self, feature: Element) {
+        self.pre_auth_features.push(feature);
+    }
     /// Advertises a feature in the server's `disco#info`. Only for what works end to end.
     pub fn add_feature(&mut self, var: &str) {
         self.features.insert(var.to_owned());
@@ -241,6 +371,11 @@ impl HostBuilder<'_> {
     /// server does on the accounts' behalf (RFC 6121 §8.5.2.1.3), such as push notifications.
     pub fn add_account_feature(&mut self, var: &str) {
         self.account_features.insert(var.to_owned());
+    }
+    /// A XEP-0128 extension form (`<x xmlns='jabber:x:data' type='result'/>` with a hidden
+    /// FORM_TYPE) in the server's `disco#info`.
+    pub fn add_info_form(&mut self, form: Element) {
+        self.info_forms.push(form);
     }
     pub fn add_identity(&mut self, category: &str, kind: &str, name: Option<&str>) {
         self.identities.push(Identity {
@@ -295,22 +430,23 @@ impl HostBuilder<'_> {
         });
         Ok(())
     }
-    /// Observes an event; higher priorities run first, and a handler may stop the event.
-    pub fn hook<E, F, Fut>(&mut self, priority: i32, handler: F)
+    /// Observes an event, at the place in its chain `order` declares; a handler may stop the
+    /// event. The order is checked when the host is built.
+    pub fn hook<E, F, Fut>(&mut self, order: Order, handler: F)
     where
         E: Send + Sync + 'static,
         F: Fn(Arc<Server>, Arc<E>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Flow> + Send + 'static,
     {
-        self.hooks.add_handler(priority, handler);
+        self.hooks.add_handler(self.current, order, handler);
     }
-    /// Transforms or drops a value; higher priorities run first.
-    pub fn filter<E, F, Fut>(&mut self, priority: i32, filter: F)
+    /// Transforms or drops a value, at the place in its chain `order` declares.
+    pub fn filter<E, F, Fut>(&mut self, order: Order, filter: F)
     where
         E: Send + 'static,
         F: Fn(Arc<Server>, E) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<E>> + Send + 'static,
     {
-        self.hooks.add_filter(priority, filter);
+        self.hooks.add_filter(self.current, order, filter);
     }
 }

@@ -10,7 +10,7 @@ use crate::events::{
 use crate::hooks::Flow;
 use crate::host::Host;
 use crate::iq::{IqRequest, IqScope};
-use crate::module::{ModuleError, ModuleRegistry};
+use crate::module::{ModuleError, ModuleRegistry, SharedState};
 use crate::requests::{IqRequestError, PendingIqs};
 use crate::route::{Destination, ExternalRoute, RemoteRoutes, ServiceDomain, ServiceHandle};
 use crate::sessions::{SessionHandle, SessionRegistry};
@@ -48,7 +48,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds every configured virtual host with its modules.
+    /// Builds every configured virtual host with its modules, then starts the modules'
+    /// background work (so it must run inside a Tokio runtime). A graceful stop cancels
+    /// [`shutdown_token`](Self::shutdown_token) and waits for [`tasks`](Self::tasks).
     pub fn new(
         config: Config,
         storage: Storage,
@@ -56,9 +58,15 @@ impl Server {
     ) -> Result<Arc<Server>, ModuleError> {
         let mut hosts = HashMap::new();
         let mut services: HashMap<String, Arc<ServiceDomain>> = HashMap::new();
+        let mut shared = SharedState::default();
         for h in &config.hosts {
-            let mut host =
-                registry.build_host(&h.domain, h.modules.as_deref(), &config, &storage)?;
+            let mut host = registry.build_host_sharing(
+                &h.domain,
+                h.modules.as_deref(),
+                &config,
+                &storage,
+                &mut shared,
+            )?;
             for claim in std::mem::take(&mut host.services) {
                 let domain = claim.domain.as_str().to_owned();
                 if config.hosts.iter().any(|h| h.domain == domain) || services.contains_key(&domain)
@@ -80,7 +88,11 @@ impl Server {
             }
             hosts.insert(h.domain.clone(), Arc::new(host));
         }
-        Ok(Arc::new_cyclic(|me| Server {
+        let enabled: std::collections::BTreeSet<&str> = hosts
+            .values()
+            .flat_map(|h: &Arc<Host>| h.modules().iter().copied())
+            .collect();
+        let server = Arc::new_cyclic(|me| Server {
             config: Arc::new(config),
             hosts,
             services,
@@ -93,7 +105,9 @@ impl Server {
             tasks: TaskTracker::new(),
             started: Instant::now(),
             pending_iqs: Arc::default(),
-        }))
+        });
+        registry.start(&server, &enabled);
+        Ok(server)
     }
 
     pub fn config(&self) -> &Config {

@@ -8,7 +8,8 @@ use rookery_core::events::{LocalDelivery, MessageDelivered};
 use rookery_core::route::RouteError;
 use rookery_core::{
     iq_fn, Config, ExternalRoute, Flow, HostBuilder, IqRequest, IqScope, Module, ModuleError,
-    ModuleRegistry, RemoteRoutes, Server, Service, ServiceHandle, SessionHandle, SessionInbox,
+    ModuleRegistry, Order, RemoteRoutes, Server, Service, ServiceHandle, SessionHandle,
+    SessionInbox,
 };
 use rookery_stanza::{FullJid, SharedStanza, Stanza, StanzaError, StanzaErrorCondition};
 use rookery_storage::Storage;
@@ -54,10 +55,10 @@ impl Module for Routes {
                 ))
             }),
         )?;
-        host.filter::<LocalDelivery, _, _>(0, |_, d| async move {
+        host.filter::<LocalDelivery, _, _>(Order::normal(), |_, d| async move {
             (d.stanza.attr("id") != Some("blocked")).then_some(d)
         });
-        host.hook::<MessageDelivered, _, _>(0, |_, ev| async move {
+        host.hook::<MessageDelivered, _, _>(Order::normal(), |_, ev| async move {
             DELIVERED.lock().push(ev.stanza.clone());
             Flow::Continue
         });
@@ -78,14 +79,15 @@ async fn server() -> Arc<Server> {
             .await
             .expect("account");
     }
+    let mut registry = ModuleRegistry::new();
+    registry.register::<Routes>();
     let cfg = Config::from_toml(
         "[messages]\nto_all_top_priority_resources = true\n[[host]]\ndomain = 'example.org'\n",
         std::path::Path::new("t.toml"),
         std::path::Path::new("."),
+        &registry,
     )
     .expect("config");
-    let mut registry = ModuleRegistry::new();
-    registry.register::<Routes>();
     Server::new(cfg, storage, &registry).expect("server")
 }
 

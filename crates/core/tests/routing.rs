@@ -3,6 +3,7 @@
 
 use parking_lot::Mutex;
 use rookery_core::events::{ClientStanza, LocalDelivery, UndeliverableMessage};
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, Config, Flow, HostBuilder, IqRequest, IqScope, Module, ModuleError, ModuleRegistry,
     Server, SessionHandle, SessionInbox,
@@ -31,13 +32,13 @@ impl Module for Echo {
                 Ok(Some(req.payload))
             }),
         )?;
-        host.filter::<ClientStanza, _, _>(0, |_, s| async move {
+        host.filter::<ClientStanza, _, _>(Order::normal(), |_, s| async move {
             (s.stanza.attr("id") != Some("drop-me")).then_some(s)
         });
-        host.filter::<LocalDelivery, _, _>(0, |_, d| async move {
+        host.filter::<LocalDelivery, _, _>(Order::normal(), |_, d| async move {
             (d.stanza.attr("id") != Some("blocked")).then_some(d)
         });
-        host.hook::<UndeliverableMessage, _, _>(0, |_, m| async move {
+        host.hook::<UndeliverableMessage, _, _>(Order::normal(), |_, m| async move {
             let body = m
                 .stanza
                 .get_child("body", "jabber:client")
@@ -89,6 +90,7 @@ async fn server_with(extra: &str) -> Arc<Server> {
         &format!("{extra}\n[[host]]\ndomain = 'example.org'\n"),
         std::path::Path::new("t.toml"),
         std::path::Path::new("."),
+        &registry(),
     )
     .expect("config");
     Server::new(cfg, storage, &registry()).expect("server")
@@ -477,7 +479,7 @@ async fn presence_priority_and_directed_presence() {
 fn module_registry_checks_names_and_dependencies() {
     let r = registry();
     let storage = Storage::memory();
-    let cfg = Config::load(None).expect("default config");
+    let cfg = Config::load(None, &registry()).expect("default config");
     let e = r
         .build_host("example.org", Some(&["bogus".to_string()]), &cfg, &storage)
         .err()
@@ -520,7 +522,7 @@ fn a_namespace_has_one_handler() {
     }
     let mut r = ModuleRegistry::new();
     r.register::<Twice>();
-    let cfg = Config::load(None).expect("default config");
+    let cfg = Config::load(None, &registry()).expect("default config");
     assert!(r.build_host("x", None, &cfg, &Storage::memory()).is_err());
 }
 

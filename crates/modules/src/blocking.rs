@@ -38,6 +38,7 @@
 
 use parking_lot::RwLock;
 use rookery_core::events::{ClientStanza, LocalDelivery, SessionBound, SessionClosed};
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
 };
@@ -84,17 +85,17 @@ impl Module for Blocking {
             }),
         )?;
         let s = state.clone();
-        host.filter::<LocalDelivery, _, _>(100, move |server, d| {
+        host.filter::<LocalDelivery, _, _>(Order::normal(), move |server, d| {
             let s = s.clone();
             async move { filter_delivery(&server, &s, d).await }
         });
         let s = state.clone();
-        host.filter::<ClientStanza, _, _>(100, move |server, c| {
+        host.filter::<ClientStanza, _, _>(Order::normal(), move |server, c| {
             let s = s.clone();
             async move { filter_outbound(&server, &s, c).await }
         });
         let s = state.clone();
-        host.hook::<SessionBound, _, _>(100, move |server, ev| {
+        host.hook::<SessionBound, _, _>(Order::first(), move |server, ev| {
             let s = s.clone();
             async move {
                 s.load_for_session(&server, &ev.session.jid().to_bare())
@@ -104,7 +105,7 @@ impl Module for Blocking {
         });
         // After everything else that runs when a session ends (the presence module's
         // unavailable broadcast passes the delivery filter and reads the list).
-        host.hook::<SessionClosed, _, _>(-100, move |server, ev| {
+        host.hook::<SessionClosed, _, _>(Order::last(), move |server, ev| {
             state.evict_if_offline(&server, &ev.session.jid().to_bare());
             async { Flow::Continue }
         });

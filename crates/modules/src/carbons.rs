@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use rookery_core::events::{
     BindInline, ClientStanza, LocalDelivery, MessageDelivered, UndeliverableMessage,
 };
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server,
     SessionHandle, Spec,
@@ -97,7 +98,7 @@ impl Module for Carbons {
         host.iq_handler(NS, IqScope::Account, iq_fn(handle))?;
         // XEP-0386: <enable xmlns='urn:xmpp:carbons:2'/> inside a Bind 2 request.
         host.add_bind_inline_feature(NS);
-        host.hook::<BindInline, _, _>(0, |_server, ev| async move {
+        host.hook::<BindInline, _, _>(Order::normal(), |_server, ev| async move {
             if ev.request.ns() != NS || ev.request.name() != "enable" {
                 return Flow::Continue;
             }
@@ -108,27 +109,30 @@ impl Module for Carbons {
             Flow::Stop
         });
         // Before everything else: a forged carbon is refused before any other module acts on it.
-        host.filter::<ClientStanza, _, _>(150, |server, c| async move {
-            if carries_carbon(&c.stanza) {
-                server.bounce(
-                    &c.stanza,
-                    StanzaError::new(StanzaErrorCondition::NotAcceptable)
-                        .with_text("carbons are sent by the server only"),
-                );
-                return None;
-            }
-            Some(c)
-        });
-        host.filter::<LocalDelivery, _, _>(150, |_server, d| async move {
+        host.filter::<ClientStanza, _, _>(
+            Order::first().after("register"),
+            |server, c| async move {
+                if carries_carbon(&c.stanza) {
+                    server.bounce(
+                        &c.stanza,
+                        StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                            .with_text("carbons are sent by the server only"),
+                    );
+                    return None;
+                }
+                Some(c)
+            },
+        );
+        host.filter::<LocalDelivery, _, _>(Order::first(), |_server, d| async move {
             let from_account = d.stanza.attr("from") == Some(d.to.to_bare().as_str());
             (from_account || !carries_carbon(&d.stanza)).then_some(d)
         });
         // Last: only what every other filter let through is copied.
-        host.filter::<ClientStanza, _, _>(-100, |server, c| async move {
+        host.filter::<ClientStanza, _, _>(Order::last(), |server, c| async move {
             sent_copies(&server, &c.from, &c.stanza);
             Some(c)
         });
-        host.hook::<MessageDelivered, _, _>(0, |_server, ev| async move {
+        host.hook::<MessageDelivered, _, _>(Order::normal(), |_server, ev| async move {
             received_copies(
                 &ev.sessions,
                 &ev.to,
@@ -138,13 +142,16 @@ impl Module for Carbons {
             );
             Flow::Continue
         });
-        // Before offline storage (priority 0), which stops the event.
-        host.hook::<UndeliverableMessage, _, _>(20, |server, ev| async move {
-            let from = ev.stanza.attr("from").and_then(|f| Jid::new(f).ok());
-            let sessions = server.sessions().resources(&ev.to);
-            received_copies(&sessions, &ev.to, from.as_ref(), &ev.stanza, &[]);
-            Flow::Continue
-        });
+        // Before offline storage, which stops the event.
+        host.hook::<UndeliverableMessage, _, _>(
+            Order::normal().before("offline"),
+            |server, ev| async move {
+                let from = ev.stanza.attr("from").and_then(|f| Jid::new(f).ok());
+                let sessions = server.sessions().resources(&ev.to);
+                received_copies(&sessions, &ev.to, from.as_ref(), &ev.stanza, &[]);
+                Flow::Continue
+            },
+        );
         Ok(())
     }
 }

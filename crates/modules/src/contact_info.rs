@@ -2,20 +2,80 @@
 //! (`[host.contact]`) are published in the server's disco#info as a XEP-0128 data form of
 //! FORM_TYPE `http://jabber.org/network/serverinfo`, one field per role.
 //!
-//! The disco module owns the disco#info answer, and the core has no way for a module to add
-//! a data form to it; so this module only declares the feature: when it is enabled on a host,
-//! the disco module asks [`server_info_form`] for the form (see `disco.rs`). The addresses
-//! are checked to be URIs when the configuration is loaded (§3: "SHOULD be valid URIs").
-//! With no address configured, no form is published.
+//! The form is built from the host's `[host.contact]` section when the module starts on the
+//! host and registered with the core as a disco#info extension form, which the disco module
+//! adds to its answer. The addresses are checked to be URIs when the configuration is loaded
+//! (§3: "SHOULD be valid URIs"). With no address configured, no form is published.
 
-use rookery_core::config::ContactAddresses;
-use rookery_core::{HostBuilder, Module, ModuleError, Server, Spec};
+use rookery_core::config::ConfigError;
+use rookery_core::{HostBuilder, Module, ModuleError, Place, Section, SectionDecl, Spec};
 use rookery_xml::Element;
+use serde::{Deserialize, Serialize};
 
 pub const NS_DATA: &str = "jabber:x:data";
 pub const FORM_TYPE: &str = "http://jabber.org/network/serverinfo";
 
 pub struct ContactInfo;
+
+/// XEP-0157 contact addresses of a host (`[host.contact]`): URIs (`mailto:`, `xmpp:`,
+/// `https:`) per role.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactAddresses {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl ContactAddresses {
+    /// (XEP-0157 field var, addresses) for the roles that have any.
+    pub fn fields(&self) -> Vec<(&'static str, &[String])> {
+        [
+            ("abuse-addresses", &self.abuse),
+            ("admin-addresses", &self.admin),
+            ("feedback-addresses", &self.feedback),
+            ("sales-addresses", &self.sales),
+            ("security-addresses", &self.security),
+            ("status-addresses", &self.status),
+            ("support-addresses", &self.support),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.as_slice()))
+        .collect()
+    }
+}
+
+impl Section for ContactAddresses {
+    const KEY: &'static str = "contact";
+    const PLACE: Place = Place::Host;
+    const EXAMPLE: &'static str = r#"# Contact addresses of the service (XEP-0157), shown in service discovery. Each role takes a
+# list of URIs: abuse, admin, feedback, sales, security, status, support.
+[host.contact]
+admin = ["mailto:admin@localhost"]
+# abuse = ["mailto:abuse@localhost"]
+# security = ["https://localhost/security.txt"]
+"#;
+
+    /// §3: addresses "SHOULD be valid URIs"; a bare address is a likely mistake.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        for (role, addrs) in self.fields() {
+            for a in addrs {
+                if !a.contains(':') {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{role}: '{a}' is not a URI (mailto:, xmpp:, https:...)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Module for ContactInfo {
     const NAME: &'static str = "contact_info";
@@ -32,14 +92,12 @@ impl Module for ContactInfo {
             version: "1.0.1",
         },
     ];
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<ContactAddresses>()];
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
-        let configured = host
-            .config()
-            .host(host.domain())
-            .is_some_and(|h| !h.contact.fields().is_empty());
-        if !configured {
-            tracing::debug!(host = host.domain(), "no contact addresses configured");
+        match form(&host.section::<ContactAddresses>()) {
+            Some(form) => host.add_info_form(form),
+            None => tracing::debug!(host = host.domain(), "no contact addresses configured"),
         }
         Ok(())
     }
@@ -66,9 +124,4 @@ pub fn form(contact: &ContactAddresses) -> Option<Element> {
         x.push_child(field);
     }
     Some(x)
-}
-
-/// The form disco adds to the server's disco#info of `domain`.
-pub fn server_info_form(server: &Server, domain: &str) -> Option<Element> {
-    form(&server.config().host(domain)?.contact)
 }

@@ -4,22 +4,9 @@
 //! `account/registered` and the account features enabled modules registered, to anyone, and
 //! an empty item list.
 
-use rookery_core::{
-    iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
-};
+use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
 use rookery_stanza::{StanzaError, StanzaErrorCondition};
 use rookery_xml::Element;
-
-/// Builds a XEP-0128 form for the server's disco#info of a domain.
-type FormBuilder = fn(&Server, &str) -> Option<Element>;
-
-/// XEP-0128 extended information: a module named here adds its form to the server's
-/// disco#info while it is enabled on the host. (The core has no per-host registration for
-/// forms; modules whose form derives from the configuration are listed here instead.)
-const EXTENSION_FORMS: &[(&str, FormBuilder)] = &[(
-    <crate::contact_info::ContactInfo as Module>::NAME,
-    crate::contact_info::server_info_form,
-)];
 
 pub const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
@@ -73,12 +60,9 @@ async fn info(req: IqRequest) -> IqResult {
     for f in host.features() {
         query.push_child(Element::new("feature", NS_INFO).with_attr("var", f.clone()));
     }
-    for (module, build) in EXTENSION_FORMS {
-        if host.modules().contains(module) {
-            if let Some(form) = build(&req.server, host.domain()) {
-                query.push_child(form);
-            }
-        }
+    // XEP-0128: the forms enabled modules registered (HostBuilder::add_info_form).
+    for form in host.info_forms() {
+        query.push_child(form.clone());
     }
     Ok(Some(query))
 }

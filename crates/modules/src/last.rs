@@ -15,6 +15,7 @@
 
 use parking_lot::Mutex;
 use rookery_core::events::{PresenceBroadcast, SessionClosed};
+use rookery_core::Order;
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
 };
@@ -46,28 +47,31 @@ impl Module for Last {
         host.add_feature(NS);
         host.iq_handler(NS, IqScope::Host, iq_fn(uptime))?;
         host.iq_handler(NS, IqScope::Account, iq_fn(account))?;
-        // Before the presence module broadcasts (priority 0); only observes.
-        host.hook::<PresenceBroadcast, _, _>(10, |server, ev| async move {
-            if let Some(session) = server.sessions().get(&ev.from) {
-                if ev.stanza.attr("type") == Some("unavailable") {
-                    let status = ev
-                        .stanza
-                        .get_child("status", ns::CLIENT)
-                        .map(Element::text)
-                        .unwrap_or_default();
-                    *session
-                        .extension_or_insert_with(LastStatus::default)
-                        .0
-                        .lock() = Some(status);
-                } else if let Some(last) = session.extension::<LastStatus>() {
-                    // Available again: that status is not the one to keep. (Nothing is
-                    // attached to sessions that never sent unavailable presence.)
-                    *last.0.lock() = None;
+        // Before the presence module broadcasts (and so before offline replay); only observes.
+        host.hook::<PresenceBroadcast, _, _>(
+            Order::normal().before("presence").before("offline"),
+            |server, ev| async move {
+                if let Some(session) = server.sessions().get(&ev.from) {
+                    if ev.stanza.attr("type") == Some("unavailable") {
+                        let status = ev
+                            .stanza
+                            .get_child("status", ns::CLIENT)
+                            .map(Element::text)
+                            .unwrap_or_default();
+                        *session
+                            .extension_or_insert_with(LastStatus::default)
+                            .0
+                            .lock() = Some(status);
+                    } else if let Some(last) = session.extension::<LastStatus>() {
+                        // Available again: that status is not the one to keep. (Nothing is
+                        // attached to sessions that never sent unavailable presence.)
+                        *last.0.lock() = None;
+                    }
                 }
-            }
-            Flow::Continue
-        });
-        host.hook::<SessionClosed, _, _>(0, |server, ev| async move {
+                Flow::Continue
+            },
+        );
+        host.hook::<SessionClosed, _, _>(Order::normal(), |server, ev| async move {
             let user = ev.session.jid().to_bare();
             if server.sessions().is_online(&user) {
                 return Flow::Continue;

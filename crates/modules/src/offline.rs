@@ -6,6 +6,7 @@
 
 use parking_lot::Mutex;
 use rookery_core::events::{Bind2Bound, PresenceBroadcast, UndeliverableMessage};
+use rookery_core::Order;
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
 use rookery_stanza::{BareJid, MessageType};
 use rookery_xml::Element;
@@ -40,30 +41,33 @@ impl Module for Offline {
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.add_feature("msgoffline");
         let domain = host.domain().to_owned();
-        host.hook::<UndeliverableMessage, _, _>(0, move |server, ev| {
+        host.hook::<UndeliverableMessage, _, _>(Order::normal(), move |server, ev| {
             let domain = domain.clone();
             async move { store(&server, &domain, &ev.to, &ev.stanza).await }
         });
-        // After the presence module's broadcast (priority 0), so contacts see the account
-        // come online before its backlog is replayed.
-        host.hook::<PresenceBroadcast, _, _>(-10, |server, ev| async move {
-            let non_negative = ev.stanza.attr("type").is_none()
-                && server
-                    .sessions()
-                    .get(&ev.from)
-                    .and_then(|s| s.priority())
-                    .is_some_and(|p| p >= 0);
-            if non_negative {
-                if let Some(session) = server.sessions().get(&ev.from) {
-                    start_delivery(server.clone(), session);
+        // After the presence module's broadcast, so contacts see the account come online
+        // before its backlog is replayed.
+        host.hook::<PresenceBroadcast, _, _>(
+            Order::normal().after("presence"),
+            |server, ev| async move {
+                let non_negative = ev.stanza.attr("type").is_none()
+                    && server
+                        .sessions()
+                        .get(&ev.from)
+                        .and_then(|s| s.priority())
+                        .is_some_and(|p| p >= 0);
+                if non_negative {
+                    if let Some(session) = server.sessions().get(&ev.from) {
+                        start_delivery(server.clone(), session);
+                    }
                 }
-            }
-            Flow::Continue
-        });
+                Flow::Continue
+            },
+        );
         // XEP-0386 §2.2: a client binding with Bind 2 gets what it missed from the archive,
         // so the offline messages the archive holds are cleared without being sent. Those
         // it does not hold (archiving off for that contact) stay and are delivered as usual.
-        host.filter::<Bind2Bound, _, _>(-10, |server, b| async move {
+        host.filter::<Bind2Bound, _, _>(Order::normal().after("mam"), |server, b| async move {
             if let Err(e) = clear_archived(&server, &b.session).await {
                 tracing::warn!(jid = %b.session.jid(), why = e, "offline queue not cleared");
             }

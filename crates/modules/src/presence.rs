@@ -7,6 +7,7 @@ use crate::roster::save_and_push;
 use crate::roster::subscription::{Kind, State};
 use parking_lot::Mutex;
 use rookery_core::events::{InboundPresence, OutboundPresence, PresenceBroadcast, SessionClosed};
+use rookery_core::Order;
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
 use rookery_stanza::{BareJid, Jid};
 use rookery_storage::{RosterItem, Subscription};
@@ -36,13 +37,13 @@ impl Module for Presence {
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.add_stream_feature(Element::new("sub", NS_PRE_APPROVAL));
-        host.hook::<PresenceBroadcast, _, _>(0, |server, ev| async move {
+        host.hook::<PresenceBroadcast, _, _>(Order::normal(), |server, ev| async move {
             if let Some(session) = server.sessions().get(&ev.from) {
                 broadcast(&server, &session, ev.stanza.clone(), true).await;
             }
             Flow::Continue
         });
-        host.hook::<SessionClosed, _, _>(0, |server, ev| async move {
+        host.hook::<SessionClosed, _, _>(Order::normal(), |server, ev| async move {
             let unavailable = Element::new("presence", "jabber:client")
                 .with_attr("type", "unavailable")
                 .with_attr("from", ev.session.jid().as_str());
@@ -61,14 +62,12 @@ impl Module for Presence {
             }
             Flow::Continue
         });
-        host.hook::<OutboundPresence, _, _>(
-            0,
-            |server, ev| async move { outbound(&server, &ev).await },
-        );
-        host.hook::<InboundPresence, _, _>(
-            0,
-            |server, ev| async move { inbound(&server, &ev).await },
-        );
+        host.hook::<OutboundPresence, _, _>(Order::normal(), |server, ev| async move {
+            outbound(&server, &ev).await
+        });
+        host.hook::<InboundPresence, _, _>(Order::normal(), |server, ev| async move {
+            inbound(&server, &ev).await
+        });
         Ok(())
     }
 }

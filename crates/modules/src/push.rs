@@ -32,14 +32,17 @@
 //!   disabled while a notification is queued is not published to (§6).
 
 use parking_lot::Mutex;
+use rookery_core::config::ConfigError;
 use rookery_core::events::{HeldMessage, SessionBound, UndeliverableMessage};
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqRequestError, IqResult, IqScope, Module, ModuleError,
     Server, Spec,
 };
+use rookery_core::{Order, Place, Section, SectionDecl};
 use rookery_stanza::{ns, BareJid, ErrorType, Jid, MessageType, StanzaError, StanzaErrorCondition};
 use rookery_storage::StorageError;
 use rookery_xml::Element;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +60,61 @@ pub const MAX_REGISTRATION_BYTES: usize = 4096;
 pub const MAX_BODY_CHARS: usize = 256;
 
 pub struct Push;
+
+/// The `[push]` section of the configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Put the body of the last message in notifications. Off by default: notifications pass
+    /// through the app's push service and the platform's (XEP-0357 §9).
+    pub include_body: bool,
+    /// Push services (JID and node) one account may enable.
+    pub max_registrations: usize,
+    /// How long to wait for the push service to answer a notification.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            include_body: false,
+            max_registrations: 10,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Section for PushConfig {
+    const KEY: &'static str = "push";
+    const PLACE: Place = Place::Server;
+    const EXAMPLE: &'static str = r#"[push]
+# Push notifications (XEP-0357, the "push" module). Put the body of the last message in
+# notifications: off, since they pass through the app's push service and the phone
+# platform's.
+include_body = false
+# Push services (JID and node) one account may enable; more are refused (policy-violation).
+max_registrations = 10
+# Seconds to wait for a push service to answer a notification. A service that answers with
+# an error is disabled for the account; one that does not answer stays enabled.
+request_timeout_secs = 30
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.max_registrations == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_registrations"),
+                "must be greater than 0 (disable the push module instead)",
+            ));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.request_timeout_secs"),
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// One enabled push service of an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,9 +187,10 @@ impl Module for Push {
         title: "Push Notifications",
         version: "0.4.1",
     }];
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<PushConfig>()];
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
-        let cfg = &host.config().push;
+        let cfg = host.section::<PushConfig>();
         let state = Arc::new(State {
             include_body: cfg.include_body,
             max_registrations: cfg.max_registrations,
@@ -150,26 +209,29 @@ impl Module for Push {
                 async move { handle(&s, req).await }
             }),
         )?;
-        // Before offline storage (priority 0), which stops the event.
+        // Before offline storage, which stops the event; after the carbons module's copies.
         let s = state.clone();
-        host.hook::<UndeliverableMessage, _, _>(10, move |server, ev| {
-            let s = s.clone();
-            async move {
-                if worth_waking(&ev.stanza) {
-                    match load(&server, &ev.to).await {
-                        Ok(regs) => {
-                            for r in regs {
-                                s.notify(&server, &ev.to, r.key(), &ev.stanza);
+        host.hook::<UndeliverableMessage, _, _>(
+            Order::normal().before("offline").after("carbons"),
+            move |server, ev| {
+                let s = s.clone();
+                async move {
+                    if worth_waking(&ev.stanza) {
+                        match load(&server, &ev.to).await {
+                            Ok(regs) => {
+                                for r in regs {
+                                    s.notify(&server, &ev.to, r.key(), &ev.stanza);
+                                }
                             }
+                            Err(e) => tracing::error!(error = %e, "push registrations unreadable"),
                         }
-                        Err(e) => tracing::error!(error = %e, "push registrations unreadable"),
                     }
+                    Flow::Continue
                 }
-                Flow::Continue
-            }
-        });
+            },
+        );
         let s = state.clone();
-        host.hook::<HeldMessage, _, _>(0, move |server, ev| {
+        host.hook::<HeldMessage, _, _>(Order::normal(), move |server, ev| {
             let s = s.clone();
             async move {
                 let Some(here) = ev.session.extension::<EnabledHere>() else {
@@ -193,7 +255,7 @@ impl Module for Push {
             }
         });
         // A client of the account is back: the count of unseen messages starts again.
-        host.hook::<SessionBound, _, _>(0, move |_server, ev| {
+        host.hook::<SessionBound, _, _>(Order::normal(), move |_server, ev| {
             state.reset(&ev.session.jid().to_bare());
             async { Flow::Continue }
         });

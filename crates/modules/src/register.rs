@@ -17,15 +17,19 @@
 //!   way to know when its reply is written).
 //!
 //! New accounts are created on streams that are not authenticated yet, which never reach
-//! the router: the c2s stream answers those itself (gated by `HostConfig::registration`,
-//! TLS and `limits.registrations_per_ip_per_hour`). This module serves bound sessions.
+//! the router: [`in_band`] answers those as a pre-authentication handler the stream calls
+//! (gated by the host's `registration` setting, TLS and `limits.registrations_per_ip_per_hour`).
 //! Password change and removal are part of `jabber:iq:register`, so the feature is
 //! advertised in the server's disco#info.
 
 use rookery_core::events::ClientStanza;
+pub mod in_band;
+
+use in_band::Registration;
 use rookery_core::{
     iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
 };
+use rookery_core::{Order, SectionDecl};
 use rookery_stanza::{
     iq_result, BareJid, FullJid, IqType, Jid, StanzaError, StanzaErrorCondition,
     StreamErrorCondition,
@@ -49,15 +53,16 @@ impl Module for Register {
         title: "In-Band Registration (password change and cancellation)",
         version: "2.4",
     }];
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<Registration>()];
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.add_feature(NS);
         host.iq_handler(NS, IqScope::Host, iq_fn(handle))?;
         host.iq_handler(NS, IqScope::Account, iq_fn(handle))?;
-        host.filter::<ClientStanza, _, _>(200, |server, c| async move {
+        host.filter::<ClientStanza, _, _>(Order::first(), |server, c| async move {
             intercept_remove(&server, c).await
         });
-        Ok(())
+        in_band::init(host)
     }
 }
 

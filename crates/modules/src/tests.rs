@@ -23,6 +23,7 @@ fn server(modules: Option<&[&str]>) -> Arc<Server> {
         &format!("[[host]]\ndomain = 'example.org'\n{list}\n"),
         std::path::Path::new("t.toml"),
         std::path::Path::new("."),
+        &registry(),
     )
     .expect("config");
     Server::new(cfg, Storage::memory(), &registry()).expect("server")

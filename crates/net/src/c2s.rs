@@ -4,7 +4,7 @@
 //! connection.
 
 use crate::csi::ClientState;
-use crate::limits::{AuthThrottle, ConnectionPermit, RegistrationLimiter, TokenBucket};
+use crate::limits::{AuthThrottle, ConnectionPermit, TokenBucket};
 use crate::sm::{self, Detached, ResumeError, Resumptions, StreamState, TakeoverReceiver};
 use crate::tls::{TlsConfigs, TlsContext};
 use crate::transport::{ReadNow, Transport};
@@ -13,7 +13,9 @@ use base64::Engine as _;
 use rookery_core::config::ListenerKind;
 use rookery_core::counters::{self, Counter};
 use rookery_core::events::SessionBound;
-use rookery_core::{Host, Outgoing, Server, SessionHandle, SessionInbox};
+use rookery_core::{
+    Host, Outgoing, PreAuthHandler, PreAuthRequest, Server, SessionHandle, SessionInbox,
+};
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
 use rookery_stanza::{
     error_reply, iq_result, ns, random_id, BareJid, FullJid, IqType, StanzaError,
@@ -50,7 +52,6 @@ pub struct ListenerContext {
     pub tls: TlsContext,
     pub kind: ListenerKind,
     pub throttle: Arc<AuthThrottle>,
-    pub registrations: Arc<RegistrationLimiter>,
     /// Sessions that can be resumed (XEP-0198), shared by every listener.
     pub resumptions: Arc<Resumptions>,
 }
@@ -862,8 +863,10 @@ impl Connection {
                     mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
                 }
                 out.push(mechs);
-                if self.registration_open() {
-                    out.push(Element::new("register", NS_REGISTER_FEATURE));
+                if self.is_tls() {
+                    if let Some(host) = &self.host {
+                        out.extend(host.pre_auth_features().iter().cloned());
+                    }
                 }
                 out.push(self.sasl2_feature());
                 // XEP-0440: which channel-binding types this connection supports.
@@ -960,12 +963,7 @@ impl Connection {
                 self.sasl = None;
                 self.sasl_failure(SaslError::Aborted).await
             }
-            (Stage::Unauthenticated, ns::CLIENT, "iq")
-                if el
-                    .children()
-                    .next()
-                    .is_some_and(|q| q.is("query", NS_REGISTER)) =>
-            {
+            (Stage::Unauthenticated, ns::CLIENT, "iq") if self.pre_auth_handler(&el).is_some() => {
                 self.register(el).await;
                 Ok(Next::Continue)
             }
@@ -1363,29 +1361,37 @@ impl Connection {
     }
 }
 
-const NS_REGISTER: &str = "jabber:iq:register";
 const NS_STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
-const NS_REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 
 impl Connection {
-    /// In-band registration is offered only where the host allows it and runs the
-    /// `register` module, and only over TLS.
-    fn registration_open(&self) -> bool {
-        let Some(host) = self.host.as_ref() else {
-            return false;
-        };
-        self.is_tls()
-            && host.modules().contains(&"register")
-            && self
-                .server()
-                .config()
-                .host(host.domain())
-                .is_some_and(|h| h.registration)
+    /// The handler a module registered for an IQ on this stream before authentication, by
+    /// the namespace of its payload (in-band registration, XEP-0077 §3.1).
+    fn pre_auth_handler(&self, iq: &Element) -> Option<Arc<dyn PreAuthHandler>> {
+        let payload = iq.children().next()?;
+        self.host.as_ref()?.pre_auth_handler(payload.ns()).cloned()
     }
 
-    /// XEP-0077 §3.1: registering a new account on a stream that is not authenticated yet.
+    /// An IQ before authentication, answered by the module that handles its namespace; only
+    /// over TLS, since such requests carry credentials.
     async fn register(&mut self, iq: Element) {
-        let reply = match self.register_reply(&iq).await {
+        let answer = match (self.pre_auth_handler(&iq), IqType::of(&iq)) {
+            (Some(handler), Some(iq_type @ (IqType::Get | IqType::Set))) if self.is_tls() => {
+                let (Some(host), Some(payload)) = (self.host.as_ref(), iq.children().next()) else {
+                    return;
+                };
+                handler
+                    .handle(PreAuthRequest {
+                        server: self.server().clone(),
+                        domain: host.domain().to_owned(),
+                        peer: self.peer,
+                        iq_type,
+                        payload: payload.clone(),
+                    })
+                    .await
+            }
+            _ => Err(StanzaError::service_unavailable()),
+        };
+        let reply = match answer {
             Ok(payload) => iq_result(&iq, payload),
             Err(e) => match error_reply(&iq, &e) {
                 Some(r) => r,
@@ -1393,91 +1399,6 @@ impl Connection {
             },
         };
         self.write(&reply);
-    }
-
-    async fn register_reply(&mut self, iq: &Element) -> Result<Option<Element>, StanzaError> {
-        if !self.registration_open() {
-            return Err(StanzaError::service_unavailable());
-        }
-        let query = iq
-            .children()
-            .next()
-            .ok_or_else(|| StanzaError::bad_request("no query"))?;
-        match IqType::of(iq) {
-            Some(IqType::Get) => Ok(Some(
-                Element::new("query", NS_REGISTER)
-                    .with_child(
-                        Element::new("instructions", NS_REGISTER)
-                            .with_text("Choose a username and password."),
-                    )
-                    .with_child(Element::new("username", NS_REGISTER))
-                    .with_child(Element::new("password", NS_REGISTER)),
-            )),
-            Some(IqType::Set) => {
-                let field = |n: &str| query.get_child(n, NS_REGISTER).map(|e| e.text());
-                let (Some(user), Some(password)) = (field("username"), field("password")) else {
-                    return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
-                        .with_text("username and password are required"));
-                };
-                let domain = self
-                    .host
-                    .as_ref()
-                    .map(|h| h.domain().to_owned())
-                    .unwrap_or_default();
-                let jid = BareJid::new(&format!("{}@{domain}", user.trim()))
-                    .ok()
-                    .filter(|j| j.node().is_some())
-                    .filter(|j| rookery_stanza::is_stable(&j.clone().into()))
-                    .ok_or_else(|| {
-                        StanzaError::new(StanzaErrorCondition::JidMalformed)
-                            .with_text("not a valid username")
-                    })?;
-                if let Some(problem) = self.server().config().limits.password_problem(&password) {
-                    return Err(
-                        StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(problem)
-                    );
-                }
-                let per_hour = self.server().config().limits.registrations_per_ip_per_hour;
-                if !self
-                    .ctx
-                    .registrations
-                    .try_register(self.peer.ip(), per_hour)
-                {
-                    tracing::warn!(peer = %self.peer, "registration refused: rate limit");
-                    counters::incr(Counter::RegistrationsRefused);
-                    return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)
-                        .with_text("too many registrations from this address; try later"));
-                }
-                let creds = tokio::task::spawn_blocking(move || {
-                    rookery_sasl::generate_all(&password, 4096)
-                })
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| StanzaError::new(StanzaErrorCondition::InternalServerError))?;
-                let node = jid.node().map(|n| n.to_string()).unwrap_or_default();
-                match self
-                    .server()
-                    .storage()
-                    .accounts
-                    .create_account(&domain, &node, &creds)
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::info!(peer = %self.peer, jid = %jid, "account registered in-band");
-                        Ok(None)
-                    }
-                    Err(rookery_storage::StorageError::AlreadyExists) => {
-                        Err(StanzaError::new(StanzaErrorCondition::Conflict))
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "registration failed");
-                        Err(StanzaError::new(StanzaErrorCondition::InternalServerError))
-                    }
-                }
-            }
-            _ => Err(StanzaError::bad_request("registration takes get or set")),
-        }
     }
 }
 

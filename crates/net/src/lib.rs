@@ -101,7 +101,7 @@ pub const SPECS: &[Spec] = &[
         version: "0.2.0",
     },
 ];
-use crate::limits::{AuthThrottle, ConnectionLimits, RegistrationLimiter};
+use crate::limits::{AuthThrottle, ConnectionLimits};
 use rookery_core::config::ListenerKind;
 use rookery_core::Server;
 use std::net::SocketAddr;
@@ -137,7 +137,6 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     let limits = &server.config().limits;
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
     let throttle = Arc::new(AuthThrottle::default());
-    let registrations = Arc::new(RegistrationLimiter::default());
     let resumptions = Arc::new(sm::Resumptions::default());
     for l in listeners {
         let ctx = Arc::new(ListenerContext {
@@ -145,7 +144,6 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
             tls: tls.clone(),
             kind: l.kind,
             throttle: throttle.clone(),
-            registrations: registrations.clone(),
             resumptions: resumptions.clone(),
         });
         let conn_limits = conn_limits.clone();

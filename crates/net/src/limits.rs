@@ -170,33 +170,6 @@ impl TokenBucket {
     }
 }
 
-/// In-band registrations per source address in the current hour (a fixed window).
-#[derive(Default)]
-pub struct RegistrationLimiter {
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl RegistrationLimiter {
-    /// Counts one registration from `ip`; false if the address used its quota this hour.
-    pub fn try_register(&self, ip: IpAddr, per_hour: u32) -> bool {
-        let now = Instant::now();
-        let hour = Duration::from_secs(3600);
-        let mut map = self.windows.lock();
-        if map.len() > MAX_ENTRIES {
-            map.retain(|_, (start, _)| now.duration_since(*start) < hour);
-        }
-        let entry = map.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= hour {
-            *entry = (now, 0);
-        }
-        if entry.1 >= per_hour {
-            return false;
-        }
-        entry.1 += 1;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,16 +209,6 @@ mod tests {
         assert_eq!(b.charge(0, t0 + Duration::from_millis(500)), Duration::ZERO);
         assert_eq!(b.charge(200, t0 + Duration::from_secs(100)), Duration::ZERO);
         assert!(b.charge(1, t0 + Duration::from_secs(100)) > Duration::ZERO);
-    }
-
-    #[test]
-    fn registrations_are_limited_per_address() {
-        let r = RegistrationLimiter::default();
-        let a: IpAddr = "10.0.0.1".parse().expect("ip");
-        let b: IpAddr = "10.0.0.2".parse().expect("ip");
-        assert!(r.try_register(a, 2) && r.try_register(a, 2));
-        assert!(!r.try_register(a, 2));
-        assert!(r.try_register(b, 2), "other addresses are not affected");
     }
 
     #[test]

@@ -446,8 +446,13 @@ mod tests {
         let (c, k) = (dir.path().join("x.pem"), dir.path().join("x.key"));
         let toml = "data_dir = 'data'\n[[host]]\ndomain = 'example.org'\n\
                     certificate = 'x.pem'\nkey = 'x.key'\n";
-        let config =
-            Config::from_toml(toml, &dir.path().join("t.toml"), dir.path()).expect("config");
+        let config = Config::from_toml(
+            toml,
+            &dir.path().join("t.toml"),
+            dir.path(),
+            &rookery_core::ModuleRegistry::new(),
+        )
+        .expect("config");
         generate_self_signed("example.org", &c, &k).expect("generate");
         let first = pem_chain(&c);
         let tls = TlsContext::load(&config, false).expect("load");

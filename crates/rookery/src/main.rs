@@ -106,7 +106,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
-    let config = Config::load(cli.config.as_deref())?;
+    let config = Config::load(cli.config.as_deref(), &rookery_modules::registry())?;
     if cli.verbose {
         for line in describe(cli.config.as_deref(), &config) {
             eprintln!("rookery: {line}");

@@ -63,7 +63,7 @@ impl Reloader {
             |p| p.display().to_string(),
         );
         tracing::info!("SIGHUP: reloading certificates and log level from {source}");
-        let new = match Config::load(self.config_path.as_deref()) {
+        let new = match Config::load(self.config_path.as_deref(), &rookery_modules::registry()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(
@@ -109,6 +109,8 @@ impl Reloader {
 /// The settings of `new` that differ from the running ones and that a reload does not
 /// apply (everything but `log_level` and the hosts' certificate and key paths).
 fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    // Module sections (archive, push...) are compared by their TOML rendering.
+    let mut out = running.sections.changed(&new.sections);
     // Compared through Debug: the configuration types are plain data and don't implement
     // PartialEq; a difference in rendering is a difference in value.
     fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
@@ -122,9 +124,8 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         }
         hosts
     };
-    let mut out = Vec::new();
     let (a, b) = (running, new);
-    let checks: [(&'static str, bool); 11] = [
+    let checks: [(&'static str, bool); 9] = [
         ("data_dir", differs(&a.data_dir, &b.data_dir)),
         ("storage", differs(&a.storage, &b.storage)),
         ("tls", differs(&a.tls, &b.tls)),
@@ -135,8 +136,6 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
             differs(&a.stream_management, &b.stream_management),
         ),
         ("fast", differs(&a.fast, &b.fast)),
-        ("push", differs(&a.push, &b.push)),
-        ("archive", differs(&a.archive, &b.archive)),
         ("listeners", differs(&a.listeners, &b.listeners)),
         ("hosts", differs(&without_certs(a), &without_certs(b))),
     ];
@@ -154,7 +153,13 @@ mod tests {
     use std::path::Path;
 
     fn config(text: &str) -> Config {
-        Config::from_toml(text, Path::new("t.toml"), Path::new("/srv")).expect("config")
+        Config::from_toml(
+            text,
+            Path::new("t.toml"),
+            Path::new("/srv"),
+            &rookery_modules::registry(),
+        )
+        .expect("config")
     }
 
     #[test]
@@ -169,5 +174,8 @@ mod tests {
             "[limits]\nmax_stanza_bytes = 100000\n{base}[[host]]\ndomain = 'b.example'\n"
         ));
         assert_eq!(needs_restart(&running, &other), ["limits", "hosts"]);
+        // A module's section (the archive's) is compared too, by its key.
+        let archive = config(&format!("[archive]\nretention_days = 30\n{base}"));
+        assert_eq!(needs_restart(&running, &archive), ["archive"]);
     }
 }

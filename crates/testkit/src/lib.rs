@@ -50,8 +50,13 @@ impl TestServer {
              [[listener]]\nkind = 'c2s-direct-tls'\naddress = '127.0.0.1:0'\n\
              [[host]]\ndomain = '{DOMAIN}'\n{host_extra}\n"
         );
-        let config = Config::from_toml(&toml, &dir.path().join("test.toml"), dir.path())
-            .expect("test config");
+        let config = Config::from_toml(
+            &toml,
+            &dir.path().join("test.toml"),
+            dir.path(),
+            &rookery_modules::registry(),
+        )
+        .expect("test config");
         std::fs::create_dir_all(&config.data_dir).expect("data dir");
         let db = SqliteBackend::open(&config.database_path()).expect("database");
         let tls = rookery_net::tls::TlsContext::load(&config, true).expect("tls");

@@ -21,23 +21,25 @@
 //! * **Queries** are answered for the account's own resources only ([`query`]).
 //! * **Retention**: with `archive.retention_days` > 0, a task deletes older messages every
 //!   `archive.purge_interval_secs`, `archive.purge_batch` per transaction. It starts with
-//!   the host's first session (the module has no hook at server start). Deleting an
-//!   account deletes its archive with it (storage cascade).
+//!   the server and stops at shutdown. Deleting an account deletes its archive with it
+//!   (storage cascade).
 
+pub mod config;
 pub mod prefs;
 pub mod query;
 
+use config::ArchiveConfig;
 use rookery_core::events::{Bind2Bound, ClientStanza, LocalDelivery, SessionBound};
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server,
     SessionHandle, Spec,
 };
+use rookery_core::{spawn_background, Order, SectionDecl};
 use rookery_stanza::{
     random_id, BareJid, IqType, Jid, MessageType, StanzaError, StanzaErrorCondition,
 };
 use rookery_storage::{ArchiveEntry, StorageError};
 use rookery_xml::Element;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +113,7 @@ impl Module for Mam {
             version: "0.2.0",
         },
     ];
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<ArchiveConfig>()];
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.iq_handler(NS, IqScope::Account, iq_fn(handle))?;
@@ -119,34 +122,33 @@ impl Module for Mam {
         }
         // XEP-0386 §2.2: the archive's state at the moment of a Bind 2 binding, so the client
         // knows what to fetch.
-        host.filter::<Bind2Bound, _, _>(0, |server, mut b| async move {
+        host.filter::<Bind2Bound, _, _>(Order::normal(), |server, mut b| async move {
             match query::metadata_of(&server, &b.session.jid().to_bare()).await {
                 Ok(m) => b.bound.push_child(m),
                 Err(e) => tracing::warn!(error = %e, "no archive metadata for Bind 2"),
             }
             Some(b)
         });
-        // Below the blocking module's filters (100): what it drops is not archived.
-        host.filter::<ClientStanza, _, _>(0, |server, c| async move {
-            Some(outbound(&server, c).await)
-        });
-        host.filter::<LocalDelivery, _, _>(0, |server, d| async move {
-            Some(inbound(&server, d).await)
-        });
-        host.hook::<SessionBound, _, _>(0, |server, ev| async move {
+        // After the blocking module's filters: what it drops is not archived.
+        host.filter::<ClientStanza, _, _>(
+            Order::normal().after("blocking"),
+            |server, c| async move { Some(outbound(&server, c).await) },
+        );
+        host.filter::<LocalDelivery, _, _>(
+            Order::normal().after("blocking"),
+            |server, d| async move { Some(inbound(&server, d).await) },
+        );
+        host.hook::<SessionBound, _, _>(Order::normal(), |server, ev| async move {
             cache_prefs(&server, &ev.session).await;
             Flow::Continue
         });
-        if host.config().archive.retention_days > 0 {
-            let started = Arc::new(AtomicBool::new(false));
-            host.hook::<SessionBound, _, _>(-100, move |server, _| {
-                if !started.swap(true, Ordering::SeqCst) {
-                    start_purge(server);
-                }
-                async { Flow::Continue }
-            });
-        }
         Ok(())
+    }
+
+    fn start(server: &Arc<Server>) {
+        if server.config().section::<ArchiveConfig>().retention_days > 0 {
+            start_purge(server);
+        }
     }
 }
 
@@ -388,17 +390,15 @@ async fn inbound(server: &Server, mut d: LocalDelivery) -> LocalDelivery {
 }
 
 /// The retention purge: every interval, delete what is older than the retention period,
-/// one bounded transaction at a time.
-fn start_purge(server: Arc<Server>) {
-    let cfg = server.config().archive.clone();
-    let tracker = server.tasks().clone();
-    tracker.spawn(async move {
+/// one bounded transaction at a time, until the server shuts down.
+fn start_purge(server: &Arc<Server>) {
+    let cfg = server.config().section::<ArchiveConfig>();
+    let server_ref = server.clone();
+    spawn_background(server, "archive purge", async move {
+        let server = server_ref;
         let mut tick = tokio::time::interval(Duration::from_secs(cfg.purge_interval_secs));
         loop {
-            tokio::select! {
-                _ = server.shutdown_token().cancelled() => return,
-                _ = tick.tick() => {}
-            }
+            tick.tick().await;
             let retention_us = i64::from(cfg.retention_days) * 86_400 * 1_000_000;
             let now_us =
                 i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)

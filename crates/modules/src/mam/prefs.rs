@@ -2,7 +2,7 @@
 //! `<prefs default='always|never|roster'>` with `<always/>` and `<never/>` JID lists, kept
 //! per account in the user-data store and applied to every message before it is archived.
 
-use rookery_core::config::ArchivePreference;
+use super::config::{ArchiveConfig, ArchivePreference};
 use rookery_core::Server;
 use rookery_stanza::{Jid, StanzaError, StanzaErrorCondition};
 use rookery_storage::StorageError;
@@ -26,7 +26,10 @@ impl Prefs {
     /// What an account that never set preferences gets: the configured default, no lists.
     pub fn configured(server: &Server) -> Self {
         Prefs {
-            default: server.config().archive.default_preference,
+            default: server
+                .config()
+                .section::<ArchiveConfig>()
+                .default_preference,
             always: BTreeSet::new(),
             never: BTreeSet::new(),
         }

@@ -1,7 +1,7 @@
 //! Archive queries (XEP-0313 §4): the query form, XEP-0059 result set management, the
 //! result messages and the `<fin/>` answer, and the archive metadata (XEP-0313 §5).
 
-use rookery_core::config::ArchiveConfig;
+use super::config::ArchiveConfig;
 use rookery_core::{IqRequest, Server};
 use rookery_stanza::{random_id, BareJid, Jid, StanzaError, StanzaErrorCondition};
 use rookery_storage::{
@@ -253,7 +253,10 @@ fn rsm_set(page: &ArchivePage) -> Element {
 /// Runs a query: sends the page's results to the querying resource, then answers with
 /// `<fin/>` (§4.3). At most one page (`archive.max_page_size` messages) is held at a time.
 pub async fn run(req: &IqRequest) -> Result<Element, StanzaError> {
-    let parsed = parse(&req.payload, &req.server.config().archive)?;
+    let parsed = parse(
+        &req.payload,
+        &req.server.config().section::<ArchiveConfig>(),
+    )?;
     let bare = req.from.to_bare();
     let (domain, user) = (
         bare.domain().as_str(),

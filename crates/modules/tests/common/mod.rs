@@ -37,6 +37,7 @@ pub async fn server_with(top: &str, host: &str) -> Arc<Server> {
         &format!("{top}\n[[host]]\ndomain = '{D}'\n{host}\n[[host]]\ndomain = 'other.org'\n"),
         std::path::Path::new("t.toml"),
         std::path::Path::new("."),
+        &rookery_modules::registry(),
     )
     .expect("config");
     Server::new(cfg, storage, &rookery_modules::registry()).expect("server")

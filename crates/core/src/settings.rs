@@ -1,0 +1,281 @@
+//! Configuration sections that modules declare: each is a typed struct with its defaults
+//! (serde, unknown keys denied), read from the configuration file, validated at start and kept
+//! with the [`Config`](crate::Config) for the module to read.
+//!
+//! A section lives at a top-level key of the file (`[archive]`, [`Place::Server`]) or at a key
+//! of each `[[host]]` (`[host.contact]`, `registration`, [`Place::Host`]). It is read from the
+//! file's text by its own pass, so its errors carry the line and column of the offending key
+//! like those of the core's settings; a key that neither the core nor any module of the build
+//! declares is refused by name.
+
+use crate::config::ConfigError;
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserializer, Serialize};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Where a section is in the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A top-level key: one value for the server.
+    Server,
+    /// A key of each `[[host]]`: one value per virtual host.
+    Host,
+}
+
+/// A module's configuration section.
+pub trait Section: DeserializeOwned + Serialize + Default + Send + Sync + 'static {
+    /// Its key in the file (`archive`, `contact`, ...).
+    const KEY: &'static str;
+    const PLACE: Place;
+    /// The section as `rookery.example.toml` shows it: every key with its default and what it
+    /// means. A test keeps the example file containing it.
+    const EXAMPLE: &'static str;
+    /// Checks what the types cannot; `key` is where the section is (`archive`,
+    /// `host[0].contact`), for errors to name.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let _ = key;
+        Ok(())
+    }
+}
+
+/// A section's value for a module: type-erased so a [`Config`](crate::Config) can hold the
+/// sections of modules it does not know.
+type Value = Arc<dyn Any + Send + Sync>;
+
+/// A [`Section`] as a value, so a module can list the sections it declares
+/// (`Module::CONFIG`) and the core can read them without knowing their types.
+#[derive(Clone, Copy)]
+pub struct SectionDecl {
+    pub key: &'static str,
+    pub place: Place,
+    pub example: &'static str,
+    read: fn(&str) -> Result<Read, toml::de::Error>,
+    validate: fn(&Read, &str) -> Result<(), ConfigError>,
+    defaults: fn() -> Result<toml::Value, toml::ser::Error>,
+    render: fn(&Value) -> String,
+    type_id: fn() -> TypeId,
+}
+
+impl fmt::Debug for SectionDecl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SectionDecl")
+            .field("key", &self.key)
+            .field("place", &self.place)
+            .finish()
+    }
+}
+
+/// What one pass over the text found: the server's value, or one per `[[host]]` in order.
+pub(crate) enum Read {
+    Server(Value),
+    Hosts(Vec<Value>),
+}
+
+impl SectionDecl {
+    pub const fn of<T: Section>() -> Self {
+        Self {
+            key: T::KEY,
+            place: T::PLACE,
+            example: T::EXAMPLE,
+            read: read::<T>,
+            validate: validate::<T>,
+            defaults: defaults::<T>,
+            render: render::<T>,
+            type_id: TypeId::of::<T>,
+        }
+    }
+
+    /// The section's defaults as TOML: every key it has, for checking the example file.
+    pub fn defaults(&self) -> Result<toml::Value, toml::ser::Error> {
+        (self.defaults)()
+    }
+
+    /// Reads and validates this section from the configuration text.
+    pub(crate) fn read(&self, text: &str) -> Result<Read, ReadError> {
+        let read = (self.read)(text).map_err(ReadError::Toml)?;
+        (self.validate)(&read, self.key).map_err(ReadError::Invalid)?;
+        Ok(read)
+    }
+
+    pub(crate) fn type_id(&self) -> TypeId {
+        (self.type_id)()
+    }
+}
+
+pub(crate) enum ReadError {
+    Toml(toml::de::Error),
+    Invalid(ConfigError),
+}
+
+fn read<T: Section>(text: &str) -> Result<Read, toml::de::Error> {
+    let value = |t: Option<T>| -> Value { Arc::new(t.unwrap_or_default()) };
+    Ok(match T::PLACE {
+        Place::Server => {
+            let found = Pick {
+                key: T::KEY,
+                seed: PhantomData::<T>,
+            }
+            .deserialize(toml::Deserializer::new(text))?;
+            Read::Server(value(found))
+        }
+        Place::Host => {
+            let hosts = Pick {
+                key: "host",
+                seed: Each(Pick {
+                    key: T::KEY,
+                    seed: PhantomData::<T>,
+                }),
+            }
+            .deserialize(toml::Deserializer::new(text))?;
+            Read::Hosts(hosts.unwrap_or_default().into_iter().map(value).collect())
+        }
+    })
+}
+
+/// Validates what [`read`] found; errors name `key`, or `host[i].key` for a host's value.
+fn validate<T: Section>(read: &Read, key: &str) -> Result<(), ConfigError> {
+    let keyed: Vec<(String, &Value)> = match read {
+        Read::Server(v) => vec![(key.to_owned(), v)],
+        Read::Hosts(vs) => vs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("host[{i}].{key}"), v))
+            .collect(),
+    };
+    for (key, v) in keyed {
+        if let Some(section) = v.downcast_ref::<T>() {
+            section.validate(&key)?;
+        }
+    }
+    Ok(())
+}
+
+/// A value as TOML text, so two configurations can be compared section by section (a reload
+/// reports which sections changed) without the sections implementing `PartialEq`.
+fn render<T: Section>(v: &Value) -> String {
+    v.downcast_ref::<T>()
+        .and_then(|t| toml::to_string(t).ok())
+        .unwrap_or_default()
+}
+
+fn defaults<T: Section>() -> Result<toml::Value, toml::ser::Error> {
+    toml::Value::try_from(T::default())
+}
+
+/// The value of `key` in a table, read with `seed`; the table's other keys are skipped.
+/// Reading from the file's own deserializer keeps toml's positions in errors.
+struct Pick<'k, S> {
+    key: &'k str,
+    seed: S,
+}
+
+impl<'de, S: DeserializeSeed<'de> + Clone> DeserializeSeed<'de> for Pick<'_, S> {
+    type Value = Option<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de> + Clone> Visitor<'de> for Pick<'_, S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a table")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(k) = map.next_key::<String>()? {
+            if k == self.key {
+                found = Some(map.next_value_seed(self.seed.clone())?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl<S: Clone> Clone for Pick<'_, S> {
+    fn clone(&self) -> Self {
+        Self {
+            key: self.key,
+            seed: self.seed.clone(),
+        }
+    }
+}
+
+/// Every element of an array, read with `seed`.
+#[derive(Clone)]
+struct Each<S>(S);
+
+impl<'de, S: DeserializeSeed<'de> + Clone> DeserializeSeed<'de> for Each<S> {
+    type Value = Vec<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de> + Clone> Visitor<'de> for Each<S> {
+    type Value = Vec<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(self.0.clone())? {
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+/// The sections read for the server or for one host, by type.
+#[derive(Clone, Default)]
+pub struct Sections(HashMap<TypeId, (&'static str, Value, String)>);
+
+impl fmt::Debug for Sections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rendered: Vec<_> = self.0.values().map(|(k, _, r)| (k, r)).collect();
+        rendered.sort();
+        f.debug_map().entries(rendered).finish()
+    }
+}
+
+impl Sections {
+    /// The section `T`; its defaults when the configuration was read without the module that
+    /// declares it.
+    pub fn get<T: Section>(&self) -> Arc<T> {
+        self.0
+            .get(&TypeId::of::<T>())
+            .and_then(|(_, v, _)| v.clone().downcast::<T>().ok())
+            .unwrap_or_default()
+    }
+
+    /// The keys of the sections whose values differ between `self` and `other`.
+    pub fn changed(&self, other: &Sections) -> Vec<&'static str> {
+        let mut keys: Vec<&'static str> = self
+            .0
+            .iter()
+            .filter(|(t, (_, _, r))| other.0.get(*t).map(|(_, _, o)| o) != Some(r))
+            .map(|(_, (k, _, _))| *k)
+            .chain(
+                other
+                    .0
+                    .iter()
+                    .filter(|(t, _)| !self.0.contains_key(*t))
+                    .map(|(_, (k, _, _))| *k),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    pub(crate) fn insert(&mut self, decl: &SectionDecl, value: Value) {
+        let rendered = (decl.render)(&value);
+        self.0.insert(decl.type_id(), (decl.key, value, rendered));
+    }
+}

@@ -1,0 +1,156 @@
+//! The configuration sections modules declare: read with their defaults, validated at start,
+//! unknown keys refused by name, and documented in `rookery.example.toml` from the modules'
+//! own declarations.
+
+use rookery_core::config::{Config, ConfigError};
+use rookery_core::Place;
+use rookery_modules::contact_info::ContactAddresses;
+use rookery_modules::mam::config::{ArchiveConfig, ArchivePreference};
+use rookery_modules::push::PushConfig;
+use rookery_modules::register::in_band::Registration;
+use std::path::Path;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(
+        text,
+        Path::new("test.toml"),
+        Path::new("/etc/rookery"),
+        &rookery_modules::registry(),
+    )
+}
+
+fn error(text: &str) -> String {
+    parse(text).expect_err("refused").to_string()
+}
+
+fn example_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rookery.example.toml")
+}
+
+#[test]
+fn sections_are_read_where_operators_write_them() {
+    let c = parse(
+        "[archive]\nretention_days = 30\ndefault_preference = 'roster'\n\
+         [push]\ninclude_body = true\n\
+         [[host]]\ndomain = 'a.org'\nregistration = true\n\
+         [host.contact]\nabuse = ['mailto:abuse@a.org']\n\
+         [[host]]\ndomain = 'b.org'\n",
+    )
+    .expect("valid");
+    let archive = c.section::<ArchiveConfig>();
+    assert_eq!(archive.retention_days, 30);
+    assert_eq!(archive.default_preference, ArchivePreference::Roster);
+    assert_eq!(
+        archive.max_page_size,
+        ArchiveConfig::default().max_page_size
+    );
+    assert!(c.section::<PushConfig>().include_body);
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    assert_eq!(*a.section::<Registration>(), Registration(true));
+    assert_eq!(
+        a.section::<ContactAddresses>().abuse,
+        ["mailto:abuse@a.org"]
+    );
+    assert_eq!(*b.section::<Registration>(), Registration(false));
+    assert_eq!(
+        *b.section::<ContactAddresses>(),
+        ContactAddresses::default()
+    );
+}
+
+#[test]
+fn a_modules_unknown_key_is_refused_by_name() {
+    let e = error("[archive]\nretention_dayz = 30\n");
+    assert!(e.contains("retention_dayz") && e.contains("line 2"), "{e}");
+    let e = error("[[host]]\ndomain = 'a.org'\n[host.contact]\nabuze = ['mailto:x@a.org']\n");
+    assert!(e.contains("abuze"), "{e}");
+    // What neither the core nor a module declares.
+    assert_eq!(error("archives = 1\n"), "archives: unknown key");
+    assert_eq!(
+        error("[[host]]\ndomain = 'a.org'\nregistraton = true\n"),
+        "host[0].registraton: unknown key"
+    );
+}
+
+#[test]
+fn a_modules_bad_values_are_named() {
+    for (text, key) in [
+        ("[archive]\nmax_page_size = 0\n", "archive.max_page_size"),
+        ("[archive]\ndefault_page_size = 300\n", "archive.default_page_size"),
+        ("[archive]\ndefault_preference = 'sometimes'\n", "sometimes"),
+        ("[archive]\nretention_days = 'long'\n", "retention_days"),
+        ("[push]\nmax_registrations = 0\n", "push.max_registrations"),
+        ("[push]\nrequest_timeout_secs = 0\n", "push.request_timeout_secs"),
+        (
+            "[[host]]\ndomain = 'a.org'\n[[host]]\ndomain = 'b.org'\n[host.contact]\nadmin = ['admin@b.org']\n",
+            "host[1].contact",
+        ),
+        ("[[host]]\ndomain = 'a.org'\nregistration = 'yes'\n", "registration"),
+    ] {
+        let e = error(text);
+        assert!(e.contains(key), "{key} not named in: {e}");
+    }
+}
+
+/// The example file documents every key with its default: the core's here, each module's
+/// section as the module declares it.
+#[test]
+fn example_config_parses_and_matches_defaults() {
+    let registry = rookery_modules::registry();
+    let c = Config::load(Some(&example_path()), &registry).expect("the example config is valid");
+    let d = Config::default();
+    assert_eq!(
+        c.limits, d.limits,
+        "the example documents the default limits"
+    );
+    assert_eq!(c.stream_management, d.stream_management);
+    assert_eq!(c.fast, d.fast);
+    assert_eq!(c.log_level, d.log_level);
+    assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
+    assert_eq!(c.listeners.len(), d.listeners.len());
+    assert_eq!(c.hosts[0].domain, "localhost");
+    assert_eq!(*c.section::<PushConfig>(), PushConfig::default());
+    assert_eq!(*c.section::<ArchiveConfig>(), ArchiveConfig::default());
+}
+
+#[test]
+fn example_file_lists_each_modules_section_as_declared() {
+    let example = std::fs::read_to_string(example_path()).expect("example file");
+    let registry = rookery_modules::registry();
+    let mut seen = 0;
+    for decl in registry.sections() {
+        seen += 1;
+        assert!(
+            example.contains(decl.example),
+            "rookery.example.toml lacks the '{}' section as its module declares it:\n{}",
+            decl.key,
+            decl.example
+        );
+        let defaults = decl.defaults().expect("defaults serialise");
+        let keys: Vec<&str> = match &defaults {
+            toml::Value::Table(t) => t.keys().map(String::as_str).collect(),
+            _ => vec![decl.key],
+        };
+        for key in keys {
+            assert!(
+                decl.example.contains(key),
+                "the example of '{}' does not mention its key '{key}'",
+                decl.key
+            );
+        }
+        // A top-level section's example shows its defaults as they are.
+        if decl.place == Place::Server {
+            let shown: toml::Table = toml::from_str(decl.example).expect("example is TOML");
+            assert_eq!(
+                shown.get(decl.key),
+                Some(&defaults),
+                "the example of '{}' differs from its defaults",
+                decl.key
+            );
+        }
+    }
+    assert!(
+        seen >= 4,
+        "push, archive, contact and registration are declared"
+    );
+}

@@ -1,0 +1,136 @@
+//! The order in which modules' handlers run on each event, as the enabled modules declare it.
+//!
+//! These chains carry cross-module rules: the carbons module refuses forged carbons before
+//! any other filter and copies only what every filter let through; what the blocking module
+//! drops is never archived; contacts see an account come online before its offline backlog
+//! is replayed; the last-activity module observes presence before it is broadcast; carbons
+//! and push act on an undeliverable message before offline storage stops the event; the
+//! blocking module loads a list before anything else runs for a new session and forgets it
+//! after everything else ran for a closed one. A change to any of these orders must be
+//! deliberate: it fails here.
+
+use rookery_core::events::{
+    Bind2Bound, BindInline, ClientStanza, HeldMessage, InboundPresence, LocalDelivery,
+    MessageDelivered, OutboundPresence, PresenceBroadcast, SessionBound, SessionClosed,
+    UndeliverableMessage,
+};
+use rookery_core::{Config, Host, ModuleRegistry};
+use rookery_storage::Storage;
+
+fn host(modules: Option<Vec<String>>) -> Host {
+    let cfg = Config::load(None, &rookery_modules::registry()).expect("default config");
+    rookery_modules::registry()
+        .build_host("example.org", modules.as_deref(), &cfg, &Storage::memory())
+        .expect("host")
+}
+
+/// (event, handler or filter order) for every event modules handle.
+fn chains(h: &Host) -> Vec<(&'static str, Vec<&'static str>)> {
+    let hooks = h.hooks();
+    vec![
+        ("ClientStanza", hooks.filter_order::<ClientStanza>()),
+        ("LocalDelivery", hooks.filter_order::<LocalDelivery>()),
+        ("Bind2Bound", hooks.filter_order::<Bind2Bound>()),
+        ("SessionBound", hooks.handler_order::<SessionBound>()),
+        ("SessionClosed", hooks.handler_order::<SessionClosed>()),
+        (
+            "PresenceBroadcast",
+            hooks.handler_order::<PresenceBroadcast>(),
+        ),
+        (
+            "OutboundPresence",
+            hooks.handler_order::<OutboundPresence>(),
+        ),
+        ("InboundPresence", hooks.handler_order::<InboundPresence>()),
+        (
+            "UndeliverableMessage",
+            hooks.handler_order::<UndeliverableMessage>(),
+        ),
+        (
+            "MessageDelivered",
+            hooks.handler_order::<MessageDelivered>(),
+        ),
+        ("HeldMessage", hooks.handler_order::<HeldMessage>()),
+        ("BindInline", hooks.handler_order::<BindInline>()),
+    ]
+}
+
+fn expected(
+    session_bound: [&'static str; 3],
+    session_closed: [&'static str; 3],
+) -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        (
+            "ClientStanza",
+            vec!["register", "carbons", "blocking", "mam", "carbons"],
+        ),
+        ("LocalDelivery", vec!["carbons", "blocking", "mam"]),
+        ("Bind2Bound", vec!["mam", "offline"]),
+        ("SessionBound", session_bound.to_vec()),
+        ("SessionClosed", session_closed.to_vec()),
+        ("PresenceBroadcast", vec!["last", "presence", "offline"]),
+        ("OutboundPresence", vec!["presence"]),
+        ("InboundPresence", vec!["presence"]),
+        ("UndeliverableMessage", vec!["carbons", "push", "offline"]),
+        ("MessageDelivered", vec!["carbons"]),
+        ("HeldMessage", vec!["push"]),
+        ("BindInline", vec!["carbons"]),
+    ]
+}
+
+#[test]
+fn every_cross_module_order_holds_with_all_modules() {
+    assert_eq!(
+        chains(&host(None)),
+        expected(
+            ["blocking", "push", "mam"],
+            ["presence", "last", "blocking"]
+        )
+    );
+}
+
+/// Listing the modules in another order changes only the order of handlers that declare none
+/// between them (mam and push on SessionBound, presence and last on SessionClosed): the
+/// initialisation order, as it always was.
+#[test]
+fn the_order_does_not_depend_on_how_modules_are_listed() {
+    let mut names: Vec<String> = rookery_modules::registry()
+        .modules()
+        .iter()
+        .map(|m| m.name.to_owned())
+        .collect();
+    names.reverse();
+    assert_eq!(
+        chains(&host(Some(names))),
+        expected(
+            ["blocking", "mam", "push"],
+            ["last", "presence", "blocking"]
+        )
+    );
+}
+
+/// A constraint that names a module the build does not have is refused when the host is
+/// built, not silently ignored.
+#[test]
+fn a_constraint_naming_no_module_is_refused() {
+    struct Typo;
+    impl rookery_core::Module for Typo {
+        const NAME: &'static str = "typo";
+        fn init(host: &mut rookery_core::HostBuilder<'_>) -> Result<(), rookery_core::ModuleError> {
+            host.hook::<SessionBound, _, _>(
+                rookery_core::Order::normal().after("blockng"),
+                |_, _| async { rookery_core::Flow::Continue },
+            );
+            Ok(())
+        }
+    }
+    let mut r = ModuleRegistry::new();
+    r.register::<Typo>();
+    let cfg = Config::load(None, &rookery_modules::registry()).expect("default config");
+    let e = r
+        .build_host("example.org", None, &cfg, &Storage::memory())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("blockng") && e.contains("SessionBound"), "{e}");
+}
