@@ -19,7 +19,10 @@ use rookery_stanza::{
     error_reply, iq_result, ns, random_id, BareJid, FullJid, IqType, StanzaError,
     StanzaErrorCondition, StreamErrorCondition,
 };
-use rookery_xml::{Element, Limits, StreamEvent, StreamHeader, StreamParser};
+use rookery_xml::{Element, Framing, Limits, StreamEvent, StreamHeader, StreamOpen, StreamParser};
+
+/// Client streams over TCP are one XML document each (RFC 6120 §4).
+const FRAMING: Framing = Framing::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -549,7 +552,7 @@ impl Connection {
                 Close::Graceful
             }
             Close::Graceful => {
-                self.out.extend_from_slice(b"</stream:stream>");
+                FRAMING.write_close(&mut self.out);
                 Close::Graceful
             }
             Close::Dropped => Close::Dropped,
@@ -636,15 +639,12 @@ impl Connection {
         if !self.header_sent {
             self.write_header(None);
         }
-        self.out.extend_from_slice(b"<stream:error>");
-        for child in condition.to_element(text).children() {
-            child.write_to(&mut self.out, ns::STREAMS);
-        }
+        let mut error = condition.to_element(text);
         if let Some(app) = app {
-            app.write_to(&mut self.out, ns::STREAMS);
+            error.push_child(app.clone());
         }
-        self.out
-            .extend_from_slice(b"</stream:error></stream:stream>");
+        FRAMING.write_error(&mut self.out, &error);
+        FRAMING.write_close(&mut self.out);
     }
 
     /// Writes a queued stanza now, or holds it while the client is inactive (XEP-0352).
@@ -699,35 +699,23 @@ impl Connection {
                     .map(|h| h.domain.clone())
             })
             .unwrap_or_default();
-        let mut header = Element::new("stream", ns::STREAMS)
-            .with_attr("id", random_id(16))
-            .with_attr("from", from)
-            .with_attr("version", "1.0")
-            .with_attr("xml:lang", "en");
-        if let Some(to) = to {
-            header.set_attr("to", to);
-        }
-        // The open tag is written by hand: it stays open for the life of the stream.
-        self.out.extend_from_slice(
-            b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'",
+        let id = random_id(16);
+        FRAMING.write_open(
+            &mut self.out,
+            &StreamOpen {
+                content_ns: ns::CLIENT,
+                id: &id,
+                from: &from,
+                to,
+                version: "1.0",
+                lang: "en",
+            },
         );
-        for (k, v) in header.attrs() {
-            self.out.push(b' ');
-            self.out.extend_from_slice(k.as_bytes());
-            self.out.extend_from_slice(b"='");
-            escape_attr(v, &mut self.out);
-            self.out.push(b'\'');
-        }
-        self.out.push(b'>');
         self.header_sent = true;
     }
 
     fn write_features(&mut self, features: &[Element]) {
-        self.out.extend_from_slice(b"<stream:features>");
-        for f in features {
-            f.write_to(&mut self.out, ns::CLIENT);
-        }
-        self.out.extend_from_slice(b"</stream:features>");
+        FRAMING.write_features(&mut self.out, ns::CLIENT, features);
     }
 
     fn write(&mut self, el: &Element) {
@@ -1415,19 +1403,6 @@ fn decode_sasl(el: &Element) -> Result<Vec<u8>, SaslError> {
         return Ok(Vec::new());
     }
     B64.decode(t).map_err(|_| SaslError::IncorrectEncoding)
-}
-
-fn escape_attr(v: &str, out: &mut Vec<u8>) {
-    for b in v.bytes() {
-        match b {
-            b'&' => out.extend_from_slice(b"&amp;"),
-            b'<' => out.extend_from_slice(b"&lt;"),
-            b'>' => out.extend_from_slice(b"&gt;"),
-            b'\'' => out.extend_from_slice(b"&apos;"),
-            b'"' => out.extend_from_slice(b"&quot;"),
-            _ => out.push(b),
-        }
-    }
 }
 
 // ---- Stream management (XEP-0198) --------------------------------------------------------
