@@ -64,11 +64,15 @@ impl StreamContext {
 
 /// How far the stream has come (RFC 6120 §4.3 negotiation order), with what only that
 /// stage needs.
+// `Bound` is the stage a stream spends its life in: boxing it would add an allocation per
+// session and save nothing.
+#[allow(clippy::large_enum_variant)]
 enum Stage {
     /// Before TLS on a transport that offers (and the configuration requires) STARTTLS.
     Plain,
-    /// TLS up (or not required), not authenticated.
-    Unauthenticated(Auth),
+    /// TLS up (or not required), not authenticated. Boxed: a bound session does not carry
+    /// the room of a SASL exchange.
+    Unauthenticated(Box<Auth>),
     /// Authenticated, no resource bound.
     Authenticated { user: BareJid },
     /// Resource bound: stanzas flow.
@@ -438,7 +442,7 @@ impl ClientStream {
         let stage = if !confidential && can_upgrade && ctx.server.config().tls.require_starttls {
             Stage::Plain
         } else {
-            Stage::Unauthenticated(Auth::default())
+            Stage::Unauthenticated(Box::default())
         };
         ClientStream {
             ctx,
@@ -549,7 +553,7 @@ impl ClientStream {
         self.confidential = true;
         self.can_upgrade = false;
         self.channel_bindings = channel_bindings;
-        self.stage = Stage::Unauthenticated(Auth::default());
+        self.stage = Stage::Unauthenticated(Box::default());
         self.header_sent = false;
     }
 

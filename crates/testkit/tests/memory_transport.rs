@@ -117,7 +117,10 @@ fn connect(t: &TestServer, streams: &Arc<StreamContext>) -> RawClient {
 
 fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     let from = text.find(start).map(|i| i + start.len()).unwrap_or(0);
-    let to = text[from..].find(end).map(|i| from + i).unwrap_or(text.len());
+    let to = text[from..]
+        .find(end)
+        .map(|i| from + i)
+        .unwrap_or(text.len());
     &text[from..to]
 }
 
@@ -125,7 +128,10 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
 async fn scram_login(c: &mut RawClient, user: &str, password: &str) -> String {
     let features = c.open_stream().await;
     assert!(features.contains(">SCRAM-SHA-256<"), "{features}");
-    assert!(!features.contains("starttls"), "nothing to upgrade: {features}");
+    assert!(
+        !features.contains("starttls"),
+        "nothing to upgrade: {features}"
+    );
     let mut scram = ScramClient::new(Hash::Sha256, user, password, None);
     c.send(&format!(
         "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
