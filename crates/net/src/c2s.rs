@@ -1,16 +1,21 @@
-//! One client-to-server connection (RFC 6120): stream negotiation (STARTTLS, SASL, resource
-//! binding), then stanzas in from the socket to the core's router, and stanzas out from the
-//! session's queue to the socket. One task per connection; nothing here blocks another
-//! connection.
+//! The client stream (RFC 6120) as a state machine without a socket: stream negotiation
+//! (STARTTLS as a request to the transport, SASL and SASL2/Bind 2/FAST, resource binding),
+//! then stanzas in from the client to the core's router and stanzas out from the session's
+//! queue to the client, with stream management and client state indication.
+//!
+//! A [`ClientStream`] is fed [`StreamEvent`]s and wake-ups of its session and writes what
+//! it answers into its [`Output`]; what it asks of the transport (restart the stream,
+//! upgrade to TLS, wait before answering) it returns as [`Next`], and why it ends as
+//! [`Close`]. [`run`] drives one over any [`StanzaTransport`], with the timers and input
+//! limits every transport shares. It awaits the core (storage, hooks, routing), never a
+//! socket.
 
 use crate::csi::ClientState;
-use crate::limits::{AuthThrottle, ConnectionPermit, TokenBucket};
+use crate::limits::{AuthThrottle, TokenBucket};
 use crate::sm::{self, Detached, ResumeError, Resumptions, StreamState, TakeoverReceiver};
-use crate::tls::{TlsConfigs, TlsContext};
-use crate::transport::{ReadNow, Transport};
+use crate::transport::{Received, StanzaTransport};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use rookery_core::config::ListenerKind;
 use rookery_core::counters::{self, Counter};
 use rookery_core::events::SessionBound;
 use rookery_core::{
@@ -18,68 +23,117 @@ use rookery_core::{
 };
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
 use rookery_stanza::{
-    error_reply, iq_result, ns, random_id, BareJid, FullJid, IqType, StanzaError,
+    error_reply, iq_result, ns, random_id, BareJid, FullJid, IqType, SharedStanza, StanzaError,
     StanzaErrorCondition, StreamErrorCondition,
 };
-use rookery_xml::{Element, Limits, StreamEvent, StreamHeader, StreamParser};
+use rookery_xml::{Element, Framing, StreamEvent, StreamHeader, StreamOpen};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 mod sasl2;
 use sasl2::NS_SASL2;
 
-/// Bytes read from the socket at once, into a stack buffer lent for the read only (an idle
-/// connection holds none); stanzas larger than it are assembled by the parser.
-const READ_BUFFER: usize = 4096;
 /// Output buffer capacity kept between writes; anything larger is freed after the flush.
 const OUT_BUFFER_KEEP: usize = 512;
 /// Stanzas written in one batch before flushing (one syscall for a burst of deliveries).
 const WRITE_BATCH: usize = 64;
-/// A client that accepts none of our bytes for this long is gone or hostile: the connection
-/// is dropped rather than holding its task and buffers.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client has to answer the liveness check sent after its idle time (or the
 /// idle time itself, if shorter).
 const LIVENESS_GRACE: Duration = Duration::from_secs(60);
 
-/// What every connection on one listener shares.
-pub struct ListenerContext {
+/// What every client stream of the server shares, whatever its transport.
+pub struct StreamContext {
     pub server: Arc<Server>,
-    pub tls: TlsContext,
-    pub kind: ListenerKind,
     pub throttle: Arc<AuthThrottle>,
-    /// Sessions that can be resumed (XEP-0198), shared by every listener.
+    /// Sessions that can be resumed (XEP-0198), shared by every transport.
     pub resumptions: Arc<Resumptions>,
 }
 
-/// How far the stream has come (RFC 6120 §4.3 negotiation order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl StreamContext {
+    pub fn new(server: Arc<Server>) -> Self {
+        StreamContext {
+            server,
+            throttle: Arc::new(AuthThrottle::default()),
+            resumptions: Arc::new(Resumptions::default()),
+        }
+    }
+}
+
+/// How far the stream has come (RFC 6120 §4.3 negotiation order), with what only that
+/// stage needs.
+// `Bound` is the stage a stream spends its life in: boxing it would add an allocation per
+// session and save nothing.
+#[allow(clippy::large_enum_variant)]
 enum Stage {
-    /// Before TLS on a STARTTLS port.
+    /// Before TLS on a transport that offers (and the configuration requires) STARTTLS.
     Plain,
-    /// TLS up (or not required), not authenticated.
-    Unauthenticated,
+    /// TLS up (or not required), not authenticated. Boxed: a bound session does not carry
+    /// the room of a SASL exchange.
+    Unauthenticated(Box<Auth>),
     /// Authenticated, no resource bound.
-    Authenticated,
+    Authenticated { user: BareJid },
     /// Resource bound: stanzas flow.
-    Bound,
+    Bound(Bound),
+    /// The session left this stream (taken over by a resuming stream, or released).
+    Ended,
+}
+
+/// The SASL exchange in progress, as the failure log line and the throttle see it.
+struct AuthAttempt {
+    mechanism: &'static str,
+    /// The account name the client gave, as `user@domain` (the prepared JID when the name
+    /// makes one, else what was sent); `None` until the client's message named one.
+    user: Option<String>,
+    /// That account, when the name is a valid JID: the throttle's per-account key.
+    account: Option<BareJid>,
+}
+
+/// The SASL exchange of an unauthenticated stream.
+#[derive(Default)]
+struct Auth {
+    /// The exchange in progress.
+    sasl: Option<ServerSession>,
+    /// Remembered across the exchange's messages: a SCRAM exchange fails on the client-final
+    /// message, which no longer carries the name.
+    attempt: Option<AuthAttempt>,
+    /// The SASL2 `<authenticate/>` of the exchange in progress (XEP-0388), with its inline
+    /// requests; `None` for legacy SASL.
+    sasl2: Option<Element>,
+    /// The FAST token this exchange authenticated with (mechanism, token, expiry).
+    fast_used: Option<(rookery_sasl::ht::HtMechanism, String, u64)>,
+    /// Failed attempts so far (RFC 6120 §6.4.5 lets the server limit retries).
+    attempts: u32,
+    /// A `<failure/>` held back until the failure delay has passed.
+    delayed_failure: Option<Element>,
+}
+
+/// A bound session on this stream.
+struct Bound {
+    user: BareJid,
+    handle: Arc<SessionHandle>,
+    inbox: SessionInbox,
+    /// Stream management, once the client enabled it or resumed.
+    sm: Option<StreamState>,
+    /// Where a resuming stream asks for this session (resumable sessions only).
+    takeover: Option<TakeoverReceiver>,
+    /// Client state indication (XEP-0352): what is held while the client is inactive.
+    csi: ClientState,
 }
 
 /// Why the stream ends.
-enum Close {
+pub enum Close {
     /// Send this stream error, then close.
     Error(StreamErrorCondition, Option<String>),
     /// The client closed its stream: answer with ours.
     Graceful,
-    /// The socket is gone: nothing more can be written.
+    /// The connection is gone: nothing more can be written.
     Dropped,
     /// Send this stream error with an application-specific condition element, then close.
     ErrorWith(StreamErrorCondition, Element),
-    /// Another connection resumes this session (XEP-0198 §5): hand it over, then close.
+    /// Another stream resumes this session (XEP-0198 §5): hand it over, then close.
     TakenOver(sm::TakeoverRequest),
     /// The client went silent and did not answer the liveness check: `connection-timeout`,
     /// but a resumable session is kept as if the connection had dropped.
@@ -95,196 +149,123 @@ impl Close {
     }
 }
 
-/// The SASL exchange in progress, as the failure log line and the throttle see it.
-struct AuthAttempt {
-    mechanism: &'static str,
-    /// The account name the client gave, as `user@domain` (the prepared JID when the name
-    /// makes one, else what was sent); `None` until the client's message named one.
-    user: Option<String>,
-    /// That account, when the name is a valid JID: the throttle's per-account key.
-    account: Option<BareJid>,
-}
-
-/// What processing one top-level element asks the read loop to do next.
-enum Next {
+/// What handling one event asks of the transport before the next one.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
     Continue,
-    /// Discard the rest of what was read and expect a new stream header (after TLS or SASL).
+    /// Send what was written, then discard the rest of what was received and expect a new
+    /// stream header (after SASL).
     Restart,
+    /// Send what was written (`<proceed/>`), upgrade the transport to TLS, report it with
+    /// [`ClientStream::tls_established`] and restart the stream (RFC 6120 §5.4.3.3).
+    StartTls,
+    /// Send what was written, wait this long (a failed authentication is answered slowly),
+    /// then call [`ClientStream::after_delay`] before handling anything else.
+    Delay(Duration),
 }
 
-struct Connection {
-    ctx: Arc<ListenerContext>,
-    peer: SocketAddr,
-    io: Option<Transport>,
-    parser: StreamParser,
-    out: Vec<u8>,
-    stage: Stage,
-    header_sent: bool,
-    /// The domain this stream is for (from the first header's `to`).
-    host: Option<Arc<Host>>,
-    channel_bindings: ChannelBindings,
-    sasl: Option<ServerSession>,
-    /// Remembered across the exchange's messages: a SCRAM exchange fails on the client-final
-    /// message, which no longer carries the name.
-    auth_attempt: Option<AuthAttempt>,
-    auth_attempts: u32,
-    user: Option<BareJid>,
-    session: Option<Arc<SessionHandle>>,
-    inbox: Option<SessionInbox>,
-    /// Stream management, once the client enabled it or resumed.
-    sm: Option<StreamState>,
-    /// Where a resuming connection asks for this session (resumable sessions only).
-    takeover: Option<TakeoverReceiver>,
-    /// Client state indication (XEP-0352): what is held while the client is inactive.
-    csi: ClientState,
-    /// The SASL2 `<authenticate/>` of the exchange in progress (XEP-0388), with its inline
-    /// requests; `None` for legacy SASL.
-    sasl2: Option<Element>,
-    /// The FAST token this exchange authenticated with (mechanism, token, expiry).
-    fast_used: Option<(rookery_sasl::ht::HtMechanism, String, u64)>,
-    /// When the client last sent anything (for the idle timeout once bound).
-    last_read: Instant,
-    /// Input pacing (bytes and stanzas per second).
-    bytes_bucket: TokenBucket,
-    stanzas_bucket: TokenBucket,
-    /// When the connection first went over its rate, if it still is.
-    throttled_since: Option<Instant>,
-    _permit: ConnectionPermit,
+/// What a bound session was woken by.
+pub enum Wake {
+    /// The session was ended from outside (conflict, account deleted, ...).
+    Kicked(StreamErrorCondition, String),
+    /// A resuming stream asks for the session; `None` when nobody can ask any more.
+    Takeover(Option<sm::TakeoverRequest>),
+    /// A stanza for the client; `None` when the session's queue closed.
+    Outgoing(Option<Box<Outgoing>>),
 }
 
-/// Runs one accepted connection to its end.
-pub async fn run(
-    ctx: Arc<ListenerContext>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    permit: ConnectionPermit,
-) {
-    let limits = &ctx.server.config().limits;
-    let parser = StreamParser::new(Limits {
-        max_stanza_bytes: limits.max_stanza_bytes,
-        max_depth: limits.max_depth,
-        max_attributes: limits.max_attributes,
-        max_attribute_bytes: limits.max_attribute_bytes,
-        ..Limits::default()
-    });
-    let handshake_limit = Duration::from_secs(limits.tls_handshake_timeout_secs);
-    let bytes_bucket =
-        TokenBucket::new(limits.max_bytes_per_second, limits.max_bytes_per_second * 2);
-    let stanzas_bucket = TokenBucket::new(
-        limits.max_stanzas_per_second,
-        limits.max_stanzas_per_second * 2,
-    );
-    let (io, stage, tls_configs) = match ctx.kind {
-        ListenerKind::C2s => {
-            let stage = if ctx.server.config().tls.require_starttls {
-                Stage::Plain
-            } else {
-                Stage::Unauthenticated
-            };
-            (Transport::Plain(socket), stage, None)
+/// How the stream ended, for whoever drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    /// Send what was written (the closing framing), then close the transport.
+    pub send_and_close: bool,
+    /// A resumable session is kept for resumption rather than ended.
+    keep_resumable: bool,
+}
+
+/// What the stream wrote and not yet sent: bytes, and the receipts of deliveries among
+/// them that resolve once the bytes are sent.
+pub struct Output {
+    bytes: Vec<u8>,
+    receipts: Vec<oneshot::Sender<()>>,
+    framing: Framing,
+}
+
+impl Output {
+    fn new(framing: Framing) -> Self {
+        Output {
+            bytes: Vec::new(),
+            receipts: Vec::new(),
+            framing,
         }
-        ListenerKind::C2sDirectTls => {
-            let configs = ctx.tls.current();
-            let acceptor = tokio_rustls::TlsAcceptor::from(configs.direct.clone());
-            let shutdown = ctx.server.shutdown_token();
-            match handshake(acceptor.accept(socket), handshake_limit, shutdown).await {
-                Ok(tls) => (
-                    Transport::Tls(Box::new(tls)),
-                    Stage::Unauthenticated,
-                    Some(configs),
-                ),
-                Err(why) => {
-                    tracing::debug!(%peer, why, "TLS handshake did not complete");
-                    counters::incr(Counter::TlsHandshakeFailures);
-                    return;
-                }
+    }
+
+    /// What to send.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The bytes were sent: resolves their receipts and keeps no more than a small buffer
+    /// (an idle session keeps no more; the next batch allocates once, cheap next to the
+    /// write itself).
+    pub fn sent(&mut self) {
+        self.bytes.clear();
+        if self.bytes.capacity() > OUT_BUFFER_KEEP {
+            self.bytes = Vec::new();
+        }
+        for r in self.receipts.drain(..) {
+            let _ = r.send(());
+        }
+    }
+
+    /// Writes a top-level element of the client stream.
+    fn element(&mut self, el: &Element) {
+        self.framing.write_element(&mut self.bytes, el, ns::CLIENT);
+    }
+
+    /// Writes a stanza the core delivered, possibly to other sessions as well: on a stream
+    /// framing its serialisation is shared with them (`SharedStanza::write_to`, one
+    /// serialisation however many recipients). A WebSocket message declares the namespace
+    /// on each stanza, a second wire form, written here directly until a WebSocket
+    /// transport exists to share it.
+    fn shared(&mut self, stanza: &SharedStanza) {
+        match self.framing {
+            Framing::Stream => stanza.write_to(&mut self.bytes, ns::CLIENT),
+            Framing::WebSocket => {
+                self.framing
+                    .write_element(&mut self.bytes, stanza.element(), ns::CLIENT)
             }
         }
-    };
-    let mut conn = Connection {
-        channel_bindings: ChannelBindings::default(),
-        ctx,
-        peer,
-        io: Some(io),
-        parser,
-        out: Vec::new(),
-        stage,
-        header_sent: false,
-        host: None,
-        sasl: None,
-        auth_attempt: None,
-        auth_attempts: 0,
-        user: None,
-        session: None,
-        inbox: None,
-        sm: None,
-        takeover: None,
-        csi: ClientState::default(),
-        sasl2: None,
-        fast_used: None,
-        last_read: Instant::now(),
-        bytes_bucket,
-        stanzas_bucket,
-        throttled_since: None,
-        _permit: permit,
-    };
-    if let Some(configs) = tls_configs {
-        conn.update_channel_bindings(&configs);
     }
-    tracing::debug!(%peer, tls = conn.is_tls(), "client connected");
-    let close = conn.serve().await;
-    conn.finish(close).await;
-}
 
-/// A TLS handshake bounded in time and abandoned at shutdown.
-async fn handshake<T>(
-    accept: impl std::future::Future<Output = std::io::Result<T>>,
-    limit: Duration,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<T, String> {
-    tokio::select! {
-        r = tokio::time::timeout(limit, accept) => match r {
-            Ok(Ok(t)) => Ok(t),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
-        },
-        _ = shutdown.cancelled() => Err("server shutting down".into()),
+    /// An XEP-0198 `<r/>` (it declares its namespace, so it reads the same on every
+    /// framing).
+    fn ack_request(&mut self) {
+        self.bytes.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
     }
 }
 
-/// What one read from the socket gave.
-enum ReadOutcome {
-    /// End of stream or an error: the connection is gone.
-    Closed,
-    /// Nothing to read after all (a spurious wake-up, or TLS records not complete yet);
-    /// `again` when the TLS layer asked to be polled again without a socket event.
-    Nothing { again: bool },
-    /// `n` bytes fed to the parser; `full` when the buffer was filled (more may wait).
-    Read {
-        n: usize,
-        full: bool,
-        fed: Result<(), rookery_xml::XmlError>,
-    },
+/// The client end of one XMPP client stream.
+pub struct ClientStream {
+    ctx: Arc<StreamContext>,
+    peer: SocketAddr,
+    /// What is sent is confidential (TLS, or a transport that is by nature).
+    confidential: bool,
+    /// The transport can still be upgraded to TLS (STARTTLS offered).
+    can_upgrade: bool,
+    channel_bindings: ChannelBindings,
+    /// The domain this stream is for (from the first header's `to`).
+    host: Option<Arc<Host>>,
+    header_sent: bool,
+    stage: Stage,
+    out: Output,
 }
 
-/// Resolves when the socket is readable, or at once when a previous read may have left
-/// decrypted bytes behind.
-async fn readable_or_now(io: &Transport, more_buffered: bool) -> std::io::Result<()> {
-    if more_buffered {
-        return Ok(());
-    }
-    io.readable().await
-}
-
-/// Waits on an optional session inbox; pending forever when there is none.
-async fn next_outgoing(inbox: &mut Option<SessionInbox>) -> Option<Box<Outgoing>> {
-    match inbox {
-        Some(inbox) => inbox.stanzas.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for a resuming connection's request; pending forever when not resumable.
+/// Waits for a resuming stream's request; pending forever when not resumable.
 async fn takeover_request(takeover: &mut Option<TakeoverReceiver>) -> Option<sm::TakeoverRequest> {
     match takeover {
         Some(rx) => rx.recv().await,
@@ -292,241 +273,336 @@ async fn takeover_request(takeover: &mut Option<TakeoverReceiver>) -> Option<sm:
     }
 }
 
-async fn kicked(session: &Option<Arc<SessionHandle>>) -> (StreamErrorCondition, String) {
-    match session {
-        Some(handle) => handle.kicked().await,
-        None => std::future::pending().await,
+/// Runs one client stream over `transport` to its end: reads and hands events to the
+/// stream, writes what it answers and what its session receives, enforces the input rate,
+/// the authentication deadline and the idle check, then ends or parks the session.
+pub async fn run<T: StanzaTransport>(ctx: Arc<StreamContext>, mut transport: T) {
+    let mut stream = ClientStream::new(ctx, &transport);
+    tracing::debug!(peer = %stream.peer, tls = stream.confidential, "client connected");
+    let close = drive(&mut stream, &mut transport).await;
+    let ending = stream.end(close);
+    if ending.send_and_close {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = send(&mut stream.out, &mut transport).await;
+            transport.close().await;
+        })
+        .await;
+    }
+    stream.release(ending).await;
+}
+
+/// Sends what the stream wrote.
+async fn send<T: StanzaTransport>(out: &mut Output, transport: &mut T) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let r = transport.send(out.bytes()).await;
+    if r.is_ok() {
+        out.sent();
+    } else {
+        // Nothing more will be sent; the receipts are dropped, so their senders keep
+        // their copies.
+        out.bytes = Vec::new();
+        out.receipts.clear();
+    }
+    r
+}
+
+/// The read/write loop; returns why the stream ended.
+async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T) -> Close {
+    let server = stream.ctx.server.clone();
+    let limits = &server.config().limits;
+    let mut events = Vec::new();
+    let shutdown = server.shutdown_token().clone();
+    let deadline = Instant::now() + Duration::from_secs(limits.unauthenticated_timeout_secs);
+    let grace = Duration::from_secs(limits.rate_limit_grace_secs);
+    let mut bytes_bucket =
+        TokenBucket::new(limits.max_bytes_per_second, limits.max_bytes_per_second * 2);
+    let mut stanzas_bucket = TokenBucket::new(
+        limits.max_stanzas_per_second,
+        limits.max_stanzas_per_second * 2,
+    );
+    // When the stream first went over its rate, if it still is.
+    let mut throttled_since: Option<Instant> = None;
+    // While over its rate the stream is not read (TCP pushes back on the sender); stanzas
+    // for it are still written.
+    let mut resume_reading = Instant::now();
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    // When the client last sent anything (for the idle check once bound).
+    let mut last_read = Instant::now();
+    // One timer for the life of the stream, re-armed only when it fires: reads just record
+    // the time, so an active client costs no timer work per read.
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
+    let mut probed = false;
+    loop {
+        let bound = stream.is_bound();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                return Close::err(StreamErrorCondition::SystemShutdown);
+            }
+            wake = stream.wake() => {
+                if let Err(close) = stream.on_wake(wake) {
+                    return close;
+                }
+                if send(&mut stream.out, transport).await.is_err() {
+                    return Close::Dropped;
+                }
+            }
+            _ = tokio::time::sleep_until(resume_reading), if resume_reading > Instant::now() => {}
+            ready = transport.readable(), if resume_reading <= Instant::now() => {
+                if ready.is_err() {
+                    return Close::Dropped;
+                }
+                let (n, parsed) = match transport.receive(&mut events) {
+                    Received::Closed => return Close::Dropped,
+                    Received::Nothing => continue,
+                    Received::Events { bytes, parsed } => (bytes, parsed),
+                };
+                let now = Instant::now();
+                last_read = now;
+                let wait = bytes_bucket
+                    .charge(n as u64, now.into_std())
+                    .max(stanzas_bucket.charge(events.len() as u64, now.into_std()));
+                if wait.is_zero() {
+                    throttled_since = None;
+                } else {
+                    let since = *throttled_since.get_or_insert_with(|| {
+                        counters::incr(Counter::RateLimited);
+                        tracing::warn!(peer = %stream.peer, "input rate limit reached: pausing reads");
+                        now
+                    });
+                    if now.duration_since(since) > grace {
+                        return Close::err_text(
+                            StreamErrorCondition::PolicyViolation,
+                            "sending too fast for too long",
+                        );
+                    }
+                    resume_reading = now + wait;
+                }
+                let mut restarted = false;
+                for ev in events.drain(..) {
+                    match stream.on_event(ev).await {
+                        Ok(Next::Continue) => {}
+                        Ok(Next::Restart) => {
+                            restarted = true;
+                            break;
+                        }
+                        Ok(Next::StartTls) => {
+                            if send(&mut stream.out, transport).await.is_err() {
+                                return Close::Dropped;
+                            }
+                            if transport.upgrade_tls().await.is_err() {
+                                return Close::Dropped;
+                            }
+                            stream.tls_established(transport.channel_bindings());
+                            restarted = true;
+                            break;
+                        }
+                        Ok(Next::Delay(delay)) => {
+                            if send(&mut stream.out, transport).await.is_err() {
+                                return Close::Dropped;
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = shutdown.cancelled() => {
+                                    return Close::err(StreamErrorCondition::SystemShutdown);
+                                }
+                            }
+                            if let Err(close) = stream.after_delay() {
+                                return close;
+                            }
+                        }
+                        Err(close) => return close,
+                    }
+                }
+                if send(&mut stream.out, transport).await.is_err() {
+                    return Close::Dropped;
+                }
+                if restarted {
+                    // Anything the client sent after <starttls/> or <auth/> in the same
+                    // read was sent before it could know the outcome: discard it
+                    // (RFC 6120 §5.4.3.3, the STARTTLS command-injection rule).
+                    events.clear();
+                    transport.restart();
+                    continue;
+                }
+                if let Err(e) = parsed {
+                    let cond = StreamErrorCondition::from_name(e.stream_condition())
+                        .unwrap_or(StreamErrorCondition::NotWellFormed);
+                    return Close::err_text(cond, e.to_string());
+                }
+            }
+            _ = &mut idle_check, if bound => {
+                let now = Instant::now();
+                if now.duration_since(last_read) < idle {
+                    probed = false;
+                    idle_check.as_mut().reset(last_read + idle);
+                } else if !probed {
+                    // XEP-0478 / RFC 6120 §4.6: check liveness before giving up.
+                    probed = true;
+                    stream.liveness_probe();
+                    if send(&mut stream.out, transport).await.is_err() {
+                        return Close::Dropped;
+                    }
+                    idle_check.as_mut().reset(now + LIVENESS_GRACE.min(idle));
+                } else {
+                    return Close::IdleTimeout;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if !bound => {
+                counters::incr(Counter::UnauthenticatedTimeouts);
+                return Close::err_text(
+                    StreamErrorCondition::ConnectionTimeout,
+                    "authentication took too long",
+                );
+            }
+        }
     }
 }
 
-impl Connection {
+impl ClientStream {
+    /// A new stream on `transport`, before the client's stream header.
+    pub fn new<T: StanzaTransport>(ctx: Arc<StreamContext>, transport: &T) -> Self {
+        let confidential = transport.is_confidential();
+        let can_upgrade = transport.can_upgrade();
+        let stage = if !confidential && can_upgrade && ctx.server.config().tls.require_starttls {
+            Stage::Plain
+        } else {
+            Stage::Unauthenticated(Box::default())
+        };
+        ClientStream {
+            ctx,
+            peer: transport.peer(),
+            confidential,
+            can_upgrade,
+            channel_bindings: transport.channel_bindings(),
+            host: None,
+            header_sent: false,
+            stage,
+            out: Output::new(transport.framing()),
+        }
+    }
+
     fn server(&self) -> &Arc<Server> {
         &self.ctx.server
     }
 
-    fn is_tls(&self) -> bool {
-        self.io.as_ref().is_some_and(Transport::is_tls)
+    /// What the stream wrote and not yet sent.
+    pub fn output(&mut self) -> &mut Output {
+        &mut self.out
     }
 
-    /// `configs`: those the handshake used (not the current ones, which a reload may have
-    /// replaced since).
-    fn update_channel_bindings(&mut self, configs: &TlsConfigs) {
-        if let Some(Transport::Tls(tls)) = &self.io {
-            self.channel_bindings = configs.channel_bindings(tls.get_ref().1);
+    /// Whether a resource is bound (stanzas flow).
+    pub fn is_bound(&self) -> bool {
+        matches!(self.stage, Stage::Bound(_))
+    }
+
+    fn bound_mut(&mut self) -> Option<&mut Bound> {
+        match &mut self.stage {
+            Stage::Bound(b) => Some(b),
+            _ => None,
         }
     }
 
-    /// The read/write loop; returns why the stream ended.
-    async fn serve(&mut self) -> Close {
-        let mut events = Vec::new();
-        // TLS may hold decrypted bytes the socket no longer signals (e.g. data that came with
-        // the end of the handshake): read at once before waiting on readiness.
-        let mut more_buffered = true;
-        let shutdown = self.server().shutdown_token().clone();
-        let deadline = Instant::now()
-            + Duration::from_secs(self.server().config().limits.unauthenticated_timeout_secs);
-        let grace = Duration::from_secs(self.server().config().limits.rate_limit_grace_secs);
-        // While over its rate the connection is not read (TCP pushes back on the sender);
-        // stanzas for it are still written.
-        let mut resume_reading = Instant::now();
-        let idle = Duration::from_secs(self.server().config().limits.idle_timeout_secs);
-        // One timer for the life of the connection, re-armed only when it fires: reads
-        // just record the time, so an active client costs no timer work per read.
-        let idle_check = tokio::time::sleep(idle);
-        tokio::pin!(idle_check);
-        let mut probed = false;
-        loop {
-            let Some(io) = self.io.as_mut() else {
-                return Close::Dropped;
-            };
-            let bound = self.stage == Stage::Bound;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    return Close::err(StreamErrorCondition::SystemShutdown);
-                }
-                (cond, text) = kicked(&self.session) => {
-                    return Close::Error(cond, Some(text));
-                }
-                req = takeover_request(&mut self.takeover) => {
-                    match req {
-                        Some(req) => return Close::TakenOver(req),
-                        None => self.takeover = None,
+    fn auth_mut(&mut self) -> Option<&mut Auth> {
+        match &mut self.stage {
+            Stage::Unauthenticated(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The authenticated account, once there is one.
+    fn user(&self) -> Option<&BareJid> {
+        match &self.stage {
+            Stage::Authenticated { user } => Some(user),
+            Stage::Bound(b) => Some(&b.user),
+            _ => None,
+        }
+    }
+
+    /// Resolves when the bound session needs the stream: it was kicked, a resuming stream
+    /// asks for it, or a stanza arrived for the client. Pending forever before binding.
+    pub async fn wake(&mut self) -> Wake {
+        let Stage::Bound(b) = &mut self.stage else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            biased;
+            (cond, text) = b.handle.kicked() => Wake::Kicked(cond, text),
+            req = takeover_request(&mut b.takeover) => Wake::Takeover(req),
+            first = b.inbox.stanzas.recv() => Wake::Outgoing(first),
+        }
+    }
+
+    /// Handles what [`wake`](Self::wake) returned: writes a batch of queued stanzas (up to
+    /// [`WRITE_BATCH`], one send for a burst of deliveries).
+    pub fn on_wake(&mut self, wake: Wake) -> Result<(), Close> {
+        let Stage::Bound(b) = &mut self.stage else {
+            return Ok(());
+        };
+        match wake {
+            Wake::Kicked(cond, text) => Err(Close::Error(cond, Some(text))),
+            Wake::Takeover(Some(req)) => Err(Close::TakenOver(req)),
+            Wake::Takeover(None) => {
+                b.takeover = None;
+                Ok(())
+            }
+            Wake::Outgoing(None) => Err(Close::Dropped),
+            Wake::Outgoing(Some(first)) => {
+                b.offer_outgoing(first, &mut self.out);
+                for _ in 1..WRITE_BATCH {
+                    match b.inbox.stanzas.try_recv() {
+                        Ok(o) => b.offer_outgoing(o, &mut self.out),
+                        Err(_) => break,
                     }
                 }
-                first = next_outgoing(&mut self.inbox) => {
-                    let Some(first) = first else { return Close::Dropped };
-                    let mut receipts = Vec::new();
-                    self.offer_outgoing(first, &mut receipts);
-                    for _ in 1..WRITE_BATCH {
-                        match self.inbox.as_mut().map(|i| i.stanzas.try_recv()) {
-                            Some(Ok(o)) => self.offer_outgoing(o, &mut receipts),
-                            _ => break,
-                        }
-                    }
-                    if self.sm.as_mut().is_some_and(StreamState::should_request) {
-                        self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
-                    }
-                    if self.flush().await.is_err() {
-                        return Close::Dropped;
-                    }
-                    if self.sm.as_ref().is_some_and(|s| s.unacked_len() > self.server().config().stream_management.max_unacked_stanzas) {
-                        return Close::err_text(
-                            StreamErrorCondition::PolicyViolation,
-                            "too many stanzas left unacknowledged",
-                        );
-                    }
-                    for r in receipts {
-                        let _ = r.send(());
-                    }
+                b.request_ack_if_due(&mut self.out);
+                let max = self
+                    .ctx
+                    .server
+                    .config()
+                    .stream_management
+                    .max_unacked_stanzas;
+                if b.sm.as_ref().is_some_and(|s| s.unacked_len() > max) {
+                    return Err(Close::err_text(
+                        StreamErrorCondition::PolicyViolation,
+                        "too many stanzas left unacknowledged",
+                    ));
                 }
-                _ = tokio::time::sleep_until(resume_reading), if resume_reading > Instant::now() => {}
-                ready = readable_or_now(io, more_buffered), if resume_reading <= Instant::now() => {
-                    if ready.is_err() {
-                        return Close::Dropped;
-                    }
-                    let (n, fed) = match self.read_available(&mut events) {
-                        ReadOutcome::Closed => return Close::Dropped,
-                        ReadOutcome::Nothing { again } => {
-                            more_buffered = again;
-                            if again {
-                                // Let other tasks run before polling TLS again.
-                                tokio::task::yield_now().await;
-                            }
-                            continue;
-                        }
-                        ReadOutcome::Read { n, full, fed } => {
-                            more_buffered = full;
-                            (n, fed)
-                        }
-                    };
-                    let now = Instant::now();
-                    self.last_read = now;
-                    let wait = self
-                        .bytes_bucket
-                        .charge(n as u64, now.into_std())
-                        .max(self.stanzas_bucket.charge(events.len() as u64, now.into_std()));
-                    if wait.is_zero() {
-                        self.throttled_since = None;
-                    } else {
-                        let since = *self.throttled_since.get_or_insert_with(|| {
-                            counters::incr(Counter::RateLimited);
-                            tracing::warn!(peer = %self.peer, "input rate limit reached: pausing reads");
-                            now
-                        });
-                        if now.duration_since(since) > grace {
-                            return Close::err_text(
-                                StreamErrorCondition::PolicyViolation,
-                                "sending too fast for too long",
-                            );
-                        }
-                        resume_reading = now + wait;
-                    }
-                    let mut restarted = false;
-                    for ev in events.drain(..) {
-                        match self.on_event(ev).await {
-                            Ok(Next::Continue) => {}
-                            Ok(Next::Restart) => {
-                                restarted = true;
-                                break;
-                            }
-                            Err(close) => return close,
-                        }
-                    }
-                    if self.flush().await.is_err() {
-                        return Close::Dropped;
-                    }
-                    if restarted {
-                        // Anything the client sent after <starttls/> or <auth/> in the same
-                        // read was sent before it could know the outcome: discard it
-                        // (RFC 6120 §5.4.3.3, the STARTTLS command-injection rule).
-                        events.clear();
-                        self.parser.reset();
-                        more_buffered = true;
-                        continue;
-                    }
-                    if let Err(e) = fed {
-                        let cond = StreamErrorCondition::from_name(e.stream_condition())
-                            .unwrap_or(StreamErrorCondition::NotWellFormed);
-                        return Close::err_text(cond, e.to_string());
-                    }
-                }
-                _ = &mut idle_check, if bound => {
-                    let now = Instant::now();
-                    if now.duration_since(self.last_read) < idle {
-                        probed = false;
-                        idle_check.as_mut().reset(self.last_read + idle);
-                    } else if !probed {
-                        // XEP-0478 / RFC 6120 §4.6: check liveness before giving up.
-                        probed = true;
-                        self.liveness_probe();
-                        if self.flush().await.is_err() {
-                            return Close::Dropped;
-                        }
-                        idle_check.as_mut().reset(now + LIVENESS_GRACE.min(idle));
-                    } else {
-                        return Close::IdleTimeout;
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline), if !bound => {
-                    counters::incr(Counter::UnauthenticatedTimeouts);
-                    return Close::err_text(
-                        StreamErrorCondition::ConnectionTimeout,
-                        "authentication took too long",
-                    );
-                }
+                Ok(())
             }
         }
     }
 
-    /// Reads what is available into a buffer that lives only for this call (so an idle
-    /// connection holds no read buffer) and feeds it to the parser.
-    fn read_available(&mut self, events: &mut Vec<StreamEvent>) -> ReadOutcome {
-        let Some(io) = self.io.as_mut() else {
-            return ReadOutcome::Closed;
-        };
-        let mut buf = [0u8; READ_BUFFER];
-        match io.read_now(&mut buf) {
-            ReadNow::Eof | ReadNow::Error(_) => ReadOutcome::Closed,
-            ReadNow::Wait => ReadOutcome::Nothing { again: false },
-            ReadNow::Again => ReadOutcome::Nothing { again: true },
-            ReadNow::Data(n) => ReadOutcome::Read {
-                n,
-                full: n == buf.len(),
-                fed: self.parser.feed(&buf[..n], events),
-            },
-        }
+    /// The transport is TLS now (after [`Next::StartTls`]): the stream restarts.
+    pub fn tls_established(&mut self, channel_bindings: ChannelBindings) {
+        self.confidential = true;
+        self.can_upgrade = false;
+        self.channel_bindings = channel_bindings;
+        self.stage = Stage::Unauthenticated(Box::default());
+        self.header_sent = false;
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let Some(io) = self.io.as_mut() else {
+    /// The delay asked for by [`Next::Delay`] has passed: writes the SASL failure held
+    /// back, and ends the stream after too many failed attempts.
+    pub fn after_delay(&mut self) -> Result<(), Close> {
+        let max = self.server().config().limits.max_auth_attempts;
+        let Some(auth) = self.auth_mut() else {
             return Ok(());
         };
-        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
-            io.write_all(&self.out).await?;
-            io.flush().await
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client is not reading",
-            ))
-        });
-        self.out.clear();
-        if self.out.capacity() > OUT_BUFFER_KEEP {
-            // An idle session keeps no more than a small buffer: the next batch allocates
-            // once (cheap next to the write itself).
-            self.out = Vec::new();
+        let failure = auth.delayed_failure.take();
+        let attempts = auth.attempts;
+        if let Some(f) = failure {
+            self.write(&f);
         }
-        r
+        check_attempts(attempts, max)
     }
 
-    /// Ends the stream as `close` says, then releases the session.
-    async fn finish(mut self, close: Close) {
+    /// Ends the stream as `close` says: counts it and writes the closing framing (after
+    /// handing the session over, for a take-over).
+    pub fn end(&mut self, close: Close) -> Ending {
         match &close {
             Close::Error(StreamErrorCondition::PolicyViolation, _) => {
                 counters::incr(Counter::PolicyViolations)
@@ -553,15 +629,19 @@ impl Connection {
             Close::IdleTimeout => counters::incr(Counter::IdleTimeouts),
             _ => {}
         }
-        let close = match close {
+        let closing = Ending {
+            send_and_close: true,
+            keep_resumable: false,
+        };
+        match close {
             Close::Error(cond, text) => {
                 tracing::debug!(peer = %self.peer, condition = %cond, "closing stream with error");
                 self.write_stream_error(cond, text.as_deref(), None);
-                Close::Graceful
+                closing
             }
             Close::ErrorWith(cond, app) => {
-                self.write_stream_error(cond, None, Some(&app));
-                Close::Graceful
+                self.write_stream_error(cond, None, Some(app));
+                closing
             }
             Close::IdleTimeout => {
                 self.write_stream_error(
@@ -569,10 +649,13 @@ impl Connection {
                     Some("no answer to the liveness check"),
                     None,
                 );
-                Close::IdleTimeout
+                Ending {
+                    keep_resumable: true,
+                    ..closing
+                }
             }
             Close::TakenOver(req) => {
-                // Hand the session over before spending any time on this dead connection.
+                // Hand the session over before spending any time on this dead stream.
                 if let Some(d) = self.detach() {
                     let _ = req.send(d);
                 }
@@ -581,41 +664,42 @@ impl Connection {
                     Some("the session was resumed on another connection"),
                     None,
                 );
-                Close::Graceful
+                closing
             }
             Close::Graceful => {
-                self.out.extend_from_slice(b"</stream:stream>");
-                Close::Graceful
+                self.out.framing.write_close(&mut self.out.bytes);
+                closing
             }
-            Close::Dropped => Close::Dropped,
-        };
-        if !matches!(close, Close::Dropped) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                let _ = self.flush().await;
-                if let Some(io) = self.io.as_mut() {
-                    let _ = io.shutdown().await;
-                }
-            })
-            .await;
+            Close::Dropped => Ending {
+                send_and_close: false,
+                keep_resumable: true,
+            },
         }
-        let resumable = matches!(close, Close::Dropped | Close::IdleTimeout)
-            && self.sm.as_ref().is_some_and(|s| s.id.is_some());
+    }
+
+    /// Releases the session after the stream ended: a resumable one is parked for
+    /// resumption if the connection was lost, anything else ends for good.
+    pub async fn release(mut self, ending: Ending) {
+        let resumable = ending.keep_resumable
+            && matches!(&self.stage, Stage::Bound(b) if b.sm.as_ref().is_some_and(|s| s.id.is_some()));
         if let Some(detached) = resumable.then(|| self.detach()).flatten() {
             let server = self.server().clone();
             let resumptions = self.ctx.resumptions.clone();
             server
                 .tasks()
                 .spawn(sm::park(server.clone(), resumptions, detached));
-        } else if let (Some(handle), Some(host)) = (self.session.take(), self.host.clone()) {
-            let held = self.csi.take_all().into();
-            let (mut inbox, mut state) = (self.inbox.take(), self.sm.take());
+        } else if let (Stage::Bound(mut b), Some(host)) = (
+            std::mem::replace(&mut self.stage, Stage::Ended),
+            self.host.clone(),
+        ) {
+            let held = b.csi.take_all().into();
             sm::end_session(
                 self.server(),
                 &self.ctx.resumptions,
                 &host,
-                &handle,
-                inbox.as_mut(),
-                state.as_mut(),
+                &b.handle,
+                Some(&mut b.inbox),
+                b.sm.as_mut(),
                 held,
             )
             .await;
@@ -624,39 +708,48 @@ impl Connection {
     }
 
     /// Asks a silent client to show it is there: an SM ack request, or a ping.
-    fn liveness_probe(&mut self) {
-        if self.sm.is_some() {
-            self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
-            return;
-        }
-        let (Some(session), Some(host)) = (&self.session, &self.host) else {
+    pub fn liveness_probe(&mut self) {
+        let Some(host) = self.host.clone() else {
             return;
         };
+        let Stage::Bound(b) = &mut self.stage else {
+            return;
+        };
+        if b.sm.is_some() {
+            self.out.ack_request();
+            return;
+        }
         let ping = Element::new("iq", ns::CLIENT)
             .with_attr("type", "get")
             .with_attr("id", format!("idle-{}", random_id(8)))
             .with_attr("from", host.domain())
-            .with_attr("to", session.jid().as_str())
+            .with_attr("to", b.handle.jid().as_str())
             .with_child(Element::new("ping", "urn:xmpp:ping"));
-        self.write_stanza(ping);
+        b.write_stanza(ping, &mut self.out);
     }
 
-    /// Takes the session off this connection, with everything needed to continue it
-    /// elsewhere (a resuming connection or the parked-session task); `None` unless it is a
-    /// resumable stream-management session.
+    /// Takes the session off this stream, with everything needed to continue it elsewhere
+    /// (a resuming stream or the parked-session task); `None` unless it is a resumable
+    /// stream-management session.
     fn detach(&mut self) -> Option<Detached> {
-        if self.session.is_none() || self.inbox.is_none() || self.takeover.is_none() {
+        let host = self.host.clone()?;
+        let resumable =
+            matches!(&self.stage, Stage::Bound(b) if b.sm.is_some() && b.takeover.is_some());
+        if !resumable {
             return None;
         }
-        let mut state = self.sm.take()?;
+        let Stage::Bound(mut b) = std::mem::replace(&mut self.stage, Stage::Ended) else {
+            return None;
+        };
+        let mut state = b.sm.take()?;
         state.connection_changed();
         Some(Detached {
-            handle: self.session.take()?,
-            inbox: self.inbox.take()?,
+            handle: b.handle,
+            inbox: b.inbox,
             state,
-            takeover: self.takeover.take()?,
-            host: self.host.clone()?,
-            held: self.csi.take_all().into(),
+            takeover: b.takeover.take()?,
+            host,
+            held: b.csi.take_all().into(),
         })
     }
 
@@ -666,59 +759,17 @@ impl Connection {
         &mut self,
         condition: StreamErrorCondition,
         text: Option<&str>,
-        app: Option<&Element>,
+        app: Option<Element>,
     ) {
         if !self.header_sent {
             self.write_header(None);
         }
-        self.out.extend_from_slice(b"<stream:error>");
-        for child in condition.to_element(text).children() {
-            child.write_to(&mut self.out, ns::STREAMS);
-        }
+        let mut error = condition.to_element(text);
         if let Some(app) = app {
-            app.write_to(&mut self.out, ns::STREAMS);
+            error.push_child(app);
         }
-        self.out
-            .extend_from_slice(b"</stream:error></stream:stream>");
-    }
-
-    /// Writes a queued stanza now, or holds it while the client is inactive (XEP-0352).
-    fn offer_outgoing(
-        &mut self,
-        o: Box<Outgoing>,
-        receipts: &mut Vec<tokio::sync::oneshot::Sender<()>>,
-    ) {
-        if !self.csi.is_inactive() {
-            return self.write_outgoing(*o, receipts);
-        }
-        for o in self.csi.offer(o) {
-            self.write_outgoing(*o, receipts);
-        }
-    }
-
-    /// Serialises one queued stanza; under stream management it joins the unacknowledged
-    /// queue (its receipt resolves on the client's ack), otherwise its receipt resolves after
-    /// the flush.
-    fn write_outgoing(
-        &mut self,
-        o: Outgoing,
-        receipts: &mut Vec<tokio::sync::oneshot::Sender<()>>,
-    ) {
-        let Outgoing { stanza, written } = o;
-        stanza.write_to(&mut self.out, ns::CLIENT);
-        match self.sm.as_mut() {
-            Some(sm) => sm.sent(stanza, written),
-            None => receipts.extend(written),
-        }
-    }
-
-    /// Writes a stanza this connection answers itself once bound (counted by stream
-    /// management like any other).
-    fn write_stanza(&mut self, stanza: Element) {
-        stanza.write_to(&mut self.out, ns::CLIENT);
-        if let Some(sm) = self.sm.as_mut() {
-            sm.sent(stanza, None);
-        }
+        self.out.framing.write_error(&mut self.out.bytes, &error);
+        self.out.framing.write_close(&mut self.out.bytes);
     }
 
     fn write_header(&mut self, to: Option<&str>) {
@@ -734,42 +785,34 @@ impl Connection {
                     .map(|h| h.domain.clone())
             })
             .unwrap_or_default();
-        let mut header = Element::new("stream", ns::STREAMS)
-            .with_attr("id", random_id(16))
-            .with_attr("from", from)
-            .with_attr("version", "1.0")
-            .with_attr("xml:lang", "en");
-        if let Some(to) = to {
-            header.set_attr("to", to);
-        }
-        // The open tag is written by hand: it stays open for the life of the stream.
-        self.out.extend_from_slice(
-            b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'",
+        let id = random_id(16);
+        self.out.framing.write_open(
+            &mut self.out.bytes,
+            &StreamOpen {
+                content_ns: ns::CLIENT,
+                id: &id,
+                from: &from,
+                to,
+                version: "1.0",
+                lang: "en",
+            },
         );
-        for (k, v) in header.attrs() {
-            self.out.push(b' ');
-            self.out.extend_from_slice(k.as_bytes());
-            self.out.extend_from_slice(b"='");
-            escape_attr(v, &mut self.out);
-            self.out.push(b'\'');
-        }
-        self.out.push(b'>');
         self.header_sent = true;
     }
 
     fn write_features(&mut self, features: &[Element]) {
-        self.out.extend_from_slice(b"<stream:features>");
-        for f in features {
-            f.write_to(&mut self.out, ns::CLIENT);
-        }
-        self.out.extend_from_slice(b"</stream:features>");
+        self.out
+            .framing
+            .write_features(&mut self.out.bytes, ns::CLIENT, features);
     }
 
+    /// Writes a negotiation element (not counted by stream management).
     fn write(&mut self, el: &Element) {
-        el.write_to(&mut self.out, ns::CLIENT);
+        self.out.element(el);
     }
 
-    async fn on_event(&mut self, ev: StreamEvent) -> Result<Next, Close> {
+    /// Handles one event of the client's stream.
+    pub async fn on_event(&mut self, ev: StreamEvent) -> Result<Next, Close> {
         match ev {
             StreamEvent::Open(header) => self.on_stream_open(header).map(|()| Next::Continue),
             StreamEvent::Close => Err(Close::Graceful),
@@ -834,7 +877,7 @@ impl Connection {
     }
 
     fn offered_mechanisms(&self) -> Vec<Mechanism> {
-        let tls = self.is_tls();
+        let tls = self.confidential;
         let has_cb = !self.channel_bindings.supported().is_empty();
         Mechanism::ALL
             .into_iter()
@@ -848,14 +891,14 @@ impl Connection {
 
     fn features(&self) -> Vec<Element> {
         let mut out = Vec::new();
-        match self.stage {
+        match &self.stage {
             Stage::Plain => {
                 out.push(
                     Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)),
                 );
             }
-            Stage::Unauthenticated => {
-                if self.ctx.kind == ListenerKind::C2s && !self.is_tls() {
+            Stage::Unauthenticated(_) => {
+                if self.can_upgrade && !self.confidential {
                     out.push(Element::new("starttls", ns::TLS));
                 }
                 let mut mechs = Element::new("mechanisms", ns::SASL);
@@ -863,7 +906,7 @@ impl Connection {
                     mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
                 }
                 out.push(mechs);
-                if self.is_tls() {
+                if self.confidential {
                     if let Some(host) = &self.host {
                         out.extend(host.pre_auth_features().iter().cloned());
                     }
@@ -882,10 +925,13 @@ impl Connection {
                     out.push(el);
                 }
             }
-            Stage::Authenticated | Stage::Bound => {
+            Stage::Authenticated { .. } | Stage::Bound(_) | Stage::Ended => {
                 // After a SASL2 login with Bind 2 the stream is bound without a restart:
                 // binding is no longer on offer (XEP-0386), nor SM once enabled.
-                let bound = self.stage == Stage::Bound;
+                let (bound, sm_enabled) = match &self.stage {
+                    Stage::Bound(b) => (true, b.sm.is_some()),
+                    _ => (false, false),
+                };
                 if !bound {
                     out.push(Element::new("bind", ns::BIND));
                     // RFC 6121 Appendix E: kept for old clients, marked optional.
@@ -894,7 +940,7 @@ impl Connection {
                             .with_child(Element::new("optional", ns::SESSION)),
                     );
                 }
-                if self.server().config().stream_management.enabled && self.sm.is_none() {
+                if self.server().config().stream_management.enabled && !sm_enabled {
                     out.push(Element::new("sm", sm::NS));
                 }
                 out.push(Element::new("csi", crate::csi::NS));
@@ -926,75 +972,72 @@ impl Connection {
         if self.host.is_none() {
             return Err(Close::err(StreamErrorCondition::NotWellFormed));
         }
-        match (self.stage, el.ns(), el.name()) {
-            (Stage::Plain | Stage::Unauthenticated, ns::TLS, "starttls") => self.starttls().await,
-            (Stage::Plain, ns::SASL, "auth") => {
+        let stage = match &self.stage {
+            Stage::Plain => StageName::Plain,
+            Stage::Unauthenticated(a) => StageName::Unauthenticated {
+                exchange: a.sasl.is_some(),
+            },
+            Stage::Authenticated { .. } => StageName::Authenticated,
+            Stage::Bound(_) => StageName::Bound,
+            Stage::Ended => return Err(Close::Dropped),
+        };
+        use StageName::*;
+        match (stage, el.ns(), el.name()) {
+            (Plain | Unauthenticated { .. }, ns::TLS, "starttls") => self.starttls(),
+            (Plain, ns::SASL, "auth") => {
                 let fail = Element::new("failure", ns::SASL)
                     .with_child(Element::new("encryption-required", ns::SASL));
                 self.write(&fail);
                 Ok(Next::Continue)
             }
-            (Stage::Unauthenticated, ns::SASL, "auth") => {
+            (Unauthenticated { .. }, ns::SASL, "auth") => {
                 let initial = decode_sasl(&el);
                 self.sasl_auth(&el, initial).await
             }
-            (Stage::Plain, NS_SASL2, _) => {
+            (Plain, NS_SASL2, _) => {
                 let fail = Element::new("failure", NS_SASL2)
                     .with_child(Element::new("encryption-required", ns::SASL));
                 self.write(&fail);
                 Ok(Next::Continue)
             }
-            (Stage::Unauthenticated, NS_SASL2, "authenticate") if self.sasl.is_none() => {
+            (Unauthenticated { exchange: false }, NS_SASL2, "authenticate") => {
                 self.sasl2_authenticate(el).await
             }
-            (Stage::Unauthenticated, NS_SASL2, "response") => {
+            (Unauthenticated { .. }, NS_SASL2 | ns::SASL, "response") => {
                 let data = decode_sasl(&el);
                 self.sasl_step(|s| data.and_then(|d| s.step(&d))).await
             }
-            (Stage::Unauthenticated, NS_SASL2, "abort") => {
-                self.sasl = None;
-                self.sasl_failure(SaslError::Aborted).await
+            (Unauthenticated { .. }, NS_SASL2 | ns::SASL, "abort") => {
+                if let Some(auth) = self.auth_mut() {
+                    auth.sasl = None;
+                }
+                self.sasl_failure(SaslError::Aborted)
             }
-            (Stage::Unauthenticated, ns::SASL, "response") => {
-                let data = decode_sasl(&el);
-                self.sasl_step(|s| data.and_then(|d| s.step(&d))).await
-            }
-            (Stage::Unauthenticated, ns::SASL, "abort") => {
-                self.sasl = None;
-                self.sasl_failure(SaslError::Aborted).await
-            }
-            (Stage::Unauthenticated, ns::CLIENT, "iq") if self.pre_auth_handler(&el).is_some() => {
+            (Unauthenticated { .. }, ns::CLIENT, "iq") if self.pre_auth_handler(&el).is_some() => {
                 self.register(el).await;
                 Ok(Next::Continue)
             }
-            (Stage::Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el).await,
-            (Stage::Authenticated | Stage::Bound, sm::NS, _) => {
-                self.on_sm(el).await.map(|()| Next::Continue)
-            }
-            (Stage::Bound, crate::csi::NS, "inactive") => {
-                self.csi.set_inactive();
+            (Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el).await,
+            (Authenticated | Bound, sm::NS, _) => self.on_sm(el).await.map(|()| Next::Continue),
+            (Bound, crate::csi::NS, "inactive") => {
+                if let Some(b) = self.bound_mut() {
+                    b.csi.set_inactive();
+                }
                 Ok(Next::Continue)
             }
-            (Stage::Bound, crate::csi::NS, "active") => {
+            (Bound, crate::csi::NS, "active") => {
                 // §5: everything held is on the wire before anything the client sends next
-                // is processed (the read loop flushes before reading on).
-                let mut receipts = Vec::new();
-                for o in self.csi.set_active() {
-                    self.write_outgoing(*o, &mut receipts);
-                }
-                if self.sm.as_mut().is_some_and(StreamState::should_request) {
-                    self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
-                }
-                if self.flush().await.is_err() {
-                    return Err(Close::Dropped);
-                }
-                for r in receipts {
-                    let _ = r.send(());
+                // is processed (the driver sends what was written before reading on).
+                if let Stage::Bound(b) = &mut self.stage {
+                    for o in b.csi.set_active() {
+                        b.write_outgoing(*o, &mut self.out);
+                    }
+                    b.request_ack_if_due(&mut self.out);
                 }
                 Ok(Next::Continue)
             }
-            (Stage::Authenticated, crate::csi::NS, _) => Ok(Next::Continue),
-            (Stage::Bound, _, _) => self.on_stanza(el).await.map(|()| Next::Continue),
+            (Authenticated, crate::csi::NS, _) => Ok(Next::Continue),
+            (Bound, _, _) => self.on_stanza(el).await.map(|()| Next::Continue),
             (_, ns::CLIENT, "message" | "presence" | "iq") => Err(Close::err_text(
                 StreamErrorCondition::NotAuthorized,
                 "authenticate and bind a resource first",
@@ -1005,36 +1048,14 @@ impl Connection {
         }
     }
 
-    /// RFC 6120 §5.4: upgrade the connection in place.
-    async fn starttls(&mut self) -> Result<Next, Close> {
-        if self.is_tls() {
+    /// RFC 6120 §5.4: the transport upgrades in place, then the stream restarts.
+    fn starttls(&mut self) -> Result<Next, Close> {
+        if self.confidential || !self.can_upgrade {
             self.write(&Element::new("failure", ns::TLS));
             return Err(Close::Dropped);
         }
         self.write(&Element::new("proceed", ns::TLS));
-        if self.flush().await.is_err() {
-            return Err(Close::Dropped);
-        }
-        let Some(Transport::Plain(tcp)) = self.io.take() else {
-            return Err(Close::Dropped);
-        };
-        let configs = self.ctx.tls.current();
-        let acceptor = tokio_rustls::TlsAcceptor::from(configs.starttls.clone());
-        let limit = Duration::from_secs(self.server().config().limits.tls_handshake_timeout_secs);
-        match handshake(acceptor.accept(tcp), limit, self.server().shutdown_token()).await {
-            Ok(tls) => {
-                self.io = Some(Transport::Tls(Box::new(tls)));
-                self.update_channel_bindings(&configs);
-                self.stage = Stage::Unauthenticated;
-                self.header_sent = false;
-                Ok(Next::Restart)
-            }
-            Err(why) => {
-                tracing::debug!(peer = %self.peer, why, "STARTTLS handshake did not complete");
-                counters::incr(Counter::TlsHandshakeFailures);
-                Err(Close::Dropped)
-            }
-        }
+        Ok(Next::StartTls)
     }
 
     async fn sasl_auth(
@@ -1049,30 +1070,38 @@ impl Connection {
             .filter(|m| offered.contains(m));
         let Some(mech) = mech else {
             let fail = self.sasl_failure_element("invalid-mechanism");
-            self.sasl2 = None;
+            if let Some(auth) = self.auth_mut() {
+                auth.sasl2 = None;
+            }
             self.write(&fail);
             return Ok(Next::Continue);
         };
-        self.auth_attempt = Some(AuthAttempt {
-            mechanism: mech.name(),
-            user: None,
-            account: None,
-        });
         let plus_advertised = offered.iter().any(|m| m.is_plus());
         // XEP-0474: the client can check that nobody stripped what was offered.
         let names: Vec<&str> = offered.iter().map(|m| m.name()).collect();
         let cbs = self.channel_bindings.supported();
         let cb_names: Vec<&str> = cbs.iter().map(|c| c.name()).collect();
-        self.sasl = Some(
-            ServerSession::new(
-                mech,
-                self.channel_bindings.clone(),
-                plus_advertised,
-                self.is_tls(),
-            )
-            .with_downgrade_protection(&names, (!cb_names.is_empty()).then_some(&cb_names[..])),
-        );
+        let session = ServerSession::new(
+            mech,
+            self.channel_bindings.clone(),
+            plus_advertised,
+            self.confidential,
+        )
+        .with_downgrade_protection(&names, (!cb_names.is_empty()).then_some(&cb_names[..]));
+        if let Some(auth) = self.auth_mut() {
+            auth.sasl = Some(session);
+            auth.attempt = Some(AuthAttempt {
+                mechanism: mech.name(),
+                user: None,
+                account: None,
+            });
+        }
         self.sasl_step(|s| initial.and_then(|d| s.start(&d))).await
+    }
+
+    /// Whether the exchange in progress is SASL2.
+    fn in_sasl2(&self) -> bool {
+        matches!(&self.stage, Stage::Unauthenticated(a) if a.sasl2.is_some())
     }
 
     /// Drives the SASL exchange one client message further.
@@ -1080,7 +1109,7 @@ impl Connection {
         &mut self,
         f: impl FnOnce(&mut ServerSession) -> Result<Step, SaslError>,
     ) -> Result<Next, Close> {
-        let Some(mut session) = self.sasl.take() else {
+        let Some(mut session) = self.auth_mut().and_then(|a| a.sasl.take()) else {
             let fail = Element::new("failure", ns::SASL)
                 .with_child(Element::new("malformed-request", ns::SASL));
             self.write(&fail);
@@ -1113,8 +1142,7 @@ impl Connection {
                                 Err(e) => {
                                     tracing::error!(error = %e, "credential look-up failed");
                                     return self
-                                        .sasl_failure(SaslError::Internal("storage".into()))
-                                        .await;
+                                        .sasl_failure(SaslError::Internal("storage".into()));
                                 }
                             }
                         }
@@ -1124,14 +1152,12 @@ impl Connection {
                     step = session.credentials(creds);
                 }
                 Ok(Step::Challenge(data)) => {
-                    let ns = if self.sasl2.is_some() {
-                        NS_SASL2
-                    } else {
-                        ns::SASL
-                    };
+                    let ns = if self.in_sasl2() { NS_SASL2 } else { ns::SASL };
                     let el = Element::new("challenge", ns).with_text(B64.encode(data));
                     self.write(&el);
-                    self.sasl = Some(session);
+                    if let Some(auth) = self.auth_mut() {
+                        auth.sasl = Some(session);
+                    }
                     return Ok(Next::Continue);
                 }
                 Ok(Step::Success {
@@ -1144,16 +1170,18 @@ impl Connection {
                         BareJid::new(&format!("{username}@{}", domain.unwrap_or_default())).ok()
                     });
                     let Some(jid) = jid else {
-                        return self.sasl_failure(SaslError::NotAuthorized).await;
+                        return self.sasl_failure(SaslError::NotAuthorized);
                     };
                     // An authorization identity other than the account itself is not allowed.
                     if let Some(z) = authzid.filter(|z| !z.is_empty()) {
                         if BareJid::new(&z).ok().as_ref() != Some(&jid) {
-                            return self.sasl_failure(SaslError::InvalidAuthzid).await;
+                            return self.sasl_failure(SaslError::InvalidAuthzid);
                         }
                     }
-                    self.auth_attempt = None;
-                    if self.sasl2.is_some() {
+                    if let Some(auth) = self.auth_mut() {
+                        auth.attempt = None;
+                    }
+                    if self.in_sasl2() {
                         tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated (SASL2)");
                         return self.sasl2_success(jid, additional_data).await;
                     }
@@ -1164,12 +1192,11 @@ impl Connection {
                     self.write(&el);
                     self.ctx.throttle.success(self.peer.ip());
                     tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated");
-                    self.user = Some(jid);
-                    self.stage = Stage::Authenticated;
+                    self.stage = Stage::Authenticated { user: jid };
                     self.header_sent = false;
                     return Ok(Next::Restart);
                 }
-                Err(e) => return self.sasl_failure(e).await,
+                Err(e) => return self.sasl_failure(e),
             }
         }
     }
@@ -1184,32 +1211,30 @@ impl Connection {
                 format!("{username}@{domain}")
             }
         };
-        if let Some(a) = self.auth_attempt.as_mut() {
+        if let Some(a) = self.auth_mut().and_then(|a| a.attempt.as_mut()) {
             a.user = Some(user);
             a.account = jid;
         }
     }
 
-    /// Answers a failed SASL exchange: slowed down by the throttle, and the stream closed after
-    /// too many attempts (RFC 6120 §6.4.5 lets the server limit retries). Logs one line per
-    /// failure with the name tried and the client's address, for fail2ban-style tools:
-    /// `authentication failed user=alice@example.org addr=192.0.2.7 mechanism=SCRAM-SHA-256
-    /// reason=not-authorized` (`user=(none)` when the exchange failed before naming one).
-    async fn sasl_failure(&mut self, e: SaslError) -> Result<Next, Close> {
-        self.sasl = None;
-        let attempt = self.auth_attempt.take();
+    /// Answers a failed SASL exchange: slowed down by the throttle (the `<failure/>` is
+    /// written after [`Next::Delay`]), and the stream closed after too many attempts
+    /// (RFC 6120 §6.4.5 lets the server limit retries). An abort is answered at once.
+    ///
+    /// Logs one line per failure with the name tried and the client's address, for
+    /// fail2ban-style tools: `authentication failed user=alice@example.org addr=192.0.2.7
+    /// mechanism=SCRAM-SHA-256 reason=not-authorized` (`user=(none)` when the exchange failed
+    /// before naming one).
+    fn sasl_failure(&mut self, e: SaslError) -> Result<Next, Close> {
+        let fail = self.sasl_failure_element(e.condition());
         let counted = !matches!(e, SaslError::Aborted);
-        if counted {
+        let attempt = self.auth_mut().and_then(|a| a.attempt.take());
+        let delay = counted.then(|| {
             counters::incr(Counter::AuthFailures);
-            self.auth_attempts += 1;
             let (mechanism, user, account) = match attempt {
                 Some(a) => (a.mechanism, a.user, a.account),
                 None => ("(none)", None, None),
             };
-            let delay = self
-                .ctx
-                .throttle
-                .failure(self.peer.ip(), account.as_ref().map(|a| a.as_str()));
             let user = user.map_or_else(|| "(none)".to_owned(), |u| log_field(&u));
             tracing::warn!(
                 user = %user,
@@ -1220,38 +1245,31 @@ impl Connection {
             );
             // Debug-formatted: the detail may quote what the client sent.
             tracing::debug!(peer = %self.peer, error = ?e.to_string(), "authentication failure detail");
-            if self.flush().await.is_err() {
-                return Err(Close::Dropped);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.ctx.server.shutdown_token().cancelled() => {
-                    return Err(Close::err(StreamErrorCondition::SystemShutdown));
-                }
-            }
+            self.ctx
+                .throttle
+                .failure(self.peer.ip(), account.as_ref().map(|a| a.as_str()))
+        });
+        let max = self.server().config().limits.max_auth_attempts;
+        let Some(auth) = self.auth_mut() else {
+            return Ok(Next::Continue);
+        };
+        auth.sasl = None;
+        auth.sasl2 = None;
+        auth.fast_used = None;
+        if let Some(delay) = delay {
+            auth.attempts += 1;
+            auth.delayed_failure = Some(fail);
+            return Ok(Next::Delay(delay));
         }
-        let fail = self.sasl_failure_element(e.condition());
-        self.sasl2 = None;
-        self.fast_used = None;
+        let attempts = auth.attempts;
         self.write(&fail);
-        if self.auth_attempts >= self.server().config().limits.max_auth_attempts {
-            counters::incr(Counter::AuthAttemptsExceeded);
-            return Err(Close::err_text(
-                StreamErrorCondition::PolicyViolation,
-                "too many failed authentication attempts",
-            ));
-        }
-        Ok(Next::Continue)
+        check_attempts(attempts, max).map(|()| Next::Continue)
     }
 
     /// A SASL `<failure/>` in the namespace of the exchange in progress (RFC 6120 §6.5 or
     /// XEP-0388 §2.6.2, whose failure carries the RFC 6120 condition).
     fn sasl_failure_element(&self, condition: &str) -> Element {
-        let ns = if self.sasl2.is_some() {
-            NS_SASL2
-        } else {
-            ns::SASL
-        };
+        let ns = if self.in_sasl2() { NS_SASL2 } else { ns::SASL };
         Element::new("failure", ns).with_child(Element::new(condition, ns::SASL))
     }
 
@@ -1268,7 +1286,7 @@ impl Connection {
                 "bind a resource first",
             ));
         };
-        let Some(user) = self.user.clone() else {
+        let Some(user) = self.user().cloned() else {
             return Err(Close::err(StreamErrorCondition::NotAuthorized));
         };
         let requested = bind
@@ -1291,7 +1309,7 @@ impl Connection {
                 Err(_) => return Err(Close::err(StreamErrorCondition::InternalServerError)),
             },
         };
-        self.bind(full.clone()).await;
+        self.bind(full.clone()).await?;
         let reply = iq_result(
             &el,
             Some(
@@ -1303,7 +1321,11 @@ impl Connection {
         Ok(Next::Continue)
     }
 
-    async fn bind(&mut self, jid: FullJid) {
+    /// Registers the session in the core's session registry: the stream is bound.
+    async fn bind(&mut self, jid: FullJid) -> Result<Arc<SessionHandle>, Close> {
+        let Some(user) = self.user().cloned() else {
+            return Err(Close::err(StreamErrorCondition::NotAuthorized));
+        };
         let queue = self.server().config().limits.session_send_queue;
         let (handle, inbox) = SessionHandle::new(jid.clone(), queue);
         if let Some(old) = self.server().sessions().bind(handle.clone()) {
@@ -1313,57 +1335,145 @@ impl Connection {
                 "replaced by a new session with the same resource",
             );
         }
-        self.session = Some(handle.clone());
-        self.inbox = Some(inbox);
-        self.stage = Stage::Bound;
+        self.stage = Stage::Bound(Bound {
+            user,
+            handle: handle.clone(),
+            inbox,
+            sm: None,
+            takeover: None,
+            csi: ClientState::default(),
+        });
         tracing::info!(peer = %self.peer, jid = %jid, "resource bound");
         if let Some(host) = self.host.clone() {
             host.hooks()
-                .run(self.server(), SessionBound { session: handle })
+                .run(
+                    self.server(),
+                    SessionBound {
+                        session: handle.clone(),
+                    },
+                )
                 .await;
         }
+        Ok(handle)
     }
 
+    /// A stanza from the bound client: stamped and routed by the core, except the few
+    /// requests the stream answers itself.
     async fn on_stanza(&mut self, el: Element) -> Result<(), Close> {
-        let Some(jid) = self.session.as_ref().map(|h| h.jid().clone()) else {
+        let Stage::Bound(b) = &mut self.stage else {
             return Err(Close::err(StreamErrorCondition::InternalServerError));
         };
+        let jid = b.handle.jid().clone();
         let Some(stanza) = self
-            .server()
+            .ctx
+            .server
             .stamp_from_client(&jid, el)
             .map_err(Close::err)?
         else {
             // Answered already (a malformed 'to').
-            self.count_handled();
+            b.count_handled();
             return Ok(());
         };
         if stanza.name() == "iq" && stanza.attr("to").is_none() {
             let is_set = IqType::of(&stanza) == Some(IqType::Set);
             if is_set && stanza.has_child("session", ns::SESSION) {
-                self.write_stanza(iq_result(&stanza, None));
-                self.count_handled();
+                b.write_stanza(iq_result(&stanza, None), &mut self.out);
+                b.count_handled();
                 return Ok(());
             }
             if stanza.has_child("bind", ns::BIND) {
                 let e = StanzaError::new(StanzaErrorCondition::NotAllowed)
                     .with_text("a resource is already bound on this stream");
                 if let Some(reply) = error_reply(&stanza, &e) {
-                    self.write_stanza(reply);
+                    b.write_stanza(reply, &mut self.out);
                 }
-                self.count_handled();
+                b.count_handled();
                 return Ok(());
             }
         }
         let server = self.server().clone();
         server.route_from_client(&jid, stanza).await;
-        self.count_handled();
+        if let Some(b) = self.bound_mut() {
+            b.count_handled();
+        }
         Ok(())
+    }
+}
+
+/// The stage an element arrives in, for dispatch.
+#[derive(Debug, Clone, Copy)]
+enum StageName {
+    Plain,
+    /// `exchange`: a SASL exchange is in progress.
+    Unauthenticated {
+        exchange: bool,
+    },
+    Authenticated,
+    Bound,
+}
+
+/// RFC 6120 §6.4.5: the stream ends after too many failed authentication attempts.
+fn check_attempts(attempts: u32, max: u32) -> Result<(), Close> {
+    if attempts >= max {
+        counters::incr(Counter::AuthAttemptsExceeded);
+        return Err(Close::err_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many failed authentication attempts",
+        ));
+    }
+    Ok(())
+}
+
+impl Bound {
+    /// Writes a queued stanza now, or holds it while the client is inactive (XEP-0352).
+    fn offer_outgoing(&mut self, o: Box<Outgoing>, out: &mut Output) {
+        if !self.csi.is_inactive() {
+            return self.write_outgoing(*o, out);
+        }
+        for o in self.csi.offer(o) {
+            self.write_outgoing(*o, out);
+        }
+    }
+
+    /// Serialises one stanza from the session's queue: the one place where what the core
+    /// delivered is written. Under stream management it joins the unacknowledged queue
+    /// (its receipt resolves on the client's ack), otherwise its receipt resolves once the
+    /// bytes are sent.
+    fn write_outgoing(&mut self, o: Outgoing, out: &mut Output) {
+        let Outgoing { stanza, written } = o;
+        out.shared(&stanza);
+        match self.sm.as_mut() {
+            Some(sm) => sm.sent(stanza, written),
+            None => out.receipts.extend(written),
+        }
+    }
+
+    /// Writes a stanza the stream answers itself once bound (counted by stream management
+    /// like any other).
+    fn write_stanza(&mut self, stanza: Element, out: &mut Output) {
+        out.element(&stanza);
+        if let Some(sm) = self.sm.as_mut() {
+            sm.sent(stanza, None);
+        }
+    }
+
+    /// Asks for an acknowledgement when stream management wants one (XEP-0198 §4).
+    fn request_ack_if_due(&mut self, out: &mut Output) {
+        if self.sm.as_mut().is_some_and(StreamState::should_request) {
+            out.ack_request();
+        }
+    }
+
+    fn count_handled(&mut self) {
+        if let Some(sm) = self.sm.as_mut() {
+            sm.handled();
+        }
     }
 }
 
 const NS_STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
 
-impl Connection {
+impl ClientStream {
     /// The handler a module registered for an IQ on this stream before authentication, by
     /// the namespace of its payload (in-band registration, XEP-0077 §3.1).
     fn pre_auth_handler(&self, iq: &Element) -> Option<Arc<dyn PreAuthHandler>> {
@@ -1375,7 +1485,7 @@ impl Connection {
     /// over TLS, since such requests carry credentials.
     async fn register(&mut self, iq: Element) {
         let answer = match (self.pre_auth_handler(&iq), IqType::of(&iq)) {
-            (Some(handler), Some(iq_type @ (IqType::Get | IqType::Set))) if self.is_tls() => {
+            (Some(handler), Some(iq_type @ (IqType::Get | IqType::Set))) if self.confidential => {
                 let (Some(host), Some(payload)) = (self.host.as_ref(), iq.children().next()) else {
                     return;
                 };
@@ -1431,39 +1541,21 @@ fn decode_sasl(el: &Element) -> Result<Vec<u8>, SaslError> {
     B64.decode(t).map_err(|_| SaslError::IncorrectEncoding)
 }
 
-fn escape_attr(v: &str, out: &mut Vec<u8>) {
-    for b in v.bytes() {
-        match b {
-            b'&' => out.extend_from_slice(b"&amp;"),
-            b'<' => out.extend_from_slice(b"&lt;"),
-            b'>' => out.extend_from_slice(b"&gt;"),
-            b'\'' => out.extend_from_slice(b"&apos;"),
-            b'"' => out.extend_from_slice(b"&quot;"),
-            _ => out.push(b),
-        }
-    }
-}
-
 // ---- Stream management (XEP-0198) --------------------------------------------------------
 
-impl Connection {
-    fn count_handled(&mut self) {
-        if let Some(sm) = self.sm.as_mut() {
-            sm.handled();
-        }
-    }
-
+impl ClientStream {
     async fn on_sm(&mut self, el: Element) -> Result<(), Close> {
         if !self.server().config().stream_management.enabled {
             return Err(Close::err(StreamErrorCondition::UnsupportedStanzaType));
         }
-        match (self.stage, el.name()) {
-            (Stage::Bound, "enable") => {
+        let bound = self.is_bound();
+        match (bound, el.name()) {
+            (true, "enable") => {
                 let reply = self.sm_enable(&el);
                 self.write(&reply);
                 Ok(())
             }
-            (Stage::Authenticated, "resume") => match self.take_for_resume(&el).await? {
+            (false, "resume") => match self.take_for_resume(&el).await? {
                 Ok(d) => {
                     let resumed = resumed_element(&d, &el);
                     self.write(&resumed);
@@ -1475,21 +1567,24 @@ impl Connection {
                     Ok(())
                 }
             },
-            (Stage::Bound, "r") => {
-                if let Some(h) = self.sm.as_ref().map(StreamState::inbound) {
+            (true, "r") => {
+                if let Some(h) = self
+                    .bound_mut()
+                    .and_then(|b| b.sm.as_ref().map(StreamState::inbound))
+                {
                     let a = Element::new("a", sm::NS).with_attr("h", h.to_string());
                     self.write(&a);
                 }
                 Ok(())
             }
-            (Stage::Bound, "a") => {
+            (true, "a") => {
                 let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
                     return Err(Close::err_text(
                         StreamErrorCondition::InvalidXml,
                         "an <a/> needs a numeric h",
                     ));
                 };
-                let Some(sm) = self.sm.as_mut() else {
+                let Some(sm) = self.bound_mut().and_then(|b| b.sm.as_mut()) else {
                     return Ok(());
                 };
                 sm.ack(h)
@@ -1508,30 +1603,32 @@ impl Connection {
     /// or `<failed/>` answer.
     fn sm_enable(&mut self, el: &Element) -> Element {
         let config = self.server().config().stream_management.clone();
-        if self.sm.is_some() || self.stage != Stage::Bound || !config.enabled {
+        let resumptions = self.ctx.resumptions.clone();
+        let Some(b) = self
+            .bound_mut()
+            .filter(|b| b.sm.is_none() && config.enabled)
+        else {
             // Enabling twice or before binding.
             return sm_failed(StanzaErrorCondition::UnexpectedRequest, None);
-        }
+        };
         let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
         let mut reply = Element::new("enabled", sm::NS);
         let mut state = StreamState::new(None, Duration::ZERO);
         if wants_resume {
-            if let Some(user) = self.user.clone() {
-                let secs = el
-                    .attr("max")
-                    .and_then(|m| m.parse::<u64>().ok())
-                    .filter(|m| *m > 0)
-                    .unwrap_or(config.resume_timeout_secs)
-                    .min(config.max_resume_timeout_secs);
-                let (id, rx) = self.ctx.resumptions.register(user);
-                reply.set_attr("id", id.as_str());
-                reply.set_attr("resume", "true");
-                reply.set_attr("max", secs.to_string());
-                state = StreamState::new(Some(id), Duration::from_secs(secs));
-                self.takeover = Some(rx);
-            }
+            let secs = el
+                .attr("max")
+                .and_then(|m| m.parse::<u64>().ok())
+                .filter(|m| *m > 0)
+                .unwrap_or(config.resume_timeout_secs)
+                .min(config.max_resume_timeout_secs);
+            let (id, rx) = resumptions.register(b.user.clone());
+            reply.set_attr("id", id.as_str());
+            reply.set_attr("resume", "true");
+            reply.set_attr("max", secs.to_string());
+            state = StreamState::new(Some(id), Duration::from_secs(secs));
+            b.takeover = Some(rx);
         }
-        self.sm = Some(state);
+        b.sm = Some(state);
         reply
     }
 
@@ -1550,7 +1647,7 @@ impl Connection {
         ) else {
             return Ok(Err(sm_failed(StanzaErrorCondition::BadRequest, None)));
         };
-        let Some(user) = self.user.clone() else {
+        let Some(user) = self.user().cloned() else {
             return Err(Close::err(StreamErrorCondition::NotAuthorized));
         };
         let mut d = match self.ctx.resumptions.take(previd, &user).await {
@@ -1581,24 +1678,28 @@ impl Connection {
     /// Continues a taken-over session on this stream: writes again what the client never
     /// confirmed, then what arrived while it was away.
     fn install_resumed(&mut self, mut d: Detached) {
+        let Some(user) = self.user().cloned() else {
+            return;
+        };
         for stanza in d.state.unacked() {
-            stanza.write_to(&mut self.out, ns::CLIENT);
+            self.out.shared(stanza);
         }
-        let mut receipts = Vec::new();
         let held = std::mem::take(&mut d.held);
-        self.sm = Some(d.state);
-        for o in held {
-            self.write_outgoing(*o, &mut receipts);
-        }
-        if self.sm.as_mut().is_some_and(StreamState::should_request) {
-            self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
-        }
         tracing::info!(peer = %self.peer, jid = %d.handle.jid(), "session resumed");
         counters::incr(Counter::SmResumed);
-        self.session = Some(d.handle);
-        self.inbox = Some(d.inbox);
-        self.takeover = Some(d.takeover);
-        self.stage = Stage::Bound;
+        let mut b = Bound {
+            user,
+            handle: d.handle,
+            inbox: d.inbox,
+            sm: Some(d.state),
+            takeover: Some(d.takeover),
+            csi: ClientState::default(),
+        };
+        for o in held {
+            b.write_outgoing(*o, &mut self.out);
+        }
+        b.request_ack_if_due(&mut self.out);
+        self.stage = Stage::Bound(b);
     }
 }
 
@@ -1626,22 +1727,4 @@ fn handled_too_high(h: u32, sent: u32) -> Close {
             .with_attr("h", h.to_string())
             .with_attr("send-count", sent.to_string()),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_field;
-
-    #[test]
-    fn log_fields_cannot_split_or_forge_log_lines() {
-        assert_eq!(log_field("alice@example.org"), "alice@example.org");
-        assert_eq!(log_field("jürgen@例え.jp"), "jürgen@例え.jp");
-        assert_eq!(
-            log_field("a b\n2026 WARN x\"y\\"),
-            "a\\u{20}b\\u{a}2026\\u{20}WARN\\u{20}x\\u{22}y\\u{5c}"
-        );
-        let long = log_field(&"x".repeat(1000));
-        assert_eq!(long.chars().count(), 129);
-        assert!(long.ends_with('…'));
-    }
 }

@@ -1,11 +1,14 @@
 //! Listeners and client streams.
 //!
 //! * [`tls`]: certificates per host (loaded or generated), SNI, channel-binding data.
-//! * [`c2s`]: one task per client connection: negotiation, then stanzas to and from the core.
+//! * [`c2s`]: the client stream state machine (negotiation, then stanzas to and from the
+//!   core), without a socket, and the loop that runs one over a transport.
+//! * [`transport`]: [`transport::StanzaTransport`], what a client stream runs over, and its
+//!   TCP/TLS implementation.
 //! * [`limits`]: connection counting and authentication-failure slow-down.
 //!
 //! Transports hand the core stanzas that are already parsed and stamped; the core never sees
-//! bytes. WebSocket and BOSH will feed the same session logic.
+//! bytes. WebSocket and BOSH will be other transports under the same client stream.
 
 pub mod c2s;
 pub mod csi;
@@ -15,7 +18,7 @@ pub mod sm;
 pub mod tls;
 pub mod transport;
 
-use crate::c2s::ListenerContext;
+use crate::c2s::StreamContext;
 use rookery_core::Spec;
 
 /// What the stream layer implements (features modules register are listed by the modules).
@@ -101,7 +104,8 @@ pub const SPECS: &[Spec] = &[
         version: "0.2.0",
     },
 ];
-use crate::limits::{AuthThrottle, ConnectionLimits};
+use crate::limits::ConnectionLimits;
+use crate::transport::{TcpSetup, TcpTransport};
 use rookery_core::config::ListenerKind;
 use rookery_core::Server;
 use std::net::SocketAddr;
@@ -132,34 +136,34 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<BoundListener>> {
     Ok(out)
 }
 
+/// What every connection on one listener shares.
+struct Listener {
+    streams: Arc<StreamContext>,
+    tls: tls::TlsContext,
+    kind: ListenerKind,
+    limits: Arc<ConnectionLimits>,
+}
+
 /// Accepts connections on the bound listeners until the server shuts down.
 pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundListener>) {
     let limits = &server.config().limits;
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
-    let throttle = Arc::new(AuthThrottle::default());
-    let resumptions = Arc::new(sm::Resumptions::default());
+    let streams = Arc::new(StreamContext::new(server.clone()));
     for l in listeners {
-        let ctx = Arc::new(ListenerContext {
-            server: server.clone(),
+        let listener = Arc::new(Listener {
+            streams: streams.clone(),
             tls: tls.clone(),
             kind: l.kind,
-            throttle: throttle.clone(),
-            resumptions: resumptions.clone(),
+            limits: conn_limits.clone(),
         });
-        let conn_limits = conn_limits.clone();
         tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
-        server
-            .tasks()
-            .spawn(accept_loop(ctx, l.listener, conn_limits));
+        server.tasks().spawn(accept_loop(listener, l.listener));
     }
 }
 
-async fn accept_loop(
-    ctx: Arc<ListenerContext>,
-    listener: TcpListener,
-    limits: Arc<ConnectionLimits>,
-) {
-    let shutdown = ctx.server.shutdown_token().clone();
+async fn accept_loop(l: Arc<Listener>, listener: TcpListener) {
+    let server = l.streams.server.clone();
+    let shutdown = server.shutdown_token().clone();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -167,17 +171,17 @@ async fn accept_loop(
         };
         match accepted {
             Ok((socket, peer)) => {
-                let Some(permit) = limits.try_acquire(peer.ip()) else {
-                    tracing::warn!(%peer, open = limits.open(), "connection refused: connection limit reached");
+                let Some(permit) = l.limits.try_acquire(peer.ip()) else {
+                    tracing::warn!(%peer, open = l.limits.open(), "connection refused: connection limit reached");
                     rookery_core::counters::incr(
                         rookery_core::counters::Counter::ConnectionsRefused,
                     );
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
-                ctx.server
+                server
                     .tasks()
-                    .spawn(c2s::run(ctx.clone(), socket, peer, permit));
+                    .spawn(client_connection(l.clone(), socket, peer, permit));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -186,4 +190,41 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Runs one accepted client connection to its end: a client stream over TCP (after the
+/// TLS handshake on a direct-TLS port).
+async fn client_connection(
+    l: Arc<Listener>,
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: limits::ConnectionPermit,
+) {
+    let server = &l.streams.server;
+    let limits = &server.config().limits;
+    let setup = TcpSetup {
+        tls: l.tls.clone(),
+        parser: rookery_xml::StreamParser::new(rookery_xml::Limits {
+            max_stanza_bytes: limits.max_stanza_bytes,
+            max_depth: limits.max_depth,
+            max_attributes: limits.max_attributes,
+            max_attribute_bytes: limits.max_attribute_bytes,
+            ..rookery_xml::Limits::default()
+        }),
+        handshake_limit: Duration::from_secs(limits.tls_handshake_timeout_secs),
+        shutdown: server.shutdown_token().clone(),
+        permit,
+    };
+    let transport = match l.kind {
+        ListenerKind::C2s => TcpTransport::plain(socket, peer, setup),
+        ListenerKind::C2sDirectTls => match TcpTransport::direct_tls(socket, peer, setup).await {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::debug!(%peer, %why, "TLS handshake did not complete");
+                rookery_core::counters::incr(rookery_core::counters::Counter::TlsHandshakeFailures);
+                return;
+            }
+        },
+    };
+    c2s::run(l.streams.clone(), transport).await;
 }

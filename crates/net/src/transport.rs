@@ -1,13 +1,313 @@
-//! A client connection's byte stream: plain TCP until STARTTLS, TLS after it (or from the
-//! first byte on a direct-TLS port).
+//! What a client stream runs over.
+//!
+//! [`StanzaTransport`] is the seam between the client stream state machine
+//! ([`crate::c2s::ClientStream`]) and the bytes: it hands over parsed stream events, sends
+//! what the stream wrote (stanzas and framing, serialised by the stream with the
+//! transport's [`Framing`]), upgrades itself to TLS on request, and tells the stream what
+//! it needs to know about the connection (peer address, confidentiality, channel-binding
+//! data). [`TcpTransport`] is the one for TCP: plain until STARTTLS, TLS after it (or from
+//! the first byte on a direct-TLS port). WebSocket (RFC 7395), BOSH and server-to-server
+//! streams are other implementations of the same trait.
 
+use crate::limits::ConnectionPermit;
+use crate::tls::{TlsConfigs, TlsContext};
+use rookery_core::counters::{self, Counter};
+use rookery_sasl::ChannelBindings;
+use rookery_xml::{Framing, StreamEvent, StreamParser, XmlError};
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 
+/// Bytes read from the socket at once, into a stack buffer lent for the read only (an idle
+/// connection holds none); stanzas larger than it are assembled by the parser.
+const READ_BUFFER: usize = 4096;
+/// A client that accepts none of our bytes for this long is gone or hostile: the connection
+/// is dropped rather than holding its task and buffers.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one [`StanzaTransport::receive`] gave.
+#[derive(Debug)]
+pub enum Received {
+    /// End of stream or an error: the connection is gone.
+    Closed,
+    /// Nothing to take after all (a spurious wake-up, or TLS records not complete yet).
+    Nothing,
+    /// `bytes` bytes arrived and were parsed into the events appended to the caller's
+    /// list; `parsed` is the parser's verdict on them (an error ends the stream after the
+    /// events before it were handled).
+    Events {
+        bytes: usize,
+        parsed: Result<(), XmlError>,
+    },
+}
+
+/// The transport could not be upgraded to TLS; the connection is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("this transport cannot be upgraded to TLS")]
+    Unsupported,
+    #[error("TLS handshake did not complete: {0}")]
+    Handshake(String),
+}
+
+/// A bidirectional stream of XMPP framing and stanzas under a [`crate::c2s::ClientStream`].
+///
+/// The stream never waits on anything but [`readable`](Self::readable),
+/// [`send`](Self::send), [`upgrade_tls`](Self::upgrade_tls) and [`close`](Self::close);
+/// an idle transport should hold no read buffer (wait for readiness, then read into a
+/// buffer lent for that read).
+pub trait StanzaTransport: Send {
+    /// How stream framing is written on this transport.
+    fn framing(&self) -> Framing;
+    /// The address of the other end (for limits and logs).
+    fn peer(&self) -> SocketAddr;
+    /// Whether what is sent is confidential now (TLS, or a channel that is by nature).
+    fn is_confidential(&self) -> bool;
+    /// Whether [`upgrade_tls`](Self::upgrade_tls) can be asked for (STARTTLS offered).
+    fn can_upgrade(&self) -> bool;
+    /// Channel-binding data of the TLS layer under this stream, if any.
+    fn channel_bindings(&self) -> ChannelBindings;
+    /// Resolves when [`receive`](Self::receive) may have something.
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Takes what arrived, parsed into stream events.
+    fn receive(&mut self, events: &mut Vec<StreamEvent>) -> Received;
+    /// A new stream starts (after STARTTLS or SASL, RFC 6120 §4.3.3): anything received
+    /// after the element that ended the old one is discarded and a new header is expected.
+    fn restart(&mut self);
+    /// Sends bytes the stream wrote; resolves when they are handed to the other end.
+    fn send(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Upgrades to TLS in place (RFC 6120 §5.4.3.3), after `<proceed/>` was sent.
+    fn upgrade_tls(&mut self) -> impl Future<Output = Result<(), UpgradeError>> + Send;
+    /// Closes the connection after the last bytes were sent.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A client connection over TCP, plain or TLS, with its stream parser.
+pub struct TcpTransport {
+    io: Option<Transport>,
+    parser: StreamParser,
+    peer: SocketAddr,
+    tls: TlsContext,
+    /// STARTTLS is possible (a plain connection on a STARTTLS port).
+    starttls: bool,
+    channel_bindings: ChannelBindings,
+    handshake_limit: Duration,
+    shutdown: CancellationToken,
+    /// TLS may hold decrypted bytes the socket no longer signals (e.g. data that came with
+    /// the end of the handshake, or more than one read buffer): read at once, before
+    /// waiting on readiness.
+    more_buffered: bool,
+    /// The TLS layer asked to be polled again without a socket event.
+    again: bool,
+    _permit: ConnectionPermit,
+}
+
+/// How a [`TcpTransport`] starts.
+pub struct TcpSetup {
+    pub tls: TlsContext,
+    pub parser: StreamParser,
+    pub handshake_limit: Duration,
+    pub shutdown: CancellationToken,
+    pub permit: ConnectionPermit,
+}
+
+impl TcpTransport {
+    /// A connection on a STARTTLS port: plain until the client asks for TLS.
+    pub fn plain(socket: TcpStream, peer: SocketAddr, setup: TcpSetup) -> Self {
+        Self::new(Transport::Plain(socket), peer, setup, true)
+    }
+
+    /// A connection on a direct-TLS port (XEP-0368): the handshake runs first, bounded in
+    /// time and abandoned at shutdown.
+    pub async fn direct_tls(
+        socket: TcpStream,
+        peer: SocketAddr,
+        setup: TcpSetup,
+    ) -> Result<Self, UpgradeError> {
+        // The configurations current now: a reload may replace them during the handshake,
+        // and the channel-binding data must match the certificate this client was shown.
+        let configs = setup.tls.current();
+        let acceptor = tokio_rustls::TlsAcceptor::from(configs.direct.clone());
+        let tls = handshake(
+            acceptor.accept(socket),
+            setup.handshake_limit,
+            &setup.shutdown,
+        )
+        .await
+        .map_err(UpgradeError::Handshake)?;
+        let mut t = Self::new(Transport::Tls(Box::new(tls)), peer, setup, false);
+        t.update_channel_bindings(&configs);
+        Ok(t)
+    }
+
+    fn new(io: Transport, peer: SocketAddr, setup: TcpSetup, starttls: bool) -> Self {
+        TcpTransport {
+            io: Some(io),
+            parser: setup.parser,
+            peer,
+            tls: setup.tls,
+            starttls,
+            channel_bindings: ChannelBindings::default(),
+            handshake_limit: setup.handshake_limit,
+            shutdown: setup.shutdown,
+            more_buffered: true,
+            again: false,
+            _permit: setup.permit,
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        self.io.as_ref().is_some_and(Transport::is_tls)
+    }
+
+    /// `configs`: those the handshake used (not the current ones, which a reload may have
+    /// replaced since).
+    fn update_channel_bindings(&mut self, configs: &TlsConfigs) {
+        if let Some(Transport::Tls(tls)) = &self.io {
+            self.channel_bindings = configs.channel_bindings(tls.get_ref().1);
+        }
+    }
+}
+
+impl StanzaTransport for TcpTransport {
+    fn framing(&self) -> Framing {
+        Framing::Stream
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn is_confidential(&self) -> bool {
+        self.is_tls()
+    }
+
+    fn can_upgrade(&self) -> bool {
+        self.starttls && !self.is_tls()
+    }
+
+    fn channel_bindings(&self) -> ChannelBindings {
+        self.channel_bindings.clone()
+    }
+
+    async fn readable(&mut self) -> io::Result<()> {
+        if self.again {
+            // Let other tasks run before polling TLS again.
+            self.again = false;
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
+        if self.more_buffered {
+            return Ok(());
+        }
+        match self.io.as_ref() {
+            Some(io) => io.readable().await,
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn receive(&mut self, events: &mut Vec<StreamEvent>) -> Received {
+        let Some(io) = self.io.as_mut() else {
+            return Received::Closed;
+        };
+        let mut buf = [0u8; READ_BUFFER];
+        match io.read_now(&mut buf) {
+            ReadNow::Eof | ReadNow::Error(_) => Received::Closed,
+            ReadNow::Wait => {
+                self.more_buffered = false;
+                Received::Nothing
+            }
+            ReadNow::Again => {
+                self.more_buffered = false;
+                self.again = true;
+                Received::Nothing
+            }
+            ReadNow::Data(n) => {
+                self.more_buffered = n == buf.len();
+                Received::Events {
+                    bytes: n,
+                    parsed: self.parser.feed(&buf[..n], events),
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        self.parser.reset();
+        self.more_buffered = true;
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(io) = self.io.as_mut() else {
+            return Ok(());
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client is not reading",
+            ))
+        })
+    }
+
+    async fn upgrade_tls(&mut self) -> Result<(), UpgradeError> {
+        if !self.can_upgrade() {
+            return Err(UpgradeError::Unsupported);
+        }
+        let Some(Transport::Plain(tcp)) = self.io.take() else {
+            return Err(UpgradeError::Unsupported);
+        };
+        let configs = self.tls.current();
+        let acceptor = tokio_rustls::TlsAcceptor::from(configs.starttls.clone());
+        match handshake(acceptor.accept(tcp), self.handshake_limit, &self.shutdown).await {
+            Ok(tls) => {
+                self.io = Some(Transport::Tls(Box::new(tls)));
+                self.update_channel_bindings(&configs);
+                Ok(())
+            }
+            Err(why) => {
+                tracing::debug!(peer = %self.peer, why, "STARTTLS handshake did not complete");
+                counters::incr(Counter::TlsHandshakeFailures);
+                Err(UpgradeError::Handshake(why))
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(io) = self.io.as_mut() {
+            let _ = io.shutdown().await;
+        }
+    }
+}
+
+/// A TLS handshake bounded in time and abandoned at shutdown.
+async fn handshake<T>(
+    accept: impl Future<Output = io::Result<T>>,
+    limit: Duration,
+    shutdown: &CancellationToken,
+) -> Result<T, String> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, accept) => match r {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        },
+        _ = shutdown.cancelled() => Err("server shutting down".into()),
+    }
+}
+
+/// The byte stream under a [`TcpTransport`].
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),

@@ -152,6 +152,16 @@ pub struct RawClient {
 }
 
 impl RawClient {
+    /// A client over any byte stream, such as one end of an in-memory pipe.
+    pub fn over(io: impl Io + 'static) -> RawClient {
+        RawClient {
+            io: Box::new(io),
+            received: String::new(),
+            tls_exporter: None,
+            tls_version: None,
+        }
+    }
+
     pub async fn plain(addr: SocketAddr) -> RawClient {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         RawClient {

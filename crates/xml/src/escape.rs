@@ -5,7 +5,7 @@
 
 const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 
-const fn table(attr: bool) -> [bool; 256] {
+const fn table(attr: bool, apos: bool) -> [bool; 256] {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 0x20 {
@@ -21,13 +21,17 @@ const fn table(attr: bool) -> [bool; 256] {
     if attr {
         t[b'"' as usize] = true;
     }
+    if apos {
+        t[b'\'' as usize] = true;
+    }
     // possible start of U+FFFE / U+FFFF (EF BF BE / EF BF BF)
     t[0xEF] = true;
     t
 }
 
-static TEXT: [bool; 256] = table(false);
-static ATTR: [bool; 256] = table(true);
+static TEXT: [bool; 256] = table(false, false);
+static ATTR: [bool; 256] = table(true, false);
+static ATTR_ANY_QUOTE: [bool; 256] = table(true, true);
 
 #[inline]
 fn escape(s: &str, out: &mut Vec<u8>, tbl: &[bool; 256]) {
@@ -45,6 +49,7 @@ fn escape(s: &str, out: &mut Vec<u8>, tbl: &[bool; 256]) {
             b'<' => (b"&lt;", 1),
             b'>' => (b"&gt;", 1),
             b'"' => (b"&quot;", 1),
+            b'\'' => (b"&apos;", 1),
             b'\r' => (b"&#xD;", 1),
             b'\n' => (b"&#xA;", 1),
             b'\t' => (b"&#x9;", 1),
@@ -76,6 +81,12 @@ pub(crate) fn escape_text(s: &str, out: &mut Vec<u8>) {
 /// value normalization.
 pub(crate) fn escape_attr(s: &str, out: &mut Vec<u8>) {
     escape(s, out, &ATTR)
+}
+
+/// Escape an attribute value for use inside either kind of quote (the
+/// stream header is written with single quotes).
+pub(crate) fn escape_attr_any_quote(s: &str, out: &mut Vec<u8>) {
+    escape(s, out, &ATTR_ANY_QUOTE)
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //!
 //! This crate turns bytes arriving in arbitrary chunks into [`StreamEvent`]s
 //! ([`StreamParser`]), offers a small owned element tree ([`Element`],
-//! [`Node`]) and serializes elements back to bytes ([`Element::write_to`]).
+//! [`Node`]) and serializes elements back to bytes ([`Element::write_to`]), and
+//! writes stream framing (header, features, stream errors, close) for plain
+//! streams and WebSocket ([`Framing`]).
 //! It performs no I/O itself. The underlying XML tokenizer (currently
 //! [`rxml`]) is an implementation detail and never appears in the public API.
 //!
@@ -116,6 +118,7 @@
 
 mod element;
 mod escape;
+mod framing;
 mod ns;
 mod parser;
 
@@ -123,6 +126,7 @@ mod parser;
 mod tests;
 
 pub use element::{Element, Node};
+pub use framing::{Framing, StreamOpen, NS_FRAMING};
 pub use parser::{
     parse_element, parse_element_with_limits, StreamEvent, StreamHeader, StreamParser,
 };

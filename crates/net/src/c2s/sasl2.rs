@@ -15,7 +15,7 @@ pub(super) const NS_BIND2: &str = "urn:xmpp:bind:0";
 /// Longest Bind 2 `<tag/>` kept in a resource.
 const MAX_TAG: usize = 32;
 
-impl Connection {
+impl ClientStream {
     /// The `<authentication/>` stream feature with what can be negotiated inline.
     pub(super) fn sasl2_feature(&self) -> Element {
         let config = self.server().config();
@@ -40,7 +40,7 @@ impl Connection {
         if config.stream_management.enabled {
             inline.push_child(Element::new("sm", sm::NS));
         }
-        if config.fast.enabled && self.is_tls() {
+        if config.fast.enabled && self.confidential {
             let mut f = Element::new("fast", fast::NS);
             for m in HtMechanism::available(&self.channel_bindings) {
                 f.push_child(Element::new("mechanism", fast::NS).with_text(m.name()));
@@ -59,7 +59,9 @@ impl Connection {
             None => Ok(Vec::new()),
         };
         let mechanism = el.attr("mechanism").unwrap_or_default().to_owned();
-        self.sasl2 = Some(el.clone());
+        if let Some(auth) = self.auth_mut() {
+            auth.sasl2 = Some(el.clone());
+        }
         if let Some(ht) = HtMechanism::from_name(&mechanism) {
             return self.fast_authenticate(ht, initial).await;
         }
@@ -74,22 +76,26 @@ impl Connection {
     ) -> Result<Next, Close> {
         let config = self.server().config().fast.clone();
         let usable = config.enabled
-            && self.is_tls()
+            && self.confidential
             && HtMechanism::available(&self.channel_bindings).contains(&mechanism);
         if !usable {
             let fail = self.sasl_failure_element("invalid-mechanism");
-            self.sasl2 = None;
+            if let Some(auth) = self.auth_mut() {
+                auth.sasl2 = None;
+            }
             self.write(&fail);
             return Ok(Next::Continue);
         }
-        self.auth_attempt = Some(AuthAttempt {
-            mechanism: mechanism.name(),
-            user: None,
-            account: None,
-        });
+        if let Some(auth) = self.auth_mut() {
+            auth.attempt = Some(AuthAttempt {
+                mechanism: mechanism.name(),
+                user: None,
+                account: None,
+            });
+        }
         let parsed = match initial.and_then(|d| ht::parse_initial(&d)) {
             Ok(p) => p,
-            Err(e) => return self.sasl_failure(e).await,
+            Err(e) => return self.sasl_failure(e),
         };
         let domain = self
             .host
@@ -101,11 +107,11 @@ impl Connection {
             .filter(|j| j.node().is_some());
         self.note_auth_user(&parsed.username, jid.clone());
         let Some(jid) = jid else {
-            return self.sasl_failure(SaslError::NotAuthorized).await;
+            return self.sasl_failure(SaslError::NotAuthorized);
         };
         let Some(client) = self.sasl2_client_id() else {
             // Tokens are per client installation: without its id there is nothing to check.
-            return self.sasl_failure(SaslError::NotAuthorized).await;
+            return self.sasl_failure(SaslError::NotAuthorized);
         };
         let node = jid.node().map(|n| n.to_string()).unwrap_or_default();
         let tokens = FastTokens {
@@ -124,27 +130,33 @@ impl Connection {
             .await;
         match verified {
             Ok(Verified::Valid { token, expiry }) => {
-                self.auth_attempt = None;
+                if let Some(auth) = self.auth_mut() {
+                    auth.attempt = None;
+                }
                 let additional = mechanism
                     .responder_proof(token.as_bytes(), &self.channel_bindings)
                     .ok();
-                self.fast_used = Some((mechanism, token, expiry));
+                if let Some(auth) = self.auth_mut() {
+                    auth.fast_used = Some((mechanism, token, expiry));
+                }
                 tracing::info!(peer = %self.peer, jid = %jid, mechanism = mechanism.name(), "authenticated (SASL2, FAST token)");
                 self.sasl2_success(jid, additional).await
             }
-            Ok(Verified::Expired) => self.sasl_failure(SaslError::CredentialsExpired).await,
-            Ok(Verified::Invalid) => self.sasl_failure(SaslError::NotAuthorized).await,
+            Ok(Verified::Expired) => self.sasl_failure(SaslError::CredentialsExpired),
+            Ok(Verified::Invalid) => self.sasl_failure(SaslError::NotAuthorized),
             Err(e) => {
                 tracing::error!(error = %e, "FAST token look-up failed");
                 self.sasl_failure(SaslError::Internal("storage".into()))
-                    .await
             }
         }
     }
 
     /// The SASL2 `<user-agent id/>`, if it is usable as a client id.
     fn sasl2_client_id(&self) -> Option<String> {
-        self.sasl2
+        let Stage::Unauthenticated(auth) = &self.stage else {
+            return None;
+        };
+        auth.sasl2
             .as_ref()?
             .get_child("user-agent", NS_SASL2)?
             .attr("id")
@@ -161,21 +173,23 @@ impl Connection {
         jid: BareJid,
         additional_data: Option<Vec<u8>>,
     ) -> Result<Next, Close> {
-        let request = self
-            .sasl2
-            .clone()
-            .unwrap_or_else(|| Element::new("authenticate", NS_SASL2));
         let client = self.sasl2_client_id();
-        self.sasl2 = None;
+        let (request, used) = match self.auth_mut() {
+            Some(auth) => (auth.sasl2.take(), auth.fast_used.take()),
+            None => (None, None),
+        };
+        let request = request.unwrap_or_else(|| Element::new("authenticate", NS_SASL2));
         self.ctx.throttle.success(self.peer.ip());
-        self.user = Some(jid.clone());
-        self.stage = Stage::Authenticated;
+        self.stage = Stage::Authenticated { user: jid.clone() };
         let mut success = Element::new("success", NS_SASL2);
         if let Some(d) = additional_data {
             success.push_child(Element::new("additional-data", NS_SASL2).with_text(B64.encode(d)));
         }
         let mut extras = Vec::new();
-        if let Some(token) = self.fast_tokens(&request, &jid, client.as_deref()).await {
+        if let Some(token) = self
+            .fast_tokens(&request, &jid, client.as_deref(), used)
+            .await
+        {
             extras.push(token);
         }
         let mut resumed = None;
@@ -228,8 +242,8 @@ impl Connection {
         request: &Element,
         jid: &BareJid,
         client: Option<&str>,
+        used: Option<(HtMechanism, String, u64)>,
     ) -> Option<Element> {
-        let used = self.fast_used.take();
         let config = self.server().config().fast.clone();
         let (Some(client), true) = (client, config.enabled) else {
             return None;
@@ -281,7 +295,7 @@ impl Connection {
         request: &Element,
         client: Option<&str>,
     ) -> Result<(FullJid, Element), Close> {
-        let Some(user) = self.user.clone() else {
+        let Some(user) = self.user().cloned() else {
             return Err(Close::err(StreamErrorCondition::NotAuthorized));
         };
         let tag: Option<String> = request
@@ -304,11 +318,8 @@ impl Connection {
                 .with_resource_str(&generated)
                 .map_err(|_| Close::err(StreamErrorCondition::InternalServerError))?,
         };
-        self.bind(full.clone()).await;
+        let session = self.bind(full.clone()).await?;
         let mut bound = Element::new("bound", NS_BIND2);
-        let Some(session) = self.session.clone() else {
-            return Err(Close::err(StreamErrorCondition::InternalServerError));
-        };
         let host = self.host.clone();
         for child in request.children().filter(|c| c.ns() != NS_BIND2) {
             match (child.ns(), child.name()) {
@@ -316,7 +327,11 @@ impl Connection {
                     let reply = self.sm_enable(child);
                     bound.push_child(reply);
                 }
-                (crate::csi::NS, "inactive") => self.csi.set_inactive(),
+                (crate::csi::NS, "inactive") => {
+                    if let Some(b) = self.bound_mut() {
+                        b.csi.set_inactive();
+                    }
+                }
                 (crate::csi::NS, "active") => {}
                 (ns, _) => {
                     let Some(host) = &host else { continue };
