@@ -134,9 +134,14 @@ impl ModuleRegistry {
         }
     }
 
-    /// The configuration sections every module of the build declares.
-    pub fn sections(&self) -> impl Iterator<Item = &SectionDecl> + '_ {
-        self.modules.iter().flat_map(|m| m.config.iter())
+    /// The configuration sections every module of the build declares; one that several
+    /// modules read (the roster size limit, also the blocklist's) is listed once.
+    pub fn sections(&self) -> impl Iterator<Item = &'static SectionDecl> + '_ {
+        let mut seen = std::collections::HashSet::new();
+        self.modules
+            .iter()
+            .flat_map(|m| m.config.iter())
+            .filter(move |s| seen.insert(s.section_type()))
     }
     pub fn get(&self, name: &str) -> Option<&ModuleDescriptor> {
         self.modules.iter().find(|m| m.name == name)
@@ -315,7 +320,7 @@ impl HostBuilder<'_> {
     /// A configuration section: the server's, or this host's for a per-host one.
     pub fn section<T: Section>(&self) -> Arc<T> {
         match T::PLACE {
-            Place::Server => self.config.section::<T>(),
+            Place::Server | Place::SharedTable => self.config.section::<T>(),
             Place::Host => self
                 .config
                 .host(self.domain)
