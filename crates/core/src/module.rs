@@ -61,6 +61,12 @@ pub trait Module: 'static {
     /// The configuration sections this module reads ([`SectionDecl::of`]). They are read
     /// and validated at start whether or not a host enables the module.
     const CONFIG: &'static [SectionDecl] = &[];
+    /// The payload namespaces of the IQs this module answers on streams that are not
+    /// authenticated yet (its [`HostBuilder::pre_auth_handler`]s). Declared here, and not only
+    /// registered per host, so that a host that does not run the module still answers them
+    /// (`service-unavailable`, the stream kept) instead of ending the stream as for any other
+    /// IQ before authentication.
+    const PRE_AUTH: &'static [&'static str] = &[];
     /// Registers the module's handlers with a host.
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError>;
     /// Starts what the module runs for the whole server rather than for a request: called
@@ -93,6 +99,7 @@ pub struct ModuleDescriptor {
     pub specs: &'static [Spec],
     pub depends: &'static [&'static str],
     pub config: &'static [SectionDecl],
+    pub pre_auth: &'static [&'static str],
     init: fn(&mut HostBuilder<'_>) -> Result<(), ModuleError>,
     start: fn(&Arc<Server>),
 }
@@ -104,6 +111,7 @@ impl ModuleDescriptor {
             specs: M::SPECS,
             depends: M::DEPENDS,
             config: M::CONFIG,
+            pre_auth: M::PRE_AUTH,
             init: M::init,
             start: M::start,
         }
@@ -219,6 +227,7 @@ impl ModuleRegistry {
             storage,
             shared,
             current: "core",
+            current_pre_auth: &[],
             iq_handlers: HashMap::new(),
             features: BTreeSet::new(),
             account_features: BTreeSet::new(),
@@ -234,6 +243,7 @@ impl ModuleRegistry {
         };
         for m in &chosen {
             b.current = m.name;
+            b.current_pre_auth = m.pre_auth;
             (m.init)(&mut b)?;
         }
         b.hooks
@@ -254,6 +264,11 @@ impl ModuleRegistry {
             bind_inline_features: b.bind_inline_features,
             pre_auth_handlers: b.pre_auth_handlers,
             pre_auth_features: b.pre_auth_features,
+            pre_auth_namespaces: self
+                .modules
+                .iter()
+                .flat_map(|m| m.pre_auth.iter().copied())
+                .collect(),
             info_forms: b.info_forms,
             hooks: b.hooks,
             services: b.services,
@@ -272,6 +287,8 @@ pub struct HostBuilder<'a> {
     storage: &'a Storage,
     shared: &'a mut SharedState,
     current: &'static str,
+    /// What the module initialising now declared in [`Module::PRE_AUTH`].
+    current_pre_auth: &'static [&'static str],
     iq_handlers: HashMap<IqScope, HashMap<String, Arc<dyn IqHandler>>>,
     features: BTreeSet<String>,
     account_features: BTreeSet<String>,
@@ -348,12 +365,18 @@ impl HostBuilder<'_> {
     }
 
     /// Answers IQs whose payload is in `ns` on streams of this host that are not authenticated
-    /// yet ([`crate::preauth`]).
+    /// yet ([`crate::preauth`]); `ns` must be one of the module's [`Module::PRE_AUTH`].
     pub fn pre_auth_handler(
         &mut self,
         ns: &str,
         handler: impl PreAuthHandler,
     ) -> Result<(), ModuleError> {
+        if !self.current_pre_auth.contains(&ns) {
+            return Err(ModuleError::Init {
+                module: self.current,
+                message: format!("{ns} is answered before authentication but not in PRE_AUTH"),
+            });
+        }
         if self.pre_auth_handlers.contains_key(ns) {
             return Err(ModuleError::Init {
                 module: self.current,

@@ -1,12 +1,18 @@
 //! Parts of the module contract the core checks on its own: keys a module owns in a table it
-//! shares with the core (`[limits]`).
+//! shares with the core (`[limits]`), and the namespaces a module answers before
+//! authentication.
 
 use rookery_core::config::ConfigError;
 use rookery_core::{
-    Config, HostBuilder, Module, ModuleError, ModuleRegistry, Place, Section, SectionDecl,
+    pre_auth_fn, Config, HostBuilder, Module, ModuleError, ModuleRegistry, Place, Section,
+    SectionDecl, Server,
 };
+use rookery_stanza::StanzaError;
+use rookery_storage::Storage;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+const NS_EARLY: &str = "urn:test:early";
 
 /// Two keys in `[limits]`, one of them checked.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -53,14 +59,18 @@ impl Section for GadgetLimits {
     const EXAMPLE: &'static str = "max_gadgets = 0\n";
 }
 
-/// Owns the widget limits.
+/// Owns the widget limits and answers `urn:test:early` before authentication.
 struct Widgets;
 
 impl Module for Widgets {
     const NAME: &'static str = "widgets";
     const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<WidgetLimits>()];
-    fn init(_: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
-        Ok(())
+    const PRE_AUTH: &'static [&'static str] = &[NS_EARLY];
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
+        host.pre_auth_handler(
+            NS_EARLY,
+            pre_auth_fn(|_| async { Err(StanzaError::service_unavailable()) }),
+        )
     }
 }
 
@@ -71,6 +81,19 @@ impl Module for Gadgets {
     const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<GadgetLimits>()];
     fn init(_: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         Ok(())
+    }
+}
+
+/// Answers a namespace before authentication without declaring it.
+struct Undeclared;
+
+impl Module for Undeclared {
+    const NAME: &'static str = "undeclared";
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
+        host.pre_auth_handler(
+            "urn:test:sneaky",
+            pre_auth_fn(|_| async { Err(StanzaError::service_unavailable()) }),
+        )
     }
 }
 
@@ -137,4 +160,43 @@ fn a_modules_keys_in_a_shared_table_are_validated_under_their_names() {
     );
     let e = error("[limits]\nmax_depth = 10\nmax_widgets = 'lots'\n");
     assert!(e.contains("max_widgets") && e.contains("line 3"), "{e}");
+}
+
+#[tokio::test]
+async fn pre_auth_namespaces_are_answered_on_hosts_without_the_module() {
+    let cfg = Config::from_toml(
+        "[[host]]\ndomain = 'a.org'\n[[host]]\ndomain = 'b.org'\nmodules = ['gadgets']\n",
+        Path::new("t.toml"),
+        Path::new("."),
+        &registry(),
+    )
+    .expect("config");
+    let server = Server::new(cfg, Storage::memory(), &registry()).expect("server");
+    let (a, b) = (
+        server.host("a.org").expect("a"),
+        server.host("b.org").expect("b"),
+    );
+    assert!(a.pre_auth_handler(NS_EARLY).is_some());
+    assert!(a.answers_before_auth(NS_EARLY));
+    // b.org does not run the module: no handler, but the namespace is still answered
+    // (`service-unavailable`) rather than ending the stream.
+    assert!(b.pre_auth_handler(NS_EARLY).is_none());
+    assert!(b.answers_before_auth(NS_EARLY));
+    assert!(!a.answers_before_auth("jabber:iq:roster"));
+}
+
+#[test]
+fn a_pre_auth_handler_must_be_declared() {
+    let mut r = ModuleRegistry::new();
+    r.register::<Undeclared>();
+    let cfg = Config::load(None, &r).expect("default");
+    let e = r
+        .build_host("localhost", None, &cfg, &Storage::memory())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("undeclared") && e.contains("urn:test:sneaky"),
+        "{e}"
+    );
 }

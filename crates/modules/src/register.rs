@@ -57,6 +57,7 @@ impl Module for Register {
         SectionDecl::of::<Registration>(),
         SectionDecl::of::<RegistrationLimits>(),
     ];
+    const PRE_AUTH: &'static [&'static str] = &[NS];
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.add_feature(NS);
