@@ -1,13 +1,13 @@
 //! The configuration file (TOML), its defaults and its validation.
 //!
 //! Every struct denies unknown fields, so a typo is refused at start with the key's name and
-//! position instead of being silently ignored. The top level and each `[[host]]` also hold the
-//! sections modules declare ([`crate::settings`]): a key there that neither the core nor a
-//! module of the build knows is refused by name. Relative paths are resolved against the
+//! position instead of being silently ignored. The top level, each `[[host]]` and `[limits]`
+//! also hold the sections modules declare ([`crate::settings`]): a key there that neither the
+//! core nor a module of the build knows is refused by name. Relative paths are resolved against the
 //! directory of the configuration file (or the working directory for the embedded default).
 
 use crate::module::ModuleRegistry;
-use crate::settings::{Place, Read, ReadError, Section, Sections};
+use crate::settings::{Place, Read, Section, SectionDecl, Sections};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 enum UnknownKey {
     Top(String),
     Host(usize, String),
+    /// A key of a top-level table the core shares with modules (`[limits]`).
+    InTable(String, String),
     Other(String),
 }
 
@@ -69,6 +71,14 @@ impl UnknownKey {
                     },
                 key,
             } if table == "host" => Self::Host(*index, key.clone()),
+            Path::Map {
+                parent:
+                    Path::Map {
+                        parent: Path::Root,
+                        key: table,
+                    },
+                key,
+            } => Self::InTable(table.clone(), key.clone()),
             _ => Self::Other(path.to_string()),
         }
     }
@@ -79,6 +89,7 @@ impl std::fmt::Display for UnknownKey {
         match self {
             Self::Top(k) | Self::Other(k) => f.write_str(k),
             Self::Host(i, k) => write!(f, "host[{i}].{k}"),
+            Self::InTable(t, k) => write!(f, "{t}.{k}"),
         }
     }
 }
@@ -244,8 +255,12 @@ impl Default for TlsConfig {
     }
 }
 
+/// The `[limits]` table: the core's limits. Modules keep theirs in the same table
+/// ([`Place::SharedTable`]: `max_roster_items` is the roster module's, `max_offline_messages`
+/// the offline module's...), so no `deny_unknown_fields` here: `Config::from_toml` refuses a
+/// key that neither this struct nor a module reads.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Limits {
     /// Largest stanza accepted, in bytes on the wire; beyond it: `policy-violation`.
     pub max_stanza_bytes: usize,
@@ -265,19 +280,11 @@ pub struct Limits {
     pub max_auth_attempts: u32,
     /// TLS handshake time limit.
     pub tls_handshake_timeout_secs: u64,
-    /// Items in one roster; adding beyond gets `not-allowed`.
-    pub max_roster_items: usize,
-    /// Messages kept offline for one account; beyond, `service-unavailable`.
-    pub max_offline_messages: usize,
-    /// Bytes of one account's vCard.
-    pub max_vcard_bytes: usize,
-    /// Bytes of one private XML storage element.
-    pub max_private_bytes: usize,
-    /// In-band registrations accepted from one IP address per hour.
-    pub registrations_per_ip_per_hour: u32,
     /// Shortest password (in characters) accepted for a new account or a password change,
     /// from the `rookery user` commands and in-band registration alike. Existing passwords
-    /// keep working.
+    /// keep working. The core's rather than a module's: it is one policy for the CLI (which
+    /// runs no module) and for the `register` module's registration and password change, so
+    /// it lives with [`Limits::password_problem`], which all three call.
     pub min_password_length: usize,
     /// Bytes per second one connection may send (bursts of twice that are allowed). Beyond,
     /// the server stops reading from it until it is back under the rate.
@@ -332,11 +339,6 @@ impl Default for Limits {
             max_connections_per_ip: 1000,
             max_auth_attempts: 5,
             tls_handshake_timeout_secs: 15,
-            max_roster_items: 5000,
-            max_offline_messages: 1000,
-            max_vcard_bytes: 200 * 1024,
-            max_private_bytes: 64 * 1024,
-            registrations_per_ip_per_hour: 5,
             min_password_length: 8,
             max_bytes_per_second: 1024 * 1024,
             max_stanzas_per_second: 1000,
@@ -389,7 +391,7 @@ impl Config {
     pub fn load(path: Option<&Path>, registry: &ModuleRegistry) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             let mut cfg = Config::default();
-            cfg.read_sections("", Path::new("(default)"), registry)?;
+            cfg.keep_sections(read_sections("", Path::new("(default)"), registry)?)?;
             cfg.finish(Path::new("."))?;
             return Ok(cfg);
         };
@@ -421,39 +423,37 @@ impl Config {
             unknown.push(UnknownKey::of(&path))
         })
         .map_err(parse_error)?;
+        let sections = read_sections(text, origin, registry)?;
         for key in unknown {
-            let declared = registry.sections().any(|s| match &key {
-                UnknownKey::Top(k) => s.place == Place::Server && s.key == k,
-                UnknownKey::Host(_, k) => s.place == Place::Host && s.key == k,
+            let declared = match &key {
+                UnknownKey::Top(k) => registry
+                    .sections()
+                    .any(|s| s.place == Place::Server && s.key == k),
+                UnknownKey::Host(_, k) => registry
+                    .sections()
+                    .any(|s| s.place == Place::Host && s.key == k),
+                // The core's table skipped it: declared if a module's section of that table
+                // read it.
+                UnknownKey::InTable(table, k) => sections.iter().any(|(s, read)| {
+                    s.place == Place::SharedTable && s.key == table && read.reads(k)
+                }),
                 UnknownKey::Other(_) => false,
-            });
+            };
             if !declared {
                 return Err(invalid(key.to_string(), "unknown key"));
             }
         }
-        cfg.read_sections(text, origin, registry)?;
+        cfg.keep_sections(sections)?;
         cfg.finish(base)?;
         Ok(cfg)
     }
 
-    /// Reads every section the modules of `registry` declare (their defaults where the text
-    /// has none) into the config and its hosts.
-    fn read_sections(
-        &mut self,
-        text: &str,
-        origin: &Path,
-        registry: &ModuleRegistry,
-    ) -> Result<(), ConfigError> {
-        for decl in registry.sections() {
-            let read = decl.read(text).map_err(|e| match e {
-                ReadError::Toml(e) => ConfigError::Parse {
-                    path: origin.to_owned(),
-                    message: e.to_string(),
-                },
-                ReadError::Invalid(e) => e,
-            })?;
+    /// Validates the sections modules declared and keeps them in the config and its hosts.
+    fn keep_sections(&mut self, sections: Vec<(&SectionDecl, Read)>) -> Result<(), ConfigError> {
+        for (decl, read) in sections {
+            decl.validate(&read)?;
             match read {
-                Read::Server(v) => self.sections.insert(decl, v),
+                Read::Server(v) | Read::Shared { value: v, .. } => self.sections.insert(decl, v),
                 Read::Hosts(values) => {
                     for (host, v) in self.hosts.iter_mut().zip(values) {
                         host.sections.insert(decl, v);
@@ -558,10 +558,6 @@ impl Config {
                 l.tls_handshake_timeout_secs as usize,
             ),
             ("limits.max_auth_attempts", l.max_auth_attempts as usize),
-            ("limits.max_roster_items", l.max_roster_items),
-            ("limits.max_offline_messages", l.max_offline_messages),
-            ("limits.max_vcard_bytes", l.max_vcard_bytes),
-            ("limits.max_private_bytes", l.max_private_bytes),
             (
                 "limits.max_bytes_per_second",
                 l.max_bytes_per_second as usize,
@@ -625,6 +621,25 @@ impl Config {
     pub fn host(&self, domain: &str) -> Option<&HostConfig> {
         self.hosts.iter().find(|h| h.domain == domain)
     }
+}
+
+/// Reads every section the modules of `registry` declare from the text (their defaults where
+/// the text has none), not validated yet.
+fn read_sections<'r>(
+    text: &str,
+    origin: &Path,
+    registry: &'r ModuleRegistry,
+) -> Result<Vec<(&'r SectionDecl, Read)>, ConfigError> {
+    registry
+        .sections()
+        .map(|decl| {
+            let read = decl.read(text).map_err(|e| ConfigError::Parse {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+            Ok((decl, read))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -698,7 +713,12 @@ mod tests {
         let e = parse("[limits]\nmax_stanza_byte = 1\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("max_stanza_byte"), "{e}");
+        assert_eq!(e, "limits.max_stanza_byte: unknown key");
+        // A module's key in `[limits]`, without the module in the build.
+        let e = parse("[limits]\nmax_roster_items = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "limits.max_roster_items: unknown key");
     }
 
     #[test]

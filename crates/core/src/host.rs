@@ -27,6 +27,8 @@ pub struct Host {
     pub(crate) bind_inline_features: Vec<String>,
     pub(crate) pre_auth_handlers: HashMap<String, Arc<dyn PreAuthHandler>>,
     pub(crate) pre_auth_features: Vec<Element>,
+    /// What the modules of the build, enabled here or not, answer before authentication.
+    pub(crate) pre_auth_namespaces: Vec<&'static str>,
     pub(crate) info_forms: Vec<Element>,
     pub(crate) hooks: Hooks<Arc<Server>>,
     /// Service domains its modules claimed; the server's router takes them over.
@@ -69,6 +71,16 @@ impl Host {
     /// The handler of IQs in `ns` on streams not authenticated yet ([`crate::preauth`]).
     pub fn pre_auth_handler(&self, ns: &str) -> Option<&Arc<dyn PreAuthHandler>> {
         self.pre_auth_handlers.get(ns)
+    }
+    /// Whether an IQ whose payload is in `ns`, on a stream of this host that is not
+    /// authenticated yet, is answered rather than ending the stream: some module of the build
+    /// declares the namespace ([`crate::Module::PRE_AUTH`]). Where this host has no handler
+    /// for it (the module is not enabled here) the answer is `service-unavailable` and the
+    /// stream stays open, as XEP-0077 §3.1 has a host without in-band registration answer;
+    /// any other IQ before authentication ends the stream with `not-authorized` (RFC 6120
+    /// §4.9.3.12).
+    pub fn answers_before_auth(&self, ns: &str) -> bool {
+        self.pre_auth_namespaces.contains(&ns)
     }
     /// XEP-0128 data forms modules add to the server's disco#info.
     pub fn info_forms(&self) -> &[Element] {

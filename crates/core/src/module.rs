@@ -61,6 +61,12 @@ pub trait Module: 'static {
     /// The configuration sections this module reads ([`SectionDecl::of`]). They are read
     /// and validated at start whether or not a host enables the module.
     const CONFIG: &'static [SectionDecl] = &[];
+    /// The payload namespaces of the IQs this module answers on streams that are not
+    /// authenticated yet (its [`HostBuilder::pre_auth_handler`]s). Declared here, and not only
+    /// registered per host, so that a host that does not run the module still answers them
+    /// (`service-unavailable`, the stream kept) instead of ending the stream as for any other
+    /// IQ before authentication.
+    const PRE_AUTH: &'static [&'static str] = &[];
     /// Registers the module's handlers with a host.
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError>;
     /// Starts what the module runs for the whole server rather than for a request: called
@@ -93,6 +99,7 @@ pub struct ModuleDescriptor {
     pub specs: &'static [Spec],
     pub depends: &'static [&'static str],
     pub config: &'static [SectionDecl],
+    pub pre_auth: &'static [&'static str],
     init: fn(&mut HostBuilder<'_>) -> Result<(), ModuleError>,
     start: fn(&Arc<Server>),
 }
@@ -104,6 +111,7 @@ impl ModuleDescriptor {
             specs: M::SPECS,
             depends: M::DEPENDS,
             config: M::CONFIG,
+            pre_auth: M::PRE_AUTH,
             init: M::init,
             start: M::start,
         }
@@ -134,9 +142,14 @@ impl ModuleRegistry {
         }
     }
 
-    /// The configuration sections every module of the build declares.
-    pub fn sections(&self) -> impl Iterator<Item = &SectionDecl> + '_ {
-        self.modules.iter().flat_map(|m| m.config.iter())
+    /// The configuration sections every module of the build declares; one that several
+    /// modules read (the roster size limit, also the blocklist's) is listed once.
+    pub fn sections(&self) -> impl Iterator<Item = &'static SectionDecl> + '_ {
+        let mut seen = std::collections::HashSet::new();
+        self.modules
+            .iter()
+            .flat_map(|m| m.config.iter())
+            .filter(move |s| seen.insert(s.section_type()))
     }
     pub fn get(&self, name: &str) -> Option<&ModuleDescriptor> {
         self.modules.iter().find(|m| m.name == name)
@@ -214,6 +227,7 @@ impl ModuleRegistry {
             storage,
             shared,
             current: "core",
+            current_pre_auth: &[],
             iq_handlers: HashMap::new(),
             features: BTreeSet::new(),
             account_features: BTreeSet::new(),
@@ -229,6 +243,7 @@ impl ModuleRegistry {
         };
         for m in &chosen {
             b.current = m.name;
+            b.current_pre_auth = m.pre_auth;
             (m.init)(&mut b)?;
         }
         b.hooks
@@ -249,6 +264,11 @@ impl ModuleRegistry {
             bind_inline_features: b.bind_inline_features,
             pre_auth_handlers: b.pre_auth_handlers,
             pre_auth_features: b.pre_auth_features,
+            pre_auth_namespaces: self
+                .modules
+                .iter()
+                .flat_map(|m| m.pre_auth.iter().copied())
+                .collect(),
             info_forms: b.info_forms,
             hooks: b.hooks,
             services: b.services,
@@ -267,6 +287,8 @@ pub struct HostBuilder<'a> {
     storage: &'a Storage,
     shared: &'a mut SharedState,
     current: &'static str,
+    /// What the module initialising now declared in [`Module::PRE_AUTH`].
+    current_pre_auth: &'static [&'static str],
     iq_handlers: HashMap<IqScope, HashMap<String, Arc<dyn IqHandler>>>,
     features: BTreeSet<String>,
     account_features: BTreeSet<String>,
@@ -315,7 +337,7 @@ impl HostBuilder<'_> {
     /// A configuration section: the server's, or this host's for a per-host one.
     pub fn section<T: Section>(&self) -> Arc<T> {
         match T::PLACE {
-            Place::Server => self.config.section::<T>(),
+            Place::Server | Place::SharedTable => self.config.section::<T>(),
             Place::Host => self
                 .config
                 .host(self.domain)
@@ -343,12 +365,18 @@ impl HostBuilder<'_> {
     }
 
     /// Answers IQs whose payload is in `ns` on streams of this host that are not authenticated
-    /// yet ([`crate::preauth`]).
+    /// yet ([`crate::preauth`]); `ns` must be one of the module's [`Module::PRE_AUTH`].
     pub fn pre_auth_handler(
         &mut self,
         ns: &str,
         handler: impl PreAuthHandler,
     ) -> Result<(), ModuleError> {
+        if !self.current_pre_auth.contains(&ns) {
+            return Err(ModuleError::Init {
+                module: self.current,
+                message: format!("{ns} is answered before authentication but not in PRE_AUTH"),
+            });
+        }
         if self.pre_auth_handlers.contains_key(ns) {
             return Err(ModuleError::Init {
                 module: self.current,

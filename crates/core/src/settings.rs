@@ -2,11 +2,12 @@
 //! (serde, unknown keys denied), read from the configuration file, validated at start and kept
 //! with the [`Config`](crate::Config) for the module to read.
 //!
-//! A section lives at a top-level key of the file (`[archive]`, [`Place::Server`]) or at a key
-//! of each `[[host]]` (`[host.contact]`, `registration`, [`Place::Host`]). It is read from the
-//! file's text by its own pass, so its errors carry the line and column of the offending key
-//! like those of the core's settings; a key that neither the core nor any module of the build
-//! declares is refused by name.
+//! A section lives at a top-level key of the file (`[archive]`, [`Place::Server`]), at a key
+//! of each `[[host]]` (`[host.contact]`, `registration`, [`Place::Host`]), or among the keys of
+//! a table it shares with the core and other modules (`limits.max_roster_items` in `[limits]`,
+//! [`Place::SharedTable`]). It is read from the file's text by its own pass, so its errors
+//! carry the line and column of the offending key like those of the core's settings; a key
+//! that neither the core nor any module of the build declares is refused by name.
 
 use crate::config::ConfigError;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -24,18 +25,25 @@ pub enum Place {
     Server,
     /// A key of each `[[host]]`: one value per virtual host.
     Host,
+    /// Keys of a top-level table of the core's that the section shares with the core and
+    /// other modules, such as `[limits]`: [`Section::KEY`] names the table, the section's
+    /// fields are the keys it owns there, and there is one value for the server. Such a
+    /// struct leaves out `deny_unknown_fields`, since the table holds the others' keys; a key
+    /// of the table that no owner reads is refused by name (`limits.max_roster_itemz`).
+    SharedTable,
 }
 
 /// A module's configuration section.
 pub trait Section: DeserializeOwned + Serialize + Default + Send + Sync + 'static {
-    /// Its key in the file (`archive`, `contact`, ...).
+    /// Its key in the file (`archive`, `contact`, ...), or the table it shares (`limits`).
     const KEY: &'static str;
     const PLACE: Place;
     /// The section as `rookery.example.toml` shows it: every key with its default and what it
-    /// means. A test keeps the example file containing it.
+    /// means (for a shared table, its keys' lines without the table's header). A test keeps
+    /// the example file containing it.
     const EXAMPLE: &'static str;
     /// Checks what the types cannot; `key` is where the section is (`archive`,
-    /// `host[0].contact`), for errors to name.
+    /// `host[0].contact`, `limits`), for errors to name.
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
         let _ = key;
         Ok(())
@@ -73,6 +81,19 @@ impl fmt::Debug for SectionDecl {
 pub(crate) enum Read {
     Server(Value),
     Hosts(Vec<Value>),
+    /// The value of a section in a shared table, and the keys of the table it did not read
+    /// (the core's and other modules').
+    Shared {
+        value: Value,
+        left: Vec<String>,
+    },
+}
+
+impl Read {
+    /// Whether this section read `key` of its shared table.
+    pub(crate) fn reads(&self, key: &str) -> bool {
+        matches!(self, Read::Shared { left, .. } if !left.iter().any(|k| k == key))
+    }
 }
 
 impl SectionDecl {
@@ -94,21 +115,20 @@ impl SectionDecl {
         (self.defaults)()
     }
 
-    /// Reads and validates this section from the configuration text.
-    pub(crate) fn read(&self, text: &str) -> Result<Read, ReadError> {
-        let read = (self.read)(text).map_err(ReadError::Toml)?;
-        (self.validate)(&read, self.key).map_err(ReadError::Invalid)?;
-        Ok(read)
+    /// Reads this section from the configuration text.
+    pub(crate) fn read(&self, text: &str) -> Result<Read, toml::de::Error> {
+        (self.read)(text)
     }
 
-    pub(crate) fn type_id(&self) -> TypeId {
+    /// Checks what [`read`](Self::read) found.
+    pub(crate) fn validate(&self, read: &Read) -> Result<(), ConfigError> {
+        (self.validate)(read, self.key)
+    }
+
+    /// The type of the section (named so, not `type_id`, which `Any` has too).
+    pub(crate) fn section_type(&self) -> TypeId {
         (self.type_id)()
     }
-}
-
-pub(crate) enum ReadError {
-    Toml(toml::de::Error),
-    Invalid(ConfigError),
 }
 
 fn read<T: Section>(text: &str) -> Result<Read, toml::de::Error> {
@@ -133,13 +153,25 @@ fn read<T: Section>(text: &str) -> Result<Read, toml::de::Error> {
             .deserialize(toml::Deserializer::new(text))?;
             Read::Hosts(hosts.unwrap_or_default().into_iter().map(value).collect())
         }
+        Place::SharedTable => {
+            let found = Pick {
+                key: T::KEY,
+                seed: Sharing(PhantomData::<T>),
+            }
+            .deserialize(toml::Deserializer::new(text))?;
+            let (found, left) = found.map_or((None, Vec::new()), |(t, left)| (Some(t), left));
+            Read::Shared {
+                value: value(found),
+                left,
+            }
+        }
     })
 }
 
 /// Validates what [`read`] found; errors name `key`, or `host[i].key` for a host's value.
 fn validate<T: Section>(read: &Read, key: &str) -> Result<(), ConfigError> {
     let keyed: Vec<(String, &Value)> = match read {
-        Read::Server(v) => vec![(key.to_owned(), v)],
+        Read::Server(v) | Read::Shared { value: v, .. } => vec![(key.to_owned(), v)],
         Read::Hosts(vs) => vs
             .iter()
             .enumerate()
@@ -204,6 +236,33 @@ impl<S: Clone> Clone for Pick<'_, S> {
             key: self.key,
             seed: self.seed.clone(),
         }
+    }
+}
+
+/// A section read from a shared table, with the table's keys it left to the others: serde
+/// skips them (the struct does not deny unknown fields) and `serde_ignored` names them.
+struct Sharing<T>(PhantomData<T>);
+
+impl<T> Clone for Sharing<T> {
+    fn clone(&self) -> Self {
+        Sharing(PhantomData)
+    }
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Sharing<T> {
+    type Value = (T, Vec<String>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let mut left = Vec::new();
+        let value = serde_ignored::deserialize(d, |path| {
+            if let serde_ignored::Path::Map {
+                parent: serde_ignored::Path::Root,
+                key,
+            } = path
+            {
+                left.push(key);
+            }
+        })?;
+        Ok((value, left))
     }
 }
 
@@ -276,6 +335,7 @@ impl Sections {
 
     pub(crate) fn insert(&mut self, decl: &SectionDecl, value: Value) {
         let rendered = (decl.render)(&value);
-        self.0.insert(decl.type_id(), (decl.key, value, rendered));
+        self.0
+            .insert(decl.section_type(), (decl.key, value, rendered));
     }
 }

@@ -36,11 +36,13 @@
 //! change at a time per host (an async mutex), so the cache never holds an older list than
 //! storage. If the list cannot be read, the stanza is not delivered (the block fails closed).
 
+use crate::roster::RosterLimits;
 use parking_lot::RwLock;
 use rookery_core::events::{ClientStanza, LocalDelivery, SessionBound, SessionClosed};
 use rookery_core::Order;
 use rookery_core::{
-    iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
+    iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, SectionDecl,
+    Server, Spec,
 };
 use rookery_stanza::{
     random_id, BareJid, ErrorType, IqType, Jid, StanzaError, StanzaErrorCondition, StanzaKind,
@@ -66,6 +68,8 @@ struct Interested(AtomicBool);
 
 impl Module for Blocking {
     const NAME: &'static str = "blocking";
+    /// A blocklist holds at most as many JIDs as a roster (`limits.max_roster_items`).
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<RosterLimits>()];
     const SPECS: &'static [Spec] = &[Spec {
         id: "XEP-0191",
         title: "Blocking Command",
@@ -419,7 +423,7 @@ async fn store(server: &Server, user: &BareJid, list: &Blocklist) -> Result<(), 
     let Some(node) = user.node() else {
         return Err(StanzaError::service_unavailable());
     };
-    let max_items = server.config().limits.max_roster_items;
+    let max_items = server.config().section::<RosterLimits>().max_roster_items;
     let xml = (!list.is_empty()).then(|| list.to_element().to_xml(""));
     server
         .storage()
@@ -459,7 +463,7 @@ async fn block(state: &State, req: &IqRequest, user: &BareJid) -> IqResult {
     for j in &added {
         list.items.insert(j.to_string());
     }
-    if list.len() > server.config().limits.max_roster_items {
+    if list.len() > server.config().section::<RosterLimits>().max_roster_items {
         return Err(
             StanzaError::new(StanzaErrorCondition::NotAllowed).with_text("the blocklist is full")
         );

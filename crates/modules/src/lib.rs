@@ -18,7 +18,20 @@ pub mod time;
 pub mod vcard;
 pub mod version;
 
+use rookery_core::config::ConfigError;
 use rookery_core::ModuleRegistry;
+
+/// Refuses 0 for a size or count limit `table.name`: it would refuse everything rather than
+/// nothing, which no operator means.
+pub(crate) fn require_positive(table: &str, name: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(
+            format!("{table}.{name}"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
+}
 
 /// Every module compiled into this build, in initialisation order.
 pub fn registry() -> ModuleRegistry {

@@ -5,11 +5,16 @@
 //! dropped connection can repeat a message but never lose one.
 
 use parking_lot::Mutex;
+use rookery_core::config::ConfigError;
 use rookery_core::events::{Bind2Bound, PresenceBroadcast, UndeliverableMessage};
 use rookery_core::Order;
-use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
+use rookery_core::{
+    Flow, HostBuilder, Module, ModuleError, Place, Section, SectionDecl, Server, SessionHandle,
+    Spec,
+};
 use rookery_stanza::{BareJid, MessageType};
 use rookery_xml::Element;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
@@ -23,8 +28,41 @@ const WRITE_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Offline;
 
+/// `limits.max_offline_messages`, in the `[limits]` table.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct OfflineLimits {
+    /// Messages kept offline for one account; beyond, `service-unavailable`.
+    pub max_offline_messages: usize,
+}
+
+impl Default for OfflineLimits {
+    fn default() -> Self {
+        Self {
+            max_offline_messages: 1000,
+        }
+    }
+}
+
+impl Section for OfflineLimits {
+    const KEY: &'static str = "limits";
+    const PLACE: Place = Place::SharedTable;
+    const EXAMPLE: &'static str = r#"# Messages kept for an offline account; beyond, senders get service-unavailable.
+max_offline_messages = 1000
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        crate::require_positive(
+            key,
+            "max_offline_messages",
+            self.max_offline_messages as u64,
+        )
+    }
+}
+
 impl Module for Offline {
     const NAME: &'static str = "offline";
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<OfflineLimits>()];
     const SPECS: &'static [Spec] = &[
         Spec {
             id: "XEP-0160",
@@ -150,7 +188,10 @@ async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Elemen
                 .with_text("Offline Storage"),
         );
     }
-    let max = server.config().limits.max_offline_messages;
+    let max = server
+        .config()
+        .section::<OfflineLimits>()
+        .max_offline_messages;
     match server
         .storage()
         .offline

@@ -18,10 +18,15 @@
 //!   store.
 //! * An element larger than `limits.max_private_bytes` (serialized) gets `not-acceptable`.
 
-use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
+use rookery_core::config::ConfigError;
+use rookery_core::{
+    iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Place, Section,
+    SectionDecl, Spec,
+};
 use rookery_stanza::{IqType, StanzaError, StanzaErrorCondition};
 use rookery_storage::StorageError;
 use rookery_xml::Element;
+use serde::{Deserialize, Serialize};
 
 pub const NS: &str = "jabber:iq:private";
 /// The user-data store; keys are `"<element name> <namespace>"`.
@@ -31,8 +36,37 @@ const REFUSED: &[&str] = &["", "jabber:client", "jabber:server", NS];
 
 pub struct Private;
 
+/// `limits.max_private_bytes`, in the `[limits]` table.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PrivateLimits {
+    /// Bytes of one stored element, serialized.
+    pub max_private_bytes: usize,
+}
+
+impl Default for PrivateLimits {
+    fn default() -> Self {
+        Self {
+            max_private_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Section for PrivateLimits {
+    const KEY: &'static str = "limits";
+    const PLACE: Place = Place::SharedTable;
+    // In the example file this line follows the `vcard` module's `max_vcard_bytes`, whose
+    // comment describes both sizes.
+    const EXAMPLE: &'static str = "max_private_bytes = 65536\n";
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        crate::require_positive(key, "max_private_bytes", self.max_private_bytes as u64)
+    }
+}
+
 impl Module for Private {
     const NAME: &'static str = "private";
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<PrivateLimits>()];
     const SPECS: &'static [Spec] = &[Spec {
         id: "XEP-0049",
         title: "Private XML Storage",
@@ -116,7 +150,11 @@ async fn handle(req: IqRequest) -> IqResult {
             Ok(Some(query))
         }
         _ => {
-            let max = req.server.config().limits.max_private_bytes;
+            let max = req
+                .server
+                .config()
+                .section::<PrivateLimits>()
+                .max_private_bytes;
             // An empty element is what a get of nothing answers: storing one deletes.
             let docs: Vec<(String, Option<String>)> = elements
                 .iter()

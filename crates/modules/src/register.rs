@@ -25,7 +25,7 @@
 use rookery_core::events::ClientStanza;
 pub mod in_band;
 
-use in_band::Registration;
+use in_band::{Registration, RegistrationLimits};
 use rookery_core::{
     iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
 };
@@ -53,7 +53,11 @@ impl Module for Register {
         title: "In-Band Registration (password change and cancellation)",
         version: "2.4",
     }];
-    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<Registration>()];
+    const CONFIG: &'static [SectionDecl] = &[
+        SectionDecl::of::<Registration>(),
+        SectionDecl::of::<RegistrationLimits>(),
+    ];
+    const PRE_AUTH: &'static [&'static str] = &[NS];
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.add_feature(NS);

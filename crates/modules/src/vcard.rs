@@ -15,10 +15,15 @@
 //!   server" (a size limit is such a criterion, and the roster module answers over-long names
 //!   the same way); `policy-violation` (§8.3.3.12) reads as a content rule instead.
 
-use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
+use rookery_core::config::ConfigError;
+use rookery_core::{
+    iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Place, Section,
+    SectionDecl, Spec,
+};
 use rookery_stanza::{BareJid, IqType, StanzaError, StanzaErrorCondition};
 use rookery_storage::StorageError;
 use rookery_xml::Element;
+use serde::{Deserialize, Serialize};
 
 pub const NS: &str = "vcard-temp";
 /// The user-data store holding one vCard per account under the key "".
@@ -26,8 +31,39 @@ pub const STORE: &str = "vcard";
 
 pub struct VCard;
 
+/// `limits.max_vcard_bytes`, in the `[limits]` table.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct VcardLimits {
+    /// Bytes of one account's vCard, serialized.
+    pub max_vcard_bytes: usize,
+}
+
+impl Default for VcardLimits {
+    fn default() -> Self {
+        Self {
+            max_vcard_bytes: 200 * 1024,
+        }
+    }
+}
+
+impl Section for VcardLimits {
+    const KEY: &'static str = "limits";
+    const PLACE: Place = Place::SharedTable;
+    // The comment speaks for `max_private_bytes` too, the line after this one in the example
+    // file (the `private` module's).
+    const EXAMPLE: &'static str = r#"# Bytes of one account's vCard (XEP-0054) and of one private XML element (XEP-0049).
+max_vcard_bytes = 204800
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        crate::require_positive(key, "max_vcard_bytes", self.max_vcard_bytes as u64)
+    }
+}
+
 impl Module for VCard {
     const NAME: &'static str = "vcard";
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<VcardLimits>()];
     const SPECS: &'static [Spec] = &[Spec {
         id: "XEP-0054",
         title: "vcard-temp",
@@ -102,7 +138,7 @@ async fn get(req: &IqRequest, owner: &BareJid, own: bool) -> IqResult {
 
 async fn set(req: &IqRequest, owner: &BareJid) -> IqResult {
     let (domain, node) = parts(owner)?;
-    let max = req.server.config().limits.max_vcard_bytes;
+    let max = req.server.config().section::<VcardLimits>().max_vcard_bytes;
     let empty = req.payload.nodes().is_empty() && req.payload.attrs().next().is_none();
     let xml = (!empty).then(|| req.payload.to_xml(""));
     if xml.as_ref().is_some_and(|x| x.len() > max) {

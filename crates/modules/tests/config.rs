@@ -6,8 +6,12 @@ use rookery_core::config::{Config, ConfigError};
 use rookery_core::Place;
 use rookery_modules::contact_info::ContactAddresses;
 use rookery_modules::mam::config::{ArchiveConfig, ArchivePreference};
+use rookery_modules::offline::OfflineLimits;
+use rookery_modules::private::PrivateLimits;
 use rookery_modules::push::PushConfig;
-use rookery_modules::register::in_band::Registration;
+use rookery_modules::register::in_band::{Registration, RegistrationLimits};
+use rookery_modules::roster::RosterLimits;
+use rookery_modules::vcard::VcardLimits;
 use std::path::Path;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -55,6 +59,84 @@ fn sections_are_read_where_operators_write_them() {
     assert_eq!(
         *b.section::<ContactAddresses>(),
         ContactAddresses::default()
+    );
+}
+
+/// The limits modules own sit in `[limits]` beside the core's, under the keys operators
+/// have always written there.
+#[test]
+fn module_limits_are_read_from_the_limits_table() {
+    let c = parse(
+        "[limits]\nmax_stanza_bytes = 65536\nmax_roster_items = 7\nmax_offline_messages = 3\n\
+         max_vcard_bytes = 300\nmax_private_bytes = 200\nregistrations_per_ip_per_hour = 1\n\
+         min_password_length = 10\n",
+    )
+    .expect("valid");
+    assert_eq!(c.limits.max_stanza_bytes, 65536);
+    assert_eq!(c.limits.min_password_length, 10);
+    assert_eq!(c.section::<RosterLimits>().max_roster_items, 7);
+    assert_eq!(c.section::<OfflineLimits>().max_offline_messages, 3);
+    assert_eq!(c.section::<VcardLimits>().max_vcard_bytes, 300);
+    assert_eq!(c.section::<PrivateLimits>().max_private_bytes, 200);
+    assert_eq!(
+        c.section::<RegistrationLimits>()
+            .registrations_per_ip_per_hour,
+        1
+    );
+}
+
+/// Without the keys, the defaults they had in the core.
+#[test]
+fn module_limits_keep_their_defaults() {
+    for c in [
+        Config::load(None, &rookery_modules::registry()).expect("default config"),
+        parse("[limits]\nmax_depth = 32\n").expect("valid"),
+    ] {
+        assert_eq!(c.section::<RosterLimits>().max_roster_items, 5000);
+        assert_eq!(c.section::<OfflineLimits>().max_offline_messages, 1000);
+        assert_eq!(c.section::<VcardLimits>().max_vcard_bytes, 204_800);
+        assert_eq!(c.section::<PrivateLimits>().max_private_bytes, 65_536);
+        assert_eq!(
+            c.section::<RegistrationLimits>()
+                .registrations_per_ip_per_hour,
+            5
+        );
+        assert_eq!(c.limits.min_password_length, 8);
+    }
+}
+
+#[test]
+fn module_limits_are_validated_under_their_keys() {
+    for key in [
+        "max_roster_items",
+        "max_offline_messages",
+        "max_vcard_bytes",
+        "max_private_bytes",
+        "registrations_per_ip_per_hour",
+    ] {
+        assert_eq!(
+            error(&format!("[limits]\n{key} = 0\n")),
+            format!("limits.{key}: must be greater than 0")
+        );
+        let e = error(&format!("[limits]\n{key} = 'many'\n"));
+        assert!(e.contains(key) && e.contains("line 2"), "{e}");
+    }
+}
+
+#[test]
+fn an_unknown_key_in_the_limits_table_is_refused_by_name() {
+    // Next to a module's key, next to the core's, and declared by nobody.
+    assert_eq!(
+        error("[limits]\nmax_roster_itemz = 1\n"),
+        "limits.max_roster_itemz: unknown key"
+    );
+    assert_eq!(
+        error("[limits]\nmax_stanza_byte = 4096\nmax_roster_items = 1\n"),
+        "limits.max_stanza_byte: unknown key"
+    );
+    assert_eq!(
+        error("[limits]\nmax_rooms = 10\n"),
+        "limits.max_rooms: unknown key"
     );
 }
 
@@ -148,9 +230,32 @@ fn example_file_lists_each_modules_section_as_declared() {
                 decl.key
             );
         }
+        // Keys in a shared table: their lines show the defaults, and they are in that table.
+        if decl.place == Place::SharedTable {
+            let shown: toml::Table = toml::from_str(decl.example).expect("example is TOML");
+            assert_eq!(
+                toml::Value::Table(shown),
+                defaults,
+                "the example of keys in '{}' differs from their defaults",
+                decl.key
+            );
+            let at = example.find(decl.example).expect("checked above");
+            let table = example[..at]
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('['))
+                .unwrap_or_default();
+            assert_eq!(
+                table,
+                format!("[{}]", decl.key),
+                "{:?} is not in the [{}] table of the example",
+                decl.example,
+                decl.key
+            );
+        }
     }
     assert!(
-        seen >= 4,
-        "push, archive, contact and registration are declared"
+        seen >= 9,
+        "push, archive, contact, registration and the five module limits are declared"
     );
 }

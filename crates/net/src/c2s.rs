@@ -1013,7 +1013,7 @@ impl ClientStream {
                 }
                 self.sasl_failure(SaslError::Aborted)
             }
-            (Unauthenticated { .. }, ns::CLIENT, "iq") if self.pre_auth_handler(&el).is_some() => {
+            (Unauthenticated { .. }, ns::CLIENT, "iq") if self.answers_before_auth(&el) => {
                 self.register(el).await;
                 Ok(Next::Continue)
             }
@@ -1479,6 +1479,18 @@ impl ClientStream {
     fn pre_auth_handler(&self, iq: &Element) -> Option<Arc<dyn PreAuthHandler>> {
         let payload = iq.children().next()?;
         self.host.as_ref()?.pre_auth_handler(payload.ns()).cloned()
+    }
+
+    /// Whether an IQ before authentication is answered (by a module of this host, or with
+    /// `service-unavailable` where the host does not run the module) rather than ending the
+    /// stream: see [`Host::answers_before_auth`].
+    fn answers_before_auth(&self, iq: &Element) -> bool {
+        let Some(payload) = iq.children().next() else {
+            return false;
+        };
+        self.host
+            .as_ref()
+            .is_some_and(|h| h.answers_before_auth(payload.ns()))
     }
 
     /// An IQ before authentication, answered by the module that handles its namespace; only

@@ -109,7 +109,8 @@ impl Reloader {
 /// The settings of `new` that differ from the running ones and that a reload does not
 /// apply (everything but `log_level` and the hosts' certificate and key paths).
 fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
-    // Module sections (archive, push...) are compared by their TOML rendering.
+    // Module sections (archive, push, the modules' keys in `[limits]`...) are compared by
+    // their TOML rendering.
     let mut out = running.sections.changed(&new.sections);
     // Compared through Debug: the configuration types are plain data and don't implement
     // PartialEq; a difference in rendering is a difference in value.
@@ -140,7 +141,8 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("hosts", differs(&without_certs(a), &without_certs(b))),
     ];
     for (name, changed) in checks {
-        if changed {
+        // `limits` may be there already, for a module's key in that table.
+        if changed && !out.contains(&name) {
             out.push(name);
         }
     }
@@ -177,5 +179,12 @@ mod tests {
         // A module's section (the archive's) is compared too, by its key.
         let archive = config(&format!("[archive]\nretention_days = 30\n{base}"));
         assert_eq!(needs_restart(&running, &archive), ["archive"]);
+        // A module's key in `[limits]` is a change to the limits, named once.
+        let offline = config(&format!("[limits]\nmax_offline_messages = 5\n{base}"));
+        assert_eq!(needs_restart(&running, &offline), ["limits"]);
+        let both = config(&format!(
+            "[limits]\nmax_offline_messages = 5\nmax_depth = 10\n{base}"
+        ));
+        assert_eq!(needs_restart(&running, &both), ["limits"]);
     }
 }

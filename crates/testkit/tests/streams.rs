@@ -209,6 +209,47 @@ async fn registration_is_off_by_default() {
     t.stop().await;
 }
 
+/// A host that does not run the `register` module answers a registration request before
+/// authentication as a host with registration off does: `service-unavailable`, and the stream
+/// goes on (XEP-0077 §3.1). Any other IQ before authentication still ends the stream with
+/// `not-authorized` (RFC 6120 §4.9.3.12).
+#[tokio::test]
+async fn registration_on_a_host_without_the_register_module_is_service_unavailable() {
+    let t = TestServer::start_with_host("", "modules = ['disco', 'ping']").await;
+    t.add_user("alice", "pw").await;
+    let tls = t.client_tls(&[&TLS13]);
+    let mut c = RawClient::direct_tls(t.direct_tls, tls.clone()).await;
+    let features = c.open_stream().await;
+    assert!(!features.contains("iq-register"), "{features}");
+    c.send("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
+        .await;
+    let got = c.read_until("id=\"r1\"").await;
+    assert!(
+        got.contains("type=\"error\"") && got.contains("service-unavailable"),
+        "{got}"
+    );
+    c.send("<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>x</username><password>long-enough</password></query></iq>").await;
+    let got = c.read_until("id=\"r2\"").await;
+    assert!(got.contains("service-unavailable"), "{got}");
+    assert!(!got.contains("stream:error"), "{got}");
+    // The stream is still open: the client can log in on it.
+    assert_eq!(c.login_plain("alice", "pw", "r").await, "alice@localhost/r");
+    assert!(!t
+        .server
+        .storage()
+        .accounts
+        .account_exists("localhost", "x")
+        .await
+        .expect("read"));
+
+    let mut d = RawClient::direct_tls(t.direct_tls, tls).await;
+    d.open_stream().await;
+    d.send("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let got = d.read_to_end().await;
+    assert!(got.contains("<not-authorized"), "{got}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn a_flooding_client_is_paced_then_cut_off_while_others_keep_their_latency() {
     let t = TestServer::start("[limits]\nmax_stanzas_per_second = 20\nrate_limit_grace_secs = 2\n")

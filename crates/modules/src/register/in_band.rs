@@ -6,6 +6,7 @@
 
 use super::NS;
 use parking_lot::Mutex;
+use rookery_core::config::ConfigError;
 use rookery_core::counters::{self, Counter};
 use rookery_core::{
     pre_auth_fn, HostBuilder, IqResult, ModuleError, Place, PreAuthRequest, Section,
@@ -35,6 +36,39 @@ impl Section for Registration {
 # default; logged-in users can always change their password and delete their account.
 registration = false
 "#;
+}
+
+/// `limits.registrations_per_ip_per_hour`, in the `[limits]` table: one number for every host,
+/// like the count it bounds.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RegistrationLimits {
+    /// In-band registrations accepted from one IP address per hour.
+    pub registrations_per_ip_per_hour: u32,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            registrations_per_ip_per_hour: 5,
+        }
+    }
+}
+
+impl Section for RegistrationLimits {
+    const KEY: &'static str = "limits";
+    const PLACE: Place = Place::SharedTable;
+    const EXAMPLE: &'static str = r#"# In-band registrations (when a host allows them) accepted from one IP address per hour.
+registrations_per_ip_per_hour = 5
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        crate::require_positive(
+            key,
+            "registrations_per_ip_per_hour",
+            self.registrations_per_ip_per_hour.into(),
+        )
+    }
 }
 
 /// In-band registrations per source address in the current hour (a fixed window).
@@ -117,7 +151,12 @@ async fn create_account(req: PreAuthRequest, limiter: &RegistrationLimiter) -> I
                     StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(problem)
                 );
             }
-            if !limiter.try_register(req.peer.ip(), limits.registrations_per_ip_per_hour) {
+            let per_hour = req
+                .server
+                .config()
+                .section::<RegistrationLimits>()
+                .registrations_per_ip_per_hour;
+            if !limiter.try_register(req.peer.ip(), per_hour) {
                 tracing::warn!(peer = %req.peer, "registration refused: rate limit");
                 counters::incr(Counter::RegistrationsRefused);
                 return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint)

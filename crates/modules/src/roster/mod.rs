@@ -4,12 +4,15 @@
 
 pub mod subscription;
 
+use rookery_core::config::ConfigError;
 use rookery_core::{
-    iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
+    iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Place, Section,
+    SectionDecl, Server, Spec,
 };
 use rookery_stanza::{random_id, BareJid, Jid, StanzaError, StanzaErrorCondition};
 use rookery_storage::{RosterItem, StorageError, Subscription};
 use rookery_xml::Element;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +24,35 @@ pub const MAX_NAME_BYTES: usize = 1023;
 pub const MAX_GROUPS: usize = 64;
 
 pub struct Roster;
+
+/// `limits.max_roster_items`: the roster's size limit, in the `[limits]` table. The blocking
+/// module bounds a blocklist by the same number and reads it too.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RosterLimits {
+    /// Items in one roster; adding beyond gets `not-allowed`.
+    pub max_roster_items: usize,
+}
+
+impl Default for RosterLimits {
+    fn default() -> Self {
+        Self {
+            max_roster_items: 5000,
+        }
+    }
+}
+
+impl Section for RosterLimits {
+    const KEY: &'static str = "limits";
+    const PLACE: Place = Place::SharedTable;
+    const EXAMPLE: &'static str = r#"# Items in one roster; adding more is refused (not-allowed).
+max_roster_items = 5000
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        crate::require_positive(key, "max_roster_items", self.max_roster_items as u64)
+    }
+}
 
 /// Roster changes of one account are made one at a time: every read-modify-write of an
 /// account's roster (a roster set, a subscription change from either side) holds its lock.
@@ -42,6 +74,7 @@ pub struct Interested(AtomicBool);
 
 impl Module for Roster {
     const NAME: &'static str = "roster";
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<RosterLimits>()];
     const SPECS: &'static [Spec] = &[
         Spec {
             id: "RFC 6121 §2",
@@ -122,7 +155,7 @@ pub async fn save_and_push(
     item: &RosterItem,
 ) -> Result<u64, StanzaError> {
     let (domain, node) = parts(user)?;
-    let max = server.config().limits.max_roster_items;
+    let max = server.config().section::<RosterLimits>().max_roster_items;
     let version = server
         .storage()
         .roster
