@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use rookery_core::events::{Bind2Bound, PresenceBroadcast, UndeliverableMessage};
 use rookery_core::Order;
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
-use rookery_stanza::{BareJid, MessageType};
+use rookery_stanza::{BareJid, MessageType, PresenceType, Stanza};
 use rookery_xml::Element;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,16 +50,10 @@ impl Module for Offline {
         host.hook::<PresenceBroadcast, _, _>(
             Order::normal().after("presence"),
             |server, ev| async move {
-                let non_negative = ev.stanza.attr("type").is_none()
-                    && server
-                        .sessions()
-                        .get(&ev.from)
-                        .and_then(|s| s.priority())
-                        .is_some_and(|p| p >= 0);
+                let non_negative = ev.stanza.presence_type() == Some(PresenceType::Available)
+                    && ev.session.priority().is_some_and(|p| p >= 0);
                 if non_negative {
-                    if let Some(session) = server.sessions().get(&ev.from) {
-                        start_delivery(server.clone(), session);
-                    }
+                    start_delivery(server.clone(), ev.session.clone());
                 }
                 Flow::Continue
             },
@@ -124,7 +118,7 @@ fn worth_storing(stanza: &Element) -> bool {
         && !stanza.has_child("no-store", NS_HINTS)
 }
 
-async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Element) -> Flow {
+async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Stanza) -> Flow {
     let Some(node) = to.node() else {
         return Flow::Continue;
     };
@@ -143,7 +137,7 @@ async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Elemen
             .ok()
             .and_then(|t| t.format(&Rfc3339).ok())
             .unwrap_or_default();
-        stored.push_child(
+        stored.element_mut().push_child(
             Element::new("delay", NS_DELAY)
                 .with_attr("from", domain)
                 .with_attr("stamp", stamp)
@@ -154,7 +148,7 @@ async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Elemen
     match server
         .storage()
         .offline
-        .push_offline(domain, node.as_str(), &stored.to_xml(""), max)
+        .push_offline(domain, node.as_str(), &stored.to_xml_string(), max)
         .await
     {
         Ok(Some(_)) => Flow::Stop,
