@@ -1,7 +1,7 @@
 //! The events and filter values the core emits. Modules hook these; the core never needs to
 //! know which modules listen. Every handler gets the server as its context.
 
-use crate::sessions::SessionHandle;
+use crate::sessions::{Resources, SessionHandle};
 use rookery_stanza::{BareJid, FullJid, Jid, SharedStanza, Stanza};
 use rookery_xml::Element;
 use std::sync::Arc;
@@ -40,40 +40,48 @@ pub struct LocalDelivery {
 }
 
 /// Presence without a `to` from a client (RFC 6121 §4.2, §4.4): the core has recorded the
-/// session's availability and priority; presence modules broadcast it.
-#[derive(Debug, Clone)]
+/// session's availability and priority; presence modules broadcast it. `session` is the
+/// sender's (no registry look-up needed); the stanza's header is parsed (`from` is the
+/// session's full JID, no `to`).
+#[derive(Clone)]
 pub struct PresenceBroadcast {
     pub from: FullJid,
-    pub stanza: Element,
+    pub session: Arc<SessionHandle>,
+    pub stanza: Stanza,
 }
 
 /// Presence with a `to` from a local client: subscription requests and answers (RFC 6121
 /// §3), directed presence (§4.6). A module that handled it returns `Flow::Stop`; otherwise
-/// the core routes it as it is.
+/// the core routes it as it is. `to` is the stanza's parsed `to`.
 #[derive(Debug, Clone)]
 pub struct OutboundPresence {
     pub from: FullJid,
     pub to: Jid,
-    pub stanza: Element,
+    pub stanza: Stanza,
 }
 
 /// A presence addressed to an existing local account (its bare or full JID): subscriptions,
 /// probes, directed presence. A module that handles it returns `Flow::Stop`; otherwise the
 /// core delivers presence of type available/unavailable to the addressed resource, or to every
-/// available resource for a bare JID, and drops the rest.
+/// available resource for a bare JID, and drops the rest. `to` is the stanza's parsed `to`;
+/// read the sender from the stanza's header. The stanza may share its element with the
+/// same presence to other contacts (a broadcast): a handler that changes it gets a copy.
 #[derive(Debug, Clone)]
 pub struct InboundPresence {
     pub to: Jid,
-    pub stanza: Element,
+    pub stanza: Stanza,
 }
 
 /// A message for an existing local account that has no resource able to take it now
 /// (RFC 6121 §8.5.2.2). A module (offline storage) that keeps it returns `Flow::Stop`;
 /// otherwise the core answers `service-unavailable` for `normal`/`chat` and drops the rest.
-#[derive(Debug, Clone)]
+/// `sessions` are the account's sessions as routing found them (none available), so
+/// listeners need no registry look-up.
+#[derive(Clone)]
 pub struct UndeliverableMessage {
     pub to: BareJid,
-    pub stanza: Element,
+    pub stanza: Stanza,
+    pub sessions: Resources,
 }
 
 /// A `chat` or `normal` message was handed to sessions of a local account (after the
@@ -89,7 +97,7 @@ pub struct MessageDelivered {
     pub from: Option<Jid>,
     pub stanza: SharedStanza,
     pub delivered_to: Vec<u64>,
-    pub sessions: Vec<Arc<SessionHandle>>,
+    pub sessions: Resources,
 }
 
 /// A message was queued for a session whose connection is gone while stream management

@@ -38,5 +38,5 @@ pub use route::{
     Destination, ExternalRoute, RemoteRoutes, RouteError, Service, ServiceHandle, ServiceSendError,
 };
 pub use server::Server;
-pub use sessions::{Outgoing, SessionHandle, SessionInbox, SessionRegistry};
+pub use sessions::{Outgoing, Resources, SessionHandle, SessionInbox, SessionRegistry};
 pub use settings::{Place, Section, SectionDecl};

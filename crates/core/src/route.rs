@@ -122,11 +122,18 @@ impl ServiceHandle {
     /// any other entity's: to local accounts after their delivery filters, to other services,
     /// outward through external routes. A missing `from` is the domain itself.
     pub async fn send(&self, mut stanza: Element) -> Result<(), ServiceSendError> {
-        let server = self.server.upgrade().ok_or(ServiceSendError::ServerGone)?;
         if stanza.attr("from").is_none() {
             stanza.set_attr("from", self.domain.as_str());
         }
         let stanza = Stanza::parse(stanza).map_err(|_| ServiceSendError::NotAStanza)?;
+        self.send_stanza(stanza).await
+    }
+
+    /// [`send`](Self::send) for a stanza whose header is set (`from` in the service's domain,
+    /// a `to`). A notification to many (room occupants, subscribers) is one stanza
+    /// [`readdressed`](Stanza::readdressed) to each: one element, serialised once for all.
+    pub async fn send_stanza(&self, stanza: Stanza) -> Result<(), ServiceSendError> {
+        let server = self.server.upgrade().ok_or(ServiceSendError::ServerGone)?;
         match stanza.from() {
             Some(from) if from.domain() == self.domain.domain() => {}
             _ => return Err(ServiceSendError::ForeignFrom),

@@ -13,12 +13,11 @@ use crate::iq::{IqRequest, IqScope};
 use crate::module::{ModuleError, ModuleRegistry, SharedState};
 use crate::requests::{IqRequestError, PendingIqs};
 use crate::route::{Destination, ExternalRoute, RemoteRoutes, ServiceDomain, ServiceHandle};
-use crate::sessions::{SessionHandle, SessionRegistry};
+use crate::sessions::{Resources, SessionRegistry};
 use parking_lot::RwLock;
 use rookery_stanza::{
-    error_reply, iq_result, ns, parse_jid, BareJid, FullJid, IqType, Jid, MessageType,
-    PresenceType, SharedStanza, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
-    StreamErrorCondition,
+    ns, parse_jid, BareJid, Bounce, FullJid, IqType, Jid, MessageType, PresenceType, SharedStanza,
+    Stanza, StanzaError, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
 };
 use rookery_storage::Storage;
 use rookery_xml::Element;
@@ -292,15 +291,12 @@ impl Server {
                 self.dispatch(Some(&sender), to, stanza).await
             }
             StanzaKind::Presence => match stanza.to().cloned() {
-                None => {
-                    self.client_presence(from, &host, stanza.into_element())
-                        .await
-                }
+                None => self.client_presence(from, &host, stanza).await,
                 Some(to) => {
                     let event = Arc::new(OutboundPresence {
                         from: from.clone(),
                         to: to.clone(),
-                        stanza: stanza.into_element(),
+                        stanza,
                     });
                     if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
                         return;
@@ -308,12 +304,6 @@ impl Server {
                     let stanza = Arc::try_unwrap(event)
                         .map(|e| e.stanza)
                         .unwrap_or_else(|e| e.stanza.clone());
-                    let stanza = Stanza::from_parts(
-                        StanzaKind::Presence,
-                        stanza,
-                        Some(to.clone()),
-                        Some(sender.clone()),
-                    );
                     self.dispatch(Some(&sender), to, stanza).await
                 }
             },
@@ -431,7 +421,8 @@ impl Server {
         let host = self.hosts.get(to.domain().as_str())?;
         let is_request =
             stanza.kind() == StanzaKind::Iq && stanza.iq_type().is_some_and(IqType::is_request);
-        let bounce_copy = is_request.then(|| stanza.element().clone());
+        // A clone shares the element: nothing is copied unless a filter changes it.
+        let bounce_copy = is_request.then(|| stanza.clone());
         let passed = host
             .hooks()
             .fold(
@@ -452,9 +443,10 @@ impl Server {
     }
 
     /// Sends the error answer to a stanza back to its sender (never an error to an error).
-    pub fn bounce(&self, stanza: &Element, error: StanzaError) {
-        if let Some(reply) = error_reply(stanza, &error) {
-            self.deliver_to_sender(reply);
+    /// A [`Stanza`] is answered by its header, an element by its attributes.
+    pub fn bounce<S: Bounce + ?Sized>(&self, stanza: &S, error: StanzaError) {
+        if let Some((reply, to)) = stanza.error_answer(&error) {
+            self.deliver_to_sender(reply, to);
         }
     }
 
@@ -462,9 +454,14 @@ impl Server {
     /// session directly; a service, component or remote entity through the router, in a task
     /// of its own since the caller may not wait. Answers to a local bare JID are dropped (the
     /// server asked, and its own requests are resolved where they are routed).
-    fn deliver_to_sender(&self, reply: Element) {
-        let Some(Ok(to)) = reply.attr("to").map(Jid::new) else {
-            return;
+    /// `to` is the reply's `to`, when the caller has it parsed.
+    fn deliver_to_sender(&self, reply: Element, to: Option<Jid>) {
+        let to = match to {
+            Some(to) => to,
+            None => match reply.attr("to").map(Jid::new) {
+                Some(Ok(to)) => to,
+                _ => return,
+            },
         };
         if self.hosts.contains_key(to.domain().as_str()) {
             if let Ok(full) = to.try_as_full() {
@@ -480,27 +477,38 @@ impl Server {
         self.tasks.spawn(async move { server.route(reply).await });
     }
 
-    /// [`deliver_to_sender`](Self::deliver_to_sender) in the caller's task.
-    async fn answer(self: &Arc<Self>, reply: Element) {
-        let remote = reply
-            .attr("to")
-            .and_then(|to| Jid::new(to).ok())
-            .is_some_and(|to| !self.hosts.contains_key(to.domain().as_str()));
-        if remote {
-            // Boxed: routing the answer may lead back here (a service asking a host).
-            Box::pin(self.route(reply)).await
+    /// [`deliver_to_sender`](Self::deliver_to_sender) in the caller's task, for the answer
+    /// to `request` (whose header gives the answer's addresses).
+    async fn answer(self: &Arc<Self>, reply: Element, request: &Stanza) {
+        let Some(to) = request.from() else {
+            return;
+        };
+        if self.hosts.contains_key(to.domain().as_str()) {
+            self.deliver_to_sender(reply, Some(to.clone()))
         } else {
-            self.deliver_to_sender(reply)
+            let reply = Stanza::from_parts(
+                StanzaKind::Iq,
+                reply,
+                Some(to.clone()),
+                request.to().cloned(),
+            );
+            // Boxed: routing the answer may lead back here (a service asking a host).
+            Box::pin(self.route_stanza(reply)).await
         }
     }
 
     async fn account_exists(&self, jid: &BareJid) -> Result<bool, StanzaError> {
-        let Some(node) = jid.node() else {
-            return Ok(false);
-        };
         if self.sessions.is_online(jid) {
             return Ok(true);
         }
+        self.account_exists_offline(jid).await
+    }
+
+    /// Whether an account with no session exists (the caller looked the sessions up).
+    async fn account_exists_offline(&self, jid: &BareJid) -> Result<bool, StanzaError> {
+        let Some(node) = jid.node() else {
+            return Ok(false);
+        };
         self.storage
             .accounts
             .account_exists(jid.domain().as_str(), node.as_str())
@@ -696,10 +704,10 @@ impl Server {
             payload,
         };
         match handler.handle(request).await {
-            Ok(payload) => self.answer(iq_result(&stanza, payload)).await,
+            Ok(payload) => self.answer(stanza.iq_result(payload), &stanza).await,
             Err(e) => {
-                if let Some(reply) = error_reply(&stanza, &e) {
-                    self.answer(reply).await
+                if let Some(reply) = stanza.error_reply(&e) {
+                    self.answer(reply, &stanza).await
                 }
             }
         }
@@ -724,7 +732,7 @@ impl Server {
         let sessions = self.sessions.resources(&bare);
         match to.try_as_full() {
             Ok(full) => {
-                if let Some(session) = sessions.iter().find(|s| s.jid() == full) {
+                if let Some(session) = sessions.find(full) {
                     let watched = self.wants_delivered(bare.domain().as_str(), mtype);
                     let from = watched.then(|| stanza.from().cloned()).flatten();
                     let stanza = SharedStanza::from(stanza);
@@ -758,7 +766,7 @@ impl Server {
         bare: BareJid,
         mtype: MessageType,
         stanza: Stanza,
-        sessions: Vec<Arc<SessionHandle>>,
+        sessions: Resources,
     ) {
         if mtype == MessageType::Error {
             return;
@@ -769,7 +777,7 @@ impl Server {
             .collect();
         if available.is_empty() {
             let exists = if sessions.is_empty() {
-                match self.account_exists(&bare).await {
+                match self.account_exists_offline(&bare).await {
                     Ok(e) => e,
                     Err(e) => return self.bounce(&stanza, e),
                 }
@@ -779,7 +787,8 @@ impl Server {
             if exists {
                 let event = Arc::new(UndeliverableMessage {
                     to: bare,
-                    stanza: stanza.into_element(),
+                    stanza,
+                    sessions,
                 });
                 if let Some(host) = self.hosts.get(event.to.domain().as_str()) {
                     if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
@@ -854,7 +863,7 @@ impl Server {
         from: Option<Jid>,
         stanza: SharedStanza,
         delivered_to: Vec<u64>,
-        sessions: Vec<Arc<SessionHandle>>,
+        sessions: Resources,
     ) {
         if let Some(host) = self.hosts.get(to.domain().as_str()).cloned() {
             host.hooks()
@@ -898,11 +907,11 @@ impl Server {
 
     // ---- Presence (RFC 6121 §4, §8.5) -------------------------------------------------------
 
-    async fn client_presence(self: &Arc<Self>, from: &FullJid, host: &Host, stanza: Element) {
+    async fn client_presence(self: &Arc<Self>, from: &FullJid, host: &Host, stanza: Stanza) {
         let Some(session) = self.sessions.get(from) else {
             return;
         };
-        match PresenceType::of(&stanza) {
+        match stanza.presence_type() {
             Some(PresenceType::Available) => {
                 let priority = stanza
                     .get_child("priority", ns::CLIENT)
@@ -918,12 +927,15 @@ impl Server {
                 self,
                 PresenceBroadcast {
                     from: from.clone(),
+                    session,
                     stanza,
                 },
             )
             .await;
     }
 
+    /// Presence to a local account: one registry look-up, whose sessions are the ones that
+    /// get it.
     async fn presence_to_host(self: &Arc<Self>, host: &Host, to: Jid, stanza: Stanza) {
         let Some(ptype) = stanza.presence_type() else {
             return;
@@ -932,16 +944,20 @@ impl Server {
             return;
         }
         let bare = to.to_bare();
-        match self.account_exists(&bare).await {
-            Ok(true) => {}
-            _ => return, // RFC 6121 §8.5.1: presence to no such account is silently ignored.
+        let sessions = self.sessions.resources(&bare);
+        if sessions.is_empty() {
+            match self.account_exists_offline(&bare).await {
+                Ok(true) => {}
+                // RFC 6121 §8.5.1: presence to no such account is silently ignored.
+                _ => return,
+            }
         }
         let Some(stanza) = self.filter_local(&to, stanza).await else {
             return;
         };
         let event = Arc::new(InboundPresence {
             to: to.clone(),
-            stanza: stanza.into_element(),
+            stanza,
         });
         if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
             return;
@@ -956,12 +972,12 @@ impl Server {
         );
         match to.try_as_full() {
             Ok(full) => {
-                if let Some(s) = self.sessions.get(full) {
+                if let Some(s) = sessions.find(full) {
                     let _ = s.deliver(stanza);
                 }
             }
             Err(_) => {
-                for s in self.sessions.resources(&bare) {
+                for s in &sessions {
                     if s.priority().is_some() {
                         let _ = s.deliver(stanza.clone());
                     }

@@ -25,7 +25,8 @@ pub enum DeliveryError {
 /// A stanza queued for a session, with an optional receipt resolved once the stanza has been
 /// written to the client's connection and flushed (used by features that must not drop
 /// their copy of a stanza before that, such as offline storage). The stanza is shared with
-/// every other session that gets it and serialised once for all of them.
+/// every other session that gets it, each with its own `to` where they differ
+/// ([`SharedStanza::readdressed`]), and serialised once for all of them.
 pub struct Outgoing {
     pub stanza: SharedStanza,
     pub written: Option<oneshot::Sender<()>>,
@@ -170,10 +171,81 @@ impl SessionInbox {
     }
 }
 
-/// All bound sessions, by bare JID.
+/// The bound sessions of one account, in binding order: a shared, immutable list, so a
+/// look-up takes a reference count instead of copying the list, and the list can be held
+/// across awaits (a registration or removal replaces it). Iterating it by value yields each
+/// session's handle (a reference count each), by reference borrows them.
+/// An account with no session is `None`, so a miss allocates nothing.
+#[derive(Clone, Default)]
+pub struct Resources(Option<Arc<[Arc<SessionHandle>]>>);
+
+impl Resources {
+    fn new(list: Arc<[Arc<SessionHandle>]>) -> Self {
+        Resources(Some(list))
+    }
+    /// The session bound to this full JID, if it is among them.
+    pub fn find(&self, jid: &FullJid) -> Option<&Arc<SessionHandle>> {
+        self.iter().find(|h| h.jid == *jid)
+    }
+}
+
+impl std::ops::Deref for Resources {
+    type Target = [Arc<SessionHandle>];
+    fn deref(&self) -> &[Arc<SessionHandle>] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl<'a> IntoIterator for &'a Resources {
+    type Item = &'a Arc<SessionHandle>;
+    type IntoIter = std::slice::Iter<'a, Arc<SessionHandle>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl IntoIterator for Resources {
+    type Item = Arc<SessionHandle>;
+    type IntoIter = ResourcesIter;
+    fn into_iter(self) -> ResourcesIter {
+        ResourcesIter {
+            list: self,
+            next: 0,
+        }
+    }
+}
+
+/// The sessions of a [`Resources`], by value.
+pub struct ResourcesIter {
+    list: Resources,
+    next: usize,
+}
+
+impl Iterator for ResourcesIter {
+    type Item = Arc<SessionHandle>;
+    fn next(&mut self) -> Option<Arc<SessionHandle>> {
+        let item = self.list.get(self.next)?.clone();
+        self.next += 1;
+        Some(item)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.list.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for ResourcesIter {}
+
+/// The bare JID part of a full JID, borrowed (a node or domain holds no `/`, RFC 7622 §3).
+fn bare_str(jid: &FullJid) -> &str {
+    jid.as_str().split('/').next().unwrap_or_default()
+}
+
+/// All bound sessions, by bare JID (its string: a full JID is looked up without building
+/// its bare JID).
 #[derive(Default)]
 pub struct SessionRegistry {
-    users: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    users: RwLock<HashMap<Box<str>, Resources>>,
     count: AtomicUsize,
 }
 
@@ -181,14 +253,16 @@ impl SessionRegistry {
     /// Registers a bound session. If the same full JID was bound, that older session is
     /// returned (already removed): the caller kicks it with `conflict` (RFC 6120 §7.7.2.2).
     pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
-        let bare = handle.jid.to_bare();
         let mut users = self.users.write();
-        let list = users.entry(bare).or_default();
-        let old = list
+        let list = users.entry(bare_str(&handle.jid).into()).or_default();
+        let old = list.find(&handle.jid).cloned();
+        let mut next: Vec<Arc<SessionHandle>> = list
             .iter()
-            .position(|h| h.jid == handle.jid)
-            .map(|i| list.remove(i));
-        list.push(handle);
+            .filter(|h| h.jid != handle.jid)
+            .cloned()
+            .collect();
+        next.push(handle);
+        *list = Resources::new(next.into());
         if old.is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
@@ -197,39 +271,40 @@ impl SessionRegistry {
 
     /// Removes a session, if it is still the one registered under its JID.
     pub fn unbind(&self, handle: &SessionHandle) -> bool {
-        let bare = handle.jid.to_bare();
+        let bare = bare_str(&handle.jid);
         let mut users = self.users.write();
-        let Some(list) = users.get_mut(&bare) else {
+        let Some(list) = users.get_mut(bare) else {
             return false;
         };
-        let Some(i) = list.iter().position(|h| h.id == handle.id) else {
+        if !list.iter().any(|h| h.id == handle.id) {
             return false;
-        };
-        list.remove(i);
-        if list.is_empty() {
-            users.remove(&bare);
+        }
+        if list.len() == 1 {
+            users.remove(bare);
+        } else {
+            let next: Arc<[Arc<SessionHandle>]> =
+                list.iter().filter(|h| h.id != handle.id).cloned().collect();
+            *list = Resources::new(next);
         }
         self.count.fetch_sub(1, Ordering::Relaxed);
         true
     }
 
     pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
-        let bare = jid.to_bare();
-        self.users
-            .read()
-            .get(&bare)?
-            .iter()
-            .find(|h| h.jid == *jid)
-            .cloned()
+        self.users.read().get(bare_str(jid))?.find(jid).cloned()
     }
 
-    /// Every bound session of an account.
-    pub fn resources(&self, bare: &BareJid) -> Vec<Arc<SessionHandle>> {
-        self.users.read().get(bare).cloned().unwrap_or_default()
+    /// Every bound session of an account (no copy: see [`Resources`]).
+    pub fn resources(&self, bare: &BareJid) -> Resources {
+        self.users
+            .read()
+            .get(bare.as_str())
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn is_online(&self, bare: &BareJid) -> bool {
-        self.users.read().contains_key(bare)
+        self.users.read().contains_key(bare.as_str())
     }
 
     pub fn count(&self) -> usize {
@@ -238,7 +313,11 @@ impl SessionRegistry {
 
     /// Every bound session (for admin listing and shutdown).
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
-        self.users.read().values().flatten().cloned().collect()
+        self.users
+            .read()
+            .values()
+            .flat_map(|r| r.iter().cloned())
+            .collect()
     }
 }
 
@@ -269,6 +348,33 @@ mod tests {
         assert!(reg.unbind(&c));
         assert_eq!(reg.count(), 0);
         assert!(!reg.is_online(&BareJid::new("u@x").expect("valid")));
+    }
+
+    #[test]
+    fn look_ups_share_the_account_list() {
+        let reg = SessionRegistry::default();
+        let bare = BareJid::new("u@x").expect("valid");
+        assert!(reg.resources(&bare).is_empty());
+        let (a, _ia) = SessionHandle::new(jid("u@x/a"), 4);
+        let (b, _ib) = SessionHandle::new(jid("u@x/b"), 4);
+        reg.bind(a.clone());
+        reg.bind(b.clone());
+        let one = reg.resources(&bare);
+        let two = reg.resources(&bare);
+        let (Some(l1), Some(l2)) = (&one.0, &two.0) else {
+            panic!("listed");
+        };
+        assert!(
+            Arc::ptr_eq(l1, l2),
+            "a look-up is a reference count, not a copy"
+        );
+        assert_eq!(one.find(&jid("u@x/b")).map(|h| h.id()), Some(b.id()));
+        assert_eq!(reg.get(&jid("u@x/a")).map(|h| h.id()), Some(a.id()));
+        // A list taken stays as it was; the registry's changes.
+        assert!(reg.unbind(&a));
+        assert_eq!(one.len(), 2);
+        let ids: Vec<u64> = reg.resources(&bare).into_iter().map(|h| h.id()).collect();
+        assert_eq!(ids, vec![b.id()]);
     }
 
     #[tokio::test]

@@ -45,7 +45,8 @@ use rookery_core::{
     Server, Spec,
 };
 use rookery_stanza::{
-    random_id, BareJid, ErrorType, IqType, Jid, StanzaError, StanzaErrorCondition, StanzaKind,
+    random_id, BareJid, ErrorType, IqType, Jid, Stanza, StanzaError, StanzaErrorCondition,
+    StanzaKind,
 };
 use rookery_storage::{StorageError, Subscription};
 use rookery_xml::Element;
@@ -503,12 +504,19 @@ async fn unblock(state: &State, req: &IqRequest, user: &BareJid) -> IqResult {
     push(server, user, "unblock", &items);
     // §3.4: the current presence, to contacts allowed to see it and not blocked otherwise.
     let targets = presence_targets(server, user, &removed, |t| !remaining.blocks(t)).await;
+    let account = Jid::from(user.clone());
     for target in targets {
         let probe = Element::new("presence", "jabber:client")
             .with_attr("type", "probe")
             .with_attr("from", target.as_str())
             .with_attr("to", user.as_str());
-        Box::pin(server.route(probe)).await;
+        let probe = Stanza::from_parts(
+            StanzaKind::Presence,
+            probe,
+            Some(account.clone()),
+            Some(target),
+        );
+        Box::pin(server.route_stanza(probe)).await;
     }
     Ok(None)
 }
@@ -582,7 +590,13 @@ async fn send_unavailable(server: &Arc<Server>, user: &BareJid, to: &Jid) {
                 .with_attr("type", "unavailable")
                 .with_attr("from", s.jid().as_str())
                 .with_attr("to", to.as_str());
-            Box::pin(server.route(p)).await;
+            let p = Stanza::from_parts(
+                StanzaKind::Presence,
+                p,
+                Some(to.clone()),
+                Some(Jid::from(s.jid().clone())),
+            );
+            Box::pin(server.route_stanza(p)).await;
         }
     }
 }

@@ -38,7 +38,8 @@ use rookery_core::{
     SessionHandle, Spec,
 };
 use rookery_stanza::{
-    ns, BareJid, FullJid, Jid, MessageType, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
+    ns, BareJid, FullJid, Jid, MessageType, SharedStanza, Stanza, StanzaError,
+    StanzaErrorCondition, StanzaKind,
 };
 use rookery_xml::Element;
 use std::collections::VecDeque;
@@ -124,8 +125,12 @@ impl Module for Carbons {
             },
         );
         host.filter::<LocalDelivery, _, _>(Order::first(), |_server, d| async move {
-            let from_account = d.stanza.attr("from") == Some(d.to.to_bare().as_str());
-            (from_account || !carries_carbon(&d.stanza)).then_some(d)
+            let from_account = || {
+                d.stanza
+                    .from()
+                    .is_some_and(|f| f.resource().is_none() && f.to_bare() == d.to.to_bare())
+            };
+            (!carries_carbon(&d.stanza) || from_account()).then_some(d)
         });
         // Last: only what every other filter let through is copied.
         host.filter::<ClientStanza, _, _>(Order::last(), |server, c| async move {
@@ -145,10 +150,8 @@ impl Module for Carbons {
         // Before offline storage, which stops the event.
         host.hook::<UndeliverableMessage, _, _>(
             Order::normal().before("offline"),
-            |server, ev| async move {
-                let from = ev.stanza.attr("from").and_then(|f| Jid::new(f).ok());
-                let sessions = server.sessions().resources(&ev.to);
-                received_copies(&sessions, &ev.to, from.as_ref(), &ev.stanza, &[]);
+            |_server, ev| async move {
+                received_copies(&ev.sessions, &ev.to, ev.stanza.from(), &ev.stanza, &[]);
                 Flow::Continue
             },
         );
@@ -211,18 +214,35 @@ fn eligible(stanza: &Element, direction: Direction) -> bool {
         || stanza.children().any(|c| IM_PAYLOADS.contains(&c.ns()))
 }
 
-/// The XEP-0297 wrapped copy for one resource.
-fn wrap(kind: &str, account: &BareJid, to: &FullJid, original: &Element) -> Element {
-    let mut copy = Element::new("message", ns::CLIENT)
-        .with_attr("from", account.as_str())
-        .with_attr("to", to.as_str());
+/// The XEP-0297 wrapped copy, `from` the account, without a `to`: each resource gets it
+/// [`readdressed`](SharedStanza::readdressed), so the copies share one element and one
+/// serialisation.
+fn wrap(kind: &str, account: &BareJid, original: &Element) -> SharedStanza {
+    let mut copy = Element::new("message", ns::CLIENT).with_attr("from", account.as_str());
     if let Some(t) = original.attr("type") {
         copy.set_attr("type", t);
     }
-    copy.with_child(
-        Element::new(kind, NS)
-            .with_child(Element::new("forwarded", NS_FORWARD).with_child(original.clone())),
+    SharedStanza::new(
+        copy.with_child(
+            Element::new(kind, NS)
+                .with_child(Element::new("forwarded", NS_FORWARD).with_child(original.clone())),
+        ),
     )
+}
+
+/// Delivers the wrapped copy of `original` to each of `targets`; whether any got one.
+fn deliver_copies<'a>(
+    kind: &str,
+    account: &BareJid,
+    original: &Element,
+    targets: impl Iterator<Item = &'a Arc<SessionHandle>>,
+) -> bool {
+    let mut copy = None;
+    for s in targets {
+        let copy = copy.get_or_insert_with(|| wrap(kind, account, original));
+        let _ = s.deliver(copy.readdressed(Jid::from(s.jid().clone())));
+    }
+    copy.is_some()
 }
 
 fn enabled(s: &SessionHandle) -> bool {
@@ -260,13 +280,14 @@ fn sent_copies(server: &Server, from: &FullJid, stanza: &Stanza) {
     {
         return;
     }
-    let mut copied = false;
-    for s in &resources {
-        if s.id() != sender.id() && enabled(s) {
-            let _ = s.deliver(wrap("sent", &account, s.jid(), stanza));
-            copied = true;
-        }
-    }
+    let copied = deliver_copies(
+        "sent",
+        &account,
+        stanza,
+        resources
+            .iter()
+            .filter(|s| s.id() != sender.id() && enabled(s)),
+    );
     if let (true, Some(id), false) = (copied, id, is_error) {
         sender
             .extension_or_insert_with(CarbonState::default)
@@ -306,13 +327,14 @@ fn received_copies(
     if !ok {
         return;
     }
-    let mut copied = false;
-    for s in resources {
-        if !delivered_to.contains(&s.id()) && enabled(s) {
-            let _ = s.deliver(wrap("received", account, s.jid(), stanza));
-            copied = true;
-        }
-    }
+    let copied = deliver_copies(
+        "received",
+        account,
+        stanza,
+        resources
+            .iter()
+            .filter(|s| !delivered_to.contains(&s.id()) && enabled(s)),
+    );
     if let (true, Some(id), false) = (copied, id, is_error) {
         for s in resources.iter().filter(|s| delivered_to.contains(&s.id())) {
             s.extension_or_insert_with(CarbonState::default)
@@ -385,7 +407,9 @@ mod tests {
         let account = BareJid::new("romeo@x").expect("jid");
         let to = FullJid::new("romeo@x/home").expect("jid");
         let original = el("<message xmlns='jabber:client' from='juliet@y/b' to='romeo@x/garden' type='chat'><body>hi</body></message>");
-        let c = wrap("received", &account, &to, &original);
+        let c = wrap("received", &account, &original)
+            .readdressed(Jid::from(to))
+            .into_element();
         assert_eq!(c.attr("from"), Some("romeo@x"));
         assert_eq!(c.attr("to"), Some("romeo@x/home"));
         assert_eq!(c.attr("type"), Some("chat"));

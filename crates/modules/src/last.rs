@@ -19,7 +19,7 @@ use rookery_core::Order;
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Server, Spec,
 };
-use rookery_stanza::{ns, BareJid, StanzaError, StanzaErrorCondition};
+use rookery_stanza::{ns, BareJid, PresenceType, StanzaError, StanzaErrorCondition};
 use rookery_storage::{StorageError, Subscription};
 use rookery_xml::Element;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,23 +50,22 @@ impl Module for Last {
         // Before the presence module broadcasts (and so before offline replay); only observes.
         host.hook::<PresenceBroadcast, _, _>(
             Order::normal().before("presence").before("offline"),
-            |server, ev| async move {
-                if let Some(session) = server.sessions().get(&ev.from) {
-                    if ev.stanza.attr("type") == Some("unavailable") {
-                        let status = ev
-                            .stanza
-                            .get_child("status", ns::CLIENT)
-                            .map(Element::text)
-                            .unwrap_or_default();
-                        *session
-                            .extension_or_insert_with(LastStatus::default)
-                            .0
-                            .lock() = Some(status);
-                    } else if let Some(last) = session.extension::<LastStatus>() {
-                        // Available again: that status is not the one to keep. (Nothing is
-                        // attached to sessions that never sent unavailable presence.)
-                        *last.0.lock() = None;
-                    }
+            |_server, ev| async move {
+                let session = &ev.session;
+                if ev.stanza.presence_type() == Some(PresenceType::Unavailable) {
+                    let status = ev
+                        .stanza
+                        .get_child("status", ns::CLIENT)
+                        .map(Element::text)
+                        .unwrap_or_default();
+                    *session
+                        .extension_or_insert_with(LastStatus::default)
+                        .0
+                        .lock() = Some(status);
+                } else if let Some(last) = session.extension::<LastStatus>() {
+                    // Available again: that status is not the one to keep. (Nothing is
+                    // attached to sessions that never sent unavailable presence.)
+                    *last.0.lock() = None;
                 }
                 Flow::Continue
             },

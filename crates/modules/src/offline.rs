@@ -12,7 +12,7 @@ use rookery_core::{
     Flow, HostBuilder, Module, ModuleError, Place, Section, SectionDecl, Server, SessionHandle,
     Spec,
 };
-use rookery_stanza::{BareJid, MessageType};
+use rookery_stanza::{BareJid, MessageType, PresenceType, Stanza};
 use rookery_xml::Element;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -88,16 +88,10 @@ impl Module for Offline {
         host.hook::<PresenceBroadcast, _, _>(
             Order::normal().after("presence"),
             |server, ev| async move {
-                let non_negative = ev.stanza.attr("type").is_none()
-                    && server
-                        .sessions()
-                        .get(&ev.from)
-                        .and_then(|s| s.priority())
-                        .is_some_and(|p| p >= 0);
+                let non_negative = ev.stanza.presence_type() == Some(PresenceType::Available)
+                    && ev.session.priority().is_some_and(|p| p >= 0);
                 if non_negative {
-                    if let Some(session) = server.sessions().get(&ev.from) {
-                        start_delivery(server.clone(), session);
-                    }
+                    start_delivery(server.clone(), ev.session.clone());
                 }
                 Flow::Continue
             },
@@ -162,7 +156,7 @@ fn worth_storing(stanza: &Element) -> bool {
         && !stanza.has_child("no-store", NS_HINTS)
 }
 
-async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Element) -> Flow {
+async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Stanza) -> Flow {
     let Some(node) = to.node() else {
         return Flow::Continue;
     };
@@ -181,7 +175,7 @@ async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Elemen
             .ok()
             .and_then(|t| t.format(&Rfc3339).ok())
             .unwrap_or_default();
-        stored.push_child(
+        stored.element_mut().push_child(
             Element::new("delay", NS_DELAY)
                 .with_attr("from", domain)
                 .with_attr("stamp", stamp)
@@ -195,7 +189,7 @@ async fn store(server: &Arc<Server>, domain: &str, to: &BareJid, stanza: &Elemen
     match server
         .storage()
         .offline
-        .push_offline(domain, node.as_str(), &stored.to_xml(""), max)
+        .push_offline(domain, node.as_str(), &stored.to_xml_string(), max)
         .await
     {
         Ok(Some(_)) => Flow::Stop,

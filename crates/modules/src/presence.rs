@@ -9,7 +9,8 @@ use parking_lot::Mutex;
 use rookery_core::events::{InboundPresence, OutboundPresence, PresenceBroadcast, SessionClosed};
 use rookery_core::Order;
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Server, SessionHandle, Spec};
-use rookery_stanza::{BareJid, Jid};
+use rookery_stanza::PresenceType;
+use rookery_stanza::{parse_jid, BareJid, Jid, SharedStanza, Stanza, StanzaKind};
 use rookery_storage::{RosterItem, Subscription};
 use rookery_xml::Element;
 use std::collections::HashSet;
@@ -38,26 +39,22 @@ impl Module for Presence {
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         host.add_stream_feature(Element::new("sub", NS_PRE_APPROVAL));
         host.hook::<PresenceBroadcast, _, _>(Order::normal(), |server, ev| async move {
-            if let Some(session) = server.sessions().get(&ev.from) {
-                broadcast(&server, &session, ev.stanza.clone(), true).await;
-            }
+            broadcast(&server, &ev.session, ev.stanza.clone(), true).await;
             Flow::Continue
         });
         host.hook::<SessionClosed, _, _>(Order::normal(), |server, ev| async move {
-            let unavailable = Element::new("presence", "jabber:client")
-                .with_attr("type", "unavailable")
-                .with_attr("from", ev.session.jid().as_str());
+            let unavailable = unavailable_from(Jid::from(ev.session.jid().clone()));
             if ev.was_available {
                 broadcast(&server, &ev.session, unavailable, false).await;
             } else {
                 // Never broadcast, but directed presence still needs its unavailable (§4.6.3).
-                let directed: Vec<String> = ev
+                let directed: Vec<Jid> = ev
                     .session
                     .extension::<SessionPresence>()
                     .map(|st| st.0.lock().directed.drain().collect())
                     .unwrap_or_default();
                 for target in directed {
-                    send(&server, presence_to(&unavailable, &target)).await;
+                    send(&server, unavailable.readdressed(target)).await;
                 }
             }
             Flow::Continue
@@ -78,10 +75,11 @@ struct SessionPresence(Mutex<PresenceInner>);
 
 #[derive(Default)]
 struct PresenceInner {
-    /// The last available presence broadcast, answered to probes.
-    last: Option<Element>,
+    /// The last available presence broadcast (from the session's full JID, no `to`),
+    /// answered to probes: each answer shares its element.
+    last: Option<Stanza>,
     /// Entities that got directed available presence (§4.6) and must get unavailable.
-    directed: HashSet<String>,
+    directed: HashSet<Jid>,
 }
 
 fn parts(jid: &BareJid) -> Option<(&str, &str)> {
@@ -131,31 +129,48 @@ fn has_to(s: Subscription) -> bool {
 }
 
 /// Routes a stanza the server sends on an account's behalf.
-async fn send(server: &Arc<Server>, stanza: Element) {
-    Box::pin(server.route(stanza)).await;
+async fn send(server: &Arc<Server>, stanza: Stanza) {
+    Box::pin(server.route_stanza(stanza)).await;
 }
 
-fn presence_to(stanza: &Element, to: &str) -> Element {
-    let mut p = stanza.clone();
-    p.set_attr("to", to);
-    p
+/// A presence the server writes, from `from`, with no `to` yet: each recipient gets it
+/// [`readdressed`](Stanza::readdressed), sharing one element.
+fn presence_from(from: Jid, ptype: Option<&str>) -> Stanza {
+    let mut el = Element::new("presence", "jabber:client").with_attr("from", from.as_str());
+    if let Some(t) = ptype {
+        el.set_attr("type", t);
+    }
+    Stanza::from_parts(StanzaKind::Presence, el, None, Some(from))
+}
+
+fn unavailable_from(from: Jid) -> Stanza {
+    presence_from(from, Some("unavailable"))
+}
+
+/// A roster item's address (stored as written when the item was set; a stored address that
+/// no longer parses is skipped).
+fn item_jid(item: &RosterItem) -> Option<Jid> {
+    parse_jid(&item.jid).ok()
 }
 
 /// §4.2–§4.5: a session's presence goes to the subscribers (`from`/`both`), to the account's
 /// own available resources, and — when unavailable — to everyone that got directed presence.
 /// Initial presence also probes the contacts the account is subscribed to and delivers the
-/// subscription requests waiting for an answer.
+/// subscription requests waiting for an answer. Every recipient gets the same element,
+/// readdressed: one presence to a thousand contacts is serialised once.
 async fn broadcast(
     server: &Arc<Server>,
     session: &Arc<SessionHandle>,
-    mut stanza: Element,
+    mut stanza: Stanza,
     live: bool,
 ) {
     let from = session.jid().clone();
+    let from_jid = Jid::from(from.clone());
     let user = from.to_bare();
-    stanza.remove_attr("to");
-    stanza.set_attr("from", from.as_str());
-    let available = stanza.attr("type").is_none();
+    if stanza.from() != Some(&from_jid) {
+        stanza.set_from(from_jid.clone());
+    }
+    let available = stanza.presence_type() == Some(PresenceType::Available);
     let state = session.extension_or_insert_with(SessionPresence::default);
     let (initial, directed) = {
         let mut s = state.0.lock();
@@ -171,19 +186,23 @@ async fn broadcast(
     let items = roster_items(server, &user).await;
     let mut reached = HashSet::new();
     for item in items.iter().filter(|i| has_from(i.subscription)) {
-        reached.insert(item.jid.clone());
-        send(server, presence_to(&stanza, &item.jid)).await;
+        let Some(contact) = item_jid(item) else {
+            continue;
+        };
+        reached.insert(item.jid.as_str());
+        send(server, stanza.readdressed(contact)).await;
     }
     for target in directed {
-        if !reached.contains(&target) {
-            send(server, presence_to(&stanza, &target)).await;
+        if !reached.contains(target.as_str()) {
+            send(server, stanza.readdressed(target)).await;
         }
     }
     // The account is subscribed to itself (§4.2.2): every available resource, including the
     // sender, sees the change.
-    for s in server.sessions().resources(&user) {
+    let resources = server.sessions().resources(&user);
+    for s in &resources {
         if s.priority().is_some() || (live && s.id() == session.id()) {
-            let _ = s.deliver(presence_to(&stanza, s.jid().as_str()));
+            let _ = s.deliver(stanza.readdressed(Jid::from(s.jid().clone())));
         }
     }
     if !initial {
@@ -195,14 +214,13 @@ async fn broadcast(
     // that lacks them. From the bare JID they would reach every available resource of the
     // account, replaying the contacts' presence to the others at each login. The contact's
     // side checks the subscription by the bare JID either way (`answer_probe`).
+    let probe = presence_from(from_jid.clone(), Some("probe"));
     for item in items.iter().filter(|i| has_to(i.subscription)) {
-        let probe = Element::new("presence", "jabber:client")
-            .with_attr("type", "probe")
-            .with_attr("from", from.as_str())
-            .with_attr("to", item.jid.clone());
-        send(server, probe).await;
+        if let Some(contact) = item_jid(item) {
+            send(server, probe.readdressed(contact)).await;
+        }
     }
-    for other in server.sessions().resources(&user) {
+    for other in &resources {
         if other.id() == session.id() {
             continue;
         }
@@ -210,7 +228,7 @@ async fn broadcast(
             .extension::<SessionPresence>()
             .and_then(|p| p.0.lock().last.clone());
         if let Some(p) = last {
-            let _ = session.deliver(presence_to(&p, from.as_str()));
+            let _ = session.deliver(p.readdressed(from_jid.clone()));
         }
     }
     if let Some((d, u)) = parts(&user) {
@@ -233,10 +251,10 @@ async fn outbound(server: &Arc<Server>, ev: &OutboundPresence) -> Flow {
             let st = session.extension_or_insert_with(SessionPresence::default);
             match ptype {
                 None => {
-                    st.0.lock().directed.insert(ev.to.to_string());
+                    st.0.lock().directed.insert(ev.to.clone());
                 }
                 Some("unavailable") => {
-                    st.0.lock().directed.remove(ev.to.as_str());
+                    st.0.lock().directed.remove(&ev.to);
                 }
                 _ => {}
             }
@@ -257,8 +275,8 @@ async fn outbound(server: &Arc<Server>, ev: &OutboundPresence) -> Flow {
     let contact_s = contact.to_string();
     // §3.1.2 and friends: subscription stanzas carry the account's bare JID.
     let mut out = ev.stanza.clone();
-    out.set_attr("from", user.as_str());
-    out.set_attr("to", contact.as_str());
+    out.set_from(Jid::from(user.clone()));
+    out.set_to(Jid::from(contact.clone()));
     // The roster change happens under the account's lock; routing happens after it is
     // released, since the contact's side takes the contact's lock.
     let routed = {
@@ -342,7 +360,7 @@ async fn send_current_presence(server: &Arc<Server>, user: &BareJid, to: &BareJi
             .extension::<SessionPresence>()
             .and_then(|p| p.0.lock().last.clone());
         if let Some(p) = last {
-            send(server, presence_to(&p, to.as_str())).await;
+            send(server, p.readdressed(Jid::from(to.clone()))).await;
         }
     }
 }
@@ -351,27 +369,25 @@ async fn send_current_presence(server: &Arc<Server>, user: &BareJid, to: &BareJi
 async fn send_unavailable(server: &Arc<Server>, user: &BareJid, to: &BareJid) {
     for s in server.sessions().resources(user) {
         if s.priority().is_some() {
-            let p = Element::new("presence", "jabber:client")
-                .with_attr("type", "unavailable")
-                .with_attr("from", s.jid().as_str())
-                .with_attr("to", to.as_str());
-            send(server, p).await;
+            let p = unavailable_from(Jid::from(s.jid().clone()));
+            send(server, p.readdressed(Jid::from(to.clone()))).await;
         }
     }
 }
 
-/// Delivers to every available resource of a local account.
-fn deliver_available(server: &Server, account: &BareJid, stanza: &Element) {
-    for s in server.sessions().resources(account) {
+/// Delivers to every available resource of a local account (one element for all).
+fn deliver_available(server: &Server, account: &BareJid, stanza: &Stanza) {
+    let shared = SharedStanza::from(stanza);
+    for s in &server.sessions().resources(account) {
         if s.priority().is_some() {
-            let _ = s.deliver(stanza.clone());
+            let _ = s.deliver(shared.clone());
         }
     }
 }
 
 /// Presence addressed to a local account.
 async fn inbound(server: &Arc<Server>, ev: &InboundPresence) -> Flow {
-    let Some(Ok(from)) = ev.stanza.attr("from").map(Jid::new) else {
+    let Some(from) = ev.stanza.from().cloned() else {
         return Flow::Continue;
     };
     let ptype = ev.stanza.attr("type");
@@ -387,8 +403,8 @@ async fn inbound(server: &Arc<Server>, ev: &InboundPresence) -> Flow {
     let contact_s = contact.to_string();
     // §3.1.3: the request as the account sees it, from the contact's bare JID.
     let mut delivered = ev.stanza.clone();
-    delivered.set_attr("from", contact.as_str());
-    delivered.set_attr("to", account.as_str());
+    delivered.set_from(Jid::from(contact.clone()));
+    delivered.set_to(Jid::from(account.clone()));
     /// What to send once the account's roster lock is released.
     enum Then {
         Nothing,
@@ -421,7 +437,7 @@ async fn inbound(server: &Arc<Server>, ev: &InboundPresence) -> Flow {
                     let _ = server
                         .storage()
                         .roster
-                        .add_pending_in(d, u, &contact_s, &delivered.to_xml(""))
+                        .add_pending_in(d, u, &contact_s, &delivered.to_xml_string())
                         .await;
                 }
                 if state.inbound(kind).is_some() {
@@ -460,10 +476,8 @@ async fn inbound(server: &Arc<Server>, ev: &InboundPresence) -> Flow {
             }
             // The account no longer sees the contact (§3.3.3).
             Kind::Unsubscribed if state.has_to() => {
-                let p = Element::new("presence", "jabber:client")
-                    .with_attr("type", "unavailable")
-                    .with_attr("from", contact.as_str())
-                    .with_attr("to", account.as_str());
+                let p = unavailable_from(Jid::from(contact.clone()))
+                    .readdressed(Jid::from(account.clone()));
                 deliver_available(server, &account, &p);
             }
             _ => {}
@@ -499,14 +513,11 @@ async fn answer_probe(server: &Arc<Server>, account: &BareJid, prober: &Jid) {
             .and_then(|p| p.0.lock().last.clone());
         if let Some(p) = last {
             any = true;
-            send(server, presence_to(&p, prober.as_str())).await;
+            send(server, p.readdressed(prober.clone())).await;
         }
     }
     if !any {
-        let p = Element::new("presence", "jabber:client")
-            .with_attr("type", "unavailable")
-            .with_attr("from", account.as_str())
-            .with_attr("to", prober.as_str());
+        let p = unavailable_from(Jid::from(account.clone())).readdressed(prober.clone());
         send(server, p).await;
     }
 }

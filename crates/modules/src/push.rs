@@ -220,7 +220,8 @@ impl Module for Push {
                         match load(&server, &ev.to).await {
                             Ok(regs) => {
                                 for r in regs {
-                                    s.notify(&server, &ev.to, r.key(), &ev.stanza);
+                                    let sender = ev.stanza.from().map(Jid::as_str);
+                                    s.notify(&server, &ev.to, r.key(), sender, &ev.stanza);
                                 }
                             }
                             Err(e) => tracing::error!(error = %e, "push registrations unreadable"),
@@ -246,7 +247,9 @@ impl Module for Push {
                 match load(&server, &account).await {
                     Ok(regs) => {
                         for r in regs.into_iter().filter(|r| keys.contains(&r.key())) {
-                            s.notify(&server, &account, r.key(), &ev.stanza);
+                            // A held stanza's `from` is never rewritten per recipient.
+                            let sender = ev.stanza.attr("from");
+                            s.notify(&server, &account, r.key(), sender, &ev.stanza);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "push registrations unreadable"),
@@ -453,12 +456,14 @@ async fn handle(state: &State, req: IqRequest) -> IqResult {
 
 impl State {
     /// Counts a message for a registration and sends a notification unless one is in
-    /// flight (then the one after it carries this message too).
+    /// flight (then the one after it carries this message too). `sender` is the message's
+    /// `from`.
     fn notify(
         self: &Arc<Self>,
         server: &Arc<Server>,
         account: &BareJid,
         key: String,
+        sender: Option<&str>,
         msg: &Element,
     ) {
         let slot_key = (account.clone(), key);
@@ -467,7 +472,7 @@ impl State {
             let slot = slots.entry(slot_key.clone()).or_default();
             slot.count += 1;
             slot.dirty = true;
-            slot.last_sender = msg.attr("from").unwrap_or_default().to_owned();
+            slot.last_sender = sender.unwrap_or_default().to_owned();
             slot.last_body = self.include_body.then(|| {
                 let body = msg
                     .get_child("body", ns::CLIENT)

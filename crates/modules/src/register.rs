@@ -31,8 +31,8 @@ use rookery_core::{
 };
 use rookery_core::{Order, SectionDecl};
 use rookery_stanza::{
-    iq_result, BareJid, FullJid, IqType, Jid, StanzaError, StanzaErrorCondition,
-    StreamErrorCondition,
+    iq_result, parse_jid, BareJid, FullJid, IqType, Jid, Stanza, StanzaError, StanzaErrorCondition,
+    StanzaKind, StreamErrorCondition,
 };
 use rookery_storage::{ScramCredentials, StorageError, Subscription};
 use rookery_xml::Element;
@@ -187,12 +187,7 @@ fn removal_query<'a>(c: &'a ClientStanza, user: &BareJid) -> Option<&'a Element>
         (Some(q), None) if q.is("query", NS) && q.has_child("remove", NS) => q,
         _ => return None,
     };
-    let to = match st.attr("to").map(Jid::new) {
-        None => None,
-        Some(Ok(j)) => Some(j),
-        Some(Err(_)) => return None,
-    };
-    addressed_to_own(user, to.as_ref()).then_some(query)
+    addressed_to_own(user, st.to()).then_some(query)
 }
 
 async fn intercept_remove(server: &Arc<Server>, c: ClientStanza) -> Option<ClientStanza> {
@@ -256,12 +251,18 @@ async fn remove_account(server: &Arc<Server>, user: &BareJid) -> Result<(), Stan
             out.push((contact.as_str(), "unsubscribed"));
         }
     }
+    let from = Jid::from(user.clone());
     for (contact, ptype) in out {
+        // Stored addresses were valid when stored; one that no longer parses has no route.
+        let Ok(to) = parse_jid(contact) else {
+            continue;
+        };
         let p = Element::new("presence", "jabber:client")
             .with_attr("from", user.as_str())
-            .with_attr("to", contact)
+            .with_attr("to", to.as_str())
             .with_attr("type", ptype);
-        Box::pin(server.route(p)).await;
+        let p = Stanza::from_parts(StanzaKind::Presence, p, Some(to), Some(from.clone()));
+        Box::pin(server.route_stanza(p)).await;
     }
     Ok(())
 }

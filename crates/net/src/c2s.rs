@@ -235,10 +235,7 @@ impl Output {
     fn shared(&mut self, stanza: &SharedStanza) {
         match self.framing {
             Framing::Stream => stanza.write_to(&mut self.bytes, ns::CLIENT),
-            Framing::WebSocket => {
-                self.framing
-                    .write_element(&mut self.bytes, stanza.element(), ns::CLIENT)
-            }
+            Framing::WebSocket => stanza.write_declared(&mut self.bytes, ""),
         }
     }
 

@@ -97,7 +97,7 @@ fn execute(server: &Server, request: &str) -> String {
             Ok(jid) => {
                 let targets: Vec<_> = match jid.try_as_full() {
                     Ok(full) => server.sessions().get(full).into_iter().collect(),
-                    Err(bare) => server.sessions().resources(bare),
+                    Err(bare) => server.sessions().resources(bare).to_vec(),
                 };
                 for s in &targets {
                     s.kick(

@@ -11,7 +11,9 @@ pub mod stanza;
 pub use error::{ErrorType, StanzaError, StanzaErrorCondition, StreamErrorCondition};
 pub use jid::{BareJid, FullJid, Jid};
 use rookery_xml::Element;
-pub use stanza::{HeaderError, Rejected, SharedStanza, Stanza, StanzaType, CONTENT_NAMESPACES};
+pub use stanza::{
+    Bounce, HeaderError, Rejected, SharedStanza, Stanza, StanzaType, CONTENT_NAMESPACES,
+};
 
 /// The three stanza kinds of RFC 6120 §8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -190,3 +190,84 @@ fn a_shared_stanza_is_serialised_once_for_all_its_recipients() {
     drop(copies);
     assert_eq!(many.into_element(), msg());
 }
+
+#[test]
+fn a_broadcast_is_one_element_serialised_once_with_each_recipients_address() {
+    let presence = Element::new("presence", ns::CLIENT)
+        .with_attr("from", "a@example.org/r")
+        .with_child(Element::new("show", ns::CLIENT).with_text("away"));
+    let stanza = Stanza::parse(presence).expect("stanza");
+    let copies: Vec<SharedStanza> = (0..1000)
+        .map(|i| {
+            let to = Jid::new(&format!("c{i}@example.org")).expect("jid");
+            SharedStanza::from(stanza.readdressed(to))
+        })
+        .collect();
+    drop(stanza);
+    for (i, copy) in copies.iter().enumerate() {
+        assert!(copy.shares_element_with(&copies[0]));
+        let mut out = Vec::new();
+        copy.write_to(&mut out, ns::CLIENT);
+        let text = String::from_utf8(out).expect("utf-8");
+        // An address the element lacks is written first.
+        let expected = Element::new("presence", ns::CLIENT)
+            .with_attr("to", format!("c{i}@example.org"))
+            .with_attr("from", "a@example.org/r")
+            .with_child(Element::new("show", ns::CLIENT).with_text("away"));
+        assert_eq!(text, expected.to_xml(ns::CLIENT));
+    }
+    assert_eq!(copies[0].serialisations(), 1, "one serialisation for 1,000");
+    assert_eq!(copies[7].to(), Some("c7@example.org"));
+    assert_eq!(
+        copies[7].clone().into_element().attr("to"),
+        Some("c7@example.org")
+    );
+}
+
+#[test]
+fn a_readdressed_stanza_declares_its_namespace_with_its_own_address() {
+    let stanza = Stanza::parse(msg()).expect("stanza");
+    let copy = SharedStanza::from(stanza.readdressed(Jid::new("c@example.org").expect("jid")));
+    let mut out = Vec::new();
+    copy.write_declared(&mut out, "");
+    let mut expected = msg();
+    expected.set_attr("to", "c@example.org");
+    assert_eq!(String::from_utf8(out).expect("utf-8"), expected.to_xml(""));
+    assert!(
+        expected.to_xml("").contains("xmlns=\"jabber:client\"")
+            || expected.to_xml("").contains("xmlns='jabber:client'")
+    );
+    // The shared element itself keeps the first recipient's address.
+    let mut plain = Vec::new();
+    SharedStanza::from(stanza).write_declared(&mut plain, "");
+    assert_eq!(String::from_utf8(plain).expect("utf-8"), msg().to_xml(""));
+}
+
+#[test]
+fn a_readdressed_stanza_is_copied_with_its_address_when_changed() {
+    let original = Stanza::parse(msg()).expect("stanza");
+    let mut other = original.readdressed(Jid::new("c@example.org").expect("jid"));
+    assert_eq!(other.to().map(Jid::as_str), Some("c@example.org"));
+    // The answer goes by the header, not by the shared element's attribute.
+    let reply = other
+        .error_reply(&StanzaError::service_unavailable())
+        .expect("reply");
+    assert_eq!(reply.attr("from"), Some("c@example.org"));
+    assert_eq!(reply.attr("to"), Some("a@example.org/r"));
+    // Changing the payload copies the element, with the header's address written into it.
+    other
+        .element_mut()
+        .push_child(Element::new("x", "urn:example"));
+    assert_eq!(other.attr("to"), Some("c@example.org"));
+    assert_eq!(original.attr("to"), Some("b@example.org"));
+    assert!(!original.has_child("x", "urn:example"));
+    let mut out = Vec::new();
+    SharedStanza::from(other.clone()).write_to(&mut out, ns::CLIENT);
+    assert_eq!(out, other.into_element().to_xml(ns::CLIENT).into_bytes());
+    // One recipient: written directly, nothing kept.
+    let one = SharedStanza::from(original);
+    let mut out = Vec::new();
+    one.write_to(&mut out, ns::CLIENT);
+    assert!(!one.is_serialised());
+    assert_eq!(one.serialisations(), 1);
+}

@@ -282,6 +282,55 @@ impl Element {
     /// predeclared `xml` prefix. Elements without children are written as
     /// empty-element tags (`<a/>`).
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        self.write_start(out, parent_ns);
+        if !self.attrs.is_empty() {
+            write_attrs(&self.attrs, out);
+        }
+        self.write_rest(out);
+    }
+
+    /// Serializes like [`write_to`](Self::write_to), except that the attribute `name` (a
+    /// plain name such as `to`) is written with `value`, or left out for `None`, whatever the
+    /// element holds; it keeps its place among the attributes (first if the element has none
+    /// of that name). Returns the offset, from where this element starts in `out`, at which
+    /// the attribute is (or would be) written: a serialisation made with `None` can be written
+    /// again with any value by inserting it there with [`write_attr`](Self::write_attr), and
+    /// gives the same bytes as serializing the element with that value.
+    pub fn write_with_attr(
+        &self,
+        out: &mut Vec<u8>,
+        parent_ns: &str,
+        name: &str,
+        value: Option<&str>,
+    ) -> usize {
+        let start = out.len();
+        self.write_start(out, parent_ns);
+        let at = if self.attrs.iter().any(|(k, _)| k == name) {
+            write_attrs_replacing(&self.attrs, out, Some((name, value))).unwrap_or(out.len())
+        } else {
+            // Not among the attributes: it goes first.
+            let at = out.len();
+            if let Some(value) = value {
+                Self::write_attr(out, name, value);
+            }
+            write_attrs(&self.attrs, out);
+            at
+        };
+        self.write_rest(out);
+        at - start
+    }
+
+    /// Writes ` name="value"` (the value escaped), for a plain attribute name.
+    pub fn write_attr(out: &mut Vec<u8>, name: &str, value: &str) {
+        out.push(b' ');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape_attr(value, out);
+        out.push(b'"');
+    }
+
+    /// `<name` and, where the namespace differs from the parent's, its declaration.
+    fn write_start(&self, out: &mut Vec<u8>, parent_ns: &str) {
         out.push(b'<');
         out.extend_from_slice(self.name.as_bytes());
         if self.ns.as_str() != parent_ns {
@@ -289,9 +338,10 @@ impl Element {
             escape_attr(self.ns.as_str(), out);
             out.push(b'"');
         }
-        if !self.attrs.is_empty() {
-            write_attrs(&self.attrs, out);
-        }
+    }
+
+    /// The end of the start tag, the children and the end tag.
+    fn write_rest(&self, out: &mut Vec<u8>) {
         if self.nodes.is_empty() {
             out.extend_from_slice(b"/>");
             return;
@@ -329,12 +379,33 @@ pub(crate) fn bytes_to_string(out: Vec<u8>) -> String {
 /// Write ` name="value"` for every attribute, generating prefix
 /// declarations for `{uri}local` names.
 pub(crate) fn write_attrs<K: AsRef<str>, V: AsRef<str>>(attrs: &[(K, V)], out: &mut Vec<u8>) {
+    write_attrs_replacing(attrs, out, None);
+}
+
+/// [`write_attrs`], with the attribute named `replace.0` (a plain name) written with the value
+/// `replace.1` (left out for `None`). Returns where in `out` that attribute was, if the
+/// element has it.
+fn write_attrs_replacing<K: AsRef<str>, V: AsRef<str>>(
+    attrs: &[(K, V)],
+    out: &mut Vec<u8>,
+    replace: Option<(&str, Option<&str>)>,
+) -> Option<usize> {
+    let mut replaced_at = None;
     // URIs that got a generated prefix on this element; index = prefix number
     let mut declared: Vec<&str> = Vec::new();
     for (k, v) in attrs {
         let k = k.as_ref();
         if k == "xmlns" || k.starts_with("xmlns:") {
             continue;
+        }
+        if let Some((name, value)) = replace {
+            if k == name {
+                replaced_at = Some(out.len());
+                if let Some(value) = value {
+                    Element::write_attr(out, name, value);
+                }
+                continue;
+            }
         }
         out.push(b' ');
         match k.strip_prefix('{').and_then(|r| r.split_once('}')) {
@@ -364,6 +435,7 @@ pub(crate) fn write_attrs<K: AsRef<str>, V: AsRef<str>>(attrs: &[(K, V)], out: &
         escape_attr(v.as_ref(), out);
         out.push(b'"');
     }
+    replaced_at
 }
 
 impl fmt::Display for Element {

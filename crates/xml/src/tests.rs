@@ -1299,3 +1299,53 @@ fn many_tiny_elements_are_bounded_by_memory_not_only_wire_bytes() {
     p.feed(msg.as_bytes(), &mut ev).expect("accepted");
     assert!(matches!(ev.last(), Some(StreamEvent::Stanza(_))));
 }
+
+#[test]
+fn an_attribute_can_be_written_apart_from_a_serialisation() {
+    let m = Element::new("message", "jabber:client")
+        .with_attr("from", "a@x/r")
+        .with_attr("to", "b@x")
+        .with_attr("type", "chat")
+        .with_child(Element::new("body", "jabber:client").with_text("hi"));
+    // Replaced in its place among the attributes.
+    let mut out = Vec::new();
+    m.write_with_attr(&mut out, "jabber:client", "to", Some("c@x/'q'"));
+    assert_eq!(
+        String::from_utf8(out).expect("utf8"),
+        "<message from=\"a@x/r\" to=\"c@x/'q'\" type=\"chat\"><body>hi</body></message>"
+    );
+    // An element without it gets it first.
+    let mut out = Vec::new();
+    let bare = Element::new("presence", "jabber:client").with_attr("id", "p");
+    assert_eq!(
+        bare.write_with_attr(&mut out, "jabber:client", "to", Some("c@x")),
+        9
+    );
+    assert_eq!(
+        String::from_utf8(out).expect("utf8"),
+        "<presence to=\"c@x\" id=\"p\"/>"
+    );
+    // Left out, then inserted at the offset: the same bytes, whatever precedes in the buffer.
+    let mut wire = b"prefix".to_vec();
+    let at = m.write_with_attr(&mut wire, "", "to", None) + "prefix".len();
+    let mut out = wire[..at].to_vec();
+    Element::write_attr(&mut out, "to", "d@x");
+    out.extend_from_slice(&wire[at..]);
+    assert_eq!(
+        std::str::from_utf8(&out).expect("utf8"),
+        "prefix<message xmlns=\"jabber:client\" from=\"a@x/r\" to=\"d@x\" type=\"chat\">\
+         <body>hi</body></message>"
+    );
+    // The same bytes as the element with that address.
+    let mut with_d = m.clone();
+    with_d.set_attr("to", "d@x");
+    assert_eq!(&out["prefix".len()..], with_d.to_xml("").as_bytes());
+    // Parsing it back gives the element with the new address.
+    let mut expected = m.clone();
+    expected.set_attr("to", "e@x");
+    let mut out = Vec::new();
+    m.write_with_attr(&mut out, "", "to", Some("e@x"));
+    let parsed = parse_element(std::str::from_utf8(&out).expect("utf8")).expect("parses");
+    assert_eq!(parsed.attr("to"), Some("e@x"));
+    assert_eq!(parsed.children().count(), 1);
+}

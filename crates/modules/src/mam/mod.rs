@@ -36,7 +36,7 @@ use rookery_core::{
 };
 use rookery_core::{spawn_background, Order, SectionDecl};
 use rookery_stanza::{
-    random_id, BareJid, IqType, Jid, MessageType, StanzaError, StanzaErrorCondition,
+    random_id, BareJid, IqType, Jid, MessageType, Stanza, StanzaError, StanzaErrorCondition,
 };
 use rookery_storage::{ArchiveEntry, StorageError};
 use rookery_xml::Element;
@@ -287,7 +287,7 @@ pub fn archivable(stanza: &Element) -> bool {
 
 /// Archives `stanza` in `owner`'s archive as exchanged with `with`, if the owner's
 /// preferences allow; returns the archive id.
-async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Element) -> Option<String> {
+async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) -> Option<String> {
     let (domain, user) = (owner.domain().as_str(), owner.node()?.as_str());
     let prefs = match prefs_of(server, owner, domain, user).await {
         Ok(p) => p,
@@ -315,7 +315,7 @@ async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Element)
     }
     let now_us = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
         .unwrap_or(i64::MAX);
-    let xml = stanza.to_xml("");
+    let xml = stanza.to_xml_string();
     // A clash of random ids is astronomically unlikely; retry rather than lose a message.
     for _ in 0..3 {
         let entry = ArchiveEntry {

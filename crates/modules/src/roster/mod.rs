@@ -9,7 +9,9 @@ use rookery_core::{
     iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Place, Section,
     SectionDecl, Server, Spec,
 };
-use rookery_stanza::{random_id, BareJid, Jid, StanzaError, StanzaErrorCondition};
+use rookery_stanza::{
+    random_id, BareJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
+};
 use rookery_storage::{RosterItem, StorageError, Subscription};
 use rookery_xml::Element;
 use serde::{Deserialize, Serialize};
@@ -368,5 +370,11 @@ pub async fn send_presence(server: &Arc<Server>, from: &BareJid, to: &BareJid, p
         .with_attr("from", from.as_str())
         .with_attr("to", to.as_str())
         .with_attr("type", ptype);
-    Box::pin(server.route(p)).await;
+    let p = Stanza::from_parts(
+        StanzaKind::Presence,
+        p,
+        Some(Jid::from(to.clone())),
+        Some(Jid::from(from.clone())),
+    );
+    Box::pin(server.route_stanza(p)).await;
 }
