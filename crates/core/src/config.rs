@@ -107,8 +107,6 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: Limits,
     pub messages: MessagesConfig,
-    pub stream_management: StreamManagementConfig,
-    pub fast: FastConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(rename = "host")]
@@ -127,8 +125,6 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             messages: MessagesConfig::default(),
-            stream_management: StreamManagementConfig::default(),
-            fast: FastConfig::default(),
             listeners: vec![
                 ListenerConfig {
                     kind: ListenerKind::C2s,
@@ -189,53 +185,6 @@ impl Default for MessagesConfig {
     fn default() -> Self {
         Self {
             to_all_top_priority_resources: true,
-        }
-    }
-}
-
-/// Stream management (XEP-0198): acknowledgements and resumption after a dropped connection.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StreamManagementConfig {
-    /// Offer stream management to clients.
-    pub enabled: bool,
-    /// How long a session whose connection dropped waits to be resumed, when the client does
-    /// not ask for less. Messages for it meanwhile are held (and trigger push notifications).
-    pub resume_timeout_secs: u64,
-    /// The longest resumption time a client may ask for with `max`.
-    pub max_resume_timeout_secs: u64,
-    /// Stanzas sent to a client and not yet acknowledged (plus those held while it is away)
-    /// before the session is ended and its messages handed to other resources or offline
-    /// storage.
-    pub max_unacked_stanzas: usize,
-}
-
-impl Default for StreamManagementConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            resume_timeout_secs: 300,
-            max_resume_timeout_secs: 3600,
-            max_unacked_stanzas: 8192,
-        }
-    }
-}
-
-/// FAST (XEP-0484): tokens for one-round-trip logins over SASL2.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FastConfig {
-    /// Offer FAST tokens to SASL2 clients.
-    pub enabled: bool,
-    /// How long a token is valid; it is rotated when less than half of this is left.
-    pub token_lifetime_secs: u64,
-}
-
-impl Default for FastConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            token_lifetime_secs: 14 * 24 * 3600,
         }
     }
 }
@@ -572,26 +521,7 @@ impl Config {
             ),
             ("limits.idle_timeout_secs", l.idle_timeout_secs as usize),
         ];
-        let sm = &self.stream_management;
-        let sm_positive = [
-            (
-                "stream_management.resume_timeout_secs",
-                sm.resume_timeout_secs as usize,
-            ),
-            (
-                "stream_management.max_resume_timeout_secs",
-                sm.max_resume_timeout_secs as usize,
-            ),
-            (
-                "stream_management.max_unacked_stanzas",
-                sm.max_unacked_stanzas,
-            ),
-            (
-                "fast.token_lifetime_secs",
-                self.fast.token_lifetime_secs as usize,
-            ),
-        ];
-        for (key, v) in positive.into_iter().chain(sm_positive) {
+        for (key, v) in positive {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }

@@ -118,10 +118,12 @@ impl ModuleDescriptor {
     }
 }
 
-/// Every module this build contains.
+/// Every module this build contains, and the configuration sections of the build's stream
+/// layer (stream management and FAST are the client stream's, not a module's).
 #[derive(Clone, Default)]
 pub struct ModuleRegistry {
     modules: Vec<ModuleDescriptor>,
+    stream_sections: Vec<&'static [SectionDecl]>,
 }
 
 impl ModuleRegistry {
@@ -135,6 +137,13 @@ impl ModuleRegistry {
     pub fn modules(&self) -> &[ModuleDescriptor] {
         &self.modules
     }
+    /// Declares sections that no module owns: the transports' settings (`[stream_management]`
+    /// and `[fast]` belong to `net`'s client stream). Read, validated and listed like a
+    /// module's; declaring the same sections twice is harmless.
+    pub fn declare_sections(&mut self, sections: &'static [SectionDecl]) -> &mut Self {
+        self.stream_sections.push(sections);
+        self
+    }
     /// Starts, in registry order, the modules some host of `server` enables ([`Module::start`]).
     pub(crate) fn start(&self, server: &Arc<Server>, enabled: &BTreeSet<&str>) {
         for m in self.modules.iter().filter(|m| enabled.contains(m.name)) {
@@ -142,13 +151,15 @@ impl ModuleRegistry {
         }
     }
 
-    /// The configuration sections every module of the build declares; one that several
-    /// modules read (the roster size limit, also the blocklist's) is listed once.
+    /// The configuration sections every module of the build declares, then the stream
+    /// layer's; one that several read (the roster size limit, also the blocklist's) is listed
+    /// once.
     pub fn sections(&self) -> impl Iterator<Item = &'static SectionDecl> + '_ {
         let mut seen = std::collections::HashSet::new();
         self.modules
             .iter()
             .flat_map(|m| m.config.iter())
+            .chain(self.stream_sections.iter().flat_map(|s| s.iter()))
             .filter(move |s| seen.insert(s.section_type()))
     }
     pub fn get(&self, name: &str) -> Option<&ModuleDescriptor> {

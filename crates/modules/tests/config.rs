@@ -12,6 +12,8 @@ use rookery_modules::push::PushConfig;
 use rookery_modules::register::in_band::{Registration, RegistrationLimits};
 use rookery_modules::roster::RosterLimits;
 use rookery_modules::vcard::VcardLimits;
+use rookery_net::fast::FastConfig;
+use rookery_net::sm::StreamManagementConfig;
 use std::path::Path;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -19,7 +21,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
         text,
         Path::new("test.toml"),
         Path::new("/etc/rookery"),
-        &rookery_modules::registry(),
+        &rookery_net::with_stream_sections(rookery_modules::registry()),
     )
 }
 
@@ -154,6 +156,44 @@ fn a_modules_unknown_key_is_refused_by_name() {
     );
 }
 
+/// `[stream_management]` and `[fast]` belong to the client stream (`net`), not the core: the
+/// same keys as before, read and checked by the stream layer's own sections.
+#[test]
+fn the_stream_layers_sections_keep_their_keys() {
+    let c = parse(
+        "[stream_management]\nresume_timeout_secs = 60\nmax_unacked_stanzas = 5\n\
+         [fast]\nenabled = false\ntoken_lifetime_secs = 4\n",
+    )
+    .expect("valid");
+    let sm = c.section::<StreamManagementConfig>();
+    assert_eq!(sm.resume_timeout_secs, 60);
+    assert_eq!(sm.max_unacked_stanzas, 5);
+    assert!(sm.enabled);
+    let fast = c.section::<FastConfig>();
+    assert!(!fast.enabled);
+    assert_eq!(fast.token_lifetime_secs, 4);
+    // Refused with its place in the file, as before the sections moved.
+    let e = error("[fast]\nenabld = true\n");
+    assert!(e.contains("line 2") && e.contains("enabld"), "{e}");
+    for (text, key) in [
+        (
+            "[stream_management]\nresume_timeout_secs = 0\n",
+            "stream_management.resume_timeout_secs",
+        ),
+        (
+            "[stream_management]\nmax_unacked_stanzas = 0\n",
+            "stream_management.max_unacked_stanzas",
+        ),
+        (
+            "[fast]\ntoken_lifetime_secs = 0\n",
+            "fast.token_lifetime_secs",
+        ),
+    ] {
+        let e = error(text);
+        assert!(e.contains(key), "{key} not named in: {e}");
+    }
+}
+
 #[test]
 fn a_modules_bad_values_are_named() {
     for (text, key) in [
@@ -178,15 +218,18 @@ fn a_modules_bad_values_are_named() {
 /// section as the module declares it.
 #[test]
 fn example_config_parses_and_matches_defaults() {
-    let registry = rookery_modules::registry();
+    let registry = rookery_net::with_stream_sections(rookery_modules::registry());
     let c = Config::load(Some(&example_path()), &registry).expect("the example config is valid");
     let d = Config::default();
     assert_eq!(
         c.limits, d.limits,
         "the example documents the default limits"
     );
-    assert_eq!(c.stream_management, d.stream_management);
-    assert_eq!(c.fast, d.fast);
+    assert_eq!(
+        *c.section::<StreamManagementConfig>(),
+        StreamManagementConfig::default()
+    );
+    assert_eq!(*c.section::<FastConfig>(), FastConfig::default());
     assert_eq!(c.log_level, d.log_level);
     assert_eq!(c.tls.require_starttls, d.tls.require_starttls);
     assert_eq!(c.listeners.len(), d.listeners.len());
@@ -198,7 +241,7 @@ fn example_config_parses_and_matches_defaults() {
 #[test]
 fn example_file_lists_each_modules_section_as_declared() {
     let example = std::fs::read_to_string(example_path()).expect("example file");
-    let registry = rookery_modules::registry();
+    let registry = rookery_net::with_stream_sections(rookery_modules::registry());
     let mut seen = 0;
     for decl in registry.sections() {
         seen += 1;
@@ -255,7 +298,7 @@ fn example_file_lists_each_modules_section_as_declared() {
         }
     }
     assert!(
-        seen >= 9,
-        "push, archive, contact, registration and the five module limits are declared"
+        seen >= 11,
+        "push, archive, contact, registration, the five module limits, stream management and FAST are declared"
     );
 }

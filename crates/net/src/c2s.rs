@@ -50,14 +50,22 @@ pub struct StreamContext {
     pub throttle: Arc<AuthThrottle>,
     /// Sessions that can be resumed (XEP-0198), shared by every transport.
     pub resumptions: Arc<Resumptions>,
+    /// `[stream_management]` and `[fast]`, read once here rather than on every batch.
+    pub sm_config: Arc<sm::StreamManagementConfig>,
+    pub fast_config: Arc<crate::fast::FastConfig>,
 }
 
 impl StreamContext {
     pub fn new(server: Arc<Server>) -> Self {
+        let sections = &server.config().sections;
+        let sm_config = sections.get();
+        let fast_config = sections.get();
         StreamContext {
             server,
             throttle: Arc::new(AuthThrottle::default()),
             resumptions: Arc::new(Resumptions::default()),
+            sm_config,
+            fast_config,
         }
     }
 }
@@ -556,12 +564,7 @@ impl ClientStream {
                     }
                 }
                 b.request_ack_if_due(&mut self.out);
-                let max = self
-                    .ctx
-                    .server
-                    .config()
-                    .stream_management
-                    .max_unacked_stanzas;
+                let max = self.ctx.sm_config.max_unacked_stanzas;
                 if b.sm.as_ref().is_some_and(|s| s.unacked_len() > max) {
                     return Err(Close::err_text(
                         StreamErrorCondition::PolicyViolation,
@@ -937,7 +940,7 @@ impl ClientStream {
                             .with_child(Element::new("optional", ns::SESSION)),
                     );
                 }
-                if self.server().config().stream_management.enabled && !sm_enabled {
+                if self.sm_config().enabled && !sm_enabled {
                     out.push(Element::new("sm", sm::NS));
                 }
                 out.push(Element::new("csi", crate::csi::NS));
@@ -1478,6 +1481,16 @@ impl ClientStream {
         self.host.as_ref()?.pre_auth_handler(payload.ns()).cloned()
     }
 
+    /// `[stream_management]` as configured.
+    fn sm_config(&self) -> Arc<sm::StreamManagementConfig> {
+        self.ctx.sm_config.clone()
+    }
+
+    /// `[fast]` as configured.
+    fn fast_config(&self) -> Arc<crate::fast::FastConfig> {
+        self.ctx.fast_config.clone()
+    }
+
     /// Whether an IQ before authentication is answered (by a module of this host, or with
     /// `service-unavailable` where the host does not run the module) rather than ending the
     /// stream: see [`Host::answers_before_auth`].
@@ -1554,7 +1567,7 @@ fn decode_sasl(el: &Element) -> Result<Vec<u8>, SaslError> {
 
 impl ClientStream {
     async fn on_sm(&mut self, el: Element) -> Result<(), Close> {
-        if !self.server().config().stream_management.enabled {
+        if !self.sm_config().enabled {
             return Err(Close::err(StreamErrorCondition::UnsupportedStanzaType));
         }
         let bound = self.is_bound();
@@ -1611,7 +1624,7 @@ impl ClientStream {
     /// `<enable/>` (XEP-0198 §3), on a bound stream or inline in Bind 2: the `<enabled/>`
     /// or `<failed/>` answer.
     fn sm_enable(&mut self, el: &Element) -> Element {
-        let config = self.server().config().stream_management.clone();
+        let config = self.sm_config();
         let resumptions = self.ctx.resumptions.clone();
         let Some(b) = self
             .bound_mut()
@@ -1644,7 +1657,7 @@ impl ClientStream {
     /// XEP-0198 §5: takes over the session named by a `<resume/>`; `Err` is the `<failed/>`
     /// to send (the client may then bind normally).
     async fn take_for_resume(&mut self, el: &Element) -> Result<Result<Detached, Element>, Close> {
-        if !self.server().config().stream_management.enabled {
+        if !self.sm_config().enabled {
             return Ok(Err(sm_failed(
                 StanzaErrorCondition::FeatureNotImplemented,
                 None,

@@ -9,12 +9,55 @@
 //! the one it has. The HMAC proof needs the token itself as the key, so tokens are stored,
 //! like session secrets; they are random, per client, short-lived and revocable.
 
+use rookery_core::config::ConfigError;
+use rookery_core::{Place, Section};
 use rookery_sasl::ht::HtMechanism;
 use rookery_sasl::ChannelBindings;
 use rookery_storage::{Storage, StorageError};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const NS: &str = "urn:xmpp:fast:0";
+
+/// `[fast]`: tokens for one-round-trip logins over SASL2.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastConfig {
+    /// Offer FAST tokens to SASL2 clients.
+    pub enabled: bool,
+    /// How long a token is valid; it is rotated when less than half of this is left.
+    pub token_lifetime_secs: u64,
+}
+
+impl Default for FastConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token_lifetime_secs: 14 * 24 * 3600,
+        }
+    }
+}
+
+impl Section for FastConfig {
+    const KEY: &'static str = "fast";
+    const PLACE: Place = Place::Server;
+    const EXAMPLE: &'static str = r#"# FAST (XEP-0484): SASL2 clients may ask for a token to log in again in one round trip.
+[fast]
+enabled = true
+# Token validity; a token with less than half of it left is rotated at its next use.
+token_lifetime_secs = 1209600
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.token_lifetime_secs == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.token_lifetime_secs"),
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
 const STORE: &str = rookery_storage::FAST_TOKENS_STORE;
 const MAX_RECORD_BYTES: usize = 4096;
 /// Random bytes in a token (base64: 43 characters).

@@ -19,7 +19,20 @@ pub mod tls;
 pub mod transport;
 
 use crate::c2s::StreamContext;
-use rookery_core::Spec;
+use rookery_core::{ModuleRegistry, SectionDecl, Spec};
+
+/// The configuration sections of the client stream: `[stream_management]` and `[fast]`.
+pub const SECTIONS: &[SectionDecl] = &[
+    SectionDecl::of::<sm::StreamManagementConfig>(),
+    SectionDecl::of::<fast::FastConfig>(),
+];
+
+/// The build's modules with the stream layer's configuration sections declared beside them:
+/// the registry a server with client streams reads its configuration with.
+pub fn with_stream_sections(mut registry: ModuleRegistry) -> ModuleRegistry {
+    registry.declare_sections(SECTIONS);
+    registry
+}
 
 /// What the stream layer implements (features modules register are listed by the modules).
 pub const SPECS: &[Spec] = &[

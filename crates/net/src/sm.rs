@@ -12,16 +12,80 @@
 //!   the stanzas that arrive meanwhile, and ends it ([`end_session`]) if nobody resumes.
 
 use parking_lot::Mutex;
+use rookery_core::config::ConfigError;
 use rookery_core::counters::{self, Counter};
 use rookery_core::events::{HeldMessage, SessionClosed};
-use rookery_core::{Host, Outgoing, Server, SessionHandle, SessionInbox};
+use rookery_core::{Host, Outgoing, Place, Section, Server, SessionHandle, SessionInbox};
 use rookery_stanza::{BareJid, IqType, SharedStanza, StanzaError};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub const NS: &str = "urn:xmpp:sm:3";
+
+/// `[stream_management]`: acknowledgements and resumption after a dropped connection.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementConfig {
+    /// Offer stream management to clients.
+    pub enabled: bool,
+    /// How long a session whose connection dropped waits to be resumed, when the client does
+    /// not ask for less. Messages for it meanwhile are held (and trigger push notifications).
+    pub resume_timeout_secs: u64,
+    /// The longest resumption time a client may ask for with `max`.
+    pub max_resume_timeout_secs: u64,
+    /// Stanzas sent to a client and not yet acknowledged (plus those held while it is away)
+    /// before the session is ended and its messages handed to other resources or offline
+    /// storage.
+    pub max_unacked_stanzas: usize,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            resume_timeout_secs: 300,
+            max_resume_timeout_secs: 3600,
+            max_unacked_stanzas: 8192,
+        }
+    }
+}
+
+impl Section for StreamManagementConfig {
+    const KEY: &'static str = "stream_management";
+    const PLACE: Place = Place::Server;
+    const EXAMPLE: &'static str = r#"# Stream management (XEP-0198): acknowledgements, and resumption of a session whose
+# connection dropped (phones changing networks).
+[stream_management]
+enabled = true
+# How long a session with a dropped connection waits to be resumed (unless the client asks
+# for less); messages meanwhile are held for it and trigger push notifications.
+resume_timeout_secs = 300
+# The longest resumption time a client may ask for.
+max_resume_timeout_secs = 3600
+# Stanzas sent and not acknowledged (plus those held while the client is away) before the
+# session is ended and its messages go to other resources or offline storage.
+max_unacked_stanzas = 8192
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("resume_timeout_secs", self.resume_timeout_secs),
+            ("max_resume_timeout_secs", self.max_resume_timeout_secs),
+            ("max_unacked_stanzas", self.max_unacked_stanzas as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{name}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// How many ended resumable sessions are remembered, so that a late `<resume/>` can be told
 /// how many of its stanzas were handled (XEP-0198 §5, `<failed h=.../>`).
@@ -273,7 +337,11 @@ impl Resumptions {
 /// Keeps a session whose connection dropped until it is resumed, kicked, the server stops,
 /// or the resumption time runs out; then ends it.
 pub async fn park(server: Arc<Server>, resumptions: Arc<Resumptions>, mut d: Detached) {
-    let limit = server.config().stream_management.max_unacked_stanzas;
+    let limit = server
+        .config()
+        .sections
+        .get::<StreamManagementConfig>()
+        .max_unacked_stanzas;
     let deadline = tokio::time::Instant::now() + d.state.resume_timeout;
     let shutdown = server.shutdown_token().clone();
     let handle = d.handle.clone();

@@ -80,6 +80,11 @@ enum UserCommand {
     },
 }
 
+/// The build's modules, with the client stream's configuration sections.
+pub(crate) fn registry() -> rookery_core::ModuleRegistry {
+    rookery_net::with_stream_sections(rookery_modules::registry())
+}
+
 fn main() -> ExitCode {
     // Everything the server writes (database, WAL files, generated keys, the admin socket,
     // the data directory) is for its own user only.
@@ -106,7 +111,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
-    let config = Config::load(cli.config.as_deref(), &rookery_modules::registry())?;
+    let config = Config::load(cli.config.as_deref(), &crate::registry())?;
     if cli.verbose {
         for line in describe(cli.config.as_deref(), &config) {
             eprintln!("rookery: {line}");
@@ -226,7 +231,7 @@ fn modules_markdown() -> String {
             version(s.version)
         ));
     }
-    for m in rookery_modules::registry().modules() {
+    for m in crate::registry().modules() {
         for s in m.specs {
             out.push_str(&format!(
                 "| `{}` | {} | {} | {} |\n",
@@ -354,7 +359,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
         tls: tls.clone(),
         log,
     };
-    let server = Server::new(config, storage, &rookery_modules::registry())?;
+    let server = Server::new(config, storage, &crate::registry())?;
     let listeners = rookery_net::bind_all(&server).await?;
     rookery_net::serve(server.clone(), tls, listeners);
     admin::serve(server.clone())?;
@@ -451,7 +456,7 @@ impl Signals {
 /// Everything `serve` would refuse, checked before anything is printed: modules, certificates
 /// and whether the listeners' addresses can be bound now.
 fn check(file: Option<&Path>, config: &Config, running: bool) -> Result<()> {
-    let registry = rookery_modules::registry();
+    let registry = crate::registry();
     let mut hosts = Vec::new();
     for h in &config.hosts {
         let modules = registry.resolve(&h.domain, h.modules.as_deref())?;

@@ -63,7 +63,7 @@ impl Reloader {
             |p| p.display().to_string(),
         );
         tracing::info!("SIGHUP: reloading certificates and log level from {source}");
-        let new = match Config::load(self.config_path.as_deref(), &rookery_modules::registry()) {
+        let new = match Config::load(self.config_path.as_deref(), &crate::registry()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(
@@ -126,17 +126,12 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         hosts
     };
     let (a, b) = (running, new);
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 7] = [
         ("data_dir", differs(&a.data_dir, &b.data_dir)),
         ("storage", differs(&a.storage, &b.storage)),
         ("tls", differs(&a.tls, &b.tls)),
         ("limits", differs(&a.limits, &b.limits)),
         ("messages", differs(&a.messages, &b.messages)),
-        (
-            "stream_management",
-            differs(&a.stream_management, &b.stream_management),
-        ),
-        ("fast", differs(&a.fast, &b.fast)),
         ("listeners", differs(&a.listeners, &b.listeners)),
         ("hosts", differs(&without_certs(a), &without_certs(b))),
     ];
@@ -159,7 +154,7 @@ mod tests {
             text,
             Path::new("t.toml"),
             Path::new("/srv"),
-            &rookery_modules::registry(),
+            &crate::registry(),
         )
         .expect("config")
     }

@@ -54,7 +54,7 @@ impl TestServer {
             &toml,
             &dir.path().join("test.toml"),
             dir.path(),
-            &rookery_modules::registry(),
+            &rookery_net::with_stream_sections(registry.clone()),
         )
         .expect("test config");
         std::fs::create_dir_all(&config.data_dir).expect("data dir");

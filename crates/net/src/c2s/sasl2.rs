@@ -18,14 +18,15 @@ const MAX_TAG: usize = 32;
 impl ClientStream {
     /// The `<authentication/>` stream feature with what can be negotiated inline.
     pub(super) fn sasl2_feature(&self) -> Element {
-        let config = self.server().config();
+        let sm_enabled = self.sm_config().enabled;
+        let fast_enabled = self.fast_config().enabled;
         let mut auth = Element::new("authentication", NS_SASL2);
         for m in self.offered_mechanisms() {
             auth.push_child(Element::new("mechanism", NS_SASL2).with_text(m.name()));
         }
         let mut bind_inline = Element::new("inline", NS_BIND2);
         let mut vars: Vec<&str> = Vec::new();
-        if config.stream_management.enabled {
+        if sm_enabled {
             vars.push(sm::NS);
         }
         vars.push(crate::csi::NS);
@@ -37,10 +38,10 @@ impl ClientStream {
         }
         let mut inline = Element::new("inline", NS_SASL2)
             .with_child(Element::new("bind", NS_BIND2).with_child(bind_inline));
-        if config.stream_management.enabled {
+        if sm_enabled {
             inline.push_child(Element::new("sm", sm::NS));
         }
-        if config.fast.enabled && self.confidential {
+        if fast_enabled && self.confidential {
             let mut f = Element::new("fast", fast::NS);
             for m in HtMechanism::available(&self.channel_bindings) {
                 f.push_child(Element::new("mechanism", fast::NS).with_text(m.name()));
@@ -74,7 +75,7 @@ impl ClientStream {
         mechanism: HtMechanism,
         initial: Result<Vec<u8>, SaslError>,
     ) -> Result<Next, Close> {
-        let config = self.server().config().fast.clone();
+        let config = self.fast_config();
         let usable = config.enabled
             && self.confidential
             && HtMechanism::available(&self.channel_bindings).contains(&mechanism);
@@ -244,7 +245,7 @@ impl ClientStream {
         client: Option<&str>,
         used: Option<(HtMechanism, String, u64)>,
     ) -> Option<Element> {
-        let config = self.server().config().fast.clone();
+        let config = self.fast_config();
         let (Some(client), true) = (client, config.enabled) else {
             return None;
         };
