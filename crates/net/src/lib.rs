@@ -137,7 +137,7 @@ pub struct BoundListener {
 pub async fn bind_all(server: &Server) -> std::io::Result<Vec<BoundListener>> {
     let mut out = Vec::new();
     for l in &server.config().listeners {
-        let listener = TcpListener::bind(l.address).await.map_err(|e| {
+        let listener = listen(l.address).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.address))
         })?;
         out.push(BoundListener {
@@ -147,6 +147,27 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<BoundListener>> {
         });
     }
     Ok(out)
+}
+
+/// Pending connections the kernel queues for a listener (capped by `net.core.somaxconn`).
+/// tokio's `TcpListener::bind` asks for 1,024: a burst of reconnecting clients after a
+/// network blip or a restart overflows that, and an overflowed handshake leaves a client
+/// that believes it is connected to a socket nobody will ever accept.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds and listens like `TcpListener::bind`, with [`LISTEN_BACKLOG`].
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do on Unix: a restarted server can bind while old connections linger
+    // in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// What every connection on one listener shares.
