@@ -52,15 +52,18 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod archive;
 mod im;
+mod rooms;
 
 pub use archive::SqliteArchiveStore;
 pub use im::{SqliteOfflineStore, SqliteRosterStore, SqliteUserDataStore};
+pub use rooms::SqliteRoomStore;
 
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_accounts.sql"),
     include_str!("../migrations/0002_im.sql"),
     include_str!("../migrations/0003_archive.sql"),
+    include_str!("../migrations/0004_muc_rooms.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -233,6 +236,14 @@ impl SqliteBackend {
             offline: Arc::new(self.offline_store()),
             user_data: Arc::new(self.user_data_store()),
             archive: Arc::new(self.archive_store()),
+            rooms: Arc::new(self.room_store()),
+        }
+    }
+
+    /// The concrete MUC room store (also available as `storage().rooms`).
+    pub fn room_store(&self) -> SqliteRoomStore {
+        SqliteRoomStore {
+            conn: self.conn.clone(),
         }
     }
 

@@ -62,9 +62,16 @@ async fn conformance_file() {
 async fn conformance_individual_suites_on_file() {
     // Each suite on its own fresh database (they don't depend on running after another).
     let dir = tempfile::tempdir().expect("tempdir");
-    for (i, suite) in ["roster", "offline", "user_data", "archive", "deletion"]
-        .iter()
-        .enumerate()
+    for (i, suite) in [
+        "roster",
+        "offline",
+        "user_data",
+        "archive",
+        "rooms",
+        "deletion",
+    ]
+    .iter()
+    .enumerate()
     {
         let b = SqliteBackend::open(&dir.path().join(format!("{i}.db"))).expect("open");
         let s = b.storage();
@@ -73,6 +80,7 @@ async fn conformance_individual_suites_on_file() {
             "offline" => conformance::offline_store(&s).await,
             "user_data" => conformance::user_data_store(&s).await,
             "archive" => conformance::archive_store(&s).await,
+            "rooms" => conformance::room_store(&s).await,
             _ => conformance::account_deletion(&s).await,
         }
         assert!(b.integrity_check().expect("check"), "{suite}");
@@ -126,7 +134,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
 
     let b = SqliteBackend::open(&path).expect("open migrates");
     assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(SCHEMA_VERSION, 4);
     let s = b.storage();
     assert_eq!(
         s.accounts.list_accounts(None).await.expect("list"),
@@ -468,6 +476,36 @@ async fn database_files_are_owner_only() {
         .account_exists("example.org", "alice")
         .await
         .expect("exists"));
+}
+
+#[tokio::test]
+async fn a_room_survives_closing_and_reopening_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    {
+        let b = SqliteBackend::open(&path).expect("open");
+        b.storage()
+            .rooms
+            .set_room(
+                "conference.example.org",
+                "lobby",
+                Some("{\"kept\":1}"),
+                1024,
+            )
+            .await
+            .expect("set");
+    }
+    let b = SqliteBackend::open(&path).expect("reopen");
+    assert_eq!(
+        b.storage()
+            .rooms
+            .get_room("conference.example.org", "lobby")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("{\"kept\":1}")
+    );
+    assert!(b.integrity_check().expect("check"));
 }
 
 #[tokio::test]

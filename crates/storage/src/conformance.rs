@@ -497,6 +497,86 @@ pub async fn all(storage: &Storage) {
     user_data_store(storage).await;
     archive_store(storage).await;
     account_deletion(storage).await;
+    room_store(storage).await;
+}
+
+/// The whole [`crate::RoomStore`] contract: rooms are per service, listed in room order,
+/// limited in size, and independent of accounts. Leaves no room behind.
+pub async fn room_store(s: &Storage) {
+    let r = &s.rooms;
+    const SVC: &str = "conference.example.org";
+    const OTHER: &str = "chat.example.net";
+    assert_eq!(r.get_room(SVC, "lobby").await.expect("get"), None);
+    assert!(r.list_rooms(SVC).await.expect("list").is_empty());
+    // Deleting what is not there is fine.
+    r.set_room(SVC, "lobby", None, 1024)
+        .await
+        .expect("delete absent");
+
+    r.set_room(SVC, "lobby", Some("{\"v\":1}"), 1024)
+        .await
+        .expect("set");
+    assert_eq!(
+        r.get_room(SVC, "lobby").await.expect("get").as_deref(),
+        Some("{\"v\":1}")
+    );
+    r.set_room(SVC, "lobby", Some("{\"v\":2}"), 1024)
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        r.get_room(SVC, "lobby").await.expect("get").as_deref(),
+        Some("{\"v\":2}")
+    );
+    // Documents round-trip whatever they hold.
+    let odd = "{\"name\":\"Caf\u{e9} 'quoted' \\\"and\\\" <tags> \u{1F426}\"}";
+    r.set_room(SVC, "zebra", Some(odd), 1024)
+        .await
+        .expect("set");
+    r.set_room(SVC, "alpha", Some("{}"), 1024)
+        .await
+        .expect("set");
+    // Another service with the same room name does not mix.
+    r.set_room(OTHER, "lobby", Some("{\"other\":true}"), 1024)
+        .await
+        .expect("set");
+    let listed = r.list_rooms(SVC).await.expect("list");
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["alpha", "lobby", "zebra"],
+        "sorted by room, one service only"
+    );
+    assert_eq!(listed[2].1, odd);
+    assert_eq!(r.list_rooms(OTHER).await.expect("list").len(), 1);
+    assert_eq!(
+        r.get_room(OTHER, "lobby").await.expect("get").as_deref(),
+        Some("{\"other\":true}")
+    );
+
+    // Too large: refused, the old value kept.
+    let big = "x".repeat(2048);
+    assert!(is_limit(r.set_room(SVC, "lobby", Some(&big), 1024).await));
+    assert_eq!(
+        r.get_room(SVC, "lobby").await.expect("get").as_deref(),
+        Some("{\"v\":2}")
+    );
+
+    // Accounts come and go without touching rooms.
+    create(s, "example.org", "lobby").await;
+    drop_account(s, "example.org", "lobby").await;
+    assert_eq!(r.list_rooms(SVC).await.expect("list").len(), 3);
+
+    for (svc, room) in [
+        (SVC, "lobby"),
+        (SVC, "zebra"),
+        (SVC, "alpha"),
+        (OTHER, "lobby"),
+    ] {
+        r.set_room(svc, room, None, 1024).await.expect("delete");
+    }
+    assert_eq!(r.get_room(SVC, "lobby").await.expect("get"), None);
+    assert!(r.list_rooms(SVC).await.expect("list").is_empty());
+    assert!(r.list_rooms(OTHER).await.expect("list").is_empty());
 }
 
 const D: &str = "example.org";

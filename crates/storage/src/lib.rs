@@ -305,6 +305,28 @@ pub trait UserDataStore: Send + Sync + 'static {
     ) -> Result<Vec<String>, StorageError>;
 }
 
+/// Persistent rooms of Multi-User Chat services (XEP-0045): one document per room (its
+/// configuration, affiliations, registered nicks and subject, serialised by the MUC module),
+/// keyed by the service's domain and the room's local part. Rooms are not accounts: a
+/// service domain has no account, and deleting an account leaves rooms alone.
+#[async_trait::async_trait]
+pub trait RoomStore: Send + Sync + 'static {
+    /// The stored document of one room.
+    async fn get_room(&self, service: &str, room: &str) -> Result<Option<String>, StorageError>;
+    /// Stores (Some) or deletes (None; deleting an absent room is not an error) a room.
+    /// `max_bytes`: refuse with [`StorageError::LimitReached`] when the document is larger
+    /// (nothing is written).
+    async fn set_room(
+        &self,
+        service: &str,
+        room: &str,
+        state: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(), StorageError>;
+    /// Every room of a service with its document, sorted by room (byte order).
+    async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>, StorageError>;
+}
+
 /// Per-account message archives (XEP-0313); see [`archive`] for the model.
 #[async_trait::async_trait]
 pub trait ArchiveStore: Send + Sync + 'static {
@@ -348,6 +370,7 @@ pub struct Storage {
     pub offline: Arc<dyn OfflineStore>,
     pub user_data: Arc<dyn UserDataStore>,
     pub archive: Arc<dyn ArchiveStore>,
+    pub rooms: Arc<dyn RoomStore>,
 }
 
 /// The user-data store of FAST tokens (XEP-0484), one key per client: credentials issued

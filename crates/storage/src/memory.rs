@@ -14,7 +14,8 @@ use parking_lot::RwLock;
 use crate::{
     check_data_size, dedup_groups, validate_credentials, AccountStore, ArchiveBound, ArchiveEntry,
     ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore, HashAlg, OfflineStore, PageRequest,
-    Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError, UserDataStore,
+    RoomStore, Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError,
+    UserDataStore,
 };
 
 type Key = (String, String); // (domain, username): BTreeMap order = list order
@@ -38,6 +39,8 @@ struct State {
     accounts: BTreeMap<Key, Account>,
     /// The last offline message id handed out (ids are never reused).
     last_offline_id: i64,
+    /// MUC rooms: (service, room) -> document. Not an account's: kept apart.
+    rooms: BTreeMap<(String, String), String>,
 }
 
 /// The lock is never held across an await (no store method awaits while holding it).
@@ -62,6 +65,13 @@ impl MemoryBackend {
             offline: Arc::new(self.offline_store()),
             user_data: Arc::new(self.user_data_store()),
             archive: Arc::new(self.archive_store()),
+            rooms: Arc::new(self.room_store()),
+        }
+    }
+
+    pub fn room_store(&self) -> MemoryRoomStore {
+        MemoryRoomStore {
+            state: self.state.clone(),
         }
     }
 
@@ -125,6 +135,56 @@ pub struct MemoryOfflineStore {
 #[derive(Debug)]
 pub struct MemoryUserDataStore {
     state: Shared,
+}
+
+/// [`RoomStore`] of a [`MemoryBackend`].
+#[derive(Debug)]
+pub struct MemoryRoomStore {
+    state: Shared,
+}
+
+#[async_trait::async_trait]
+impl RoomStore for MemoryRoomStore {
+    async fn get_room(&self, service: &str, room: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .state
+            .read()
+            .rooms
+            .get(&(service.to_owned(), room.to_owned()))
+            .cloned())
+    }
+
+    async fn set_room(
+        &self,
+        service: &str,
+        room: &str,
+        state: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(), StorageError> {
+        check_data_size(state, max_bytes)?;
+        let k = (service.to_owned(), room.to_owned());
+        let mut s = self.state.write();
+        match state {
+            Some(v) => {
+                s.rooms.insert(k, v.to_owned());
+            }
+            None => {
+                s.rooms.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(self
+            .state
+            .read()
+            .rooms
+            .range((service.to_owned(), String::new())..)
+            .take_while(|((s, _), _)| s == service)
+            .map(|((_, r), v)| (r.clone(), v.clone()))
+            .collect())
+    }
 }
 
 /// [`ArchiveStore`] of a [`MemoryBackend`]. Queries scan the archive (fine for tests and

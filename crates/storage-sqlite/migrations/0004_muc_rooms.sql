@@ -1,0 +1,9 @@
+-- Persistent rooms of Multi-User Chat services (XEP-0045): one document per room, written
+-- by the MUC module. A service domain is not an account host, so rooms have no foreign key.
+CREATE TABLE muc_rooms (
+    service    TEXT NOT NULL,
+    room       TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (service, room)
+) WITHOUT ROWID;

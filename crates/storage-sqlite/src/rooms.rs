@@ -1,0 +1,84 @@
+//! [`RoomStore`] on SQLite: the `muc_rooms` table, one row per persistent room.
+
+use rookery_storage::{check_data_size, RoomStore, StorageError};
+use rusqlite::{params, OptionalExtension};
+
+use crate::im::read_err;
+use crate::{backend, now_unix, run, Shared};
+
+/// [`RoomStore`] of a [`SqliteBackend`](crate::SqliteBackend).
+pub struct SqliteRoomStore {
+    pub(crate) conn: Shared,
+}
+
+impl std::fmt::Debug for SqliteRoomStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteRoomStore")
+    }
+}
+
+#[async_trait::async_trait]
+impl RoomStore for SqliteRoomStore {
+    async fn get_room(&self, service: &str, room: &str) -> Result<Option<String>, StorageError> {
+        let (service, room) = (service.to_owned(), room.to_owned());
+        run(&self.conn, move |conn| {
+            conn.prepare_cached("SELECT state FROM muc_rooms WHERE service = ?1 AND room = ?2")
+                .map_err(backend)?
+                .query_row(params![service, room], |r| r.get(0))
+                .optional()
+                .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn set_room(
+        &self,
+        service: &str,
+        room: &str,
+        state: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(), StorageError> {
+        check_data_size(state, max_bytes)?;
+        let (service, room, state) = (
+            service.to_owned(),
+            room.to_owned(),
+            state.map(str::to_owned),
+        );
+        run(&self.conn, move |conn| {
+            match state {
+                Some(doc) => conn
+                    .prepare_cached(
+                        "INSERT INTO muc_rooms (service, room, state, updated_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (service, room)
+                             DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                    )
+                    .and_then(|mut s| s.execute(params![service, room, doc, now_unix()]))
+                    .map_err(backend)?,
+                None => conn
+                    .prepare_cached("DELETE FROM muc_rooms WHERE service = ?1 AND room = ?2")
+                    .and_then(|mut s| s.execute(params![service, room]))
+                    .map_err(backend)?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>, StorageError> {
+        let service = service.to_owned();
+        run(&self.conn, move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT room, state FROM muc_rooms WHERE service = ?1 ORDER BY room",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![service], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<(String, String)>, _>>()
+                .map_err(read_err)
+        })
+        .await
+    }
+}
