@@ -962,8 +962,12 @@ impl Server {
         if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
             return;
         }
-        if !matches!(ptype, PresenceType::Available | PresenceType::Unavailable) {
-            return; // Subscriptions and probes are for a roster module to act on.
+        // Subscriptions and probes are for a roster module to act on. A presence error (a
+        // room refusing to be entered, a contact's server bouncing directed presence) goes to
+        // the full JID that caused it (RFC 6121 §8.5.3.1); to a bare JID it is dropped.
+        let error_to_full = ptype == PresenceType::Error && to.resource().is_some();
+        if !matches!(ptype, PresenceType::Available | PresenceType::Unavailable) && !error_to_full {
+            return;
         }
         let stanza = SharedStanza::from(
             Arc::try_unwrap(event)
