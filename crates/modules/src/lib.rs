@@ -7,6 +7,7 @@ pub mod contact_info;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -51,7 +52,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<contact_info::ContactInfo>()
         .register::<carbons::Carbons>()
         .register::<push::Push>()
-        .register::<mam::Mam>();
+        .register::<mam::Mam>()
+        .register::<muc::Muc>();
     r
 }
 

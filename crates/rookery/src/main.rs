@@ -174,8 +174,8 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
     ),
     (
         "Group chat",
-        "multi-user chat rooms",
-        &["XEP-0045", "XEP-0249", "XEP-0410"],
+        "room archives (MAM on the room JID), occupant ids, message moderation, room avatars",
+        &["XEP-0421", "XEP-0425", "XEP-0486"],
     ),
     (
         "PubSub and PEP",

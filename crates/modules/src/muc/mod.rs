@@ -1,0 +1,724 @@
+//! Multi-User Chat (XEP-0045): a chat service on its own domain (`conference.<host>` by
+//! default), served through the core's service-domain route.
+//!
+//! * [`room`]: one room as a state machine (stanza in, stanzas out), with no I/O.
+//! * [`config`]: a room's configuration and its `muc#roomconfig` form.
+//! * [`form`]: the data forms MUC uses.
+//! * this file: the module (its `[host.muc]` section), the service (disco of the domain,
+//!   room creation and its limits, persistent rooms in the `RoomStore`), and the task each
+//!   live room runs in. A room's stanzas are handled in order by its own task; what the room
+//!   sends is routed after the room has handled the stanza, with no lock held, and a
+//!   broadcast is one element shared by its recipients.
+
+pub mod config;
+pub mod form;
+pub mod room;
+
+use crate::muc::room::{Affiliation, Effects, Out, Room, Stored};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rookery_core::config::ConfigError;
+use rookery_core::{
+    HostBuilder, Module, ModuleError, Place, Section, SectionDecl, Service, ServiceHandle, Spec,
+};
+use rookery_stanza::{
+    BareJid, FullJid, IqType, Jid, PresenceType, Stanza, StanzaError, StanzaErrorCondition,
+    StanzaKind,
+};
+use rookery_storage::Storage;
+use rookery_xml::Element;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+const NS_MUC_UNIQUE: &str = "http://jabber.org/protocol/muc#unique";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+
+/// Stanzas queued for one room before senders wait: a room's task handles them in order.
+const ROOM_QUEUE: usize = 1024;
+/// The largest stored room document (configuration, affiliations, nicks, subject).
+const MAX_ROOM_DOCUMENT: usize = 1024 * 1024;
+
+pub struct Muc;
+
+/// `[host.muc]`: the chat service of a host.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucSettings {
+    /// The service's domain; `conference.<host>` when empty.
+    pub domain: String,
+    /// The service's name in disco.
+    pub name: String,
+    /// Who may create rooms: `local` (accounts of this host) or `admins` (nobody but the
+    /// addresses in `admins`).
+    pub create_rooms: String,
+    /// Accounts that own every room of the service (service administrators).
+    pub admins: Vec<String>,
+    /// Occupants per room: the highest `muc#roomconfig_maxusers` an owner may choose, and
+    /// the default of new rooms.
+    pub max_occupants: usize,
+    /// Rooms the service holds (live and stored).
+    pub max_rooms: usize,
+    /// Rooms one user may create per hour.
+    pub rooms_per_user_per_hour: usize,
+    /// Messages each room keeps in memory for history on join.
+    pub max_history: usize,
+    /// Messages of history sent on join when the client does not ask for a number.
+    pub history_on_join: usize,
+    pub max_nick_bytes: usize,
+    pub max_subject_bytes: usize,
+    pub max_name_bytes: usize,
+}
+
+impl Default for MucSettings {
+    fn default() -> Self {
+        MucSettings {
+            domain: String::new(),
+            name: "Chatrooms".into(),
+            create_rooms: "local".into(),
+            admins: Vec::new(),
+            max_occupants: 1000,
+            max_rooms: 10_000,
+            rooms_per_user_per_hour: 10,
+            max_history: 50,
+            history_on_join: 20,
+            max_nick_bytes: 64,
+            max_subject_bytes: 1024,
+            max_name_bytes: 256,
+        }
+    }
+}
+
+impl Section for MucSettings {
+    const KEY: &'static str = "muc";
+    const PLACE: Place = Place::Host;
+    const EXAMPLE: &'static str = r#"# Multi-User Chat (XEP-0045, the "muc" module): group chat rooms on their own domain.
+[host.muc]
+# The service's domain; empty means conference.<host>.
+domain = ""
+name = "Chatrooms"
+# Who may create rooms: "local" (accounts of this host) or "admins" (the addresses below).
+create_rooms = "local"
+# Accounts that own every room of the service.
+admins = []
+# Occupants per room (the most an owner may configure, and the default).
+max_occupants = 1000
+# Rooms the service holds, and rooms one user may create per hour.
+max_rooms = 10000
+rooms_per_user_per_hour = 10
+# Messages each room keeps in memory for newcomers, and how many a newcomer gets unless
+# the client asks.
+max_history = 50
+history_on_join = 20
+# Longest nick, subject (and description), and room name, in bytes.
+max_nick_bytes = 64
+max_subject_bytes = 1024
+max_name_bytes = 256
+"#;
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !matches!(self.create_rooms.as_str(), "local" | "admins") {
+            return Err(ConfigError::invalid(
+                format!("{key}.create_rooms"),
+                "must be \"local\" or \"admins\"",
+            ));
+        }
+        for (name, v) in [
+            ("max_occupants", self.max_occupants),
+            ("max_rooms", self.max_rooms),
+            ("max_nick_bytes", self.max_nick_bytes),
+            ("max_subject_bytes", self.max_subject_bytes),
+            ("max_name_bytes", self.max_name_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{name}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if self.history_on_join > self.max_history {
+            return Err(ConfigError::invalid(
+                format!("{key}.history_on_join"),
+                "must not exceed max_history",
+            ));
+        }
+        for a in &self.admins {
+            if BareJid::new(a).is_err() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.admins"),
+                    format!("'{a}' is not a bare JID"),
+                ));
+            }
+        }
+        if !self.domain.is_empty()
+            && rookery_stanza::parse_jid(&self.domain)
+                .map(|j| j.node().is_some() || j.resource().is_some())
+                .unwrap_or(true)
+        {
+            return Err(ConfigError::invalid(
+                format!("{key}.domain"),
+                format!("'{}' is not a domain", self.domain),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The limits a room applies itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MucLimits {
+    pub max_occupants: usize,
+    pub max_history: usize,
+    pub history_on_join: usize,
+    pub max_nick_bytes: usize,
+    pub max_subject_bytes: usize,
+    pub max_name_bytes: usize,
+}
+
+impl Default for MucLimits {
+    fn default() -> Self {
+        MucSettings::default().limits()
+    }
+}
+
+impl MucSettings {
+    pub fn limits(&self) -> MucLimits {
+        MucLimits {
+            max_occupants: self.max_occupants,
+            max_history: self.max_history,
+            history_on_join: self.history_on_join,
+            max_nick_bytes: self.max_nick_bytes,
+            max_subject_bytes: self.max_subject_bytes,
+            max_name_bytes: self.max_name_bytes,
+        }
+    }
+}
+
+impl Module for Muc {
+    const NAME: &'static str = "muc";
+    const SPECS: &'static [Spec] = &[
+        Spec {
+            id: "XEP-0045",
+            title: "Multi-User Chat",
+            version: "1.34.6",
+        },
+        // Direct invitations pass between clients like any message; a mediated invitation
+        // carries one too, for clients that only read those.
+        Spec {
+            id: "XEP-0249",
+            title: "Direct MUC Invitations",
+            version: "1.2",
+        },
+        // §5: the room answers a ping to the sender's own occupant JID, and refuses it with
+        // not-acceptable when the sender is not in the room.
+        Spec {
+            id: "XEP-0410",
+            title: "MUC Self-Ping (Schrödinger's Chat)",
+            version: "1.1.0",
+        },
+    ];
+    const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<MucSettings>()];
+
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
+        let settings = host.section::<MucSettings>();
+        let domain = if settings.domain.is_empty() {
+            format!("conference.{}", host.domain())
+        } else {
+            settings.domain.clone()
+        };
+        let service_jid = BareJid::new(&domain).map_err(|_| ModuleError::Init {
+            module: Self::NAME,
+            message: format!("'{domain}' is not a domain"),
+        })?;
+        let service = MucService {
+            inner: Arc::new(Inner {
+                domain: service_jid,
+                host: host.domain().to_owned(),
+                settings: (*settings).clone(),
+                storage: host.storage().clone(),
+                rooms: Mutex::new(HashMap::new()),
+                created: Mutex::new(HashMap::new()),
+                me: Mutex::new(Weak::new()),
+            }),
+        };
+        *service.inner.me.lock() = Arc::downgrade(&service.inner);
+        host.service_domain(&domain, Some(&settings.name), service)
+    }
+}
+
+/// What the service knows of a live room without asking its task.
+#[derive(Debug, Clone, Default)]
+struct Summary {
+    name: String,
+    public: bool,
+    occupants: usize,
+}
+
+struct RoomHandle {
+    tx: mpsc::Sender<Stanza>,
+    summary: Arc<Mutex<Summary>>,
+}
+
+struct Inner {
+    domain: BareJid,
+    host: String,
+    settings: MucSettings,
+    storage: Storage,
+    rooms: Mutex<HashMap<BareJid, RoomHandle>>,
+    /// Rooms created per user in the last hour.
+    created: Mutex<HashMap<BareJid, VecDeque<Instant>>>,
+    me: Mutex<Weak<Inner>>,
+}
+
+pub struct MucService {
+    inner: Arc<Inner>,
+}
+
+#[async_trait]
+impl Service for MucService {
+    async fn receive(&self, service: &ServiceHandle, stanza: Stanza) {
+        self.inner.receive(service, stanza).await;
+    }
+}
+
+fn stanza_error(c: StanzaErrorCondition) -> StanzaError {
+    StanzaError::new(c)
+}
+
+impl Inner {
+    async fn receive(self: &Arc<Self>, service: &ServiceHandle, stanza: Stanza) {
+        let Some(to) = stanza.to().cloned() else {
+            return;
+        };
+        if to.node().is_none() {
+            if to.resource().is_none() {
+                self.service_stanza(service, stanza).await;
+            } else if !stanza.is_error() {
+                send_error(
+                    service,
+                    &stanza,
+                    stanza_error(StanzaErrorCondition::ItemNotFound),
+                )
+                .await;
+            }
+            return;
+        }
+        let room_jid = to.to_bare();
+        let mut stanza = stanza;
+        loop {
+            let tx = self.rooms.lock().get(&room_jid).map(|h| h.tx.clone());
+            let tx = match tx {
+                Some(tx) => tx,
+                None => match self.open_room(service, &room_jid, &stanza).await {
+                    Ok(Some(tx)) => tx,
+                    Ok(None) => return,
+                    Err(e) => {
+                        if !stanza.is_error() {
+                            send_error(service, &stanza, e).await;
+                        }
+                        return;
+                    }
+                },
+            };
+            match tx.send(stanza).await {
+                Ok(()) => return,
+                // The room ended between the look-up and the send: try again with a new one.
+                Err(mpsc::error::SendError(back)) => stanza = back,
+            }
+        }
+    }
+
+    /// A room that is not live: loaded from storage when persistent, created when a user
+    /// enters it and may create rooms, otherwise it does not exist.
+    async fn open_room(
+        self: &Arc<Self>,
+        service: &ServiceHandle,
+        room_jid: &BareJid,
+        stanza: &Stanza,
+    ) -> Result<Option<mpsc::Sender<Stanza>>, StanzaError> {
+        let node = room_jid.node().map(|n| n.to_string()).unwrap_or_default();
+        let stored = self
+            .storage
+            .rooms
+            .get_room(self.domain.as_str(), &node)
+            .await
+            .map_err(|e| {
+                tracing::warn!(room = %room_jid, error = %e, "cannot read a stored room");
+                stanza_error(StanzaErrorCondition::InternalServerError)
+            })?;
+        let limits = self.settings.limits();
+        let room = match stored {
+            Some(doc) => match serde_json::from_str::<Stored>(&doc) {
+                Ok(stored) => Room::restore(room_jid.clone(), stored, limits),
+                Err(e) => {
+                    tracing::warn!(room = %room_jid, error = %e, "a stored room cannot be read");
+                    return Err(stanza_error(StanzaErrorCondition::InternalServerError));
+                }
+            },
+            None => {
+                let joining = stanza.kind() == StanzaKind::Presence
+                    && stanza.presence_type() == Some(PresenceType::Available)
+                    && stanza.to().is_some_and(|t| t.resource().is_some());
+                if !joining {
+                    if stanza.kind() == StanzaKind::Presence {
+                        return Ok(None);
+                    }
+                    return Err(stanza_error(StanzaErrorCondition::ItemNotFound));
+                }
+                let Some(Ok(creator)) = stanza.from().cloned().map(Jid::try_into_full) else {
+                    return Err(stanza_error(StanzaErrorCondition::NotAllowed));
+                };
+                self.may_create(&creator)?;
+                let mut config = config::RoomConfig {
+                    max_users: self.settings.max_occupants,
+                    ..Default::default()
+                };
+                config.name = String::new();
+                let mut room = Room::new(room_jid.clone(), config, limits);
+                room.created_by(creator.to_bare(), true);
+                room
+            }
+        };
+        let mut room = room;
+        for admin in &self.settings.admins {
+            if let Ok(a) = BareJid::new(admin) {
+                if room.affiliation(&a) != Affiliation::Owner {
+                    room.grant_owner(a);
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+        let summary = Arc::new(Mutex::new(summary_of(&room)));
+        {
+            let mut rooms = self.rooms.lock();
+            if let Some(existing) = rooms.get(room_jid) {
+                // Another sender opened it meanwhile.
+                return Ok(Some(existing.tx.clone()));
+            }
+            rooms.insert(
+                room_jid.clone(),
+                RoomHandle {
+                    tx: tx.clone(),
+                    summary: summary.clone(),
+                },
+            );
+        }
+        let inner = self.clone();
+        let service = service.clone();
+        let shutdown = service.server().map(|s| s.shutdown_token().clone());
+        let task = async move { inner.run_room(service, room, rx, summary).await };
+        match shutdown {
+            Some(token) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = task => {}
+                    }
+                });
+            }
+            None => {
+                tokio::spawn(task);
+            }
+        }
+        Ok(Some(tx))
+    }
+
+    fn may_create(&self, creator: &FullJid) -> Result<(), StanzaError> {
+        let bare = creator.to_bare();
+        let admin = self.settings.admins.iter().any(|a| a == bare.as_str());
+        let allowed = admin
+            || (self.settings.create_rooms == "local" && creator.domain().as_str() == self.host);
+        if !allowed {
+            return Err(stanza_error(StanzaErrorCondition::NotAllowed)
+                .with_text("rooms are created by this server's users"));
+        }
+        if self.rooms.lock().len() >= self.settings.max_rooms {
+            return Err(stanza_error(StanzaErrorCondition::ResourceConstraint)
+                .with_text("the service holds as many rooms as it may"));
+        }
+        if admin {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut created = self.created.lock();
+        let times = created.entry(bare).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(3600))
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.settings.rooms_per_user_per_hour {
+            return Err(stanza_error(StanzaErrorCondition::PolicyViolation)
+                .with_text("too many rooms created in the last hour"));
+        }
+        times.push_back(now);
+        Ok(())
+    }
+
+    /// One live room's task: its stanzas in order; ends when the room is destroyed or a
+    /// temporary room empties.
+    async fn run_room(
+        self: Arc<Self>,
+        service: ServiceHandle,
+        mut room: Room,
+        mut rx: mpsc::Receiver<Stanza>,
+        summary: Arc<Mutex<Summary>>,
+    ) {
+        let node = room.jid().node().map(|n| n.to_string()).unwrap_or_default();
+        while let Some(stanza) = rx.recv().await {
+            let was_persistent = room.config.persistent;
+            let (out, fx) = room.handle(&stanza, SystemTime::now());
+            *summary.lock() = summary_of(&room);
+            self.store(&room, &node, was_persistent, fx).await;
+            send_all(&service, out).await;
+            if fx.destroyed {
+                // Unregister first, so new stanzas open a new room; what is already queued
+                // is handed back to the service in order.
+                {
+                    let mut rooms = self.rooms.lock();
+                    if rooms
+                        .get(room.jid())
+                        .is_some_and(|h| Arc::ptr_eq(&h.summary, &summary))
+                    {
+                        rooms.remove(room.jid());
+                    }
+                }
+                rx.close();
+                let mut left = Vec::new();
+                while let Some(s) = rx.recv().await {
+                    left.push(s);
+                }
+                self.redispatch(service, left).await;
+                return;
+            }
+        }
+    }
+
+    /// Hands stanzas back to the service (those queued for a room that has just ended).
+    /// Boxed: the service opens rooms whose tasks may come back here, and the box ends that
+    /// cycle of future types.
+    fn redispatch(
+        self: &Arc<Self>,
+        service: ServiceHandle,
+        stanzas: Vec<Stanza>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            for s in stanzas {
+                self.receive(&service, s).await;
+            }
+        })
+    }
+
+    /// Writes a persistent room after a change, deletes it when destroyed or no longer
+    /// persistent.
+    async fn store(&self, room: &Room, node: &str, was_persistent: bool, fx: Effects) {
+        let persistent = room.config.persistent && !fx.destroyed;
+        let doc = if persistent && (fx.changed || !was_persistent) {
+            match serde_json::to_string(&room.stored()) {
+                Ok(doc) => Some(doc),
+                Err(e) => {
+                    tracing::warn!(room = %room.jid(), error = %e, "cannot serialise a room");
+                    return;
+                }
+            }
+        } else if was_persistent && !persistent {
+            None
+        } else {
+            return;
+        };
+        if let Err(e) = self
+            .storage
+            .rooms
+            .set_room(
+                self.domain.as_str(),
+                node,
+                doc.as_deref(),
+                MAX_ROOM_DOCUMENT,
+            )
+            .await
+        {
+            tracing::warn!(room = %room.jid(), error = %e, "cannot store a room");
+        }
+    }
+
+    // ---- The service's own domain: disco, unique room names ----------------------------
+
+    async fn service_stanza(&self, service: &ServiceHandle, stanza: Stanza) {
+        if stanza.kind() != StanzaKind::Iq || !stanza.iq_type().is_some_and(IqType::is_request) {
+            if stanza.kind() == StanzaKind::Message && !stanza.is_error() {
+                send_error(
+                    service,
+                    &stanza,
+                    stanza_error(StanzaErrorCondition::ServiceUnavailable),
+                )
+                .await;
+            }
+            return;
+        }
+        let get = stanza.iq_type() == Some(IqType::Get);
+        let Some(payload) = stanza.element().children().next().cloned() else {
+            send_error(
+                service,
+                &stanza,
+                stanza_error(StanzaErrorCondition::BadRequest),
+            )
+            .await;
+            return;
+        };
+        let answer = match (payload.ns(), payload.name(), get) {
+            (NS_DISCO_INFO, "query", true) if payload.attr("node").is_none() => {
+                Ok(self.disco_info())
+            }
+            (NS_DISCO_ITEMS, "query", true) if payload.attr("node").is_none() => {
+                self.disco_items().await
+            }
+            (NS_MUC_UNIQUE, "unique", true) => Ok(Element::new("unique", NS_MUC_UNIQUE)
+                .with_text(rookery_stanza::random_id(16).to_lowercase())),
+            (NS_DISCO_INFO | NS_DISCO_ITEMS, _, _) => {
+                Err(stanza_error(StanzaErrorCondition::ItemNotFound))
+            }
+            _ => Err(stanza_error(StanzaErrorCondition::ServiceUnavailable)),
+        };
+        match answer {
+            Ok(payload) => {
+                send_one(
+                    service,
+                    stanza.from().cloned(),
+                    stanza.iq_result(Some(payload)),
+                )
+                .await
+            }
+            Err(e) => send_error(service, &stanza, e).await,
+        }
+    }
+
+    fn disco_info(&self) -> Element {
+        let mut q = Element::new("query", NS_DISCO_INFO).with_child(
+            Element::new("identity", NS_DISCO_INFO)
+                .with_attr("category", "conference")
+                .with_attr("type", "text")
+                .with_attr("name", self.settings.name.clone()),
+        );
+        for f in [
+            NS_DISCO_INFO,
+            NS_DISCO_ITEMS,
+            NS_MUC,
+            NS_MUC_UNIQUE,
+            "jabber:iq:register",
+        ] {
+            q.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
+        }
+        q
+    }
+
+    /// Public rooms: the live ones and the stored ones (§6.3).
+    async fn disco_items(&self) -> Result<Element, StanzaError> {
+        let mut rooms: std::collections::BTreeMap<String, String> = self
+            .rooms
+            .lock()
+            .iter()
+            .filter_map(|(jid, h)| {
+                let s = h.summary.lock();
+                s.public.then(|| {
+                    let name = if s.name.is_empty() {
+                        jid.node().map(|n| n.to_string()).unwrap_or_default()
+                    } else {
+                        s.name.clone()
+                    };
+                    (jid.to_string(), format!("{name} ({})", s.occupants))
+                })
+            })
+            .collect();
+        let stored = self
+            .storage
+            .rooms
+            .list_rooms(self.domain.as_str())
+            .await
+            .map_err(|_| stanza_error(StanzaErrorCondition::InternalServerError))?;
+        for (node, doc) in stored {
+            let Ok(st) = serde_json::from_str::<Stored>(&doc) else {
+                continue;
+            };
+            let jid = format!("{node}@{}", self.domain);
+            if st.config.public && !rooms.contains_key(&jid) {
+                let name = if st.config.name.is_empty() {
+                    node.clone()
+                } else {
+                    st.config.name.clone()
+                };
+                rooms.insert(jid, format!("{name} (0)"));
+            }
+        }
+        let mut q = Element::new("query", NS_DISCO_ITEMS);
+        for (jid, name) in rooms {
+            q.push_child(
+                Element::new("item", NS_DISCO_ITEMS)
+                    .with_attr("jid", jid)
+                    .with_attr("name", name),
+            );
+        }
+        Ok(q)
+    }
+}
+
+fn summary_of(room: &Room) -> Summary {
+    Summary {
+        name: room.config.name.clone(),
+        public: room.config.public && !room.is_locked(),
+        occupants: room.occupant_count(),
+    }
+}
+
+async fn send_one(service: &ServiceHandle, to: Option<Jid>, mut el: Element) {
+    let Some(to) = to else {
+        return;
+    };
+    el.set_attr("to", to.as_str());
+    if let Err(e) = service.send(el).await {
+        tracing::debug!(error = %e, "a room's stanza was not sent");
+    }
+}
+
+async fn send_error(service: &ServiceHandle, stanza: &Stanza, e: StanzaError) {
+    if let Some(mut reply) = stanza.error_reply(&e) {
+        if stanza.kind() == StanzaKind::Presence {
+            // As the room does (XEP-0045 §7.2): a refused entry carries the MUC `<x/>`.
+            reply.push_child(Element::new("x", NS_MUC));
+        }
+        send_one(service, stanza.from().cloned(), reply).await;
+    }
+}
+
+/// Sends what a room produced: a broadcast is parsed once and readdressed to each
+/// recipient, so its element is shared and serialised once.
+async fn send_all(service: &ServiceHandle, out: Vec<Out>) {
+    for o in out {
+        match o {
+            Out::One(to, el) => send_one(service, Some(to), el).await,
+            Out::Many(mut el, recipients) => {
+                let Some(first) = recipients.first() else {
+                    continue;
+                };
+                el.set_attr("to", first.as_str());
+                let Ok(stanza) = Stanza::parse(el) else {
+                    continue;
+                };
+                for r in &recipients[1..] {
+                    let _ = service
+                        .send_stanza(stanza.readdressed(Jid::from(r.clone())))
+                        .await;
+                }
+                let _ = service.send_stanza(stanza).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,1691 @@
+//! One room of a XEP-0045 service, as a state machine: a stanza for the room (from a user's
+//! full JID) goes in, the stanzas the room answers and broadcasts come out. Nothing here does
+//! I/O, so tests drive a room without a server, and the service runs each room in its own
+//! task (one room's stanzas in order, no lock held while sending).
+//!
+//! A broadcast is one element for every recipient that sees the same thing ([`Out::Many`]):
+//! a groupchat message to 1,000 occupants is one element, serialised once by the delivery
+//! path. Presence has up to three variants: the occupant's own (status 110), the one with the
+//! real JID (for those who may see it), the one without.
+
+use super::config::{RoomConfig, Whois};
+use super::form::{FormBuilder, Submitted};
+use super::{MucLimits, NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER};
+use rookery_stanza::{
+    ns, BareJid, FullJid, IqType, Jid, MessageType, PresenceType, Stanza, StanzaError,
+    StanzaErrorCondition, StanzaKind,
+};
+use rookery_xml::Element;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const NS_DELAY: &str = "urn:xmpp:delay";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+const NS_REGISTER: &str = "jabber:iq:register";
+const NS_PING: &str = "urn:xmpp:ping";
+const NS_CONFERENCE: &str = "jabber:x:conference";
+
+/// XEP-0045 §5.2: a user's long-lived standing with a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Affiliation {
+    Outcast,
+    None,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Affiliation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Affiliation::Owner => "owner",
+            Affiliation::Admin => "admin",
+            Affiliation::Member => "member",
+            Affiliation::None => "none",
+            Affiliation::Outcast => "outcast",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "owner" => Affiliation::Owner,
+            "admin" => Affiliation::Admin,
+            "member" => Affiliation::Member,
+            "none" => Affiliation::None,
+            "outcast" => Affiliation::Outcast,
+            _ => return None,
+        })
+    }
+}
+
+/// XEP-0045 §5.1: an occupant's standing for the visit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    None,
+    Visitor,
+    Participant,
+    Moderator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Moderator => "moderator",
+            Role::Participant => "participant",
+            Role::Visitor => "visitor",
+            Role::None => "none",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "moderator" => Role::Moderator,
+            "participant" => Role::Participant,
+            "visitor" => Role::Visitor,
+            "none" => Role::None,
+            _ => return None,
+        })
+    }
+}
+
+/// What the room sends: `from` is set on each element, `to` by the recipient.
+#[derive(Debug, Clone)]
+pub enum Out {
+    One(Jid, Element),
+    /// One element for several recipients (shared, serialised once).
+    Many(Element, Vec<FullJid>),
+}
+
+impl Out {
+    /// Every (recipient, element) pair, for tests and for senders that do not share.
+    pub fn pairs(&self) -> Vec<(Jid, &Element)> {
+        match self {
+            Out::One(to, el) => vec![(to.clone(), el)],
+            Out::Many(el, to) => to.iter().map(|t| (Jid::from(t.clone()), el)).collect(),
+        }
+    }
+}
+
+/// What happened to the room, for the service: keep it, store it, or drop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Effects {
+    /// Configuration, affiliations, registered nicks or subject changed: store a
+    /// persistent room again.
+    pub changed: bool,
+    /// The room is gone (destroyed, or a temporary room whose last occupant left).
+    pub destroyed: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Occupant {
+    nick: String,
+    real: BareJid,
+    /// The user's sessions in the room (XEP-0045 allows one nick for several resources of
+    /// one user, as ejabberd and Prosody do).
+    sessions: Vec<FullJid>,
+    role: Role,
+    /// The presence children (show, status, priority, extensions) of the last available
+    /// presence, without the MUC `<x/>`.
+    payload: Vec<Element>,
+}
+
+#[derive(Debug, Clone)]
+struct HistoryEntry {
+    message: Element,
+    at: SystemTime,
+    chars: usize,
+}
+
+/// A room's persistent state: what a persistent room keeps across restarts.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Stored {
+    pub config: RoomConfig,
+    /// Bare JID → (affiliation name, reason).
+    pub affiliations: BTreeMap<String, (String, Option<String>)>,
+    /// Bare JID → registered nick (§7.10).
+    pub nicks: BTreeMap<String, String>,
+    pub subject: Option<(String, String)>,
+}
+
+pub struct Room {
+    jid: BareJid,
+    pub config: RoomConfig,
+    affiliations: BTreeMap<BareJid, (Affiliation, Option<String>)>,
+    nicks: BTreeMap<BareJid, String>,
+    occupants: HashMap<String, Occupant>,
+    by_session: HashMap<FullJid, String>,
+    /// Join order, for listing occupants to a newcomer in a stable order.
+    order: Vec<String>,
+    subject: Option<(String, String)>,
+    history: VecDeque<HistoryEntry>,
+    /// Created and not yet configured (§10.1.1): only its owner may enter.
+    locked: bool,
+    limits: MucLimits,
+}
+
+type Reply = Result<Vec<Out>, StanzaError>;
+
+fn err(c: StanzaErrorCondition) -> StanzaError {
+    StanzaError::new(c)
+}
+
+fn stamp(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_stamp(s: &str) -> Option<SystemTime> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let secs = u64::try_from(t.unix_timestamp()).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// An error answer to `stanza` from the room's address it was sent to.
+fn error_out(stanza: &Stanza, e: StanzaError) -> Vec<Out> {
+    match (stanza.error_reply(&e), stanza.from()) {
+        (Some(mut reply), Some(from)) => {
+            if stanza.kind() == StanzaKind::Presence {
+                // §7.2: an entry refused carries the MUC `<x/>` back (without the password),
+                // which is how clients tell a room's answer from other presence errors.
+                reply.push_child(Element::new("x", NS_MUC));
+            }
+            vec![Out::One(from.clone(), reply)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn result_out(stanza: &Stanza, payload: Option<Element>) -> Vec<Out> {
+    match stanza.from() {
+        Some(from) => vec![Out::One(from.clone(), stanza.iq_result(payload))],
+        None => Vec::new(),
+    }
+}
+
+fn status(code: u16) -> Element {
+    Element::new("status", NS_MUC_USER).with_attr("code", code.to_string())
+}
+
+impl Room {
+    /// A new room, created by `owner` (locked until configured, §10.1.1, unless `instant`).
+    pub fn new(jid: BareJid, config: RoomConfig, limits: MucLimits) -> Room {
+        Room {
+            jid,
+            config,
+            affiliations: BTreeMap::new(),
+            nicks: BTreeMap::new(),
+            occupants: HashMap::new(),
+            by_session: HashMap::new(),
+            order: Vec::new(),
+            subject: None,
+            history: VecDeque::new(),
+            locked: false,
+            limits,
+        }
+    }
+
+    /// A persistent room as it was stored.
+    pub fn restore(jid: BareJid, stored: Stored, limits: MucLimits) -> Room {
+        let mut room = Room::new(jid, stored.config, limits);
+        for (j, (a, reason)) in stored.affiliations {
+            if let (Ok(j), Some(a)) = (BareJid::new(&j), Affiliation::from_name(&a)) {
+                room.affiliations.insert(j, (a, reason));
+            }
+        }
+        for (j, nick) in stored.nicks {
+            if let Ok(j) = BareJid::new(&j) {
+                room.nicks.insert(j, nick);
+            }
+        }
+        room.subject = stored.subject;
+        room
+    }
+
+    pub fn stored(&self) -> Stored {
+        Stored {
+            config: self.config.clone(),
+            affiliations: self
+                .affiliations
+                .iter()
+                .map(|(j, (a, r))| (j.to_string(), (a.as_str().to_owned(), r.clone())))
+                .collect(),
+            nicks: self
+                .nicks
+                .iter()
+                .map(|(j, n)| (j.to_string(), n.clone()))
+                .collect(),
+            subject: self.subject.clone(),
+        }
+    }
+
+    pub fn jid(&self) -> &BareJid {
+        &self.jid
+    }
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+    pub fn occupant_count(&self) -> usize {
+        self.occupants.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.occupants.is_empty()
+    }
+    pub fn affiliation(&self, jid: &BareJid) -> Affiliation {
+        self.affiliations
+            .get(jid)
+            .map(|(a, _)| *a)
+            .unwrap_or(Affiliation::None)
+    }
+    /// The user's nick, when one of their sessions is in the room.
+    pub fn nick_of(&self, session: &FullJid) -> Option<&str> {
+        self.by_session.get(session).map(String::as_str)
+    }
+
+    fn occupant_jid(&self, nick: &str) -> Jid {
+        match self.jid.with_resource_str(nick) {
+            Ok(full) => Jid::from(full),
+            Err(_) => Jid::from(self.jid.clone()),
+        }
+    }
+
+    fn set_affiliation(&mut self, jid: BareJid, a: Affiliation, reason: Option<String>) {
+        if a == Affiliation::None {
+            self.affiliations.remove(&jid);
+        } else {
+            self.affiliations.insert(jid, (a, reason));
+        }
+    }
+
+    /// Makes `jid` an owner (the service's administrators own every room).
+    pub fn grant_owner(&mut self, jid: BareJid) {
+        self.set_affiliation(jid, Affiliation::Owner, None);
+    }
+
+    /// Makes `owner` the room's owner and locks the room until it is configured.
+    pub fn created_by(&mut self, owner: BareJid, locked: bool) {
+        self.set_affiliation(owner, Affiliation::Owner, None);
+        self.locked = locked;
+    }
+
+    /// The role an affiliation enters with (§5.1.2).
+    fn default_role(&self, a: Affiliation) -> Role {
+        match a {
+            Affiliation::Owner | Affiliation::Admin => Role::Moderator,
+            Affiliation::Member => Role::Participant,
+            Affiliation::None if self.config.moderated => Role::Visitor,
+            Affiliation::None => Role::Participant,
+            Affiliation::Outcast => Role::None,
+        }
+    }
+
+    /// Whether `viewer` may see real JIDs (§7.2.3/§7.2.4).
+    fn sees_real_jids(&self, viewer: &Occupant) -> bool {
+        self.config.whois == Whois::Anyone || viewer.role == Role::Moderator
+    }
+
+    // ---- Entry point -------------------------------------------------------------------
+
+    /// A stanza addressed to the room (`to` its bare JID or an occupant's JID in it) from a
+    /// user (`from` a full JID). Returns what to send and what happened to the room.
+    pub fn handle(&mut self, stanza: &Stanza, now: SystemTime) -> (Vec<Out>, Effects) {
+        let mut fx = Effects::default();
+        let (Some(Ok(from)), Some(to)) = (
+            stanza.from().cloned().map(Jid::try_into_full),
+            stanza.to().cloned(),
+        ) else {
+            let out = if stanza.is_error() {
+                Vec::new()
+            } else {
+                error_out(stanza, err(StanzaErrorCondition::BadRequest))
+            };
+            return (out, fx);
+        };
+        let nick = to.resource().map(|r| r.to_string());
+        let out = match stanza.kind() {
+            StanzaKind::Presence => self.presence(stanza, &from, nick, now, &mut fx),
+            StanzaKind::Message => self.message(stanza, &from, nick, now, &mut fx),
+            StanzaKind::Iq => self.iq(stanza, &from, nick, now, &mut fx),
+        };
+        let out = match out {
+            Ok(out) => out,
+            Err(e) if stanza.is_error() => {
+                let _ = e;
+                Vec::new()
+            }
+            Err(e) => error_out(stanza, e),
+        };
+        if self.occupants.is_empty() && !self.config.persistent {
+            fx.destroyed = true;
+        }
+        (out, fx)
+    }
+
+    // ---- Presence: enter, change, leave (§7.1, §7.2, §7.6, §7.14) ----------------------
+
+    fn presence(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        nick: Option<String>,
+        now: SystemTime,
+        fx: &mut Effects,
+    ) -> Reply {
+        let ptype = stanza.presence_type();
+        if stanza.is_error() {
+            // An occupant's client answered with an error: it is gone (§18.1 ghosts).
+            if self.by_session.contains_key(from) {
+                return Ok(self.leave(from, None));
+            }
+            return Ok(Vec::new());
+        }
+        match ptype {
+            Some(PresenceType::Unavailable) => {
+                if !self.by_session.contains_key(from) {
+                    return Ok(Vec::new());
+                }
+                let status = stanza
+                    .get_child("status", ns::CLIENT)
+                    .map(|s| s.text().to_owned());
+                Ok(self.leave(from, status))
+            }
+            Some(PresenceType::Available) => {
+                let Some(nick) = nick.filter(|n| !n.is_empty()) else {
+                    // §7.2.1: a nick is required.
+                    return Err(err(StanzaErrorCondition::JidMalformed));
+                };
+                self.check_nick(&nick)?;
+                match self.by_session.get(from).cloned() {
+                    Some(current) if current == nick => Ok(self.change_presence(from, stanza)),
+                    Some(current) => self.change_nick(from, &current, nick, stanza),
+                    None => self.enter(stanza, from, nick, now, fx),
+                }
+            }
+            // Subscriptions and probes mean nothing to a room.
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn check_nick(&self, nick: &str) -> Result<(), StanzaError> {
+        if nick.len() > self.limits.max_nick_bytes
+            || nick.chars().any(char::is_control)
+            || nick.trim().is_empty()
+        {
+            return Err(err(StanzaErrorCondition::NotAcceptable).with_text(format!(
+                "a nick is 1 to {} bytes of printable text",
+                self.limits.max_nick_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn presence_payload(stanza: &Stanza) -> Vec<Element> {
+        stanza
+            .element()
+            .children()
+            .filter(|c| c.ns() != NS_MUC && c.ns() != NS_MUC_USER)
+            .cloned()
+            .collect()
+    }
+
+    /// The presence of `occupant` as `viewer` sees it (`viewer` None: the variant without
+    /// the real JID), with `extra` children in the `<x/>` (status codes, reasons).
+    fn presence_of(
+        &self,
+        o: &Occupant,
+        unavailable: bool,
+        with_jid: bool,
+        extra: &[Element],
+        item_extra: &[Element],
+    ) -> Element {
+        let mut p = Element::new("presence", ns::CLIENT)
+            .with_attr("from", self.occupant_jid(&o.nick).to_string());
+        if unavailable {
+            p.set_attr("type", "unavailable");
+        } else {
+            for c in &o.payload {
+                p.push_child(c.clone());
+            }
+        }
+        let affiliation = self.affiliation(&o.real);
+        let role = if unavailable && extra.is_empty() {
+            Role::None
+        } else {
+            o.role
+        };
+        let mut item = Element::new("item", NS_MUC_USER)
+            .with_attr("affiliation", affiliation.as_str())
+            .with_attr(
+                "role",
+                if unavailable {
+                    Role::None.as_str()
+                } else {
+                    role.as_str()
+                },
+            );
+        if with_jid {
+            if let Some(session) = o.sessions.first() {
+                item.set_attr("jid", session.to_string());
+            }
+        }
+        for c in item_extra {
+            item.push_child(c.clone());
+        }
+        let mut x = Element::new("x", NS_MUC_USER).with_child(item);
+        for c in extra {
+            x.push_child(c.clone());
+        }
+        p.push_child(x);
+        p
+    }
+
+    /// `o`'s presence to every occupant: one element per variant. `self_extra` goes to the
+    /// occupant's own sessions (110 is added), `extra` to everyone.
+    fn broadcast_presence(
+        &self,
+        o: &Occupant,
+        unavailable: bool,
+        extra: &[Element],
+        self_extra: &[Element],
+        item_extra: &[Element],
+    ) -> Vec<Out> {
+        let mut with_jid = Vec::new();
+        let mut without = Vec::new();
+        for other in self.occupants.values() {
+            if other.nick == o.nick {
+                continue;
+            }
+            if self.sees_real_jids(other) {
+                with_jid.extend(other.sessions.iter().cloned());
+            } else {
+                without.extend(other.sessions.iter().cloned());
+            }
+        }
+        let mut out = Vec::new();
+        if !with_jid.is_empty() {
+            out.push(Out::Many(
+                self.presence_of(o, unavailable, true, extra, item_extra),
+                with_jid,
+            ));
+        }
+        if !without.is_empty() {
+            out.push(Out::Many(
+                self.presence_of(o, unavailable, false, extra, item_extra),
+                without,
+            ));
+        }
+        let mut own: Vec<Element> = extra.to_vec();
+        own.extend(self_extra.iter().cloned());
+        if self.config.whois == Whois::Anyone
+            && !own.iter().any(|s| s.attr("code") == Some("100"))
+            && !unavailable
+        {
+            own.push(status(100));
+        }
+        own.push(status(110));
+        out.push(Out::Many(
+            self.presence_of(o, unavailable, true, &own, item_extra),
+            o.sessions.clone(),
+        ));
+        out
+    }
+
+    fn enter(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        nick: String,
+        now: SystemTime,
+        fx: &mut Effects,
+    ) -> Reply {
+        let real = from.to_bare();
+        let affiliation = self.affiliation(&real);
+        let muc = stanza.get_child("x", NS_MUC);
+        if self.locked && affiliation != Affiliation::Owner {
+            // §10.1.1: a locked room does not exist for others yet.
+            return Err(err(StanzaErrorCondition::ItemNotFound));
+        }
+        if affiliation == Affiliation::Outcast {
+            return Err(err(StanzaErrorCondition::Forbidden));
+        }
+        if self.config.members_only && affiliation < Affiliation::Member {
+            return Err(err(StanzaErrorCondition::RegistrationRequired));
+        }
+        if let Some(password) = &self.config.password {
+            let given = muc
+                .and_then(|x| x.get_child("password", NS_MUC))
+                .map(Element::text);
+            if affiliation < Affiliation::Admin && given.as_deref() != Some(password.as_str()) {
+                return Err(err(StanzaErrorCondition::NotAuthorized));
+            }
+        }
+        // §7.2.9: a nick in use by another user, or registered by another user, is taken.
+        let same_user = match self.occupants.get(&nick) {
+            Some(o) if o.real != real => return Err(err(StanzaErrorCondition::Conflict)),
+            Some(_) => true,
+            None => false,
+        };
+        if self.nicks.iter().any(|(j, n)| n == &nick && j != &real) {
+            return Err(err(StanzaErrorCondition::Conflict));
+        }
+        // A second session of a user already in the room under this nick joins that occupant.
+        if !same_user
+            && self.occupants.len() >= self.config.max_users
+            && affiliation < Affiliation::Admin
+        {
+            return Err(err(StanzaErrorCondition::ServiceUnavailable).with_text("the room is full"));
+        }
+        let mut out = Vec::new();
+        // §7.2.3: first the others' presence, then the newcomer's own.
+        for n in &self.order {
+            if n == &nick {
+                continue;
+            }
+            if let Some(o) = self.occupants.get(n) {
+                let sees = self.config.whois == Whois::Anyone
+                    || self.default_role(affiliation) == Role::Moderator;
+                out.push(Out::One(
+                    Jid::from(from.clone()),
+                    self.presence_of(o, false, sees, &[], &[]),
+                ));
+            }
+        }
+        let created = self.locked && self.occupants.is_empty() && affiliation == Affiliation::Owner;
+        let payload = Self::presence_payload(stanza);
+        if same_user {
+            if let Some(o) = self.occupants.get_mut(&nick) {
+                o.sessions.push(from.clone());
+                o.payload = payload;
+            }
+        } else {
+            let role = self.default_role(affiliation);
+            self.occupants.insert(
+                nick.clone(),
+                Occupant {
+                    nick: nick.clone(),
+                    real,
+                    sessions: vec![from.clone()],
+                    role,
+                    payload,
+                },
+            );
+            self.order.push(nick.clone());
+        }
+        self.by_session.insert(from.clone(), nick.clone());
+        let Some(o) = self.occupants.get(&nick).cloned() else {
+            return Ok(out);
+        };
+        let mut self_extra = Vec::new();
+        if created {
+            self_extra.push(status(201));
+            fx.changed = true;
+        }
+        if same_user {
+            // Only the new session hears about itself; the others already know the occupant.
+            let mut own = self_extra.clone();
+            if self.config.whois == Whois::Anyone {
+                own.push(status(100));
+            }
+            own.push(status(110));
+            out.push(Out::One(
+                Jid::from(from.clone()),
+                self.presence_of(&o, false, true, &own, &[]),
+            ));
+        } else {
+            out.extend(self.broadcast_presence(&o, false, &[], &self_extra, &[]));
+        }
+        // §7.2.15: history, then the subject (an empty one when there is none).
+        out.extend(self.history_for(from, muc, now));
+        out.push(Out::One(Jid::from(from.clone()), self.subject_message()));
+        Ok(out)
+    }
+
+    fn history_for(&self, to: &FullJid, muc: Option<&Element>, now: SystemTime) -> Vec<Out> {
+        let h = muc.and_then(|x| x.get_child("history", NS_MUC));
+        let num = |name: &str| {
+            h.and_then(|h| h.attr(name))
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let max_stanzas = num("maxstanzas").unwrap_or(self.limits.history_on_join);
+        let max_chars = num("maxchars");
+        let since = h.and_then(|h| h.attr("since")).and_then(parse_stamp);
+        let seconds = num("seconds").map(|s| now - Duration::from_secs(s as u64));
+        let mut picked: Vec<&HistoryEntry> = Vec::new();
+        let mut chars = 0usize;
+        for e in self.history.iter().rev() {
+            if picked.len() >= max_stanzas {
+                break;
+            }
+            if since.is_some_and(|s| e.at < s) || seconds.is_some_and(|s| e.at < s) {
+                break;
+            }
+            if let Some(max) = max_chars {
+                if chars + e.chars > max {
+                    break;
+                }
+                chars += e.chars;
+            }
+            picked.push(e);
+        }
+        picked
+            .into_iter()
+            .rev()
+            .map(|e| {
+                let mut m = e.message.clone();
+                m.push_child(
+                    Element::new("delay", NS_DELAY)
+                        .with_attr("from", self.jid.to_string())
+                        .with_attr("stamp", stamp(e.at)),
+                );
+                Out::One(Jid::from(to.clone()), m)
+            })
+            .collect()
+    }
+
+    fn subject_message(&self) -> Element {
+        let (text, by) = self.subject.clone().unwrap_or_default();
+        let from = if by.is_empty() {
+            self.jid.to_string()
+        } else {
+            self.occupant_jid(&by).to_string()
+        };
+        Element::new("message", ns::CLIENT)
+            .with_attr("type", "groupchat")
+            .with_attr("from", from)
+            .with_attr("id", rookery_stanza::random_id(12))
+            .with_child(Element::new("subject", ns::CLIENT).with_text(text))
+    }
+
+    fn change_presence(&mut self, from: &FullJid, stanza: &Stanza) -> Vec<Out> {
+        let Some(nick) = self.by_session.get(from).cloned() else {
+            return Vec::new();
+        };
+        let Some(o) = self.occupants.get_mut(&nick) else {
+            return Vec::new();
+        };
+        o.payload = Self::presence_payload(stanza);
+        let o = o.clone();
+        self.broadcast_presence(&o, false, &[], &[], &[])
+    }
+
+    /// §7.6: unavailable with 303 and the new nick, then available under the new nick.
+    fn change_nick(
+        &mut self,
+        from: &FullJid,
+        current: &str,
+        nick: String,
+        stanza: &Stanza,
+    ) -> Reply {
+        let Some(o) = self.occupants.get(current).cloned() else {
+            return Ok(Vec::new());
+        };
+        if self.occupants.contains_key(&nick) {
+            return Err(err(StanzaErrorCondition::Conflict));
+        }
+        if self.nicks.iter().any(|(j, n)| n == &nick && j != &o.real) {
+            return Err(err(StanzaErrorCondition::Conflict));
+        }
+        if o.sessions.len() > 1 {
+            // One session of a multi-session occupant cannot rename the others.
+            return Err(err(StanzaErrorCondition::NotAcceptable)
+                .with_text("the other sessions of this occupant use the nick"));
+        }
+        let mut out = self.broadcast_presence(&o, true, &[status(303)], &[], &[]);
+        // The 303 presence names the new nick in its item.
+        for o_ in &mut out {
+            let el = match o_ {
+                Out::One(_, el) | Out::Many(el, _) => el,
+            };
+            if let Some(item) = el
+                .get_child_mut("x", NS_MUC_USER)
+                .and_then(|x| x.get_child_mut("item", NS_MUC_USER))
+            {
+                item.set_attr("nick", nick.clone());
+                item.set_attr("role", o.role.as_str());
+            }
+        }
+        self.occupants.remove(current);
+        let mut renamed = o;
+        renamed.nick = nick.clone();
+        renamed.payload = Self::presence_payload(stanza);
+        self.occupants.insert(nick.clone(), renamed.clone());
+        for n in &mut self.order {
+            if n == current {
+                *n = nick.clone();
+            }
+        }
+        self.by_session.insert(from.clone(), nick);
+        out.extend(self.broadcast_presence(&renamed, false, &[], &[], &[]));
+        Ok(out)
+    }
+
+    /// One session leaves; the occupant leaves with its last session.
+    fn leave(&mut self, from: &FullJid, status_text: Option<String>) -> Vec<Out> {
+        let Some(nick) = self.by_session.remove(from) else {
+            return Vec::new();
+        };
+        let Some(o) = self.occupants.get_mut(&nick) else {
+            return Vec::new();
+        };
+        o.sessions.retain(|s| s != from);
+        if !o.sessions.is_empty() {
+            let mut gone = o.clone();
+            gone.sessions = vec![from.clone()];
+            let p = self.presence_of(&gone, true, true, &[status(110)], &[]);
+            return vec![Out::One(Jid::from(from.clone()), p)];
+        }
+        let mut o = o.clone();
+        o.sessions = vec![from.clone()];
+        if let Some(text) = status_text {
+            o.payload = vec![Element::new("status", ns::CLIENT).with_text(text)];
+        } else {
+            o.payload.clear();
+        }
+        let mut out = self.broadcast_presence(&o, true, &[], &[], &[]);
+        if let Some(text) = o.payload.first() {
+            for x in &mut out {
+                let el = match x {
+                    Out::One(_, el) | Out::Many(el, _) => el,
+                };
+                el.push_child(text.clone());
+            }
+        }
+        self.remove_occupant(&nick);
+        out
+    }
+
+    fn remove_occupant(&mut self, nick: &str) {
+        if let Some(o) = self.occupants.remove(nick) {
+            for s in &o.sessions {
+                self.by_session.remove(s);
+            }
+        }
+        self.order.retain(|n| n != nick);
+    }
+
+    /// Removes an occupant by the room's decision (kick, ban, membership loss) with `code`,
+    /// telling everyone (§8.2, §9.1, §9.4).
+    fn expel(
+        &mut self,
+        nick: &str,
+        code: u16,
+        reason: Option<&str>,
+        actor: Option<&str>,
+    ) -> Vec<Out> {
+        let Some(o) = self.occupants.get(nick).cloned() else {
+            return Vec::new();
+        };
+        let mut item_extra = Vec::new();
+        if let Some(actor) = actor {
+            item_extra.push(Element::new("actor", NS_MUC_USER).with_attr("nick", actor));
+        }
+        if let Some(reason) = reason {
+            item_extra.push(Element::new("reason", NS_MUC_USER).with_text(reason));
+        }
+        let mut gone = o.clone();
+        gone.role = Role::None;
+        gone.payload.clear();
+        let out = self.broadcast_presence(&gone, true, &[status(code)], &[], &item_extra);
+        self.remove_occupant(nick);
+        out
+    }
+
+    // ---- Messages (§7.4, §7.5, §7.8, §8.1) ----------------------------------------------
+
+    fn message(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        nick: Option<String>,
+        now: SystemTime,
+        fx: &mut Effects,
+    ) -> Reply {
+        if stanza.is_error() {
+            // An error bounced by an occupant's server for a groupchat message: a ghost.
+            if self.by_session.contains_key(from) && nick.is_none() {
+                return Ok(self.leave(from, None));
+            }
+            return Ok(Vec::new());
+        }
+        let mtype = stanza.message_type().unwrap_or(MessageType::Normal);
+        let sender = self.by_session.get(from).cloned();
+        if let Some(target) = nick {
+            // §7.5: a private message to an occupant.
+            if mtype == MessageType::Groupchat {
+                return Err(err(StanzaErrorCondition::BadRequest));
+            }
+            let Some(sender) = sender else {
+                return Err(err(StanzaErrorCondition::NotAcceptable)
+                    .with_text("only occupants may send private messages"));
+            };
+            if !self.config.allow_pm.permits(
+                self.occupants
+                    .get(&sender)
+                    .map(|o| o.role)
+                    .unwrap_or(Role::None),
+            ) {
+                return Err(err(StanzaErrorCondition::Forbidden));
+            }
+            let Some(to) = self.occupants.get(&target) else {
+                return Err(err(StanzaErrorCondition::ItemNotFound));
+            };
+            let mut m = stanza.element().clone();
+            m.set_attr("from", self.occupant_jid(&sender).to_string());
+            m.remove_attr("to");
+            if !m.has_child("x", NS_MUC_USER) {
+                m.push_child(Element::new("x", NS_MUC_USER));
+            }
+            return Ok(vec![Out::Many(m, to.sessions.clone())]);
+        }
+        match mtype {
+            MessageType::Groupchat => self.groupchat(stanza, from, sender, now, fx),
+            _ => self.message_to_room(stanza, from, sender, fx),
+        }
+    }
+
+    fn groupchat(
+        &mut self,
+        stanza: &Stanza,
+        _from: &FullJid,
+        sender: Option<String>,
+        now: SystemTime,
+        fx: &mut Effects,
+    ) -> Reply {
+        let Some(sender) = sender else {
+            return Err(err(StanzaErrorCondition::NotAcceptable)
+                .with_text("only occupants may send messages to the room"));
+        };
+        let Some(o) = self.occupants.get(&sender) else {
+            return Err(err(StanzaErrorCondition::NotAcceptable));
+        };
+        if o.role < Role::Participant {
+            // §7.4: a visitor in a moderated room has no voice.
+            return Err(err(StanzaErrorCondition::Forbidden));
+        }
+        let el = stanza.element();
+        let subject = el.get_child("subject", ns::CLIENT);
+        let has_body = el.has_child("body", ns::CLIENT);
+        if let Some(subject) = subject.filter(|_| !has_body) {
+            // §8.1: a subject change.
+            let allowed = o.role == Role::Moderator
+                || (self.config.change_subject && o.role >= Role::Participant);
+            if !allowed {
+                return Err(err(StanzaErrorCondition::Forbidden));
+            }
+            let text = subject.text().to_owned();
+            if text.len() > self.limits.max_subject_bytes {
+                return Err(err(StanzaErrorCondition::NotAcceptable).with_text("subject too long"));
+            }
+            self.subject = if text.is_empty() {
+                None
+            } else {
+                Some((text, sender.clone()))
+            };
+            fx.changed = true;
+        }
+        let mut m = el.clone();
+        m.set_attr("from", self.occupant_jid(&sender).to_string());
+        m.remove_attr("to");
+        let recipients: Vec<FullJid> = self
+            .occupants
+            .values()
+            .flat_map(|o| o.sessions.iter().cloned())
+            .collect();
+        if has_body && self.limits.max_history > 0 {
+            let chars = m.text().len()
+                + el.get_child("body", ns::CLIENT)
+                    .map(|b| b.text().len())
+                    .unwrap_or(0);
+            let mut kept = m.clone();
+            kept.remove_attr("id");
+            if let Some(id) = el.attr("id") {
+                kept.set_attr("id", id);
+            }
+            self.history.push_back(HistoryEntry {
+                message: kept,
+                at: now,
+                chars,
+            });
+            while self.history.len() > self.limits.max_history {
+                self.history.pop_front();
+            }
+        }
+        Ok(vec![Out::Many(m, recipients)])
+    }
+
+    /// A normal message to the room: invitations, declines, voice requests (§7.8, §7.13).
+    fn message_to_room(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        sender: Option<String>,
+        fx: &mut Effects,
+    ) -> Reply {
+        let el = stanza.element();
+        if let Some(x) = el.get_child("x", NS_MUC_USER) {
+            let mut out = Vec::new();
+            for invite in x.children().filter(|c| c.name() == "invite") {
+                out.extend(self.invite(from, sender.as_deref(), invite, fx)?);
+            }
+            for decline in x.children().filter(|c| c.name() == "decline") {
+                let Some(to) = decline.attr("to").and_then(|t| Jid::new(t).ok()) else {
+                    return Err(err(StanzaErrorCondition::JidMalformed));
+                };
+                let mut d = Element::new("decline", NS_MUC_USER)
+                    .with_attr("from", from.to_bare().to_string());
+                if let Some(r) = decline.get_child("reason", NS_MUC_USER) {
+                    d.push_child(r.clone());
+                }
+                let m = Element::new("message", ns::CLIENT)
+                    .with_attr("from", self.jid.to_string())
+                    .with_child(Element::new("x", NS_MUC_USER).with_child(d));
+                out.push(Out::One(to, m));
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+        if let Some(form) = Submitted::find(el) {
+            if form.form_type().as_deref() == Some("http://jabber.org/protocol/muc#request") {
+                return self.voice_request(from, sender, el, &form);
+            }
+        }
+        Err(err(StanzaErrorCondition::BadRequest)
+            .with_text("send messages to the room as groupchat"))
+    }
+
+    /// §7.8.2: a mediated invitation.
+    fn invite(
+        &mut self,
+        from: &FullJid,
+        sender: Option<&str>,
+        invite: &Element,
+        fx: &mut Effects,
+    ) -> Reply {
+        let Some(to) = invite.attr("to").and_then(|t| {
+            BareJid::new(t)
+                .ok()
+                .or_else(|| Jid::new(t).ok().map(|j| j.to_bare()))
+        }) else {
+            return Err(err(StanzaErrorCondition::JidMalformed));
+        };
+        if sender.is_none() {
+            return Err(
+                err(StanzaErrorCondition::NotAcceptable).with_text("only occupants may invite")
+            );
+        }
+        let inviter_affiliation = self.affiliation(&from.to_bare());
+        if self.config.members_only {
+            // §7.8.2: in a members-only room only those who may add members invite (admins and
+            // owners, or everyone when the room allows member invitations), and the invitee
+            // becomes a member.
+            if inviter_affiliation < Affiliation::Admin && !self.config.allow_invites {
+                return Err(err(StanzaErrorCondition::Forbidden));
+            }
+            if self.affiliation(&to) < Affiliation::Member {
+                if self.affiliation(&to) == Affiliation::Outcast {
+                    return Err(err(StanzaErrorCondition::Forbidden));
+                }
+                self.set_affiliation(to.clone(), Affiliation::Member, None);
+                fx.changed = true;
+            }
+        }
+        let mut inv =
+            Element::new("invite", NS_MUC_USER).with_attr("from", from.to_bare().to_string());
+        if let Some(r) = invite.get_child("reason", NS_MUC_USER) {
+            inv.push_child(r.clone());
+        }
+        let mut x = Element::new("x", NS_MUC_USER).with_child(inv);
+        if let Some(p) = &self.config.password {
+            x.push_child(Element::new("password", NS_MUC_USER).with_text(p.clone()));
+        }
+        let mut m = Element::new("message", ns::CLIENT)
+            .with_attr("from", self.jid.to_string())
+            .with_child(x);
+        // XEP-0249 beside it, for clients that only know direct invitations.
+        let mut direct = Element::new("x", NS_CONFERENCE).with_attr("jid", self.jid.to_string());
+        if let Some(p) = &self.config.password {
+            direct.set_attr("password", p.clone());
+        }
+        m.push_child(direct);
+        Ok(vec![Out::One(Jid::from(to), m)])
+    }
+
+    /// §7.13: a visitor asks for voice; the request goes to the moderators. §8.6: a moderator
+    /// approving the request grants voice.
+    fn voice_request(
+        &mut self,
+        from: &FullJid,
+        sender: Option<String>,
+        el: &Element,
+        form: &Submitted<'_>,
+    ) -> Reply {
+        let Some(sender) = sender else {
+            return Err(err(StanzaErrorCondition::NotAcceptable));
+        };
+        let role = self
+            .occupants
+            .get(&sender)
+            .map(|o| o.role)
+            .unwrap_or(Role::None);
+        if role == Role::Moderator {
+            // An approval: the form names the occupant.
+            if form.boolean("muc#request_allow").ok().flatten() == Some(true) {
+                if let Some(nick) = form.value("muc#roomnick") {
+                    return self.set_role(&sender, &nick, Role::Participant, None);
+                }
+            }
+            return Ok(Vec::new());
+        }
+        if role != Role::Visitor {
+            return Ok(Vec::new());
+        }
+        let request = FormBuilder::new("form", "http://jabber.org/protocol/muc#request")
+            .title("Voice request")
+            .field(
+                "muc#role",
+                Some("list-single"),
+                Some("Requested role"),
+                &["participant"],
+            )
+            .field(
+                "muc#jid",
+                Some("jid-single"),
+                Some("User ID"),
+                &[&from.to_bare().to_string()],
+            )
+            .field(
+                "muc#roomnick",
+                Some("text-single"),
+                Some("Room Nickname"),
+                &[&sender],
+            )
+            .boolean("muc#request_allow", "Grant voice to this person?", false)
+            .build();
+        let _ = el;
+        let m = Element::new("message", ns::CLIENT)
+            .with_attr("from", self.jid.to_string())
+            .with_child(request);
+        let moderators: Vec<FullJid> = self
+            .occupants
+            .values()
+            .filter(|o| o.role == Role::Moderator)
+            .flat_map(|o| o.sessions.iter().cloned())
+            .collect();
+        if moderators.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Out::Many(m, moderators)])
+    }
+
+    // ---- IQs: disco, admin, owner, register, self-ping ------------------------------------
+
+    fn iq(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        nick: Option<String>,
+        _now: SystemTime,
+        fx: &mut Effects,
+    ) -> Reply {
+        let Some(itype) = stanza.iq_type() else {
+            return Ok(Vec::new());
+        };
+        if !itype.is_request() {
+            return Ok(Vec::new());
+        }
+        let Some(payload) = stanza.element().children().next() else {
+            return Err(err(StanzaErrorCondition::BadRequest));
+        };
+        if let Some(nick) = nick {
+            // §7.5-ish: requests to an occupant. XEP-0410 self-ping is answered by the room.
+            if payload.name() == "ping" && payload.ns() == NS_PING {
+                let me = self.by_session.get(from);
+                return match me {
+                    Some(n) if *n == nick => Ok(result_out(stanza, None)),
+                    Some(_) if self.occupants.contains_key(&nick) => Ok(result_out(stanza, None)),
+                    _ => Err(err(StanzaErrorCondition::NotAcceptable)),
+                };
+            }
+            if !self.occupants.contains_key(&nick) {
+                return Err(err(StanzaErrorCondition::ItemNotFound));
+            }
+            return Err(err(StanzaErrorCondition::ServiceUnavailable));
+        }
+        let get = itype == IqType::Get;
+        match (payload.ns(), payload.name(), get) {
+            (NS_DISCO_INFO, "query", true) => {
+                Ok(result_out(stanza, Some(self.disco_info(payload))))
+            }
+            (NS_DISCO_ITEMS, "query", true) => Ok(result_out(
+                stanza,
+                Some(Element::new("query", NS_DISCO_ITEMS)),
+            )),
+            (NS_MUC_OWNER, "query", _) => self.owner(stanza, from, payload, get, fx),
+            (NS_MUC_ADMIN, "query", _) => self.admin(stanza, from, payload, get, fx),
+            (NS_REGISTER, "query", _) => self.register(stanza, from, payload, get, fx),
+            _ => Err(err(StanzaErrorCondition::ServiceUnavailable)),
+        }
+    }
+
+    fn disco_info(&self, query: &Element) -> Element {
+        let mut q = Element::new("query", NS_DISCO_INFO);
+        if let Some(node) = query.attr("node") {
+            q.set_attr("node", node);
+        }
+        q.push_child(
+            Element::new("identity", NS_DISCO_INFO)
+                .with_attr("category", "conference")
+                .with_attr("type", "text")
+                .with_attr("name", self.config.display_name(&self.jid)),
+        );
+        let c = &self.config;
+        let mut features = vec![
+            NS_MUC,
+            NS_DISCO_INFO,
+            NS_REGISTER,
+            "http://jabber.org/protocol/muc#stable_id",
+            "urn:xmpp:ping",
+            if c.persistent {
+                "muc_persistent"
+            } else {
+                "muc_temporary"
+            },
+            if c.members_only {
+                "muc_membersonly"
+            } else {
+                "muc_open"
+            },
+            if c.moderated {
+                "muc_moderated"
+            } else {
+                "muc_unmoderated"
+            },
+            if c.password.is_some() {
+                "muc_passwordprotected"
+            } else {
+                "muc_unsecured"
+            },
+            if c.public { "muc_public" } else { "muc_hidden" },
+            if c.whois == Whois::Anyone {
+                "muc_nonanonymous"
+            } else {
+                "muc_semianonymous"
+            },
+        ];
+        features.sort_unstable();
+        features.dedup();
+        for f in features {
+            q.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
+        }
+        let (subject, _) = self.subject.clone().unwrap_or_default();
+        let occupants = self.occupants.len().to_string();
+        let form = FormBuilder::new("result", "http://jabber.org/protocol/muc#roominfo")
+            .field(
+                "muc#roominfo_description",
+                None,
+                Some("Description"),
+                &[&c.description],
+            )
+            .field("muc#roomconfig_roomname", None, Some("Name"), &[&c.name])
+            .field(
+                "muc#roominfo_occupants",
+                None,
+                Some("Number of occupants"),
+                &[&occupants],
+            )
+            .field("muc#roominfo_subject", None, Some("Subject"), &[&subject])
+            .field(
+                "muc#roomconfig_changesubject",
+                None,
+                Some("Occupants may change the subject"),
+                &[if c.change_subject { "1" } else { "0" }],
+            )
+            .field("muc#roominfo_lang", None, Some("Language"), &[&c.lang])
+            .build();
+        q.push_child(form);
+        q
+    }
+
+    fn owner(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        query: &Element,
+        get: bool,
+        fx: &mut Effects,
+    ) -> Reply {
+        if self.affiliation(&from.to_bare()) != Affiliation::Owner {
+            return Err(err(StanzaErrorCondition::Forbidden));
+        }
+        if get {
+            let q = Element::new("query", NS_MUC_OWNER).with_child(self.config.form(&self.limits));
+            return Ok(result_out(stanza, Some(q)));
+        }
+        if let Some(destroy) = query.get_child("destroy", NS_MUC_OWNER) {
+            let mut out = self.destroy(destroy);
+            out.extend(result_out(stanza, None));
+            fx.destroyed = true;
+            return Ok(out);
+        }
+        let Some(form) = Submitted::find(query) else {
+            return Err(err(StanzaErrorCondition::BadRequest));
+        };
+        match form.kind() {
+            "cancel" => {
+                // §10.1.3: cancelling the initial configuration destroys a locked room.
+                if self.locked {
+                    let out = self.destroy(&Element::new("destroy", NS_MUC_OWNER));
+                    let mut out = out;
+                    out.extend(result_out(stanza, None));
+                    fx.destroyed = true;
+                    return Ok(out);
+                }
+                Ok(result_out(stanza, None))
+            }
+            "submit" => {
+                let before = self.config.clone();
+                let mut config = self.config.clone();
+                config
+                    .apply(&form, &self.limits)
+                    .map_err(|e| err(StanzaErrorCondition::NotAcceptable).with_text(e))?;
+                if let Some(owners) = form.values("muc#roomconfig_roomowners") {
+                    for o in owners.iter().filter(|o| !o.is_empty()) {
+                        let j =
+                            BareJid::new(o).map_err(|_| err(StanzaErrorCondition::JidMalformed))?;
+                        self.set_affiliation(j, Affiliation::Owner, None);
+                    }
+                }
+                if let Some(admins) = form.values("muc#roomconfig_roomadmins") {
+                    for a in admins.iter().filter(|a| !a.is_empty()) {
+                        let j =
+                            BareJid::new(a).map_err(|_| err(StanzaErrorCondition::JidMalformed))?;
+                        if self.affiliation(&j) != Affiliation::Owner {
+                            self.set_affiliation(j, Affiliation::Admin, None);
+                        }
+                    }
+                }
+                self.config = config;
+                self.locked = false;
+                fx.changed = true;
+                let mut out = result_out(stanza, None);
+                out.extend(self.announce_config_change(&before));
+                // §9.3 (members-only now): non-members leave with 322.
+                if self.config.members_only && !before.members_only {
+                    let gone: Vec<String> = self
+                        .occupants
+                        .values()
+                        .filter(|o| self.affiliation(&o.real) < Affiliation::Member)
+                        .map(|o| o.nick.clone())
+                        .collect();
+                    for nick in gone {
+                        out.extend(self.expel(&nick, 322, None, None));
+                    }
+                }
+                Ok(out)
+            }
+            _ => Err(err(StanzaErrorCondition::BadRequest)),
+        }
+    }
+
+    /// §10.2.1: a configuration change is announced with 104, plus 172/173 when the room
+    /// became non-anonymous / semi-anonymous.
+    fn announce_config_change(&self, before: &RoomConfig) -> Vec<Out> {
+        if *before == self.config {
+            return Vec::new();
+        }
+        let mut x = Element::new("x", NS_MUC_USER).with_child(status(104));
+        if before.whois != self.config.whois {
+            x.push_child(status(if self.config.whois == Whois::Anyone {
+                172
+            } else {
+                173
+            }));
+        }
+        let m = Element::new("message", ns::CLIENT)
+            .with_attr("type", "groupchat")
+            .with_attr("from", self.jid.to_string())
+            .with_attr("id", rookery_stanza::random_id(12))
+            .with_child(x);
+        let all: Vec<FullJid> = self
+            .occupants
+            .values()
+            .flat_map(|o| o.sessions.iter().cloned())
+            .collect();
+        if all.is_empty() {
+            return Vec::new();
+        }
+        vec![Out::Many(m, all)]
+    }
+
+    /// §10.9: everyone leaves with the `<destroy/>` (alternate venue, reason).
+    fn destroy(&mut self, destroy: &Element) -> Vec<Out> {
+        let mut d = Element::new("destroy", NS_MUC_USER);
+        if let Some(j) = destroy.attr("jid") {
+            d.set_attr("jid", j);
+        }
+        if let Some(r) = destroy.get_child("reason", NS_MUC_OWNER) {
+            d.push_child(Element::new("reason", NS_MUC_USER).with_text(r.text()));
+        }
+        if let Some(p) = destroy.get_child("password", NS_MUC_OWNER) {
+            d.push_child(Element::new("password", NS_MUC_USER).with_text(p.text()));
+        }
+        let mut out = Vec::new();
+        for o in self.occupants.values() {
+            let p = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", self.occupant_jid(&o.nick).to_string())
+                .with_child(
+                    Element::new("x", NS_MUC_USER)
+                        .with_child(
+                            Element::new("item", NS_MUC_USER)
+                                .with_attr("affiliation", "none")
+                                .with_attr("role", "none"),
+                        )
+                        .with_child(d.clone()),
+                );
+            out.push(Out::Many(p, o.sessions.clone()));
+        }
+        self.occupants.clear();
+        self.by_session.clear();
+        self.order.clear();
+        out
+    }
+
+    /// §9 and §8: affiliation lists and changes (admins and owners), role lists and changes
+    /// (moderators).
+    fn admin(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        query: &Element,
+        get: bool,
+        fx: &mut Effects,
+    ) -> Reply {
+        let me = from.to_bare();
+        let my_affiliation = self.affiliation(&me);
+        let my_nick = self.by_session.get(from).cloned();
+        let my_role = my_nick
+            .as_ref()
+            .and_then(|n| self.occupants.get(n))
+            .map(|o| o.role)
+            .unwrap_or(Role::None);
+        let items: Vec<&Element> = query.children().filter(|c| c.name() == "item").collect();
+        if items.is_empty() {
+            return Err(err(StanzaErrorCondition::BadRequest));
+        }
+        if get {
+            let item = items[0];
+            let mut q = Element::new("query", NS_MUC_ADMIN);
+            if let Some(a) = item.attr("affiliation") {
+                let a = Affiliation::from_name(a)
+                    .ok_or_else(|| err(StanzaErrorCondition::BadRequest))?;
+                // §9.5, §10.5: admins and owners list affiliations.
+                if my_affiliation < Affiliation::Admin {
+                    return Err(err(StanzaErrorCondition::Forbidden));
+                }
+                for (j, (aa, reason)) in &self.affiliations {
+                    if *aa == a {
+                        let mut i = Element::new("item", NS_MUC_ADMIN)
+                            .with_attr("affiliation", a.as_str())
+                            .with_attr("jid", j.to_string());
+                        if let Some(n) = self.nicks.get(j) {
+                            i.set_attr("nick", n.clone());
+                        }
+                        if let Some(r) = reason {
+                            i.push_child(Element::new("reason", NS_MUC_ADMIN).with_text(r.clone()));
+                        }
+                        q.push_child(i);
+                    }
+                }
+            } else if let Some(r) = item.attr("role") {
+                let r = Role::from_name(r).ok_or_else(|| err(StanzaErrorCondition::BadRequest))?;
+                if my_role != Role::Moderator {
+                    return Err(err(StanzaErrorCondition::Forbidden));
+                }
+                for n in &self.order {
+                    if let Some(o) = self.occupants.get(n).filter(|o| o.role == r) {
+                        let mut i = Element::new("item", NS_MUC_ADMIN)
+                            .with_attr("role", r.as_str())
+                            .with_attr("nick", o.nick.clone())
+                            .with_attr("affiliation", self.affiliation(&o.real).as_str());
+                        if let Some(s) = o.sessions.first() {
+                            i.set_attr("jid", s.to_string());
+                        }
+                        q.push_child(i);
+                    }
+                }
+            } else {
+                return Err(err(StanzaErrorCondition::BadRequest));
+            }
+            return Ok(result_out(stanza, Some(q)));
+        }
+        // A set: every item is checked before any applies (§9: all or nothing).
+        enum Change {
+            Role(String, Role, Option<String>),
+            Affiliation(BareJid, Affiliation, Option<String>),
+        }
+        let mut changes = Vec::new();
+        for item in &items {
+            let reason = item
+                .get_child("reason", NS_MUC_ADMIN)
+                .map(|r| r.text().to_owned());
+            if let Some(a) = item.attr("affiliation") {
+                let a = Affiliation::from_name(a)
+                    .ok_or_else(|| err(StanzaErrorCondition::BadRequest))?;
+                let target = match (item.attr("jid"), item.attr("nick")) {
+                    (Some(j), _) => Jid::new(j)
+                        .map(|j| j.to_bare())
+                        .map_err(|_| err(StanzaErrorCondition::JidMalformed))?,
+                    (None, Some(n)) => self
+                        .occupants
+                        .get(n)
+                        .map(|o| o.real.clone())
+                        .ok_or_else(|| err(StanzaErrorCondition::ItemNotFound))?,
+                    _ => return Err(err(StanzaErrorCondition::BadRequest)),
+                };
+                let current = self.affiliation(&target);
+                // §9/§10: owners change anything; admins change members, outcasts and none,
+                // for users below admin.
+                let allowed = match my_affiliation {
+                    Affiliation::Owner => true,
+                    Affiliation::Admin => current < Affiliation::Admin && a < Affiliation::Admin,
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(err(StanzaErrorCondition::NotAllowed));
+                }
+                // §10.7: the last owner cannot leave the room without an owner.
+                if current == Affiliation::Owner && a != Affiliation::Owner {
+                    let owners = self
+                        .affiliations
+                        .values()
+                        .filter(|(x, _)| *x == Affiliation::Owner)
+                        .count();
+                    if owners <= 1 {
+                        return Err(err(StanzaErrorCondition::Conflict)
+                            .with_text("a room keeps at least one owner"));
+                    }
+                }
+                changes.push(Change::Affiliation(target, a, reason));
+            } else if let Some(r) = item.attr("role") {
+                let r = Role::from_name(r).ok_or_else(|| err(StanzaErrorCondition::BadRequest))?;
+                let Some(nick) = item.attr("nick") else {
+                    return Err(err(StanzaErrorCondition::BadRequest));
+                };
+                let Some(target) = self.occupants.get(nick) else {
+                    return Err(err(StanzaErrorCondition::ItemNotFound));
+                };
+                if my_role != Role::Moderator {
+                    return Err(err(StanzaErrorCondition::Forbidden));
+                }
+                let target_aff = self.affiliation(&target.real);
+                // §8.2/§8.4: nobody kicks or silences an admin or owner; only admins and
+                // owners make or unmake moderators.
+                if (r < Role::Participant && target_aff >= Affiliation::Admin)
+                    || ((r == Role::Moderator || target.role == Role::Moderator)
+                        && my_affiliation < Affiliation::Admin)
+                {
+                    return Err(err(StanzaErrorCondition::NotAllowed));
+                }
+                changes.push(Change::Role(nick.to_owned(), r, reason));
+            } else {
+                return Err(err(StanzaErrorCondition::BadRequest));
+            }
+        }
+        let actor = my_nick.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        for c in changes {
+            match c {
+                Change::Role(nick, r, reason) => {
+                    out.extend(self.set_role(&actor, &nick, r, reason.as_deref())?);
+                }
+                Change::Affiliation(jid, a, reason) => {
+                    out.extend(self.change_affiliation(&actor, jid, a, reason));
+                    fx.changed = true;
+                }
+            }
+        }
+        out.extend(result_out(stanza, None));
+        Ok(out)
+    }
+
+    fn set_role(&mut self, actor: &str, nick: &str, role: Role, reason: Option<&str>) -> Reply {
+        if role == Role::None {
+            // §8.2: a kick.
+            return Ok(self.expel(nick, 307, reason, Some(actor).filter(|a| !a.is_empty())));
+        }
+        let Some(o) = self.occupants.get_mut(nick) else {
+            return Err(err(StanzaErrorCondition::ItemNotFound));
+        };
+        o.role = role;
+        let o = o.clone();
+        let mut item_extra = Vec::new();
+        if let Some(r) = reason {
+            item_extra.push(Element::new("reason", NS_MUC_USER).with_text(r));
+        }
+        Ok(self.broadcast_presence(&o, false, &[], &[], &item_extra))
+    }
+
+    fn change_affiliation(
+        &mut self,
+        actor: &str,
+        jid: BareJid,
+        a: Affiliation,
+        reason: Option<String>,
+    ) -> Vec<Out> {
+        self.set_affiliation(jid.clone(), a, reason.clone());
+        let nicks: Vec<String> = self
+            .occupants
+            .values()
+            .filter(|o| o.real == jid)
+            .map(|o| o.nick.clone())
+            .collect();
+        let actor = Some(actor).filter(|a| !a.is_empty());
+        let mut out = Vec::new();
+        for nick in nicks {
+            if a == Affiliation::Outcast {
+                // §9.1: a ban removes the user.
+                out.extend(self.expel(&nick, 301, reason.as_deref(), actor));
+            } else if self.config.members_only && a < Affiliation::Member {
+                // §9.4: losing membership of a members-only room removes the user.
+                out.extend(self.expel(&nick, 321, reason.as_deref(), actor));
+            } else {
+                let role = self.default_role(a);
+                if let Some(o) = self.occupants.get_mut(&nick) {
+                    // A moderator stays one unless the affiliation decided it.
+                    o.role = role.max(if o.role == Role::Moderator && a >= Affiliation::Admin {
+                        Role::Moderator
+                    } else {
+                        role
+                    });
+                    let o = o.clone();
+                    let mut item_extra = Vec::new();
+                    if let Some(r) = &reason {
+                        item_extra.push(Element::new("reason", NS_MUC_USER).with_text(r.clone()));
+                    }
+                    out.extend(self.broadcast_presence(&o, false, &[], &[], &item_extra));
+                }
+            }
+        }
+        out
+    }
+
+    /// §7.10: registering a nick with the room.
+    fn register(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        query: &Element,
+        get: bool,
+        fx: &mut Effects,
+    ) -> Reply {
+        let me = from.to_bare();
+        let a = self.affiliation(&me);
+        if a == Affiliation::Outcast {
+            return Err(err(StanzaErrorCondition::Forbidden));
+        }
+        if get {
+            let mut q = Element::new("query", NS_REGISTER);
+            if let Some(nick) = self.nicks.get(&me) {
+                q.push_child(Element::new("registered", NS_REGISTER));
+                q.push_child(Element::new("username", NS_REGISTER).with_text(nick.clone()));
+                return Ok(result_out(stanza, Some(q)));
+            }
+            q.push_child(
+                Element::new("instructions", NS_REGISTER)
+                    .with_text("Register a nickname with this room; it is then reserved for you."),
+            );
+            q.push_child(
+                FormBuilder::new("form", "http://jabber.org/protocol/muc#register")
+                    .title("Nickname registration")
+                    .field(
+                        "muc#register_roomnick",
+                        Some("text-single"),
+                        Some("Nickname"),
+                        &[],
+                    )
+                    .build(),
+            );
+            return Ok(result_out(stanza, Some(q)));
+        }
+        if query.has_child("remove", NS_REGISTER) {
+            self.nicks.remove(&me);
+            if a == Affiliation::Member {
+                self.set_affiliation(me, Affiliation::None, None);
+            }
+            fx.changed = true;
+            return Ok(result_out(stanza, None));
+        }
+        if self.config.members_only && a < Affiliation::Member {
+            return Err(err(StanzaErrorCondition::RegistrationRequired));
+        }
+        let nick = Submitted::find(query)
+            .and_then(|f| f.value("muc#register_roomnick"))
+            .or_else(|| {
+                query
+                    .get_child("username", NS_REGISTER)
+                    .map(|u| u.text().to_owned())
+            })
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                err(StanzaErrorCondition::NotAcceptable).with_text("a nick is required")
+            })?;
+        self.check_nick(&nick)?;
+        if self.nicks.iter().any(|(j, n)| n == &nick && j != &me)
+            || self.occupants.get(&nick).is_some_and(|o| o.real != me)
+        {
+            return Err(err(StanzaErrorCondition::Conflict));
+        }
+        self.nicks.insert(me.clone(), nick);
+        if a < Affiliation::Member {
+            self.set_affiliation(me, Affiliation::Member, None);
+        }
+        fx.changed = true;
+        Ok(result_out(stanza, None))
+    }
+}

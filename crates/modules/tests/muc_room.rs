@@ -1,0 +1,558 @@
+//! A XEP-0045 room driven as a state machine, without a server: each use case's stanzas in,
+//! the exact presence, messages and errors out.
+
+use rookery_modules::muc::config::RoomConfig;
+use rookery_modules::muc::room::{Affiliation, Out, Room};
+use rookery_modules::muc::MucLimits;
+use rookery_stanza::{BareJid, Stanza};
+use rookery_xml::Element;
+use std::time::{Duration, SystemTime};
+
+const ROOM: &str = "lobby@conference.example.org";
+
+fn stanza(xml: &str) -> Stanza {
+    let el = rookery_xml::parse_element(xml).expect("xml");
+    Stanza::parse(el).expect("stanza")
+}
+
+struct Sent(Vec<(String, Element)>);
+
+impl Sent {
+    fn to(&self, jid: &str) -> Vec<&Element> {
+        self.0
+            .iter()
+            .filter(|(t, _)| t == jid)
+            .map(|(_, e)| e)
+            .collect()
+    }
+    fn codes(el: &Element) -> Vec<String> {
+        el.get_child("x", "http://jabber.org/protocol/muc#user")
+            .map(|x| {
+                x.children()
+                    .filter(|c| c.name() == "status")
+                    .filter_map(|c| c.attr("code").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn item(el: &Element) -> Option<&Element> {
+        el.get_child("x", "http://jabber.org/protocol/muc#user")
+            .and_then(|x| x.get_child("item", "http://jabber.org/protocol/muc#user"))
+    }
+    fn error(&self, jid: &str) -> Option<String> {
+        self.to(jid).into_iter().find_map(|e| {
+            (e.attr("type") == Some("error")).then(|| {
+                e.get_child("error", "jabber:client")
+                    .and_then(|er| er.children().next())
+                    .map(|c| c.name().to_owned())
+                    .unwrap_or_default()
+            })
+        })
+    }
+}
+
+fn run(room: &mut Room, xml: &str) -> Sent {
+    run_at(room, xml, SystemTime::now())
+}
+
+fn run_at(room: &mut Room, xml: &str, now: SystemTime) -> Sent {
+    let (out, _) = room.handle(&stanza(xml), now);
+    let mut pairs = Vec::new();
+    for o in &out {
+        for (to, el) in o.pairs() {
+            pairs.push((to.to_string(), el.clone()));
+        }
+    }
+    Sent(pairs)
+}
+
+fn join(room: &mut Room, who: &str, nick: &str) -> Sent {
+    run(
+        room,
+        &format!(
+            "<presence xmlns='jabber:client' from='{who}' to='{ROOM}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ),
+    )
+}
+
+/// A room created by crone and configured as an instant room.
+fn open_room() -> Room {
+    let mut room = Room::new(
+        BareJid::new(ROOM).expect("jid"),
+        RoomConfig::default(),
+        MucLimits::default(),
+    );
+    room.created_by(BareJid::new("crone@example.org").expect("jid"), true);
+    join(&mut room, "crone@example.org/desk", "thirdwitch");
+    let sent = run(
+        &mut room,
+        &format!("<iq xmlns='jabber:client' type='set' id='c1' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"),
+    );
+    assert!(sent
+        .to("crone@example.org/desk")
+        .iter()
+        .any(|e| e.attr("type") == Some("result")));
+    room
+}
+
+#[test]
+fn creating_a_room_locks_it_until_the_owner_configures_it() {
+    let mut room = Room::new(
+        BareJid::new(ROOM).expect("jid"),
+        RoomConfig::default(),
+        MucLimits::default(),
+    );
+    room.created_by(BareJid::new("crone@example.org").expect("jid"), true);
+    let sent = join(&mut room, "crone@example.org/desk", "thirdwitch");
+    let own = sent.to("crone@example.org/desk");
+    let presence = own
+        .iter()
+        .find(|e| e.name() == "presence")
+        .expect("own presence");
+    let codes = Sent::codes(presence);
+    assert!(
+        codes.contains(&"201".to_owned()) && codes.contains(&"110".to_owned()),
+        "{codes:?}"
+    );
+    assert_eq!(
+        Sent::item(presence).and_then(|i| i.attr("affiliation")),
+        Some("owner")
+    );
+    assert_eq!(
+        Sent::item(presence).and_then(|i| i.attr("role")),
+        Some("moderator")
+    );
+    // §10.1.1: nobody else gets in while it is locked.
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("item-not-found")
+    );
+    // The instant room (§10.1.2) opens it.
+    run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='c1' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"));
+    assert!(!room.is_locked());
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    assert_eq!(sent.error("hag66@shakespeare.lit/pda"), None);
+}
+
+#[test]
+fn a_newcomer_gets_the_others_then_itself_then_the_subject_and_everyone_hears_of_it() {
+    let mut room = open_room();
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let to_hag = sent.to("hag66@shakespeare.lit/pda");
+    // First the existing occupant, then its own presence with 110, then the subject.
+    assert_eq!(to_hag[0].attr("from"), Some(&*format!("{ROOM}/thirdwitch")));
+    assert_eq!(to_hag[1].attr("from"), Some(&*format!("{ROOM}/hag")));
+    assert!(Sent::codes(to_hag[1]).contains(&"110".to_owned()));
+    let last = to_hag.last().expect("subject");
+    assert!(last.name() == "message" && last.get_child("subject", "jabber:client").is_some());
+    // The owner (a moderator) sees hag's real JID in a semi-anonymous room.
+    let to_crone = sent.to("crone@example.org/desk");
+    assert_eq!(to_crone.len(), 1);
+    assert_eq!(
+        Sent::item(to_crone[0]).and_then(|i| i.attr("jid")),
+        Some("hag66@shakespeare.lit/pda")
+    );
+    // hag (a participant) does not see the owner's.
+    assert_eq!(Sent::item(to_hag[0]).and_then(|i| i.attr("jid")), None);
+}
+
+#[test]
+fn a_taken_nick_is_a_conflict_and_an_empty_one_malformed() {
+    let mut room = open_room();
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "thirdwitch");
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("conflict")
+    );
+    let sent = run(
+        &mut room,
+        &format!("<presence xmlns='jabber:client' from='hag66@shakespeare.lit/pda' to='{ROOM}'/>"),
+    );
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("jid-malformed")
+    );
+}
+
+#[test]
+fn a_groupchat_message_is_one_element_for_everyone_including_the_sender() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    join(&mut room, "wiccarocks@shakespeare.lit/laptop", "second");
+    let (out, _) = room.handle(
+        &stanza(&format!("<message xmlns='jabber:client' type='groupchat' id='m1' from='hag66@shakespeare.lit/pda' to='{ROOM}'><body>Harpier cries</body></message>")),
+        SystemTime::now(),
+    );
+    assert_eq!(out.len(), 1, "one broadcast");
+    let Out::Many(el, to) = &out[0] else {
+        panic!("a shared broadcast");
+    };
+    assert_eq!(to.len(), 3);
+    assert_eq!(el.attr("from"), Some(&*format!("{ROOM}/hag")));
+    assert_eq!(el.attr("id"), Some("m1"), "the reflected copy keeps the id");
+    // A non-occupant may not send.
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='stranger@x.org/r' to='{ROOM}'><body>hi</body></message>"));
+    assert_eq!(
+        sent.error("stranger@x.org/r").as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[test]
+fn history_on_join_honours_maxstanzas_and_seconds() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let t0 = SystemTime::now() - Duration::from_secs(600);
+    for i in 0..5 {
+        run_at(
+            &mut room,
+            &format!("<message xmlns='jabber:client' type='groupchat' from='hag66@shakespeare.lit/pda' to='{ROOM}'><body>m{i}</body></message>"),
+            t0 + Duration::from_secs(i * 100),
+        );
+    }
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='wiccarocks@shakespeare.lit/laptop' to='{ROOM}/second'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='2'/></x></presence>"));
+    let bodies: Vec<String> = sent
+        .to("wiccarocks@shakespeare.lit/laptop")
+        .iter()
+        .filter_map(|e| {
+            e.get_child("body", "jabber:client")
+                .map(|b| b.text().to_owned())
+        })
+        .collect();
+    assert_eq!(bodies, ["m3", "m4"]);
+    let delayed = sent
+        .to("wiccarocks@shakespeare.lit/laptop")
+        .into_iter()
+        .find(|e| e.get_child("body", "jabber:client").is_some())
+        .expect("history");
+    assert!(delayed
+        .get_child("delay", "urn:xmpp:delay")
+        .is_some_and(|d| d.attr("from") == Some(ROOM)));
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='other@shakespeare.lit/x' to='{ROOM}/other'><x xmlns='http://jabber.org/protocol/muc'><history seconds='350'/></x></presence>"));
+    let n = sent
+        .to("other@shakespeare.lit/x")
+        .iter()
+        .filter(|e| e.get_child("body", "jabber:client").is_some())
+        .count();
+    assert_eq!(
+        n, 2,
+        "messages of the last 350 seconds: m3 (300 s old) and m4"
+    );
+}
+
+#[test]
+fn a_private_message_carries_the_muc_user_marker() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='chat' from='hag66@shakespeare.lit/pda' to='{ROOM}/thirdwitch'><body>psst</body></message>"));
+    let pm = sent.to("crone@example.org/desk");
+    assert_eq!(pm.len(), 1);
+    assert_eq!(pm[0].attr("from"), Some(&*format!("{ROOM}/hag")));
+    assert!(pm[0]
+        .get_child("x", "http://jabber.org/protocol/muc#user")
+        .is_some());
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='chat' from='hag66@shakespeare.lit/pda' to='{ROOM}/nobody'><body>psst</body></message>"));
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("item-not-found")
+    );
+}
+
+#[test]
+fn a_nick_change_is_unavailable_with_303_then_available() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    let to_crone = sent.to("crone@example.org/desk");
+    assert_eq!(to_crone.len(), 2);
+    assert_eq!(to_crone[0].attr("type"), Some("unavailable"));
+    assert!(Sent::codes(to_crone[0]).contains(&"303".to_owned()));
+    assert_eq!(
+        Sent::item(to_crone[0]).and_then(|i| i.attr("nick")),
+        Some("oldhag")
+    );
+    assert_eq!(to_crone[1].attr("from"), Some(&*format!("{ROOM}/oldhag")));
+    assert_eq!(
+        room.nick_of(&"hag66@shakespeare.lit/pda".parse().expect("jid")),
+        Some("oldhag")
+    );
+}
+
+#[test]
+fn kick_and_ban_remove_with_their_codes_and_a_ban_holds_on_rejoin() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='k' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='hag' role='none'><reason>Avaunt</reason></item></query></iq>"));
+    let to_hag = sent.to("hag66@shakespeare.lit/pda");
+    assert_eq!(to_hag[0].attr("type"), Some("unavailable"));
+    let codes = Sent::codes(to_hag[0]);
+    assert!(
+        codes.contains(&"307".to_owned()) && codes.contains(&"110".to_owned()),
+        "{codes:?}"
+    );
+    assert!(Sent::item(to_hag[0])
+        .and_then(|i| i.get_child("reason", "http://jabber.org/protocol/muc#user"))
+        .is_some());
+    assert_eq!(room.occupant_count(), 1);
+    // A ban.
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='b' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='hag66@shakespeare.lit' affiliation='outcast'/></query></iq>"));
+    assert!(Sent::codes(sent.to("hag66@shakespeare.lit/pda")[0]).contains(&"301".to_owned()));
+    assert_eq!(
+        room.affiliation(&BareJid::new("hag66@shakespeare.lit").expect("jid")),
+        Affiliation::Outcast
+    );
+    let sent = join(&mut room, "hag66@shakespeare.lit/other", "hag2");
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/other").as_deref(),
+        Some("forbidden")
+    );
+    // A participant may not kick.
+    join(&mut room, "wiccarocks@shakespeare.lit/laptop", "second");
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='k2' from='wiccarocks@shakespeare.lit/laptop' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='thirdwitch' role='none'/></query></iq>"));
+    assert_eq!(
+        sent.error("wiccarocks@shakespeare.lit/laptop").as_deref(),
+        Some("forbidden")
+    );
+}
+
+fn configure(room: &mut Room, fields: &str) -> Sent {
+    run(room, &format!("<iq xmlns='jabber:client' type='set' id='cfg' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>{fields}</x></query></iq>"))
+}
+
+#[test]
+fn members_only_password_and_moderation_are_enforced() {
+    let mut room = open_room();
+    configure(
+        &mut room,
+        "<field var='muc#roomconfig_membersonly'><value>1</value></field>",
+    );
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("registration-required")
+    );
+    configure(&mut room, "<field var='muc#roomconfig_membersonly'><value>0</value></field><field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field><field var='muc#roomconfig_roomsecret'><value>cauldronburn</value></field>");
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("not-authorized")
+    );
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='hag66@shakespeare.lit/pda' to='{ROOM}/hag'><x xmlns='http://jabber.org/protocol/muc'><password>cauldronburn</password></x></presence>"));
+    assert_eq!(sent.error("hag66@shakespeare.lit/pda"), None);
+    configure(
+        &mut room,
+        "<field var='muc#roomconfig_moderatedroom'><value>1</value></field>",
+    );
+    // An occupant without affiliation who enters a moderated room is a visitor.
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='wiccarocks@shakespeare.lit/laptop' to='{ROOM}/second'><x xmlns='http://jabber.org/protocol/muc'><password>cauldronburn</password></x></presence>"));
+    let own = sent
+        .to("wiccarocks@shakespeare.lit/laptop")
+        .into_iter()
+        .find(|e| Sent::codes(e).contains(&"110".to_owned()))
+        .expect("own presence");
+    assert_eq!(
+        Sent::item(own).and_then(|i| i.attr("role")),
+        Some("visitor")
+    );
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='wiccarocks@shakespeare.lit/laptop' to='{ROOM}'><body>hi</body></message>"));
+    assert_eq!(
+        sent.error("wiccarocks@shakespeare.lit/laptop").as_deref(),
+        Some("forbidden")
+    );
+}
+
+#[test]
+fn a_configuration_change_is_announced_with_104() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = configure(
+        &mut room,
+        "<field var='muc#roomconfig_whois'><value>anyone</value></field>",
+    );
+    let m = sent.to("hag66@shakespeare.lit/pda");
+    assert_eq!(m.len(), 1);
+    let codes = Sent::codes(m[0]);
+    assert!(
+        codes.contains(&"104".to_owned()) && codes.contains(&"172".to_owned()),
+        "{codes:?}"
+    );
+}
+
+#[test]
+fn destroying_a_room_tells_everyone_the_alternate_venue() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let (out, fx) = room.handle(
+        &stanza(&format!("<iq xmlns='jabber:client' type='set' id='d' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><destroy jid='coven@chat.shakespeare.lit'><reason>Macbeth doth come.</reason></destroy></query></iq>")),
+        SystemTime::now(),
+    );
+    assert!(fx.destroyed);
+    let to_hag: Vec<_> = out
+        .iter()
+        .flat_map(|o| o.pairs())
+        .filter(|(t, _)| t.as_str() == "hag66@shakespeare.lit/pda")
+        .collect();
+    let destroy = to_hag[0]
+        .1
+        .get_child("x", "http://jabber.org/protocol/muc#user")
+        .and_then(|x| x.get_child("destroy", "http://jabber.org/protocol/muc#user"))
+        .expect("destroy");
+    assert_eq!(destroy.attr("jid"), Some("coven@chat.shakespeare.lit"));
+    assert_eq!(room.occupant_count(), 0);
+}
+
+#[test]
+fn a_temporary_room_ends_with_its_last_occupant() {
+    let mut room = open_room();
+    let (_, fx) = room.handle(
+        &stanza(&format!("<presence xmlns='jabber:client' type='unavailable' from='crone@example.org/desk' to='{ROOM}/thirdwitch'/>")),
+        SystemTime::now(),
+    );
+    assert!(fx.destroyed);
+}
+
+#[test]
+fn only_moderators_change_the_subject_unless_the_room_allows_it() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='hag66@shakespeare.lit/pda' to='{ROOM}'><subject>Fire Burn</subject></message>"));
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("forbidden")
+    );
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='crone@example.org/desk' to='{ROOM}'><subject>Fire Burn</subject></message>"));
+    assert_eq!(sent.to("hag66@shakespeare.lit/pda").len(), 1);
+    // A newcomer gets it as the last stanza of the join.
+    let sent = join(&mut room, "wiccarocks@shakespeare.lit/laptop", "second");
+    let last = *sent
+        .to("wiccarocks@shakespeare.lit/laptop")
+        .last()
+        .expect("subject");
+    assert_eq!(
+        last.get_child("subject", "jabber:client")
+            .map(|s| s.text().to_owned())
+            .as_deref(),
+        Some("Fire Burn")
+    );
+    assert_eq!(last.attr("from"), Some(&*format!("{ROOM}/thirdwitch")));
+}
+
+#[test]
+fn a_registered_nick_is_reserved_for_its_owner() {
+    let mut room = open_room();
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='r' from='hag66@shakespeare.lit/pda' to='{ROOM}'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field><field var='muc#register_roomnick'><value>thirdhag</value></field></x></query></iq>"));
+    assert!(sent
+        .to("hag66@shakespeare.lit/pda")
+        .iter()
+        .any(|e| e.attr("type") == Some("result")));
+    assert_eq!(
+        room.affiliation(&BareJid::new("hag66@shakespeare.lit").expect("jid")),
+        Affiliation::Member
+    );
+    let sent = join(&mut room, "wiccarocks@shakespeare.lit/laptop", "thirdhag");
+    assert_eq!(
+        sent.error("wiccarocks@shakespeare.lit/laptop").as_deref(),
+        Some("conflict")
+    );
+}
+
+#[test]
+fn self_ping_answers_an_occupant_and_refuses_a_ghost() {
+    let mut room = open_room();
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='get' id='p' from='crone@example.org/desk' to='{ROOM}/thirdwitch'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    assert!(sent
+        .to("crone@example.org/desk")
+        .iter()
+        .any(|e| e.attr("type") == Some("result")));
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='get' id='p' from='crone@example.org/phone' to='{ROOM}/thirdwitch'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    assert_eq!(
+        sent.error("crone@example.org/phone").as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[test]
+fn a_full_room_refuses_newcomers_but_not_its_admins() {
+    let mut room = open_room();
+    configure(
+        &mut room,
+        "<field var='muc#roomconfig_maxusers'><value>2</value></field>",
+    );
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = join(&mut room, "wiccarocks@shakespeare.lit/laptop", "second");
+    assert_eq!(
+        sent.error("wiccarocks@shakespeare.lit/laptop").as_deref(),
+        Some("service-unavailable")
+    );
+    run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='a' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='wiccarocks@shakespeare.lit' affiliation='admin'/></query></iq>"));
+    let sent = join(&mut room, "wiccarocks@shakespeare.lit/laptop", "second");
+    assert_eq!(sent.error("wiccarocks@shakespeare.lit/laptop"), None);
+    // More than the service allows is refused by name.
+    let sent = configure(
+        &mut room,
+        "<field var='muc#roomconfig_maxusers'><value>5000</value></field>",
+    );
+    assert_eq!(
+        sent.error("crone@example.org/desk").as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[test]
+fn history_is_bounded() {
+    let limits = MucLimits {
+        max_history: 3,
+        history_on_join: 3,
+        ..MucLimits::default()
+    };
+    let mut room = Room::new(
+        BareJid::new(ROOM).expect("jid"),
+        RoomConfig::default(),
+        limits,
+    );
+    room.created_by(BareJid::new("crone@example.org").expect("jid"), false);
+    join(&mut room, "crone@example.org/desk", "thirdwitch");
+    for i in 0..10 {
+        run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='crone@example.org/desk' to='{ROOM}'><body>m{i}</body></message>"));
+    }
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='hag66@shakespeare.lit/pda' to='{ROOM}/hag'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='100'/></x></presence>"));
+    let bodies: Vec<String> = sent
+        .to("hag66@shakespeare.lit/pda")
+        .iter()
+        .filter_map(|e| {
+            e.get_child("body", "jabber:client")
+                .map(|b| b.text().to_owned())
+        })
+        .collect();
+    assert_eq!(bodies, ["m7", "m8", "m9"]);
+}
+
+#[test]
+fn nicks_are_bounded_and_printable() {
+    let mut room = open_room();
+    let long = "n".repeat(65);
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", &long);
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("not-acceptable")
+    );
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", &"n".repeat(64));
+    assert_eq!(sent.error("hag66@shakespeare.lit/pda"), None);
+    let subject = "s".repeat(1025);
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='crone@example.org/desk' to='{ROOM}'><subject>{subject}</subject></message>"));
+    assert_eq!(
+        sent.error("crone@example.org/desk").as_deref(),
+        Some("not-acceptable")
+    );
+    let name = "r".repeat(257);
+    let sent = configure(
+        &mut room,
+        &format!("<field var='muc#roomconfig_roomname'><value>{name}</value></field>"),
+    );
+    assert_eq!(
+        sent.error("crone@example.org/desk").as_deref(),
+        Some("not-acceptable")
+    );
+}

@@ -1,0 +1,318 @@
+"""XEP-0045 Multi-User Chat with slixmpp's xep_0045 plugin (raw XML where the plugin has no
+call): discovery of the service, creating and configuring a room, joining, messages,
+history, private messages, nick changes, kicks and bans, members-only and password rooms,
+destruction, self-ping, and persistent rooms across a restart and a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+import xml.etree.ElementTree as ET
+
+import pytest
+from slixmpp.exceptions import PresenceError
+
+from harness import CLIENT_NS, DISCO_INFO_NS, im_login, qn, session, stanza_error_condition
+
+MUC_NS = "http://jabber.org/protocol/muc"
+MUC_USER_NS = "http://jabber.org/protocol/muc#user"
+MUC_OWNER_NS = "http://jabber.org/protocol/muc#owner"
+DISCO_ITEMS_NS = "http://jabber.org/protocol/disco#items"
+DATA_NS = "jabber:x:data"
+
+
+def service(server) -> str:
+    return f"conference.{server.domain}"
+
+
+def room_jid(server, prefix: str = "room") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}@{service(server)}"
+
+
+@contextlib.asynccontextmanager
+async def muc_client(server, user, resource: str | None = None):
+    async with session(server, user, resource=resource) as c:
+        c.register_plugin("xep_0004")
+        c.register_plugin("xep_0045")
+        c.muc_presences = []
+        c.muc_seen_mark = 0
+        c.muc_arrived = asyncio.Event()
+
+        def record(p):
+            c.muc_presences.append(p)
+            c.muc_arrived.set()
+
+        c.add_event_handler("groupchat_presence", record)
+        c.send_presence()
+        yield c
+
+
+def codes(presence) -> set[str]:
+    x = presence.xml.find(f"{{{MUC_USER_NS}}}x")
+    if x is None:
+        return set()
+    return {s.get("code") for s in x.findall(f"{{{MUC_USER_NS}}}status")}
+
+
+def item(presence) -> ET.Element | None:
+    x = presence.xml.find(f"{{{MUC_USER_NS}}}x")
+    return None if x is None else x.find(f"{{{MUC_USER_NS}}}item")
+
+
+async def create_instant(c, room: str, nick: str):
+    """Creates a room (status 201) and accepts the default configuration (§10.1.2)."""
+    pres, _subject, _occ, _hist = await c.plugin["xep_0045"].join_muc_wait(room, nick, timeout=10)
+    assert "201" in codes(pres) and "110" in codes(pres), pres
+    reply = await c.iq(
+        room,
+        "set",
+        f"<query xmlns='{MUC_OWNER_NS}'><x xmlns='{DATA_NS}' type='submit'/></query>",
+    )
+    assert reply["type"] == "result", reply
+    return pres
+
+
+async def configure(c, room: str, **fields):
+    fields_xml = "".join(
+        f"<field var='muc#roomconfig_{k}'><value>{v}</value></field>" for k, v in fields.items()
+    )
+    reply = await c.iq(
+        room,
+        "set",
+        f"<query xmlns='{MUC_OWNER_NS}'><x xmlns='{DATA_NS}' type='submit'>"
+        f"<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+        f"{fields_xml}</x></query>",
+    )
+    assert reply["type"] == "result", reply
+
+
+async def next_groupchat(c, body: str | None = None, timeout: float = 5.0):
+    return await c.next_message(
+        timeout=timeout,
+        predicate=lambda m: m["type"] == "groupchat" and (body is None or m["body"] == body),
+    )
+
+
+async def test_the_service_is_discovered_from_the_host(server, alice):
+    async with muc_client(server, alice) as c:
+        items = await c.iq(server.domain, "get", f"<query xmlns='{DISCO_ITEMS_NS}'/>")
+        jids = [i.get("jid") for i in items.xml.iter(f"{{{DISCO_ITEMS_NS}}}item")]
+        assert service(server) in jids
+        info = await c.iq(service(server), "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
+        ident = info.xml.find(f".//{{{DISCO_INFO_NS}}}identity")
+        assert ident.get("category") == "conference" and ident.get("type") == "text"
+        feats = {f.get("var") for f in info.xml.iter(f"{{{DISCO_INFO_NS}}}feature")}
+        assert MUC_NS in feats
+
+
+async def test_create_join_talk_and_history(server, new_user):
+    owner, guest, late = new_user(), new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        pres, subject, occupants, _ = await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        assert "110" in codes(pres)
+        assert item(pres).get("role") == "participant" and item(pres).get("affiliation") == "none"
+        assert [p["from"].resource for p in occupants][0] == "owner", "the others come first"
+        assert not subject["subject"], "an empty subject when none is set"
+        # The owner hears of the guest, with the real JID (moderators see it).
+        seen = await _presence_from(o, f"{room}/guest")
+        assert item(seen).get("jid", "").startswith(guest.jid)
+        for i in range(3):
+            g.send_message(mto=room, mbody=f"line {i}", mtype="groupchat")
+            # Reflected to the sender and delivered to the others.
+            assert (await next_groupchat(g, f"line {i}"))["from"] == f"{room}/guest"
+            assert (await next_groupchat(o, f"line {i}"))["from"] == f"{room}/guest"
+        async with muc_client(server, late) as lt:
+            _, _, _, history = await lt.plugin["xep_0045"].join_muc_wait(
+                room, "late", maxstanzas=2, timeout=10
+            )
+            assert [m["body"] for m in history] == ["line 1", "line 2"]
+            assert all(m["delay"]["from"] == room for m in history)
+
+
+async def _presence_from(c, jid: str, timeout: float = 5.0, after: int | None = None):
+    """The first room presence from ``jid`` that ``c`` received (at index ``after`` or
+    later of everything it received), waiting for it if needed."""
+    start = c.muc_seen_mark if after is None else after
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        for i in range(start, len(c.muc_presences)):
+            if c.muc_presences[i]["from"] == jid:
+                c.muc_seen_mark = i + 1
+                return c.muc_presences[i]
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError(f"no presence from {jid}")
+        c.muc_arrived.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(c.muc_arrived.wait(), remaining)
+
+
+def _presence_from_now(c, jid: str):
+    """Like ``_presence_from``, for a presence caused by what is sent next."""
+    return _presence_from(c, jid, after=len(c.muc_presences))
+
+
+async def test_a_taken_nick_is_a_conflict_and_a_locked_room_is_not_found(server, new_user):
+    owner, other = new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o, muc_client(server, other) as x:
+        pres, *_ = await o.plugin["xep_0045"].join_muc_wait(room, "owner", timeout=10)
+        assert "201" in codes(pres)
+        with pytest.raises(PresenceError) as e:
+            await x.plugin["xep_0045"].join_muc_wait(room, "other", timeout=10)
+        assert e.value.condition == "item-not-found", "a locked room"
+        reply = await o.iq(room, "set", f"<query xmlns='{MUC_OWNER_NS}'><x xmlns='{DATA_NS}' type='submit'/></query>")
+        assert reply["type"] == "result"
+        with pytest.raises(PresenceError) as e:
+            await x.plugin["xep_0045"].join_muc_wait(room, "owner", timeout=10)
+        assert e.value.condition == "conflict"
+
+
+async def test_private_messages_and_nick_changes(server, new_user):
+    owner, guest = new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        g.send_message(mto=f"{room}/owner", mbody="psst", mtype="chat")
+        pm = await o.next_message(predicate=lambda m: m["body"] == "psst")
+        assert pm["from"] == f"{room}/guest"
+        assert pm.xml.find(f"{{{MUC_USER_NS}}}x") is not None
+        # A nick change: unavailable with 303 and the new nick, then available.
+        waiting = asyncio.ensure_future(_presence_from_now(o, f"{room}/guest"))
+        g.send_presence(pto=f"{room}/renamed")
+        gone = await asyncio.wait_for(waiting, 5)
+        assert gone["type"] == "unavailable" and "303" in codes(gone)
+        assert item(gone).get("nick") == "renamed"
+        back = await _presence_from(o, f"{room}/renamed")
+        assert back["type"] != "unavailable"
+
+
+async def test_kick_and_ban_with_their_codes(server, new_user):
+    owner, guest = new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        own = asyncio.ensure_future(_presence_from_now(g, f"{room}/guest"))
+        await o.plugin["xep_0045"].set_role(room, "guest", "none", reason="out")
+        kicked = await asyncio.wait_for(own, 5)
+        assert kicked["type"] == "unavailable" and {"307", "110"} <= codes(kicked)
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        own = asyncio.ensure_future(_presence_from_now(g, f"{room}/guest"))
+        await o.plugin["xep_0045"].set_affiliation(room, "outcast", jid=guest.jid, reason="banned")
+        banned = await asyncio.wait_for(own, 5)
+        assert {"301", "110"} <= codes(banned)
+        with pytest.raises(PresenceError) as e:
+            await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        assert e.value.condition == "forbidden"
+        outcasts = await o.plugin["xep_0045"].get_affiliation_list(room, "outcast")
+        assert [str(j) for j in outcasts] == [guest.jid]
+
+
+async def test_members_only_and_password_rooms_refuse_with_the_xep_errors(server, new_user):
+    owner, guest = new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await configure(o, room, membersonly="1")
+        with pytest.raises(PresenceError) as e:
+            await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        assert e.value.condition == "registration-required"
+        await o.plugin["xep_0045"].set_affiliation(room, "member", jid=guest.jid)
+        await configure(o, room, passwordprotectedroom="1", roomsecret="s3cret")
+        with pytest.raises(PresenceError) as e:
+            await g.plugin["xep_0045"].join_muc_wait(room, "guest", password="wrong", timeout=10)
+        assert e.value.condition == "not-authorized"
+        pres, *_ = await g.plugin["xep_0045"].join_muc_wait(room, "guest", password="s3cret", timeout=10)
+        assert item(pres).get("affiliation") == "member"
+
+
+async def test_destroying_a_room_sends_everyone_the_alternate_venue(server, new_user):
+    owner, guest = new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        own = asyncio.ensure_future(_presence_from_now(g, f"{room}/guest"))
+        await o.plugin["xep_0045"].destroy(room, reason="moving", altroom=f"elsewhere@{service(server)}")
+        gone = await asyncio.wait_for(own, 5)
+        destroy = gone.xml.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}destroy")
+        assert destroy is not None and destroy.get("jid") == f"elsewhere@{service(server)}"
+        # The room no longer exists: disco says so.
+        reply = await g.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
+        assert reply["type"] == "error" and reply["error"]["condition"] == "item-not-found"
+
+
+async def test_self_ping_tells_a_ghost_it_left(server, new_user):
+    owner = new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner, "one") as o:
+        await create_instant(o, room, "owner")
+        reply = await o.iq(f"{room}/owner", "get", "<ping xmlns='urn:xmpp:ping'/>")
+        assert reply["type"] == "result"
+        async with muc_client(server, owner, "two") as other:
+            reply = await other.iq(f"{room}/owner", "get", "<ping xmlns='urn:xmpp:ping'/>")
+            assert reply["type"] == "error" and reply["error"]["condition"] == "not-acceptable"
+
+
+async def test_a_temporary_room_ends_when_its_last_occupant_goes(server, new_user):
+    owner = new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o:
+        await create_instant(o, room, "owner")
+    # The session ended: the server sent the room unavailable presence, and the room went.
+    async with muc_client(server, owner) as o:
+        for _ in range(50):
+            reply = await o.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
+            if reply["type"] == "error":
+                break
+            await asyncio.sleep(0.1)
+        assert reply["error"]["condition"] == "item-not-found"
+
+
+@pytest.mark.parametrize("how", ["restart", "sigkill"])
+async def test_a_persistent_room_survives_the_server(make_server, how):
+    srv = make_server()
+    owner, member = srv.add_user(), srv.add_user()
+    room = room_jid(srv, "keep")
+    async with muc_client(srv, owner) as o:
+        await create_instant(o, room, "owner")
+        await configure(o, room, persistentroom="1", roomname="Kept room", membersonly="1")
+        await o.plugin["xep_0045"].set_affiliation(room, "member", jid=member.jid)
+    srv.stop(signal.SIGTERM if how == "restart" else signal.SIGKILL)
+    srv.start()
+    async with muc_client(srv, member) as m:
+        pres, *_ = await m.plugin["xep_0045"].join_muc_wait(room, "member", timeout=10)
+        assert item(pres).get("affiliation") == "member"
+        info = await m.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
+        feats = {f.get("var") for f in info.xml.iter(f"{{{DISCO_INFO_NS}}}feature")}
+        assert {"muc_persistent", "muc_membersonly"} <= feats
+        ident = info.xml.find(f".//{{{DISCO_INFO_NS}}}identity")
+        assert ident.get("name") == "Kept room"
+        items = await m.iq(service(srv), "get", f"<query xmlns='{DISCO_ITEMS_NS}'/>")
+        assert room in [i.get("jid") for i in items.xml.iter(f"{{{DISCO_ITEMS_NS}}}item")]
+
+
+def test_room_creation_is_limited_per_user_per_hour(make_server, raw_factory):
+    srv = make_server(host_extra="[host.muc]\nrooms_per_user_per_hour = 2")
+    user = srv.add_user()
+    stream = raw_factory(srv)
+    im_login(stream, user, "r")
+    answers = []
+    for i in range(3):
+        room = room_jid(srv, f"rate{i}")
+        stream.send(f"<presence to='{room}/me'><x xmlns='{MUC_NS}'/></presence>")
+        answers.append(
+            stream.wait_for(
+                lambda e, room=room: e.tag == qn(CLIENT_NS, "presence") and e.get("from") == f"{room}/me",
+                what=f"the answer of {room}",
+            )
+        )
+    assert [a.get("type") for a in answers] == [None, None, "error"]
+    assert stanza_error_condition(answers[2])[1] == "policy-violation"
+    assert answers[2].find(qn(MUC_NS, "x")) is not None
