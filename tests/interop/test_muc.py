@@ -56,6 +56,11 @@ def codes(presence) -> set[str]:
     return {s.get("code") for s in x.findall(f"{{{MUC_USER_NS}}}status")}
 
 
+def occupant_id(stanza) -> str | None:
+    el = stanza.xml.find("{urn:xmpp:occupant-id:0}occupant-id")
+    return None if el is None else el.get("id")
+
+
 def item(presence) -> ET.Element | None:
     x = presence.xml.find(f"{{{MUC_USER_NS}}}x")
     return None if x is None else x.find(f"{{{MUC_USER_NS}}}item")
@@ -120,11 +125,14 @@ async def test_create_join_talk_and_history(server, new_user):
         # The owner hears of the guest, with the real JID (moderators see it).
         seen = await _presence_from(o, f"{room}/guest")
         assert item(seen).get("jid", "").startswith(guest.jid)
+        guest_id = occupant_id(seen)
+        assert guest_id, "XEP-0421: the room gives each occupant an id"
         for i in range(3):
             g.send_message(mto=room, mbody=f"line {i}", mtype="groupchat")
-            # Reflected to the sender and delivered to the others.
+            # Reflected to the sender and delivered to the others, with the sender's id.
             assert (await next_groupchat(g, f"line {i}"))["from"] == f"{room}/guest"
-            assert (await next_groupchat(o, f"line {i}"))["from"] == f"{room}/guest"
+            got = await next_groupchat(o, f"line {i}")
+            assert got["from"] == f"{room}/guest" and occupant_id(got) == guest_id
         async with muc_client(server, late) as lt:
             _, _, _, history = await lt.plugin["xep_0045"].join_muc_wait(
                 room, "late", maxstanzas=2, timeout=10
@@ -316,3 +324,23 @@ def test_room_creation_is_limited_per_user_per_hour(make_server, raw_factory):
     assert [a.get("type") for a in answers] == [None, None, "error"]
     assert stanza_error_condition(answers[2])[1] == "policy-violation"
     assert answers[2].find(qn(MUC_NS, "x")) is not None
+
+
+async def test_a_second_client_library_talks_in_a_room(server, new_user):
+    """go-sendxmpp (Go, its own XMPP library) joins a room and sends to it; a slixmpp
+    occupant receives the message from the nick go-sendxmpp chose."""
+    owner, sender = new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o:
+        await create_instant(o, room, "owner")
+        proc = await asyncio.create_subprocess_exec(
+            "go-sendxmpp", "-u", sender.jid, "-p", sender.password,
+            "-j", f"{server.host}:{server.c2s_port}", "-n", "-c", "-a", "gopher", room,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(b"hello from go\n"), 30)
+        assert proc.returncode == 0, (out, err)
+        got = await next_groupchat(o, "hello from go", timeout=10)
+        assert got["from"] == f"{room}/gopher"
+        joined = await _presence_from(o, f"{room}/gopher", after=0)
+        assert item(joined).get("jid", "").startswith(sender.jid), "the owner sees the real JID"

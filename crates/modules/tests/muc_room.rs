@@ -556,3 +556,50 @@ fn nicks_are_bounded_and_printable() {
         Some("not-acceptable")
     );
 }
+
+fn occupant_id(el: &Element) -> Option<String> {
+    let ids: Vec<&Element> = el
+        .children()
+        .filter(|c| c.name() == "occupant-id" && c.ns() == "urn:xmpp:occupant-id:0")
+        .collect();
+    assert!(ids.len() <= 1, "one occupant id at most");
+    ids.first().and_then(|i| i.attr("id")).map(str::to_owned)
+}
+
+#[test]
+fn occupant_ids_are_stable_per_user_and_cannot_be_forged() {
+    let mut room = open_room();
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let first = occupant_id(sent.to("crone@example.org/desk")[0]).expect("presence has an id");
+    // A nick change keeps it; another session of the same user shares it.
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "renamed");
+    let renamed = sent.to("crone@example.org/desk");
+    assert_eq!(occupant_id(renamed[1]).as_deref(), Some(first.as_str()));
+    // A forged id in a message is replaced by the room's.
+    let sent = run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='hag66@shakespeare.lit/pda' to='{ROOM}'><body>hi</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='forged'/></message>"));
+    assert_eq!(
+        occupant_id(sent.to("crone@example.org/desk")[0]).as_deref(),
+        Some(first.as_str())
+    );
+    // Another user has another id.
+    let sent = join(&mut room, "wiccarocks@shakespeare.lit/laptop", "second");
+    let other = occupant_id(sent.to("crone@example.org/desk")[0]).expect("id");
+    assert_ne!(other, first);
+    // The same user in another room is not linkable.
+    let mut elsewhere = open_room();
+    let sent = join(&mut elsewhere, "hag66@shakespeare.lit/pda", "hag");
+    assert_ne!(
+        occupant_id(sent.to("crone@example.org/desk")[0]).as_deref(),
+        Some(first.as_str())
+    );
+    // It survives a restart with the stored room.
+    let restored = Room::restore(
+        BareJid::new(ROOM).expect("jid"),
+        room.stored(),
+        MucLimits::default(),
+    );
+    assert_eq!(
+        restored.occupant_id(&BareJid::new("hag66@shakespeare.lit").expect("jid")),
+        first
+    );
+}

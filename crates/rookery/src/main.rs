@@ -174,8 +174,8 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
     ),
     (
         "Group chat",
-        "room archives (MAM on the room JID), occupant ids, message moderation, room avatars",
-        &["XEP-0421", "XEP-0425", "XEP-0486"],
+        "room archives (MAM on the room JID), message moderation, room avatars",
+        &["XEP-0425", "XEP-0486"],
     ),
     (
         "PubSub and PEP",

@@ -224,6 +224,12 @@ impl Module for Muc {
             title: "MUC Self-Ping (Schrödinger's Chat)",
             version: "1.1.0",
         },
+        // §4: every presence and message from an occupant carries the room's id of the user.
+        Spec {
+            id: "XEP-0421",
+            title: "Anonymous unique occupant identifiers for MUCs",
+            version: "0.1.0",
+        },
     ];
     const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<MucSettings>()];
 

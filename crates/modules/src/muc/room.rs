@@ -25,6 +25,7 @@ const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const NS_REGISTER: &str = "jabber:iq:register";
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_CONFERENCE: &str = "jabber:x:conference";
+pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 
 /// XEP-0045 §5.2: a user's long-lived standing with a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,6 +145,10 @@ pub struct Stored {
     /// Bare JID → registered nick (§7.10).
     pub nicks: BTreeMap<String, String>,
     pub subject: Option<(String, String)>,
+    /// The key of the room's occupant ids (XEP-0421): kept so that a user's id survives a
+    /// restart.
+    #[serde(default)]
+    pub secret: String,
 }
 
 pub struct Room {
@@ -160,6 +165,9 @@ pub struct Room {
     /// Created and not yet configured (§10.1.1): only its owner may enter.
     locked: bool,
     limits: MucLimits,
+    /// The key of occupant ids (XEP-0421 §4: stable per user and room, not linkable across
+    /// rooms).
+    secret: String,
 }
 
 type Reply = Result<Vec<Out>, StanzaError>;
@@ -226,6 +234,7 @@ impl Room {
             history: VecDeque::new(),
             locked: false,
             limits,
+            secret: rookery_stanza::random_id(32),
         }
     }
 
@@ -243,6 +252,9 @@ impl Room {
             }
         }
         room.subject = stored.subject;
+        if !stored.secret.is_empty() {
+            room.secret = stored.secret;
+        }
         room
     }
 
@@ -260,7 +272,30 @@ impl Room {
                 .map(|(j, n)| (j.to_string(), n.clone()))
                 .collect(),
             subject: self.subject.clone(),
+            secret: self.secret.clone(),
         }
+    }
+
+    /// XEP-0421: the occupant id of a user in this room, the same whatever their nick or
+    /// session: a keyed hash of the real bare JID, so it cannot be reversed or matched
+    /// across rooms.
+    pub fn occupant_id(&self, real: &BareJid) -> String {
+        use base64::Engine as _;
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.secret.as_bytes());
+        h.update([0]);
+        h.update(real.as_str().as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(h.finalize())
+    }
+
+    /// Replaces any occupant id a client put in its stanza with the room's (§4: the room
+    /// MUST strip what it did not set).
+    fn stamp_occupant_id(&self, el: &mut Element, real: &BareJid) {
+        while el.remove_child("occupant-id", NS_OCCUPANT_ID).is_some() {}
+        el.push_child(
+            Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", self.occupant_id(real)),
+        );
     }
 
     pub fn jid(&self) -> &BareJid {
@@ -427,7 +462,7 @@ impl Room {
         stanza
             .element()
             .children()
-            .filter(|c| c.ns() != NS_MUC && c.ns() != NS_MUC_USER)
+            .filter(|c| c.ns() != NS_MUC && c.ns() != NS_MUC_USER && c.ns() != NS_OCCUPANT_ID)
             .cloned()
             .collect()
     }
@@ -480,6 +515,7 @@ impl Room {
             x.push_child(c.clone());
         }
         p.push_child(x);
+        self.stamp_occupant_id(&mut p, &o.real);
         p
     }
 
@@ -879,6 +915,9 @@ impl Room {
             if !m.has_child("x", NS_MUC_USER) {
                 m.push_child(Element::new("x", NS_MUC_USER));
             }
+            if let Some(sender) = self.occupants.get(&sender) {
+                self.stamp_occupant_id(&mut m, &sender.real);
+            }
             return Ok(vec![Out::Many(m, to.sessions.clone())]);
         }
         match mtype {
@@ -930,6 +969,8 @@ impl Room {
         let mut m = el.clone();
         m.set_attr("from", self.occupant_jid(&sender).to_string());
         m.remove_attr("to");
+        let real = o.real.clone();
+        self.stamp_occupant_id(&mut m, &real);
         let recipients: Vec<FullJid> = self
             .occupants
             .values()
@@ -1190,6 +1231,7 @@ impl Room {
             NS_REGISTER,
             "http://jabber.org/protocol/muc#stable_id",
             "urn:xmpp:ping",
+            NS_OCCUPANT_ID,
             if c.persistent {
                 "muc_persistent"
             } else {
