@@ -344,3 +344,21 @@ async def test_a_second_client_library_talks_in_a_room(server, new_user):
         assert got["from"] == f"{room}/gopher"
         joined = await _presence_from(o, f"{room}/gopher", after=0)
         assert item(joined).get("jid", "").startswith(sender.jid), "the owner sees the real JID"
+
+
+async def test_an_occupants_vcard_is_fetched_through_the_room(server, new_user):
+    """Business rules, IQ 3: a request to an occupant JID reaches the user (a vCard: the
+    user's account), and the answer comes back from the occupant JID, real JIDs unrevealed."""
+    owner, guest = new_user(), new_user()
+    room = room_jid(server)
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        reply = await o.iq(None, "set", "<vCard xmlns='vcard-temp'><FN>The Owner</FN></vCard>")
+        assert reply["type"] == "result"
+        await create_instant(o, room, "owner")
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        reply = await g.iq(f"{room}/owner", "get", "<vCard xmlns='vcard-temp'/>")
+        assert reply["type"] == "result", reply
+        assert reply["from"] == f"{room}/owner"
+        fn = reply.xml.find("{vcard-temp}vCard/{vcard-temp}FN")
+        assert fn is not None and fn.text == "The Owner"
+        assert owner.jid not in str(reply)

@@ -603,3 +603,66 @@ fn occupant_ids_are_stable_per_user_and_cannot_be_forged() {
         first
     );
 }
+
+#[test]
+fn a_request_to_an_occupant_is_forwarded_without_revealing_real_jids() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='get' id='v1' from='crone@example.org/desk' to='{ROOM}/hag'><query xmlns='jabber:iq:version'/></iq>"));
+    let fwd = sent.to("hag66@shakespeare.lit/pda");
+    assert_eq!(fwd.len(), 1);
+    assert_eq!(fwd[0].attr("from"), Some(&*format!("{ROOM}/thirdwitch")));
+    let new_id = fwd[0].attr("id").expect("id").to_owned();
+    assert_ne!(new_id, "v1");
+    // The answer goes back to the asker, from the occupant JID, with the asker's id.
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='result' id='{new_id}' from='hag66@shakespeare.lit/pda' to='{ROOM}/thirdwitch'><query xmlns='jabber:iq:version'><name>x</name></query></iq>"));
+    let back = sent.to("crone@example.org/desk");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].attr("id"), Some("v1"));
+    assert_eq!(back[0].attr("from"), Some(&*format!("{ROOM}/hag")));
+    // Once only, and only from the user asked.
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='result' id='{new_id}' from='hag66@shakespeare.lit/pda' to='{ROOM}/thirdwitch'/>"));
+    assert!(sent.0.is_empty());
+    // A vCard request goes to the user's bare JID, and its answer from there comes back.
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='get' id='vc' from='crone@example.org/desk' to='{ROOM}/hag'><vCard xmlns='vcard-temp'/></iq>"));
+    let fwd = sent.to("hag66@shakespeare.lit");
+    assert_eq!(fwd.len(), 1);
+    let id = fwd[0].attr("id").expect("id").to_owned();
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='result' id='{id}' from='hag66@shakespeare.lit' to='{ROOM}/thirdwitch'><vCard xmlns='vcard-temp'/></iq>"));
+    assert_eq!(sent.to("crone@example.org/desk")[0].attr("id"), Some("vc"));
+    // Someone outside the room gets not-acceptable (XEP-0410's signal).
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='get' id='o' from='outsider@x.org/r' to='{ROOM}/hag'><query xmlns='jabber:iq:version'/></iq>"));
+    assert_eq!(
+        sent.error("outsider@x.org/r").as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[test]
+fn joining_again_from_the_same_session_resends_the_room() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let to_hag = sent.to("hag66@shakespeare.lit/pda");
+    assert_eq!(to_hag[0].attr("from"), Some(&*format!("{ROOM}/thirdwitch")));
+    assert!(Sent::codes(to_hag[1]).contains(&"110".to_owned()));
+    assert!(to_hag
+        .last()
+        .is_some_and(|m| m.get_child("subject", "jabber:client").is_some()));
+    assert!(
+        sent.to("crone@example.org/desk").is_empty(),
+        "nothing changed for the others"
+    );
+    assert_eq!(room.occupant_count(), 2);
+}
+
+#[test]
+fn an_item_changes_an_affiliation_or_a_role_not_both() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "hag");
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='x' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='hag' jid='hag66@shakespeare.lit' role='visitor' affiliation='member'/></query></iq>"));
+    assert_eq!(
+        sent.error("crone@example.org/desk").as_deref(),
+        Some("bad-request")
+    );
+}

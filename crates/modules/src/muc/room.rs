@@ -151,6 +151,19 @@ pub struct Stored {
     pub secret: String,
 }
 
+/// An IQ forwarded to an occupant (business rules, IQ 3: in a semi-anonymous room a request to an
+/// occupant JID is forwarded to the real JID), waiting for its answer.
+#[derive(Debug, Clone)]
+struct ForwardedIq {
+    requester: FullJid,
+    id: String,
+    target: BareJid,
+    target_nick: String,
+}
+
+/// Forwarded IQs a room remembers; the oldest is forgotten first (its answer is then dropped).
+const MAX_FORWARDED_IQS: usize = 1000;
+
 pub struct Room {
     jid: BareJid,
     pub config: RoomConfig,
@@ -168,6 +181,8 @@ pub struct Room {
     /// The key of occupant ids (XEP-0421 §4: stable per user and room, not linkable across
     /// rooms).
     secret: String,
+    forwarded: HashMap<String, ForwardedIq>,
+    forwarded_order: VecDeque<String>,
 }
 
 type Reply = Result<Vec<Out>, StanzaError>;
@@ -235,6 +250,8 @@ impl Room {
             locked: false,
             limits,
             secret: rookery_stanza::random_id(32),
+            forwarded: HashMap::new(),
+            forwarded_order: VecDeque::new(),
         }
     }
 
@@ -369,6 +386,13 @@ impl Room {
     /// user (`from` a full JID). Returns what to send and what happened to the room.
     pub fn handle(&mut self, stanza: &Stanza, now: SystemTime) -> (Vec<Out>, Effects) {
         let mut fx = Effects::default();
+        // The answer to a request forwarded to a user's bare JID (a vCard) comes from that
+        // bare JID; everything else the room takes comes from a user's session.
+        if stanza.kind() == StanzaKind::Iq && stanza.iq_type().is_some_and(|t| !t.is_request()) {
+            if let Some(from) = stanza.from().filter(|f| f.resource().is_none()).cloned() {
+                return (self.forwarded_answer(stanza, &from), fx);
+            }
+        }
         let (Some(Ok(from)), Some(to)) = (
             stanza.from().cloned().map(Jid::try_into_full),
             stanza.to().cloned(),
@@ -435,6 +459,9 @@ impl Room {
                 };
                 self.check_nick(&nick)?;
                 match self.by_session.get(from).cloned() {
+                    Some(current) if current == nick && stanza.has_child("x", NS_MUC) => {
+                        Ok(self.resync(from, stanza, now))
+                    }
                     Some(current) if current == nick => Ok(self.change_presence(from, stanza)),
                     Some(current) => self.change_nick(from, &current, nick, stanza),
                     None => self.enter(stanza, from, nick, now, fx),
@@ -734,6 +761,58 @@ impl Room {
             .with_attr("from", from)
             .with_attr("id", rookery_stanza::random_id(12))
             .with_child(Element::new("subject", ns::CLIENT).with_text(text))
+    }
+
+    /// Business rules, presence 3 (#bizrules-presence): a join from a session already in the room is a
+    /// full synchronisation: everything a join sends goes to that session again, and the
+    /// others hear of the presence only if it changed.
+    fn resync(&mut self, from: &FullJid, stanza: &Stanza, now: SystemTime) -> Vec<Out> {
+        let Some(nick) = self.by_session.get(from).cloned() else {
+            return Vec::new();
+        };
+        let payload = Self::presence_payload(stanza);
+        let changed = self
+            .occupants
+            .get(&nick)
+            .is_some_and(|o| o.payload != payload);
+        if let Some(o) = self.occupants.get_mut(&nick) {
+            o.payload = payload;
+        }
+        let Some(o) = self.occupants.get(&nick).cloned() else {
+            return Vec::new();
+        };
+        let to = Jid::from(from.clone());
+        let sees = self.sees_real_jids(&o);
+        let mut out = Vec::new();
+        for n in &self.order {
+            if *n == nick {
+                continue;
+            }
+            if let Some(other) = self.occupants.get(n) {
+                out.push(Out::One(
+                    to.clone(),
+                    self.presence_of(other, false, sees, &[], &[]),
+                ));
+            }
+        }
+        if changed {
+            let mut others = self.broadcast_presence(&o, false, &[], &[], &[]);
+            // The occupant's own copy is sent below, to this session only.
+            others.pop();
+            out.extend(others);
+        }
+        let mut own = Vec::new();
+        if self.config.whois == Whois::Anyone {
+            own.push(status(100));
+        }
+        own.push(status(110));
+        out.push(Out::One(
+            to.clone(),
+            self.presence_of(&o, false, true, &own, &[]),
+        ));
+        out.extend(self.history_for(from, stanza.get_child("x", NS_MUC), now));
+        out.push(Out::One(to, self.subject_message()));
+        out
     }
 
     fn change_presence(&mut self, from: &FullJid, stanza: &Stanza) -> Vec<Out> {
@@ -1177,25 +1256,22 @@ impl Room {
             return Ok(Vec::new());
         };
         if !itype.is_request() {
-            return Ok(Vec::new());
+            return Ok(self.forwarded_answer(stanza, &Jid::from(from.clone())));
         }
         let Some(payload) = stanza.element().children().next() else {
             return Err(err(StanzaErrorCondition::BadRequest));
         };
         if let Some(nick) = nick {
-            // §7.5-ish: requests to an occupant. XEP-0410 self-ping is answered by the room.
-            if payload.name() == "ping" && payload.ns() == NS_PING {
-                let me = self.by_session.get(from);
-                return match me {
-                    Some(n) if *n == nick => Ok(result_out(stanza, None)),
-                    Some(_) if self.occupants.contains_key(&nick) => Ok(result_out(stanza, None)),
-                    _ => Err(err(StanzaErrorCondition::NotAcceptable)),
-                };
+            let me = self.by_session.get(from).cloned();
+            // XEP-0410 §5: a ping to one's own occupant JID is answered by the room.
+            if payload.name() == "ping" && payload.ns() == NS_PING && me.as_ref() == Some(&nick) {
+                return Ok(result_out(stanza, None));
             }
-            if !self.occupants.contains_key(&nick) {
-                return Err(err(StanzaErrorCondition::ItemNotFound));
-            }
-            return Err(err(StanzaErrorCondition::ServiceUnavailable));
+            let Some(me) = me else {
+                // Not in the room: XEP-0410 tells a client it was dropped this way.
+                return Err(err(StanzaErrorCondition::NotAcceptable));
+            };
+            return self.forward_iq(stanza, from, &me, &nick);
         }
         let get = itype == IqType::Get;
         match (payload.ns(), payload.name(), get) {
@@ -1211,6 +1287,67 @@ impl Room {
             (NS_REGISTER, "query", _) => self.register(stanza, from, payload, get, fx),
             _ => Err(err(StanzaErrorCondition::ServiceUnavailable)),
         }
+    }
+
+    /// Business rules, IQ 3 (#bizrules-iq): a request to another occupant goes to that user, from the sender's occupant
+    /// JID, so neither learns the other's real JID; vCard requests go to the user's bare JID,
+    /// where the vCard is (XEP-0054), the rest to one of the occupant's sessions.
+    fn forward_iq(&mut self, stanza: &Stanza, from: &FullJid, me: &str, nick: &str) -> Reply {
+        let Some(target) = self.occupants.get(nick) else {
+            return Err(err(StanzaErrorCondition::ItemNotFound));
+        };
+        let vcard = stanza.has_child("vCard", "vcard-temp");
+        let to = if vcard {
+            Jid::from(target.real.clone())
+        } else {
+            match target.sessions.first() {
+                Some(s) => Jid::from(s.clone()),
+                None => return Err(err(StanzaErrorCondition::ItemNotFound)),
+            }
+        };
+        let id = rookery_stanza::random_id(16);
+        let mut el = stanza.element().clone();
+        el.set_attr("id", id.clone());
+        el.set_attr("from", self.occupant_jid(me).to_string());
+        el.remove_attr("to");
+        let pending = ForwardedIq {
+            requester: from.clone(),
+            id: stanza.id().unwrap_or_default().to_owned(),
+            target: target.real.clone(),
+            target_nick: nick.to_owned(),
+        };
+        if self.forwarded_order.len() >= MAX_FORWARDED_IQS {
+            if let Some(old) = self.forwarded_order.pop_front() {
+                self.forwarded.remove(&old);
+            }
+        }
+        self.forwarded.insert(id.clone(), pending);
+        self.forwarded_order.push_back(id);
+        Ok(vec![Out::One(to, el)])
+    }
+
+    /// The answer to a forwarded request, back to whoever asked, from the occupant JID they
+    /// asked.
+    fn forwarded_answer(&mut self, stanza: &Stanza, from: &Jid) -> Vec<Out> {
+        let Some(id) = stanza.id() else {
+            return Vec::new();
+        };
+        let Some(pending) = self.forwarded.get(id) else {
+            return Vec::new();
+        };
+        // Only the user asked (or their server, for a vCard) may answer.
+        if from.to_bare() != pending.target {
+            return Vec::new();
+        }
+        let Some(pending) = self.forwarded.remove(id) else {
+            return Vec::new();
+        };
+        self.forwarded_order.retain(|i| i != id);
+        let mut el = stanza.element().clone();
+        el.set_attr("id", pending.id);
+        el.set_attr("from", self.occupant_jid(&pending.target_nick).to_string());
+        el.remove_attr("to");
+        vec![Out::One(Jid::from(pending.requester), el)]
     }
 
     fn disco_info(&self, query: &Element) -> Element {
@@ -1513,6 +1650,11 @@ impl Room {
         }
         let mut changes = Vec::new();
         for item in &items {
+            // Business rules, IQ 4 (#bizrules-iq): one item changes an affiliation or a role.
+            if item.attr("affiliation").is_some() && item.attr("role").is_some() {
+                return Err(err(StanzaErrorCondition::BadRequest)
+                    .with_text("an item changes either an affiliation or a role"));
+            }
             let reason = item
                 .get_child("reason", NS_MUC_ADMIN)
                 .map(|r| r.text().to_owned());
