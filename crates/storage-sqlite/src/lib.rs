@@ -28,6 +28,8 @@
 //!   and with `foreign_keys=ON` (required at open) no row can exist for a missing account.
 //!   Writes of the IM stores also check the owner inside their transaction and report a
 //!   missing one as [`StorageError::NotFound`].
+//!   Persistent MUC rooms (`muc_rooms`) are the exception: they belong to a service
+//!   domain, which has no accounts, so they reference nothing and outlive any account.
 //! * **Checks and writes are atomic.** Every write runs in one `BEGIN IMMEDIATE`
 //!   transaction: a roster change and its version bump commit together; the offline
 //!   quota and the roster item limit are checked under the same write lock as the insert

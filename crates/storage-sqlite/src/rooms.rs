@@ -3,7 +3,7 @@
 use rookery_storage::{check_data_size, RoomStore, StorageError};
 use rusqlite::{params, OptionalExtension};
 
-use crate::im::read_err;
+use crate::im::{read_err, write_tx};
 use crate::{backend, now_unix, run, Shared};
 
 /// [`RoomStore`] of a [`SqliteBackend`](crate::SqliteBackend).
@@ -44,9 +44,12 @@ impl RoomStore for SqliteRoomStore {
             room.to_owned(),
             state.map(str::to_owned),
         );
+        // An IMMEDIATE transaction like every other write: it takes the write lock up front,
+        // so another process holding it makes this wait (busy_timeout) instead of failing.
         run(&self.conn, move |conn| {
+            let tx = write_tx(conn)?;
             match state {
-                Some(doc) => conn
+                Some(doc) => tx
                     .prepare_cached(
                         "INSERT INTO muc_rooms (service, room, state, updated_at)
                          VALUES (?1, ?2, ?3, ?4)
@@ -55,12 +58,12 @@ impl RoomStore for SqliteRoomStore {
                     )
                     .and_then(|mut s| s.execute(params![service, room, doc, now_unix()]))
                     .map_err(backend)?,
-                None => conn
+                None => tx
                     .prepare_cached("DELETE FROM muc_rooms WHERE service = ?1 AND room = ?2")
                     .and_then(|mut s| s.execute(params![service, room]))
                     .map_err(backend)?,
             };
-            Ok(())
+            tx.commit().map_err(backend)
         })
         .await
     }

@@ -5,8 +5,9 @@
 //! Stores: [`AccountStore`] (accounts and SCRAM credentials), [`RosterStore`] (RFC 6121
 //! rosters, roster versions, pending inbound subscription requests), [`OfflineStore`]
 //! (XEP-0160 offline messages) and [`UserDataStore`] (small per-user documents: vCard
-//! XEP-0054, private XML XEP-0049, last activity XEP-0012, blocklist XEP-0191) and
-//! [`ArchiveStore`] (XEP-0313 message archives, see [`archive`]).
+//! XEP-0054, private XML XEP-0049, last activity XEP-0012, blocklist XEP-0191),
+//! [`ArchiveStore`] (XEP-0313 message archives, see [`archive`]) and [`RoomStore`]
+//! (persistent XEP-0045 rooms of Multi-User Chat services).
 //!
 //! # Invariants
 //!
@@ -28,7 +29,8 @@
 //! * **Deleting an account deletes everything of it**, atomically, in every store of the
 //!   backend: credentials, roster items, roster version, pending inbound subscriptions,
 //!   offline messages, user data, message archive. An account created again with the same name starts
-//!   empty (roster version 0).
+//!   empty (roster version 0). Rooms belong to a service domain, not to an account: account
+//!   deletion leaves the [`RoomStore`] alone.
 //! * **Roster versions** ([`Roster::version`]) start at 0 and increase by exactly one on
 //!   every change of the items (each [`RosterStore::set_roster_item`], even with an equal
 //!   item, and each removal of an existing item), in the same atomic step as the change;
@@ -362,7 +364,8 @@ pub trait ArchiveStore: Send + Sync + 'static {
 }
 
 /// The bundle of per-feature stores a server runs with. All stores of one bundle share
-/// one backend (so deleting an account through `accounts` wipes the others).
+/// one backend (so deleting an account through `accounts` wipes the per-account stores;
+/// `rooms` is keyed by service, not account, and is left alone).
 #[derive(Clone)]
 pub struct Storage {
     pub accounts: Arc<dyn AccountStore>,
