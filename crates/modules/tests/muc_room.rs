@@ -666,3 +666,35 @@ fn an_item_changes_an_affiliation_or_a_role_not_both() {
         Some("bad-request")
     );
 }
+
+#[test]
+fn newcomers_share_the_presence_of_those_already_there() {
+    use rookery_stanza::SharedStanza;
+    let mut room = open_room();
+    let owner_presence = |out: &[Out]| -> SharedStanza {
+        out.iter()
+            .find_map(|o| match o {
+                Out::Shared(s)
+                    if s.element().attr("from") == Some(&*format!("{ROOM}/thirdwitch")) =>
+                {
+                    Some(SharedStanza::from(s))
+                }
+                _ => None,
+            })
+            .expect("the owner's presence, shared")
+    };
+    let (a, _) = room.handle(&stanza(&format!("<presence xmlns='jabber:client' from='hag66@shakespeare.lit/pda' to='{ROOM}/hag'><x xmlns='http://jabber.org/protocol/muc'/></presence>")), SystemTime::now());
+    let (b, _) = room.handle(&stanza(&format!("<presence xmlns='jabber:client' from='wiccarocks@shakespeare.lit/laptop' to='{ROOM}/second'><x xmlns='http://jabber.org/protocol/muc'/></presence>")), SystemTime::now());
+    let (first, second) = (owner_presence(&a), owner_presence(&b));
+    assert!(
+        first.shares_element_with(&second),
+        "one element for every newcomer"
+    );
+    assert_eq!(second.to(), Some("wiccarocks@shakespeare.lit/laptop"));
+    // A change of the owner's presence is a new element for the next newcomer.
+    run(&mut room, &format!("<presence xmlns='jabber:client' from='crone@example.org/desk' to='{ROOM}/thirdwitch'><show>away</show></presence>"));
+    let (c, _) = room.handle(&stanza(&format!("<presence xmlns='jabber:client' from='other@shakespeare.lit/x' to='{ROOM}/other'><x xmlns='http://jabber.org/protocol/muc'/></presence>")), SystemTime::now());
+    let third = owner_presence(&c);
+    assert!(!third.shares_element_with(&first));
+    assert!(third.element().get_child("show", "jabber:client").is_some());
+}

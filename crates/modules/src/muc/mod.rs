@@ -710,6 +710,11 @@ async fn send_all(service: &ServiceHandle, out: Vec<Out>) {
     for o in out {
         match o {
             Out::One(to, el) => send_one(service, Some(to), el).await,
+            Out::Shared(stanza) => {
+                if let Err(e) = service.send_stanza(stanza).await {
+                    tracing::debug!(error = %e, "a room's stanza was not sent");
+                }
+            }
             Out::Many(mut el, recipients) => {
                 let Some(first) = recipients.first() else {
                     continue;

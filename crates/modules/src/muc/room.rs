@@ -94,6 +94,9 @@ pub enum Out {
     One(Jid, Element),
     /// One element for several recipients (shared, serialised once).
     Many(Element, Vec<FullJid>),
+    /// A stanza the room keeps (an occupant's current presence), readdressed to one
+    /// recipient: its element is shared with every other copy, never rebuilt.
+    Shared(Stanza),
 }
 
 impl Out {
@@ -102,6 +105,11 @@ impl Out {
         match self {
             Out::One(to, el) => vec![(to.clone(), el)],
             Out::Many(el, to) => to.iter().map(|t| (Jid::from(t.clone()), el)).collect(),
+            Out::Shared(s) => s
+                .to()
+                .map(|t| (t.clone(), s.element()))
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -183,6 +191,10 @@ pub struct Room {
     secret: String,
     forwarded: HashMap<String, ForwardedIq>,
     forwarded_order: VecDeque<String>,
+    /// Each occupant's current available presence as others see it, without and with the
+    /// real JID, built on first use and dropped when the occupant changes: a newcomer gets
+    /// these shared stanzas, so a join costs no element per occupant already there.
+    presence_cache: HashMap<String, [Option<Stanza>; 2]>,
 }
 
 type Reply = Result<Vec<Out>, StanzaError>;
@@ -252,6 +264,7 @@ impl Room {
             secret: rookery_stanza::random_id(32),
             forwarded: HashMap::new(),
             forwarded_order: VecDeque::new(),
+            presence_cache: HashMap::new(),
         }
     }
 
@@ -345,7 +358,35 @@ impl Room {
         }
     }
 
+    /// Forgets the cached presence of `nick` (its presence, role or affiliation changed).
+    fn invalidate(&mut self, nick: &str) {
+        self.presence_cache.remove(nick);
+    }
+
+    /// `o`'s current available presence as a viewer sees it (with or without the real JID),
+    /// readdressed to `to`; built once per change of the occupant.
+    fn cached_presence(&mut self, nick: &str, with_jid: bool, to: &FullJid) -> Option<Out> {
+        let slot = usize::from(with_jid);
+        if let Some(s) = self.presence_cache.get(nick).and_then(|c| c[slot].as_ref()) {
+            return Some(Out::Shared(s.readdressed(Jid::from(to.clone()))));
+        }
+        let o = self.occupants.get(nick)?;
+        let stanza = Stanza::parse(self.presence_of(o, false, with_jid, &[], &[])).ok()?;
+        let out = Out::Shared(stanza.readdressed(Jid::from(to.clone())));
+        self.presence_cache.entry(nick.to_owned()).or_default()[slot] = Some(stanza);
+        Some(out)
+    }
+
     fn set_affiliation(&mut self, jid: BareJid, a: Affiliation, reason: Option<String>) {
+        let affected: Vec<String> = self
+            .occupants
+            .values()
+            .filter(|o| o.real == jid)
+            .map(|o| o.nick.clone())
+            .collect();
+        for nick in affected {
+            self.invalidate(&nick);
+        }
         if a == Affiliation::None {
             self.affiliations.remove(&jid);
         } else {
@@ -644,18 +685,11 @@ impl Room {
         }
         let mut out = Vec::new();
         // §7.2.3: first the others' presence, then the newcomer's own.
-        for n in &self.order {
-            if n == &nick {
-                continue;
-            }
-            if let Some(o) = self.occupants.get(n) {
-                let sees = self.config.whois == Whois::Anyone
-                    || self.default_role(affiliation) == Role::Moderator;
-                out.push(Out::One(
-                    Jid::from(from.clone()),
-                    self.presence_of(o, false, sees, &[], &[]),
-                ));
-            }
+        let sees =
+            self.config.whois == Whois::Anyone || self.default_role(affiliation) == Role::Moderator;
+        let others: Vec<String> = self.order.iter().filter(|n| **n != nick).cloned().collect();
+        for n in others {
+            out.extend(self.cached_presence(&n, sees, from));
         }
         let created = self.locked && self.occupants.is_empty() && affiliation == Affiliation::Owner;
         let payload = Self::presence_payload(stanza);
@@ -664,6 +698,7 @@ impl Room {
                 o.sessions.push(from.clone());
                 o.payload = payload;
             }
+            self.invalidate(&nick);
         } else {
             let role = self.default_role(affiliation);
             self.occupants.insert(
@@ -778,22 +813,18 @@ impl Room {
         if let Some(o) = self.occupants.get_mut(&nick) {
             o.payload = payload;
         }
+        if changed {
+            self.invalidate(&nick);
+        }
         let Some(o) = self.occupants.get(&nick).cloned() else {
             return Vec::new();
         };
         let to = Jid::from(from.clone());
         let sees = self.sees_real_jids(&o);
         let mut out = Vec::new();
-        for n in &self.order {
-            if *n == nick {
-                continue;
-            }
-            if let Some(other) = self.occupants.get(n) {
-                out.push(Out::One(
-                    to.clone(),
-                    self.presence_of(other, false, sees, &[], &[]),
-                ));
-            }
+        let others: Vec<String> = self.order.iter().filter(|n| **n != nick).cloned().collect();
+        for n in others {
+            out.extend(self.cached_presence(&n, sees, from));
         }
         if changed {
             let mut others = self.broadcast_presence(&o, false, &[], &[], &[]);
@@ -824,6 +855,7 @@ impl Room {
         };
         o.payload = Self::presence_payload(stanza);
         let o = o.clone();
+        self.invalidate(&nick);
         self.broadcast_presence(&o, false, &[], &[], &[])
     }
 
@@ -854,6 +886,7 @@ impl Room {
         for o_ in &mut out {
             let el = match o_ {
                 Out::One(_, el) | Out::Many(el, _) => el,
+                Out::Shared(s) => s.element_mut(),
             };
             if let Some(item) = el
                 .get_child_mut("x", NS_MUC_USER)
@@ -864,6 +897,7 @@ impl Room {
             }
         }
         self.occupants.remove(current);
+        self.invalidate(current);
         let mut renamed = o;
         renamed.nick = nick.clone();
         renamed.payload = Self::presence_payload(stanza);
@@ -905,6 +939,7 @@ impl Room {
             for x in &mut out {
                 let el = match x {
                     Out::One(_, el) | Out::Many(el, _) => el,
+                    Out::Shared(s) => s.element_mut(),
                 };
                 el.push_child(text.clone());
             }
@@ -914,6 +949,7 @@ impl Room {
     }
 
     fn remove_occupant(&mut self, nick: &str) {
+        self.invalidate(nick);
         if let Some(o) = self.occupants.remove(nick) {
             for s in &o.sessions {
                 self.by_session.remove(s);
@@ -1570,6 +1606,7 @@ impl Room {
             out.push(Out::Many(p, o.sessions.clone()));
         }
         self.occupants.clear();
+        self.presence_cache.clear();
         self.by_session.clear();
         self.order.clear();
         out
@@ -1748,6 +1785,7 @@ impl Room {
         };
         o.role = role;
         let o = o.clone();
+        self.invalidate(nick);
         let mut item_extra = Vec::new();
         if let Some(r) = reason {
             item_extra.push(Element::new("reason", NS_MUC_USER).with_text(r));
@@ -1788,6 +1826,7 @@ impl Room {
                         role
                     });
                     let o = o.clone();
+                    self.invalidate(&nick);
                     let mut item_extra = Vec::new();
                     if let Some(r) = &reason {
                         item_extra.push(Element::new("reason", NS_MUC_USER).with_text(r.clone()));
