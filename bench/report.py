@@ -102,6 +102,17 @@ ROWS = [
     ("", "server CPU ms per change", "fanout",
      fanout(lambda r: get(r, "run", "results", "server_cpu_ms_per_change")), "{:.2f}", "lower"),
 ]
+for scen, title in (("muc-big", "Group chat, one room"), ("muc-rooms", "Group chat, many rooms")):
+    ROWS += [
+        (title, "delivered copies per server CPU-second", scen,
+         lambda r: get(r, "run", "results", "copies_per_server_cpu_s"), "{:.0f}", "higher"),
+        ("", "server CPU µs per delivered copy", scen,
+         lambda r: get(r, "run", "results", "server_cpu_us_per_copy"), "{:.2f}", "lower"),
+        ("", "time until every occupant has a round, p50, ms", scen,
+         lambda r: get(r, "run", "results", "completion_ms", "p50"), "{:.2f}", "lower"),
+        ("", "server KiB per occupant (RSS growth while joining)", scen,
+         lambda r: get(r, "run", "results", "server_kib_per_occupant"), "{:.2f}", "lower"),
+    ]
 
 
 def fmt_cell(vals, f):

@@ -24,7 +24,7 @@ TEMPLATES="$BENCH/templates"
 # ---- Parameters (environment variables override the defaults; --quick lowers them) -------
 REPS="${REPS:-3}"
 SERVERS="${SERVERS:-rookery ejabberd prosody}"
-SCENARIOS="${SCENARIOS:-login login-plain idle messages rate fanout}"
+SCENARIOS="${SCENARIOS:-login login-plain idle messages rate fanout muc}"
 DOMAIN="${DOMAIN:-localhost}"
 LOGIN_COUNT="${LOGIN_COUNT:-2000}"       # logins per login run
 LOGIN_USERS="${LOGIN_USERS:-1000}"       # accounts the logins cycle through
@@ -41,6 +41,10 @@ RATE_DURATION="${RATE_DURATION:-10}"
 FANOUT_CONTACTS="${FANOUT_CONTACTS:-1000}"
 FANOUT_REPEATS="${FANOUT_REPEATS:-50}"
 FANOUT_BASE="${FANOUT_BASE:-100000}"     # fan-out accounts are numbered from here
+MUC_BIG="${MUC_BIG:-1000}"               # occupants of the one big room (muc-big)
+MUC_ROOMS="${MUC_ROOMS:-20}"             # rooms of MUC_OCCUPANTS occupants (muc-rooms)
+MUC_OCCUPANTS="${MUC_OCCUPANTS:-50}"
+MUC_REPEATS="${MUC_REPEATS:-50}"
 PRIORITY="${PRIORITY:--10}"              # autogroup nice of the benchmark processes
 REALTIME="${REALTIME:-1}"                # rate scenario under SCHED_FIFO (see below)
 INSTALL=1
@@ -56,7 +60,7 @@ Options:
   --quick               small counts, 1 repetition
   --reps N              repetitions per scenario and server (default $REPS)
   --servers "LIST"      among: rookery ejabberd prosody
-  --scenarios "LIST"    among: login login-plain idle messages rate fanout
+  --scenarios "LIST"    among: login login-plain idle messages rate fanout muc
   --out DIR             results directory (default bench/results/DATE)
   --no-install          do not apt-get install missing servers (skip them instead)
   --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
@@ -95,6 +99,7 @@ if [[ $QUICK == 1 ]]; then
     MSG_PAIRS=100; MSG_DURATION=5
     RATE_PAIRS=50; RATE_DURATION=5
     FANOUT_CONTACTS=200; FANOUT_REPEATS=20
+    MUC_BIG=200; MUC_ROOMS=10; MUC_OCCUPANTS=20; MUC_REPEATS=20
 fi
 
 [[ $(id -u) == 0 ]] || { echo "run.sh needs root (apt-get, private ejabberd/Prosody instances)" >&2; exit 2; }
@@ -328,7 +333,8 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # Accounts user0..: the login, idle, messages and rate scenarios; userFANOUT_BASE..: the
 # fan-out owner and contacts (their rosters stay out of the other scenarios).
 ACCOUNTS_MAIN=$LOGIN_USERS
-for n in $((2 * MSG_PAIRS)) $((2 * RATE_PAIRS)) $([[ " $SCENARIOS " == *" idle "* ]] && echo "$IDLE_COUNT"); do
+for n in $((2 * MSG_PAIRS)) $((2 * RATE_PAIRS)) $([[ " $SCENARIOS " == *" idle "* ]] && echo "$IDLE_COUNT") \
+    $([[ " $SCENARIOS " == *" muc "* ]] && echo "$MUC_BIG" "$((MUC_ROOMS * MUC_OCCUPANTS))"); do
     if (( n > ACCOUNTS_MAIN )); then ACCOUNTS_MAIN=$n; fi
 done
 ACCOUNTS_FANOUT=0
@@ -465,6 +471,16 @@ run_scenario() { # server scenario
             for ((r = 1; r <= REPS; r++)); do
                 gen "$s" fanout "$r" -- fanout --first "$FANOUT_BASE" --contacts "$FANOUT_CONTACTS" \
                     --repeats "$FANOUT_REPEATS" --interval-ms 100 --concurrency 50
+            done
+            ;;
+        muc)
+            # One big room, then many small ones; every server with its MUC module (the
+            # templates), history and room limits set alike.
+            for ((r = 1; r <= REPS; r++)); do
+                gen "$s" muc-big "$r" -- muc --rooms 1 --occupants "$MUC_BIG" \
+                    --repeats "$MUC_REPEATS" --interval-ms 100 --concurrency 50
+                gen "$s" muc-rooms "$r" -- muc --rooms "$MUC_ROOMS" --occupants "$MUC_OCCUPANTS" \
+                    --repeats "$MUC_REPEATS" --interval-ms 100 --concurrency 50
             done
             ;;
         *) echo "unknown scenario $scen" >&2; return 1 ;;

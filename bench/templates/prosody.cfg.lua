@@ -69,3 +69,9 @@ VirtualHost "@DOMAIN@"
 		certificate = "@CERT@";
 		key = "@KEY@";
 	}
+
+-- Group chat, as the muc scenario needs it: 20 messages of history, anyone may create rooms.
+Component "conference.@DOMAIN@" "muc"
+	restrict_room_creation = false
+	max_history_messages = 20
+	muc_room_default_history_length = 20

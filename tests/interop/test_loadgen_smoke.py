@@ -82,3 +82,8 @@ def test_mam_queries(server, accounts):
     assert r["queries"] == 12, r
     for kind in ("last", "start", "with", "after"):
         assert r["latency_ms"][kind]["count"] == 3, r
+
+
+def test_group_chat_fanout(server, accounts):
+    r = run_load(server, accounts, "muc", "--rooms", "2", "--occupants", "3", "--repeats", "3", "--interval-ms", "20")
+    assert r["occupants_joined"] == 6 and r["rounds_complete"] == 3 and r["rounds_incomplete"] == 0, r

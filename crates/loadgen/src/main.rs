@@ -98,8 +98,10 @@ enum Scenario {
     Fanout(scenario::fanout::FanoutArgs),
     /// Creates accounts by in-band registration (XEP-0077) where the server allows it.
     Register(scenario::register::RegisterArgs),
-    /// Multi-user chat (placeholder: not implemented yet).
-    Muc(scenario::placeholder::MucArgs),
+    /// Group chat: ROOMS rooms of OCCUPANTS occupants; each round every room's first
+    /// occupant sends one message; reports the time until every occupant has it, server CPU
+    /// per delivered copy and memory per occupant.
+    Muc(scenario::muc::MucArgs),
     /// Fills an archive with MESSAGES messages between two accounts, then times archive
     /// queries (last page, a page by start time, a `with` page, a page after an id).
     Mam(scenario::mam::MamArgs),
@@ -216,7 +218,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             Scenario::Rate(s) => scenario::messages::run_rate(target.clone(), s, server_pid).await,
             Scenario::Fanout(s) => scenario::fanout::run(target.clone(), s, server_pid).await,
             Scenario::Register(s) => scenario::register::run(target.clone(), s).await,
-            Scenario::Muc(s) => scenario::placeholder::muc(s),
+            Scenario::Muc(s) => scenario::muc::run(target.clone(), s, server_pid).await,
             Scenario::Mam(s) => scenario::mam::run(target.clone(), s, server_pid).await,
         }
     });

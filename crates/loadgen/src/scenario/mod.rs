@@ -6,7 +6,7 @@ pub mod idle;
 pub mod login;
 pub mod mam;
 pub mod messages;
-pub mod placeholder;
+pub mod muc;
 pub mod register;
 
 use crate::client::{Conn, LoginOpts, LoginTimes, Target};
