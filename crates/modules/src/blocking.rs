@@ -290,15 +290,17 @@ async fn filter_delivery(
     state: &State,
     d: LocalDelivery,
 ) -> Option<LocalDelivery> {
-    let Some(from) = d.stanza.from().cloned() else {
+    // Read in place (this runs on every delivery to a local account): no copy of the
+    // address, no bare JID built for the own-resources check.
+    let Some(from) = d.stanza.from() else {
         return Some(d);
     };
-    let recipient = d.to.to_bare();
-    if from.node().is_some() && from.to_bare() == recipient {
+    if from.node().is_some() && from.node() == d.to.node() && from.domain() == d.to.domain() {
         return Some(d); // §5: never between an account's own resources.
     }
+    let recipient = d.to.to_bare();
     let inbound = match state.list(server, &recipient).await {
-        Ok(list) => list.blocks(&from),
+        Ok(list) => list.blocks(from),
         Err(e) => {
             tracing::error!(error = %e, account = %recipient, "blocklist unreadable: not delivering");
             true
@@ -314,7 +316,7 @@ async fn filter_delivery(
     }
     // Sent on behalf of a local account that blocked the recipient (presence broadcast,
     // probe, probe answer...): the blocked entity must not get it.
-    let Some(sender) = local_account(server, &from) else {
+    let Some(sender) = local_account(server, from) else {
         return Some(d);
     };
     // This filter runs on the recipient's host, whose cache this is; the cache of another

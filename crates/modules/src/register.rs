@@ -177,24 +177,28 @@ async fn change_password(req: &IqRequest, user: &BareJid) -> IqResult {
 
 /// The `<query><remove/></query>` set addressed to the account itself or its server, if
 /// this stanza is one.
-fn removal_query<'a>(c: &'a ClientStanza, user: &BareJid) -> Option<&'a Element> {
+/// The `<query><remove/></query>` of an account removal request, by its shape alone (this
+/// runs on every stanza a client sends, so nothing is built before the shape matches).
+fn removal_query(c: &ClientStanza) -> Option<&Element> {
     let st = &c.stanza;
     if st.name() != "iq" || IqType::of(st) != Some(IqType::Set) || st.attr("id").is_none() {
         return None;
     }
     let mut children = st.children();
-    let query = match (children.next(), children.next()) {
-        (Some(q), None) if q.is("query", NS) && q.has_child("remove", NS) => q,
-        _ => return None,
-    };
-    addressed_to_own(user, st.to()).then_some(query)
+    match (children.next(), children.next()) {
+        (Some(q), None) if q.is("query", NS) && q.has_child("remove", NS) => Some(q),
+        _ => None,
+    }
 }
 
 async fn intercept_remove(server: &Arc<Server>, c: ClientStanza) -> Option<ClientStanza> {
-    let user = c.from.to_bare();
-    let Some(query) = removal_query(&c, &user) else {
+    let Some(query) = removal_query(&c) else {
         return Some(c);
     };
+    let user = c.from.to_bare();
+    if !addressed_to_own(&user, c.stanza.to()) {
+        return Some(c);
+    }
     if query.children().count() != 1 {
         server.bounce(
             &c.stanza,
