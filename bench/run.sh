@@ -197,6 +197,11 @@ build() {
         (cd "$ROOT" && git worktree add --detach "$src" "$BASELINE_REV") >>"$OUT/logs/build.log" 2>&1
         (cd "$src" && CARGO_TARGET_DIR="$base_target" cargo build --release -p rookery) \
             >>"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
+        # The older commit runs with its own configuration template: a newer one may set
+        # keys (a module's section) that it does not know and would refuse.
+        mkdir -p "$WORK/baseline-templates"
+        cp "$src/bench/templates/rookery.toml" "$WORK/baseline-templates/" 2>/dev/null \
+            || cp "$TEMPLATES/rookery.toml" "$WORK/baseline-templates/"
         (cd "$ROOT" && git worktree remove --force "$src") >>"$OUT/logs/build.log" 2>&1 || true
         ROOKERY_BASE_BIN="$base_target/release/rookery"
         if [[ " $SERVERS " == *" rookery "* ]]; then
@@ -236,8 +241,11 @@ prepare_servers() {
         local d="$WORK/$s"
         mkdir -p "$d"
         case "$s" in
-            rookery|rookery-base)
+            rookery)
                 render rookery.toml "$d/rookery.toml" "$d"
+                ;;
+            rookery-base)
+                TEMPLATES="$WORK/baseline-templates" render rookery.toml "$d/rookery.toml" "$d"
                 ;;
             ejabberd)
                 mkdir -p "$d/conf" "$d/spool" "$d/logs"
