@@ -698,3 +698,48 @@ fn newcomers_share_the_presence_of_those_already_there() {
     assert!(!third.shares_element_with(&first));
     assert!(third.element().get_child("show", "jabber:client").is_some());
 }
+
+#[test]
+fn history_is_bounded_in_bytes() {
+    let limits = MucLimits {
+        max_history: 50,
+        history_on_join: 50,
+        max_history_bytes: 4096,
+        ..MucLimits::default()
+    };
+    let mut room = Room::new(
+        BareJid::new(ROOM).expect("jid"),
+        RoomConfig::default(),
+        limits,
+    );
+    room.created_by(BareJid::new("crone@example.org").expect("jid"), false);
+    join(&mut room, "crone@example.org/desk", "thirdwitch");
+    let big = "x".repeat(1000);
+    for i in 0..10 {
+        run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='crone@example.org/desk' to='{ROOM}'><body>m{i} {big}</body></message>"));
+    }
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='hag66@shakespeare.lit/pda' to='{ROOM}/hag'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='50'/></x></presence>"));
+    let bodies: Vec<String> = sent
+        .to("hag66@shakespeare.lit/pda")
+        .iter()
+        .filter_map(|e| {
+            e.get_child("body", "jabber:client")
+                .map(|b| b.text()[..2].to_owned())
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        ["m7", "m8", "m9"],
+        "about 1.1 KB each: three fit in 4 KiB"
+    );
+    // One message larger than the whole budget is still kept, alone.
+    let huge = "y".repeat(8000);
+    run(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='crone@example.org/desk' to='{ROOM}'><body>{huge}</body></message>"));
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='other@shakespeare.lit/x' to='{ROOM}/other'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='50'/></x></presence>"));
+    let n = sent
+        .to("other@shakespeare.lit/x")
+        .iter()
+        .filter(|e| e.get_child("body", "jabber:client").is_some())
+        .count();
+    assert_eq!(n, 1);
+}

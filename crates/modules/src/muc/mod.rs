@@ -70,6 +70,9 @@ pub struct MucSettings {
     pub rooms_per_user_per_hour: usize,
     /// Messages each room keeps in memory for history on join.
     pub max_history: usize,
+    /// Bytes of history each room keeps (as serialised); the oldest messages go first, the
+    /// newest one is always kept.
+    pub max_history_bytes: usize,
     /// Messages of history sent on join when the client does not ask for a number.
     pub history_on_join: usize,
     pub max_nick_bytes: usize,
@@ -88,6 +91,7 @@ impl Default for MucSettings {
             max_rooms: 10_000,
             rooms_per_user_per_hour: 10,
             max_history: 50,
+            max_history_bytes: 262_144,
             history_on_join: 20,
             max_nick_bytes: 64,
             max_subject_bytes: 1024,
@@ -117,6 +121,8 @@ rooms_per_user_per_hour = 10
 # the client asks.
 max_history = 50
 history_on_join = 20
+# Bytes of history a room keeps in memory (the oldest messages go first).
+max_history_bytes = 262144
 # Longest nick, subject (and description), and room name, in bytes.
 max_nick_bytes = 64
 max_subject_bytes = 1024
@@ -133,6 +139,7 @@ max_name_bytes = 256
         for (name, v) in [
             ("max_occupants", self.max_occupants),
             ("max_rooms", self.max_rooms),
+            ("max_history_bytes", self.max_history_bytes),
             ("max_nick_bytes", self.max_nick_bytes),
             ("max_subject_bytes", self.max_subject_bytes),
             ("max_name_bytes", self.max_name_bytes),
@@ -177,6 +184,7 @@ max_name_bytes = 256
 pub struct MucLimits {
     pub max_occupants: usize,
     pub max_history: usize,
+    pub max_history_bytes: usize,
     pub history_on_join: usize,
     pub max_nick_bytes: usize,
     pub max_subject_bytes: usize,
@@ -194,6 +202,7 @@ impl MucSettings {
         MucLimits {
             max_occupants: self.max_occupants,
             max_history: self.max_history,
+            max_history_bytes: self.max_history_bytes,
             history_on_join: self.history_on_join,
             max_nick_bytes: self.max_nick_bytes,
             max_subject_bytes: self.max_subject_bytes,

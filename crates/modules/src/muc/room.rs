@@ -183,6 +183,8 @@ pub struct Room {
     order: Vec<String>,
     subject: Option<(String, String)>,
     history: VecDeque<HistoryEntry>,
+    /// The size of the history kept, as serialised.
+    history_bytes: usize,
     /// Created and not yet configured (§10.1.1): only its owner may enter.
     locked: bool,
     limits: MucLimits,
@@ -259,6 +261,7 @@ impl Room {
             order: Vec::new(),
             subject: None,
             history: VecDeque::new(),
+            history_bytes: 0,
             locked: false,
             limits,
             secret: rookery_stanza::random_id(32),
@@ -1092,10 +1095,9 @@ impl Room {
             .flat_map(|o| o.sessions.iter().cloned())
             .collect();
         if has_body && self.limits.max_history > 0 {
-            let chars = m.text().len()
-                + el.get_child("body", ns::CLIENT)
-                    .map(|b| b.text().len())
-                    .unwrap_or(0);
+            // §7.2.13 counts `maxchars` over the whole stanza as sent; the same size bounds
+            // what the room keeps in memory.
+            let chars = m.to_xml(ns::CLIENT).len();
             let mut kept = m.clone();
             kept.remove_attr("id");
             if let Some(id) = el.attr("id") {
@@ -1106,8 +1108,13 @@ impl Room {
                 at: now,
                 chars,
             });
-            while self.history.len() > self.limits.max_history {
-                self.history.pop_front();
+            self.history_bytes += chars;
+            while self.history.len() > self.limits.max_history
+                || (self.history_bytes > self.limits.max_history_bytes && self.history.len() > 1)
+            {
+                if let Some(old) = self.history.pop_front() {
+                    self.history_bytes -= old.chars;
+                }
             }
         }
         Ok(vec![Out::Many(m, recipients)])
