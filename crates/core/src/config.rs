@@ -84,6 +84,63 @@ impl UnknownKey {
     }
 }
 
+impl UnknownKey {
+    /// The line (1-based) of the file where the key is, read from the TOML text's table
+    /// headers and key lines: `serde_ignored` reports a key's path, not its place, and an
+    /// operator should not have to search for it.
+    fn line_in(&self, text: &str) -> Option<usize> {
+        let mut table: Vec<String> = Vec::new();
+        let mut host: Option<usize> = None;
+        let parts = |s: &str| -> Vec<String> {
+            s.split('.')
+                .map(|p| p.trim().trim_matches('"').to_owned())
+                .collect()
+        };
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let header = if let Some(rest) = line.strip_prefix("[[") {
+                rest.split("]]").next()
+            } else if let Some(rest) = line.strip_prefix('[') {
+                rest.split(']').next()
+            } else {
+                None
+            };
+            let path = match header {
+                Some(name) => {
+                    table = parts(name);
+                    if line.starts_with("[[") && table == ["host"] {
+                        host = Some(host.map_or(0, |h| h + 1));
+                    }
+                    table.clone()
+                }
+                None => {
+                    let Some((lhs, _)) = line.split_once('=') else {
+                        continue;
+                    };
+                    let mut full = table.clone();
+                    full.extend(parts(lhs));
+                    full
+                }
+            };
+            let found = match self {
+                Self::Top(k) => path.first() == Some(k),
+                Self::Host(i, k) => {
+                    host == Some(*i) && path.len() >= 2 && path[0] == "host" && path[1] == *k
+                }
+                Self::InTable(t, k) => path.len() >= 2 && path[0] == *t && path[1] == *k,
+                Self::Other(_) => false,
+            };
+            if found {
+                return Some(n + 1);
+            }
+        }
+        None
+    }
+}
+
 impl std::fmt::Display for UnknownKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -389,7 +446,11 @@ impl Config {
                 UnknownKey::Other(_) => false,
             };
             if !declared {
-                return Err(invalid(key.to_string(), "unknown key"));
+                let message = match key.line_in(text) {
+                    Some(line) => format!("unknown key (line {line})"),
+                    None => "unknown key".to_owned(),
+                };
+                return Err(invalid(key.to_string(), message));
             }
         }
         cfg.keep_sections(sections)?;
@@ -626,16 +687,29 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_key_is_found_on_its_line() {
+        let text = "# a comment\nlog_level = 'info'\n\n[[host]]\ndomain = 'a.org'\n\n[[host]]\ndomain = 'b.org'\nmotd = 'hi'\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert_eq!(e, "host[1].motd: unknown key (line 9)");
+        let e = parse(
+            "[limits]\nmax_depth = 10\n\n[tls]\nrequire_starttls = true\n[limits.extra]\nx = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "limits.extra: unknown key (line 6)");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         // Without the modules that declare them, their sections are unknown keys too.
         let e = parse("[archive]\nretention_days = 1\n")
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "archive: unknown key");
+        assert_eq!(e, "archive: unknown key (line 1)");
         let e = parse("[[host]]\ndomain = 'a.org'\nmotd = 'hi'\n")
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "host[0].motd: unknown key");
+        assert_eq!(e, "host[0].motd: unknown key (line 3)");
         let e = parse("data_dir = 'x'\nbogus_key = 1\n")
             .unwrap_err()
             .to_string();
@@ -643,12 +717,12 @@ mod tests {
         let e = parse("[limits]\nmax_stanza_byte = 1\n")
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "limits.max_stanza_byte: unknown key");
+        assert_eq!(e, "limits.max_stanza_byte: unknown key (line 2)");
         // A module's key in `[limits]`, without the module in the build.
         let e = parse("[limits]\nmax_roster_items = 1\n")
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "limits.max_roster_items: unknown key");
+        assert_eq!(e, "limits.max_roster_items: unknown key (line 2)");
     }
 
     #[test]

@@ -134,11 +134,11 @@ fn modules_keys_in_a_shared_table_are_read_beside_the_cores() {
 fn a_key_of_a_shared_table_that_nobody_reads_is_refused_by_name() {
     assert_eq!(
         error("[limits]\nmax_widgetz = 7\n"),
-        "limits.max_widgetz: unknown key"
+        "limits.max_widgetz: unknown key (line 2)"
     );
     assert_eq!(
         error("[limits]\nmax_widgets = 7\nmax_depht = 10\n"),
-        "limits.max_depht: unknown key"
+        "limits.max_depht: unknown key (line 3)"
     );
     // A module's key is unknown in a build without the module.
     let e = Config::from_toml(
@@ -149,7 +149,7 @@ fn a_key_of_a_shared_table_that_nobody_reads_is_refused_by_name() {
     )
     .expect_err("refused")
     .to_string();
-    assert_eq!(e, "limits.max_widgets: unknown key");
+    assert_eq!(e, "limits.max_widgets: unknown key (line 2)");
 }
 
 #[test]

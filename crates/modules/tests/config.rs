@@ -130,15 +130,15 @@ fn an_unknown_key_in_the_limits_table_is_refused_by_name() {
     // Next to a module's key, next to the core's, and declared by nobody.
     assert_eq!(
         error("[limits]\nmax_roster_itemz = 1\n"),
-        "limits.max_roster_itemz: unknown key"
+        "limits.max_roster_itemz: unknown key (line 2)"
     );
     assert_eq!(
         error("[limits]\nmax_stanza_byte = 4096\nmax_roster_items = 1\n"),
-        "limits.max_stanza_byte: unknown key"
+        "limits.max_stanza_byte: unknown key (line 2)"
     );
     assert_eq!(
         error("[limits]\nmax_rooms = 10\n"),
-        "limits.max_rooms: unknown key"
+        "limits.max_rooms: unknown key (line 2)"
     );
 }
 
@@ -149,10 +149,10 @@ fn a_modules_unknown_key_is_refused_by_name() {
     let e = error("[[host]]\ndomain = 'a.org'\n[host.contact]\nabuze = ['mailto:x@a.org']\n");
     assert!(e.contains("abuze"), "{e}");
     // What neither the core nor a module declares.
-    assert_eq!(error("archives = 1\n"), "archives: unknown key");
+    assert_eq!(error("archives = 1\n"), "archives: unknown key (line 1)");
     assert_eq!(
         error("[[host]]\ndomain = 'a.org'\nregistraton = true\n"),
-        "host[0].registraton: unknown key"
+        "host[0].registraton: unknown key (line 3)"
     );
 }
 
