@@ -362,3 +362,21 @@ async def test_an_occupants_vcard_is_fetched_through_the_room(server, new_user):
         fn = reply.xml.find("{vcard-temp}vCard/{vcard-temp}FN")
         assert fn is not None and fn.text == "The Owner"
         assert owner.jid not in str(reply)
+
+
+async def test_the_room_list_is_paged(server, new_user):
+    """XEP-0059 on the service's disco#items (XEP-0045 §6.3): pages follow each other, and
+    the count is the whole list."""
+    owner = new_user()
+    async with muc_client(server, owner) as o:
+        for i in range(3):
+            await create_instant(o, room_jid(server, f"paged{i}"), "owner")
+        rsm = "http://jabber.org/protocol/rsm"
+        first = await o.iq(service(server), "get", f"<query xmlns='{DISCO_ITEMS_NS}'><set xmlns='{rsm}'><max>2</max></set></query>")
+        got = [i.get("jid") for i in first.xml.iter(f"{{{DISCO_ITEMS_NS}}}item")]
+        count = int(first.xml.find(f".//{{{rsm}}}count").text)
+        last = first.xml.find(f".//{{{rsm}}}last").text
+        assert len(got) == 2 and count >= 3 and last == got[-1]
+        second = await o.iq(service(server), "get", f"<query xmlns='{DISCO_ITEMS_NS}'><set xmlns='{rsm}'><max>2</max><after>{last}</after></set></query>")
+        more = [i.get("jid") for i in second.xml.iter(f"{{{DISCO_ITEMS_NS}}}item")]
+        assert more and not set(more) & set(got) and min(more) > max(got)

@@ -594,7 +594,7 @@ impl Inner {
                 Ok(self.disco_info())
             }
             (NS_DISCO_ITEMS, "query", true) if payload.attr("node").is_none() => {
-                self.disco_items().await
+                self.disco_items(payload.get_child("set", NS_RSM)).await
             }
             (NS_MUC_UNIQUE, "unique", true) => Ok(Element::new("unique", NS_MUC_UNIQUE)
                 .with_text(rookery_stanza::random_id(16).to_lowercase())),
@@ -628,7 +628,9 @@ impl Inner {
             NS_DISCO_ITEMS,
             NS_MUC,
             NS_MUC_UNIQUE,
-            "jabber:iq:register",
+            // Nicks are registered with each room (its disco lists jabber:iq:register), not
+            // with the service, so the service does not advertise it.
+            NS_RSM,
         ] {
             q.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", f));
         }
@@ -636,7 +638,9 @@ impl Inner {
     }
 
     /// Public rooms: the live ones and the stored ones (§6.3).
-    async fn disco_items(&self) -> Result<Element, StanzaError> {
+    /// Public rooms, live and stored (§6.3), a page at a time when the client asks with
+    /// XEP-0059 (and at most `MAX_ITEMS_PAGE` when it does not).
+    async fn disco_items(&self, rsm: Option<&Element>) -> Result<Element, StanzaError> {
         let mut rooms: std::collections::BTreeMap<String, String> = self
             .rooms
             .lock()
@@ -673,16 +677,87 @@ impl Inner {
                 rooms.insert(jid, format!("{name} (0)"));
             }
         }
+        let (page, set) = rsm_page(rooms.into_iter().collect(), rsm)?;
         let mut q = Element::new("query", NS_DISCO_ITEMS);
-        for (jid, name) in rooms {
+        for (jid, name) in page {
             q.push_child(
                 Element::new("item", NS_DISCO_ITEMS)
                     .with_attr("jid", jid)
                     .with_attr("name", name),
             );
         }
+        if let Some(set) = set {
+            q.push_child(set);
+        }
         Ok(q)
     }
+}
+
+const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+/// A listed room: its JID and the name shown.
+pub type Listed = (String, String);
+/// A page of rooms, and the XEP-0059 `<set/>` describing it.
+pub type Page = (Vec<Listed>, Option<Element>);
+/// Rooms listed in one answer when the client does not page (XEP-0059 §2.6 lets the
+/// service limit the set and say so).
+const MAX_ITEMS_PAGE: usize = 1000;
+
+/// XEP-0059 over `items` (sorted by key): `max`, `after`, `before` (empty: the last page)
+/// and `index`. Returns the page and the `<set/>` to answer with (none when the whole list
+/// fits and the client did not ask).
+pub fn rsm_page(items: Vec<Listed>, rsm: Option<&Element>) -> Result<Page, StanzaError> {
+    let count = items.len();
+    let text = |name: &str| {
+        rsm.and_then(|r| r.get_child(name, NS_RSM))
+            .map(Element::text)
+    };
+    let max = match text("max") {
+        Some(m) => m
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| StanzaError::bad_request("<max/> is not a number"))?
+            .min(MAX_ITEMS_PAGE),
+        None => MAX_ITEMS_PAGE,
+    };
+    if rsm.is_none() && count <= max {
+        return Ok((items, None));
+    }
+    let position = |key: &str| items.iter().position(|(k, _)| k.as_str() == key);
+    let (start, end) = if let Some(after) = text("after") {
+        // §2.5: an unknown id is item-not-found.
+        let at = position(after.trim())
+            .ok_or_else(|| stanza_error(StanzaErrorCondition::ItemNotFound))?;
+        (at + 1, (at + 1 + max).min(count))
+    } else if let Some(before) = text("before") {
+        let end = if before.trim().is_empty() {
+            count
+        } else {
+            position(before.trim())
+                .ok_or_else(|| stanza_error(StanzaErrorCondition::ItemNotFound))?
+        };
+        (end.saturating_sub(max), end)
+    } else if let Some(index) = text("index") {
+        let i = index
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| StanzaError::bad_request("<index/> is not a number"))?
+            .min(count);
+        (i, (i + max).min(count))
+    } else {
+        (0, max.min(count))
+    };
+    let page: Vec<Listed> = items[start..end].to_vec();
+    let mut set = Element::new("set", NS_RSM);
+    if let (Some(first), Some(last)) = (page.first(), page.last()) {
+        set.push_child(
+            Element::new("first", NS_RSM)
+                .with_attr("index", start.to_string())
+                .with_text(first.0.clone()),
+        );
+        set.push_child(Element::new("last", NS_RSM).with_text(last.0.clone()));
+    }
+    set.push_child(Element::new("count", NS_RSM).with_text(count.to_string()));
+    Ok((page, Some(set)))
 }
 
 fn summary_of(room: &Room) -> Summary {
@@ -740,5 +815,73 @@ async fn send_all(service: &ServiceHandle, out: Vec<Out>) {
                 let _ = service.send_stanza(stanza).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("r{i:02}@c"), format!("R{i}")))
+            .collect()
+    }
+
+    fn rsm(inner: &str) -> Element {
+        rookery_xml::parse_element(&format!("<set xmlns='{NS_RSM}'>{inner}</set>")).expect("xml")
+    }
+
+    fn keys(page: &[(String, String)]) -> Vec<&str> {
+        page.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn room_lists_page_forward_backward_and_by_index() {
+        let (page, set) = rsm_page(items(5), Some(&rsm("<max>2</max>"))).expect("page");
+        assert_eq!(keys(&page), ["r00@c", "r01@c"]);
+        let set = set.expect("set");
+        assert_eq!(
+            set.get_child("count", NS_RSM).map(Element::text).as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            set.get_child("last", NS_RSM).map(Element::text).as_deref(),
+            Some("r01@c")
+        );
+        let (page, _) =
+            rsm_page(items(5), Some(&rsm("<max>2</max><after>r01@c</after>"))).expect("page");
+        assert_eq!(keys(&page), ["r02@c", "r03@c"]);
+        let (page, set) = rsm_page(items(5), Some(&rsm("<max>2</max><before/>"))).expect("page");
+        assert_eq!(keys(&page), ["r03@c", "r04@c"]);
+        assert_eq!(
+            set.and_then(|s| s
+                .get_child("first", NS_RSM)
+                .and_then(|f| f.attr("index").map(str::to_owned)))
+                .as_deref(),
+            Some("3")
+        );
+        let (page, _) =
+            rsm_page(items(5), Some(&rsm("<max>10</max><index>4</index>"))).expect("page");
+        assert_eq!(keys(&page), ["r04@c"]);
+        // No paging asked and the list fits: everything, no <set/>.
+        let (page, set) = rsm_page(items(5), None).expect("page");
+        assert_eq!(page.len(), 5);
+        assert!(set.is_none());
+        // Count only (max 0).
+        let (page, set) = rsm_page(items(5), Some(&rsm("<max>0</max>"))).expect("page");
+        assert!(page.is_empty());
+        assert_eq!(
+            set.and_then(|s| s.get_child("count", NS_RSM).map(Element::text))
+                .as_deref(),
+            Some("5")
+        );
+        // Unknown id, bad number.
+        assert!(rsm_page(items(5), Some(&rsm("<after>nope</after>"))).is_err());
+        assert!(rsm_page(items(5), Some(&rsm("<max>x</max>"))).is_err());
+        // A long list without paging is cut at MAX_ITEMS_PAGE, with a <set/> saying so.
+        let (page, set) = rsm_page(items(MAX_ITEMS_PAGE + 5), None).expect("page");
+        assert_eq!(page.len(), MAX_ITEMS_PAGE);
+        assert!(set.is_some());
     }
 }
