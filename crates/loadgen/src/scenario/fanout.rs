@@ -103,7 +103,7 @@ fn status_rep(el: &[u8]) -> Option<u64> {
 
 /// Drains framed elements into owned copies (so the connection can be written to while
 /// handling them). Returns false when the stream ended.
-fn drain_elements(rd: &mut ConnReader, into: &mut Vec<Vec<u8>>) -> bool {
+pub(super) fn drain_elements(rd: &mut ConnReader, into: &mut Vec<Vec<u8>>) -> bool {
     loop {
         match rd.scanner.next_event() {
             Ok(Some(Event::Element(r))) => into.push(rd.scanner.slice(r).to_vec()),

@@ -8,9 +8,10 @@
 //! to compare between servers: copies per CPU-second), the server's memory per occupant
 //! (RSS growth while the logged-in sessions joined their rooms), and the time the joins took.
 
+use super::fanout::drain_elements;
 use super::{login_many, Mark, Report, CLOSE_WAIT};
-use crate::client::{self, Conn, ConnReader, LoginOpts, Target};
-use crate::scan::{self, Event};
+use crate::client::{self, Conn, LoginOpts, Target};
+use crate::scan;
 use crate::stats::{self, Errors};
 use clap::Args;
 use serde_json::json;
@@ -61,17 +62,6 @@ struct Shared {
     progress: Notify,
     /// Join refusals seen (the error condition).
     refused: Mutex<Vec<String>>,
-}
-
-fn drain(rd: &mut ConnReader, into: &mut Vec<Vec<u8>>) -> bool {
-    loop {
-        match rd.scanner.next_event() {
-            Ok(Some(Event::Element(r))) => into.push(rd.scanner.slice(r).to_vec()),
-            Ok(Some(Event::StreamOpen(_))) => {}
-            Ok(Some(Event::StreamClose)) | Err(_) => return false,
-            Ok(None) => return true,
-        }
-    }
 }
 
 fn round_of(el: &[u8]) -> Option<u64> {
@@ -148,7 +138,7 @@ async fn occupant(
                 }
                 let now = Instant::now();
                 els.clear();
-                let alive = drain(&mut rd, &mut els);
+                let alive = drain_elements(&mut rd, &mut els);
                 for el in &els {
                     match scan::root_name(el) {
                         b"message" if scan::attr(el, b"type") == Some(b"groupchat") => {

@@ -392,11 +392,10 @@ impl Inner {
                     return Err(stanza_error(StanzaErrorCondition::NotAllowed));
                 };
                 self.may_create(&creator)?;
-                let mut config = config::RoomConfig {
+                let config = config::RoomConfig {
                     max_users: self.settings.max_occupants,
                     ..Default::default()
                 };
-                config.name = String::new();
                 let mut room = Room::new(room_jid.clone(), config, limits);
                 room.created_by(creator.to_bare(), true);
                 room

@@ -452,14 +452,12 @@ impl Room {
         let out = match stanza.kind() {
             StanzaKind::Presence => self.presence(stanza, &from, nick, now, &mut fx),
             StanzaKind::Message => self.message(stanza, &from, nick, now, &mut fx),
-            StanzaKind::Iq => self.iq(stanza, &from, nick, now, &mut fx),
+            StanzaKind::Iq => self.iq(stanza, &from, nick, &mut fx),
         };
         let out = match out {
             Ok(out) => out,
-            Err(e) if stanza.is_error() => {
-                let _ = e;
-                Vec::new()
-            }
+            // An error is never answered with an error.
+            Err(_) if stanza.is_error() => Vec::new(),
             Err(e) => error_out(stanza, e),
         };
         if self.occupants.is_empty() && !self.config.persistent {
@@ -1039,7 +1037,7 @@ impl Room {
             return Ok(vec![Out::Many(m, to.sessions.clone())]);
         }
         match mtype {
-            MessageType::Groupchat => self.groupchat(stanza, from, sender, now, fx),
+            MessageType::Groupchat => self.groupchat(stanza, sender, now, fx),
             _ => self.message_to_room(stanza, from, sender, fx),
         }
     }
@@ -1047,7 +1045,6 @@ impl Room {
     fn groupchat(
         &mut self,
         stanza: &Stanza,
-        _from: &FullJid,
         sender: Option<String>,
         now: SystemTime,
         fx: &mut Effects,
@@ -1154,7 +1151,7 @@ impl Room {
         }
         if let Some(form) = Submitted::find(el) {
             if form.form_type().as_deref() == Some("http://jabber.org/protocol/muc#request") {
-                return self.voice_request(from, sender, el, &form);
+                return self.voice_request(from, sender, &form);
             }
         }
         Err(err(StanzaErrorCondition::BadRequest)
@@ -1224,7 +1221,6 @@ impl Room {
         &mut self,
         from: &FullJid,
         sender: Option<String>,
-        el: &Element,
         form: &Submitted<'_>,
     ) -> Reply {
         let Some(sender) = sender else {
@@ -1269,7 +1265,6 @@ impl Room {
             )
             .boolean("muc#request_allow", "Grant voice to this person?", false)
             .build();
-        let _ = el;
         let m = Element::new("message", ns::CLIENT)
             .with_attr("from", self.jid.to_string())
             .with_child(request);
@@ -1292,7 +1287,6 @@ impl Room {
         stanza: &Stanza,
         from: &FullJid,
         nick: Option<String>,
-        _now: SystemTime,
         fx: &mut Effects,
     ) -> Reply {
         let Some(itype) = stanza.iq_type() else {
