@@ -21,12 +21,39 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transact
 use crate::im::{count_from, read_err, read_tx, require_account, to_i64, write_err, write_tx};
 use crate::{backend, run, Shared};
 
-/// [`ArchiveStore`] on SQLite (table `archive`).
+/// [`ArchiveStore`] on SQLite: account archives (table `archive`) or room archives
+/// (table `muc_archive`, the same shape without the foreign key to `accounts`).
 #[derive(Clone)]
 pub struct SqliteArchiveStore {
     pub(crate) conn: Shared,
     pub(crate) writer: ArchiveWriter,
+    pub(crate) table: &'static Table,
 }
+
+/// One archive table and its indexes.
+#[derive(Debug)]
+pub(crate) struct Table {
+    name: &'static str,
+    /// The table read through its owner index, named (see [`Conditions`]).
+    by_owner: &'static str,
+    by_with: &'static str,
+    /// Owners are accounts, which must exist to be written to.
+    of_accounts: bool,
+}
+
+pub(crate) const ACCOUNTS: Table = Table {
+    name: "archive",
+    by_owner: "archive INDEXED BY archive_owner",
+    by_with: "archive INDEXED BY archive_with",
+    of_accounts: true,
+};
+
+pub(crate) const ROOMS: Table = Table {
+    name: "muc_archive",
+    by_owner: "muc_archive INDEXED BY muc_archive_owner",
+    by_with: "muc_archive INDEXED BY muc_archive_with",
+    of_accounts: false,
+};
 
 /// Appends most in one transaction: every message is archived twice (sender, recipient)
 /// on the message path, and a commit per append would cost a WAL write of every page it
@@ -35,6 +62,7 @@ const MAX_BATCH: usize = 256;
 
 /// An append waiting for the writer.
 pub(crate) struct PendingAppend {
+    table: &'static Table,
     domain: String,
     user: String,
     entry: ArchiveEntry,
@@ -94,20 +122,26 @@ fn write_batch(conn: &mut Connection, jobs: &[PendingAppend]) -> Vec<Result<i64,
 }
 
 fn append_one(tx: &Transaction<'_>, job: &PendingAppend) -> Result<i64, StorageError> {
-    let (domain, user, entry) = (&job.domain, &job.user, &job.entry);
-    require_account(tx, domain, user)?;
+    let (table, domain, user, entry) = (job.table, &job.domain, &job.user, &job.entry);
+    if table.of_accounts {
+        require_account(tx, domain, user)?;
+    }
     let newest: Option<i64> = tx
-        .prepare_cached("SELECT MAX(ts) FROM archive WHERE domain = ?1 AND username = ?2")
+        .prepare_cached(&format!(
+            "SELECT MAX(ts) FROM {} WHERE domain = ?1 AND username = ?2",
+            table.name
+        ))
         .and_then(|mut s| s.query_row(params![domain, user], |r| r.get(0)))
         .map_err(read_err)?;
     let ts = newest.map_or(entry.timestamp_us, |n| n.max(entry.timestamp_us));
     let inserted = tx
-        .prepare_cached(
-            "INSERT INTO archive
+        .prepare_cached(&format!(
+            "INSERT INTO {}
                  (domain, username, stanza_id, ts, with_bare, with_resource, stanza)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (domain, username, stanza_id) DO NOTHING",
-        )
+            table.name
+        ))
         .and_then(|mut s| {
             s.execute(params![
                 domain,
@@ -132,11 +166,18 @@ impl std::fmt::Debug for SqliteArchiveStore {
     }
 }
 
-/// The `seq` of the entry with this id in the account's archive, or NotFound.
-fn seq_of(conn: &Connection, domain: &str, user: &str, id: &str) -> Result<i64, StorageError> {
-    conn.prepare_cached(
-        "SELECT seq FROM archive WHERE domain = ?1 AND username = ?2 AND stanza_id = ?3",
-    )
+/// The `seq` of the entry with this id in the owner's archive, or NotFound.
+fn seq_of(
+    conn: &Connection,
+    table: &Table,
+    domain: &str,
+    user: &str,
+    id: &str,
+) -> Result<i64, StorageError> {
+    conn.prepare_cached(&format!(
+        "SELECT seq FROM {} WHERE domain = ?1 AND username = ?2 AND stanza_id = ?3",
+        table.name
+    ))
     .and_then(|mut s| {
         s.query_row(params![domain, user, id], |r| r.get(0))
             .optional()
@@ -145,15 +186,13 @@ fn seq_of(conn: &Connection, domain: &str, user: &str, id: &str) -> Result<i64, 
     .ok_or(StorageError::NotFound)
 }
 
-/// The index a query reads, named: the planner, without statistics, counts an account's
+/// A `WHERE` clause and its parameters, built up condition by condition, and the index
+/// it is read through.
+///
+/// The index a query reads is named: the planner, without statistics, counts an owner's
 /// rows through the unique id index (the widest entries) and could pick the time index for
 /// a page, which would need a sort. The owner index has the narrowest entries (counts read
 /// the fewest pages) and, like the `with` index, is in archive order.
-const BY_OWNER: &str = "archive INDEXED BY archive_owner";
-const BY_WITH: &str = "archive INDEXED BY archive_with";
-
-/// A `WHERE` clause and its parameters, built up condition by condition, and the index
-/// it is read through.
 #[derive(Clone)]
 struct Conditions {
     source: &'static str,
@@ -162,9 +201,9 @@ struct Conditions {
 }
 
 impl Conditions {
-    fn new(domain: &str, user: &str) -> Self {
+    fn new(table: &Table, domain: &str, user: &str) -> Self {
         Conditions {
-            source: BY_OWNER,
+            source: table.by_owner,
             sql: "domain = ? AND username = ?".to_owned(),
             values: vec![Value::Text(domain.to_owned()), Value::Text(user.to_owned())],
         }
@@ -188,38 +227,40 @@ impl Conditions {
 /// (a time range with no entry).
 fn result_set(
     conn: &Connection,
+    table: &Table,
     domain: &str,
     user: &str,
     q: &ArchiveQuery,
 ) -> Result<Option<Conditions>, StorageError> {
     let f = &q.filter;
-    let mut c = Conditions::new(domain, user);
+    let mut c = Conditions::new(table, domain, user);
     if let Some(w) = &f.with {
-        c.source = BY_WITH;
+        c.source = table.by_with;
         c.and("with_bare = ?", Value::Text(w.bare.clone()));
         if let Some(r) = &w.resource {
             c.and("with_resource = ?", Value::Text(r.clone()));
         }
     }
     if let Some(id) = &f.after_id {
-        c.and("seq > ?", Value::Integer(seq_of(conn, domain, user, id)?));
+        c.and("seq > ?", Value::Integer(seq_of(conn, table, domain, user, id)?));
     }
     if let Some(id) = &f.before_id {
-        c.and("seq < ?", Value::Integer(seq_of(conn, domain, user, id)?));
+        c.and("seq < ?", Value::Integer(seq_of(conn, table, domain, user, id)?));
     }
     if let Some(ids) = &f.ids {
         let mut seqs = Vec::with_capacity(ids.len());
         for id in ids {
-            seqs.push(Value::Integer(seq_of(conn, domain, user, id)?));
+            seqs.push(Value::Integer(seq_of(conn, table, domain, user, id)?));
         }
         c.and_in("seq", seqs);
     }
     if let Some(start) = f.start_us {
         let first: Option<i64> = conn
-            .prepare_cached(
-                "SELECT seq FROM archive WHERE domain = ?1 AND username = ?2 AND ts >= ?3
+            .prepare_cached(&format!(
+                "SELECT seq FROM {} WHERE domain = ?1 AND username = ?2 AND ts >= ?3
                  ORDER BY ts, seq LIMIT 1",
-            )
+                table.name
+            ))
             .and_then(|mut s| {
                 s.query_row(params![domain, user, start], |r| r.get(0))
                     .optional()
@@ -232,10 +273,11 @@ fn result_set(
     }
     if let Some(end) = f.end_us {
         let last: Option<i64> = conn
-            .prepare_cached(
-                "SELECT seq FROM archive WHERE domain = ?1 AND username = ?2 AND ts <= ?3
+            .prepare_cached(&format!(
+                "SELECT seq FROM {} WHERE domain = ?1 AND username = ?2 AND ts <= ?3
                  ORDER BY ts DESC, seq DESC LIMIT 1",
-            )
+                table.name
+            ))
             .and_then(|mut s| {
                 s.query_row(params![domain, user, end], |r| r.get(0))
                     .optional()
@@ -275,6 +317,7 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, ArchiveEntr
 
 fn query(
     conn: &mut Connection,
+    table: &Table,
     domain: &str,
     user: &str,
     q: &ArchiveQuery,
@@ -282,10 +325,12 @@ fn query(
     let tx = read_tx(conn)?;
     // Ids named by the page are checked even when the set turns out empty.
     let page_seq = match &q.page {
-        PageRequest::After(id) | PageRequest::Before(id) => Some(seq_of(&tx, domain, user, id)?),
+        PageRequest::After(id) | PageRequest::Before(id) => {
+            Some(seq_of(&tx, table, domain, user, id)?)
+        }
         PageRequest::First | PageRequest::Last => None,
     };
-    let Some(set) = result_set(&tx, domain, user, q)? else {
+    let Some(set) = result_set(&tx, table, domain, user, q)? else {
         return Ok(ArchivePage {
             complete: true,
             ..ArchivePage::default()
@@ -349,6 +394,7 @@ impl ArchiveStore for SqliteArchiveStore {
     ) -> Result<i64, StorageError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = PendingAppend {
+            table: self.table,
             domain: domain.to_owned(),
             user: user.to_owned(),
             entry: entry.clone(),
@@ -369,7 +415,8 @@ impl ArchiveStore for SqliteArchiveStore {
         q: &ArchiveQuery,
     ) -> Result<ArchivePage, StorageError> {
         let (domain, user, q) = (domain.to_owned(), user.to_owned(), q.clone());
-        run(&self.conn, move |conn| query(conn, &domain, &user, &q)).await
+        let table = self.table;
+        run(&self.conn, move |conn| query(conn, table, &domain, &user, &q)).await
     }
 
     async fn archive_bounds(
@@ -378,12 +425,14 @@ impl ArchiveStore for SqliteArchiveStore {
         user: &str,
     ) -> Result<Option<(ArchiveBound, ArchiveBound)>, StorageError> {
         let (domain, user) = (domain.to_owned(), user.to_owned());
+        let table = self.table;
         run(&self.conn, move |conn| {
             let tx = read_tx(conn)?;
             let bound = |order: &str| -> Result<Option<ArchiveBound>, StorageError> {
                 tx.prepare_cached(&format!(
-                    "SELECT stanza_id, ts FROM archive WHERE domain = ?1 AND username = ?2
-                     ORDER BY seq {order} LIMIT 1"
+                    "SELECT stanza_id, ts FROM {} WHERE domain = ?1 AND username = ?2
+                     ORDER BY seq {order} LIMIT 1",
+                    table.name
                 ))
                 .and_then(|mut s| {
                     s.query_row(params![domain, user], |r| {
@@ -405,16 +454,70 @@ impl ArchiveStore for SqliteArchiveStore {
     }
 
     async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError> {
+        let table = self.table;
         run(&self.conn, move |conn| {
             // One bounded transaction per call: the write lock is held for `limit` rows at
             // most, so messages keep being archived while a large backlog is purged.
             let tx = write_tx(conn)?;
             let n = tx
-                .prepare_cached(
-                    "DELETE FROM archive WHERE seq IN
-                         (SELECT seq FROM archive WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-                )
+                .prepare_cached(&format!(
+                    "DELETE FROM {t} WHERE seq IN
+                         (SELECT seq FROM {t} WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+                    t = table.name
+                ))
                 .and_then(|mut s| s.execute(params![before_us, to_i64(limit)]))
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn replace_archived(
+        &self,
+        domain: &str,
+        user: &str,
+        id: &str,
+        stanza: &str,
+    ) -> Result<(), StorageError> {
+        let (domain, user, id, stanza) = (
+            domain.to_owned(),
+            user.to_owned(),
+            id.to_owned(),
+            stanza.to_owned(),
+        );
+        let table = self.table;
+        run(&self.conn, move |conn| {
+            let tx = write_tx(conn)?;
+            let n = tx
+                .prepare_cached(&format!(
+                    "UPDATE {} SET stanza = ?4
+                     WHERE domain = ?1 AND username = ?2 AND stanza_id = ?3",
+                    table.name
+                ))
+                .and_then(|mut s| s.execute(params![domain, user, id, stanza]))
+                .map_err(write_err)?;
+            tx.commit().map_err(backend)?;
+            if n == 0 {
+                Err(StorageError::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn delete_archive(&self, domain: &str, user: &str) -> Result<usize, StorageError> {
+        let (domain, user) = (domain.to_owned(), user.to_owned());
+        let table = self.table;
+        run(&self.conn, move |conn| {
+            let tx = write_tx(conn)?;
+            let n = tx
+                .prepare_cached(&format!(
+                    "DELETE FROM {} WHERE domain = ?1 AND username = ?2",
+                    table.name
+                ))
+                .and_then(|mut s| s.execute(params![domain, user]))
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(n)

@@ -66,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_im.sql"),
     include_str!("../migrations/0003_archive.sql"),
     include_str!("../migrations/0004_muc_rooms.sql"),
+    include_str!("../migrations/0005_muc_archive.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -239,6 +240,16 @@ impl SqliteBackend {
             user_data: Arc::new(self.user_data_store()),
             archive: Arc::new(self.archive_store()),
             rooms: Arc::new(self.room_store()),
+            room_archive: Arc::new(self.room_archive_store()),
+        }
+    }
+
+    /// The concrete store of MUC room archives (also available as `storage().room_archive`).
+    pub fn room_archive_store(&self) -> SqliteArchiveStore {
+        SqliteArchiveStore {
+            conn: self.conn.clone(),
+            writer: self.archive_writer.clone(),
+            table: &archive::ROOMS,
         }
     }
 
@@ -254,6 +265,7 @@ impl SqliteBackend {
         SqliteArchiveStore {
             conn: self.conn.clone(),
             writer: self.archive_writer.clone(),
+            table: &archive::ACCOUNTS,
         }
     }
 

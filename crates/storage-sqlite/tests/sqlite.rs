@@ -27,6 +27,7 @@ fn rows_per_table(c: &rusqlite::Connection) -> Vec<(&'static str, i64)> {
         "offline_messages",
         "user_data",
         "archive",
+        "muc_archive",
     ]
     .into_iter()
     .map(|t| {
@@ -68,6 +69,7 @@ async fn conformance_individual_suites_on_file() {
         "user_data",
         "archive",
         "rooms",
+        "room_archive",
         "deletion",
     ]
     .iter()
@@ -81,6 +83,7 @@ async fn conformance_individual_suites_on_file() {
             "user_data" => conformance::user_data_store(&s).await,
             "archive" => conformance::archive_store(&s).await,
             "rooms" => conformance::room_store(&s).await,
+            "room_archive" => conformance::room_archive_store(&s).await,
             _ => conformance::account_deletion(&s).await,
         }
         assert!(b.integrity_check().expect("check"), "{suite}");
@@ -134,7 +137,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
 
     let b = SqliteBackend::open(&path).expect("open migrates");
     assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     let s = b.storage();
     assert_eq!(
         s.accounts.list_accounts(None).await.expect("list"),

@@ -498,6 +498,7 @@ pub async fn all(storage: &Storage) {
     archive_store(storage).await;
     account_deletion(storage).await;
     room_store(storage).await;
+    room_archive_store(storage).await;
 }
 
 /// The whole [`crate::RoomStore`] contract: rooms are per service, listed in room order,
@@ -1996,9 +1997,116 @@ pub async fn archive_store(s: &Storage) {
     archive_unknown_ids(s, &all).await;
     archive_purge(s).await;
     archive_concurrent(s).await;
+    archive_replace_and_delete(s).await;
     drop_account(s, D, "alice").await;
     drop_account(s, D, "bob").await;
     assert_no_accounts(s).await;
+}
+
+/// The [`crate::ArchiveStore`] contract for room archives (`room_archive`): the account
+/// archive's paging, filters, ids and purge, but an archive needs no account, is apart from
+/// the account archive of the same name, and outlives account deletion. Leaves nothing.
+pub async fn room_archive_store(s: &Storage) {
+    assert_no_accounts(s).await;
+    let rooms = Storage {
+        archive: s.room_archive.clone(),
+        ..s.clone()
+    };
+    // No account is needed.
+    rooms
+        .archive
+        .append_archive("conference.example.org", "lobby", &archived(1, "x@y", "", 1))
+        .await
+        .expect("a room archive starts with its first entry");
+    assert_eq!(
+        rooms
+            .archive
+            .delete_archive("conference.example.org", "lobby")
+            .await
+            .expect("delete"),
+        1
+    );
+    let all = archive_fill(&rooms).await;
+    // The account archives of the same names are untouched.
+    assert_eq!(s.archive.archive_bounds(D, "alice").await.expect("b"), None);
+    archive_paging(&rooms, &all).await;
+    archive_filters(&rooms, &all).await;
+    archive_unknown_ids(&rooms, &all).await;
+    archive_purge(&rooms).await;
+    // Deleting the accounts of the same names leaves the room archives.
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+    assert!(rooms
+        .archive
+        .archive_bounds(D, "alice")
+        .await
+        .expect("b")
+        .is_some());
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    archive_replace_and_delete(&rooms).await;
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+    assert_eq!(rooms.archive.delete_archive(D, "bob").await.expect("d"), 0);
+    assert_eq!(rooms.archive.purge_archive(i64::MAX, 1000).await.expect("p"), 0);
+    assert_no_accounts(s).await;
+}
+
+/// A tombstone replaces one entry's stanza and nothing else; deleting an archive empties
+/// it and no other.
+async fn archive_replace_and_delete(s: &Storage) {
+    let before = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await;
+    assert!(before.entries.len() > 2, "needs a filled archive");
+    let target = before.entries[1].clone();
+    s.archive
+        .replace_archived(D, "alice", &target.id, "<message><retracted/></message>")
+        .await
+        .expect("replace");
+    assert!(is_not_found(
+        s.archive
+            .replace_archived(D, "alice", "no-such-id", "<message/>")
+            .await
+    ));
+    assert!(is_not_found(
+        s.archive
+            .replace_archived(D, "nobody", &target.id, "<message/>")
+            .await
+    ));
+    let after = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await;
+    let mut want = before.entries.clone();
+    want[1].stanza = "<message><retracted/></message>".into();
+    assert_eq!(after.entries, want);
+    let bob_before = page(s, D, "bob", ArchiveFilter::default(), PageRequest::First, 1000)
+        .await
+        .count;
+    assert_eq!(
+        s.archive.delete_archive(D, "alice").await.expect("delete"),
+        before.entries.len()
+    );
+    assert_eq!(s.archive.archive_bounds(D, "alice").await.expect("b"), None);
+    assert_eq!(
+        page(s, D, "bob", ArchiveFilter::default(), PageRequest::First, 1000)
+            .await
+            .count,
+        bob_before
+    );
+    assert_eq!(s.archive.delete_archive(D, "alice").await.expect("again"), 0);
 }
 
 async fn archive_unknown_account(s: &Storage) {

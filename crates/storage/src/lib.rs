@@ -329,7 +329,11 @@ pub trait RoomStore: Send + Sync + 'static {
     async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>, StorageError>;
 }
 
-/// Per-account message archives (XEP-0313); see [`archive`] for the model.
+/// Message archives (XEP-0313); see [`archive`] for the model. One trait serves two
+/// kinds of owner, each its own store in [`Storage`]: accounts (`archive`: `domain` and
+/// `user` name an account, which must exist) and MUC rooms (`room_archive`: `domain` is the
+/// service's domain and `user` the room's local part; an archive is created by its first
+/// entry, and deleting accounts leaves it alone).
 #[async_trait::async_trait]
 pub trait ArchiveStore: Send + Sync + 'static {
     /// Append an entry at the end of the account's archive. A `timestamp_us` older than
@@ -361,11 +365,23 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// first; returns how many. Callers repeat until it returns less than `limit`, so no
     /// single call holds the database for long.
     async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError>;
+    /// Replaces the stored stanza of one entry, keeping its id, time and `with` (a
+    /// retraction's tombstone, XEP-0424 §5 and XEP-0425 §5). NotFound if the archive has no
+    /// entry with this id.
+    async fn replace_archived(
+        &self,
+        domain: &str,
+        user: &str,
+        id: &str,
+        stanza: &str,
+    ) -> Result<(), StorageError>;
+    /// Deletes a whole archive (a destroyed room); returns how many entries it held.
+    async fn delete_archive(&self, domain: &str, user: &str) -> Result<usize, StorageError>;
 }
 
 /// The bundle of per-feature stores a server runs with. All stores of one bundle share
 /// one backend (so deleting an account through `accounts` wipes the per-account stores;
-/// `rooms` is keyed by service, not account, and is left alone).
+/// `rooms` and `room_archive` are keyed by service, not account, and are left alone).
 #[derive(Clone)]
 pub struct Storage {
     pub accounts: Arc<dyn AccountStore>,
@@ -374,6 +390,8 @@ pub struct Storage {
     pub user_data: Arc<dyn UserDataStore>,
     pub archive: Arc<dyn ArchiveStore>,
     pub rooms: Arc<dyn RoomStore>,
+    /// The archives of MUC rooms, keyed by service domain and room.
+    pub room_archive: Arc<dyn ArchiveStore>,
 }
 
 /// The user-data store of FAST tokens (XEP-0484), one key per client: credentials issued

@@ -41,6 +41,35 @@ struct State {
     last_offline_id: i64,
     /// MUC rooms: (service, room) -> document. Not an account's: kept apart.
     rooms: BTreeMap<(String, String), String>,
+    /// MUC room archives: (service, room) -> entries in archive order.
+    room_archives: BTreeMap<(String, String), Vec<ArchiveEntry>>,
+}
+
+impl State {
+    /// The archive of an owner to write to: an account's must exist; a room's is created.
+    fn archive_mut(
+        &mut self,
+        rooms: bool,
+        domain: &str,
+        user: &str,
+    ) -> Result<&mut Vec<ArchiveEntry>, StorageError> {
+        if rooms {
+            Ok(self.room_archives.entry(key(domain, user)).or_default())
+        } else {
+            Ok(&mut self.get_mut(domain, user)?.archive)
+        }
+    }
+
+    /// The archive of an owner to read; none is empty.
+    fn archive_of(&self, rooms: bool, domain: &str, user: &str) -> &[ArchiveEntry] {
+        if rooms {
+            self.room_archives
+                .get(&key(domain, user))
+                .map_or(&[][..], |a| &a[..])
+        } else {
+            self.get(domain, user).map_or(&[][..], |a| &a.archive[..])
+        }
+    }
 }
 
 /// The lock is never held across an await (no store method awaits while holding it).
@@ -66,6 +95,15 @@ impl MemoryBackend {
             user_data: Arc::new(self.user_data_store()),
             archive: Arc::new(self.archive_store()),
             rooms: Arc::new(self.room_store()),
+            room_archive: Arc::new(self.room_archive_store()),
+        }
+    }
+
+    /// The archives of MUC rooms (also available as `storage().room_archive`).
+    pub fn room_archive_store(&self) -> MemoryArchiveStore {
+        MemoryArchiveStore {
+            state: self.state.clone(),
+            rooms: true,
         }
     }
 
@@ -78,6 +116,7 @@ impl MemoryBackend {
     pub fn archive_store(&self) -> MemoryArchiveStore {
         MemoryArchiveStore {
             state: self.state.clone(),
+            rooms: false,
         }
     }
 
@@ -192,6 +231,8 @@ impl RoomStore for MemoryRoomStore {
 #[derive(Debug)]
 pub struct MemoryArchiveStore {
     state: Shared,
+    /// The archives of rooms rather than of accounts.
+    rooms: bool,
 }
 
 fn key(domain: &str, username: &str) -> Key {
@@ -587,7 +628,7 @@ impl ArchiveStore for MemoryArchiveStore {
         entry: &ArchiveEntry,
     ) -> Result<i64, StorageError> {
         let mut state = self.state.write();
-        let archive = &mut state.get_mut(domain, user)?.archive;
+        let archive = state.archive_mut(self.rooms, domain, user)?;
         if archive.iter().any(|e| e.id == entry.id) {
             return Err(StorageError::AlreadyExists);
         }
@@ -608,7 +649,7 @@ impl ArchiveStore for MemoryArchiveStore {
         query: &ArchiveQuery,
     ) -> Result<ArchivePage, StorageError> {
         let state = self.state.read();
-        let archive = state.get(domain, user).map_or(&[][..], |a| &a.archive[..]);
+        let archive = state.archive_of(self.rooms, domain, user);
         let set = select(archive, &query.filter)?;
         // The page's bounds as indexes into `set`.
         let (from, to) = match &query.page {
@@ -648,27 +689,73 @@ impl ArchiveStore for MemoryArchiveStore {
             id: e.id.clone(),
             timestamp_us: e.timestamp_us,
         };
-        Ok(state
-            .get(domain, user)
-            .and_then(|a| Some((bound(a.archive.first()?), bound(a.archive.last()?)))))
+        let archive = state.archive_of(self.rooms, domain, user);
+        Ok(archive
+            .first()
+            .zip(archive.last())
+            .map(|(f, l)| (bound(f), bound(l))))
     }
 
     async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError> {
         let mut state = self.state.write();
+        let state = &mut *state;
+        let archives: Vec<&mut Vec<ArchiveEntry>> = if self.rooms {
+            state.room_archives.values_mut().collect()
+        } else {
+            state.accounts.values_mut().map(|a| &mut a.archive).collect()
+        };
         let mut purged = 0;
-        for account in state.accounts.values_mut() {
-            // Timestamps never decrease within an archive: the old entries are a prefix.
-            let old = account
-                .archive
-                .partition_point(|e| e.timestamp_us < before_us)
-                .min(limit - purged);
-            account.archive.drain(..old);
-            purged += old;
+        for archive in archives {
             if purged == limit {
                 break;
             }
+            // Timestamps never decrease within an archive: the old entries are a prefix.
+            let old = archive
+                .partition_point(|e| e.timestamp_us < before_us)
+                .min(limit - purged);
+            archive.drain(..old);
+            purged += old;
+        }
+        if self.rooms {
+            state.room_archives.retain(|_, a| !a.is_empty());
         }
         Ok(purged)
+    }
+
+    async fn replace_archived(
+        &self,
+        domain: &str,
+        user: &str,
+        id: &str,
+        stanza: &str,
+    ) -> Result<(), StorageError> {
+        let mut state = self.state.write();
+        let archive = if self.rooms {
+            state
+                .room_archives
+                .get_mut(&key(domain, user))
+                .ok_or(StorageError::NotFound)?
+        } else {
+            &mut state.get_mut(domain, user)?.archive
+        };
+        let p = position(archive, id)?;
+        archive[p].stanza = stanza.to_owned();
+        Ok(())
+    }
+
+    async fn delete_archive(&self, domain: &str, user: &str) -> Result<usize, StorageError> {
+        let mut state = self.state.write();
+        if self.rooms {
+            Ok(state
+                .room_archives
+                .remove(&key(domain, user))
+                .map_or(0, |a| a.len()))
+        } else {
+            Ok(state
+                .get_mut(domain, user)
+                .map(|a| std::mem::take(&mut a.archive).len())
+                .unwrap_or(0))
+        }
     }
 }
 
