@@ -292,9 +292,14 @@ async def test_a_persistent_room_survives_the_server(make_server, how):
         await create_instant(o, room, "owner")
         await configure(o, room, persistentroom="1", roomname="Kept room", membersonly="1")
         await o.plugin["xep_0045"].set_affiliation(room, "member", jid=member.jid)
+        o.send_message(mto=room, mbody="before the stop", mtype="groupchat")
+        await next_groupchat(o, "before the stop")
+        # Archived (a query sees every message broadcast before it) before the stop.
+        assert [forwarded(r)["body"] for r in await room_archive(o, room)] == ["before the stop"]
     srv.stop(signal.SIGTERM if how == "restart" else signal.SIGKILL)
     srv.start()
     async with muc_client(srv, member) as m:
+        assert [forwarded(r)["body"] for r in await room_archive(m, room)] == ["before the stop"]
         pres, *_ = await m.plugin["xep_0045"].join_muc_wait(room, "member", timeout=10)
         assert item(pres).get("affiliation") == "member"
         info = await m.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
@@ -380,3 +385,154 @@ async def test_the_room_list_is_paged(server, new_user):
         second = await o.iq(service(server), "get", f"<query xmlns='{DISCO_ITEMS_NS}'><set xmlns='{rsm}'><max>2</max><after>{last}</after></set></query>")
         more = [i.get("jid") for i in second.xml.iter(f"{{{DISCO_ITEMS_NS}}}item")]
         assert more and not set(more) & set(got) and min(more) > max(got)
+
+
+SID_NS = "urn:xmpp:sid:0"
+MAM_NS = "urn:xmpp:mam:2"
+RETRACT_NS = "urn:xmpp:message-retract:1"
+MODERATE_NS = "urn:xmpp:message-moderate:1"
+
+
+def room_stanza_id(msg, room: str) -> str | None:
+    for sid in msg.xml.findall(f"{{{SID_NS}}}stanza-id"):
+        if sid.get("by") == room:
+            return sid.get("id")
+    return None
+
+
+async def room_archive(c, room: str, max_: int = 10) -> list:
+    """Every archived message of the room, paging with slixmpp's xep_0313 iterator."""
+    for plugin in ("xep_0059", "xep_0297", "xep_0313"):
+        c.register_plugin(plugin)
+    got = []
+    async for msg in c.plugin["xep_0313"].iterate(jid=room, rsm={"max": max_}):
+        assert msg["from"] == room, "results come from the room"
+        got.append(msg)
+    return got
+
+
+def forwarded(result):
+    return result["mam_result"]["forwarded"]["stanza"]
+
+
+async def test_the_room_archive_is_paged_with_the_ids_occupants_saw(server, new_user):
+    """XEP-0313 on the room JID: messages carry the room's stanza id; anyone who may enter
+    pages through the archive (slixmpp's MAM iterator, 10 per page); real JIDs only for
+    those who may see them."""
+    owner, guest, outsider = new_user(), new_user(), new_user()
+    room = room_jid(server, "mam")
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        pres = await create_instant(o, room, "owner")
+        assert "170" in codes(pres), "the room says it is archived"
+        info = await g.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
+        feats = {f.get("var") for f in info.xml.iter(f"{{{DISCO_INFO_NS}}}feature")}
+        assert {MAM_NS, SID_NS, MODERATE_NS} <= feats
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        ids = []
+        for i in range(25):
+            g.send_message(mto=room, mbody=f"archived {i}", mtype="groupchat")
+            live = await next_groupchat(o, f"archived {i}")
+            ids.append(room_stanza_id(live, room))
+        assert all(ids) and len(set(ids)) == 25
+        async with muc_client(server, outsider) as out:
+            results = await room_archive(out, room)
+            assert [forwarded(r)["body"] for r in results] == [f"archived {i}" for i in range(25)]
+            assert [r["mam_result"]["id"] for r in results] == ids
+            first = forwarded(results[0])
+            assert first["from"] == f"{room}/guest"
+            assert guest.jid not in str(first), "a semi-anonymous room hides real JIDs"
+            assert occupant_id(first), "the occupant id is kept"
+        # The owner (a moderator) sees who sent them.
+        mine = await room_archive(o, room, max_=50)
+        assert guest.jid in str(forwarded(mine[0]))
+        # An outcast may not read it.
+        await o.plugin["xep_0045"].set_affiliation(room, "outcast", jid=outsider.jid)
+        async with session(server, outsider) as out:
+            reply = await out.iq(room, "set", f"<query xmlns='{MAM_NS}'/>")
+            assert reply["type"] == "error" and reply["error"]["condition"] == "forbidden"
+
+
+async def test_a_moderator_retracts_a_message_and_the_archive_keeps_a_tombstone(server, new_user):
+    """XEP-0425: a participant may not moderate; the owner may, everyone is told with a
+    retraction from the room, newcomers' history loses it, and the archive answers with a
+    tombstone (XEP-0425 §5) in its place."""
+    owner, guest, late = new_user(), new_user(), new_user()
+    room = room_jid(server, "mod")
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        g.send_message(mto=room, mbody="buy potions", mtype="groupchat")
+        bad = await next_groupchat(o, "buy potions")
+        sid = room_stanza_id(bad, room)
+        g.send_message(mto=room, mbody="fine words", mtype="groupchat")
+        await next_groupchat(o, "fine words")
+        moderate = (
+            f"<moderate xmlns='{MODERATE_NS}' id='{sid}'><retract xmlns='{RETRACT_NS}'/>"
+            "<reason>spam</reason></moderate>"
+        )
+        reply = await g.iq(room, "set", moderate)
+        assert reply["type"] == "error" and reply["error"]["condition"] == "forbidden"
+        reply = await o.iq(room, "set", moderate)
+        assert reply["type"] == "result", reply
+        for c in (o, g):
+            notice = await c.next_message(
+                predicate=lambda m: m.xml.find(f"{{{RETRACT_NS}}}retract") is not None
+            )
+            assert notice["from"] == room and notice["type"] == "groupchat"
+            retract = notice.xml.find(f"{{{RETRACT_NS}}}retract")
+            assert retract.get("id") == sid
+            moderated = retract.find(f"{{{MODERATE_NS}}}moderated")
+            assert moderated.get("by") == f"{room}/owner"
+            assert retract.find(f"{{{RETRACT_NS}}}reason").text == "spam"
+        reply = await o.iq(room, "set", moderate.replace(sid, "no-such-id"))
+        assert reply["type"] == "error" and reply["error"]["condition"] == "item-not-found"
+        async with muc_client(server, late) as lt:
+            _, _, _, history = await lt.plugin["xep_0045"].join_muc_wait(room, "late", timeout=10)
+            assert [m["body"] for m in history] == ["fine words"]
+            results = await room_archive(lt, room)
+        by_id = {r["mam_result"]["id"]: forwarded(r) for r in results}
+        tomb = by_id[sid]
+        assert not tomb["body"], "the tombstone says nothing of the message"
+        retracted = tomb.xml.find(f"{{{RETRACT_NS}}}retracted")
+        assert retracted is not None and retracted.get("stamp")
+        assert retracted.find(f"{{{MODERATE_NS}}}moderated").get("by") == f"{room}/owner"
+        assert tomb["from"] == f"{room}/guest" and occupant_id(tomb)
+        assert [m["body"] for m in by_id.values() if m["body"]] == ["fine words"]
+
+
+async def test_owners_set_the_room_avatar(server, new_user):
+    """XEP-0486: an owner sets the room's vCard, occupants are told (104), disco#info has the
+    photo's SHA-1, and anyone reads the vCard; others may not set it."""
+    import base64
+    import hashlib
+
+    owner, guest, outsider = new_user(), new_user(), new_user()
+    room = room_jid(server, "avatar")
+    photo = bytes(range(256)) * 4
+    vcard = (
+        "<vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE>"
+        f"<BINVAL>{base64.b64encode(photo).decode()}</BINVAL></PHOTO></vCard>"
+    )
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        reply = await g.iq(room, "set", vcard)
+        assert reply["type"] == "error" and reply["error"]["condition"] == "forbidden"
+        reply = await o.iq(room, "set", vcard)
+        assert reply["type"] == "result", reply
+        changed = await g.next_message(predicate=lambda m: m["from"] == room and m.xml.find(f"{{{MUC_USER_NS}}}x") is not None)
+        assert {s.get("code") for s in changed.xml.iter(f"{{{MUC_USER_NS}}}status")} == {"104"}
+        async with session(server, outsider) as out:
+            info = await out.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
+            fields = {
+                f.get("var"): [v.text for v in f.findall(f"{{{DATA_NS}}}value")]
+                for f in info.xml.iter(f"{{{DATA_NS}}}field")
+            }
+            assert fields["muc#roominfo_avatarhash"] == [hashlib.sha1(photo).hexdigest()]
+            got = await out.iq(room, "get", "<vCard xmlns='vcard-temp'/>")
+            binval = got.xml.find("{vcard-temp}vCard/{vcard-temp}PHOTO/{vcard-temp}BINVAL")
+            assert base64.b64decode(binval.text) == photo
+        reply = await o.iq(room, "set", "<vCard xmlns='vcard-temp'/>")
+        assert reply["type"] == "result"
+        info = await g.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
+        assert "muc#roominfo_avatarhash" not in str(info)

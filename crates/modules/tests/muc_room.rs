@@ -743,3 +743,327 @@ fn history_is_bounded_in_bytes() {
         .count();
     assert_eq!(n, 1);
 }
+
+// ---- The room's archive, moderation and avatar -------------------------------------------
+
+use rookery_modules::muc::room::{ArchiveOp, Effects};
+
+fn run_fx(room: &mut Room, xml: &str) -> (Sent, Effects) {
+    let (out, fx) = room.handle(&stanza(xml), SystemTime::now());
+    let mut pairs = Vec::new();
+    for o in &out {
+        for (to, el) in o.pairs() {
+            pairs.push((to.to_string(), el.clone()));
+        }
+    }
+    (Sent(pairs), fx)
+}
+
+const SID: &str = "urn:xmpp:sid:0";
+
+fn say(room: &mut Room, who: &str, body: &str, extra: &str) -> (Sent, Effects) {
+    run_fx(
+        room,
+        &format!("<message xmlns='jabber:client' type='groupchat' id='m1' from='{who}' to='{ROOM}'><body>{body}</body>{extra}</message>"),
+    )
+}
+
+#[test]
+fn messages_get_the_rooms_stanza_id_and_go_to_the_archive_with_the_real_jid() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    let forged = format!("<stanza-id xmlns='{SID}' by='{ROOM}' id='forged'/><stanza-id xmlns='{SID}' by='elsewhere.example' id='kept'/>");
+    let (sent, fx) = say(&mut room, "hag66@shakespeare.lit/pda", "hi", &forged);
+    let m = sent.to("crone@example.org/desk")[0].clone();
+    let ids: Vec<(&str, &str)> = m
+        .children()
+        .filter(|c| c.is("stanza-id", SID))
+        .map(|c| (c.attr("by").unwrap_or(""), c.attr("id").unwrap_or("")))
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], ("elsewhere.example", "kept"));
+    assert_eq!(ids[1].0, ROOM);
+    let [ArchiveOp::Append {
+        id, nick, message, ..
+    }] = fx.archive.as_slice()
+    else {
+        panic!("one append: {:?}", fx.archive);
+    };
+    assert_eq!((id.as_str(), nick.as_str()), (ids[1].1, "oldhag"));
+    assert!(!message
+        .children()
+        .any(|c| c.is("stanza-id", SID) && c.attr("by") == Some(ROOM)));
+    assert_eq!(
+        Sent::item(message).and_then(|i| i.attr("jid")),
+        Some("hag66@shakespeare.lit")
+    );
+    // No body, or a no-store hint: broadcast with an id, not archived.
+    let (_, fx) = run_fx(&mut room, &format!("<message xmlns='jabber:client' type='groupchat' from='hag66@shakespeare.lit/pda' to='{ROOM}'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"));
+    assert!(fx.archive.is_empty());
+    let (_, fx) = say(
+        &mut room,
+        "hag66@shakespeare.lit/pda",
+        "off the record",
+        "<no-store xmlns='urn:xmpp:hints'/>",
+    );
+    assert!(fx.archive.is_empty());
+    // Archiving off: ids still, archive no more; occupants are told with 171.
+    let sent = configure(
+        &mut room,
+        "<field var='muc#roomconfig_enablearchiving'><value>0</value></field>",
+    );
+    let notice = sent.to("hag66@shakespeare.lit/pda");
+    assert!(notice
+        .iter()
+        .any(|e| Sent::codes(e).contains(&"171".to_owned())));
+    let (sent, fx) = say(&mut room, "hag66@shakespeare.lit/pda", "hi", "");
+    assert!(fx.archive.is_empty());
+    assert!(sent.to("crone@example.org/desk")[0].has_child("stanza-id", SID));
+}
+
+fn mam_query(room: &mut Room, who: &str) -> (Sent, Effects) {
+    run_fx(
+        room,
+        &format!("<iq xmlns='jabber:client' type='set' id='q' from='{who}' to='{ROOM}'><query xmlns='urn:xmpp:mam:2' queryid='f27'/></iq>"),
+    )
+}
+
+#[test]
+fn the_archive_is_read_by_those_who_may_enter() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    // An occupant of a semi-anonymous room: results without real JIDs.
+    let (sent, fx) = mam_query(&mut room, "hag66@shakespeare.lit/pda");
+    assert!(
+        sent.0.is_empty(),
+        "the service answers after the query runs"
+    );
+    assert!(matches!(
+        fx.archive.as_slice(),
+        [ArchiveOp::Query { real_jids: false, requester, .. }] if requester.as_str() == "hag66@shakespeare.lit/pda"
+    ));
+    // The owner (a moderator) sees them; so does anyone in a non-anonymous room.
+    let (_, fx) = mam_query(&mut room, "crone@example.org/desk");
+    assert!(matches!(
+        fx.archive.as_slice(),
+        [ArchiveOp::Query {
+            real_jids: true,
+            ..
+        }]
+    ));
+    // Someone outside an open room may read it; an outcast may not.
+    let (_, fx) = mam_query(&mut room, "wanderer@example.net/x");
+    assert_eq!(fx.archive.len(), 1);
+    run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='ban' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='outcast' jid='wanderer@example.net'/></query></iq>"));
+    let (sent, fx) = mam_query(&mut room, "wanderer@example.net/x");
+    assert_eq!(
+        sent.error("wanderer@example.net/x").as_deref(),
+        Some("forbidden")
+    );
+    assert!(fx.archive.is_empty());
+    // Members-only: members only.
+    configure(
+        &mut room,
+        "<field var='muc#roomconfig_membersonly'><value>1</value></field>",
+    );
+    let (sent, _) = mam_query(&mut room, "stranger@example.net/x");
+    assert_eq!(
+        sent.error("stranger@example.net/x").as_deref(),
+        Some("registration-required")
+    );
+    // The query form is answered by the room itself.
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='get' id='f' from='crone@example.org/desk' to='{ROOM}'><query xmlns='urn:xmpp:mam:2'/></iq>"));
+    let form = sent.to("crone@example.org/desk")[0];
+    assert!(form
+        .get_child("query", "urn:xmpp:mam:2")
+        .is_some_and(|q| q.has_child("x", "jabber:x:data")));
+    // Not archived: no archive to read.
+    configure(
+        &mut room,
+        "<field var='muc#roomconfig_enablearchiving'><value>0</value></field>",
+    );
+    let (sent, fx) = mam_query(&mut room, "crone@example.org/desk");
+    assert_eq!(
+        sent.error("crone@example.org/desk").as_deref(),
+        Some("feature-not-implemented")
+    );
+    assert!(fx.archive.is_empty());
+}
+
+fn moderate(room: &mut Room, who: &str, id: &str) -> (Sent, Effects) {
+    run_fx(
+        room,
+        &format!("<iq xmlns='jabber:client' type='set' id='mod1' from='{who}' to='{ROOM}'><moderate id='{id}' xmlns='urn:xmpp:message-moderate:1'><retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate></iq>"),
+    )
+}
+
+#[test]
+fn a_moderator_retracts_a_message_for_everyone_and_the_archive_keeps_a_tombstone() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    let (sent, _) = say(&mut room, "hag66@shakespeare.lit/pda", "potions!", "");
+    let id = sent.to("crone@example.org/desk")[0]
+        .get_child("stanza-id", SID)
+        .and_then(|s| s.attr("id"))
+        .expect("id")
+        .to_owned();
+    // A participant may not.
+    let (sent, fx) = moderate(&mut room, "hag66@shakespeare.lit/pda", &id);
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("forbidden")
+    );
+    assert!(fx.archive.is_empty());
+    // The owner (moderator) may: the service retracts it in the archive, then answers.
+    let (sent, fx) = moderate(&mut room, "crone@example.org/desk", &id);
+    assert!(sent.0.is_empty());
+    let [ArchiveOp::Retract {
+        id: target,
+        retracted,
+        in_history,
+        done,
+        notice,
+        ..
+    }] = fx.archive.as_slice()
+    else {
+        panic!("{:?}", fx.archive);
+    };
+    assert_eq!(target, &id);
+    assert!(*in_history);
+    let moderated = retracted
+        .get_child("moderated", "urn:xmpp:message-moderate:1")
+        .expect("moderated");
+    assert_eq!(moderated.attr("by"), Some(&*format!("{ROOM}/thirdwitch")));
+    assert!(moderated.has_child("occupant-id", "urn:xmpp:occupant-id:0"));
+    let pairs: Vec<(String, Element)> = done
+        .iter()
+        .flat_map(|o| o.pairs())
+        .map(|(t, e)| (t.to_string(), e.clone()))
+        .collect();
+    let done = Sent(pairs);
+    assert!(done
+        .to("crone@example.org/desk")
+        .iter()
+        .any(|e| e.name() == "iq" && e.attr("type") == Some("result")));
+    let to_hag = done.to("hag66@shakespeare.lit/pda");
+    let retract = to_hag[0]
+        .get_child("retract", "urn:xmpp:message-retract:1")
+        .expect("retract");
+    assert_eq!(retract.attr("id"), Some(id.as_str()));
+    assert_eq!(
+        retract
+            .get_child("reason", "urn:xmpp:message-retract:1")
+            .map(|r| r.text()),
+        Some("spam".into())
+    );
+    assert!(matches!(**notice, ArchiveOp::Append { .. }));
+    // The history no longer hands it out.
+    let sent = join(&mut room, "wanderer@example.net/x", "wanderer");
+    assert!(!sent
+        .to("wanderer@example.net/x")
+        .iter()
+        .any(|e| e.has_child("body", "jabber:client")));
+    // Without an archive, an unknown id is item-not-found at once.
+    configure(
+        &mut room,
+        "<field var='muc#roomconfig_enablearchiving'><value>0</value></field>",
+    );
+    let (sent, _) = moderate(&mut room, "crone@example.org/desk", "no-such-id");
+    assert_eq!(
+        sent.error("crone@example.org/desk").as_deref(),
+        Some("item-not-found")
+    );
+}
+
+#[test]
+fn owners_set_the_rooms_avatar_and_disco_shows_its_hash() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    // "hello" in base64; its SHA-1 is aaf4c61d...
+    let vcard = "<vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>aGVs\nbG8=</BINVAL></PHOTO></vCard>";
+    let set = |who: &str, v: &str| {
+        format!("<iq xmlns='jabber:client' type='set' id='v1' from='{who}' to='{ROOM}'>{v}</iq>")
+    };
+    let sent = run(&mut room, &set("hag66@shakespeare.lit/pda", vcard));
+    assert_eq!(
+        sent.error("hag66@shakespeare.lit/pda").as_deref(),
+        Some("forbidden")
+    );
+    let (sent, fx) = run_fx(&mut room, &set("crone@example.org/desk", vcard));
+    assert!(fx.changed);
+    assert!(sent
+        .to("crone@example.org/desk")
+        .iter()
+        .any(|e| e.name() == "iq" && e.attr("type") == Some("result")));
+    assert!(sent
+        .to("hag66@shakespeare.lit/pda")
+        .iter()
+        .any(|e| Sent::codes(e) == ["104"]));
+    let info = |room: &mut Room| {
+        let sent = run(room, &format!("<iq xmlns='jabber:client' type='get' id='d' from='wanderer@example.net/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"));
+        let q = sent.to("wanderer@example.net/x")[0]
+            .get_child("query", "http://jabber.org/protocol/disco#info")
+            .expect("query")
+            .clone();
+        let hash = q
+            .get_child("x", "jabber:x:data")
+            .and_then(|x| {
+                x.children()
+                    .find(|f| f.attr("var") == Some("muc#roominfo_avatarhash"))
+            })
+            .and_then(|f| f.get_child("value", "jabber:x:data"))
+            .map(|v| v.text());
+        let vcard_feature = q.children().any(|f| f.attr("var") == Some("vcard-temp"));
+        (hash, vcard_feature)
+    };
+    assert_eq!(
+        info(&mut room),
+        (
+            Some("aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into()),
+            true
+        )
+    );
+    // Anyone reads it, in the room or not; it survives a restart.
+    let get = format!("<iq xmlns='jabber:client' type='get' id='g' from='wanderer@example.net/x' to='{ROOM}'><vCard xmlns='vcard-temp'/></iq>");
+    let sent = run(&mut room, &get);
+    let got = sent.to("wanderer@example.net/x")[0]
+        .get_child("vCard", "vcard-temp")
+        .expect("vcard")
+        .clone();
+    assert!(got.get_child("PHOTO", "vcard-temp").is_some());
+    let mut restored = Room::restore(
+        BareJid::new(ROOM).expect("jid"),
+        room.stored(),
+        MucLimits::default(),
+    );
+    assert_eq!(info(&mut restored).0, info(&mut room).0);
+    // Too large: refused, the avatar stays.
+    let limits = MucLimits {
+        max_vcard_bytes: 64,
+        ..MucLimits::default()
+    };
+    let mut small = Room::restore(BareJid::new(ROOM).expect("jid"), room.stored(), limits);
+    let sent = run(&mut small, &set("crone@example.org/desk", vcard));
+    assert_eq!(
+        sent.error("crone@example.org/desk").as_deref(),
+        Some("not-acceptable")
+    );
+    // An empty vCard removes it.
+    run(
+        &mut room,
+        &set("crone@example.org/desk", "<vCard xmlns='vcard-temp'/>"),
+    );
+    assert_eq!(info(&mut room).0, None);
+}
+
+#[test]
+fn an_archived_room_says_so_on_entry() {
+    let mut room = open_room();
+    let sent = join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    let own = sent
+        .to("hag66@shakespeare.lit/pda")
+        .into_iter()
+        .find(|e| e.name() == "presence" && Sent::codes(e).contains(&"110".to_owned()))
+        .expect("own presence");
+    assert!(Sent::codes(own).contains(&"170".to_owned()));
+}

@@ -173,11 +173,6 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
         &["RFC 6120 server-to-server", "XEP-0220", "XEP-0288", "XEP-0114"],
     ),
     (
-        "Group chat",
-        "room archives (MAM on the room JID), message moderation, room avatars",
-        &["XEP-0425", "XEP-0486"],
-    ),
-    (
         "PubSub and PEP",
         "bookmarks, avatars, OMEMO device lists and keys, entity capabilities",
         &["XEP-0060", "XEP-0163", "XEP-0115", "XEP-0402", "XEP-0084", "XEP-0223"],

@@ -242,10 +242,16 @@ fn result_set(
         }
     }
     if let Some(id) = &f.after_id {
-        c.and("seq > ?", Value::Integer(seq_of(conn, table, domain, user, id)?));
+        c.and(
+            "seq > ?",
+            Value::Integer(seq_of(conn, table, domain, user, id)?),
+        );
     }
     if let Some(id) = &f.before_id {
-        c.and("seq < ?", Value::Integer(seq_of(conn, table, domain, user, id)?));
+        c.and(
+            "seq < ?",
+            Value::Integer(seq_of(conn, table, domain, user, id)?),
+        );
     }
     if let Some(ids) = &f.ids {
         let mut seqs = Vec::with_capacity(ids.len());
@@ -416,7 +422,10 @@ impl ArchiveStore for SqliteArchiveStore {
     ) -> Result<ArchivePage, StorageError> {
         let (domain, user, q) = (domain.to_owned(), user.to_owned(), q.clone());
         let table = self.table;
-        run(&self.conn, move |conn| query(conn, table, &domain, &user, &q)).await
+        run(&self.conn, move |conn| {
+            query(conn, table, &domain, &user, &q)
+        })
+        .await
     }
 
     async fn archive_bounds(

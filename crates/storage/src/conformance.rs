@@ -2015,7 +2015,11 @@ pub async fn room_archive_store(s: &Storage) {
     // No account is needed.
     rooms
         .archive
-        .append_archive("conference.example.org", "lobby", &archived(1, "x@y", "", 1))
+        .append_archive(
+            "conference.example.org",
+            "lobby",
+            &archived(1, "x@y", "", 1),
+        )
         .await
         .expect("a room archive starts with its first entry");
     assert_eq!(
@@ -2048,7 +2052,14 @@ pub async fn room_archive_store(s: &Storage) {
     drop_account(s, D, "alice").await;
     drop_account(s, D, "bob").await;
     assert_eq!(rooms.archive.delete_archive(D, "bob").await.expect("d"), 0);
-    assert_eq!(rooms.archive.purge_archive(i64::MAX, 1000).await.expect("p"), 0);
+    assert_eq!(
+        rooms
+            .archive
+            .purge_archive(i64::MAX, 1000)
+            .await
+            .expect("p"),
+        0
+    );
     assert_no_accounts(s).await;
 }
 
@@ -2092,21 +2103,38 @@ async fn archive_replace_and_delete(s: &Storage) {
     let mut want = before.entries.clone();
     want[1].stanza = "<message><retracted/></message>".into();
     assert_eq!(after.entries, want);
-    let bob_before = page(s, D, "bob", ArchiveFilter::default(), PageRequest::First, 1000)
-        .await
-        .count;
+    let bob_before = page(
+        s,
+        D,
+        "bob",
+        ArchiveFilter::default(),
+        PageRequest::First,
+        1000,
+    )
+    .await
+    .count;
     assert_eq!(
         s.archive.delete_archive(D, "alice").await.expect("delete"),
         before.entries.len()
     );
     assert_eq!(s.archive.archive_bounds(D, "alice").await.expect("b"), None);
     assert_eq!(
-        page(s, D, "bob", ArchiveFilter::default(), PageRequest::First, 1000)
-            .await
-            .count,
+        page(
+            s,
+            D,
+            "bob",
+            ArchiveFilter::default(),
+            PageRequest::First,
+            1000
+        )
+        .await
+        .count,
         bob_before
     );
-    assert_eq!(s.archive.delete_archive(D, "alice").await.expect("again"), 0);
+    assert_eq!(
+        s.archive.delete_archive(D, "alice").await.expect("again"),
+        0
+    );
 }
 
 async fn archive_unknown_account(s: &Storage) {

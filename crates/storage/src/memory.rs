@@ -702,7 +702,11 @@ impl ArchiveStore for MemoryArchiveStore {
         let archives: Vec<&mut Vec<ArchiveEntry>> = if self.rooms {
             state.room_archives.values_mut().collect()
         } else {
-            state.accounts.values_mut().map(|a| &mut a.archive).collect()
+            state
+                .accounts
+                .values_mut()
+                .map(|a| &mut a.archive)
+                .collect()
         };
         let mut purged = 0;
         for archive in archives {

@@ -245,6 +245,27 @@ impl Element {
         Some(removed)
     }
 
+    /// Keeps only the child elements `keep` selects (text is kept; text nodes that become
+    /// adjacent are merged).
+    pub fn retain_children(&mut self, mut keep: impl FnMut(&Element) -> bool) {
+        let before = self.nodes.len();
+        self.nodes.retain(|n| match n {
+            Node::Element(e) => keep(e),
+            Node::Text(_) => true,
+        });
+        if self.nodes.len() == before {
+            return;
+        }
+        let mut merged: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        for n in self.nodes.drain(..) {
+            match (merged.last_mut(), n) {
+                (Some(Node::Text(prev)), Node::Text(next)) => prev.push_str(&next),
+                (_, n) => merged.push(n),
+            }
+        }
+        self.nodes = merged;
+    }
+
     /// Moves this element and every descendant in namespace `from` to namespace `to`
     /// (elements in other namespaces, and their subtrees' other elements, are left alone).
     ///

@@ -74,7 +74,7 @@ const ID_RANDOM_LEN: usize = 16;
 /// time), then random characters. Clients treat ids as opaque; the time prefix makes the
 /// store's id index grow at its end instead of at random places, so archiving a message
 /// touches a few hot pages instead of a random one per message.
-fn new_stanza_id(timestamp_us: i64) -> String {
+pub fn new_stanza_id(timestamp_us: i64) -> String {
     const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut prefix = [b'0'; 11];
     let mut n = u64::try_from(timestamp_us).unwrap_or(0);
@@ -276,6 +276,16 @@ pub fn archivable(stanza: &Element) -> bool {
         || stanza.has_child("sent", NS_CARBONS)
         || stanza.has_child("received", NS_CARBONS)
     {
+        return false;
+    }
+    worth_keeping(stanza)
+}
+
+/// Whether a message of an archived type has content worth keeping (a body, an encrypted
+/// or other content payload, a `<store/>` hint) and no hint against storing it. The MUC
+/// module archives groupchat messages by the same rule.
+pub fn worth_keeping(stanza: &Element) -> bool {
+    if stanza.has_child("no-store", NS_HINTS) || stanza.has_child("no-permanent-store", NS_HINTS) {
         return false;
     }
     stanza.has_child("body", "jabber:client")

@@ -5,7 +5,8 @@ use super::config::ArchiveConfig;
 use rookery_core::{IqRequest, Server};
 use rookery_stanza::{random_id, BareJid, Jid, StanzaError, StanzaErrorCondition};
 use rookery_storage::{
-    ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, PageRequest, StorageError, WithFilter,
+    ArchiveBound, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, PageRequest,
+    StorageError, WithFilter,
 };
 use rookery_xml::Element;
 use time::format_description::well_known::Rfc3339;
@@ -213,8 +214,30 @@ fn result_message(
     query_id: Option<&str>,
     entry: &ArchiveEntry,
 ) -> Result<Element, StorageError> {
-    let stored = rookery_xml::parse_element(&entry.stanza)
-        .map_err(|e| StorageError::Corrupt(format!("archived message {}: {e}", entry.id)))?;
+    Ok(result_for(
+        &req.from.to_bare().to_string(),
+        &req.from,
+        query_id,
+        entry,
+        stored_message(entry)?,
+    ))
+}
+
+/// The message an entry holds.
+pub fn stored_message(entry: &ArchiveEntry) -> Result<Element, StorageError> {
+    rookery_xml::parse_element(&entry.stanza)
+        .map_err(|e| StorageError::Corrupt(format!("archived message {}: {e}", entry.id)))
+}
+
+/// The result message (§4.2) from archive `archive` to `to` for `entry`, whose message
+/// (as the caller wants it shown) is `stored`.
+pub fn result_for(
+    archive: &str,
+    to: &Jid,
+    query_id: Option<&str>,
+    entry: &ArchiveEntry,
+    stored: Element,
+) -> Element {
     let mut result = Element::new("result", NS).with_attr("id", entry.id.clone());
     if let Some(q) = query_id {
         result.set_attr("queryid", q);
@@ -226,11 +249,11 @@ fn result_message(
             )
             .with_child(stored),
     );
-    Ok(Element::new("message", "jabber:client")
-        .with_attr("from", req.from.to_bare().to_string())
-        .with_attr("to", req.from.to_string())
+    Element::new("message", "jabber:client")
+        .with_attr("from", archive)
+        .with_attr("to", to.to_string())
         .with_attr("id", random_id(12))
-        .with_child(result))
+        .with_child(result)
 }
 
 /// The `<set/>` describing a page (XEP-0059 §2.2).
@@ -300,12 +323,17 @@ pub async fn run(req: &IqRequest) -> Result<Element, StanzaError> {
             return Err(StanzaError::new(StanzaErrorCondition::ResourceConstraint));
         }
     }
+    Ok(fin(&page, parsed.query_id.as_deref()))
+}
+
+/// The `<fin/>` that ends the results of a query (§4.3).
+pub fn fin(page: &ArchivePage, query_id: Option<&str>) -> Element {
     let mut fin =
         Element::new("fin", NS).with_attr("complete", if page.complete { "true" } else { "false" });
-    if let Some(q) = &parsed.query_id {
-        fin.set_attr("queryid", q.clone());
+    if let Some(q) = query_id {
+        fin.set_attr("queryid", q);
     }
-    Ok(fin.with_child(rsm_set(&page)))
+    fin.with_child(rsm_set(page))
 }
 
 /// `<metadata/>` (XEP-0313 §5): the first and last archived messages, or nothing.
@@ -327,6 +355,11 @@ pub async fn metadata_of(server: &Server, bare: &BareJid) -> Result<Element, Sta
             tracing::error!(error = %e, "archive metadata failed");
             StanzaError::new(StanzaErrorCondition::InternalServerError)
         })?;
+    Ok(metadata_element(bounds))
+}
+
+/// `<metadata/>` for an archive's first and last entries.
+pub fn metadata_element(bounds: Option<(ArchiveBound, ArchiveBound)>) -> Element {
     let mut el = Element::new("metadata", NS);
     if let Some((first, last)) = bounds {
         for (name, b) in [("start", first), ("end", last)] {
@@ -337,7 +370,7 @@ pub async fn metadata_of(server: &Server, bare: &BareJid) -> Result<Element, Sta
             );
         }
     }
-    Ok(el)
+    el
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ pub struct RoomConfig {
     /// Members may invite others into a members-only room.
     pub allow_invites: bool,
     pub allow_pm: AllowPm,
+    /// Messages are kept in the room's archive (XEP-0313), which those who may enter can
+    /// query.
+    pub archive: bool,
 }
 
 impl Default for RoomConfig {
@@ -86,6 +89,7 @@ impl Default for RoomConfig {
             change_subject: false,
             allow_invites: false,
             allow_pm: AllowPm::Anyone,
+            archive: true,
         }
     }
 }
@@ -197,6 +201,11 @@ impl RoomConfig {
                     ("none", "Nobody"),
                 ],
             )
+            .boolean(
+                "muc#roomconfig_enablearchiving",
+                "Keep messages in the room's archive",
+                self.archive,
+            )
             .field(
                 "muc#roomconfig_roomowners",
                 Some("jid-multi"),
@@ -245,6 +254,7 @@ impl RoomConfig {
         flag("muc#roomconfig_moderatedroom", &mut self.moderated)?;
         flag("muc#roomconfig_changesubject", &mut self.change_subject)?;
         flag("muc#roomconfig_allowinvites", &mut self.allow_invites)?;
+        flag("muc#roomconfig_enablearchiving", &mut self.archive)?;
         let protected = form.boolean("muc#roomconfig_passwordprotectedroom")?;
         let secret = text("muc#roomconfig_roomsecret", 256)?;
         match (protected, secret) {

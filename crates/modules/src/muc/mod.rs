@@ -10,6 +10,7 @@
 //!   sends is routed after the room has handled the stanza, with no lock held, and a
 //!   broadcast is one element shared by its recipients.
 
+pub mod archive;
 pub mod config;
 pub mod form;
 pub mod room;
@@ -78,6 +79,10 @@ pub struct MucSettings {
     pub max_nick_bytes: usize,
     pub max_subject_bytes: usize,
     pub max_name_bytes: usize,
+    /// Largest room vCard (XEP-0486 avatars), in bytes as serialised.
+    pub max_vcard_bytes: usize,
+    /// New rooms keep an archive (XEP-0313) unless their owner turns it off.
+    pub archive_by_default: bool,
 }
 
 impl Default for MucSettings {
@@ -96,6 +101,8 @@ impl Default for MucSettings {
             max_nick_bytes: 64,
             max_subject_bytes: 1024,
             max_name_bytes: 256,
+            max_vcard_bytes: 131_072,
+            archive_by_default: true,
         }
     }
 }
@@ -127,6 +134,11 @@ max_history_bytes = 262144
 max_nick_bytes = 64
 max_subject_bytes = 1024
 max_name_bytes = 256
+# Largest room vCard (the room's avatar, XEP-0486), in bytes.
+max_vcard_bytes = 131072
+# New rooms keep an archive of their messages (XEP-0313) unless their owner turns it off;
+# it is queried with the [archive] page sizes.
+archive_by_default = true
 "#;
 
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
@@ -143,6 +155,7 @@ max_name_bytes = 256
             ("max_nick_bytes", self.max_nick_bytes),
             ("max_subject_bytes", self.max_subject_bytes),
             ("max_name_bytes", self.max_name_bytes),
+            ("max_vcard_bytes", self.max_vcard_bytes),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(
@@ -189,6 +202,7 @@ pub struct MucLimits {
     pub max_nick_bytes: usize,
     pub max_subject_bytes: usize,
     pub max_name_bytes: usize,
+    pub max_vcard_bytes: usize,
 }
 
 impl Default for MucLimits {
@@ -207,6 +221,7 @@ impl MucSettings {
             max_nick_bytes: self.max_nick_bytes,
             max_subject_bytes: self.max_subject_bytes,
             max_name_bytes: self.max_name_bytes,
+            max_vcard_bytes: self.max_vcard_bytes,
         }
     }
 }
@@ -239,6 +254,25 @@ impl Module for Muc {
             title: "Anonymous unique occupant identifiers for MUCs",
             version: "0.1.0",
         },
+        // The room's archive: its messages carry stanza ids by the room (XEP-0359), and
+        // those who may enter query it with the account archive's form and paging.
+        Spec {
+            id: "XEP-0313",
+            title: "Message Archive Management (MUC archives)",
+            version: "1.1.3",
+        },
+        // Moderators retract occupants' messages; the archive keeps a tombstone (§5).
+        Spec {
+            id: "XEP-0425",
+            title: "Moderated Message Retraction",
+            version: "0.3.0",
+        },
+        // Owners set the room's vCard; its photo's hash is in the room's disco#info form.
+        Spec {
+            id: "XEP-0486",
+            title: "MUC Avatars",
+            version: "0.1.0",
+        },
     ];
     const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<MucSettings>()];
 
@@ -262,6 +296,8 @@ impl Module for Muc {
                 rooms: Mutex::new(HashMap::new()),
                 created: Mutex::new(HashMap::new()),
                 me: Mutex::new(Weak::new()),
+                archive: std::sync::OnceLock::new(),
+                archive_cfg: host.section::<crate::mam::config::ArchiveConfig>(),
             }),
         };
         *service.inner.me.lock() = Arc::downgrade(&service.inner);
@@ -291,6 +327,10 @@ struct Inner {
     /// Rooms created per user in the last hour.
     created: Mutex<HashMap<BareJid, VecDeque<Instant>>>,
     me: Mutex<Weak<Inner>>,
+    /// The rooms' archive worker, started with the first operation.
+    archive: std::sync::OnceLock<mpsc::Sender<archive::Job>>,
+    /// Page sizes of archive queries (the `[archive]` section).
+    archive_cfg: Arc<crate::mam::config::ArchiveConfig>,
 }
 
 pub struct MucService {
@@ -394,6 +434,7 @@ impl Inner {
                 self.may_create(&creator)?;
                 let config = config::RoomConfig {
                     max_users: self.settings.max_occupants,
+                    archive: self.settings.archive_by_default,
                     ..Default::default()
                 };
                 let mut room = Room::new(room_jid.clone(), config, limits);
@@ -490,10 +531,31 @@ impl Inner {
         let node = room.jid().node().map(|n| n.to_string()).unwrap_or_default();
         while let Some(stanza) = rx.recv().await {
             let was_persistent = room.config.persistent;
-            let (out, fx) = room.handle(&stanza, SystemTime::now());
+            let (out, mut fx) = room.handle(&stanza, SystemTime::now());
             *summary.lock() = summary_of(&room);
-            self.store(&room, &node, was_persistent, fx).await;
+            self.store(&room, &node, was_persistent, &fx).await;
             send_all(&service, out).await;
+            if fx.destroyed {
+                fx.archive.push(room::ArchiveOp::Delete);
+            }
+            if !fx.archive.is_empty() {
+                let worker = self.archive.get_or_init(|| {
+                    archive::start(
+                        service.clone(),
+                        self.storage.room_archive.clone(),
+                        self.archive_cfg.clone(),
+                    )
+                });
+                for op in std::mem::take(&mut fx.archive) {
+                    let job = archive::Job {
+                        room: room.jid().clone(),
+                        op,
+                    };
+                    if worker.send(job).await.is_err() {
+                        tracing::warn!(room = %room.jid(), "the room archive worker has stopped");
+                    }
+                }
+            }
             if fx.destroyed {
                 // Unregister first, so new stanzas open a new room; what is already queued
                 // is handed back to the service in order.
@@ -534,7 +596,7 @@ impl Inner {
 
     /// Writes a persistent room after a change, deletes it when destroyed or no longer
     /// persistent.
-    async fn store(&self, room: &Room, node: &str, was_persistent: bool, fx: Effects) {
+    async fn store(&self, room: &Room, node: &str, was_persistent: bool, fx: &Effects) {
         let persistent = room.config.persistent && !fx.destroyed;
         let doc = if persistent && (fx.changed || !was_persistent) {
             match serde_json::to_string(&room.stored()) {
@@ -767,7 +829,7 @@ fn summary_of(room: &Room) -> Summary {
     }
 }
 
-async fn send_one(service: &ServiceHandle, to: Option<Jid>, mut el: Element) {
+pub(crate) async fn send_one(service: &ServiceHandle, to: Option<Jid>, mut el: Element) {
     let Some(to) = to else {
         return;
     };
@@ -789,7 +851,7 @@ async fn send_error(service: &ServiceHandle, stanza: &Stanza, e: StanzaError) {
 
 /// Sends what a room produced: a broadcast is parsed once and readdressed to each
 /// recipient, so its element is shared and serialised once.
-async fn send_all(service: &ServiceHandle, out: Vec<Out>) {
+pub(crate) async fn send_all(service: &ServiceHandle, out: Vec<Out>) {
     for o in out {
         match o {
             Out::One(to, el) => send_one(service, Some(to), el).await,

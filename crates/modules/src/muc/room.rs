@@ -26,6 +26,11 @@ const NS_REGISTER: &str = "jabber:iq:register";
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_CONFERENCE: &str = "jabber:x:conference";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+const NS_MAM: &str = crate::mam::NS;
+const NS_SID: &str = crate::mam::NS_SID;
+pub const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+pub const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+pub const NS_VCARD: &str = "vcard-temp";
 
 /// XEP-0045 §5.2: a user's long-lived standing with a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,13 +120,52 @@ impl Out {
 }
 
 /// What happened to the room, for the service: keep it, store it, or drop it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Effects {
     /// Configuration, affiliations, registered nicks or subject changed: store a
     /// persistent room again.
     pub changed: bool,
     /// The room is gone (destroyed, or a temporary room whose last occupant left).
     pub destroyed: bool,
+    /// Work on the room's archive, in order, after this step's stanzas are sent.
+    pub archive: Vec<ArchiveOp>,
+}
+
+/// Work on a room's archive (XEP-0313 on the room's JID) that needs storage: the room
+/// decides, the service does it, one room's operations in order.
+#[derive(Debug, Clone)]
+pub enum ArchiveOp {
+    /// Keep a message the room sent to its occupants. `message` is as broadcast, without
+    /// its stanza id (the archive's id) and with the sender's real JID in a muc#user
+    /// `<item/>`, which a query removes for those who may not see it.
+    Append {
+        id: String,
+        at_us: i64,
+        nick: String,
+        message: Element,
+    },
+    /// Answer `request` (an archive `<query/>` set or `<metadata/>` get) from `requester`,
+    /// whom the room lets read its archive; `real_jids`: whether results keep the senders'
+    /// real JIDs.
+    Query {
+        request: Element,
+        requester: FullJid,
+        real_jids: bool,
+    },
+    /// A moderator retracts the message with stanza id `id` (XEP-0425): replace it in the
+    /// archive with its tombstone (the stored message's header and occupant id, then
+    /// `retracted`), then send `done` and archive `notice`. When the archive has no such
+    /// message: send `done` if the room still had it in its history, else `missing`.
+    Retract {
+        id: String,
+        retracted: Element,
+        in_history: bool,
+        done: Vec<Out>,
+        missing: Vec<Out>,
+        notice: Box<ArchiveOp>,
+    },
+    /// The room is gone: so is its archive.
+    Delete,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +201,9 @@ pub struct Stored {
     /// restart.
     #[serde(default)]
     pub secret: String,
+    /// The room's vCard (XEP-0486 avatars), as set by an owner.
+    #[serde(default)]
+    pub vcard: Option<String>,
 }
 
 /// An IQ forwarded to an occupant (business rules, IQ 3: in a semi-anonymous room a request to an
@@ -197,6 +244,8 @@ pub struct Room {
     /// real JID, built on first use and dropped when the occupant changes: a newcomer gets
     /// these shared stanzas, so a join costs no element per occupant already there.
     presence_cache: HashMap<String, [Option<Stanza>; 2]>,
+    /// The room's vCard (XEP-0486) and the SHA-1 of its photo (XEP-0153), if any.
+    vcard: Option<(Element, Option<String>)>,
 }
 
 type Reply = Result<Vec<Out>, StanzaError>;
@@ -248,6 +297,33 @@ fn status(code: u16) -> Element {
     Element::new("status", NS_MUC_USER).with_attr("code", code.to_string())
 }
 
+fn micros(at: SystemTime) -> i64 {
+    i64::try_from(
+        at.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+/// XEP-0153 §4: the hex SHA-1 of the photo's binary data, if the vCard has a photo.
+pub fn avatar_hash(vcard: &Element) -> Option<String> {
+    use base64::Engine;
+    use sha1::Digest;
+    let b64: String = vcard
+        .get_child("PHOTO", NS_VCARD)?
+        .get_child("BINVAL", NS_VCARD)?
+        .text()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .ok()?;
+    let digest = sha1::Sha1::digest(&data);
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl Room {
     /// A new room, created by `owner` (locked until configured, §10.1.1, unless `instant`).
     pub fn new(jid: BareJid, config: RoomConfig, limits: MucLimits) -> Room {
@@ -268,6 +344,7 @@ impl Room {
             forwarded: HashMap::new(),
             forwarded_order: VecDeque::new(),
             presence_cache: HashMap::new(),
+            vcard: None,
         }
     }
 
@@ -285,6 +362,13 @@ impl Room {
             }
         }
         room.subject = stored.subject;
+        room.vcard = stored
+            .vcard
+            .and_then(|v| rookery_xml::parse_element(&v).ok())
+            .map(|v| {
+                let hash = avatar_hash(&v);
+                (v, hash)
+            });
         if !stored.secret.is_empty() {
             room.secret = stored.secret;
         }
@@ -306,6 +390,7 @@ impl Room {
                 .collect(),
             subject: self.subject.clone(),
             secret: self.secret.clone(),
+            vcard: self.vcard.as_ref().map(|(v, _)| v.to_xml("")),
         }
     }
 
@@ -723,6 +808,10 @@ impl Room {
             self_extra.push(status(201));
             fx.changed = true;
         }
+        if self.config.archive {
+            // §7.2.12: the newcomer is told that the room's messages are kept.
+            self_extra.push(status(170));
+        }
         if same_user {
             // Only the new session hears about itself; the others already know the occupant.
             let mut own = self_extra.clone();
@@ -1086,6 +1175,32 @@ impl Room {
         m.remove_attr("to");
         let real = o.real.clone();
         self.stamp_occupant_id(&mut m, &real);
+        // XEP-0359 §3: only the room says what its ids are; a client's claim goes.
+        let room = self.jid.to_string();
+        m.retain_children(|c| {
+            !(c.is("stanza-id", NS_SID) && c.attr("by").is_some_and(|by| by == room))
+        });
+        let at_us = micros(now);
+        let id = crate::mam::new_stanza_id(at_us);
+        if self.config.archive && crate::mam::worth_keeping(&m) {
+            let mut kept = m.clone();
+            kept.push_child(
+                Element::new("x", NS_MUC_USER).with_child(
+                    Element::new("item", NS_MUC_USER).with_attr("jid", real.to_string()),
+                ),
+            );
+            fx.archive.push(ArchiveOp::Append {
+                id: id.clone(),
+                at_us,
+                nick: sender.clone(),
+                message: kept,
+            });
+        }
+        m.push_child(
+            Element::new("stanza-id", NS_SID)
+                .with_attr("by", room)
+                .with_attr("id", id),
+        );
         let recipients: Vec<FullJid> = self
             .occupants
             .values()
@@ -1322,8 +1437,255 @@ impl Room {
             (NS_MUC_OWNER, "query", _) => self.owner(stanza, from, payload, get, fx),
             (NS_MUC_ADMIN, "query", _) => self.admin(stanza, from, payload, get, fx),
             (NS_REGISTER, "query", _) => self.register(stanza, from, payload, get, fx),
+            (NS_MAM, "query" | "metadata", _) => self.archive_request(stanza, from, payload, fx),
+            (NS_MODERATE, "moderate", false) => self.moderate(stanza, from, payload, fx),
+            (NS_VCARD, "vCard", true) => Ok(result_out(stanza, Some(self.vcard_element()))),
+            (NS_VCARD, "vCard", false) => self.set_vcard(stanza, from, payload, fx),
             _ => Err(err(StanzaErrorCondition::ServiceUnavailable)),
         }
+    }
+
+    // ---- The room's archive (XEP-0313 §"MUC archives") and moderation (XEP-0425) -------
+
+    /// Who may read the archive: anyone who could enter (not an outcast; a member of a
+    /// members-only room; an occupant of a password-protected room), as Prosody and
+    /// ejabberd allow.
+    fn may_read_archive(&self, from: &FullJid) -> Result<(), StanzaError> {
+        let real = from.to_bare();
+        let a = self.affiliation(&real);
+        let inside = self.by_session.contains_key(from);
+        if a == Affiliation::Outcast {
+            return Err(err(StanzaErrorCondition::Forbidden));
+        }
+        if self.config.members_only && a < Affiliation::Member {
+            return Err(err(StanzaErrorCondition::RegistrationRequired)
+                .with_text("the archive of a members-only room is for its members"));
+        }
+        if self.config.password.is_some() && !inside && a < Affiliation::Admin {
+            return Err(err(StanzaErrorCondition::NotAuthorized)
+                .with_text("enter the room to read its archive"));
+        }
+        Ok(())
+    }
+
+    fn archive_request(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        payload: &Element,
+        fx: &mut Effects,
+    ) -> Reply {
+        if !self.config.archive {
+            return Err(err(StanzaErrorCondition::FeatureNotImplemented)
+                .with_text("this room is not archived"));
+        }
+        self.may_read_archive(from)?;
+        let get = stanza.iq_type() == Some(IqType::Get);
+        match (payload.name(), get) {
+            // §4.1.5: the form of the query fields.
+            ("query", true) => Ok(result_out(stanza, Some(crate::mam::query::form()))),
+            ("query", false) | ("metadata", true) => {
+                let real_jids = self.config.whois == Whois::Anyone
+                    || self.affiliation(&from.to_bare()) >= Affiliation::Admin
+                    || self
+                        .by_session
+                        .get(from)
+                        .and_then(|n| self.occupants.get(n))
+                        .is_some_and(|o| o.role == Role::Moderator);
+                fx.archive.push(ArchiveOp::Query {
+                    request: stanza.element().clone(),
+                    requester: from.clone(),
+                    real_jids,
+                });
+                Ok(Vec::new())
+            }
+            _ => Err(err(StanzaErrorCondition::BadRequest)),
+        }
+    }
+
+    /// XEP-0425 §3: a moderator retracts an occupant's message for everyone.
+    fn moderate(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        payload: &Element,
+        fx: &mut Effects,
+    ) -> Reply {
+        let Some(me) = self.by_session.get(from).cloned() else {
+            return Err(err(StanzaErrorCondition::Forbidden)
+                .with_text("only moderators in the room may moderate messages"));
+        };
+        let Some(moderator) = self
+            .occupants
+            .get(&me)
+            .filter(|o| o.role == Role::Moderator)
+        else {
+            return Err(err(StanzaErrorCondition::Forbidden)
+                .with_text("only moderators may moderate messages"));
+        };
+        let Some(id) = payload
+            .attr("id")
+            .filter(|i| !i.is_empty())
+            .map(str::to_owned)
+        else {
+            return Err(StanzaError::bad_request(
+                "<moderate/> needs the message's stanza id",
+            ));
+        };
+        if !payload.has_child("retract", NS_RETRACT) {
+            return Err(err(StanzaErrorCondition::FeatureNotImplemented)
+                .with_text("only <retract/> is supported"));
+        }
+        let reason = payload
+            .get_child("reason", NS_MODERATE)
+            .map(|r| r.text().to_owned())
+            .filter(|r| !r.is_empty());
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.len() > self.limits.max_subject_bytes)
+        {
+            return Err(err(StanzaErrorCondition::NotAcceptable).with_text("reason too long"));
+        }
+        let moderator_real = moderator.real.clone();
+        let moderated = || {
+            let mut m = Element::new("moderated", NS_MODERATE)
+                .with_attr("by", self.occupant_jid(&me).to_string());
+            m.push_child(
+                Element::new("occupant-id", NS_OCCUPANT_ID)
+                    .with_attr("id", self.occupant_id(&moderator_real)),
+            );
+            m
+        };
+        let with_reason = |mut el: Element| {
+            if let Some(r) = &reason {
+                el.push_child(Element::new("reason", NS_RETRACT).with_text(r.clone()));
+            }
+            el
+        };
+        let now = SystemTime::now();
+        let retracted = with_reason(
+            Element::new("retracted", NS_RETRACT)
+                .with_attr("stamp", stamp(now))
+                .with_child(moderated()),
+        );
+        let notice_id = crate::mam::new_stanza_id(micros(now));
+        let notice = Element::new("message", ns::CLIENT)
+            .with_attr("type", "groupchat")
+            .with_attr("from", self.jid.to_string())
+            .with_attr("id", rookery_stanza::random_id(12))
+            .with_child(with_reason(
+                Element::new("retract", NS_RETRACT)
+                    .with_attr("id", id.clone())
+                    .with_child(moderated()),
+            ));
+        // The history no longer hands the message out (§"Business Rules").
+        let before = self.history.len();
+        self.history.retain(|h| {
+            !h.message
+                .children()
+                .any(|c| c.is("stanza-id", NS_SID) && c.attr("id") == Some(id.as_str()))
+        });
+        let in_history = self.history.len() != before;
+        self.history_bytes = self.history.iter().map(|h| h.chars).sum();
+        let mut broadcast = notice.clone();
+        broadcast.push_child(
+            Element::new("stanza-id", NS_SID)
+                .with_attr("by", self.jid.to_string())
+                .with_attr("id", notice_id.clone()),
+        );
+        let all: Vec<FullJid> = self
+            .occupants
+            .values()
+            .flat_map(|o| o.sessions.iter().cloned())
+            .collect();
+        let mut done = result_out(stanza, None);
+        done.push(Out::Many(broadcast, all));
+        let missing = error_out(
+            stanza,
+            err(StanzaErrorCondition::ItemNotFound).with_text("no message with that id"),
+        );
+        if !self.config.archive {
+            return Ok(if in_history { done } else { missing });
+        }
+        fx.archive.push(ArchiveOp::Retract {
+            id,
+            retracted,
+            in_history,
+            done,
+            missing,
+            notice: Box::new(ArchiveOp::Append {
+                id: notice_id,
+                at_us: micros(now),
+                nick: String::new(),
+                message: notice,
+            }),
+        });
+        Ok(Vec::new())
+    }
+
+    // ---- The room's vCard: avatars (XEP-0486) ------------------------------------------
+
+    fn vcard_element(&self) -> Element {
+        self.vcard
+            .as_ref()
+            .map(|(v, _)| v.clone())
+            .unwrap_or_else(|| Element::new("vCard", NS_VCARD))
+    }
+
+    /// XEP-0486 §3.2: an owner sets the room's vCard (an empty one removes it); occupants
+    /// are told the configuration changed (104) so they fetch the new avatar.
+    fn set_vcard(
+        &mut self,
+        stanza: &Stanza,
+        from: &FullJid,
+        payload: &Element,
+        fx: &mut Effects,
+    ) -> Reply {
+        if self.affiliation(&from.to_bare()) != Affiliation::Owner {
+            return Err(err(StanzaErrorCondition::Forbidden)
+                .with_text("only owners may set the room's vCard"));
+        }
+        let xml = payload.to_xml(NS_VCARD);
+        if xml.len() > self.limits.max_vcard_bytes {
+            return Err(err(StanzaErrorCondition::NotAcceptable).with_text(format!(
+                "the vCard is larger than {} bytes",
+                self.limits.max_vcard_bytes
+            )));
+        }
+        let mut v = payload.clone();
+        v.remove_attr("xmlns");
+        self.vcard = if v.children().next().is_none() {
+            None
+        } else {
+            let hash = avatar_hash(&v);
+            Some((v, hash))
+        };
+        fx.changed = true;
+        let mut out = result_out(stanza, None);
+        out.extend(self.status_message(&[status(104)]));
+        Ok(out)
+    }
+
+    /// A groupchat message from the room itself with these status codes, to every occupant.
+    fn status_message(&self, codes: &[Element]) -> Vec<Out> {
+        let all: Vec<FullJid> = self
+            .occupants
+            .values()
+            .flat_map(|o| o.sessions.iter().cloned())
+            .collect();
+        if all.is_empty() {
+            return Vec::new();
+        }
+        let mut x = Element::new("x", NS_MUC_USER);
+        for c in codes {
+            x.push_child(c.clone());
+        }
+        let m = Element::new("message", ns::CLIENT)
+            .with_attr("type", "groupchat")
+            .with_attr("from", self.jid.to_string())
+            .with_attr("id", rookery_stanza::random_id(12))
+            .with_child(x);
+        vec![Out::Many(m, all)]
     }
 
     /// Business rules, IQ 3 (#bizrules-iq): a request to another occupant goes to that user, from the sender's occupant
@@ -1406,6 +1768,9 @@ impl Room {
             "http://jabber.org/protocol/muc#stable_id",
             "urn:xmpp:ping",
             NS_OCCUPANT_ID,
+            NS_SID,
+            NS_MODERATE,
+            NS_VCARD,
             if c.persistent {
                 "muc_persistent"
             } else {
@@ -1433,6 +1798,9 @@ impl Room {
                 "muc_semianonymous"
             },
         ];
+        if c.archive {
+            features.extend([NS_MAM, crate::mam::NS_EXTENDED]);
+        }
         features.sort_unstable();
         features.dedup();
         for f in features {
@@ -1461,8 +1829,18 @@ impl Room {
                 Some("Occupants may change the subject"),
                 &[if c.change_subject { "1" } else { "0" }],
             )
-            .field("muc#roominfo_lang", None, Some("Language"), &[&c.lang])
-            .build();
+            .field("muc#roominfo_lang", None, Some("Language"), &[&c.lang]);
+        // XEP-0486 §3.3: the avatar's hash, present only when there is one.
+        let form = match self.vcard.as_ref().and_then(|(_, h)| h.as_deref()) {
+            Some(hash) => form.field(
+                "muc#roominfo_avatarhash",
+                Some("text-multi"),
+                Some("Avatar hash"),
+                &[hash],
+            ),
+            None => form,
+        }
+        .build();
         q.push_child(form);
         q
     }
@@ -1554,28 +1932,19 @@ impl Room {
         if *before == self.config {
             return Vec::new();
         }
-        let mut x = Element::new("x", NS_MUC_USER).with_child(status(104));
+        let mut codes = vec![status(104)];
         if before.whois != self.config.whois {
-            x.push_child(status(if self.config.whois == Whois::Anyone {
+            codes.push(status(if self.config.whois == Whois::Anyone {
                 172
             } else {
                 173
             }));
         }
-        let m = Element::new("message", ns::CLIENT)
-            .with_attr("type", "groupchat")
-            .with_attr("from", self.jid.to_string())
-            .with_attr("id", rookery_stanza::random_id(12))
-            .with_child(x);
-        let all: Vec<FullJid> = self
-            .occupants
-            .values()
-            .flat_map(|o| o.sessions.iter().cloned())
-            .collect();
-        if all.is_empty() {
-            return Vec::new();
+        // §10.2.1: archiving (logging) switched on or off.
+        if before.archive != self.config.archive {
+            codes.push(status(if self.config.archive { 170 } else { 171 }));
         }
-        vec![Out::Many(m, all)]
+        self.status_message(&codes)
     }
 
     /// §10.9: everyone leaves with the `<destroy/>` (alternate venue, reason).
