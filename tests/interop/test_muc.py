@@ -536,3 +536,35 @@ async def test_owners_set_the_room_avatar(server, new_user):
         assert reply["type"] == "result"
         info = await g.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
         assert "muc#roominfo_avatarhash" not in str(info)
+
+
+def test_a_join_leave_loop_is_refused_once_its_budget_is_spent(make_server, raw_factory):
+    """A user who enters and leaves a room over and over gets policy-violation after the
+    burst ([host.muc] presence_burst), so one client cannot make a room broadcast without
+    end; the room's owner is not limited."""
+    srv = make_server(host_extra="[host.muc]\npresence_burst = 3\npresence_interval_ms = 60000")
+    owner, looper = srv.add_user(), srv.add_user()
+    room = room_jid(srv, "loop")
+    o, s = raw_factory(srv), raw_factory(srv)
+    im_login(o, owner, "o")
+    im_login(s, looper, "l")
+    o.send(f"<presence to='{room}/owner'><x xmlns='{MUC_NS}'/></presence>")
+    o.wait_for(lambda e: e.tag == qn(CLIENT_NS, "presence") and e.get("from") == f"{room}/owner", what="owner in")
+    o.iq(f"<query xmlns='{MUC_OWNER_NS}'><x xmlns='{DATA_NS}' type='submit'/></query>", to=room, itype="set")
+    answers = []
+    for _ in range(4):
+        s.send(f"<presence to='{room}/looper'><x xmlns='{MUC_NS}'/></presence>")
+        answers.append(
+            s.wait_for(
+                lambda e: e.tag == qn(CLIENT_NS, "presence") and e.get("from") == f"{room}/looper",
+                what="the answer to the entry",
+            )
+        )
+        if answers[-1].get("type") != "error":
+            s.send(f"<presence to='{room}/looper' type='unavailable'/>")
+            s.wait_for(
+                lambda e: e.tag == qn(CLIENT_NS, "presence") and e.get("type") == "unavailable",
+                what="the leave",
+            )
+    assert [a.get("type") for a in answers] == [None, None, None, "error"]
+    assert stanza_error_condition(answers[3])[1] == "policy-violation"

@@ -1067,3 +1067,60 @@ fn an_archived_room_says_so_on_entry() {
         .expect("own presence");
     assert!(Sent::codes(own).contains(&"170".to_owned()));
 }
+
+#[test]
+fn a_join_leave_loop_is_stopped_by_the_presence_budget() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    let t0 = SystemTime::now();
+    let enter = format!("<presence xmlns='jabber:client' from='loop@example.net/x' to='{ROOM}/looper'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
+    let leave = format!("<presence xmlns='jabber:client' type='unavailable' from='loop@example.net/x' to='{ROOM}/looper'/>");
+    // The burst (10) goes through; each entry reaches the others.
+    for i in 0..10 {
+        let sent = run_at(&mut room, &enter, t0);
+        assert!(
+            !sent.to("hag66@shakespeare.lit/pda").is_empty(),
+            "entry {i} is broadcast"
+        );
+        run_at(&mut room, &leave, t0);
+    }
+    // Then entries are refused, and nobody hears of them.
+    let sent = run_at(&mut room, &enter, t0);
+    assert_eq!(
+        sent.error("loop@example.net/x").as_deref(),
+        Some("policy-violation")
+    );
+    assert!(sent.to("hag66@shakespeare.lit/pda").is_empty());
+    // One presence a second comes back.
+    let later = t0 + Duration::from_millis(1500);
+    let sent = run_at(&mut room, &enter, later);
+    assert!(sent.error("loop@example.net/x").is_none());
+    assert!(!sent.to("hag66@shakespeare.lit/pda").is_empty());
+    // Over budget, a status change is kept but not broadcast; a newcomer sees it.
+    let away = format!("<presence xmlns='jabber:client' from='loop@example.net/x' to='{ROOM}/looper'><show>away</show></presence>");
+    let sent = run_at(&mut room, &away, later);
+    assert!(sent.0.is_empty(), "{:?}", sent.0);
+    let sent = run_at(
+        &mut room,
+        &format!("<presence xmlns='jabber:client' from='late@example.net/x' to='{ROOM}/late'><x xmlns='http://jabber.org/protocol/muc'/></presence>"),
+        later,
+    );
+    let seen = sent
+        .to("late@example.net/x")
+        .into_iter()
+        .find(|e| e.attr("from") == Some(&*format!("{ROOM}/looper")))
+        .expect("the looper's presence");
+    assert_eq!(
+        seen.get_child("show", "jabber:client").map(|s| s.text()),
+        Some("away".into())
+    );
+    // Owners are not limited.
+    for _ in 0..20 {
+        let sent = run_at(
+            &mut room,
+            &format!("<presence xmlns='jabber:client' from='crone@example.org/desk' to='{ROOM}/thirdwitch'><status>{}</status></presence>", "x"),
+            t0,
+        );
+        assert!(!sent.to("hag66@shakespeare.lit/pda").is_empty());
+    }
+}

@@ -81,6 +81,10 @@ pub struct MucSettings {
     pub max_name_bytes: usize,
     /// Largest room vCard (XEP-0486 avatars), in bytes as serialised.
     pub max_vcard_bytes: usize,
+    /// Presence a user may send to one room in a burst (entries, changes, nick changes);
+    /// then one more every `presence_interval_ms`.
+    pub presence_burst: u32,
+    pub presence_interval_ms: u64,
     /// New rooms keep an archive (XEP-0313) unless their owner turns it off.
     pub archive_by_default: bool,
 }
@@ -102,6 +106,8 @@ impl Default for MucSettings {
             max_subject_bytes: 1024,
             max_name_bytes: 256,
             max_vcard_bytes: 131_072,
+            presence_burst: 10,
+            presence_interval_ms: 1000,
             archive_by_default: true,
         }
     }
@@ -136,6 +142,12 @@ max_subject_bytes = 1024
 max_name_bytes = 256
 # Largest room vCard (the room's avatar, XEP-0486), in bytes.
 max_vcard_bytes = 131072
+# Presence one user may send to one room in a burst (entering, status and nick changes),
+# then one every presence_interval_ms: each is broadcast to every occupant. Over it, an
+# entry or nick change is refused with policy-violation and a status change is not
+# broadcast (newcomers still see it). Admins and owners are not limited.
+presence_burst = 10
+presence_interval_ms = 1000
 # New rooms keep an archive of their messages (XEP-0313) unless their owner turns it off;
 # it is queried with the [archive] page sizes.
 archive_by_default = true
@@ -156,6 +168,8 @@ archive_by_default = true
             ("max_subject_bytes", self.max_subject_bytes),
             ("max_name_bytes", self.max_name_bytes),
             ("max_vcard_bytes", self.max_vcard_bytes),
+            ("presence_burst", self.presence_burst as usize),
+            ("presence_interval_ms", self.presence_interval_ms as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(
@@ -203,6 +217,8 @@ pub struct MucLimits {
     pub max_subject_bytes: usize,
     pub max_name_bytes: usize,
     pub max_vcard_bytes: usize,
+    pub presence_burst: u32,
+    pub presence_interval_ms: u64,
 }
 
 impl Default for MucLimits {
@@ -222,6 +238,8 @@ impl MucSettings {
             max_subject_bytes: self.max_subject_bytes,
             max_name_bytes: self.max_name_bytes,
             max_vcard_bytes: self.max_vcard_bytes,
+            presence_burst: self.presence_burst,
+            presence_interval_ms: self.presence_interval_ms,
         }
     }
 }

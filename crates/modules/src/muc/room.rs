@@ -246,6 +246,18 @@ pub struct Room {
     presence_cache: HashMap<String, [Option<Stanza>; 2]>,
     /// The room's vCard (XEP-0486) and the SHA-1 of its photo (XEP-0153), if any.
     vcard: Option<(Element, Option<String>)>,
+    /// Each user's presence budget (entries, changes, nick changes): every presence an
+    /// occupant sends reaches every other occupant, so a join/leave loop in a room of 1,000
+    /// would otherwise turn one client's stanza rate into a thousand times that.
+    presence_budget: HashMap<BareJid, Budget>,
+}
+
+/// A token bucket: `tokens` at `at`, refilled by one every `presence_interval_ms` up to
+/// `presence_burst`.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    tokens: f64,
+    at: SystemTime,
 }
 
 type Reply = Result<Vec<Out>, StanzaError>;
@@ -345,6 +357,7 @@ impl Room {
             forwarded_order: VecDeque::new(),
             presence_cache: HashMap::new(),
             vcard: None,
+            presence_budget: HashMap::new(),
         }
     }
 
@@ -504,6 +517,38 @@ impl Room {
         }
     }
 
+    /// Takes one presence from `who`'s budget; false when it is spent. Admins and owners
+    /// are not limited.
+    fn spend_presence(&mut self, who: &BareJid, now: SystemTime) -> bool {
+        if self.affiliation(who) >= Affiliation::Admin {
+            return true;
+        }
+        let burst = f64::from(self.limits.presence_burst);
+        let interval = self.limits.presence_interval_ms.max(1) as f64;
+        let refill = |b: &Budget| {
+            let elapsed = now.duration_since(b.at).unwrap_or_default().as_millis() as f64;
+            (b.tokens + elapsed / interval).min(burst)
+        };
+        // Budgets outlive their occupants (a leave must not reset one) but not for ever:
+        // once full again they carry nothing and go.
+        if self.presence_budget.len() > 2 * self.occupants.len() + 64 {
+            self.presence_budget.retain(|_, b| refill(b) < burst);
+        }
+        let b = self.presence_budget.entry(who.clone()).or_insert(Budget {
+            tokens: burst,
+            at: now,
+        });
+        let tokens = refill(b);
+        if tokens < 1.0 {
+            return false;
+        }
+        *b = Budget {
+            tokens: tokens - 1.0,
+            at: now,
+        };
+        true
+    }
+
     /// Whether `viewer` may see real JIDs (§7.2.3/§7.2.4).
     fn sees_real_jids(&self, viewer: &Occupant) -> bool {
         self.config.whois == Whois::Anyone || viewer.role == Role::Moderator
@@ -585,11 +630,25 @@ impl Room {
                     return Err(err(StanzaErrorCondition::JidMalformed));
                 };
                 self.check_nick(&nick)?;
-                match self.by_session.get(from).cloned() {
+                let current = self.by_session.get(from).cloned();
+                let within_budget = self.spend_presence(&from.to_bare(), now);
+                let flooding = || {
+                    err(StanzaErrorCondition::PolicyViolation)
+                        .with_text("too many presence changes in this room; wait a moment")
+                };
+                match current {
                     Some(current) if current == nick && stanza.has_child("x", NS_MUC) => {
+                        if !within_budget {
+                            return Err(flooding());
+                        }
                         Ok(self.resync(from, stanza, now))
                     }
-                    Some(current) if current == nick => Ok(self.change_presence(from, stanza)),
+                    // Over budget, a change is kept (newcomers and the next broadcast show
+                    // it) but not broadcast: an error here would read as leaving the room.
+                    Some(current) if current == nick => {
+                        Ok(self.change_presence(from, stanza, within_budget))
+                    }
+                    Some(_) | None if !within_budget => Err(flooding()),
                     Some(current) => self.change_nick(from, &current, nick, stanza),
                     None => self.enter(stanza, from, nick, now, fx),
                 }
@@ -936,7 +995,7 @@ impl Room {
         out
     }
 
-    fn change_presence(&mut self, from: &FullJid, stanza: &Stanza) -> Vec<Out> {
+    fn change_presence(&mut self, from: &FullJid, stanza: &Stanza, broadcast: bool) -> Vec<Out> {
         let Some(nick) = self.by_session.get(from).cloned() else {
             return Vec::new();
         };
@@ -946,6 +1005,9 @@ impl Room {
         o.payload = Self::presence_payload(stanza);
         let o = o.clone();
         self.invalidate(&nick);
+        if !broadcast {
+            return Vec::new();
+        }
         self.broadcast_presence(&o, false, &[], &[], &[])
     }
 
