@@ -1124,3 +1124,40 @@ fn a_join_leave_loop_is_stopped_by_the_presence_budget() {
         assert!(!sent.to("hag66@shakespeare.lit/pda").is_empty());
     }
 }
+
+#[test]
+fn removals_for_errors_say_333_and_a_stray_presence_is_told_it_is_not_in_the_room() {
+    let mut room = open_room();
+    join(&mut room, "hag66@shakespeare.lit/pda", "oldhag");
+    // The occupant's client bounced an error: removed, everyone told it was technical.
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' type='error' from='hag66@shakespeare.lit/pda' to='{ROOM}/oldhag'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"));
+    let to_owner = sent.to("crone@example.org/desk");
+    assert_eq!(to_owner.len(), 1);
+    assert_eq!(to_owner[0].attr("type"), Some("unavailable"));
+    assert_eq!(Sent::codes(to_owner[0]), ["333"]);
+    // A presence update (no MUC <x/>) from someone not in the room: a kick, 110/307/333,
+    // to that session alone, and the room unchanged.
+    let sent = run(&mut room, &format!("<presence xmlns='jabber:client' from='hag66@shakespeare.lit/pda' to='{ROOM}/oldhag'><show>away</show></presence>"));
+    assert_eq!(sent.0.len(), 1);
+    let kick = sent.to("hag66@shakespeare.lit/pda")[0];
+    assert_eq!(kick.attr("type"), Some("unavailable"));
+    let mut codes = Sent::codes(kick);
+    codes.sort();
+    assert_eq!(codes, ["110", "307", "333"]);
+    assert_eq!(room.occupant_count(), 1);
+}
+
+#[test]
+fn a_user_outside_the_room_hears_of_an_affiliation_change_with_101() {
+    let mut room = open_room();
+    let sent = run(&mut room, &format!("<iq xmlns='jabber:client' type='set' id='m' from='crone@example.org/desk' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='member' jid='hag66@shakespeare.lit'><reason>welcome</reason></item></query></iq>"));
+    let note = sent.to("hag66@shakespeare.lit");
+    assert_eq!(note.len(), 1, "{:?}", sent.0);
+    assert_eq!(note[0].name(), "message");
+    assert_eq!(note[0].attr("from"), Some(ROOM));
+    assert_eq!(Sent::codes(note[0]), ["101"]);
+    assert_eq!(
+        Sent::item(note[0]).and_then(|i| i.attr("affiliation")),
+        Some("member")
+    );
+}

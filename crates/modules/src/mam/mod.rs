@@ -241,17 +241,17 @@ fn internal(e: StorageError) -> StanzaError {
 }
 
 /// Removes every `<stanza-id/>` whose `by` is at a domain this server serves: only this
-/// server may say what its archives hold (XEP-0359 §3).
-fn strip_local_stanza_ids(server: &Server, stanza: &mut Element) {
+/// server may say what its archives hold (XEP-0359 §3). A stanza without one is not
+/// touched: a broadcast (a room's message to each occupant, with the room's id) stays one
+/// shared element instead of being copied for every recipient.
+fn strip_local_stanza_ids(server: &Server, stanza: &mut Stanza) {
     let forged = |el: &Element| {
-        el.attr("by")
-            .and_then(|by| Jid::new(by).ok())
-            // An unparsable 'by' names no one here; what isn't ours is left alone.
-            .is_some_and(|by| server.serves(by.domain().as_str()))
+        el.is("stanza-id", NS_SID) && el.attr("by").is_some_and(|by| names_local(server, by))
     };
-    if !stanza.has_child("stanza-id", NS_SID) {
+    if !stanza.element().children().any(forged) {
         return;
     }
+    let stanza = stanza.element_mut();
     let mut others = Vec::new();
     while let Some(sid) = stanza.remove_child("stanza-id", NS_SID) {
         if !forged(&sid) {
@@ -261,6 +261,25 @@ fn strip_local_stanza_ids(server: &Server, stanza: &mut Element) {
     for sid in others {
         stanza.push_child(sid);
     }
+}
+
+/// Whether `by` is an address at a domain this server serves. Every message a room sends
+/// has a `by`, checked on each copy delivered, so an address whose domain is plain
+/// lowercase ASCII (already in normal form) is not parsed as a JID.
+fn names_local(server: &Server, by: &str) -> bool {
+    let bare = by.split('/').next().unwrap_or_default();
+    let domain = bare.rsplit('@').next().unwrap_or_default();
+    if server.serves(domain) {
+        return true;
+    }
+    let normal = domain
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if normal {
+        return false;
+    }
+    // An unparsable 'by' names no one here; what isn't ours is left alone.
+    Jid::new(by).is_ok_and(|j| server.serves(j.domain().as_str()))
 }
 
 /// Whether a message belongs in a user archive (module docs).
@@ -360,7 +379,7 @@ async fn outbound(server: &Server, mut c: ClientStanza) -> ClientStanza {
     if c.stanza.name() != "message" {
         return c;
     }
-    strip_local_stanza_ids(server, c.stanza.element_mut());
+    strip_local_stanza_ids(server, &mut c.stanza);
     if !archivable(&c.stanza) {
         return c;
     }
@@ -381,7 +400,7 @@ async fn inbound(server: &Server, mut d: LocalDelivery) -> LocalDelivery {
     if d.stanza.name() != "message" {
         return d;
     }
-    strip_local_stanza_ids(server, d.stanza.element_mut());
+    strip_local_stanza_ids(server, &mut d.stanza);
     if !archivable(&d.stanza) {
         return d;
     }

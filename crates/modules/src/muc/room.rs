@@ -608,9 +608,11 @@ impl Room {
     ) -> Reply {
         let ptype = stanza.presence_type();
         if stanza.is_error() {
-            // An occupant's client answered with an error: it is gone (§18.1 ghosts).
+            // An occupant's client answered with an error: it is gone (§18.1 ghosts), and
+            // everyone is told it was a technical removal (333, §"Removal Because of an
+            // Error").
             if self.by_session.contains_key(from) {
-                return Ok(self.leave(from, None));
+                return Ok(self.leave(from, None, &[status(333)]));
             }
             return Ok(Vec::new());
         }
@@ -622,7 +624,7 @@ impl Room {
                 let status = stanza
                     .get_child("status", ns::CLIENT)
                     .map(|s| s.text().to_owned());
-                Ok(self.leave(from, status))
+                Ok(self.leave(from, status, &[]))
             }
             Some(PresenceType::Available) => {
                 let Some(nick) = nick.filter(|n| !n.is_empty()) else {
@@ -631,6 +633,12 @@ impl Room {
                 };
                 self.check_nick(&nick)?;
                 let current = self.by_session.get(from).cloned();
+                if current.is_none() && !stanza.has_child("x", NS_MUC) {
+                    // §7.2.1 (since 1.32): presence without the MUC <x/> from someone not
+                    // in the room is a client out of step (it believes it is inside); it is
+                    // told it is not, rather than silently entered.
+                    return Ok(self.not_in_room(from, &nick));
+                }
                 let within_budget = self.spend_presence(&from.to_bare(), now);
                 let flooding = || {
                     err(StanzaErrorCondition::PolicyViolation)
@@ -1065,7 +1073,36 @@ impl Room {
     }
 
     /// One session leaves; the occupant leaves with its last session.
-    fn leave(&mut self, from: &FullJid, status_text: Option<String>) -> Vec<Out> {
+    /// The kick a session that is not in the room gets for a presence update (110, 307,
+    /// 333).
+    fn not_in_room(&self, to: &FullJid, nick: &str) -> Vec<Out> {
+        let p = Element::new("presence", ns::CLIENT)
+            .with_attr("type", "unavailable")
+            .with_attr("from", self.occupant_jid(nick).to_string())
+            .with_child(
+                Element::new("x", NS_MUC_USER)
+                    .with_child(
+                        Element::new("item", NS_MUC_USER)
+                            .with_attr("affiliation", "none")
+                            .with_attr("role", "none")
+                            .with_child(
+                                Element::new("reason", NS_MUC_USER)
+                                    .with_text("You are not in the room."),
+                            ),
+                    )
+                    .with_child(status(110))
+                    .with_child(status(307))
+                    .with_child(status(333)),
+            );
+        vec![Out::One(Jid::from(to.clone()), p)]
+    }
+
+    fn leave(
+        &mut self,
+        from: &FullJid,
+        status_text: Option<String>,
+        codes: &[Element],
+    ) -> Vec<Out> {
         let Some(nick) = self.by_session.remove(from) else {
             return Vec::new();
         };
@@ -1076,7 +1113,9 @@ impl Room {
         if !o.sessions.is_empty() {
             let mut gone = o.clone();
             gone.sessions = vec![from.clone()];
-            let p = self.presence_of(&gone, true, true, &[status(110)], &[]);
+            let mut own = codes.to_vec();
+            own.push(status(110));
+            let p = self.presence_of(&gone, true, true, &own, &[]);
             return vec![Out::One(Jid::from(from.clone()), p)];
         }
         let mut o = o.clone();
@@ -1086,7 +1125,7 @@ impl Room {
         } else {
             o.payload.clear();
         }
-        let mut out = self.broadcast_presence(&o, true, &[], &[], &[]);
+        let mut out = self.broadcast_presence(&o, true, codes, &[], &[]);
         if let Some(text) = o.payload.first() {
             for x in &mut out {
                 let el = match x {
@@ -1150,7 +1189,7 @@ impl Room {
         if stanza.is_error() {
             // An error bounced by an occupant's server for a groupchat message: a ghost.
             if self.by_session.contains_key(from) && nick.is_none() {
-                return Ok(self.leave(from, None));
+                return Ok(self.leave(from, None, &[status(333)]));
             }
             return Ok(Vec::new());
         }
@@ -2241,6 +2280,25 @@ impl Room {
             .collect();
         let actor = Some(actor).filter(|a| !a.is_empty());
         let mut out = Vec::new();
+        if nicks.is_empty() {
+            // §"Business Rules": out of courtesy, a user not in the room hears of the change
+            // from the room, at the bare JID, with 101.
+            let mut item = Element::new("item", NS_MUC_USER)
+                .with_attr("affiliation", a.as_str())
+                .with_attr("jid", jid.to_string());
+            if let Some(r) = &reason {
+                item.push_child(Element::new("reason", NS_MUC_USER).with_text(r.clone()));
+            }
+            let m = Element::new("message", ns::CLIENT)
+                .with_attr("from", self.jid.to_string())
+                .with_attr("id", rookery_stanza::random_id(12))
+                .with_child(
+                    Element::new("x", NS_MUC_USER)
+                        .with_child(item)
+                        .with_child(status(101)),
+                );
+            out.push(Out::One(Jid::from(jid), m));
+        }
         for nick in nicks {
             if a == Affiliation::Outcast {
                 // §9.1: a ban removes the user.
