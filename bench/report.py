@@ -110,6 +110,8 @@ for scen, title in (("muc-big", "Group chat, one room"), ("muc-rooms", "Group ch
          lambda r: get(r, "run", "results", "server_cpu_us_per_copy"), "{:.2f}", "lower"),
         ("", "time until every occupant has a round, p50, ms", scen,
          lambda r: get(r, "run", "results", "completion_ms", "p50"), "{:.2f}", "lower"),
+        ("", "one copy's delivery, p99 (rounds 100 ms apart), ms", scen,
+         lambda r: get(r, "run", "results", "delivery_ms", "p99"), "{:.2f}", "lower"),
         ("", "server KiB per occupant (RSS growth while joining)", scen,
          lambda r: get(r, "run", "results", "server_kib_per_occupant"), "{:.2f}", "lower"),
     ]

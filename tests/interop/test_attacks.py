@@ -468,9 +468,9 @@ def test_unauthenticated_flood_memory_is_bounded_and_reused(flood):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="server weakness: memory freed after a connection flood is kept by the allocator (glibc malloc, "
-    "no trimming): VmRSS stays at the flood's peak (~+50 MiB for 5,000 connections) instead of returning "
-    "to the baseline; it is reused by the next flood (no leak)",
+    reason="server weakness: memory freed after a connection flood is kept by the allocator (mimalloc "
+    "keeps freed pages for reuse): VmRSS stays near the flood's peak instead of returning to the "
+    "baseline; it is reused by the next flood (no leak)",
 )
 def test_unauthenticated_flood_memory_returns_near_baseline(flood):
     base_rss, _, rounds = flood

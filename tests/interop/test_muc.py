@@ -300,8 +300,12 @@ async def test_a_persistent_room_survives_the_server(make_server, how):
     srv.start()
     async with muc_client(srv, member) as m:
         assert [forwarded(r)["body"] for r in await room_archive(m, room)] == ["before the stop"]
-        pres, *_ = await m.plugin["xep_0045"].join_muc_wait(room, "member", timeout=10)
+        pres, _subject, _occupants, history = await m.plugin["xep_0045"].join_muc_wait(
+            room, "member", timeout=10
+        )
         assert item(pres).get("affiliation") == "member"
+        # The history a newcomer gets comes back from the room's archive.
+        assert [h["body"] for h in history] == ["before the stop"]
         info = await m.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
         feats = {f.get("var") for f in info.xml.iter(f"{{{DISCO_INFO_NS}}}feature")}
         assert {"muc_persistent", "muc_membersonly"} <= feats

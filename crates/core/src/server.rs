@@ -315,7 +315,18 @@ impl Server {
     /// filters, with the sender answered when it cannot be delivered. `to` and `from` must be
     /// set.
     pub async fn route_from_entity(self: &Arc<Self>, stanza: Stanza) {
-        let (Some(from), Some(to)) = (stanza.from().cloned(), stanza.to().cloned()) else {
+        let (Some(_), Some(to)) = (stanza.from(), stanza.to().cloned()) else {
+            return;
+        };
+        // A message to a local account (every copy of a room's broadcast) goes as dispatch
+        // would send it, without a copy of the sender's address: only IQs and stanzas
+        // without a route answer the sender.
+        if stanza.kind() == StanzaKind::Message
+            && matches!(self.destination(to.domain().as_str()), Destination::Host(_))
+        {
+            return self.message_to_host(to, stanza).await;
+        }
+        let Some(from) = stanza.from().cloned() else {
             return;
         };
         self.dispatch(Some(&from), to, stanza).await

@@ -1161,3 +1161,46 @@ fn a_user_outside_the_room_hears_of_an_affiliation_change_with_101() {
         Some("member")
     );
 }
+
+#[test]
+fn a_reloaded_room_takes_its_history_from_its_archive() {
+    let mut room = open_room();
+    let mut archived = Vec::new();
+    for (i, body) in ["one", "two", "three"].iter().enumerate() {
+        let (_, fx) = say(&mut room, "crone@example.org/desk", body, "");
+        if let [ArchiveOp::Append {
+            id, at_us, message, ..
+        }] = fx.archive.as_slice()
+        {
+            archived.push((id.clone(), *at_us + i as i64, message.clone()));
+        }
+    }
+    // "two" was retracted: its tombstone is not history.
+    archived[1].2 = rookery_xml::parse_element(&format!("<message xmlns='jabber:client' type='groupchat' from='{ROOM}/thirdwitch'><retracted xmlns='urn:xmpp:message-retract:1'/></message>")).expect("xml");
+    let mut reloaded = Room::restore(
+        BareJid::new(ROOM).expect("jid"),
+        room.stored(),
+        MucLimits::default(),
+    );
+    reloaded.restore_history(archived.clone());
+    let sent = join(&mut reloaded, "hag66@shakespeare.lit/pda", "oldhag");
+    let history: Vec<&Element> = sent
+        .to("hag66@shakespeare.lit/pda")
+        .into_iter()
+        .filter(|e| e.has_child("body", "jabber:client"))
+        .collect();
+    let bodies: Vec<String> = history
+        .iter()
+        .filter_map(|e| e.get_child("body", "jabber:client").map(|b| b.text()))
+        .collect();
+    assert_eq!(bodies, ["one", "three"]);
+    // With the archive's ids, delays, and no real JID.
+    assert_eq!(
+        history[0]
+            .get_child("stanza-id", SID)
+            .and_then(|s| s.attr("id")),
+        Some(archived[0].0.as_str())
+    );
+    assert!(history[0].has_child("delay", "urn:xmpp:delay"));
+    assert!(!history[0].to_xml("").contains("crone@example.org"));
+}

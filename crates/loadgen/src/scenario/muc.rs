@@ -365,6 +365,7 @@ pub async fn run(t: Arc<Target>, a: &MucArgs, server_pid: Option<u32>) -> Report
     };
 
     let mut completion_us = Vec::new();
+    let mut delivery_us: Vec<u64> = Vec::new();
     let mut incomplete = 0u64;
     let mut server = serde_json::Value::Null;
     let mut generator = serde_json::Value::Null;
@@ -403,6 +404,7 @@ pub async fn run(t: Arc<Target>, a: &MucArgs, server_pid: Option<u32>) -> Report
                 .clone();
             if done {
                 completion_us.push(arr.iter().copied().max().unwrap_or(0));
+                delivery_us.extend(arr.iter().copied());
             } else {
                 incomplete += 1;
                 errors.add(
@@ -433,6 +435,7 @@ pub async fn run(t: Arc<Target>, a: &MucArgs, server_pid: Option<u32>) -> Report
         .filter(|c| *c > 0.0 && copies > 0)
         .map(|c| (copies as f64 / c).round());
     let completion = stats::percentiles_ms(&mut completion_us);
+    let delivery = stats::percentiles_ms(&mut delivery_us);
     let summary = format!(
         "{measured}/{} rounds reached all {total} occupants of {rooms} room(s); completion p50 {} ms max {} ms; server CPU {} µs per delivered copy; {} KiB per occupant",
         a.repeats,
@@ -449,6 +452,8 @@ pub async fn run(t: Arc<Target>, a: &MucArgs, server_pid: Option<u32>) -> Report
             "rounds_complete": measured,
             "rounds_incomplete": incomplete,
             "completion_ms": completion,
+            // Each copy's time from the send to its arrival, over every complete round.
+            "delivery_ms": delivery,
             "server_cpu_us_per_copy": cpu_us_per_copy,
             "copies_per_server_cpu_s": copies_per_cpu_s,
             "server_kib_per_occupant": kib_per_occupant,

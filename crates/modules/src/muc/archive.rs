@@ -29,6 +29,35 @@ use tokio::sync::mpsc;
 /// Operations waiting for the worker, across the service's rooms.
 const QUEUE: usize = 4096;
 
+/// The newest `max` messages of a room's archive, oldest first (id, time, message): the
+/// history of a room loaded after a restart. Unreadable entries are skipped.
+pub async fn recent(
+    store: &dyn ArchiveStore,
+    room: &BareJid,
+    max: usize,
+) -> Result<Vec<(String, i64, Element)>, StorageError> {
+    let (domain, node) = key(room);
+    let page = store
+        .query_archive(
+            domain,
+            node,
+            &ArchiveQuery {
+                filter: ArchiveFilter::default(),
+                page: PageRequest::Last,
+                max,
+            },
+        )
+        .await?;
+    Ok(page
+        .entries
+        .into_iter()
+        .filter_map(|e| {
+            let m = query::stored_message(&e).ok()?;
+            Some((e.id, e.timestamp_us, m))
+        })
+        .collect())
+}
+
 /// A room's operation.
 pub struct Job {
     pub room: BareJid,

@@ -430,7 +430,25 @@ impl Inner {
         let limits = self.settings.limits();
         let room = match stored {
             Some(doc) => match serde_json::from_str::<Stored>(&doc) {
-                Ok(stored) => Room::restore(room_jid.clone(), stored, limits),
+                Ok(stored) => {
+                    let mut room = Room::restore(room_jid.clone(), stored, limits);
+                    if room.config.archive && limits.max_history > 0 {
+                        // What the room said before it was unloaded is still its history.
+                        match archive::recent(
+                            self.storage.room_archive.as_ref(),
+                            room_jid,
+                            limits.max_history,
+                        )
+                        .await
+                        {
+                            Ok(recent) => room.restore_history(recent),
+                            Err(e) => {
+                                tracing::warn!(room = %room_jid, error = %e, "no history from the room's archive")
+                            }
+                        }
+                    }
+                    room
+                }
                 Err(e) => {
                     tracing::warn!(room = %room_jid, error = %e, "a stored room cannot be read");
                     return Err(stanza_error(StanzaErrorCondition::InternalServerError));
@@ -886,10 +904,9 @@ pub(crate) async fn send_all(service: &ServiceHandle, out: Vec<Out>) {
                 let Ok(stanza) = Stanza::parse(el) else {
                     continue;
                 };
-                for r in &recipients[1..] {
-                    let _ = service
-                        .send_stanza(stanza.readdressed(Jid::from(r.clone())))
-                        .await;
+                // The recipients are moved into their copies, not cloned.
+                for r in recipients.into_iter().skip(1) {
+                    let _ = service.send_stanza(stanza.readdressed(Jid::from(r))).await;
                 }
                 let _ = service.send_stanza(stanza).await;
             }

@@ -361,6 +361,45 @@ impl Room {
         }
     }
 
+    /// Refills the history of a room loaded from storage with the newest messages of its
+    /// archive (id, time in microseconds, the message as archived), oldest first: what the
+    /// room said before a restart is still handed to newcomers. Retracted messages are
+    /// left out; real JIDs are not kept.
+    pub fn restore_history(&mut self, archived: Vec<(String, i64, Element)>) {
+        for (id, at_us, mut m) in archived {
+            if m.has_child("retracted", NS_RETRACT) || !m.has_child("body", ns::CLIENT) {
+                continue;
+            }
+            m.retain_children(|c| !c.is("x", NS_MUC_USER));
+            m.push_child(
+                Element::new("stanza-id", NS_SID)
+                    .with_attr("by", self.jid.to_string())
+                    .with_attr("id", id),
+            );
+            let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(at_us).unwrap_or(0));
+            self.keep_in_history(m, at);
+        }
+    }
+
+    /// Adds a message to the history, dropping the oldest beyond the limits.
+    fn keep_in_history(&mut self, message: Element, at: SystemTime) {
+        if self.limits.max_history == 0 {
+            return;
+        }
+        // §7.2.13 counts `maxchars` over the whole stanza as sent; the same size bounds
+        // what the room keeps in memory.
+        let chars = message.to_xml(ns::CLIENT).len();
+        self.history.push_back(HistoryEntry { message, at, chars });
+        self.history_bytes += chars;
+        while self.history.len() > self.limits.max_history
+            || (self.history_bytes > self.limits.max_history_bytes && self.history.len() > 1)
+        {
+            if let Some(old) = self.history.pop_front() {
+                self.history_bytes -= old.chars;
+            }
+        }
+    }
+
     /// A persistent room as it was stored.
     pub fn restore(jid: BareJid, stored: Stored, limits: MucLimits) -> Room {
         let mut room = Room::new(jid, stored.config, limits);
@@ -1308,27 +1347,12 @@ impl Room {
             .flat_map(|o| o.sessions.iter().cloned())
             .collect();
         if has_body && self.limits.max_history > 0 {
-            // §7.2.13 counts `maxchars` over the whole stanza as sent; the same size bounds
-            // what the room keeps in memory.
-            let chars = m.to_xml(ns::CLIENT).len();
             let mut kept = m.clone();
             kept.remove_attr("id");
             if let Some(id) = el.attr("id") {
                 kept.set_attr("id", id);
             }
-            self.history.push_back(HistoryEntry {
-                message: kept,
-                at: now,
-                chars,
-            });
-            self.history_bytes += chars;
-            while self.history.len() > self.limits.max_history
-                || (self.history_bytes > self.limits.max_history_bytes && self.history.len() > 1)
-            {
-                if let Some(old) = self.history.pop_front() {
-                    self.history_bytes -= old.chars;
-                }
-            }
+            self.keep_in_history(kept, now);
         }
         Ok(vec![Out::Many(m, recipients)])
     }
