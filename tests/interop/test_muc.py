@@ -14,7 +14,16 @@ import xml.etree.ElementTree as ET
 import pytest
 from slixmpp.exceptions import PresenceError
 
-from harness import CLIENT_NS, DISCO_INFO_NS, im_login, qn, session, stanza_error_condition
+from harness import (
+    CLIENT_NS,
+    DISCO_INFO_NS,
+    RawStream,
+    im_login,
+    loopback_source,
+    qn,
+    session,
+    stanza_error_condition,
+)
 
 MUC_NS = "http://jabber.org/protocol/muc"
 MUC_USER_NS = "http://jabber.org/protocol/muc#user"
@@ -572,3 +581,163 @@ def test_a_join_leave_loop_is_refused_once_its_budget_is_spent(make_server, raw_
             )
     assert [a.get("type") for a in answers] == [None, None, None, "error"]
     assert stanza_error_condition(answers[3])[1] == "policy-violation"
+
+
+async def test_mediated_invitation_and_decline(server, new_user):
+    """§7.8.2: an occupant's invitation reaches the invitee from the room, with the inviter's
+    address, the reason, the password of a protected room and a direct (XEP-0249) invitation
+    beside it; members-only rooms make the invitee a member; a decline goes back to the
+    inviter from the room."""
+    owner, guest = new_user(), new_user()
+    room = room_jid(server, "invite")
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await configure(o, room, membersonly="1", passwordprotectedroom="1", roomsecret="s3cret")
+        o.plugin["xep_0045"].invite(room, guest.jid, reason="come in")
+        inv = await g.next_message(predicate=lambda m: m["from"] == room)
+        x = inv.xml.find(f"{{{MUC_USER_NS}}}x")
+        invite = x.find(f"{{{MUC_USER_NS}}}invite")
+        assert invite.get("from", "").startswith(owner.jid)
+        assert invite.find(f"{{{MUC_USER_NS}}}reason").text == "come in"
+        assert x.find(f"{{{MUC_USER_NS}}}password").text == "s3cret"
+        direct = inv.xml.find("{jabber:x:conference}x")
+        assert direct is not None and direct.get("jid") == room
+        members = await o.plugin["xep_0045"].get_affiliation_list(room, "member")
+        assert guest.jid in [str(j) for j in members], "the invitee became a member"
+        g.plugin["xep_0045"].decline(room, owner.jid, reason="busy")
+        dec = await o.next_message(
+            predicate=lambda m: m["from"] == room
+            and m.xml.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}decline") is not None
+        )
+        decline = dec.xml.find(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}decline")
+        assert decline is not None and decline.get("from", "").startswith(guest.jid)
+        assert decline.find(f"{{{MUC_USER_NS}}}reason").text == "busy"
+
+
+async def test_a_visitor_asks_for_voice_and_a_moderator_grants_it(server, new_user):
+    """§7.13 and §8.6: in a moderated room a newcomer is a visitor whose messages are refused;
+    its voice request reaches the moderators as a form; granting voice makes it a participant
+    (everyone sees the new role) and its messages go through."""
+    owner, guest = new_user(), new_user()
+    room = room_jid(server, "voice")
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await configure(o, room, moderatedroom="1")
+        pres, *_ = await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        assert item(pres).get("role") == "visitor"
+        g.send_message(mto=room, mbody="may I?", mtype="groupchat")
+        refused = await g.next_message(predicate=lambda m: m["type"] == "error")
+        assert refused["error"]["condition"] == "forbidden"
+        g.plugin["xep_0045"].request_voice(room, "participant")
+        req = await o.next_message(predicate=lambda m: m.xml.find(f"{{{DATA_NS}}}x") is not None)
+        fields = {f.get("var"): f for f in req.xml.iter(f"{{{DATA_NS}}}field")}
+        assert fields["FORM_TYPE"].find(f"{{{DATA_NS}}}value").text == "http://jabber.org/protocol/muc#request"
+        assert fields["muc#roomnick"].find(f"{{{DATA_NS}}}value").text == "guest"
+        mark = len(o.muc_presences)
+        await o.plugin["xep_0045"].set_role(room, "guest", "participant")
+        seen = await _presence_from(o, f"{room}/guest", after=mark)
+        assert item(seen).get("role") == "participant"
+        g.send_message(mto=room, mbody="thank you", mtype="groupchat")
+        assert (await next_groupchat(o, "thank you"))["from"] == f"{room}/guest"
+
+
+async def test_subject_changes_and_configuration_announcements(server, new_user):
+    """§8.1: only moderators change the subject unless the room allows participants; everyone
+    gets the new subject from its author. §10.2: a configuration change is announced with
+    104, plus 172 when the room becomes non-anonymous and 171 when archiving stops."""
+    owner, guest = new_user(), new_user()
+    room = room_jid(server, "subject")
+    async with muc_client(server, owner) as o, muc_client(server, guest) as g:
+        await create_instant(o, room, "owner")
+        await g.plugin["xep_0045"].join_muc_wait(room, "guest", timeout=10)
+        g.send_message(mto=room, msubject="guest's topic", mtype="groupchat")
+        refused = await g.next_message(predicate=lambda m: m["type"] == "error")
+        assert refused["error"]["condition"] == "forbidden"
+        o.plugin["xep_0045"].set_subject(room, "owner's topic")
+        got = await g.next_message(predicate=lambda m: m["subject"] == "owner's topic")
+        assert got["from"] == f"{room}/owner"
+        await configure(o, room, changesubject="1", whois="anyone", enablearchiving="0")
+        note = await g.next_message(predicate=lambda m: m["from"] == room and m.xml.find(f"{{{MUC_USER_NS}}}x") is not None)
+        assert {s.get("code") for s in note.xml.iter(f"{{{MUC_USER_NS}}}status")} == {"104", "172", "171"}
+        g.send_message(mto=room, msubject="guest's topic", mtype="groupchat")
+        got = await o.next_message(predicate=lambda m: m["subject"] == "guest's topic")
+        assert got["from"] == f"{room}/guest"
+
+
+async def test_a_registered_nick_is_reserved(server, new_user):
+    """§7.10: a user registers a nick with the room and becomes a member; another user
+    cannot enter under it (conflict); the room tells the owner of the nick what it is
+    (disco#info node x-roomuser-item, §7.12)."""
+    owner, holder, other = new_user(), new_user(), new_user()
+    room = room_jid(server, "reg")
+    async with muc_client(server, owner) as o, muc_client(server, holder) as h, muc_client(server, other) as x:
+        await create_instant(o, room, "owner")
+        form = await h.iq(room, "get", "<query xmlns='jabber:iq:register'/>")
+        assert form["type"] == "result", form
+        reply = await h.iq(
+            room,
+            "set",
+            "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+            "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+            "<field var='muc#register_roomnick'><value>keeper</value></field></x></query>",
+        )
+        assert reply["type"] == "result", reply
+        members = await o.plugin["xep_0045"].get_affiliation_list(room, "member")
+        assert holder.jid in [str(j) for j in members]
+        with pytest.raises(PresenceError) as refused:
+            await x.plugin["xep_0045"].join_muc_wait(room, "keeper", timeout=10)
+        assert refused.value.presence["error"]["condition"] == "conflict"
+        info = await h.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}' node='x-roomuser-item'/>")
+        ident = info.xml.find(f".//{{{DISCO_INFO_NS}}}identity")
+        assert ident is not None and ident.get("name") == "keeper"
+        info = await x.iq(room, "get", f"<query xmlns='{DISCO_INFO_NS}' node='x-roomuser-item'/>")
+        assert info["type"] == "result" and info.xml.find(f".//{{{DISCO_INFO_NS}}}identity") is None
+        pres, *_ = await h.plugin["xep_0045"].join_muc_wait(room, "keeper", timeout=10)
+        assert item(pres).get("affiliation") == "member"
+
+
+def test_room_entries_are_limited_per_address(make_server):
+    """[host.muc] joins_per_ip_burst: entries from one address, whatever the account, share
+    one budget; over it, entering gets policy-violation (with the MUC <x/>); another
+    address has its own."""
+    srv = make_server(host_extra="[host.muc]\njoins_per_ip_burst = 3\njoin_interval_per_ip_ms = 60000")
+    users = [srv.add_user(), srv.add_user(), srv.add_user()]
+    shared = loopback_source()
+    streams = []
+    try:
+        for i, u in enumerate(users):
+            st = RawStream(
+                srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path,
+                source_address=shared if i < 2 else loopback_source(),
+            )
+            streams.append(st)
+            im_login(st, u, f"r{i}")
+        _entries_from_one_address(srv, streams)
+    finally:
+        for st in streams:
+            st.close()
+
+
+def _entries_from_one_address(srv, streams):
+    answers = []
+    for i in range(4):
+        st = streams[i % 2]
+        room = room_jid(srv, f"ip{i}")
+        st.send(f"<presence to='{room}/me'><x xmlns='{MUC_NS}'/></presence>")
+        answers.append(
+            st.wait_for(
+                lambda e, room=room: e.tag == qn(CLIENT_NS, "presence") and e.get("from") == f"{room}/me",
+                what=f"the answer of {room}",
+            )
+        )
+    assert [a.get("type") for a in answers] == [None, None, None, "error"]
+    assert stanza_error_condition(answers[3])[1] == "policy-violation"
+    assert answers[3].find(qn(MUC_NS, "x")) is not None
+    # Another address is not held back.
+    room = room_jid(srv, "elsewhere")
+    streams[2].send(f"<presence to='{room}/me'><x xmlns='{MUC_NS}'/></presence>")
+    other = streams[2].wait_for(
+        lambda e: e.tag == qn(CLIENT_NS, "presence") and e.get("from") == f"{room}/me",
+        what="the answer from another address",
+    )
+    assert other.get("type") is None

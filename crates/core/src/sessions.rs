@@ -43,6 +43,9 @@ pub struct SessionHandle {
     /// Per-session state of modules (e.g. "requested the roster", last presence), one value
     /// per type. Empty for most sessions, so it costs one pointer-sized vector when idle.
     extensions: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    /// The address the client connected from, when the transport knows it: for limits per
+    /// address beyond the stream (a MUC service's joins).
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// The session task's side: the stanzas to write and the kick signal.
@@ -56,6 +59,15 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 impl SessionHandle {
     /// A new handle and its inbox; `queue` bounds the stanzas waiting to be written.
     pub fn new(jid: FullJid, queue: usize) -> (Arc<SessionHandle>, SessionInbox) {
+        Self::with_peer(jid, queue, None)
+    }
+
+    /// [`new`](Self::new) for a client connected from `peer`.
+    pub fn with_peer(
+        jid: FullJid,
+        queue: usize,
+        peer: Option<std::net::SocketAddr>,
+    ) -> (Arc<SessionHandle>, SessionInbox) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = Arc::new(SessionHandle {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
@@ -65,6 +77,7 @@ impl SessionHandle {
             kick: Mutex::new(None),
             kicked: Notify::new(),
             extensions: Mutex::new(Vec::new()),
+            peer,
         });
         let inbox = SessionInbox {
             stanzas: rx,
@@ -77,6 +90,10 @@ impl SessionHandle {
     }
     pub fn jid(&self) -> &FullJid {
         &self.jid
+    }
+    /// The address the client connected from, if known.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer
     }
     /// Queues a stanza for this session without waiting.
     pub fn deliver(&self, stanza: impl Into<SharedStanza>) -> Result<(), DeliveryError> {

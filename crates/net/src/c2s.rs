@@ -1327,7 +1327,7 @@ impl ClientStream {
             return Err(Close::err(StreamErrorCondition::NotAuthorized));
         };
         let queue = self.server().config().limits.session_send_queue;
-        let (handle, inbox) = SessionHandle::new(jid.clone(), queue);
+        let (handle, inbox) = SessionHandle::with_peer(jid.clone(), queue, Some(self.peer));
         if let Some(old) = self.server().sessions().bind(handle.clone()) {
             // RFC 6120 §7.7.2.2: this server's policy is that the newer session wins.
             old.kick(

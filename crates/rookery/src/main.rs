@@ -89,7 +89,9 @@ pub(crate) fn registry() -> rookery_core::ModuleRegistry {
 /// short-lived buffers on every delivery (a stanza's copy header, TLS records, queue
 /// blocks), which glibc serves with locks and periodic consolidation, and keeps what a
 /// burst freed (a connection flood, a room's join storm) as resident memory; mimalloc's
-/// per-thread free lists are cheaper, and it returns freed pages to the system.
+/// per-thread free lists are cheaper, and it returns freed pages to the system. Built
+/// without transparent huge pages (`no_thp`): with them, each thread's 2 MiB pages made an
+/// idle session cost a third more resident memory than with glibc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -11,6 +11,7 @@
 //!   broadcast is one element shared by its recipients.
 
 pub mod archive;
+pub mod budget;
 pub mod config;
 pub mod form;
 pub mod room;
@@ -85,6 +86,10 @@ pub struct MucSettings {
     /// then one more every `presence_interval_ms`.
     pub presence_burst: u32,
     pub presence_interval_ms: u64,
+    /// Rooms entered from one IP address (all its users together) in a burst, then one
+    /// more every `join_interval_per_ip_ms`.
+    pub joins_per_ip_burst: u32,
+    pub join_interval_per_ip_ms: u64,
     /// New rooms keep an archive (XEP-0313) unless their owner turns it off.
     pub archive_by_default: bool,
 }
@@ -108,6 +113,8 @@ impl Default for MucSettings {
             max_vcard_bytes: 131_072,
             presence_burst: 10,
             presence_interval_ms: 1000,
+            joins_per_ip_burst: 200,
+            join_interval_per_ip_ms: 100,
             archive_by_default: true,
         }
     }
@@ -148,6 +155,11 @@ max_vcard_bytes = 131072
 # broadcast (newcomers still see it). Admins and owners are not limited.
 presence_burst = 10
 presence_interval_ms = 1000
+# Room entries from one IP address, all its users together, in a burst, then one every
+# join_interval_per_ip_ms (10 a second): over it, entering gets policy-violation. Raise it
+# for addresses that many users share (large NATs).
+joins_per_ip_burst = 200
+join_interval_per_ip_ms = 100
 # New rooms keep an archive of their messages (XEP-0313) unless their owner turns it off;
 # it is queried with the [archive] page sizes.
 archive_by_default = true
@@ -170,6 +182,11 @@ archive_by_default = true
             ("max_vcard_bytes", self.max_vcard_bytes),
             ("presence_burst", self.presence_burst as usize),
             ("presence_interval_ms", self.presence_interval_ms as usize),
+            ("joins_per_ip_burst", self.joins_per_ip_burst as usize),
+            (
+                "join_interval_per_ip_ms",
+                self.join_interval_per_ip_ms as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(
@@ -313,6 +330,8 @@ impl Module for Muc {
                 storage: host.storage().clone(),
                 rooms: Mutex::new(HashMap::new()),
                 created: Mutex::new(HashMap::new()),
+                joins_by_ip: Mutex::new(HashMap::new()),
+                started: Instant::now(),
                 me: Mutex::new(Weak::new()),
                 archive: std::sync::OnceLock::new(),
                 archive_cfg: host.section::<crate::mam::config::ArchiveConfig>(),
@@ -344,6 +363,10 @@ struct Inner {
     rooms: Mutex<HashMap<BareJid, RoomHandle>>,
     /// Rooms created per user in the last hour.
     created: Mutex<HashMap<BareJid, VecDeque<Instant>>>,
+    /// Room entries per client address ([`MucSettings::joins_per_ip_burst`]), on a clock
+    /// that starts with the service.
+    joins_by_ip: Mutex<HashMap<std::net::IpAddr, budget::Budget>>,
+    started: Instant,
     me: Mutex<Weak<Inner>>,
     /// The rooms' archive worker, started with the first operation.
     archive: std::sync::OnceLock<mpsc::Sender<archive::Job>>,
@@ -382,6 +405,10 @@ impl Inner {
                 )
                 .await;
             }
+            return;
+        }
+        if let Err(e) = self.may_enter_from_address(service, &stanza) {
+            send_error(service, &stanza, e).await;
             return;
         }
         let room_jid = to.to_bare();
@@ -520,6 +547,54 @@ impl Inner {
             }
         }
         Ok(Some(tx))
+    }
+
+    /// An attempt to enter a room (available presence with the MUC `<x/>`) from a local
+    /// client takes one entry from its address's budget: one address cannot make rooms
+    /// announce thousands of arrivals, whatever the number of its accounts. Presence that is
+    /// not an entry, and entities without a local session, are not counted here.
+    fn may_enter_from_address(
+        &self,
+        service: &ServiceHandle,
+        stanza: &Stanza,
+    ) -> Result<(), StanzaError> {
+        let entering = stanza.kind() == StanzaKind::Presence
+            && stanza.presence_type() == Some(PresenceType::Available)
+            && stanza.has_child("x", NS_MUC);
+        if !entering {
+            return Ok(());
+        }
+        let Some(Ok(from)) = stanza.from().cloned().map(Jid::try_into_full) else {
+            return Ok(());
+        };
+        let Some(ip) = service
+            .server()
+            .and_then(|s| s.sessions().get(&from))
+            .and_then(|s| s.peer())
+            .map(|p| p.ip().to_canonical())
+        else {
+            return Ok(());
+        };
+        let rate = budget::Rate {
+            burst: self.settings.joins_per_ip_burst,
+            interval_ms: self.settings.join_interval_per_ip_ms,
+        };
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut joins = self.joins_by_ip.lock();
+        if joins.len() > 10_000 {
+            joins.retain(|_, b| !b.is_full(rate, now_ms));
+        }
+        let allowed = joins
+            .entry(ip)
+            .or_insert_with(|| budget::Budget::full(rate, now_ms))
+            .take(rate, now_ms);
+        if allowed {
+            Ok(())
+        } else {
+            tracing::info!(addr = %ip, "room entries refused: too many from this address");
+            Err(stanza_error(StanzaErrorCondition::PolicyViolation)
+                .with_text("too many room entries from your address; wait a moment"))
+        }
     }
 
     fn may_create(&self, creator: &FullJid) -> Result<(), StanzaError> {

@@ -8,6 +8,7 @@
 //! path. Presence has up to three variants: the occupant's own (status 110), the one with the
 //! real JID (for those who may see it), the one without.
 
+use super::budget::{Budget, Rate};
 use super::config::{RoomConfig, Whois};
 use super::form::{FormBuilder, Submitted};
 use super::{MucLimits, NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER};
@@ -250,14 +251,6 @@ pub struct Room {
     /// occupant sends reaches every other occupant, so a join/leave loop in a room of 1,000
     /// would otherwise turn one client's stanza rate into a thousand times that.
     presence_budget: HashMap<BareJid, Budget>,
-}
-
-/// A token bucket: `tokens` at `at`, refilled by one every `presence_interval_ms` up to
-/// `presence_burst`.
-#[derive(Debug, Clone, Copy)]
-struct Budget {
-    tokens: f64,
-    at: SystemTime,
 }
 
 type Reply = Result<Vec<Out>, StanzaError>;
@@ -562,30 +555,20 @@ impl Room {
         if self.affiliation(who) >= Affiliation::Admin {
             return true;
         }
-        let burst = f64::from(self.limits.presence_burst);
-        let interval = self.limits.presence_interval_ms.max(1) as f64;
-        let refill = |b: &Budget| {
-            let elapsed = now.duration_since(b.at).unwrap_or_default().as_millis() as f64;
-            (b.tokens + elapsed / interval).min(burst)
+        let rate = Rate {
+            burst: self.limits.presence_burst,
+            interval_ms: self.limits.presence_interval_ms,
         };
+        let now_ms = u64::try_from(micros(now) / 1000).unwrap_or(0);
         // Budgets outlive their occupants (a leave must not reset one) but not for ever:
         // once full again they carry nothing and go.
         if self.presence_budget.len() > 2 * self.occupants.len() + 64 {
-            self.presence_budget.retain(|_, b| refill(b) < burst);
+            self.presence_budget.retain(|_, b| !b.is_full(rate, now_ms));
         }
-        let b = self.presence_budget.entry(who.clone()).or_insert(Budget {
-            tokens: burst,
-            at: now,
-        });
-        let tokens = refill(b);
-        if tokens < 1.0 {
-            return false;
-        }
-        *b = Budget {
-            tokens: tokens - 1.0,
-            at: now,
-        };
-        true
+        self.presence_budget
+            .entry(who.clone())
+            .or_insert_with(|| Budget::full(rate, now_ms))
+            .take(rate, now_ms)
     }
 
     /// Whether `viewer` may see real JIDs (§7.2.3/§7.2.4).
@@ -1552,9 +1535,14 @@ impl Room {
         }
         let get = itype == IqType::Get;
         match (payload.ns(), payload.name(), get) {
-            (NS_DISCO_INFO, "query", true) => {
-                Ok(result_out(stanza, Some(self.disco_info(payload))))
-            }
+            (NS_DISCO_INFO, "query", true) => match payload.attr("node") {
+                None => Ok(result_out(stanza, Some(self.disco_info(payload)))),
+                Some("x-roomuser-item") => Ok(result_out(
+                    stanza,
+                    Some(self.reserved_nick(&from.to_bare())),
+                )),
+                Some(_) => Err(err(StanzaErrorCondition::ItemNotFound)),
+            },
             (NS_DISCO_ITEMS, "query", true) => Ok(result_out(
                 stanza,
                 Some(Element::new("query", NS_DISCO_ITEMS)),
@@ -1872,6 +1860,20 @@ impl Room {
         el.set_attr("from", self.occupant_jid(&pending.target_nick).to_string());
         el.remove_attr("to");
         vec![Out::One(Jid::from(pending.requester), el)]
+    }
+
+    /// §7.12: the user's reserved nick as the name of an identity, or an empty answer.
+    fn reserved_nick(&self, user: &BareJid) -> Element {
+        let mut q = Element::new("query", NS_DISCO_INFO).with_attr("node", "x-roomuser-item");
+        if let Some(nick) = self.nicks.get(user) {
+            q.push_child(
+                Element::new("identity", NS_DISCO_INFO)
+                    .with_attr("category", "conference")
+                    .with_attr("type", "text")
+                    .with_attr("name", nick.clone()),
+            );
+        }
+        q
     }
 
     fn disco_info(&self, query: &Element) -> Element {
