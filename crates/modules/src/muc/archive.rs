@@ -64,23 +64,55 @@ pub struct Job {
     pub op: ArchiveOp,
 }
 
-/// Starts the worker of a service; it ends when every sender is gone.
+/// Starts the worker of a service; it ends when every sender is gone, or at shutdown once
+/// it has stored what the rooms had already handed over (a graceful stop waits for it:
+/// messages the rooms broadcast are not lost from their archives).
 pub fn start(
     service: ServiceHandle,
     store: Arc<dyn ArchiveStore>,
     cfg: Arc<ArchiveConfig>,
 ) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-    tokio::spawn(async move {
-        let worker = Worker {
-            service,
-            store,
-            cfg,
+    let server = service.server();
+    // The task keeps the token, not the server (which owns the service that owns this).
+    let shutdown = server.as_ref().map(|s| s.shutdown_token().clone());
+    let worker = Worker {
+        service,
+        store,
+        cfg,
+    };
+    let task = async move {
+        let Some(shutdown) = shutdown else {
+            while let Some(job) = rx.recv().await {
+                worker.run(job.room, job.op).await;
+            }
+            return;
         };
-        while let Some(job) = rx.recv().await {
-            worker.run(job.room, job.op).await;
+        loop {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => worker.run(job.room, job.op).await,
+                    None => return,
+                },
+                _ = shutdown.cancelled() => break,
+            }
         }
-    });
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            // The clients are going: only what is stored matters now.
+            if !matches!(job.op, ArchiveOp::Query { .. }) {
+                worker.run(job.room, job.op).await;
+            }
+        }
+    };
+    match server {
+        Some(server) => {
+            server.tasks().spawn(task);
+        }
+        None => {
+            tokio::spawn(task);
+        }
+    }
     tx
 }
 
