@@ -571,6 +571,14 @@ impl Room {
             .take(rate, now_ms)
     }
 
+    /// Every session of every occupant: the recipients of a broadcast.
+    fn all_sessions(&self) -> Vec<FullJid> {
+        self.occupants
+            .values()
+            .flat_map(|o| o.sessions.iter().cloned())
+            .collect()
+    }
+
     /// Whether `viewer` may see real JIDs (§7.2.3/§7.2.4).
     fn sees_real_jids(&self, viewer: &Occupant) -> bool {
         self.config.whois == Whois::Anyone || viewer.role == Role::Moderator
@@ -1324,11 +1332,7 @@ impl Room {
                 .with_attr("by", room)
                 .with_attr("id", id),
         );
-        let recipients: Vec<FullJid> = self
-            .occupants
-            .values()
-            .flat_map(|o| o.sessions.iter().cloned())
-            .collect();
+        let recipients: Vec<FullJid> = self.all_sessions();
         if has_body && self.limits.max_history > 0 {
             let mut kept = m.clone();
             kept.remove_attr("id");
@@ -1706,11 +1710,7 @@ impl Room {
                 .with_attr("by", self.jid.to_string())
                 .with_attr("id", notice_id.clone()),
         );
-        let all: Vec<FullJid> = self
-            .occupants
-            .values()
-            .flat_map(|o| o.sessions.iter().cloned())
-            .collect();
+        let all: Vec<FullJid> = self.all_sessions();
         let mut done = result_out(stanza, None);
         done.push(Out::Many(broadcast, all));
         let missing = error_out(
@@ -1781,11 +1781,7 @@ impl Room {
 
     /// A groupchat message from the room itself with these status codes, to every occupant.
     fn status_message(&self, codes: &[Element]) -> Vec<Out> {
-        let all: Vec<FullJid> = self
-            .occupants
-            .values()
-            .flat_map(|o| o.sessions.iter().cloned())
-            .collect();
+        let all: Vec<FullJid> = self.all_sessions();
         if all.is_empty() {
             return Vec::new();
         }
