@@ -50,9 +50,14 @@ pub use rookery_sasl::{HashAlg, ScramCredentials};
 pub mod archive;
 pub mod conformance;
 pub mod memory;
+pub mod pubsub;
 
 pub use archive::{
     ArchiveBound, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, PageRequest, WithFilter,
+};
+pub use pubsub::{
+    ItemPage, ItemRecord, ItemSelection, NodeRecord, PubSubService, PubSubStore, Published,
+    SubscriptionRecord,
 };
 
 /// Errors of every store.
