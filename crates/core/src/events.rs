@@ -127,3 +127,29 @@ pub struct Bind2Bound {
     pub session: Arc<SessionHandle>,
     pub bound: Element,
 }
+
+/// Filter: the `disco#info` answer of a local account's bare JID (XEP-0030 §3.1, answered by
+/// the server on the account's behalf), or of one of its nodes when `node` is set. Modules
+/// that publish on the account's behalf add to `query` (PEP its `pubsub/pep` identity and its
+/// nodes' metadata) and set `found` for a node they know; a node nobody claimed is answered
+/// `item-not-found`.
+#[derive(Debug, Clone)]
+pub struct AccountDiscoInfo {
+    pub account: BareJid,
+    pub requester: Jid,
+    pub node: Option<String>,
+    pub query: Element,
+    pub found: bool,
+}
+
+/// Filter: the `disco#items` answer of a local account's bare JID or of one of its nodes
+/// (XEP-0030 §4.1), built like [`AccountDiscoInfo`]: PEP lists the nodes the requester may
+/// see.
+#[derive(Debug, Clone)]
+pub struct AccountDiscoItems {
+    pub account: BareJid,
+    pub requester: Jid,
+    pub node: Option<String>,
+    pub query: Element,
+    pub found: bool,
+}

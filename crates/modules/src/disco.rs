@@ -2,8 +2,9 @@
 //! modules registered, items, and XEP-0128 extension forms of enabled modules; and for the
 //! accounts it hosts, answered on their behalf (RFC 6121 §8.5.2.1.3, §8.5.2.2.3): identity
 //! `account/registered` and the account features enabled modules registered, to anyone, and
-//! an empty item list.
+//! what modules publishing on the account's behalf add (PEP's identity, nodes and items).
 
+use rookery_core::events::{AccountDiscoInfo, AccountDiscoItems};
 use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
 use rookery_stanza::{StanzaError, StanzaErrorCondition};
 use rookery_xml::Element;
@@ -87,36 +88,68 @@ async fn items(req: IqRequest) -> IqResult {
     Ok(Some(query))
 }
 
-/// disco#info of an account's bare JID. The core has already answered `service-unavailable`
-/// for an account that does not exist (and the blocking module's delivery filter for a
-/// requester the account blocked).
+/// disco#info of an account's bare JID or one of its nodes. The core has already answered
+/// `service-unavailable` for an account that does not exist (and the blocking module's
+/// delivery filter for a requester the account blocked). Modules publishing on the account's
+/// behalf complete the answer through the [`AccountDiscoInfo`] filter.
 async fn account_info(req: IqRequest) -> IqResult {
     req.require_get()?;
-    if req.payload.attr("node").is_some() {
-        return Err(no_such_node());
-    }
-    let mut query = Element::new("query", NS_INFO)
-        .with_child(
+    let node = req.payload.attr("node").map(str::to_owned);
+    let mut query = Element::new("query", NS_INFO);
+    if let Some(n) = &node {
+        query.set_attr("node", n.clone());
+    } else {
+        query.push_child(
             Element::new("identity", NS_INFO)
                 .with_attr("category", "account")
                 .with_attr("type", "registered"),
-        )
-        .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_INFO))
-        .with_child(Element::new("feature", NS_INFO).with_attr("var", NS_ITEMS));
-    // What enabled modules do on the accounts' behalf (HostBuilder::add_account_feature).
-    if let Some(host) = req.server.host(req.to.domain().as_str()) {
+        );
+        query.push_child(Element::new("feature", NS_INFO).with_attr("var", NS_INFO));
+        query.push_child(Element::new("feature", NS_INFO).with_attr("var", NS_ITEMS));
+    }
+    let Some(host) = req.server.host(req.to.domain().as_str()) else {
+        return Err(StanzaError::service_unavailable());
+    };
+    if node.is_none() {
+        // What enabled modules do on the accounts' behalf (HostBuilder::add_account_feature).
         for f in host.account_features() {
             query.push_child(Element::new("feature", NS_INFO).with_attr("var", f.clone()));
         }
     }
-    Ok(Some(query))
+    let event = AccountDiscoInfo {
+        account: req.to.to_bare(),
+        requester: req.from.clone(),
+        found: node.is_none(),
+        node,
+        query,
+    };
+    match host.hooks().fold(&req.server, event).await {
+        Some(done) if done.found => Ok(Some(done.query)),
+        _ => Err(no_such_node()),
+    }
 }
 
-/// disco#items of an account's bare JID: nothing is published there yet.
+/// disco#items of an account's bare JID or one of its nodes, completed by the modules that
+/// publish on its behalf ([`AccountDiscoItems`]); empty without them.
 async fn account_items(req: IqRequest) -> IqResult {
     req.require_get()?;
-    if req.payload.attr("node").is_some() {
-        return Err(no_such_node());
+    let node = req.payload.attr("node").map(str::to_owned);
+    let mut query = Element::new("query", NS_ITEMS);
+    if let Some(n) = &node {
+        query.set_attr("node", n.clone());
     }
-    Ok(Some(Element::new("query", NS_ITEMS)))
+    let Some(host) = req.server.host(req.to.domain().as_str()) else {
+        return Err(StanzaError::service_unavailable());
+    };
+    let event = AccountDiscoItems {
+        account: req.to.to_bare(),
+        requester: req.from.clone(),
+        found: node.is_none(),
+        node,
+        query,
+    };
+    match host.hooks().fold(&req.server, event).await {
+        Some(done) if done.found => Ok(Some(done.query)),
+        _ => Err(no_such_node()),
+    }
 }

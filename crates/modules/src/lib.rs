@@ -2,9 +2,11 @@
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
 pub mod blocking;
+pub mod budget;
 pub mod carbons;
 pub mod contact_info;
 pub mod disco;
+pub mod form;
 pub mod last;
 pub mod mam;
 pub mod muc;

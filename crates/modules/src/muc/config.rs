@@ -1,6 +1,6 @@
 //! A room's configuration (XEP-0045 §10.2) and its `muc#roomconfig` form (§15.5.3).
 
-use super::form::{FormBuilder, Submitted};
+use crate::form::{FormBuilder, Submitted};
 use super::room::Role;
 use super::MucLimits;
 use rookery_stanza::BareJid;

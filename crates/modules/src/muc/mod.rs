@@ -3,7 +3,6 @@
 //!
 //! * [`room`]: one room as a state machine (stanza in, stanzas out), with no I/O.
 //! * [`config`]: a room's configuration and its `muc#roomconfig` form.
-//! * [`form`]: the data forms MUC uses.
 //! * this file: the module (its `[host.muc]` section), the service (disco of the domain,
 //!   room creation and its limits, persistent rooms in the `RoomStore`), and the task each
 //!   live room runs in. A room's stanzas are handled in order by its own task; what the room
@@ -11,11 +10,10 @@
 //!   broadcast is one element shared by its recipients.
 
 pub mod archive;
-pub mod budget;
 pub mod config;
-pub mod form;
 pub mod room;
 
+use crate::budget;
 use crate::muc::room::{Affiliation, Effects, Out, Room, Stored};
 use async_trait::async_trait;
 use parking_lot::Mutex;

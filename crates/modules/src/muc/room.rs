@@ -8,9 +8,9 @@
 //! path. Presence has up to three variants: the occupant's own (status 110), the one with the
 //! real JID (for those who may see it), the one without.
 
-use super::budget::{Budget, Rate};
+use crate::budget::{Budget, Rate};
 use super::config::{RoomConfig, Whois};
-use super::form::{FormBuilder, Submitted};
+use crate::form::{FormBuilder, Submitted};
 use super::{MucLimits, NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER};
 use rookery_stanza::{
     ns, BareJid, FullJid, IqType, Jid, MessageType, PresenceType, Stanza, StanzaError,

@@ -1,5 +1,5 @@
-//! A token bucket for the service's rate limits (presence per user and room, joins per
-//! address): `burst` tokens, refilled by one every `interval_ms`, one taken per event.
+//! A token bucket for the modules' rate limits (MUC presence per user and room, joins per
+//! address; PubSub publications per publisher): `burst` tokens, refilled by one every `interval_ms`, one taken per event.
 
 /// One bucket: its tokens at a time in milliseconds (any clock, as long as it is the same
 /// for every call on the bucket).

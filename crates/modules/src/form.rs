@@ -1,10 +1,9 @@
-//! XEP-0004 data forms as MUC uses them: the room configuration form (`muc#roomconfig`,
-//! XEP-0045 §10.2 and §15.5.3), the room information form (`muc#roominfo`, §15.5.4) and the
-//! nick registration form (`muc#register`, §15.5.2).
+//! XEP-0004 data forms as the modules use them: MUC's room configuration, room information
+//! and registration forms (XEP-0045 §15.5), PubSub's node configuration, subscription
+//! options and publish-options (XEP-0060 §16.4).
 //!
-//! The server's other forms are built where they are used; this is a small reader and writer
-//! over `Element`, since the forms are a few fields each and the rest of the server works on
-//! `rookery_xml::Element`.
+//! A small reader and writer over `Element`, since the forms are a few fields each and the
+//! rest of the server works on `rookery_xml::Element`. Not a module: a helper modules share.
 
 use rookery_xml::Element;
 
@@ -122,6 +121,19 @@ impl<'a> Submitted<'a> {
                     .map(Element::text)
                     .collect()
             })
+    }
+
+    /// Every field's `var` in document order (fields without one are skipped).
+    pub fn vars(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.form
+            .children()
+            .filter(|f| f.name() == "field")
+            .filter_map(|f| f.attr("var"))
+    }
+
+    /// The form element itself.
+    pub fn element(&self) -> &'a Element {
+        self.form
     }
 
     /// The first value of a field (an empty string for a field without value).
