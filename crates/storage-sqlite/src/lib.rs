@@ -54,10 +54,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod archive;
 mod im;
+mod pubsub;
 mod rooms;
 
 pub use archive::SqliteArchiveStore;
 pub use im::{SqliteOfflineStore, SqliteRosterStore, SqliteUserDataStore};
+pub use pubsub::SqlitePubSubStore;
 pub use rooms::SqliteRoomStore;
 
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
@@ -241,6 +243,14 @@ impl SqliteBackend {
             archive: Arc::new(self.archive_store()),
             rooms: Arc::new(self.room_store()),
             room_archive: Arc::new(self.room_archive_store()),
+            pubsub: Arc::new(self.pubsub_store()),
+        }
+    }
+
+    /// The concrete PubSub store (also available as `storage().pubsub`).
+    pub fn pubsub_store(&self) -> SqlitePubSubStore {
+        SqlitePubSubStore {
+            conn: self.conn.clone(),
         }
     }
 

@@ -6,8 +6,9 @@
 //! rosters, roster versions, pending inbound subscription requests), [`OfflineStore`]
 //! (XEP-0160 offline messages) and [`UserDataStore`] (small per-user documents: vCard
 //! XEP-0054, private XML XEP-0049, last activity XEP-0012, blocklist XEP-0191),
-//! [`ArchiveStore`] (XEP-0313 message archives, see [`archive`]) and [`RoomStore`]
-//! (persistent XEP-0045 rooms of Multi-User Chat services).
+//! [`ArchiveStore`] (XEP-0313 message archives, see [`archive`]), [`RoomStore`]
+//! (persistent XEP-0045 rooms of Multi-User Chat services) and [`PubSubStore`] (XEP-0060
+//! nodes, items, affiliations and subscriptions of PEP and PubSub services, see [`pubsub`]).
 //!
 //! # Invariants
 //!
@@ -21,22 +22,29 @@
 //!   (wrong key length for its hash, two records for one hash) and reports a malformed
 //!   record read back as [`StorageError::Corrupt`] rather than panicking.
 //! * **Per-user data belongs to an account.** The roster, offline and user-data stores
-//!   of a [`Storage`] share their backend with its account store. Every *write* method
-//!   of those stores (including removals) fails with [`StorageError::NotFound`] when the
-//!   owning account does not exist; *reads* of an unknown account return the empty value
-//!   (roster version 0, no items, no messages, no data). Only the owner must exist: a
-//!   roster item's contact may be any JID, local or remote.
+//!   of a [`Storage`], and the PEP services of its PubSub store
+//!   ([`PubSubService::Account`]), share their backend with its account store. Every
+//!   *write* method of those stores (including removals) fails with
+//!   [`StorageError::NotFound`] when the owning account does not exist; *reads* of an
+//!   unknown account return the empty value (roster version 0, no items, no messages, no
+//!   data, no nodes). Only the owner must exist: a roster item's contact, a subscriber or
+//!   an affiliated JID may be any JID, local or remote.
 //! * **Deleting an account deletes everything of it**, atomically, in every store of the
 //!   backend: credentials, roster items, roster version, pending inbound subscriptions,
-//!   offline messages, user data, message archive. An account created again with the same name starts
+//!   offline messages, user data, message archive, its PEP service (every node with its
+//!   items, affiliations and subscriptions), and the PubSub affiliations and subscriptions
+//!   its JIDs (the bare JID `user@domain` and any full JID `user@domain/...`) hold on nodes
+//!   of other services, PEP or domain. An account created again with the same name starts
 //!   empty (roster version 0). Rooms belong to a service domain, not to an account: account
-//!   deletion leaves the [`RoomStore`] alone.
+//!   deletion leaves the [`RoomStore`] alone, and a PubSub service domain's nodes stay (only
+//!   the deleted account's affiliations and subscriptions on them go).
 //! * **Roster versions** ([`Roster::version`]) start at 0 and increase by exactly one on
 //!   every change of the items (each [`RosterStore::set_roster_item`], even with an equal
 //!   item, and each removal of an existing item), in the same atomic step as the change;
 //!   a removal of an absent item and any change to pending subscriptions leave it as is.
 //! * **Quotas are exact under concurrency.** [`RosterStore::set_roster_item`]'s
-//!   `max_items` and [`OfflineStore::push_offline`]'s `max_messages` are checked in the
+//!   `max_items`, [`OfflineStore::push_offline`]'s `max_messages` and the PubSub quotas
+//!   (`max_nodes`, `max_items`, `max_service_items`, `max_per_jid`) are checked in the
 //!   same atomic step as the write, so concurrent writers never exceed them.
 //! * **Offline message ids** are positive, increase in arrival order across the whole
 //!   backend and are never reused (not even after the messages or the account were
@@ -385,8 +393,9 @@ pub trait ArchiveStore: Send + Sync + 'static {
 }
 
 /// The bundle of per-feature stores a server runs with. All stores of one bundle share
-/// one backend (so deleting an account through `accounts` wipes the per-account stores;
-/// `rooms` and `room_archive` are keyed by service, not account, and are left alone).
+/// one backend (so deleting an account through `accounts` wipes the per-account stores and
+/// the account's PEP service; `rooms` and `room_archive` are keyed by service, not account,
+/// and are left alone).
 #[derive(Clone)]
 pub struct Storage {
     pub accounts: Arc<dyn AccountStore>,
@@ -397,6 +406,8 @@ pub struct Storage {
     pub rooms: Arc<dyn RoomStore>,
     /// The archives of MUC rooms, keyed by service domain and room.
     pub room_archive: Arc<dyn ArchiveStore>,
+    /// PubSub nodes (XEP-0060) of accounts' PEP services and of PubSub service domains.
+    pub pubsub: Arc<dyn PubSubStore>,
 }
 
 /// The user-data store of FAST tokens (XEP-0484), one key per client: credentials issued

@@ -2,9 +2,11 @@
 //! conformance suite.
 //!
 //! One [`MemoryBackend`] holds every account together with all of its data (roster,
-//! pending subscriptions, offline messages, user data) in one record behind one lock:
-//! deleting the account drops the record, so everything of it goes at once, and a write
-//! for an account without a record is refused with [`StorageError::NotFound`].
+//! pending subscriptions, offline messages, user data, archive, PEP service) in one record
+//! behind one lock: deleting the account drops the record, so everything of it goes at
+//! once, and a write for an account without a record is refused with
+//! [`StorageError::NotFound`]. The PubSub affiliations and subscriptions the account's JIDs
+//! hold on other services are removed under the same lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,9 +15,10 @@ use parking_lot::RwLock;
 
 use crate::{
     check_data_size, dedup_groups, validate_credentials, AccountStore, ArchiveBound, ArchiveEntry,
-    ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore, HashAlg, OfflineStore, PageRequest,
+    ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore, HashAlg, ItemPage, ItemRecord,
+    ItemSelection, NodeRecord, OfflineStore, PageRequest, PubSubService, PubSubStore, Published,
     RoomStore, Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError,
-    UserDataStore,
+    SubscriptionRecord, UserDataStore,
 };
 
 type Key = (String, String); // (domain, username): BTreeMap order = list order
@@ -32,6 +35,62 @@ struct Account {
     data: BTreeMap<(String, String), String>,
     /// The message archive, in archive order.
     archive: Vec<ArchiveEntry>,
+    /// The account's PEP service.
+    pep: PubSub,
+}
+
+/// The nodes of one PubSub service.
+#[derive(Debug, Default)]
+struct PubSub {
+    nodes: BTreeMap<String, Node>,
+    /// Items held across all nodes, kept with every change (`max_service_items`).
+    items: usize,
+}
+
+impl PubSub {
+    /// How many subscriptions `jid` holds on the nodes of this service (`max_per_jid`).
+    fn subscriptions_of(&self, jid: &str) -> usize {
+        self.nodes
+            .values()
+            .map(|n| n.subscriptions.keys().filter(|(j, _)| j == jid).count())
+            .sum()
+    }
+
+    /// Removes every affiliation and subscription held by `bare` or a full JID of it.
+    fn forget(&mut self, bare: &str) {
+        for n in self.nodes.values_mut() {
+            n.affiliations.retain(|j, _| !is_jid_of(j, bare));
+            n.subscriptions.retain(|(j, _), _| !is_jid_of(j, bare));
+        }
+    }
+}
+
+/// `jid` is `bare` or one of its full JIDs (`bare/...`).
+fn is_jid_of(jid: &str, bare: &str) -> bool {
+    jid.strip_prefix(bare)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// One PubSub node.
+#[derive(Debug, Default)]
+struct Node {
+    config: String,
+    /// Items by publication sequence number: iterated backwards, newest first.
+    items: BTreeMap<u64, ItemRecord>,
+    /// Item id -> its sequence number in `items`.
+    ids: HashMap<String, u64>,
+    /// JID -> affiliation (`none` is absence).
+    affiliations: BTreeMap<String, String>,
+    /// (jid, subid) -> subscription: BTreeMap order = list order.
+    subscriptions: BTreeMap<(String, String), SubscriptionRecord>,
+}
+
+impl Node {
+    /// The position of an item in the newest-first list, or NotFound.
+    fn position(&self, id: &str) -> Result<usize, StorageError> {
+        let seq = self.ids.get(id).ok_or(StorageError::NotFound)?;
+        Ok(self.items.range(seq + 1..).count())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +102,11 @@ struct State {
     rooms: BTreeMap<(String, String), String>,
     /// MUC room archives: (service, room) -> entries in archive order.
     room_archives: BTreeMap<(String, String), Vec<ArchiveEntry>>,
+    /// PubSub service domains (not accounts': those are in [`Account::pep`]). A service is
+    /// created with its first node and dropped with its last.
+    pubsub: BTreeMap<String, PubSub>,
+    /// The last PubSub item sequence number handed out (publication order, all services).
+    last_pubsub_seq: u64,
 }
 
 impl State {
@@ -96,6 +160,14 @@ impl MemoryBackend {
             archive: Arc::new(self.archive_store()),
             rooms: Arc::new(self.room_store()),
             room_archive: Arc::new(self.room_archive_store()),
+            pubsub: Arc::new(self.pubsub_store()),
+        }
+    }
+
+    /// The PubSub store (also available as `storage().pubsub`).
+    pub fn pubsub_store(&self) -> MemoryPubSubStore {
+        MemoryPubSubStore {
+            state: self.state.clone(),
         }
     }
 
@@ -307,13 +379,20 @@ impl AccountStore for MemoryAccountStore {
     }
 
     async fn delete_account(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
-        // The record holds everything of the account: it all goes at once.
-        Ok(self
-            .state
-            .write()
-            .accounts
-            .remove(&key(domain, username))
-            .is_some())
+        // The record holds everything of the account (its PEP service too): it all goes at
+        // once. What its JIDs hold on other PubSub services goes under the same lock.
+        let mut state = self.state.write();
+        if state.accounts.remove(&key(domain, username)).is_none() {
+            return Ok(false);
+        }
+        let bare = format!("{username}@{domain}");
+        for a in state.accounts.values_mut() {
+            a.pep.forget(&bare);
+        }
+        for p in state.pubsub.values_mut() {
+            p.forget(&bare);
+        }
+        Ok(true)
     }
 
     async fn list_accounts(
@@ -760,6 +839,485 @@ impl ArchiveStore for MemoryArchiveStore {
                 .map(|a| std::mem::take(&mut a.archive).len())
                 .unwrap_or(0))
         }
+    }
+}
+
+/// [`PubSubStore`] of a [`MemoryBackend`]: an account's PEP service lives in its record,
+/// service domains in [`State::pubsub`].
+#[derive(Debug)]
+pub struct MemoryPubSubStore {
+    state: Shared,
+}
+
+impl State {
+    /// A service to read; None for an account that doesn't exist or a domain without nodes.
+    fn pubsub(&self, service: PubSubService<'_>) -> Option<&PubSub> {
+        match service {
+            PubSubService::Account { domain, user } => self.get(domain, user).map(|a| &a.pep),
+            PubSubService::Domain(d) => self.pubsub.get(d),
+        }
+    }
+
+    fn pubsub_node(&self, service: PubSubService<'_>, node: &str) -> Option<&Node> {
+        self.pubsub(service).and_then(|p| p.nodes.get(node))
+    }
+
+    /// A service to write to: NotFound for an account that doesn't exist, None for a domain
+    /// without nodes.
+    fn pubsub_write(
+        &mut self,
+        service: PubSubService<'_>,
+    ) -> Result<Option<&mut PubSub>, StorageError> {
+        match service {
+            PubSubService::Account { domain, user } => {
+                Ok(Some(&mut self.get_mut(domain, user)?.pep))
+            }
+            PubSubService::Domain(d) => Ok(self.pubsub.get_mut(d)),
+        }
+    }
+
+    /// A node to write to: NotFound for a missing account or node.
+    fn pubsub_node_mut(
+        &mut self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<&mut Node, StorageError> {
+        self.pubsub_write(service)?
+            .and_then(|p| p.nodes.get_mut(node))
+            .ok_or(StorageError::NotFound)
+    }
+
+    /// Creates a node (with a domain service on its first node).
+    fn create_pubsub_node(
+        &mut self,
+        service: PubSubService<'_>,
+        node: &str,
+        config: &str,
+        owner: &str,
+        max_nodes: usize,
+    ) -> Result<(), StorageError> {
+        let p = match service {
+            PubSubService::Account { domain, user } => &mut self.get_mut(domain, user)?.pep,
+            PubSubService::Domain(d) => self.pubsub.entry(d.to_owned()).or_default(),
+        };
+        if p.nodes.contains_key(node) {
+            return Err(StorageError::AlreadyExists);
+        }
+        if p.nodes.len() >= max_nodes {
+            return Err(StorageError::LimitReached(format!(
+                "service has {} nodes (limit {max_nodes})",
+                p.nodes.len()
+            )));
+        }
+        p.nodes.insert(
+            node.to_owned(),
+            Node {
+                config: config.to_owned(),
+                affiliations: BTreeMap::from([(owner.to_owned(), "owner".to_owned())]),
+                ..Node::default()
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops a domain service without nodes, so services don't pile up as nodes come and go.
+    fn drop_empty_pubsub(&mut self, service: PubSubService<'_>) {
+        if let PubSubService::Domain(d) = service {
+            if self.pubsub.get(d).is_some_and(|p| p.nodes.is_empty()) {
+                self.pubsub.remove(d);
+            }
+        }
+    }
+}
+
+/// A page of a node's items (`node` None: an unknown node, which has none).
+fn select_items(
+    node: Option<&Node>,
+    selection: ItemSelection<'_>,
+) -> Result<ItemPage, StorageError> {
+    let Some(n) = node else {
+        return match selection {
+            ItemSelection::Page { after: Some(_), .. }
+            | ItemSelection::Page {
+                before: Some(_), ..
+            } => Err(StorageError::NotFound),
+            _ => Ok(ItemPage::default()),
+        };
+    };
+    let count = n.items.len();
+    match selection {
+        ItemSelection::Ids(ids) => {
+            let mut first_index = None;
+            let mut items = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(seq) = n.ids.get(id) else { continue };
+                if first_index.is_none() {
+                    first_index = Some(n.position(id)?);
+                }
+                if let Some(item) = n.items.get(seq) {
+                    items.push(item.clone());
+                }
+            }
+            Ok(ItemPage {
+                items,
+                count,
+                first_index: first_index.unwrap_or(0),
+            })
+        }
+        ItemSelection::Page { after, before, max } => {
+            // Bounds in the newest-first list: the page lies in lo..hi.
+            let lo = after
+                .map(|a| n.position(a))
+                .transpose()?
+                .map_or(0, |p| p + 1);
+            let hi = before.map(|b| n.position(b)).transpose()?;
+            let (from, len) = match hi {
+                // The `max` items just newer than `before` (and older than `after`).
+                Some(hi) => {
+                    let len = hi.saturating_sub(hi.saturating_sub(max).max(lo));
+                    (hi - len, len)
+                }
+                None => (lo, max.min(count.saturating_sub(lo))),
+            };
+            Ok(ItemPage {
+                items: n
+                    .items
+                    .values()
+                    .rev()
+                    .skip(from)
+                    .take(len)
+                    .cloned()
+                    .collect(),
+                count,
+                first_index: from,
+            })
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PubSubStore for MemoryPubSubStore {
+    async fn get_node(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<Option<NodeRecord>, StorageError> {
+        Ok(self
+            .state
+            .read()
+            .pubsub_node(service, node)
+            .map(|n| NodeRecord {
+                node: node.to_owned(),
+                config: n.config.clone(),
+            }))
+    }
+
+    async fn list_nodes(
+        &self,
+        service: PubSubService<'_>,
+    ) -> Result<Vec<NodeRecord>, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .pubsub(service)
+            .map(|p| {
+                p.nodes
+                    .iter()
+                    .map(|(name, n)| NodeRecord {
+                        node: name.clone(),
+                        config: n.config.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn create_node(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        config: &str,
+        owner: &str,
+        max_nodes: usize,
+    ) -> Result<(), StorageError> {
+        let mut state = self.state.write();
+        let created = state.create_pubsub_node(service, node, config, owner, max_nodes);
+        if created.is_err() {
+            state.drop_empty_pubsub(service);
+        }
+        created
+    }
+
+    async fn set_node_config(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        config: &str,
+    ) -> Result<(), StorageError> {
+        self.state.write().pubsub_node_mut(service, node)?.config = config.to_owned();
+        Ok(())
+    }
+
+    async fn delete_node(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<bool, StorageError> {
+        let mut state = self.state.write();
+        let Some(p) = state.pubsub_write(service)? else {
+            return Ok(false);
+        };
+        let Some(n) = p.nodes.remove(node) else {
+            return Ok(false);
+        };
+        p.items -= n.items.len();
+        state.drop_empty_pubsub(service);
+        Ok(true)
+    }
+
+    async fn publish_item(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        item: &ItemRecord,
+        max_items: usize,
+        max_service_items: usize,
+    ) -> Result<Published, StorageError> {
+        let mut state = self.state.write();
+        let seq = state
+            .last_pubsub_seq
+            .checked_add(1)
+            .ok_or_else(|| StorageError::Backend("PubSub item sequence exhausted".into()))?;
+        let p = state.pubsub_write(service)?.ok_or(StorageError::NotFound)?;
+        let n = p.nodes.get_mut(node).ok_or(StorageError::NotFound)?;
+        let replaced = n.ids.contains_key(&item.id);
+        // What the node and the service hold once the item is in and the oldest are out.
+        let held = n.items.len() - usize::from(replaced) + 1;
+        let evict = held.saturating_sub(max_items.max(1));
+        let service_items = p.items + 1 - usize::from(replaced) - evict;
+        if service_items > max_service_items {
+            return Err(StorageError::LimitReached(format!(
+                "service would hold {service_items} items (limit {max_service_items})"
+            )));
+        }
+        if let Some(old) = n.ids.remove(&item.id) {
+            n.items.remove(&old);
+        }
+        n.items.insert(seq, item.clone());
+        n.ids.insert(item.id.clone(), seq);
+        let mut evicted = Vec::with_capacity(evict);
+        for _ in 0..evict {
+            if let Some((_, old)) = n.items.pop_first() {
+                n.ids.remove(&old.id);
+                evicted.push(old.id);
+            }
+        }
+        p.items = service_items;
+        state.last_pubsub_seq = seq;
+        Ok(Published { replaced, evicted })
+    }
+
+    async fn get_items(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        selection: ItemSelection<'_>,
+    ) -> Result<ItemPage, StorageError> {
+        select_items(self.state.read().pubsub_node(service, node), selection)
+    }
+
+    async fn retract_item(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        id: &str,
+    ) -> Result<bool, StorageError> {
+        let mut state = self.state.write();
+        let Some(p) = state.pubsub_write(service)? else {
+            return Ok(false);
+        };
+        let Some(n) = p.nodes.get_mut(node) else {
+            return Ok(false);
+        };
+        let Some(seq) = n.ids.remove(id) else {
+            return Ok(false);
+        };
+        n.items.remove(&seq);
+        p.items -= 1;
+        Ok(true)
+    }
+
+    async fn purge_node(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<usize, StorageError> {
+        let mut state = self.state.write();
+        let Some(p) = state.pubsub_write(service)? else {
+            return Ok(0);
+        };
+        let Some(n) = p.nodes.get_mut(node) else {
+            return Ok(0);
+        };
+        let purged = std::mem::take(&mut n.items).len();
+        n.ids.clear();
+        p.items -= purged;
+        Ok(purged)
+    }
+
+    async fn set_affiliation(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let mut state = self.state.write();
+        let affiliations = &mut state.pubsub_node_mut(service, node)?.affiliations;
+        match affiliation {
+            Some(a) => {
+                affiliations.insert(jid.to_owned(), a.to_owned());
+            }
+            None => {
+                affiliations.remove(jid);
+            }
+        }
+        Ok(())
+    }
+
+    async fn affiliations(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(self
+            .state
+            .read()
+            .pubsub_node(service, node)
+            .map(|n| {
+                n.affiliations
+                    .iter()
+                    .map(|(j, a)| (j.clone(), a.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn affiliations_of(
+        &self,
+        service: PubSubService<'_>,
+        jid: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let state = self.state.read();
+        Ok(state
+            .pubsub(service)
+            .map(|p| {
+                p.nodes
+                    .iter()
+                    .filter_map(|(name, n)| {
+                        n.affiliations.get(jid).map(|a| (name.clone(), a.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn set_subscription(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        sub: &SubscriptionRecord,
+        max_per_jid: usize,
+    ) -> Result<(), StorageError> {
+        let mut state = self.state.write();
+        let p = state.pubsub_write(service)?.ok_or(StorageError::NotFound)?;
+        let key = (sub.jid.clone(), sub.subid.clone());
+        let exists = p
+            .nodes
+            .get(node)
+            .ok_or(StorageError::NotFound)?
+            .subscriptions
+            .contains_key(&key);
+        if !exists {
+            let held = p.subscriptions_of(&sub.jid);
+            if held >= max_per_jid {
+                return Err(StorageError::LimitReached(format!(
+                    "{} holds {held} subscriptions on the service (limit {max_per_jid})",
+                    sub.jid
+                )));
+            }
+        }
+        if let Some(n) = p.nodes.get_mut(node) {
+            n.subscriptions.insert(key, sub.clone());
+        }
+        Ok(())
+    }
+
+    async fn remove_subscription(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+        jid: &str,
+        subid: Option<&str>,
+    ) -> Result<usize, StorageError> {
+        let mut state = self.state.write();
+        let Some(n) = state
+            .pubsub_write(service)?
+            .and_then(|p| p.nodes.get_mut(node))
+        else {
+            return Ok(0);
+        };
+        let before = n.subscriptions.len();
+        match subid {
+            Some(subid) => {
+                n.subscriptions.remove(&(jid.to_owned(), subid.to_owned()));
+            }
+            None => n.subscriptions.retain(|(j, _), _| j != jid),
+        }
+        Ok(before - n.subscriptions.len())
+    }
+
+    async fn subscriptions(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<Vec<SubscriptionRecord>, StorageError> {
+        Ok(self
+            .state
+            .read()
+            .pubsub_node(service, node)
+            .map(|n| n.subscriptions.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn subscriptions_of(
+        &self,
+        service: PubSubService<'_>,
+        jid: &str,
+        include_full: bool,
+    ) -> Result<Vec<(String, SubscriptionRecord)>, StorageError> {
+        let state = self.state.read();
+        let Some(p) = state.pubsub(service) else {
+            return Ok(Vec::new());
+        };
+        let mut subs: Vec<(String, SubscriptionRecord)> = p
+            .nodes
+            .iter()
+            .flat_map(|(name, n)| {
+                n.subscriptions
+                    .values()
+                    .filter(|s| {
+                        if include_full {
+                            is_jid_of(&s.jid, jid)
+                        } else {
+                            s.jid == jid
+                        }
+                    })
+                    .map(|s| (name.clone(), s.clone()))
+            })
+            .collect();
+        // (node, subid), then jid: a bare JID and a full one may share a subid.
+        subs.sort_by(|(an, a), (bn, b)| (an, &a.subid, &a.jid).cmp(&(bn, &b.subid, &b.jid)));
+        Ok(subs)
     }
 }
 

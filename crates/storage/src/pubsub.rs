@@ -144,8 +144,11 @@ pub trait PubSubStore: Send + Sync + 'static {
 
     /// Deletes a node with its items, affiliations and subscriptions; false if it didn't
     /// exist.
-    async fn delete_node(&self, service: PubSubService<'_>, node: &str)
-        -> Result<bool, StorageError>;
+    async fn delete_node(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<bool, StorageError>;
 
     /// Stores an item as the node's newest (replacing one with the same id), then removes the
     /// oldest until the node holds at most `max_items` (at least 1 is kept: the one just
@@ -177,8 +180,11 @@ pub trait PubSubStore: Send + Sync + 'static {
     ) -> Result<bool, StorageError>;
 
     /// Removes every item of a node; returns how many there were.
-    async fn purge_node(&self, service: PubSubService<'_>, node: &str)
-        -> Result<usize, StorageError>;
+    async fn purge_node(
+        &self,
+        service: PubSubService<'_>,
+        node: &str,
+    ) -> Result<usize, StorageError>;
 
     /// Sets (Some) or removes (None) a JID's affiliation with a node. NotFound if there is no
     /// such node.
