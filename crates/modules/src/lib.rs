@@ -3,6 +3,7 @@
 
 pub mod blocking;
 pub mod budget;
+pub mod caps;
 pub mod carbons;
 pub mod contact_info;
 pub mod disco;
@@ -45,6 +46,7 @@ pub fn registry() -> ModuleRegistry {
         .register::<time::Time>()
         .register::<roster::Roster>()
         .register::<presence::Presence>()
+        .register::<caps::Caps>()
         .register::<offline::Offline>()
         .register::<vcard::VCard>()
         .register::<private::Private>()
