@@ -570,6 +570,7 @@ struct Failures {
     asked: Vec<(Jid, CapsKey)>,
 }
 
+#[derive(Default)]
 struct Inner {
     config: CapsConfig,
     observers: HashMap<BareJid, HashMap<Jid, Entry>>,
@@ -580,21 +581,6 @@ struct Inner {
     in_flight: usize,
     failures: HashMap<BareJid, Failures>,
     tick: u64,
-}
-
-impl Default for Inner {
-    fn default() -> Self {
-        Self {
-            config: CapsConfig::default(),
-            observers: HashMap::new(),
-            slots: HashMap::new(),
-            known: 0,
-            queued: VecDeque::new(),
-            in_flight: 0,
-            failures: HashMap::new(),
-            tick: 0,
-        }
-    }
 }
 
 /// Emitted on the owner's host when the capabilities of a full JID that sent the owner

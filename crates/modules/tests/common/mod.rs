@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test file uses its own part of the harness
 
 use rookery_core::events::{SessionBound, SessionClosed};
-use rookery_core::{Config, Server, SessionHandle, SessionInbox};
+use rookery_core::{Config, ModuleRegistry, Server, SessionHandle, SessionInbox};
 use rookery_stanza::{FullJid, StanzaError, StanzaErrorCondition};
 use rookery_storage::Storage;
 use rookery_xml::{parse_element, Element};
@@ -14,6 +14,11 @@ pub const D: &str = "example.org";
 /// example.org with alice, bob, carol, dave; other.org with eve. `top` goes before the
 /// hosts, `host` into example.org's table.
 pub async fn server_with(top: &str, host: &str) -> Arc<Server> {
+    server_with_registry(top, host, &rookery_modules::registry()).await
+}
+
+/// [`server_with`] for a build with other modules (a test's own, observing events).
+pub async fn server_with_registry(top: &str, host: &str, registry: &ModuleRegistry) -> Arc<Server> {
     let storage = Storage::memory();
     let accounts = [
         (D, "alice"),
@@ -37,10 +42,10 @@ pub async fn server_with(top: &str, host: &str) -> Arc<Server> {
         &format!("{top}\n[[host]]\ndomain = '{D}'\n{host}\n[[host]]\ndomain = 'other.org'\n"),
         std::path::Path::new("t.toml"),
         std::path::Path::new("."),
-        &rookery_modules::registry(),
+        registry,
     )
     .expect("config");
-    Server::new(cfg, storage, &rookery_modules::registry()).expect("server")
+    Server::new(cfg, storage, registry).expect("server")
 }
 
 pub async fn server() -> Arc<Server> {
