@@ -6,7 +6,9 @@
 //! is replayed; the last-activity module observes presence before it is broadcast; carbons
 //! and push act on an undeliverable message before offline storage stops the event; the
 //! blocking module loads a list before anything else runs for a new session and forgets it
-//! after everything else ran for a closed one. A change to any of these orders must be
+//! after everything else ran for a closed one; the caps module sees presence to an account
+//! before the presence module may stop it, and an account's own presence after it was
+//! broadcast. A change to any of these orders must be
 //! deliberate: it fails here.
 
 use rookery_core::events::{
@@ -57,7 +59,8 @@ fn chains(h: &Host) -> Vec<(&'static str, Vec<&'static str>)> {
 
 fn expected(
     session_bound: [&'static str; 3],
-    session_closed: [&'static str; 3],
+    session_closed: [&'static str; 4],
+    presence_broadcast: [&'static str; 4],
 ) -> Vec<(&'static str, Vec<&'static str>)> {
     vec![
         (
@@ -68,9 +71,9 @@ fn expected(
         ("Bind2Bound", vec!["mam", "offline"]),
         ("SessionBound", session_bound.to_vec()),
         ("SessionClosed", session_closed.to_vec()),
-        ("PresenceBroadcast", vec!["last", "presence", "offline"]),
+        ("PresenceBroadcast", presence_broadcast.to_vec()),
         ("OutboundPresence", vec!["presence"]),
-        ("InboundPresence", vec!["presence"]),
+        ("InboundPresence", vec!["caps", "presence"]),
         ("UndeliverableMessage", vec!["carbons", "push", "offline"]),
         ("MessageDelivered", vec!["carbons"]),
         ("HeldMessage", vec!["push"]),
@@ -84,14 +87,15 @@ fn every_cross_module_order_holds_with_all_modules() {
         chains(&host(None)),
         expected(
             ["blocking", "push", "mam"],
-            ["presence", "last", "blocking"]
+            ["presence", "caps", "last", "blocking"],
+            ["last", "presence", "caps", "offline"]
         )
     );
 }
 
 /// Listing the modules in another order changes only the order of handlers that declare none
-/// between them (mam and push on SessionBound, presence and last on SessionClosed): the
-/// initialisation order, as it always was.
+/// between them (mam and push on SessionBound, presence, caps and last on SessionClosed,
+/// offline and caps on PresenceBroadcast): the initialisation order, as it always was.
 #[test]
 fn the_order_does_not_depend_on_how_modules_are_listed() {
     let mut names: Vec<String> = rookery_modules::registry()
@@ -104,7 +108,8 @@ fn the_order_does_not_depend_on_how_modules_are_listed() {
         chains(&host(Some(names))),
         expected(
             ["blocking", "mam", "push"],
-            ["last", "presence", "blocking"]
+            ["last", "caps", "presence", "blocking"],
+            ["last", "presence", "offline", "caps"]
         )
     );
 }
