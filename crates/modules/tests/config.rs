@@ -4,6 +4,7 @@
 
 use rookery_core::config::{Config, ConfigError};
 use rookery_core::Place;
+use rookery_modules::caps::CapsConfig;
 use rookery_modules::contact_info::ContactAddresses;
 use rookery_modules::mam::config::{ArchiveConfig, ArchivePreference};
 use rookery_modules::offline::OfflineLimits;
@@ -203,6 +204,9 @@ fn a_modules_bad_values_are_named() {
         ("[archive]\nretention_days = 'long'\n", "retention_days"),
         ("[push]\nmax_registrations = 0\n", "push.max_registrations"),
         ("[push]\nrequest_timeout_secs = 0\n", "push.request_timeout_secs"),
+        ("[caps]\nmax_cache_entries = 0\n", "caps.max_cache_entries"),
+        ("[caps]\nquery_timeout_secs = 0\n", "caps.query_timeout_secs"),
+        ("[caps]\nmax_contacts_per_account = 0\n", "caps.max_contacts_per_account"),
         (
             "[[host]]\ndomain = 'a.org'\n[[host]]\ndomain = 'b.org'\n[host.contact]\nadmin = ['admin@b.org']\n",
             "host[1].contact",
@@ -236,6 +240,7 @@ fn example_config_parses_and_matches_defaults() {
     assert_eq!(c.hosts[0].domain, "localhost");
     assert_eq!(*c.section::<PushConfig>(), PushConfig::default());
     assert_eq!(*c.section::<ArchiveConfig>(), ArchiveConfig::default());
+    assert_eq!(*c.section::<CapsConfig>(), CapsConfig::default());
 }
 
 #[test]

@@ -184,8 +184,8 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
     ),
     (
         "PubSub and PEP",
-        "bookmarks, avatars, OMEMO device lists and keys, entity capabilities",
-        &["XEP-0060", "XEP-0163", "XEP-0115", "XEP-0402", "XEP-0084", "XEP-0223"],
+        "bookmarks, avatars, OMEMO device lists and keys",
+        &["XEP-0060", "XEP-0163", "XEP-0402", "XEP-0084", "XEP-0223"],
     ),
     (
         "Web clients",
