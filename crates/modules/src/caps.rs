@@ -1,8 +1,8 @@
 //! XEP-0115 Entity Capabilities, processed by the server for its accounts: which full JIDs
 //! that sent presence to an account (its contacts, and the account's own resources) can do
-//! what. PEP needs this to send notifications only to the resources that asked for them with
-//! a `<node>+notify` feature (XEP-0163 §4), and to send the last items to a resource that just
-//! came online.
+//! what. PEP needs this to send notifications only to the resources that asked for them
+//! with a `<node>+notify` feature (XEP-0163 §4.2), and to send the last items to a resource
+//! that just came online.
 //!
 //! * **Track.** For each online account (the "owner"), the caps of every full JID whose
 //!   available presence it receives: contacts' broadcasts and directed presence (the
@@ -461,7 +461,7 @@ impl CapsInfo {
         self.features.contains(feature)
     }
 
-    /// Whether the entity asked for notifications of the PEP node `node` (XEP-0163 §4:
+    /// Whether the entity asked for notifications of the PEP node `node` (XEP-0163 §4.2:
     /// the feature `{node}+notify`).
     pub fn notifies(&self, node: &str) -> bool {
         self.has(&format!("{node}+notify"))
