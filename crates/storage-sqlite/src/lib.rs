@@ -23,17 +23,23 @@
 //!   [`StorageError::Corrupt`], never as a panic.
 //! * **Everything of an account hangs off `accounts`.** Credentials, roster items (and,
 //!   through them, their groups), the roster version, pending inbound subscriptions,
-//!   offline messages, user data and the message archive all reference `accounts` with `ON DELETE CASCADE`:
-//!   deleting an account is one statement, so it removes everything at once or nothing,
-//!   and with `foreign_keys=ON` (required at open) no row can exist for a missing account.
-//!   Writes of the IM stores also check the owner inside their transaction and report a
-//!   missing one as [`StorageError::NotFound`].
-//!   Persistent MUC rooms (`muc_rooms`) are the exception: they belong to a service
-//!   domain, which has no accounts, so they reference nothing and outlive any account.
+//!   offline messages, user data, the message archive and the account's PEP service
+//!   (`pubsub_services`, and through it its nodes, items, affiliations and subscriptions)
+//!   all reference `accounts` with `ON DELETE CASCADE`: deleting an account is one
+//!   statement for all of that, and with `foreign_keys=ON` (required at open) no row can
+//!   exist for a missing account. The PubSub affiliations and subscriptions the account's
+//!   JIDs hold on other services reference their nodes, not the account: they are deleted
+//!   in the same transaction, so account deletion removes everything at once or nothing.
+//!   Writes of the IM and PubSub stores also check the owner inside their transaction and
+//!   report a missing one as [`StorageError::NotFound`].
+//!   Persistent MUC rooms (`muc_rooms`), room archives and PubSub service domains are the
+//!   exception: they belong to a service domain, which has no accounts, so they reference
+//!   nothing and outlive any account.
 //! * **Checks and writes are atomic.** Every write runs in one `BEGIN IMMEDIATE`
 //!   transaction: a roster change and its version bump commit together; the offline
-//!   quota and the roster item limit are checked under the same write lock as the insert
-//!   they guard, so concurrent writers (tasks or processes) never exceed them.
+//!   quota, the roster item limit and the PubSub quotas are checked under the same write
+//!   lock as the insert they guard, so concurrent writers (tasks or processes) never
+//!   exceed them.
 //! * **Hot paths are cheap.** Statements are prepared once per connection
 //!   (`prepare_cached`, with a cache larger than the set of statements); a roster is read with its version and all its groups in two
 //!   queries, whatever its size; offline messages are read, counted and deleted through
@@ -41,6 +47,9 @@
 //! * **Offline message ids** come from `AUTOINCREMENT`: increasing, never reused.
 //! * **Archive queries cost a page, not an archive** (`archive.rs`): every query is a
 //!   range seek on an index whose entries are in archive order, reading `max + 1` rows.
+//! * **PubSub pages cost a page, not a node** (`pubsub.rs`): items are read newest first
+//!   through the `(node_id, seq)` index, and node and service item counts are columns kept
+//!   in the transaction of every change.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -69,14 +78,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_archive.sql"),
     include_str!("../migrations/0004_muc_rooms.sql"),
     include_str!("../migrations/0005_muc_archive.sql"),
+    include_str!("../migrations/0006_pubsub.sql"),
 ];
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Prepared statements kept per connection: more than the stores use (about 30), so
-/// `prepare_cached` never evicts one on a mixed workload (rusqlite's default is 16).
-const STATEMENT_CACHE_CAPACITY: usize = 64;
+/// Prepared statements kept per connection: more than the stores use (about 90 with the
+/// PubSub store's), so `prepare_cached` never evicts one on a mixed workload (rusqlite's
+/// default is 16).
+const STATEMENT_CACHE_CAPACITY: usize = 128;
 
 /// How long a writer waits for another connection's lock (the CLI, say).
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -593,15 +604,22 @@ impl AccountStore for SqliteAccountStore {
     async fn delete_account(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
         let (domain, username) = (domain.to_owned(), username.to_owned());
         self.run(move |conn| {
+            let tx = im::write_tx(conn)?;
             // Everything of the account goes with it, in this one statement (ON DELETE
             // CASCADE): credentials, roster items and groups, roster version, pending
-            // subscriptions, offline messages, user data.
-            conn.execute(
-                "DELETE FROM accounts WHERE domain = ?1 AND username = ?2",
-                params![domain, username],
-            )
-            .map(|n| n > 0)
-            .map_err(backend)
+            // subscriptions, offline messages, user data, archive, its PEP service.
+            let deleted = tx
+                .prepare_cached("DELETE FROM accounts WHERE domain = ?1 AND username = ?2")
+                .and_then(|mut s| s.execute(params![domain, username]))
+                .map_err(backend)?
+                > 0;
+            // What its JIDs hold on other PubSub services references no account row: it is
+            // removed in the same transaction.
+            if deleted {
+                pubsub::forget_jids(&tx, &format!("{username}@{domain}"))?;
+            }
+            tx.commit().map_err(backend)?;
+            Ok(deleted)
         })
         .await
     }

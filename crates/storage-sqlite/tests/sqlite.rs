@@ -28,6 +28,11 @@ fn rows_per_table(c: &rusqlite::Connection) -> Vec<(&'static str, i64)> {
         "user_data",
         "archive",
         "muc_archive",
+        "pubsub_services",
+        "pubsub_nodes",
+        "pubsub_items",
+        "pubsub_affiliations",
+        "pubsub_subscriptions",
     ]
     .into_iter()
     .map(|t| {
@@ -137,7 +142,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
 
     let b = SqliteBackend::open(&path).expect("open migrates");
     assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(SCHEMA_VERSION, 6);
     let s = b.storage();
     assert_eq!(
         s.accounts.list_accounts(None).await.expect("list"),
@@ -177,6 +182,29 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
         .set_data("example.org", "old", "vcard", "", Some("<vCard/>"), 100)
         .await
         .expect("set data");
+    let pep = rookery_storage::PubSubService::Account {
+        domain: "example.org",
+        user: "old",
+    };
+    s.pubsub
+        .create_node(pep, "urn:xmpp:avatar:metadata", "{}", "old@example.org", 10)
+        .await
+        .expect("create node");
+    s.pubsub
+        .publish_item(
+            pep,
+            "urn:xmpp:avatar:metadata",
+            &rookery_storage::ItemRecord {
+                id: "current".into(),
+                publisher: "old@example.org".into(),
+                payload: "<metadata/>".into(),
+                published_us: 1,
+            },
+            1,
+            10,
+        )
+        .await
+        .expect("publish");
     // And deleting it cascades into the new tables.
     assert!(s
         .accounts
@@ -747,4 +775,134 @@ async fn real_scram_records_round_trip() {
         assert_eq!(&got, c);
         assert!(got.verify_password("hunter2"));
     }
+}
+
+fn pubsub_item(id: &str) -> rookery_storage::ItemRecord {
+    rookery_storage::ItemRecord {
+        id: id.into(),
+        publisher: "alice@example.org".into(),
+        payload: "<entry/>".into(),
+        published_us: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_quotas_hold_across_connections() {
+    use rookery_storage::{PubSubService, StorageError};
+    // Two backends on one file: each has its own connection, so only the database's
+    // write lock keeps the checks and the writes together.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    let one = SqliteBackend::open(&path).expect("open");
+    let two = SqliteBackend::open(&path).expect("open");
+    let svc = PubSubService::Domain("pubsub.example.org");
+    let pick = |i: usize| {
+        if i % 2 == 0 {
+            one.storage()
+        } else {
+            two.storage()
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = pick(i);
+        tasks.spawn(async move {
+            s.pubsub
+                .create_node(svc, &format!("n{i:02}"), "{}", "o@example.org", 6)
+                .await
+        });
+    }
+    let mut created = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("join") {
+            Ok(()) => created += 1,
+            Err(StorageError::LimitReached(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(created, 6);
+    let nodes = one.storage().pubsub.list_nodes(svc).await.expect("list");
+    assert_eq!(nodes.len(), 6);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let s = pick(i);
+        let node = nodes[i % 6].node.clone();
+        tasks.spawn(async move {
+            s.pubsub
+                .publish_item(svc, &node, &pubsub_item(&format!("i{i:02}")), 100, 25)
+                .await
+        });
+    }
+    let mut published = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("join") {
+            Ok(_) => published += 1,
+            Err(StorageError::LimitReached(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(published, 25);
+    let items: i64 = raw(&path)
+        .query_row("SELECT COUNT(*) FROM pubsub_items", [], |r| r.get(0))
+        .expect("count");
+    let counted: i64 = raw(&path)
+        .query_row("SELECT item_count FROM pubsub_services", [], |r| r.get(0))
+        .expect("counter");
+    let per_node: i64 = raw(&path)
+        .query_row("SELECT SUM(item_count) FROM pubsub_nodes", [], |r| r.get(0))
+        .expect("counters");
+    assert_eq!((items, counted, per_node), (25, 25, 25));
+}
+
+#[tokio::test]
+async fn pubsub_data_persists_and_bad_counts_are_corrupt_not_panics() {
+    use rookery_storage::{ItemSelection, PubSubService, StorageError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    let svc = PubSubService::Domain("pubsub.example.org");
+    {
+        let b = SqliteBackend::open(&path).expect("open");
+        let s = b.storage();
+        s.pubsub
+            .create_node(svc, "n", "{\"v\":1}", "o@example.org", 10)
+            .await
+            .expect("create");
+        for id in ["a", "b", "c"] {
+            s.pubsub
+                .publish_item(svc, "n", &pubsub_item(id), 10, 100)
+                .await
+                .expect("publish");
+        }
+    }
+    let b = SqliteBackend::open(&path).expect("reopen");
+    let s = b.storage();
+    let page = s
+        .pubsub
+        .get_items(
+            svc,
+            "n",
+            ItemSelection::Page {
+                after: None,
+                before: None,
+                max: 10,
+            },
+        )
+        .await
+        .expect("items");
+    let ids: Vec<&str> = page.items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!((ids, page.count), (vec!["c", "b", "a"], 3));
+    // A counter below the rows it counts (an edit by hand, say) is reported, not trusted
+    // into an underflow.
+    raw(&path)
+        .execute_batch("UPDATE pubsub_nodes SET item_count = 0")
+        .expect("tamper");
+    let r = s
+        .pubsub
+        .publish_item(svc, "n", &pubsub_item("a"), 10, 100)
+        .await;
+    assert!(matches!(r, Err(StorageError::Corrupt(_))), "{r:?}");
+    // The counters refuse negative values outright.
+    assert!(raw(&path)
+        .execute_batch("UPDATE pubsub_services SET item_count = -1")
+        .is_err());
 }
