@@ -75,6 +75,7 @@ async fn conformance_individual_suites_on_file() {
         "archive",
         "rooms",
         "room_archive",
+        "pubsub",
         "deletion",
     ]
     .iter()
@@ -89,6 +90,7 @@ async fn conformance_individual_suites_on_file() {
             "archive" => conformance::archive_store(&s).await,
             "rooms" => conformance::room_store(&s).await,
             "room_archive" => conformance::room_archive_store(&s).await,
+            "pubsub" => conformance::pubsub_store(&s).await,
             _ => conformance::account_deletion(&s).await,
         }
         assert!(b.integrity_check().expect("check"), "{suite}");

@@ -2,7 +2,8 @@
 //! tests, so all backends behave identically.
 //!
 //! [`account_store`] checks one [`AccountStore`]; [`roster_store`], [`offline_store`],
-//! [`user_data_store`] and [`account_deletion`] check the stores of a whole [`Storage`]
+//! [`user_data_store`], [`archive_store`], [`room_store`], [`room_archive_store`],
+//! [`pubsub_store`] and [`account_deletion`] check the stores of a whole [`Storage`]
 //! bundle (they create their accounts through `storage.accounts`); [`all`] runs
 //! everything.
 //!
@@ -13,8 +14,10 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    AccountStore, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, HashAlg, PageRequest,
-    Roster, RosterItem, ScramCredentials, Storage, StorageError, Subscription, WithFilter,
+    AccountStore, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, HashAlg, ItemPage,
+    ItemRecord, ItemSelection, NodeRecord, PageRequest, PubSubService, Published, Roster,
+    RosterItem, ScramCredentials, Storage, StorageError, Subscription, SubscriptionRecord,
+    WithFilter,
 };
 
 /// A structurally valid record whose bytes are derived from `seed` (no PBKDF2: fast).
@@ -499,6 +502,7 @@ pub async fn all(storage: &Storage) {
     account_deletion(storage).await;
     room_store(storage).await;
     room_archive_store(storage).await;
+    pubsub_store(storage).await;
 }
 
 /// The whole [`crate::RoomStore`] contract: rooms are per service, listed in room order,
@@ -1878,6 +1882,15 @@ pub async fn account_deletion(s: &Storage) {
             .append_archive(d, u, &archived(1, "carol@example.com", "", 10))
             .await
             .expect("archive");
+        let pep = PubSubService::Account { domain: d, user: u };
+        s.pubsub
+            .create_node(pep, "urn:xmpp:avatar:metadata", "{}", "x@y", 10)
+            .await
+            .expect("pep node");
+        s.pubsub
+            .publish_item(pep, "urn:xmpp:avatar:metadata", &ps_item("a", 1), 1, 10)
+            .await
+            .expect("pep item");
     }
     drop_account(s, D, "alice").await;
     check_empty(s, D, "alice").await;
@@ -1902,6 +1915,11 @@ pub async fn account_deletion(s: &Storage) {
             .await
             .expect("creds")
             .is_some());
+        let pep = PubSubService::Account { domain: d, user: u };
+        assert_eq!(
+            all_item_ids(s, pep, "urn:xmpp:avatar:metadata").await,
+            strings(&["a"])
+        );
     }
     create(s, D, "alice").await;
     check_empty(s, D, "alice").await;
@@ -1929,6 +1947,15 @@ async fn check_empty(s: &Storage, d: &str, u: &str) {
         }
     );
     assert_eq!(s.archive.archive_bounds(d, u).await.expect("bounds"), None);
+    let pep = PubSubService::Account { domain: d, user: u };
+    assert!(s.pubsub.list_nodes(pep).await.expect("nodes").is_empty());
+    assert_eq!(
+        s.pubsub
+            .get_items(pep, "urn:xmpp:avatar:metadata", page_sel(None, None, 10))
+            .await
+            .expect("items"),
+        ItemPage::default()
+    );
     assert!(s
         .offline
         .peek_offline(d, u, 10)
@@ -2658,4 +2685,1456 @@ async fn archive_concurrent(s: &Storage) {
             .windows(2)
             .all(|w| w[0].timestamp_us <= w[1].timestamp_us));
     }
+}
+
+// ---------------------------------------------------------------------------------
+// PubSub
+
+/// The service domain the PubSub checks use.
+const PS: PubSubService<'static> = PubSubService::Domain("pubsub.example.org");
+
+/// The PEP service of `user@example.org`.
+fn pep(user: &'static str) -> PubSubService<'static> {
+    PubSubService::Account { domain: D, user }
+}
+
+/// Item `id`, with a publisher, payload and time derived from `n`.
+fn ps_item(id: &str, n: i64) -> ItemRecord {
+    ItemRecord {
+        id: id.to_owned(),
+        publisher: format!("p{n}@example.org/r"),
+        payload: format!("<entry xmlns='urn:x' n='{n}'>caf\u{e9} &amp; \u{1F426}</entry>"),
+        published_us: 1_700_000_000_000_000 + n,
+    }
+}
+
+fn ps_sub(jid: &str, subid: &str, state: &str) -> SubscriptionRecord {
+    SubscriptionRecord {
+        jid: jid.to_owned(),
+        subid: subid.to_owned(),
+        state: state.to_owned(),
+        options: format!("<x xmlns='jabber:x:data' type='submit'><!-- {jid} {subid} --></x>"),
+    }
+}
+
+fn page_sel<'a>(after: Option<&'a str>, before: Option<&'a str>, max: usize) -> ItemSelection<'a> {
+    ItemSelection::Page { after, before, max }
+}
+
+fn item_ids(p: &ItemPage) -> Vec<&str> {
+    p.items.iter().map(|i| i.id.as_str()).collect()
+}
+
+/// Every item id of a node, newest first.
+async fn all_item_ids(s: &Storage, svc: PubSubService<'_>, node: &str) -> Vec<String> {
+    let p = s
+        .pubsub
+        .get_items(svc, node, page_sel(None, None, usize::MAX))
+        .await
+        .expect("items");
+    assert_eq!(p.count, p.items.len(), "count of {node}");
+    p.items.into_iter().map(|i| i.id).collect()
+}
+
+async fn publish(s: &Storage, svc: PubSubService<'_>, node: &str, id: &str, n: i64) -> Published {
+    s.pubsub
+        .publish_item(svc, node, &ps_item(id, n), 1000, 100_000)
+        .await
+        .expect("publish")
+}
+
+async fn create_node(s: &Storage, svc: PubSubService<'_>, node: &str) {
+    s.pubsub
+        .create_node(svc, node, "{}", "owner@example.org", 100)
+        .await
+        .expect("create node");
+}
+
+/// Deletes every node of a service (the checks leave no node behind).
+async fn delete_nodes(s: &Storage, svc: PubSubService<'_>) {
+    for n in s.pubsub.list_nodes(svc).await.expect("list") {
+        assert!(s.pubsub.delete_node(svc, &n.node).await.expect("delete"));
+    }
+    assert!(s.pubsub.list_nodes(svc).await.expect("list").is_empty());
+}
+
+fn affs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// The whole [`crate::PubSubStore`] contract, on a service domain and on a PEP service.
+/// Leaves no account and no node behind.
+pub async fn pubsub_store(s: &Storage) {
+    assert_no_accounts(s).await;
+    pubsub_unknown(s).await;
+    create(s, D, "alice").await;
+    for svc in [PS, pep("alice")] {
+        pubsub_nodes(s, svc).await;
+        pubsub_delete_node(s, svc).await;
+        pubsub_publish(s, svc).await;
+        pubsub_service_items(s, svc).await;
+        pubsub_paging(s, svc).await;
+        pubsub_ids(s, svc).await;
+        pubsub_retract_purge(s, svc).await;
+        pubsub_affiliations(s, svc).await;
+        pubsub_subscriptions(s, svc).await;
+        pubsub_concurrent(s, svc).await;
+        assert!(s.pubsub.list_nodes(svc).await.expect("list").is_empty());
+    }
+    drop_account(s, D, "alice").await;
+    pubsub_services_apart(s).await;
+    pubsub_account_deletion(s).await;
+    assert_no_accounts(s).await;
+}
+
+/// No node anywhere: reads are empty; writes to an absent node fail or do nothing as
+/// documented; every write to the service of an account that doesn't exist is NotFound,
+/// even those that would be a no-op on a domain service.
+async fn pubsub_unknown(s: &Storage) {
+    let p = &s.pubsub;
+    for svc in [PS, pep("alice")] {
+        assert_eq!(p.get_node(svc, "n").await.expect("get"), None);
+        assert!(p.list_nodes(svc).await.expect("list").is_empty());
+        assert_eq!(
+            p.get_items(svc, "n", page_sel(None, None, 10))
+                .await
+                .expect("items"),
+            ItemPage::default()
+        );
+        let ids = strings(&["a", "b"]);
+        assert_eq!(
+            p.get_items(svc, "n", ItemSelection::Ids(&ids))
+                .await
+                .expect("items"),
+            ItemPage::default()
+        );
+        // An unknown node has no item to page from.
+        assert!(is_not_found(
+            p.get_items(svc, "n", page_sel(Some("a"), None, 10)).await
+        ));
+        assert!(is_not_found(
+            p.get_items(svc, "n", page_sel(None, Some("a"), 10)).await
+        ));
+        assert!(p.affiliations(svc, "n").await.expect("affs").is_empty());
+        assert!(p
+            .affiliations_of(svc, "bob@example.org")
+            .await
+            .expect("affs")
+            .is_empty());
+        assert!(p.subscriptions(svc, "n").await.expect("subs").is_empty());
+        assert!(p
+            .subscriptions_of(svc, "bob@example.org", true)
+            .await
+            .expect("subs")
+            .is_empty());
+        // Writes that need the node.
+        assert!(is_not_found(p.set_node_config(svc, "n", "{}").await));
+        assert!(is_not_found(
+            p.publish_item(svc, "n", &ps_item("a", 1), 10, 10).await
+        ));
+        assert!(is_not_found(
+            p.set_affiliation(svc, "n", "bob@example.org", Some("member"))
+                .await
+        ));
+        assert!(is_not_found(
+            p.set_affiliation(svc, "n", "bob@example.org", None).await
+        ));
+        assert!(is_not_found(
+            p.set_subscription(svc, "n", &ps_sub("bob@example.org", "1", "subscribed"), 10)
+                .await
+        ));
+    }
+    // The account doesn't exist: no write to its service.
+    let svc = pep("alice");
+    assert!(is_not_found(
+        p.create_node(svc, "n", "{}", "alice@example.org", 10).await
+    ));
+    assert!(is_not_found(p.delete_node(svc, "n").await));
+    assert!(is_not_found(p.retract_item(svc, "n", "a").await));
+    assert!(is_not_found(p.purge_node(svc, "n").await));
+    assert!(is_not_found(
+        p.remove_subscription(svc, "n", "bob@example.org", None)
+            .await
+    ));
+    // A domain service needs no account; an absent node is just absent.
+    assert!(!p.delete_node(PS, "n").await.expect("delete"));
+    assert!(!p.retract_item(PS, "n", "a").await.expect("retract"));
+    assert_eq!(p.purge_node(PS, "n").await.expect("purge"), 0);
+    assert_eq!(
+        p.remove_subscription(PS, "n", "bob@example.org", Some("1"))
+            .await
+            .expect("remove"),
+        0
+    );
+    // Nothing was created along the way.
+    for svc in [PS, pep("alice")] {
+        assert!(p.list_nodes(svc).await.expect("list").is_empty());
+    }
+}
+
+/// Creating, listing, configuring nodes; AlreadyExists; `max_nodes`.
+async fn pubsub_nodes(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    let odd = "{\"title\":\"Caf\u{e9} 'quoted' \\\"and\\\" <tags> \u{1F426}\",\"x\":\"\n\"}";
+    p.create_node(svc, "urn:xmpp:microblog:0", odd, "hamlet@denmark.lit", 3)
+        .await
+        .expect("create");
+    assert_eq!(
+        p.get_node(svc, "urn:xmpp:microblog:0").await.expect("get"),
+        Some(NodeRecord {
+            node: "urn:xmpp:microblog:0".into(),
+            config: odd.into(),
+        })
+    );
+    // The creator is the owner.
+    assert_eq!(
+        p.affiliations(svc, "urn:xmpp:microblog:0")
+            .await
+            .expect("affs"),
+        affs(&[("hamlet@denmark.lit", "owner")])
+    );
+    // Creating it again is refused and changes nothing.
+    assert!(matches!(
+        p.create_node(svc, "urn:xmpp:microblog:0", "{}", "other@denmark.lit", 3)
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    assert_eq!(
+        p.get_node(svc, "urn:xmpp:microblog:0")
+            .await
+            .expect("get")
+            .map(|n| n.config),
+        Some(odd.to_owned())
+    );
+    assert_eq!(
+        p.affiliations(svc, "urn:xmpp:microblog:0")
+            .await
+            .expect("affs"),
+        affs(&[("hamlet@denmark.lit", "owner")])
+    );
+    p.create_node(svc, "alpha", "{\"a\":1}", "hamlet@denmark.lit", 3)
+        .await
+        .expect("create");
+    p.create_node(svc, "Zeta", "{\"z\":1}", "hamlet@denmark.lit", 3)
+        .await
+        .expect("create");
+    // At the limit: a new node is refused, an existing one is still AlreadyExists.
+    assert!(is_limit(
+        p.create_node(svc, "beta", "{}", "hamlet@denmark.lit", 3)
+            .await
+    ));
+    assert!(matches!(
+        p.create_node(svc, "alpha", "{}", "hamlet@denmark.lit", 3)
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    assert_eq!(p.get_node(svc, "beta").await.expect("get"), None);
+    assert!(is_limit(
+        p.create_node(svc, "beta", "{}", "hamlet@denmark.lit", 0)
+            .await
+    ));
+    // Listed sorted by name, byte order.
+    let names = |v: Vec<NodeRecord>| v.into_iter().map(|n| n.node).collect::<Vec<_>>();
+    assert_eq!(
+        names(p.list_nodes(svc).await.expect("list")),
+        strings(&["Zeta", "alpha", "urn:xmpp:microblog:0"])
+    );
+    // A larger limit lets it in.
+    p.create_node(svc, "beta", "{}", "hamlet@denmark.lit", 4)
+        .await
+        .expect("create");
+    // Replacing a configuration changes that node only.
+    p.set_node_config(svc, "alpha", "{\"a\":2}")
+        .await
+        .expect("config");
+    let listed = p.list_nodes(svc).await.expect("list");
+    assert_eq!(
+        listed,
+        vec![
+            NodeRecord {
+                node: "Zeta".into(),
+                config: "{\"z\":1}".into()
+            },
+            NodeRecord {
+                node: "alpha".into(),
+                config: "{\"a\":2}".into()
+            },
+            NodeRecord {
+                node: "beta".into(),
+                config: "{}".into()
+            },
+            NodeRecord {
+                node: "urn:xmpp:microblog:0".into(),
+                config: odd.into()
+            },
+        ]
+    );
+    assert!(is_not_found(p.set_node_config(svc, "gamma", "{}").await));
+    assert_eq!(p.get_node(svc, "gamma").await.expect("get"), None);
+    // Node names are byte-exact.
+    assert_eq!(p.get_node(svc, "Alpha").await.expect("get"), None);
+    delete_nodes(s, svc).await;
+}
+
+/// Deleting a node deletes its items, affiliations and subscriptions, and only its.
+async fn pubsub_delete_node(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    for node in ["doomed", "kept"] {
+        create_node(s, svc, node).await;
+        for i in 0..3 {
+            publish(s, svc, node, &format!("i{i}"), i).await;
+        }
+        p.set_affiliation(svc, node, "bob@example.net", Some("publisher"))
+            .await
+            .expect("aff");
+        p.set_subscription(svc, node, &ps_sub("bob@example.net", "s", "subscribed"), 10)
+            .await
+            .expect("sub");
+    }
+    assert!(p.delete_node(svc, "doomed").await.expect("delete"));
+    assert_eq!(p.get_node(svc, "doomed").await.expect("get"), None);
+    assert_eq!(
+        p.get_items(svc, "doomed", page_sel(None, None, 10))
+            .await
+            .expect("items"),
+        ItemPage::default()
+    );
+    assert!(p
+        .affiliations(svc, "doomed")
+        .await
+        .expect("affs")
+        .is_empty());
+    assert!(p
+        .subscriptions(svc, "doomed")
+        .await
+        .expect("subs")
+        .is_empty());
+    assert_eq!(
+        p.affiliations_of(svc, "bob@example.net")
+            .await
+            .expect("affs"),
+        affs(&[("kept", "publisher")])
+    );
+    assert_eq!(
+        p.subscriptions_of(svc, "bob@example.net", false)
+            .await
+            .expect("subs"),
+        vec![(
+            "kept".to_owned(),
+            ps_sub("bob@example.net", "s", "subscribed")
+        )]
+    );
+    assert!(!p.delete_node(svc, "doomed").await.expect("delete again"));
+    // The other node keeps everything.
+    assert_eq!(
+        all_item_ids(s, svc, "kept").await,
+        strings(&["i2", "i1", "i0"])
+    );
+    assert_eq!(p.affiliations(svc, "kept").await.expect("affs").len(), 2);
+    assert_eq!(p.subscriptions(svc, "kept").await.expect("subs").len(), 1);
+    // Created again, the node starts empty, with its new owner only.
+    p.create_node(svc, "doomed", "{\"new\":true}", "carol@example.net", 10)
+        .await
+        .expect("recreate");
+    assert!(all_item_ids(s, svc, "doomed").await.is_empty());
+    assert_eq!(
+        p.affiliations(svc, "doomed").await.expect("affs"),
+        affs(&[("carol@example.net", "owner")])
+    );
+    assert!(p
+        .subscriptions(svc, "doomed")
+        .await
+        .expect("subs")
+        .is_empty());
+    // Its old items do not come back through an id either.
+    let ids = strings(&["i0", "i1", "i2"]);
+    assert_eq!(
+        p.get_items(svc, "doomed", ItemSelection::Ids(&ids))
+            .await
+            .expect("items"),
+        ItemPage::default()
+    );
+    delete_nodes(s, svc).await;
+}
+
+/// Items come back as stored, newest first; republishing replaces and makes newest;
+/// `max_items` evicts the oldest (returned oldest first) and keeps at least the new one.
+async fn pubsub_publish(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    create_node(s, svc, "n").await;
+    create_node(s, svc, "other").await;
+    publish(s, svc, "other", "i0", 100).await;
+    for i in 0..5 {
+        assert_eq!(
+            publish(s, svc, "n", &format!("i{i}"), i).await,
+            Published::default(),
+            "a new id replaces nothing and evicts nothing"
+        );
+    }
+    let page = p
+        .get_items(svc, "n", page_sel(None, None, 100))
+        .await
+        .expect("items");
+    assert_eq!(item_ids(&page), ["i4", "i3", "i2", "i1", "i0"]);
+    assert_eq!((page.count, page.first_index), (5, 0));
+    // Every field as stored.
+    assert_eq!(page.items[0], ps_item("i4", 4));
+    assert_eq!(page.items[4], ps_item("i0", 0));
+    // An empty payload is a payload.
+    let empty = ItemRecord {
+        payload: String::new(),
+        ..ps_item("i1", 11)
+    };
+    // Republishing an id replaces it and moves it to the newest place.
+    assert_eq!(
+        p.publish_item(svc, "n", &empty, 1000, 100_000)
+            .await
+            .expect("republish"),
+        Published {
+            replaced: true,
+            evicted: vec![]
+        }
+    );
+    let page = p
+        .get_items(svc, "n", page_sel(None, None, 100))
+        .await
+        .expect("items");
+    assert_eq!(item_ids(&page), ["i1", "i4", "i3", "i2", "i0"]);
+    assert_eq!(page.count, 5);
+    assert_eq!(page.items[0], empty);
+    // A lower max_items: the oldest go, oldest first.
+    assert_eq!(
+        p.publish_item(svc, "n", &ps_item("i5", 5), 3, 100_000)
+            .await
+            .expect("publish"),
+        Published {
+            replaced: false,
+            evicted: strings(&["i0", "i2", "i3"])
+        }
+    );
+    assert_eq!(
+        all_item_ids(s, svc, "n").await,
+        strings(&["i5", "i1", "i4"])
+    );
+    // Republishing at the limit evicts nothing.
+    assert_eq!(
+        p.publish_item(svc, "n", &ps_item("i4", 44), 3, 100_000)
+            .await
+            .expect("publish"),
+        Published {
+            replaced: true,
+            evicted: vec![]
+        }
+    );
+    assert_eq!(
+        all_item_ids(s, svc, "n").await,
+        strings(&["i4", "i5", "i1"])
+    );
+    // Republishing with a lower limit replaces and evicts.
+    assert_eq!(
+        p.publish_item(svc, "n", &ps_item("i1", 111), 2, 100_000)
+            .await
+            .expect("publish"),
+        Published {
+            replaced: true,
+            evicted: strings(&["i5"])
+        }
+    );
+    assert_eq!(all_item_ids(s, svc, "n").await, strings(&["i1", "i4"]));
+    // max_items 0 still keeps the item just published.
+    assert_eq!(
+        p.publish_item(svc, "n", &ps_item("i6", 6), 0, 100_000)
+            .await
+            .expect("publish"),
+        Published {
+            replaced: false,
+            evicted: strings(&["i4", "i1"])
+        }
+    );
+    assert_eq!(all_item_ids(s, svc, "n").await, strings(&["i6"]));
+    assert_eq!(
+        p.publish_item(svc, "n", &ps_item("i6", 66), 1, 100_000)
+            .await
+            .expect("publish"),
+        Published {
+            replaced: true,
+            evicted: vec![]
+        }
+    );
+    assert_eq!(
+        p.publish_item(svc, "n", &ps_item("i7", 7), 1, 100_000)
+            .await
+            .expect("publish"),
+        Published {
+            replaced: false,
+            evicted: strings(&["i6"])
+        }
+    );
+    let page = p
+        .get_items(svc, "n", page_sel(None, None, 100))
+        .await
+        .expect("items");
+    assert_eq!(page.items, vec![ps_item("i7", 7)]);
+    assert_eq!(page.count, 1);
+    // An evicted id is gone, and publishing it again is new.
+    let ids = strings(&["i6", "i0"]);
+    assert!(p
+        .get_items(svc, "n", ItemSelection::Ids(&ids))
+        .await
+        .expect("items")
+        .items
+        .is_empty());
+    assert!(!publish(s, svc, "n", "i6", 8).await.replaced);
+    // Item ids are per node: the other node's i0 was never touched.
+    assert_eq!(
+        p.get_items(svc, "other", page_sel(None, None, 10))
+            .await
+            .expect("items")
+            .items,
+        vec![ps_item("i0", 100)]
+    );
+    // Ids are byte-exact.
+    assert!(!publish(s, svc, "n", "I6", 9).await.replaced);
+    assert_eq!(
+        all_item_ids(s, svc, "n").await,
+        strings(&["I6", "i6", "i7"])
+    );
+    delete_nodes(s, svc).await;
+}
+
+/// `max_service_items` counts the items of every node of the service, after eviction;
+/// a refused publication writes nothing.
+async fn pubsub_service_items(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    let pub_ = |node: &'static str, id: &'static str, max_items: usize, max_service: usize| {
+        let s = s.clone();
+        async move {
+            s.pubsub
+                .publish_item(svc, node, &ps_item(id, 7), max_items, max_service)
+                .await
+        }
+    };
+    create_node(s, svc, "a").await;
+    create_node(s, svc, "b").await;
+    pub_("a", "a1", 10, 3).await.expect("a1");
+    pub_("a", "a2", 10, 3).await.expect("a2");
+    pub_("b", "b1", 10, 3).await.expect("b1");
+    // Three items in the service: a fourth is refused, whichever node it goes to.
+    assert!(is_limit(pub_("b", "b2", 10, 3).await));
+    assert!(is_limit(pub_("a", "a3", 10, 3).await));
+    assert_eq!(all_item_ids(s, svc, "a").await, strings(&["a2", "a1"]));
+    assert_eq!(all_item_ids(s, svc, "b").await, strings(&["b1"]));
+    // Replacing keeps the total: allowed at the limit.
+    assert!(pub_("a", "a1", 10, 3).await.expect("replace").replaced);
+    assert_eq!(all_item_ids(s, svc, "a").await, strings(&["a1", "a2"]));
+    // A refused replacement leaves the old item (and its place) as it was.
+    let before = p
+        .get_items(svc, "a", page_sel(None, None, 10))
+        .await
+        .expect("items");
+    assert!(is_limit(
+        p.publish_item(svc, "a", &ps_item("a2", 99), 10, 2).await
+    ));
+    assert_eq!(
+        p.get_items(svc, "a", page_sel(None, None, 10))
+            .await
+            .expect("items"),
+        before
+    );
+    // Eviction makes room: node a at 2 items with max_items 2 evicts one for the new one.
+    assert_eq!(
+        pub_("a", "a3", 2, 3).await.expect("a3").evicted,
+        strings(&["a2"])
+    );
+    assert_eq!(all_item_ids(s, svc, "a").await, strings(&["a3", "a1"]));
+    // Retracting frees a place.
+    assert!(p.retract_item(svc, "a", "a1").await.expect("retract"));
+    pub_("b", "b2", 10, 3).await.expect("b2");
+    assert!(is_limit(pub_("b", "b3", 10, 3).await));
+    // Purging frees its node's places.
+    assert_eq!(p.purge_node(svc, "b").await.expect("purge"), 2);
+    pub_("b", "b3", 10, 3).await.expect("b3");
+    pub_("b", "b4", 10, 3).await.expect("b4");
+    assert!(is_limit(pub_("a", "a4", 10, 3).await));
+    // Deleting a node frees its places.
+    assert!(p.delete_node(svc, "b").await.expect("delete"));
+    create_node(s, svc, "b").await;
+    pub_("b", "b5", 10, 3).await.expect("b5");
+    pub_("a", "a5", 10, 3).await.expect("a5");
+    assert!(is_limit(pub_("a", "a6", 10, 3).await));
+    assert_eq!(all_item_ids(s, svc, "a").await, strings(&["a5", "a3"]));
+    assert_eq!(all_item_ids(s, svc, "b").await, strings(&["b5"]));
+    // A limit of 0 refuses any new item.
+    assert!(is_limit(pub_("a", "a7", 10, 0).await));
+    // Another service's items do not count.
+    let other = match svc {
+        PubSubService::Domain(_) => pep("alice"),
+        PubSubService::Account { .. } => PS,
+    };
+    create_node(s, other, "a").await;
+    for id in ["x1", "x2", "x3"] {
+        p.publish_item(other, "a", &ps_item(id, 1), 10, 3)
+            .await
+            .expect("other service");
+    }
+    delete_nodes(s, other).await;
+    delete_nodes(s, svc).await;
+}
+
+/// RSM pages of the newest-first list: from either end of any item, every size, with
+/// `count` and `first_index`; unknown ids are NotFound.
+async fn pubsub_paging(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    create_node(s, svc, "feed").await;
+    // Ids in an order unrelated to publication order, as random ids are.
+    let id = |n: usize| format!("{:02}-{}", (n * 7) % 20, n);
+    for n in 0..20 {
+        publish(s, svc, "feed", &id(n), n as i64).await;
+    }
+    let all: Vec<String> = (0..20).rev().map(id).collect();
+    assert_eq!(all_item_ids(s, svc, "feed").await, all);
+    let get = |after: Option<String>, before: Option<String>, max: usize| {
+        let s = s.clone();
+        async move {
+            s.pubsub
+                .get_items(
+                    svc,
+                    "feed",
+                    page_sel(after.as_deref(), before.as_deref(), max),
+                )
+                .await
+        }
+    };
+    // The first page.
+    let first = get(None, None, 5).await.expect("page");
+    assert_eq!(item_ids(&first), all[..5].to_vec());
+    assert_eq!((first.count, first.first_index), (20, 0));
+    for max in 1..=21 {
+        // Forwards (older) with `after`, from the newest.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = get(after.clone(), None, max).await.expect("page");
+            assert_eq!(page.count, 20);
+            assert_eq!(page.first_index, seen.len(), "max {max}");
+            assert!(page.items.len() <= max);
+            if page.items.is_empty() {
+                break;
+            }
+            after = page.items.last().map(|i| i.id.clone());
+            seen.extend(page.items.into_iter().map(|i| i.id));
+        }
+        assert_eq!(seen, all, "forwards, max {max}");
+        // Backwards (newer) with `before`, from the oldest.
+        let mut seen: Vec<String> = vec![all[19].clone()];
+        let mut before = Some(all[19].clone());
+        loop {
+            let page = get(None, before.clone(), max).await.expect("page");
+            assert_eq!(page.count, 20);
+            assert!(page.items.len() <= max);
+            assert_eq!(
+                page.first_index + page.items.len(),
+                20 - seen.len(),
+                "max {max}"
+            );
+            if page.items.is_empty() {
+                break;
+            }
+            assert_eq!(
+                item_ids(&page),
+                all[page.first_index..page.first_index + page.items.len()].to_vec()
+            );
+            before = page.items.first().map(|i| i.id.clone());
+            let mut ids: Vec<String> = page.items.into_iter().map(|i| i.id).collect();
+            ids.extend(seen);
+            seen = ids;
+        }
+        assert_eq!(seen, all, "backwards, max {max}");
+    }
+    // After the oldest, before the newest: nothing, at the end and the start.
+    let page = get(Some(all[19].clone()), None, 5).await.expect("page");
+    assert_eq!(
+        (page.items.len(), page.first_index, page.count),
+        (0, 20, 20)
+    );
+    let page = get(None, Some(all[0].clone()), 5).await.expect("page");
+    assert_eq!((page.items.len(), page.first_index, page.count), (0, 0, 20));
+    // max 0: no item, the position where the page would start.
+    let page = get(None, None, 0).await.expect("page");
+    assert_eq!((page.items.len(), page.first_index, page.count), (0, 0, 20));
+    let page = get(Some(all[4].clone()), None, 0).await.expect("page");
+    assert_eq!((page.items.len(), page.first_index, page.count), (0, 5, 20));
+    // Both: the `max` items just newer than `before` and older than `after`.
+    let page = get(Some(all[4].clone()), Some(all[14].clone()), 3)
+        .await
+        .expect("page");
+    assert_eq!(item_ids(&page), all[11..14].to_vec());
+    assert_eq!((page.first_index, page.count), (11, 20));
+    let page = get(Some(all[4].clone()), Some(all[14].clone()), 20)
+        .await
+        .expect("page");
+    assert_eq!(item_ids(&page), all[5..14].to_vec());
+    assert_eq!(page.first_index, 5);
+    // ... and nothing when `after` is not newer than `before`.
+    let page = get(Some(all[14].clone()), Some(all[4].clone()), 20)
+        .await
+        .expect("page");
+    assert_eq!((page.items.len(), page.first_index), (0, 4));
+    // Unknown ids, and ids of another node, are NotFound.
+    create_node(s, svc, "other").await;
+    publish(s, svc, "other", "elsewhere", 1).await;
+    for bad in ["nope", "elsewhere", ""] {
+        assert!(is_not_found(get(Some(bad.into()), None, 5).await), "{bad}");
+        assert!(is_not_found(get(None, Some(bad.into()), 5).await), "{bad}");
+        assert!(is_not_found(
+            get(Some(all[3].clone()), Some(bad.into()), 5).await
+        ));
+    }
+    // A retracted id is unknown; a republished one pages from its new place.
+    assert!(p
+        .retract_item(svc, "feed", &all[10])
+        .await
+        .expect("retract"));
+    assert!(is_not_found(get(Some(all[10].clone()), None, 5).await));
+    publish(s, svc, "feed", &all[15], 99).await;
+    let page = get(None, None, 3).await.expect("page");
+    assert_eq!(item_ids(&page), [&all[15], &all[0], &all[1]]);
+    assert_eq!(page.count, 19);
+    let page = get(Some(all[15].clone()), None, 2).await.expect("page");
+    assert_eq!(item_ids(&page), [&all[0], &all[1]]);
+    assert_eq!(page.first_index, 1);
+    let page = get(None, Some(all[16].clone()), 2).await.expect("page");
+    assert_eq!(item_ids(&page), [&all[13], &all[14]]);
+    assert_eq!((page.first_index, page.count), (13, 19));
+    delete_nodes(s, svc).await;
+}
+
+/// Selection by ids: in the order given, unknown ids skipped, `count` the node's.
+async fn pubsub_ids(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    create_node(s, svc, "n").await;
+    create_node(s, svc, "other").await;
+    for i in 0..6 {
+        publish(s, svc, "n", &format!("i{i}"), i).await;
+    }
+    publish(s, svc, "other", "x", 1).await;
+    let ids = strings(&["i1", "nope", "i4", "x", "i0"]);
+    let page = p
+        .get_items(svc, "n", ItemSelection::Ids(&ids))
+        .await
+        .expect("items");
+    assert_eq!(
+        page.items,
+        vec![ps_item("i1", 1), ps_item("i4", 4), ps_item("i0", 0)]
+    );
+    assert_eq!(page.count, 6);
+    // Its first item's place in the newest-first list (i5 i4 i3 i2 i1 i0).
+    assert_eq!(page.first_index, 4);
+    let ids = strings(&["nope", "x"]);
+    assert_eq!(
+        p.get_items(svc, "n", ItemSelection::Ids(&ids))
+            .await
+            .expect("items"),
+        ItemPage {
+            items: vec![],
+            count: 6,
+            first_index: 0
+        }
+    );
+    assert_eq!(
+        p.get_items(svc, "n", ItemSelection::Ids(&[]))
+            .await
+            .expect("items"),
+        ItemPage {
+            items: vec![],
+            count: 6,
+            first_index: 0
+        }
+    );
+    let ids = strings(&["i5"]);
+    assert_eq!(
+        p.get_items(svc, "n", ItemSelection::Ids(&ids))
+            .await
+            .expect("items")
+            .items,
+        vec![ps_item("i5", 5)]
+    );
+    delete_nodes(s, svc).await;
+}
+
+/// Retracting one item and purging a node.
+async fn pubsub_retract_purge(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    create_node(s, svc, "r").await;
+    create_node(s, svc, "q").await;
+    for i in 0..5 {
+        publish(s, svc, "r", &format!("i{i}"), i).await;
+    }
+    publish(s, svc, "q", "i2", 1).await;
+    p.set_affiliation(svc, "r", "bob@example.net", Some("publisher"))
+        .await
+        .expect("aff");
+    p.set_subscription(svc, "r", &ps_sub("bob@example.net", "s", "subscribed"), 10)
+        .await
+        .expect("sub");
+    assert!(p.retract_item(svc, "r", "i2").await.expect("retract"));
+    assert!(!p.retract_item(svc, "r", "i2").await.expect("again"));
+    assert!(!p.retract_item(svc, "r", "nope").await.expect("unknown"));
+    assert!(!p.retract_item(svc, "absent", "i1").await.expect("no node"));
+    assert_eq!(
+        all_item_ids(s, svc, "r").await,
+        strings(&["i4", "i3", "i1", "i0"])
+    );
+    // Same id in another node: untouched.
+    assert_eq!(all_item_ids(s, svc, "q").await, strings(&["i2"]));
+    // Retracting the newest and the oldest.
+    assert!(p.retract_item(svc, "r", "i4").await.expect("retract"));
+    assert!(p.retract_item(svc, "r", "i0").await.expect("retract"));
+    assert_eq!(all_item_ids(s, svc, "r").await, strings(&["i3", "i1"]));
+    // Purging removes every item of that node only, and reports how many.
+    assert_eq!(p.purge_node(svc, "r").await.expect("purge"), 2);
+    assert_eq!(
+        p.get_items(svc, "r", page_sel(None, None, 10))
+            .await
+            .expect("items"),
+        ItemPage::default()
+    );
+    assert_eq!(p.purge_node(svc, "r").await.expect("again"), 0);
+    assert_eq!(all_item_ids(s, svc, "q").await, strings(&["i2"]));
+    // The node, its configuration, affiliations and subscriptions stay.
+    assert!(p.get_node(svc, "r").await.expect("get").is_some());
+    assert_eq!(p.affiliations(svc, "r").await.expect("affs").len(), 2);
+    assert_eq!(p.subscriptions(svc, "r").await.expect("subs").len(), 1);
+    // And it takes items again.
+    publish(s, svc, "r", "i0", 10).await;
+    assert_eq!(all_item_ids(s, svc, "r").await, strings(&["i0"]));
+    delete_nodes(s, svc).await;
+}
+
+/// Affiliations: set, replace, remove; sorted by JID; a JID's across nodes sorted by node.
+async fn pubsub_affiliations(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    create_node(s, svc, "b").await;
+    create_node(s, svc, "a").await;
+    create_node(s, svc, "c").await;
+    for (jid, aff) in [
+        ("p@example.net", "publisher"),
+        ("Z@example.net", "outcast"),
+        ("m@example.net", "member"),
+        ("m@example.net/res", "member"),
+    ] {
+        p.set_affiliation(svc, "a", jid, Some(aff))
+            .await
+            .expect("set");
+    }
+    assert_eq!(
+        p.affiliations(svc, "a").await.expect("affs"),
+        affs(&[
+            ("Z@example.net", "outcast"),
+            ("m@example.net", "member"),
+            ("m@example.net/res", "member"),
+            ("owner@example.org", "owner"),
+            ("p@example.net", "publisher"),
+        ])
+    );
+    // Replace, remove, remove what is absent.
+    p.set_affiliation(svc, "a", "m@example.net", Some("publish-only"))
+        .await
+        .expect("replace");
+    p.set_affiliation(svc, "a", "Z@example.net", None)
+        .await
+        .expect("remove");
+    p.set_affiliation(svc, "a", "nobody@example.net", None)
+        .await
+        .expect("remove absent");
+    assert_eq!(
+        p.affiliations(svc, "a").await.expect("affs"),
+        affs(&[
+            ("m@example.net", "publish-only"),
+            ("m@example.net/res", "member"),
+            ("owner@example.org", "owner"),
+            ("p@example.net", "publisher"),
+        ])
+    );
+    // The owner's affiliation can change like any other.
+    p.set_affiliation(svc, "c", "owner@example.org", None)
+        .await
+        .expect("remove owner");
+    assert!(p.affiliations(svc, "c").await.expect("affs").is_empty());
+    p.set_affiliation(svc, "b", "p@example.net", Some("member"))
+        .await
+        .expect("set");
+    // One JID across the service's nodes, sorted by node; exact JIDs only.
+    assert_eq!(
+        p.affiliations_of(svc, "p@example.net").await.expect("of"),
+        affs(&[("a", "publisher"), ("b", "member")])
+    );
+    assert_eq!(
+        p.affiliations_of(svc, "owner@example.org")
+            .await
+            .expect("of"),
+        affs(&[("a", "owner"), ("b", "owner")])
+    );
+    assert_eq!(
+        p.affiliations_of(svc, "m@example.net").await.expect("of"),
+        affs(&[("a", "publish-only")])
+    );
+    assert!(p
+        .affiliations_of(svc, "nobody@example.net")
+        .await
+        .expect("of")
+        .is_empty());
+    // Another service doesn't see them.
+    let other = match svc {
+        PubSubService::Domain(_) => pep("alice"),
+        PubSubService::Account { .. } => PS,
+    };
+    assert!(p
+        .affiliations_of(other, "p@example.net")
+        .await
+        .expect("of")
+        .is_empty());
+    assert!(is_not_found(
+        p.set_affiliation(svc, "absent", "p@example.net", Some("member"))
+            .await
+    ));
+    delete_nodes(s, svc).await;
+}
+
+/// Subscriptions: set, replace, `max_per_jid`, remove, list, a JID's with and without its
+/// full JIDs.
+async fn pubsub_subscriptions(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    for node in ["a", "b", "c"] {
+        create_node(s, svc, node).await;
+    }
+    let set = |node: &'static str, sub: SubscriptionRecord, max: usize| {
+        let s = s.clone();
+        async move { s.pubsub.set_subscription(svc, node, &sub, max).await }
+    };
+    set("a", ps_sub("bob@x", "s1", "pending"), 10)
+        .await
+        .expect("set");
+    // Replacing (same JID and subid) changes state and options.
+    let replaced = SubscriptionRecord {
+        options: String::new(),
+        ..ps_sub("bob@x", "s1", "subscribed")
+    };
+    set("a", replaced.clone(), 10).await.expect("replace");
+    assert_eq!(
+        p.subscriptions(svc, "a").await.expect("subs"),
+        vec![replaced.clone()]
+    );
+    set("a", ps_sub("bob@x", "s2", "unconfigured"), 10)
+        .await
+        .expect("set");
+    set("a", ps_sub("bob@x/phone", "s1", "subscribed"), 10)
+        .await
+        .expect("set");
+    set("a", ps_sub("alice@x", "s9", "subscribed"), 10)
+        .await
+        .expect("set");
+    // JIDs that share a prefix with bob@x but are not his.
+    set("a", ps_sub("bob@x.org", "s0", "subscribed"), 10)
+        .await
+        .expect("set");
+    set("b", ps_sub("bobby@x", "s0", "subscribed"), 10)
+        .await
+        .expect("set");
+    set("b", ps_sub("bob@x0", "s0", "subscribed"), 10)
+        .await
+        .expect("set");
+    assert_eq!(
+        p.subscriptions(svc, "a").await.expect("subs"),
+        vec![
+            ps_sub("alice@x", "s9", "subscribed"),
+            replaced.clone(),
+            ps_sub("bob@x", "s2", "unconfigured"),
+            ps_sub("bob@x.org", "s0", "subscribed"),
+            ps_sub("bob@x/phone", "s1", "subscribed"),
+        ]
+    );
+    // bob@x holds 2 on the service: a third is refused at 2, and nothing is written...
+    assert!(is_limit(
+        set("b", ps_sub("bob@x", "s3", "subscribed"), 2).await
+    ));
+    assert!(is_limit(
+        set("a", ps_sub("bob@x", "s3", "subscribed"), 2).await
+    ));
+    assert_eq!(
+        p.subscriptions(svc, "b").await.expect("subs"),
+        vec![
+            ps_sub("bob@x0", "s0", "subscribed"),
+            ps_sub("bobby@x", "s0", "subscribed"),
+        ]
+    );
+    // ... but replacing one of his is allowed at the limit.
+    set("a", ps_sub("bob@x", "s2", "subscribed"), 2)
+        .await
+        .expect("replace at the limit");
+    // Full JIDs count apart: bob@x/phone holds 1.
+    set("b", ps_sub("bob@x/phone", "s1", "subscribed"), 2)
+        .await
+        .expect("full JID");
+    assert!(is_limit(
+        set("c", ps_sub("bob@x/phone", "s1", "subscribed"), 2).await
+    ));
+    assert!(is_limit(
+        set("c", ps_sub("carol@x", "s1", "subscribed"), 0).await
+    ));
+    set("c", ps_sub("bob@x", "s3", "subscribed"), 3)
+        .await
+        .expect("under a larger limit");
+    assert!(is_not_found(
+        set("absent", ps_sub("bob@x", "s1", "subscribed"), 10).await
+    ));
+    // One JID's subscriptions, sorted by (node, subid); with its full JIDs on request.
+    let of = |jid: &'static str, full: bool| {
+        let s = s.clone();
+        async move {
+            s.pubsub
+                .subscriptions_of(svc, jid, full)
+                .await
+                .expect("subscriptions_of")
+                .into_iter()
+                .map(|(n, sub)| (n, sub.jid, sub.subid))
+                .collect::<Vec<_>>()
+        }
+    };
+    let t = |n: &str, j: &str, sid: &str| (n.to_owned(), j.to_owned(), sid.to_owned());
+    assert_eq!(
+        of("bob@x", false).await,
+        vec![
+            t("a", "bob@x", "s1"),
+            t("a", "bob@x", "s2"),
+            t("c", "bob@x", "s3")
+        ]
+    );
+    assert_eq!(
+        of("bob@x", true).await,
+        vec![
+            t("a", "bob@x", "s1"),
+            t("a", "bob@x/phone", "s1"),
+            t("a", "bob@x", "s2"),
+            t("b", "bob@x/phone", "s1"),
+            t("c", "bob@x", "s3"),
+        ]
+    );
+    assert_eq!(
+        of("bob@x/phone", false).await,
+        vec![t("a", "bob@x/phone", "s1"), t("b", "bob@x/phone", "s1")]
+    );
+    assert!(of("bob", true).await.is_empty());
+    assert!(of("nobody@x", true).await.is_empty());
+    // Records come back whole.
+    assert_eq!(
+        p.subscriptions_of(svc, "bob@x", false).await.expect("of")[0],
+        ("a".to_owned(), replaced.clone())
+    );
+    // Removing by subid, then all of a JID's on a node (its full JIDs' stay).
+    assert_eq!(
+        p.remove_subscription(svc, "a", "bob@x", Some("s2"))
+            .await
+            .expect("remove"),
+        1
+    );
+    assert_eq!(
+        p.remove_subscription(svc, "a", "bob@x", Some("s2"))
+            .await
+            .expect("again"),
+        0
+    );
+    set("a", ps_sub("bob@x", "s4", "subscribed"), 10)
+        .await
+        .expect("set");
+    assert_eq!(
+        p.remove_subscription(svc, "a", "bob@x", None)
+            .await
+            .expect("remove all"),
+        2
+    );
+    assert_eq!(
+        p.remove_subscription(svc, "a", "bob@x", None)
+            .await
+            .expect("none left"),
+        0
+    );
+    assert_eq!(
+        p.remove_subscription(svc, "absent", "bob@x", None)
+            .await
+            .expect("no node"),
+        0
+    );
+    assert_eq!(
+        of("bob@x", true).await,
+        vec![
+            t("a", "bob@x/phone", "s1"),
+            t("b", "bob@x/phone", "s1"),
+            t("c", "bob@x", "s3"),
+        ]
+    );
+    // Freed places count: bob@x now holds 1.
+    set("b", ps_sub("bob@x", "s5", "subscribed"), 2)
+        .await
+        .expect("set");
+    // Another service doesn't see them.
+    let other = match svc {
+        PubSubService::Domain(_) => pep("alice"),
+        PubSubService::Account { .. } => PS,
+    };
+    assert!(p
+        .subscriptions_of(other, "bob@x", true)
+        .await
+        .expect("of")
+        .is_empty());
+    delete_nodes(s, svc).await;
+}
+
+/// Quotas hold exactly under concurrent writers: `max_nodes`, `max_service_items`,
+/// `max_items` (every eviction reported once) and `max_per_jid`.
+async fn pubsub_concurrent(s: &Storage, svc: PubSubService<'static>) {
+    let p = &s.pubsub;
+    // 20 creations, 10 allowed.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = s.clone();
+        set.spawn(async move {
+            s.pubsub
+                .create_node(svc, &format!("n{i:02}"), "{}", "owner@example.org", 10)
+                .await
+        });
+    }
+    let (mut ok, mut limited) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        match r.expect("join") {
+            Ok(()) => ok += 1,
+            Err(StorageError::LimitReached(_)) => limited += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!((ok, limited), (10, 10));
+    let nodes = p.list_nodes(svc).await.expect("list");
+    assert_eq!(nodes.len(), 10);
+    let (a, b) = (nodes[0].node.clone(), nodes[1].node.clone());
+    // 30 publications over two nodes, 15 allowed in the service.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let s = s.clone();
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        set.spawn(async move {
+            s.pubsub
+                .publish_item(svc, &node, &ps_item(&format!("i{i:02}"), i), 100, 15)
+                .await
+        });
+    }
+    let (mut ok, mut limited) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        match r.expect("join") {
+            Ok(p) => {
+                assert_eq!(p, Published::default());
+                ok += 1
+            }
+            Err(StorageError::LimitReached(_)) => limited += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!((ok, limited), (15, 15));
+    let held = all_item_ids(s, svc, &a).await.len() + all_item_ids(s, svc, &b).await.len();
+    assert_eq!(held, 15);
+    // 20 publications into one node of at most 5: every item is evicted at most once,
+    // and what is left plus what was evicted is everything published.
+    for node in [&a, &b] {
+        let n = all_item_ids(s, svc, node).await.len();
+        assert_eq!(p.purge_node(svc, node).await.expect("purge"), n);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = s.clone();
+        let node = a.clone();
+        set.spawn(async move {
+            s.pubsub
+                .publish_item(svc, &node, &ps_item(&format!("e{i:02}"), i), 5, 1000)
+                .await
+        });
+    }
+    let mut evicted = Vec::new();
+    while let Some(r) = set.join_next().await {
+        evicted.extend(r.expect("join").expect("publish").evicted);
+    }
+    let left = all_item_ids(s, svc, &a).await;
+    assert_eq!((left.len(), evicted.len()), (5, 15));
+    let mut every: Vec<String> = evicted.into_iter().chain(left).collect();
+    every.sort();
+    assert_eq!(
+        every,
+        (0..20).map(|i| format!("e{i:02}")).collect::<Vec<_>>()
+    );
+    // 20 subscriptions of one JID over the nodes, 7 allowed.
+    let names: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = s.clone();
+        let node = names[i % names.len()].clone();
+        set.spawn(async move {
+            s.pubsub
+                .set_subscription(
+                    svc,
+                    &node,
+                    &ps_sub("bob@example.net", &format!("s{i}"), "subscribed"),
+                    7,
+                )
+                .await
+        });
+    }
+    let (mut ok, mut limited) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        match r.expect("join") {
+            Ok(()) => ok += 1,
+            Err(StorageError::LimitReached(_)) => limited += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!((ok, limited), (7, 13));
+    assert_eq!(
+        p.subscriptions_of(svc, "bob@example.net", false)
+            .await
+            .expect("of")
+            .len(),
+        7
+    );
+    delete_nodes(s, svc).await;
+}
+
+/// The two kinds of service never share nodes, items, quotas, affiliations or
+/// subscriptions, even when their strings coincide.
+async fn pubsub_services_apart(s: &Storage) {
+    let p = &s.pubsub;
+    create(s, "pubsub.example.org", "a").await;
+    create(s, D, "alice").await;
+    let services = [
+        PubSubService::Account {
+            domain: "pubsub.example.org",
+            user: "a",
+        },
+        PubSubService::Domain("a@pubsub.example.org"),
+        PubSubService::Domain("pubsub.example.org"),
+        PubSubService::Account {
+            domain: D,
+            user: "alice",
+        },
+        PubSubService::Domain(D),
+        PubSubService::Domain("alice@example.org"),
+    ];
+    for (i, svc) in services.iter().enumerate() {
+        // Each is the first and only node of its service (max_nodes 1).
+        p.create_node(
+            *svc,
+            "n",
+            &format!("{{\"svc\":{i}}}"),
+            "owner@example.org",
+            1,
+        )
+        .await
+        .expect("create");
+        // Each is the only item of its service (max_service_items 1).
+        p.publish_item(*svc, "n", &ps_item(&format!("item{i}"), i as i64), 10, 1)
+            .await
+            .expect("publish");
+        p.set_affiliation(*svc, "n", "bob@example.net", Some(&format!("aff{i}")))
+            .await
+            .expect("aff");
+        // Each is the only subscription of bob on its service (max_per_jid 1).
+        p.set_subscription(
+            *svc,
+            "n",
+            &ps_sub("bob@example.net", &format!("s{i}"), "subscribed"),
+            1,
+        )
+        .await
+        .expect("sub");
+    }
+    for (i, svc) in services.iter().enumerate() {
+        assert_eq!(
+            p.list_nodes(*svc).await.expect("list"),
+            vec![NodeRecord {
+                node: "n".into(),
+                config: format!("{{\"svc\":{i}}}")
+            }],
+            "{svc:?}"
+        );
+        assert_eq!(all_item_ids(s, *svc, "n").await, vec![format!("item{i}")]);
+        assert_eq!(
+            p.affiliations_of(*svc, "bob@example.net")
+                .await
+                .expect("of"),
+            vec![("n".to_owned(), format!("aff{i}"))]
+        );
+        let subs = p.subscriptions(*svc, "n").await.expect("subs");
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].subid, format!("s{i}"));
+    }
+    // Deleting one service's node leaves the others'.
+    assert!(p.delete_node(services[2], "n").await.expect("delete"));
+    for (i, svc) in services.iter().enumerate() {
+        assert_eq!(p.get_node(*svc, "n").await.expect("get").is_some(), i != 2);
+    }
+    // Deleting the account a@pubsub.example.org removes its PEP service only (the service
+    // domain of the same string stays).
+    drop_account(s, "pubsub.example.org", "a").await;
+    assert!(p.list_nodes(services[0]).await.expect("list").is_empty());
+    assert_eq!(all_item_ids(s, services[1], "n").await, strings(&["item1"]));
+    drop_account(s, D, "alice").await;
+    for svc in [services[1], services[4], services[5]] {
+        assert_eq!(p.list_nodes(svc).await.expect("list").len(), 1, "{svc:?}");
+        delete_nodes(s, svc).await;
+    }
+}
+
+/// Deleting an account deletes its PEP service, and the affiliations and subscriptions its
+/// bare and full JIDs hold on other services, not those of other JIDs (bobby@, bob@ of
+/// another domain, a domain that merely starts like its own).
+async fn pubsub_account_deletion(s: &Storage) {
+    let p = &s.pubsub;
+    for u in ["alice", "bob", "bobby"] {
+        create(s, D, u).await;
+    }
+    create(s, "example.net", "bob").await;
+    // bob's PEP service, with alice subscribed and affiliated.
+    create_node(s, pep("bob"), "urn:xmpp:avatar:data").await;
+    publish(s, pep("bob"), "urn:xmpp:avatar:data", "hash", 1).await;
+    p.set_affiliation(
+        pep("bob"),
+        "urn:xmpp:avatar:data",
+        "alice@example.org",
+        Some("member"),
+    )
+    .await
+    .expect("aff");
+    p.set_subscription(
+        pep("bob"),
+        "urn:xmpp:avatar:data",
+        &ps_sub("alice@example.org", "1", "subscribed"),
+        10,
+    )
+    .await
+    .expect("sub");
+    // On a service domain and on alice's PEP service: bob's JIDs and look-alikes.
+    let holders = [
+        "bob@example.org",
+        "bob@example.org/phone",
+        "bob@example.org/",
+        "bobby@example.org",
+        "bob@example.org.evil",
+        "bob@example.org0",
+        "bob@example.net",
+        "bob@example.net/phone",
+        "example.org",
+    ];
+    let gone = [
+        "bob@example.org",
+        "bob@example.org/phone",
+        "bob@example.org/",
+    ];
+    for svc in [PS, pep("alice")] {
+        for node in ["n1", "n2"] {
+            create_node(s, svc, node).await;
+            for (i, jid) in holders.iter().enumerate() {
+                p.set_affiliation(svc, node, jid, Some("member"))
+                    .await
+                    .expect("aff");
+                p.set_subscription(svc, node, &ps_sub(jid, &format!("s{i}"), "subscribed"), 10)
+                    .await
+                    .expect("sub");
+            }
+        }
+    }
+    // bob also owns a node of the service domain: the node stays, his affiliation goes.
+    p.create_node(PS, "bobs", "{}", "bob@example.org", 100)
+        .await
+        .expect("create");
+    publish(s, PS, "bobs", "kept", 1).await;
+    drop_account(s, D, "bob").await;
+    // His PEP service is gone, and writes to it are refused.
+    let bob = pep("bob");
+    assert!(p.list_nodes(bob).await.expect("list").is_empty());
+    assert_eq!(
+        p.get_node(bob, "urn:xmpp:avatar:data").await.expect("get"),
+        None
+    );
+    assert_eq!(
+        p.get_items(bob, "urn:xmpp:avatar:data", page_sel(None, None, 10))
+            .await
+            .expect("items"),
+        ItemPage::default()
+    );
+    assert!(p
+        .subscriptions(bob, "urn:xmpp:avatar:data")
+        .await
+        .expect("subs")
+        .is_empty());
+    assert!(is_not_found(
+        p.create_node(bob, "urn:xmpp:avatar:data", "{}", "bob@example.org", 10)
+            .await
+    ));
+    // Elsewhere, his JIDs hold nothing; everyone else keeps everything.
+    let others: Vec<&str> = holders
+        .iter()
+        .copied()
+        .filter(|j| !gone.contains(j))
+        .collect();
+    for svc in [PS, pep("alice")] {
+        for node in ["n1", "n2"] {
+            let mut want: Vec<(String, String)> = others
+                .iter()
+                .map(|j| ((*j).to_owned(), "member".to_owned()))
+                .chain([("owner@example.org".to_owned(), "owner".to_owned())])
+                .collect();
+            want.sort();
+            assert_eq!(p.affiliations(svc, node).await.expect("affs"), want);
+            let mut jids: Vec<String> = p
+                .subscriptions(svc, node)
+                .await
+                .expect("subs")
+                .into_iter()
+                .map(|s| s.jid)
+                .collect();
+            jids.sort();
+            let mut want: Vec<String> = others.iter().map(|j| (*j).to_owned()).collect();
+            want.sort();
+            assert_eq!(jids, want, "{svc:?} {node}");
+        }
+        assert!(p
+            .subscriptions_of(svc, "bob@example.org", true)
+            .await
+            .expect("of")
+            .is_empty());
+        assert!(p
+            .affiliations_of(svc, "bob@example.org")
+            .await
+            .expect("of")
+            .is_empty());
+    }
+    assert!(p.affiliations(PS, "bobs").await.expect("affs").is_empty());
+    assert_eq!(all_item_ids(s, PS, "bobs").await, strings(&["kept"]));
+    // Created again, bob starts without a PEP node, and can create one.
+    create(s, D, "bob").await;
+    assert!(p.list_nodes(bob).await.expect("list").is_empty());
+    create_node(s, bob, "urn:xmpp:avatar:data").await;
+    assert!(all_item_ids(s, bob, "urn:xmpp:avatar:data")
+        .await
+        .is_empty());
+    // Deleting an account that doesn't exist touches nothing.
+    assert!(!s
+        .accounts
+        .delete_account(D, "carol")
+        .await
+        .expect("delete absent"));
+    for u in ["alice", "bob", "bobby"] {
+        drop_account(s, D, u).await;
+    }
+    drop_account(s, "example.net", "bob").await;
+    assert!(p.list_nodes(pep("alice")).await.expect("list").is_empty());
+    delete_nodes(s, PS).await;
 }
