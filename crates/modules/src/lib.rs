@@ -15,6 +15,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod pubsub;
 pub mod push;
 pub mod register;
 pub mod roster;
@@ -57,7 +58,9 @@ pub fn registry() -> ModuleRegistry {
         .register::<carbons::Carbons>()
         .register::<push::Push>()
         .register::<mam::Mam>()
-        .register::<muc::Muc>();
+        .register::<muc::Muc>()
+        .register::<pubsub::pep::Pep>()
+        .register::<pubsub::service::PubSub>();
     r
 }
 

@@ -71,6 +71,7 @@ async fn disco_lists_exactly_the_enabled_features() {
         [
             "http://jabber.org/protocol/disco#info",
             "http://jabber.org/protocol/disco#items",
+            "http://jabber.org/protocol/pubsub#publish",
             "jabber:iq:last",
             "jabber:iq:private",
             "jabber:iq:register",

@@ -1,8 +1,8 @@
 //! A room's configuration (XEP-0045 §10.2) and its `muc#roomconfig` form (§15.5.3).
 
-use crate::form::{FormBuilder, Submitted};
 use super::room::Role;
 use super::MucLimits;
+use crate::form::{FormBuilder, Submitted};
 use rookery_stanza::BareJid;
 use serde::{Deserialize, Serialize};
 

@@ -8,10 +8,10 @@
 //! path. Presence has up to three variants: the occupant's own (status 110), the one with the
 //! real JID (for those who may see it), the one without.
 
-use crate::budget::{Budget, Rate};
 use super::config::{RoomConfig, Whois};
-use crate::form::{FormBuilder, Submitted};
 use super::{MucLimits, NS_MUC, NS_MUC_ADMIN, NS_MUC_OWNER, NS_MUC_USER};
+use crate::budget::{Budget, Rate};
+use crate::form::{FormBuilder, Submitted};
 use rookery_stanza::{
     ns, BareJid, FullJid, IqType, Jid, MessageType, PresenceType, Stanza, StanzaError,
     StanzaErrorCondition, StanzaKind,
