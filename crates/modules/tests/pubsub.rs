@@ -783,3 +783,115 @@ async fn limits_refuse_with_the_xep_errors() {
     }
     assert!(refused);
 }
+
+// ---- notifications by entity capabilities (XEP-0163 §4 with XEP-0115) ----------------------
+
+const CAPS_NODE: &str = "https://client.example";
+
+/// The disco#info answer of a client with these features, and its verification string.
+fn caps_answer(features: &[&str]) -> (String, String) {
+    let mut body = String::from("<identity category='client' type='pc' name='t'/>");
+    for f in features {
+        body.push_str(&format!("<feature var='{f}'/>"));
+    }
+    let query = rookery_xml::parse_element(&format!(
+        "<query xmlns='http://jabber.org/protocol/disco#info'>{body}</query>"
+    ))
+    .expect("query");
+    let ver = rookery_modules::caps::CapsInfo::from_disco_info(&query)
+        .expect("info")
+        .ver(rookery_modules::caps::HashAlgo::Sha1);
+    (body, ver)
+}
+
+/// Sends available presence with caps and answers the server's disco#info query, if one
+/// comes (a verification string already known is not asked again). Returns what else came.
+async fn present_with_caps(client: &mut Client, features: &[&str]) -> Vec<Element> {
+    let (body, ver) = caps_answer(features);
+    client
+        .send(&format!(
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
+        ))
+        .await;
+    let mut other = Vec::new();
+    for _ in 0..30 {
+        for el in client.drain() {
+            let is_query = el.name() == "iq"
+                && el.attr("type") == Some("get")
+                && el
+                    .get_child("query", "http://jabber.org/protocol/disco#info")
+                    .is_some();
+            if is_query {
+                let id = el.attr("id").unwrap_or_default().to_owned();
+                let from = el.attr("from").unwrap_or_default().to_owned();
+                client
+                    .send(&format!(
+                        "<iq type='result' id='{id}' to='{from}'><query xmlns='http://jabber.org/protocol/disco#info' node='{CAPS_NODE}#{ver}'>{body}</query></iq>"
+                    ))
+                    .await;
+            } else {
+                other.push(el);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    other
+}
+
+#[tokio::test]
+async fn notifications_follow_notify_interest_and_the_last_item_comes_on_presence() {
+    let s = server().await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    let mut carol = Client::online(&s, "carol@example.org/c").await;
+    let mut dave = Client::online(&s, "dave@example.org/d").await;
+    for c in [&mut bob, &mut carol] {
+        subscribe(c, &mut alice).await;
+        subscribe(&mut alice, c).await;
+    }
+    let geo = "http://jabber.org/protocol/geoloc";
+    let notify = format!("{geo}+notify");
+    // bob asks for geoloc, carol for nothing; dave (no subscription) asks for it too.
+    present_with_caps(&mut bob, &[&notify]).await;
+    present_with_caps(&mut carol, &["urn:xmpp:ping"]).await;
+    present_with_caps(&mut dave, &[&notify]).await;
+    alice.drain();
+
+    let r = alice
+        .ask(&publish("p1", geo, "current", GEO, ""), "p1")
+        .await;
+    assert_result(&r);
+    let got = bob.drain_at_least(1).await;
+    assert_eq!(events(&got, geo).len(), 1, "{got:?}");
+    assert!(events(&carol.drain(), geo).is_empty());
+    // dave may not read a presence-access node: interest is not access.
+    assert!(events(&dave.drain(), geo).is_empty());
+
+    // A second resource of bob's with the same caps (already verified: no query) gets the
+    // last item when it comes online (§4.3.2); the first does not get it again.
+    let mut bob2 = Client::bind(&s, "bob@example.org/phone").await;
+    let got = present_with_caps(&mut bob2, &[&notify]).await;
+    let last = events(&got, geo);
+    assert_eq!(last.len(), 1, "{got:?}");
+    assert!(
+        last[0].get_child("delay", "urn:xmpp:delay").is_some(),
+        "the last item carries its time: {:?}",
+        last[0]
+    );
+    assert!(events(&bob.drain(), geo).is_empty());
+
+    // Alice's own resource with interest gets her publications too.
+    let mut alice2 = Client::bind(&s, "alice@example.org/tablet").await;
+    present_with_caps(&mut alice2, &[&notify]).await;
+    alice.send(&publish("p2", geo, "current", GEO, "")).await;
+    assert_eq!(events(&alice2.drain_at_least(1).await, geo).len(), 1);
+
+    // Bob goes offline: nothing is sent to him any more.
+    bob.send("<presence type='unavailable'/>").await;
+    bob2.send("<presence type='unavailable'/>").await;
+    bob.drain();
+    bob2.drain();
+    alice.send(&publish("p3", geo, "current", GEO, "")).await;
+    assert!(events(&bob.drain(), geo).is_empty());
+    assert!(events(&bob2.drain(), geo).is_empty());
+}
