@@ -312,6 +312,19 @@ async fn max_items_keeps_the_newest_and_retrieval_pages() {
         Some("3")
     );
 
+    // Lowering max_items trims the node at once, keeping the newest.
+    let r = alice
+        .ask(
+            &format!("<iq type='set' id='c'><pubsub xmlns='{NS_OWNER}'><configure node='urn:xmpp:bookmarks:1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field><field var='pubsub#max_items'><value>1</value></field></x></configure></pubsub></iq>"),
+            "c",
+        )
+        .await;
+    assert_result(&r);
+    let r = alice
+        .ask(&items_req("i", "alice@example.org", "urn:xmpp:bookmarks:1", ""), "i")
+        .await;
+    assert_eq!(item_ids(&r), vec!["room5@muc"]);
+
     // max: the service's ceiling, accepted as a precondition once set.
     let max = options(&[("pubsub#max_items", "max")]);
     let r = alice

@@ -1127,23 +1127,32 @@ impl Service {
             .set_node_config(self.key(), &node, &config.to_doc())
             .await
             .map_err(internal)?;
-        // Fewer items allowed now: trim at once rather than at the next publication.
+        // Fewer items allowed now: trim at once rather than at the next publication, in
+        // bounded batches (the oldest beyond the `keep` newest).
         let keep = config.max_items.resolve(self.limits.max_items);
         let store = &self.server.storage().pubsub;
-        if let Ok(page) = store
-            .get_items(
-                self.key(),
-                &node,
-                ItemSelection::Page {
-                    after: None,
-                    before: None,
-                    max: usize::MAX,
-                },
-            )
-            .await
-        {
-            for old in page.items.iter().skip(keep) {
-                let _ = store.retract_item(self.key(), &node, &old.id).await;
+        loop {
+            let page = store
+                .get_items(
+                    self.key(),
+                    &node,
+                    ItemSelection::Page {
+                        after: None,
+                        before: None,
+                        max: keep.saturating_add(500),
+                    },
+                )
+                .await
+                .map_err(internal)?;
+            let extra: Vec<String> = page.items.iter().skip(keep).map(|i| i.id.clone()).collect();
+            if extra.is_empty() {
+                break;
+            }
+            for id in extra {
+                store
+                    .retract_item(self.key(), &node, &id)
+                    .await
+                    .map_err(internal)?;
             }
         }
         if config.notify_config && config.deliver_notifications {
@@ -1496,6 +1505,15 @@ impl Service {
         }
         let stanza = Stanza::from_parts(StanzaKind::Message, message, None, Some(from));
         for to in recipients {
+            // §12.4: events are not for offline storage. A headline is never stored; a
+            // `normal` one to a local account with no session would be, so it is not sent.
+            if !config.headline
+                && to.resource().is_none()
+                && self.server.host(to.domain().as_str()).is_some()
+                && !self.server.sessions().is_online(&to.to_bare())
+            {
+                continue;
+            }
             self.server.route_stanza(stanza.readdressed(to)).await;
         }
     }
