@@ -37,6 +37,16 @@ pub struct FanoutArgs {
     /// Longest wait for one change to reach every contact, in seconds.
     #[arg(long, default_value_t = 30)]
     pub broadcast_timeout: u64,
+    #[command(flatten)]
+    pub setup: SetupArgs,
+    /// Logins in progress at once while opening the sessions.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+}
+
+/// How missing mutual subscriptions are set up (shared with the scenarios that need them).
+#[derive(Args, Debug, Clone)]
+pub struct SetupArgs {
     /// Longest time for setting up the subscriptions, in seconds.
     #[arg(long, default_value_t = 900)]
     pub setup_timeout: u64,
@@ -44,9 +54,6 @@ pub struct FanoutArgs {
     /// per change fall far behind when all of them come at once).
     #[arg(long, default_value_t = 50)]
     pub setup_batch: usize,
-    /// Logins in progress at once while opening the sessions.
-    #[arg(long, default_value_t = 50)]
-    pub concurrency: usize,
 }
 
 /// State the contacts report arrivals into.
@@ -322,6 +329,83 @@ async fn roster(
     }
 }
 
+/// Sets up the `missing` mutual subscriptions batch by batch (the contacts' sessions release
+/// their own requests when `batch_tx` reaches their batch), then asks the owner's roster
+/// until every one of `contact_jids` is `both`. False, with the reason in `errors`, when
+/// that does not happen within the time allowed.
+#[allow(clippy::too_many_arguments)]
+async fn subscribe_in_batches(
+    cmd_tx: &mpsc::Sender<OwnerCmd>,
+    shared: &Shared,
+    batch_tx: &watch::Sender<u64>,
+    missing: &[String],
+    contact_jids: &[String],
+    setup: &SetupArgs,
+    step: Duration,
+    errors: &mut Errors,
+) -> bool {
+    let k = contact_jids.len() as u64;
+    let until = Instant::now() + Duration::from_secs(setup.setup_timeout);
+    // Batch by batch: the owner asks, the contacts of the batch ask too; each side
+    // approves the other. Wait until the owner has the batch's answers and requests.
+    let mut target = 0u64;
+    for (b, chunk) in missing.chunks(setup.setup_batch.max(1)).enumerate() {
+        target += chunk.len() as u64;
+        let _ = batch_tx.send(b as u64 + 1);
+        if cmd_tx
+            .send(OwnerCmd::Subscribe(chunk.to_vec()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        // A server answers for a user who already approved (so no request reaches the
+        // client): a batch also ends after 10 s without progress; the roster check below
+        // decides.
+        loop {
+            let done = shared.subscribed_in.load(Ordering::SeqCst) >= target
+                && shared.approved.load(Ordering::SeqCst) >= target;
+            if done {
+                break;
+            }
+            let stall = (Instant::now() + Duration::from_secs(10)).min(until);
+            let wait = tokio::time::timeout_at(stall.into(), shared.progress.notified());
+            if wait.await.is_err() {
+                break;
+            }
+        }
+        if Instant::now() >= until {
+            break;
+        }
+    }
+    // The owner's roster is the judge. A server may answer a subscription before its
+    // roster write lands, or still be catching up: ask again for up to 30 s more.
+    let until = until.min(Instant::now() + Duration::from_secs(30));
+    loop {
+        let left = until.saturating_duration_since(Instant::now()).max(step);
+        match roster(cmd_tx, left).await {
+            Ok(r) => {
+                let n = contact_jids
+                    .iter()
+                    .filter(|j| r.iter().any(|(rj, s)| rj == *j && s == "both"))
+                    .count() as u64;
+                if n == k {
+                    return true;
+                }
+                if Instant::now() >= until {
+                    errors.add("setup", format!("only {n} of {k} subscriptions complete"));
+                    return false;
+                }
+            }
+            Err(e) => {
+                errors.add("setup", e);
+                return false;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn run(t: Arc<Target>, a: &FanoutArgs, server_pid: Option<u32>) -> Report {
     let k = a.contacts.max(1);
     let params = json!({
@@ -389,7 +473,7 @@ pub async fn run(t: Arc<Target>, a: &FanoutArgs, server_pid: Option<u32>) -> Rep
         .cloned()
         .collect();
     // Setup batch of each contact still missing a mutual subscription.
-    let batch_size = a.setup_batch.max(1);
+    let batch_size = a.setup.setup_batch.max(1);
     let batch_of: std::collections::HashMap<&str, u64> = missing
         .iter()
         .enumerate()
@@ -434,67 +518,17 @@ pub async fn run(t: Arc<Target>, a: &FanoutArgs, server_pid: Option<u32>) -> Rep
     }
     if ok && !missing.is_empty() {
         let setup_start = Instant::now();
-        let until = setup_start + Duration::from_secs(a.setup_timeout);
-        // Batch by batch: the owner asks, the contacts of the batch ask too; each side
-        // approves the other. Wait until the owner has the batch's answers and requests.
-        let mut target = 0u64;
-        for (b, chunk) in missing.chunks(batch_size).enumerate() {
-            target += chunk.len() as u64;
-            let _ = batch_tx.send(b as u64 + 1);
-            if cmd_tx
-                .send(OwnerCmd::Subscribe(chunk.to_vec()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            // A server answers for a user who already approved (so no request reaches the
-            // client): a batch also ends after 10 s without progress; the roster check below
-            // decides.
-            loop {
-                let done = shared.subscribed_in.load(Ordering::SeqCst) >= target
-                    && shared.approved.load(Ordering::SeqCst) >= target;
-                if done {
-                    break;
-                }
-                let stall = (Instant::now() + Duration::from_secs(10)).min(until);
-                let wait = tokio::time::timeout_at(stall.into(), shared.progress.notified());
-                if wait.await.is_err() {
-                    break;
-                }
-            }
-            if Instant::now() >= until {
-                break;
-            }
-        }
-        // The owner's roster is the judge. A server may answer a subscription before its
-        // roster write lands, or still be catching up: ask again for up to 30 s more.
-        let until = until.min(Instant::now() + Duration::from_secs(30));
-        loop {
-            let left = until.saturating_duration_since(Instant::now()).max(step);
-            match roster(&cmd_tx, left).await {
-                Ok(r) => {
-                    let n = contact_jids
-                        .iter()
-                        .filter(|j| r.iter().any(|(rj, s)| rj == *j && s == "both"))
-                        .count() as u64;
-                    if n == k {
-                        break;
-                    }
-                    if Instant::now() >= until {
-                        errors.add("setup", format!("only {n} of {k} subscriptions complete"));
-                        ok = false;
-                        break;
-                    }
-                }
-                Err(e) => {
-                    errors.add("setup", e);
-                    ok = false;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        ok = subscribe_in_batches(
+            &cmd_tx,
+            &shared,
+            &batch_tx,
+            &missing,
+            &contact_jids,
+            &a.setup,
+            step,
+            &mut errors,
+        )
+        .await;
         setup_s = setup_start.elapsed().as_secs_f64();
         // Let the presence exchanged by new subscriptions settle.
         tokio::time::sleep(Duration::from_secs(1)).await;
