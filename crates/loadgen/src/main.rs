@@ -2,12 +2,13 @@
 //!
 //! It speaks XMPP with its own minimal client (STARTTLS or direct TLS, SCRAM or PLAIN,
 //! binding, presence, messages) and runs one scenario per invocation: `login`, `idle`,
-//! `messages`, `rate`, `fanout`, `mam` (archive queries), and `register` to create accounts
+//! `messages`, `rate`, `fanout`, `muc`, `pep`, `mam` (archive queries), and `register` to create accounts
 //! by in-band registration on servers that allow it. Each run prints one JSON object on
 //! stdout (scenario, parameters, results, errors) and a human summary on stderr. Every loop
 //! is bounded in count and time, every connection is closed at the end, and only loopback
 //! addresses are accepted.
 
+mod caps;
 mod client;
 mod scan;
 mod scenario;
@@ -102,6 +103,11 @@ enum Scenario {
     /// occupant sends one message; reports the time until every occupant has it, server CPU
     /// per delivered copy and memory per occupant.
     Muc(scenario::muc::MucArgs),
+    /// Personal eventing (XEP-0163): a publisher with CONTACTS contacts whose caps ask for
+    /// notifications publishes REPEATS items one after the other; reports the time until
+    /// the last contact has each one and server CPU per publish. Sets up the mutual
+    /// subscriptions over XMPP if missing.
+    Pep(scenario::pep::PepArgs),
     /// Fills an archive with MESSAGES messages between two accounts, then times archive
     /// queries (last page, a page by start time, a `with` page, a page after an id).
     Mam(scenario::mam::MamArgs),
@@ -117,6 +123,7 @@ impl Scenario {
             Scenario::Fanout(_) => "fanout",
             Scenario::Register(_) => "register",
             Scenario::Muc(_) => "muc",
+            Scenario::Pep(_) => "pep",
             Scenario::Mam(_) => "mam",
         }
     }
@@ -219,6 +226,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             Scenario::Fanout(s) => scenario::fanout::run(target.clone(), s, server_pid).await,
             Scenario::Register(s) => scenario::register::run(target.clone(), s).await,
             Scenario::Muc(s) => scenario::muc::run(target.clone(), s, server_pid).await,
+            Scenario::Pep(s) => scenario::pep::run(target.clone(), s, server_pid).await,
             Scenario::Mam(s) => scenario::mam::run(target.clone(), s, server_pid).await,
         }
     });

@@ -406,6 +406,164 @@ async fn subscribe_in_batches(
     }
 }
 
+/// Mutual subscriptions made sure of by [`ensure_subscriptions`].
+pub struct Subscriptions {
+    /// All of them are in place.
+    pub complete: bool,
+    /// How many were missing and set up (or tried).
+    pub set_up: usize,
+    pub setup_s: f64,
+}
+
+/// Makes sure account `owner` and each of `contacts` are subscribed to each other, setting
+/// up what is missing as this scenario does, with sessions of their own (resource `setup`)
+/// that are closed at the end: a scenario that needs its sessions in another state (with
+/// other presence) logs in again afterwards. `Err` is the reason when the server refuses
+/// the roster get (no rosters, so no scenario built on them).
+pub async fn ensure_subscriptions(
+    t: &Arc<Target>,
+    owner: u64,
+    contacts: &[u64],
+    setup: &SetupArgs,
+    concurrency: usize,
+    errors: &mut Errors,
+) -> Result<Subscriptions, String> {
+    let owner_jid: Arc<str> = Arc::from(t.bare_jid(owner).to_lowercase());
+    let contact_jids: Vec<String> = contacts
+        .iter()
+        .map(|&n| t.bare_jid(n).to_lowercase())
+        .collect();
+    let (owner_sess, e) = login_many(
+        t,
+        vec![owner],
+        |_| "setup".to_owned(),
+        1,
+        LoginOpts::default(),
+    )
+    .await;
+    errors.merge(e);
+    let Some((owner_conn, _)) = owner_sess.into_iter().next().flatten() else {
+        errors.add("setup", "the owner could not log in");
+        return Ok(Subscriptions {
+            complete: false,
+            set_up: 0,
+            setup_s: 0.0,
+        });
+    };
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        rep: AtomicU64::new(u64::MAX),
+        t0_ns: AtomicU64::new(0),
+        arrivals: Mutex::new(Vec::new()),
+        expected: u64::MAX,
+        all_arrived: Notify::new(),
+        subscribed_in: AtomicU64::new(0),
+        approved: AtomicU64::new(0),
+        progress: Notify::new(),
+    });
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let owner_handle = tokio::spawn(owner_task(owner_conn, shared.clone(), cmd_rx));
+    let step = t.step_timeout;
+    let outcome = async {
+        let before = roster(&cmd_tx, step).await?;
+        let both: HashSet<&str> = before
+            .iter()
+            .filter(|(_, s)| s == "both")
+            .map(|(j, _)| j.as_str())
+            .collect();
+        let missing: Vec<String> = contact_jids
+            .iter()
+            .filter(|j| !both.contains(j.as_str()))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(Subscriptions {
+                complete: true,
+                set_up: 0,
+                setup_s: 0.0,
+            });
+        }
+        let started = Instant::now();
+        // Only the contacts still missing a subscription need a session.
+        let wanted: HashSet<&String> = missing.iter().collect();
+        let indices: Vec<u64> = contacts
+            .iter()
+            .zip(&contact_jids)
+            .filter(|(_, j)| wanted.contains(j))
+            .map(|(&n, _)| n)
+            .collect();
+        let (sessions, e) = login_many(
+            t,
+            indices,
+            |_| "setup".to_owned(),
+            concurrency,
+            LoginOpts::default(),
+        )
+        .await;
+        errors.merge(e);
+        let batch = setup.setup_batch.max(1);
+        let (batch_tx, batch_rx) = watch::channel(0u64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut online = 0;
+        for (i, s) in sessions.into_iter().enumerate() {
+            if let Some((conn, _)) = s {
+                online += 1;
+                tasks.spawn(contact(
+                    conn,
+                    owner_jid.clone(),
+                    Some((i / batch) as u64),
+                    batch_rx.clone(),
+                    shared.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+        }
+        let complete = if online == missing.len() {
+            subscribe_in_batches(
+                &cmd_tx,
+                &shared,
+                &batch_tx,
+                &missing,
+                &contact_jids,
+                setup,
+                step,
+                errors,
+            )
+            .await
+        } else {
+            errors.add(
+                "setup",
+                format!(
+                    "{} of {} contacts could not log in",
+                    missing.len() - online,
+                    missing.len()
+                ),
+            );
+            false
+        };
+        let _ = stop_tx.send(true);
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(e) => errors.merge(e),
+                Err(e) => errors.add("task", e.to_string()),
+            }
+        }
+        Ok(Subscriptions {
+            complete,
+            set_up: missing.len(),
+            setup_s: stats::round3(started.elapsed().as_secs_f64()),
+        })
+    }
+    .await;
+    drop(cmd_tx);
+    match owner_handle.await {
+        Ok(e) => errors.merge(e),
+        Err(e) => errors.add("task", e.to_string()),
+    }
+    outcome
+}
+
 pub async fn run(t: Arc<Target>, a: &FanoutArgs, server_pid: Option<u32>) -> Report {
     let k = a.contacts.max(1);
     let params = json!({

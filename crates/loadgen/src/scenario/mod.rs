@@ -7,6 +7,7 @@ pub mod login;
 pub mod mam;
 pub mod messages;
 pub mod muc;
+pub mod pep;
 pub mod register;
 
 use crate::client::{Conn, LoginOpts, LoginTimes, Target};

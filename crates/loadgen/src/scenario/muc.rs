@@ -213,7 +213,7 @@ async fn occupant(
 }
 
 /// The defined condition of an error stanza (the first child of `<error/>` that is not text).
-fn find_condition(el: &[u8]) -> Option<String> {
+pub(super) fn find_condition(el: &[u8]) -> Option<String> {
     let mut in_error = false;
     for t in scan::tokens(el) {
         if let scan::Token::Start { name, .. } = t {
