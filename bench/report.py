@@ -50,7 +50,9 @@ def rate_latency(q):
     return lambda rec: get(rec, "run", "results", "latency_ms", q)
 
 
-def fanout(field):
+def if_supported(field):
+    """The figure, or "unsupported" where the generator found the server lacks the feature."""
+
     def f(rec):
         if get(rec, "run", "results", "supported") is False:
             return "unsupported"
@@ -96,11 +98,11 @@ ROWS = [
      lambda r: (get(r, "run", "results", "lost") or 0) + (get(r, "run", "results", "out_of_order") or 0)
      if get(r, "run", "results") else None, "{:.0f}", "lower"),
     ("Presence fan-out", "time until all contacts have it, p50 of changes, ms", "fanout",
-     fanout(lambda r: get(r, "run", "results", "completion_ms", "p50")), "{:.2f}", "lower"),
+     if_supported(lambda r: get(r, "run", "results", "completion_ms", "p50")), "{:.2f}", "lower"),
     ("", "same, slowest change, ms", "fanout",
-     fanout(lambda r: get(r, "run", "results", "completion_ms", "max")), "{:.2f}", "lower"),
+     if_supported(lambda r: get(r, "run", "results", "completion_ms", "max")), "{:.2f}", "lower"),
     ("", "server CPU ms per change", "fanout",
-     fanout(lambda r: get(r, "run", "results", "server_cpu_ms_per_change")), "{:.2f}", "lower"),
+     if_supported(lambda r: get(r, "run", "results", "server_cpu_ms_per_change")), "{:.2f}", "lower"),
 ]
 for scen, title in (("muc-big", "Group chat, one room"), ("muc-rooms", "Group chat, many rooms")):
     ROWS += [
@@ -115,6 +117,20 @@ for scen, title in (("muc-big", "Group chat, one room"), ("muc-rooms", "Group ch
         ("", "server KiB per occupant (RSS growth while joining)", scen,
          lambda r: get(r, "run", "results", "server_kib_per_occupant"), "{:.2f}", "lower"),
     ]
+ROWS += [
+    ("PEP (XEP-0163), one publisher", "time until the last contact has a publish, p50, ms", "pep",
+     if_supported(lambda r: get(r, "run", "results", "completion_ms", "p50")), "{:.2f}", "lower"),
+    ("", "same, p99, ms", "pep",
+     if_supported(lambda r: get(r, "run", "results", "completion_ms", "p99")), "{:.2f}", "lower"),
+    ("", "publisher's IQ result, p50, ms", "pep",
+     if_supported(lambda r: get(r, "run", "results", "iq_result_ms", "p50")), "{:.2f}", "lower"),
+    ("", "server CPU ms per publish", "pep",
+     if_supported(lambda r: get(r, "run", "results", "server_cpu_ms_per_publish")), "{:.2f}", "lower"),
+    ("", "notifications per server CPU-second", "pep",
+     if_supported(lambda r: get(r, "run", "results", "notifications_per_server_cpu_s")), "{:.0f}", "higher"),
+    ("", "contacts a publish reached (of all online)", "pep",
+     if_supported(lambda r: get(r, "run", "results", "contacts_notified")), "{:.0f}", "higher"),
+]
 
 
 def fmt_cell(vals, f):

@@ -24,7 +24,7 @@ TEMPLATES="$BENCH/templates"
 # ---- Parameters (environment variables override the defaults; --quick lowers them) -------
 REPS="${REPS:-3}"
 SERVERS="${SERVERS:-rookery ejabberd prosody}"
-SCENARIOS="${SCENARIOS:-login login-plain idle messages rate fanout muc}"
+SCENARIOS="${SCENARIOS:-login login-plain idle messages rate fanout muc pep}"
 DOMAIN="${DOMAIN:-localhost}"
 LOGIN_COUNT="${LOGIN_COUNT:-2000}"       # logins per login run
 LOGIN_USERS="${LOGIN_USERS:-1000}"       # accounts the logins cycle through
@@ -45,6 +45,9 @@ MUC_BIG="${MUC_BIG:-1000}"               # occupants of the one big room (muc-bi
 MUC_ROOMS="${MUC_ROOMS:-20}"             # rooms of MUC_OCCUPANTS occupants (muc-rooms)
 MUC_OCCUPANTS="${MUC_OCCUPANTS:-50}"
 MUC_REPEATS="${MUC_REPEATS:-50}"
+PEP_CONTACTS="${PEP_CONTACTS:-500}"      # contacts of the PEP publisher
+PEP_REPEATS="${PEP_REPEATS:-50}"         # publishes measured
+PEP_BASE="${PEP_BASE:-200000}"           # PEP accounts (publisher, contacts) are numbered from here
 PRIORITY="${PRIORITY:--10}"              # autogroup nice of the benchmark processes
 REALTIME="${REALTIME:-1}"                # rate scenario under SCHED_FIFO (see below)
 INSTALL=1
@@ -60,7 +63,7 @@ Options:
   --quick               small counts, 1 repetition
   --reps N              repetitions per scenario and server (default $REPS)
   --servers "LIST"      among: rookery ejabberd prosody
-  --scenarios "LIST"    among: login login-plain idle messages rate fanout muc
+  --scenarios "LIST"    among: login login-plain idle messages rate fanout muc pep
   --out DIR             results directory (default bench/results/DATE)
   --no-install          do not apt-get install missing servers (skip them instead)
   --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
@@ -71,7 +74,8 @@ Options:
                         figures from one run
 Counts come from environment variables: LOGIN_COUNT LOGIN_USERS LOGIN_CONC IDLE_COUNT
 IDLE_PROCS IDLE_REPS MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
-FANOUT_CONTACTS FANOUT_REPEATS (see the top of this script for defaults).
+FANOUT_CONTACTS FANOUT_REPEATS MUC_BIG MUC_ROOMS MUC_OCCUPANTS MUC_REPEATS PEP_CONTACTS
+PEP_REPEATS (see the top of this script for defaults).
 EOF
 }
 
@@ -100,6 +104,7 @@ if [[ $QUICK == 1 ]]; then
     RATE_PAIRS=50; RATE_DURATION=5
     FANOUT_CONTACTS=200; FANOUT_REPEATS=20
     MUC_BIG=200; MUC_ROOMS=10; MUC_OCCUPANTS=20; MUC_REPEATS=20
+    PEP_CONTACTS=200; PEP_REPEATS=20
 fi
 
 [[ $(id -u) == 0 ]] || { echo "run.sh needs root (apt-get, private ejabberd/Prosody instances)" >&2; exit 2; }
@@ -183,8 +188,11 @@ install_servers() {
 # ---- Build -----------------------------------------------------------------------------------
 build() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-    log "building rookery and rookery-load (release) into $CARGO_TARGET_DIR"
-    (cd "$ROOT" && cargo build --release -p rookery -p rookery-loadgen) >"$OUT/logs/build.log" 2>&1 \
+    # The server only when it is measured: a run against the others needs just the generator.
+    local pkgs=(-p rookery-loadgen)
+    [[ " $SERVERS " == *" rookery "* ]] && pkgs=(-p rookery "${pkgs[@]}")
+    log "building ${pkgs[*]//-p /} (release) into $CARGO_TARGET_DIR"
+    (cd "$ROOT" && cargo build --release "${pkgs[@]}") >"$OUT/logs/build.log" 2>&1 \
         || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
     ROOKERY_BIN="$CARGO_TARGET_DIR/release/rookery"
     LOADGEN="$CARGO_TARGET_DIR/release/rookery-load"
@@ -229,6 +237,22 @@ render() { # template output DIR
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Modules the Rookery template lists that a build may not have yet (they land on other
+# branches): left out of that build's configuration, with a note in the log, instead of the
+# server refusing to start and every scenario failing. Any other unknown module still
+# stops the run (the server's start fails with its message).
+ROOKERY_OPTIONAL_MODULES="caps pep"
+drop_missing_modules() { # binary config
+    local bin="$1" conf="$2" out m _
+    for _ in $ROOKERY_OPTIONAL_MODULES; do
+        out="$("$bin" check --config "$conf" 2>&1)" && return 0
+        m="$(sed -n "s/.*unknown module '\([^']*\)'.*/\1/p" <<<"$out" | head -1)"
+        [[ -n "$m" && " $ROOKERY_OPTIONAL_MODULES " == *" $m "* ]] || return 0
+        sed -i -E "/^modules = /s/(, *\"$m\"|\"$m\", *)//" "$conf"
+        log "$bin has no module '$m': left out of its configuration"
+    done
+}
+
 prepare_servers() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
         -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj "/CN=$DOMAIN" \
@@ -243,9 +267,11 @@ prepare_servers() {
         case "$s" in
             rookery)
                 render rookery.toml "$d/rookery.toml" "$d"
+                drop_missing_modules "$ROOKERY_BIN" "$d/rookery.toml"
                 ;;
             rookery-base)
                 TEMPLATES="$WORK/baseline-templates" render rookery.toml "$d/rookery.toml" "$d"
+                drop_missing_modules "$ROOKERY_BASE_BIN" "$d/rookery.toml"
                 ;;
             ejabberd)
                 mkdir -p "$d/conf" "$d/spool" "$d/logs"
@@ -339,7 +365,8 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # ---- Accounts --------------------------------------------------------------------------------
 # Accounts user0..: the login, idle, messages and rate scenarios; userFANOUT_BASE..: the
-# fan-out owner and contacts (their rosters stay out of the other scenarios).
+# fan-out owner and contacts, userPEP_BASE..: the PEP publisher and contacts (their rosters
+# stay out of the other scenarios, and out of each other's).
 ACCOUNTS_MAIN=$LOGIN_USERS
 for n in $((2 * MSG_PAIRS)) $((2 * RATE_PAIRS)) $([[ " $SCENARIOS " == *" idle "* ]] && echo "$IDLE_COUNT") \
     $([[ " $SCENARIOS " == *" muc "* ]] && echo "$MUC_BIG" "$((MUC_ROOMS * MUC_OCCUPANTS))"); do
@@ -347,6 +374,8 @@ for n in $((2 * MSG_PAIRS)) $((2 * RATE_PAIRS)) $([[ " $SCENARIOS " == *" idle "
 done
 ACCOUNTS_FANOUT=0
 [[ " $SCENARIOS " == *" fanout "* ]] && ACCOUNTS_FANOUT=$((FANOUT_CONTACTS + 1))
+ACCOUNTS_PEP=0
+[[ " $SCENARIOS " == *" pep "* ]] && ACCOUNTS_PEP=$((PEP_CONTACTS + 1))
 
 create_accounts() { # server (running)
     local s="$1" PORT
@@ -360,6 +389,9 @@ create_accounts() { # server (running)
                 seq 0 $((ACCOUNTS_MAIN - 1))
                 if [[ $ACCOUNTS_FANOUT -gt 0 ]]; then
                     seq "$FANOUT_BASE" $((FANOUT_BASE + ACCOUNTS_FANOUT - 1))
+                fi
+                if [[ $ACCOUNTS_PEP -gt 0 ]]; then
+                    seq "$PEP_BASE" $((PEP_BASE + ACCOUNTS_PEP - 1))
                 fi
             } |
                 xargs -P 4 -I{} "$(rookery_bin_of "$s")" user add "user{}@$DOMAIN" --password "password{}" \
@@ -375,9 +407,14 @@ create_accounts() { # server (running)
                     --first "$FANOUT_BASE" --count "$ACCOUNTS_FANOUT" --concurrency 16 \
                     >>"$OUT/logs/accounts-$s.json" 2>>"$OUT/logs/accounts-$s.log"
             fi
+            if [[ $ACCOUNTS_PEP -gt 0 ]]; then
+                "$LOADGEN" --port "$PORT" --domain "$DOMAIN" --label "$s" register \
+                    --first "$PEP_BASE" --count "$ACCOUNTS_PEP" --concurrency 16 \
+                    >>"$OUT/logs/accounts-$s.json" 2>>"$OUT/logs/accounts-$s.log"
+            fi
             ;;
     esac
-    log "$s: $ACCOUNTS_MAIN + $ACCOUNTS_FANOUT accounts ready in $((SECONDS - t0)) s"
+    log "$s: $ACCOUNTS_MAIN + $ACCOUNTS_FANOUT + $ACCOUNTS_PEP accounts ready in $((SECONDS - t0)) s"
 }
 
 # ---- Running the generator -------------------------------------------------------------------
@@ -491,6 +528,14 @@ run_scenario() { # server scenario
                     --repeats "$MUC_REPEATS" --interval-ms 100 --concurrency 50
             done
             ;;
+        pep)
+            # Publishes one after the other, each awaited at every contact; the mutual
+            # subscriptions are set up by the first run on a server (as for fanout).
+            for ((r = 1; r <= REPS; r++)); do
+                gen "$s" pep "$r" -- pep --first "$PEP_BASE" --contacts "$PEP_CONTACTS" \
+                    --repeats "$PEP_REPEATS" --interval-ms 100 --concurrency 50
+            done
+            ;;
         *) echo "unknown scenario $scen" >&2; return 1 ;;
     esac
 }
@@ -510,7 +555,7 @@ versions() {
     v="$(dpkg-query -W -f='${Version}' lua5.4 2>/dev/null || echo none)"; printf '"lua":"%s"}' "$v"
 }
 cat >"$OUT/meta.json" <<EOF
-{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","nproc":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')","kernel":"$(uname -r)","versions":$(versions),"command":"bench/run.sh $ARGS_GIVEN","quick":$QUICK,"reps":$REPS,"priority":"${PRIORITY:-none}","realtime_rate":$REALTIME,"params":{"login_count":$LOGIN_COUNT,"login_users":$LOGIN_USERS,"login_concurrency":$LOGIN_CONC,"idle_count":$IDLE_COUNT,"idle_procs":$IDLE_PROCS,"msg_pairs":$MSG_PAIRS,"msg_duration":$MSG_DURATION,"msg_window":$MSG_WINDOW,"rate":$RATE,"rate_pairs":$RATE_PAIRS,"rate_duration":$RATE_DURATION,"fanout_contacts":$FANOUT_CONTACTS,"fanout_repeats":$FANOUT_REPEATS}}
+{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","nproc":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')","kernel":"$(uname -r)","versions":$(versions),"command":"bench/run.sh $ARGS_GIVEN","quick":$QUICK,"reps":$REPS,"priority":"${PRIORITY:-none}","realtime_rate":$REALTIME,"params":{"login_count":$LOGIN_COUNT,"login_users":$LOGIN_USERS,"login_concurrency":$LOGIN_CONC,"idle_count":$IDLE_COUNT,"idle_procs":$IDLE_PROCS,"msg_pairs":$MSG_PAIRS,"msg_duration":$MSG_DURATION,"msg_window":$MSG_WINDOW,"rate":$RATE,"rate_pairs":$RATE_PAIRS,"rate_duration":$RATE_DURATION,"fanout_contacts":$FANOUT_CONTACTS,"fanout_repeats":$FANOUT_REPEATS,"pep_contacts":$PEP_CONTACTS,"pep_repeats":$PEP_REPEATS}}
 EOF
 log "results in $OUT (servers: $SERVERS; scenarios: $SCENARIOS; reps: $REPS)"
 

@@ -8,9 +8,9 @@ data_path = "@DIR@/data"
 plugin_paths = { }
 
 -- The modules matching Rookery's (disco, ping, version, time, roster, presence, offline,
--- vcard, private, last, blocking, register). Debian's default also loads mod_limits
--- (c2s rate 10 kB/s), carbons, smacks, PEP, bookmarks, vcard4, csi_simple, invites,
--- admin_adhoc/admin_shell, uptime and posix: not loaded here.
+-- vcard, private, last, blocking, register, pep; muc is a component below). Debian's
+-- default also loads mod_limits (c2s rate 10 kB/s), carbons, smacks, bookmarks, vcard4,
+-- csi_simple, invites, admin_adhoc/admin_shell, uptime and posix: not loaded here.
 modules_enabled = {
 	"roster";
 	"saslauth";
@@ -24,6 +24,10 @@ modules_enabled = {
 	"lastactivity";
 	"blocklist";
 	"register";
+	-- Personal eventing, as the pep scenario needs it; it learns a contact's +notify
+	-- features from the caps in its presence by itself. vcard_legacy loads it anyway (it
+	-- keeps avatars in PEP): listed so that it is chosen, not a side effect.
+	"pep";
 }
 -- Autoloaded modules kept: presence, message, iq, offline, c2s. No federation.
 modules_disabled = { "s2s"; "s2s_auth_certs"; "dialback" }
