@@ -87,3 +87,12 @@ def test_mam_queries(server, accounts):
 def test_group_chat_fanout(server, accounts):
     r = run_load(server, accounts, "muc", "--rooms", "2", "--occupants", "3", "--repeats", "3", "--interval-ms", "20")
     assert r["occupants_joined"] == 6 and r["rounds_complete"] == 3 and r["rounds_incomplete"] == 0, r
+
+
+def test_pep_notifications(server, accounts):
+    # Accounts 4..7: apart from the fan-out's rosters (0..3).
+    r = run_load(server, accounts, "pep", "--first", "4", "--contacts", "3", "--repeats", "3", "--interval-ms", "20", "--warmup-timeout", "20")
+    assert r["supported"] and r["contacts_notified"] == 3, r
+    assert r["publishes_complete"] == 3 and r["publishes_incomplete"] == 0, r
+    # One verification string for all three contacts: the server asked one of them.
+    assert r["disco_info_answered"] == 1, r
