@@ -907,4 +907,68 @@ async fn notifications_follow_notify_interest_and_the_last_item_comes_on_presenc
     alice.send(&publish("p3", geo, "current", GEO, "")).await;
     assert!(events(&bob.drain(), geo).is_empty());
     assert!(events(&bob2.drain(), geo).is_empty());
+
+#[tokio::test]
+async fn a_refused_publication_auto_creates_no_node() {
+    let s = server_with(
+        "[pep]\nmax_item_bytes = 200\n",
+        "[host.pubsub]\nmax_item_bytes = 200\n",
+    )
+    .await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let big = format!("<x xmlns='urn:example'>{}</x>", "a".repeat(300));
+    let pep = PubSubService::Account {
+        domain: D,
+        user: "alice",
+    };
+    // Too big, two payloads, no payload: each refused, and no PEP node is left behind.
+    for (node, payload, error) in [
+        ("n1", big.as_str(), "payload-too-big"),
+        (
+            "n2",
+            "<x xmlns='urn:a'/><y xmlns='urn:b'/>",
+            "invalid-payload",
+        ),
+        ("n3", "", "payload-required"),
+    ] {
+        let r = alice.ask(&publish("p", node, "1", payload, ""), "p").await;
+        assert_eq!(specific(&r).as_deref(), Some(error), "{r:?}");
+        let stored = s.storage().pubsub.get_node(pep, node).await.expect("read");
+        assert!(stored.is_none(), "a refused publication created {node}");
+    }
+    // The same on the service domain, where local accounts may auto-create nodes.
+    let svc = "pubsub.example.org";
+    let r = alice
+        .ask(
+            &format!("<iq type='set' id='p' to='{svc}'><pubsub xmlns='{NS}'><publish node='auto'><item id='1'>{big}</item></publish></pubsub></iq>"),
+            "p",
+        )
+        .await;
+    assert_eq!(specific(&r).as_deref(), Some("payload-too-big"), "{r:?}");
+    let stored = s
+        .storage()
+        .pubsub
+        .get_node(PubSubService::Domain(svc), "auto")
+        .await
+        .expect("read");
+    assert!(
+        stored.is_none(),
+        "a refused publication created a service node"
+    );
+    // An acceptable one still creates its node.
+    assert_result(
+        &alice
+            .ask(
+                &publish("p", "n1", "1", "<x xmlns='urn:example'/>", ""),
+                "p",
+            )
+            .await,
+    );
+    assert!(s
+        .storage()
+        .pubsub
+        .get_node(pep, "n1")
+        .await
+        .expect("read")
+        .is_some());
 }

@@ -459,7 +459,10 @@ impl Service {
             None => None,
         };
         let limits = self.form_limits();
-        let config = match self.node(&node).await? {
+        // The node's configuration, or the one a node auto-created for this publication would
+        // get: the node is only created once the publication is known to be acceptable, so a
+        // refused one leaves nothing behind.
+        let (config, create) = match self.node(&node).await? {
             Some(config) => {
                 if let Some(form) = &options {
                     config.meets(form, &limits).map_err(|e| match e {
@@ -480,7 +483,7 @@ impl Service {
                 if !access::may_publish(&config, &r) {
                     return Err(StanzaError::new(StanzaErrorCondition::Forbidden));
                 }
-                config
+                (config, false)
             }
             None => {
                 if !self.may_create(from) {
@@ -504,60 +507,25 @@ impl Service {
                         )?,
                         None => self.default_config(),
                     };
-                match self.create_node(from, &node, &config).await {
-                    Ok(()) => config,
-                    // Created meanwhile by a concurrent publish: use what is stored.
-                    Err(e) if e.condition == StanzaErrorCondition::Conflict => {
-                        self.node(&node).await?.ok_or_else(no_node)?
-                    }
-                    Err(e) => return Err(e),
-                }
+                (config, true)
             }
         };
+        let (mut id, mut payload, mut serialised) = self.publication(&node, item, &config)?;
         self.take_budget(from)?;
-        let (id, payload) = match item {
-            Some(item) => {
-                let id = match item.attr("id") {
-                    Some(id) if !id.is_empty() => {
-                        if id.len() > MAX_NAME_BYTES {
-                            return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
-                                .with_text("item id too long"));
-                        }
-                        id.to_owned()
-                    }
-                    _ => random_id(20),
-                };
-                let mut payloads = item.children();
-                let payload = payloads.next().cloned();
-                if payloads.next().is_some() {
-                    return Err(errors::with(
-                        StanzaErrorCondition::BadRequest,
-                        "invalid-payload",
-                    ));
+        let config = if create {
+            match self.create_node(from, &node, &config).await {
+                Ok(()) => config,
+                // Created meanwhile by a concurrent publish: use what is stored.
+                Err(e) if e.condition == StanzaErrorCondition::Conflict => {
+                    let stored = self.node(&node).await?.ok_or_else(no_node)?;
+                    (id, payload, serialised) = self.publication(&node, item, &stored)?;
+                    stored
                 }
-                (id, payload)
+                Err(e) => return Err(e),
             }
-            None if config.persist_items => {
-                return Err(errors::with(
-                    StanzaErrorCondition::BadRequest,
-                    "item-required",
-                ))
-            }
-            None => (random_id(20), None),
+        } else {
+            config
         };
-        if payload.is_none() && config.deliver_payloads && config.persist_items {
-            return Err(errors::with(
-                StanzaErrorCondition::BadRequest,
-                "payload-required",
-            ));
-        }
-        let serialised = payload.as_ref().map(|p| p.to_string()).unwrap_or_default();
-        if serialised.len() > self.limits.item_limit(&node) {
-            return Err(errors::with(
-                StanzaErrorCondition::NotAcceptable,
-                "payload-too-big",
-            ));
-        }
         let publisher = from.to_bare();
         let published_us = now_us();
         if config.persist_items {
@@ -625,6 +593,61 @@ impl Service {
                     .with_child(Element::new("item", NS_PUBSUB).with_attr("id", id)),
             ),
         ))
+    }
+
+    /// The item a publish request carries, checked against the node's configuration and the
+    /// service's limits (§7.1.3): its id (made up when absent), its payload and the payload
+    /// serialised.
+    fn publication(
+        &self,
+        node: &str,
+        item: Option<&Element>,
+        config: &NodeConfig,
+    ) -> Result<(String, Option<Element>, String), StanzaError> {
+        let (id, payload) = match item {
+            Some(item) => {
+                let id = match item.attr("id") {
+                    Some(id) if !id.is_empty() => {
+                        if id.len() > MAX_NAME_BYTES {
+                            return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                                .with_text("item id too long"));
+                        }
+                        id.to_owned()
+                    }
+                    _ => random_id(20),
+                };
+                let mut payloads = item.children();
+                let payload = payloads.next().cloned();
+                if payloads.next().is_some() {
+                    return Err(errors::with(
+                        StanzaErrorCondition::BadRequest,
+                        "invalid-payload",
+                    ));
+                }
+                (id, payload)
+            }
+            None if config.persist_items => {
+                return Err(errors::with(
+                    StanzaErrorCondition::BadRequest,
+                    "item-required",
+                ))
+            }
+            None => (random_id(20), None),
+        };
+        if payload.is_none() && config.deliver_payloads && config.persist_items {
+            return Err(errors::with(
+                StanzaErrorCondition::BadRequest,
+                "payload-required",
+            ));
+        }
+        let serialised = payload.as_ref().map(|p| p.to_string()).unwrap_or_default();
+        if serialised.len() > self.limits.item_limit(node) {
+            return Err(errors::with(
+                StanzaErrorCondition::NotAcceptable,
+                "payload-too-big",
+            ));
+        }
+        Ok((id, payload, serialised))
     }
 
     fn host_domain(&self) -> &str {
