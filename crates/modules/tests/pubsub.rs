@@ -972,3 +972,63 @@ async fn a_refused_publication_auto_creates_no_node() {
         .expect("read")
         .is_some());
 }
+
+fn error_type(el: &Element) -> Option<String> {
+    el.get_child("error", "jabber:client")
+        .and_then(|e| e.attr("type"))
+        .map(str::to_owned)
+}
+
+fn deliver_option(el: &Element) -> Option<String> {
+    let x = el
+        .get_child("pubsub", NS)?
+        .get_child("options", NS)?
+        .get_child("x", "jabber:x:data")?;
+    x.children()
+        .find(|f| f.attr("var") == Some("pubsub#deliver"))?
+        .get_child("value", "jabber:x:data")
+        .map(|v| v.text())
+}
+
+#[tokio::test]
+async fn a_subscriptions_options_are_read_and_changed() {
+    let s = server().await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    let mut carol = Client::online(&s, "carol@example.org/c").await;
+    let svc = "pubsub.example.org";
+    assert_result(
+        &alice
+            .ask(&format!("<iq type='set' id='c' to='{svc}'><pubsub xmlns='{NS}'><create node='news'/></pubsub></iq>"), "c")
+            .await,
+    );
+    assert_result(
+        &bob.ask(&format!("<iq type='set' id='s' to='{svc}'><pubsub xmlns='{NS}'><subscribe node='news' jid='bob@example.org'/></pubsub></iq>"), "s")
+            .await,
+    );
+    // §6.3.2: the options form of the subscription.
+    let get = format!("<iq type='get' id='o' to='{svc}'><pubsub xmlns='{NS}'><options node='news' jid='bob@example.org'/></pubsub></iq>");
+    let r = bob.ask(&get, "o").await;
+    assert_result(&r);
+    assert_eq!(deliver_option(&r).as_deref(), Some("1"), "{r:?}");
+    // §6.3.5: delivery off; the publication reaches bob no more.
+    let r = bob
+        .ask(&format!("<iq type='set' id='o' to='{svc}'><pubsub xmlns='{NS}'><options node='news' jid='bob@example.org'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_options</value></field><field var='pubsub#deliver'><value>0</value></field></x></options></pubsub></iq>"), "o")
+        .await;
+    assert_result(&r);
+    let r = bob.ask(&get, "o").await;
+    assert_eq!(deliver_option(&r).as_deref(), Some("0"), "{r:?}");
+    assert_result(
+        &alice
+            .ask(&format!("<iq type='set' id='p' to='{svc}'><pubsub xmlns='{NS}'><publish node='news'><item id='1'><entry xmlns='http://www.w3.org/2005/Atom'/></item></publish></pubsub></iq>"), "p")
+            .await,
+    );
+    assert!(events(&bob.drain(), "news").is_empty());
+    // §6.3.4.2: the options of no subscription.
+    let r = carol
+        .ask(&format!("<iq type='get' id='o' to='{svc}'><pubsub xmlns='{NS}'><options node='news' jid='carol@example.org'/></pubsub></iq>"), "o")
+        .await;
+    assert_eq!(condition(&r), Some(StanzaErrorCondition::UnexpectedRequest));
+    assert_eq!(specific(&r).as_deref(), Some("not-subscribed"));
+    assert_eq!(error_type(&r).as_deref(), Some("modify"));
+}

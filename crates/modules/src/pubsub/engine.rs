@@ -16,7 +16,8 @@ use crate::form::{FormBuilder, Submitted};
 use parking_lot::Mutex;
 use rookery_core::{IqResult, Server};
 use rookery_stanza::{
-    random_id, BareJid, IqType, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind,
+    random_id, BareJid, ErrorType, IqType, Jid, Stanza, StanzaError, StanzaErrorCondition,
+    StanzaKind,
 };
 use rookery_storage::{
     ItemRecord, ItemSelection, PubSubService, RosterItem, StorageError, SubscriptionRecord,
@@ -283,14 +284,13 @@ impl Service {
     }
 
     async fn handle_pubsub(&self, from: &Jid, iq_type: IqType, payload: &Element) -> IqResult {
-        let mut verbs = payload.children().filter(|c| {
-            c.ns() == NS_PUBSUB
-                && !matches!(
-                    c.name(),
-                    "options" | "configure" | "publish-options" | "set"
-                )
-        });
-        let Some(verb) = verbs.next() else {
+        // `options`, `configure` and `publish-options` accompany another request (subscribe,
+        // create, publish); alone, `options` is the request (§6.3: a subscription's options).
+        let ours = || payload.children().filter(|c| c.ns() == NS_PUBSUB);
+        let verb = ours()
+            .find(|c| !matches!(c.name(), "options" | "configure" | "publish-options"))
+            .or_else(|| ours().find(|c| c.name() == "options"));
+        let Some(verb) = verb else {
             return Err(StanzaError::bad_request("no pubsub request"));
         };
         let rsm = payload.get_child("set", NS_RSM);
@@ -1027,10 +1027,10 @@ impl Service {
             .into_iter()
             .find(|s| s.jid == jid.as_str() && verb.attr("subid").is_none_or(|id| id == s.subid))
         else {
-            return Err(errors::with(
-                StanzaErrorCondition::UnexpectedRequest,
-                "not-subscribed",
-            ));
+            return Err(
+                errors::with(StanzaErrorCondition::UnexpectedRequest, "not-subscribed")
+                    .with_type(ErrorType::Modify),
+            );
         };
         match iq_type {
             IqType::Get => Ok(Some(subscribe_options_payload(
