@@ -1032,3 +1032,65 @@ async fn a_subscriptions_options_are_read_and_changed() {
     assert_eq!(specific(&r).as_deref(), Some("not-subscribed"));
     assert_eq!(error_type(&r).as_deref(), Some("modify"));
 }
+
+#[tokio::test]
+async fn subscription_errors_carry_the_conditions_of_section_6() {
+    let s = server_with("", "[host.pubsub]\nmax_subscriptions = 1\n").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    let svc = "pubsub.example.org";
+    let create = |node: &str, model: &str| {
+        format!("<iq type='set' id='c' to='{svc}'><pubsub xmlns='{NS}'><create node='{node}'/><configure><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field><field var='pubsub#access_model'><value>{model}</value></field></x></configure></pubsub></iq>")
+    };
+    let subscribe = |node: &str| {
+        format!("<iq type='set' id='s' to='{svc}'><pubsub xmlns='{NS}'><subscribe node='{node}' jid='bob@example.org'/></pubsub></iq>")
+    };
+    let state = |r: &Element| {
+        r.get_child("pubsub", NS)
+            .and_then(|p| p.get_child("subscription", NS))
+            .and_then(|s| s.attr("subscription"))
+            .map(str::to_owned)
+    };
+    assert_result(&alice.ask(&create("club", "authorize"), "c").await);
+    assert_result(&alice.ask(&create("open", "open"), "c").await);
+    alice.drain();
+
+    // §6.2.3.2: unsubscribing without a subscription.
+    let r = bob
+        .ask(&format!("<iq type='set' id='u' to='{svc}'><pubsub xmlns='{NS}'><unsubscribe node='open' jid='bob@example.org'/></pubsub></iq>"), "u")
+        .await;
+    assert_eq!(condition(&r), Some(StanzaErrorCondition::UnexpectedRequest));
+    assert_eq!(specific(&r).as_deref(), Some("not-subscribed"));
+    assert_eq!(error_type(&r).as_deref(), Some("cancel"));
+
+    // §6.1.3.7: asking again while the owner has not answered; the owner is asked once.
+    let r = bob.ask(&subscribe("club"), "s").await;
+    assert_eq!(state(&r).as_deref(), Some("pending"));
+    let r = bob.ask(&subscribe("club"), "s").await;
+    assert_eq!(condition(&r), Some(StanzaErrorCondition::NotAuthorized));
+    assert_eq!(specific(&r).as_deref(), Some("pending-subscription"));
+    let asked = alice.drain_at_least(1).await;
+    assert_eq!(
+        asked
+            .iter()
+            .filter(|m| format!("{m:?}").contains("subscribe_authorization"))
+            .count(),
+        1,
+        "{asked:?}"
+    );
+    // Once approved, subscribing again keeps the approval.
+    assert_result(
+        &alice
+            .ask(&format!("<iq type='set' id='ap' to='{svc}'><pubsub xmlns='{NS_OWNER}'><subscriptions node='club'><subscription jid='bob@example.org' subscription='subscribed'/></subscriptions></pubsub></iq>"), "ap")
+            .await,
+    );
+    let r = bob.ask(&subscribe("club"), "s").await;
+    assert_eq!(state(&r).as_deref(), Some("subscribed"), "{r:?}");
+    assert_result(&bob.ask(&items_req("i", svc, "club", ""), "i").await);
+
+    // §6.1.3.9: one subscription is bob's limit here.
+    let r = bob.ask(&subscribe("open"), "s").await;
+    assert_eq!(condition(&r), Some(StanzaErrorCondition::PolicyViolation));
+    assert_eq!(specific(&r).as_deref(), Some("too-many-subscriptions"));
+    assert_eq!(error_type(&r).as_deref(), Some("wait"));
+}

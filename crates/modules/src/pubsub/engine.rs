@@ -879,9 +879,20 @@ impl Service {
             .subscriptions(self.key(), &node)
             .await
             .map_err(internal)?;
-        let subid = existing
-            .iter()
-            .find(|s| s.jid == jid.as_str())
+        let prior = existing.iter().find(|s| s.jid == jid.as_str());
+        // §6.1.3.7: a request waiting for the owner is not made again (nor the owner asked
+        // again); an approved subscription stays approved.
+        let outcome = match prior.map(|p| p.state.as_str()) {
+            Some("pending") => {
+                return Err(errors::with(
+                    StanzaErrorCondition::NotAuthorized,
+                    "pending-subscription",
+                ))
+            }
+            Some("subscribed") => Subscribe::Subscribed,
+            _ => outcome,
+        };
+        let subid = prior
             .map(|s| s.subid.clone())
             .unwrap_or_else(|| random_id(16));
         let state = match outcome {
@@ -903,7 +914,12 @@ impl Service {
             .await
             .map_err(|e| match e {
                 StorageError::LimitReached(_) => {
-                    errors::with(StanzaErrorCondition::NotAllowed, "too-many-subscriptions")
+                    // §6.1.3.9.
+                    errors::with(
+                        StanzaErrorCondition::PolicyViolation,
+                        "too-many-subscriptions",
+                    )
+                    .with_type(ErrorType::Wait)
                 }
                 e => internal(e),
             })?;
@@ -999,7 +1015,9 @@ impl Service {
             return Err(if subid.is_some() {
                 errors::with(StanzaErrorCondition::NotAcceptable, "invalid-subid")
             } else {
+                // §6.2.3.2.
                 errors::with(StanzaErrorCondition::UnexpectedRequest, "not-subscribed")
+                    .with_type(ErrorType::Cancel)
             });
         }
         Ok(None)
