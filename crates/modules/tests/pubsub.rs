@@ -1094,3 +1094,60 @@ async fn subscription_errors_carry_the_conditions_of_section_6() {
     assert_eq!(specific(&r).as_deref(), Some("too-many-subscriptions"));
     assert_eq!(error_type(&r).as_deref(), Some("wait"));
 }
+
+#[tokio::test]
+async fn owner_entries_without_a_state_change_nothing() {
+    let s = server().await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    let svc = "pubsub.example.org";
+    assert_result(
+        &alice
+            .ask(&format!("<iq type='set' id='c' to='{svc}'><pubsub xmlns='{NS}'><create node='news'/></pubsub></iq>"), "c")
+            .await,
+    );
+    assert_result(
+        &bob.ask(&format!("<iq type='set' id='s' to='{svc}'><pubsub xmlns='{NS}'><subscribe node='news' jid='bob@example.org'/></pubsub></iq>"), "s")
+            .await,
+    );
+    // §8.9.2.1 and §8.8.2.1: an entry without the attribute leaves its value unchanged, and
+    // the other entries of the request apply.
+    let r = alice
+        .ask(&format!("<iq type='set' id='a' to='{svc}'><pubsub xmlns='{NS_OWNER}'><affiliations node='news'><affiliation jid='bob@example.org'/><affiliation jid='carol@example.org' affiliation='publisher'/></affiliations></pubsub></iq>"), "a")
+        .await;
+    assert_result(&r);
+    let r = alice
+        .ask(&format!("<iq type='set' id='s' to='{svc}'><pubsub xmlns='{NS_OWNER}'><subscriptions node='news'><subscription jid='bob@example.org'/><subscription jid='carol@example.org' subscription='subscribed'/></subscriptions></pubsub></iq>"), "s")
+        .await;
+    assert_result(&r);
+    let key = PubSubService::Domain(svc);
+    let affs = s
+        .storage()
+        .pubsub
+        .affiliations(key, "news")
+        .await
+        .expect("read");
+    assert_eq!(
+        affs,
+        vec![
+            ("alice@example.org".to_owned(), "owner".to_owned()),
+            ("carol@example.org".to_owned(), "publisher".to_owned()),
+        ]
+    );
+    let subs: Vec<(String, String)> = s
+        .storage()
+        .pubsub
+        .subscriptions(key, "news")
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|s| (s.jid, s.state))
+        .collect();
+    assert_eq!(
+        subs,
+        vec![
+            ("bob@example.org".to_owned(), "subscribed".to_owned()),
+            ("carol@example.org".to_owned(), "subscribed".to_owned()),
+        ]
+    );
+}

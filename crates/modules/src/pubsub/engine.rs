@@ -1299,7 +1299,10 @@ impl Service {
                 .attr("jid")
                 .and_then(|j| rookery_stanza::parse_jid(j).ok())
                 .ok_or_else(|| errors::with(StanzaErrorCondition::BadRequest, "jid-required"))?;
-            let state = entry.attr("subscription").unwrap_or("");
+            // §8.8.2.1: an entry without a state leaves that subscription as it is.
+            let Some(state) = entry.attr("subscription") else {
+                continue;
+            };
             if !matches!(state, "none" | "subscribed" | "pending" | "unconfigured") {
                 return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
                     .with_text("unknown subscription state"));
@@ -1394,13 +1397,14 @@ impl Service {
                 .attr("jid")
                 .and_then(parse_bare)
                 .ok_or_else(|| errors::with(StanzaErrorCondition::BadRequest, "jid-required"))?;
-            let aff = entry
-                .attr("affiliation")
-                .and_then(Affiliation::from_name)
-                .ok_or_else(|| {
-                    StanzaError::new(StanzaErrorCondition::NotAcceptable)
-                        .with_text("unknown affiliation")
-                })?;
+            // §8.9.2.1: an entry without an affiliation leaves that affiliation as it is.
+            let Some(name) = entry.attr("affiliation") else {
+                continue;
+            };
+            let aff = Affiliation::from_name(name).ok_or_else(|| {
+                StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                    .with_text("unknown affiliation")
+            })?;
             if let Kind::Pep { owner } = &self.kind {
                 if jid == *owner || aff == Affiliation::Owner {
                     return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
