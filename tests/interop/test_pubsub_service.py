@@ -451,6 +451,21 @@ async def test_owner_manages_subscriptions_affiliations_purge_and_delete(server,
             bob.jid: "publisher",
             dave.jid: "outcast",
         }
+        # A delta entry without an affiliation changes nothing; the others apply (§8.9.2.1).
+        ok(
+            await a.iq(
+                svc,
+                "set",
+                f"<pubsub xmlns='{OWNER}'><affiliations node='{node}'><affiliation jid='{bob.jid}'/>"
+                f"<affiliation jid='{carol.jid}' affiliation='member'/></affiliations></pubsub>",
+            )
+        )
+        assert await node_affiliations(a, svc, node) == {
+            alice.jid: "owner",
+            bob.jid: "publisher",
+            carol.jid: "member",
+            dave.jid: "outcast",
+        }
         ok(await publish_to(b, svc, node, "b1", entry(1)))
         await wait_event(b, published(node, "b1"))
         await assert_no_event(c, published(node), "notification after the owner removed the subscription")
