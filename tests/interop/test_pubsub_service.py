@@ -13,7 +13,16 @@ from slixmpp.plugins.xep_0059 import Set as RsmSet
 from slixmpp.plugins.xep_0060.stanza import Pubsub
 from slixmpp.xmlstream import register_stanza_plugin
 
-from harness import CLIENT_NS, DISCO_INFO_NS, DISCO_ITEMS_NS, UserPool, login_scram, qn, stanza_error_condition
+from harness import (
+    CLIENT_NS,
+    DISCO_INFO_NS,
+    DISCO_ITEMS_NS,
+    UserPool,
+    login_scram,
+    qn,
+    restart_server,
+    stanza_error_condition,
+)
 from test_pep import (
     DATA,
     EVENT,
@@ -601,8 +610,6 @@ async def test_nodes_survive_restart(make_server, how):
             srv.kill()
             a.abort()
             b.abort()
-    from harness import restart_server
-
     restart_server(srv, kill=(how == "sigkill"))
     async with pep_client(srv, alice, "desk", available=False) as a:
         items = await read_items(a, svc, "kept")
