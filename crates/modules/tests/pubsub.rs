@@ -321,7 +321,10 @@ async fn max_items_keeps_the_newest_and_retrieval_pages() {
         .await;
     assert_result(&r);
     let r = alice
-        .ask(&items_req("i", "alice@example.org", "urn:xmpp:bookmarks:1", ""), "i")
+        .ask(
+            &items_req("i", "alice@example.org", "urn:xmpp:bookmarks:1", ""),
+            "i",
+        )
         .await;
     assert_eq!(item_ids(&r), vec!["room5@muc"]);
 
@@ -907,6 +910,7 @@ async fn notifications_follow_notify_interest_and_the_last_item_comes_on_presenc
     alice.send(&publish("p3", geo, "current", GEO, "")).await;
     assert!(events(&bob.drain(), geo).is_empty());
     assert!(events(&bob2.drain(), geo).is_empty());
+}
 
 #[tokio::test]
 async fn a_refused_publication_auto_creates_no_node() {
