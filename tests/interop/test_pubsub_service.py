@@ -402,14 +402,7 @@ async def test_retrieve_with_rsm_paging_both_ways(server, pool):
         assert collected == newest_first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an empty RSM <before/> (XEP-0059 §2.5: the last page) is answered item-not-found: "
-    "the engine passes the empty id to the store, which has no selection for the last page",
-)
 async def test_rsm_empty_before_asks_for_the_last_page(server, pool):
-    if server.external:
-        pytest.skip("a deviation of rookery")
     alice = pool.take()
     svc = service(server)
     node = "last-page-" + alice.localpart

@@ -204,6 +204,9 @@ enum Selection {
         before: Option<String>,
         max: usize,
     },
+    Oldest {
+        max: usize,
+    },
 }
 
 const ITEM_COLUMNS: &str = "item_id, publisher, payload, published_us";
@@ -250,6 +253,27 @@ fn read_items(
                 Some(seq) => newer_than(conn, n.id, seq)?,
                 None => 0,
             };
+            Ok(ItemPage {
+                items,
+                count,
+                first_index,
+            })
+        }
+        Selection::Oldest { max } => {
+            // The oldest `max` by the (node_id, seq) index, read upwards and returned newest
+            // first like every page.
+            let mut items = conn
+                .prepare_cached(&format!(
+                    "SELECT {ITEM_COLUMNS} FROM pubsub_items
+                     WHERE node_id = ?1 ORDER BY seq ASC LIMIT ?2"
+                ))
+                .map_err(backend)?
+                .query_map(params![n.id, to_i64(max)], |r| item_from_row(r, 0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)?;
+            items.reverse();
+            let first_index = count.saturating_sub(items.len());
             Ok(ItemPage {
                 items,
                 count,
@@ -670,6 +694,7 @@ impl PubSubStore for SqlitePubSubStore {
                 before: before.map(str::to_owned),
                 max,
             },
+            ItemSelection::Oldest { max } => Selection::Oldest { max },
         };
         run(&self.conn, move |conn| {
             let tx = read_tx(conn)?;

@@ -3311,6 +3311,20 @@ async fn pubsub_paging(s: &Storage, svc: PubSubService<'static>) {
     let first = get(None, None, 5).await.expect("page");
     assert_eq!(item_ids(&first), all[..5].to_vec());
     assert_eq!((first.count, first.first_index), (20, 0));
+    // The last page (an empty RSM `<before/>`): the oldest, newest first.
+    for (max, from) in [(5, 15), (20, 0), (25, 0), (0, 20)] {
+        let last = p
+            .get_items(svc, "feed", ItemSelection::Oldest { max })
+            .await
+            .expect("last page");
+        assert_eq!(item_ids(&last), all[from..].to_vec(), "max {max}");
+        assert_eq!((last.count, last.first_index), (20, from), "max {max}");
+    }
+    let none = p
+        .get_items(svc, "nothing", ItemSelection::Oldest { max: 5 })
+        .await
+        .expect("unknown node");
+    assert_eq!((none.items.len(), none.count), (0, 0));
     for max in 1..=21 {
         // Forwards (older) with `after`, from the newest.
         let mut seen = Vec::new();

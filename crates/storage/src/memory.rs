@@ -992,6 +992,14 @@ fn select_items(
                 first_index: from,
             })
         }
+        ItemSelection::Oldest { max } => {
+            let from = count.saturating_sub(max);
+            Ok(ItemPage {
+                items: n.items.values().rev().skip(from).cloned().collect(),
+                count,
+                first_index: from,
+            })
+        }
     }
 }
 

@@ -75,6 +75,9 @@ pub enum ItemSelection<'a> {
         before: Option<&'a str>,
         max: usize,
     },
+    /// The last page of the newest-first list: its `max` oldest items, still newest first
+    /// (XEP-0059 §2.5, an empty `<before/>`).
+    Oldest { max: usize },
 }
 
 /// A page of items, newest first.

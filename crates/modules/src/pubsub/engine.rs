@@ -799,11 +799,14 @@ impl Service {
                 .get_items(
                     self.key(),
                     &node,
-                    ItemSelection::Page {
-                        after: after.as_deref(),
+                    match before.as_deref() {
                         // `<before/>` empty asks for the last page (XEP-0059 §2.5).
-                        before: before.as_deref(),
-                        max,
+                        Some("") if after.is_none() => ItemSelection::Oldest { max },
+                        before => ItemSelection::Page {
+                            after: after.as_deref(),
+                            before,
+                            max,
+                        },
                     },
                 )
                 .await
