@@ -17,13 +17,17 @@
 //!   stored under them could be meaningful and the wider list would refuse data clients do
 //!   store.
 //! * An element larger than `limits.max_private_bytes` (serialized) gets `not-acceptable`.
+//!
+//! After a set, [`PrivateStored`] runs on the account's host for each element stored, so a
+//! module keeping another form of the same data in step (bookmarks) hears of it; such a
+//! module reads and writes through [`load`] and [`store`], which emit nothing.
 
 use rookery_core::config::ConfigError;
 use rookery_core::{
     iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Place, Section,
-    SectionDecl, Spec,
+    SectionDecl, Server, Spec,
 };
-use rookery_stanza::{IqType, StanzaError, StanzaErrorCondition};
+use rookery_stanza::{BareJid, IqType, StanzaError, StanzaErrorCondition};
 use rookery_storage::StorageError;
 use rookery_xml::Element;
 use serde::{Deserialize, Serialize};
@@ -35,6 +39,15 @@ pub const STORE: &str = "private";
 const REFUSED: &[&str] = &["", "jabber:client", "jabber:server", NS];
 
 pub struct Private;
+
+/// An account stored a private element through XEP-0049 (run on the account's host after
+/// the write succeeded). `element` is what the client sent; an empty one means it was
+/// deleted.
+#[derive(Debug, Clone)]
+pub struct PrivateStored {
+    pub owner: BareJid,
+    pub element: Element,
+}
 
 /// `limits.max_private_bytes`, in the `[limits]` table.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -98,6 +111,59 @@ pub fn key(el: &Element) -> String {
     format!("{} {}", el.name(), el.ns())
 }
 
+fn parts(owner: &BareJid) -> Result<(&str, &str), StorageError> {
+    match owner.node() {
+        Some(n) => Ok((owner.domain().as_str(), n.as_str())),
+        None => Err(StorageError::NotFound),
+    }
+}
+
+/// The element an account stored under (`name`, `ns`), if any.
+pub async fn load(
+    server: &Server,
+    owner: &BareJid,
+    name: &str,
+    ns: &str,
+) -> Result<Option<Element>, StorageError> {
+    let (domain, node) = parts(owner)?;
+    let key = format!("{name} {ns}");
+    let stored = server
+        .storage()
+        .user_data
+        .get_data(domain, node, STORE, &key)
+        .await?;
+    match stored.as_deref().map(rookery_xml::parse_element) {
+        None => Ok(None),
+        Some(Ok(el)) if el.is(name, ns) => Ok(Some(el)),
+        Some(_) => Err(StorageError::Corrupt(format!(
+            "private element {key} of {owner}"
+        ))),
+    }
+}
+
+/// Stores `element` for the account as a set would (an empty element deletes), within
+/// `limits.max_private_bytes`, without running [`PrivateStored`]: for a module writing on the
+/// account's behalf, which knows what it wrote.
+pub async fn store(
+    server: &Server,
+    owner: &BareJid,
+    element: &Element,
+) -> Result<(), StorageError> {
+    let (domain, node) = parts(owner)?;
+    let max = server.config().section::<PrivateLimits>().max_private_bytes;
+    let xml = (!is_empty(element)).then(|| element.to_xml(""));
+    server
+        .storage()
+        .user_data
+        .set_data(domain, node, STORE, &key(element), xml.as_deref(), max)
+        .await
+}
+
+/// An element without attributes or content: what a get of nothing answers.
+fn is_empty(el: &Element) -> bool {
+    el.nodes().is_empty() && el.attrs().next().is_none()
+}
+
 async fn handle(req: IqRequest) -> IqResult {
     let user = req.from.to_bare();
     if req.to.to_bare() != user {
@@ -158,10 +224,7 @@ async fn handle(req: IqRequest) -> IqResult {
             // An empty element is what a get of nothing answers: storing one deletes.
             let docs: Vec<(String, Option<String>)> = elements
                 .iter()
-                .map(|el| {
-                    let empty = el.nodes().is_empty() && el.attrs().next().is_none();
-                    (key(el), (!empty).then(|| el.to_xml("")))
-                })
+                .map(|el| (key(el), (!is_empty(el)).then(|| el.to_xml(""))))
                 .collect();
             if docs
                 .iter()
@@ -174,6 +237,19 @@ async fn handle(req: IqRequest) -> IqResult {
                     .set_data(domain, node, STORE, k, xml.as_deref(), max)
                     .await
                     .map_err(storage_error)?;
+            }
+            if let Some(host) = req.server.host(user.domain().as_str()) {
+                for el in elements {
+                    host.hooks()
+                        .run(
+                            &req.server,
+                            PrivateStored {
+                                owner: user.clone(),
+                                element: el.clone(),
+                            },
+                        )
+                        .await;
+                }
             }
             Ok(None)
         }

@@ -14,11 +14,15 @@
 //!   `not-acceptable` as a request that "does not meet criteria defined by the recipient or
 //!   server" (a size limit is such a criterion, and the roster module answers over-long names
 //!   the same way); `policy-violation` (§8.3.3.12) reads as a content rule instead.
+//!
+//! After a set, [`VCardStored`] runs on the account's host, so a module keeping another
+//! form of the account's data in step (the avatar) hears of it; such a module reads and
+//! writes through [`load`] and [`store`], which emit nothing.
 
 use rookery_core::config::ConfigError;
 use rookery_core::{
     iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Place, Section,
-    SectionDecl, Spec,
+    SectionDecl, Server, Spec,
 };
 use rookery_stanza::{BareJid, IqType, StanzaError, StanzaErrorCondition};
 use rookery_storage::StorageError;
@@ -30,6 +34,17 @@ pub const NS: &str = "vcard-temp";
 pub const STORE: &str = "vcard";
 
 pub struct VCard;
+
+/// An account set its vCard (run on the account's host after the write succeeded). `vcard`
+/// is what the client sent; an empty one means the vCard was deleted. `previous` is the
+/// vCard it replaced, so a listener can tell what this set changed (a client editing the
+/// name sends the photo it read, or none if it ignores photos).
+#[derive(Debug, Clone)]
+pub struct VCardStored {
+    pub owner: BareJid,
+    pub vcard: Element,
+    pub previous: Option<Element>,
+}
 
 /// `limits.max_vcard_bytes`, in the `[limits]` table.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -113,23 +128,61 @@ async fn handle(req: IqRequest) -> IqResult {
     }
 }
 
-async fn get(req: &IqRequest, owner: &BareJid, own: bool) -> IqResult {
-    let (domain, node) = parts(owner)?;
-    let stored = req
-        .server
+/// The account's stored vCard, if it has one.
+pub async fn load(server: &Server, owner: &BareJid) -> Result<Option<Element>, StorageError> {
+    let Some(node) = owner.node() else {
+        return Ok(None);
+    };
+    let stored = server
         .storage()
         .user_data
-        .get_data(domain, node, STORE, "")
+        .get_data(owner.domain().as_str(), node.as_str(), STORE, "")
+        .await?;
+    match stored.as_deref().map(rookery_xml::parse_element) {
+        None => Ok(None),
+        Some(Ok(el)) if el.is("vCard", NS) => Ok(Some(el)),
+        Some(_) => Err(StorageError::Corrupt(format!("the vCard of {owner}"))),
+    }
+}
+
+/// Stores the account's vCard as a set would (an empty `<vCard/>` deletes it), within
+/// `limits.max_vcard_bytes` (`LimitReached` beyond), without running [`VCardStored`]: for a
+/// module writing on the account's behalf, which knows what it wrote.
+pub async fn store(server: &Server, owner: &BareJid, vcard: &Element) -> Result<(), StorageError> {
+    let Some(node) = owner.node() else {
+        return Err(StorageError::NotFound);
+    };
+    let max = server.config().section::<VcardLimits>().max_vcard_bytes;
+    let empty = vcard.nodes().is_empty() && vcard.attrs().next().is_none();
+    let xml = (!empty).then(|| vcard.to_xml(""));
+    if xml.as_ref().is_some_and(|x| x.len() > max) {
+        return Err(StorageError::LimitReached("limits.max_vcard_bytes".into()));
+    }
+    server
+        .storage()
+        .user_data
+        .set_data(
+            owner.domain().as_str(),
+            node.as_str(),
+            STORE,
+            "",
+            xml.as_deref(),
+            max,
+        )
         .await
-        .map_err(storage_error)?;
+}
+
+async fn get(req: &IqRequest, owner: &BareJid, own: bool) -> IqResult {
+    parts(owner)?;
+    let stored = load(&req.server, owner).await.map_err(|e| match e {
+        StorageError::Corrupt(_) => {
+            tracing::error!(account = %owner, "stored vCard is not a vCard element");
+            StanzaError::new(StanzaErrorCondition::InternalServerError)
+        }
+        e => storage_error(e),
+    })?;
     match stored {
-        Some(xml) => match rookery_xml::parse_element(&xml) {
-            Ok(el) if el.is("vCard", NS) => Ok(Some(el)),
-            Ok(_) | Err(_) => {
-                tracing::error!(account = %owner, "stored vCard is not a vCard element");
-                Err(StanzaError::new(StanzaErrorCondition::InternalServerError))
-            }
-        },
+        Some(el) => Ok(Some(el)),
         None if own => Ok(Some(Element::new("vCard", NS))),
         // §3.3: the same answer as for an account that does not exist.
         None => Err(StanzaError::service_unavailable()),
@@ -137,18 +190,30 @@ async fn get(req: &IqRequest, owner: &BareJid, own: bool) -> IqResult {
 }
 
 async fn set(req: &IqRequest, owner: &BareJid) -> IqResult {
-    let (domain, node) = parts(owner)?;
-    let max = req.server.config().section::<VcardLimits>().max_vcard_bytes;
-    let empty = req.payload.nodes().is_empty() && req.payload.attrs().next().is_none();
-    let xml = (!empty).then(|| req.payload.to_xml(""));
-    if xml.as_ref().is_some_and(|x| x.len() > max) {
-        return Err(too_large());
-    }
-    req.server
-        .storage()
-        .user_data
-        .set_data(domain, node, STORE, "", xml.as_deref(), max)
+    parts(owner)?;
+    // One read more per set (rare): a previous vCard that cannot be read is replaced anyway,
+    // so it counts as none.
+    let previous = match load(&req.server, owner).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(account = %owner, error = %e, "the vCard being replaced is unreadable");
+            None
+        }
+    };
+    store(&req.server, owner, &req.payload)
         .await
         .map_err(storage_error)?;
+    if let Some(host) = req.server.host(owner.domain().as_str()) {
+        host.hooks()
+            .run(
+                &req.server,
+                VCardStored {
+                    owner: owner.clone(),
+                    vcard: req.payload.clone(),
+                    previous,
+                },
+            )
+            .await;
+    }
     Ok(None)
 }
