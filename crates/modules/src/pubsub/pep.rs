@@ -17,17 +17,20 @@
 //!
 //! Everything is stored in the `PubSubStore` under the account, and goes with it.
 
+use super::config::{NodeConfig, NS_PUBLISH_OPTIONS};
 use super::engine::{Kind, Service, Shared};
 use super::errors::{NS_PUBSUB, NS_PUBSUB_OWNER};
 use super::{ServiceLimits, FEATURES};
 use crate::caps::{CapsState, CapsUpdated};
+use crate::form::FormBuilder;
 use rookery_core::config::ConfigError;
 use rookery_core::events::{AccountDiscoInfo, AccountDiscoItems};
 use rookery_core::{
     iq_fn, Flow, HostBuilder, IqRequest, IqScope, Module, ModuleError, Order, Place, Section,
     SectionDecl, Server, Spec,
 };
-use rookery_stanza::BareJid;
+use rookery_stanza::{BareJid, IqType, StanzaError};
+use rookery_storage::{ItemSelection, StorageError};
 use rookery_xml::Element;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
@@ -148,6 +151,105 @@ pub fn service(server: &Arc<Server>, state: &PepState, owner: &BareJid) -> Optio
         shared: shared.clone(),
         server: server.clone(),
     })
+}
+
+/// A node's stored configuration, for a module deciding how to publish to it on the
+/// account's behalf; `None` when the node does not exist.
+pub async fn node_config(svc: &Service, node: &str) -> Result<Option<NodeConfig>, StorageError> {
+    match svc
+        .server
+        .storage()
+        .pubsub
+        .get_node(svc.key(), node)
+        .await?
+    {
+        None => Ok(None),
+        Some(rec) => NodeConfig::from_doc(&rec.config)
+            .map(Some)
+            .ok_or_else(|| StorageError::Corrupt(format!("configuration of PEP node {node}"))),
+    }
+}
+
+/// The items of a node as stored, newest first (at most the node's ceiling), with their
+/// payloads parsed; an item whose payload does not parse is left out (and logged).
+pub async fn stored_items(
+    svc: &Service,
+    node: &str,
+    ids: Option<&[String]>,
+) -> Result<Vec<(String, Option<Element>)>, StorageError> {
+    let selection = match ids {
+        Some(ids) => ItemSelection::Ids(ids),
+        None => ItemSelection::Page {
+            after: None,
+            before: None,
+            max: svc.limits.max_items,
+        },
+    };
+    let page = svc
+        .server
+        .storage()
+        .pubsub
+        .get_items(svc.key(), node, selection)
+        .await?;
+    let mut out = Vec::with_capacity(page.items.len());
+    for item in page.items {
+        if item.payload.is_empty() {
+            out.push((item.id, None));
+            continue;
+        }
+        match rookery_xml::parse_element(&item.payload) {
+            Ok(p) => out.push((item.id, Some(p))),
+            Err(e) => {
+                tracing::error!(error = %e, node, id = %item.id, "unreadable stored PEP item")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Publishes one item to an account's node as the account itself would (the engine's checks,
+/// notifications and [`PublishedItem`](super::PublishedItem)), with publish-options when
+/// `options` has any (XEP-0060 §7.1.5). Without `id` the service picks one.
+pub async fn publish_as_owner(
+    svc: &Service,
+    node: &str,
+    id: Option<&str>,
+    payload: Element,
+    options: &[(&str, &str)],
+) -> Result<(), StanzaError> {
+    let mut item = Element::new("item", NS_PUBSUB).with_child(payload);
+    if let Some(id) = id {
+        item.set_attr("id", id);
+    }
+    let mut pubsub = Element::new("pubsub", NS_PUBSUB).with_child(
+        Element::new("publish", NS_PUBSUB)
+            .with_attr("node", node)
+            .with_child(item),
+    );
+    if !options.is_empty() {
+        let mut form = FormBuilder::new("submit", NS_PUBLISH_OPTIONS);
+        for (var, value) in options {
+            form = form.field(var, None, None, &[value]);
+        }
+        pubsub.push_child(Element::new("publish-options", NS_PUBSUB).with_child(form.build()));
+    }
+    svc.handle(&svc.jid(), IqType::Set, &pubsub)
+        .await
+        .map(|_| ())
+}
+
+/// Retracts one item of an account's node as the account would, notifying (XEP-0060 §7.2.2.1
+/// `notify`, which XEP-0402 §3.4 asks of clients too).
+pub async fn retract_as_owner(svc: &Service, node: &str, id: &str) -> Result<(), StanzaError> {
+    let pubsub = Element::new("pubsub", NS_PUBSUB).with_child(
+        Element::new("retract", NS_PUBSUB)
+            .with_attr("node", node)
+            .with_attr("notify", "true")
+            .with_child(Element::new("item", NS_PUBSUB).with_attr("id", id)),
+    );
+    svc.handle(&svc.jid(), IqType::Set, &pubsub)
+        .await
+        .map(|_| ())
 }
 
 impl Module for Pep {
