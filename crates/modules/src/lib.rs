@@ -2,6 +2,7 @@
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
 pub mod blocking;
+pub mod bookmarks;
 pub mod budget;
 pub mod caps;
 pub mod carbons;
@@ -60,7 +61,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<mam::Mam>()
         .register::<muc::Muc>()
         .register::<pubsub::pep::Pep>()
-        .register::<pubsub::service::PubSub>();
+        .register::<pubsub::service::PubSub>()
+        .register::<bookmarks::Bookmarks>();
     r
 }
 

@@ -17,6 +17,8 @@ use rookery_core::events::{
     UndeliverableMessage,
 };
 use rookery_core::{Config, Host, ModuleRegistry};
+use rookery_modules::private::PrivateStored;
+use rookery_modules::pubsub::{PublishedItem, RetractedItem};
 use rookery_storage::Storage;
 
 fn host(modules: Option<Vec<String>>) -> Host {
@@ -54,19 +56,31 @@ fn chains(h: &Host) -> Vec<(&'static str, Vec<&'static str>)> {
         ),
         ("HeldMessage", hooks.handler_order::<HeldMessage>()),
         ("BindInline", hooks.handler_order::<BindInline>()),
+        ("PublishedItem", hooks.handler_order::<PublishedItem>()),
+        ("RetractedItem", hooks.handler_order::<RetractedItem>()),
+        ("PrivateStored", hooks.handler_order::<PrivateStored>()),
     ]
 }
 
-fn expected(
-    session_bound: [&'static str; 3],
+/// The chains whose order depends in part on how modules are listed.
+struct Free {
+    client_stanza: [&'static str; 5],
+    session_bound: [&'static str; 4],
     session_closed: [&'static str; 4],
     presence_broadcast: [&'static str; 4],
-) -> Vec<(&'static str, Vec<&'static str>)> {
+    published_item: [&'static str; 1],
+}
+
+fn expected(free: Free) -> Vec<(&'static str, Vec<&'static str>)> {
+    let Free {
+        client_stanza,
+        session_bound,
+        session_closed,
+        presence_broadcast,
+        published_item,
+    } = free;
     vec![
-        (
-            "ClientStanza",
-            vec!["register", "carbons", "blocking", "mam", "carbons"],
-        ),
+        ("ClientStanza", client_stanza.to_vec()),
         ("LocalDelivery", vec!["carbons", "blocking", "mam"]),
         ("Bind2Bound", vec!["mam", "offline"]),
         ("SessionBound", session_bound.to_vec()),
@@ -78,6 +92,9 @@ fn expected(
         ("MessageDelivered", vec!["carbons"]),
         ("HeldMessage", vec!["push"]),
         ("BindInline", vec!["carbons"]),
+        ("PublishedItem", published_item.to_vec()),
+        ("RetractedItem", vec!["bookmarks"]),
+        ("PrivateStored", vec!["bookmarks"]),
     ]
 }
 
@@ -85,17 +102,20 @@ fn expected(
 fn every_cross_module_order_holds_with_all_modules() {
     assert_eq!(
         chains(&host(None)),
-        expected(
-            ["blocking", "push", "mam"],
-            ["presence", "caps", "last", "blocking"],
-            ["last", "presence", "caps", "offline"]
-        )
+        expected(Free {
+            client_stanza: ["register", "carbons", "blocking", "mam", "carbons"],
+            session_bound: ["blocking", "push", "mam", "bookmarks"],
+            session_closed: ["presence", "caps", "last", "blocking"],
+            presence_broadcast: ["last", "presence", "caps", "offline"],
+            published_item: ["bookmarks"],
+        })
     );
 }
 
 /// Listing the modules in another order changes only the order of handlers that declare none
-/// between them (mam and push on SessionBound, presence, caps and last on SessionClosed,
-/// offline and caps on PresenceBroadcast): the initialisation order, as it always was.
+/// between them (mam, push and bookmarks on SessionBound, presence, caps and last on
+/// SessionClosed, offline and caps on PresenceBroadcast): the initialisation order, as it
+/// always was.
 #[test]
 fn the_order_does_not_depend_on_how_modules_are_listed() {
     let mut names: Vec<String> = rookery_modules::registry()
@@ -106,11 +126,13 @@ fn the_order_does_not_depend_on_how_modules_are_listed() {
     names.reverse();
     assert_eq!(
         chains(&host(Some(names))),
-        expected(
-            ["blocking", "mam", "push"],
-            ["last", "caps", "presence", "blocking"],
-            ["last", "presence", "offline", "caps"]
-        )
+        expected(Free {
+            client_stanza: ["register", "carbons", "blocking", "mam", "carbons"],
+            session_bound: ["blocking", "bookmarks", "mam", "push"],
+            session_closed: ["last", "caps", "presence", "blocking"],
+            presence_broadcast: ["last", "presence", "offline", "caps"],
+            published_item: ["bookmarks"],
+        })
     );
 }
 

@@ -183,9 +183,9 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
         &["RFC 6120 server-to-server", "XEP-0220", "XEP-0288", "XEP-0114"],
     ),
     (
-        "Bookmarks and avatar conversion",
-        "bookmarks 2 kept in step with private XML bookmarks, PEP avatars with vCard photos",
-        &["XEP-0402", "XEP-0411", "XEP-0048", "XEP-0084", "XEP-0398", "XEP-0153"],
+        "Avatar conversion",
+        "PEP avatars kept in step with vCard photos",
+        &["XEP-0084", "XEP-0398", "XEP-0153"],
     ),
     (
         "Web clients",
