@@ -1,6 +1,7 @@
 //! Feature modules. Each file is one feature with one entry point, a type implementing
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
+pub mod avatar;
 pub mod blocking;
 pub mod bookmarks;
 pub mod budget;
@@ -62,7 +63,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<muc::Muc>()
         .register::<pubsub::pep::Pep>()
         .register::<pubsub::service::PubSub>()
-        .register::<bookmarks::Bookmarks>();
+        .register::<bookmarks::Bookmarks>()
+        .register::<avatar::Avatar>();
     r
 }
 

@@ -1,9 +1,11 @@
 //! The server keeping forms of the same data in step, through the real router: bookmarks
-//! (XEP-0402 bookmarks 2, XEP-0048 private XML and legacy PEP, XEP-0411). A module of the
-//! test counts every PEP publication and retraction, to show conversions converge.
+//! (XEP-0402 bookmarks 2, XEP-0048 private XML and legacy PEP, XEP-0411) and avatars
+//! (XEP-0084 PEP, XEP-0153 vCard and presence hash, XEP-0398). A module of the test counts
+//! every PEP publication and retraction, to show conversions converge.
 
 mod common;
 
+use base64::Engine as _;
 use common::*;
 use parking_lot::Mutex;
 use rookery_core::{Flow, HostBuilder, Module, ModuleError, Order, Server};
@@ -11,6 +13,7 @@ use rookery_modules::caps::{CapsInfo, CapsState, HashAlgo};
 use rookery_modules::pubsub::{PublishedItem, RetractedItem};
 use rookery_stanza::Jid;
 use rookery_xml::{parse_element, Element};
+use sha1::Digest as _;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +24,10 @@ const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const NS_PRIVATE: &str = "jabber:iq:private";
 const B2: &str = "urn:xmpp:bookmarks:1";
 const LEGACY: &str = "storage:bookmarks";
+const META: &str = "urn:xmpp:avatar:metadata";
+const DATA: &str = "urn:xmpp:avatar:data";
+const UPDATE: &str = "vcard-temp:x:update";
+const VCARD: &str = "vcard-temp";
 
 // ---- the observer ----------------------------------------------------------------------
 
@@ -619,7 +626,453 @@ async fn the_account_announces_the_conversions() {
         "urn:xmpp:bookmarks:1#compat",
         "urn:xmpp:bookmarks:1#compat-pep",
         "urn:xmpp:bookmarks-conversion:0",
+        "urn:xmpp:pep-vcard-conversion:0",
     ] {
         assert!(features.contains(&f), "{f} in {features:?}");
     }
+}
+
+// ---- avatars -----------------------------------------------------------------------------
+
+/// An image: a PNG signature and header (`w` x `h`), then filler made from `seed`.
+fn image(seed: u8, len: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x20\0\0\0\x20".to_vec();
+    v.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    v
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    sha1::Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Publishes an avatar as XEP-0084 §3.1–§3.2 say: data, then metadata; `id` is the item id
+/// the data and metadata name (the SHA-1 unless a test lies).
+async fn publish_avatar(alice: &mut Client, bytes: &[u8], id: &str, access: &str) {
+    let open = options(&[("pubsub#access_model", access)]);
+    let r = alice
+        .ask(
+            &publish(
+                "d",
+                DATA,
+                Some(id),
+                &format!("<data xmlns='{DATA}'>{}</data>", b64(bytes)),
+                &open,
+            ),
+            "d",
+        )
+        .await;
+    assert_result(&r);
+    let r = alice
+        .ask(
+            &publish(
+                "m",
+                META,
+                Some(id),
+                &format!(
+                    "<metadata xmlns='{META}'><info id='{id}' bytes='{}' type='image/png' width='32' height='32'/><info id='elsewhere' bytes='1' type='image/png' url='https://example.org/a.png'/></metadata>",
+                    bytes.len()
+                ),
+                &open,
+            ),
+            "m",
+        )
+        .await;
+    assert_result(&r);
+}
+
+async fn vcard_get(who: &mut Client, of: Option<&str>) -> Element {
+    let to = of.map(|o| format!(" to='{o}'")).unwrap_or_default();
+    let r = who
+        .ask(
+            &format!("<iq type='get' id='vg'{to}><vCard xmlns='{VCARD}'/></iq>"),
+            "vg",
+        )
+        .await;
+    assert_result(&r);
+    r.get_child("vCard", VCARD).cloned().expect("vCard")
+}
+
+async fn vcard_set(who: &mut Client, body: &str) {
+    let r = who
+        .ask(
+            &format!("<iq type='set' id='vs'><vCard xmlns='{VCARD}'>{body}</vCard></iq>"),
+            "vs",
+        )
+        .await;
+    assert_result(&r);
+}
+
+fn photo(vcard: &Element) -> Option<(String, String)> {
+    let p = vcard.get_child("PHOTO", VCARD)?;
+    Some((
+        p.get_child("TYPE", VCARD).map(Element::text)?,
+        p.get_child("BINVAL", VCARD).map(Element::text)?,
+    ))
+}
+
+/// The `<photo/>` of a presence's `vcard-temp:x:update`: None without one.
+fn presence_photo(p: &Element) -> Option<String> {
+    p.get_child("x", UPDATE)
+        .and_then(|x| x.get_child("photo", UPDATE))
+        .map(Element::text)
+}
+
+#[tokio::test]
+async fn a_pep_avatar_becomes_the_vcard_photo() {
+    let (s, _rec) = setup("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    vcard_set(&mut alice, "<FN>Alice</FN>").await;
+
+    let img = image(1, 200);
+    publish_avatar(&mut alice, &img, &sha1_hex(&img), "open").await;
+    // Anyone reads vCards: bob sees the photo, and the rest of the vCard is kept.
+    let v = vcard_get(&mut bob, Some("alice@example.org")).await;
+    assert_eq!(
+        photo(&v),
+        Some(("image/png".to_owned(), b64(&img))),
+        "{v:?}"
+    );
+    assert_eq!(
+        v.get_child("FN", VCARD).map(Element::text).as_deref(),
+        Some("Alice")
+    );
+
+    // Avatar disabled (XEP-0084 §3.5): the photo goes, the rest stays.
+    let r = alice
+        .ask(
+            &publish(
+                "off",
+                META,
+                None,
+                &format!("<metadata xmlns='{META}'/>"),
+                "",
+            ),
+            "off",
+        )
+        .await;
+    assert_result(&r);
+    let v = vcard_get(&mut alice, None).await;
+    assert_eq!(photo(&v), None, "{v:?}");
+    assert!(v.get_child("FN", VCARD).is_some());
+}
+
+#[tokio::test]
+async fn an_avatar_with_a_wrong_hash_or_not_open_is_not_copied() {
+    let (s, _rec) = setup("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let img = image(2, 100);
+    // The id is not the image's SHA-1 (XEP-0398 §3.1 SHOULD verify).
+    publish_avatar(&mut alice, &img, &sha1_hex(b"something else"), "open").await;
+    assert_eq!(photo(&vcard_get(&mut alice, None).await), None);
+
+    // Readable by contacts only: not copied into the public vCard (XEP-0398 §7).
+    let (s, _rec) = setup("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    publish_avatar(&mut alice, &img, &sha1_hex(&img), "presence").await;
+    assert_eq!(photo(&vcard_get(&mut alice, None).await), None);
+}
+
+#[tokio::test]
+async fn a_vcard_photo_becomes_the_pep_avatar() {
+    let (s, rec) = setup("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut pc = Client::bind(&s, "alice@example.org/pc").await;
+    notify_interest(&mut pc, &rec, &[META]).await;
+    let mut carol = Client::online(&s, "carol@example.org/c").await;
+
+    let img = image(3, 300);
+    let hash = sha1_hex(&img);
+    // Base64 with line breaks, as XEP-0153 §3.5 allows.
+    let wrapped: String = b64(&img)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    rec.reset();
+    vcard_set(
+        &mut alice,
+        &format!("<FN>Alice</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{wrapped}</BINVAL></PHOTO>"),
+    )
+    .await;
+    assert_eq!(rec.count(DATA, "publish"), 1);
+    assert_eq!(rec.count(META, "publish"), 1);
+    // The other resource hears of the metadata (XEP-0398 §3.2 SHOULD notify).
+    let got = pc.drain_at_least(1).await;
+    assert_eq!(notified(&got, META).0, std::slice::from_ref(&hash));
+
+    // New nodes are open, as the vCard was: carol reads both.
+    let data = items(&mut carol, "alice@example.org", DATA).await;
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].0, hash);
+    assert_eq!(
+        data[0].1.as_ref().map(Element::text),
+        Some(b64(&img)),
+        "canonical base64"
+    );
+    let meta = items(&mut carol, "alice@example.org", META).await;
+    let info = meta[0]
+        .1
+        .as_ref()
+        .and_then(|m| m.get_child("info", META))
+        .cloned()
+        .expect("info");
+    assert_eq!(info.attr("id"), Some(hash.as_str()));
+    assert_eq!(info.attr("bytes"), Some(img.len().to_string().as_str()));
+    assert_eq!(info.attr("type"), Some("image/png"));
+    assert_eq!(info.attr("width"), Some("32"));
+
+    // The same photo again (the name changed): nothing to publish. The vCard module's own
+    // answer came back: no loop from the conversion's publications either.
+    rec.reset();
+    vcard_set(
+        &mut alice,
+        &format!(
+            "<FN>Alice C.</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{}</BINVAL></PHOTO>",
+            b64(&img)
+        ),
+    )
+    .await;
+    assert_eq!(rec.count(DATA, "publish") + rec.count(META, "publish"), 0);
+    // The vCard is what alice set, not rewritten by a conversion.
+    let v = vcard_get(&mut alice, None).await;
+    assert_eq!(
+        v.get_child("FN", VCARD).map(Element::text).as_deref(),
+        Some("Alice C.")
+    );
+
+    // No photo any more: the PEP avatar is disabled with an empty <metadata/>.
+    vcard_set(&mut alice, "<FN>Alice C.</FN>").await;
+    assert_eq!(rec.count(META, "publish"), 1);
+    let meta = items(&mut carol, "alice@example.org", META).await;
+    assert!(meta[0]
+        .1
+        .as_ref()
+        .is_some_and(|m| m.is("metadata", META) && m.children().next().is_none()));
+}
+
+#[tokio::test]
+async fn a_photo_beyond_the_avatar_limit_is_not_converted() {
+    let (s, rec) = setup("[pep]\nmax_avatar_bytes = 100\n").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let img = image(4, 200);
+    vcard_set(
+        &mut alice,
+        &format!(
+            "<PHOTO><TYPE>image/png</TYPE><BINVAL>{}</BINVAL></PHOTO>",
+            b64(&img)
+        ),
+    )
+    .await;
+    assert_eq!(rec.count(DATA, "publish"), 0);
+    assert!(
+        photo(&vcard_get(&mut alice, None).await).is_some(),
+        "the vCard stands"
+    );
+}
+
+#[tokio::test]
+async fn presence_carries_the_avatar_hash() {
+    let (s, _rec) = setup("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    bob.send("<presence to='alice@example.org' type='subscribe'/>")
+        .await;
+    alice
+        .send("<presence to='bob@example.org' type='subscribed'/>")
+        .await;
+    alice.drain();
+    bob.drain();
+
+    // No photo: an empty <photo/> says so (XEP-0153 §3.1).
+    alice.send("<presence/>").await;
+    let got = bob.drain();
+    let p = presences(&got, None);
+    assert_eq!(p.len(), 1, "{got:?}");
+    assert_eq!(presence_photo(p[0]).as_deref(), Some(""));
+
+    let img = image(5, 120);
+    let hash = sha1_hex(&img);
+    publish_avatar(&mut alice, &img, &hash, "open").await;
+    bob.drain();
+    // The hash goes into a broadcast without <x/>, and over an <x/> without <photo/>.
+    for body in ["<show>away</show>", "<x xmlns='vcard-temp:x:update'/>"] {
+        alice.send(&format!("<presence>{body}</presence>")).await;
+        let got = bob.drain();
+        let p = presences(&got, None);
+        assert_eq!(p.len(), 1, "{got:?}");
+        assert_eq!(
+            presence_photo(p[0]).as_deref(),
+            Some(hash.as_str()),
+            "{body}"
+        );
+        assert_eq!(p[0].children().filter(|c| c.is("x", UPDATE)).count(), 1);
+    }
+    // A stale hash is replaced.
+    alice
+        .send(&format!(
+            "<presence><x xmlns='{UPDATE}'><photo>{}</photo></x></presence>",
+            sha1_hex(b"old")
+        ))
+        .await;
+    let got = bob.drain();
+    assert_eq!(
+        presence_photo(presences(&got, None)[0]).as_deref(),
+        Some(hash.as_str())
+    );
+    // An empty <photo/> is the client's to send (XEP-0398 §4): left alone.
+    alice
+        .send(&format!(
+            "<presence><x xmlns='{UPDATE}'><photo/></x></presence>"
+        ))
+        .await;
+    let got = bob.drain();
+    assert_eq!(
+        presence_photo(presences(&got, None)[0]).as_deref(),
+        Some("")
+    );
+
+    // Directed presence too (as a MUC join is).
+    let mut carol = Client::online(&s, "carol@example.org/c").await;
+    alice.send("<presence to='carol@example.org/c'/>").await;
+    let got = carol.drain();
+    let p = presences(&got, None);
+    assert_eq!(p.len(), 1, "{got:?}");
+    assert_eq!(presence_photo(p[0]).as_deref(), Some(hash.as_str()));
+    // Unavailable presence is not touched.
+    alice
+        .send("<presence to='carol@example.org/c' type='unavailable'/>")
+        .await;
+    let got = carol.drain();
+    assert_eq!(
+        presence_photo(presences(&got, Some("unavailable"))[0]),
+        None
+    );
+
+    // A vCard set changes the hash at once.
+    let img2 = image(6, 90);
+    vcard_set(
+        &mut alice,
+        &format!(
+            "<PHOTO><TYPE>image/png</TYPE><BINVAL>{}</BINVAL></PHOTO>",
+            b64(&img2)
+        ),
+    )
+    .await;
+    alice.send("<presence/>").await;
+    let got = bob.drain();
+    assert_eq!(
+        presence_photo(presences(&got, None)[0]),
+        Some(sha1_hex(&img2))
+    );
+}
+
+#[tokio::test]
+async fn the_hash_is_read_from_storage_once_per_account() {
+    // A vCard stored before the server started: the first presence reads it.
+    let (s, _rec) = setup("").await;
+    let img = image(7, 50);
+    s.storage()
+        .user_data
+        .set_data(
+            D,
+            "alice",
+            "vcard",
+            "",
+            Some(&format!(
+                "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>{}</BINVAL></PHOTO></vCard>",
+                b64(&img)
+            )),
+            1 << 20,
+        )
+        .await
+        .expect("stored");
+    let alice = Client::online(&s, "alice@example.org/a").await;
+    let mut bob = Client::online(&s, "bob@example.org/b").await;
+    alice.send("<presence to='bob@example.org/b'/>").await;
+    let got = bob.drain();
+    assert_eq!(
+        presence_photo(presences(&got, None)[0]),
+        Some(sha1_hex(&img))
+    );
+    // Changed behind the server's back: the kept hash is used, no read per presence.
+    s.storage()
+        .user_data
+        .set_data(D, "alice", "vcard", "", None, 1 << 20)
+        .await
+        .expect("deleted");
+    alice.send("<presence to='bob@example.org/b'/>").await;
+    let got = bob.drain();
+    assert_eq!(
+        presence_photo(presences(&got, None)[0]),
+        Some(sha1_hex(&img))
+    );
+    // Once the account's last session ended, it is read again.
+    alice.close().await;
+    let alice = Client::online(&s, "alice@example.org/a2").await;
+    bob.drain();
+    alice.send("<presence to='bob@example.org/b'/>").await;
+    let got = bob.drain();
+    assert_eq!(
+        presence_photo(presences(&got, None)[0]).as_deref(),
+        Some("")
+    );
+}
+
+#[tokio::test]
+async fn a_vcard_edit_that_leaves_the_photo_alone_leaves_the_pep_avatar_alone() {
+    let (s, rec) = setup("").await;
+    let mut alice = Client::online(&s, "alice@example.org/a").await;
+    // A PEP avatar for contacts only: it stays out of the vCard.
+    let a = image(8, 80);
+    publish_avatar(&mut alice, &a, &sha1_hex(&a), "presence").await;
+    assert_eq!(photo(&vcard_get(&mut alice, None).await), None);
+
+    // A legacy client edits the name, with no photo (it never had one): the PEP avatar stays.
+    rec.reset();
+    vcard_set(&mut alice, "<FN>Alice</FN>").await;
+    assert_eq!(rec.count(META, "publish") + rec.count(DATA, "publish"), 0);
+
+    // A photo set through the vCard goes to PEP (the nodes keep their access model).
+    let b = image(9, 80);
+    vcard_set(
+        &mut alice,
+        &format!(
+            "<FN>Alice</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{}</BINVAL></PHOTO>",
+            b64(&b)
+        ),
+    )
+    .await;
+    assert_eq!(rec.count(META, "publish"), 1);
+    let meta = items(&mut alice, "alice@example.org", META).await;
+    assert_eq!(meta[0].0, sha1_hex(&b));
+
+    // A newer PEP avatar for contacts only, then the legacy client edits the name and sends
+    // back the photo it read: that old photo does not replace the newer avatar.
+    let c = image(10, 80);
+    publish_avatar(&mut alice, &c, &sha1_hex(&c), "presence").await;
+    rec.reset();
+    vcard_set(
+        &mut alice,
+        &format!(
+            "<FN>Alice C.</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{}</BINVAL></PHOTO>",
+            b64(&b)
+        ),
+    )
+    .await;
+    assert_eq!(rec.count(META, "publish") + rec.count(DATA, "publish"), 0);
+    let meta = items(&mut alice, "alice@example.org", META).await;
+    assert_eq!(meta[0].0, sha1_hex(&c));
+
+    // Removing the vCard photo does not disable a PEP avatar that is another image.
+    vcard_set(&mut alice, "<FN>Alice C.</FN>").await;
+    assert_eq!(rec.count(META, "publish"), 0);
 }

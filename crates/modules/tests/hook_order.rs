@@ -8,7 +8,8 @@
 //! blocking module loads a list before anything else runs for a new session and forgets it
 //! after everything else ran for a closed one; the caps module sees presence to an account
 //! before the presence module may stop it, and an account's own presence after it was
-//! broadcast. A change to any of these orders must be
+//! broadcast; the avatar module stamps its hash only on presence the blocking module let
+//! through. A change to any of these orders must be
 //! deliberate: it fails here.
 
 use rookery_core::events::{
@@ -19,6 +20,7 @@ use rookery_core::events::{
 use rookery_core::{Config, Host, ModuleRegistry};
 use rookery_modules::private::PrivateStored;
 use rookery_modules::pubsub::{PublishedItem, RetractedItem};
+use rookery_modules::vcard::VCardStored;
 use rookery_storage::Storage;
 
 fn host(modules: Option<Vec<String>>) -> Host {
@@ -59,16 +61,17 @@ fn chains(h: &Host) -> Vec<(&'static str, Vec<&'static str>)> {
         ("PublishedItem", hooks.handler_order::<PublishedItem>()),
         ("RetractedItem", hooks.handler_order::<RetractedItem>()),
         ("PrivateStored", hooks.handler_order::<PrivateStored>()),
+        ("VCardStored", hooks.handler_order::<VCardStored>()),
     ]
 }
 
 /// The chains whose order depends in part on how modules are listed.
 struct Free {
-    client_stanza: [&'static str; 5],
+    client_stanza: [&'static str; 6],
     session_bound: [&'static str; 4],
-    session_closed: [&'static str; 4],
+    session_closed: [&'static str; 5],
     presence_broadcast: [&'static str; 4],
-    published_item: [&'static str; 1],
+    published_item: [&'static str; 2],
 }
 
 fn expected(free: Free) -> Vec<(&'static str, Vec<&'static str>)> {
@@ -95,6 +98,7 @@ fn expected(free: Free) -> Vec<(&'static str, Vec<&'static str>)> {
         ("PublishedItem", published_item.to_vec()),
         ("RetractedItem", vec!["bookmarks"]),
         ("PrivateStored", vec!["bookmarks"]),
+        ("VCardStored", vec!["avatar"]),
     ]
 }
 
@@ -103,19 +107,20 @@ fn every_cross_module_order_holds_with_all_modules() {
     assert_eq!(
         chains(&host(None)),
         expected(Free {
-            client_stanza: ["register", "carbons", "blocking", "mam", "carbons"],
+            client_stanza: ["register", "carbons", "blocking", "mam", "avatar", "carbons"],
             session_bound: ["blocking", "push", "mam", "bookmarks"],
-            session_closed: ["presence", "caps", "last", "blocking"],
+            session_closed: ["presence", "caps", "last", "avatar", "blocking"],
             presence_broadcast: ["last", "presence", "caps", "offline"],
-            published_item: ["bookmarks"],
+            published_item: ["bookmarks", "avatar"],
         })
     );
 }
 
 /// Listing the modules in another order changes only the order of handlers that declare none
-/// between them (mam, push and bookmarks on SessionBound, presence, caps and last on
-/// SessionClosed, offline and caps on PresenceBroadcast): the initialisation order, as it
-/// always was.
+/// between them (mam and avatar on ClientStanza, mam, push and bookmarks on SessionBound,
+/// presence, caps, last and avatar on SessionClosed, offline and caps on PresenceBroadcast,
+/// bookmarks and avatar on PublishedItem, which act on different nodes): the initialisation
+/// order, as it always was.
 #[test]
 fn the_order_does_not_depend_on_how_modules_are_listed() {
     let mut names: Vec<String> = rookery_modules::registry()
@@ -127,11 +132,11 @@ fn the_order_does_not_depend_on_how_modules_are_listed() {
     assert_eq!(
         chains(&host(Some(names))),
         expected(Free {
-            client_stanza: ["register", "carbons", "blocking", "mam", "carbons"],
+            client_stanza: ["register", "carbons", "blocking", "avatar", "mam", "carbons"],
             session_bound: ["blocking", "bookmarks", "mam", "push"],
-            session_closed: ["last", "caps", "presence", "blocking"],
+            session_closed: ["avatar", "last", "caps", "presence", "blocking"],
             presence_broadcast: ["last", "presence", "offline", "caps"],
-            published_item: ["bookmarks"],
+            published_item: ["avatar", "bookmarks"],
         })
     );
 }

@@ -183,11 +183,6 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
         &["RFC 6120 server-to-server", "XEP-0220", "XEP-0288", "XEP-0114"],
     ),
     (
-        "Avatar conversion",
-        "PEP avatars kept in step with vCard photos",
-        &["XEP-0084", "XEP-0398", "XEP-0153"],
-    ),
-    (
         "Web clients",
         "BOSH, WebSocket and their discovery: browsers cannot connect",
         &["XEP-0124", "XEP-0206", "RFC 7395", "XEP-0156"],
