@@ -12,9 +12,9 @@
 //! When a client writes one form, the server writes the other two:
 //!
 //! * A publication or retraction on `urn:xmpp:bookmarks:1` ([`PublishedItem`],
-//!   [`RetractedItem`]) rebuilds the `<storage/>` document from the node's items, keeping the
-//!   web pages and unknown children of the stored document (XEP-0402 §5.3.1), stores it as
-//!   private XML and publishes it to `storage:bookmarks`.
+//!   [`RetractedItem`]) collates the node's items into the `<storage/>` document (XEP-0402
+//!   §5.3.1), keeping the web pages (which bookmarks 2 dropped, §1) and unknown children of
+//!   the stored document, stores it as private XML and publishes it to `storage:bookmarks`.
 //! * A private XML set of `<storage/>` ([`PrivateStored`]) or a publication to
 //!   `storage:bookmarks` publishes to `urn:xmpp:bookmarks:1` the rooms that are new or
 //!   changed and retracts the rooms that are gone, leaving unchanged items alone (§5.3.2:
@@ -485,8 +485,8 @@ fn same_legacy(current: Option<&Element>, doc: &Element) -> bool {
 }
 
 /// The legacy document for these rooms: each room's unknown children and the document's
-/// other children (web pages, XEP-0402 §5.3.1 keeps them out of bookmarks 2) taken from the
-/// current document.
+/// other children (web pages, which bookmarks 2 has no place for: XEP-0402 §1) taken from
+/// the current document.
 fn rebuild(current: Option<&Element>, rooms: &BTreeMap<String, Room>) -> Element {
     let mut old: HashMap<&str, &Element> = HashMap::new();
     for c in current
