@@ -797,21 +797,14 @@ async def test_account_deletion_removes_the_nodes(server, pool):
         } == {eve.jid: "owner"}
 
 
-# -- Known deviations --------------------------------------------------------------------------
+# -- Last items and the owner's presence ------------------------------------------------------
 #
-# The caps module tracks the capabilities of contacts for online accounts only (the map of an
-# account is built from the presence it receives while online and dropped with its last
-# session). Two consequences depart from XEP-0163 §4.3.2.
+# XEP-0163 §4.3.2: a contact that comes online asking for a node gets its last item, whether
+# the owner is online or not; the answers to the owner's own probes when it logs in are not a
+# contact coming online, and send nothing again.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="XEP-0163 §4.3.2: the last item goes to a contact's newly available resource that "
-    "asks for it, but a contact's presence is not looked at while the owner is offline",
-)
 async def test_last_item_on_presence_while_the_owner_is_offline(server, pool, raw_factory):
-    if server.external:
-        pytest.skip("a deviation of rookery")
     alice, bob = pool.take(), pool.take()
     befriend(server, raw_factory, alice, bob)
     async with pep_client(server, alice, "desk", available=False) as a:
@@ -821,15 +814,7 @@ async def test_last_item_on_presence_while_the_owner_is_offline(server, pool, ra
         await wait_event(b, published(GEOLOC, "current"), timeout=3, what="last item, owner offline")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="XEP-0163 §4.3.2 sends the last item to a newly available resource of a contact; "
-    "when the owner logs in, the answers to its presence probes make every online interested "
-    "contact get the owner's last items again",
-)
 async def test_owner_login_sends_no_last_items_again(server, pool, raw_factory):
-    if server.external:
-        pytest.skip("a deviation of rookery")
     alice, bob = pool.take(), pool.take()
     befriend(server, raw_factory, alice, bob)
     async with pep_client(server, alice, "desk") as a:

@@ -58,6 +58,9 @@ pub const MAX_FAILURES: u32 = 5;
 const MAX_WAITERS: usize = 1024;
 /// Entities asked in turn for one verification string when the ones before answered wrongly.
 const MAX_ATTEMPTS: usize = 3;
+/// Offline accounts whose contacts' unknown caps are being learnt at once (see
+/// `Inner::transient`); beyond, such a contact gets the last items at its next presence.
+const MAX_TRANSIENT: usize = 10_000;
 /// Longest caps `node` (a URI naming the software) accepted.
 const MAX_NODE_BYTES: usize = 1024;
 
@@ -538,6 +541,9 @@ struct CapsKey {
 struct Advertised {
     key: CapsKey,
     node: Box<str>,
+    /// The presence was addressed to one of the owner's full JIDs (see
+    /// [`CapsUpdated::direct`]).
+    direct: bool,
 }
 
 /// What one owner knows of one full JID.
@@ -547,6 +553,8 @@ struct Entry {
     info: Option<Arc<CapsInfo>>,
     /// A [`CapsUpdated`] with `changed` was emitted for this presence and key.
     announced: bool,
+    /// How the presence that made the entry was addressed ([`CapsUpdated::direct`]).
+    direct: bool,
 }
 
 enum Slot {
@@ -581,6 +589,10 @@ struct Inner {
     in_flight: usize,
     failures: HashMap<BareJid, Failures>,
     tick: u64,
+    /// Accounts offline when a contact's presence came with caps not yet known: their map
+    /// lives until the query is answered (the contact then gets the owner's last items),
+    /// and is dropped after it if they are still offline.
+    transient: std::collections::HashSet<BareJid>,
 }
 
 /// Emitted on the owner's host when the capabilities of a full JID that sent the owner
@@ -597,6 +609,10 @@ pub struct CapsUpdated {
     /// The first time for this presence of `contact` with these caps: it just came online,
     /// or its verification string changed. `false` for a presence update with the same caps.
     pub changed: bool,
+    /// The presence was addressed to one of the owner's full JIDs — an answer to the
+    /// owner's probe when it logged in, or directed presence — rather than broadcast to its
+    /// bare JID (a contact coming online or changing) or sent by one of its own resources.
+    pub direct: bool,
 }
 
 /// The capabilities every online account sees, shared by every host: obtained with
@@ -661,10 +677,26 @@ impl CapsState {
     ) -> Next {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
-        // Only for accounts online: checked under the lock, so that an account whose last
-        // session just closed (and whose map was dropped) does not get a new one.
+        // Accounts online are tracked: checked under the lock, so that an account whose last
+        // session just closed (and whose map was dropped) does not get a new one. For one
+        // offline, a contact coming online still gets its last items (XEP-0163 §4.3.2): at
+        // once when its caps are known, else once they are (a transient map, bounded).
         if !inner.observers.contains_key(&owner) && !is_online(&owner) {
-            return Next::Nothing;
+            if let Some(Slot::Known { info, used }) = inner.slots.get_mut(&adv.key) {
+                inner.tick += 1;
+                *used = inner.tick;
+                return Next::Notify(CapsUpdated {
+                    owner,
+                    contact,
+                    info: info.clone(),
+                    changed: true,
+                    direct: adv.direct,
+                });
+            }
+            if inner.transient.len() >= MAX_TRANSIENT {
+                return Next::Nothing;
+            }
+            inner.transient.insert(owner.clone());
         }
         let limit = inner.config.max_contacts_per_account;
         let map = inner.observers.entry(owner.clone()).or_default();
@@ -682,6 +714,7 @@ impl CapsState {
                         node: adv.node,
                         info: None,
                         announced: false,
+                        direct: adv.direct,
                     };
                 }
                 e
@@ -691,6 +724,7 @@ impl CapsState {
                 node: adv.node,
                 info: None,
                 announced: false,
+                direct: adv.direct,
             }),
         };
         inner.tick += 1;
@@ -744,6 +778,7 @@ impl CapsState {
             contact,
             info,
             changed,
+            direct: entry.direct,
         })
     }
 
@@ -869,9 +904,32 @@ impl CapsState {
                 contact,
                 info: info.clone(),
                 changed,
+                direct: e.direct,
             });
         }
         updates
+    }
+
+    /// Drops the maps of accounts tracked only while their contacts' caps were learnt, now
+    /// that they were (or could not be), unless the account came online meanwhile.
+    fn sweep_transient(&self, is_online: &dyn Fn(&BareJid) -> bool) {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let owners: Vec<BareJid> = inner.transient.drain().collect();
+        for owner in owners {
+            let pending = inner.observers.get(&owner).is_some_and(|m| {
+                m.values().any(|e| {
+                    e.info.is_none()
+                        && matches!(inner.slots.get(&e.key), Some(Slot::Pending { .. }))
+                })
+            });
+            if pending {
+                // Another string is still being learnt for it.
+                inner.transient.insert(owner);
+            } else if !is_online(&owner) {
+                inner.observers.remove(&owner);
+            }
+        }
     }
 
     /// `contact` did not verify `key`: remembered against it and its bare JID.
@@ -974,6 +1032,7 @@ fn advertised(stanza: &Stanza) -> Option<Advertised> {
             ver: ver.into(),
         },
         node: node.into(),
+        direct: false,
     })
 }
 
@@ -985,7 +1044,11 @@ async fn inbound(state: &Arc<CapsState>, server: &Arc<Server>, ev: &InboundPrese
     let owner = ev.to.to_bare();
     match ev.stanza.presence_type() {
         Some(PresenceType::Available) => {
-            seen(state, server, owner, from.clone(), advertised(&ev.stanza)).await
+            let adv = advertised(&ev.stanza).map(|a| Advertised {
+                direct: ev.to.resource().is_some(),
+                ..a
+            });
+            seen(state, server, owner, from.clone(), adv).await
         }
         Some(PresenceType::Unavailable) if from.resource().is_some() => state.forget(&owner, from),
         // Unavailable from a bare JID, or the contact cancelling the owner's subscription
@@ -1044,6 +1107,7 @@ async fn announce(server: &Arc<Server>, update: CapsUpdated) {
 async fn worker(server: Arc<Server>, state: Arc<CapsState>, mut key: CapsKey) {
     loop {
         resolve(&server, &state, &key).await;
+        state.sweep_transient(&|o| server.sessions().is_online(o));
         match state.next_queued() {
             Some(next) => key = next,
             None => return,
@@ -1322,6 +1386,7 @@ mod tests {
                 ver: ver.into(),
             },
             node: "https://example.org".into(),
+            direct: false,
         }
     }
     const V1: &str = "QgayPKawpkPSDYmwT/WM94uAlu0=";
@@ -1435,15 +1500,27 @@ mod tests {
         let now = Instant::now();
         let owner = bare("alice@x");
         let offline = |_: &BareJid| false;
+        // An offline account: a map only while an unknown string is learnt, then none; a
+        // known string is announced at once without a map (XEP-0163 §4.3.2).
         assert!(matches!(
             state.seen(&offline, owner.clone(), jid("bob@x/b"), adv(V1), now),
-            Next::Nothing
+            Next::Query(_)
         ));
+        assert_eq!(state.tracked_accounts(), 1);
+        let updates = state.resolved(&adv(V1).key, info.clone());
+        assert_eq!(updates.len(), 1);
+        assert!(updates[0].changed && !updates[0].direct);
+        state.sweep_transient(&offline);
         assert_eq!(
             state.tracked_accounts(),
             0,
-            "an offline account gets no map"
+            "an offline account keeps no map"
         );
+        assert!(matches!(
+            state.seen(&offline, owner.clone(), jid("bob@x/b"), adv(V1), now),
+            Next::Notify(CapsUpdated { changed: true, .. })
+        ));
+        assert_eq!(state.tracked_accounts(), 0);
         let online = |_: &BareJid| true;
         state.seen(&online, owner.clone(), jid("bob@x/b"), adv(V1), now);
         state.resolved(&adv(V1).key, info);

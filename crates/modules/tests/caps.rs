@@ -323,15 +323,22 @@ async fn caps_the_server_cannot_verify_are_none() {
     assert!(rec.updates.lock().is_empty());
     assert_eq!(state.tracked_accounts(), 0);
 
-    // Presence to an account with no session is not tracked either.
+    // Presence to an account with no session: the caps are learnt (so that the contact gets
+    // the account's last items, XEP-0163 §4.3.2), but no map is kept once they are.
     bob.send(&format!(
         "<presence to='carol@example.org'>{}</presence>",
         caps(V1)
     ))
     .await;
+    let q = one_query(&mut bob, V1).await;
+    answer(&bob, &q, SIMPLE).await;
     settle().await;
-    assert!(queries(&bob.drain()).is_empty());
     assert_eq!(state.tracked_accounts(), 0);
+    assert!(rec
+        .updates
+        .lock()
+        .iter()
+        .any(|u| u.owner == bare("carol@example.org") && u.changed && !u.direct));
 }
 
 #[tokio::test]

@@ -381,7 +381,10 @@ impl Module for Pep {
         host.hook::<CapsUpdated, _, _>(Order::normal(), move |server, ev| {
             let state = caps_state.clone();
             async move {
-                if ev.changed {
+                // A contact that came online (or changed its caps), or a new resource of
+                // the owner's: not the answers to the owner's own probes at login, which
+                // would send every contact the same items again.
+                if ev.changed && !ev.direct {
                     if let Some(svc) = service(&server, &state, &ev.owner) {
                         let info = ev.info.clone();
                         svc.send_last_on_presence(&ev.contact, |node| info.notifies(node))
