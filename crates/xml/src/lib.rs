@@ -126,7 +126,7 @@ mod parser;
 mod tests;
 
 pub use element::{Element, Node};
-pub use framing::{Framing, StreamOpen, NS_FRAMING};
+pub use framing::{websocket_messages, Framing, MessageParser, StreamOpen, NS_FRAMING};
 pub use parser::{
     parse_element, parse_element_with_limits, StreamEvent, StreamHeader, StreamParser,
 };
