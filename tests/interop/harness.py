@@ -181,6 +181,8 @@ def render_config(
     extra_limits: dict[str, int] | None = None,
     host_extra: str = "",
     extra_toml: str = "",
+    https_port: int | None = None,
+    http_port: int | None = None,
 ) -> str:
     """The server's TOML. ``extra_limits`` adds keys to ``[limits]`` (e.g.
     ``{"max_roster_items": 2}``); ``host_extra`` is TOML appended to the first host's
@@ -210,6 +212,9 @@ def render_config(
         f"address = {toml_str(f'{host}:{tls_port}')}",
         "",
     ]
+    for kind, port in (("https", https_port), ("http", http_port)):
+        if port is not None:
+            lines += ["[[listener]]", f'kind = "{kind}"', f"address = {toml_str(f'{host}:{port}')}", ""]
     for d in (domain, *extra_hosts):
         lines += ["[[host]]", f"domain = {toml_str(d)}"]
         if modules is not None and d == domain:
@@ -264,17 +269,22 @@ class RookeryServer:
         self.proc: subprocess.Popen | None = None
         self.c2s_port = 0
         self.tls_port = 0
+        # WebSocket (RFC 7395) and XEP-0156 discovery: HTTPS, and plain HTTP.
+        self.https_port = 0
+        self.http_port = 0
         self.unauthenticated_timeout_secs = config.get("unauthenticated_timeout_secs", 5)
         self.max_stanza_bytes = config.get("max_stanza_bytes", 65536)
 
     # -- lifecycle ---------------------------------------------------------
 
     def write_config(self) -> None:
-        self.c2s_port, self.tls_port = free_ports(2, self.host)
+        self.c2s_port, self.tls_port, self.https_port, self.http_port = free_ports(4, self.host)
         self.config_path.write_text(
             render_config(
                 c2s_port=self.c2s_port,
                 tls_port=self.tls_port,
+                https_port=self.https_port,
+                http_port=self.http_port,
                 domain=self.domain,
                 host=self.host,
                 **self.config_overrides,
@@ -314,7 +324,7 @@ class RookeryServer:
             )
         _LIVE_SERVERS.add(self)
         deadline = time.monotonic() + deadline_secs
-        pending = {self.c2s_port, self.tls_port}
+        pending = {self.c2s_port, self.tls_port, self.https_port, self.http_port}
         while True:
             rc = self.proc.poll()
             if rc is not None:

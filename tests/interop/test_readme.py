@@ -3,7 +3,7 @@
 Every line of every ``sh`` block in README.md is executed by bash in a fresh directory that
 holds nothing but the workspace (``Cargo.toml``, ``Cargo.lock`` and ``crates/`` linked from
 this checkout), so ``cargo run --release -- serve`` starts the embedded default there
-(domain ``localhost`` on 127.0.0.1:5222 and 5223, data in ``./rookery-data``). The commands
+(domain ``localhost`` on 127.0.0.1:5222, 5223 and 5443, data in ``./rookery-data``). The commands
 that do not end by themselves are recognised by what they are:
 
 * ``cargo run --release -- serve`` runs in the background until it accepts connections, and
@@ -18,7 +18,7 @@ The Profanity recipe, written in the text rather than as commands, is typed into
 in a tmux session: it must log in, and a message it sends must reach the listener.
 
 Needs the Debian packages go-sendxmpp, profanity and tmux (test.sh installs them) and the
-ports 5222 and 5223 free on loopback, since those are what the README's default uses.
+ports 5222, 5223 and 5443 free on loopback, since those are what the README's default uses.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_readme_commands_work_as_written(tmp_path):
         assert subprocess.run(["which", tool], capture_output=True).returncode == 0, (
             f"{tool} is not installed (test.sh installs it with apt-get)"
         )
-    for port in (5222, 5223):
+    for port in (5222, 5223, 5443):
         if not port_free(port):
             pytest.fail(
                 f"port {port} is taken on 127.0.0.1: the README's default needs it for this test",
@@ -183,8 +183,8 @@ def test_readme_commands_work_as_written(tmp_path):
                     ["bash", "-c", line], cwd=work, env=env, stdin=subprocess.DEVNULL,
                     stdout=serve_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
                 )
-                wait_for(lambda: accepts(5222) and accepts(5223), BUILD_DEADLINE,
-                         "the server to accept connections on 5222 and 5223", serve, serve_log)
+                wait_for(lambda: accepts(5222) and accepts(5223) and accepts(5443), BUILD_DEADLINE,
+                         "the server to accept connections on 5222, 5223 and 5443", serve, serve_log)
                 assert (work / "rookery-data" / "certs" / "localhost.pem").exists()
                 # What the first run writes is the server user's alone.
                 assert (work / "rookery-data").stat().st_mode & 0o777 == 0o700

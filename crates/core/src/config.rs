@@ -191,6 +191,12 @@ impl Default for Config {
                     kind: ListenerKind::C2sDirectTls,
                     address: SocketAddr::from(([127, 0, 0, 1], 5223)),
                 },
+                // WebSocket and discovery for browsers, on the port Prosody and ejabberd use
+                // for HTTPS, with the hosts' certificates.
+                ListenerConfig {
+                    kind: ListenerKind::Https,
+                    address: SocketAddr::from(([127, 0, 0, 1], 5443)),
+                },
             ],
             hosts: vec![HostConfig {
                 domain: "localhost".into(),
@@ -369,6 +375,13 @@ pub enum ListenerKind {
     /// Client-to-server with TLS from the first byte (XEP-0368).
     #[serde(rename = "c2s-direct-tls")]
     C2sDirectTls,
+    /// HTTP (WebSocket, discovery), plain: behind a reverse proxy that terminates TLS, or
+    /// for tests on loopback.
+    #[serde(rename = "http")]
+    Http,
+    /// HTTP over TLS, with the hosts' certificates selected by SNI.
+    #[serde(rename = "https")]
+    Https,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -650,7 +663,7 @@ mod tests {
     fn default_is_valid() {
         let c = Config::load(None, &ModuleRegistry::new()).expect("default config");
         assert_eq!(c.hosts[0].domain, "localhost");
-        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners.len(), 3);
     }
 
     #[test]
@@ -735,7 +748,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("address"), "{e}");
-        let e = parse("[[listener]]\nkind = 'websocket'\naddress = '127.0.0.1:1'\n")
+        let e = parse("[[listener]]\nkind = 'bosh'\naddress = '127.0.0.1:1'\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("kind") || e.contains("websocket"), "{e}");

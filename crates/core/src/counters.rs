@@ -28,6 +28,9 @@ macro_rules! counters {
 counters! {
     /// A connection refused by the total or per-address connection limit.
     ConnectionsRefused => "connections_refused",
+    /// An HTTP request refused: a limit (body size, time), a WebSocket without the `xmpp`
+    /// subprotocol or from an origin not allowed, an unknown host.
+    HttpRefused => "http_refused",
     /// A TLS handshake that failed or took too long.
     TlsHandshakeFailures => "tls_handshake_failures",
     /// A failed SASL attempt (each one is slowed down).

@@ -339,7 +339,8 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
     // the time, so an active client costs no timer work per read.
     let idle_check = tokio::time::sleep(idle);
     tokio::pin!(idle_check);
-    let mut probed = false;
+    // When the liveness check was sent, until the client shows it is there.
+    let mut probed: Option<Instant> = None;
     loop {
         let bound = stream.is_bound();
         tokio::select! {
@@ -441,15 +442,25 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
             }
             _ = &mut idle_check, if bound => {
                 let now = Instant::now();
-                if now.duration_since(last_read) < idle {
-                    probed = false;
+                // Anything read since the check answers it, even when the idle time is
+                // shorter than the wait for the answer.
+                let answered = probed.is_some_and(|at| last_read >= at);
+                if now.duration_since(last_read) < idle || answered {
+                    probed = None;
                     idle_check.as_mut().reset(last_read + idle);
-                } else if !probed {
-                    // XEP-0478 / RFC 6120 §4.6: check liveness before giving up.
-                    probed = true;
-                    stream.liveness_probe();
-                    if send(&mut stream.out, transport).await.is_err() {
-                        return Close::Dropped;
+                } else if probed.is_none() {
+                    // XEP-0478 / RFC 6120 §4.6: check liveness before giving up; with the
+                    // transport's own check if it has one (a WebSocket ping), else in XMPP.
+                    probed = Some(now);
+                    match transport.keepalive().await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            stream.liveness_probe();
+                            if send(&mut stream.out, transport).await.is_err() {
+                                return Close::Dropped;
+                            }
+                        }
+                        Err(_) => return Close::Dropped,
                     }
                     idle_check.as_mut().reset(now + LIVENESS_GRACE.min(idle));
                 } else {
@@ -822,13 +833,21 @@ impl ClientStream {
 
     /// RFC 6120 §4.7: validate the client's stream header, answer with ours and the features.
     fn on_stream_open(&mut self, header: StreamHeader) -> Result<(), Close> {
-        if header.name != "stream" || header.ns != ns::STREAMS {
+        if self.out.framing == Framing::WebSocket {
+            // RFC 7395 §3.4: `<open/>` in the framing namespace; the content namespace is
+            // jabber:client by definition, each stanza declaring it.
+            if header.name != "open" || header.ns != rookery_xml::NS_FRAMING {
+                return Err(Close::err_text(
+                    StreamErrorCondition::InvalidNamespace,
+                    "a WebSocket stream opens with <open/> in urn:ietf:params:xml:ns:xmpp-framing",
+                ));
+            }
+        } else if header.name != "stream" || header.ns != ns::STREAMS {
             return Err(Close::err_text(
                 StreamErrorCondition::InvalidNamespace,
                 "the stream element must be <stream> in http://etherx.jabber.org/streams",
             ));
-        }
-        if header.default_ns.as_deref() != Some(ns::CLIENT) {
+        } else if header.default_ns.as_deref() != Some(ns::CLIENT) {
             return Err(Close::err_text(
                 StreamErrorCondition::InvalidNamespace,
                 "the content namespace of a client stream is jabber:client",

@@ -6,13 +6,16 @@
 //! * [`transport`]: [`transport::StanzaTransport`], what a client stream runs over, and its
 //!   TCP/TLS implementation.
 //! * [`limits`]: connection counting and authentication-failure slow-down.
+//! * [`http`]: the HTTP(S) listener and its route table: WebSocket (RFC 7395, a transport
+//!   under the same client stream) and XEP-0156 discovery; BOSH and upload plug in there.
 //!
 //! Transports hand the core stanzas that are already parsed and stamped; the core never sees
-//! bytes. WebSocket and BOSH will be other transports under the same client stream.
+//! bytes.
 
 pub mod c2s;
 pub mod csi;
 pub mod fast;
+pub mod http;
 pub mod limits;
 pub mod sm;
 pub mod tls;
@@ -21,10 +24,12 @@ pub mod transport;
 use crate::c2s::StreamContext;
 use rookery_core::{ModuleRegistry, SectionDecl, Spec};
 
-/// The configuration sections of the client stream: `[stream_management]` and `[fast]`.
+/// The configuration sections of the client stream and the listeners:
+/// `[stream_management]`, `[fast]` and `[http]`.
 pub const SECTIONS: &[SectionDecl] = &[
     SectionDecl::of::<sm::StreamManagementConfig>(),
     SectionDecl::of::<fast::FastConfig>(),
+    SectionDecl::of::<http::HttpConfig>(),
 ];
 
 /// The build's modules with the stream layer's configuration sections declared beside them:
@@ -75,6 +80,16 @@ pub const SPECS: &[Spec] = &[
         id: "XEP-0368",
         title: "SRV records for XMPP over TLS (direct TLS)",
         version: "1.1.0",
+    },
+    Spec {
+        id: "RFC 7395",
+        title: "XMPP over WebSocket",
+        version: "",
+    },
+    Spec {
+        id: "XEP-0156",
+        title: "Discovering Alternative XMPP Connection Methods (host-meta)",
+        version: "1.4.0",
     },
     Spec {
         id: "XEP-0198",
@@ -184,6 +199,16 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
     let streams = Arc::new(StreamContext::new(server.clone()));
     for l in listeners {
+        let http_tls = match l.kind {
+            ListenerKind::C2s | ListenerKind::C2sDirectTls => None,
+            ListenerKind::Http => Some(None),
+            ListenerKind::Https => Some(Some(tls.clone())),
+        };
+        if let Some(http_tls) = http_tls {
+            tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
+            http::serve(streams.clone(), conn_limits.clone(), http_tls, l.listener);
+            continue;
+        }
         let listener = Arc::new(Listener {
             streams: streams.clone(),
             tls: tls.clone(),
@@ -251,6 +276,8 @@ async fn client_connection(
     };
     let transport = match l.kind {
         ListenerKind::C2s => TcpTransport::plain(socket, peer, setup),
+        // Served by `http::serve`, never here.
+        ListenerKind::Http | ListenerKind::Https => return,
         ListenerKind::C2sDirectTls => match TcpTransport::direct_tls(socket, peer, setup).await {
             Ok(t) => t,
             Err(why) => {

@@ -1,4 +1,4 @@
-//! TLS for client streams: certificates per virtual host (loaded, or generated self-signed on
+//! TLS for client streams and the HTTPS listener: certificates per virtual host (loaded, or generated self-signed on
 //! first start), SNI selection, TLS 1.2/1.3 only, and the channel-binding data SCRAM-PLUS needs.
 
 use parking_lot::RwLock;
@@ -49,6 +49,9 @@ pub struct TlsConfigs {
     pub starttls: Arc<rustls::ServerConfig>,
     /// For direct TLS (XEP-0368): the same, with the `xmpp-client` ALPN protocol.
     pub direct: Arc<rustls::ServerConfig>,
+    /// For the HTTPS listener: the same certificates, with the `http/1.1` ALPN protocol (the
+    /// only HTTP version it speaks; WebSocket upgrades are HTTP/1.1).
+    pub https: Arc<rustls::ServerConfig>,
 }
 
 /// Certificates of every served domain; picks one by SNI, else the first host's. Cloned into
@@ -350,6 +353,7 @@ impl TlsConfigs {
         Ok(TlsConfigs {
             starttls: make(Vec::new())?,
             direct: make(vec![b"xmpp-client".to_vec()])?,
+            https: make(vec![b"http/1.1".to_vec()])?,
             certs,
             default_domain,
         })

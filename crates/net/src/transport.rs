@@ -6,8 +6,9 @@
 //! transport's [`Framing`]), upgrades itself to TLS on request, and tells the stream what
 //! it needs to know about the connection (peer address, confidentiality, channel-binding
 //! data). [`TcpTransport`] is the one for TCP: plain until STARTTLS, TLS after it (or from
-//! the first byte on a direct-TLS port). WebSocket (RFC 7395), BOSH and server-to-server
-//! streams are other implementations of the same trait.
+//! the first byte on a direct-TLS port). [`crate::http::websocket::WebSocketTransport`]
+//! is the one for WebSocket (RFC 7395); BOSH and server-to-server streams are other
+//! implementations of the same trait.
 
 use crate::limits::ConnectionPermit;
 use crate::tls::{TlsConfigs, TlsContext};
@@ -87,6 +88,12 @@ pub trait StanzaTransport: Send {
     fn upgrade_tls(&mut self) -> impl Future<Output = Result<(), UpgradeError>> + Send;
     /// Closes the connection after the last bytes were sent.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
+    /// Asks the other end to show it is alive below the XMPP stream (a WebSocket ping,
+    /// RFC 6455 §5.5.2), when the stream has been silent for its idle time; any answer is a
+    /// read. `Ok(false)`: the transport has no such check, and the stream asks in XMPP.
+    fn keepalive(&mut self) -> impl Future<Output = io::Result<bool>> + Send {
+        std::future::ready(Ok(false))
+    }
 }
 
 /// A client connection over TCP, plain or TLS, with its stream parser.
@@ -292,7 +299,7 @@ impl StanzaTransport for TcpTransport {
 }
 
 /// A TLS handshake bounded in time and abandoned at shutdown.
-async fn handshake<T>(
+pub(crate) async fn handshake<T>(
     accept: impl Future<Output = io::Result<T>>,
     limit: Duration,
     shutdown: &CancellationToken,

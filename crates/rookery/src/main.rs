@@ -25,7 +25,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[command(name = "rookery", version, about = "Rookery, an XMPP server")]
 struct Cli {
     /// Configuration file (TOML). Without it, the embedded default is used: domain localhost,
-    /// ports 5222/5223 on loopback, data in ./rookery-data.
+    /// ports 5222/5223 (XMPP) and 5443 (HTTPS: WebSocket) on loopback, data in ./rookery-data.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Say on stderr which configuration and database the command uses.
@@ -184,8 +184,8 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
     ),
     (
         "Web clients",
-        "BOSH, WebSocket and their discovery: browsers cannot connect",
-        &["XEP-0124", "XEP-0206", "RFC 7395", "XEP-0156"],
+        "BOSH: web clients connect over WebSocket only",
+        &["XEP-0124", "XEP-0206"],
     ),
     (
         "File sharing",

@@ -3,6 +3,7 @@
 //! raw client that speaks bytes, so tests see exactly what goes over the wire.
 
 pub mod scram;
+pub mod ws;
 
 use rookery_core::{Config, Server};
 use rookery_storage_sqlite::SqliteBackend;
@@ -21,6 +22,10 @@ pub struct TestServer {
     pub server: Arc<Server>,
     pub c2s: SocketAddr,
     pub direct_tls: SocketAddr,
+    /// The plain HTTP listener (WebSocket needs `tls.require_starttls = false` there).
+    pub http: SocketAddr,
+    /// The HTTPS listener.
+    pub https: SocketAddr,
     pub cert: CertificateDer<'static>,
     _dir: tempfile::TempDir,
 }
@@ -48,6 +53,8 @@ impl TestServer {
             "data_dir = 'data'\n{extra}\n\
              [[listener]]\nkind = 'c2s'\naddress = '127.0.0.1:0'\n\
              [[listener]]\nkind = 'c2s-direct-tls'\naddress = '127.0.0.1:0'\n\
+             [[listener]]\nkind = 'http'\naddress = '127.0.0.1:0'\n\
+             [[listener]]\nkind = 'https'\naddress = '127.0.0.1:0'\n\
              [[host]]\ndomain = '{DOMAIN}'\n{host_extra}\n"
         );
         let config = Config::from_toml(
@@ -77,11 +84,15 @@ impl TestServer {
         };
         let c2s = addr(rookery_core::config::ListenerKind::C2s);
         let direct_tls = addr(rookery_core::config::ListenerKind::C2sDirectTls);
+        let http = addr(rookery_core::config::ListenerKind::Http);
+        let https = addr(rookery_core::config::ListenerKind::Https);
         rookery_net::serve(server.clone(), tls, listeners);
         TestServer {
             server,
             c2s,
             direct_tls,
+            http,
+            https,
             cert,
             _dir: dir,
         }
