@@ -347,8 +347,8 @@ async fn websocket_stream_errors_and_message_limits() {
         .await
         .expect("send");
     assert!(c.read_to_close().await.contains("<not-well-formed"));
-    // A message over limits.max_stanza_bytes: the WebSocket layer refuses it (close 1009)
-    // before it is buffered whole.
+    // A message over limits.max_stanza_bytes: the WebSocket layer refuses it before it is
+    // buffered whole; `policy-violation` as on TCP, then close 1009.
     let mut c = WsClient::connect(&t).await;
     c.open().await;
     let big = format!(
@@ -358,6 +358,7 @@ async fn websocket_stream_errors_and_message_limits() {
     let _ = c.send_raw(Message::text(big)).await;
     let got = c.read_to_close().await;
     assert!(!got.contains("<message"), "{got}");
+    assert!(got.contains("<policy-violation"), "{got}");
     // The server is fine.
     let mut c = WsClient::connect(&t).await;
     c.open().await;
