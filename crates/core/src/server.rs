@@ -9,6 +9,7 @@ use crate::events::{
 };
 use crate::hooks::Flow;
 use crate::host::Host;
+use crate::http::HttpMount;
 use crate::iq::{IqRequest, IqScope};
 use crate::module::{ModuleError, ModuleRegistry, SharedState};
 use crate::requests::{IqRequestError, PendingIqs};
@@ -32,6 +33,8 @@ pub struct Server {
     hosts: HashMap<String, Arc<Host>>,
     /// Service domains claimed by the hosts' modules, by domain.
     services: HashMap<String, Arc<ServiceDomain>>,
+    /// HTTP handlers the hosts' modules registered, each path once.
+    http_handlers: Vec<HttpMount>,
     /// External components attached under their domain (XEP-0114), by domain.
     components: RwLock<HashMap<String, Arc<dyn ExternalRoute>>>,
     /// Routes to remote domains, once a server-to-server transport provides them.
@@ -58,6 +61,7 @@ impl Server {
         let mut hosts = HashMap::new();
         let mut services: HashMap<String, Arc<ServiceDomain>> = HashMap::new();
         let mut shared = SharedState::default();
+        let mut http_handlers: Vec<HttpMount> = Vec::new();
         for h in &config.hosts {
             let mut host = registry.build_host_sharing(
                 &h.domain,
@@ -85,6 +89,15 @@ impl Server {
                     }),
                 );
             }
+            for mount in std::mem::take(&mut host.http_handlers) {
+                if http_handlers.iter().any(|m| m.path == mount.path) {
+                    return Err(ModuleError::Init {
+                        module: mount.module,
+                        message: format!("the HTTP path {} is already served", mount.path),
+                    });
+                }
+                http_handlers.push(mount);
+            }
             hosts.insert(h.domain.clone(), Arc::new(host));
         }
         let enabled: std::collections::BTreeSet<&str> = hosts
@@ -95,6 +108,7 @@ impl Server {
             config: Arc::new(config),
             hosts,
             services,
+            http_handlers,
             components: RwLock::default(),
             remote: RwLock::default(),
             me: me.clone(),
@@ -122,6 +136,11 @@ impl Server {
     /// The service domain `domain`, if a module claimed it.
     pub fn service(&self, domain: &str) -> Option<&Arc<ServiceDomain>> {
         self.services.get(domain)
+    }
+    /// The HTTP handlers modules registered ([`crate::http`]), for the HTTP listeners to
+    /// mount.
+    pub fn http_handlers(&self) -> &[HttpMount] {
+        &self.http_handlers
     }
     pub fn sessions(&self) -> &SessionRegistry {
         &self.sessions
