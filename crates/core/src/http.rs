@@ -134,6 +134,32 @@ pub struct HttpMount {
     pub handler: std::sync::Arc<dyn HttpHandler>,
 }
 
+/// Where the server's HTTP listeners are reached, as the transport knows it once they are
+/// bound: for modules that hand out URLs over XMPP (upload slots).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpEndpoint {
+    /// The configured public root (`https://chat.example.org`), if any.
+    pub public_url: Option<String>,
+    /// Otherwise the scheme and port of a listener (HTTPS preferred), with the host's
+    /// domain as the host name.
+    pub listener: Option<(&'static str, u16)>,
+    /// `[http] path_prefix`.
+    pub prefix: String,
+}
+
+impl HttpEndpoint {
+    /// The URL of mount point `path` for a virtual host, or `None` when nothing serves
+    /// HTTP.
+    pub fn url(&self, host: &str, path: &str) -> Option<String> {
+        let root = match (&self.public_url, self.listener) {
+            (Some(u), _) => u.trim_end_matches('/').to_owned(),
+            (None, Some((scheme, port))) => format!("{scheme}://{host}:{port}"),
+            (None, None) => return None,
+        };
+        Some(format!("{root}{}{path}", self.prefix))
+    }
+}
+
 /// Whether `path` may be a mount point: `/` then non-empty segments of unreserved
 /// characters, no `.` or `..` segment, no trailing `/`.
 pub fn valid_mount(path: &str) -> bool {
@@ -167,10 +193,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn endpoint_urls() {
+        let mut e = HttpEndpoint {
+            public_url: None,
+            listener: Some(("https", 5443)),
+            prefix: "/x".into(),
+        };
+        assert_eq!(
+            e.url("example.org", "/upload/u").as_deref(),
+            Some("https://example.org:5443/x/upload/u")
+        );
+        e.public_url = Some("https://chat.example.org/".into());
+        assert_eq!(
+            e.url("example.org", "/upload/u").as_deref(),
+            Some("https://chat.example.org/x/upload/u")
+        );
+        e.public_url = None;
+        e.listener = None;
+        assert_eq!(e.url("example.org", "/u"), None);
+    }
+
     #[tokio::test]
     async fn bodies_yield_their_chunks() {
         let mut b = RequestBody::from_bytes("abc");
-        assert_eq!(b.chunk().await.expect("chunk").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(
+            b.chunk().await.expect("chunk").as_deref(),
+            Some(&b"abc"[..])
+        );
         assert!(b.chunk().await.expect("end").is_none());
         assert!(RequestBody::empty().chunk().await.expect("end").is_none());
     }

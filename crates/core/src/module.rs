@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::hooks::{Flow, Hooks, Order, OrderError};
-use crate::http::{HttpHandler, HttpMount};
 use crate::host::{Host, Identity};
+use crate::http::{HttpHandler, HttpMount};
 use crate::iq::{IqHandler, IqScope};
 use crate::preauth::PreAuthHandler;
 use crate::route::Service;

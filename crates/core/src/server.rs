@@ -9,7 +9,7 @@ use crate::events::{
 };
 use crate::hooks::Flow;
 use crate::host::Host;
-use crate::http::HttpMount;
+use crate::http::{HttpEndpoint, HttpMount};
 use crate::iq::{IqRequest, IqScope};
 use crate::module::{ModuleError, ModuleRegistry, SharedState};
 use crate::requests::{IqRequestError, PendingIqs};
@@ -35,6 +35,8 @@ pub struct Server {
     services: HashMap<String, Arc<ServiceDomain>>,
     /// HTTP handlers the hosts' modules registered, each path once.
     http_handlers: Vec<HttpMount>,
+    /// Where the HTTP listeners are reached, once the transport bound them.
+    http_endpoint: RwLock<Option<Arc<HttpEndpoint>>>,
     /// External components attached under their domain (XEP-0114), by domain.
     components: RwLock<HashMap<String, Arc<dyn ExternalRoute>>>,
     /// Routes to remote domains, once a server-to-server transport provides them.
@@ -109,6 +111,7 @@ impl Server {
             hosts,
             services,
             http_handlers,
+            http_endpoint: RwLock::default(),
             components: RwLock::default(),
             remote: RwLock::default(),
             me: me.clone(),
@@ -141,6 +144,14 @@ impl Server {
     /// mount.
     pub fn http_handlers(&self) -> &[HttpMount] {
         &self.http_handlers
+    }
+    /// Where the HTTP listeners are reached (set by the transport when it serves them).
+    pub fn http_endpoint(&self) -> Option<Arc<HttpEndpoint>> {
+        self.http_endpoint.read().clone()
+    }
+    /// Called by the transport once its HTTP listeners are bound.
+    pub fn set_http_endpoint(&self, endpoint: HttpEndpoint) {
+        *self.http_endpoint.write() = Some(Arc::new(endpoint));
     }
     pub fn sessions(&self) -> &SessionRegistry {
         &self.sessions

@@ -4196,7 +4196,8 @@ pub async fn upload_store(s: &Storage) {
         .await
         .expect("a2");
     assert!(matches!(
-        u.add_upload(&upload("a3", "alice", 101, 300), 0, 1000).await,
+        u.add_upload(&upload("a3", "alice", 101, 300), 0, 1000)
+            .await,
         Err(StorageError::LimitReached(_))
     ));
     assert_eq!(u.get_upload("a3").await.expect("get"), None);
@@ -4212,7 +4213,8 @@ pub async fn upload_store(s: &Storage) {
         .await
         .expect("a4");
     assert!(matches!(
-        u.add_upload(&upload("a4", "alice", 1, 400), 0, u64::MAX).await,
+        u.add_upload(&upload("a4", "alice", 1, 400), 0, u64::MAX)
+            .await,
         Err(StorageError::AlreadyExists)
     ));
     assert_eq!(
@@ -4267,6 +4269,10 @@ pub async fn upload_store(s: &Storage) {
         .await
         .expect("delete bob"));
     assert_eq!(u.get_upload("b1").await.expect("get"), None);
-    assert!(u.expire_uploads(i64::MAX, 100).await.expect("expire").is_empty());
+    assert!(u
+        .expire_uploads(i64::MAX, 100)
+        .await
+        .expect("expire")
+        .is_empty());
     assert_no_accounts(s).await;
 }

@@ -435,7 +435,9 @@ impl UploadStore for MemoryUploadStore {
         quota: u64,
     ) -> Result<(), StorageError> {
         let mut state = self.state.write();
-        state.get(&record.domain, &record.user).ok_or(StorageError::NotFound)?;
+        state
+            .get(&record.domain, &record.user)
+            .ok_or(StorageError::NotFound)?;
         if state.uploads.contains_key(&record.id) {
             return Err(StorageError::AlreadyExists);
         }
