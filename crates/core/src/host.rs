@@ -33,6 +33,8 @@ pub struct Host {
     pub(crate) hooks: Hooks<Arc<Server>>,
     /// Service domains its modules claimed; the server's router takes them over.
     pub(crate) services: Vec<crate::module::ServiceClaim>,
+    /// HTTP handlers its modules registered; the server collects them.
+    pub(crate) http_handlers: Vec<crate::http::HttpMount>,
 }
 
 impl Host {

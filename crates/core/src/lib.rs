@@ -5,19 +5,23 @@
 //! * [`module`]: the [`Module`](module::Module) contract and the registry of compiled-in modules.
 //! * [`hooks`] and [`events`]: typed events and filters modules subscribe to.
 //! * [`host`]: a virtual host with the handlers its modules registered.
+//! * [`http`]: HTTP handlers modules register, over the `http` crate's types with bodies as
+//!   chunks (the HTTP library is the transport's).
 //! * [`settings`]: configuration sections modules declare, read and validated at start.
 //! * [`sessions`]: the registry of bound client sessions and their bounded send queues.
 //! * [`requests`]: IQ requests the server sends itself and the answers they wait for.
 //! * [`route`]: where a stanza goes: hosts, service domains of modules, external routes.
 //! * [`server`]: the whole: hosts, sessions, storage, shutdown, and the routing rules.
 //!
-//! The core knows no transport (the `net` crate feeds it stanzas) and no feature module.
+//! The core knows no transport (the `net` crate feeds it stanzas and HTTP requests) and no
+//! feature module.
 
 pub mod config;
 pub mod counters;
 pub mod events;
 pub mod hooks;
 pub mod host;
+pub mod http;
 pub mod iq;
 pub mod module;
 pub mod preauth;

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::hooks::{Flow, Hooks, Order, OrderError};
 use crate::host::{Host, Identity};
+use crate::http::{HttpHandler, HttpMount};
 use crate::iq::{IqHandler, IqScope};
 use crate::preauth::PreAuthHandler;
 use crate::route::Service;
@@ -251,6 +252,7 @@ impl ModuleRegistry {
             info_forms: Vec::new(),
             hooks: Hooks::default(),
             services: Vec::new(),
+            http_handlers: Vec::new(),
         };
         for m in &chosen {
             b.current = m.name;
@@ -283,6 +285,7 @@ impl ModuleRegistry {
             info_forms: b.info_forms,
             hooks: b.hooks,
             services: b.services,
+            http_handlers: b.http_handlers,
         })
     }
 }
@@ -312,6 +315,7 @@ pub struct HostBuilder<'a> {
     info_forms: Vec<Element>,
     hooks: Hooks<Arc<Server>>,
     services: Vec<ServiceClaim>,
+    http_handlers: Vec<HttpMount>,
 }
 
 /// A service domain a module claimed on a host (see [`HostBuilder::service_domain`]).
@@ -466,6 +470,36 @@ impl HostBuilder<'_> {
             domain: jid,
             module: self.current,
             service: Arc::new(service),
+        });
+        Ok(())
+    }
+    /// Serves HTTP requests below `path` (relative to `[http] path_prefix`, e.g.
+    /// `/upload/upload.example.org`) on every HTTP listener of the server, with `handler`
+    /// ([`crate::http`]). The path is a plain one (`/` and non-empty segments of letters,
+    /// digits and `-._~`); a path is mounted once on the whole server, checked when the
+    /// server is built. No body limit or request time limit applies beyond the transport's
+    /// own: the handler bounds what it reads.
+    pub fn http_handler(
+        &mut self,
+        path: &str,
+        handler: impl HttpHandler,
+    ) -> Result<(), ModuleError> {
+        if !crate::http::valid_mount(path) {
+            return Err(ModuleError::Init {
+                module: self.current,
+                message: format!("'{path}' is not an HTTP path such as /upload/example.org"),
+            });
+        }
+        if self.http_handlers.iter().any(|m| m.path == path) {
+            return Err(ModuleError::Init {
+                module: self.current,
+                message: format!("the HTTP path {path} is already served"),
+            });
+        }
+        self.http_handlers.push(HttpMount {
+            path: path.to_owned(),
+            module: self.current,
+            handler: Arc::new(handler),
         });
         Ok(())
     }

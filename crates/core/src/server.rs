@@ -9,6 +9,7 @@ use crate::events::{
 };
 use crate::hooks::Flow;
 use crate::host::Host;
+use crate::http::{HttpEndpoint, HttpMount};
 use crate::iq::{IqRequest, IqScope};
 use crate::module::{ModuleError, ModuleRegistry, SharedState};
 use crate::requests::{IqRequestError, PendingIqs};
@@ -32,6 +33,10 @@ pub struct Server {
     hosts: HashMap<String, Arc<Host>>,
     /// Service domains claimed by the hosts' modules, by domain.
     services: HashMap<String, Arc<ServiceDomain>>,
+    /// HTTP handlers the hosts' modules registered, each path once.
+    http_handlers: Vec<HttpMount>,
+    /// Where the HTTP listeners are reached, once the transport bound them.
+    http_endpoint: RwLock<Option<Arc<HttpEndpoint>>>,
     /// External components attached under their domain (XEP-0114), by domain.
     components: RwLock<HashMap<String, Arc<dyn ExternalRoute>>>,
     /// Routes to remote domains, once a server-to-server transport provides them.
@@ -58,6 +63,7 @@ impl Server {
         let mut hosts = HashMap::new();
         let mut services: HashMap<String, Arc<ServiceDomain>> = HashMap::new();
         let mut shared = SharedState::default();
+        let mut http_handlers: Vec<HttpMount> = Vec::new();
         for h in &config.hosts {
             let mut host = registry.build_host_sharing(
                 &h.domain,
@@ -85,6 +91,15 @@ impl Server {
                     }),
                 );
             }
+            for mount in std::mem::take(&mut host.http_handlers) {
+                if http_handlers.iter().any(|m| m.path == mount.path) {
+                    return Err(ModuleError::Init {
+                        module: mount.module,
+                        message: format!("the HTTP path {} is already served", mount.path),
+                    });
+                }
+                http_handlers.push(mount);
+            }
             hosts.insert(h.domain.clone(), Arc::new(host));
         }
         let enabled: std::collections::BTreeSet<&str> = hosts
@@ -95,6 +110,8 @@ impl Server {
             config: Arc::new(config),
             hosts,
             services,
+            http_handlers,
+            http_endpoint: RwLock::default(),
             components: RwLock::default(),
             remote: RwLock::default(),
             me: me.clone(),
@@ -122,6 +139,19 @@ impl Server {
     /// The service domain `domain`, if a module claimed it.
     pub fn service(&self, domain: &str) -> Option<&Arc<ServiceDomain>> {
         self.services.get(domain)
+    }
+    /// The HTTP handlers modules registered ([`crate::http`]), for the HTTP listeners to
+    /// mount.
+    pub fn http_handlers(&self) -> &[HttpMount] {
+        &self.http_handlers
+    }
+    /// Where the HTTP listeners are reached (set by the transport when it serves them).
+    pub fn http_endpoint(&self) -> Option<Arc<HttpEndpoint>> {
+        self.http_endpoint.read().clone()
+    }
+    /// Called by the transport once its HTTP listeners are bound.
+    pub fn set_http_endpoint(&self, endpoint: HttpEndpoint) {
+        *self.http_endpoint.write() = Some(Arc::new(endpoint));
     }
     pub fn sessions(&self) -> &SessionRegistry {
         &self.sessions

@@ -22,6 +22,7 @@ pub mod push;
 pub mod register;
 pub mod roster;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
@@ -64,7 +65,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<pubsub::pep::Pep>()
         .register::<pubsub::service::PubSub>()
         .register::<bookmarks::Bookmarks>()
-        .register::<avatar::Avatar>();
+        .register::<avatar::Avatar>()
+        .register::<upload::Upload>();
     r
 }
 

@@ -7,6 +7,10 @@ use rookery_core::Server;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The upload module's expiry and sweep task, which runs whenever a host enables it (all
+/// modules are enabled in these tests).
+const UPLOAD_TASKS: usize = 1;
+
 async fn archived(s: &Arc<Server>, user: &str) -> bool {
     s.storage()
         .archive
@@ -25,7 +29,11 @@ async fn the_archive_purge_runs_from_start_and_stops_on_shutdown() {
         "",
     )
     .await;
-    assert_eq!(s.tasks().len(), 1, "the purge task runs from the start");
+    assert_eq!(
+        s.tasks().len(),
+        1 + UPLOAD_TASKS,
+        "the purge task runs from the start"
+    );
     let old_us = (time::OffsetDateTime::now_utc().unix_timestamp() - 3 * 86_400) * 1_000_000;
     s.storage()
         .archive
@@ -67,5 +75,5 @@ async fn the_archive_purge_runs_from_start_and_stops_on_shutdown() {
 #[tokio::test]
 async fn no_purge_task_without_retention() {
     let s = server().await;
-    assert_eq!(s.tasks().len(), 0);
+    assert_eq!(s.tasks().len(), UPLOAD_TASKS);
 }

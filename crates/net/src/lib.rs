@@ -198,6 +198,23 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     let limits = &server.config().limits;
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
     let streams = Arc::new(StreamContext::new(server.clone()));
+    // Where modules' URLs point (upload slots): `[http] public_url`, else an HTTPS
+    // listener's port (an HTTP one if there is none) on each host's domain.
+    let port = |kind| {
+        listeners
+            .iter()
+            .find(|l| l.kind == kind)
+            .map(|l| l.local_addr.port())
+    };
+    let listener = port(ListenerKind::Https)
+        .map(|p| ("https", p))
+        .or_else(|| port(ListenerKind::Http).map(|p| ("http", p)));
+    let http_config = server.config().sections.get::<http::HttpConfig>();
+    server.set_http_endpoint(rookery_core::http::HttpEndpoint {
+        public_url: http_config.public_url.clone(),
+        listener,
+        prefix: http_config.path_prefix.clone(),
+    });
     for l in listeners {
         let http_tls = match l.kind {
             ListenerKind::C2s | ListenerKind::C2sDirectTls => None,

@@ -188,11 +188,6 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
         &["XEP-0124", "XEP-0206"],
     ),
     (
-        "File sharing",
-        "HTTP file upload",
-        &["XEP-0363"],
-    ),
-    (
         "Calls and file transfer",
         "STUN/TURN discovery and credentials, SOCKS5 proxy",
         &["XEP-0215", "XEP-0065"],

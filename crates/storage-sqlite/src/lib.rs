@@ -23,9 +23,9 @@
 //!   [`StorageError::Corrupt`], never as a panic.
 //! * **Everything of an account hangs off `accounts`.** Credentials, roster items (and,
 //!   through them, their groups), the roster version, pending inbound subscriptions,
-//!   offline messages, user data, the message archive and the account's PEP service
+//!   offline messages, user data, the message archive, the account's PEP service
 //!   (`pubsub_services`, and through it its nodes, items, affiliations and subscriptions)
-//!   all reference `accounts` with `ON DELETE CASCADE`: deleting an account is one
+//!   and its upload records (`uploads`) all reference `accounts` with `ON DELETE CASCADE`: deleting an account is one
 //!   statement for all of that, and with `foreign_keys=ON` (required at open) no row can
 //!   exist for a missing account. The PubSub affiliations and subscriptions the account's
 //!   JIDs hold on other services reference their nodes, not the account: they are deleted
@@ -65,11 +65,13 @@ mod archive;
 mod im;
 mod pubsub;
 mod rooms;
+mod upload;
 
 pub use archive::SqliteArchiveStore;
 pub use im::{SqliteOfflineStore, SqliteRosterStore, SqliteUserDataStore};
 pub use pubsub::SqlitePubSubStore;
 pub use rooms::SqliteRoomStore;
+pub use upload::SqliteUploadStore;
 
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -79,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_muc_rooms.sql"),
     include_str!("../migrations/0005_muc_archive.sql"),
     include_str!("../migrations/0006_pubsub.sql"),
+    include_str!("../migrations/0007_uploads.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -255,6 +258,9 @@ impl SqliteBackend {
             rooms: Arc::new(self.room_store()),
             room_archive: Arc::new(self.room_archive_store()),
             pubsub: Arc::new(self.pubsub_store()),
+            upload: Arc::new(SqliteUploadStore {
+                conn: self.conn.clone(),
+            }),
         }
     }
 
@@ -607,7 +613,8 @@ impl AccountStore for SqliteAccountStore {
             let tx = im::write_tx(conn)?;
             // Everything of the account goes with it, in this one statement (ON DELETE
             // CASCADE): credentials, roster items and groups, roster version, pending
-            // subscriptions, offline messages, user data, archive, its PEP service.
+            // subscriptions, offline messages, user data, archive, its PEP service, its
+            // upload records.
             let deleted = tx
                 .prepare_cached("DELETE FROM accounts WHERE domain = ?1 AND username = ?2")
                 .and_then(|mut s| s.execute(params![domain, username]))

@@ -76,6 +76,7 @@ async fn conformance_individual_suites_on_file() {
         "rooms",
         "room_archive",
         "pubsub",
+        "upload",
         "deletion",
     ]
     .iter()
@@ -91,6 +92,7 @@ async fn conformance_individual_suites_on_file() {
             "rooms" => conformance::room_store(&s).await,
             "room_archive" => conformance::room_archive_store(&s).await,
             "pubsub" => conformance::pubsub_store(&s).await,
+            "upload" => conformance::upload_store(&s).await,
             _ => conformance::account_deletion(&s).await,
         }
         assert!(b.integrity_check().expect("check"), "{suite}");
@@ -144,7 +146,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
 
     let b = SqliteBackend::open(&path).expect("open migrates");
     assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 6);
+    assert_eq!(SCHEMA_VERSION, 7);
     let s = b.storage();
     assert_eq!(
         s.accounts.list_accounts(None).await.expect("list"),

@@ -3,7 +3,7 @@
 //!
 //! [`account_store`] checks one [`AccountStore`]; [`roster_store`], [`offline_store`],
 //! [`user_data_store`], [`archive_store`], [`room_store`], [`room_archive_store`],
-//! [`pubsub_store`] and [`account_deletion`] check the stores of a whole [`Storage`]
+//! [`pubsub_store`], [`upload_store`] and [`account_deletion`] check the stores of a whole [`Storage`]
 //! bundle (they create their accounts through `storage.accounts`); [`all`] runs
 //! everything.
 //!
@@ -503,6 +503,7 @@ pub async fn all(storage: &Storage) {
     room_store(storage).await;
     room_archive_store(storage).await;
     pubsub_store(storage).await;
+    upload_store(storage).await;
 }
 
 /// The whole [`crate::RoomStore`] contract: rooms are per service, listed in room order,
@@ -4151,4 +4152,127 @@ async fn pubsub_account_deletion(s: &Storage) {
     drop_account(s, "example.net", "bob").await;
     assert!(p.list_nodes(pep("alice")).await.expect("list").is_empty());
     delete_nodes(s, PS).await;
+}
+
+fn upload(id: &str, user: &str, size: u64, created: i64) -> crate::UploadRecord {
+    crate::UploadRecord {
+        id: id.to_owned(),
+        domain: "example.org".to_owned(),
+        user: user.to_owned(),
+        file_name: format!("{id}.png"),
+        size,
+        content_type: "image/png".to_owned(),
+        created,
+    }
+}
+
+/// The whole [`crate::UploadStore`] contract: records need their owner, ids are unique,
+/// the quota over a window is exact (also under concurrency), expiry goes oldest first in
+/// bounded batches, and deleting the account deletes its records. Leaves nothing.
+pub async fn upload_store(s: &Storage) {
+    assert_no_accounts(s).await;
+    let u = s.upload.as_ref();
+    assert!(matches!(
+        u.add_upload(&upload("u0", "alice", 1, 100), 0, 1000).await,
+        Err(StorageError::NotFound)
+    ));
+    assert_eq!(u.get_upload("u0").await.expect("get"), None);
+    assert!(u
+        .recent_uploads("example.org", "alice", 0)
+        .await
+        .expect("recent")
+        .is_empty());
+    for user in ["alice", "bob"] {
+        s.accounts
+            .create_account("example.org", user, &sample_all(7))
+            .await
+            .expect("create");
+    }
+    // The quota counts the sizes created at or after `since`; older ones are free.
+    u.add_upload(&upload("a1", "alice", 400, 100), 0, 1000)
+        .await
+        .expect("a1");
+    u.add_upload(&upload("a2", "alice", 500, 200), 0, 1000)
+        .await
+        .expect("a2");
+    assert!(matches!(
+        u.add_upload(&upload("a3", "alice", 101, 300), 0, 1000)
+            .await,
+        Err(StorageError::LimitReached(_))
+    ));
+    assert_eq!(u.get_upload("a3").await.expect("get"), None);
+    // Exactly at the quota is allowed; bob's quota is his own.
+    u.add_upload(&upload("a3", "alice", 100, 300), 0, 1000)
+        .await
+        .expect("a3 at the quota");
+    u.add_upload(&upload("b1", "bob", 1000, 300), 0, 1000)
+        .await
+        .expect("b1");
+    // With the window starting after a1, its 400 bytes no longer count.
+    u.add_upload(&upload("a4", "alice", 400, 400), 101, 1000)
+        .await
+        .expect("a4");
+    assert!(matches!(
+        u.add_upload(&upload("a4", "alice", 1, 400), 0, u64::MAX)
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    assert_eq!(
+        u.get_upload("a2").await.expect("get"),
+        Some(upload("a2", "alice", 500, 200))
+    );
+    assert_eq!(
+        u.recent_uploads("example.org", "alice", 150)
+            .await
+            .expect("recent"),
+        vec![(200, 500), (300, 100), (400, 400)]
+    );
+    // Concurrent slots: exactly as many as fit.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.upload
+                .add_upload(&upload(&format!("c{i}"), "bob", 10, 1000), 1000, 35)
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err(StorageError::LimitReached(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 3, "10-byte slots within a 35-byte quota");
+    // Expiry: oldest first, at most `limit`.
+    let first = u.expire_uploads(300, 1).await.expect("expire");
+    assert_eq!(first, vec!["a1".to_owned()]);
+    let mut rest = u.expire_uploads(300, 10).await.expect("expire");
+    rest.sort();
+    assert_eq!(rest, vec!["a2".to_owned()]);
+    assert!(u.expire_uploads(300, 10).await.expect("expire").is_empty());
+    assert!(u.delete_upload("a3").await.expect("delete"));
+    assert!(!u.delete_upload("a3").await.expect("delete again"));
+    // Deleting an account deletes its records, and only its.
+    assert!(s
+        .accounts
+        .delete_account("example.org", "alice")
+        .await
+        .expect("delete alice"));
+    assert_eq!(u.get_upload("a4").await.expect("get"), None);
+    assert!(u.get_upload("b1").await.expect("get").is_some());
+    assert!(s
+        .accounts
+        .delete_account("example.org", "bob")
+        .await
+        .expect("delete bob"));
+    assert_eq!(u.get_upload("b1").await.expect("get"), None);
+    assert!(u
+        .expire_uploads(i64::MAX, 100)
+        .await
+        .expect("expire")
+        .is_empty());
+    assert_no_accounts(s).await;
 }

@@ -8,7 +8,8 @@
 //! XEP-0054, private XML XEP-0049, last activity XEP-0012, blocklist XEP-0191),
 //! [`ArchiveStore`] (XEP-0313 message archives, see [`archive`]), [`RoomStore`]
 //! (persistent XEP-0045 rooms of Multi-User Chat services) and [`PubSubStore`] (XEP-0060
-//! nodes, items, affiliations and subscriptions of PEP and PubSub services, see [`pubsub`]).
+//! nodes, items, affiliations and subscriptions of PEP and PubSub services, see [`pubsub`])
+//! and [`UploadStore`] (records of XEP-0363 file uploads, see [`upload`]).
 //!
 //! # Invariants
 //!
@@ -22,8 +23,8 @@
 //!   (wrong key length for its hash, two records for one hash) and reports a malformed
 //!   record read back as [`StorageError::Corrupt`] rather than panicking.
 //! * **Per-user data belongs to an account.** The roster, offline and user-data stores
-//!   of a [`Storage`], and the PEP services of its PubSub store
-//!   ([`PubSubService::Account`]), share their backend with its account store. Every
+//!   of a [`Storage`], the PEP services of its PubSub store ([`PubSubService::Account`])
+//!   and its upload records ([`UploadStore::add_upload`]), share their backend with its account store. Every
 //!   *write* method of those stores (including removals) fails with
 //!   [`StorageError::NotFound`] when the owning account does not exist; *reads* of an
 //!   unknown account return the empty value (roster version 0, no items, no messages, no
@@ -32,7 +33,7 @@
 //! * **Deleting an account deletes everything of it**, atomically, in every store of the
 //!   backend: credentials, roster items, roster version, pending inbound subscriptions,
 //!   offline messages, user data, message archive, its PEP service (every node with its
-//!   items, affiliations and subscriptions), and the PubSub affiliations and subscriptions
+//!   items, affiliations and subscriptions), its upload records, and the PubSub affiliations and subscriptions
 //!   its JIDs (the bare JID `user@domain` and any full JID `user@domain/...`) hold on nodes
 //!   of other services, PEP or domain. An account created again with the same name starts
 //!   empty (roster version 0). Rooms belong to a service domain, not to an account: account
@@ -43,8 +44,9 @@
 //!   item, and each removal of an existing item), in the same atomic step as the change;
 //!   a removal of an absent item and any change to pending subscriptions leave it as is.
 //! * **Quotas are exact under concurrency.** [`RosterStore::set_roster_item`]'s
-//!   `max_items`, [`OfflineStore::push_offline`]'s `max_messages` and the PubSub quotas
-//!   (`max_nodes`, `max_items`, `max_service_items`, `max_per_jid`) are checked in the
+//!   `max_items`, [`OfflineStore::push_offline`]'s `max_messages`, the PubSub quotas
+//!   (`max_nodes`, `max_items`, `max_service_items`, `max_per_jid`) and
+//!   [`UploadStore::add_upload`]'s `quota` are checked in the
 //!   same atomic step as the write, so concurrent writers never exceed them.
 //! * **Offline message ids** are positive, increase in arrival order across the whole
 //!   backend and are never reused (not even after the messages or the account were
@@ -59,6 +61,7 @@ pub mod archive;
 pub mod conformance;
 pub mod memory;
 pub mod pubsub;
+pub mod upload;
 
 pub use archive::{
     ArchiveBound, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, PageRequest, WithFilter,
@@ -67,6 +70,7 @@ pub use pubsub::{
     ItemPage, ItemRecord, ItemSelection, NodeRecord, PubSubService, PubSubStore, Published,
     SubscriptionRecord,
 };
+pub use upload::{UploadRecord, UploadStore};
 
 /// Errors of every store.
 #[derive(Debug, thiserror::Error)]
@@ -408,6 +412,8 @@ pub struct Storage {
     pub room_archive: Arc<dyn ArchiveStore>,
     /// PubSub nodes (XEP-0060) of accounts' PEP services and of PubSub service domains.
     pub pubsub: Arc<dyn PubSubStore>,
+    /// Records of HTTP file uploads (XEP-0363), owned by accounts.
+    pub upload: Arc<dyn UploadStore>,
 }
 
 /// The user-data store of FAST tokens (XEP-0484), one key per client: credentials issued

@@ -18,7 +18,7 @@ use crate::{
     ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore, HashAlg, ItemPage, ItemRecord,
     ItemSelection, NodeRecord, OfflineStore, PageRequest, PubSubService, PubSubStore, Published,
     RoomStore, Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError,
-    SubscriptionRecord, UserDataStore,
+    SubscriptionRecord, UploadRecord, UploadStore, UserDataStore,
 };
 
 type Key = (String, String); // (domain, username): BTreeMap order = list order
@@ -107,6 +107,8 @@ struct State {
     pubsub: BTreeMap<String, PubSub>,
     /// The last PubSub item sequence number handed out (publication order, all services).
     last_pubsub_seq: u64,
+    /// Upload records by id; an account's go with it (under the same lock).
+    uploads: BTreeMap<String, UploadRecord>,
 }
 
 impl State {
@@ -161,6 +163,9 @@ impl MemoryBackend {
             rooms: Arc::new(self.room_store()),
             room_archive: Arc::new(self.room_archive_store()),
             pubsub: Arc::new(self.pubsub_store()),
+            upload: Arc::new(MemoryUploadStore {
+                state: self.state.clone(),
+            }),
         }
     }
 
@@ -392,6 +397,9 @@ impl AccountStore for MemoryAccountStore {
         for p in state.pubsub.values_mut() {
             p.forget(&bare);
         }
+        state
+            .uploads
+            .retain(|_, r| !(r.domain == domain && r.user == username));
         Ok(true)
     }
 
@@ -409,6 +417,84 @@ impl AccountStore for MemoryAccountStore {
             })
             .map(|(d, u)| (u.clone(), d.clone()))
             .collect())
+    }
+}
+
+/// [`UploadStore`] in memory.
+#[derive(Debug, Clone)]
+pub struct MemoryUploadStore {
+    state: Shared,
+}
+
+#[async_trait::async_trait]
+impl UploadStore for MemoryUploadStore {
+    async fn add_upload(
+        &self,
+        record: &UploadRecord,
+        since: i64,
+        quota: u64,
+    ) -> Result<(), StorageError> {
+        let mut state = self.state.write();
+        state
+            .get(&record.domain, &record.user)
+            .ok_or(StorageError::NotFound)?;
+        if state.uploads.contains_key(&record.id) {
+            return Err(StorageError::AlreadyExists);
+        }
+        let used: u64 = state
+            .uploads
+            .values()
+            .filter(|r| r.domain == record.domain && r.user == record.user && r.created >= since)
+            .map(|r| r.size)
+            .sum();
+        if used.saturating_add(record.size) > quota {
+            return Err(StorageError::LimitReached(format!(
+                "{used} of {quota} bytes used"
+            )));
+        }
+        state.uploads.insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StorageError> {
+        Ok(self.state.read().uploads.get(id).cloned())
+    }
+
+    async fn recent_uploads(
+        &self,
+        domain: &str,
+        user: &str,
+        since: i64,
+    ) -> Result<Vec<(i64, u64)>, StorageError> {
+        let state = self.state.read();
+        let mut v: Vec<(i64, u64)> = state
+            .uploads
+            .values()
+            .filter(|r| r.domain == domain && r.user == user && r.created >= since)
+            .map(|r| (r.created, r.size))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<bool, StorageError> {
+        Ok(self.state.write().uploads.remove(id).is_some())
+    }
+
+    async fn expire_uploads(&self, before: i64, limit: usize) -> Result<Vec<String>, StorageError> {
+        let mut state = self.state.write();
+        let mut old: Vec<(i64, String)> = state
+            .uploads
+            .values()
+            .filter(|r| r.created < before)
+            .map(|r| (r.created, r.id.clone()))
+            .collect();
+        old.sort_unstable();
+        old.truncate(limit);
+        for (_, id) in &old {
+            state.uploads.remove(id);
+        }
+        Ok(old.into_iter().map(|(_, id)| id).collect())
     }
 }
 

@@ -1,6 +1,6 @@
-//! The HTTP(S) listener: WebSocket (RFC 7395) and connection discovery (XEP-0156) now,
-//! BOSH and file upload later, all through one route table ([`Routes`], built in
-//! [`routes`]).
+//! The HTTP(S) listener: WebSocket (RFC 7395), connection discovery (XEP-0156) and the
+//! modules' HTTP handlers (file upload, XEP-0363, through [`rookery_core::http`]), BOSH
+//! later, all through one route table ([`Routes`], built in [`routes`]).
 //!
 //! HTTP itself is hyper's (HTTP/1.1 only: WebSocket upgrades are HTTP/1.1, and browsers
 //! speak it everywhere), with axum's router; TLS is rustls with the hosts' certificates
@@ -17,6 +17,7 @@
 //!   WebSocket `Origin` check, from one list of allowed origins.
 
 pub mod discovery;
+mod handlers;
 pub mod websocket;
 
 use crate::c2s::StreamContext;
@@ -221,9 +222,11 @@ pub type HttpRouter = Router<Arc<HttpContext>>;
 ///     // BOSH (XEP-0206): an endpoint, listed for discovery
 ///     .endpoint(bosh::PATH, post(bosh::request))
 ///     .advertise(discovery::ALT_XBOSH, bosh::PATH, false)
-///     // upload (XEP-0363): large bodies, so its own router and limits
-///     .merge(upload::router(config))
 /// ```
+///
+/// Modules' handlers ([`rookery_core::http::HttpHandler`], file upload's) need no line here:
+/// every one registered with `HostBuilder::http_handler` is mounted under the prefix when
+/// the table is built.
 pub struct Routes {
     prefix: String,
     endpoints: HttpRouter,
@@ -287,9 +290,13 @@ impl Routes {
             .route(discovery::HOST_META, get(discovery::host_meta))
             .route(discovery::HOST_META_JSON, get(discovery::host_meta_json))
             .layer(middleware::from_fn_with_state(ctx.clone(), guard));
+        // Modules' handlers (`HostBuilder::http_handler`): large bodies and limits of their
+        // own, so beside the guard, like `merge`.
+        let handlers = handlers::router(&self.prefix, ctx.streams.server.http_handlers());
         Router::new()
             .merge(endpoints)
             .merge(self.others)
+            .merge(handlers)
             .with_state(ctx)
     }
 }
