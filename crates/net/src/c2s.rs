@@ -243,7 +243,7 @@ impl Output {
     fn shared(&mut self, stanza: &SharedStanza) {
         match self.framing {
             Framing::Stream => stanza.write_to(&mut self.bytes, ns::CLIENT),
-            Framing::WebSocket => stanza.write_declared(&mut self.bytes, ""),
+            Framing::WebSocket | Framing::Bosh => stanza.write_declared(&mut self.bytes, ""),
         }
     }
 
@@ -833,7 +833,16 @@ impl ClientStream {
 
     /// RFC 6120 §4.7: validate the client's stream header, answer with ours and the features.
     fn on_stream_open(&mut self, header: StreamHeader) -> Result<(), Close> {
-        if self.out.framing == Framing::WebSocket {
+        if self.out.framing == Framing::Bosh {
+            // XEP-0206 §3: the session creation request (or a restart request, §5) is the
+            // header; the content namespace is jabber:client, each stanza declaring it.
+            if header.name != "body" || header.ns != rookery_xml::NS_HTTPBIND {
+                return Err(Close::err_text(
+                    StreamErrorCondition::InvalidNamespace,
+                    "a BOSH stream opens with <body/> in http://jabber.org/protocol/httpbind",
+                ));
+            }
+        } else if self.out.framing == Framing::WebSocket {
             // RFC 7395 §3.4: `<open/>` in the framing namespace; the content namespace is
             // jabber:client by definition, each stanza declaring it.
             if header.name != "open" || header.ns != rookery_xml::NS_FRAMING {
