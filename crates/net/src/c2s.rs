@@ -53,6 +53,8 @@ pub struct StreamContext {
     /// `[stream_management]` and `[fast]`, read once here rather than on every batch.
     pub sm_config: Arc<sm::StreamManagementConfig>,
     pub fast_config: Arc<crate::fast::FastConfig>,
+    /// The BOSH sessions (XEP-0124), shared by every HTTP listener.
+    pub bosh: Arc<crate::http::bosh::Registry>,
 }
 
 impl StreamContext {
@@ -60,12 +62,19 @@ impl StreamContext {
         let sections = &server.config().sections;
         let sm_config = sections.get();
         let fast_config = sections.get();
+        let bosh = crate::http::bosh::Registry::new(
+            (*sections.get::<crate::http::bosh::BoshConfig>()).clone(),
+            sections
+                .get::<crate::http::HttpConfig>()
+                .request_timeout_secs,
+        );
         StreamContext {
             server,
             throttle: Arc::new(AuthThrottle::default()),
             resumptions: Arc::new(Resumptions::default()),
             sm_config,
             fast_config,
+            bosh: Arc::new(bosh),
         }
     }
 }
