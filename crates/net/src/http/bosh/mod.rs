@@ -300,18 +300,13 @@ pub async fn request(
     };
     let client = ctx.client(&conn, &headers);
     match req.sid.clone() {
-        None => create(&ctx, &conn, client, req).await,
+        None => create(&ctx, client, req).await,
         Some(sid) => forward(&ctx.streams.bosh, &sid, req).await,
     }
 }
 
 /// A session creation request (XEP-0124 §7.1, XEP-0206 §3).
-async fn create(
-    ctx: &Arc<HttpContext>,
-    conn: &Connection,
-    client: super::Client,
-    req: Request,
-) -> Response {
+async fn create(ctx: &Arc<HttpContext>, client: super::Client, req: Request) -> Response {
     let streams = &ctx.streams;
     let server = &streams.server;
     // As a WebSocket: no stream (and no authentication) in the clear where TLS is required.
@@ -361,7 +356,6 @@ async fn create(
         arrived: false,
         _slot: slot,
     };
-    let _ = conn;
     server.tasks().spawn(c2s::run(streams.clone(), transport));
     match answer.await {
         Ok(body) => xml(body),
