@@ -347,8 +347,8 @@ async fn websocket_stream_errors_and_message_limits() {
         .await
         .expect("send");
     assert!(c.read_to_close().await.contains("<not-well-formed"));
-    // A message over limits.max_stanza_bytes: the WebSocket layer refuses it (close 1009)
-    // before it is buffered whole.
+    // A message over limits.max_stanza_bytes: the WebSocket layer refuses it before it is
+    // buffered whole; `policy-violation` as on TCP, then close 1009.
     let mut c = WsClient::connect(&t).await;
     c.open().await;
     let big = format!(
@@ -358,6 +358,7 @@ async fn websocket_stream_errors_and_message_limits() {
     let _ = c.send_raw(Message::text(big)).await;
     let got = c.read_to_close().await;
     assert!(!got.contains("<message"), "{got}");
+    assert!(got.contains("<policy-violation"), "{got}");
     // The server is fine.
     let mut c = WsClient::connect(&t).await;
     c.open().await;
@@ -587,5 +588,70 @@ async fn websocket_open_must_name_a_served_domain() {
     let got = c.read_to_close().await;
     assert!(got.contains("<host-unknown"), "{got}");
     let _ = open_frame();
+    t.stop().await;
+}
+
+/// SASL2 with Bind 2, inline SM and a FAST token over WebSocket, then a FAST login on a
+/// new WebSocket: the same negotiation code as on TCP, nothing of it transport-specific.
+#[tokio::test]
+async fn sasl2_bind2_and_fast_over_websocket() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "wonderland").await;
+    let ua = "5b2e1a54-3f0c-4a8e-9d35-0a1f1c2e7b11";
+    let mut c = WsClient::connect(&t).await;
+    let features = c.open().await;
+    assert!(features.contains("urn:xmpp:sasl:2"), "{features}");
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+           <initial-response>{}</initial-response>\
+           <user-agent id='{ua}'><software>Web</software></user-agent>\
+           <bind xmlns='urn:xmpp:bind:0'><tag>Web</tag>\
+             <enable xmlns='urn:xmpp:sm:3' resume='true'/>\
+           </bind>\
+           <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>\
+         </authenticate>",
+        B64.encode("\0alice\0wonderland")
+    ))
+    .await;
+    let got = c.read_until("</stream:features>").await;
+    assert!(got.contains("<success xmlns=\"urn:xmpp:sasl:2\""), "{got}");
+    assert!(got.contains("<bound xmlns=\"urn:xmpp:bind:0\""), "{got}");
+    let jid = between(
+        &got,
+        "<authorization-identifier>",
+        "</authorization-identifier>",
+    )
+    .to_owned();
+    assert!(jid.starts_with("alice@localhost/Web/"), "{jid}");
+    let token = between(&got, "token=\"", "\"").to_owned();
+    assert!(!token.is_empty(), "{got}");
+    c.ping("p1").await;
+
+    let mut again = WsClient::connect(&t).await;
+    again.open().await;
+    let initial = B64.encode(rookery_testkit::scram::ht_sha256_initial(
+        "alice", &token, b"",
+    ));
+    again
+        .send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+               <initial-response>{initial}</initial-response>\
+               <user-agent id='{ua}'/>\
+               <bind xmlns='urn:xmpp:bind:0'><tag>Web</tag></bind>\
+             </authenticate>"
+        ))
+        .await;
+    let got = again.read_until("</stream:features>").await;
+    assert!(got.contains("<success"), "{got}");
+    assert_eq!(
+        between(
+            &got,
+            "<authorization-identifier>",
+            "</authorization-identifier>"
+        ),
+        jid,
+        "the same resource for the same client"
+    );
+    again.ping("p2").await;
     t.stop().await;
 }

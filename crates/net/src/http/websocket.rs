@@ -30,6 +30,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite;
 
 /// Where the endpoint is, under `[http] path_prefix` (the path Prosody, ejabberd and
 /// Openfire use, which clients try first).
@@ -131,6 +132,7 @@ pub async fn upgrade(
                 confidential: client.secure,
                 channel_bindings,
                 incoming: None,
+                close_code: CLOSE_NORMAL,
                 _permit: permit,
             };
             // Tracked like every connection task, so a graceful stop waits for it.
@@ -142,8 +144,14 @@ pub async fn upgrade(
 /// What [`StanzaTransport::readable`] took from the WebSocket for `receive`.
 enum Incoming {
     Message(Message),
+    /// A message over the size limit, refused as it arrived.
+    TooLarge,
     Closed,
 }
+
+/// RFC 6455 §7.4.1 close codes.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_TOO_BIG: u16 = 1009;
 
 /// A client stream over a WebSocket.
 pub struct WebSocketTransport {
@@ -154,6 +162,8 @@ pub struct WebSocketTransport {
     confidential: bool,
     channel_bindings: ChannelBindings,
     incoming: Option<Incoming>,
+    /// The code of the close frame we send (RFC 6455 §7.4.1).
+    close_code: u16,
     /// The connection's slot in the connection limits, shared with the HTTP connection.
     _permit: Arc<ConnectionPermit>,
 }
@@ -186,7 +196,11 @@ impl StanzaTransport for WebSocketTransport {
             // Reading also sends the answers to pings and to a close (RFC 6455 §5.5).
             self.incoming = Some(match self.socket.next().await {
                 Some(Ok(m)) => Incoming::Message(m),
-                Some(Err(_)) | None => Incoming::Closed,
+                Some(Err(e)) => match e.into_inner().downcast::<tungstenite::Error>() {
+                    Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => Incoming::TooLarge,
+                    _ => Incoming::Closed,
+                },
+                None => Incoming::Closed,
             });
         }
         Ok(())
@@ -196,6 +210,15 @@ impl StanzaTransport for WebSocketTransport {
         match self.incoming.take() {
             None => Received::Nothing,
             Some(Incoming::Closed) | Some(Incoming::Message(Message::Close(_))) => Received::Closed,
+            // Like a stanza over the limit on TCP: `policy-violation`, then a close frame
+            // saying why.
+            Some(Incoming::TooLarge) => {
+                self.close_code = CLOSE_TOO_BIG;
+                Received::Events {
+                    bytes: 0,
+                    parsed: Err(XmlError::StanzaTooLarge),
+                }
+            }
             Some(Incoming::Message(Message::Text(text))) => Received::Events {
                 bytes: text.len(),
                 parsed: self.parser.feed_message(text.as_bytes(), events),
@@ -251,7 +274,7 @@ impl StanzaTransport for WebSocketTransport {
     /// §7.1.2), waiting for the client's close frame (the caller bounds the wait).
     async fn close(&mut self) {
         let frame = CloseFrame {
-            code: 1000,
+            code: self.close_code,
             reason: "".into(),
         };
         if self.socket.send(Message::Close(Some(frame))).await.is_err() {
