@@ -246,9 +246,9 @@ impl Output {
 
     /// Writes a stanza the core delivered, possibly to other sessions as well: on a stream
     /// framing its serialisation is shared with them (`SharedStanza::write_to`, one
-    /// serialisation however many recipients). A WebSocket message declares the namespace
-    /// on each stanza, a second wire form, written here per recipient: not shared yet
-    /// between WebSocket sessions.
+    /// serialisation however many recipients). A WebSocket message (and a BOSH payload,
+    /// XEP-0206 §4) declares the namespace on each stanza, a second wire form, written here
+    /// per recipient: not shared yet between WebSocket or BOSH sessions.
     fn shared(&mut self, stanza: &SharedStanza) {
         match self.framing {
             Framing::Stream => stanza.write_to(&mut self.bytes, ns::CLIENT),
