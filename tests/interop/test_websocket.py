@@ -134,14 +134,17 @@ def test_discovery_documents_list_the_websocket_endpoint(server):
     xrd = ET.fromstring(body)
     links = {link.get("rel"): link.get("href") for link in xrd.iter(qn(XRD_NS, "Link"))}
     url = f"wss://{server.domain}:{server.https_port}/xmpp-websocket"
-    assert links == {WEBSOCKET_REL: url}
+    bosh = f"https://{server.domain}:{server.https_port}/http-bind"
+    assert links == {WEBSOCKET_REL: url, "urn:xmpp:alt-connections:xbosh": bosh}
     status, headers, body = split_response(https_request(
         server,
         f"GET /.well-known/host-meta.json HTTP/1.1\r\nHost: {server.domain}:{server.https_port}\r\n"
         "Connection: close\r\n\r\n",
     ))
     assert status == 200, body
-    assert json.loads(body) == {"links": [{"rel": WEBSOCKET_REL, "href": url}]}
+    assert json.loads(body) == {
+        "links": [{"rel": WEBSOCKET_REL, "href": url}, {"rel": "urn:xmpp:alt-connections:xbosh", "href": bosh}]
+    }
     status, _, _ = split_response(https_request(
         server, "GET /.well-known/host-meta HTTP/1.1\r\nHost: example.net\r\nConnection: close\r\n\r\n"
     ))

@@ -53,6 +53,8 @@ pub struct StreamContext {
     /// `[stream_management]` and `[fast]`, read once here rather than on every batch.
     pub sm_config: Arc<sm::StreamManagementConfig>,
     pub fast_config: Arc<crate::fast::FastConfig>,
+    /// The BOSH sessions (XEP-0124), shared by every HTTP listener.
+    pub bosh: Arc<crate::http::bosh::Registry>,
 }
 
 impl StreamContext {
@@ -60,12 +62,19 @@ impl StreamContext {
         let sections = &server.config().sections;
         let sm_config = sections.get();
         let fast_config = sections.get();
+        let bosh = crate::http::bosh::Registry::new(
+            (*sections.get::<crate::http::bosh::BoshConfig>()).clone(),
+            sections
+                .get::<crate::http::HttpConfig>()
+                .request_timeout_secs,
+        );
         StreamContext {
             server,
             throttle: Arc::new(AuthThrottle::default()),
             resumptions: Arc::new(Resumptions::default()),
             sm_config,
             fast_config,
+            bosh: Arc::new(bosh),
         }
     }
 }
@@ -237,13 +246,13 @@ impl Output {
 
     /// Writes a stanza the core delivered, possibly to other sessions as well: on a stream
     /// framing its serialisation is shared with them (`SharedStanza::write_to`, one
-    /// serialisation however many recipients). A WebSocket message declares the namespace
-    /// on each stanza, a second wire form, written here per recipient: not shared yet
-    /// between WebSocket sessions.
+    /// serialisation however many recipients). A WebSocket message (and a BOSH payload,
+    /// XEP-0206 §4) declares the namespace on each stanza, a second wire form, written here
+    /// per recipient: not shared yet between WebSocket or BOSH sessions.
     fn shared(&mut self, stanza: &SharedStanza) {
         match self.framing {
             Framing::Stream => stanza.write_to(&mut self.bytes, ns::CLIENT),
-            Framing::WebSocket => stanza.write_declared(&mut self.bytes, ""),
+            Framing::WebSocket | Framing::Bosh => stanza.write_declared(&mut self.bytes, ""),
         }
     }
 
@@ -833,7 +842,16 @@ impl ClientStream {
 
     /// RFC 6120 §4.7: validate the client's stream header, answer with ours and the features.
     fn on_stream_open(&mut self, header: StreamHeader) -> Result<(), Close> {
-        if self.out.framing == Framing::WebSocket {
+        if self.out.framing == Framing::Bosh {
+            // XEP-0206 §3: the session creation request (or a restart request, §5) is the
+            // header; the content namespace is jabber:client, each stanza declaring it.
+            if header.name != "body" || header.ns != rookery_xml::NS_HTTPBIND {
+                return Err(Close::err_text(
+                    StreamErrorCondition::InvalidNamespace,
+                    "a BOSH stream opens with <body/> in http://jabber.org/protocol/httpbind",
+                ));
+            }
+        } else if self.out.framing == Framing::WebSocket {
             // RFC 7395 §3.4: `<open/>` in the framing namespace; the content namespace is
             // jabber:client by definition, each stanza declaring it.
             if header.name != "open" || header.ns != rookery_xml::NS_FRAMING {

@@ -6,8 +6,9 @@
 //! * [`transport`]: [`transport::StanzaTransport`], what a client stream runs over, and its
 //!   TCP/TLS implementation.
 //! * [`limits`]: connection counting and authentication-failure slow-down.
-//! * [`http`]: the HTTP(S) listener and its route table: WebSocket (RFC 7395, a transport
-//!   under the same client stream) and XEP-0156 discovery; BOSH and upload plug in there.
+//! * [`http`]: the HTTP(S) listener and its route table: WebSocket (RFC 7395) and BOSH
+//!   (XEP-0124, XEP-0206), transports under the same client stream, and XEP-0156
+//!   discovery; upload plugs in there.
 //!
 //! Transports hand the core stanzas that are already parsed and stamped; the core never sees
 //! bytes.
@@ -30,6 +31,7 @@ pub const SECTIONS: &[SectionDecl] = &[
     SectionDecl::of::<sm::StreamManagementConfig>(),
     SectionDecl::of::<fast::FastConfig>(),
     SectionDecl::of::<http::HttpConfig>(),
+    SectionDecl::of::<http::bosh::BoshConfig>(),
 ];
 
 /// The build's modules with the stream layer's configuration sections declared beside them:
@@ -85,6 +87,16 @@ pub const SPECS: &[Spec] = &[
         id: "RFC 7395",
         title: "XMPP over WebSocket",
         version: "",
+    },
+    Spec {
+        id: "XEP-0124",
+        title: "Bidirectional-streams Over Synchronous HTTP (BOSH)",
+        version: "1.11.2",
+    },
+    Spec {
+        id: "XEP-0206",
+        title: "XMPP Over BOSH",
+        version: "1.4",
     },
     Spec {
         id: "XEP-0156",

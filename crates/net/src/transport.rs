@@ -7,8 +7,9 @@
 //! it needs to know about the connection (peer address, confidentiality, channel-binding
 //! data). [`TcpTransport`] is the one for TCP: plain until STARTTLS, TLS after it (or from
 //! the first byte on a direct-TLS port). [`crate::http::websocket::WebSocketTransport`]
-//! is the one for WebSocket (RFC 7395); BOSH and server-to-server streams are other
-//! implementations of the same trait.
+//! is the one for WebSocket (RFC 7395), [`crate::http::bosh::BoshTransport`] the one for
+//! BOSH (XEP-0206); server-to-server streams will be other implementations of the same
+//! trait.
 
 use crate::limits::ConnectionPermit;
 use crate::tls::{TlsConfigs, TlsContext};

@@ -183,11 +183,6 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
         &["RFC 6120 server-to-server", "XEP-0220", "XEP-0288", "XEP-0114"],
     ),
     (
-        "Web clients",
-        "BOSH: web clients connect over WebSocket only",
-        &["XEP-0124", "XEP-0206"],
-    ),
-    (
         "Calls and file transfer",
         "STUN/TURN discovery and credentials, SOCKS5 proxy",
         &["XEP-0215", "XEP-0065"],

@@ -2,6 +2,7 @@
 //! ephemeral loopback ports with a temporary SQLite database and generated certificate, and a
 //! raw client that speaks bytes, so tests see exactly what goes over the wire.
 
+pub mod bosh;
 pub mod scram;
 pub mod ws;
 

@@ -537,7 +537,7 @@ async fn discovery_lists_the_websocket_endpoint() {
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(
-        r.contains(r#"{"links":[{"href":"wss://localhost/xmpp/xmpp-websocket","rel":"urn:xmpp:alt-connections:websocket"}]}"#),
+        r.contains(r#"{"href":"wss://localhost/xmpp/xmpp-websocket","rel":"urn:xmpp:alt-connections:websocket"}"#),
         "{r}"
     );
     // A domain this server does not serve.

@@ -9,6 +9,13 @@
 //!   `urn:ietf:params:xml:ns:xmpp-framing`, and every element declares its namespace.
 //!   [`MessageParser`] reads such messages with the stream parser (and its limits), and
 //!   [`websocket_messages`] cuts what a stream wrote into one message per element.
+//! * [`Framing::Bosh`]: XEP-0206, the stream carried in the `<body/>` wrappers of BOSH
+//!   (XEP-0124). Written exactly as [`Framing::WebSocket`] (each element declaring its
+//!   namespace, `<open/>` and `<close/>` marking the stream's start and end), for the BOSH
+//!   transport to take apart: the header becomes attributes of the session creation
+//!   response (XEP-0206 §3), every other element goes into a response body, the end becomes
+//!   a `type='terminate'` body (XEP-0206 §6, §7). The client's stream header is the
+//!   request `<body/>` itself, in [`NS_HTTPBIND`].
 
 use crate::escape::escape_attr_any_quote;
 use crate::parser::{StreamHeader, StreamParser};
@@ -16,6 +23,10 @@ use crate::{Element, Limits, StreamEvent, XmlError, NS_STREAMS, STREAM_CLOSE};
 
 /// The namespace of RFC 7395 `<open/>` and `<close/>`.
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+/// The namespace of the BOSH `<body/>` wrapper (XEP-0124 §5).
+pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+/// The namespace of XEP-0206's attributes on `<body/>` (`xmpp:version`, `xmpp:restart`).
+pub const NS_XBOSH: &str = "urn:xmpp:xbosh";
 
 /// How a stream's framing is written on a transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +35,9 @@ pub enum Framing {
     Stream,
     /// RFC 7395 §3.3: `<open/>` and `<close/>`, each element a document of its own.
     WebSocket,
+    /// XEP-0206: written as [`Framing::WebSocket`], for the BOSH transport to put into
+    /// `<body/>` wrappers; the client's header is a request's `<body/>`.
+    Bosh,
 }
 
 /// The receiving entity's stream header (RFC 6120 §4.7).
@@ -54,7 +68,7 @@ impl Framing {
                 out.extend_from_slice(NS_STREAMS.as_bytes());
                 out.push(b'\'');
             }
-            Framing::WebSocket => {
+            Framing::WebSocket | Framing::Bosh => {
                 out.extend_from_slice(b"<open xmlns='");
                 out.extend_from_slice(NS_FRAMING.as_bytes());
                 out.push(b'\'');
@@ -78,7 +92,7 @@ impl Framing {
         match self {
             // The open tag stays open for the life of the stream.
             Framing::Stream => out.push(b'>'),
-            Framing::WebSocket => out.extend_from_slice(b"/>"),
+            Framing::WebSocket | Framing::Bosh => out.extend_from_slice(b"/>"),
         }
     }
 
@@ -106,7 +120,7 @@ impl Framing {
     pub fn write_close(self, out: &mut Vec<u8>) {
         match self {
             Framing::Stream => out.extend_from_slice(STREAM_CLOSE.as_bytes()),
-            Framing::WebSocket => {
+            Framing::WebSocket | Framing::Bosh => {
                 out.extend_from_slice(b"<close xmlns='");
                 out.extend_from_slice(NS_FRAMING.as_bytes());
                 out.extend_from_slice(b"'/>");
@@ -117,11 +131,12 @@ impl Framing {
     /// Writes the end of the stream and asks the client to reconnect at `uri` (RFC 7395
     /// §3.6.1, `see-other-uri`; the `see-other-host` stream error's counterpart for a
     /// WebSocket, whose address is a URI). A stream framing has no such close: there it is
-    /// the ordinary one.
+    /// the ordinary one. BOSH carries it the same way, as the `see-other-uri` terminal
+    /// condition (XEP-0124 §17.2).
     pub fn write_close_see_other(self, out: &mut Vec<u8>, uri: &str) {
         match self {
             Framing::Stream => self.write_close(out),
-            Framing::WebSocket => {
+            Framing::WebSocket | Framing::Bosh => {
                 out.extend_from_slice(b"<close xmlns='");
                 out.extend_from_slice(NS_FRAMING.as_bytes());
                 out.extend_from_slice(b"' see-other-uri='");
@@ -143,14 +158,14 @@ impl Framing {
     fn parent_ns(self, content_ns: &str) -> &str {
         match self {
             Framing::Stream => content_ns,
-            Framing::WebSocket => "",
+            Framing::WebSocket | Framing::Bosh => "",
         }
     }
 
     fn write_stream_child_open(self, out: &mut Vec<u8>, name: &[u8]) {
         out.extend_from_slice(b"<stream:");
         out.extend_from_slice(name);
-        if self == Framing::WebSocket {
+        if self != Framing::Stream {
             out.extend_from_slice(b" xmlns:stream='");
             out.extend_from_slice(NS_STREAMS.as_bytes());
             out.push(b'\'');

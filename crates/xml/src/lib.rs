@@ -126,10 +126,18 @@ mod parser;
 mod tests;
 
 pub use element::{Element, Node};
-pub use framing::{websocket_messages, Framing, MessageParser, StreamOpen, NS_FRAMING};
+pub use framing::{
+    websocket_messages, Framing, MessageParser, StreamOpen, NS_FRAMING, NS_HTTPBIND, NS_XBOSH,
+};
 pub use parser::{
     parse_element, parse_element_with_limits, StreamEvent, StreamHeader, StreamParser,
 };
+
+/// Appends `value` escaped for an attribute value in either quote character (for writers
+/// outside this crate, such as the BOSH `<body/>` wrapper).
+pub fn escape_attr(value: &str, out: &mut Vec<u8>) {
+    escape::escape_attr_any_quote(value, out)
+}
 
 /// The namespace of the stream root and stream-level elements
 /// (`<stream:stream>`, `<stream:features>`, `<stream:error>`).

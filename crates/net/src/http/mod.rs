@@ -1,6 +1,6 @@
-//! The HTTP(S) listener: WebSocket (RFC 7395), connection discovery (XEP-0156) and the
-//! modules' HTTP handlers (file upload, XEP-0363, through [`rookery_core::http`]), BOSH
-//! later, all through one route table ([`Routes`], built in [`routes`]).
+//! The HTTP(S) listener: WebSocket (RFC 7395), BOSH (XEP-0124, XEP-0206), connection
+//! discovery (XEP-0156) and the modules' HTTP handlers (file upload, XEP-0363, through
+//! [`rookery_core::http`]), all through one route table ([`Routes`], built in [`routes`]).
 //!
 //! HTTP itself is hyper's (HTTP/1.1 only: WebSocket upgrades are HTTP/1.1, and browsers
 //! speak it everywhere), with axum's router; TLS is rustls with the hosts' certificates
@@ -16,6 +16,7 @@
 //! * CORS for browsers' scripts on the XMPP endpoints and discovery documents, and the
 //!   WebSocket `Origin` check, from one list of allowed origins.
 
+pub mod bosh;
 pub mod discovery;
 mod handlers;
 pub mod websocket;
@@ -28,7 +29,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use rookery_core::config::ConfigError;
 use rookery_core::counters::{self, Counter};
@@ -90,7 +91,8 @@ impl Section for HttpConfig {
     const KEY: &'static str = "http";
     const PLACE: Place = Place::Server;
     const EXAMPLE: &'static str = r#"# The HTTP listeners ([[listener]] kind = "http" or "https"): WebSocket (RFC 7395) at
-# <path_prefix>/xmpp-websocket, and XEP-0156 discovery at /.well-known/host-meta[.json].
+# <path_prefix>/xmpp-websocket, BOSH (XEP-0206) at <path_prefix>/http-bind, and XEP-0156
+# discovery at /.well-known/host-meta[.json].
 [http]
 # Where the XMPP endpoints live ("/xmpp" puts WebSocket at /xmpp/xmpp-websocket).
 path_prefix = ""
@@ -306,6 +308,8 @@ pub fn routes(config: &HttpConfig) -> Routes {
     Routes::new(config)
         .endpoint(websocket::PATH, get(websocket::upgrade))
         .advertise(discovery::ALT_WEBSOCKET, websocket::PATH, true)
+        .endpoint(bosh::PATH, post(bosh::request))
+        .advertise(discovery::ALT_XBOSH, bosh::PATH, false)
 }
 
 /// CORS, the body size limit and the request time limit of the XMPP endpoints.
