@@ -207,6 +207,9 @@ class ProsodyServer:
         raise AssertionError("unreachable")
 
     def _spawn_and_wait(self, timeout: float) -> None:
+        # A fresh log for each attempt: its lines tell when the ports are open.
+        with contextlib.suppress(FileNotFoundError):
+            self.log_path.rename(self.log_path.with_suffix(".log.old"))
         with open(self.output_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [PROSODY_BIN, "--config", str(self.config_path), "-F"],
@@ -218,13 +221,21 @@ class ProsodyServer:
                 preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout
-        ports = [self.c2s_port, self.tls_port, self.https_port]
+        ports = [self.c2s_port, self.tls_port, self.http_port, self.https_port]
         while True:
             if self.proc.poll() is not None:
                 raise ServerStartError(
                     f"prosody exited ({self.proc.returncode}) at start:\n{self.log_tail()}"
                 )
-            if all(_accepts(self.host, port) for port in ports) and self.log_path.exists():
+            try:
+                log = self.log_path.read_text(errors="replace")
+            except OSError:
+                log = ""
+            # Prosody logs a port it could not open ("... in use ...") and runs on without it.
+            if "Failed to open server port" in log:
+                raise ServerStartError(f"prosody could not open its ports:\n{self.log_tail()}")
+            activated = all(f"]:{port}\n" in log for port in ports)
+            if activated and all(_accepts(self.host, port) for port in ports):
                 return
             if time.monotonic() > deadline:
                 raise ServerStartError(
