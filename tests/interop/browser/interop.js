@@ -9,7 +9,7 @@ import converse from './node_modules/converse.js/dist/converse.min.js';
     const state = {
         // Set once the plugin below has been initialised by Converse.
         ready: false,
-        // The first error thrown by converse.initialize, or seen by the page.
+        // Errors thrown by converse.initialize or seen by the page, as text.
         errors: [],
         // Every connection status Converse went through (Strophe.Status values), in order.
         statuses: [],
