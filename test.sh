@@ -5,9 +5,11 @@
 #   ./test.sh -k login -x     extra arguments go to pytest (interop phase)
 #
 # Needs Rust (cargo with rustfmt and clippy) and Python 3.10 or newer (python3 -m venv);
-# the Python packages for the interop tests are installed into .venv, and the Debian
-# packages of the clients the README's recipes use (go-sendxmpp, profanity, tmux) with
-# apt-get when they are missing.
+# the Python packages for the interop tests are installed into .venv, and with apt-get
+# when they are missing, the Debian packages of the clients the README's recipes use
+# (go-sendxmpp, profanity, tmux) and of the browser tests (chromium, and prosody as their
+# server until rookery serves WebSocket and BOSH). The browser tests' Converse.js comes
+# from the npm registry into tests/interop/browser/node_modules (browser/install.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,21 +56,38 @@ if [[ ! -x "$ROOKERY_BIN" ]]; then
 fi
 
 phase "client packages"
+# Debian packages, each named by the command it provides.
+CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium prosody)
 missing=()
-for pkg in go-sendxmpp profanity tmux; do
+for pkg in "${CLIENT_PACKAGES[@]}"; do
     command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages)"
     SUDO=()
     [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
-    if ! { "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+    # No system service may start from these packages (prosody's would take port 5222,
+    # which test_readme.py needs): Debian's policy-rc.d protocol, for the install only.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        made_policy=1
+    fi
+    installed=0
+    { "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null; } && installed=1
+    ((made_policy)) && "${SUDO[@]}" rm -f "$policy"
+    if ((!installed)); then
         echo "could not install ${missing[*]} with apt-get; install them and run again" >&2
         exit 1
     fi
 else
-    echo "go-sendxmpp, profanity and tmux present"
+    echo "${CLIENT_PACKAGES[*]} present"
 fi
+
+phase "browser client (Converse.js)"
+"$ROOT/tests/interop/browser/install.sh"
 
 phase "python venv"
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then

@@ -12,6 +12,10 @@ Environment:
 
 A test module may set ``SERVER_CONFIG = {...}`` (keyword arguments of
 ``harness.render_config``) to configure its module-scoped ``server``.
+
+Browser tests (browser.py): ``chromium`` (one headless Chromium per module), ``page_server``
+(the Converse.js page over HTTP) and ``browser`` (a DevTools session for one test, whose
+pages are photographed into the test's tmp_path when it fails).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+import browser as browser_client
 from harness import ExternalServer, RawStream, RookeryServer, ServerStartError, loopback_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -128,9 +133,58 @@ def raw(server, raw_factory):
     return lambda **kwargs: raw_factory(server, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """A headless Chromium (Debian's) for the module's tests; stopped with all its processes."""
+    missing = browser_client.missing_requirements()
+    if missing:
+        pytest.fail("the browser tests need:\n  " + "\n  ".join(missing), pytrace=False)
+    proc = browser_client.Chromium(tmp_path_factory.mktemp("chromium"))
+    try:
+        proc.start()
+    except browser_client.BrowserError as e:
+        proc.stop()
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def page_server():
+    """tests/interop/browser/ (the Converse.js page) over HTTP on loopback."""
+    srv = browser_client.PageServer()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+async def browser(chromium, page_server, tmp_path):
+    """``await browser.open_converse(jid, password, websocket_url=... | bosh_url=...)``."""
+    async with browser_client.BrowserSession(chromium, page_server, tmp_path) as session:
+        yield session
+
+
+def _browser_failure_sections(session: browser_client.BrowserSession, name: str) -> list[tuple[str, str]]:
+    """Screenshots of the open pages (paths) and the tail of each page's console."""
+    try:
+        paths = session.chromium.screenshot_pages_sync(session.artifacts, prefix=f"failure-{name}")
+        shots = "\n".join(str(p) for p in paths) or "(no page open)"
+    except Exception as e:  # the browser may be what failed
+        shots = f"(no screenshot: {e!r})"
+    sections = [("browser screenshots", shots)]
+    for page in session.pages:
+        sections.append((f"console of {page.name} (tail)", "\n".join(page.console[-40:]) or "(empty)"))
+    return sections
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Attach the tail of the server's log to failing tests."""
+    """Attach the tail of the server's log to failing tests, and for browser tests the
+    paths of screenshots of the open pages and the tails of their consoles."""
     outcome = yield
     report = outcome.get_result()
     if not report.failed:
@@ -142,5 +196,10 @@ def pytest_runtest_makereport(item, call):
     factory = funcargs.get("make_server")
     if isinstance(factory, ServerFactory):
         servers.extend(factory.servers)
+    if "web_server" in funcargs:
+        servers.append(funcargs["web_server"])
     for i, srv in enumerate(servers):
         report.sections.append((f"server log (tail) #{i}", srv.log_tail()))
+    session = funcargs.get("browser")
+    if isinstance(session, browser_client.BrowserSession) and session.devtools is not None:
+        report.sections.extend(_browser_failure_sections(session, report.when))
