@@ -7,8 +7,7 @@
 # Needs Rust (cargo with rustfmt and clippy) and Python 3.10 or newer (python3 -m venv);
 # the Python packages for the interop tests are installed into .venv, and with apt-get
 # when they are missing, the Debian packages of the clients the README's recipes use
-# (go-sendxmpp, profanity, tmux) and of the browser tests (chromium, and prosody as their
-# server until rookery serves WebSocket and BOSH). The browser tests' Converse.js comes
+# (go-sendxmpp, profanity, tmux) and of the browser tests (chromium). The browser tests' Converse.js comes
 # from the npm registry into tests/interop/browser/node_modules (browser/install.sh).
 set -euo pipefail
 
@@ -57,7 +56,7 @@ fi
 
 phase "client packages"
 # Debian packages, each named by the command it provides.
-CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium prosody)
+CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium)
 missing=()
 for pkg in "${CLIENT_PACKAGES[@]}"; do
     command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -66,8 +65,8 @@ if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages)"
     SUDO=()
     [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
-    # No system service may start from these packages (prosody's would take port 5222,
-    # which test_readme.py needs): Debian's policy-rc.d protocol, for the install only.
+    # No system service may start from these packages (one taking port 5222 would break
+    # test_readme.py): Debian's policy-rc.d protocol, for the install only.
     policy=/usr/sbin/policy-rc.d
     made_policy=0
     if [[ ! -e $policy ]]; then

@@ -390,6 +390,18 @@ class RookeryServer:
         text = self.stdout_text() + self.stderr_text()
         return text[-chars:]
 
+    # What a browser client connects to (test_browser.py): the HTTPS listener's endpoints,
+    # named by the domain (the certificate's name).
+    upload = True
+
+    @property
+    def websocket_url(self) -> str:
+        return f"wss://{self.domain}:{self.https_port}/xmpp-websocket"
+
+    @property
+    def bosh_url(self) -> str:
+        return f"https://{self.domain}:{self.https_port}/http-bind"
+
     def wait_for_log(self, pattern: str, after: int = 0, timeout: float = 10.0) -> str:
         """The first line of the server's log, from offset ``after``, matching the regular
         expression ``pattern``; fails after ``timeout`` seconds."""

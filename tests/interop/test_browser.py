@@ -10,11 +10,11 @@ browser and a slixmpp client connect to::
     upload          whether an HTTP upload service (XEP-0363) is on offer
     add_user(prefix) -> harness.User, log_tail()
 
-For now that is a throwaway Prosody (prosody.py), which has all of these; Rookery's own
-fixture replaces it once Rookery serves /xmpp-websocket and /http-bind.
+It is the module's Rookery (the ``server`` fixture): its HTTPS listener serves both, and
+file upload on ``upload.<domain>``.
 
-Needs the Debian packages chromium and prosody, and the converse.js npm package in
-tests/interop/browser/node_modules (test.sh installs all three).
+Needs the Debian package chromium and the converse.js npm package in
+tests/interop/browser/node_modules (test.sh installs both).
 """
 
 from __future__ import annotations
@@ -28,28 +28,12 @@ from pathlib import Path
 import pytest
 
 from browser import Chromium, LoginFailed, processes_using, missing_requirements
-from harness import ServerStartError, client_ssl_context, session
-from prosody import ProsodyServer
+from harness import client_ssl_context, session
 
 # The fixture that provides the server under test (see the module's docstring).
-WEB_SERVER = "prosody_web_server"
+WEB_SERVER = "server"
 
 TRANSPORTS = ["websocket", "bosh"]
-
-
-@pytest.fixture(scope="module")
-def prosody_web_server(tmp_path_factory):
-    """A Prosody with mod_websocket, mod_bosh and mod_http_file_share on free loopback ports."""
-    srv = ProsodyServer(tmp_path_factory.mktemp("prosody"))
-    try:
-        srv.start()
-    except ServerStartError as e:
-        srv.kill()
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield srv
-    finally:
-        srv.kill()
 
 
 @pytest.fixture(scope="module")
