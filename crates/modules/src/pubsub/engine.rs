@@ -257,6 +257,23 @@ impl Service {
         Ok((affiliation, roster, subscribed))
     }
 
+    /// Whether `from` may read the node (§6.5, and who gets its notifications): the access
+    /// decision over what [`Self::requester`] looks up, refused with the XEP's error.
+    async fn check_read(
+        &self,
+        node: &str,
+        from: &Jid,
+        config: &NodeConfig,
+    ) -> Result<(), StanzaError> {
+        let (affiliation, roster, subscribed) = self.requester(node, from, config).await?;
+        let r = Requester {
+            affiliation,
+            roster: roster.as_ref(),
+            subscribed,
+        };
+        access::may_read(config, &r).map_err(access::Denied::error)
+    }
+
     async fn node(&self, node: &str) -> Result<Option<NodeConfig>, StanzaError> {
         match self
             .server
@@ -746,16 +763,7 @@ impl Service {
     async fn items(&self, from: &Jid, verb: &Element, rsm: Option<&Element>) -> IqResult {
         let node = self.node_attr(verb)?.to_owned();
         let config = self.node(&node).await?.ok_or_else(no_node)?;
-        let (aff, roster, subscribed) = self.requester(&node, from, &config).await?;
-        access::may_read(
-            &config,
-            &Requester {
-                affiliation: aff,
-                roster: roster.as_ref(),
-                subscribed,
-            },
-        )
-        .map_err(access::Denied::error)?;
+        self.check_read(&node, from, &config).await?;
         let ids: Vec<String> = verb
             .children()
             .filter(|c| c.name() == "item")
@@ -1629,17 +1637,7 @@ impl Service {
             if config.send_last_published_item != super::config::SendLast::OnSubAndPresence {
                 continue;
             }
-            let Ok((affiliation, roster, subscribed)) =
-                self.requester(&rec.node, contact, &config).await
-            else {
-                continue;
-            };
-            let r = Requester {
-                affiliation,
-                roster: roster.as_ref(),
-                subscribed,
-            };
-            if access::may_read(&config, &r).is_ok() {
+            if self.check_read(&rec.node, contact, &config).await.is_ok() {
                 self.send_last_items(&rec.node, &config, contact).await;
             }
         }
@@ -1659,17 +1657,8 @@ impl Service {
             let Some(config) = NodeConfig::from_doc(&rec.config) else {
                 continue;
             };
-            if let Ok((affiliation, roster, subscribed)) =
-                self.requester(&rec.node, from, &config).await
-            {
-                let r = Requester {
-                    affiliation,
-                    roster: roster.as_ref(),
-                    subscribed,
-                };
-                if access::may_read(&config, &r).is_ok() {
-                    out.push((rec.node, config.title));
-                }
+            if self.check_read(&rec.node, from, &config).await.is_ok() {
+                out.push((rec.node, config.title));
             }
         }
         out
@@ -1685,13 +1674,7 @@ impl Service {
         let Some(config) = self.node(node).await? else {
             return Ok(None);
         };
-        let (affiliation, roster, subscribed) = self.requester(node, from, &config).await?;
-        let r = Requester {
-            affiliation,
-            roster: roster.as_ref(),
-            subscribed,
-        };
-        access::may_read(&config, &r).map_err(access::Denied::error)?;
+        self.check_read(node, from, &config).await?;
         let ns = "http://jabber.org/protocol/disco#info";
         Ok(Some(vec![
             Element::new("identity", ns)
@@ -1711,13 +1694,7 @@ impl Service {
         let Some(config) = self.node(node).await? else {
             return Ok(None);
         };
-        let (affiliation, roster, subscribed) = self.requester(node, from, &config).await?;
-        let r = Requester {
-            affiliation,
-            roster: roster.as_ref(),
-            subscribed,
-        };
-        access::may_read(&config, &r).map_err(access::Denied::error)?;
+        self.check_read(node, from, &config).await?;
         let page = self
             .server
             .storage()
