@@ -183,6 +183,7 @@ def render_config(
     extra_toml: str = "",
     https_port: int | None = None,
     http_port: int | None = None,
+    s2s_port: int | None = None,
 ) -> str:
     """The server's TOML. ``extra_limits`` adds keys to ``[limits]`` (e.g.
     ``{"max_roster_items": 2}``); ``host_extra`` is TOML appended to the first host's
@@ -212,7 +213,7 @@ def render_config(
         f"address = {toml_str(f'{host}:{tls_port}')}",
         "",
     ]
-    for kind, port in (("https", https_port), ("http", http_port)):
+    for kind, port in (("https", https_port), ("http", http_port), ("s2s", s2s_port)):
         if port is not None:
             lines += ["[[listener]]", f'kind = "{kind}"', f"address = {toml_str(f'{host}:{port}')}", ""]
     for d in (domain, *extra_hosts):
@@ -256,6 +257,9 @@ class RookeryServer:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.domain = domain
+        # Server-to-server: a port chosen now, so that peers can be configured with it
+        # before this server starts.
+        self.s2s_port = free_ports(1, self.host)[0] if config.pop("s2s", False) else None
         self.config_overrides = config
         self.config_path = self.workdir / "rookery.toml"
         self.data_dir = self.workdir / "data"
@@ -285,6 +289,7 @@ class RookeryServer:
                 tls_port=self.tls_port,
                 https_port=self.https_port,
                 http_port=self.http_port,
+                s2s_port=self.s2s_port,
                 domain=self.domain,
                 host=self.host,
                 **self.config_overrides,
@@ -325,6 +330,8 @@ class RookeryServer:
         _LIVE_SERVERS.add(self)
         deadline = time.monotonic() + deadline_secs
         pending = {self.c2s_port, self.tls_port, self.https_port, self.http_port}
+        if self.s2s_port:
+            pending.add(self.s2s_port)
         while True:
             rc = self.proc.poll()
             if rc is not None:

@@ -382,6 +382,12 @@ pub enum ListenerKind {
     /// HTTP over TLS, with the hosts' certificates selected by SNI.
     #[serde(rename = "https")]
     Https,
+    /// Server-to-server with STARTTLS (RFC 6120), usually port 5269.
+    #[serde(rename = "s2s")]
+    S2s,
+    /// Server-to-server with TLS from the first byte (XEP-0368).
+    #[serde(rename = "s2s-direct-tls")]
+    S2sDirectTls,
 }
 
 #[derive(Debug, Clone, Deserialize)]

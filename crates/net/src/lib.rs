@@ -18,6 +18,7 @@ pub mod csi;
 pub mod fast;
 pub mod http;
 pub mod limits;
+pub mod s2s;
 pub mod sm;
 pub mod tls;
 pub mod transport;
@@ -32,6 +33,7 @@ pub const SECTIONS: &[SectionDecl] = &[
     SectionDecl::of::<fast::FastConfig>(),
     SectionDecl::of::<http::HttpConfig>(),
     SectionDecl::of::<http::bosh::BoshConfig>(),
+    SectionDecl::of::<s2s::S2sConfig>(),
 ];
 
 /// The build's modules with the stream layer's configuration sections declared beside them:
@@ -47,6 +49,26 @@ pub const SPECS: &[Spec] = &[
         id: "RFC 6120",
         title: "XMPP Core",
         version: "",
+    },
+    Spec {
+        id: "RFC 6120 server-to-server",
+        title: "XMPP Core: server-to-server streams (§5, §10.4, §13.7)",
+        version: "",
+    },
+    Spec {
+        id: "XEP-0220",
+        title: "Server Dialback",
+        version: "1.1.1",
+    },
+    Spec {
+        id: "XEP-0185",
+        title: "Dialback Key Generation and Validation",
+        version: "1.0",
+    },
+    Spec {
+        id: "XEP-0178",
+        title: "Best Practices for Use of SASL EXTERNAL with Certificates (server-to-server)",
+        version: "1.2",
     },
     Spec {
         id: "RFC 7622",
@@ -80,7 +102,7 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         id: "XEP-0368",
-        title: "SRV records for XMPP over TLS (direct TLS)",
+        title: "SRV records for XMPP over TLS (direct TLS, clients and servers)",
         version: "1.1.0",
     },
     Spec {
@@ -227,9 +249,26 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
         listener,
         prefix: http_config.path_prefix.clone(),
     });
+    let s2s = match s2s::S2s::start(&server, tls.clone()) {
+        Ok(s2s) => Some(s2s),
+        Err(e) => {
+            tracing::error!(error = %e, "federation is off: its configuration cannot be used");
+            None
+        }
+    };
     for l in listeners {
+        if matches!(l.kind, ListenerKind::S2s | ListenerKind::S2sDirectTls) {
+            let Some(s2s) = s2s.clone() else { continue };
+            tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
+            let direct_tls = l.kind == ListenerKind::S2sDirectTls;
+            server
+                .tasks()
+                .spawn(s2s_accept_loop(server.clone(), s2s, l.listener, direct_tls));
+            continue;
+        }
         let http_tls = match l.kind {
             ListenerKind::C2s | ListenerKind::C2sDirectTls => None,
+            ListenerKind::S2s | ListenerKind::S2sDirectTls => continue,
             ListenerKind::Http => Some(None),
             ListenerKind::Https => Some(Some(tls.clone())),
         };
@@ -246,6 +285,34 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
         });
         tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
         server.tasks().spawn(accept_loop(listener, l.listener));
+    }
+}
+
+/// Accepts server-to-server connections until the server shuts down.
+async fn s2s_accept_loop(
+    server: Arc<Server>,
+    s2s: Arc<s2s::S2s>,
+    listener: TcpListener,
+    direct_tls: bool,
+) {
+    let shutdown = server.shutdown_token().clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                server
+                    .tasks()
+                    .spawn(s2s::serve_connection(s2s.clone(), socket, peer, direct_tls));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
@@ -302,11 +369,15 @@ async fn client_connection(
         handshake_limit: Duration::from_secs(limits.tls_handshake_timeout_secs),
         shutdown: server.shutdown_token().clone(),
         permit,
+        side: crate::transport::TlsSide::Client,
     };
     let transport = match l.kind {
         ListenerKind::C2s => TcpTransport::plain(socket, peer, setup),
-        // Served by `http::serve`, never here.
-        ListenerKind::Http | ListenerKind::Https => return,
+        // Served by `http::serve` and `s2s_accept_loop`, never here.
+        ListenerKind::Http
+        | ListenerKind::Https
+        | ListenerKind::S2s
+        | ListenerKind::S2sDirectTls => return,
         ListenerKind::C2sDirectTls => match TcpTransport::direct_tls(socket, peer, setup).await {
             Ok(t) => t,
             Err(why) => {

@@ -52,6 +52,13 @@ pub struct TlsConfigs {
     /// For the HTTPS listener: the same certificates, with the `http/1.1` ALPN protocol (the
     /// only HTTP version it speaks; WebSocket upgrades are HTTP/1.1).
     pub https: Arc<rustls::ServerConfig>,
+    /// For incoming server-to-server STARTTLS: the same certificates, asking the peer for
+    /// its certificate (any is accepted in the handshake; `crate::s2s::pki` checks it for
+    /// the domain the peer claims afterwards, so an untrusted one can still fall back to
+    /// dialback).
+    pub s2s_starttls: Arc<rustls::ServerConfig>,
+    /// For incoming direct-TLS server-to-server streams (XEP-0368, ALPN `xmpp-server`).
+    pub s2s_direct: Arc<rustls::ServerConfig>,
 }
 
 /// Certificates of every served domain; picks one by SNI, else the first host's. Cloned into
@@ -350,13 +357,35 @@ impl TlsConfigs {
             cfg.send_tls13_tickets = 0;
             Ok(Arc::new(cfg))
         };
+        let make_s2s = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ServerConfig>, TlsError> {
+            let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+                .with_client_cert_verifier(Arc::new(crate::s2s::pki::AnyPeerCertificate::new(
+                    provider.clone(),
+                )))
+                .with_cert_resolver(Arc::new(SniResolver {
+                    certs: certs.clone(),
+                    default_domain: default_domain.clone(),
+                }));
+            cfg.alpn_protocols = alpn;
+            cfg.send_tls13_tickets = 0;
+            Ok(Arc::new(cfg))
+        };
         Ok(TlsConfigs {
             starttls: make(Vec::new())?,
             direct: make(vec![b"xmpp-client".to_vec()])?,
             https: make(vec![b"http/1.1".to_vec()])?,
+            s2s_starttls: make_s2s(Vec::new())?,
+            s2s_direct: make_s2s(vec![b"xmpp-server".to_vec()])?,
             certs,
             default_domain,
         })
+    }
+
+    /// The certificate and key served for `domain` (a host), for presenting it as a client
+    /// certificate on outgoing server-to-server streams.
+    pub fn certified_key(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        self.certs.get(domain).map(|c| c.key.clone())
     }
 
     /// Channel-binding data of a server connection established with these configurations.

@@ -20,11 +20,29 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+
+/// Which side of a TLS handshake a [`TcpTransport`] takes, and with what configuration.
+#[derive(Clone)]
+pub enum TlsSide {
+    /// A client stream's server side: the hosts' certificates, no client certificate asked.
+    Client,
+    /// An incoming server-to-server stream: the same certificates, and the peer's
+    /// certificate asked for (not required) so it can be checked for its domain afterwards
+    /// (RFC 6120 §13.7.2, XEP-0178).
+    S2sIn,
+    /// An outgoing server-to-server stream: the client side of the handshake, presenting
+    /// the local domain's certificate and showing `server_name` (the remote domain) by SNI.
+    S2sOut {
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    },
+}
 use tokio_util::sync::CancellationToken;
 
 /// Bytes read from the socket at once, into a stack buffer lent for the read only (an idle
@@ -105,6 +123,7 @@ pub struct TcpTransport {
     tls: TlsContext,
     /// STARTTLS is possible (a plain connection on a STARTTLS port).
     starttls: bool,
+    side: TlsSide,
     channel_bindings: ChannelBindings,
     handshake_limit: Duration,
     shutdown: CancellationToken,
@@ -124,6 +143,8 @@ pub struct TcpSetup {
     pub handshake_limit: Duration,
     pub shutdown: CancellationToken,
     pub permit: ConnectionPermit,
+    /// Which side of the TLS handshake this transport takes.
+    pub side: TlsSide,
 }
 
 impl TcpTransport {
@@ -142,17 +163,50 @@ impl TcpTransport {
         // The configurations current now: a reload may replace them during the handshake,
         // and the channel-binding data must match the certificate this client was shown.
         let configs = setup.tls.current();
-        let acceptor = tokio_rustls::TlsAcceptor::from(configs.direct.clone());
-        let tls = handshake(
-            acceptor.accept(socket),
-            setup.handshake_limit,
-            &setup.shutdown,
-        )
-        .await
-        .map_err(UpgradeError::Handshake)?;
-        let mut t = Self::new(Transport::Tls(Box::new(tls)), peer, setup, false);
+        let io = match &setup.side {
+            TlsSide::S2sOut {
+                config,
+                server_name,
+            } => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = handshake(
+                    connector.connect(server_name.clone(), socket),
+                    setup.handshake_limit,
+                    &setup.shutdown,
+                )
+                .await
+                .map_err(UpgradeError::Handshake)?;
+                Transport::TlsClient(Box::new(tls))
+            }
+            side => {
+                let config = match side {
+                    TlsSide::S2sIn => configs.s2s_direct.clone(),
+                    _ => configs.direct.clone(),
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let tls = handshake(
+                    acceptor.accept(socket),
+                    setup.handshake_limit,
+                    &setup.shutdown,
+                )
+                .await
+                .map_err(UpgradeError::Handshake)?;
+                Transport::Tls(Box::new(tls))
+            }
+        };
+        let mut t = Self::new(io, peer, setup, false);
         t.update_channel_bindings(&configs);
         Ok(t)
+    }
+
+    /// The certificate chain the other end presented in the TLS handshake, if any.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let certs = match self.io.as_ref()? {
+            Transport::Plain(_) => return None,
+            Transport::Tls(tls) => tls.get_ref().1.peer_certificates()?,
+            Transport::TlsClient(tls) => tls.get_ref().1.peer_certificates()?,
+        };
+        Some(certs.iter().map(|c| c.clone().into_owned()).collect())
     }
 
     fn new(io: Transport, peer: SocketAddr, setup: TcpSetup, starttls: bool) -> Self {
@@ -162,6 +216,7 @@ impl TcpTransport {
             peer,
             tls: setup.tls,
             starttls,
+            side: setup.side,
             channel_bindings: ChannelBindings::default(),
             handshake_limit: setup.handshake_limit,
             shutdown: setup.shutdown,
@@ -277,10 +332,34 @@ impl StanzaTransport for TcpTransport {
             return Err(UpgradeError::Unsupported);
         };
         let configs = self.tls.current();
-        let acceptor = tokio_rustls::TlsAcceptor::from(configs.starttls.clone());
-        match handshake(acceptor.accept(tcp), self.handshake_limit, &self.shutdown).await {
-            Ok(tls) => {
-                self.io = Some(Transport::Tls(Box::new(tls)));
+        let done = match &self.side {
+            TlsSide::S2sOut {
+                config,
+                server_name,
+            } => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                handshake(
+                    connector.connect(server_name.clone(), tcp),
+                    self.handshake_limit,
+                    &self.shutdown,
+                )
+                .await
+                .map(|tls| Transport::TlsClient(Box::new(tls)))
+            }
+            side => {
+                let config = match side {
+                    TlsSide::S2sIn => configs.s2s_starttls.clone(),
+                    _ => configs.starttls.clone(),
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                handshake(acceptor.accept(tcp), self.handshake_limit, &self.shutdown)
+                    .await
+                    .map(|tls| Transport::Tls(Box::new(tls)))
+            }
+        };
+        match done {
+            Ok(io) => {
+                self.io = Some(io);
                 self.update_channel_bindings(&configs);
                 Ok(())
             }
@@ -319,17 +398,20 @@ pub(crate) async fn handshake<T>(
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS where this server connected (an outgoing server-to-server stream).
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Transport {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+        matches!(self, Transport::Tls(_) | Transport::TlsClient(_))
     }
 
     fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(s) => s,
             Transport::Tls(s) => s.get_ref().0,
+            Transport::TlsClient(s) => s.get_ref().0,
         }
     }
 
@@ -401,6 +483,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -414,18 +497,21 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

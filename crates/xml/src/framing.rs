@@ -45,7 +45,7 @@ pub enum Framing {
 pub struct StreamOpen<'a> {
     /// The content namespace (`jabber:client`, `jabber:server`, ...).
     pub content_ns: &'a str,
-    /// The stream id (§4.7.3).
+    /// The stream id (§4.7.3); empty for the initiating entity's header, which has none.
     pub id: &'a str,
     /// The domain this side speaks for.
     pub from: &'a str,
@@ -60,6 +60,18 @@ pub struct StreamOpen<'a> {
 impl Framing {
     /// Writes the stream header (after a stream restart too).
     pub fn write_open(self, out: &mut Vec<u8>, open: &StreamOpen<'_>) {
+        self.write_open_declaring(out, open, &[])
+    }
+
+    /// [`write_open`](Self::write_open) declaring more namespace prefixes on the root, as
+    /// `(prefix, namespace)`: a server-to-server stream declares `db` for Server Dialback
+    /// (XEP-0220 §2.1: its presence says dialback is supported).
+    pub fn write_open_declaring(
+        self,
+        out: &mut Vec<u8>,
+        open: &StreamOpen<'_>,
+        prefixes: &[(&str, &str)],
+    ) {
         match self {
             Framing::Stream => {
                 out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
@@ -67,6 +79,13 @@ impl Framing {
                 out.extend_from_slice(b"' xmlns:stream='");
                 out.extend_from_slice(NS_STREAMS.as_bytes());
                 out.push(b'\'');
+                for (prefix, ns) in prefixes {
+                    out.extend_from_slice(b" xmlns:");
+                    out.extend_from_slice(prefix.as_bytes());
+                    out.extend_from_slice(b"='");
+                    escape_attr_any_quote(ns, out);
+                    out.push(b'\'');
+                }
             }
             Framing::WebSocket | Framing::Bosh => {
                 out.extend_from_slice(b"<open xmlns='");
@@ -75,7 +94,8 @@ impl Framing {
             }
         }
         let attrs = [
-            ("id", Some(open.id)),
+            // The initiating entity's header has no id (RFC 6120 §4.7.3): empty leaves it out.
+            ("id", (!open.id.is_empty()).then_some(open.id)),
             ("from", Some(open.from)),
             ("version", Some(open.version)),
             ("xml:lang", Some(open.lang)),

@@ -1,0 +1,244 @@
+"""Federation between two Rookery processes (RFC 6120 server-to-server streams): users on
+`rookery.test` and `other.test` exchange messages, IQs and presence subscriptions; errors from
+the peer come back; a stopped peer bounces `remote-server-timeout` and is reached again once it
+is back; a peer that sends for a domain it did not authenticate is cut off with `invalid-from`.
+
+Each server finds the other through `[s2s.hosts]` (both domains are under .test, which is
+never looked up in DNS). Their certificates are self-signed, so the links authenticate with
+Server Dialback (XEP-0220) over TLS, each server verifying the other's key with it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import ROOKERY_BIN
+from harness import PING_NS, RookeryServer, ServerStartError, session
+
+A, B = "rookery.test", "other.test"
+
+
+def _pair_config(peer: RookeryServer, extra: str = "") -> str:
+    return f"[s2s]\nconnect_timeout_secs = 2\n{extra}\n[s2s.hosts]\n\"{peer.domain}\" = \"127.0.0.1:{peer.s2s_port}\"\n"
+
+
+def _make_pair(tmp, extra_a: str = "", extra_b: str = ""):
+    a = RookeryServer(ROOKERY_BIN, tmp / "a", domain=A, s2s=True)
+    b = RookeryServer(ROOKERY_BIN, tmp / "b", domain=B, s2s=True)
+    a.config_overrides["extra_toml"] = _pair_config(b, extra_a)
+    b.config_overrides["extra_toml"] = _pair_config(a, extra_b)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    a, b = _make_pair(tmp_path_factory.mktemp("s2s"))
+    try:
+        a.start()
+        b.start()
+    except ServerStartError as e:
+        a.kill()
+        b.kill()
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield a, b
+    finally:
+        a.kill()
+        b.kill()
+
+
+def _is_error(msg) -> bool:
+    return msg["type"] == "error"
+
+
+async def test_messages_go_both_ways(pair):
+    a, b = pair
+    alice, bob = a.add_user("alice"), b.add_user("bob")
+    async with session(a, alice, resource="a") as ca, session(b, bob, resource="b") as cb:
+        msg = ca.make_message(mto=bob.full("b"), mbody="hello from rookery.test", mtype="chat")
+        msg["id"] = "fed-1"
+        msg.send()
+        got = await cb.next_message(timeout=15)
+        assert (got["body"], got["id"], got["type"]) == ("hello from rookery.test", "fed-1", "chat")
+        assert got["from"].full == alice.full("a")
+        assert got["to"].bare == bob.jid
+
+        reply = cb.make_message(mto=got["from"], mbody="hello back", mtype="chat")
+        reply["id"] = "fed-2"
+        reply.send()
+        back = await ca.next_message(timeout=15)
+        assert (back["body"], back["id"]) == ("hello back", "fed-2")
+        assert back["from"].full == bob.full("b")
+    assert "authenticated by dialback" in a.stderr_text() + b.stderr_text()
+
+
+async def test_iq_to_the_peer_server_and_a_remote_account(pair):
+    a, b = pair
+    alice, bob = a.add_user("alice"), b.add_user("bob")
+    async with session(a, alice) as ca, session(b, bob):
+        pong = await ca.iq(B, "get", f"<ping xmlns='{PING_NS}'/>", timeout=15)
+        assert pong["type"] == "result"
+        assert pong["from"].full == B
+        version = await ca.iq(B, "get", "<query xmlns='jabber:iq:version'/>", timeout=15)
+        assert version["type"] == "result"
+        assert version.xml.find("{jabber:iq:version}query/{jabber:iq:version}name").text
+        # An IQ to a remote account's bare JID is answered by its server for it.
+        info = await ca.iq(bob.jid, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", timeout=15)
+        assert info["type"] == "result", info
+
+
+async def test_message_to_an_unknown_remote_user_comes_back_as_an_error(pair):
+    a, _ = pair
+    alice = a.add_user("alice")
+    async with session(a, alice) as ca:
+        msg = ca.make_message(mto=f"nobody-here@{B}", mbody="anyone?", mtype="chat")
+        msg["id"] = "fed-missing"
+        msg.send()
+        err = await ca.next_message(timeout=15, predicate=_is_error)
+        assert err["id"] == "fed-missing"
+        assert err["from"].bare == f"nobody-here@{B}"
+        assert err["error"]["condition"] == "service-unavailable"
+
+
+async def test_subscription_and_presence_across_servers(pair):
+    a, b = pair
+    alice, bob = a.add_user("alice"), b.add_user("bob")
+    async with session(a, alice, resource="a") as ca, session(b, bob, resource="b") as cb:
+        subscribe = asyncio.get_running_loop().create_future()
+        cb.add_event_handler("presence_subscribe", lambda p: subscribe.done() or subscribe.set_result(p))
+        cb.auto_authorize = None  # answer by hand below
+        # Available, so that the request and the presence are delivered now (RFC 6121 §3.1.3).
+        cb.send_presence()
+        ca.send_presence()
+        await ca.iq(None, "get", "<query xmlns='jabber:iq:roster'/>", timeout=10)
+        await cb.iq(None, "get", "<query xmlns='jabber:iq:roster'/>", timeout=10)
+        ca.send_presence(pto=bob.jid, ptype="subscribe")
+        request = await asyncio.wait_for(subscribe, 15)
+        assert request["from"].bare == alice.jid
+
+        online = asyncio.get_running_loop().create_future()
+
+        def on_available(p):
+            if p["from"].bare == bob.jid and not online.done():
+                online.set_result(p)
+
+        ca.add_event_handler("presence_available", on_available)
+        cb.send_presence(pto=alice.jid, ptype="subscribed")
+        cb.send_presence(pstatus="here")
+        seen = await asyncio.wait_for(online, 15)
+        assert seen["from"].full == bob.full("b")
+
+        roster = await ca.iq(None, "get", "<query xmlns='jabber:iq:roster'/>", timeout=10)
+        items = {i.get("jid"): i.get("subscription") for i in roster.xml.iter("{jabber:iq:roster}item")}
+        assert items.get(bob.jid) == "to", items
+
+
+async def test_a_stopped_peer_bounces_then_is_reached_again(tmp_path):
+    a, b = _make_pair(tmp_path)
+    a.start()
+    try:
+        alice = a.add_user("alice")
+        async with session(a, alice) as ca:
+            msg = ca.make_message(mto=f"bob@{B}", mbody="are you there?", mtype="chat")
+            msg["id"] = "down-1"
+            msg.send()
+            err = await ca.next_message(timeout=15, predicate=_is_error)
+            assert err["id"] == "down-1"
+            assert err["error"]["condition"] == "remote-server-timeout"
+
+            b.start()
+            bob = b.add_user("bob")
+            async with session(b, bob) as cb:
+                msg = ca.make_message(mto=cb.boundjid.full, mbody="now?", mtype="chat")
+                msg["id"] = "down-2"
+                msg.send()
+                got = await cb.next_message(timeout=15)
+                assert (got["body"], got["id"]) == ("now?", "down-2")
+    finally:
+        a.kill()
+        b.kill()
+
+
+def _read_until(sock, marker: bytes, timeout: float = 10.0) -> bytes:
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + timeout
+    data = b""
+    while marker not in data:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {marker!r} in {data!r}")
+        try:
+            chunk = sock.recv(65536)
+        except (socket.timeout, TimeoutError):
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _raw_s2s(server: RookeryServer, from_domain: str):
+    """A raw server-to-server stream to `server` claiming `from_domain`, after STARTTLS."""
+    sock = socket.create_connection(("127.0.0.1", server.s2s_port), timeout=10)
+    header = (
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+        f"xmlns:stream='http://etherx.jabber.org/streams' from='{from_domain}' to='{server.domain}' version='1.0'>"
+    ).encode()
+    sock.sendall(header)
+    features = _read_until(sock, b"</stream:features>")
+    assert b"<starttls" in features and b"<required" in features, features
+    sock.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    _read_until(sock, b"<proceed")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(sock, server_hostname=server.domain)
+    tls.sendall(header)
+    features = _read_until(tls, b"</stream:features>")
+    return tls, features
+
+
+def test_stanzas_from_an_unauthenticated_domain_end_the_stream(pair):
+    a, _ = pair
+    tls, features = _raw_s2s(a, "evil.test")
+    # The untrusted stream is offered dialback, not SASL EXTERNAL.
+    assert b"urn:xmpp:features:dialback" in features, features
+    assert b"EXTERNAL" not in features
+    tls.sendall(
+        f"<message from='mallory@evil.test/x' to='someone@{A}' type='chat'><body>spoof</body></message>".encode()
+    )
+    answer = _read_until(tls, b"</stream:stream>")
+    assert b"invalid-from" in answer, answer
+    tls.close()
+
+
+def test_a_forged_dialback_key_is_refused(pair):
+    a, b = pair
+    # Claim to be other.test with a made-up key: rookery.test asks other.test, which did not
+    # make it.
+    tls, _ = _raw_s2s(a, B)
+    tls.sendall(f"<db:result from='{B}' to='{A}'>0123456789abcdef</db:result>".encode())
+    answer = _read_until(tls, b"<db:result", timeout=15)
+    answer += _read_until(tls, b"/>", timeout=5) if b"/>" not in answer.split(b"<db:result")[-1] else b""
+    result = answer.split(b"<db:result")[-1]
+    assert b"type='invalid'" in result or b'type="invalid"' in result, answer
+    tls.sendall(f"<message from='x@{B}/r' to='y@{A}'><body>no</body></message>".encode())
+    closing = _read_until(tls, b"</stream:stream>")
+    assert b"invalid-from" in closing, closing
+    tls.close()
+
+
+def test_a_stream_to_a_domain_not_served_is_host_unknown(pair):
+    a, _ = pair
+    sock = socket.create_connection(("127.0.0.1", a.s2s_port), timeout=10)
+    sock.sendall(
+        b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+        b"from='x.test' to='not-served.test' version='1.0'>"
+    )
+    answer = _read_until(sock, b"</stream:stream>")
+    assert b"host-unknown" in answer, answer
+    sock.close()
