@@ -1053,6 +1053,19 @@ class Federation:
     def rookery_cert(self, trusted: bool = True, domain: str = ROOKERY_DOMAIN) -> CertFiles:
         return self.pki.cert(domain, trusted=trusted)
 
+    def install_rookery_cert(self, cert_dir: Path, trusted: bool = True, domain: str = ROOKERY_DOMAIN) -> CertFiles:
+        """Write Rookery's certificate where ``RookeryServer`` looks for it
+        (``<data_dir>/certs``: ``<domain>.pem``, the leaf and the CA, and ``<domain>.key``),
+        before the server starts, so that it serves the PKI's certificate instead of
+        generating a self-signed one."""
+        cert = self.rookery_cert(trusted=trusted, domain=domain)
+        cert_dir = Path(cert_dir)
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cert.cert_path, cert_dir / f"{domain}.pem")
+        shutil.copyfile(cert.key_path, cert_dir / f"{domain}.key")
+        (cert_dir / f"{domain}.key").chmod(0o600)
+        return cert
+
     def rookery_s2s_hosts(self) -> dict[str, str]:
         """Domain → ``127.0.0.1:PORT`` (STARTTLS s2s listener) of each started peer, with its
         MUC service (``conference.D``, served on the same port)."""

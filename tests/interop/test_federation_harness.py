@@ -95,6 +95,7 @@ def test_dns_server_answers_for_the_peers(federation, prosody_peer, ejabberd_pee
 async def test_messages_presence_and_iq_between_prosody_and_ejabberd(federation, prosody_peer, ejabberd_peer):
     alice = prosody_peer.add_user("alice")
     bob = ejabberd_peer.add_user("bob")
+    prosody_mark, ejabberd_mark = prosody_peer.log_size(), ejabberd_peer.log_size()
     async with session(prosody_peer, alice, resource="a") as ca, session(ejabberd_peer, bob, resource="b") as cb:
         ca.auto_authorize = cb.auto_authorize = None  # subscriptions answered by hand below
         ca.auto_subscribe = cb.auto_subscribe = False
@@ -129,8 +130,10 @@ async def test_messages_presence_and_iq_between_prosody_and_ejabberd(federation,
     asked = set(federation.dns.queries)
     assert ("_xmpps-server._tcp.ejabberd.test", "SRV") in asked
     assert ("_xmpps-server._tcp.prosody.test", "SRV") in asked
-    assert prosody_peer.log_lines(r"Incoming s2s connection"), "no s2s link into Prosody"
-    assert prosody_peer.log_lines(r"New connection .* on server FD \d+ \(127\.0\.0\.1, %d\)" % prosody_peer.s2s_tls_port)
+    tls_in_prosody = r"New connection .* on server FD \d+ \(127\.0\.0\.1, %d\)" % prosody_peer.s2s_tls_port
+    assert prosody_peer.log_lines(tls_in_prosody, after=prosody_mark), "ejabberd did not use direct TLS"
+    tls_in_ejabberd = r"Accepted connection 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:%d" % ejabberd_peer.s2s_tls_port
+    assert ejabberd_peer.log_lines(tls_in_ejabberd, after=ejabberd_mark), "Prosody did not use direct TLS"
     # Valid certificates on both sides: authenticated with SASL EXTERNAL, no dialback.
     assert prosody_peer.s2s_auth_methods() and set(prosody_peer.s2s_auth_methods()) == {"EXTERNAL"}
     assert ejabberd_peer.s2s_auth_methods() and set(ejabberd_peer.s2s_auth_methods()) == {"EXTERNAL"}
@@ -170,3 +173,18 @@ async def test_untrusted_certificate_falls_back_to_dialback_or_is_refused(prosod
                 assert err["error"]["condition"] in ("remote-server-not-found", "remote-server-timeout", "not-authorized", "policy-violation")
                 with pytest.raises(asyncio.TimeoutError):
                     await ca.next_message(timeout=1, predicate=lambda m: m["type"] != "error")
+
+
+async def test_unknown_domain_bounces_at_once(federation, prosody_peer, ejabberd_peer):
+    """A domain the DNS server does not know: its s2s SRV record leads to a refusing port, so
+    each peer bounces the message at once (and none resolves the name elsewhere)."""
+    for peer in (prosody_peer, ejabberd_peer):
+        user = peer.add_user("lonely")
+        async with session(peer, user) as client:
+            msg = client.make_message(mto="someone@nowhere.test", mbody="anyone?", mtype="chat")
+            msg["id"] = f"nowhere-{peer.kind}"
+            msg.send()
+            err = await client.next_message(timeout=10, predicate=lambda m: m["type"] == "error")
+            assert err["id"] == f"nowhere-{peer.kind}"
+            assert err["error"]["condition"] in ("remote-server-not-found", "remote-server-timeout"), (peer.kind, str(err))
+    assert ("_xmpp-server._tcp.nowhere.test", "SRV") in federation.dns.queries
