@@ -425,6 +425,8 @@ class Peer:
     """
 
     kind = "peer"
+    # Settings of this kind of peer beyond secure_auth, trusted_cert and direct_tls.
+    extra_settings: tuple[str, ...] = ()
     host = LOOPBACK
     external = False
     startup_timeout = 30.0
@@ -441,6 +443,9 @@ class Peer:
         direct_tls: bool = True,
         **settings,
     ):
+        unknown = set(settings) - set(self.extra_settings)
+        if unknown:
+            raise TypeError(f"unknown {self.kind} settings: {sorted(unknown)}")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.domain = domain
@@ -609,22 +614,36 @@ class Peer:
         """The current length of the server's log: an ``after`` mark for the log readers."""
         return len(self.log_path.read_text(errors="replace")) if self.log_path.exists() else 0
 
-    def log_lines(self, pattern: str, after: int = 0) -> list[re.Match]:
-        text = self.log_path.read_text(errors="replace")[after:] if self.log_path.exists() else ""
-        return [m for m in (re.search(pattern, line) for line in text.splitlines()) if m]
+    def log_lines(self, pattern: str, after: int = 0, wait: float = 0.0) -> list[re.Match]:
+        """The matches of ``pattern`` in the log's lines from offset ``after``; with ``wait``,
+        polled for up to that many seconds until there is one (ejabberd's log is written
+        with a delay of up to a few seconds)."""
+        deadline = time.monotonic() + wait
+        while True:
+            text = self.log_path.read_text(errors="replace")[after:] if self.log_path.exists() else ""
+            found = [m for m in (re.search(pattern, line) for line in text.splitlines()) if m]
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
 
     # (direction "in"/"out", mechanism) of each s2s authentication in a log line.
     _auth_pattern = ""
 
-    def s2s_auth_methods(self, after: int = 0, direction: str | None = None) -> list[str]:
+    def s2s_auth_methods(self, after: int = 0, direction: str | None = None, wait: float = 5.0) -> list[str]:
         """How s2s links were authenticated according to the log (from offset ``after``):
         ``"EXTERNAL"`` or ``"dialback"`` per link and domain; ``direction`` "in" or "out"
-        for one side only."""
-        return [
-            m.group("mech")
-            for m in self.log_lines(self._auth_pattern, after)
-            if direction is None or m.group("dir") == direction
-        ]
+        for one side only. Waits up to ``wait`` seconds for a first one to be logged (0: look
+        once, e.g. to check that there is none)."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = [
+                m.group("mech")
+                for m in self.log_lines(self._auth_pattern, after)
+                if direction is None or m.group("dir") == direction
+            ]
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
 
     def log_text(self) -> str:
         parts = []
@@ -669,6 +688,7 @@ class ProsodyPeer(Peer):
     """
 
     kind = "prosody"
+    extra_settings = ("bidi",)
     # Written by the plugin below (mod_harness_s2s_log).
     _auth_pattern = r"harness: s2s authenticated direction=(?P<dir>in|out)\w* .* mechanism=(?P<mech>\S+)"
     _plugin = """-- Logs how each s2s link is authenticated, for the tests (federation.py).
@@ -1066,19 +1086,21 @@ class Federation:
         (cert_dir / f"{domain}.key").chmod(0o600)
         return cert
 
-    def rookery_s2s_hosts(self) -> dict[str, str]:
-        """Domain → ``127.0.0.1:PORT`` (STARTTLS s2s listener) of each started peer, with its
-        MUC service (``conference.D``, served on the same port)."""
+    def rookery_s2s_hosts(self, direct_tls: bool = False) -> dict[str, str]:
+        """Domain → ``127.0.0.1:PORT`` of each started peer's STARTTLS s2s listener (with
+        ``direct_tls``: its XEP-0368 direct TLS listener), with its MUC service
+        (``conference.D``, served on the same port)."""
         hosts = {}
         for peer in self.peers.values():
-            hosts[peer.domain] = peer.s2s_address
-            hosts[f"conference.{peer.domain}"] = peer.s2s_address
+            address = f"{peer.host}:{peer.s2s_tls_port}" if direct_tls else peer.s2s_address
+            hosts[peer.domain] = address
+            hosts[f"conference.{peer.domain}"] = address
         return hosts
 
-    def rookery_s2s_hosts_toml(self) -> str:
+    def rookery_s2s_hosts_toml(self, direct_tls: bool = False) -> str:
         """``rookery_s2s_hosts()`` as a TOML ``[s2s.hosts]`` table."""
         lines = ["[s2s.hosts]"]
-        lines += [f'"{domain}" = "{addr}"' for domain, addr in sorted(self.rookery_s2s_hosts().items())]
+        lines += [f'"{domain}" = "{addr}"' for domain, addr in sorted(self.rookery_s2s_hosts(direct_tls).items())]
         return "\n".join(lines) + "\n"
 
     def register_rookery(

@@ -87,6 +87,10 @@ def test_dns_server_answers_for_the_peers(federation, prosody_peer, ejabberd_pee
     hosts = federation.rookery_s2s_hosts()
     assert hosts["prosody.test"] == f"127.0.0.1:{prosody_peer.s2s_port}"
     assert hosts["ejabberd.test"] == f"127.0.0.1:{ejabberd_peer.s2s_port}"
+    assert federation.rookery_s2s_hosts(direct_tls=True)["conference.ejabberd.test"] == (
+        f"127.0.0.1:{ejabberd_peer.s2s_tls_port}"
+    )
+    assert f'"prosody.test" = "127.0.0.1:{prosody_peer.s2s_port}"' in federation.rookery_s2s_hosts_toml()
     assert re.fullmatch(r"127\.0\.0\.1:\d+", federation.dns_address)
     for port in (prosody_peer.c2s_port, prosody_peer.s2s_port, ejabberd_peer.c2s_port, ejabberd_peer.s2s_port):
         assert port not in fed_mod.RESERVED_PORTS
@@ -131,12 +135,13 @@ async def test_messages_presence_and_iq_between_prosody_and_ejabberd(federation,
     assert ("_xmpps-server._tcp.ejabberd.test", "SRV") in asked
     assert ("_xmpps-server._tcp.prosody.test", "SRV") in asked
     tls_in_prosody = r"New connection .* on server FD \d+ \(127\.0\.0\.1, %d\)" % prosody_peer.s2s_tls_port
-    assert prosody_peer.log_lines(tls_in_prosody, after=prosody_mark), "ejabberd did not use direct TLS"
+    assert prosody_peer.log_lines(tls_in_prosody, after=prosody_mark, wait=5), "ejabberd did not use direct TLS"
     tls_in_ejabberd = r"Accepted connection 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:%d" % ejabberd_peer.s2s_tls_port
-    assert ejabberd_peer.log_lines(tls_in_ejabberd, after=ejabberd_mark), "Prosody did not use direct TLS"
+    assert ejabberd_peer.log_lines(tls_in_ejabberd, after=ejabberd_mark, wait=5), "Prosody did not use direct TLS"
     # Valid certificates on both sides: authenticated with SASL EXTERNAL, no dialback.
-    assert prosody_peer.s2s_auth_methods() and set(prosody_peer.s2s_auth_methods()) == {"EXTERNAL"}
-    assert ejabberd_peer.s2s_auth_methods() and set(ejabberd_peer.s2s_auth_methods()) == {"EXTERNAL"}
+    for peer in (prosody_peer, ejabberd_peer):
+        for direction in ("in", "out"):
+            assert set(peer.s2s_auth_methods(direction=direction)) == {"EXTERNAL"}, (peer.kind, direction)
 
 
 async def test_untrusted_certificate_falls_back_to_dialback_or_is_refused(prosody_peer, ejabberd_peer):
@@ -188,3 +193,31 @@ async def test_unknown_domain_bounces_at_once(federation, prosody_peer, ejabberd
             assert err["id"] == f"nowhere-{peer.kind}"
             assert err["error"]["condition"] in ("remote-server-not-found", "remote-server-timeout"), (peer.kind, str(err))
     assert ("_xmpp-server._tcp.nowhere.test", "SRV") in federation.dns.queries
+
+
+async def test_ejabberd_secure_auth_takes_valid_certificates_only(prosody_peer, ejabberd_peer):
+    """ejabberd without dialback (secure_auth): SASL EXTERNAL with Prosody's good certificate;
+    Prosody presenting an untrusted one is refused."""
+    alice = prosody_peer.add_user("alice")
+    bob = ejabberd_peer.add_user("bob")
+    with ejabberd_peer.reconfigured(secure_auth=True):
+        mark = ejabberd_peer.log_size()
+        async with session(prosody_peer, alice) as ca, session(ejabberd_peer, bob) as cb:
+            await _exchange(cb, ca, "secure")
+            await _exchange(ca, cb, "secure too")
+        assert set(ejabberd_peer.s2s_auth_methods(after=mark)) == {"EXTERNAL"}
+
+        with prosody_peer.reconfigured(trusted_cert=False):
+            async with session(prosody_peer, alice) as ca, session(ejabberd_peer, bob) as cb:
+                msg = cb.make_message(mto=alice.jid, mbody="refused?", mtype="chat")
+                msg["id"] = "ej-secure-1"
+                msg.send()
+                err = await cb.next_message(timeout=LINK_TIMEOUT, predicate=lambda m: m["type"] == "error")
+                assert err["id"] == "ej-secure-1"
+                msg = ca.make_message(mto=bob.jid, mbody="refused too?", mtype="chat")
+                msg["id"] = "ej-secure-2"
+                msg.send()
+                err = await ca.next_message(timeout=LINK_TIMEOUT, predicate=lambda m: m["type"] == "error")
+                assert err["id"] == "ej-secure-2"
+                with pytest.raises(asyncio.TimeoutError):
+                    await cb.next_message(timeout=1, predicate=lambda m: m["type"] != "error")
