@@ -25,6 +25,7 @@ Peers keep their ports across ``restart()``, so the DNS records stay right.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import datetime
@@ -406,8 +407,6 @@ def _stop_leftover_peers() -> None:
     for peer in list(_LIVE_PEERS):
         peer.kill()
 
-
-import atexit  # noqa: E402
 
 atexit.register(_stop_leftover_peers)
 
