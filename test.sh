@@ -7,7 +7,8 @@
 # Needs Rust (cargo with rustfmt and clippy) and Python 3.10 or newer (python3 -m venv);
 # the Python packages for the interop tests are installed into .venv, and with apt-get
 # when they are missing, the Debian packages of the clients the README's recipes use
-# (go-sendxmpp, profanity, tmux) and of the browser tests (chromium). The browser tests' Converse.js comes
+# (go-sendxmpp, profanity, tmux), of the browser tests (chromium) and of the federation
+# peers (prosody, lua-unbound, ejabberd; run as private instances, never as services). The browser tests' Converse.js comes
 # from the npm registry into tests/interop/browser/node_modules (browser/install.sh).
 set -euo pipefail
 
@@ -57,9 +58,15 @@ fi
 phase "client packages"
 # Debian packages, each named by the command it provides.
 CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium)
+# The federation peers (tests/interop/federation.py), checked by package name: Prosody with
+# lua-unbound (its resolver, pointed at the tests' own DNS server) and ejabberd.
+PEER_PACKAGES=(prosody lua-unbound ejabberd)
 missing=()
 for pkg in "${CLIENT_PACKAGES[@]}"; do
     command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+for pkg in "${PEER_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q ' installed$' || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
     echo "installing ${missing[*]} (Debian packages)"
@@ -82,7 +89,7 @@ if ((${#missing[@]})); then
         exit 1
     fi
 else
-    echo "${CLIENT_PACKAGES[*]} present"
+    echo "${CLIENT_PACKAGES[*]} ${PEER_PACKAGES[*]} present"
 fi
 
 phase "browser client (Converse.js)"

@@ -16,6 +16,11 @@ A test module may set ``SERVER_CONFIG = {...}`` (keyword arguments of
 Browser tests (browser.py): ``chromium`` (one headless Chromium per module), ``page_server``
 (the Converse.js page over HTTP) and ``browser`` (a DevTools session for one test, whose
 pages are photographed into the test's tmp_path when it fails).
+
+Federation tests (federation.py): ``federation`` (a DNS server and a test CA for the module;
+the module's ``FEDERATION_PEERS = {"prosody": {...}, "ejabberd": {...}}`` gives the peers'
+settings), ``prosody_peer`` and ``ejabberd_peer`` (a real Prosody as prosody.test and a real
+ejabberd as ejabberd.test, started once per module).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 import pytest
 
 import browser as browser_client
+import federation as federation_peers
 from harness import ExternalServer, RawStream, RookeryServer, ServerStartError, loopback_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -168,6 +174,42 @@ async def browser(chromium, page_server, tmp_path):
         yield session
 
 
+@pytest.fixture(scope="module")
+def federation(request, tmp_path_factory):
+    """The module's DNS server and test CA (``federation_peers.Federation``); its peers are
+    started by ``prosody_peer``/``ejabberd_peer`` and all stopped after the module."""
+    fed = federation_peers.Federation(
+        tmp_path_factory.mktemp("federation"), getattr(request.module, "FEDERATION_PEERS", {})
+    )
+    try:
+        yield fed
+    finally:
+        fed.close()
+
+
+def _start_peer(fed: federation_peers.Federation, kind: str) -> federation_peers.Peer:
+    missing = fed.missing_requirements(kind)
+    if missing:
+        pytest.fail("the federation tests need:\n  " + "\n  ".join(missing), pytrace=False)
+    try:
+        return fed.peer(kind)
+    except federation_peers.PeerStartError as e:
+        error = str(e)
+    pytest.fail(error, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def prosody_peer(federation) -> federation_peers.ProsodyPeer:
+    """Prosody serving prosody.test, found through the module's DNS server."""
+    return _start_peer(federation, "prosody")
+
+
+@pytest.fixture(scope="module")
+def ejabberd_peer(federation) -> federation_peers.EjabberdPeer:
+    """ejabberd serving ejabberd.test, found through the module's DNS server."""
+    return _start_peer(federation, "ejabberd")
+
+
 def _browser_failure_sections(session: browser_client.BrowserSession, name: str) -> list[tuple[str, str]]:
     """Screenshots of the open pages (paths) and the tail of each page's console."""
     try:
@@ -200,6 +242,10 @@ def pytest_runtest_makereport(item, call):
         servers.append(funcargs["web_server"])
     for i, srv in enumerate(servers):
         report.sections.append((f"server log (tail) #{i}", srv.log_tail()))
+    fed = funcargs.get("federation")
+    if isinstance(fed, federation_peers.Federation):
+        for kind, peer in fed.peers.items():
+            report.sections.append((f"{kind} log (tail)", peer.log_tail()))
     session = funcargs.get("browser")
     if isinstance(session, browser_client.BrowserSession) and session.devtools is not None:
         report.sections.extend(_browser_failure_sections(session, report.when))
