@@ -62,6 +62,7 @@ pub async fn serve_connection(
         authenticated: HashSet::new(),
         pending: 0,
         sasl_done: false,
+        direct_tls,
     };
     let shutdown = server.shutdown_token().clone();
     let outcome = tokio::select! {
@@ -110,6 +111,8 @@ struct Incoming {
     /// Dialback requests being verified.
     pending: usize,
     sasl_done: bool,
+    /// TLS from the first byte (XEP-0368), for the logs.
+    direct_tls: bool,
 }
 
 impl Incoming {
@@ -252,7 +255,7 @@ impl Incoming {
                         self.wire
                             .send_element(&Element::new("success", ns::SASL))
                             .await?;
-                        tracing::info!(remote = %domain, local = %local, "incoming server-to-server stream authenticated by certificate");
+                        tracing::info!(remote = %domain, local = %local, direct_tls = self.direct_tls, "incoming server-to-server stream authenticated by certificate");
                         self.authenticated.insert(domain);
                         self.sasl_done = true;
                         break true;
@@ -381,7 +384,7 @@ impl Incoming {
                 );
                 self.wire.send(&out).await?;
                 if valid {
-                    tracing::info!(remote = %originating, local = %receiving, "incoming server-to-server stream authenticated by dialback");
+                    tracing::info!(remote = %originating, local = %receiving, direct_tls = self.direct_tls, "incoming server-to-server stream authenticated by dialback");
                     self.authenticated.insert(originating.to_owned());
                 }
                 Ok(())

@@ -63,7 +63,7 @@ impl Link {
             },
             _ = shutdown.cancelled() => return,
         };
-        let (mut wire, _) = match negotiated {
+        let (mut wire, _, direct_tls) = match negotiated {
             Ok(ok) => ok,
             Err(e) => {
                 tracing::info!(local = %self.local, remote = %self.remote, error = %e, "server-to-server link failed");
@@ -78,7 +78,7 @@ impl Link {
                 return;
             }
         };
-        tracing::info!(local = %self.local, remote = %self.remote, "server-to-server link up");
+        tracing::info!(local = %self.local, remote = %self.remote, direct_tls, "server-to-server link up");
         let idle = Duration::from_secs(s2s.config.idle_timeout_secs);
         let mut last_activity = Instant::now();
         let mut seen = wire.received;
@@ -154,7 +154,7 @@ pub(super) async fn connect(
     local: &str,
     remote: &str,
     purpose: Purpose,
-) -> Result<(Wire, String), LinkError> {
+) -> Result<(Wire, String, bool), LinkError> {
     let candidates = s2s
         .resolver
         .candidates(remote)
@@ -177,7 +177,7 @@ pub(super) async fn connect(
         };
         let _ = socket.set_nodelay(true);
         match negotiate(s2s, local, remote, socket, c.direct_tls, purpose).await {
-            Ok(done) => return Ok(done),
+            Ok((wire, id)) => return Ok((wire, id, c.direct_tls)),
             Err(e) => {
                 tracing::debug!(remote, addr = %c.addr, error = %e, "server-to-server negotiation failed");
                 last = e;
@@ -371,7 +371,7 @@ pub(super) async fn verify_key(
     stream_id: &str,
     key: &str,
 ) -> Result<bool, LinkError> {
-    let (mut wire, _) = connect(s2s, receiving, originating, Purpose::Verify).await?;
+    let (mut wire, _, _) = connect(s2s, receiving, originating, Purpose::Verify).await?;
     let mut out = Vec::new();
     dialback::write(
         &mut out,
