@@ -219,3 +219,50 @@ async def test_direct_tls_both_ways(federation, prosody_peer, ejabberd_peer, pee
         ), log[-3000:]
     finally:
         server.kill()
+
+
+async def _join(client, room: str, nick: str):
+    from test_muc import codes
+
+    pres, *_ = await client.plugin["xep_0045"].join_muc_wait(room, nick, timeout=20)
+    assert "110" in codes(pres), pres
+    if "201" in codes(pres):
+        # A new room: accept the default configuration (XEP-0045 §10.1.2).
+        reply = await client.iq(
+            room,
+            "set",
+            "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query>",
+            timeout=20,
+        )
+        assert reply["type"] == "result", reply
+    return pres
+
+
+async def test_group_chat_across_servers(rookery, peer):
+    """A user of the peer in a room of Rookery's, and a Rookery user in a room of the peer's."""
+    import uuid
+
+    from test_muc import muc_client
+
+    alice, bob = rookery.add_user("alice"), peer.add_user("bob")
+
+    def groupchat(body):
+        return lambda m: m["type"] == "groupchat" and m["body"] == body
+
+    async with muc_client(rookery, alice) as ca, muc_client(peer, bob) as cb:
+        here = f"fed-{uuid.uuid4().hex[:8]}@conference.{ROOKERY}"
+        await _join(ca, here, "alice")
+        await _join(cb, here, "bob")
+        ca.send_message(mto=here, mbody="welcome, remote occupant", mtype="groupchat")
+        got = await cb.next_message(timeout=20, predicate=groupchat("welcome, remote occupant"))
+        assert got["from"].full == f"{here}/alice"
+        cb.send_message(mto=here, mbody="thanks from afar", mtype="groupchat")
+        got = await ca.next_message(timeout=20, predicate=groupchat("thanks from afar"))
+        assert got["from"].full == f"{here}/bob"
+
+        there = f"fed-{uuid.uuid4().hex[:8]}@conference.{peer.domain}"
+        await _join(cb, there, "bob")
+        await _join(ca, there, "alice")
+        cb.send_message(mto=there, mbody="hosted by the peer", mtype="groupchat")
+        got = await ca.next_message(timeout=20, predicate=groupchat("hosted by the peer"))
+        assert got["from"].full == f"{there}/bob"

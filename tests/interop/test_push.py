@@ -1,6 +1,6 @@
-"""XEP-0357 Push Notifications. There is no PubSub service or federation yet, so the app
-server's push service is a slixmpp client logged in as ``push@<domain>/app``: it receives the
-server's publish, checks it, and answers with a result or an error."""
+"""XEP-0357 Push Notifications. The app server's push service is a slixmpp client logged in as
+``push@<domain>/app``: it receives the server's publish, checks it, and answers with a result
+or an error (test_s2s.py has one on another server, reached over federation)."""
 
 from __future__ import annotations
 

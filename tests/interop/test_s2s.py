@@ -16,6 +16,8 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from conftest import ROOKERY_BIN
 from harness import PING_NS, RookeryServer, ServerStartError, session
@@ -242,3 +244,64 @@ def test_a_stream_to_a_domain_not_served_is_host_unknown(pair):
     answer = _read_until(sock, b"</stream:stream>")
     assert b"host-unknown" in answer, answer
     sock.close()
+
+
+async def test_push_notifications_reach_an_app_server_on_another_server(pair):
+    """XEP-0357 with the app server's push service on the other server: the publish goes
+    over the federation link, from the account's bare JID."""
+    from test_push import app_server, answer, enable_push, next_push, summary
+
+    a, b = pair
+    user, contact, push = a.add_user("user"), a.add_user("contact"), b.add_user("push")
+    async with app_server(b, push) as app, session(a, contact) as sender:
+        await enable_push(a, user, app.boundjid.full)
+        sender.make_message(mto=user.jid, mbody="wake up", mtype="chat").send()
+        iq = await next_push(app, timeout=15)
+        fields = summary(iq, user, app.boundjid.full)
+        assert fields["message-count"] == "1"
+        assert fields["last-message-sender"] == sender.boundjid.full
+        answer(app, iq)
+
+
+async def test_carbons_and_archive_of_a_federated_chat(pair):
+    """A chat with a remote contact is archived on the local side (both directions) and the
+    user's other client gets carbons of it (XEP-0280, XEP-0313)."""
+    a, b = pair
+    alice, bob = a.add_user("alice"), b.add_user("bob")
+    async with session(a, alice, resource="phone") as phone, session(a, alice, resource="desk") as desk, session(
+        b, bob, resource="b"
+    ) as cb:
+        for c in (phone, desk):
+            reply = await c.iq(None, "set", "<enable xmlns='urn:xmpp:carbons:2'/>")
+            assert reply["type"] == "result"
+        out = phone.make_message(mto=bob.full("b"), mbody="sent from the phone", mtype="chat")
+        out["id"] = "carbon-out"
+        out.send()
+        assert (await cb.next_message(timeout=15))["body"] == "sent from the phone"
+        sent_copy = await desk.next_message(timeout=10)
+        forwarded = sent_copy.xml.find(
+            "{urn:xmpp:carbons:2}sent/{urn:xmpp:forward:0}forwarded/{jabber:client}message"
+        )
+        assert forwarded is not None and forwarded.get("id") == "carbon-out", sent_copy
+        cb.make_message(mto=alice.full("phone"), mbody="reply from afar", mtype="chat").send()
+        got_reply = await phone.next_message(timeout=15, predicate=lambda m: m["body"] == "reply from afar")
+        assert got_reply["from"].bare == bob.jid
+        received_copy = await desk.next_message(timeout=10)
+        forwarded = received_copy.xml.find(
+            "{urn:xmpp:carbons:2}received/{urn:xmpp:forward:0}forwarded/{jabber:client}message"
+        )
+        assert forwarded is not None and forwarded.findtext("{jabber:client}body") == "reply from afar"
+    # Read the archive with a fresh client: both messages are there, with the remote JID.
+    async with session(a, alice, resource="later") as later:
+        got = []
+        later.register_handler(
+            Callback("mam result", MatchXPath("{jabber:client}message/{urn:xmpp:mam:2}result"), got.append)
+        )
+        done = await later.iq(None, "set", "<query xmlns='urn:xmpp:mam:2' queryid='q2'/>", timeout=10)
+        assert done["type"] == "result", done
+        await asyncio.sleep(0.3)
+        bodies = {
+            m.xml.findtext("{urn:xmpp:mam:2}result/{urn:xmpp:forward:0}forwarded/{jabber:client}message/{jabber:client}body")
+            for m in got
+        }
+        assert {"sent from the phone", "reply from afar"} <= bodies, bodies

@@ -10,9 +10,10 @@
 //!   A registration is stored in the account's user data, so it survives restarts, at most
 //!   [`MAX_REGISTRATION_BYTES`] each and `push.max_registrations` per account
 //!   (`policy-violation` beyond). The session that enabled it remembers it: that client is
-//!   the one to wake when the stream layer holds a message for it. Until federation (or a
-//!   local PubSub service) exists, only a client of this server can be the push service:
-//!   other JIDs are refused at enable time (`remote-server-not-found` for other domains,
+//!   the one to wake when the stream layer holds a message for it. The push service is
+//!   whatever the router reaches: an app server's PubSub service on another server (over
+//!   federation), a component, or a client of this server; an address nothing reaches is
+//!   refused at enable time (`remote-server-not-found` for a domain without a route,
 //!   `service-unavailable` for a local bare JID or domain).
 //! * Triggers: a message with a body (not a chat state or receipt alone, which are not worth
 //!   waking a phone for) for an account with no available resource (`UndeliverableMessage`,
@@ -349,7 +350,7 @@ fn service_jid(payload: &Element) -> Result<Jid, StanzaError> {
 fn reachable(server: &Server, jid: &Jid) -> Result<(), StanzaError> {
     server
         .check_route(jid.domain().as_str())
-        .map_err(|e| e.with_text("push services on other servers can't be reached yet"))?;
+        .map_err(|e| e.with_text("the push service's domain cannot be reached"))?;
     if server.serves(jid.domain().as_str()) && jid.resource().is_none() {
         return Err(StanzaError::service_unavailable()
             .with_text("no push service at this address: only a client's full JID"));
