@@ -25,9 +25,9 @@ FEDERATION_PEERS = {"prosody": {}, "ejabberd": {}}
 ROOKERY = federation_peers.ROOKERY_DOMAIN
 
 
-def start_rookery(federation, workdir, *, trusted=True, direct_tls_out=False, s2s_extra=""):
+def start_rookery(federation, workdir, *, domain=ROOKERY, trusted=True, direct_tls_out=False, s2s_extra=""):
     tls_port = federation_peers.pick_ports(1)[0]
-    server = RookeryServer(ROOKERY_BIN, workdir, domain=ROOKERY, s2s=True)
+    server = RookeryServer(ROOKERY_BIN, workdir, domain=domain, s2s=True)
     server.config_overrides["extra_toml"] = (
         "[s2s]\nsystem_roots = false\n"
         f"ca_files = [{toml_str(str(federation.ca_path))}]\n"
@@ -35,8 +35,9 @@ def start_rookery(federation, workdir, *, trusted=True, direct_tls_out=False, s2
         + _hosts_toml(federation, direct_tls_out)
         + f'\n[[listener]]\nkind = "s2s-direct-tls"\naddress = "127.0.0.1:{tls_port}"\n'
     )
-    federation.install_rookery_cert(server.data_dir / "certs", trusted=trusted)
-    federation.register_rookery(server.s2s_port, tls_port)
+    federation.install_rookery_cert(server.data_dir / "certs", trusted=trusted, domain=domain)
+    federation.register_rookery(server.s2s_port, tls_port, domain=domain)
+    server.s2s_tls_port = tls_port
     try:
         server.start()
     except ServerStartError as e:
@@ -60,6 +61,27 @@ def rookery(federation, prosody_peer, ejabberd_peer, tmp_path_factory):
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def another_rookery(federation, rookery, tmp_path):
+    """``another_rookery(name, **settings)``: one more Rookery, serving `rookery-<name>.test`
+    (a domain of its own: the peers keep their streams to `rookery.test` and would use them
+    for any process claiming that name)."""
+    started = []
+
+    def start(name, **settings):
+        domain = f"rookery-{name}.test"
+        server = start_rookery(federation, tmp_path / name, domain=domain, **settings)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.kill()
+            federation.dns.remove_service(server.domain)
 
 
 @pytest.fixture(params=["prosody", "ejabberd"])
@@ -162,19 +184,15 @@ async def test_valid_certificates_authenticate_by_sasl_external(rookery, peer):
     assert "authenticated by certificate" in log[rookery_mark:] or "authenticated by certificate" in log
 
 
-async def test_untrusted_peer_certificate_falls_back_to_dialback_or_is_refused(
-    federation, rookery, peer, tmp_path
-):
-    alice, bob = rookery.add_user("alice"), peer.add_user("bob")
-    strict = start_rookery(federation, tmp_path / "strict", s2s_extra='authentication = "certificate"')
+async def test_untrusted_peer_certificate_falls_back_to_dialback_or_is_refused(peer, another_rookery):
+    strict = another_rookery("strict", s2s_extra='authentication = "certificate"')
     try:
         strict_alice = strict.add_user("carol")
         with peer.reconfigured(trusted_cert=False):
-            mark = len(rookery.stderr_text())
             bob = peer.add_user("bob")
             # Rookery's links to the peer were made with the old certificate: a new server
             # process makes new ones. The default policy accepts dialback.
-            lenient = start_rookery(federation, tmp_path / "lenient")
+            lenient = another_rookery("lenient")
             try:
                 lenient_alice = lenient.add_user("alice")
                 async with session(lenient, lenient_alice, resource="r") as ca, session(peer, bob, resource="p") as cb:
@@ -195,30 +213,61 @@ async def test_untrusted_peer_certificate_falls_back_to_dialback_or_is_refused(
                 err = await cs.next_message(timeout=25, predicate=_is_error)
                 assert err["id"] == "strict-1"
                 assert err["error"]["condition"] == "remote-server-timeout"
-            del mark
     finally:
         strict.kill()
 
 
-async def test_direct_tls_both_ways(federation, prosody_peer, ejabberd_peer, peer, tmp_path):
-    server = start_rookery(federation, tmp_path / "direct", direct_tls_out=True)
-    try:
-        alice, bob = server.add_user("alice"), peer.add_user("bob")
-        async with session(server, alice, resource="r") as ca, session(peer, bob, resource="p") as cb:
-            ca.make_message(mto=bob.full("p"), mbody="over direct TLS", mtype="chat").send()
-            got = await cb.next_message(timeout=20)
-            assert got["body"] == "over direct TLS"
-            cb.make_message(mto=alice.full("r"), mbody="and back", mtype="chat").send()
-            got = await ca.next_message(timeout=20)
-            assert got["body"] == "and back"
-        log = server.stderr_text()
-        assert "server-to-server link up" in log and "direct_tls=true" in log.split("link up")[1].splitlines()[0], log[-3000:]
-        assert any(
+async def test_direct_tls_both_ways(peer, another_rookery):
+    """XEP-0368 both ways: each side connects to the other's direct TLS port (the peers find
+    Rookery's through `_xmpps-server`, Rookery theirs through `tls://` in `[s2s.hosts]`). A
+    peer that uses bidirectional streams (Prosody) answers on the stream it was given, so
+    each direction is started by its own sender on its own Rookery."""
+    def link_up_direct(log: str) -> bool:
+        return any("link up" in line and "direct_tls=true" in line for line in log.splitlines())
+
+    def incoming_direct(log: str) -> bool:
+        return any(
             "incoming server-to-server stream authenticated" in line and "direct_tls=true" in line
             for line in log.splitlines()
-        ), log[-3000:]
-    finally:
-        server.kill()
+        )
+
+    # Rookery connects.
+    server = another_rookery("out", direct_tls_out=True)
+    alice, bob = server.add_user("alice"), peer.add_user("bob")
+    async with session(server, alice, resource="r") as ca, session(peer, bob, resource="p") as cb:
+        ca.make_message(mto=bob.full("p"), mbody="over direct TLS", mtype="chat").send()
+        assert (await cb.next_message(timeout=20))["body"] == "over direct TLS"
+        cb.make_message(mto=alice.full("r"), mbody="and back", mtype="chat").send()
+        assert (await ca.next_message(timeout=20))["body"] == "and back"
+    assert link_up_direct(server.stderr_text()), server.log_tail()
+
+    # The peer connects.
+    server = another_rookery("in")
+    alice, bob = server.add_user("alice"), peer.add_user("bob")
+    async with session(server, alice, resource="r") as ca, session(peer, bob, resource="p") as cb:
+        cb.make_message(mto=alice.full("r"), mbody="from the peer", mtype="chat").send()
+        assert (await ca.next_message(timeout=20))["body"] == "from the peer"
+        ca.make_message(mto=bob.full("p"), mbody="answered", mtype="chat").send()
+        assert (await cb.next_message(timeout=20))["body"] == "answered"
+    assert incoming_direct(server.stderr_text()), server.log_tail()
+
+
+async def test_bidirectional_streams_where_the_peer_offers_them(peer, another_rookery):
+    """XEP-0288: Prosody offers bidi and uses it; ejabberd does not, so two streams are used."""
+    server = another_rookery("bidi")
+    alice, bob = server.add_user("alice"), peer.add_user("bob")
+    async with session(server, alice, resource="r") as ca, session(peer, bob, resource="p") as cb:
+        cb.make_message(mto=alice.full("r"), mbody="ping", mtype="chat").send()
+        assert (await ca.next_message(timeout=20))["body"] == "ping"
+        ca.make_message(mto=bob.full("p"), mbody="pong", mtype="chat").send()
+        assert (await cb.next_message(timeout=20))["body"] == "pong"
+    log = server.stderr_text()
+    both_ways = "used both ways" in log
+    own_link = "server-to-server link up" in log
+    if peer.domain.startswith("prosody"):
+        assert both_ways and not own_link, log[-3000:]
+    else:
+        assert own_link and not both_ways, log[-3000:]
 
 
 async def _join(client, room: str, nick: str):

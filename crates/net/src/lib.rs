@@ -61,6 +61,11 @@ pub const SPECS: &[Spec] = &[
         version: "1.1.1",
     },
     Spec {
+        id: "XEP-0288",
+        title: "Bidirectional Server-to-Server Connections",
+        version: "1.0.1",
+    },
+    Spec {
         id: "XEP-0185",
         title: "Dialback Key Generation and Validation",
         version: "1.0",

@@ -179,8 +179,8 @@ fn run(cli: Cli) -> Result<()> {
 pub const MISSING: &[(&str, &str, &[&str])] = &[
     (
         "Federation",
-        "bidirectional server-to-server streams, external components",
-        &["XEP-0288", "XEP-0114"],
+        "external components",
+        &["XEP-0114"],
     ),
     (
         "Calls and file transfer",

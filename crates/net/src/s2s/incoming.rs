@@ -12,13 +12,14 @@
 
 use super::outgoing::verify_key;
 use super::wire::{stream_id, xml_condition, Wire, WireError};
-use super::{dialback, AuthPolicy, S2s};
+use super::{dialback, AuthPolicy, Queued, S2s};
 use crate::transport::{StanzaTransport, TcpSetup, TcpTransport, TlsSide};
 use base64::Engine;
 use rookery_stanza::{ns, Stanza, StanzaKind, StreamErrorCondition};
 use rookery_xml::{Element, StreamEvent, NS_STREAMS};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -63,12 +64,17 @@ pub async fn serve_connection(
         pending: 0,
         sasl_done: false,
         direct_tls,
+        bidi: false,
+        bidi_links: Vec::new(),
+        bidi_queue: None,
+        newly_authenticated: Vec::new(),
     };
     let shutdown = server.shutdown_token().clone();
     let outcome = tokio::select! {
         r = stream.run() => r,
         _ = shutdown.cancelled() => Err(End::Error(StreamErrorCondition::SystemShutdown, None)),
     };
+    stream.release_links();
     match outcome {
         Ok(()) => stream.wire.close().await,
         Err(End::Gone) => {}
@@ -100,6 +106,23 @@ fn fail(condition: StreamErrorCondition, text: &str) -> End {
     End::Error(condition, Some(text.to_owned()))
 }
 
+/// XEP-0288: the stream feature, and the element that asks for it.
+const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
+const NS_BIDI: &str = "urn:xmpp:bidi";
+
+async fn recv_queued(
+    queue: &mut Option<(
+        mpsc::Sender<Queued>,
+        mpsc::Receiver<Queued>,
+        Arc<AtomicUsize>,
+    )>,
+) -> Option<Queued> {
+    match queue {
+        Some((_, rx, _)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A dialback verification's outcome: `(originating, receiving, valid)`.
 type Verdict = (String, String, Result<bool, String>);
 
@@ -113,6 +136,19 @@ struct Incoming {
     sasl_done: bool,
     /// TLS from the first byte (XEP-0368), for the logs.
     direct_tls: bool,
+    /// The peer asked for a bidirectional stream (XEP-0288): once it has authenticated a
+    /// domain, this server's stanzas to that domain go over this stream too.
+    bidi: bool,
+    /// The links this stream serves for this server's stanzas, as (local, remote, link id),
+    /// and their shared queue.
+    bidi_links: Vec<(String, String, u64)>,
+    bidi_queue: Option<(
+        mpsc::Sender<Queued>,
+        mpsc::Receiver<Queued>,
+        Arc<AtomicUsize>,
+    )>,
+    /// Domain pairs authenticated since the links were last looked at.
+    newly_authenticated: Vec<(String, String)>,
 }
 
 impl Incoming {
@@ -178,6 +214,8 @@ impl Incoming {
                         .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
                 );
             }
+            // XEP-0288 §2: offered before and after TLS.
+            features.push(Element::new("bidi", NS_BIDI_FEATURE));
             if encrypted || !s2s.config.require_encryption {
                 features.push(
                     Element::new("dialback", dialback::NS_FEATURE)
@@ -196,6 +234,21 @@ impl Incoming {
                 };
                 let event = tokio::select! {
                     ev = self.wire.next_by(deadline) => ev?,
+                    Some(q) = recv_queued(&mut self.bidi_queue) => {
+                        if let Some((_, _, bytes)) = &self.bidi_queue {
+                            bytes.fetch_sub(q.bytes.len(), Ordering::Relaxed);
+                        }
+                        if let Err(e) = self.wire.send(&q.bytes).await {
+                            if let Some(server) = s2s.server() {
+                                server.bounce(&q.stanza, rookery_stanza::StanzaError::new(
+                                    rookery_stanza::StanzaErrorCondition::RemoteServerTimeout,
+                                ));
+                            }
+                            return Err(e.into());
+                        }
+                        last_activity = Instant::now();
+                        continue;
+                    }
                     Some((originating, receiving, verdict)) = verdict_rx.recv() => {
                         self.pending -= 1;
                         self.answer_result(&originating, &receiving, verdict).await?;
@@ -221,6 +274,12 @@ impl Incoming {
                             return Err(End::Gone);
                         }
                         break true;
+                    }
+                    ("bidi", NS_BIDI) => {
+                        // XEP-0288 §3: after TLS, before authenticating.
+                        if encrypted || !s2s.config.require_encryption {
+                            self.bidi = true;
+                        }
                     }
                     ("auth", ns::SASL) => {
                         if !external || el.attr("mechanism") != Some("EXTERNAL") {
@@ -256,8 +315,10 @@ impl Incoming {
                             .send_element(&Element::new("success", ns::SASL))
                             .await?;
                         tracing::info!(remote = %domain, local = %local, direct_tls = self.direct_tls, "incoming server-to-server stream authenticated by certificate");
-                        self.authenticated.insert(domain);
+                        self.authenticated.insert(domain.clone());
+                        self.newly_authenticated.push((local.clone(), domain));
                         self.sasl_done = true;
+                        self.adopt_links();
                         break true;
                     }
                     ("result", dialback::NS) => {
@@ -284,6 +345,42 @@ impl Incoming {
             if restart {
                 self.wire.restart();
             }
+        }
+    }
+
+    /// Serves this server's stanzas to the domains the peer authenticated, when it asked for
+    /// a bidirectional stream and no link serves that pair yet.
+    fn adopt_links(&mut self) {
+        let pairs = std::mem::take(&mut self.newly_authenticated);
+        if !self.bidi {
+            return;
+        }
+        let capacity = self.s2s.config.queue_stanzas;
+        for (local, remote) in pairs {
+            let (tx, _, bytes) = self.bidi_queue.get_or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(capacity);
+                (tx, rx, Arc::new(AtomicUsize::new(0)))
+            });
+            if let Some(id) = self.s2s.adopt_link(&local, &remote, tx, bytes) {
+                tracing::info!(%local, %remote, "server-to-server stream used both ways (XEP-0288)");
+                self.bidi_links.push((local, remote, id));
+            }
+        }
+    }
+
+    /// Gives the links back when the stream ends: new stanzas start links of their own, and
+    /// what was still queued goes to them.
+    fn release_links(&mut self) {
+        for (local, remote, id) in self.bidi_links.drain(..) {
+            self.s2s.forget_link(&local, &remote, id);
+        }
+        let Some((_, mut rx, bytes)) = self.bidi_queue.take() else {
+            return;
+        };
+        rx.close();
+        while let Ok(q) = rx.try_recv() {
+            bytes.fetch_sub(q.bytes.len(), Ordering::Relaxed);
+            self.s2s.requeue(q);
         }
     }
 
@@ -386,6 +483,9 @@ impl Incoming {
                 if valid {
                     tracing::info!(remote = %originating, local = %receiving, direct_tls = self.direct_tls, "incoming server-to-server stream authenticated by dialback");
                     self.authenticated.insert(originating.to_owned());
+                    self.newly_authenticated
+                        .push((receiving.to_owned(), originating.to_owned()));
+                    self.adopt_links();
                 }
                 Ok(())
             }

@@ -431,6 +431,49 @@ impl S2s {
         }
     }
 
+    /// Registers a stream the peer opened as the link for (`local`, `remote`), when it asked
+    /// for a bidirectional stream (XEP-0288) and no link serves the pair. Returns the link's
+    /// id, for [`forget_link`](Self::forget_link) when the stream ends.
+    fn adopt_link(
+        &self,
+        local: &str,
+        remote: &str,
+        tx: &mpsc::Sender<Queued>,
+        queued_bytes: &Arc<AtomicUsize>,
+    ) -> Option<u64> {
+        let mut links = self.links.lock();
+        let key = (local.to_owned(), remote.to_owned());
+        if links.contains_key(&key) {
+            return None;
+        }
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        links.insert(
+            key,
+            LinkHandle {
+                id,
+                tx: tx.clone(),
+                queued_bytes: queued_bytes.clone(),
+            },
+        );
+        Some(id)
+    }
+
+    /// Queues again a stanza whose link ended before writing it; bounced if that fails.
+    fn requeue(&self, q: Queued) {
+        let (Some(local), Some(remote)) = (
+            q.stanza.from().map(|j| j.domain().as_str().to_owned()),
+            q.stanza.to().map(|j| j.domain().as_str().to_owned()),
+        ) else {
+            return;
+        };
+        let stanza = q.stanza.clone();
+        if let Err(RouteError::Unroutable(e)) = self.enqueue(&local, &remote, q) {
+            if let Some(server) = self.server() {
+                server.bounce(&stanza, e);
+            }
+        }
+    }
+
     /// Outgoing links open now (for tests and metrics).
     pub fn outgoing_links(&self) -> usize {
         self.links.lock().len()

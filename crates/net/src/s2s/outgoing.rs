@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+const NS_BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
+const NS_BIDI: &str = "urn:xmpp:bidi";
+
 /// Why a link could not be set up, and what its queued stanzas are answered.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum LinkError {
@@ -101,8 +104,28 @@ impl Link {
                         break false;
                     }
                     Ok(StreamEvent::Close) | Err(_) => break false,
-                    // Anything else on an outgoing stream (no bidirectional use is
-                    // negotiated) is ignored.
+                    // On a bidirectional stream (XEP-0288) the peer sends its stanzas for
+                    // us here, as the domain we connected to (its certificate or DNS said
+                    // it is that domain, as for dialback).
+                    Ok(StreamEvent::Stanza(el)) if wire.bidi && el.ns() == ns::SERVER => {
+                        last_activity = Instant::now();
+                        if let Err(condition) = self.incoming(&server, el).await {
+                            wire.fail(condition, Some("not a stanza this stream may carry")).await;
+                            break false;
+                        }
+                    }
+                    Ok(StreamEvent::Stanza(el)) if wire.bidi && el.is("result", dialback::NS) => {
+                        // Authenticating more of its domains on our stream (XEP-0288 §3) is
+                        // not supported: the dialback error makes the peer use a stream of
+                        // its own for them.
+                        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else { continue };
+                        let mut out = Vec::new();
+                        dialback::write(&mut out, "result", &[("from", to), ("to", from), ("type", "error")], None);
+                        out.truncate(out.len() - 2);
+                        out.extend_from_slice(b"><error type='cancel'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>");
+                        let _ = wire.send(&out).await;
+                    }
+                    // Anything else on an outgoing stream is ignored.
                     Ok(_) => {
                         if wire.received != seen {
                             seen = wire.received;
@@ -134,6 +157,31 @@ impl Link {
                 server.bounce(&stanza, e);
             }
         }
+    }
+}
+
+impl Link {
+    /// A stanza the peer sent on a bidirectional stream: from the remote domain, to one this
+    /// server serves.
+    async fn incoming(
+        &self,
+        server: &Arc<rookery_core::Server>,
+        el: Element,
+    ) -> Result<(), rookery_stanza::StreamErrorCondition> {
+        use rookery_stanza::StreamErrorCondition as C;
+        let stanza = rookery_stanza::Stanza::from_stream(el, ns::SERVER)
+            .map_err(|_| C::ImproperAddressing)?;
+        let (Some(from), Some(to)) = (stanza.from(), stanza.to()) else {
+            return Err(C::ImproperAddressing);
+        };
+        if from.domain().as_str() != self.remote {
+            return Err(C::InvalidFrom);
+        }
+        if !self.s2s.is_local(to.domain().as_str()) {
+            return Err(C::HostUnknown);
+        }
+        server.route_from_entity(stanza).await;
+        Ok(())
     }
 }
 
@@ -228,6 +276,7 @@ async fn negotiate(
     let mut wire = Wire::new(transport);
     let mut sasl_tried = false;
     let mut authenticated = false;
+    let mut bidi_asked = false;
     loop {
         wire.send_header("", local, Some(remote)).await?;
         let header = match wire.next().await? {
@@ -274,6 +323,13 @@ async fn negotiate(
         }
         if purpose == Purpose::Verify {
             return Ok((wire, id));
+        }
+        // XEP-0288 §3: ask for a bidirectional stream when offered, after TLS and before
+        // authenticating, so the peer's stanzas to us come back on this connection.
+        if !bidi_asked && features.has_child("bidi", NS_BIDI_FEATURE) {
+            bidi_asked = true;
+            wire.send_element(&Element::new("bidi", NS_BIDI)).await?;
+            wire.bidi = true;
         }
         // Our side of authentication: is the peer the server for `remote`?
         let peer_valid = encrypted

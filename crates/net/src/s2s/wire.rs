@@ -33,6 +33,8 @@ pub struct Wire {
     failed: Option<XmlError>,
     /// Bytes received in total (for the idle check: any input counts).
     pub received: u64,
+    /// The stream carries stanzas both ways (XEP-0288), as the initiating side asked.
+    pub bidi: bool,
 }
 
 impl Wire {
@@ -43,6 +45,7 @@ impl Wire {
             scratch: Vec::new(),
             failed: None,
             received: 0,
+            bidi: false,
         }
     }
 
