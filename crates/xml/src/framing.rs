@@ -51,7 +51,8 @@ pub struct StreamOpen<'a> {
     pub from: &'a str,
     /// The initiating entity's address, when it gave a valid one (§4.7.2).
     pub to: Option<&'a str>,
-    /// The XMPP version (`1.0`).
+    /// The XMPP version (`1.0`); empty for none: a component stream (XEP-0114) predates
+    /// versions and features, and its header carries none.
     pub version: &'a str,
     /// The default language of what this side sends.
     pub lang: &'a str,
@@ -77,7 +78,7 @@ impl Framing {
         let attrs = [
             ("id", Some(open.id)),
             ("from", Some(open.from)),
-            ("version", Some(open.version)),
+            ("version", Some(open.version).filter(|v| !v.is_empty())),
             ("xml:lang", Some(open.lang)),
             ("to", open.to),
         ];
