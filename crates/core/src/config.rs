@@ -382,6 +382,9 @@ pub enum ListenerKind {
     /// HTTP over TLS, with the hosts' certificates selected by SNI.
     #[serde(rename = "https")]
     Https,
+    /// External components (XEP-0114), plain TCP; none unless configured.
+    #[serde(rename = "component")]
+    Component,
 }
 
 #[derive(Debug, Clone, Deserialize)]
