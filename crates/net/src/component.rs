@@ -645,3 +645,68 @@ impl Connection {
         tracing::info!(peer = %self.peer, domain, bounced, "component detached");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rookery_core::{Config, ModuleRegistry};
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            Path::new("test.toml"),
+            Path::new("/tmp"),
+            &crate::with_stream_sections(ModuleRegistry::new()),
+        )
+    }
+
+    #[test]
+    fn components_are_read_by_domain_and_validated() {
+        let c = parse(
+            "[[listener]]\nkind = 'component'\naddress = '127.0.0.1:5347'\n\
+             [component.\"gw.example.org\"]\nsecret = 's'\n\
+             [component.\"irc.example.org\"]\nsecret = 't'\n",
+        )
+        .expect("valid");
+        let components = c.section::<ComponentsConfig>();
+        assert_eq!(components.0.len(), 2);
+        assert_eq!(components.0["gw.example.org"].secret, "s");
+        assert_eq!(
+            c.listeners[0].kind,
+            rookery_core::config::ListenerKind::Component
+        );
+        // None unless configured.
+        assert!(parse("")
+            .expect("valid")
+            .section::<ComponentsConfig>()
+            .0
+            .is_empty());
+
+        let e = parse("[component.\"gw.example.org\"]\nsecret = ''\n")
+            .expect_err("empty secret")
+            .to_string();
+        assert!(e.contains("component.\"gw.example.org\".secret"), "{e}");
+        let e = parse("[component.\"a b\"]\nsecret = 's'\n")
+            .expect_err("bad domain")
+            .to_string();
+        assert!(e.contains("not a valid domain"), "{e}");
+        let e = parse("[component.\"user@gw.example.org\"]\nsecret = 's'\n")
+            .expect_err("not a domain")
+            .to_string();
+        assert!(e.contains("not a valid domain"), "{e}");
+        let e = parse("[component.\"gw.example.org\"]\nsecret = 's'\npassword = 'x'\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn the_secret_is_not_in_debug_output() {
+        let c = ComponentConfig {
+            secret: "hunter2".into(),
+        };
+        let shown = format!("{:?}", ComponentsConfig([("gw".to_owned(), c)].into()));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

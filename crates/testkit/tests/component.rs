@@ -269,3 +269,20 @@ async fn stanzas_for_a_component_that_is_gone_come_back_as_errors() {
     assert!(gone, "a message after the disconnection is answered");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_component_listener_counts_its_own_connections() {
+    let t = start("").await;
+    // Two components configured: two connections plus four spare.
+    let mut open_ones = Vec::new();
+    for _ in 0..6 {
+        open_ones.push(open(&t, GATEWAY).await.0);
+    }
+    let mut extra = RawClient::plain(t.component.expect("component listener")).await;
+    let (got, closed) = extra.read_for(Duration::from_secs(5)).await;
+    assert!(closed && got.is_empty(), "closed at accept: {got}");
+    // The clients' ports are not affected.
+    login(&t).await;
+    drop(open_ones);
+    t.stop().await;
+}
