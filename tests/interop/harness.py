@@ -184,11 +184,15 @@ def render_config(
     https_port: int | None = None,
     http_port: int | None = None,
     s2s_port: int | None = None,
+    component_port: int | None = None,
+    components: dict[str, str] | None = None,
 ) -> str:
     """The server's TOML. ``extra_limits`` adds keys to ``[limits]`` (e.g.
     ``{"max_roster_items": 2}``); ``host_extra`` is TOML appended to the first host's
     ``[[host]]`` block (keys, then sub-tables such as ``[host.contact]``); ``extra_toml``
-    adds top-level tables (e.g. ``"[stream_management]\nresume_timeout_secs = 2"``)."""
+    adds top-level tables (e.g. ``"[stream_management]\nresume_timeout_secs = 2"``).
+    ``components`` maps external component domains to their secrets (XEP-0114), served on
+    a ``component`` listener at ``component_port``."""
     lines = [f"data_dir = {toml_str(data_dir)}", f"log_level = {toml_str(log_level)}", ""]
     if require_starttls is not None:
         lines += ["[tls]", f"require_starttls = {'true' if require_starttls else 'false'}", ""]
@@ -203,6 +207,8 @@ def render_config(
         lines += ["[limits]", *limits, ""]
     if extra_toml:
         lines += [extra_toml.strip(), ""]
+    for component_domain, secret in (components or {}).items():
+        lines += [f"[component.{toml_str(component_domain)}]", f"secret = {toml_str(secret)}", ""]
     lines += [
         "[[listener]]",
         'kind = "c2s"',
@@ -213,7 +219,7 @@ def render_config(
         f"address = {toml_str(f'{host}:{tls_port}')}",
         "",
     ]
-    for kind, port in (("https", https_port), ("http", http_port), ("s2s", s2s_port)):
+    for kind, port in (("https", https_port), ("http", http_port), ("s2s", s2s_port), ("component", component_port)):
         if port is not None:
             lines += ["[[listener]]", f'kind = "{kind}"', f"address = {toml_str(f'{host}:{port}')}", ""]
     for d in (domain, *extra_hosts):
@@ -276,13 +282,18 @@ class RookeryServer:
         # WebSocket (RFC 7395) and XEP-0156 discovery: HTTPS, and plain HTTP.
         self.https_port = 0
         self.http_port = 0
+        # External components (XEP-0114): a listener only when ``components`` is configured.
+        self.component_port = 0
         self.unauthenticated_timeout_secs = config.get("unauthenticated_timeout_secs", 5)
         self.max_stanza_bytes = config.get("max_stanza_bytes", 65536)
 
     # -- lifecycle ---------------------------------------------------------
 
     def write_config(self) -> None:
-        self.c2s_port, self.tls_port, self.https_port, self.http_port = free_ports(4, self.host)
+        with_components = self.config_overrides.get("components") is not None
+        ports = free_ports(5 if with_components else 4, self.host)
+        self.c2s_port, self.tls_port, self.https_port, self.http_port = ports[:4]
+        self.component_port = ports[4] if with_components else 0
         self.config_path.write_text(
             render_config(
                 c2s_port=self.c2s_port,
@@ -290,6 +301,7 @@ class RookeryServer:
                 https_port=self.https_port,
                 http_port=self.http_port,
                 s2s_port=self.s2s_port,
+                component_port=self.component_port or None,
                 domain=self.domain,
                 host=self.host,
                 **self.config_overrides,
@@ -332,6 +344,8 @@ class RookeryServer:
         pending = {self.c2s_port, self.tls_port, self.https_port, self.http_port}
         if self.s2s_port:
             pending.add(self.s2s_port)
+        if self.component_port:
+            pending.add(self.component_port)
         while True:
             rc = self.proc.poll()
             if rc is not None:

@@ -25,12 +25,20 @@ from harness import PING_NS, RookeryServer, ServerStartError, session
 A, B = "rookery.test", "other.test"
 
 
+GATEWAY = f"gateway.{A}"
+GATEWAY_SECRET = "the gateway's secret"
+
+
 def _pair_config(peer: RookeryServer, extra: str = "") -> str:
-    return f"[s2s]\nconnect_timeout_secs = 2\n{extra}\n[s2s.hosts]\n\"{peer.domain}\" = \"127.0.0.1:{peer.s2s_port}\"\n"
+    hosts = f"\"{peer.domain}\" = \"127.0.0.1:{peer.s2s_port}\"\n"
+    if peer.domain == A:
+        # The component attached to A is reached through A's server.
+        hosts += f"\"{GATEWAY}\" = \"127.0.0.1:{peer.s2s_port}\"\n"
+    return f"[s2s]\nconnect_timeout_secs = 2\n{extra}\n[s2s.hosts]\n{hosts}"
 
 
 def _make_pair(tmp, extra_a: str = "", extra_b: str = ""):
-    a = RookeryServer(ROOKERY_BIN, tmp / "a", domain=A, s2s=True)
+    a = RookeryServer(ROOKERY_BIN, tmp / "a", domain=A, s2s=True, components={GATEWAY: GATEWAY_SECRET})
     b = RookeryServer(ROOKERY_BIN, tmp / "b", domain=B, s2s=True)
     a.config_overrides["extra_toml"] = _pair_config(b, extra_a)
     b.config_overrides["extra_toml"] = _pair_config(a, extra_b)
@@ -305,3 +313,24 @@ async def test_carbons_and_archive_of_a_federated_chat(pair):
             for m in got
         }
         assert {"sent from the phone", "reply from afar"} <= bodies, bodies
+
+
+async def test_a_component_talks_to_users_on_another_server(pair):
+    """XEP-0114 and federation together: a component attached to rookery.test answers a user
+    of other.test, whose server reaches the component's domain through rookery.test."""
+    from test_component import connect_gateway
+
+    a, b = pair
+    bob = b.add_user("bob")
+    gateway = await connect_gateway(a, GATEWAY, GATEWAY_SECRET)
+    try:
+        async with session(b, bob, resource="b") as cb:
+            msg = cb.make_message(mto=f"bot@{GATEWAY}", mbody="hello gateway", mtype="chat")
+            msg.send()
+            got = await asyncio.wait_for(gateway.received.get(), 15)
+            assert got["from"].full == bob.full("b")
+            echo = await cb.next_message(timeout=15)
+            assert echo["body"] == "echo: hello gateway"
+            assert echo["from"].bare == f"bot@{GATEWAY}"
+    finally:
+        await gateway.close()

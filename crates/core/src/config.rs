@@ -388,6 +388,9 @@ pub enum ListenerKind {
     /// Server-to-server with TLS from the first byte (XEP-0368).
     #[serde(rename = "s2s-direct-tls")]
     S2sDirectTls,
+    /// External components (XEP-0114), plain TCP; none unless configured.
+    #[serde(rename = "component")]
+    Component,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -39,7 +39,8 @@ pub use module::{spawn_background, HostBuilder, Module, ModuleError, ModuleRegis
 pub use preauth::{pre_auth_fn, PreAuthHandler, PreAuthRequest};
 pub use requests::IqRequestError;
 pub use route::{
-    Destination, ExternalRoute, RemoteRoutes, RouteError, Service, ServiceHandle, ServiceSendError,
+    AttachError, Destination, ExternalRoute, RemoteRoutes, RouteError, Service, ServiceHandle,
+    ServiceSendError,
 };
 pub use server::Server;
 pub use sessions::{Outgoing, Resources, SessionHandle, SessionInbox, SessionRegistry};

@@ -35,6 +35,17 @@ pub enum RouteError {
     Unroutable(StanzaError),
 }
 
+/// Why a component could not be attached under its domain ([`Server::attach_component`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// A virtual host or a module's service domain serves the domain.
+    #[error("the domain is served by this server")]
+    Served,
+    /// Another connection holds the domain.
+    #[error("a component is attached under the domain already")]
+    Attached,
+}
+
 /// A way out of this server for stanzas to one domain: an external component's stream or a
 /// server-to-server connection. Implemented by a transport.
 #[async_trait]

@@ -13,7 +13,9 @@ use crate::http::{HttpEndpoint, HttpMount};
 use crate::iq::{IqRequest, IqScope};
 use crate::module::{ModuleError, ModuleRegistry, SharedState};
 use crate::requests::{IqRequestError, PendingIqs};
-use crate::route::{Destination, ExternalRoute, RemoteRoutes, ServiceDomain, ServiceHandle};
+use crate::route::{
+    AttachError, Destination, ExternalRoute, RemoteRoutes, ServiceDomain, ServiceHandle,
+};
 use crate::sessions::{Resources, SessionRegistry};
 use parking_lot::RwLock;
 use rookery_stanza::{
@@ -190,14 +192,31 @@ impl Server {
         }
     }
 
-    /// Attaches an external component's route under its domain (XEP-0114). Refused (and
-    /// `false`) for a domain that a host or a service domain already serves.
-    pub fn attach_component(&self, domain: &str, route: Arc<dyn ExternalRoute>) -> bool {
+    /// Attaches an external component's route under its domain (XEP-0114). Refused for a
+    /// domain that a host or a service domain serves, and for a domain a component is
+    /// attached under already: the connection that holds it keeps it (as Prosody does), so
+    /// a second process configured with the same secret cannot take a working component's
+    /// traffic by connecting, and the owner's route is never replaced under it.
+    pub fn attach_component(
+        &self,
+        domain: &str,
+        route: Arc<dyn ExternalRoute>,
+    ) -> Result<(), AttachError> {
         if self.hosts.contains_key(domain) || self.services.contains_key(domain) {
-            return false;
+            return Err(AttachError::Served);
         }
-        self.components.write().insert(domain.to_owned(), route);
-        true
+        match self.components.write().entry(domain.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(AttachError::Attached),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(route);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether an external component is attached under `domain` now.
+    pub fn has_component(&self, domain: &str) -> bool {
+        self.components.read().contains_key(domain)
     }
 
     /// Detaches a component (its stream ended).

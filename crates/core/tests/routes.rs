@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rookery_core::events::{LocalDelivery, MessageDelivered};
-use rookery_core::route::RouteError;
+use rookery_core::route::{AttachError, RouteError};
 use rookery_core::{
     iq_fn, Config, ExternalRoute, Flow, HostBuilder, IqRequest, IqScope, Module, ModuleError,
     ModuleRegistry, Order, RemoteRoutes, Server, Service, ServiceHandle, SessionHandle,
@@ -261,10 +261,18 @@ async fn unserved_domains_go_to_external_routes_or_get_one_answer() {
 
     // A component attached under its domain, and the remote routes of a transport.
     let component = Arc::new(Outbox(Mutex::default(), true));
-    assert!(s.attach_component("gateway.example.org", component.clone()));
-    assert!(
-        !s.attach_component("example.org", component.clone()),
+    assert!(s
+        .attach_component("gateway.example.org", component.clone())
+        .is_ok());
+    assert_eq!(
+        s.attach_component("example.org", component.clone()),
+        Err(AttachError::Served),
         "a host stays a host"
+    );
+    assert_eq!(
+        s.attach_component("gateway.example.org", component.clone()),
+        Err(AttachError::Attached),
+        "the connection holding a domain keeps it"
     );
     let remote = Arc::new(Outbox(Mutex::default(), true));
     s.set_remote_routes(Arc::new(Federation(remote.clone())));
@@ -277,10 +285,12 @@ async fn unserved_domains_go_to_external_routes_or_get_one_answer() {
 
     // A route that cannot take it: its error reaches the sender.
     s.detach_component("gateway.example.org");
-    assert!(s.attach_component(
-        "gateway.example.org",
-        Arc::new(Outbox(Mutex::default(), false))
-    ));
+    assert!(s
+        .attach_component(
+            "gateway.example.org",
+            Arc::new(Outbox(Mutex::default(), false))
+        )
+        .is_ok());
     alice.send(&s, &msg("x@gateway.example.org")).await;
     let e = alice.recv().expect("bounce");
     assert_eq!(

@@ -9,11 +9,13 @@
 //! * [`http`]: the HTTP(S) listener and its route table: WebSocket (RFC 7395) and BOSH
 //!   (XEP-0124, XEP-0206), transports under the same client stream, and XEP-0156
 //!   discovery; upload plugs in there.
+//! * [`component`]: external components (XEP-0114) on a `component` listener.
 //!
 //! Transports hand the core stanzas that are already parsed and stamped; the core never sees
 //! bytes.
 
 pub mod c2s;
+pub mod component;
 pub mod csi;
 pub mod fast;
 pub mod http;
@@ -27,13 +29,14 @@ use crate::c2s::StreamContext;
 use rookery_core::{ModuleRegistry, SectionDecl, Spec};
 
 /// The configuration sections of the client stream and the listeners:
-/// `[stream_management]`, `[fast]` and `[http]`.
+/// `[stream_management]`, `[fast]`, `[http]`, `[bosh]` and `[component]`.
 pub const SECTIONS: &[SectionDecl] = &[
     SectionDecl::of::<sm::StreamManagementConfig>(),
     SectionDecl::of::<fast::FastConfig>(),
     SectionDecl::of::<http::HttpConfig>(),
     SectionDecl::of::<http::bosh::BoshConfig>(),
     SectionDecl::of::<s2s::S2sConfig>(),
+    SectionDecl::of::<component::ComponentsConfig>(),
 ];
 
 /// The build's modules with the stream layer's configuration sections declared beside them:
@@ -161,6 +164,11 @@ pub const SPECS: &[Spec] = &[
         version: "0.5.0",
     },
     Spec {
+        id: "XEP-0114",
+        title: "Jabber Component Protocol",
+        version: "1.6",
+    },
+    Spec {
         id: "XEP-0478",
         title: "Stream Limits Advertisement",
         version: "0.2.0",
@@ -230,6 +238,8 @@ struct Listener {
     tls: tls::TlsContext,
     kind: ListenerKind,
     limits: Arc<ConnectionLimits>,
+    /// The configured external components (used by `component` listeners).
+    components: Arc<component::Components>,
 }
 
 /// Accepts connections on the bound listeners until the server shuts down.
@@ -237,6 +247,7 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     let limits = &server.config().limits;
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
     let streams = Arc::new(StreamContext::new(server.clone()));
+    let components = component::Components::new(server.clone());
     // Where modules' URLs point (upload slots): `[http] public_url`, else an HTTPS
     // listener's port (an HTTP one if there is none) on each host's domain.
     let port = |kind| {
@@ -272,7 +283,7 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
             continue;
         }
         let http_tls = match l.kind {
-            ListenerKind::C2s | ListenerKind::C2sDirectTls => None,
+            ListenerKind::C2s | ListenerKind::C2sDirectTls | ListenerKind::Component => None,
             ListenerKind::S2s | ListenerKind::S2sDirectTls => continue,
             ListenerKind::Http => Some(None),
             ListenerKind::Https => Some(Some(tls.clone())),
@@ -286,7 +297,12 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
             streams: streams.clone(),
             tls: tls.clone(),
             kind: l.kind,
-            limits: conn_limits.clone(),
+            // A component listener counts its own connections.
+            limits: match l.kind {
+                ListenerKind::Component => components.connection_limits(),
+                _ => conn_limits.clone(),
+            },
+            components: components.clone(),
         });
         tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
         server.tasks().spawn(accept_loop(listener, l.listener));
@@ -352,8 +368,8 @@ async fn accept_loop(l: Arc<Listener>, listener: TcpListener) {
     }
 }
 
-/// Runs one accepted client connection to its end: a client stream over TCP (after the
-/// TLS handshake on a direct-TLS port).
+/// Runs one accepted connection to its end: a client stream over TCP (after the TLS
+/// handshake on a direct-TLS port), or an external component's stream.
 async fn client_connection(
     l: Arc<Listener>,
     socket: tokio::net::TcpStream,
@@ -378,6 +394,11 @@ async fn client_connection(
     };
     let transport = match l.kind {
         ListenerKind::C2s => TcpTransport::plain(socket, peer, setup),
+        // XEP-0114 streams have no STARTTLS: the transport is never asked to upgrade.
+        ListenerKind::Component => {
+            let transport = TcpTransport::plain(socket, peer, setup);
+            return component::run(l.components.clone(), transport).await;
+        }
         // Served by `http::serve` and `s2s_accept_loop`, never here.
         ListenerKind::Http
         | ListenerKind::Https

@@ -178,11 +178,6 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[
     (
-        "Federation",
-        "external components",
-        &["XEP-0114"],
-    ),
-    (
         "Calls and file transfer",
         "STUN/TURN discovery and credentials, SOCKS5 proxy",
         &["XEP-0215", "XEP-0065"],

@@ -27,6 +27,8 @@ pub struct TestServer {
     pub http: SocketAddr,
     /// The HTTPS listener.
     pub https: SocketAddr,
+    /// A `component` listener (XEP-0114), when `extra` configured one.
+    pub component: Option<SocketAddr>,
     pub cert: CertificateDer<'static>,
     _dir: tempfile::TempDir,
 }
@@ -87,6 +89,10 @@ impl TestServer {
         let direct_tls = addr(rookery_core::config::ListenerKind::C2sDirectTls);
         let http = addr(rookery_core::config::ListenerKind::Http);
         let https = addr(rookery_core::config::ListenerKind::Https);
+        let component = listeners
+            .iter()
+            .find(|l| l.kind == rookery_core::config::ListenerKind::Component)
+            .map(|l| l.local_addr);
         rookery_net::serve(server.clone(), tls, listeners);
         TestServer {
             server,
@@ -94,6 +100,7 @@ impl TestServer {
             direct_tls,
             http,
             https,
+            component,
             cert,
             _dir: dir,
         }

@@ -51,7 +51,8 @@ pub struct StreamOpen<'a> {
     pub from: &'a str,
     /// The initiating entity's address, when it gave a valid one (§4.7.2).
     pub to: Option<&'a str>,
-    /// The XMPP version (`1.0`).
+    /// The XMPP version (`1.0`); empty for none: a component stream (XEP-0114) predates
+    /// versions and features, and its header carries none.
     pub version: &'a str,
     /// The default language of what this side sends.
     pub lang: &'a str,
@@ -97,7 +98,7 @@ impl Framing {
             // The initiating entity's header has no id (RFC 6120 §4.7.3): empty leaves it out.
             ("id", (!open.id.is_empty()).then_some(open.id)),
             ("from", Some(open.from)),
-            ("version", Some(open.version)),
+            ("version", Some(open.version).filter(|v| !v.is_empty())),
             ("xml:lang", Some(open.lang)),
             ("to", open.to),
         ];

@@ -336,10 +336,12 @@ impl S2s {
             .unwrap_or(self.config.authentication)
     }
 
-    /// Whether this server speaks for `domain` (a host or a service domain).
+    /// Whether this server speaks for `domain`: a host, a service domain, or an external
+    /// component attached now (its stanzas federate like the server's own).
     fn is_local(&self, domain: &str) -> bool {
-        self.server()
-            .is_some_and(|s| s.serves(domain) || s.service(domain).is_some())
+        self.server().is_some_and(|s| {
+            s.serves(domain) || s.service(domain).is_some() || s.has_component(domain)
+        })
     }
 
     /// The certificate to present for `local` (a service domain presents its host's).
