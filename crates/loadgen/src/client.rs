@@ -145,6 +145,10 @@ pub struct Target {
     pub keys: KeyCache,
     /// Local addresses to connect from, used in turn (empty: the kernel's choice).
     pub sources: Vec<IpAddr>,
+    /// The plain HTTP listener (WebSocket and BOSH scenarios), and its endpoints' paths.
+    pub http_addr: SocketAddr,
+    pub ws_path: String,
+    pub bosh_path: String,
 }
 
 impl Target {
