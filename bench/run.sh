@@ -548,10 +548,18 @@ run_scenario() { # server scenario
                     --users "$LOGIN_USERS" --concurrency "$LOGIN_CONC"
             done
             ;;
-        idle)
-            # Warm the server (code loading, caches) so the baseline RSS is not a cold start.
-            gen "$s" idle-warmup 0 -- login --count 50 --users 50 --concurrency 10 --no-warmup
-            for ((r = 1; r <= IDLE_REPS; r++)); do run_idle "$s" "$r" idle "$IDLE_COUNT"; done
+        idle|ws-idle)
+            # Each repetition on a freshly started server: a server keeps the memory of the
+            # previous repetition's sessions for reuse (the allocator's, the VM's), which
+            # would hide the next one's growth. Warm the server (code loading, caches) so the
+            # baseline RSS is not a cold start.
+            local count="$IDLE_COUNT" login=login
+            [[ $scen == ws-idle ]] && count="$WS_IDLE_COUNT" login=ws-login
+            for ((r = 1; r <= IDLE_REPS; r++)); do
+                if ((r > 1)); then stop_server; start_server "$s"; fi
+                gen "$s" "$scen-warmup" "$r" -- "$login" --count 50 --users 50 --concurrency 10 --no-warmup
+                run_idle "$s" "$r" "$scen" "$count"
+            done
             ;;
         messages)
             for ((r = 1; r <= REPS; r++)); do
@@ -603,11 +611,6 @@ run_scenario() { # server scenario
                 gen "$s" ws-login "$r" -- ws-login --count "$WS_LOGIN_COUNT" \
                     --users "$LOGIN_USERS" --concurrency "$LOGIN_CONC"
             done
-            ;;
-        ws-idle)
-            # As idle (warm-up, then the server's RSS with the sessions held), over WebSocket.
-            gen "$s" ws-idle-warmup 0 -- ws-login --count 50 --users 50 --concurrency 10 --no-warmup
-            for ((r = 1; r <= IDLE_REPS; r++)); do run_idle "$s" "$r" ws-idle "$WS_IDLE_COUNT"; done
             ;;
         bosh-rtt)
             # Latency at a fixed rate, so under SCHED_FIFO like the rate scenario.

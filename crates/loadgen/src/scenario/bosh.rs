@@ -5,8 +5,10 @@
 //!
 //! A ping is sent in a request of its own beside the held one (two requests in flight, as
 //! `requests='2'` allows); the server answers the held one then, and the result comes back
-//! in whichever response the server puts it. The latency counts from the moment the ping was
-//! due, so a ping waiting for a free request slot counts that wait.
+//! in whichever response the server puts it. The round trip counts from the moment the
+//! request carrying the ping is handed to the HTTP connection (as `rate` stamps a message
+//! when it is written, so timer slack is not counted); a ping due while two requests are
+//! already in flight waits for one to come back, and such waits are counted.
 
 use super::{Mark, Report, CLOSE_WAIT};
 use crate::client::{write_iq_answer, LoginOpts, Target};
@@ -52,6 +54,8 @@ struct Outcome {
     sent: u64,
     answered: u64,
     requests: u64,
+    /// Pings that were due while two requests were in flight, and waited for one.
+    slot_waits: u64,
     errors: Errors,
 }
 
@@ -69,7 +73,9 @@ async fn drive(
     let mut o = Outcome::default();
     let mut inflight = tokio::task::JoinSet::new();
     let mut pending: Vec<String> = Vec::new();
-    // Ping number -> (when it was due, measured).
+    // Pings in `pending`: (number, measured).
+    let mut pending_pings: Vec<(u64, bool)> = Vec::new();
+    // Ping number -> (when its request was sent, measured).
     let mut due: HashMap<u64, (Instant, bool)> = HashMap::new();
     let mut next_tick = first_tick;
     let mut k = 0u64;
@@ -78,11 +84,15 @@ async fn drive(
         if inflight.is_empty() || (!pending.is_empty() && inflight.len() < 2) {
             let payload = pending.concat();
             pending.clear();
+            let sent_at = Instant::now();
+            for (k, measured) in pending_pings.drain(..) {
+                due.insert(k, (sent_at, measured));
+            }
             inflight.spawn(c.begin("", &payload));
             o.requests += 1;
         }
         let sending = next_tick < send_until;
-        if !sending && due.is_empty() {
+        if !sending && due.is_empty() && pending_pings.is_empty() {
             break;
         }
         tokio::select! {
@@ -95,8 +105,11 @@ async fn drive(
                 let measured = next_tick >= measure_from;
                 if measured {
                     o.sent += 1;
+                    if inflight.len() >= 2 {
+                        o.slot_waits += 1;
+                    }
                 }
-                due.insert(k, (next_tick, measured));
+                pending_pings.push((k, measured));
                 next_tick += period;
             }
             r = inflight.join_next() => {
@@ -234,6 +247,7 @@ pub async fn run(t: Arc<Target>, a: &BoshRttArgs, server_pid: Option<u32>) -> Re
                 all.sent += o.sent;
                 all.answered += o.answered;
                 all.requests += o.requests;
+                all.slot_waits += o.slot_waits;
                 all.errors.merge(o.errors);
             }
             Err(e) => all.errors.add("task", e.to_string()),
@@ -263,6 +277,7 @@ pub async fn run(t: Arc<Target>, a: &BoshRttArgs, server_pid: Option<u32>) -> Re
             "achieved_pings_per_s": stats::round3(all.answered as f64 / a.duration.max(1) as f64),
             "latency_ms": lat,
             "http_requests": all.requests,
+            "pings_waiting_for_a_request_slot": all.slot_waits,
             "server_cpu_ms_per_ping": cpu_ms_per_ping,
         }),
         server,
