@@ -132,6 +132,33 @@ ROWS += [
      if_supported(lambda r: get(r, "run", "results", "contacts_notified")), "{:.0f}", "higher"),
 ]
 
+# The web transports, in the clear (ws://, http://).
+ROWS += [
+    ("Login storm, SCRAM-SHA-1 over WebSocket (ws://)", "logins/s", "ws-login",
+     lambda r: get(r, "run", "results", "logins_per_s"), "{:.0f}", "higher"),
+    ("", "server CPU ms per login (incl. logout)", "ws-login",
+     lambda r: get(r, "run", "results", "server_cpu_ms_per_login"), "{:.2f}", "lower"),
+    ("", "login latency p99, ms", "ws-login",
+     lambda r: get(r, "run", "results", "latency_ms", "p99"), "{:.1f}", "lower"),
+    ("Idle authenticated WebSocket sessions (ws://)", "sessions held", "ws-idle", idle_sessions,
+     "{:.0f}", "higher"),
+    ("", "server KiB per session (RSS)", "ws-idle", idle_kib, "{:.1f}", "lower"),
+    ("BOSH round trip at a fixed rate (http://)", "pings answered per s", "bosh-rtt",
+     lambda r: get(r, "run", "results", "achieved_pings_per_s"), "{:.0f}", ""),
+    ("", "round trip p50, ms", "bosh-rtt",
+     lambda r: get(r, "run", "results", "latency_ms", "p50"), "{:.3f}", "lower"),
+    ("", "round trip p90, ms", "bosh-rtt",
+     lambda r: get(r, "run", "results", "latency_ms", "p90"), "{:.3f}", "lower"),
+    ("", "round trip p99, ms", "bosh-rtt",
+     lambda r: get(r, "run", "results", "latency_ms", "p99"), "{:.3f}", "lower"),
+    ("", "round trip max, ms", "bosh-rtt",
+     lambda r: get(r, "run", "results", "latency_ms", "max"), "{:.2f}", "lower"),
+    ("", "server CPU ms per ping", "bosh-rtt",
+     lambda r: get(r, "run", "results", "server_cpu_ms_per_ping"), "{:.3f}", "lower"),
+    ("", "unanswered pings", "bosh-rtt",
+     lambda r: get(r, "run", "results", "lost"), "{:.0f}", "lower"),
+]
+
 
 def fmt_cell(vals, f):
     nums = [v for v in vals if isinstance(v, (int, float))]
@@ -218,7 +245,7 @@ def main():
             if run is None:
                 notes.append(f"{r['server']} {r['scenario']} #{r.get('rep')}: no output from the generator")
                 continue
-            if not run.get("ok") and r["scenario"] != "idle-warmup":
+            if not run.get("ok") and not r["scenario"].endswith("idle-warmup"):
                 if get(run, "results", "supported") is False:
                     notes.append(f"{r['server']} {r['scenario']}: not supported "
                                  f"({get(run, 'results', 'reason')})")

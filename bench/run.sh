@@ -6,6 +6,11 @@
 #   bench/run.sh --quick           small counts, one repetition (a few minutes)
 #   bench/run.sh --reps 5 --servers "rookery ejabberd" --scenarios "messages rate"
 #   bench/run.sh --baseline main~3 --servers "rookery"   this build beside an older commit
+#   bench/run.sh --scenarios "ws-login ws-idle bosh-rtt"   the web transports (WebSocket, BOSH)
+#
+# The web-transport scenarios (ws-login, ws-idle, bosh-rtt) use each server's plain HTTP
+# listener (ws://, http://), set up as behind a reverse proxy that terminated TLS (see the
+# templates); they are not in the default list.
 #
 # Each server runs as its own process from a private configuration and data directory under
 # a temporary directory, on its own loopback ports, pinned to CPU 0; the load generator
@@ -48,6 +53,11 @@ MUC_REPEATS="${MUC_REPEATS:-50}"
 PEP_CONTACTS="${PEP_CONTACTS:-500}"      # contacts of the PEP publisher
 PEP_REPEATS="${PEP_REPEATS:-50}"         # publishes measured
 PEP_BASE="${PEP_BASE:-200000}"           # PEP accounts (publisher, contacts) are numbered from here
+WS_LOGIN_COUNT="${WS_LOGIN_COUNT:-$LOGIN_COUNT}"  # WebSocket logins per ws-login run
+WS_IDLE_COUNT="${WS_IDLE_COUNT:-10000}"  # WebSocket sessions held (ws-idle)
+BOSH_SESSIONS="${BOSH_SESSIONS:-100}"    # BOSH sessions (bosh-rtt)
+BOSH_RATE="${BOSH_RATE:-200}"            # pings per second over all of them
+BOSH_DURATION="${BOSH_DURATION:-10}"
 PRIORITY="${PRIORITY:--10}"              # autogroup nice of the benchmark processes
 REALTIME="${REALTIME:-1}"                # rate scenario under SCHED_FIFO (see below)
 INSTALL=1
@@ -64,6 +74,7 @@ Options:
   --reps N              repetitions per scenario and server (default $REPS)
   --servers "LIST"      among: rookery ejabberd prosody
   --scenarios "LIST"    among: login login-plain idle messages rate fanout muc pep
+                        ws-login ws-idle bosh-rtt
   --out DIR             results directory (default bench/results/DATE)
   --no-install          do not apt-get install missing servers (skip them instead)
   --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
@@ -75,7 +86,8 @@ Options:
 Counts come from environment variables: LOGIN_COUNT LOGIN_USERS LOGIN_CONC IDLE_COUNT
 IDLE_PROCS IDLE_REPS MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
 FANOUT_CONTACTS FANOUT_REPEATS MUC_BIG MUC_ROOMS MUC_OCCUPANTS MUC_REPEATS PEP_CONTACTS
-PEP_REPEATS (see the top of this script for defaults).
+PEP_REPEATS WS_LOGIN_COUNT WS_IDLE_COUNT BOSH_SESSIONS BOSH_RATE BOSH_DURATION (see the top of
+this script for defaults).
 EOF
 }
 
@@ -105,6 +117,8 @@ if [[ $QUICK == 1 ]]; then
     FANOUT_CONTACTS=200; FANOUT_REPEATS=20
     MUC_BIG=200; MUC_ROOMS=10; MUC_OCCUPANTS=20; MUC_REPEATS=20
     PEP_CONTACTS=200; PEP_REPEATS=20
+    WS_LOGIN_COUNT=1000; WS_IDLE_COUNT=2000
+    BOSH_SESSIONS=50; BOSH_DURATION=5
 fi
 
 [[ $(id -u) == 0 ]] || { echo "run.sh needs root (apt-get, private ejabberd/Prosody instances)" >&2; exit 2; }
@@ -140,6 +154,10 @@ cleanup() {
         [[ -n "$p" ]] && kill "$p" 2>/dev/null || true
     done
     stop_server || true
+    # Prosody writes its own log file (warnings and errors) in its private directory.
+    if [[ -f "$WORK/prosody/prosody.log" ]]; then
+        cp "$WORK/prosody/prosody.log" "$OUT/logs/prosody-own.log" 2>/dev/null || true
+    fi
     if [[ -n "$OLD_AUTOGROUP_NICE" ]]; then
         echo "$OLD_AUTOGROUP_NICE" >/proc/$$/autogroup 2>/dev/null || true
     fi
@@ -222,7 +240,8 @@ build() {
 
 # ---- Servers ---------------------------------------------------------------------------------
 # Ports: Rookery 15222/15223, ejabberd 25222/25223 (+25299 Erlang distribution),
-# Prosody 35222/35223. Port numbers are checked free before each start.
+# Prosody 35222/35223; each one's plain HTTP (WebSocket, BOSH) on the c2s port + 2 (15224...).
+# Port numbers are checked free before each start.
 port_of() { case "$1" in rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; rookery-base) echo 45222 ;; esac; }
 rookery_bin_of() { if [[ "$1" == rookery-base ]]; then echo "$ROOKERY_BASE_BIN"; else echo "$ROOKERY_BIN"; fi; }
 EJ_NODE="rkbench$$@localhost"
@@ -232,6 +251,7 @@ render() { # template output DIR
     sed -e "s|@DIR@|$3|g; s|@DOMAIN@|$DOMAIN|g; s|@CERT@|$WORK/cert.pem|g; s|@KEY@|$WORK/key.pem|g" \
         -e "s|@CERTFILE@|$WORK/server.pem|g; s|@NODE@|$EJ_NODE|g; s|@DIST_PORT@|$EJ_DIST_PORT|g" \
         -e "s|@ERL_WRAPPER@|$3/erl-wrapper|g; s|@PORT_C2S@|$PORT|g; s|@PORT_C2S_TLS@|$((PORT + 1))|g" \
+        -e "s|@PORT_HTTP@|$((PORT + 2))|g" \
         "$TEMPLATES/$1" >"$2"
 }
 
@@ -302,7 +322,7 @@ ejabberdctl_() {
 start_server() { # name
     local s="$1" d="$WORK/$1" PORT
     PORT="$(port_of "$s")"
-    for p in "$PORT" $((PORT + 1)); do
+    for p in "$PORT" $((PORT + 1)) $((PORT + 2)); do
         if port_open "$p"; then echo "port $p is in use: cannot start $s" >&2; return 1; fi
     done
     local logf="$OUT/logs/$s.log"
@@ -326,7 +346,8 @@ start_server() { # name
             ejabberd) SERVER_PID="$(pgrep -f "beam.smp.*-sname $EJ_NODE" | head -1 || true)" ;;
             prosody) SERVER_PID="$(pgrep -f "^lua[0-9.]* /usr/bin/prosody --config $d/prosody.cfg.lua" | head -1 || true)" ;;
         esac
-        if [[ -n "$SERVER_PID" ]] && port_open "$PORT" && port_open $((PORT + 1)); then
+        if [[ -n "$SERVER_PID" ]] && port_open "$PORT" && port_open $((PORT + 1)) \
+            && { [[ $WEB == 0 ]] || port_open $((PORT + 2)); }; then
             break
         fi
         sleep 0.5
@@ -335,8 +356,12 @@ start_server() { # name
         echo "$s did not start (see $logf)" >&2
         return 1
     fi
+    if [[ $WEB == 1 ]] && ! port_open $((PORT + 2)); then
+        echo "$s does not listen on its HTTP port $((PORT + 2)) (see $logf)" >&2
+        return 1
+    fi
     if [[ -n "$PRIORITY" ]]; then echo "$PRIORITY" >"/proc/$SERVER_PID/autogroup" 2>/dev/null || true; fi
-    log "$s started (pid $SERVER_PID, ports $PORT/$((PORT + 1)))"
+    log "$s started (pid $SERVER_PID, ports $PORT/$((PORT + 1))/$((PORT + 2)))"
 }
 
 stop_server() {
@@ -369,8 +394,15 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # stay out of the other scenarios, and out of each other's).
 ACCOUNTS_MAIN=$LOGIN_USERS
 for n in $((2 * MSG_PAIRS)) $((2 * RATE_PAIRS)) $([[ " $SCENARIOS " == *" idle "* ]] && echo "$IDLE_COUNT") \
+    $([[ " $SCENARIOS " == *" ws-idle "* ]] && echo "$WS_IDLE_COUNT") \
+    $([[ " $SCENARIOS " == *" bosh-rtt "* ]] && echo "$BOSH_SESSIONS") \
     $([[ " $SCENARIOS " == *" muc "* ]] && echo "$MUC_BIG" "$((MUC_ROOMS * MUC_OCCUPANTS))"); do
     if (( n > ACCOUNTS_MAIN )); then ACCOUNTS_MAIN=$n; fi
+done
+# Whether a web-transport scenario runs: the servers' HTTP listeners are then checked.
+WEB=0
+for scen in $SCENARIOS; do
+    case "$scen" in ws-*|bosh-*) WEB=1 ;; esac
 done
 ACCOUNTS_FANOUT=0
 [[ " $SCENARIOS " == *" fanout "* ]] && ACCOUNTS_FANOUT=$((FANOUT_CONTACTS + 1))
@@ -417,6 +449,34 @@ create_accounts() { # server (running)
     log "$s: $ACCOUNTS_MAIN + $ACCOUNTS_FANOUT + $ACCOUNTS_PEP accounts ready in $((SECONDS - t0)) s"
 }
 
+# The web endpoints answer: a BOSH session is created with curl (the body must carry a sid)
+# and a WebSocket upgrade with the xmpp subprotocol is accepted (101). Run once per server,
+# before the scenarios (each of which starts the server afresh).
+check_web() { # server (running)
+    local s="$1" HPORT out code
+    HPORT=$(( $(port_of "$s") + 2 ))
+    out="$(curl -sS -m 10 -H 'Content-Type: text/xml; charset=utf-8' -H 'X-Forwarded-Proto: https' \
+        -H "Host: $DOMAIN:$HPORT" --data-binary \
+        "<body content='text/xml; charset=utf-8' hold='1' rid='1000' to='$DOMAIN' ver='1.6' wait='1' xml:lang='en' xmpp:version='1.0' xmlns='http://jabber.org/protocol/httpbind' xmlns:xmpp='urn:xmpp:xbosh'/>" \
+        "http://127.0.0.1:$HPORT/http-bind" 2>&1 || true)"
+    echo "$s BOSH check: $out" >>"$OUT/logs/web-check.log"
+    if ! grep -q "sid=" <<<"$out"; then
+        echo "$s: no BOSH session at http://127.0.0.1:$HPORT/http-bind: $out" >&2
+        return 1
+    fi
+    code="$(curl -sS -m 3 -o /dev/null -w '%{http_code}' --http1.1 -H 'Connection: Upgrade' \
+        -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
+        -H 'Sec-WebSocket-Protocol: xmpp' -H 'X-Forwarded-Proto: https' -H "Host: $DOMAIN:$HPORT" \
+        "http://127.0.0.1:$HPORT/xmpp-websocket" 2>>"$OUT/logs/web-check.log" || true)"
+    # (curl then waits on the upgraded connection until -m: its timeout message is expected.)
+    echo "$s WebSocket check: HTTP $code" >>"$OUT/logs/web-check.log"
+    if [[ "$code" != 101 ]]; then
+        echo "$s: no WebSocket upgrade at ws://127.0.0.1:$HPORT/xmpp-websocket (HTTP $code)" >&2
+        return 1
+    fi
+    log "$s: BOSH and WebSocket endpoints answer on port $HPORT"
+}
+
 # ---- Running the generator -------------------------------------------------------------------
 # gen SERVER SCENARIO REP -- generator arguments: runs one pinned generator and appends its
 # JSON, wrapped with the server's /proc figures and the load average, to raw.jsonl.
@@ -426,7 +486,7 @@ gen() {
     PORT="$(port_of "$s")"
     out="$WORK/gen.json"; err="$OUT/logs/gen-$s-$scen-$rep.log"
     la0="$(loadavg)"; cpu0="$(proc_cpu "$SERVER_PID")"; rss0="$(proc_rss "$SERVER_PID")"
-    taskset -c 1 "${GEN_PREFIX[@]}" "$LOADGEN" --port "$PORT" --domain "$DOMAIN" \
+    taskset -c 1 "${GEN_PREFIX[@]}" "$LOADGEN" --port "$PORT" --http-port $((PORT + 2)) --domain "$DOMAIN" \
         --server-pid "$SERVER_PID" --label "$s" "$@" >"$out" 2>"$err" || true
     cpu1="$(proc_cpu "$SERVER_PID")"; rss1="$(proc_rss "$SERVER_PID")"; la1="$(loadavg)"
     [[ -s "$out" ]] || echo 'null' >"$out"
@@ -435,10 +495,10 @@ gen() {
     log "$s $scen #$rep: $(tail -1 "$err" | cut -c1-200)"
 }
 
-# idle: sessions split over IDLE_PROCS generator processes; the server's RSS is read here once
-# all of them report their sessions open.
-run_idle() {
-    local s="$1" rep="$2" PORT per i rss_base rss_held cpu0 la0
+# idle, ws-idle: sessions split over IDLE_PROCS generator processes; the server's RSS is read
+# here once all of them report their sessions open.
+run_idle() { # server rep scenario (idle, ws-idle) sessions
+    local s="$1" rep="$2" scen="$3" IDLE_COUNT="$4" PORT per i rss_base rss_held cpu0 la0
     PORT="$(port_of "$s")"
     per=$(( (IDLE_COUNT + IDLE_PROCS - 1) / IDLE_PROCS ))
     rss_base="$(proc_rss "$SERVER_PID")"; cpu0="$(proc_cpu "$SERVER_PID")"; la0="$(loadavg)"
@@ -447,10 +507,11 @@ run_idle() {
     for ((i = 0; i < IDLE_PROCS; i++)); do
         local first=$((i * per)) count=$per
         (( first + count > IDLE_COUNT )) && count=$((IDLE_COUNT - first))
-        taskset -c 1 "$LOADGEN" --port "$PORT" --domain "$DOMAIN" --server-pid "$SERVER_PID" \
-            --label "$s" idle --first "$first" --count "$count" --concurrency 100 --hold 900 \
+        taskset -c 1 "$LOADGEN" --port "$PORT" --http-port $((PORT + 2)) --domain "$DOMAIN" \
+            --server-pid "$SERVER_PID" --label "$s" "$scen" --first "$first" --count "$count" \
+            --concurrency 100 --hold 900 \
             --ready-file "$WORK/idle-ready-$i" --release-file "$WORK/idle-release" \
-            >"$WORK/idle-$i.json" 2>"$OUT/logs/gen-$s-idle-$rep-$i.log" &
+            >"$WORK/idle-$i.json" 2>"$OUT/logs/gen-$s-$scen-$rep-$i.log" &
         GEN_PIDS+=($!)
     done
     local waited=0
@@ -469,9 +530,9 @@ run_idle() {
         runs+="$sep$(cat "$WORK/idle-$i.json" 2>/dev/null || echo null)"; sep=","
     done
     runs+="]"
-    printf '{"server":"%s","scenario":"idle","rep":%s,"loadavg_before":"%s","loadavg_after":"%s","proc":{"cpu_s_before":%s,"cpu_s_after":%s,"rss_kib_before":%s,"rss_kib_held":%s},"generator_rss_kib_held":%s,"runs":%s}\n' \
-        "$s" "$rep" "$la0" "$(loadavg)" "$cpu0" "$(proc_cpu "$SERVER_PID")" "$rss_base" "$rss_held" "$gen_rss" "$runs" >>"$RAW"
-    log "$s idle #$rep: server RSS $rss_base -> $rss_held KiB with up to $IDLE_COUNT sessions"
+    printf '{"server":"%s","scenario":"%s","rep":%s,"loadavg_before":"%s","loadavg_after":"%s","proc":{"cpu_s_before":%s,"cpu_s_after":%s,"rss_kib_before":%s,"rss_kib_held":%s},"generator_rss_kib_held":%s,"runs":%s}\n' \
+        "$s" "$scen" "$rep" "$la0" "$(loadavg)" "$cpu0" "$(proc_cpu "$SERVER_PID")" "$rss_base" "$rss_held" "$gen_rss" "$runs" >>"$RAW"
+    log "$s $scen #$rep: server RSS $rss_base -> $rss_held KiB with up to $IDLE_COUNT sessions"
 }
 
 run_scenario() { # server scenario
@@ -487,10 +548,18 @@ run_scenario() { # server scenario
                     --users "$LOGIN_USERS" --concurrency "$LOGIN_CONC"
             done
             ;;
-        idle)
-            # Warm the server (code loading, caches) so the baseline RSS is not a cold start.
-            gen "$s" idle-warmup 0 -- login --count 50 --users 50 --concurrency 10 --no-warmup
-            for ((r = 1; r <= IDLE_REPS; r++)); do run_idle "$s" "$r"; done
+        idle|ws-idle)
+            # Each repetition on a freshly started server: a server keeps the memory of the
+            # previous repetition's sessions for reuse (the allocator's, the VM's), which
+            # would hide the next one's growth. Warm the server (code loading, caches) so the
+            # baseline RSS is not a cold start.
+            local count="$IDLE_COUNT" login=login
+            [[ $scen == ws-idle ]] && count="$WS_IDLE_COUNT" login=ws-login
+            for ((r = 1; r <= IDLE_REPS; r++)); do
+                if ((r > 1)); then stop_server; start_server "$s"; fi
+                gen "$s" "$scen-warmup" "$r" -- "$login" --count 50 --users 50 --concurrency 10 --no-warmup
+                run_idle "$s" "$r" "$scen" "$count"
+            done
             ;;
         messages)
             for ((r = 1; r <= REPS; r++)); do
@@ -536,6 +605,24 @@ run_scenario() { # server scenario
                     --repeats "$PEP_REPEATS" --interval-ms 100 --concurrency 50
             done
             ;;
+        ws-login)
+            # As login (SCRAM-SHA-1, the same counts), over WebSocket in the clear.
+            for ((r = 1; r <= REPS; r++)); do
+                gen "$s" ws-login "$r" -- ws-login --count "$WS_LOGIN_COUNT" \
+                    --users "$LOGIN_USERS" --concurrency "$LOGIN_CONC"
+            done
+            ;;
+        bosh-rtt)
+            # Latency at a fixed rate, so under SCHED_FIFO like the rate scenario.
+            if [[ $REALTIME == 1 ]] && chrt -a -f -p 10 "$SERVER_PID" >/dev/null 2>&1; then
+                GEN_PREFIX=(chrt -f 10)
+            fi
+            for ((r = 1; r <= REPS; r++)); do
+                gen "$s" bosh-rtt "$r" -- bosh-rtt --sessions "$BOSH_SESSIONS" --rate "$BOSH_RATE" \
+                    --duration "$BOSH_DURATION" --warmup 2 --drain 5 --concurrency 20
+            done
+            GEN_PREFIX=()
+            ;;
         *) echo "unknown scenario $scen" >&2; return 1 ;;
     esac
 }
@@ -555,13 +642,14 @@ versions() {
     v="$(dpkg-query -W -f='${Version}' lua5.4 2>/dev/null || echo none)"; printf '"lua":"%s"}' "$v"
 }
 cat >"$OUT/meta.json" <<EOF
-{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","nproc":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')","kernel":"$(uname -r)","versions":$(versions),"command":"bench/run.sh $ARGS_GIVEN","quick":$QUICK,"reps":$REPS,"priority":"${PRIORITY:-none}","realtime_rate":$REALTIME,"params":{"login_count":$LOGIN_COUNT,"login_users":$LOGIN_USERS,"login_concurrency":$LOGIN_CONC,"idle_count":$IDLE_COUNT,"idle_procs":$IDLE_PROCS,"msg_pairs":$MSG_PAIRS,"msg_duration":$MSG_DURATION,"msg_window":$MSG_WINDOW,"rate":$RATE,"rate_pairs":$RATE_PAIRS,"rate_duration":$RATE_DURATION,"fanout_contacts":$FANOUT_CONTACTS,"fanout_repeats":$FANOUT_REPEATS,"pep_contacts":$PEP_CONTACTS,"pep_repeats":$PEP_REPEATS}}
+{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","nproc":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')","kernel":"$(uname -r)","versions":$(versions),"command":"bench/run.sh $ARGS_GIVEN","quick":$QUICK,"reps":$REPS,"priority":"${PRIORITY:-none}","realtime_rate":$REALTIME,"params":{"login_count":$LOGIN_COUNT,"login_users":$LOGIN_USERS,"login_concurrency":$LOGIN_CONC,"idle_count":$IDLE_COUNT,"idle_procs":$IDLE_PROCS,"msg_pairs":$MSG_PAIRS,"msg_duration":$MSG_DURATION,"msg_window":$MSG_WINDOW,"rate":$RATE,"rate_pairs":$RATE_PAIRS,"rate_duration":$RATE_DURATION,"fanout_contacts":$FANOUT_CONTACTS,"fanout_repeats":$FANOUT_REPEATS,"pep_contacts":$PEP_CONTACTS,"pep_repeats":$PEP_REPEATS,"ws_login_count":$WS_LOGIN_COUNT,"ws_idle_count":$WS_IDLE_COUNT,"bosh_sessions":$BOSH_SESSIONS,"bosh_rate":$BOSH_RATE,"bosh_duration":$BOSH_DURATION}}
 EOF
 log "results in $OUT (servers: $SERVERS; scenarios: $SCENARIOS; reps: $REPS)"
 
 for s in $SERVERS; do
     # Accounts are created once per server, then every scenario runs on a fresh start.
     start_server "$s"
+    [[ $WEB == 1 ]] && check_web "$s"
     create_accounts "$s"
     stop_server
     for scen in $SCENARIOS; do

@@ -28,6 +28,10 @@ modules_enabled = {
 	-- features from the caps in its presence by itself. vcard_legacy loads it anyway (it
 	-- keeps avatars in PEP): listed so that it is chosen, not a side effect.
 	"pep";
+	-- XMPP over BOSH and WebSocket, for the web-transport scenarios (on the plain HTTP
+	-- port below).
+	"bosh";
+	"websocket";
 }
 -- Autoloaded modules kept: presence, message, iq, offline, c2s. No federation.
 modules_disabled = { "s2s"; "s2s_auth_certs"; "dialback" }
@@ -39,8 +43,18 @@ c2s_ports = { @PORT_C2S@ }
 c2s_direct_tls_ports = { @PORT_C2S_TLS@ }
 s2s_ports = { }
 component_ports = { }
-http_ports = { }
+-- HTTP in the clear for BOSH (/http-bind) and WebSocket (/xmpp-websocket), on loopback.
+http_ports = { @PORT_HTTP@ }
+http_interfaces = { "127.0.0.1" }
 https_ports = { }
+https_interfaces = { }
+-- Requests whose Host is not a VirtualHost (127.0.0.1:port) are served by this one.
+http_default_host = "@DOMAIN@"
+-- As if behind a reverse proxy that terminated TLS: BOSH and WebSocket sessions count as
+-- encrypted, so c2s_require_encryption below lets them authenticate (the TCP scenarios
+-- measure TLS; these measure the transports). Rookery: [http] trusted_proxies.
+consider_bosh_secure = true
+consider_websocket_secure = true
 
 -- Default 128 pending connections; raised to match the others (1024).
 network_settings = {

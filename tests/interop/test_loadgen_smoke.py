@@ -1,5 +1,5 @@
-"""A tiny run of every rookery-load scenario against the real server, so the benchmark tool
-keeps working. This measures nothing: speeds are for bench/run.sh and BENCHMARKS.md."""
+"""A tiny run of every rookery-load scenario against the real server (over TCP, WebSocket and
+BOSH), so the benchmark tool keeps working. This measures nothing: speeds are for bench/run.sh and BENCHMARKS.md."""
 
 import json
 import os
@@ -18,6 +18,11 @@ LOAD_BIN = Path(
 
 pytestmark = pytest.mark.skipif(EXTERNAL, reason="drives its own rookery accounts")
 
+# The web-transport scenarios use the plain HTTP listener, as bench/run.sh does: the
+# generator on loopback counts as a proxy that terminated TLS (it sends
+# X-Forwarded-Proto: https), so WebSocket and BOSH in the clear are accepted.
+SERVER_CONFIG = {"extra_toml": '[http]\ntrusted_proxies = ["127.0.0.1"]'}
+
 
 @pytest.fixture(scope="module")
 def accounts(server):
@@ -35,6 +40,7 @@ def run_load(server, accounts, *args, timeout=60):
     cmd = [
         str(LOAD_BIN),
         "--port", str(server.c2s_port),
+        "--http-port", str(server.http_port),
         "--domain", server.domain,
         "--user-pattern", accounts + "{n}",
         "--password-pattern", "password{n}",
@@ -96,3 +102,19 @@ def test_pep_notifications(server, accounts):
     assert r["publishes_complete"] == 3 and r["publishes_incomplete"] == 0, r
     # One verification string for all three contacts: the server asked one of them.
     assert r["disco_info_answered"] == 1, r
+
+
+def test_websocket_login(server, accounts):
+    r = run_load(server, accounts, "ws-login", "--count", "8", "--concurrency", "4", "--users", "8")
+    assert r["transport"] == "websocket" and r["logins_ok"] == 8, r
+
+
+def test_websocket_idle_sessions(server, accounts):
+    r = run_load(server, accounts, "ws-idle", "--count", "4", "--hold", "1")
+    assert r["established"] == 4 and r["lost_while_held"] == 0, r
+
+
+def test_bosh_round_trips(server, accounts):
+    r = run_load(server, accounts, "bosh-rtt", "--sessions", "3", "--rate", "30", "--duration", "1", "--warmup", "0", "--drain", "5")
+    assert r["sessions"] == 3 and r["lost"] == 0, r
+    assert r["answered"] == r["sent"] == r["latency_ms"]["count"] > 0, r

@@ -60,7 +60,7 @@ impl std::error::Error for ClientError {}
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
-fn io_err(kind: &'static str) -> impl Fn(std::io::Error) -> ClientError {
+pub fn io_err(kind: &'static str) -> impl Fn(std::io::Error) -> ClientError {
     move |e| ClientError::new(kind, e.to_string())
 }
 
@@ -145,6 +145,10 @@ pub struct Target {
     pub keys: KeyCache,
     /// Local addresses to connect from, used in turn (empty: the kernel's choice).
     pub sources: Vec<IpAddr>,
+    /// The plain HTTP listener (WebSocket and BOSH scenarios), and its endpoints' paths.
+    pub http_addr: SocketAddr,
+    pub ws_path: String,
+    pub bosh_path: String,
 }
 
 impl Target {
@@ -187,7 +191,8 @@ pub fn resolve_loopback(host: &str, port: u16) -> std::result::Result<SocketAddr
 pub struct LoginTimes {
     /// TCP connected.
     pub connect_us: u64,
-    /// TLS handshake done (after STARTTLS negotiation for a STARTTLS port).
+    /// TLS handshake done (after STARTTLS negotiation for a STARTTLS port); over WebSocket,
+    /// the HTTP upgrade done; over BOSH, the session created.
     pub tls_us: u64,
     /// SASL success (server signature checked).
     pub auth_us: u64,
@@ -268,9 +273,127 @@ async fn read_plain_element(
     }
 }
 
-fn stream_error_text(el: &[u8]) -> String {
+pub fn stream_error_text(el: &[u8]) -> String {
     let cond = scan::first_child_name(el).unwrap_or(b"?");
     format!("stream error {}", String::from_utf8_lossy(cond))
+}
+
+/// One SASL exchange (SCRAM or PLAIN), as elements: whatever transport carries them (TCP,
+/// WebSocket, BOSH) sends [`Sasl::start`]'s `<auth/>` and hands each element from the server
+/// to [`Sasl::step`].
+pub struct Sasl {
+    scram: Option<ScramClient>,
+    user: String,
+}
+
+/// What an element from the server means for the exchange.
+pub enum SaslStep {
+    /// Send this element.
+    Reply(String),
+    /// Authenticated (the server's SCRAM signature checked).
+    Success,
+    /// Not a SASL element: nothing to do.
+    Other,
+}
+
+impl Sasl {
+    /// The exchange for this account, and its `<auth/>` element.
+    pub fn start(t: &Target, user: &str, password: &str) -> (Sasl, String) {
+        let mech = t.mechanism;
+        let mut scram = None;
+        let initial = match mech {
+            Mechanism::Plain => plain_initial(user, password),
+            _ => {
+                let c = ScramClient::new(mech, user, password, &ScramClient::random_nonce());
+                let first = c.client_first().into_bytes();
+                scram = Some(c);
+                first
+            }
+        };
+        let auth = format!(
+            "<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>",
+            mech.name(),
+            B64.encode(initial)
+        );
+        let sasl = Sasl {
+            scram,
+            user: user.to_owned(),
+        };
+        (sasl, auth)
+    }
+
+    pub fn step(&mut self, el: &[u8], keys: &KeyCache) -> Result<SaslStep> {
+        let payload = || {
+            let text = scan::root_text(el);
+            B64.decode(text.trim_ascii())
+                .map_err(|_| ClientError::new("sasl", "payload is not base64"))
+                .and_then(|b| {
+                    String::from_utf8(b)
+                        .map_err(|_| ClientError::new("sasl", "payload is not UTF-8"))
+                })
+        };
+        match scan::root_name(el) {
+            b"challenge" => {
+                let Some(c) = self.scram.as_mut() else {
+                    return Err(ClientError::new("sasl", "unexpected challenge for PLAIN"));
+                };
+                let data = payload()?;
+                if data.starts_with("v=") || data.starts_with("e=") {
+                    // Server-final sent as a challenge: verify, answer empty.
+                    c.verify_server_final(&data)
+                        .map_err(|e| ClientError::new("sasl", e.0))?;
+                    Ok(SaslStep::Reply(format!("<response xmlns='{NS_SASL}'/>")))
+                } else {
+                    let fin = c
+                        .client_final(&data, Some(keys))
+                        .map_err(|e| ClientError::new("sasl", e.0))?;
+                    Ok(SaslStep::Reply(format!(
+                        "<response xmlns='{NS_SASL}'>{}</response>",
+                        B64.encode(fin)
+                    )))
+                }
+            }
+            b"success" => {
+                if let Some(c) = self.scram.as_ref() {
+                    let data = payload()?;
+                    c.verify_server_final(&data)
+                        .map_err(|e| ClientError::new("sasl", e.0))?;
+                }
+                Ok(SaslStep::Success)
+            }
+            b"failure" => {
+                let cond = scan::first_child_name(el).unwrap_or(b"?");
+                Err(ClientError::new(
+                    "auth-failed",
+                    format!("{}: {}", self.user, String::from_utf8_lossy(cond)),
+                ))
+            }
+            b"error" => Err(ClientError::new("stream-error", stream_error_text(el))),
+            _ => Ok(SaslStep::Other),
+        }
+    }
+}
+
+/// A TCP connection to `addr` (from the run's next source address, if any), Nagle off.
+pub async fn connect_tcp(t: &Target, addr: SocketAddr, n: u64) -> Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(io_err("socket"))?;
+    if !t.sources.is_empty() {
+        let src = t.sources[(n as usize) % t.sources.len()];
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(io_err("bind-source"))?;
+    }
+    let tcp = tokio::time::timeout(t.step_timeout, socket.connect(addr))
+        .await
+        .map_err(|_| ClientError::new("timeout", "TCP connect"))?
+        .map_err(io_err("connect"))?;
+    tcp.set_nodelay(true).map_err(io_err("socket"))?;
+    Ok(tcp)
 }
 
 impl Conn {
@@ -280,23 +403,7 @@ impl Conn {
         let start = Instant::now();
         let us = |s: Instant| s.elapsed().as_micros() as u64;
         let mut times = LoginTimes::default();
-        let socket = if t.addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(io_err("socket"))?;
-        if !t.sources.is_empty() {
-            let src = t.sources[(n as usize) % t.sources.len()];
-            socket
-                .bind(SocketAddr::new(src, 0))
-                .map_err(io_err("bind-source"))?;
-        }
-        let mut tcp = tokio::time::timeout(t.step_timeout, socket.connect(t.addr))
-            .await
-            .map_err(|_| ClientError::new("timeout", "TCP connect"))?
-            .map_err(io_err("connect"))?;
-        tcp.set_nodelay(true).map_err(io_err("socket"))?;
+        let mut tcp = connect_tcp(t, t.addr, n).await?;
         times.connect_us = us(start);
 
         if t.tls == TlsMode::StartTls {
@@ -467,75 +574,18 @@ impl Conn {
     }
 
     async fn authenticate(&mut self, t: &Target, user: &str, password: &str) -> Result<()> {
-        let mech = t.mechanism;
-        let mut scram = None;
-        let initial = match mech {
-            Mechanism::Plain => plain_initial(user, password),
-            _ => {
-                let c = ScramClient::new(mech, user, password, &ScramClient::random_nonce());
-                let first = c.client_first().into_bytes();
-                scram = Some(c);
-                first
-            }
-        };
-        let _ = write!(
-            self.out,
-            "<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>",
-            mech.name(),
-            B64.encode(initial)
-        );
+        let (mut sasl, auth) = Sasl::start(t, user, password);
+        self.out.extend_from_slice(auth.as_bytes());
         self.flush().await?;
         loop {
             let el = self.next_element(t.step_timeout).await?;
-            let payload = || {
-                let text = scan::root_text(&el);
-                B64.decode(text.trim_ascii())
-                    .map_err(|_| ClientError::new("sasl", "payload is not base64"))
-                    .and_then(|b| {
-                        String::from_utf8(b)
-                            .map_err(|_| ClientError::new("sasl", "payload is not UTF-8"))
-                    })
-            };
-            match scan::root_name(&el) {
-                b"challenge" => {
-                    let Some(c) = scram.as_mut() else {
-                        return Err(ClientError::new("sasl", "unexpected challenge for PLAIN"));
-                    };
-                    let data = payload()?;
-                    if data.starts_with("v=") || data.starts_with("e=") {
-                        // Server-final sent as a challenge: verify, answer empty.
-                        c.verify_server_final(&data)
-                            .map_err(|e| ClientError::new("sasl", e.0))?;
-                        let _ = write!(self.out, "<response xmlns='{NS_SASL}'/>");
-                    } else {
-                        let fin = c
-                            .client_final(&data, Some(&t.keys))
-                            .map_err(|e| ClientError::new("sasl", e.0))?;
-                        let _ = write!(
-                            self.out,
-                            "<response xmlns='{NS_SASL}'>{}</response>",
-                            B64.encode(fin)
-                        );
-                    }
+            match sasl.step(&el, &t.keys)? {
+                SaslStep::Reply(r) => {
+                    self.out.extend_from_slice(r.as_bytes());
                     self.flush().await?;
                 }
-                b"success" => {
-                    if let Some(c) = scram.as_ref() {
-                        let data = payload()?;
-                        c.verify_server_final(&data)
-                            .map_err(|e| ClientError::new("sasl", e.0))?;
-                    }
-                    return Ok(());
-                }
-                b"failure" => {
-                    let cond = scan::first_child_name(&el).unwrap_or(b"?");
-                    return Err(ClientError::new(
-                        "auth-failed",
-                        format!("{user}: {}", String::from_utf8_lossy(cond)),
-                    ));
-                }
-                b"error" => return Err(ClientError::new("stream-error", stream_error_text(&el))),
-                _ => {}
+                SaslStep::Success => return Ok(()),
+                SaslStep::Other => {}
             }
         }
     }
@@ -549,25 +599,7 @@ impl Conn {
             let el = self.next_element(left).await?;
             match scan::root_name(&el) {
                 b"iq" if scan::attr(&el, b"id") == Some(id.as_bytes()) => {
-                    return match scan::attr(&el, b"type") {
-                        Some(b"result") => Ok(el),
-                        _ => {
-                            let cond = scan::child_tag(&el, b"error")
-                                .and_then(|_| {
-                                    scan::tokens(&el).skip(1).find_map(|tk| match tk {
-                                        scan::Token::Start { name, tag, .. }
-                                            if scan::tag_attr(tag, b"xmlns")
-                                                == Some(b"urn:ietf:params:xml:ns:xmpp-stanzas") =>
-                                        {
-                                            Some(String::from_utf8_lossy(name).into_owned())
-                                        }
-                                        _ => None,
-                                    })
-                                })
-                                .unwrap_or_else(|| "?".to_owned());
-                            Err(ClientError::new("iq-error", format!("{id}: {cond}")))
-                        }
-                    };
+                    return iq_outcome(el, id);
                 }
                 b"iq" => self.answer_server_iq(&el),
                 b"error" => return Err(ClientError::new("stream-error", stream_error_text(&el))),
@@ -702,6 +734,27 @@ impl Conn {
         }
         let _ = tokio::time::timeout(wait, self.stream.shutdown()).await;
     }
+}
+
+/// The answer to one of our IQs: the result element, or its error condition.
+pub fn iq_outcome(el: Vec<u8>, id: &str) -> Result<Vec<u8>> {
+    if scan::attr(&el, b"type") == Some(b"result") {
+        return Ok(el);
+    }
+    let cond = scan::child_tag(&el, b"error")
+        .and_then(|_| {
+            scan::tokens(&el).skip(1).find_map(|tk| match tk {
+                scan::Token::Start { name, tag, .. }
+                    if scan::tag_attr(tag, b"xmlns")
+                        == Some(b"urn:ietf:params:xml:ns:xmpp-stanzas") =>
+                {
+                    Some(String::from_utf8_lossy(name).into_owned())
+                }
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    Err(ClientError::new("iq-error", format!("{id}: {cond}")))
 }
 
 /// Appends the answer to an IQ get/set from the server: a result for a ping, an error for

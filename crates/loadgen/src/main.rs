@@ -2,8 +2,9 @@
 //!
 //! It speaks XMPP with its own minimal client (STARTTLS or direct TLS, SCRAM or PLAIN,
 //! binding, presence, messages) and runs one scenario per invocation: `login`, `idle`,
-//! `messages`, `rate`, `fanout`, `muc`, `pep`, `mam` (archive queries), and `register` to create accounts
-//! by in-band registration on servers that allow it. Each run prints one JSON object on
+//! `messages`, `rate`, `fanout`, `muc`, `pep`, `mam` (archive queries), over the web
+//! transports in the clear `ws-login`, `ws-idle` (WebSocket) and `bosh-rtt` (BOSH), and
+//! `register` to create accounts by in-band registration on servers that allow it. Each run prints one JSON object on
 //! stdout (scenario, parameters, results, errors) and a human summary on stderr. Every loop
 //! is bounded in count and time, every connection is closed at the end, and only loopback
 //! addresses are accepted.
@@ -14,9 +15,10 @@ mod scan;
 mod scenario;
 mod scram;
 mod stats;
+mod web;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use client::{Target, TlsMode};
+use client::{Conn, Target, TlsMode};
 use scenario::Report;
 use serde_json::json;
 use std::net::IpAddr;
@@ -47,6 +49,15 @@ struct TargetArgs {
     /// XMPP domain of the accounts.
     #[arg(long, global = true, default_value = "localhost")]
     domain: String,
+    /// The server's plain HTTP port (WebSocket and BOSH scenarios: `ws://`, `http://`).
+    #[arg(long, global = true, default_value_t = 5280)]
+    http_port: u16,
+    /// Path of the WebSocket endpoint on the HTTP port.
+    #[arg(long, global = true, default_value = "/xmpp-websocket")]
+    ws_path: String,
+    /// Path of the BOSH endpoint on the HTTP port.
+    #[arg(long, global = true, default_value = "/http-bind")]
+    bosh_path: String,
     #[arg(long, global = true, value_enum, default_value_t = TlsArg::Starttls)]
     tls: TlsArg,
     /// SASL mechanism: SCRAM-SHA-1, SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN.
@@ -111,6 +122,14 @@ enum Scenario {
     /// Fills an archive with MESSAGES messages between two accounts, then times archive
     /// queries (last page, a page by start time, a `with` page, a page after an id).
     Mam(scenario::mam::MamArgs),
+    /// The login storm over WebSocket in the clear (`ws://`): upgrade, stream, SASL, restart,
+    /// bind, initial presence, a confirming ping, then `<close/>`.
+    WsLogin(scenario::login::LoginArgs),
+    /// Holds COUNT authenticated WebSocket sessions open (for memory per session).
+    WsIdle(scenario::idle::IdleArgs),
+    /// SESSIONS logged-in BOSH sessions (`http://`); IQ pings to the server at a fixed
+    /// aggregate RATE; reports the round trip until the answer is in a BOSH response.
+    BoshRtt(scenario::bosh::BoshRttArgs),
 }
 
 impl Scenario {
@@ -125,6 +144,9 @@ impl Scenario {
             Scenario::Muc(_) => "muc",
             Scenario::Pep(_) => "pep",
             Scenario::Mam(_) => "mam",
+            Scenario::WsLogin(_) => "ws-login",
+            Scenario::WsIdle(_) => "ws-idle",
+            Scenario::BoshRtt(_) => "bosh-rtt",
         }
     }
 }
@@ -174,6 +196,7 @@ fn main() {
 fn run(cli: Cli) -> Result<bool, String> {
     let a = &cli.target;
     let addr = client::resolve_loopback(&a.host, a.port)?;
+    let http_addr = client::resolve_loopback(&a.host, a.http_port)?;
     if let Some(bad) = a.source.iter().find(|ip| !ip.is_loopback()) {
         return Err(format!("--source {bad} is not a loopback address"));
     }
@@ -193,6 +216,9 @@ fn run(cli: Cli) -> Result<bool, String> {
         connector: client::tls_connector(),
         keys: scram::KeyCache::new(),
         sources: a.source.clone(),
+        http_addr,
+        ws_path: a.ws_path.clone(),
+        bosh_path: a.bosh_path.clone(),
     });
     let fd_limit = raise_fd_limit();
     let runtime = if a.threads <= 1 {
@@ -217,8 +243,8 @@ fn run(cli: Cli) -> Result<bool, String> {
     let server_pid = a.server_pid;
     let report: Report = runtime.block_on(async {
         match &cli.scenario {
-            Scenario::Login(s) => scenario::login::run(target.clone(), s, server_pid).await,
-            Scenario::Idle(s) => scenario::idle::run(target.clone(), s, server_pid).await,
+            Scenario::Login(s) => scenario::login::run::<Conn>(target.clone(), s, server_pid).await,
+            Scenario::Idle(s) => scenario::idle::run::<Conn>(target.clone(), s, server_pid).await,
             Scenario::Messages(s) => {
                 scenario::messages::run_flat(target.clone(), s, server_pid).await
             }
@@ -228,6 +254,13 @@ fn run(cli: Cli) -> Result<bool, String> {
             Scenario::Muc(s) => scenario::muc::run(target.clone(), s, server_pid).await,
             Scenario::Pep(s) => scenario::pep::run(target.clone(), s, server_pid).await,
             Scenario::Mam(s) => scenario::mam::run(target.clone(), s, server_pid).await,
+            Scenario::WsLogin(s) => {
+                scenario::login::run::<web::WsConn>(target.clone(), s, server_pid).await
+            }
+            Scenario::WsIdle(s) => {
+                scenario::idle::run::<web::WsConn>(target.clone(), s, server_pid).await
+            }
+            Scenario::BoshRtt(s) => scenario::bosh::run(target.clone(), s, server_pid).await,
         }
     });
     // Let the close handshakes still in flight finish before the runtime goes away.
@@ -250,6 +283,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             "domain": a.domain,
             "tls": format!("{:?}", a.tls).to_lowercase(),
             "mechanism": mechanism.name(),
+            "http_addr": http_addr.to_string(),
             "user_pattern": a.user_pattern,
         },
         "params": report.params,

@@ -2,9 +2,10 @@
 //! them, so the server's memory per session can be read while they are open. With
 //! `--ready-file`, a JSON line is written there once every session is up; the sessions are then
 //! held until `--release-file` exists or `--hold` seconds pass, whichever is first. Several
-//! generator processes can share one run this way (each has its own open-files limit).
+//! generator processes can share one run this way (each has its own open-files limit). Over TCP
+//! with TLS (`idle`) or WebSocket (`ws-idle`).
 
-use super::{login_many, Mark, Report, CLOSE_WAIT};
+use super::{login_many_with, Mark, Report, Session, CLOSE_WAIT};
 use crate::client::{LoginOpts, Target};
 use crate::scan::{self, Event};
 use crate::stats;
@@ -39,7 +40,7 @@ pub struct IdleArgs {
 
 /// Reads and discards what the server sends to an idle session (answering pings) until told
 /// to stop. Returns false when the server ended the session first.
-async fn hold(mut conn: crate::client::Conn, mut stop: watch::Receiver<bool>) -> bool {
+pub async fn hold(mut conn: crate::client::Conn, mut stop: watch::Receiver<bool>) -> bool {
     let mut alive = true;
     loop {
         tokio::select! {
@@ -80,13 +81,13 @@ async fn hold(mut conn: crate::client::Conn, mut stop: watch::Receiver<bool>) ->
     alive
 }
 
-pub async fn run(t: Arc<Target>, a: &IdleArgs, server_pid: Option<u32>) -> Report {
+pub async fn run<S: Session>(t: Arc<Target>, a: &IdleArgs, server_pid: Option<u32>) -> Report {
     let params = json!({
-        "count": a.count, "first": a.first, "concurrency": a.concurrency, "hold_max_s": a.hold,
+        "transport": S::TRANSPORT, "count": a.count, "first": a.first, "concurrency": a.concurrency, "hold_max_s": a.hold,
     });
     let before = Mark::now(server_pid);
     let indices: Vec<u64> = (a.first..a.first + a.count).collect();
-    let (sessions, mut errors) = login_many(
+    let (sessions, mut errors) = login_many_with::<S>(
         &t,
         indices,
         |i| format!("idle{i}"),
@@ -101,7 +102,7 @@ pub async fn run(t: Arc<Target>, a: &IdleArgs, server_pid: Option<u32>) -> Repor
     let mut established = 0u64;
     for (conn, _) in sessions.into_iter().flatten() {
         established += 1;
-        holders.spawn(hold(conn, stop_rx.clone()));
+        holders.spawn(conn.hold(stop_rx.clone()));
     }
     if let Some(path) = &a.ready_file {
         let line = json!({ "established": established, "failed": a.count - established,

@@ -1,8 +1,9 @@
 //! Login storm: COUNT full logins (TCP, TLS, SASL, bind, initial presence, a confirming
-//! ping), CONCURRENCY at a time, each followed by a clean logout.
+//! ping), CONCURRENCY at a time, each followed by a clean logout. Over TCP (`login`) or
+//! WebSocket (`ws-login`: the upgrade instead of TLS, then the same negotiation).
 
-use super::{Mark, Report, CLOSE_WAIT};
-use crate::client::{Conn, LoginOpts, Target};
+use super::{Mark, Report, Session, CLOSE_WAIT};
+use crate::client::{LoginOpts, Target};
 use crate::stats::{self, Errors};
 use clap::Args;
 use serde_json::json;
@@ -45,7 +46,13 @@ struct Storm {
 /// Sessions of one worker still closing before it waits for one to finish.
 const MAX_CLOSING: usize = 64;
 
-async fn storm(t: &Arc<Target>, a: &LoginArgs, count: u64, users: u64, tag: &str) -> Storm {
+async fn storm<S: Session>(
+    t: &Arc<Target>,
+    a: &LoginArgs,
+    count: u64,
+    users: u64,
+    tag: &str,
+) -> Storm {
     let next = Arc::new(AtomicU64::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..a.concurrency.max(1) {
@@ -69,7 +76,7 @@ async fn storm(t: &Arc<Target>, a: &LoginArgs, count: u64, users: u64, tag: &str
                     break;
                 }
                 let n = first + i % users;
-                match Conn::login(&t, n, &format!("{tag}{i}"), LoginOpts::default()).await {
+                match S::login(&t, n, &format!("{tag}{i}"), LoginOpts::default()).await {
                     Ok((conn, times)) => {
                         s.latencies.push(times.ready_us);
                         s.connect.push(times.connect_us);
@@ -138,15 +145,15 @@ async fn storm(t: &Arc<Target>, a: &LoginArgs, count: u64, users: u64, tag: &str
     all
 }
 
-pub async fn run(t: Arc<Target>, a: &LoginArgs, server_pid: Option<u32>) -> Report {
+pub async fn run<S: Session>(t: Arc<Target>, a: &LoginArgs, server_pid: Option<u32>) -> Report {
     let users = if a.users == 0 { a.count } else { a.users }.max(1);
     let params = json!({
         "count": a.count, "concurrency": a.concurrency, "first": a.first, "users": users,
-        "warmup": !a.no_warmup, "tls_resumption": false,
+        "warmup": !a.no_warmup, "tls_resumption": false, "transport": S::TRANSPORT,
     });
     let mut warm_errors = 0;
     if !a.no_warmup {
-        let w = storm(&t, a, users.min(a.count.max(1)), users, "w").await;
+        let w = storm::<S>(&t, a, users.min(a.count.max(1)), users, "w").await;
         warm_errors = w.errors.total();
         if w.latencies.is_empty() {
             let mut errors = w.errors;
@@ -155,7 +162,7 @@ pub async fn run(t: Arc<Target>, a: &LoginArgs, server_pid: Option<u32>) -> Repo
         }
     }
     let before = Mark::now(server_pid);
-    let mut s = storm(&t, a, a.count, users, "s").await;
+    let mut s = storm::<S>(&t, a, a.count, users, "s").await;
     let after = Mark::now(server_pid);
     let last = s.last_login.unwrap_or(after.at);
     let wall = last.duration_since(before.at).as_secs_f64();
@@ -181,6 +188,7 @@ pub async fn run(t: Arc<Target>, a: &LoginArgs, server_pid: Option<u32>) -> Repo
     Report {
         params,
         results: json!({
+            "transport": S::TRANSPORT,
             "logins_ok": ok_count,
             "logins_failed": a.count - ok_count,
             "wall_s": stats::round3(wall),

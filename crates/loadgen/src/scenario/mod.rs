@@ -1,6 +1,7 @@
 //! The scenarios, one module each, and what they share: the report and a bounded-concurrency
 //! login of many sessions.
 
+pub mod bosh;
 pub mod fanout;
 pub mod idle;
 pub mod login;
@@ -10,12 +11,78 @@ pub mod muc;
 pub mod pep;
 pub mod register;
 
-use crate::client::{Conn, LoginOpts, LoginTimes, Target};
+use crate::client::{self, Conn, LoginOpts, LoginTimes, Target};
 use crate::stats::{self, Errors, ProcSample};
+use crate::web::WsConn;
 use serde_json::{json, Value};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
+
+/// A client session over one transport, as the scenarios that work the same on any (login,
+/// idle) use it: TCP with TLS ([`Conn`]) or WebSocket ([`WsConn`]).
+pub trait Session: Sized + Send + 'static {
+    /// What the JSON output calls the transport.
+    const TRANSPORT: &'static str;
+    /// A full login as account `n` with this resource.
+    fn login(
+        t: &Target,
+        n: u64,
+        resource: &str,
+        opts: LoginOpts,
+    ) -> impl Future<Output = client::Result<(Self, LoginTimes)>> + Send;
+    /// Ends the session cleanly (bounded wait).
+    fn close(self, wait: Duration) -> impl Future<Output = ()> + Send;
+    /// Keeps the session open, answering the server's pings, until `stop` changes; false
+    /// when the server ended it first. Closes it at the end.
+    fn hold(self, stop: watch::Receiver<bool>) -> impl Future<Output = bool> + Send;
+    /// The TLS protocol version and cipher suite (empty without TLS).
+    fn tls_info(&self) -> (String, String);
+}
+
+impl Session for Conn {
+    const TRANSPORT: &'static str = "tcp";
+    async fn login(
+        t: &Target,
+        n: u64,
+        resource: &str,
+        opts: LoginOpts,
+    ) -> client::Result<(Self, LoginTimes)> {
+        Conn::login(t, n, resource, opts).await
+    }
+    async fn close(self, wait: Duration) {
+        Conn::close(self, wait).await
+    }
+    async fn hold(self, stop: watch::Receiver<bool>) -> bool {
+        idle::hold(self, stop).await
+    }
+    fn tls_info(&self) -> (String, String) {
+        Conn::tls_info(self)
+    }
+}
+
+impl Session for WsConn {
+    const TRANSPORT: &'static str = "websocket";
+    async fn login(
+        t: &Target,
+        n: u64,
+        resource: &str,
+        opts: LoginOpts,
+    ) -> client::Result<(Self, LoginTimes)> {
+        WsConn::login(t, n, resource, opts).await
+    }
+    async fn close(self, wait: Duration) {
+        WsConn::close(self, wait).await
+    }
+    async fn hold(self, stop: watch::Receiver<bool>) -> bool {
+        WsConn::hold(self, stop).await
+    }
+    fn tls_info(&self) -> (String, String) {
+        (String::new(), String::new())
+    }
+}
 
 /// What a scenario hands back for the JSON output.
 pub struct Report {
@@ -105,6 +172,17 @@ pub async fn login_many(
     concurrency: usize,
     opts: LoginOpts,
 ) -> (Vec<Option<(Conn, LoginTimes)>>, Errors) {
+    login_many_with::<Conn>(t, indices, resource, concurrency, opts).await
+}
+
+/// [`login_many`] over any transport.
+pub async fn login_many_with<S: Session>(
+    t: &Arc<Target>,
+    indices: Vec<u64>,
+    resource: impl Fn(usize) -> String,
+    concurrency: usize,
+    opts: LoginOpts,
+) -> (Vec<Option<(S, LoginTimes)>>, Errors) {
     let n = indices.len();
     let indices = Arc::new(indices);
     let resources: Arc<Vec<String>> = Arc::new((0..n).map(resource).collect());
@@ -121,7 +199,7 @@ pub async fn login_many(
                 if i >= indices.len() {
                     break;
                 }
-                match Conn::login(&t, indices[i], &resources[i], opts).await {
+                match S::login(&t, indices[i], &resources[i], opts).await {
                     Ok(c) => done.push((i, c)),
                     Err(e) => errors.add(e.kind, format!("account {}: {}", indices[i], e.detail)),
                 }
@@ -129,7 +207,7 @@ pub async fn login_many(
             (done, errors)
         });
     }
-    let mut out: Vec<Option<(Conn, LoginTimes)>> = (0..n).map(|_| None).collect();
+    let mut out: Vec<Option<(S, LoginTimes)>> = (0..n).map(|_| None).collect();
     let mut errors = Errors::default();
     while let Some(r) = workers.join_next().await {
         match r {
