@@ -29,6 +29,8 @@ pub struct TestServer {
     pub https: SocketAddr,
     /// A `component` listener (XEP-0114), when `extra` configured one.
     pub component: Option<SocketAddr>,
+    /// An `s2s` listener (server-to-server, STARTTLS), when `extra` configured one.
+    pub s2s: Option<SocketAddr>,
     pub cert: CertificateDer<'static>,
     _dir: tempfile::TempDir,
 }
@@ -93,8 +95,13 @@ impl TestServer {
             .iter()
             .find(|l| l.kind == rookery_core::config::ListenerKind::Component)
             .map(|l| l.local_addr);
+        let s2s = listeners
+            .iter()
+            .find(|l| l.kind == rookery_core::config::ListenerKind::S2s)
+            .map(|l| l.local_addr);
         rookery_net::serve(server.clone(), tls, listeners);
         TestServer {
+            s2s,
             server,
             c2s,
             direct_tls,
