@@ -31,9 +31,9 @@ GATEWAY_SECRET = "the gateway's secret"
 
 def _pair_config(peer: RookeryServer, extra: str = "") -> str:
     hosts = f"\"{peer.domain}\" = \"127.0.0.1:{peer.s2s_port}\"\n"
-    if peer.domain == A:
-        # The component attached to A is reached through A's server.
-        hosts += f"\"{GATEWAY}\" = \"127.0.0.1:{peer.s2s_port}\"\n"
+    # The services of A's server and the component attached to it are reached through it.
+    for sub in ("pubsub", "conference") + (("gateway",) if peer.domain == A else ()):
+        hosts += f"\"{sub}.{peer.domain}\" = \"127.0.0.1:{peer.s2s_port}\"\n"
     return f"[s2s]\nconnect_timeout_secs = 2\n{extra}\n[s2s.hosts]\n{hosts}"
 
 
@@ -334,3 +334,57 @@ async def test_a_component_talks_to_users_on_another_server(pair):
             assert echo["from"].bare == f"bot@{GATEWAY}"
     finally:
         await gateway.close()
+
+
+async def test_a_remote_subscriber_of_the_pubsub_service(pair):
+    """XEP-0060 across servers: bob on other.test subscribes to a node of pubsub.rookery.test
+    and gets its notifications over the federation link."""
+    from test_pep import answer, ok, pep_client, published, wait_event
+    from test_pubsub_service import create, entry, publish_to
+
+    a, b = pair
+    alice, bob = a.add_user("alice"), b.add_user("bob")
+    svc, node = f"pubsub.{A}", "federated-news"
+    async with pep_client(a, alice, "desk") as pa, pep_client(b, bob, "b") as pb:
+        ok(await create(pa, svc, node))
+        reply = ok(await answer(pb.plugin["xep_0060"].subscribe(svc, node, timeout=15)))
+        sub = reply.xml.find("{http://jabber.org/protocol/pubsub}pubsub/{http://jabber.org/protocol/pubsub}subscription")
+        assert sub is not None and sub.get("jid") == bob.jid and sub.get("subscription") == "subscribed", reply
+        ok(await publish_to(pa, svc, node, "n1", entry(1)))
+        got = await wait_event(pb, published(node, "n1"), timeout=15, what="notification across servers")
+        assert got.get("from") == svc
+
+
+async def test_presence_probe_after_login_across_servers(pair):
+    """RFC 6121 §4.3: a user with a subscription to a remote contact learns the contact's
+    presence at login, from the probe its server sends over the federation link."""
+    a, b = pair
+    alice, bob = a.add_user("alice"), b.add_user("bob")
+    async with session(a, alice, resource="a") as ca, session(b, bob, resource="b") as cb:
+        request = asyncio.get_running_loop().create_future()
+        cb.auto_authorize = None
+        cb.add_event_handler("presence_subscribe", lambda p: request.done() or request.set_result(p))
+        cb.send_presence(pstatus="always here")
+        ca.send_presence()
+        await cb.iq(None, "get", "<query xmlns='jabber:iq:roster'/>", timeout=10)
+        ca.send_presence(pto=bob.jid, ptype="subscribe")
+        await asyncio.wait_for(request, 15)
+        cb.send_presence(pto=alice.jid, ptype="subscribed")
+        roster = None
+        for _ in range(50):
+            roster = await ca.iq(None, "get", "<query xmlns='jabber:iq:roster'/>", timeout=10)
+            items = {i.get("jid"): i.get("subscription") for i in roster.xml.iter("{jabber:iq:roster}item")}
+            if items.get(bob.jid) == "to":
+                break
+            await asyncio.sleep(0.1)
+        await ca.close()
+        # A new login: the server probes bob's server, which answers with his presence.
+        async with session(a, alice, resource="again") as again:
+            seen = asyncio.get_running_loop().create_future()
+            again.add_event_handler(
+                "presence_available", lambda p: p["from"].bare == bob.jid and not seen.done() and seen.set_result(p)
+            )
+            again.send_presence()
+            got = await asyncio.wait_for(seen, 15)
+            assert got["from"].full == bob.full("b")
+            assert got["status"] == "always here"
