@@ -388,3 +388,28 @@ async def test_presence_probe_after_login_across_servers(pair):
             got = await asyncio.wait_for(seen, 15)
             assert got["from"].full == bob.full("b")
             assert got["status"] == "always here"
+
+
+async def test_an_idle_link_closes_and_comes_back(tmp_path):
+    a, b = _make_pair(tmp_path, extra_a="idle_timeout_secs = 1", extra_b="idle_timeout_secs = 1")
+    a.start()
+    b.start()
+    try:
+        alice, bob = a.add_user("alice"), b.add_user("bob")
+        async with session(a, alice, resource="a") as ca, session(b, bob, resource="b") as cb:
+            for i in range(2):
+                msg = ca.make_message(mto=bob.full("b"), mbody=f"round {i}", mtype="chat")
+                msg.send()
+                assert (await cb.next_message(timeout=15))["body"] == f"round {i}"
+                if i == 0:
+                    # Whichever side notices first closes the link in order.
+                    deadline = time.monotonic() + 10
+                    while "closing an idle" not in a.stderr_text() + b.stderr_text():
+                        assert time.monotonic() < deadline, "the idle link was not closed"
+                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.3)
+        # Two links were set up: the first closed when idle, the second for round 1.
+        assert a.stderr_text().count("server-to-server link up") == 2
+    finally:
+        a.kill()
+        b.kill()

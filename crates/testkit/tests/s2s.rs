@@ -169,3 +169,37 @@ async fn unreachable_domains_bounce_to_the_sender() {
     assert!(!c.received.contains("id=\"m3\""), "{}", c.received);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_times_out_and_bounces() {
+    // Accepts the connection and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let t = TestServer::start(&config(&format!(
+        "negotiation_timeout_secs = 1\n[s2s.hosts]\n'silent.example' = '127.0.0.1:{port}'\n"
+    )))
+    .await;
+    t.add_user("alice", "pw").await;
+    let mut c = RawClient::direct_tls(t.direct_tls, t.client_tls(&[&TLS13])).await;
+    c.open_stream().await;
+    c.login_plain("alice", "pw", "r").await;
+    let started = std::time::Instant::now();
+    c.send("<message to='bob@silent.example' id='s1'><body>hello?</body></message>")
+        .await;
+    let got = c.read_until("</message>").await;
+    assert!(
+        got.contains("id=\"s1\"") && got.contains("remote-server-timeout"),
+        "{got}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    t.stop().await;
+    holder.abort();
+}

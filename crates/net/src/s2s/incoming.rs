@@ -233,7 +233,16 @@ impl Incoming {
                     last_activity + idle
                 };
                 let event = tokio::select! {
-                    ev = self.wire.next_by(deadline) => ev?,
+                    ev = self.wire.next_by(deadline) => match ev {
+                        // A stream that proved a domain and then went quiet is closed in
+                        // order (the peer opens another when it needs one); one that never
+                        // got that far ends with `connection-timeout`.
+                        Err(WireError::Timeout) if !self.authenticated.is_empty() => {
+                            tracing::debug!(peer = %self.wire.transport.peer(), "closing an idle incoming server-to-server stream");
+                            return Ok(());
+                        }
+                        ev => ev?,
+                    },
                     Some(q) = recv_queued(&mut self.bidi_queue) => {
                         if let Some((_, _, bytes)) = &self.bidi_queue {
                             bytes.fetch_sub(q.bytes.len(), Ordering::Relaxed);

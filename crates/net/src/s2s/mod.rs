@@ -69,6 +69,9 @@ pub struct S2sConfig {
     pub negotiation_timeout_secs: u64,
     /// A stream with no traffic for this long is closed (set up again when needed).
     pub idle_timeout_secs: u64,
+    /// A whitespace keepalive (RFC 6120 §4.6.1) on an outgoing stream that wrote nothing for
+    /// this long (0: none).
+    pub keepalive_secs: u64,
     /// Stanzas and bytes queued per remote domain while its link is being set up.
     pub queue_stanzas: usize,
     pub queue_bytes: usize,
@@ -102,6 +105,7 @@ impl Default for S2sConfig {
             connect_timeout_secs: 10,
             negotiation_timeout_secs: 30,
             idle_timeout_secs: 600,
+            keepalive_secs: 60,
             queue_stanzas: 1000,
             queue_bytes: 1 << 20,
             max_outgoing: 1000,
@@ -136,6 +140,9 @@ connect_timeout_secs = 10
 negotiation_timeout_secs = 30
 # Seconds without traffic after which a stream is closed (set up again when needed).
 idle_timeout_secs = 600
+# Seconds without writing after which an outgoing stream sends a whitespace keepalive, so a
+# dead connection is found (0: none).
+keepalive_secs = 60
 # Stanzas and bytes queued per remote domain while its connection is being set up; more
 # are answered resource-constraint.
 queue_stanzas = 1000
@@ -172,6 +179,7 @@ dialback_secret = ""
                 600,
             ),
             ("idle_timeout_secs", self.idle_timeout_secs, 1, 86_400 * 7),
+            ("keepalive_secs", self.keepalive_secs, 0, 86_400),
             ("queue_stanzas", self.queue_stanzas as u64, 1, 1_000_000),
             ("queue_bytes", self.queue_bytes as u64, 1024, 1 << 32),
             ("max_outgoing", self.max_outgoing as u64, 1, u64::MAX),

@@ -83,7 +83,10 @@ impl Link {
         };
         tracing::info!(local = %self.local, remote = %self.remote, direct_tls, "server-to-server link up");
         let idle = Duration::from_secs(s2s.config.idle_timeout_secs);
+        let keepalive =
+            (s2s.config.keepalive_secs > 0).then(|| Duration::from_secs(s2s.config.keepalive_secs));
         let mut last_activity = Instant::now();
+        let mut last_write = Instant::now();
         let mut seen = wire.received;
         let ended_cleanly = loop {
             tokio::select! {
@@ -91,6 +94,7 @@ impl Link {
                     let Some(q) = q else { break true };
                     self.queued_bytes.fetch_sub(q.bytes.len(), Ordering::Relaxed);
                     last_activity = Instant::now();
+                    last_write = Instant::now();
                     if let Err(e) = wire.send(&q.bytes).await {
                         tracing::debug!(remote = %self.remote, error = %e, "write failed");
                         // The stanza may not have left: bounced rather than lost silently.
@@ -133,6 +137,13 @@ impl Link {
                         }
                     }
                 },
+                _ = sleep_until_opt(keepalive.map(|k| last_write + k)) => {
+                    last_write = Instant::now();
+                    if wire.send(b" ").await.is_err() {
+                        tracing::debug!(remote = %self.remote, "the keepalive found the connection gone");
+                        break false;
+                    }
+                }
                 _ = tokio::time::sleep_until(last_activity + idle) => {
                     tracing::debug!(remote = %self.remote, "closing an idle server-to-server link");
                     break true;
@@ -182,6 +193,14 @@ impl Link {
         }
         server.route_from_entity(stanza).await;
         Ok(())
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
