@@ -240,6 +240,24 @@ impl RawClient {
         }
     }
 
+    /// A server-to-server peer: opens a `jabber:server` stream with `header`, does STARTTLS
+    /// and returns the client over TLS (before the new stream header).
+    pub async fn s2s_starttls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        header: &str,
+    ) -> RawClient {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(header.as_bytes()).await.expect("write");
+        let mut seen = String::new();
+        read_until(&mut tcp, &mut seen, "</stream:features>").await;
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .expect("write");
+        read_until(&mut tcp, &mut seen, "<proceed").await;
+        Self::wrap_tls(tcp, config).await
+    }
+
     pub async fn connect_starttls(
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,

@@ -203,3 +203,42 @@ async fn a_peer_that_never_answers_times_out_and_bounces() {
     t.stop().await;
     holder.abort();
 }
+
+#[tokio::test]
+async fn a_dialback_flood_on_one_stream_is_a_policy_violation() {
+    // The claimed domain's server accepts and never answers: every verification waits.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let t = TestServer::start(&config(&format!(
+        "max_pending_dialback = 3\n[s2s.hosts]\n'slow.example' = '127.0.0.1:{port}'\n"
+    )))
+    .await;
+    let h = header("slow.example", DOMAIN, "jabber:server");
+    let mut c =
+        RawClient::s2s_starttls(t.s2s.expect("s2s listener"), t.client_tls(&[&TLS13]), &h).await;
+    c.send(&h).await;
+    let features = c.read_until("</stream:features>").await;
+    assert!(
+        features.contains("urn:xmpp:features:dialback"),
+        "{features}"
+    );
+    for i in 0..4 {
+        let _ = c
+            .try_send(&format!(
+                "<db:result from='slow.example' to='{DOMAIN}'>key{i}</db:result>"
+            ))
+            .await;
+    }
+    let end = c.read_to_end().await;
+    assert!(end.contains("policy-violation"), "{end}");
+    t.stop().await;
+    holder.abort();
+}

@@ -449,22 +449,30 @@ impl Incoming {
         let Some(server) = s2s.server() else {
             return Err(End::Gone);
         };
+        let shutdown = server.shutdown_token().clone();
         server.tasks().spawn(async move {
-            let verdict = match s2s.verifications.try_acquire() {
-                Ok(_permit) => {
-                    let limit = Duration::from_secs(s2s.config.negotiation_timeout_secs);
-                    match tokio::time::timeout(
-                        limit,
-                        verify_key(&s2s, &receiving, &originating, &id, key.trim()),
-                    )
-                    .await
-                    {
-                        Ok(Ok(valid)) => Ok(valid),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("timed out".to_owned()),
+            let verify = async {
+                match s2s.verifications.try_acquire() {
+                    Ok(_permit) => {
+                        let limit = Duration::from_secs(s2s.config.negotiation_timeout_secs);
+                        match tokio::time::timeout(
+                            limit,
+                            verify_key(&s2s, &receiving, &originating, &id, key.trim()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(valid)) => Ok(valid),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("timed out".to_owned()),
+                        }
                     }
+                    Err(_) => Err("too many verifications at once".to_owned()),
                 }
-                Err(_) => Err("too many verifications at once".to_owned()),
+            };
+            // A verification waiting on a slow peer must not hold up a stop.
+            let verdict = tokio::select! {
+                v = verify => v,
+                _ = shutdown.cancelled() => return,
             };
             let _ = verdicts.send((originating, receiving, verdict)).await;
         });
