@@ -413,3 +413,28 @@ async def test_an_idle_link_closes_and_comes_back(tmp_path):
     finally:
         a.kill()
         b.kill()
+
+
+async def test_input_rate_limit_slows_a_peer_without_loss(tmp_path):
+    """`[s2s] max_bytes_per_second` on the receiving side: a burst from the peer is read more
+    slowly (the stream is not read while over the rate), and every message arrives, in order."""
+    a, b = _make_pair(tmp_path, extra_b="max_bytes_per_second = 3000")
+    a.start()
+    b.start()
+    try:
+        alice, bob = a.add_user("alice"), b.add_user("bob")
+        async with session(a, alice, resource="a") as ca, session(b, bob, resource="b") as cb:
+            ca.make_message(mto=bob.full("b"), mbody="warm-up", mtype="chat").send()
+            assert (await cb.next_message(timeout=15))["body"] == "warm-up"
+            filler = "x" * 250
+            started = time.monotonic()
+            for i in range(40):
+                ca.make_message(mto=bob.full("b"), mbody=f"{i} {filler}", mtype="chat").send()
+            got = [await cb.next_message(timeout=30) for _ in range(40)]
+            elapsed = time.monotonic() - started
+        assert [int(m["body"].split()[0]) for m in got] == list(range(40))
+        # About 14 KB at 3,000 bytes/s after a 6,000-byte burst: well over a second.
+        assert elapsed > 1.0, elapsed
+    finally:
+        a.kill()
+        b.kill()

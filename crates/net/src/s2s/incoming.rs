@@ -59,7 +59,11 @@ pub async fn serve_connection(
     };
     let mut stream = Incoming {
         s2s: s2s.clone(),
-        wire: Wire::new(transport),
+        wire: {
+            let mut wire = Wire::new(transport);
+            wire.limit_input(s2s.config.max_bytes_per_second);
+            wire
+        },
         authenticated: HashSet::new(),
         pending: 0,
         sasl_done: false,

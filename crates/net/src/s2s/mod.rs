@@ -82,6 +82,9 @@ pub struct S2sConfig {
     pub max_incoming_per_ip: usize,
     /// Dialback requests one incoming stream may have waiting for verification.
     pub max_pending_dialback: usize,
+    /// Bytes per second read from one server-to-server stream (0: no limit); over it the
+    /// stream is not read for a while, so TCP pushes back on the peer.
+    pub max_bytes_per_second: u64,
     /// Trust the system's root certificates for peers' certificates.
     pub system_roots: bool,
     /// More CA certificates (PEM files) to trust for peers' certificates.
@@ -112,6 +115,7 @@ impl Default for S2sConfig {
             max_incoming: 1000,
             max_incoming_per_ip: 20,
             max_pending_dialback: 10,
+            max_bytes_per_second: 10 << 20,
             system_roots: true,
             ca_files: Vec::new(),
             nameservers: Vec::new(),
@@ -153,6 +157,9 @@ max_incoming = 1000
 max_incoming_per_ip = 20
 # Dialback requests one incoming stream may have waiting; more end it (policy-violation).
 max_pending_dialback = 10
+# Bytes per second read from one server-to-server stream (0: no limit): a peer over it is
+# read more slowly (TCP pushes back), nothing is dropped.
+max_bytes_per_second = 10485760
 # Trust the system's root certificates, and these CA files, for peers' certificates.
 system_roots = true
 ca_files = []

@@ -293,6 +293,7 @@ async fn negotiate(
         TcpTransport::plain(socket, peer, setup)
     };
     let mut wire = Wire::new(transport);
+    wire.limit_input(s2s.config.max_bytes_per_second);
     let mut sasl_tried = false;
     let mut authenticated = false;
     let mut bidi_asked = false;

@@ -2,6 +2,7 @@
 //! limits and TLS) with what both directions of negotiation need on top — the next stream
 //! event within a deadline, and writing headers, elements and stream errors.
 
+use crate::limits::TokenBucket;
 use crate::transport::{Received, StanzaTransport, TcpTransport, UpgradeError};
 use rookery_stanza::{ns, StreamErrorCondition};
 use rookery_xml::{Element, Framing, StreamEvent, StreamOpen, XmlError};
@@ -35,6 +36,11 @@ pub struct Wire {
     pub received: u64,
     /// The stream carries stanzas both ways (XEP-0288), as the initiating side asked.
     pub bidi: bool,
+    /// The peer's input rate (`[s2s] max_bytes_per_second`); over it, reading pauses, so
+    /// TCP pushes back on the peer.
+    rate: Option<TokenBucket>,
+    /// Reading is paused until then (kept here: `next` may be cancelled while it waits).
+    paused_until: Option<Instant>,
 }
 
 impl Wire {
@@ -46,7 +52,15 @@ impl Wire {
             failed: None,
             received: 0,
             bidi: false,
+            rate: None,
+            paused_until: None,
         }
+    }
+
+    /// Limits the bytes read per second (0: no limit), with a burst of two seconds' worth.
+    pub fn limit_input(&mut self, bytes_per_second: u64) {
+        self.rate = (bytes_per_second > 0)
+            .then(|| TokenBucket::new(bytes_per_second, bytes_per_second.saturating_mul(2)));
     }
 
     /// The next stream event, waiting until `deadline` at most.
@@ -66,12 +80,23 @@ impl Wire {
             if let Some(e) = self.failed.take() {
                 return Err(WireError::Xml(e));
             }
+            if let Some(until) = self.paused_until {
+                tokio::time::sleep_until(until).await;
+                self.paused_until = None;
+            }
             self.transport.readable().await?;
             match self.transport.receive(&mut self.scratch) {
                 Received::Closed => return Err(WireError::Closed),
                 Received::Nothing => {}
                 Received::Events { bytes, parsed } => {
                     self.received += bytes as u64;
+                    if let Some(rate) = self.rate.as_mut() {
+                        let now = Instant::now();
+                        let wait = rate.charge(bytes as u64, now.into_std());
+                        if !wait.is_zero() {
+                            self.paused_until = Some(now + wait);
+                        }
+                    }
                     self.events.extend(self.scratch.drain(..));
                     if let Err(e) = parsed {
                         self.failed = Some(e);
