@@ -2,7 +2,8 @@
 //!
 //! It speaks XMPP with its own minimal client (STARTTLS or direct TLS, SCRAM or PLAIN,
 //! binding, presence, messages) and runs one scenario per invocation: `login`, `idle`,
-//! `messages`, `rate`, `fanout`, `muc`, `pep`, `mam` (archive queries), and `register` to create accounts
+//! `messages`, `rate`, `fanout`, `muc`, `pep`, `mam` (archive queries), `s2s` (messages between
+//! two federating servers), and `register` to create accounts
 //! by in-band registration on servers that allow it. Each run prints one JSON object on
 //! stdout (scenario, parameters, results, errors) and a human summary on stderr. Every loop
 //! is bounded in count and time, every connection is closed at the end, and only loopback
@@ -111,6 +112,11 @@ enum Scenario {
     /// Fills an archive with MESSAGES messages between two accounts, then times archive
     /// queries (last page, a page by start time, a `with` page, a page after an id).
     Mam(scenario::mam::MamArgs),
+    /// Messages across a federation link: PAIRS senders on this server (`--port`, `--domain`)
+    /// each sending to a receiver on another server (`--peer-port`, `--peer-domain`) flat out
+    /// or at `--rate`; reports delivered msg/s, latency percentiles, loss and ordering, and
+    /// both servers' CPU.
+    S2s(scenario::s2s::S2sArgs),
 }
 
 impl Scenario {
@@ -125,6 +131,7 @@ impl Scenario {
             Scenario::Muc(_) => "muc",
             Scenario::Pep(_) => "pep",
             Scenario::Mam(_) => "mam",
+            Scenario::S2s(_) => "s2s",
         }
     }
 }
@@ -228,6 +235,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             Scenario::Muc(s) => scenario::muc::run(target.clone(), s, server_pid).await,
             Scenario::Pep(s) => scenario::pep::run(target.clone(), s, server_pid).await,
             Scenario::Mam(s) => scenario::mam::run(target.clone(), s, server_pid).await,
+            Scenario::S2s(s) => scenario::s2s::run(target.clone(), s, server_pid).await,
         }
     });
     // Let the close handshakes still in flight finish before the runtime goes away.
