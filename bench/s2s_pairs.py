@@ -419,6 +419,8 @@ ROWS = [
     ("latency p50, ms (flat out, 1 in 16 sampled)", "s2s", lambda r: get(r, "run", "results", "latency_ms", "p50"), "{:.1f}"),
     ("latency p99, ms (flat out)", "s2s", lambda r: get(r, "run", "results", "latency_ms", "p99"), "{:.1f}"),
     ("both servers' CPU s per 100k msgs", "s2s", lambda r: get(r, "run", "results", "both_servers_cpu_s_per_100k"), "{:.2f}"),
+    ("server A CPU s per 100k msgs", "s2s", lambda r: get(r, "run", "results", "server_cpu_s_per_100k"), "{:.2f}"),
+    ("server B CPU s per 100k msgs", "s2s", lambda r: get(r, "run", "results", "peer_server_cpu_s_per_100k"), "{:.2f}"),
     ("server A CPU use (cores)", "s2s", lambda r: get(r, "run", "server", "cpu_util"), "{:.2f}"),
     ("server B CPU use (cores)", "s2s", lambda r: get(r, "run", "results", "peer_server", "cpu_util"), "{:.2f}"),
     ("generator CPU use (cores)", "s2s", lambda r: get(r, "run", "generator", "measured_phase", "cpu_util"), "{:.2f}"),
