@@ -16,7 +16,8 @@
 # Needs root (apt-get, running ejabberd and Prosody as their own users), Rust, Python 3.
 #
 # Output: the table on stdout and in OUT/table.md, raw JSON lines (one per generator run,
-# wrapped with the server's /proc figures) in OUT/raw.jsonl, logs in OUT/logs/.
+# wrapped with the server's /proc figures) in OUT/raw.jsonl, logs in OUT/logs/; federation
+# pairs: their table appended to OUT/table.md, raw runs in OUT/raw-s2s.jsonl.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,7 +68,7 @@ QUICK=0
 BASELINE=
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options:
   --quick               small counts, 1 repetition
