@@ -11,6 +11,8 @@
 # The web-transport scenarios (ws-login, ws-idle, bosh-rtt) use each server's plain HTTP
 # listener (ws://, http://), set up as behind a reverse proxy that terminated TLS (see the
 # templates); they are not in the default list.
+#   bench/run.sh --servers "" --pairs "rookery-rookery rookery-ejabberd ejabberd-ejabberd"
+#                                  federation: pairs of servers messaging each other (s2s)
 #
 # Each server runs as its own process from a private configuration and data directory under
 # a temporary directory, on its own loopback ports, pinned to CPU 0; the load generator
@@ -19,7 +21,8 @@
 # Needs root (apt-get, running ejabberd and Prosody as their own users), Rust, Python 3.
 #
 # Output: the table on stdout and in OUT/table.md, raw JSON lines (one per generator run,
-# wrapped with the server's /proc figures) in OUT/raw.jsonl, logs in OUT/logs/.
+# wrapped with the server's /proc figures) in OUT/raw.jsonl, logs in OUT/logs/; federation
+# pairs: their table appended to OUT/table.md, raw runs in OUT/raw-s2s.jsonl.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,6 +61,14 @@ WS_IDLE_COUNT="${WS_IDLE_COUNT:-10000}"  # WebSocket sessions held (ws-idle)
 BOSH_SESSIONS="${BOSH_SESSIONS:-100}"    # BOSH sessions (bosh-rtt)
 BOSH_RATE="${BOSH_RATE:-200}"            # pings per second over all of them
 BOSH_DURATION="${BOSH_DURATION:-10}"
+# Federation pairs (--pairs; none by default): "A-B" with A, B among rookery ejabberd prosody.
+PAIRS="${PAIRS:-}"
+S2S_MSG_PAIRS="${S2S_MSG_PAIRS:-100}"   # account pairs (on server A and on server B) per run
+S2S_DURATION="${S2S_DURATION:-10}"
+S2S_WINDOW="${S2S_WINDOW:-16}"         # messages in flight per direction, flat out
+S2S_RATE="${S2S_RATE:-1000}"           # the fixed-rate run's msg/s (0: no fixed-rate run)
+S2S_CPUS="${S2S_CPUS:-shared}"         # shared: both servers CPU 0, generator CPU 1;
+                                       # split: server A CPU 0, server B CPU 1, generator unpinned
 PRIORITY="${PRIORITY:--10}"              # autogroup nice of the benchmark processes
 REALTIME="${REALTIME:-1}"                # rate scenario under SCHED_FIFO (see below)
 INSTALL=1
@@ -67,7 +78,7 @@ QUICK=0
 BASELINE=
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options:
   --quick               small counts, 1 repetition
@@ -75,6 +86,8 @@ Options:
   --servers "LIST"      among: rookery ejabberd prosody
   --scenarios "LIST"    among: login login-plain idle messages rate fanout muc pep
                         ws-login ws-idle bosh-rtt
+  --pairs "LIST"        federation pairs A-B (A, B among rookery ejabberd prosody), run after
+                        the single servers by bench/s2s_pairs.py (see BENCHMARKS.md, Federation)
   --out DIR             results directory (default bench/results/DATE)
   --no-install          do not apt-get install missing servers (skip them instead)
   --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
@@ -86,8 +99,8 @@ Options:
 Counts come from environment variables: LOGIN_COUNT LOGIN_USERS LOGIN_CONC IDLE_COUNT
 IDLE_PROCS IDLE_REPS MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
 FANOUT_CONTACTS FANOUT_REPEATS MUC_BIG MUC_ROOMS MUC_OCCUPANTS MUC_REPEATS PEP_CONTACTS
-PEP_REPEATS WS_LOGIN_COUNT WS_IDLE_COUNT BOSH_SESSIONS BOSH_RATE BOSH_DURATION (see the top of
-this script for defaults).
+PEP_REPEATS WS_LOGIN_COUNT WS_IDLE_COUNT BOSH_SESSIONS BOSH_RATE BOSH_DURATION S2S_MSG_PAIRS
+S2S_DURATION S2S_WINDOW S2S_RATE S2S_CPUS (see the top of this script for defaults).
 EOF
 }
 
@@ -98,6 +111,7 @@ while [[ $# -gt 0 ]]; do
         --reps) REPS="$2"; IDLE_REPS="$2"; shift 2 ;;
         --servers) SERVERS="$2"; shift 2 ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
+        --pairs) PAIRS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
         --no-priority) PRIORITY=""; shift ;;
@@ -119,6 +133,7 @@ if [[ $QUICK == 1 ]]; then
     PEP_CONTACTS=200; PEP_REPEATS=20
     WS_LOGIN_COUNT=1000; WS_IDLE_COUNT=2000
     BOSH_SESSIONS=50; BOSH_DURATION=5
+    S2S_MSG_PAIRS=20; S2S_DURATION=5
 fi
 
 [[ $(id -u) == 0 ]] || { echo "run.sh needs root (apt-get, private ejabberd/Prosody instances)" >&2; exit 2; }
@@ -178,8 +193,10 @@ service_running() { # name
 
 install_servers() {
     local missing=()
-    [[ " $SERVERS " == *" ejabberd "* ]] && ! command -v ejabberdctl >/dev/null && missing+=(ejabberd)
-    [[ " $SERVERS " == *" prosody "* ]] && ! command -v prosody >/dev/null && missing+=(prosody)
+    [[ " $SERVERS $PAIRS " == *ejabberd* ]] && ! command -v ejabberdctl >/dev/null && missing+=(ejabberd)
+    [[ " $SERVERS $PAIRS " == *prosody* ]] && ! command -v prosody >/dev/null && missing+=(prosody)
+    # Federation pairs with Prosody: it resolves the test domains through lua-unbound.
+    [[ " $PAIRS " == *prosody* ]] && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1 && missing+=(lua-unbound)
     [[ ${#missing[@]} == 0 ]] && return 0
     if [[ $INSTALL == 0 ]]; then
         log "not installed: ${missing[*]} (skipped, --no-install)"
@@ -208,7 +225,7 @@ build() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
     # The server only when it is measured: a run against the others needs just the generator.
     local pkgs=(-p rookery-loadgen)
-    [[ " $SERVERS " == *" rookery "* ]] && pkgs=(-p rookery "${pkgs[@]}")
+    [[ " $SERVERS " == *" rookery "* || " $PAIRS " == *rookery* ]] && pkgs=(-p rookery "${pkgs[@]}")
     log "building ${pkgs[*]//-p /} (release) into $CARGO_TARGET_DIR"
     (cd "$ROOT" && cargo build --release "${pkgs[@]}") >"$OUT/logs/build.log" 2>&1 \
         || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
@@ -627,6 +644,32 @@ run_scenario() { # server scenario
     esac
 }
 
+# ---- Federation pairs ------------------------------------------------------------------------
+# bench/s2s_pairs.py runs each pair (both servers, their DNS server and test CA, accounts, the
+# generator's `s2s` scenario) with the federation interop tests' peers (tests/interop/
+# federation.py), which need the interop tests' Python packages: a virtual environment is
+# made for them (BENCH_VENV, default ROOT/.venv) if python3 lacks them.
+run_pairs() {
+    local py=python3 check='import sys; sys.path.insert(0, sys.argv[1]); import federation'
+    if ! python3 -c "$check" "$ROOT/tests/interop" 2>/dev/null; then
+        local venv="${BENCH_VENV:-$ROOT/.venv}"
+        if ! "$venv/bin/python" -c "$check" "$ROOT/tests/interop" 2>/dev/null; then
+            log "making $venv for bench/s2s_pairs.py (tests/interop/requirements.txt)"
+            { python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q \
+                -r "$ROOT/tests/interop/requirements.txt"; } >>"$OUT/logs/venv.log" 2>&1
+        fi
+        py="$venv/bin/python"
+    fi
+    local cpus=(--cpus-a 0 --cpus-b 0 --cpus-gen 1)
+    [[ $S2S_CPUS == split ]] && cpus=(--cpus-a 0 --cpus-b 1 --cpus-gen any)
+    log "federation pairs: $PAIRS (CPUs: $S2S_CPUS)"
+    "$py" "$BENCH/s2s_pairs.py" run --pairs "$PAIRS" --out "$OUT" --work "$WORK/s2s" \
+        --rookery-bin "$ROOKERY_BIN" --loadgen "$LOADGEN" --reps "$REPS" \
+        --msg-pairs "$S2S_MSG_PAIRS" --duration "$S2S_DURATION" --window "$S2S_WINDOW" \
+        --rate "$S2S_RATE" "${cpus[@]}" ${PRIORITY:+--priority "$PRIORITY"} || true
+    "$py" "$BENCH/s2s_pairs.py" report "$OUT" | tee -a "$OUT/table.md"
+}
+
 # ---- Main ------------------------------------------------------------------------------------
 install_servers
 build
@@ -659,5 +702,8 @@ for s in $SERVERS; do
     done
 done
 
-python3 "$BENCH/report.py" "$OUT" | tee "$OUT/table.md"
+if [[ -n "${SERVERS// /}" ]]; then
+    python3 "$BENCH/report.py" "$OUT" | tee "$OUT/table.md"
+fi
+if [[ -n "${PAIRS// /}" ]]; then run_pairs; fi
 log "table: $OUT/table.md; raw results: $RAW"

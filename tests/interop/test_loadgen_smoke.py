@@ -1,5 +1,5 @@
 """A tiny run of every rookery-load scenario against the real server (over TCP, WebSocket and
-BOSH), so the benchmark tool keeps working. This measures nothing: speeds are for bench/run.sh and BENCHMARKS.md."""
+BOSH; `s2s` between two federating Rookery processes), so the benchmark tool keeps working. This measures nothing: speeds are for bench/run.sh and BENCHMARKS.md."""
 
 import json
 import os
@@ -118,3 +118,57 @@ def test_bosh_round_trips(server, accounts):
     r = run_load(server, accounts, "bosh-rtt", "--sessions", "3", "--rate", "30", "--duration", "1", "--warmup", "0", "--drain", "5")
     assert r["sessions"] == 3 and r["lost"] == 0, r
     assert r["answered"] == r["sent"] == r["latency_ms"]["count"] > 0, r
+
+
+@pytest.fixture(scope="module")
+def federated(tmp_path_factory):
+    """Two Rookery processes federating (`rookery.test` and `other.test`, each finding the other
+    through `[s2s.hosts]`, dialback over TLS as in test_s2s.py), with two accounts on each."""
+    from conftest import ROOKERY_BIN
+    from harness import RookeryServer, ServerStartError
+
+    tmp = tmp_path_factory.mktemp("s2s-load")
+    a = RookeryServer(ROOKERY_BIN, tmp / "a", domain="rookery.test", s2s=True)
+    b = RookeryServer(ROOKERY_BIN, tmp / "b", domain="other.test", s2s=True)
+    for me, peer in ((a, b), (b, a)):
+        me.config_overrides["extra_toml"] = (
+            f'[s2s]\nconnect_timeout_secs = 2\n[s2s.hosts]\n"{peer.domain}" = "127.0.0.1:{peer.s2s_port}"\n'
+        )
+    try:
+        a.start()
+        b.start()
+    except ServerStartError as e:
+        a.kill()
+        b.kill()
+        pytest.fail(str(e), pytrace=False)
+    try:
+        prefix = f"fed{uuid.uuid4().hex[:6]}u"
+        for server in (a, b):
+            for n in range(2):
+                res = server.user("add", f"{prefix}{n}@{server.domain}", "--password", f"password{n}")
+                assert res.returncode == 0, res.stderr
+        yield a, b, prefix
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_s2s_messages_between_two_servers(federated):
+    a, b, prefix = federated
+    r = run_load(a, prefix, "--server-pid", str(a.proc.pid), "s2s", "--peer-port", str(b.c2s_port),
+                 "--peer-domain", b.domain, "--peer-server-pid", str(b.proc.pid), "--pairs", "2",
+                 "--duration", "1", "--warmup", "1", "--drain", "15", timeout=90)
+    assert r["lost"] == 0 and r["out_of_order"] == 0 and r["starved_directions"] == 0, r
+    assert r["received"] == r["sent"] > 0 and r["msgs_per_s"] > 0, r
+    assert r["latency_ms"]["count"] > 0, r
+    assert r["peer_server"]["cpu_s"] >= 0, r
+
+
+def test_s2s_fixed_rate_both_ways(federated):
+    a, b, prefix = federated
+    r = run_load(a, prefix, "s2s", "--peer-port", str(b.c2s_port), "--peer-domain", b.domain,
+                 "--pairs", "2", "--both-ways", "--rate", "40", "--duration", "1", "--warmup", "1",
+                 "--drain", "15", timeout=90)
+    assert r["lost"] == 0 and r["out_of_order"] == 0 and r["skipped_sends"] == 0, r
+    # Every message is a latency sample at a fixed rate; both ways: 4 directions.
+    assert r["received"] == r["sent"] > 0 and r["latency_ms"]["count"] > 0, r

@@ -3,8 +3,9 @@
 //! It speaks XMPP with its own minimal client (STARTTLS or direct TLS, SCRAM or PLAIN,
 //! binding, presence, messages) and runs one scenario per invocation: `login`, `idle`,
 //! `messages`, `rate`, `fanout`, `muc`, `pep`, `mam` (archive queries), over the web
-//! transports in the clear `ws-login`, `ws-idle` (WebSocket) and `bosh-rtt` (BOSH), and
-//! `register` to create accounts by in-band registration on servers that allow it. Each run prints one JSON object on
+//! transports in the clear `ws-login`, `ws-idle` (WebSocket) and `bosh-rtt` (BOSH), `s2s`
+//! (messages between two federating servers), and `register` to create accounts by in-band
+//! registration on servers that allow it. Each run prints one JSON object on
 //! stdout (scenario, parameters, results, errors) and a human summary on stderr. Every loop
 //! is bounded in count and time, every connection is closed at the end, and only loopback
 //! addresses are accepted.
@@ -130,6 +131,11 @@ enum Scenario {
     /// SESSIONS logged-in BOSH sessions (`http://`); IQ pings to the server at a fixed
     /// aggregate RATE; reports the round trip until the answer is in a BOSH response.
     BoshRtt(scenario::bosh::BoshRttArgs),
+    /// Messages across a federation link: PAIRS senders on this server (`--port`, `--domain`)
+    /// each sending to a receiver on another server (`--peer-port`, `--peer-domain`) flat out
+    /// or at `--rate`; reports delivered msg/s, latency percentiles, loss and ordering, and
+    /// both servers' CPU.
+    S2s(scenario::s2s::S2sArgs),
 }
 
 impl Scenario {
@@ -147,6 +153,7 @@ impl Scenario {
             Scenario::WsLogin(_) => "ws-login",
             Scenario::WsIdle(_) => "ws-idle",
             Scenario::BoshRtt(_) => "bosh-rtt",
+            Scenario::S2s(_) => "s2s",
         }
     }
 }
@@ -261,6 +268,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 scenario::idle::run::<web::WsConn>(target.clone(), s, server_pid).await
             }
             Scenario::BoshRtt(s) => scenario::bosh::run(target.clone(), s, server_pid).await,
+            Scenario::S2s(s) => scenario::s2s::run(target.clone(), s, server_pid).await,
         }
     });
     // Let the close handshakes still in flight finish before the runtime goes away.

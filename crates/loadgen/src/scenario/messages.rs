@@ -83,7 +83,7 @@ pub struct RateArgs {
 }
 
 #[derive(Clone, Copy)]
-enum Mode {
+pub(super) enum Mode {
     Flat {
         window: u64,
     },
@@ -96,46 +96,46 @@ enum Mode {
 
 /// One direction of a pair.
 #[derive(Default)]
-struct Dir {
+pub(super) struct Dir {
     sent: AtomicU64,
     received: AtomicU64,
     done: AtomicBool,
 }
 
 /// Everything one connection task needs.
-struct Side {
-    conn: Conn,
-    to: String,
-    partner_bare: Vec<u8>,
-    out: Arc<Dir>,
-    inn: Arc<Dir>,
-    wake_me: Arc<Notify>,
-    wake_partner: Arc<Notify>,
+pub(super) struct Side {
+    pub(super) conn: Conn,
+    pub(super) to: String,
+    pub(super) partner_bare: Vec<u8>,
+    pub(super) out: Arc<Dir>,
+    pub(super) inn: Arc<Dir>,
+    pub(super) wake_me: Arc<Notify>,
+    pub(super) wake_partner: Arc<Notify>,
 }
 
 #[derive(Clone, Copy)]
-struct Schedule {
-    base: Instant,
-    start: Instant,
-    measure_from: Instant,
-    stop: Instant,
-    drain_until: Instant,
-    body_size: usize,
+pub(super) struct Schedule {
+    pub(super) base: Instant,
+    pub(super) start: Instant,
+    pub(super) measure_from: Instant,
+    pub(super) stop: Instant,
+    pub(super) drain_until: Instant,
+    pub(super) body_size: usize,
     /// Keep one latency sample in this many messages.
-    sample_every: u64,
+    pub(super) sample_every: u64,
 }
 
 #[derive(Default)]
-struct SideStats {
-    received: u64,
-    received_in_window: u64,
-    out_of_order: u64,
-    unexpected: u64,
-    skipped_sends: u64,
-    max_send_lag_us: u64,
-    latencies_us: Vec<u64>,
-    errors: Errors,
-    sent: u64,
+pub(super) struct SideStats {
+    pub(super) received: u64,
+    pub(super) received_in_window: u64,
+    pub(super) out_of_order: u64,
+    pub(super) unexpected: u64,
+    pub(super) skipped_sends: u64,
+    pub(super) max_send_lag_us: u64,
+    pub(super) latencies_us: Vec<u64>,
+    pub(super) errors: Errors,
+    pub(super) sent: u64,
 }
 
 fn ns_since(base: Instant, t: Instant) -> u64 {
@@ -159,7 +159,7 @@ fn parse_body(body: &[u8]) -> Option<(u64, u64)> {
     Some((seq, ts))
 }
 
-async fn run_side(mut s: Side, mode: Mode, sch: Schedule) -> SideStats {
+pub(super) async fn run_side(mut s: Side, mode: Mode, sch: Schedule) -> SideStats {
     let mut st = SideStats::default();
     let mut expected = 0u64;
     let mut seq = 0u64;
@@ -498,7 +498,7 @@ fn totals(run: &mut PairRun) -> Totals {
     t
 }
 
-fn server_cpu_per_100k(server: &serde_json::Value, delivered: u64) -> serde_json::Value {
+pub(super) fn server_cpu_per_100k(server: &serde_json::Value, delivered: u64) -> serde_json::Value {
     match server.get("cpu_s").and_then(|v| v.as_f64()) {
         Some(cpu) if delivered > 0 => json!(stats::round3(cpu * 100_000.0 / delivered as f64)),
         _ => serde_json::Value::Null,

@@ -10,6 +10,7 @@ pub mod messages;
 pub mod muc;
 pub mod pep;
 pub mod register;
+pub mod s2s;
 
 use crate::client::{self, Conn, LoginOpts, LoginTimes, Target};
 use crate::stats::{self, Errors, ProcSample};
