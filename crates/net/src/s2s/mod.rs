@@ -115,7 +115,7 @@ impl Default for S2sConfig {
             max_incoming: 1000,
             max_incoming_per_ip: 20,
             max_pending_dialback: 10,
-            max_bytes_per_second: 10 << 20,
+            max_bytes_per_second: 64 << 20,
             system_roots: true,
             ca_files: Vec::new(),
             nameservers: Vec::new(),
@@ -159,7 +159,7 @@ max_incoming_per_ip = 20
 max_pending_dialback = 10
 # Bytes per second read from one server-to-server stream (0: no limit): a peer over it is
 # read more slowly (TCP pushes back), nothing is dropped.
-max_bytes_per_second = 10485760
+max_bytes_per_second = 67108864
 # Trust the system's root certificates, and these CA files, for peers' certificates.
 system_roots = true
 ca_files = []
