@@ -59,8 +59,9 @@ phase "client packages"
 # Debian packages, each named by the command it provides.
 CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium)
 # The federation peers (tests/interop/federation.py), checked by package name: Prosody with
-# lua-unbound (its resolver, pointed at the tests' own DNS server) and ejabberd.
-PEER_PACKAGES=(prosody lua-unbound ejabberd)
+# lua-unbound (its resolver, pointed at the tests' own DNS server) and ejabberd; coturn, the TURN
+# server of the XEP-0215 tests.
+PEER_PACKAGES=(prosody lua-unbound ejabberd coturn)
 missing=()
 for pkg in "${CLIENT_PACKAGES[@]}"; do
     command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

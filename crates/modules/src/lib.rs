@@ -9,6 +9,7 @@ pub mod caps;
 pub mod carbons;
 pub mod contact_info;
 pub mod disco;
+pub mod extdisco;
 pub mod form;
 pub mod last;
 pub mod mam;
@@ -66,7 +67,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<pubsub::service::PubSub>()
         .register::<bookmarks::Bookmarks>()
         .register::<avatar::Avatar>()
-        .register::<upload::Upload>();
+        .register::<upload::Upload>()
+        .register::<extdisco::ExtDisco>();
     r
 }
 
