@@ -196,3 +196,26 @@ async def test_message_for_a_session_held_by_stream_management_notifies(server, 
             assert got["from"].full == sender.boundjid.full
         finally:
             await phone.close()
+
+
+async def test_a_call_proposal_wakes_the_phone(server, new_user):
+    """XEP-0353: a Jingle call proposal (no body) to an account with no connected client is
+    worth a notification, as a message is; a retraction alone is not."""
+    user, caller, push = new_user("user"), new_user("caller"), new_user("push")
+    async with app_server(server, push) as app, session(server, caller) as c:
+        await enable_push(server, user, app.boundjid.full)
+        c.send_raw(
+            f"<message to='{user.jid}' type='chat' id='call-1'>"
+            "<propose xmlns='urn:xmpp:jingle-message:0' id='jmi-1'>"
+            "<description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/></propose>"
+            "<store xmlns='urn:xmpp:hints'/></message>"
+        )
+        iq = await next_push(app)
+        fields = summary(iq, user, app.boundjid.full)
+        assert fields["last-message-sender"] == c.boundjid.full
+        answer(app, iq)
+        c.send_raw(
+            f"<message to='{user.jid}' type='chat' id='call-2'>"
+            "<retract xmlns='urn:xmpp:jingle-message:0' id='jmi-1'/><store xmlns='urn:xmpp:hints'/></message>"
+        )
+        await no_push(app)

@@ -15,8 +15,8 @@
 //!   federation), a component, or a client of this server; an address nothing reaches is
 //!   refused at enable time (`remote-server-not-found` for a domain without a route,
 //!   `service-unavailable` for a local bare JID or domain).
-//! * Triggers: a message with a body (not a chat state or receipt alone, which are not worth
-//!   waking a phone for) for an account with no available resource (`UndeliverableMessage`,
+//! * Triggers: a message with a body or a Jingle call proposal (XEP-0353; not a chat state or
+//!   receipt alone, which are not worth waking a phone for) for an account with no available resource (`UndeliverableMessage`,
 //!   before offline storage keeps it) notifies every registration of the account; one held
 //!   for a session whose connection is gone while stream management keeps it (`HeldMessage`)
 //!   notifies the registrations that session enabled.
@@ -183,11 +183,18 @@ struct State {
 
 impl Module for Push {
     const NAME: &'static str = "push";
-    const SPECS: &'static [Spec] = &[Spec {
-        id: "XEP-0357",
-        title: "Push Notifications",
-        version: "0.4.1",
-    }];
+    const SPECS: &'static [Spec] = &[
+        Spec {
+            id: "XEP-0357",
+            title: "Push Notifications",
+            version: "0.4.1",
+        },
+        Spec {
+            id: "XEP-0353",
+            title: "Jingle Message Initiation (server side: proposals wake a phone; delivered, carbon-copied and archived like chat)",
+            version: "0.6.0",
+        },
+    ];
     const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<PushConfig>()];
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
@@ -267,11 +274,16 @@ impl Module for Push {
     }
 }
 
+/// Jingle Message Initiation (XEP-0353): a call proposal.
+const NS_JMI: &str = "urn:xmpp:jingle-message:0";
+
+/// A message with a body, or a call proposal (XEP-0353 §3.2: an incoming call must ring a
+/// phone whose app is asleep); not chat states or receipts alone.
 fn worth_waking(stanza: &Element) -> bool {
     matches!(
         MessageType::of(stanza),
         MessageType::Chat | MessageType::Normal
-    ) && stanza.has_child("body", ns::CLIENT)
+    ) && (stanza.has_child("body", ns::CLIENT) || stanza.has_child("propose", NS_JMI))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -603,6 +615,27 @@ pub fn notification(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_and_call_proposals_wake_a_phone() {
+        let parse = |x: &str| rookery_xml::parse_element(x).expect("xml");
+        let body = parse("<message xmlns='jabber:client' type='chat'><body>hi</body></message>");
+        let call = parse(
+            "<message xmlns='jabber:client' type='chat'><propose xmlns='urn:xmpp:jingle-message:0' id='c1'>\
+             <description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/></propose>\
+             <store xmlns='urn:xmpp:hints'/></message>",
+        );
+        let retract = parse(
+            "<message xmlns='jabber:client' type='chat'><retract xmlns='urn:xmpp:jingle-message:0' id='c1'/></message>",
+        );
+        let state = parse(
+            "<message xmlns='jabber:client' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        );
+        assert!(worth_waking(&body));
+        assert!(worth_waking(&call));
+        assert!(!worth_waking(&retract));
+        assert!(!worth_waking(&state));
+    }
 
     #[test]
     fn registrations_round_trip_through_storage_form() {
