@@ -26,6 +26,15 @@ A, B = "rookery.test", "other.test"
 
 
 GATEWAY = f"gateway.{A}"
+# A TURN service on A, whose credentials are for A's own accounts only.
+EXTDISCO = """
+[host.extdisco]
+secret = "turn secret"
+[[host.extdisco.services]]
+type = "turn"
+host = "turn.rookery.test"
+port = 3478
+"""
 GATEWAY_SECRET = "the gateway's secret"
 
 
@@ -38,7 +47,14 @@ def _pair_config(peer: RookeryServer, extra: str = "") -> str:
 
 
 def _make_pair(tmp, extra_a: str = "", extra_b: str = ""):
-    a = RookeryServer(ROOKERY_BIN, tmp / "a", domain=A, s2s=True, components={GATEWAY: GATEWAY_SECRET})
+    a = RookeryServer(
+        ROOKERY_BIN,
+        tmp / "a",
+        domain=A,
+        s2s=True,
+        components={GATEWAY: GATEWAY_SECRET},
+        host_extra=EXTDISCO,
+    )
     b = RookeryServer(ROOKERY_BIN, tmp / "b", domain=B, s2s=True)
     a.config_overrides["extra_toml"] = _pair_config(b, extra_a)
     b.config_overrides["extra_toml"] = _pair_config(a, extra_b)
@@ -438,3 +454,17 @@ async def test_input_rate_limit_slows_a_peer_without_loss(tmp_path):
     finally:
         a.kill()
         b.kill()
+
+
+async def test_turn_credentials_are_not_given_to_remote_users(pair):
+    """XEP-0215 across servers: a user of other.test asking rookery.test for its services is
+    refused (`forbidden`); rookery.test's own user gets them with credentials."""
+    a, b = pair
+    alice, bob = a.add_user("alice"), b.add_user("bob")
+    async with session(a, alice) as ca, session(b, bob) as cb:
+        own = await ca.iq(A, "get", "<services xmlns='urn:xmpp:extdisco:2'/>", timeout=15)
+        assert own["type"] == "result", own
+        service = own.xml.find("{urn:xmpp:extdisco:2}services/{urn:xmpp:extdisco:2}service")
+        assert service is not None and service.get("username", "").endswith(":" + alice.jid)
+        remote = await cb.iq(A, "get", "<services xmlns='urn:xmpp:extdisco:2'/>", timeout=15)
+        assert remote["type"] == "error" and remote["error"]["condition"] == "forbidden", remote
