@@ -172,7 +172,8 @@ impl TrustStore {
 
     /// Whether `chain` (end entity first) is a valid certificate for `domain` now: it
     /// chains to a trusted root, is valid at this time and names the domain as a DNS
-    /// identifier (RFC 6125 §6.4, wildcards in the left-most label included).
+    /// identifier (RFC 6125 §6.4, wildcards in the left-most label included), an XmppAddr or
+    /// an SRVName (RFC 6120 §13.7.1.4).
     pub fn verify(&self, chain: &[CertificateDer<'static>], domain: &str) -> bool {
         let (Some(verifier), Some((end_entity, intermediates))) =
             (self.verifier.as_ref(), chain.split_first())
@@ -184,11 +185,79 @@ impl TrustStore {
         };
         match verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {
             Ok(_) => true,
+            // The chain is good but no DNS name matches (names are checked last): an XMPP
+            // certificate may name the domain as an XmppAddr or an SRVName instead.
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => names_domain_as_xmpp_service(end_entity, domain),
             Err(e) => {
                 tracing::debug!(domain, error = %e, "peer certificate not valid for its domain");
                 false
             }
         }
+    }
+}
+
+/// id-on-xmppAddr (RFC 6120 §13.7.1.4) and id-on-dnsSRV (RFC 4985) other names.
+const OID_XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
+const OID_SRV_NAME: &str = "1.3.6.1.5.5.7.8.7";
+
+/// Whether a certificate names `domain` as an XMPP server by an XmppAddr (the domain itself)
+/// or an SRVName (`_xmpp-server.<domain>` or `_xmpps-server.<domain>`), the identifiers RFC
+/// 6120 §13.7.1.4 and RFC 6125 allow beside DNS names. Wildcards do not apply to either.
+fn names_domain_as_xmpp_service(cert: &CertificateDer<'_>, domain: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|name| {
+        let GeneralName::OtherName(oid, raw) = name else {
+            return false;
+        };
+        let Some(value) = other_name_string(raw) else {
+            return false;
+        };
+        match oid.to_id_string().as_str() {
+            OID_XMPP_ADDR => value.eq_ignore_ascii_case(domain),
+            OID_SRV_NAME => ["_xmpp-server.", "_xmpps-server."].iter().any(|service| {
+                value
+                    .get(..service.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(service))
+                    && value[service.len()..].eq_ignore_ascii_case(domain)
+            }),
+            _ => false,
+        }
+    })
+}
+
+/// The string in an otherName's value: `[0] EXPLICIT` around a UTF8String or IA5String (a
+/// few bytes of DER, read here rather than with a general ASN.1 decoder).
+fn other_name_string(raw: &[u8]) -> Option<&str> {
+    fn tlv(bytes: &[u8]) -> Option<(u8, &[u8])> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = match first {
+            n if n < 0x80 => (usize::from(n), rest),
+            0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+            0x82 => (
+                usize::from(*rest.first()?) << 8 | usize::from(*rest.get(1)?),
+                rest.get(2..)?,
+            ),
+            _ => return None,
+        };
+        Some((tag, rest.get(..len)?))
+    }
+    let (wrapper, inner) = tlv(raw)?;
+    if wrapper != 0xA0 {
+        return None;
+    }
+    match tlv(inner)? {
+        (0x0C | 0x16, value) => std::str::from_utf8(value).ok(),
+        _ => None,
     }
 }
 
@@ -245,5 +314,82 @@ impl rustls::client::ResolvesClientCert for OwnCertificate {
     }
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA and a leaf it signs with these subject alternative names.
+    fn chain(names: Vec<rcgen::SanType>) -> (String, Vec<CertificateDer<'static>>) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).expect("ca");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        leaf.subject_alt_names = names;
+        leaf.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).expect("leaf");
+        (ca.pem(), vec![leaf.der().clone()])
+    }
+
+    fn store(ca_pem: &str) -> (TrustStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca_pem).expect("write");
+        (TrustStore::load(false, &[path]).expect("store"), dir)
+    }
+
+    #[test]
+    fn dns_names_and_xmpp_addrs_name_the_domain() {
+        let xmpp_addr = rcgen::SanType::OtherName((
+            vec![1, 3, 6, 1, 5, 5, 7, 8, 5],
+            rcgen::OtherNameValue::Utf8String("chat.example".into()),
+        ));
+        let dns = rcgen::SanType::DnsName("*.other.example".try_into().expect("name"));
+        let (ca, leaf) = chain(vec![dns, xmpp_addr]);
+        let (trust, _dir) = store(&ca);
+        assert!(
+            trust.verify(&leaf, "a.other.example"),
+            "a wildcard DNS name"
+        );
+        assert!(trust.verify(&leaf, "chat.example"), "an XmppAddr");
+        assert!(
+            trust.verify(&leaf, "CHAT.example"),
+            "names compare without case"
+        );
+        assert!(
+            !trust.verify(&leaf, "other.example"),
+            "a wildcard does not cover its parent"
+        );
+        assert!(!trust.verify(&leaf, "evil.example"));
+        // Another CA's store does not trust it, whatever the names.
+        let (other_ca, _) = chain(vec![]);
+        let (other, _dir2) = store(&other_ca);
+        assert!(!other.verify(&leaf, "chat.example"));
+    }
+
+    #[test]
+    fn other_name_values_are_read_from_their_der() {
+        // [0] { UTF8String "a.example" } and [0] { IA5String "_xmpp-server.a.example" }.
+        let utf8 = [
+            0xA0, 11, 0x0C, 9, b'a', b'.', b'e', b'x', b'a', b'm', b'p', b'l', b'e',
+        ];
+        assert_eq!(other_name_string(&utf8), Some("a.example"));
+        let srv = b"_xmpp-server.a.example";
+        let mut ia5 = vec![0xA0, (srv.len() + 2) as u8, 0x16, srv.len() as u8];
+        ia5.extend_from_slice(srv);
+        assert_eq!(other_name_string(&ia5), Some("_xmpp-server.a.example"));
+        assert_eq!(
+            other_name_string(&[0xA0, 5, 0x0C, 9, b'a']),
+            None,
+            "a length past the end"
+        );
+        assert_eq!(other_name_string(&[0x30, 2, 0x0C, 0]), None, "not [0]");
     }
 }
