@@ -96,6 +96,28 @@ pub fn write(out: &mut Vec<u8>, name: &str, attrs: &[(&str, &str)], key: Option<
     }
 }
 
+/// Writes `<db:result type='error'/>` from `from` to `to` carrying a stanza error
+/// (XEP-0220 §2.4): `condition` of type `kind`.
+pub fn write_result_error(out: &mut Vec<u8>, from: &str, to: &str, condition: &str, kind: &str) {
+    write(
+        out,
+        "result",
+        &[("from", from), ("to", to), ("type", "error")],
+        None,
+    );
+    // `<db:result .../>` becomes `<db:result ...><error/></db:result>`.
+    out.truncate(out.len() - 2);
+    out.push(b'>');
+    rookery_xml::Element::new("error", "jabber:server")
+        .with_attr("type", kind)
+        .with_child(rookery_xml::Element::new(
+            condition,
+            "urn:ietf:params:xml:ns:xmpp-stanzas",
+        ))
+        .write_to(out, "jabber:server");
+    out.extend_from_slice(b"</db:result>");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

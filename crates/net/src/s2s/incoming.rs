@@ -525,24 +525,8 @@ impl Incoming {
         condition: &str,
         kind: &str,
     ) -> Result<(), End> {
-        // `<db:result type='error'>` carrying a stanza error (XEP-0220 §2.4).
-        let mut error = Vec::new();
-        Element::new("error", ns::SERVER)
-            .with_attr("type", kind)
-            .with_child(Element::new(condition, ns::STANZA_ERRORS))
-            .write_to(&mut error, ns::SERVER);
         let mut out = Vec::new();
-        dialback::write(
-            &mut out,
-            "result",
-            &[("from", receiving), ("to", originating), ("type", "error")],
-            None,
-        );
-        // Put the error inside: `<db:result .../>` becomes `<db:result ...>error</db:result>`.
-        out.truncate(out.len() - 2);
-        out.push(b'>');
-        out.extend_from_slice(&error);
-        out.extend_from_slice(b"</db:result>");
+        dialback::write_result_error(&mut out, receiving, originating, condition, kind);
         self.wire.send(&out).await?;
         Ok(())
     }

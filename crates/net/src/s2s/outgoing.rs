@@ -124,9 +124,7 @@ impl Link {
                         // its own for them.
                         let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else { continue };
                         let mut out = Vec::new();
-                        dialback::write(&mut out, "result", &[("from", to), ("to", from), ("type", "error")], None);
-                        out.truncate(out.len() - 2);
-                        out.extend_from_slice(b"><error type='cancel'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>");
+                        dialback::write_result_error(&mut out, to, from, "feature-not-implemented", "cancel");
                         let _ = wire.send(&out).await;
                     }
                     // Anything else on an outgoing stream is ignored.
@@ -161,12 +159,7 @@ impl Link {
         while let Ok(q) = rx.try_recv() {
             self.queued_bytes
                 .fetch_sub(q.bytes.len(), Ordering::Relaxed);
-            let stanza = q.stanza.clone();
-            if let Err(rookery_core::RouteError::Unroutable(e)) =
-                s2s.enqueue(&self.local, &self.remote, q)
-            {
-                server.bounce(&stanza, e);
-            }
+            s2s.requeue(q);
         }
     }
 }
