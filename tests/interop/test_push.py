@@ -16,6 +16,8 @@ from harness import CLIENT_NS, DISCO_INFO_NS, qn, restart_server, session
 PUSH_NS = "urn:xmpp:push:0"
 PUBSUB_NS = "http://jabber.org/protocol/pubsub"
 DATA_NS = "jabber:x:data"
+PRIORITY_NS = "tigase:push:priority:0"
+PUSH_JINGLE_NS = "tigase:push:jingle:0"
 NODE = "node-1"
 SECRET = "eruio234vzxc2kla-91"
 QUIET = 1.5  # seconds without a notification that count as "none sent"
@@ -63,6 +65,25 @@ def summary(iq, user, app_jid: str) -> dict[str, str]:
     return fields
 
 
+def notification_of(iq):
+    found = iq.xml.find(
+        f"{qn(PUBSUB_NS, 'pubsub')}/{qn(PUBSUB_NS, 'publish')}/{qn(PUBSUB_NS, 'item')}/{qn(PUSH_NS, 'notification')}"
+    )
+    assert found is not None
+    return found
+
+
+def assert_call_marker(iq, sid: str, media: list[str]) -> None:
+    """A call proposal's notification is high priority and says it is a call (the form
+    Tigase's push extensions define), so the app server rings the phone at once."""
+    n = notification_of(iq)
+    assert n.findtext(qn(PRIORITY_NS, "priority")) == "high"
+    jingle = n.find(qn(PUSH_JINGLE_NS, "jingle"))
+    assert jingle is not None, "the call marker"
+    assert jingle.get("action") == "propose" and jingle.get("sid") == sid
+    assert [m.text for m in jingle.findall(qn(PUSH_JINGLE_NS, "media"))] == media
+
+
 async def enable_push(server, user, app_jid: str) -> None:
     """The user's client enables push to the app and goes offline."""
     async with session(server, user, resource="phone") as c:
@@ -97,6 +118,7 @@ async def test_push_is_advertised_on_the_account(server, alice):
         reply = await c.iq(alice.jid, "get", f"<query xmlns='{DISCO_INFO_NS}'/>")
         features = {f.get("var") for f in reply.xml.iter(qn(DISCO_INFO_NS, "feature"))}
         assert PUSH_NS in features
+        assert {PRIORITY_NS, PUSH_JINGLE_NS} <= features
 
 
 async def test_offline_message_notifies_then_disable_stops(server, new_user):
@@ -189,6 +211,8 @@ async def test_message_for_a_session_held_by_stream_management_notifies(server, 
             iq = await next_push(app)
             fields = summary(iq, user, app.boundjid.full)
             assert fields["last-message-sender"] == sender.boundjid.full
+            assert notification_of(iq).findtext(qn(PRIORITY_NS, "priority")) == "high"
+            assert notification_of(iq).find(qn(PUSH_JINGLE_NS, "jingle")) is None, "not a call"
             answer(app, iq)
             # The phone wakes up, resumes, and gets the message it was notified about.
             await reconnect_and_resume(server, phone)
@@ -213,9 +237,53 @@ async def test_a_call_proposal_wakes_the_phone(server, new_user):
         iq = await next_push(app)
         fields = summary(iq, user, app.boundjid.full)
         assert fields["last-message-sender"] == c.boundjid.full
+        assert_call_marker(iq, "jmi-1", ["audio"])
         answer(app, iq)
         c.send_raw(
             f"<message to='{user.jid}' type='chat' id='call-2'>"
             "<retract xmlns='urn:xmpp:jingle-message:0' id='jmi-1'/><store xmlns='urn:xmpp:hints'/></message>"
         )
         await no_push(app)
+
+
+async def test_a_call_to_a_parked_phone_pushes_the_call_marker(server, new_user):
+    """The callee's only session is parked by stream management (the app asleep, its
+    connection gone): the call proposal is held for it and the phone gets a high-priority
+    call push; when it resumes, the proposal is there to ring."""
+    from test_sm import kill_connection, reconnect_and_resume, sm_client
+
+    user, caller, push = new_user("user"), new_user("caller"), new_user("push")
+    async with app_server(server, push) as app, session(server, caller) as c:
+        phone = await sm_client(server, user, "phone")
+        try:
+            phone.send_presence()
+            reply = await phone.iq(
+                None,
+                "set",
+                f"<enable xmlns='{PUSH_NS}' jid='{app.boundjid.full}' node='{NODE}'>"
+                f"<x xmlns='{DATA_NS}' type='submit'>"
+                "<field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>"
+                f"<field var='secret'><value>{SECRET}</value></field></x></enable>",
+            )
+            assert reply["type"] == "result", reply
+            kill_connection(phone)
+            await asyncio.sleep(0.3)
+            c.send_raw(
+                f"<message to='{user.jid}' type='chat' id='call-p'>"
+                "<propose xmlns='urn:xmpp:jingle-message:0' id='jmi-parked'>"
+                "<description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/>"
+                "<description xmlns='urn:xmpp:jingle:apps:rtp:1' media='video'/></propose>"
+                "<store xmlns='urn:xmpp:hints'/></message>"
+            )
+            iq = await next_push(app)
+            fields = summary(iq, user, app.boundjid.full)
+            assert fields["last-message-sender"] == c.boundjid.full
+            assert_call_marker(iq, "jmi-parked", ["audio", "video"])
+            answer(app, iq)
+            await reconnect_and_resume(server, phone)
+            got = await phone.next_message(
+                timeout=5, predicate=lambda m: m.xml.find("{urn:xmpp:jingle-message:0}propose") is not None
+            )
+            assert got.xml.find("{urn:xmpp:jingle-message:0}propose").get("id") == "jmi-parked"
+        finally:
+            await phone.close()

@@ -23,8 +23,10 @@
 //! * A notification (§7) is an IQ set from the account's bare JID: a pubsub publish of a
 //!   `<notification/>` carrying a `urn:xmpp:push:summary` form with `message-count` (messages
 //!   since a client of the account last connected), `last-message-sender` and, only when
-//!   `push.include_body` is set, `last-message-body` (bodies pass through third parties, §9);
-//!   then the stored publish options.
+//!   `push.include_body` is set, `last-message-body` (bodies pass through third parties, §9),
+//!   a high priority and, for a call proposal, the call marker ([`call_marker`]; both the
+//!   Tigase extensions app servers read, advertised on the account); then the stored
+//!   publish options.
 //! * At most one notification per registration is in flight: messages that arrive meanwhile
 //!   are counted and sent as one notification once the service has answered, so a flood of
 //!   messages can't make the server flood the push service.
@@ -169,6 +171,8 @@ struct Slot {
     count: u64,
     last_sender: String,
     last_body: Option<String>,
+    /// The call marker of the last call proposal not yet notified ([`call_marker`]).
+    call: Option<Element>,
 }
 
 /// (account, registration key)
@@ -208,6 +212,8 @@ impl Module for Push {
         // Push is something the server does for the account: advertised on the account's
         // JID (§4), where clients look for it.
         host.add_account_feature(NS);
+        host.add_account_feature(NS_PUSH_PRIORITY);
+        host.add_account_feature(NS_PUSH_JINGLE);
         let s = state.clone();
         host.iq_handler(
             NS,
@@ -276,6 +282,12 @@ impl Module for Push {
 
 /// Jingle Message Initiation (XEP-0353): a call proposal.
 const NS_JMI: &str = "urn:xmpp:jingle-message:0";
+/// The RTP application of a proposed call (XEP-0167), whose `media` names audio or video.
+const NS_JINGLE_RTP: &str = "urn:xmpp:jingle:apps:rtp:1";
+/// A notification's priority, read by app push servers (Tigase's extension to XEP-0357).
+pub const NS_PUSH_PRIORITY: &str = "tigase:push:priority:0";
+/// A notification's call marker ([`call_marker`]; Tigase's extension to XEP-0357).
+pub const NS_PUSH_JINGLE: &str = "tigase:push:jingle:0";
 
 /// A message with a body, or a call proposal (XEP-0353 §3.2: an incoming call must ring a
 /// phone whose app is asleep); not chat states or receipts alone.
@@ -493,6 +505,9 @@ impl State {
                     .unwrap_or_default();
                 body.chars().take(MAX_BODY_CHARS).collect()
             });
+            if let Some(marker) = call_marker(msg) {
+                slot.call = Some(marker);
+            }
             if slot.in_flight {
                 return;
             }
@@ -507,7 +522,7 @@ impl State {
     async fn publish_loop(&self, server: &Arc<Server>, slot_key: SlotKey) {
         let (account, key) = &slot_key;
         loop {
-            let (count, sender, body) = {
+            let (count, sender, body, call) = {
                 let mut slots = self.slots.lock();
                 let Some(slot) = slots.get_mut(&slot_key) else {
                     return;
@@ -517,7 +532,12 @@ impl State {
                     return;
                 }
                 slot.dirty = false;
-                (slot.count, slot.last_sender.clone(), slot.last_body.clone())
+                (
+                    slot.count,
+                    slot.last_sender.clone(),
+                    slot.last_body.clone(),
+                    slot.call.take(),
+                )
             };
             // Still enabled? (§6: never publish to a service that is not.)
             let reg = match load_one(server, account, key).await {
@@ -528,7 +548,7 @@ impl State {
                     return self.forget(&slot_key);
                 }
             };
-            let iq = notification(account, &reg, count, &sender, body.as_deref());
+            let iq = notification(account, &reg, count, &sender, body.as_deref(), call);
             match server.send_iq_request(iq, self.timeout).await {
                 Ok(_) => {}
                 Err(IqRequestError::Error(e)) if e.error_type != ErrorType::Wait => {
@@ -567,6 +587,7 @@ impl State {
             }
             slot.count = 0;
             slot.dirty = false;
+            slot.call = None;
             slot.in_flight
         });
     }
@@ -578,13 +599,41 @@ fn field(var: &str, value: &str) -> Element {
         .with_child(Element::new("value", NS_DATA).with_text(value))
 }
 
-/// The publish of §7 for one registration.
+/// The marker that tells an app's push server a notification is an incoming call, so it
+/// wakes the phone at once and rings (a VoIP push on iOS, a high-priority message on
+/// Android) instead of showing a message: `<jingle xmlns='tigase:push:jingle:0'
+/// action='propose' sid='…'>` with a `<media/>` per proposed RTP description, the form
+/// Tigase's push component and the apps that speak to it (Siskin, Monal, Conversations' own
+/// app servers read the summary only and ignore it) use. `None` for anything but a call
+/// proposal (XEP-0353 §3.2).
+fn call_marker(msg: &Element) -> Option<Element> {
+    let propose = msg.get_child("propose", NS_JMI)?;
+    let mut marker = Element::new("jingle", NS_PUSH_JINGLE).with_attr("action", "propose");
+    if let Some(id) = propose.attr("id") {
+        marker.set_attr("sid", id);
+    }
+    for media in propose
+        .children()
+        .filter(|d| d.name() == "description" && d.ns() == NS_JINGLE_RTP)
+        .filter_map(|d| d.attr("media"))
+        .take(4)
+    {
+        marker.push_child(Element::new("media", NS_PUSH_JINGLE).with_text(media));
+    }
+    Some(marker)
+}
+
+/// The publish of §7 for one registration. Every notification is sent with high priority
+/// (`tigase:push:priority:0`): it is only ever sent for a message with a body or a call, the
+/// things a person waits for, and a push server delivers a normal-priority one to a sleeping
+/// phone late or not at all. `call` is a [`call_marker`].
 pub fn notification(
     account: &BareJid,
     reg: &Registration,
     count: u64,
     sender: &str,
     body: Option<&str>,
+    call: Option<Element>,
 ) -> Element {
     let mut form = Element::new("x", NS_DATA)
         .with_attr("type", "submit")
@@ -594,13 +643,16 @@ pub fn notification(
     if let Some(b) = body {
         form.push_child(field("last-message-body", b));
     }
+    let mut payload = Element::new("notification", NS)
+        .with_child(form)
+        .with_child(Element::new("priority", NS_PUSH_PRIORITY).with_text("high"));
+    if let Some(marker) = call {
+        payload.push_child(marker);
+    }
     let mut pubsub = Element::new("pubsub", NS_PUBSUB).with_child(
         Element::new("publish", NS_PUBSUB)
             .with_attr("node", reg.node.clone())
-            .with_child(
-                Element::new("item", NS_PUBSUB)
-                    .with_child(Element::new("notification", NS).with_child(form)),
-            ),
+            .with_child(Element::new("item", NS_PUBSUB).with_child(payload)),
     );
     if let Some(options) = &reg.options {
         pubsub.push_child(Element::new("publish-options", NS_PUBSUB).with_child(options.clone()));
@@ -665,7 +717,7 @@ mod tests {
             options: Some(Element::new("x", NS_DATA).with_attr("type", "submit")),
         };
         let account = BareJid::new("a@x").expect("jid");
-        let iq = notification(&account, &r, 3, "b@x/r", None);
+        let iq = notification(&account, &r, 3, "b@x/r", None, None);
         assert_eq!(iq.attr("from"), Some("a@x"));
         assert_eq!(iq.attr("to"), Some("push@x/app"));
         let pubsub = iq.get_child("pubsub", NS_PUBSUB).expect("pubsub");
@@ -680,7 +732,52 @@ mod tests {
         let vars: Vec<_> = form.children().filter_map(|f| f.attr("var")).collect();
         assert_eq!(vars, ["FORM_TYPE", "message-count", "last-message-sender"]);
         assert!(pubsub.has_child("publish-options", NS_PUBSUB));
-        let with_body = notification(&account, &r, 1, "b@x/r", Some("hi"));
+        let with_body = notification(&account, &r, 1, "b@x/r", Some("hi"), None);
         assert!(with_body.to_string().contains("last-message-body"));
+        let notification_of = |iq: &Element| {
+            iq.get_child("pubsub", NS_PUBSUB)
+                .and_then(|p| p.get_child("publish", NS_PUBSUB))
+                .and_then(|p| p.get_child("item", NS_PUBSUB))
+                .and_then(|i| i.get_child("notification", NS))
+                .cloned()
+                .expect("notification")
+        };
+        let plain = notification_of(&iq);
+        assert_eq!(
+            plain
+                .get_child("priority", NS_PUSH_PRIORITY)
+                .map(|p| p.text()),
+            Some("high".to_owned())
+        );
+        assert!(!plain.has_child("jingle", NS_PUSH_JINGLE));
+    }
+
+    #[test]
+    fn a_call_proposal_carries_the_call_marker() {
+        let parse = |x: &str| rookery_xml::parse_element(x).expect("xml");
+        let call = parse(
+            "<message xmlns='jabber:client' type='chat'><propose xmlns='urn:xmpp:jingle-message:0' id='c1'>\
+             <description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/>\
+             <description xmlns='urn:xmpp:jingle:apps:rtp:1' media='video'/></propose></message>",
+        );
+        let marker = call_marker(&call).expect("a call");
+        assert_eq!(marker.attr("action"), Some("propose"));
+        assert_eq!(marker.attr("sid"), Some("c1"));
+        let media: Vec<String> = marker.children().map(|m| m.text()).collect();
+        assert_eq!(media, ["audio", "video"]);
+        let body = parse("<message xmlns='jabber:client' type='chat'><body>hi</body></message>");
+        assert!(call_marker(&body).is_none());
+        let r = Registration {
+            jid: Jid::new("push@x/app").expect("jid"),
+            node: "N".into(),
+            options: None,
+        };
+        let account = BareJid::new("a@x").expect("jid");
+        let iq = notification(&account, &r, 1, "b@x/r", None, Some(marker));
+        let s = iq.to_string();
+        assert!(
+            s.contains("tigase:push:jingle:0") && s.contains("c1"),
+            "{s}"
+        );
     }
 }
