@@ -10,6 +10,10 @@
 //! remote entity, a service) gets `forbidden` (§3.1: the server may restrict who learns
 //! which services).
 //!
+//! When the built-in TURN server runs (`[turn] enabled`, the [`turn`](crate::turn) module), it
+//! is listed after the configured services, as a `stun` and a `turn` service on UDP, with
+//! credentials made from its own secret.
+//!
 //! `<services/>` (§3.1) lists every service, or those of one `type`; a restricted service
 //! comes with credentials when a secret is configured. `<credentials/>` (§3.3) renews them
 //! for one service named by `host` and `type` (and `port` when given); an unknown one is
@@ -147,24 +151,62 @@ impl Module for ExtDisco {
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         let config = host.section::<ExtDiscoConfig>();
-        if config.services.is_empty() {
+        let builtin = host.section::<crate::turn::TurnConfig>();
+        let advertised = Arc::new(Advertised::new(&config, &builtin));
+        if advertised.services.is_empty() {
             // Advertised only when it has something to say.
             return Ok(());
         }
         host.add_feature(NS);
-        let config: Arc<ExtDiscoConfig> = config;
         host.iq_handler(
             NS,
             IqScope::Host,
             iq_fn(move |req: IqRequest| {
-                let config = config.clone();
-                async move { handle(&config, req, OffsetDateTime::now_utc()) }
+                let advertised = advertised.clone();
+                async move { handle(&advertised, req, OffsetDateTime::now_utc()) }
             }),
         )
     }
 }
 
-fn handle(config: &ExtDiscoConfig, req: IqRequest, now: OffsetDateTime) -> IqResult {
+/// The services a host lists: the configured ones, then the built-in TURN server's when it
+/// runs, each with the secret its credentials are made with.
+struct Advertised {
+    services: Vec<(ServiceConfig, String)>,
+    credential_ttl_secs: u64,
+}
+
+impl Advertised {
+    fn new(config: &ExtDiscoConfig, builtin: &crate::turn::TurnConfig) -> Self {
+        let mut services: Vec<(ServiceConfig, String)> = config
+            .services
+            .iter()
+            .map(|s| (s.clone(), config.secret.clone()))
+            .collect();
+        if builtin.enabled && builtin.advertise {
+            if let Some((host, port)) = builtin.announced_host() {
+                let secret = crate::turn::secret(builtin);
+                for kind in ["stun", "turn"] {
+                    let service = ServiceConfig {
+                        kind: kind.into(),
+                        host: host.clone(),
+                        port,
+                        transport: Some("udp".into()),
+                        restricted: None,
+                        name: None,
+                    };
+                    services.push((service, secret.clone()));
+                }
+            }
+        }
+        Advertised {
+            services,
+            credential_ttl_secs: config.credential_ttl_secs,
+        }
+    }
+}
+
+fn handle(config: &Advertised, req: IqRequest, now: OffsetDateTime) -> IqResult {
     req.require_get()?;
     // Only this server's own accounts learn the services and get credentials.
     if req.from.node().is_none() || !req.server.serves(req.from.domain().as_str()) {
@@ -178,12 +220,12 @@ fn handle(config: &ExtDiscoConfig, req: IqRequest, now: OffsetDateTime) -> IqRes
             if let Some(t) = wanted {
                 out.set_attr("type", t);
             }
-            for s in config
+            for (s, secret) in config
                 .services
                 .iter()
-                .filter(|s| wanted.is_none_or(|t| t == s.kind))
+                .filter(|(s, _)| wanted.is_none_or(|t| t == s.kind))
             {
-                out.push_child(service_element(config, s, &user, now));
+                out.push_child(service_element(config, s, secret, &user, now));
             }
             Ok(Some(out))
         }
@@ -195,14 +237,13 @@ fn handle(config: &ExtDiscoConfig, req: IqRequest, now: OffsetDateTime) -> IqRes
                 return Err(StanzaError::bad_request("a service needs host and type"));
             };
             let port = asked.attr("port").and_then(|p| p.parse::<u16>().ok());
-            let found = config
-                .services
-                .iter()
-                .find(|s| s.host == host && s.kind == kind && port.is_none_or(|p| p == s.port));
+            let found = config.services.iter().find(|(s, _)| {
+                s.host == host && s.kind == kind && port.is_none_or(|p| p == s.port)
+            });
             match found {
-                Some(s) => Ok(Some(
+                Some((s, secret)) => Ok(Some(
                     Element::new("credentials", NS)
-                        .with_child(service_element(config, s, &user, now)),
+                        .with_child(service_element(config, s, secret, &user, now)),
                 )),
                 None => Err(StanzaError::new(StanzaErrorCondition::ItemNotFound)),
             }
@@ -214,8 +255,9 @@ fn handle(config: &ExtDiscoConfig, req: IqRequest, now: OffsetDateTime) -> IqRes
 }
 
 fn service_element(
-    config: &ExtDiscoConfig,
+    config: &Advertised,
     s: &ServiceConfig,
+    secret: &str,
     user: &str,
     now: OffsetDateTime,
 ) -> Element {
@@ -231,9 +273,9 @@ fn service_element(
     }
     if s.is_restricted() {
         el.set_attr("restricted", "1");
-        if !config.secret.is_empty() {
+        if !secret.is_empty() {
             let expiry = now + time::Duration::seconds(config.credential_ttl_secs as i64);
-            let (username, password) = turn_credentials(&config.secret, user, expiry);
+            let (username, password) = turn_credentials(secret, user, expiry);
             el.set_attr("username", username);
             el.set_attr("password", password);
             if let Ok(stamp) = expiry
@@ -301,5 +343,49 @@ mod tests {
         assert!(c.validate("host[0].extdisco").is_ok());
         c.services[0].kind = "ftp".into();
         assert!(c.validate("host[0].extdisco").is_err());
+    }
+
+    #[test]
+    fn the_builtin_turn_server_is_listed_when_it_runs() {
+        let none = Advertised::new(&ExtDiscoConfig::default(), &Default::default());
+        assert!(none.services.is_empty(), "off by default: nothing to list");
+        let builtin = crate::turn::TurnConfig {
+            enabled: true,
+            address: "0.0.0.0:3478".into(),
+            public_ip: "203.0.113.5".into(),
+            secret: "inner".into(),
+            ..Default::default()
+        };
+        let configured = ExtDiscoConfig {
+            secret: "outer".into(),
+            services: vec![ServiceConfig {
+                kind: "turns".into(),
+                host: "t.example".into(),
+                port: 5349,
+                transport: Some("tcp".into()),
+                restricted: None,
+                name: None,
+            }],
+            ..Default::default()
+        };
+        let a = Advertised::new(&configured, &builtin);
+        let listed: Vec<_> = a
+            .services
+            .iter()
+            .map(|(s, secret)| (s.kind.as_str(), s.host.as_str(), s.port, secret.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("turns", "t.example", 5349, "outer"),
+                ("stun", "203.0.113.5", 3478, "inner"),
+                ("turn", "203.0.113.5", 3478, "inner"),
+            ]
+        );
+        let quiet = crate::turn::TurnConfig {
+            advertise: false,
+            ..builtin
+        };
+        assert_eq!(Advertised::new(&configured, &quiet).services.len(), 1);
     }
 }

@@ -23,6 +23,7 @@ pub mod push;
 pub mod register;
 pub mod roster;
 pub mod time;
+pub mod turn;
 pub mod upload;
 pub mod vcard;
 pub mod version;
@@ -68,6 +69,7 @@ pub fn registry() -> ModuleRegistry {
         .register::<bookmarks::Bookmarks>()
         .register::<avatar::Avatar>()
         .register::<upload::Upload>()
+        .register::<turn::Turn>()
         .register::<extdisco::ExtDisco>();
     r
 }

@@ -179,8 +179,8 @@ fn run(cli: Cli) -> Result<()> {
 pub const MISSING: &[(&str, &str, &[&str])] = &[
     (
         "Calls and file transfer",
-        "a built-in STUN/TURN server, SOCKS5 proxy",
-        &["XEP-0065", "RFC 8656"],
+        "SOCKS5 Bytestreams proxy",
+        &["XEP-0065"],
     ),
     (
         "Operations",
