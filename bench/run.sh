@@ -13,6 +13,7 @@
 # templates); they are not in the default list.
 #   bench/run.sh --servers "" --pairs "rookery-rookery rookery-ejabberd ejabberd-ejabberd"
 #                                  federation: pairs of servers messaging each other (s2s)
+#   bench/run.sh --servers "" --turn   the built-in TURN server beside coturn (relay throughput)
 #
 # Each server runs as its own process from a private configuration and data directory under
 # a temporary directory, on its own loopback ports, pinned to CPU 0; the load generator
@@ -63,6 +64,10 @@ BOSH_RATE="${BOSH_RATE:-200}"            # pings per second over all of them
 BOSH_DURATION="${BOSH_DURATION:-10}"
 # Federation pairs (--pairs; none by default): "A-B" with A, B among rookery ejabberd prosody.
 PAIRS="${PAIRS:-}"
+TURN=0                                   # --turn: bench/turn_relay.py, Rookery's TURN and coturn
+TURN_SESSIONS="${TURN_SESSIONS:-50}"     # allocation pairs (turnutils_uclient -m)
+TURN_MESSAGES="${TURN_MESSAGES:-4000}"   # datagrams each client sends
+TURN_LENGTH="${TURN_LENGTH:-1200}"       # bytes per datagram
 S2S_MSG_PAIRS="${S2S_MSG_PAIRS:-100}"   # account pairs (on server A and on server B) per run
 S2S_DURATION="${S2S_DURATION:-10}"
 S2S_WINDOW="${S2S_WINDOW:-16}"         # messages in flight per direction, flat out
@@ -88,6 +93,8 @@ Options:
                         ws-login ws-idle bosh-rtt
   --pairs "LIST"        federation pairs A-B (A, B among rookery ejabberd prosody), run after
                         the single servers by bench/s2s_pairs.py (see BENCHMARKS.md, Federation)
+  --turn                the TURN relay: Rookery's built-in server beside coturn, both driven by
+                        turnutils_uclient (bench/turn_relay.py; see BENCHMARKS.md, TURN relay)
   --out DIR             results directory (default bench/results/DATE)
   --no-install          do not apt-get install missing servers (skip them instead)
   --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
@@ -100,7 +107,8 @@ Counts come from environment variables: LOGIN_COUNT LOGIN_USERS LOGIN_CONC IDLE_
 IDLE_PROCS IDLE_REPS MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
 FANOUT_CONTACTS FANOUT_REPEATS MUC_BIG MUC_ROOMS MUC_OCCUPANTS MUC_REPEATS PEP_CONTACTS
 PEP_REPEATS WS_LOGIN_COUNT WS_IDLE_COUNT BOSH_SESSIONS BOSH_RATE BOSH_DURATION S2S_MSG_PAIRS
-S2S_DURATION S2S_WINDOW S2S_RATE S2S_CPUS (see the top of this script for defaults).
+S2S_DURATION S2S_WINDOW S2S_RATE S2S_CPUS TURN_SESSIONS TURN_MESSAGES TURN_LENGTH (see the
+top of this script for defaults).
 EOF
 }
 
@@ -112,6 +120,7 @@ while [[ $# -gt 0 ]]; do
         --servers) SERVERS="$2"; shift 2 ;;
         --scenarios) SCENARIOS="$2"; shift 2 ;;
         --pairs) PAIRS="$2"; shift 2 ;;
+        --turn) TURN=1; shift ;;
         --out) OUT="$2"; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
         --no-priority) PRIORITY=""; shift ;;
@@ -197,10 +206,12 @@ install_servers() {
     [[ " $SERVERS $PAIRS " == *prosody* ]] && ! command -v prosody >/dev/null && missing+=(prosody)
     # Federation pairs with Prosody: it resolves the test domains through lua-unbound.
     [[ " $PAIRS " == *prosody* ]] && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1 && missing+=(lua-unbound)
+    [[ $TURN == 1 ]] && ! command -v turnserver >/dev/null && missing+=(coturn)
     [[ ${#missing[@]} == 0 ]] && return 0
     if [[ $INSTALL == 0 ]]; then
         log "not installed: ${missing[*]} (skipped, --no-install)"
         for m in "${missing[@]}"; do SERVERS="${SERVERS//$m/}"; done
+        [[ " ${missing[*]} " == *" coturn "* ]] && TURN=0
         return 0
     fi
     log "installing ${missing[*]} from Debian"
@@ -225,7 +236,7 @@ build() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
     # The server only when it is measured: a run against the others needs just the generator.
     local pkgs=(-p rookery-loadgen)
-    [[ " $SERVERS " == *" rookery "* || " $PAIRS " == *rookery* ]] && pkgs=(-p rookery "${pkgs[@]}")
+    [[ " $SERVERS " == *" rookery "* || " $PAIRS " == *rookery* || $TURN == 1 ]] && pkgs=(-p rookery "${pkgs[@]}")
     log "building ${pkgs[*]//-p /} (release) into $CARGO_TARGET_DIR"
     (cd "$ROOT" && cargo build --release "${pkgs[@]}") >"$OUT/logs/build.log" 2>&1 \
         || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
@@ -670,6 +681,17 @@ run_pairs() {
     "$py" "$BENCH/s2s_pairs.py" report "$OUT" | tee -a "$OUT/table.md"
 }
 
+# The TURN relay (--turn): bench/turn_relay.py runs Rookery's built-in server and coturn in
+# turn, server on CPU 0 and turnutils_uclient on CPU 1; standard library only.
+run_turn() {
+    log "TURN relay: Rookery's built-in server and coturn"
+    python3 "$BENCH/turn_relay.py" run --rookery-bin "$ROOKERY_BIN" --out "$OUT" --work "$WORK/turn" \
+        --reps "$REPS" --sessions "$TURN_SESSIONS" --messages "$TURN_MESSAGES" \
+        --length "$TURN_LENGTH" || true
+    { echo; echo "TURN relay (bench/turn_relay.py)"; echo; python3 "$BENCH/turn_relay.py" report "$OUT"; } \
+        | tee -a "$OUT/table.md"
+}
+
 # ---- Main ------------------------------------------------------------------------------------
 install_servers
 build
@@ -706,4 +728,5 @@ if [[ -n "${SERVERS// /}" ]]; then
     python3 "$BENCH/report.py" "$OUT" | tee "$OUT/table.md"
 fi
 if [[ -n "${PAIRS// /}" ]]; then run_pairs; fi
+if [[ $TURN == 1 ]]; then run_turn; fi
 log "table: $OUT/table.md; raw results: $RAW"

@@ -172,3 +172,26 @@ def test_s2s_fixed_rate_both_ways(federated):
     assert r["lost"] == 0 and r["out_of_order"] == 0 and r["skipped_sends"] == 0, r
     # Every message is a latency sample at a fixed rate; both ways: 4 directions.
     assert r["received"] == r["sent"] > 0 and r["latency_ms"]["count"] > 0, r
+
+
+def test_turn_relay_benchmark(tmp_path):
+    """bench/turn_relay.py, tiny: the built-in TURN server and coturn each relay a few
+    datagrams for turnutils_uclient, and the report has a row for each."""
+    from conftest import ROOKERY_BIN
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "turn_relay.py"
+    out, work = tmp_path / "out", tmp_path / "work"
+    run = subprocess.run(
+        ["python3", str(script), "run", "--rookery-bin", str(ROOKERY_BIN), "--out", str(out), "--work", str(work),
+         "--reps", "1", "--sessions", "2", "--messages", "50", "--length", "200", "--cpu-server", "", "--cpu-client", ""],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "raw-turn.jsonl").read_text().splitlines()]
+    assert [r["server"] for r in records] == ["rookery", "coturn"]
+    for r in records:
+        assert r["exit"] == 0 and r["sent_bytes"][0] == str(2 * 50 * 200), r
+        assert r["server_cpu_secs"] >= 0
+    report = subprocess.run(["python3", str(script), "report", str(out)], capture_output=True, text=True, timeout=30)
+    assert report.returncode == 0, report.stderr
+    assert "| Rookery (built-in) |" in report.stdout and "| coturn |" in report.stdout

@@ -225,6 +225,25 @@ pub struct RelayPorts {
 /// Random ports tried before an allocation is refused for want of one.
 const PORT_TRIES: usize = 32;
 
+/// The kernel buffer asked for a relay socket. Media arrives in bursts (a video frame is
+/// several datagrams at once) and the default buffer (about 200 KiB) overflows under many
+/// allocations; the kernel caps the request at `net.core.rmem_max`/`wmem_max`.
+pub const RELAY_SOCKET_BUFFER: usize = 1 << 20;
+/// The same for the listening socket, which every client's datagrams share.
+pub const LISTEN_SOCKET_BUFFER: usize = 8 << 20;
+
+/// Asks for larger kernel buffers; a refusal leaves the defaults, which work, only with more
+/// loss under load.
+pub fn enlarge_buffers(socket: &UdpSocket, bytes: usize) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s
+        .set_recv_buffer_size(bytes)
+        .and_then(|()| s.set_send_buffer_size(bytes))
+    {
+        tracing::debug!(error = %e, "UDP buffer size not changed");
+    }
+}
+
 #[async_trait]
 impl RelayAddressGenerator for RelayPorts {
     fn validate(&self) -> Result<(), turn::Error> {
@@ -262,6 +281,7 @@ impl RelayAddressGenerator for RelayPorts {
             }
             bound.ok_or_else(|| turn::Error::Other("no free relay port".into()))?
         };
+        enlarge_buffers(&socket, RELAY_SOCKET_BUFFER);
         let port = socket
             .local_addr()
             .map_err(|e| turn::Error::Other(e.to_string()))?

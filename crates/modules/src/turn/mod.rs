@@ -292,6 +292,7 @@ pub async fn run(config: &TurnConfig, realm: String) -> Result<turn::server::Ser
         .announced_ip()
         .ok_or_else(|| StartError::Address("no public_ip".into()))?;
     let socket = tokio::net::UdpSocket::bind(listen).await?;
+    admission::enlarge_buffers(&socket, admission::LISTEN_SOCKET_BUFFER);
     let local = socket.local_addr()?;
     let peers = PeerFilter::new(config.allow_loopback_peers, &config.denied_peers)
         .map_err(StartError::Address)?;
