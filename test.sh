@@ -58,11 +58,14 @@ fi
 phase "client packages"
 # Debian packages, each named by the command it provides.
 CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium)
+# systemd-analyze (package systemd) checks contrib/systemd/rookery.service.
+missing_tools=()
+[[ -x /usr/bin/systemd-analyze ]] || missing_tools=(systemd)
 # The federation peers (tests/interop/federation.py), checked by package name: Prosody with
 # lua-unbound (its resolver, pointed at the tests' own DNS server) and ejabberd; coturn, the TURN
 # server of the XEP-0215 tests.
 PEER_PACKAGES=(prosody lua-unbound ejabberd coturn)
-missing=()
+missing=("${missing_tools[@]}")
 for pkg in "${CLIENT_PACKAGES[@]}"; do
     command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done

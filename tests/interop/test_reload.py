@@ -135,3 +135,36 @@ def test_sighup_applies_the_log_level_and_refuses_a_bad_configuration(make_serve
     assert stream.features is not None
     rc, _out, err = srv.stop(signal.SIGTERM, timeout=10)
     assert rc == 0, err[-3000:]
+
+
+def test_rookery_reload_reports_what_it_applied_and_refuses_a_bad_file(make_server):
+    """`rookery reload` does what SIGHUP does, through the admin socket, and prints the
+    outcome; an invalid file is a readable error (exit 1) and the server runs on as before;
+    without a running server it says so."""
+    srv = make_server()
+    # The admin socket opens just after the listeners the harness waits for.
+    deadline = time.monotonic() + 10
+    while srv.cli("stats").returncode != 0:
+        assert time.monotonic() < deadline, "no admin socket"
+        time.sleep(0.1)
+    text = srv.config_path.read_text()
+    srv.config_path.write_text(text.replace('log_level = "debug"', 'log_level = "info"'))
+    res = srv.cli("reload")
+    assert res.returncode == 0, res.stderr
+    assert 'log level is now "info"' in res.stdout, res.stdout
+    assert f"changed: [], unchanged: [{srv.domain}]" in res.stdout, res.stdout
+    assert "restart" not in res.stdout
+
+    srv.config_path.write_text(text.replace('log_level = "debug"', 'log_level = "loud"'))
+    bad = srv.cli("reload")
+    assert bad.returncode == 1, bad.stdout
+    # The command reads the file first (for the data directory) and names the bad key.
+    assert "log_level" in bad.stderr and "loud" in bad.stderr, bad.stderr
+    assert srv.running
+    srv.config_path.write_text(text)
+    again = srv.cli("reload")
+    assert again.returncode == 0 and 'log level is now "debug"' in again.stdout, again.stdout + again.stderr
+
+    srv.stop(signal.SIGTERM, timeout=10)
+    gone = srv.cli("reload")
+    assert gone.returncode == 1 and "not running" in gone.stderr, gone.stderr

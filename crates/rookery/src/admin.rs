@@ -1,10 +1,12 @@
 //! The local administration socket: a Unix socket in the data directory (mode 0600, so only
 //! the server's user can use it) through which `rookery` commands reach the running server —
-//! to list sessions, and to disconnect the sessions of an account the CLI deleted.
+//! to list sessions, print counters, reload the configuration, and disconnect the sessions
+//! of an account the CLI deleted.
 //!
 //! One request line, answered by lines of text and the connection closed; nothing here is
 //! reachable from the network.
 
+use crate::reload::Reloader;
 use anyhow::{Context, Result};
 use rookery_core::{Config, Server};
 use rookery_stanza::{Jid, StreamErrorCondition};
@@ -21,7 +23,7 @@ pub fn socket_path(config: &Config) -> PathBuf {
 }
 
 /// Starts answering on the admin socket until shutdown.
-pub fn serve(server: Arc<Server>) -> Result<()> {
+pub fn serve(server: Arc<Server>, reloader: Arc<Reloader>) -> Result<()> {
     let path = socket_path(server.config());
     // A socket left by a killed server is stale: the listener below proves we own it now.
     let _ = std::fs::remove_file(&path);
@@ -43,9 +45,13 @@ pub fn serve(server: Arc<Server>) -> Result<()> {
             };
             if let Ok((stream, _)) = conn {
                 let server = server.clone();
+                let reloader = reloader.clone();
                 tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(10), answer(server, stream)).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        answer(server, reloader, stream),
+                    )
+                    .await;
                 });
             }
         }
@@ -54,13 +60,26 @@ pub fn serve(server: Arc<Server>) -> Result<()> {
     Ok(())
 }
 
-async fn answer(server: Arc<Server>, stream: UnixStream) -> std::io::Result<()> {
+async fn answer(
+    server: Arc<Server>,
+    reloader: Arc<Reloader>,
+    stream: UnixStream,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_REQUEST))
         .read_line(&mut line)
         .await?;
-    let reply = execute(&server, line.trim());
+    let reply = if line.trim() == "reload" {
+        // Reads files: off the runtime's threads.
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => format!("error: {e}\n"),
+            Err(_) => "error: the reload did not finish\n".to_owned(),
+        }
+    } else {
+        execute(&server, line.trim())
+    };
     write.write_all(reply.as_bytes()).await?;
     write.shutdown().await
 }

@@ -51,6 +51,9 @@ enum Command {
     Sessions { domain: Option<String> },
     /// Print the running server's counters: limits hit, sessions, resumptions.
     Stats,
+    /// Make the running server re-read its configuration and certificates (as SIGHUP does)
+    /// and print what it applied; exits 1 if the file is invalid (nothing is applied then).
+    Reload,
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
@@ -149,6 +152,21 @@ fn run(cli: Cli) -> Result<()> {
                     print!("{out}");
                     Ok(())
                 }
+                None => bail!(
+                    "the server is not running (no admin socket in {})",
+                    config.data_dir.display()
+                ),
+            }
+        }),
+        Command::Reload => rt.block_on(async {
+            match admin::request(&config, "reload").await? {
+                Some(out) => match out.strip_prefix("error: ") {
+                    Some(e) => bail!("{}", e.trim_end()),
+                    None => {
+                        print!("{out}");
+                        Ok(())
+                    }
+                },
                 None => bail!(
                     "the server is not running (no admin socket in {})",
                     config.data_dir.display()
@@ -338,16 +356,16 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
     create_private_dir(&config.data_dir)?;
     let storage = open_storage(&config, Create::Yes)?;
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
-    let reloader = reload::Reloader {
+    let reloader = Arc::new(reload::Reloader {
         config_path,
         running: config.clone(),
         tls: tls.clone(),
         log,
-    };
+    });
     let server = Server::new(config, storage, &crate::registry())?;
     let listeners = rookery_net::bind_all(&server).await?;
     rookery_net::serve(server.clone(), tls, listeners);
-    admin::serve(server.clone())?;
+    admin::serve(server.clone(), reloader.clone())?;
     server.tasks().spawn(log_counters(server.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -357,8 +375,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
 
     while let Signal::Reload = signals.next().await {
         // File reads and parsing, on the thread that only waits for signals: no connection
-        // waits for it.
-        reloader.reload();
+        // waits for it. The outcome is logged.
+        let _ = reloader.reload();
     }
     tracing::info!(
         sessions = server.sessions().count(),

@@ -1,4 +1,4 @@
-//! SIGHUP: re-read the configuration file and apply what can change without dropping a
+//! SIGHUP and `rookery reload`: re-read the configuration file and apply what can change without dropping a
 //! session — every host's certificate and key, and the log level. Anything invalid is
 //! logged and the running settings stay; the server never stops because of a reload.
 
@@ -21,26 +21,30 @@ impl LogFilter {
         LogFilter { handle, from_env }
     }
 
-    fn apply(&self, level: &str) {
+    /// Applies `level`; returns what happened, as logged.
+    fn apply(&self, level: &str) -> String {
         if self.from_env {
-            tracing::info!(
+            let line = format!(
                 "reload: log level left as RUST_LOG set it (log_level = {level:?} not applied)"
             );
-            return;
+            tracing::info!("{line}");
+            return line;
         }
         let filter = match EnvFilter::try_new(level) {
             Ok(f) => f,
             Err(e) => {
-                tracing::error!(
-                    "reload: log_level {level:?} is not usable ({e}); log level unchanged"
-                );
-                return;
+                let line =
+                    format!("reload: log_level {level:?} is not usable ({e}); log level unchanged");
+                tracing::error!("{line}");
+                return line;
             }
         };
-        match self.handle.reload(filter) {
-            Ok(()) => tracing::info!("reload: log level is now {level:?}"),
-            Err(e) => tracing::error!("reload: could not change the log level: {e}"),
-        }
+        let line = match self.handle.reload(filter) {
+            Ok(()) => format!("reload: log level is now {level:?}"),
+            Err(e) => format!("reload: could not change the log level: {e}"),
+        };
+        tracing::info!("{line}");
+        line
     }
 }
 
@@ -56,34 +60,40 @@ pub struct Reloader {
 
 impl Reloader {
     /// Re-reads the configuration and applies the certificates and the log level; logs what
-    /// was reloaded, what failed (the old settings stay) and what needs a restart.
-    pub fn reload(&self) {
+    /// was reloaded, what failed (the old settings stay) and what needs a restart, and
+    /// returns the same as lines for `rookery reload` (`Err`: nothing was applied).
+    pub fn reload(&self) -> Result<String, String> {
         let source = self.config_path.as_ref().map_or_else(
             || "the embedded default".to_owned(),
             |p| p.display().to_string(),
         );
-        tracing::info!("SIGHUP: reloading certificates and log level from {source}");
+        tracing::info!("reloading certificates and log level from {source}");
         let new = match Config::load(self.config_path.as_deref(), &crate::registry()) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(
+                let e = format!(
                     "reload failed: {e}; the running configuration, certificates and log level stay"
                 );
-                return;
+                tracing::error!("{e}");
+                return Err(e);
             }
         };
-        self.log.apply(&new.log_level);
-        self.reload_certificates(&new);
+        let mut report = vec![format!("configuration read from {source}")];
+        report.push(self.log.apply(&new.log_level));
+        report.push(self.reload_certificates(&new));
         let restart = needs_restart(&self.running, &new);
         if !restart.is_empty() {
-            tracing::warn!(
+            let line = format!(
                 "reload: changes to {} take effect only after a restart",
                 restart.join(", ")
             );
+            tracing::warn!("{line}");
+            report.push(line);
         }
+        Ok(report.join("\n") + "\n")
     }
 
-    fn reload_certificates(&self, new: &Config) {
+    fn reload_certificates(&self, new: &Config) -> String {
         // The served domains are those the server started with; a host's certificate and
         // key paths come from the new file when it still lists that host.
         let mut merged = self.running.clone();
@@ -94,14 +104,22 @@ impl Reloader {
             }
         }
         match self.tls.reload(&merged) {
-            Ok(r) => tracing::info!(
-                "reload: certificates read again; changed: [{}], unchanged: [{}]",
-                r.changed.join(", "),
-                r.unchanged.join(", ")
-            ),
-            Err(e) => tracing::error!(
-                "reload: certificates not reloaded: {e}; the previous certificates stay in use"
-            ),
+            Ok(r) => {
+                let line = format!(
+                    "reload: certificates read again; changed: [{}], unchanged: [{}]",
+                    r.changed.join(", "),
+                    r.unchanged.join(", ")
+                );
+                tracing::info!("{line}");
+                line
+            }
+            Err(e) => {
+                let line = format!(
+                    "reload: certificates not reloaded: {e}; the previous certificates stay in use"
+                );
+                tracing::error!("{line}");
+                line
+            }
         }
     }
 }
