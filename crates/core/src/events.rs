@@ -128,6 +128,28 @@ pub struct Bind2Bound {
     pub bound: Element,
 }
 
+/// Filter: the `disco#info` answer of one of a host's nodes (XEP-0030 §3.2: the query to the
+/// host's domain carries `node`). The module that owns the node (ad-hoc commands: the command
+/// list and each command, XEP-0050 §2.2) fills `query` and sets `found`, answering for
+/// `requester` (a command the requester may not run is not found); a node nobody claims is
+/// answered `item-not-found`.
+#[derive(Debug, Clone)]
+pub struct HostDiscoInfo {
+    pub requester: Jid,
+    pub node: String,
+    pub query: Element,
+    pub found: bool,
+}
+
+/// Filter: the `disco#items` answer of one of a host's nodes, built like [`HostDiscoInfo`].
+#[derive(Debug, Clone)]
+pub struct HostDiscoItems {
+    pub requester: Jid,
+    pub node: String,
+    pub query: Element,
+    pub found: bool,
+}
+
 /// Filter: the `disco#info` answer of a local account's bare JID (XEP-0030 §3.1, answered by
 /// the server on the account's behalf), or of one of its nodes when `node` is set. Modules
 /// that publish on the account's behalf add to `query` (PEP its `pubsub/pep` identity and its

@@ -4,7 +4,7 @@
 //! `account/registered` and the account features enabled modules registered, to anyone, and
 //! what modules publishing on the account's behalf add (PEP's identity, nodes and items).
 
-use rookery_core::events::{AccountDiscoInfo, AccountDiscoItems};
+use rookery_core::events::{AccountDiscoInfo, AccountDiscoItems, HostDiscoInfo, HostDiscoItems};
 use rookery_core::{iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Spec};
 use rookery_stanza::{StanzaError, StanzaErrorCondition};
 use rookery_xml::Element;
@@ -40,14 +40,23 @@ fn no_such_node() -> StanzaError {
 
 async fn info(req: IqRequest) -> IqResult {
     req.require_get()?;
-    // No nodes are published yet (§3.2): a query for one is answered item-not-found.
-    if req.payload.attr("node").is_some() {
-        return Err(no_such_node());
-    }
     let host = req
         .server
         .host(req.to.domain().as_str())
         .ok_or_else(StanzaError::service_unavailable)?;
+    // A node (§3.2) is answered by the module that owns it ([`HostDiscoInfo`]).
+    if let Some(node) = req.payload.attr("node") {
+        let event = HostDiscoInfo {
+            requester: req.from.clone(),
+            node: node.to_owned(),
+            query: Element::new("query", NS_INFO).with_attr("node", node),
+            found: false,
+        };
+        return match host.hooks().fold(&req.server, event).await {
+            Some(done) if done.found => Ok(Some(done.query)),
+            _ => Err(no_such_node()),
+        };
+    }
     let mut query = Element::new("query", NS_INFO);
     for id in host.identities() {
         let mut el = Element::new("identity", NS_INFO)
@@ -70,13 +79,22 @@ async fn info(req: IqRequest) -> IqResult {
 
 async fn items(req: IqRequest) -> IqResult {
     req.require_get()?;
-    if req.payload.attr("node").is_some() {
-        return Err(no_such_node());
-    }
     let host = req
         .server
         .host(req.to.domain().as_str())
         .ok_or_else(StanzaError::service_unavailable)?;
+    if let Some(node) = req.payload.attr("node") {
+        let event = HostDiscoItems {
+            requester: req.from.clone(),
+            node: node.to_owned(),
+            query: Element::new("query", NS_ITEMS).with_attr("node", node),
+            found: false,
+        };
+        return match host.hooks().fold(&req.server, event).await {
+            Some(done) if done.found => Ok(Some(done.query)),
+            _ => Err(no_such_node()),
+        };
+    }
     let mut query = Element::new("query", NS_ITEMS);
     for (jid, name) in host.disco_items() {
         let mut el = Element::new("item", NS_ITEMS).with_attr("jid", jid.clone());

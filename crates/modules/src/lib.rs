@@ -1,6 +1,7 @@
 //! Feature modules. Each file is one feature with one entry point, a type implementing
 //! [`rookery_core::Module`]; [`registry`] lists every module this build has.
 
+pub mod admin;
 pub mod avatar;
 pub mod blocking;
 pub mod bookmarks;
@@ -69,6 +70,7 @@ pub fn registry() -> ModuleRegistry {
         .register::<bookmarks::Bookmarks>()
         .register::<avatar::Avatar>()
         .register::<upload::Upload>()
+        .register::<admin::Admin>()
         .register::<turn::Turn>()
         .register::<extdisco::ExtDisco>();
     r

@@ -217,7 +217,10 @@ async fn intercept_remove(server: &Arc<Server>, c: ClientStanza) -> Option<Clien
 }
 
 /// Deletes the account and everything it owns, then cancels its subscriptions.
-async fn remove_account(server: &Arc<Server>, user: &BareJid) -> Result<(), StanzaError> {
+pub(crate) async fn remove_account(
+    server: &Arc<Server>,
+    user: &BareJid,
+) -> Result<(), StanzaError> {
     let (domain, node) = parts(user)?;
     let roster = server
         .storage()

@@ -202,8 +202,8 @@ pub const MISSING: &[(&str, &str, &[&str])] = &[
     ),
     (
         "Operations",
-        "PostgreSQL backend, metrics, administration over XMPP, migration from other servers, full configuration reload",
-        &["XEP-0133"],
+        "PostgreSQL backend, metrics, migration from other servers (XEP-0227 export and import), full configuration reload (hosts and module options)",
+        &["XEP-0227"],
     ),
 ];
 

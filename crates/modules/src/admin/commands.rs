@@ -1,0 +1,524 @@
+//! The XEP-0133 commands Rookery offers, each one stage: a form (or none), then the action.
+//! Account changes go through the same storage calls as the `rookery user` commands, and a
+//! deleted account is removed as in-band cancellation removes it (subscriptions cancelled,
+//! sessions closed), so the CLI, the client and XMPP administration never disagree.
+
+use super::command_error;
+use crate::form::{FormBuilder, Submitted};
+use rookery_core::Server;
+use rookery_sasl::ScramCredentials;
+use rookery_stanza::{BareJid, Jid, StanzaError, StanzaErrorCondition, StreamErrorCondition};
+use rookery_storage::StorageError;
+use rookery_xml::Element;
+use std::sync::Arc;
+
+pub const FORM_TYPE: &str = "http://jabber.org/protocol/admin";
+/// Accounts one command may name (delete, end sessions): a bound on the work of one request.
+pub const MAX_TARGETS: usize = 100;
+/// The most users a list shows (XEP-0133 §4.16: `max_items`).
+pub const MAX_LISTED: usize = 1000;
+/// The longest announcement, in bytes.
+pub const MAX_ANNOUNCEMENT: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    AddUser,
+    DeleteUser,
+    EndUserSession,
+    ChangeUserPassword,
+    GetRegisteredUsersNum,
+    GetRegisteredUsersList,
+    GetOnlineUsersNum,
+    GetOnlineUsersList,
+    Announce,
+}
+
+pub const ALL: &[Command] = &[
+    Command::AddUser,
+    Command::DeleteUser,
+    Command::EndUserSession,
+    Command::ChangeUserPassword,
+    Command::GetRegisteredUsersNum,
+    Command::GetRegisteredUsersList,
+    Command::GetOnlineUsersNum,
+    Command::GetOnlineUsersList,
+    Command::Announce,
+];
+
+/// What a command did: a note and a result form for the admin, and what to log.
+pub struct Outcome {
+    pub note: Option<String>,
+    pub result: Option<Element>,
+    pub log: String,
+}
+
+fn internal(e: impl std::fmt::Display) -> StanzaError {
+    tracing::error!(error = %e, "admin command: storage");
+    StanzaError::new(StanzaErrorCondition::InternalServerError)
+}
+
+fn not_acceptable(text: impl Into<String>) -> StanzaError {
+    StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(text)
+}
+
+fn bad_payload(text: impl Into<String>) -> StanzaError {
+    command_error(StanzaErrorCondition::BadRequest, "bad-payload").with_text(text)
+}
+
+impl Command {
+    pub fn node(self) -> String {
+        format!("{FORM_TYPE}#{}", self.id())
+    }
+
+    fn id(self) -> &'static str {
+        match self {
+            Command::AddUser => "add-user",
+            Command::DeleteUser => "delete-user",
+            Command::EndUserSession => "end-user-session",
+            Command::ChangeUserPassword => "change-user-password",
+            Command::GetRegisteredUsersNum => "get-registered-users-num",
+            Command::GetRegisteredUsersList => "get-registered-users-list",
+            Command::GetOnlineUsersNum => "get-online-users-num",
+            Command::GetOnlineUsersList => "get-online-users-list",
+            Command::Announce => "announce",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::AddUser => "Add a User",
+            Command::DeleteUser => "Delete a User",
+            Command::EndUserSession => "End a User Session",
+            Command::ChangeUserPassword => "Change User Password",
+            Command::GetRegisteredUsersNum => "Get Number of Registered Users",
+            Command::GetRegisteredUsersList => "Get List of Registered Users",
+            Command::GetOnlineUsersNum => "Get Number of Online Users",
+            Command::GetOnlineUsersList => "Get List of Online Users",
+            Command::Announce => "Send Announcement to Online Users",
+        }
+    }
+
+    pub fn by_node(node: &str) -> Option<Command> {
+        let id = node.strip_prefix(FORM_TYPE)?.strip_prefix('#')?;
+        ALL.iter().copied().find(|c| c.id() == id)
+    }
+
+    /// The form the command asks the admin to fill in; `None`: it runs at once.
+    pub fn form(self) -> Option<Element> {
+        let f = FormBuilder::new("form", FORM_TYPE).title(self.name());
+        let max_items = |f: FormBuilder| {
+            f.list(
+                "max_items",
+                "Maximum number of items to show",
+                "100",
+                &[
+                    ("25", "25"),
+                    ("50", "50"),
+                    ("75", "75"),
+                    ("100", "100"),
+                    ("150", "150"),
+                    ("200", "200"),
+                    ("none", "None"),
+                ],
+            )
+        };
+        let form = match self {
+            Command::AddUser => f
+                .field(
+                    "accountjid",
+                    Some("jid-single"),
+                    Some("The Jabber ID for the account to be added"),
+                    &[],
+                )
+                .field(
+                    "password",
+                    Some("text-private"),
+                    Some("The password for this account"),
+                    &[],
+                )
+                .field(
+                    "password-verify",
+                    Some("text-private"),
+                    Some("Retype password"),
+                    &[],
+                ),
+            Command::DeleteUser => f.field(
+                "accountjids",
+                Some("jid-multi"),
+                Some("The Jabber ID(s) to delete"),
+                &[],
+            ),
+            Command::EndUserSession => f.field(
+                "accountjids",
+                Some("jid-multi"),
+                Some("The Jabber ID(s) for which to end sessions"),
+                &[],
+            ),
+            Command::ChangeUserPassword => f
+                .field(
+                    "accountjid",
+                    Some("jid-single"),
+                    Some("The Jabber ID for this account"),
+                    &[],
+                )
+                .field(
+                    "password",
+                    Some("text-private"),
+                    Some("The new password for this account"),
+                    &[],
+                ),
+            Command::GetRegisteredUsersList | Command::GetOnlineUsersList => max_items(f),
+            Command::Announce => f
+                .field("subject", Some("text-single"), Some("Subject"), &[])
+                .field(
+                    "announcement",
+                    Some("text-multi"),
+                    Some("Announcement"),
+                    &[],
+                ),
+            Command::GetRegisteredUsersNum | Command::GetOnlineUsersNum => return None,
+        };
+        Some(form.build())
+    }
+
+    /// Runs the command on host `domain` with the submitted `form`.
+    pub async fn run(
+        self,
+        server: &Arc<Server>,
+        domain: &str,
+        form: Option<&Element>,
+    ) -> Result<Outcome, StanzaError> {
+        let submitted = form.and_then(|x| {
+            // The form is the <x/> itself; Submitted reads a parent's <x/> child.
+            Submitted::find(&Element::new("wrap", "").with_child(x.clone())).map(|s| {
+                (
+                    s.values("accountjid").unwrap_or_default(),
+                    s.values("accountjids").unwrap_or_default(),
+                    s.value("password"),
+                    s.value("password-verify"),
+                    s.values("announcement").unwrap_or_default(),
+                    s.value("subject"),
+                    s.value("max_items"),
+                )
+            })
+        });
+        let (one, many, password, verify, announcement, subject, max_items) =
+            submitted.unwrap_or_default();
+        match self {
+            Command::AddUser => {
+                let account = local_account(domain, one.first())?;
+                let password = password.unwrap_or_default();
+                if verify.is_some_and(|v| v != password) {
+                    return Err(not_acceptable("the passwords differ"));
+                }
+                let creds = credentials(server, password).await?;
+                let (d, n) = parts(&account);
+                match server.storage().accounts.create_account(d, n, &creds).await {
+                    Ok(()) => {}
+                    Err(StorageError::AlreadyExists) => {
+                        return Err(StanzaError::new(StanzaErrorCondition::Conflict)
+                            .with_text(format!("{account} already exists")))
+                    }
+                    Err(e) => return Err(internal(e)),
+                }
+                Ok(note(format!("created {account}"), account.to_string()))
+            }
+            Command::ChangeUserPassword => {
+                let account = local_account(domain, one.first())?;
+                let creds = credentials(server, password.unwrap_or_default()).await?;
+                let (d, n) = parts(&account);
+                // Also revokes the account's FAST tokens, as `rookery user passwd` does.
+                match server.storage().change_password(d, n, &creds).await {
+                    Ok(()) => Ok(note(
+                        format!("password changed for {account}"),
+                        account.to_string(),
+                    )),
+                    Err(StorageError::NotFound) => {
+                        Err(StanzaError::new(StanzaErrorCondition::ItemNotFound)
+                            .with_text(format!("{account} does not exist")))
+                    }
+                    Err(e) => Err(internal(e)),
+                }
+            }
+            Command::DeleteUser => {
+                let accounts = local_accounts(domain, &many)?;
+                let mut deleted = Vec::new();
+                let mut missing = Vec::new();
+                for account in &accounts {
+                    match crate::register::remove_account(server, account).await {
+                        Ok(()) => {
+                            for s in server.sessions().resources(account).iter() {
+                                s.kick(StreamErrorCondition::NotAuthorized, "account removed");
+                            }
+                            deleted.push(account.to_string());
+                        }
+                        Err(e) if e.condition == StanzaErrorCondition::RegistrationRequired => {
+                            missing.push(account.to_string())
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let mut text = format!("deleted: {}", list_or_none(&deleted));
+                if !missing.is_empty() {
+                    text.push_str(&format!("; no such account: {}", missing.join(", ")));
+                }
+                Ok(note(text, deleted.join(",")))
+            }
+            Command::EndUserSession => {
+                if many.is_empty() || many.len() > MAX_TARGETS {
+                    return Err(bad_payload(format!("name 1 to {MAX_TARGETS} addresses")));
+                }
+                let mut ended = 0;
+                let mut named = Vec::new();
+                for raw in &many {
+                    let jid = Jid::new(raw.trim())
+                        .map_err(|_| not_acceptable(format!("{raw} is not a JID")))?;
+                    if jid.domain().as_str() != domain || jid.node().is_none() {
+                        return Err(not_acceptable(format!(
+                            "{jid} is not an account of {domain}"
+                        )));
+                    }
+                    let targets: Vec<_> = match jid.try_as_full() {
+                        Ok(full) => server.sessions().get(full).into_iter().collect(),
+                        Err(bare) => server.sessions().resources(bare).iter().cloned().collect(),
+                    };
+                    for s in &targets {
+                        s.kick(
+                            StreamErrorCondition::PolicyViolation,
+                            "session ended by an administrator",
+                        );
+                    }
+                    ended += targets.len();
+                    named.push(jid.to_string());
+                }
+                Ok(note(format!("sessions ended: {ended}"), named.join(",")))
+            }
+            Command::GetRegisteredUsersNum => {
+                let n = registered(server, domain).await?.len();
+                Ok(result(
+                    FormBuilder::new("result", FORM_TYPE).field(
+                        "registeredusersnum",
+                        None,
+                        Some("The number of registered users"),
+                        &[&n.to_string()],
+                    ),
+                    String::new(),
+                ))
+            }
+            Command::GetOnlineUsersNum => {
+                let n = online(server, domain).len();
+                Ok(result(
+                    FormBuilder::new("result", FORM_TYPE).field(
+                        "onlineusersnum",
+                        None,
+                        Some("The number of online users"),
+                        &[&n.to_string()],
+                    ),
+                    String::new(),
+                ))
+            }
+            Command::GetRegisteredUsersList | Command::GetOnlineUsersList => {
+                let limit = match max_items.as_deref() {
+                    None | Some("none") => MAX_LISTED,
+                    Some(v) => v
+                        .parse::<usize>()
+                        .map_err(|_| bad_payload("max_items: a number or none"))?
+                        .min(MAX_LISTED),
+                };
+                let (var, label, mut users) = if self == Command::GetOnlineUsersList {
+                    (
+                        "onlineuserjids",
+                        "The list of all online users",
+                        online(server, domain),
+                    )
+                } else {
+                    (
+                        "registereduserjids",
+                        "The list of all users",
+                        registered(server, domain).await?,
+                    )
+                };
+                users.truncate(limit);
+                let values: Vec<&str> = users.iter().map(String::as_str).collect();
+                Ok(result(
+                    FormBuilder::new("result", FORM_TYPE).field(
+                        var,
+                        Some("jid-multi"),
+                        Some(label),
+                        &values,
+                    ),
+                    String::new(),
+                ))
+            }
+            Command::Announce => {
+                let body = announcement.join("\n");
+                if body.trim().is_empty() {
+                    return Err(bad_payload("the announcement is empty"));
+                }
+                if body.len() > MAX_ANNOUNCEMENT {
+                    return Err(not_acceptable(format!("at most {MAX_ANNOUNCEMENT} bytes")));
+                }
+                let mut sent = 0;
+                for s in server.sessions().all() {
+                    if s.jid().domain().as_str() != domain {
+                        continue;
+                    }
+                    // A headline (RFC 6121 §5.2.2): shown, never stored or answered.
+                    let mut msg = Element::new("message", "jabber:client")
+                        .with_attr("from", domain)
+                        .with_attr("to", s.jid().as_str())
+                        .with_attr("type", "headline");
+                    if let Some(subject) = subject.as_deref().filter(|t| !t.is_empty()) {
+                        msg.push_child(Element::new("subject", "jabber:client").with_text(subject));
+                    }
+                    msg.push_child(Element::new("body", "jabber:client").with_text(body.clone()));
+                    if s.deliver(msg).is_ok() {
+                        sent += 1;
+                    }
+                }
+                Ok(note(
+                    format!("announcement sent to {sent} sessions"),
+                    format!("{sent} sessions"),
+                ))
+            }
+        }
+    }
+}
+
+fn note(text: String, log: String) -> Outcome {
+    Outcome {
+        note: Some(text),
+        result: None,
+        log,
+    }
+}
+
+fn result(form: FormBuilder, log: String) -> Outcome {
+    Outcome {
+        note: None,
+        result: Some(form.build()),
+        log,
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn parts(account: &BareJid) -> (&str, &str) {
+    (
+        account.domain().as_str(),
+        account.node().map(|n| n.as_str()).unwrap_or_default(),
+    )
+}
+
+/// An account of this host named by the form.
+fn local_account(domain: &str, raw: Option<&String>) -> Result<BareJid, StanzaError> {
+    let raw = raw.map(|r| r.trim()).filter(|r| !r.is_empty());
+    let Some(raw) = raw else {
+        return Err(bad_payload("accountjid is required"));
+    };
+    let jid = BareJid::new(raw).map_err(|_| not_acceptable(format!("{raw} is not a bare JID")))?;
+    if jid.domain().as_str() != domain || jid.node().is_none() {
+        return Err(not_acceptable(format!(
+            "{jid} is not an account of {domain}"
+        )));
+    }
+    Ok(jid)
+}
+
+fn local_accounts(domain: &str, raw: &[String]) -> Result<Vec<BareJid>, StanzaError> {
+    if raw.is_empty() || raw.len() > MAX_TARGETS {
+        return Err(bad_payload(format!("name 1 to {MAX_TARGETS} accounts")));
+    }
+    raw.iter().map(|r| local_account(domain, Some(r))).collect()
+}
+
+/// SCRAM records for a new password, checked against the server's password rules; hashed off
+/// the runtime's threads (4096 iterations of three hashes).
+async fn credentials(
+    server: &Server,
+    password: String,
+) -> Result<Vec<ScramCredentials>, StanzaError> {
+    if password.is_empty() {
+        return Err(bad_payload("password is required"));
+    }
+    if let Some(problem) = server.config().limits.password_problem(&password) {
+        return Err(not_acceptable(problem));
+    }
+    tokio::task::spawn_blocking(move || {
+        rookery_sasl::generate_all(&password, ScramCredentials::MIN_ITERATIONS)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| not_acceptable(e.to_string()))
+}
+
+async fn registered(server: &Server, domain: &str) -> Result<Vec<String>, StanzaError> {
+    let mut users: Vec<String> = server
+        .storage()
+        .accounts
+        .list_accounts(Some(domain))
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|(node, d)| format!("{node}@{d}"))
+        .collect();
+    users.sort();
+    Ok(users)
+}
+
+/// The bare JIDs with at least one session on `domain`, sorted.
+fn online(server: &Server, domain: &str) -> Vec<String> {
+    let mut users: Vec<String> = server
+        .sessions()
+        .all()
+        .iter()
+        .filter(|s| s.jid().domain().as_str() == domain)
+        .map(|s| s.jid().to_bare().to_string())
+        .collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_round_trip_and_unknown_ones_are_none() {
+        for c in ALL {
+            assert_eq!(Command::by_node(&c.node()), Some(*c));
+            assert!(c.node().starts_with("http://jabber.org/protocol/admin#"));
+        }
+        assert_eq!(
+            Command::by_node("http://jabber.org/protocol/admin#shutdown"),
+            None
+        );
+        assert_eq!(Command::by_node("add-user"), None);
+    }
+
+    #[test]
+    fn accounts_must_be_of_this_host() {
+        let ok = BareJid::new("a@example.org").expect("jid");
+        let check = |raw: &str| local_account("example.org", Some(&raw.to_owned()));
+        assert_eq!(check("a@example.org").ok(), Some(ok));
+        assert_eq!(
+            check(" a@example.org ").ok().map(|j| j.to_string()),
+            Some("a@example.org".into())
+        );
+        for bad in ["a@elsewhere.org", "example.org", "a@example.org/res", ""] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+        assert!(local_accounts("example.org", &[]).is_err(), "nobody named");
+        let many: Vec<String> = (0..=MAX_TARGETS)
+            .map(|i| format!("u{i}@example.org"))
+            .collect();
+        assert!(local_accounts("example.org", &many).is_err(), "too many");
+    }
+}
