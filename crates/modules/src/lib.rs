@@ -18,6 +18,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod proxy65;
 pub mod pubsub;
 pub mod push;
 pub mod register;
@@ -70,7 +71,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<avatar::Avatar>()
         .register::<upload::Upload>()
         .register::<turn::Turn>()
-        .register::<extdisco::ExtDisco>();
+        .register::<extdisco::ExtDisco>()
+        .register::<proxy65::Proxy65>();
     r
 }
 

@@ -196,11 +196,6 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[
     (
-        "Calls and file transfer",
-        "SOCKS5 Bytestreams proxy",
-        &["XEP-0065"],
-    ),
-    (
         "Operations",
         "PostgreSQL backend, metrics, administration over XMPP, migration from other servers, full configuration reload",
         &["XEP-0133"],
