@@ -294,6 +294,14 @@ impl ModuleRegistry {
 #[derive(Default)]
 pub(crate) struct SharedState(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
 
+impl SharedState {
+    pub(crate) fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.0
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.clone().downcast::<T>().ok())
+    }
+}
+
 /// What a module sees while it initialises on a host.
 pub struct HostBuilder<'a> {
     domain: &'a str,
@@ -336,7 +344,8 @@ impl HostBuilder<'_> {
         self.storage
     }
     /// A value shared by every host of the server (created on first use), for state that is
-    /// the server's rather than one host's, such as a limit per client address.
+    /// the server's rather than one host's, such as a limit per client address. The module's
+    /// [`Module::start`] finds it again with [`Server::shared`].
     pub fn shared<T: Default + Send + Sync + 'static>(&mut self) -> Arc<T> {
         let value = self
             .shared

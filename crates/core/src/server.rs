@@ -51,6 +51,8 @@ pub struct Server {
     tasks: TaskTracker,
     started: Instant,
     pending_iqs: Arc<PendingIqs>,
+    /// What modules keep for the whole server ([`crate::HostBuilder::shared`]).
+    shared: SharedState,
 }
 
 impl Server {
@@ -123,6 +125,7 @@ impl Server {
             tasks: TaskTracker::new(),
             started: Instant::now(),
             pending_iqs: Arc::default(),
+            shared,
         });
         registry.start(&server, &enabled);
         Ok(server)
@@ -168,6 +171,12 @@ impl Server {
     /// Connection tasks register here so a graceful stop can wait for them.
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
+    }
+    /// The value of type `T` modules of this server's hosts shared while they initialised
+    /// ([`crate::HostBuilder::shared`]), for their [`crate::Module::start`]; `None` when no
+    /// host asked for one.
+    pub fn shared<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.shared.get::<T>()
     }
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()

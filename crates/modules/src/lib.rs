@@ -19,6 +19,7 @@ pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod proxy65;
 pub mod pubsub;
 pub mod push;
 pub mod register;
@@ -72,7 +73,8 @@ pub fn registry() -> ModuleRegistry {
         .register::<upload::Upload>()
         .register::<admin::Admin>()
         .register::<turn::Turn>()
-        .register::<extdisco::ExtDisco>();
+        .register::<extdisco::ExtDisco>()
+        .register::<proxy65::Proxy65>();
     r
 }
 

@@ -196,11 +196,6 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[
     (
-        "Calls and file transfer",
-        "SOCKS5 Bytestreams proxy",
-        &["XEP-0065"],
-    ),
-    (
         "Operations",
         "PostgreSQL backend, metrics, migration from other servers (XEP-0227 export and import), full configuration reload (hosts and module options)",
         &["XEP-0227"],
