@@ -1,7 +1,8 @@
 //! Administration over XMPP: XEP-0050 Ad-Hoc Commands on each host, carrying the XEP-0133
 //! Service Administration commands ([`commands`]) that Gajim, Psi and other clients offer
 //! in their "Commands" menu. Only the host's admins (`[host.admin] admins`) see and run
-//! them; anyone else finds no commands and gets `forbidden` when executing one by name.
+//! them; anyone else finds no commands and gets `forbidden` when executing one by name. A
+//! host without admins offers nothing (the commands feature is not advertised).
 //!
 //! The protocol (XEP-0050 §3):
 //! * the command list is disco#items of node `http://jabber.org/protocol/commands` on the
@@ -93,6 +94,10 @@ impl Module for Admin {
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         let config = host.section::<AdminConfig>();
+        if config.admins.is_empty() {
+            // Nobody may run a command: nothing to offer or advertise.
+            return Ok(());
+        }
         let state = Arc::new(State {
             admins: config
                 .admins
