@@ -499,6 +499,30 @@ def test_password_change(server, raw, pool):
     assert sync(other) is not None  # other sessions keep working
 
 
+def test_cli_deletion_on_a_running_server_tells_the_contacts(server, raw, pool):
+    """`rookery user delete` while the server runs: the server deletes the account itself,
+    as in-band cancellation and the XEP-0133 command do, so contacts are unsubscribed both
+    ways and the account's sessions end."""
+    if server.external:
+        pytest.skip("rookery CLI only")
+    user, friend = pool.take(), pool.take()
+    f = online(raw, friend, "f")
+    u = online(raw, user, "u")
+    subscribe(u, user, f, friend)
+    subscribe(f, friend, u, user)
+    sync(f)
+    res = server.user("delete", user.jid)
+    assert res.returncode == 0, res.stderr
+    assert f"deleted {user.jid}" in res.stdout
+    u.read_until_closed(timeout=5)
+    got = sync(f)
+    for ptype in ("unsubscribe", "unsubscribed"):
+        find_or_wait(f, got, is_presence(ptype, user.jid), timeout=2, what=ptype)
+    assert user.jid not in server.user("list").stdout.splitlines()
+    again = server.user("delete", user.jid)
+    assert again.returncode == 1 and "does not exist" in again.stderr, again.stderr
+
+
 def test_account_removal(server, raw, pool):
     user, friend = pool.take(), pool.take()
     f = online(raw, friend, "f")

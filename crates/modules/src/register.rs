@@ -216,11 +216,25 @@ async fn intercept_remove(server: &Arc<Server>, c: ClientStanza) -> Option<Clien
     None
 }
 
+/// Deletes an account as its own cancellation would (its subscriptions cancelled, everything
+/// it owns removed) and closes its sessions: for the administrators' commands (XEP-0133) and
+/// `rookery user delete` on a running server, so every way of deleting an account does the
+/// same. `Ok(false)`: there is no such account.
+pub async fn delete_account(server: &Arc<Server>, user: &BareJid) -> Result<bool, StanzaError> {
+    match remove_account(server, user).await {
+        Ok(()) => {
+            for s in server.sessions().resources(user).iter() {
+                s.kick(StreamErrorCondition::NotAuthorized, "account removed");
+            }
+            Ok(true)
+        }
+        Err(e) if e.condition == StanzaErrorCondition::RegistrationRequired => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Deletes the account and everything it owns, then cancels its subscriptions.
-pub(crate) async fn remove_account(
-    server: &Arc<Server>,
-    user: &BareJid,
-) -> Result<(), StanzaError> {
+async fn remove_account(server: &Arc<Server>, user: &BareJid) -> Result<(), StanzaError> {
     let (domain, node) = parts(user)?;
     let roster = server
         .storage()

@@ -1,7 +1,7 @@
 //! The local administration socket: a Unix socket in the data directory (mode 0600, so only
 //! the server's user can use it) through which `rookery` commands reach the running server —
-//! to list sessions, print counters, reload the configuration, and disconnect the sessions
-//! of an account the CLI deleted.
+//! to list sessions, print counters, reload the configuration, and delete an account the way
+//! the server's own removal does.
 //!
 //! One request line, answered by lines of text and the connection closed; nothing here is
 //! reachable from the network.
@@ -9,7 +9,6 @@
 use crate::reload::Reloader;
 use anyhow::{Context, Result};
 use rookery_core::{Config, Server};
-use rookery_stanza::{Jid, StreamErrorCondition};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +69,10 @@ async fn answer(
     BufReader::new(read.take(MAX_REQUEST))
         .read_line(&mut line)
         .await?;
-    let reply = if line.trim() == "reload" {
+    let line = line.trim();
+    let reply = if let Some(jid) = line.strip_prefix("delete ") {
+        delete(&server, jid).await
+    } else if line == "reload" {
         // Reads files: off the runtime's threads.
         match tokio::task::spawn_blocking(move || reloader.reload()).await {
             Ok(Ok(report)) => report,
@@ -78,7 +80,7 @@ async fn answer(
             Err(_) => "error: the reload did not finish\n".to_owned(),
         }
     } else {
-        execute(&server, line.trim())
+        execute(&server, line)
     };
     write.write_all(reply.as_bytes()).await?;
     write.shutdown().await
@@ -112,23 +114,20 @@ fn execute(server: &Server, request: &str) -> String {
             }
             out
         }
-        "kick" => match Jid::new(arg) {
-            Ok(jid) => {
-                let targets: Vec<_> = match jid.try_as_full() {
-                    Ok(full) => server.sessions().get(full).into_iter().collect(),
-                    Err(bare) => server.sessions().resources(bare).to_vec(),
-                };
-                for s in &targets {
-                    s.kick(
-                        StreamErrorCondition::NotAuthorized,
-                        "the account was removed",
-                    );
-                }
-                format!("kicked {}\n", targets.len())
-            }
-            Err(_) => "error: not a JID\n".to_owned(),
-        },
         _ => "error: unknown command\n".to_owned(),
+    }
+}
+
+/// `delete JID`: the account deleted by the server itself, as the administrators' command does
+/// it (subscriptions cancelled, sessions closed); `deleted`, `missing` or an error line.
+async fn delete(server: &Arc<Server>, jid: &str) -> String {
+    let Ok(user) = rookery_stanza::BareJid::new(jid.trim()) else {
+        return "error: not a bare JID\n".to_owned();
+    };
+    match rookery_modules::register::delete_account(server, &user).await {
+        Ok(true) => "deleted\n".to_owned(),
+        Ok(false) => "missing\n".to_owned(),
+        Err(e) => format!("error: {e}\n"),
     }
 }
 

@@ -615,18 +615,28 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Delete { jid } => {
             let (node, domain) = account(config, &jid)?;
-            if !open(Create::No)?
-                .accounts
-                .delete_account(&domain, &node)
-                .await?
-            {
-                bail!("{node}@{domain} does not exist");
+            // A running server deletes it itself, as its administrators' command and in-band
+            // cancellation do: contacts told (subscriptions cancelled), sessions closed.
+            match admin::request(config, &format!("delete {node}@{domain}")).await? {
+                Some(reply) => match reply.trim() {
+                    "deleted" => {}
+                    "missing" => bail!("{node}@{domain} does not exist"),
+                    other => bail!(
+                        "the server could not delete {node}@{domain}: {}",
+                        other.trim_start_matches("error: ")
+                    ),
+                },
+                None => {
+                    if !open(Create::No)?
+                        .accounts
+                        .delete_account(&domain, &node)
+                        .await?
+                    {
+                        bail!("{node}@{domain} does not exist");
+                    }
+                }
             }
             println!("deleted {node}@{domain} and all its data");
-            // Sessions of the account end now, if the server runs.
-            if let Some(reply) = admin::request(config, &format!("kick {node}@{domain}")).await? {
-                print!("{reply}");
-            }
         }
         UserCommand::List { domain } => {
             if let Some(d) = &domain {

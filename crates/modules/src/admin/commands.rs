@@ -245,17 +245,9 @@ impl Command {
                 let mut deleted = Vec::new();
                 let mut missing = Vec::new();
                 for account in &accounts {
-                    match crate::register::remove_account(server, account).await {
-                        Ok(()) => {
-                            for s in server.sessions().resources(account).iter() {
-                                s.kick(StreamErrorCondition::NotAuthorized, "account removed");
-                            }
-                            deleted.push(account.to_string());
-                        }
-                        Err(e) if e.condition == StanzaErrorCondition::RegistrationRequired => {
-                            missing.push(account.to_string())
-                        }
-                        Err(e) => return Err(e),
+                    match crate::register::delete_account(server, account).await? {
+                        true => deleted.push(account.to_string()),
+                        false => missing.push(account.to_string()),
                     }
                 }
                 let mut text = format!("deleted: {}", list_or_none(&deleted));
