@@ -1228,6 +1228,7 @@ impl ClientStream {
                     if let Some(auth) = self.auth_mut() {
                         auth.attempt = None;
                     }
+                    crate::metrics::login(session.mechanism().name(), true);
                     if self.in_sasl2() {
                         tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated (SASL2)");
                         return self.sasl2_success(jid, additional_data).await;
@@ -1282,6 +1283,7 @@ impl ClientStream {
                 Some(a) => (a.mechanism, a.user, a.account),
                 None => ("(none)", None, None),
             };
+            crate::metrics::login(mechanism, false);
             let user = user.map_or_else(|| "(none)".to_owned(), |u| log_field(&u));
             tracing::warn!(
                 user = %user,
