@@ -1,15 +1,16 @@
 //! Process-wide counters of limits that were hit and of session events, so an operator can
 //! see what the server is refusing and why: logged each minute when they change, and
-//! printed by `rookery stats`. Plain atomics: incrementing one costs one relaxed add.
+//! printed by `rookery stats`, and exposed to Prometheus (`GET /metrics`) with the stanza
+//! counts below. Plain atomics: incrementing one costs one relaxed add.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
         /// One counted event.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Counter {
-            $($(#[$doc])* $variant,)*
+            $($(#[doc = $doc])* $variant,)*
         }
 
         impl Counter {
@@ -19,6 +20,13 @@ macro_rules! counters {
             pub fn name(self) -> &'static str {
                 match self {
                     $(Counter::$variant => $name,)*
+                }
+            }
+
+            /// What it counts: its documentation, for the metrics' help text.
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => concat!($($doc),*).trim_ascii(),)*
                 }
             }
         }
@@ -77,9 +85,81 @@ pub fn snapshot() -> Vec<(&'static str, u64)> {
     Counter::ALL.iter().map(|c| (c.name(), get(*c))).collect()
 }
 
+/// The kinds of stanza (RFC 6120 §8), in the order of [`stanzas`].
+pub const STANZA_KINDS: [&str; 3] = ["message", "presence", "iq"];
+
+static STANZAS_IN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static STANZAS_OUT: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// A stanza's place in [`STANZA_KINDS`] by its element's name; `None` for what is not a
+/// stanza.
+pub fn stanza_kind(name: &str) -> Option<usize> {
+    match name {
+        "message" => Some(0),
+        "presence" => Some(1),
+        "iq" => Some(2),
+        _ => None,
+    }
+}
+
+/// Counts a stanza received on a stream (from a client, a peer server or a component) as
+/// it enters the router; `name` is its element's name.
+pub fn stanza_in(name: &str) {
+    if let Some(i) = stanza_kind(name) {
+        STANZAS_IN[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a stanza handed to a stream: queued for a client's session, or for a peer server
+/// or a component. `kind` is from [`stanza_kind`].
+pub fn stanza_out(kind: Option<usize>) {
+    if let Some(i) = kind {
+        STANZAS_OUT[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Stanzas in and out by kind: `(kind, in, out)`, in the order of [`STANZA_KINDS`].
+pub fn stanzas() -> [(&'static str, u64, u64); 3] {
+    let at = |i: usize| {
+        (
+            STANZA_KINDS[i],
+            STANZAS_IN[i].load(Ordering::Relaxed),
+            STANZAS_OUT[i].load(Ordering::Relaxed),
+        )
+    };
+    [at(0), at(1), at(2)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_have_help() {
+        for c in Counter::ALL {
+            let help = c.help();
+            assert!(!help.is_empty() && !help.starts_with(' '), "{help:?}");
+            assert!(!help.contains('\n'), "{help:?}");
+        }
+        assert!(Counter::BadXml
+            .help()
+            .starts_with("A stream closed for XML"));
+    }
+
+    #[test]
+    fn stanzas_are_counted_by_kind() {
+        let before = stanzas();
+        stanza_in("message");
+        stanza_out(stanza_kind("iq"));
+        stanza_out(stanza_kind("iq"));
+        stanza_out(stanza_kind("stream:features"));
+        stanza_in("open");
+        let after = stanzas();
+        assert_eq!(after[0].1, before[0].1 + 1);
+        assert_eq!(after[2].2, before[2].2 + 2);
+        assert_eq!(after[1].1, before[1].1);
+        assert_eq!(after.map(|s| s.0), STANZA_KINDS);
+    }
 
     #[test]
     fn counters_fit_and_count() {

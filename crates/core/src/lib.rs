@@ -43,5 +43,7 @@ pub use route::{
     ServiceSendError,
 };
 pub use server::Server;
-pub use sessions::{Outgoing, Resources, SessionHandle, SessionInbox, SessionRegistry};
+pub use sessions::{
+    ClientTransport, Outgoing, Resources, SessionHandle, SessionInbox, SessionRegistry,
+};
 pub use settings::{Place, Section, SectionDecl};

@@ -306,6 +306,7 @@ impl Server {
 
     /// Routes a stamped stanza from a local client session.
     pub async fn route_from_client(self: &Arc<Self>, from: &FullJid, stanza: Stanza) {
+        crate::counters::stanza_in(stanza.name());
         let Some(host) = self.hosts.get(from.domain().as_str()).cloned() else {
             return;
         };
@@ -435,11 +436,13 @@ impl Server {
                 service.service.receive(&handle, stanza).await
             }
             Destination::External(route) => {
-                if let Err(crate::route::RouteError::Unroutable(e)) =
-                    route.send(stanza.clone()).await
-                {
-                    if sender.is_some() {
-                        self.answer_unroutable(&stanza, e);
+                let kind = crate::counters::stanza_kind(stanza.name());
+                match route.send(stanza.clone()).await {
+                    Ok(()) => crate::counters::stanza_out(kind),
+                    Err(crate::route::RouteError::Unroutable(e)) => {
+                        if sender.is_some() {
+                            self.answer_unroutable(&stanza, e);
+                        }
                     }
                 }
             }

@@ -6,7 +6,7 @@ use parking_lot::{Mutex, RwLock};
 use rookery_stanza::{BareJid, FullJid, SharedStanza, StreamErrorCondition};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -32,6 +32,46 @@ pub struct Outgoing {
     pub written: Option<oneshot::Sender<()>>,
 }
 
+/// How a session's client is connected (for metrics): set by the stream layer when the
+/// session is bound, and again when it is resumed on another connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientTransport {
+    /// An XML stream over TCP (STARTTLS or direct TLS).
+    Tcp,
+    /// RFC 7395.
+    WebSocket,
+    /// XEP-0206.
+    Bosh,
+    /// Not said (sessions made by tests and tools).
+    Other,
+}
+
+impl ClientTransport {
+    pub const ALL: [ClientTransport; 4] = [
+        ClientTransport::Tcp,
+        ClientTransport::WebSocket,
+        ClientTransport::Bosh,
+        ClientTransport::Other,
+    ];
+
+    /// The name metrics label it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientTransport::Tcp => "tcp",
+            ClientTransport::WebSocket => "websocket",
+            ClientTransport::Bosh => "bosh",
+            ClientTransport::Other => "other",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(ClientTransport::Other)
+    }
+}
+
 /// The router's side of one bound session.
 pub struct SessionHandle {
     id: u64,
@@ -46,6 +86,8 @@ pub struct SessionHandle {
     /// The address the client connected from, when the transport knows it: for limits per
     /// address beyond the stream (a MUC service's joins).
     peer: Option<std::net::SocketAddr>,
+    /// A [`ClientTransport`].
+    transport: AtomicU8,
 }
 
 /// The session task's side: the stanzas to write and the kick signal.
@@ -78,6 +120,7 @@ impl SessionHandle {
             kicked: Notify::new(),
             extensions: Mutex::new(Vec::new()),
             peer,
+            transport: AtomicU8::new(ClientTransport::Other as u8),
         });
         let inbox = SessionInbox {
             stanzas: rx,
@@ -94,6 +137,14 @@ impl SessionHandle {
     /// The address the client connected from, if known.
     pub fn peer(&self) -> Option<std::net::SocketAddr> {
         self.peer
+    }
+    /// How the client is connected now.
+    pub fn transport(&self) -> ClientTransport {
+        ClientTransport::from_u8(self.transport.load(Ordering::Relaxed))
+    }
+    /// Records how the client is connected (when bound, and when resumed elsewhere).
+    pub fn set_transport(&self, transport: ClientTransport) {
+        self.transport.store(transport as u8, Ordering::Relaxed);
     }
     /// Queues a stanza for this session without waiting.
     pub fn deliver(&self, stanza: impl Into<SharedStanza>) -> Result<(), DeliveryError> {
@@ -118,8 +169,12 @@ impl SessionHandle {
     }
 
     fn enqueue(&self, out: Outgoing) -> Result<(), DeliveryError> {
+        let kind = crate::counters::stanza_kind(out.stanza.name());
         match self.queue.try_send(Box::new(out)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::counters::stanza_out(kind);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 crate::counters::incr(crate::counters::Counter::SendQueueOverflows);
                 self.kick(
@@ -328,6 +383,19 @@ impl SessionRegistry {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The bound sessions by virtual host and transport (for metrics): counted under the
+    /// read lock, without copying the sessions.
+    pub fn count_by_host_and_transport(&self) -> HashMap<(String, ClientTransport), usize> {
+        let mut out: HashMap<(String, ClientTransport), usize> = HashMap::new();
+        for list in self.users.read().values() {
+            for h in list.iter() {
+                let key = (h.jid.domain().to_string(), h.transport());
+                *out.entry(key).or_default() += 1;
+            }
+        }
+        out
+    }
+
     /// Every bound session (for admin listing and shutdown).
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
         self.users
@@ -345,6 +413,29 @@ mod tests {
 
     fn jid(s: &str) -> FullJid {
         FullJid::new(s).expect("valid")
+    }
+
+    #[test]
+    fn sessions_are_counted_by_host_and_transport() {
+        let reg = SessionRegistry::default();
+        let (a, _ia) = SessionHandle::new(jid("u@x/a"), 4);
+        let (b, _ib) = SessionHandle::new(jid("v@x/b"), 4);
+        let (c, _ic) = SessionHandle::new(jid("u@y/c"), 4);
+        assert_eq!(a.transport(), ClientTransport::Other);
+        a.set_transport(ClientTransport::WebSocket);
+        b.set_transport(ClientTransport::WebSocket);
+        c.set_transport(ClientTransport::Bosh);
+        for h in [&a, &b, &c] {
+            reg.bind(h.clone());
+        }
+        let counts = reg.count_by_host_and_transport();
+        assert_eq!(counts.len(), 2);
+        assert_eq!(counts[&("x".to_owned(), ClientTransport::WebSocket)], 2);
+        assert_eq!(counts[&("y".to_owned(), ClientTransport::Bosh)], 1);
+        c.set_transport(ClientTransport::Tcp);
+        assert_eq!(c.transport(), ClientTransport::Tcp);
+        let names: Vec<_> = ClientTransport::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, ["tcp", "websocket", "bosh", "other"]);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use base64::Engine as _;
 use rookery_core::counters::{self, Counter};
 use rookery_core::events::SessionBound;
 use rookery_core::{
-    Host, Outgoing, PreAuthHandler, PreAuthRequest, Server, SessionHandle, SessionInbox,
+    ClientTransport, Host, Outgoing, PreAuthHandler, PreAuthRequest, Server, SessionHandle,
+    SessionInbox,
 };
 use rookery_sasl::{ChannelBindings, Mechanism, SaslError, ServerSession, Step};
 use rookery_stanza::{
@@ -209,6 +210,15 @@ pub struct Output {
 }
 
 impl Output {
+    /// The transport this output is framed for, as metrics name it.
+    fn transport(&self) -> ClientTransport {
+        match self.framing {
+            Framing::Stream => ClientTransport::Tcp,
+            Framing::WebSocket => ClientTransport::WebSocket,
+            Framing::Bosh => ClientTransport::Bosh,
+        }
+    }
+
     fn new(framing: Framing) -> Self {
         Output {
             bytes: Vec::new(),
@@ -1218,6 +1228,7 @@ impl ClientStream {
                     if let Some(auth) = self.auth_mut() {
                         auth.attempt = None;
                     }
+                    crate::metrics::login(session.mechanism().name(), true);
                     if self.in_sasl2() {
                         tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated (SASL2)");
                         return self.sasl2_success(jid, additional_data).await;
@@ -1272,6 +1283,7 @@ impl ClientStream {
                 Some(a) => (a.mechanism, a.user, a.account),
                 None => ("(none)", None, None),
             };
+            crate::metrics::login(mechanism, false);
             let user = user.map_or_else(|| "(none)".to_owned(), |u| log_field(&u));
             tracing::warn!(
                 user = %user,
@@ -1365,6 +1377,7 @@ impl ClientStream {
         };
         let queue = self.server().config().limits.session_send_queue;
         let (handle, inbox) = SessionHandle::with_peer(jid.clone(), queue, Some(self.peer));
+        handle.set_transport(self.out.transport());
         if let Some(old) = self.server().sessions().bind(handle.clone()) {
             // RFC 6120 §7.7.2.2: this server's policy is that the newer session wins.
             old.kick(
@@ -1746,6 +1759,7 @@ impl ClientStream {
         let held = std::mem::take(&mut d.held);
         tracing::info!(peer = %self.peer, jid = %d.handle.jid(), "session resumed");
         counters::incr(Counter::SmResumed);
+        d.handle.set_transport(self.out.transport());
         let mut b = Bound {
             user,
             handle: d.handle,

@@ -564,6 +564,7 @@ impl Connection {
                 "a component sends from its own domain only",
             ));
         }
+        rookery_core::counters::stanza_in(stanza.name());
         self.server.route_from_entity(stanza).await;
         Ok(())
     }

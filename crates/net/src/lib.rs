@@ -10,6 +10,7 @@
 //!   (XEP-0124, XEP-0206), transports under the same client stream, and XEP-0156
 //!   discovery; upload plugs in there.
 //! * [`component`]: external components (XEP-0114) on a `component` listener.
+//! * [`metrics`]: Prometheus metrics at `/metrics` on the HTTP listeners.
 //!
 //! Transports hand the core stanzas that are already parsed and stamped; the core never sees
 //! bytes.
@@ -20,6 +21,7 @@ pub mod csi;
 pub mod fast;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod s2s;
 pub mod sm;
 pub mod tls;
@@ -29,7 +31,8 @@ use crate::c2s::StreamContext;
 use rookery_core::{ModuleRegistry, SectionDecl, Spec};
 
 /// The configuration sections of the client stream and the listeners:
-/// `[stream_management]`, `[fast]`, `[http]`, `[bosh]` and `[component]`.
+/// `[stream_management]`, `[fast]`, `[http]`, `[bosh]`, `[s2s]`, `[component]` and
+/// `[metrics]`.
 pub const SECTIONS: &[SectionDecl] = &[
     SectionDecl::of::<sm::StreamManagementConfig>(),
     SectionDecl::of::<fast::FastConfig>(),
@@ -37,6 +40,7 @@ pub const SECTIONS: &[SectionDecl] = &[
     SectionDecl::of::<http::bosh::BoshConfig>(),
     SectionDecl::of::<s2s::S2sConfig>(),
     SectionDecl::of::<component::ComponentsConfig>(),
+    SectionDecl::of::<metrics::MetricsConfig>(),
 ];
 
 /// The build's modules with the stream layer's configuration sections declared beside them:
@@ -272,6 +276,7 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
             None
         }
     };
+    let metrics = metrics::Metrics::new(server.clone(), conn_limits.clone(), s2s.clone());
     for l in listeners {
         if matches!(l.kind, ListenerKind::S2s | ListenerKind::S2sDirectTls) {
             let Some(s2s) = s2s.clone() else { continue };
@@ -290,7 +295,13 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
         };
         if let Some(http_tls) = http_tls {
             tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
-            http::serve(streams.clone(), conn_limits.clone(), http_tls, l.listener);
+            http::serve(
+                streams.clone(),
+                conn_limits.clone(),
+                metrics.clone(),
+                http_tls,
+                l.listener,
+            );
             continue;
         }
         let listener = Arc::new(Listener {

@@ -141,6 +141,7 @@ impl ClientStream {
                     auth.fast_used = Some((mechanism, token, expiry));
                 }
                 tracing::info!(peer = %self.peer, jid = %jid, mechanism = mechanism.name(), "authenticated (SASL2, FAST token)");
+                crate::metrics::login(mechanism.name(), true);
                 self.sasl2_success(jid, additional).await
             }
             Ok(Verified::Expired) => self.sasl_failure(SaslError::CredentialsExpired),

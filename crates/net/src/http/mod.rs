@@ -15,6 +15,9 @@
 //!   used for the limits, logs and the session's address;
 //! * CORS for browsers' scripts on the XMPP endpoints and discovery documents, and the
 //!   WebSocket `Origin` check, from one list of allowed origins.
+//!
+//! The Prometheus metrics ([`crate::metrics`], `/metrics`) are merged into the same table,
+//! with their own address check.
 
 pub mod bosh;
 pub mod discovery;
@@ -517,12 +520,19 @@ struct Listener {
 pub(crate) fn serve(
     streams: Arc<StreamContext>,
     limits: Arc<ConnectionLimits>,
+    metrics: Arc<crate::metrics::Metrics>,
     tls: Option<TlsContext>,
     listener: TcpListener,
 ) {
     let server = streams.server.clone();
     let config = server.config().sections.get::<HttpConfig>();
-    let router = routes(&config).build(streams, limits.clone());
+    let metrics_config = server
+        .config()
+        .sections
+        .get::<crate::metrics::MetricsConfig>();
+    let router = routes(&config)
+        .merge(crate::metrics::router(metrics, &metrics_config))
+        .build(streams, limits.clone());
     let l = Arc::new(Listener {
         router,
         tls,

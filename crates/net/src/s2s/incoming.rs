@@ -592,6 +592,7 @@ impl Incoming {
         let Some(server) = s2s.server() else {
             return Err(End::Gone);
         };
+        rookery_core::counters::stanza_in(stanza.name());
         server.route_from_entity(stanza).await;
         Ok(())
     }

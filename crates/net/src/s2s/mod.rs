@@ -491,6 +491,11 @@ impl S2s {
         }
     }
 
+    /// Incoming streams open now, authenticated or not (for metrics).
+    pub fn incoming_connections(&self) -> usize {
+        self.incoming_limits.open()
+    }
+
     /// Outgoing links open now (for tests and metrics).
     pub fn outgoing_links(&self) -> usize {
         self.links.lock().len()

@@ -184,6 +184,7 @@ impl Link {
         if !self.s2s.is_local(to.domain().as_str()) {
             return Err(C::HostUnknown);
         }
+        rookery_core::counters::stanza_in(stanza.name());
         server.route_from_entity(stanza).await;
         Ok(())
     }
