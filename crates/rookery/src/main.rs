@@ -197,7 +197,7 @@ fn run(cli: Cli) -> Result<()> {
 pub const MISSING: &[(&str, &str, &[&str])] = &[
     (
         "Operations",
-        "PostgreSQL backend, metrics, migration from other servers (XEP-0227 export and import), full configuration reload (hosts and module options)",
+        "PostgreSQL backend, migration from other servers (XEP-0227 export and import), full configuration reload (hosts and module options)",
         &["XEP-0227"],
     ),
 ];
