@@ -10,10 +10,13 @@
 //!   vCard (`<vCard xmlns='vcard-temp'>`), private XML (`<query xmlns='jabber:iq:private'>`)
 //!   and offline messages in arrival order (`<offline-messages>`).
 //!
-//! Import also reads the older form (XEP-0227 0.x, as `ejabberdctl export_piefxis` writes
-//! it): a plaintext `password` attribute on `<user>`, turned into SCRAM records at once and
-//! never stored. Elements this server keeps no data for (privacy lists, PEP nodes, archives)
-//! are skipped and named on stderr.
+//! Import also reads the older forms (XEP-0227 0.x, and what `ejabberdctl export_piefxis`
+//! writes): the namespace of versions before 0.7; a plaintext `password` attribute on
+//! `<user>`, turned into SCRAM records at once and never stored, or ejabberd's SCRAM record
+//! in it (`scram:StoredKey,ServerKey,Salt,Iterations`); a main file that includes one file per
+//! host (`<xi:include href='…'/>`, a file name in the same directory only). Elements this
+//! server keeps no data for (privacy lists, PEP nodes, archives) are skipped and named on
+//! stderr.
 //!
 //! Import is two steps: [`parse`] reads and validates the whole document (XML limits, JIDs,
 //! base64, iteration counts, element shapes) into a [`Document`], then [`check`] compares it
@@ -35,6 +38,12 @@ use std::collections::HashSet;
 
 pub const NS: &str = "urn:xmpp:pie:0";
 pub const NS_SCRAM: &str = "urn:xmpp:pie:0#scram";
+/// The namespace of XEP-0227 before version 0.7, which older ejabberd writes.
+const NS_OLD: &str = "http://www.xmpp.org/extensions/xep-0227.html#ns";
+/// XInclude: ejabberd writes a main file that includes one file per host.
+const NS_XINCLUDE: &str = "http://www.w3.org/2001/XInclude";
+/// Files one document may include.
+pub const MAX_INCLUDES: usize = 1000;
 const NS_ROSTER: &str = "jabber:iq:roster";
 const NS_CLIENT: &str = "jabber:client";
 const NS_VCARD: &str = rookery_modules::vcard::NS;
@@ -244,30 +253,98 @@ fn account_element(a: &Account) -> Element {
 // ---------------------------------------------------------------------------------------
 // Import, step 1: parse and validate (no configuration, no database)
 
-/// Reads a file of at most [`MAX_DOCUMENT_BYTES`] and [`parse`]s it.
+/// Reads a file and the files it includes (`<xi:include href='…'/>` of a file name in the
+/// same directory, as `ejabberdctl export_piefxis` writes them), at most
+/// [`MAX_DOCUMENT_BYTES`] in all, and [`parse_with`]s them.
 pub fn read(path: &std::path::Path) -> Result<Document> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut budget = MAX_DOCUMENT_BYTES;
+    let text = read_limited(path, &mut budget)?;
+    let mut include = |href: &str| -> Result<String> {
+        if href.is_empty() || href.starts_with('.') || href.contains(['/', '\\', '\0']) {
+            bail!(
+                "an included file must be named by a file name in the same directory, not '{href}'"
+            );
+        }
+        read_limited(&dir.join(href), &mut budget)
+    };
+    parse_with(&text, &mut include)
+        .with_context(|| format!("{} is not a valid XEP-0227 document", path.display()))
+}
+
+/// The text of a file, taken from `budget` (the bytes left for the whole document).
+fn read_limited(path: &std::path::Path, budget: &mut usize) -> Result<String> {
     use std::io::Read;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut bytes = Vec::new();
-    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+    file.take(*budget as u64 + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() > MAX_DOCUMENT_BYTES {
+    if bytes.len() > *budget {
         bail!(
-            "{} is larger than {} MiB",
-            path.display(),
-            MAX_DOCUMENT_BYTES / (1024 * 1024)
+            "the document is larger than {} MiB (with {})",
+            MAX_DOCUMENT_BYTES / (1024 * 1024),
+            path.display()
         );
     }
-    let text =
-        String::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))?;
-    parse(&text).with_context(|| format!("{} is not a valid XEP-0227 document", path.display()))
+    *budget -= bytes.len();
+    String::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
 }
 
-/// Parses and validates a whole document. Nothing here reads the configuration or the
-/// database: see [`check`] for that.
+/// Parses and validates a whole document that includes no other file.
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Document> {
+    parse_with(text, &mut |href: &str| {
+        bail!("the document includes {href}, and no file can be read here")
+    })
+}
+
+/// Parses and validates a whole document; `include` gives the text of a file an
+/// `<xi:include href='…'/>` names. Nothing here reads the configuration or the database: see
+/// [`check`] for that.
+pub fn parse_with(text: &str, include: &mut dyn FnMut(&str) -> Result<String>) -> Result<Document> {
+    let root = parse_xml(text)?;
+    if !is_pie(&root, "server-data") {
+        bail!(
+            "the root element is <{}> in '{}', not <server-data xmlns='{NS}'>",
+            root.name(),
+            root.ns()
+        );
+    }
+    let mut doc = Document::default();
+    let mut domains = HashSet::new();
+    let mut includes = 0;
+    for el in root.children() {
+        if el.is("include", NS_XINCLUDE) {
+            includes += 1;
+            if includes > MAX_INCLUDES {
+                bail!("the document includes more than {MAX_INCLUDES} files");
+            }
+            let href = el
+                .attr("href")
+                .ok_or_else(|| anyhow!("an <xi:include> has no href"))?;
+            let host = include(href)
+                .and_then(|text| parse_xml(&text))
+                .with_context(|| format!("included file {href}"))?;
+            if !is_pie(&host, "host") {
+                bail!(
+                    "included file {href}: the root element is <{}>, not <host>",
+                    host.name()
+                );
+            }
+            add_host(&mut doc, &mut domains, &host)?;
+        } else if is_pie(el, "host") {
+            add_host(&mut doc, &mut domains, el)?;
+        } else {
+            doc.skipped.push(format!("<{}> in server-data", el.name()));
+        }
+    }
+    Ok(doc)
+}
+
+/// One XML document (with or without a declaration), within the limits of an import.
+fn parse_xml(text: &str) -> Result<Element> {
     if text.len() > MAX_DOCUMENT_BYTES {
         bail!("the document is larger than {MAX_DOCUMENT_BYTES} bytes");
     }
@@ -277,49 +354,41 @@ pub fn parse(text: &str) -> Result<Document> {
         max_depth: MAX_DEPTH,
         ..Limits::default()
     };
-    let root = rookery_xml::parse_element_with_limits(body, limits)
-        .map_err(|e| anyhow!("bad XML: {e}"))?;
-    if !root.is("server-data", NS) {
-        bail!(
-            "the root element is <{}> in '{}', not <server-data xmlns='{NS}'>",
-            root.name(),
-            root.ns()
-        );
+    rookery_xml::parse_element_with_limits(body, limits).map_err(|e| anyhow!("bad XML: {e}"))
+}
+
+/// An element of this format: in its namespace or in the one of versions before 0.7.
+fn is_pie(el: &Element, name: &str) -> bool {
+    el.name() == name && (el.ns() == NS || el.ns() == NS_OLD)
+}
+
+fn add_host(doc: &mut Document, domains: &mut HashSet<String>, el: &Element) -> Result<()> {
+    let jid = el
+        .attr("jid")
+        .ok_or_else(|| anyhow!("a <host> has no jid attribute"))?;
+    let domain = domain_of(jid)?;
+    if !domains.insert(domain.clone()) {
+        bail!("host {domain} appears twice");
     }
-    let mut doc = Document::default();
-    let mut domains = HashSet::new();
-    for el in root.children() {
-        if !el.is("host", NS) {
-            doc.skipped.push(format!("<{}> in server-data", el.name()));
+    let mut host = Host {
+        domain,
+        accounts: Vec::new(),
+    };
+    let mut nodes = HashSet::new();
+    for u in el.children() {
+        if !is_pie(u, "user") {
+            doc.skipped
+                .push(format!("<{}> in host {}", u.name(), host.domain));
             continue;
         }
-        let jid = el
-            .attr("jid")
-            .ok_or_else(|| anyhow!("a <host> has no jid attribute"))?;
-        let domain = domain_of(jid)?;
-        if !domains.insert(domain.clone()) {
-            bail!("host {domain} appears twice");
+        let a = parse_account(&host.domain, u, &mut doc.skipped)?;
+        if !nodes.insert(a.node.clone()) {
+            bail!("user {}@{} appears twice", a.node, host.domain);
         }
-        let mut host = Host {
-            domain,
-            accounts: Vec::new(),
-        };
-        let mut nodes = HashSet::new();
-        for u in el.children() {
-            if !u.is("user", NS) {
-                doc.skipped
-                    .push(format!("<{}> in host {}", u.name(), host.domain));
-                continue;
-            }
-            let a = parse_account(&host.domain, u, &mut doc.skipped)?;
-            if !nodes.insert(a.node.clone()) {
-                bail!("user {}@{} appears twice", a.node, host.domain);
-            }
-            host.accounts.push(a);
-        }
-        doc.hosts.push(host);
+        host.accounts.push(a);
     }
-    Ok(doc)
+    doc.hosts.push(host);
+    Ok(())
 }
 
 /// The document without its `<?xml …?>` declaration (the element parser takes none).
@@ -424,7 +493,7 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
                 }
                 a.private.push(p.clone());
             }
-        } else if el.is("offline-messages", NS) {
+        } else if is_pie(el, "offline-messages") {
             for m in el.children() {
                 if !m.is("message", NS_CLIENT) {
                     bail!(
@@ -446,9 +515,21 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
     a.credentials.sort_by_key(|c| c.hash);
     // The older form: a plaintext password, made into SCRAM records here and dropped. When a
     // document carries both, the password gives records for every hash.
-    if let Some(pw) = u.attr("password") {
-        a.credentials = rookery_sasl::generate_all(pw, crate::SCRAM_ITERATIONS)
-            .map_err(|e| anyhow!("{who}: the password cannot be used: {e}"))?;
+    match u.attr("password") {
+        None => {}
+        Some("") => bail!("{who} has an empty password"),
+        // ejabberd with `auth_password_format: scram` writes its record there.
+        Some(p) if p.starts_with("scram:") => {
+            let c = parse_ejabberd_scram(&p["scram:".len()..])
+                .with_context(|| format!("{who}: bad scram: password"))?;
+            a.credentials.retain(|o| o.hash != c.hash);
+            a.credentials.push(c);
+            a.credentials.sort_by_key(|c| c.hash);
+        }
+        Some(pw) => {
+            a.credentials = rookery_sasl::generate_all(pw, crate::SCRAM_ITERATIONS)
+                .map_err(|e| anyhow!("{who}: the password cannot be used: {e}"))?;
+        }
     }
     if a.credentials.is_empty() {
         bail!("{who} has no credentials (neither scram-credentials nor a password)");
@@ -492,6 +573,59 @@ fn parse_scram(el: &Element) -> Result<ScramCredentials> {
         iterations,
         stored_key: b64("stored-key")?,
         server_key: b64("server-key")?,
+    };
+    c.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(c)
+}
+
+/// ejabberd's form of a SCRAM record, after `scram:`: `StoredKey,ServerKey,Salt,Iterations`
+/// in base64 (SHA-1), or the same preceded by the hash (`sha256,` or `sha256:`).
+fn parse_ejabberd_scram(data: &str) -> Result<ScramCredentials> {
+    let hash_of = |name: &str| match name.to_ascii_lowercase().as_str() {
+        "sha" | "sha1" | "sha-1" => Some(HashAlg::Sha1),
+        "sha256" | "sha-256" => Some(HashAlg::Sha256),
+        "sha512" | "sha-512" => Some(HashAlg::Sha512),
+        _ => None,
+    };
+    let (hash, rest) = match data.split_once(':') {
+        Some((h, rest)) => (
+            hash_of(h).ok_or_else(|| anyhow!("unknown hash '{h}'"))?,
+            rest,
+        ),
+        None => (HashAlg::Sha1, data),
+    };
+    let mut fields: Vec<&str> = rest.split(',').collect();
+    let hash = if fields.len() == 5 {
+        let h = fields.remove(0);
+        hash_of(h).ok_or_else(|| anyhow!("unknown hash '{h}'"))?
+    } else {
+        hash
+    };
+    let [stored, server, salt, iter] = fields[..] else {
+        bail!("expected StoredKey,ServerKey,Salt,IterationCount");
+    };
+    let b64 = |what: &str, v: &str| {
+        BASE64
+            .decode(v.trim())
+            .map_err(|e| anyhow!("the {what} is not base64: {e}"))
+    };
+    let iterations: u32 = iter
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("the iteration count '{iter}' is not a number"))?;
+    if !ITERATIONS.contains(&iterations) {
+        bail!(
+            "the iteration count {iterations} is outside {}..={}",
+            ITERATIONS.start(),
+            ITERATIONS.end()
+        );
+    }
+    let c = ScramCredentials {
+        hash,
+        salt: b64("salt", salt)?,
+        iterations,
+        stored_key: b64("StoredKey", stored)?,
+        server_key: b64("ServerKey", server)?,
     };
     c.validate().map_err(|e| anyhow!("{e}"))?;
     Ok(c)

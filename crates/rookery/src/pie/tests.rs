@@ -339,3 +339,87 @@ fn check_refuses_before_anything_is_written() {
         assert_eq!(s.accounts.list_accounts(None).await.unwrap().len(), 1);
     });
 }
+
+/// A record in ejabberd's `password='scram:…'` form.
+fn ejabberd_scram(c: &ScramCredentials) -> String {
+    format!(
+        "scram:{},{},{},{}",
+        BASE64.encode(&c.stored_key),
+        BASE64.encode(&c.server_key),
+        BASE64.encode(&c.salt),
+        c.iterations
+    )
+}
+
+#[test]
+fn reads_what_ejabberd_writes() {
+    let c = ScramCredentials::derive(HashAlg::Sha1, "pencil", b"saltsalt", 4096).unwrap();
+    let dir = std::env::temp_dir().join(format!("rookery-pie-ejabberd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let main = dir.join("20261206-120000.xml");
+    std::fs::write(
+        &main,
+        "<?xml version='1.0' encoding='UTF-8'?><server-data xmlns='urn:xmpp:pie:0' \
+         xmlns:xi='http://www.w3.org/2001/XInclude'><xi:include href='20261206-120000_localhost.xml'/></server-data>",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("20261206-120000_localhost.xml"),
+        format!(
+            "<?xml version='1.0' encoding='UTF-8'?><host xmlns='urn:xmpp:pie:0' \
+             xmlns:xi='http://www.w3.org/2001/XInclude' jid='localhost'>\
+             <user name='juliet' password='{}'><offline-messages><message xmlns='jabber:client' \
+             from='romeo@example.net/r' to='juliet@localhost' type='chat'><body>hi</body></message>\
+             </offline-messages><query xmlns='jabber:iq:roster'><item jid='romeo@example.net' \
+             subscription='both'/></query><presence xmlns='jabber:client' from='nurse@example.net' \
+             to='juliet@localhost' type='subscribe'><status/></presence></user>\
+             <user name='romeo' password='plain one'/></host>",
+            ejabberd_scram(&c)
+        ),
+    )
+    .unwrap();
+    let doc = read(&main).unwrap();
+    let accounts = &doc.hosts[0].accounts;
+    assert_eq!(accounts[0].credentials, std::slice::from_ref(&c));
+    assert!(accounts[0].credentials[0].verify_password("pencil"));
+    assert_eq!(accounts[0].offline.len(), 1);
+    assert_eq!(accounts[0].roster[0].subscription, Subscription::Both);
+    assert_eq!(accounts[0].pending_in[0].0, "nurse@example.net");
+    assert_eq!(accounts[1].credentials.len(), 3);
+    // The older namespace, and the record with its hash named.
+    let c256 = ScramCredentials::derive(HashAlg::Sha256, "pencil", b"saltsalt", 4096).unwrap();
+    let old = format!(
+        "<server-data xmlns='http://www.xmpp.org/extensions/xep-0227.html#ns'><host jid='localhost'>\
+         <user name='a' password='{}'/></host></server-data>",
+        ejabberd_scram(&c256).replacen("scram:", "scram:sha256,", 1)
+    );
+    assert_eq!(
+        parse(&old).unwrap().hosts[0].accounts[0].credentials,
+        [c256]
+    );
+    // Bad records and includes out of the directory.
+    for (password, expected) in [
+        ("scram:AAAA,BBBB", "expected StoredKey"),
+        ("scram:md5:a,b,c,4096", "unknown hash"),
+        (&ejabberd_scram(&c).replace(",4096", ",10"), "outside"),
+        (
+            &ejabberd_scram(&c).replacen("scram:", "scram:!", 1),
+            "not base64",
+        ),
+        ("", "empty password"),
+    ] {
+        let xml = with_host(&format!("<user name='u' password='{password}'/>"));
+        let e = refused(&xml);
+        assert!(e.contains(expected), "{expected:?} not in {e}");
+    }
+    for href in ["../etc/passwd", "/etc/passwd", "sub/file.xml", ""] {
+        std::fs::write(
+            &main,
+            format!("<server-data xmlns='urn:xmpp:pie:0'><include xmlns='http://www.w3.org/2001/XInclude' href='{href}'/></server-data>"),
+        )
+        .unwrap();
+        let e = format!("{:#}", read(&main).unwrap_err());
+        assert!(e.contains("same directory"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
