@@ -647,6 +647,29 @@ async fn import(config: &Config, file: &Path, skip_existing: bool) -> Result<()>
         eprintln!("rookery: {s} already exists: left as it is");
     }
     let created = pie::write(&storage, &doc, &skip).await?;
+    // Logins look up the record of the mechanism's hash: an account imported without one
+    // (ejabberd keeps SHA-1 only) cannot log in with that mechanism until its password is set.
+    let partial: Vec<String> = doc
+        .hosts
+        .iter()
+        .flat_map(|h| h.accounts.iter().map(move |a| (h, a)))
+        .filter(|(h, a)| {
+            !skip.contains(&(h.domain.clone(), a.node.clone()))
+                && a.credentials.len() < rookery_sasl::HashAlg::ALL.len()
+        })
+        .map(|(h, a)| {
+            let hashes: Vec<&str> = a.credentials.iter().map(|c| c.hash.name()).collect();
+            format!("{}@{} ({})", a.node, h.domain, hashes.join(", "))
+        })
+        .collect();
+    if !partial.is_empty() {
+        eprintln!(
+            "rookery: warning: {} accounts have SCRAM records for some hashes only, and log in \
+             only with those mechanisms until their password is changed: {}",
+            partial.len(),
+            partial.join(", ")
+        );
+    }
     println!(
         "imported {created} accounts{}",
         if skipped.is_empty() {

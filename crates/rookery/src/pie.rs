@@ -474,7 +474,8 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
             if a.vcard.is_some() {
                 bail!("{who}: two vCards");
             }
-            a.vcard = Some(el.clone());
+            // An empty vCard is no vCard (a set of one deletes it).
+            a.vcard = (!is_empty(el)).then(|| el.clone());
         } else if el.is("query", NS_PRIVATE) {
             for p in el.children() {
                 if ["", NS_CLIENT, "jabber:server", NS_PRIVATE].contains(&p.ns()) {
@@ -491,7 +492,10 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
                         p.ns()
                     );
                 }
-                a.private.push(p.clone());
+                // An empty element is what a get of nothing answers: nothing to store.
+                if !is_empty(p) {
+                    a.private.push(p.clone());
+                }
             }
         } else if is_pie(el, "offline-messages") {
             for m in el.children() {
@@ -502,6 +506,15 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
                         m.ns()
                     );
                 }
+                // Delivered as it is: it must say who sent it.
+                let from = m
+                    .attr("from")
+                    .ok_or_else(|| anyhow!("{who}: an offline message has no from"))?;
+                Jid::new(from).map_err(|e| {
+                    anyhow!(
+                        "{who}: an offline message from '{from}', which is not a valid JID: {e}"
+                    )
+                })?;
                 a.offline.push(m.clone());
             }
         } else {
@@ -535,6 +548,11 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
         bail!("{who} has no credentials (neither scram-credentials nor a password)");
     }
     Ok(a)
+}
+
+/// An element without attributes or content.
+fn is_empty(el: &Element) -> bool {
+    el.nodes().is_empty() && el.attrs().next().is_none()
 }
 
 fn parse_scram(el: &Element) -> Result<ScramCredentials> {

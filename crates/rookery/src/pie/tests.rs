@@ -165,6 +165,7 @@ const OLD_FORM: &str = "<?xml version='1.0' encoding='UTF-8'?>
         <item jid='Friend@Example.org' name='F' subscription='to'><group>G</group><group>G</group></item>
       </query>
       <vCard xmlns='vcard-temp'><NICKNAME>adm</NICKNAME></vCard>
+      <query xmlns='jabber:iq:private'><empty xmlns='urn:example:empty'/></query>
       <query xmlns='jabber:iq:privacy'><list name='x'/></query>
       <offline-messages>
         <message xmlns='jabber:client' from='friend@example.org/r' to='admin@localhost'><body>1</body></message>
@@ -191,6 +192,7 @@ fn reads_the_older_form_with_a_password() {
     assert_eq!(a.pending_in[1].0, "z@example.org");
     assert_eq!(a.offline.len(), 1);
     assert!(a.vcard.as_ref().unwrap().is("vCard", "vcard-temp"));
+    assert!(a.private.is_empty());
     assert_eq!(
         doc.skipped,
         ["<query xmlns='jabber:iq:privacy'> of admin@localhost"]
@@ -290,6 +292,10 @@ fn malformed_documents_are_refused() {
             with_user("<presence xmlns='jabber:client' type='subscribe'/>"),
             "has no from",
         ),
+        (
+            with_user("<offline-messages><message xmlns='jabber:client'/></offline-messages>"),
+            "an offline message has no from",
+        ),
     ] {
         let e = refused(&xml);
         assert!(e.contains(expected), "{expected:?} not in {e}");
@@ -330,7 +336,7 @@ fn check_refuses_before_anything_is_written() {
         // More offline messages than the configuration allows.
         let many = with_user(&format!(
             "<offline-messages>{}</offline-messages>",
-            "<message xmlns='jabber:client'/>".repeat(1001)
+            "<message xmlns='jabber:client' from='a@b'/>".repeat(1001)
         ));
         let e = check(&config(), &s, &parse(&many).unwrap(), Existing::Refuse)
             .await
