@@ -1,6 +1,7 @@
 //! The `rookery` binary: command line, logging, and wiring the crates together.
 
 mod admin;
+mod pie;
 mod reload;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -54,6 +55,20 @@ enum Command {
     /// Make the running server re-read its configuration and certificates (as SIGHUP does)
     /// and print what it applied; exits 1 if the file is invalid (nothing is applied then).
     Reload,
+    /// Write every account with its data (or those of one domain) to stdout as one XEP-0227
+    /// document: SCRAM records, roster, pending subscription requests, vCard, private XML,
+    /// offline messages. Reads only; works while the server runs.
+    Export { domain: Option<String> },
+    /// Create the accounts of a XEP-0227 document (also the older form with plaintext
+    /// passwords, which become SCRAM records). The whole file is checked first: a refused
+    /// document changes nothing.
+    Import {
+        file: PathBuf,
+        /// Leave accounts that already exist as they are and import the others (without it,
+        /// an existing account refuses the whole document).
+        #[arg(long)]
+        skip_existing: bool,
+    },
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
@@ -187,6 +202,11 @@ fn run(cli: Cli) -> Result<()> {
             }
         }),
         Command::User(cmd) => rt.block_on(user(&config, cmd)),
+        Command::Export { domain } => rt.block_on(export(&config, domain)),
+        Command::Import {
+            file,
+            skip_existing,
+        } => rt.block_on(import(&config, &file, skip_existing)),
     }
 }
 
@@ -194,13 +214,18 @@ fn run(cli: Cli) -> Result<()> {
 /// specifications involved. The README's status section is generated from it, and a test
 /// fails when a specification listed here appears among the implemented ones, so the list
 /// cannot silently go stale.
-pub const MISSING: &[(&str, &str, &[&str])] = &[
-    (
-        "Operations",
-        "PostgreSQL backend, migration from other servers (XEP-0227 export and import), full configuration reload (hosts and module options)",
-        &["XEP-0227"],
-    ),
-];
+pub const MISSING: &[(&str, &str, &[&str])] = &[(
+    "Operations",
+    "PostgreSQL backend, full configuration reload (hosts and module options)",
+    &[],
+)];
+
+/// What the command line itself implements (`rookery export` and `rookery import`).
+const COMMAND_SPECS: &[rookery_core::Spec] = &[rookery_core::Spec {
+    id: "XEP-0227",
+    title: "Portable Import/Export Format for XMPP-IM Servers",
+    version: "1.1",
+}];
 
 /// The README's "not yet" table, generated from [`MISSING`].
 fn missing_markdown() -> String {
@@ -221,7 +246,7 @@ fn modules_markdown() -> String {
             v.to_owned()
         }
     };
-    for s in rookery_net::SPECS {
+    for s in rookery_net::SPECS.iter().chain(COMMAND_SPECS) {
         out.push_str(&format!(
             "| (core) | {} | {} | {} |\n",
             s.id,
@@ -558,6 +583,102 @@ fn account(config: &Config, jid: &str) -> Result<(String, String)> {
         bail!("{domain} is not a domain this server serves");
     }
     Ok((node.to_string(), domain))
+}
+
+async fn export(config: &Config, domain: Option<String>) -> Result<()> {
+    if config.storage.backend == StorageBackend::Memory {
+        bail!("the memory storage backend keeps no accounts between runs");
+    }
+    if let Some(d) = &domain {
+        if config.host(d).is_none() {
+            bail!("{d} is not a domain this server serves");
+        }
+    }
+    let storage = open_storage(config, Create::No)?;
+    let doc = pie::export(&storage, domain.as_deref()).await?;
+    let xml = pie::to_xml(&doc);
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(xml.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write the document to stdout")?;
+    let accounts: usize = doc.hosts.iter().map(|h| h.accounts.len()).sum();
+    eprintln!("rookery: exported {accounts} accounts");
+    Ok(())
+}
+
+async fn import(config: &Config, file: &Path, skip_existing: bool) -> Result<()> {
+    if config.storage.backend == StorageBackend::Memory {
+        bail!("the memory storage backend keeps no accounts between runs");
+    }
+    // The whole document is read and validated, then checked against the configuration and
+    // the database, before anything is written: a refused document changes nothing.
+    let doc = pie::read(file)?;
+    for s in &doc.skipped {
+        eprintln!("rookery: skipped {s} (not kept by this server)");
+    }
+    let existed = config.database_path().exists();
+    let storage = open_storage(config, Create::Yes)?;
+    let existing = if skip_existing {
+        pie::Existing::Skip
+    } else {
+        pie::Existing::Refuse
+    };
+    let checked = pie::check(config, &storage, &doc, existing).await;
+    let skip = match checked {
+        Ok(skip) => skip,
+        Err(e) => {
+            drop(storage);
+            if !existed {
+                // A database this command created for a refused document is removed again.
+                let db = config.database_path();
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = db.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            return Err(e);
+        }
+    };
+    let mut skipped: Vec<String> = skip.iter().map(|(d, n)| format!("{n}@{d}")).collect();
+    skipped.sort();
+    for s in &skipped {
+        eprintln!("rookery: {s} already exists: left as it is");
+    }
+    let created = pie::write(&storage, &doc, &skip).await?;
+    // Logins look up the record of the mechanism's hash: an account imported without one
+    // (ejabberd keeps SHA-1 only) cannot log in with that mechanism until its password is set.
+    let partial: Vec<String> = doc
+        .hosts
+        .iter()
+        .flat_map(|h| h.accounts.iter().map(move |a| (h, a)))
+        .filter(|(h, a)| {
+            !skip.contains(&(h.domain.clone(), a.node.clone()))
+                && a.credentials.len() < rookery_sasl::HashAlg::ALL.len()
+        })
+        .map(|(h, a)| {
+            let hashes: Vec<&str> = a.credentials.iter().map(|c| c.hash.name()).collect();
+            format!("{}@{} ({})", a.node, h.domain, hashes.join(", "))
+        })
+        .collect();
+    if !partial.is_empty() {
+        eprintln!(
+            "rookery: warning: {} accounts have SCRAM records for some hashes only, and log in \
+             only with those mechanisms until their password is changed: {}",
+            partial.len(),
+            partial.join(", ")
+        );
+    }
+    println!(
+        "imported {created} accounts{}",
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} existing skipped)", skipped.len())
+        }
+    );
+    Ok(())
 }
 
 async fn user(config: &Config, cmd: UserCommand) -> Result<()> {

@@ -59,7 +59,7 @@ fn readme_says_what_is_missing_and_it_is_missing() {
         "README's status table is stale: replace it with the output of `rookery modules --missing`"
     );
     let supported = rookery(&["modules"]);
-    let mut listed = 0;
+    assert!(missing.lines().count() > 2, "the missing table has no row");
     for row in missing.lines().skip(2) {
         let specs = row
             .trim_end_matches('|')
@@ -67,12 +67,10 @@ fn readme_says_what_is_missing_and_it_is_missing() {
             .next()
             .expect("specs cell");
         for spec in specs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            listed += 1;
             assert!(
                 !supported.contains(&format!("| {spec} |")),
                 "{spec} is implemented now: remove it from `MISSING` in crates/rookery/src/main.rs"
             );
         }
     }
-    assert!(listed > 0, "the missing table lists no specification");
 }

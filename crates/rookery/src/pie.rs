@@ -1,0 +1,860 @@
+//! `rookery export` and `rookery import`: accounts and their data in the Portable
+//! Import/Export Format (XEP-0227, version 1.1).
+//!
+//! One document, `<server-data xmlns='urn:xmpp:pie:0'>`, holds a `<host jid='…'>` per domain
+//! and a `<user name='…'>` per account with:
+//!
+//! * a `<scram-credentials xmlns='urn:xmpp:pie:0#scram'>` per stored hash (never a password);
+//! * the roster (`<query xmlns='jabber:iq:roster'>`: jid, name, subscription, ask, approved,
+//!   groups), pending incoming subscription requests (`<presence type='subscribe'/>`), the
+//!   vCard (`<vCard xmlns='vcard-temp'>`), private XML (`<query xmlns='jabber:iq:private'>`)
+//!   and offline messages in arrival order (`<offline-messages>`).
+//!
+//! Import also reads the older forms (XEP-0227 0.x, and what `ejabberdctl export_piefxis`
+//! writes): the namespace of versions before 0.7; a plaintext `password` attribute on
+//! `<user>`, turned into SCRAM records at once and never stored, or ejabberd's SCRAM record
+//! in it (`scram:StoredKey,ServerKey,Salt,Iterations`); a main file that includes one file per
+//! host (`<xi:include href='…'/>`, a file name in the same directory only). Elements this
+//! server keeps no data for (privacy lists, PEP nodes, archives) are skipped and named on
+//! stderr.
+//!
+//! Import is two steps: [`parse`] reads and validates the whole document (XML limits, JIDs,
+//! base64, iteration counts, element shapes) into a [`Document`], then [`check`] compares it
+//! with the configuration and the database (served hosts, existing accounts, size limits);
+//! only when both passed does [`write`] touch the database, so a refused document changes
+//! nothing.
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use rookery_core::Config;
+use rookery_modules::vcard::VcardLimits;
+use rookery_modules::{offline::OfflineLimits, private::PrivateLimits, roster::RosterLimits};
+use rookery_sasl::{HashAlg, ScramCredentials};
+use rookery_stanza::{BareJid, Jid};
+use rookery_storage::{RosterItem, Storage, Subscription};
+use rookery_xml::{Element, Limits};
+use std::collections::HashSet;
+
+pub const NS: &str = "urn:xmpp:pie:0";
+pub const NS_SCRAM: &str = "urn:xmpp:pie:0#scram";
+/// The namespace of XEP-0227 before version 0.7, which older ejabberd writes.
+const NS_OLD: &str = "http://www.xmpp.org/extensions/xep-0227.html#ns";
+/// XInclude: ejabberd writes a main file that includes one file per host.
+const NS_XINCLUDE: &str = "http://www.w3.org/2001/XInclude";
+/// Files one document may include.
+pub const MAX_INCLUDES: usize = 1000;
+const NS_ROSTER: &str = "jabber:iq:roster";
+const NS_CLIENT: &str = "jabber:client";
+const NS_VCARD: &str = rookery_modules::vcard::NS;
+const NS_PRIVATE: &str = rookery_modules::private::NS;
+const VCARD_STORE: &str = rookery_modules::vcard::STORE;
+const PRIVATE_STORE: &str = rookery_modules::private::STORE;
+
+/// Bytes of a document `import` reads; larger files are refused before being read.
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
+/// Nesting depth inside the document (`server-data` is 1; a stanza in `offline-messages`
+/// starts at 5).
+pub const MAX_DEPTH: usize = 32;
+/// Iteration counts accepted in imported SCRAM records: not below what Rookery generates
+/// (RFC 7677's minimum), and not so high that every login would cost the server seconds.
+pub const ITERATIONS: std::ops::RangeInclusive<u32> = ScramCredentials::MIN_ITERATIONS..=1_000_000;
+
+/// A validated document: hosts and accounts with normalised names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Document {
+    pub hosts: Vec<Host>,
+    /// What was skipped (elements this server keeps no data for), for the operator.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub domain: String,
+    pub accounts: Vec<Account>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub node: String,
+    /// One record per hash, in [`HashAlg::ALL`] order.
+    pub credentials: Vec<ScramCredentials>,
+    pub roster: Vec<RosterItem>,
+    /// Pending incoming subscription requests: the contact's bare JID and the stanza.
+    pub pending_in: Vec<(String, Element)>,
+    pub vcard: Option<Element>,
+    pub private: Vec<Element>,
+    /// `<message xmlns='jabber:client'>` stanzas, oldest first.
+    pub offline: Vec<Element>,
+}
+
+impl Account {
+    fn new(node: String) -> Self {
+        Account {
+            node,
+            credentials: Vec::new(),
+            roster: Vec::new(),
+            pending_in: Vec::new(),
+            vcard: None,
+            private: Vec::new(),
+            offline: Vec::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Export
+
+/// Reads every account of `domain` (all domains with accounts when `None`) from storage.
+pub async fn export(storage: &Storage, domain: Option<&str>) -> Result<Document> {
+    let mut doc = Document::default();
+    if let Some(d) = domain {
+        doc.hosts.push(Host {
+            domain: d.to_owned(),
+            accounts: Vec::new(),
+        });
+    }
+    for (node, d) in storage.accounts.list_accounts(domain).await? {
+        let account = export_account(storage, &d, &node)
+            .await
+            .with_context(|| format!("cannot export {node}@{d}"))?;
+        match doc.hosts.last_mut() {
+            Some(h) if h.domain == d => h.accounts.push(account),
+            _ => doc.hosts.push(Host {
+                domain: d,
+                accounts: vec![account],
+            }),
+        }
+    }
+    Ok(doc)
+}
+
+async fn export_account(storage: &Storage, domain: &str, node: &str) -> Result<Account> {
+    let stored = |what: &str, xml: &str| {
+        rookery_xml::parse_element(xml).map_err(|e| anyhow!("the stored {what} is unreadable: {e}"))
+    };
+    let mut a = Account::new(node.to_owned());
+    for h in HashAlg::ALL {
+        if let Some(c) = storage.accounts.get_credentials(domain, node, h).await? {
+            a.credentials.push(c);
+        }
+    }
+    a.roster = storage.roster.roster(domain, node).await?.items;
+    for (contact, xml) in storage.roster.pending_in(domain, node).await? {
+        let el = stored("subscription request", &xml)?;
+        a.pending_in.push((contact, el));
+    }
+    if let Some(xml) = storage
+        .user_data
+        .get_data(domain, node, VCARD_STORE, "")
+        .await?
+    {
+        a.vcard = Some(stored("vCard", &xml)?);
+    }
+    for key in storage
+        .user_data
+        .data_keys(domain, node, PRIVATE_STORE)
+        .await?
+    {
+        if let Some(xml) = storage
+            .user_data
+            .get_data(domain, node, PRIVATE_STORE, &key)
+            .await?
+        {
+            a.private.push(stored("private element", &xml)?);
+        }
+    }
+    let count = storage.offline.count_offline(domain, node).await?;
+    for (_, xml) in storage.offline.peek_offline(domain, node, count).await? {
+        a.offline.push(stored("offline message", &xml)?);
+    }
+    Ok(a)
+}
+
+/// The document as XML, with an XML declaration and a final newline.
+pub fn to_xml(doc: &Document) -> String {
+    let mut root = Element::new("server-data", NS);
+    for h in &doc.hosts {
+        let mut host = Element::new("host", NS).with_attr("jid", h.domain.as_str());
+        for a in &h.accounts {
+            host.push_child(account_element(a));
+        }
+        root.push_child(host);
+    }
+    format!(
+        "<?xml version='1.0' encoding='UTF-8'?>\n{}\n",
+        root.to_xml("")
+    )
+}
+
+fn account_element(a: &Account) -> Element {
+    let mut user = Element::new("user", NS).with_attr("name", a.node.as_str());
+    for c in &a.credentials {
+        user.push_child(
+            Element::new("scram-credentials", NS_SCRAM)
+                .with_attr("mechanism", format!("SCRAM-{}", c.hash.name()))
+                .with_child(
+                    Element::new("iter-count", NS_SCRAM).with_text(c.iterations.to_string()),
+                )
+                .with_child(Element::new("salt", NS_SCRAM).with_text(BASE64.encode(&c.salt)))
+                .with_child(
+                    Element::new("server-key", NS_SCRAM).with_text(BASE64.encode(&c.server_key)),
+                )
+                .with_child(
+                    Element::new("stored-key", NS_SCRAM).with_text(BASE64.encode(&c.stored_key)),
+                ),
+        );
+    }
+    if !a.roster.is_empty() {
+        let mut query = Element::new("query", NS_ROSTER);
+        for i in &a.roster {
+            let mut item = Element::new("item", NS_ROSTER)
+                .with_attr("jid", i.jid.as_str())
+                .with_attr("subscription", i.subscription.as_str());
+            if let Some(n) = &i.name {
+                item.set_attr("name", n.as_str());
+            }
+            if i.ask {
+                item.set_attr("ask", "subscribe");
+            }
+            if i.approved {
+                item.set_attr("approved", "true");
+            }
+            for g in &i.groups {
+                item.push_child(Element::new("group", NS_ROSTER).with_text(g.as_str()));
+            }
+            query.push_child(item);
+        }
+        user.push_child(query);
+    }
+    for (_, p) in &a.pending_in {
+        user.push_child(p.clone());
+    }
+    if let Some(v) = &a.vcard {
+        user.push_child(v.clone());
+    }
+    if !a.private.is_empty() {
+        let mut query = Element::new("query", NS_PRIVATE);
+        for p in &a.private {
+            query.push_child(p.clone());
+        }
+        user.push_child(query);
+    }
+    if !a.offline.is_empty() {
+        let mut box_ = Element::new("offline-messages", NS);
+        for m in &a.offline {
+            box_.push_child(m.clone());
+        }
+        user.push_child(box_);
+    }
+    user
+}
+
+// ---------------------------------------------------------------------------------------
+// Import, step 1: parse and validate (no configuration, no database)
+
+/// Reads a file and the files it includes (`<xi:include href='…'/>` of a file name in the
+/// same directory, as `ejabberdctl export_piefxis` writes them), at most
+/// [`MAX_DOCUMENT_BYTES`] in all, and [`parse_with`]s them.
+pub fn read(path: &std::path::Path) -> Result<Document> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut budget = MAX_DOCUMENT_BYTES;
+    let text = read_limited(path, &mut budget)?;
+    let mut include = |href: &str| -> Result<String> {
+        if href.is_empty() || href.starts_with('.') || href.contains(['/', '\\', '\0']) {
+            bail!(
+                "an included file must be named by a file name in the same directory, not '{href}'"
+            );
+        }
+        read_limited(&dir.join(href), &mut budget)
+    };
+    parse_with(&text, &mut include)
+        .with_context(|| format!("{} is not a valid XEP-0227 document", path.display()))
+}
+
+/// The text of a file, taken from `budget` (the bytes left for the whole document).
+fn read_limited(path: &std::path::Path, budget: &mut usize) -> Result<String> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(*budget as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() > *budget {
+        bail!(
+            "the document is larger than {} MiB (with {})",
+            MAX_DOCUMENT_BYTES / (1024 * 1024),
+            path.display()
+        );
+    }
+    *budget -= bytes.len();
+    String::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
+}
+
+/// Parses and validates a whole document that includes no other file.
+#[cfg(test)]
+pub fn parse(text: &str) -> Result<Document> {
+    parse_with(text, &mut |href: &str| {
+        bail!("the document includes {href}, and no file can be read here")
+    })
+}
+
+/// Parses and validates a whole document; `include` gives the text of a file an
+/// `<xi:include href='…'/>` names. Nothing here reads the configuration or the database: see
+/// [`check`] for that.
+pub fn parse_with(text: &str, include: &mut dyn FnMut(&str) -> Result<String>) -> Result<Document> {
+    let root = parse_xml(text)?;
+    if !is_pie(&root, "server-data") {
+        bail!(
+            "the root element is <{}> in '{}', not <server-data xmlns='{NS}'>",
+            root.name(),
+            root.ns()
+        );
+    }
+    let mut doc = Document::default();
+    let mut domains = HashSet::new();
+    let mut includes = 0;
+    for el in root.children() {
+        if el.is("include", NS_XINCLUDE) {
+            includes += 1;
+            if includes > MAX_INCLUDES {
+                bail!("the document includes more than {MAX_INCLUDES} files");
+            }
+            let href = el
+                .attr("href")
+                .ok_or_else(|| anyhow!("an <xi:include> has no href"))?;
+            let host = include(href)
+                .and_then(|text| parse_xml(&text))
+                .with_context(|| format!("included file {href}"))?;
+            if !is_pie(&host, "host") {
+                bail!(
+                    "included file {href}: the root element is <{}>, not <host>",
+                    host.name()
+                );
+            }
+            add_host(&mut doc, &mut domains, &host)?;
+        } else if is_pie(el, "host") {
+            add_host(&mut doc, &mut domains, el)?;
+        } else {
+            doc.skipped.push(format!("<{}> in server-data", el.name()));
+        }
+    }
+    Ok(doc)
+}
+
+/// One XML document (with or without a declaration), within the limits of an import.
+fn parse_xml(text: &str) -> Result<Element> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        bail!("the document is larger than {MAX_DOCUMENT_BYTES} bytes");
+    }
+    let body = strip_declaration(text)?;
+    let limits = Limits {
+        max_stanza_bytes: MAX_DOCUMENT_BYTES,
+        max_depth: MAX_DEPTH,
+        ..Limits::default()
+    };
+    rookery_xml::parse_element_with_limits(body, limits).map_err(|e| anyhow!("bad XML: {e}"))
+}
+
+/// An element of this format: in its namespace or in the one of versions before 0.7.
+fn is_pie(el: &Element, name: &str) -> bool {
+    el.name() == name && (el.ns() == NS || el.ns() == NS_OLD)
+}
+
+fn add_host(doc: &mut Document, domains: &mut HashSet<String>, el: &Element) -> Result<()> {
+    let jid = el
+        .attr("jid")
+        .ok_or_else(|| anyhow!("a <host> has no jid attribute"))?;
+    let domain = domain_of(jid)?;
+    if !domains.insert(domain.clone()) {
+        bail!("host {domain} appears twice");
+    }
+    let mut host = Host {
+        domain,
+        accounts: Vec::new(),
+    };
+    let mut nodes = HashSet::new();
+    for u in el.children() {
+        if !is_pie(u, "user") {
+            doc.skipped
+                .push(format!("<{}> in host {}", u.name(), host.domain));
+            continue;
+        }
+        let a = parse_account(&host.domain, u, &mut doc.skipped)?;
+        if !nodes.insert(a.node.clone()) {
+            bail!("user {}@{} appears twice", a.node, host.domain);
+        }
+        host.accounts.push(a);
+    }
+    doc.hosts.push(host);
+    Ok(())
+}
+
+/// The document without its `<?xml …?>` declaration (the element parser takes none).
+fn strip_declaration(text: &str) -> Result<&str> {
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if let Some(rest) = t.strip_prefix("<?xml") {
+        let end = rest
+            .find("?>")
+            .ok_or_else(|| anyhow!("bad XML: unterminated XML declaration"))?;
+        let decl = &rest[..end];
+        if decl.contains('<') || decl.contains('>') {
+            bail!("bad XML: malformed XML declaration");
+        }
+        let lower = decl.to_ascii_lowercase();
+        if lower.contains("encoding") && !lower.contains("utf-8") {
+            bail!("bad XML: only UTF-8 documents are read");
+        }
+        return Ok(&rest[end + 2..]);
+    }
+    Ok(t)
+}
+
+fn domain_of(jid: &str) -> Result<String> {
+    let j = BareJid::new(jid).map_err(|e| anyhow!("host '{jid}' is not a valid domain: {e}"))?;
+    if j.node().is_some() || !rookery_stanza::is_stable(&j.clone().into()) {
+        bail!("host '{jid}' is not a valid domain");
+    }
+    Ok(j.domain().to_string())
+}
+
+fn bare(jid: &str, what: &str) -> Result<String> {
+    let j = Jid::new(jid).map_err(|e| anyhow!("{what} '{jid}' is not a valid JID: {e}"))?;
+    if !rookery_stanza::is_stable(&j) {
+        bail!("{what} '{jid}' is not a valid JID: its normalisation is ambiguous");
+    }
+    Ok(j.to_bare().to_string())
+}
+
+fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result<Account> {
+    let name = u
+        .attr("name")
+        .ok_or_else(|| anyhow!("a <user> of host {domain} has no name attribute"))?;
+    let jid = BareJid::new(&format!("{name}@{domain}"))
+        .map_err(|e| anyhow!("user '{name}' of host {domain} is not a valid JID: {e}"))?;
+    if !rookery_stanza::is_stable(&jid.clone().into()) {
+        bail!("user '{name}' of host {domain} is not a valid JID: its normalisation is ambiguous");
+    }
+    let node = jid
+        .node()
+        .map(|n| n.to_string())
+        .ok_or_else(|| anyhow!("a <user> of host {domain} has an empty name"))?;
+    let who = format!("{node}@{domain}");
+    let mut a = Account::new(node);
+    for el in u.children() {
+        if el.is("scram-credentials", NS_SCRAM) {
+            let c = parse_scram(el).with_context(|| format!("{who}: bad scram-credentials"))?;
+            if a.credentials.iter().any(|o| o.hash == c.hash) {
+                bail!("{who}: two scram-credentials for SCRAM-{}", c.hash);
+            }
+            a.credentials.push(c);
+        } else if el.is("query", NS_ROSTER) {
+            for item in el.children() {
+                let i = parse_item(item).with_context(|| format!("{who}: bad roster item"))?;
+                if a.roster.iter().any(|o| o.jid == i.jid) {
+                    bail!("{who}: roster item {} appears twice", i.jid);
+                }
+                a.roster.push(i);
+            }
+        } else if el.is("presence", NS_CLIENT) {
+            if el.attr("type") != Some("subscribe") {
+                skipped.push(format!(
+                    "a presence of {who} that is not a subscription request"
+                ));
+                continue;
+            }
+            let from = el
+                .attr("from")
+                .ok_or_else(|| anyhow!("{who}: a subscription request has no from"))?;
+            let contact = bare(from, &format!("{who}: the subscription request from"))?;
+            a.pending_in.retain(|(c, _)| *c != contact);
+            a.pending_in.push((contact, el.clone()));
+        } else if el.is("vCard", NS_VCARD) {
+            if a.vcard.is_some() {
+                bail!("{who}: two vCards");
+            }
+            // An empty vCard is no vCard (a set of one deletes it).
+            a.vcard = (!is_empty(el)).then(|| el.clone());
+        } else if el.is("query", NS_PRIVATE) {
+            for p in el.children() {
+                if ["", NS_CLIENT, "jabber:server", NS_PRIVATE].contains(&p.ns()) {
+                    bail!(
+                        "{who}: private element <{}> is in the namespace '{}', which cannot be stored",
+                        p.name(),
+                        p.ns()
+                    );
+                }
+                if a.private.iter().any(|o| o.is(p.name(), p.ns())) {
+                    bail!(
+                        "{who}: private element <{} xmlns='{}'> appears twice",
+                        p.name(),
+                        p.ns()
+                    );
+                }
+                // An empty element is what a get of nothing answers: nothing to store.
+                if !is_empty(p) {
+                    a.private.push(p.clone());
+                }
+            }
+        } else if is_pie(el, "offline-messages") {
+            for m in el.children() {
+                if !m.is("message", NS_CLIENT) {
+                    bail!(
+                        "{who}: <{}> in '{}' among the offline messages (expected <message xmlns='{NS_CLIENT}'>)",
+                        m.name(),
+                        m.ns()
+                    );
+                }
+                // Delivered as it is: it must say who sent it.
+                let from = m
+                    .attr("from")
+                    .ok_or_else(|| anyhow!("{who}: an offline message has no from"))?;
+                Jid::new(from).map_err(|e| {
+                    anyhow!(
+                        "{who}: an offline message from '{from}', which is not a valid JID: {e}"
+                    )
+                })?;
+                a.offline.push(m.clone());
+            }
+        } else {
+            skipped.push(format!("<{} xmlns='{}'> of {who}", el.name(), el.ns()));
+        }
+    }
+    // Records are kept in one order whatever the document's, so export after import gives
+    // the same document.
+    a.pending_in.sort_by(|x, y| x.0.cmp(&y.0));
+    a.roster.sort_by(|x, y| x.jid.cmp(&y.jid));
+    a.credentials.sort_by_key(|c| c.hash);
+    // The older form: a plaintext password, made into SCRAM records here and dropped. When a
+    // document carries both, the password gives records for every hash.
+    match u.attr("password") {
+        None => {}
+        Some("") => bail!("{who} has an empty password"),
+        // ejabberd with `auth_password_format: scram` writes its record there.
+        Some(p) if p.starts_with("scram:") => {
+            let c = parse_ejabberd_scram(&p["scram:".len()..])
+                .with_context(|| format!("{who}: bad scram: password"))?;
+            a.credentials.retain(|o| o.hash != c.hash);
+            a.credentials.push(c);
+            a.credentials.sort_by_key(|c| c.hash);
+        }
+        Some(pw) => {
+            a.credentials = rookery_sasl::generate_all(pw, crate::SCRAM_ITERATIONS)
+                .map_err(|e| anyhow!("{who}: the password cannot be used: {e}"))?;
+        }
+    }
+    if a.credentials.is_empty() {
+        bail!("{who} has no credentials (neither scram-credentials nor a password)");
+    }
+    Ok(a)
+}
+
+/// An element without attributes or content.
+fn is_empty(el: &Element) -> bool {
+    el.nodes().is_empty() && el.attrs().next().is_none()
+}
+
+fn parse_scram(el: &Element) -> Result<ScramCredentials> {
+    let mech = el.attr("mechanism").unwrap_or_default();
+    let hash = mech
+        .strip_prefix("SCRAM-")
+        .and_then(HashAlg::from_name)
+        .ok_or_else(|| anyhow!("unknown mechanism '{mech}'"))?;
+    let field = |name: &str| -> Result<String> {
+        let mut found = el.children().filter(|c| c.is(name, NS_SCRAM));
+        let v = found.next().ok_or_else(|| anyhow!("no <{name}>"))?;
+        if found.next().is_some() {
+            bail!("two <{name}>");
+        }
+        Ok(v.text().trim().to_owned())
+    };
+    let b64 = |name: &str| -> Result<Vec<u8>> {
+        BASE64
+            .decode(field(name)?)
+            .map_err(|e| anyhow!("<{name}> is not base64: {e}"))
+    };
+    let iter = field("iter-count")?;
+    let iterations: u32 = iter
+        .parse()
+        .map_err(|_| anyhow!("<iter-count> '{iter}' is not a number"))?;
+    if !ITERATIONS.contains(&iterations) {
+        bail!(
+            "<iter-count> {iterations} is outside {}..={}",
+            ITERATIONS.start(),
+            ITERATIONS.end()
+        );
+    }
+    let c = ScramCredentials {
+        hash,
+        salt: b64("salt")?,
+        iterations,
+        stored_key: b64("stored-key")?,
+        server_key: b64("server-key")?,
+    };
+    c.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(c)
+}
+
+/// ejabberd's form of a SCRAM record, after `scram:`: `StoredKey,ServerKey,Salt,Iterations`
+/// in base64 (SHA-1), or the same preceded by the hash (`sha256,` or `sha256:`).
+fn parse_ejabberd_scram(data: &str) -> Result<ScramCredentials> {
+    let hash_of = |name: &str| match name.to_ascii_lowercase().as_str() {
+        "sha" | "sha1" | "sha-1" => Some(HashAlg::Sha1),
+        "sha256" | "sha-256" => Some(HashAlg::Sha256),
+        "sha512" | "sha-512" => Some(HashAlg::Sha512),
+        _ => None,
+    };
+    let (hash, rest) = match data.split_once(':') {
+        Some((h, rest)) => (
+            hash_of(h).ok_or_else(|| anyhow!("unknown hash '{h}'"))?,
+            rest,
+        ),
+        None => (HashAlg::Sha1, data),
+    };
+    let mut fields: Vec<&str> = rest.split(',').collect();
+    let hash = if fields.len() == 5 {
+        let h = fields.remove(0);
+        hash_of(h).ok_or_else(|| anyhow!("unknown hash '{h}'"))?
+    } else {
+        hash
+    };
+    let [stored, server, salt, iter] = fields[..] else {
+        bail!("expected StoredKey,ServerKey,Salt,IterationCount");
+    };
+    let b64 = |what: &str, v: &str| {
+        BASE64
+            .decode(v.trim())
+            .map_err(|e| anyhow!("the {what} is not base64: {e}"))
+    };
+    let iterations: u32 = iter
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("the iteration count '{iter}' is not a number"))?;
+    if !ITERATIONS.contains(&iterations) {
+        bail!(
+            "the iteration count {iterations} is outside {}..={}",
+            ITERATIONS.start(),
+            ITERATIONS.end()
+        );
+    }
+    let c = ScramCredentials {
+        hash,
+        salt: b64("salt", salt)?,
+        iterations,
+        stored_key: b64("StoredKey", stored)?,
+        server_key: b64("ServerKey", server)?,
+    };
+    c.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(c)
+}
+
+fn parse_item(el: &Element) -> Result<RosterItem> {
+    if !el.is("item", NS_ROSTER) {
+        bail!("<{}> instead of <item>", el.name());
+    }
+    let jid = el
+        .attr("jid")
+        .ok_or_else(|| anyhow!("an item has no jid"))?;
+    let mut i = RosterItem::new(bare(jid, "the item")?);
+    if i.jid != jid {
+        // Only a bare JID is a roster key; a resource would be lost silently.
+        if Jid::new(jid).is_ok_and(|j| j.resource().is_some()) {
+            bail!("item '{jid}' is a full JID");
+        }
+    }
+    i.name = el.attr("name").map(str::to_owned);
+    let sub = el.attr("subscription").unwrap_or("none");
+    i.subscription = Subscription::from_name(sub)
+        .ok_or_else(|| anyhow!("item {jid}: unknown subscription '{sub}'"))?;
+    i.ask = match el.attr("ask") {
+        None => false,
+        Some("subscribe") => true,
+        Some(other) => bail!("item {jid}: unknown ask '{other}'"),
+    };
+    i.approved = matches!(el.attr("approved"), Some("true" | "1"));
+    for g in el.children().filter(|c| c.is("group", NS_ROSTER)) {
+        let name = g.text();
+        if !i.groups.contains(&name) {
+            i.groups.push(name);
+        }
+    }
+    Ok(i)
+}
+
+// ---------------------------------------------------------------------------------------
+// Import, step 2: check against the configuration and the database (still no writes)
+
+/// What to do with an account of the document that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse the whole document, naming the accounts.
+    Refuse,
+    /// Leave the existing account as it is and import the others.
+    Skip,
+}
+
+/// Refuses a document that names hosts the configuration does not serve, exceeds the
+/// configured limits, or (with [`Existing::Refuse`]) names accounts that exist. Returns
+/// the accounts to skip.
+pub async fn check(
+    config: &Config,
+    storage: &Storage,
+    doc: &Document,
+    existing: Existing,
+) -> Result<HashSet<(String, String)>> {
+    let unserved: Vec<&str> = doc
+        .hosts
+        .iter()
+        .map(|h| h.domain.as_str())
+        .filter(|d| config.host(d).is_none())
+        .collect();
+    if !unserved.is_empty() {
+        bail!(
+            "the document has accounts of {}, which this configuration does not serve",
+            unserved.join(", ")
+        );
+    }
+    let max_roster = config.section::<RosterLimits>().max_roster_items;
+    let max_offline = config.section::<OfflineLimits>().max_offline_messages;
+    let max_vcard = config.section::<VcardLimits>().max_vcard_bytes;
+    let max_private = config.section::<PrivateLimits>().max_private_bytes;
+    let mut found = HashSet::new();
+    for h in &doc.hosts {
+        for a in &h.accounts {
+            let who = format!("{}@{}", a.node, h.domain);
+            if a.roster.len() > max_roster {
+                bail!(
+                    "{who}: {} roster items, above limits.max_roster_items ({max_roster})",
+                    a.roster.len()
+                );
+            }
+            if a.offline.len() > max_offline {
+                bail!(
+                    "{who}: {} offline messages, above limits.max_offline_messages ({max_offline})",
+                    a.offline.len()
+                );
+            }
+            if let Some(v) = &a.vcard {
+                if v.to_xml("").len() > max_vcard {
+                    bail!("{who}: the vCard is larger than limits.max_vcard_bytes ({max_vcard})");
+                }
+            }
+            for p in &a.private {
+                if p.to_xml("").len() > max_private {
+                    bail!(
+                        "{who}: private element <{}> is larger than limits.max_private_bytes ({max_private})",
+                        p.name()
+                    );
+                }
+            }
+            if storage.accounts.account_exists(&h.domain, &a.node).await? {
+                found.insert((h.domain.clone(), a.node.clone()));
+            }
+        }
+    }
+    if existing == Existing::Refuse && !found.is_empty() {
+        let mut names: Vec<String> = found.iter().map(|(d, n)| format!("{n}@{d}")).collect();
+        names.sort();
+        bail!(
+            "{} already exist{}: {} (nothing was imported; --skip-existing imports the others)",
+            if names.len() == 1 {
+                "this account"
+            } else {
+                "these accounts"
+            },
+            if names.len() == 1 { "s" } else { "" },
+            names.join(", ")
+        );
+    }
+    Ok(found)
+}
+
+// ---------------------------------------------------------------------------------------
+// Import, step 3: write
+
+/// Writes the accounts of a checked document, skipping those in `skip`; returns how many
+/// were created. An account whose data cannot be written is deleted again (it is created
+/// whole or not at all) and the error returned; accounts written before it stay.
+pub async fn write(
+    storage: &Storage,
+    doc: &Document,
+    skip: &HashSet<(String, String)>,
+) -> Result<usize> {
+    let mut created = 0;
+    for h in &doc.hosts {
+        for a in &h.accounts {
+            if skip.contains(&(h.domain.clone(), a.node.clone())) {
+                continue;
+            }
+            storage
+                .accounts
+                .create_account(&h.domain, &a.node, &a.credentials)
+                .await
+                .with_context(|| format!("cannot create {}@{}", a.node, h.domain))?;
+            if let Err(e) = write_data(storage, &h.domain, a).await {
+                let _ = storage.accounts.delete_account(&h.domain, &a.node).await;
+                return Err(e.context(format!(
+                    "cannot import {}@{} (it was not created)",
+                    a.node, h.domain
+                )));
+            }
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
+async fn write_data(storage: &Storage, domain: &str, a: &Account) -> Result<()> {
+    let node = a.node.as_str();
+    // The limits were checked against the configuration by `check`.
+    for i in &a.roster {
+        storage
+            .roster
+            .set_roster_item(domain, node, i, usize::MAX)
+            .await?;
+    }
+    for (contact, p) in &a.pending_in {
+        storage
+            .roster
+            .add_pending_in(domain, node, contact, &p.to_xml(""))
+            .await?;
+    }
+    if let Some(v) = &a.vcard {
+        storage
+            .user_data
+            .set_data(
+                domain,
+                node,
+                VCARD_STORE,
+                "",
+                Some(&v.to_xml("")),
+                usize::MAX,
+            )
+            .await?;
+    }
+    for p in &a.private {
+        let key = rookery_modules::private::key(p);
+        storage
+            .user_data
+            .set_data(
+                domain,
+                node,
+                PRIVATE_STORE,
+                &key,
+                Some(&p.to_xml("")),
+                usize::MAX,
+            )
+            .await?;
+    }
+    for m in &a.offline {
+        storage
+            .offline
+            .push_offline(domain, node, &m.to_xml(""), usize::MAX)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

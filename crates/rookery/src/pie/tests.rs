@@ -1,0 +1,431 @@
+use super::*;
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn creds(password: &str) -> Vec<ScramCredentials> {
+    rookery_sasl::generate_all(password, ScramCredentials::MIN_ITERATIONS).unwrap()
+}
+
+/// Two accounts of localhost with every kind of data, one of another domain without any.
+async fn populated() -> Storage {
+    let s = Storage::memory();
+    let (d, u) = ("localhost", "alice");
+    s.accounts
+        .create_account(d, u, &creds("secret-a"))
+        .await
+        .unwrap();
+    s.accounts
+        .create_account(d, "bob", &creds("secret-b"))
+        .await
+        .unwrap();
+    s.accounts
+        .create_account("example.org", "carol", &creds("secret-c")[1..2])
+        .await
+        .unwrap();
+    let mut item = RosterItem::new("bob@localhost");
+    item.subscription = Subscription::Both;
+    item.name = Some("Bob & co".into());
+    item.groups = vec!["Friends".into(), "<Work>".into()];
+    s.roster.set_roster_item(d, u, &item, 100).await.unwrap();
+    let mut item = RosterItem::new("dave@remote.example");
+    item.ask = true;
+    item.approved = true;
+    s.roster.set_roster_item(d, u, &item, 100).await.unwrap();
+    s.roster
+        .add_pending_in(
+            d,
+            u,
+            "eve@remote.example",
+            "<presence xmlns=\"jabber:client\" from=\"eve@remote.example/x\" to=\"alice@localhost\" type=\"subscribe\"/>",
+        )
+        .await
+        .unwrap();
+    s.user_data
+        .set_data(
+            d,
+            u,
+            VCARD_STORE,
+            "",
+            Some("<vCard xmlns=\"vcard-temp\"><FN>Alice</FN></vCard>"),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    s.user_data
+        .set_data(
+            d,
+            u,
+            PRIVATE_STORE,
+            "storage storage:rosternotes",
+            Some("<storage xmlns=\"storage:rosternotes\"><note jid=\"bob@localhost\">hi</note></storage>"),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        s.offline
+            .push_offline(
+                d,
+                u,
+                &format!("<message xmlns=\"jabber:client\" from=\"bob@localhost/r\" to=\"alice@localhost\" type=\"chat\"><body>m{i}</body></message>"),
+                100,
+            )
+            .await
+            .unwrap();
+    }
+    s
+}
+
+fn config() -> Config {
+    let dir = std::env::temp_dir().join(format!("rookery-pie-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("rookery.toml");
+    std::fs::write(
+        &path,
+        "data_dir = \"/nonexistent\"\n[[host]]\ndomain = \"localhost\"\n[[host]]\ndomain = \"example.org\"\n",
+    )
+    .unwrap();
+    Config::load(Some(&path), &crate::registry()).unwrap()
+}
+
+async fn import_all(storage: &Storage, doc: &Document) -> Result<usize> {
+    let skip = check(&config(), storage, doc, Existing::Refuse).await?;
+    write(storage, doc, &skip).await
+}
+
+#[test]
+fn round_trip_is_lossless() {
+    block(async {
+        let first = to_xml(&export(&populated().await, None).await.unwrap());
+        let doc = parse(&first).unwrap();
+        assert!(doc.skipped.is_empty(), "{:?}", doc.skipped);
+        let fresh = Storage::memory();
+        assert_eq!(import_all(&fresh, &doc).await.unwrap(), 3);
+        let second = to_xml(&export(&fresh, None).await.unwrap());
+        assert_eq!(first, second);
+        // The offline messages keep their order and the data is where the modules read it.
+        let offline = fresh
+            .offline
+            .peek_offline("localhost", "alice", 10)
+            .await
+            .unwrap();
+        assert_eq!(offline.len(), 3);
+        assert!(offline[0].1.contains("m0") && offline[2].1.contains("m2"));
+        let creds = fresh
+            .accounts
+            .get_credentials("localhost", "alice", HashAlg::Sha256)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(creds.verify_password("secret-a"));
+        assert_eq!(
+            fresh.roster.pending_in("localhost", "alice").await.unwrap()[0].0,
+            "eve@remote.example"
+        );
+        // One domain only.
+        let one = export(&fresh, Some("example.org")).await.unwrap();
+        assert_eq!(one.hosts.len(), 1);
+        assert_eq!(one.hosts[0].accounts[0].node, "carol");
+        assert_eq!(one.hosts[0].accounts[0].credentials.len(), 1);
+    });
+}
+
+#[test]
+fn writes_every_part() {
+    block(async {
+        let xml = to_xml(&export(&populated().await, Some("localhost")).await.unwrap());
+        assert!(xml.starts_with("<?xml version='1.0' encoding='UTF-8'?>\n<server-data xmlns=\"urn:xmpp:pie:0\"><host jid=\"localhost\"><user name=\"alice\">"));
+        for part in [
+            "<scram-credentials xmlns=\"urn:xmpp:pie:0#scram\" mechanism=\"SCRAM-SHA-1\"><iter-count>4096</iter-count><salt>",
+            "mechanism=\"SCRAM-SHA-256\"",
+            "mechanism=\"SCRAM-SHA-512\"",
+            "<query xmlns=\"jabber:iq:roster\"><item jid=\"bob@localhost\" subscription=\"both\" name=\"Bob &amp; co\"><group>Friends</group><group>&lt;Work&gt;</group></item><item jid=\"dave@remote.example\" subscription=\"none\" ask=\"subscribe\" approved=\"true\"/></query>",
+            "<presence xmlns=\"jabber:client\" from=\"eve@remote.example/x\" to=\"alice@localhost\" type=\"subscribe\"/>",
+            "<vCard xmlns=\"vcard-temp\"><FN>Alice</FN></vCard>",
+            "<query xmlns=\"jabber:iq:private\"><storage xmlns=\"storage:rosternotes\"><note jid=\"bob@localhost\">hi</note></storage></query>",
+            "<offline-messages><message xmlns=\"jabber:client\" from=\"bob@localhost/r\" to=\"alice@localhost\" type=\"chat\"><body>m0</body></message>",
+        ] {
+            assert!(xml.contains(part), "{part} missing from {xml}");
+        }
+        assert!(!xml.contains("secret"));
+        assert!(!xml.contains("example.org"));
+    });
+}
+
+const OLD_FORM: &str = "<?xml version='1.0' encoding='UTF-8'?>
+<server-data xmlns='urn:xmpp:pie:0'>
+  <host jid='LocalHost'>
+    <user name='Admin' password='old pass'>
+      <query xmlns='jabber:iq:roster'>
+        <item jid='Friend@Example.org' name='F' subscription='to'><group>G</group><group>G</group></item>
+      </query>
+      <vCard xmlns='vcard-temp'><NICKNAME>adm</NICKNAME></vCard>
+      <query xmlns='jabber:iq:private'><empty xmlns='urn:example:empty'/></query>
+      <query xmlns='jabber:iq:privacy'><list name='x'/></query>
+      <offline-messages>
+        <message xmlns='jabber:client' from='friend@example.org/r' to='admin@localhost'><body>1</body></message>
+      </offline-messages>
+      <presence xmlns='jabber:client' from='z@example.org' type='subscribe'/>
+      <presence xmlns='jabber:client' from='a@example.org' type='subscribe'/>
+    </user>
+  </host>
+</server-data>
+";
+
+#[test]
+fn reads_the_older_form_with_a_password() {
+    let doc = parse(OLD_FORM).unwrap();
+    assert_eq!(doc.hosts[0].domain, "localhost");
+    let a = &doc.hosts[0].accounts[0];
+    assert_eq!(a.node, "admin");
+    assert_eq!(a.credentials.len(), 3);
+    assert!(a.credentials.iter().all(|c| c.verify_password("old pass")));
+    assert_eq!(a.roster[0].jid, "friend@example.org");
+    assert_eq!(a.roster[0].subscription, Subscription::To);
+    assert_eq!(a.roster[0].groups, ["G"]);
+    assert_eq!(a.pending_in[0].0, "a@example.org");
+    assert_eq!(a.pending_in[1].0, "z@example.org");
+    assert_eq!(a.offline.len(), 1);
+    assert!(a.vcard.as_ref().unwrap().is("vCard", "vcard-temp"));
+    assert!(a.private.is_empty());
+    assert_eq!(
+        doc.skipped,
+        ["<query xmlns='jabber:iq:privacy'> of admin@localhost"]
+    );
+    // The password itself is stored nowhere.
+    block(async {
+        let s = Storage::memory();
+        import_all(&s, &doc).await.unwrap();
+        let xml = to_xml(&export(&s, None).await.unwrap());
+        assert!(!xml.contains("old pass"));
+    });
+}
+
+fn refused(xml: &str) -> String {
+    format!("{:#}", parse(xml).unwrap_err())
+}
+
+fn with_user(inner: &str) -> String {
+    format!(
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'><user name='u' password='p'>{inner}</user></host></server-data>"
+    )
+}
+
+fn scram(iter: &str, salt: &str, key: &str) -> String {
+    format!(
+        "<user name='u'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'>\
+         <iter-count>{iter}</iter-count><salt>{salt}</salt><server-key>{key}</server-key>\
+         <stored-key>{key}</stored-key></scram-credentials></user>"
+    )
+}
+
+fn with_host(user: &str) -> String {
+    format!("<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'>{user}</host></server-data>")
+}
+
+#[test]
+fn scram_records_are_validated() {
+    let key = BASE64.encode([7u8; 20]);
+    let ok = parse(&with_host(&scram("4096", "c2FsdA==", &key))).unwrap();
+    assert_eq!(ok.hosts[0].accounts[0].credentials[0].salt, b"salt");
+    for (xml, expected) in [
+        (scram("4095", "c2FsdA==", &key), "outside 4096..=1000000"),
+        (scram("99999999", "c2FsdA==", &key), "outside"),
+        (scram("-1", "c2FsdA==", &key), "not a number"),
+        (scram("4096", "not base64!", &key), "<salt> is not base64"),
+        (scram("4096", "c2FsdA==", "AAAA"), "key length"),
+        (scram("4096", "", &key), "empty salt"),
+    ] {
+        let e = refused(&with_host(&xml));
+        assert!(e.contains(expected), "{e}");
+    }
+    let e = refused(&with_host("<user name='u'/>"));
+    assert!(e.contains("u@localhost has no credentials"), "{e}");
+}
+
+#[test]
+fn malformed_documents_are_refused() {
+    let deep = format!(
+        "{}{}",
+        "<vCard xmlns='vcard-temp'>".to_owned() + &"<a>".repeat(40),
+        "</a>".repeat(40) + "</vCard>"
+    );
+    for (xml, expected) in [
+        ("<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'>".to_owned(), "bad XML"),
+        ("<!DOCTYPE x [<!ENTITY a 'b'>]><server-data/>".to_owned(), "bad XML"),
+        ("<server-data/>".to_owned(), "not <server-data"),
+        (with_user(&deep), "bad XML"),
+        (
+            "<server-data xmlns='urn:xmpp:pie:0'><host jid='a@b'/></server-data>".to_owned(),
+            "host 'a@b' is not a valid domain",
+        ),
+        (
+            "<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'><user name='a b' password='p'/></host></server-data>".to_owned(),
+            "user 'a b' of host localhost is not a valid JID",
+        ),
+        (
+            "<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'><user name='a' password='p'/><user name='A' password='p'/></host></server-data>".to_owned(),
+            "user a@localhost appears twice",
+        ),
+        (
+            with_user("<query xmlns='jabber:iq:roster'><item jid='@@'/></query>"),
+            "is not a valid JID",
+        ),
+        (
+            with_user("<query xmlns='jabber:iq:roster'><item jid='x@y' subscription='all'/></query>"),
+            "unknown subscription 'all'",
+        ),
+        (
+            with_user("<offline-messages><iq xmlns='jabber:client'/></offline-messages>"),
+            "among the offline messages",
+        ),
+        (
+            with_user("<query xmlns='jabber:iq:private'><x xmlns='jabber:client'/></query>"),
+            "cannot be stored",
+        ),
+        (
+            with_user("<presence xmlns='jabber:client' type='subscribe'/>"),
+            "has no from",
+        ),
+        (
+            with_user("<offline-messages><message xmlns='jabber:client'/></offline-messages>"),
+            "an offline message has no from",
+        ),
+    ] {
+        let e = refused(&xml);
+        assert!(e.contains(expected), "{expected:?} not in {e}");
+    }
+    let huge = " ".repeat(MAX_DOCUMENT_BYTES + 1);
+    assert!(refused(&huge).contains("larger than"));
+}
+
+#[test]
+fn check_refuses_before_anything_is_written() {
+    block(async {
+        let s = Storage::memory();
+        s.accounts
+            .create_account("localhost", "admin", &creds("x"))
+            .await
+            .unwrap();
+        let doc = parse(OLD_FORM).unwrap();
+        // An existing account refuses the whole document, naming it.
+        let e = check(&config(), &s, &doc, Existing::Refuse)
+            .await
+            .unwrap_err();
+        assert!(format!("{e}").contains("admin@localhost"), "{e}");
+        let skip = check(&config(), &s, &doc, Existing::Skip).await.unwrap();
+        assert_eq!(write(&s, &doc, &skip).await.unwrap(), 0);
+        assert!(s
+            .roster
+            .roster("localhost", "admin")
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        // A host the configuration does not serve.
+        let other = parse(&OLD_FORM.replace("LocalHost", "elsewhere.example")).unwrap();
+        let e = check(&config(), &s, &other, Existing::Refuse)
+            .await
+            .unwrap_err();
+        assert!(format!("{e}").contains("elsewhere.example"), "{e}");
+        // More offline messages than the configuration allows.
+        let many = with_user(&format!(
+            "<offline-messages>{}</offline-messages>",
+            "<message xmlns='jabber:client' from='a@b'/>".repeat(1001)
+        ));
+        let e = check(&config(), &s, &parse(&many).unwrap(), Existing::Refuse)
+            .await
+            .unwrap_err();
+        assert!(format!("{e}").contains("max_offline_messages"), "{e}");
+        assert_eq!(s.accounts.list_accounts(None).await.unwrap().len(), 1);
+    });
+}
+
+/// A record in ejabberd's `password='scram:…'` form.
+fn ejabberd_scram(c: &ScramCredentials) -> String {
+    format!(
+        "scram:{},{},{},{}",
+        BASE64.encode(&c.stored_key),
+        BASE64.encode(&c.server_key),
+        BASE64.encode(&c.salt),
+        c.iterations
+    )
+}
+
+#[test]
+fn reads_what_ejabberd_writes() {
+    let c = ScramCredentials::derive(HashAlg::Sha1, "pencil", b"saltsalt", 4096).unwrap();
+    let dir = std::env::temp_dir().join(format!("rookery-pie-ejabberd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let main = dir.join("20261206-120000.xml");
+    std::fs::write(
+        &main,
+        "<?xml version='1.0' encoding='UTF-8'?><server-data xmlns='urn:xmpp:pie:0' \
+         xmlns:xi='http://www.w3.org/2001/XInclude'><xi:include href='20261206-120000_localhost.xml'/></server-data>",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("20261206-120000_localhost.xml"),
+        format!(
+            "<?xml version='1.0' encoding='UTF-8'?><host xmlns='urn:xmpp:pie:0' \
+             xmlns:xi='http://www.w3.org/2001/XInclude' jid='localhost'>\
+             <user name='juliet' password='{}'><offline-messages><message xmlns='jabber:client' \
+             from='romeo@example.net/r' to='juliet@localhost' type='chat'><body>hi</body></message>\
+             </offline-messages><query xmlns='jabber:iq:roster'><item jid='romeo@example.net' \
+             subscription='both'/></query><presence xmlns='jabber:client' from='nurse@example.net' \
+             to='juliet@localhost' type='subscribe'><status/></presence></user>\
+             <user name='romeo' password='plain one'/></host>",
+            ejabberd_scram(&c)
+        ),
+    )
+    .unwrap();
+    let doc = read(&main).unwrap();
+    let accounts = &doc.hosts[0].accounts;
+    assert_eq!(accounts[0].credentials, std::slice::from_ref(&c));
+    assert!(accounts[0].credentials[0].verify_password("pencil"));
+    assert_eq!(accounts[0].offline.len(), 1);
+    assert_eq!(accounts[0].roster[0].subscription, Subscription::Both);
+    assert_eq!(accounts[0].pending_in[0].0, "nurse@example.net");
+    assert_eq!(accounts[1].credentials.len(), 3);
+    // The older namespace, and the record with its hash named.
+    let c256 = ScramCredentials::derive(HashAlg::Sha256, "pencil", b"saltsalt", 4096).unwrap();
+    let old = format!(
+        "<server-data xmlns='http://www.xmpp.org/extensions/xep-0227.html#ns'><host jid='localhost'>\
+         <user name='a' password='{}'/></host></server-data>",
+        ejabberd_scram(&c256).replacen("scram:", "scram:sha256,", 1)
+    );
+    assert_eq!(
+        parse(&old).unwrap().hosts[0].accounts[0].credentials,
+        [c256]
+    );
+    // Bad records and includes out of the directory.
+    for (password, expected) in [
+        ("scram:AAAA,BBBB", "expected StoredKey"),
+        ("scram:md5:a,b,c,4096", "unknown hash"),
+        (&ejabberd_scram(&c).replace(",4096", ",10"), "outside"),
+        (
+            &ejabberd_scram(&c).replacen("scram:", "scram:!", 1),
+            "not base64",
+        ),
+        ("", "empty password"),
+    ] {
+        let xml = with_host(&format!("<user name='u' password='{password}'/>"));
+        let e = refused(&xml);
+        assert!(e.contains(expected), "{expected:?} not in {e}");
+    }
+    for href in ["../etc/passwd", "/etc/passwd", "sub/file.xml", ""] {
+        std::fs::write(
+            &main,
+            format!("<server-data xmlns='urn:xmpp:pie:0'><include xmlns='http://www.w3.org/2001/XInclude' href='{href}'/></server-data>"),
+        )
+        .unwrap();
+        let e = format!("{:#}", read(&main).unwrap_err());
+        assert!(e.contains("same directory"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
