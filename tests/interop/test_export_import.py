@@ -6,11 +6,13 @@ hostile file is refused (exit 1) and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 import time
 import xml.etree.ElementTree as ET
 
 from conftest import ROOKERY_BIN
-from harness import CLIENT_NS, ROSTER_NS, RookeryServer, qn, session
+from harness import CLIENT_NS, ROSTER_NS, LoginError, RookeryServer, connect_client, qn, session
 
 PIE_NS = "urn:xmpp:pie:0"
 VCARD = "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN><NICKNAME>al</NICKNAME></vCard>"
@@ -182,5 +184,51 @@ async def test_export_then_import_into_an_empty_server(make_server, tmp_path):
             assert (await roster(b))[alice.jid].get("subscription") == "both"
         async with session(dst, carol):
             pass
+    finally:
+        dst.kill()
+
+
+async def test_an_ejabberd_export_imports_and_its_users_keep_their_passwords(ejabberd_peer, tmp_path):
+    """What ejabberd 23.01 itself writes (`ejabberdctl export_piefxis`: a main file including
+    one file per host, SCRAM-SHA-1 records whose values it encodes twice): a roster item and
+    an offline message made by slixmpp clients on the real ejabberd come over, and the users
+    log in to Rookery with the passwords they had (SCRAM-SHA-1, the only hash ejabberd
+    kept)."""
+    peer = ejabberd_peer
+    alice, bob = peer.add_user("moved"), peer.add_user("moved")
+    async with session(peer, alice) as a:
+        reply = await a.iq(
+            None,
+            "set",
+            f"<query xmlns='{ROSTER_NS}'><item jid='{bob.jid}' name='Bobby'><group>Friends</group></item></query>",
+        )
+        assert reply["type"] == "result", reply
+    async with session(peer, bob) as b:
+        b.send_message(mto=alice.jid, mbody="sent while you were away", mtype="chat")
+        await b.iq(peer.domain, "get", "<ping xmlns='urn:xmpp:ping'/>")
+    out = tmp_path / "piefxis"
+    out.mkdir()
+    res = peer.ctl("export_piefxis", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    main = next(p for p in sorted(out.iterdir()) if "<server-data" in p.read_text())
+
+    dst = RookeryServer(ROOKERY_BIN, tmp_path / "rookery", domain=peer.domain)
+    try:
+        dst.write_config()
+        res = dst.cli("import", str(main))
+        assert res.returncode == 0, res.stderr
+        assert "SHA-1" in res.stderr, "accounts with SHA-1 records only are named"
+        dst.start()
+        async with session(dst, alice, mech="SCRAM-SHA-1") as a:
+            items = await roster(a)
+            assert items[bob.jid].get("name") == "Bobby"
+            assert [g.text for g in items[bob.jid].findall(qn(ROSTER_NS, "group"))] == ["Friends"]
+            a.send_presence()
+            msg = await a.next_message(timeout=5)
+            assert msg["body"] == "sent while you were away" and msg["from"].bare == bob.jid
+        async with session(dst, bob, mech="SCRAM-SHA-1"):
+            pass
+        with pytest.raises(LoginError):
+            await connect_client(dst, alice.jid, "not the password", mech="SCRAM-SHA-1", timeout=10)
     finally:
         dst.kill()

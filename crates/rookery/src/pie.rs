@@ -585,13 +585,35 @@ fn parse_scram(el: &Element) -> Result<ScramCredentials> {
             ITERATIONS.end()
         );
     }
-    let c = ScramCredentials {
+    let mut c = ScramCredentials {
         hash,
         salt: b64("salt")?,
         iterations,
         stored_key: b64("stored-key")?,
         server_key: b64("server-key")?,
     };
+    // ejabberd's export_piefxis (23.01) base64-encodes the values it already keeps in base64:
+    // keys of the wrong length that are themselves base64 of the right length mean the whole
+    // record (salt included) was encoded twice.
+    let once_more = |v: &[u8]| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| BASE64.decode(t.trim()).ok())
+    };
+    let len = hash.output_len();
+    if c.stored_key.len() != len {
+        if let (Some(stored), Some(server), Some(salt)) = (
+            once_more(&c.stored_key),
+            once_more(&c.server_key),
+            once_more(&c.salt),
+        ) {
+            if stored.len() == len && server.len() == len {
+                c.stored_key = stored;
+                c.server_key = server;
+                c.salt = salt;
+            }
+        }
+    }
     c.validate().map_err(|e| anyhow!("{e}"))?;
     Ok(c)
 }

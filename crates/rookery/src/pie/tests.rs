@@ -429,3 +429,31 @@ fn reads_what_ejabberd_writes() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn reads_the_scram_records_ejabberd_encodes_twice() {
+    // ejabberd 23.01's export_piefxis writes base64 of the base64 it keeps.
+    let c = ScramCredentials::derive(HashAlg::Sha1, "pencil", b"saltsalt", 4096).unwrap();
+    let twice = |v: &[u8]| BASE64.encode(BASE64.encode(v));
+    let xml = with_host(&format!(
+        "<user name='u'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'>\
+         <iter-count>4096</iter-count><salt>{}</salt><server-key>{}</server-key>\
+         <stored-key>{}</stored-key></scram-credentials></user>",
+        twice(&c.salt),
+        twice(&c.server_key),
+        twice(&c.stored_key)
+    ));
+    let read = parse(&xml).unwrap();
+    assert_eq!(read.hosts[0].accounts[0].credentials, std::slice::from_ref(&c));
+    assert!(read.hosts[0].accounts[0].credentials[0].verify_password("pencil"));
+    // Keys of the wrong length that are not such a double encoding stay refused.
+    let bad = with_host(&format!(
+        "<user name='u'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'>\
+         <iter-count>4096</iter-count><salt>{}</salt><server-key>{}</server-key>\
+         <stored-key>{}</stored-key></scram-credentials></user>",
+        BASE64.encode(&c.salt),
+        BASE64.encode(&c.server_key[..10]),
+        BASE64.encode(&c.stored_key[..10])
+    ));
+    assert!(refused(&bad).contains("scram-credentials"));
+}
