@@ -444,7 +444,10 @@ fn reads_the_scram_records_ejabberd_encodes_twice() {
         twice(&c.stored_key)
     ));
     let read = parse(&xml).unwrap();
-    assert_eq!(read.hosts[0].accounts[0].credentials, std::slice::from_ref(&c));
+    assert_eq!(
+        read.hosts[0].accounts[0].credentials,
+        std::slice::from_ref(&c)
+    );
     assert!(read.hosts[0].accounts[0].credentials[0].verify_password("pencil"));
     // Keys of the wrong length that are not such a double encoding stay refused.
     let bad = with_host(&format!(
