@@ -54,6 +54,8 @@ pub struct StreamContext {
     /// `[stream_management]` and `[fast]`, read once here rather than on every batch.
     pub sm_config: Arc<sm::StreamManagementConfig>,
     pub fast_config: Arc<crate::fast::FastConfig>,
+    /// `[sasl]`: the mechanisms offered.
+    pub sasl_config: Arc<crate::sasl_config::SaslConfig>,
     /// The BOSH sessions (XEP-0124), shared by every HTTP listener.
     pub bosh: Arc<crate::http::bosh::Registry>,
 }
@@ -63,6 +65,7 @@ impl StreamContext {
         let sections = &server.config().sections;
         let sm_config = sections.get();
         let fast_config = sections.get();
+        let sasl_config = sections.get();
         let bosh = crate::http::bosh::Registry::new(
             (*sections.get::<crate::http::bosh::BoshConfig>()).clone(),
             sections
@@ -75,6 +78,7 @@ impl StreamContext {
             resumptions: Arc::new(Resumptions::default()),
             sm_config,
             fast_config,
+            sasl_config,
             bosh: Arc::new(bosh),
         }
     }
@@ -926,8 +930,10 @@ impl ClientStream {
     fn offered_mechanisms(&self) -> Vec<Mechanism> {
         let tls = self.confidential;
         let has_cb = !self.channel_bindings.supported().is_empty();
+        let allowed = &self.ctx.sasl_config;
         Mechanism::ALL
             .into_iter()
+            .filter(|m| allowed.allows(*m))
             .filter(|m| match m {
                 Mechanism::Plain => tls,
                 m if m.is_plus() => tls && has_cb,
@@ -1177,21 +1183,39 @@ impl ClientStream {
                     let creds = match (&jid, session.mechanism().hash()) {
                         (Some(jid), hash) => {
                             let node = jid.node().map(|n| n.to_string()).unwrap_or_default();
-                            let hash = hash.unwrap_or(rookery_sasl::HashAlg::Sha256);
-                            match self
-                                .server()
-                                .storage()
-                                .accounts
-                                .get_credentials(&domain, &node, hash)
-                                .await
-                            {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "credential look-up failed");
-                                    return self
-                                        .sasl_failure(SaslError::Internal("storage".into()));
+                            // SCRAM needs the record of its hash. PLAIN checks the password
+                            // against any record: SHA-256 first, then the others an imported
+                            // account may have only (SCRAM-SHA-1 from ejabberd or Prosody).
+                            let hashes: &[rookery_sasl::HashAlg] = match &hash {
+                                Some(h) => std::slice::from_ref(h),
+                                None => &[
+                                    rookery_sasl::HashAlg::Sha256,
+                                    rookery_sasl::HashAlg::Sha512,
+                                    rookery_sasl::HashAlg::Sha1,
+                                ],
+                            };
+                            let mut found = None;
+                            for h in hashes {
+                                match self
+                                    .server()
+                                    .storage()
+                                    .accounts
+                                    .get_credentials(&domain, &node, *h)
+                                    .await
+                                {
+                                    Ok(Some(c)) => {
+                                        found = Some(c);
+                                        break;
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "credential look-up failed");
+                                        return self
+                                            .sasl_failure(SaslError::Internal("storage".into()));
+                                    }
                                 }
                             }
+                            found
                         }
                         (None, _) => None,
                     };

@@ -23,6 +23,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod s2s;
+pub mod sasl_config;
 pub mod sm;
 pub mod tls;
 pub mod transport;
@@ -36,6 +37,7 @@ use rookery_core::{ModuleRegistry, SectionDecl, Spec};
 pub const SECTIONS: &[SectionDecl] = &[
     SectionDecl::of::<sm::StreamManagementConfig>(),
     SectionDecl::of::<fast::FastConfig>(),
+    SectionDecl::of::<sasl_config::SaslConfig>(),
     SectionDecl::of::<http::HttpConfig>(),
     SectionDecl::of::<http::bosh::BoshConfig>(),
     SectionDecl::of::<s2s::S2sConfig>(),
