@@ -233,9 +233,20 @@ async def test_an_ejabberd_export_imports_and_its_users_keep_their_passwords(eja
             a.send_presence()
             msg = await a.next_message(timeout=5)
             assert msg["body"] == "sent while you were away" and msg["from"].bare == bob.jid
-        # PLAIN checks the password against the SHA-1 record too.
+        # PLAIN checks the password against the SHA-1 record too, and the server makes the
+        # records the account lacks from it.
         async with session(dst, bob, mech="PLAIN"):
             pass
+
+        async def rekeyed() -> bool:
+            root = ET.fromstring(export(dst).encode())
+            for user in root.iter(qn(PIE_NS, "user")):
+                if user.get("name") == bob.localpart:
+                    mechs = [c.get("mechanism") for c in user.findall("{urn:xmpp:pie:0#scram}scram-credentials")]
+                    return mechs == ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+            return False
+
+        await wait_for(rekeyed, what="SCRAM records for every hash after a PLAIN login")
         with pytest.raises(LoginError):
             await connect_client(dst, bob.jid, bob.password, mech="SCRAM-SHA-256", timeout=10)
         with pytest.raises(LoginError):

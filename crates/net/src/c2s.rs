@@ -1252,6 +1252,9 @@ impl ClientStream {
                     if let Some(auth) = self.auth_mut() {
                         auth.attempt = None;
                     }
+                    if let Some(password) = session.take_verified_password() {
+                        complete_records(self.server(), &jid, password);
+                    }
                     crate::metrics::login(session.mechanism().name(), true);
                     if self.in_sasl2() {
                         tracing::info!(peer = %self.peer, jid = %jid, mechanism = session.mechanism().name(), "authenticated (SASL2)");
@@ -1824,4 +1827,45 @@ fn handled_too_high(h: u32, sent: u32) -> Close {
             .with_attr("h", h.to_string())
             .with_attr("send-count", sent.to_string()),
     )
+}
+
+/// After a PLAIN login, makes the SCRAM records the account lacks from the password it just
+/// proved: an account imported with SCRAM-SHA-1 records only (ejabberd, Prosody) can then log
+/// in with SCRAM-SHA-256 and -512 too. Off the stream's path; only when a record is missing.
+fn complete_records(server: &Arc<Server>, jid: &BareJid, password: String) {
+    let server = server.clone();
+    let jid = jid.clone();
+    server.clone().tasks().spawn(async move {
+        let domain = jid.domain().as_str();
+        let node = jid.node().map(|n| n.as_str()).unwrap_or_default();
+        let accounts = &server.storage().accounts;
+        let mut missing = false;
+        for hash in rookery_sasl::HashAlg::ALL {
+            match accounts.get_credentials(domain, node, hash).await {
+                Ok(Some(_)) => {}
+                Ok(None) => missing = true,
+                Err(e) => {
+                    tracing::warn!(jid = %jid, error = %e, "credential look-up failed");
+                    return;
+                }
+            }
+        }
+        if !missing {
+            return;
+        }
+        let made = tokio::task::spawn_blocking(move || {
+            rookery_sasl::generate_all(&password, rookery_storage::ScramCredentials::MIN_ITERATIONS)
+        })
+        .await;
+        let Ok(Ok(creds)) = made else {
+            tracing::warn!(jid = %jid, "SCRAM records not made from a PLAIN login");
+            return;
+        };
+        match accounts.set_credentials(domain, node, &creds).await {
+            Ok(()) => {
+                tracing::info!(jid = %jid, "SCRAM records for every hash made from a PLAIN login")
+            }
+            Err(e) => tracing::warn!(jid = %jid, error = %e, "SCRAM records not stored"),
+        }
+    });
 }

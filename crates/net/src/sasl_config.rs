@@ -3,7 +3,8 @@
 //! All of them by default, strongest first. An operator moving accounts from a server that
 //! kept SCRAM-SHA-1 records only (ejabberd's default, Prosody's) lists the mechanisms those
 //! accounts can use, so clients do not pick SCRAM-SHA-256 or -512 and fail: an imported
-//! account has no record for them until its password is set again.
+//! account has no record for them until it logs in once with PLAIN (c2s then makes the
+//! missing records from the password) or its password is set again.
 
 use rookery_core::config::ConfigError;
 use rookery_core::settings::{Place, Section};
@@ -37,8 +38,8 @@ impl Section for SaslConfig {
     const KEY: &'static str = "sasl";
     const PLACE: Place = Place::Server;
     const EXAMPLE: &'static str = r#"# SASL mechanisms offered to clients, strongest first. Accounts imported with SCRAM-SHA-1
-# records only (from ejabberd or Prosody) log in with SCRAM-SHA-1 or PLAIN until their password
-# is set again: list only those while such accounts remain.
+# records only (from ejabberd or Prosody) log in with SCRAM-SHA-1 or PLAIN until they log in
+# once with PLAIN (which makes the other records) or set a password: list only those meanwhile.
 [sasl]
 mechanisms = ["SCRAM-SHA-512-PLUS", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-512", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
 "#;

@@ -87,6 +87,9 @@ pub struct ServerSession {
     /// XEP-0474: the advertised mechanisms and channel-binding types, hashed into the
     /// server-first message so a client can detect a stripped list.
     downgrade: Option<String>,
+    /// The password a successful PLAIN exchange proved, until the caller takes it
+    /// ([`ServerSession::take_verified_password`]).
+    verified_password: Option<String>,
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -111,6 +114,13 @@ impl std::fmt::Debug for ServerSession {
 impl ServerSession {
     /// `plus_advertised`: whether the server offered any -PLUS mechanism on this connection
     /// (for the RFC 5802 "y" downgrade check). `tls_active`: PLAIN is refused (EncryptionRequired) without TLS.
+    /// After a successful PLAIN exchange, the password it proved, once: so that the server
+    /// can make the SCRAM records an account lacks (one imported with SCRAM-SHA-1 records
+    /// only). `None` for SCRAM, which never reveals the password, and after the first call.
+    pub fn take_verified_password(&mut self) -> Option<String> {
+        self.verified_password.take()
+    }
+
     pub fn new(
         mech: Mechanism,
         cb: ChannelBindings,
@@ -127,6 +137,7 @@ impl ServerSession {
             secret: None,
             unknown_user_iterations: ScramCredentials::MIN_ITERATIONS,
             downgrade: None,
+            verified_password: None,
         }
     }
 
@@ -500,6 +511,7 @@ impl ServerSession {
         if !ok {
             return Err(SaslError::NotAuthorized);
         }
+        self.verified_password = Some(p.password);
         Ok(Step::Success {
             username: p.username,
             authzid: p.authzid,

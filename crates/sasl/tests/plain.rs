@@ -112,3 +112,23 @@ fn empty_initial_response_then_response() {
     ));
     assert_eq!(s.credentials(Some(record())), Err(SaslError::NotAuthorized));
 }
+
+#[test]
+fn the_proved_password_is_handed_over_once_and_only_after_success() {
+    let mut s = session();
+    s.start(b"\0juliet\0p\xc3\xa4ss word").expect("start");
+    assert!(matches!(
+        s.credentials(Some(record())),
+        Ok(Step::Success { .. })
+    ));
+    assert_eq!(
+        s.take_verified_password().as_deref(),
+        Some("p\u{e4}ss word")
+    );
+    assert_eq!(s.take_verified_password(), None, "once");
+
+    let mut s = session();
+    s.start(b"\0juliet\0wrong").expect("start");
+    assert!(s.credentials(Some(record())).is_err());
+    assert_eq!(s.take_verified_password(), None, "not for a wrong password");
+}
