@@ -116,6 +116,13 @@ def stream_header(
 # Ports, users, config
 
 
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port that was free a moment ago (STUN/TURN servers started by tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Distinct ports that were free a moment ago (bind to port 0, then close)."""
     socks = []

@@ -10,27 +10,20 @@ import base64
 import hashlib
 import hmac
 import shutil
-import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import DISCO_INFO_NS, session
+from harness import DISCO_INFO_NS, free_udp_port, session
 
 NS = "urn:xmpp:extdisco:2"
 SECRET = "a secret the TURN server shares"
 TTL = 3600
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-TURN_PORT = _free_udp_port()
+TURN_PORT = free_udp_port()
 
 SERVER_CONFIG = {
     "host_extra": f"""

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import shutil
-import socket
 import subprocess
 import time
 
@@ -21,20 +20,14 @@ import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
-from harness import session
+from harness import free_udp_port, session
 
 NS = "urn:xmpp:extdisco:2"
 SECRET = "the built-in server's secret"
 PER_USER = 8
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-TURN_PORT = _free_udp_port()
+TURN_PORT = free_udp_port()
 RELAY_LOW = 42000 + (TURN_PORT % 15000)
 
 SERVER_CONFIG = {

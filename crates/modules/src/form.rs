@@ -101,6 +101,11 @@ impl<'a> Submitted<'a> {
             .map(|form| Submitted { form })
     }
 
+    /// `form` itself, an `<x xmlns='jabber:x:data'/>`.
+    pub fn of(form: &'a Element) -> Submitted<'a> {
+        Submitted { form }
+    }
+
     /// `submit`, `cancel`, `form` or `result`.
     pub fn kind(&self) -> &str {
         self.form.attr("type").unwrap_or("")

@@ -45,6 +45,22 @@ pub(crate) fn require_positive(table: &str, name: &str, value: u64) -> Result<()
     Ok(())
 }
 
+/// Refuses a service's `domain` setting (`table.domain`) that is set but is not a bare
+/// domain: an empty one means the module's default (`conference.<host>`, `upload.<host>`...).
+pub(crate) fn require_domain(table: &str, domain: &str) -> Result<(), ConfigError> {
+    if !domain.is_empty()
+        && rookery_stanza::parse_jid(domain)
+            .map(|j| j.node().is_some() || j.resource().is_some())
+            .unwrap_or(true)
+    {
+        return Err(ConfigError::invalid(
+            format!("{table}.domain"),
+            format!("'{domain}' is not a domain"),
+        ));
+    }
+    Ok(())
+}
+
 /// Every module compiled into this build, in initialisation order.
 pub fn registry() -> ModuleRegistry {
     let mut r = ModuleRegistry::new();

@@ -188,19 +188,16 @@ impl Command {
         domain: &str,
         form: Option<&Element>,
     ) -> Result<Outcome, StanzaError> {
-        let submitted = form.and_then(|x| {
-            // The form is the <x/> itself; Submitted reads a parent's <x/> child.
-            Submitted::find(&Element::new("wrap", "").with_child(x.clone())).map(|s| {
-                (
-                    s.values("accountjid").unwrap_or_default(),
-                    s.values("accountjids").unwrap_or_default(),
-                    s.value("password"),
-                    s.value("password-verify"),
-                    s.values("announcement").unwrap_or_default(),
-                    s.value("subject"),
-                    s.value("max_items"),
-                )
-            })
+        let submitted = form.map(Submitted::of).map(|s| {
+            (
+                s.values("accountjid").unwrap_or_default(),
+                s.values("accountjids").unwrap_or_default(),
+                s.value("password"),
+                s.value("password-verify"),
+                s.values("announcement").unwrap_or_default(),
+                s.value("subject"),
+                s.value("max_items"),
+            )
         });
         let (one, many, password, verify, announcement, subject, max_items) =
             submitted.unwrap_or_default();

@@ -207,17 +207,7 @@ archive_by_default = true
                 ));
             }
         }
-        if !self.domain.is_empty()
-            && rookery_stanza::parse_jid(&self.domain)
-                .map(|j| j.node().is_some() || j.resource().is_some())
-                .unwrap_or(true)
-        {
-            return Err(ConfigError::invalid(
-                format!("{key}.domain"),
-                format!("'{}' is not a domain", self.domain),
-            ));
-        }
-        Ok(())
+        crate::require_domain(key, &self.domain)
     }
 }
 

@@ -169,17 +169,7 @@ pending_timeout_secs = 60
                 "local, server or anyone",
             ));
         }
-        if !self.domain.is_empty()
-            && rookery_stanza::parse_jid(&self.domain)
-                .map(|j| j.node().is_some() || j.resource().is_some())
-                .unwrap_or(true)
-        {
-            return Err(ConfigError::invalid(
-                format!("{key}.domain"),
-                format!("'{}' is not a domain", self.domain),
-            ));
-        }
-        Ok(())
+        crate::require_domain(key, &self.domain)
     }
 }
 

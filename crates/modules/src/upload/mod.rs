@@ -153,17 +153,7 @@ denied_content_types = []
                 ));
             }
         }
-        if !self.domain.is_empty()
-            && rookery_stanza::parse_jid(&self.domain)
-                .map(|j| j.node().is_some() || j.resource().is_some())
-                .unwrap_or(true)
-        {
-            return Err(ConfigError::invalid(
-                format!("{key}.domain"),
-                format!("'{}' is not a domain", self.domain),
-            ));
-        }
-        Ok(())
+        crate::require_domain(key, &self.domain)
     }
 }
 
