@@ -220,9 +220,13 @@ def report(args: argparse.Namespace) -> None:
         f = figures.get(name)
         if not f:
             continue
-        ratio = "1.00, 1.00" if name == "rookery" or not base else (
-            f"{f['mbps'] / base['mbps']:.2f}, {f['cpu'] / base['cpu']:.2f}"
-        )
+        def ratio_of(key: str) -> str:
+            # A tiny run can take less CPU than the clock tick counts: no ratio then.
+            if not base or not base[key]:
+                return "—"
+            return f"{f[key] / base[key]:.2f}"
+
+        ratio = "1.00, 1.00" if name == "rookery" else f"{ratio_of('mbps')}, {ratio_of('cpu')}"
         print(f"| {NAMES[name]} | {f['mbps']:.1f} | {f['cpu']:.2f} | {f['lost']:.2f}% | {ratio} | {f['n']} |")
 
 
