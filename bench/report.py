@@ -11,8 +11,16 @@ import statistics
 import sys
 from pathlib import Path
 
-SERVERS = ["rookery", "rookery-base", "ejabberd", "prosody"]
-NAMES = {"rookery": "Rookery", "rookery-base": "Rookery (baseline)", "ejabberd": "ejabberd", "prosody": "Prosody"}
+SERVERS = ["rookery", "rookery-base", "ejabberd", "prosody", "rookery-mam", "ejabberd-mam", "prosody-mam"]
+NAMES = {"rookery": "Rookery", "rookery-base": "Rookery (baseline)", "ejabberd": "ejabberd", "prosody": "Prosody",
+         "rookery-mam": "Rookery as shipped", "ejabberd-mam": "ejabberd + mod_mam",
+         "prosody-mam": "Prosody + mam"}
+
+
+def reference(server):
+    """The Rookery column a server's ratio is taken against: archive-on servers are compared
+    with Rookery as shipped (archive on), the others with Rookery's benchmark module set."""
+    return "rookery-mam" if server.endswith("-mam") else "rookery"
 
 
 def get(d, *path):
@@ -185,7 +193,6 @@ def main():
             except json.JSONDecodeError:
                 pass
     servers = [s for s in SERVERS if any(r["server"] == s for r in recs)]
-    others = [s for s in servers if s != "rookery"]
     v = meta.get("versions", {})
     print(f"Run {meta.get('date')} on {meta.get('nproc')} × {meta.get('cpu_model')} "
           f"(kernel {meta.get('kernel')}); `{meta.get('command')}`")
@@ -195,13 +202,14 @@ def main():
           f"Prosody {v.get('prosody')} (Lua {v.get('lua')}). Servers pinned to CPU 0, generator "
           f"to CPU 1; autogroup nice {meta.get('priority')}; fixed-rate scenario under SCHED_FIFO: "
           f"{'yes' if meta.get('realtime_rate') == 1 else 'no'}. Median (min–max) of "
-          f"{meta.get('reps')} repetition(s); ratio = server / Rookery.")
+          f"{meta.get('reps')} repetition(s); ratio = server / Rookery (archive-on servers: "
+          f"/ Rookery as shipped).")
     print()
     cols = ["scenario", "figure"]
     for s in servers:
         cols.append(NAMES[s])
-        if s != "rookery" and "rookery" in servers:
-            cols.append(f"{NAMES[s]} / Rookery")
+        if s != reference(s) and reference(s) in servers:
+            cols.append(f"{NAMES[s]} / {NAMES[reference(s)]}")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     section_seen = set()
@@ -222,10 +230,10 @@ def main():
         if section:
             section_seen.add(section)
         row = [f"**{title}**" if title else "", label]
-        base = cells.get("rookery", (None, None))[1]
         for s in servers:
             row.append(cells[s][0])
-            if s != "rookery" and "rookery" in servers:
+            if s != reference(s) and reference(s) in servers:
+                base = cells[reference(s)][1]
                 m = cells[s][1]
                 row.append(f"{m / base:.2f}" if m is not None and base else "—")
         print("| " + " | ".join(row) + " |")

@@ -6,6 +6,9 @@
 #   bench/run.sh --quick           small counts, one repetition (a few minutes)
 #   bench/run.sh --reps 5 --servers "rookery ejabberd" --scenarios "messages rate"
 #   bench/run.sh --baseline main~3 --servers "rookery"   this build beside an older commit
+#   bench/run.sh --servers "rookery-mam ejabberd-mam prosody-mam"   archive on: Rookery as
+#                                  shipped (its default modules) beside ejabberd with mod_mam
+#                                  and Prosody with mam, each on its default archive store
 #   bench/run.sh --scenarios "ws-login ws-idle bosh-rtt"   the web transports (WebSocket, BOSH)
 #
 # The web-transport scenarios (ws-login, ws-idle, bosh-rtt) use each server's plain HTTP
@@ -88,7 +91,9 @@ usage() {
 Options:
   --quick               small counts, 1 repetition
   --reps N              repetitions per scenario and server (default $REPS)
-  --servers "LIST"      among: rookery ejabberd prosody
+  --servers "LIST"      among: rookery ejabberd prosody (the benchmark module sets: no
+                        archive), rookery-mam ejabberd-mam prosody-mam (archive on: Rookery
+                        as shipped, ejabberd with mod_mam, Prosody with mam)
   --scenarios "LIST"    among: login login-plain idle messages rate fanout muc pep
                         ws-login ws-idle bosh-rtt
   --pairs "LIST"        federation pairs A-B (A, B among rookery ejabberd prosody), run after
@@ -179,9 +184,12 @@ cleanup() {
     done
     stop_server || true
     # Prosody writes its own log file (warnings and errors) in its private directory.
-    if [[ -f "$WORK/prosody/prosody.log" ]]; then
-        cp "$WORK/prosody/prosody.log" "$OUT/logs/prosody-own.log" 2>/dev/null || true
-    fi
+    local p
+    for p in prosody prosody-mam; do
+        if [[ -f "$WORK/$p/prosody.log" ]]; then
+            cp "$WORK/$p/prosody.log" "$OUT/logs/$p-own.log" 2>/dev/null || true
+        fi
+    done
     if [[ -n "$OLD_AUTOGROUP_NICE" ]]; then
         echo "$OLD_AUTOGROUP_NICE" >/proc/$$/autogroup 2>/dev/null || true
     fi
@@ -236,7 +244,7 @@ build() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
     # The server only when it is measured: a run against the others needs just the generator.
     local pkgs=(-p rookery-loadgen)
-    [[ " $SERVERS " == *" rookery "* || " $PAIRS " == *rookery* || $TURN == 1 ]] && pkgs=(-p rookery "${pkgs[@]}")
+    [[ " $SERVERS " == *" rookery"* || " $PAIRS " == *rookery* || $TURN == 1 ]] && pkgs=(-p rookery "${pkgs[@]}")
     log "building ${pkgs[*]//-p /} (release) into $CARGO_TARGET_DIR"
     (cd "$ROOT" && cargo build --release "${pkgs[@]}") >"$OUT/logs/build.log" 2>&1 \
         || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
@@ -270,7 +278,15 @@ build() {
 # Ports: Rookery 15222/15223, ejabberd 25222/25223 (+25299 Erlang distribution),
 # Prosody 35222/35223; each one's plain HTTP (WebSocket, BOSH) on the c2s port + 2 (15224...).
 # Port numbers are checked free before each start.
-port_of() { case "$1" in rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; rookery-base) echo 45222 ;; esac; }
+# The archive-on variants (rookery-mam, ejabberd-mam, prosody-mam) use the c2s port + 1000.
+port_of() {
+    case "$1" in
+        rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; rookery-base) echo 45222 ;;
+        rookery-mam) echo 16222 ;; ejabberd-mam) echo 26222 ;; prosody-mam) echo 36222 ;;
+    esac
+}
+# The server software a name runs (rookery-base and rookery-mam are Rookery).
+kind_of() { case "$1" in rookery*) echo rookery ;; ejabberd*) echo ejabberd ;; prosody*) echo prosody ;; esac; }
 rookery_bin_of() { if [[ "$1" == rookery-base ]]; then echo "$ROOKERY_BASE_BIN"; else echo "$ROOKERY_BIN"; fi; }
 EJ_NODE="rkbench$$@localhost"
 EJ_DIST_PORT=25299
@@ -321,9 +337,23 @@ prepare_servers() {
                 TEMPLATES="$WORK/baseline-templates" render rookery.toml "$d/rookery.toml" "$d"
                 drop_missing_modules "$ROOKERY_BASE_BIN" "$d/rookery.toml"
                 ;;
-            ejabberd)
+            rookery-mam)
+                # As shipped: no `modules` list, so the host runs every module with its
+                # defaults (the archive on for every message, carbons, push, stream
+                # management...). Room archives stay off, as in ejabberd (a room's `mam`
+                # option defaults to false) and Prosody without muc_mam.
+                render rookery.toml "$d/rookery.toml" "$d"
+                sed -i '/^modules = \[/d' "$d/rookery.toml"
+                ;;
+            ejabberd|ejabberd-mam)
                 mkdir -p "$d/conf" "$d/spool" "$d/logs"
                 render ejabberd.yml "$d/conf/ejabberd.yml" "$d"
+                if [[ $s == ejabberd-mam ]]; then
+                    # mod_mam on its default store (Mnesia), archiving every message like
+                    # Rookery's default preference (ejabberd's own default is `never`: an
+                    # archive nobody writes to).
+                    printf '  mod_mam:\n    default: always\n' >>"$d/conf/ejabberd.yml"
+                fi
                 render ejabberdctl.cfg "$d/conf/ejabberdctl.cfg" "$d"
                 : >"$d/conf/inetrc"
                 printf '#!/bin/sh\nulimit -n "$(ulimit -Hn)"\nexec /usr/bin/erl "$@"\n' >"$d/erl-wrapper"
@@ -332,17 +362,23 @@ prepare_servers() {
                 chmod 755 "$d/erl-wrapper" "$d/start.sh"
                 chown -R ejabberd: "$d"
                 ;;
-            prosody)
+            prosody|prosody-mam)
                 mkdir -p "$d/data" "$d/certs"
                 render prosody.cfg.lua "$d/prosody.cfg.lua" "$d"
+                if [[ $s == prosody-mam ]]; then
+                    # mam on its default store (internal, files), archiving every message
+                    # (default_archive_policy = true, the module's default).
+                    sed -i 's/^\t"register";$/\t"register";\n\t"mam";/' "$d/prosody.cfg.lua"
+                    grep -q '"mam";' "$d/prosody.cfg.lua" || { echo "prosody-mam: mam not added" >&2; exit 1; }
+                fi
                 chown -R prosody: "$d"
                 ;;
         esac
     done
 }
 
-ejabberdctl_() {
-    local d="$WORK/ejabberd"
+ejabberdctl_() { # runs ejabberdctl for the ejabberd instance SERVER_NAME (ejabberd, ejabberd-mam)
+    local d="$WORK/${SERVER_NAME:-ejabberd}"
     ejabberdctl --config-dir "$d/conf" --config "$d/conf/ejabberd.yml" \
         --ctl-config "$d/conf/ejabberdctl.cfg" --logs "$d/logs" --spool "$d/spool" "$@"
 }
@@ -354,8 +390,8 @@ start_server() { # name
         if port_open "$p"; then echo "port $p is in use: cannot start $s" >&2; return 1; fi
     done
     local logf="$OUT/logs/$s.log"
-    case "$s" in
-        rookery|rookery-base)
+    case "$(kind_of "$s")" in
+        rookery)
             taskset -c 0 "$(rookery_bin_of "$s")" serve --config "$d/rookery.toml" >>"$logf" 2>&1 &
             SERVER_PID=$!
             ;;
@@ -370,7 +406,7 @@ start_server() { # name
     SERVER_NAME="$s"
     local i
     for i in $(seq 1 120); do
-        case "$s" in
+        case "$(kind_of "$s")" in
             ejabberd) SERVER_PID="$(pgrep -f "beam.smp.*-sname $EJ_NODE" | head -1 || true)" ;;
             prosody) SERVER_PID="$(pgrep -f "^lua[0-9.]* /usr/bin/prosody --config $d/prosody.cfg.lua" | head -1 || true)" ;;
         esac
@@ -396,8 +432,8 @@ stop_server() {
     [[ -z "$SERVER_PID" ]] && return 0
     local pid="$SERVER_PID" s="$SERVER_NAME"
     SERVER_PID=""
-    if [[ "$s" == ejabberd ]]; then
-        ejabberdctl_ stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    if [[ "$(kind_of "$s")" == ejabberd ]]; then
+        SERVER_NAME="$s" ejabberdctl_ stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
     else
         kill "$pid" 2>/dev/null || true
     fi
@@ -441,8 +477,8 @@ create_accounts() { # server (running)
     local s="$1" PORT
     PORT="$(port_of "$s")"
     local t0=$SECONDS
-    case "$s" in
-        rookery|rookery-base)
+    case "$(kind_of "$s")" in
+        rookery)
             # One `rookery user add` per account (each derives SCRAM-SHA-1/256/512 records),
             # four at a time.
             {
