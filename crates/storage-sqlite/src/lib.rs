@@ -16,6 +16,16 @@
 //! * **Never block the async runtime.** Every store call runs on tokio's blocking pool
 //!   with the connection behind a mutex, except archive appends, which a dedicated writer
 //!   thread commits in batches (each caller is answered after the commit).
+//! * **Archive appends don't queue behind the other stores, nor behind checkpoints.** For a
+//!   database file the archive writer has its own connection (WAL lets the other connection
+//!   read meanwhile; writes of both take SQLite's write lock in turn, waiting up to
+//!   [`BUSY_TIMEOUT`]). Neither connection checkpoints on commit (`wal_autocheckpoint=0`):
+//!   a checkpointer thread with a third connection copies the WAL back into the database
+//!   every [`CHECKPOINT_INTERVAL`] (PASSIVE: it never waits for a writer or reader), and
+//!   makes the WAL start over past [`WAL_RESTART_FRAMES`]. A checkpoint fsyncs the
+//!   database; on the commit path it stalled the archive writer, and with it every
+//!   message, for the length of that fsync. The CLI's connections keep SQLite's default
+//!   automatic checkpoints.
 //! * **Schema versioning.** Migrations (embedded from `migrations/*.sql`) are applied
 //!   once each, in order, each in its own transaction, recorded in `schema_migrations`.
 //!   A database whose schema is newer than this build knows is refused.
@@ -94,6 +104,26 @@ const STATEMENT_CACHE_CAPACITY: usize = 128;
 
 /// How long a writer waits for another connection's lock (the CLI, say).
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// How often the checkpointer copies the WAL back into the database file.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// WAL frames (pages) after which the checkpointer makes the WAL start over (a RESTART
+/// checkpoint). Under constant writes a PASSIVE checkpoint never catches up with the last
+/// frame, so the WAL would only grow: every frame then lands in new file blocks, which
+/// the file system zeroes first — that cost more than all of SQLite's own work. A RESTART
+/// checkpoint waits for the writer's current transaction, copies the few frames the
+/// PASSIVE ones left and syncs, then the next transaction writes the WAL from its start
+/// again, into pages already in the operating system's cache.
+pub const WAL_RESTART_FRAMES: i64 = 16384;
+
+/// The WAL file is cut back to this size when it starts over (`journal_size_limit`).
+const WAL_SIZE_LIMIT: i64 = 256 * 1024 * 1024;
+
+/// Page cache per connection, in KiB (SQLite's default is 2,000 KiB): the archive's index
+/// pages for the accounts being written stay in memory instead of being read again through
+/// the operating system on every append.
+const CACHE_KIB: i64 = 32 * 1024;
 
 type Shared = Arc<Mutex<Connection>>;
 
@@ -198,9 +228,24 @@ impl SqliteBackend {
     /// ones left wider by an earlier version are narrowed here.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         make_private(path)?;
-        let conn = Connection::open(path)
-            .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        let backend = Self::setup(conn, true)?;
+        let open = || {
+            Connection::open(path)
+                .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))
+        };
+        let mut conn = open()?;
+        configure(&mut conn, true)?;
+        migrate(&mut conn)?;
+        let mut writer = open()?;
+        configure(&mut writer, true)?;
+        let mut checkpointer = open()?;
+        configure(&mut checkpointer, true)?;
+        let conn = Arc::new(Mutex::new(conn));
+        // The stores hold the connection: the checkpointer stops when the last one is gone.
+        start_checkpointer(checkpointer, Arc::downgrade(&conn))?;
+        let backend = SqliteBackend {
+            archive_writer: archive::start_writer(Arc::new(Mutex::new(writer)))?,
+            conn,
+        };
         // Opening in WAL mode creates the companions; narrow any an older version left wide.
         for suffix in ["-wal", "-shm"] {
             let mut companion = path.as_os_str().to_owned();
@@ -212,34 +257,10 @@ impl SqliteBackend {
 
     /// A private in-memory database (tests, ephemeral servers).
     pub fn open_in_memory() -> Result<Self, StorageError> {
-        let conn = Connection::open_in_memory().map_err(backend)?;
-        Self::setup(conn, false)
-    }
-
-    fn setup(mut conn: Connection, file: bool) -> Result<Self, StorageError> {
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(backend)?;
-        if file && !mode.eq_ignore_ascii_case("wal") {
-            return Err(StorageError::Backend(format!(
-                "cannot enable WAL journal mode (got {mode})"
-            )));
-        }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", true)
-            .map_err(backend)?;
-        let fk: bool = conn
-            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
-            .map_err(backend)?;
-        if !fk {
-            return Err(StorageError::Backend(
-                "SQLite foreign key support is unavailable".into(),
-            ));
-        }
+        let mut conn = Connection::open_in_memory().map_err(backend)?;
+        configure(&mut conn, false)?;
         migrate(&mut conn)?;
+        // One connection: an in-memory database is private to the connection that made it.
         let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteBackend {
             archive_writer: archive::start_writer(conn.clone())?,
@@ -345,6 +366,84 @@ impl SqliteBackend {
     pub fn schema_version(&self) -> Result<i64, StorageError> {
         current_version(&self.conn.lock())
     }
+}
+
+/// The settings of every connection of the server: busy timeout, statement cache, WAL,
+/// synchronous=NORMAL, foreign keys (required), the page cache, and for database files no
+/// checkpoint on commit (the checkpointer thread does them, see the invariants above).
+fn configure(conn: &mut Connection, file: bool) -> Result<(), StorageError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(backend)?;
+    if file && !mode.eq_ignore_ascii_case("wal") {
+        return Err(StorageError::Backend(format!(
+            "cannot enable WAL journal mode (got {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(backend)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(backend)?;
+    let fk: bool = conn
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .map_err(backend)?;
+    if !fk {
+        return Err(StorageError::Backend(
+            "SQLite foreign key support is unavailable".into(),
+        ));
+    }
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
+        .map_err(backend)?;
+    if file {
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(backend)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Starts the checkpointer of a database file on its own connection: every
+/// [`CHECKPOINT_INTERVAL`] a PASSIVE checkpoint (it copies what no reader still needs,
+/// syncs, and waits for nobody), and a RESTART one when the WAL holds more than
+/// [`WAL_RESTART_FRAMES`] frames. It ends when `alive` can no longer be upgraded (the
+/// backend and every store made from it are gone), after a last checkpoint that empties
+/// the WAL.
+fn start_checkpointer(
+    conn: Connection,
+    alive: std::sync::Weak<Mutex<Connection>>,
+) -> Result<(), StorageError> {
+    // (busy, frames in the WAL, frames copied): `busy` is 1 when a RESTART or TRUNCATE
+    // checkpoint could not finish within the busy timeout.
+    let checkpoint = move |conn: &Connection, mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(|e| tracing::warn!("SQLite {mode} checkpoint failed: {e}"))
+        .ok()
+    };
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_INTERVAL);
+            if alive.upgrade().is_none() {
+                checkpoint(&conn, "TRUNCATE");
+                return;
+            }
+            if let Some((_, frames, _)) = checkpoint(&conn, "PASSIVE") {
+                if frames > WAL_RESTART_FRAMES {
+                    checkpoint(&conn, "RESTART");
+                }
+            }
+        })
+        .map_err(|e| StorageError::Backend(format!("cannot start the checkpointer: {e}")))?;
+    Ok(())
 }
 
 fn current_version(conn: &Connection) -> Result<i64, StorageError> {

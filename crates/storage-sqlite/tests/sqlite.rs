@@ -910,3 +910,64 @@ async fn pubsub_data_persists_and_bad_counts_are_corrupt_not_panics() {
         .execute_batch("UPDATE pubsub_services SET item_count = -1")
         .is_err());
 }
+
+/// The server's connections don't checkpoint on commit: the checkpointer thread copies the
+/// WAL into the database file while appends go on, and empties the WAL once the stores are
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpointer_copies_the_wal_and_empties_it_at_the_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rookery.db");
+    let wal = dir.path().join("rookery.db-wal");
+    let b = SqliteBackend::open(&path).expect("open");
+    let storage = b.storage();
+    storage
+        .accounts
+        .create_account("example.org", "alice", &sample_all(1))
+        .await
+        .expect("account");
+    let size_before = std::fs::metadata(&path).expect("db").len();
+    for i in 0..3000 {
+        let entry = rookery_storage::ArchiveEntry {
+            id: format!("id-{i}"),
+            timestamp_us: 1_000_000 + i,
+            with_bare: "bob@example.org".into(),
+            with_resource: String::new(),
+            stanza: format!(
+                "<message xmlns='jabber:client'><body>{}</body></message>",
+                "x".repeat(200)
+            ),
+        };
+        storage
+            .archive
+            .append_archive("example.org", "alice", &entry)
+            .await
+            .expect("append");
+    }
+    // Nobody here checkpoints: the database file grows only through the checkpointer.
+    let mut grown = false;
+    for _ in 0..50 {
+        if std::fs::metadata(&path).expect("db").len() > size_before + 500_000 {
+            grown = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(grown, "the WAL was not copied into the database file");
+    drop(storage);
+    drop(b);
+    let mut emptied = false;
+    for _ in 0..50 {
+        if std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0 {
+            emptied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(emptied, "the WAL was not emptied once the stores were gone");
+    let c = raw(&path);
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM archive", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 3000);
+}
