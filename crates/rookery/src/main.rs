@@ -58,7 +58,7 @@ enum Command {
     Reload,
     /// Write every account with its data (or those of one domain) to stdout as one XEP-0227
     /// document: SCRAM records, roster, pending subscription requests, vCard, private XML,
-    /// offline messages. Reads only; works while the server runs.
+    /// offline messages, PEP nodes. Reads only; works while the server runs.
     Export { domain: Option<String> },
     /// Create the accounts of a XEP-0227 document (also the older form with plaintext
     /// passwords, which become SCRAM records), or with --prosody of a Prosody data directory.
