@@ -1,6 +1,6 @@
 """`rookery import --prosody DIR`: a real Prosody 0.12 (the Debian package, started privately
 by the federation helpers) gets accounts, a mutual roster subscription, a pending request,
-private XML and offline messages from slixmpp clients; its data directory is imported into an
+private XML, a PEP node and offline messages from slixmpp clients; its data directory is imported into an
 empty Rookery, and the users log in with their old passwords (SCRAM-SHA-1 with the records
 Prosody made, and PLAIN) and find their roster, request and messages. Malformed and hostile
 data directories are refused (exit 1) and change nothing."""
@@ -20,6 +20,12 @@ from harness import ROSTER_NS, LoginError, RookeryServer, connect_client, qn, se
 
 PIE_NS = "urn:xmpp:pie:0"
 NOTES = "<notes xmlns='urn:example:notes'><note>tea at four</note></notes>"
+PUBSUB_NS = "http://jabber.org/protocol/pubsub"
+NICK_NS = "http://jabber.org/protocol/nick"
+NICK = (
+    f"<pubsub xmlns='{PUBSUB_NS}'><publish node='{NICK_NS}'>"
+    f"<item id='current'><nick xmlns='{NICK_NS}'>Al</nick></item></publish></pubsub>"
+)
 
 
 async def roster(client) -> dict[str, ET.Element]:
@@ -99,6 +105,9 @@ async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwor
         await wait_for(mutual, what="mutual subscription on Prosody")
         reply = await a.iq(None, "set", f"<query xmlns='jabber:iq:private'>{NOTES}</query>")
         assert reply["type"] == "result", reply
+        # A PEP node (XEP-0172 nickname) with one item.
+        reply = await a.iq(None, "set", NICK)
+        assert reply["type"] == "result", reply
     async with session(peer, carol) as c:
         c.send_presence(pto=alice.jid, ptype="subscribe")
         await c.iq(peer.domain, "get", "<ping xmlns='urn:xmpp:ping'/>")
@@ -173,6 +182,10 @@ async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwor
             reply = await a.iq(None, "get", "<query xmlns='jabber:iq:private'><notes xmlns='urn:example:notes'/></query>")
             note = reply.xml.find("{jabber:iq:private}query/{urn:example:notes}notes/{urn:example:notes}note")
             assert note is not None and note.text == "tea at four"
+            reply = await a.iq(None, "get", f"<pubsub xmlns='{PUBSUB_NS}'><items node='{NICK_NS}'/></pubsub>")
+            item = reply.xml.find(f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}items/{{{PUBSUB_NS}}}item")
+            assert item is not None and item.get("id") == "current", reply
+            assert item.find(f"{{{NICK_NS}}}nick").text == "Al"
             requests: list[str] = []
             a.add_event_handler("presence_subscribe", lambda p: requests.append(p["from"].bare))
             # The offline messages (in order, with the time Prosody stored them) and Carol's

@@ -16,7 +16,11 @@
 //! * `offline`: an archive (`offline/<user>.list`, one `item({…});` per message) of stanzas
 //!   stored as tables (`{ name = "message"; attr = {…}; [1] = child, … }`).
 //!
-//! Other stores (PEP, MAM archives, blocklists, …) are named on stderr as skipped.
+//! * `pep` (mod_pep: per node its `config`, `affiliations` and `subscribers`) and the items of
+//!   each node in the archive store `pep_<node>` (oldest first, the publisher in `with`).
+//!
+//! Other stores (MAM archives, blocklists, …) and node settings Rookery has no field for are
+//! named on stderr as skipped.
 //!
 //! The data is turned into a XEP-0227 document and read by [`pie::parse_with`], so an import
 //! from Prosody passes exactly the checks of `rookery import FILE` (JIDs, SCRAM records,
@@ -44,18 +48,20 @@ const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Reads a Prosody data directory into a validated document.
 pub fn read(dir: &Path) -> Result<pie::Document> {
-    let root = to_pie(dir)
+    let mut skipped = Vec::new();
+    let root = to_pie(dir, &mut skipped)
         .with_context(|| format!("{} is not a readable Prosody data directory", dir.display()))?;
     let mut doc = pie::parse_with(&root.to_xml(""), &mut |href: &str| {
         bail!("unexpected include of {href}")
     })
     .with_context(|| format!("the Prosody data in {} is not valid", dir.display()))?;
     doc.skipped.extend(skipped_stores(dir)?);
+    doc.skipped.extend(skipped);
     Ok(doc)
 }
 
 /// The directory as a `<server-data>` element.
-fn to_pie(dir: &Path) -> Result<Element> {
+fn to_pie(dir: &Path, skipped: &mut Vec<String>) -> Result<Element> {
     let mut budget = pie::MAX_DOCUMENT_BYTES;
     let mut root = Element::new("server-data", pie::NS);
     for (domain, host_dir) in entries(dir, None)? {
@@ -98,6 +104,20 @@ fn to_pie(dir: &Path) -> Result<Element> {
                     box_.push_child(m);
                 }
                 u.push_child(box_);
+            }
+            if let Some((p, text)) = file("pep", "dat", &mut budget)? {
+                let nodes = load(&text, &p)?;
+                let mut items = |node: &str, budget: &mut usize| -> Result<Option<DataFile>> {
+                    let p = host_dir
+                        .join(encode_store(&format!("pep_{node}")))
+                        .join(format!("{}.list", encode(&user)));
+                    Ok(read_file(&p, budget)?.map(|text| (p, text)))
+                };
+                for el in pep(&nodes, &mut items, &mut budget, skipped)
+                    .with_context(|| ctx("the PEP nodes"))?
+                {
+                    u.push_child(el);
+                }
             }
             host.push_child(u);
         }
@@ -152,6 +172,20 @@ fn encode(name: &str) -> String {
     out
 }
 
+/// `util.datamanager`'s escaping of store names: `%xx` for every byte that is not a letter,
+/// a digit or `_`.
+fn encode_store(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
 fn decode(name: &str) -> Option<String> {
     let b = name.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -168,6 +202,9 @@ fn decode(name: &str) -> Option<String> {
     }
     String::from_utf8(out).ok().filter(|s| !s.is_empty())
 }
+
+/// A data file read: its path (for error messages) and its bytes.
+type DataFile = (PathBuf, Vec<u8>);
 
 /// A file's bytes (None if it does not exist), within [`MAX_FILE_BYTES`] and the budget
 /// left for the whole directory.
@@ -406,6 +443,204 @@ fn offline(v: &Value, domain: &str) -> Result<Element> {
     Ok(m)
 }
 
+/// Prosody's node settings (`util.pubsub` config keys) and the XEP-0060 §16.4.4 fields they
+/// are in the configuration form Rookery reads.
+const NODE_FIELDS: [(&str, &str); 15] = [
+    ("title", "pubsub#title"),
+    ("description", "pubsub#description"),
+    ("type", "pubsub#type"),
+    ("access_model", "pubsub#access_model"),
+    ("roster_groups_allowed", "pubsub#roster_groups_allowed"),
+    ("publish_model", "pubsub#publish_model"),
+    ("max_items", "pubsub#max_items"),
+    ("persist_items", "pubsub#persist_items"),
+    ("deliver_notifications", "pubsub#deliver_notifications"),
+    ("include_payload", "pubsub#deliver_payloads"),
+    ("notify_config", "pubsub#notify_config"),
+    ("notify_delete", "pubsub#notify_delete"),
+    ("notify_retract", "pubsub#notify_retract"),
+    (
+        "send_last_published_item",
+        "pubsub#send_last_published_item",
+    ),
+    ("notification_type", "pubsub#notification_type"),
+];
+
+/// A form value of a Prosody setting.
+fn form_value(v: &Value, what: &str) -> Result<Vec<String>> {
+    Ok(match v {
+        Value::Bool(b) => vec![if *b { "1" } else { "0" }.to_owned()],
+        Value::Int(i) => vec![i.to_string()],
+        Value::Str(_) => vec![text(v, what)?.to_owned()],
+        Value::Table(t) => {
+            let mut out = Vec::new();
+            for item in t.list() {
+                out.push(text(item, what)?.to_owned());
+            }
+            out
+        }
+        other => bail!("{what} is {}", other.kind()),
+    })
+}
+
+/// `pep/<user>.dat` and the `pep_<node>` item archives into XEP-0227's two `<pubsub>`
+/// elements (see [`pie`]).
+fn pep(
+    nodes: &Value,
+    items_of: &mut dyn FnMut(&str, &mut usize) -> Result<Option<DataFile>>,
+    budget: &mut usize,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<Element>> {
+    const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+    const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+    const NS_DATA: &str = "jabber:x:data";
+    let mut owner = Element::new("pubsub", NS_OWNER);
+    let mut all_items = Element::new("pubsub", NS_PUBSUB);
+    let mut names = Vec::new();
+    for (k, v) in &table(nodes, "the PEP nodes")?.entries {
+        let Key::Str(k) = k else {
+            bail!("a PEP node name is not a string");
+        };
+        let name = std::str::from_utf8(k).map_err(|_| anyhow!("a PEP node name is not UTF-8"))?;
+        names.push((name, v));
+    }
+    // The order of a Lua table is arbitrary: sorted, an import is reproducible.
+    names.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, v) in names {
+        let what = format!("node '{name}'");
+        // Before 0.11 a node was stored as `true` (or its persist_items boolean) only.
+        let empty = Table::default();
+        let node = match v {
+            Value::Table(t) => t,
+            Value::Bool(_) => &empty,
+            other => bail!("{what} is {}", other.kind()),
+        };
+        let field = |var: &str, values: &[String]| {
+            let mut f = Element::new("field", NS_DATA).with_attr("var", var);
+            for v in values {
+                f.push_child(Element::new("value", NS_DATA).with_text(v.as_str()));
+            }
+            f
+        };
+        let mut form = Element::new("x", NS_DATA)
+            .with_attr("type", "submit")
+            .with_child(field(
+                "FORM_TYPE",
+                &["http://jabber.org/protocol/pubsub#node_config".to_owned()],
+            ));
+        if let Some(config) = node.get("config") {
+            let mut settings: Vec<(&[u8], &Value)> = Vec::new();
+            for (k, v) in &table(config, &format!("the configuration of {what}"))?.entries {
+                if let Key::Str(k) = k {
+                    settings.push((k, v));
+                }
+            }
+            settings.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in settings {
+                let key = String::from_utf8_lossy(k);
+                match NODE_FIELDS.iter().find(|(p, _)| *p == key) {
+                    Some((_, var)) => {
+                        form.push_child(field(var, &form_value(v, &format!("{what}: {key}"))?))
+                    }
+                    None => skipped.push(format!("the setting '{key}' of PEP {what}")),
+                }
+            }
+        }
+        owner.push_child(
+            Element::new("configure", NS_OWNER)
+                .with_attr("node", name)
+                .with_child(form),
+        );
+        if let Some(affs) = node.get("affiliations") {
+            let mut list = Element::new("affiliations", NS_OWNER).with_attr("node", name);
+            for (k, v) in &table(affs, &format!("the affiliations of {what}"))?.entries {
+                let Key::Str(jid) = k else {
+                    bail!("{what}: an affiliation of something that is not a JID");
+                };
+                let jid =
+                    std::str::from_utf8(jid).map_err(|_| anyhow!("{what}: a JID is not UTF-8"))?;
+                list.push_child(
+                    Element::new("affiliation", NS_OWNER)
+                        .with_attr("jid", jid)
+                        .with_attr("affiliation", text(v, "an affiliation")?),
+                );
+            }
+            owner.push_child(list);
+        }
+        if let Some(subs) = node.get("subscribers") {
+            let mut list = Element::new("subscriptions", NS_OWNER).with_attr("node", name);
+            let mut jids: Vec<(&[u8], &Value)> = Vec::new();
+            for (k, v) in &table(subs, &format!("the subscribers of {what}"))?.entries {
+                let Key::Str(jid) = k else {
+                    bail!("{what}: a subscriber that is not a JID");
+                };
+                jids.push((jid, v));
+            }
+            jids.sort_by(|a, b| a.0.cmp(b.0));
+            for (i, (jid, options)) in jids.into_iter().enumerate() {
+                let jid =
+                    std::str::from_utf8(jid).map_err(|_| anyhow!("{what}: a JID is not UTF-8"))?;
+                // Prosody keeps no subscription ids: one per subscriber is made up.
+                let mut sub = Element::new("subscription", NS_OWNER)
+                    .with_attr("jid", jid)
+                    .with_attr("subscription", "subscribed")
+                    .with_attr("subid", format!("prosody-{}", i + 1));
+                let deliver = options
+                    .as_table()
+                    .and_then(|o| o.get("pubsub#deliver"))
+                    .map(|d| *d != Value::Bool(false))
+                    .unwrap_or(true);
+                if !deliver {
+                    sub.push_child(
+                        Element::new("options", NS_OWNER).with_child(
+                            Element::new("x", NS_DATA)
+                                .with_attr("type", "submit")
+                                .with_child(field("pubsub#deliver", &["0".to_owned()])),
+                        ),
+                    );
+                }
+                list.push_child(sub);
+            }
+            owner.push_child(list);
+        }
+        if let Some((p, bytes)) = items_of(name, budget)? {
+            let stored = lua::parse_items(&bytes).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            let mut list = Element::new("items", NS_PUBSUB).with_attr("node", name);
+            for (i, v) in stored.iter().enumerate() {
+                // The archive holds the payload itself, with the item id as its key and the
+                // publisher as `with`; it adds the time of storage as a `stamp` attribute,
+                // which is not part of the payload.
+                let mut payload =
+                    element(v, "", 0).with_context(|| format!("{what}: item {}", i + 1))?;
+                payload.remove_attr("stamp");
+                let t = table(v, "an item")?;
+                let id = match t.get("key") {
+                    Some(k) => text(k, "an item key")?,
+                    None => bail!("{what}: item {} has no id", i + 1),
+                };
+                let mut item = Element::new("item", NS_PUBSUB).with_attr("id", id);
+                if let Some(w) = t.get("with") {
+                    let w = text(w, "a publisher")?;
+                    if !w.is_empty() {
+                        item.set_attr("publisher", w);
+                    }
+                }
+                item.push_child(payload);
+                list.push_child(item);
+            }
+            all_items.push_child(list);
+        }
+    }
+    let mut out = Vec::new();
+    if owner.children().next().is_some() {
+        out.push(owner);
+    }
+    if all_items.children().next().is_some() {
+        out.push(all_items);
+    }
+    Ok(out)
+}
+
 /// Elements nested deeper are refused (the XEP-0227 document allows 32 levels in all).
 const MAX_ELEMENT_DEPTH: usize = 24;
 
@@ -495,7 +730,7 @@ fn skipped_stores(dir: &Path) -> Result<Vec<String>> {
             continue;
         }
         for (store, _) in entries(&host_dir, None)? {
-            if !STORES.contains(&store.as_str()) {
+            if !STORES.contains(&store.as_str()) && store != "pep" && !store.starts_with("pep_") {
                 out.push(format!("the Prosody store '{store}' of {domain}"));
             }
         }

@@ -1,7 +1,8 @@
 use super::*;
 use rookery_core::Config;
+use rookery_modules::pubsub::config::{AccessModel, MaxItems, NodeConfig};
 use rookery_sasl::{HashAlg, ScramCredentials};
-use rookery_storage::{Storage, Subscription};
+use rookery_storage::{ItemSelection, PubSubService, Storage, Subscription};
 
 fn block<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -149,7 +150,35 @@ fn prosody_dir() -> (tempfile::TempDir, ScramCredentials) {
         "localhost/offline/alice.list",
         &(message("first", "2026-12-06T12:00:00Z") + &message("second", "2026-12-06T12:01:00Z")),
     );
-    write(d, "localhost/pep/alice.dat", "return {};\n");
+    write(
+        d,
+        "localhost/pep/alice.dat",
+        r#"return {
+	["urn:xmpp:mood"] = {
+		["name"] = "urn:xmpp:mood";
+		["config"] = {
+			["access_model"] = "open";
+			["max_items"] = 10;
+			["persist_items"] = true;
+			["title"] = "Moods";
+			["itemreply"] = "owner";
+		};
+		["affiliations"] = {
+			["bob-2@localhost"] = "publisher";
+		};
+		["subscribers"] = {
+			["bob-2@localhost"] = true;
+		};
+	};
+};
+"#,
+    );
+    write(
+        d,
+        "localhost/pep_urn%3axmpp%3amood/alice.list",
+        "item({\n\t[\"key\"] = \"m1\";\n\t[\"with\"] = \"alice@localhost\";\n\t[\"attr\"] = {\n\t\t[\"xmlns\"] = \"http://jabber.org/protocol/mood\";\n\t\t[\"stamp\"] = \"2026-12-06T12:00:00Z\";\n\t};\n\t[\"name\"] = \"mood\";\n\t[1] = { [\"name\"] = \"happy\"; [\"attr\"] = {}; };\n\t[\"when\"] = 1796573995;\n});\nitem({ key = \"m2\"; with = \"bob-2@localhost\"; name = \"mood\"; attr = { xmlns = \"http://jabber.org/protocol/mood\" }; { name = \"sad\"; attr = {} } });\n",
+    );
+    write(d, "localhost/archive/alice.list", "");
     write(d, "conference%2elocalhost/persistent.dat", "return {};\n");
     (dir, c)
 }
@@ -180,7 +209,8 @@ fn imports_accounts_and_their_data() {
             doc.skipped,
             vec![
                 "the Prosody data of conference.localhost (it has no accounts)".to_owned(),
-                "the Prosody store 'pep' of localhost".to_owned(),
+                "the Prosody store 'archive' of localhost".to_owned(),
+                "the setting 'itemreply' of PEP node 'urn:xmpp:mood'".to_owned(),
             ]
         );
         let s = Storage::memory();
@@ -270,6 +300,65 @@ fn imports_accounts_and_their_data() {
             "<message xmlns=\"jabber:client\" type=\"chat\" to=\"alice@localhost\" from=\"bob-2@localhost/phone\" xml:lang=\"en\"><body>first</body><delay xmlns=\"urn:xmpp:delay\" from=\"localhost\" stamp=\"2026-12-06T12:00:00Z\">Offline Storage</delay></message>"
         );
         assert!(offline[1].1.contains("<body>second</body>"));
+
+        // The PEP node with its settings, the affiliations (the owner's made by the store),
+        // the subscriber and the items in their order, the archive's stamp left out.
+        let pep = PubSubService::Account {
+            domain: "localhost",
+            user: "alice",
+        };
+        let nodes = s.pubsub.list_nodes(pep).await.unwrap();
+        assert_eq!(nodes.len(), 1);
+        let config = NodeConfig::from_doc(&nodes[0].config).unwrap();
+        assert_eq!(config.title, "Moods");
+        assert_eq!(config.access_model, AccessModel::Open);
+        assert_eq!(config.max_items, MaxItems::Count(10));
+        assert_eq!(
+            s.pubsub.affiliations(pep, "urn:xmpp:mood").await.unwrap(),
+            vec![
+                ("alice@localhost".to_owned(), "owner".to_owned()),
+                ("bob-2@localhost".to_owned(), "publisher".to_owned())
+            ]
+        );
+        let subs = s.pubsub.subscriptions(pep, "urn:xmpp:mood").await.unwrap();
+        assert_eq!(subs.len(), 1);
+        assert_eq!(
+            (subs[0].jid.as_str(), subs[0].state.as_str()),
+            ("bob-2@localhost", "subscribed")
+        );
+        let page = s
+            .pubsub
+            .get_items(
+                pep,
+                "urn:xmpp:mood",
+                ItemSelection::Page {
+                    after: None,
+                    before: None,
+                    max: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let items: Vec<(&str, &str, &str)> = page
+            .items
+            .iter()
+            .map(|i| (i.id.as_str(), i.publisher.as_str(), i.payload.as_str()))
+            .collect();
+        assert_eq!(
+            items,
+            vec![
+                (
+                    "m2",
+                    "bob-2@localhost",
+                    "<mood xmlns=\"http://jabber.org/protocol/mood\"><sad/></mood>"
+                ),
+                (
+                    "m1",
+                    "alice@localhost",
+                    "<mood xmlns=\"http://jabber.org/protocol/mood\"><happy/></mood>"
+                ),
+            ]
+        );
     });
 }
 
@@ -334,6 +423,16 @@ fn refuses_malformed_and_hostile_directories() {
             "not UTF-8",
         ),
         ("localhost/accounts/%zz.dat", "return {};".into(), "not a name Prosody writes"),
+        (
+            "localhost/pep/alice.dat",
+            "return { [\"n\"] = { config = { access_model = \"everyone\" } } };".into(),
+            "unknown access model",
+        ),
+        (
+            "localhost/pep_urn%3axmpp%3amood/alice.list",
+            "item({ name = \"mood\"; attr = {} });".into(),
+            "has no id",
+        ),
     ];
     for (rel, text, expected) in cases {
         let (dir, _) = prosody_dir();
