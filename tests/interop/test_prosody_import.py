@@ -108,6 +108,9 @@ async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwor
         # A PEP node (XEP-0172 nickname) with one item.
         reply = await a.iq(None, "set", NICK)
         assert reply["type"] == "result", reply
+        # A vCard: Prosody's mod_vcard_legacy keeps it as the PEP node urn:xmpp:vcard4.
+        reply = await a.iq(None, "set", "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN></vCard>")
+        assert reply["type"] == "result", reply
     async with session(peer, carol) as c:
         c.send_presence(pto=alice.jid, ptype="subscribe")
         await c.iq(peer.domain, "get", "<ping xmlns='urn:xmpp:ping'/>")
@@ -186,6 +189,12 @@ async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwor
             item = reply.xml.find(f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}items/{{{PUBSUB_NS}}}item")
             assert item is not None and item.get("id") == "current", reply
             assert item.find(f"{{{NICK_NS}}}nick").text == "Al"
+            reply = await a.iq(None, "get", f"<pubsub xmlns='{PUBSUB_NS}'><items node='urn:xmpp:vcard4'/></pubsub>")
+            vcard4 = "urn:ietf:params:xml:ns:vcard-4.0"
+            fn = reply.xml.find(
+                f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}items/{{{PUBSUB_NS}}}item/{{{vcard4}}}vcard/{{{vcard4}}}fn/{{{vcard4}}}text"
+            )
+            assert fn is not None and fn.text == "Alice Liddell", reply
             requests: list[str] = []
             a.add_event_handler("presence_subscribe", lambda p: requests.append(p["from"].bare))
             # The offline messages (in order, with the time Prosody stored them) and Carol's

@@ -542,6 +542,8 @@ fn pep(
                     Some((_, var)) => {
                         form.push_child(field(var, &form_value(v, &format!("{what}: {key}"))?))
                     }
+                    // `_defaults_only` and the like: Prosody's own bookkeeping.
+                    None if key.starts_with('_') => {}
                     None => skipped.push(format!("the setting '{key}' of PEP {what}")),
                 }
             }
