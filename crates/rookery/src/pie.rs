@@ -37,7 +37,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rookery_core::Config;
 use rookery_modules::form::Submitted;
-use rookery_modules::pubsub::config::{Limits as NodeLimits, NodeConfig, NS_NODE_CONFIG};
+use rookery_modules::pubsub::config::{
+    ConfigError, Limits as NodeLimits, NodeConfig, NS_NODE_CONFIG,
+};
 use rookery_modules::pubsub::pep::PepSettings;
 use rookery_modules::vcard::VcardLimits;
 use rookery_modules::{offline::OfflineLimits, private::PrivateLimits, roster::RosterLimits};
@@ -710,7 +712,8 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
                 a.offline.push(m.clone());
             }
         } else if el.is("pubsub", NS_PUBSUB_OWNER) {
-            parse_pep_owner(&mut a.pep, el).with_context(|| format!("{who}: bad PEP node data"))?;
+            parse_pep_owner(&mut a.pep, el, &who, skipped)
+                .with_context(|| format!("{who}: bad PEP node data"))?;
         } else if el.is("pubsub", NS_PUBSUB) {
             parse_pep_items(&mut a.pep, el).with_context(|| format!("{who}: bad PEP items"))?;
         } else {
@@ -766,7 +769,12 @@ fn pep_node<'a>(nodes: &'a mut Vec<PepNode>, el: &Element) -> Result<&'a mut Pep
     Ok(&mut nodes[i])
 }
 
-fn parse_pep_owner(nodes: &mut Vec<PepNode>, el: &Element) -> Result<()> {
+fn parse_pep_owner(
+    nodes: &mut Vec<PepNode>,
+    el: &Element,
+    who: &str,
+    skipped: &mut Vec<String>,
+) -> Result<()> {
     for c in el.children() {
         match c.name() {
             "configure" => {
@@ -780,10 +788,21 @@ fn parse_pep_owner(nodes: &mut Vec<PepNode>, el: &Element) -> Result<()> {
                     max_items: usize::MAX,
                     max_item_bytes: 0,
                 };
+                // Field by field: a field this server has no setting for (other servers
+                // offer more) is named and skipped; a bad value of a known one refuses.
                 let mut config = NodeConfig::pep();
-                config
-                    .apply_form(&Submitted::of(form), &limits)
-                    .map_err(|e| anyhow!("{what}: bad configuration: {e}"))?;
+                for field in form.children().filter(|f| f.is("field", NS_DATA)) {
+                    let one = Element::new("x", NS_DATA)
+                        .with_attr("type", "submit")
+                        .with_child(field.clone());
+                    match config.apply_form(&Submitted::of(&one), &limits) {
+                        Ok(()) => {}
+                        Err(ConfigError::UnknownField(var)) => {
+                            skipped.push(format!("the setting '{var}' of PEP {what} of {who}"))
+                        }
+                        Err(e) => bail!("{what}: bad configuration: {e}"),
+                    }
+                }
                 n.config = config;
             }
             "affiliations" => {
@@ -794,6 +813,9 @@ fn parse_pep_owner(nodes: &mut Vec<PepNode>, el: &Element) -> Result<()> {
                         .ok_or_else(|| anyhow!("an affiliation without a jid"))?;
                     let jid = bare(jid, "an affiliation of")?;
                     let aff = a.attr("affiliation").unwrap_or("none");
+                    if aff == "none" {
+                        continue;
+                    }
                     if !["owner", "publisher", "publish-only", "member", "outcast"].contains(&aff) {
                         bail!("node '{}': unknown affiliation '{aff}'", n.node);
                     }
@@ -819,12 +841,15 @@ fn parse_pep_owner(nodes: &mut Vec<PepNode>, el: &Element) -> Result<()> {
                     if !["subscribed", "pending", "unconfigured"].contains(&state) {
                         bail!("node '{}': unknown subscription state '{state}'", n.node);
                     }
-                    let subid = s
-                        .attr("subid")
-                        .filter(|id| !id.is_empty() && id.len() <= MAX_NODE_NAME)
-                        .ok_or_else(|| {
-                            anyhow!("node '{}': a subscription without a subid", n.node)
-                        })?;
+                    // Servers without subscription ids (Prosody) write none: one is made up.
+                    let subid = match s.attr("subid") {
+                        Some(id) if !id.is_empty() && id.len() <= MAX_NODE_NAME => id.to_owned(),
+                        Some(_) => bail!(
+                            "node '{}': a subid of 1 to {MAX_NODE_NAME} bytes expected",
+                            n.node
+                        ),
+                        None => format!("imported-{}", n.subscriptions.len() + 1),
+                    };
                     let deliver = match s
                         .get_child("options", NS_PUBSUB_OWNER)
                         .and_then(|o| o.get_child("x", NS_DATA))
@@ -837,7 +862,7 @@ fn parse_pep_owner(nodes: &mut Vec<PepNode>, el: &Element) -> Result<()> {
                     };
                     let record = SubscriptionRecord {
                         jid: parsed.to_string(),
-                        subid: subid.to_owned(),
+                        subid,
                         state: state.to_owned(),
                         options: if deliver {
                             String::new()

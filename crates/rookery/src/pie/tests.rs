@@ -414,8 +414,12 @@ fn malformed_documents_are_refused() {
             "unknown affiliation 'king'",
         ),
         (
-            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='n'><subscription jid='x@y' subscription='subscribed'/></subscriptions></pubsub>"),
-            "without a subid",
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='n'><subscription jid='x@y' subscription='subscribed' subid=''/></subscriptions></pubsub>"),
+            "a subid of 1 to 1024 bytes",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='n'><subscription jid='x@y' subscription='maybe'/></subscriptions></pubsub>"),
+            "unknown subscription state 'maybe'",
         ),
         (
             with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node=''/></pubsub>"),
@@ -435,6 +439,51 @@ fn malformed_documents_are_refused() {
     }
     let huge = " ".repeat(MAX_DOCUMENT_BYTES + 1);
     assert!(refused(&huge).contains("larger than"));
+}
+
+/// PEP data as Prosody's XEP-0227 storage writes it: configuration fields Rookery has no
+/// setting for (named and skipped), an affiliation `none`, subscriptions without subid.
+#[test]
+fn reads_pep_nodes_other_servers_write() {
+    let doc = parse(&with_user(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>\
+           <configure node='urn:xmpp:microblog:0'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#access_model'><value>open</value></field>\
+             <field var='pubsub#itemreply'><value>owner</value></field>\
+           </x></configure>\
+           <affiliations node='urn:xmpp:microblog:0'><affiliation jid='x@y' affiliation='none'/></affiliations>\
+           <subscriptions node='urn:xmpp:microblog:0'><subscription jid='b@y' subscribed='subscribed'/><subscription jid='a@y' subscribed='subscribed'/></subscriptions>\
+         </pubsub>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:microblog:0'>\
+           <item id='1'><entry xmlns='http://www.w3.org/2005/Atom'><title>hi</title></entry></item>\
+         </items></pubsub>",
+    ))
+    .unwrap();
+    let n = &doc.hosts[0].accounts[0].pep[0];
+    assert_eq!(n.node, "urn:xmpp:microblog:0");
+    assert_eq!(
+        n.config.access_model,
+        rookery_modules::pubsub::config::AccessModel::Open
+    );
+    assert!(n.affiliations.is_empty());
+    let subs: Vec<(&str, &str, &str)> = n
+        .subscriptions
+        .iter()
+        .map(|s| (s.jid.as_str(), s.subid.as_str(), s.state.as_str()))
+        .collect();
+    assert_eq!(
+        subs,
+        [
+            ("a@y", "imported-2", "subscribed"),
+            ("b@y", "imported-1", "subscribed")
+        ]
+    );
+    assert_eq!(n.items.len(), 1);
+    assert_eq!(
+        doc.skipped,
+        ["the setting 'pubsub#itemreply' of PEP node 'urn:xmpp:microblog:0' of u@localhost"]
+    );
 }
 
 #[test]
