@@ -121,7 +121,13 @@ fn to_pie(dir: &Path, skipped: &mut Vec<String>) -> Result<Element> {
             }
             host.push_child(u);
         }
-        root.push_child(host);
+        // A host without accounts (Prosody's default `localhost`, say) is nothing to
+        // import, and no reason to refuse a configuration that does not serve it.
+        if host.children().next().is_some() {
+            root.push_child(host);
+        } else {
+            skipped.push(format!("the Prosody data of {domain} (it has no accounts)"));
+        }
     }
     Ok(root)
 }

@@ -180,6 +180,7 @@ fn prosody_dir() -> (tempfile::TempDir, ScramCredentials) {
     );
     write(d, "localhost/archive/alice.list", "");
     write(d, "conference%2elocalhost/persistent.dat", "return {};\n");
+    std::fs::create_dir_all(d.join("example%2enet/accounts")).unwrap();
     (dir, c)
 }
 
@@ -210,6 +211,7 @@ fn imports_accounts_and_their_data() {
             vec![
                 "the Prosody data of conference.localhost (it has no accounts)".to_owned(),
                 "the Prosody store 'archive' of localhost".to_owned(),
+                "the Prosody data of example.net (it has no accounts)".to_owned(),
                 "the setting 'itemreply' of PEP node 'urn:xmpp:mood'".to_owned(),
             ]
         );
