@@ -675,11 +675,20 @@ async fn import(config: &Config, file: &Path, prosody: bool, skip_existing: bool
         })
         .collect();
     if !partial.is_empty() {
+        // A whole server's accounts (Prosody keeps SHA-1 only) would make a line of
+        // thousands of names: the first ones say enough.
+        const NAMED: usize = 20;
+        let more = partial.len().saturating_sub(NAMED);
         eprintln!(
             "rookery: warning: {} accounts have SCRAM records for some hashes only, and log in \
-             only with those mechanisms until their password is changed: {}",
+             only with those mechanisms until their password is changed: {}{}",
             partial.len(),
-            partial.join(", ")
+            partial[..partial.len().min(NAMED)].join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         );
     }
     println!(
