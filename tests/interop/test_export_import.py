@@ -17,6 +17,12 @@ from harness import CLIENT_NS, ROSTER_NS, LoginError, RookeryServer, connect_cli
 PIE_NS = "urn:xmpp:pie:0"
 VCARD = "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN><NICKNAME>al</NICKNAME></vCard>"
 NOTES = "<notes xmlns='urn:example:notes'><note>tea at four</note></notes>"
+PUBSUB_NS = "http://jabber.org/protocol/pubsub"
+NICK_NS = "http://jabber.org/protocol/nick"
+NICK = (
+    f"<pubsub xmlns='{PUBSUB_NS}'><publish node='{NICK_NS}'>"
+    f"<item id='current'><nick xmlns='{NICK_NS}'>Al</nick></item></publish></pubsub>"
+)
 
 
 async def roster(client) -> dict[str, ET.Element]:
@@ -59,7 +65,7 @@ def export(server) -> str:
 
 async def populate(src, alice, bob, carol) -> None:
     """Alice: a mutual subscription with Bob (named, grouped), a request from Carol pending,
-    a vCard, a private element and two offline messages from Bob."""
+    a vCard, a private element, a PEP node with an item and two offline messages from Bob."""
     async with session(src, alice) as a, session(src, bob) as b:
         await a.iq(
             None,
@@ -85,6 +91,8 @@ async def populate(src, alice, bob, carol) -> None:
         assert reply["type"] == "result"
         reply = await a.iq(None, "set", f"<query xmlns='jabber:iq:private'>{NOTES}</query>")
         assert reply["type"] == "result"
+        reply = await a.iq(None, "set", NICK)
+        assert reply["type"] == "result", reply
     async with session(src, carol) as c:
         c.send_presence(pto=alice.jid, ptype="subscribe")
         await asyncio.sleep(0.5)
@@ -118,6 +126,11 @@ async def test_export_then_import_into_an_empty_server(make_server, tmp_path):
     # Carol's request is pending in Alice's account.
     pending = users[alice.localpart].findall(qn(CLIENT_NS, "presence"))
     assert [(p.get("type"), p.get("from").split("/")[0]) for p in pending] == [("subscribe", carol.jid)]
+    # Alice's PEP node: its configuration and affiliations, and the item (XEP-0227 1.1).
+    owner = users[alice.localpart].find(f"{{{PUBSUB_NS}#owner}}pubsub")
+    assert owner is not None and owner.find(f"{{{PUBSUB_NS}#owner}}configure").get("node") == NICK_NS
+    nick = users[alice.localpart].find(f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}items/{{{PUBSUB_NS}}}item/{{{NICK_NS}}}nick")
+    assert nick is not None and nick.text == "Al"
     path = tmp_path / "export.xml"
     path.write_text(document)
 
@@ -174,6 +187,9 @@ async def test_export_then_import_into_an_empty_server(make_server, tmp_path):
             reply = await a.iq(None, "get", "<query xmlns='jabber:iq:private'><notes xmlns='urn:example:notes'/></query>")
             note = reply.xml.find("{jabber:iq:private}query/{urn:example:notes}notes/{urn:example:notes}note")
             assert note is not None and note.text == "tea at four"
+            reply = await a.iq(None, "get", f"<pubsub xmlns='{PUBSUB_NS}'><items node='{NICK_NS}'/></pubsub>")
+            nick = reply.xml.find(f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}items/{{{PUBSUB_NS}}}item/{{{NICK_NS}}}nick")
+            assert nick is not None and nick.text == "Al", reply
             # Offline messages come with the first available presence.
             a.send_presence()
             first = await a.next_message(timeout=10)

@@ -2,6 +2,7 @@
 
 mod admin;
 mod pie;
+mod prosody;
 mod reload;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -57,13 +58,19 @@ enum Command {
     Reload,
     /// Write every account with its data (or those of one domain) to stdout as one XEP-0227
     /// document: SCRAM records, roster, pending subscription requests, vCard, private XML,
-    /// offline messages. Reads only; works while the server runs.
+    /// offline messages, PEP nodes. Reads only; works while the server runs.
     Export { domain: Option<String> },
     /// Create the accounts of a XEP-0227 document (also the older form with plaintext
-    /// passwords, which become SCRAM records). The whole file is checked first: a refused
-    /// document changes nothing.
+    /// passwords, which become SCRAM records), or with --prosody of a Prosody data directory.
+    /// Everything is checked first: a refused import changes nothing.
     Import {
+        /// The document, or with --prosody the directory.
+        #[arg(value_name = "FILE|DIR")]
         file: PathBuf,
+        /// Read a Prosody data directory (internal storage: accounts with their SCRAM-SHA-1
+        /// records or passwords, rosters, vCards, private XML, offline messages).
+        #[arg(long)]
+        prosody: bool,
         /// Leave accounts that already exist as they are and import the others (without it,
         /// an existing account refuses the whole document).
         #[arg(long)]
@@ -205,8 +212,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { domain } => rt.block_on(export(&config, domain)),
         Command::Import {
             file,
+            prosody,
             skip_existing,
-        } => rt.block_on(import(&config, &file, skip_existing)),
+        } => rt.block_on(import(&config, &file, prosody, skip_existing)),
     }
 }
 
@@ -607,13 +615,17 @@ async fn export(config: &Config, domain: Option<String>) -> Result<()> {
     Ok(())
 }
 
-async fn import(config: &Config, file: &Path, skip_existing: bool) -> Result<()> {
+async fn import(config: &Config, file: &Path, prosody: bool, skip_existing: bool) -> Result<()> {
     if config.storage.backend == StorageBackend::Memory {
         bail!("the memory storage backend keeps no accounts between runs");
     }
     // The whole document is read and validated, then checked against the configuration and
     // the database, before anything is written: a refused document changes nothing.
-    let doc = pie::read(file)?;
+    let doc = if prosody {
+        prosody::read(file)?
+    } else {
+        pie::read(file)?
+    };
     for s in &doc.skipped {
         eprintln!("rookery: skipped {s} (not kept by this server)");
     }
@@ -663,11 +675,20 @@ async fn import(config: &Config, file: &Path, skip_existing: bool) -> Result<()>
         })
         .collect();
     if !partial.is_empty() {
+        // A whole server's accounts (Prosody keeps SHA-1 only) would make a line of
+        // thousands of names: the first ones say enough.
+        const NAMED: usize = 20;
+        let more = partial.len().saturating_sub(NAMED);
         eprintln!(
             "rookery: warning: {} accounts have SCRAM records for some hashes only, and log in \
-             only with those mechanisms until their password is changed: {}",
+             only with those mechanisms until their password is changed: {}{}",
             partial.len(),
-            partial.join(", ")
+            partial[..partial.len().min(NAMED)].join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         );
     }
     println!(

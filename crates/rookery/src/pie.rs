@@ -8,14 +8,22 @@
 //! * the roster (`<query xmlns='jabber:iq:roster'>`: jid, name, subscription, ask, approved,
 //!   groups), pending incoming subscription requests (`<presence type='subscribe'/>`), the
 //!   vCard (`<vCard xmlns='vcard-temp'>`), private XML (`<query xmlns='jabber:iq:private'>`)
-//!   and offline messages in arrival order (`<offline-messages>`).
+//!   and offline messages in arrival order (`<offline-messages>`);
+//! * the account's PEP nodes (XEP-0163) as XEP-0227 1.1 shows them: a
+//!   `<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>` with per node its
+//!   `<configure node='…'>` (the node configuration as a submitted XEP-0004 form),
+//!   `<affiliations node='…'>` and `<subscriptions node='…'>` (XEP-0060 §8.9 and §8.8 forms),
+//!   and a `<pubsub xmlns='http://jabber.org/protocol/pubsub'>` with the items of each node,
+//!   oldest first (`<items node='…'><item id='…' publisher='…'>payload</item></items>`, as
+//!   XEP-0060 §6.5 answers). When items were published is not part of the format: imported
+//!   items keep their order and get the time of the import.
 //!
 //! Import also reads the older forms (XEP-0227 0.x, and what `ejabberdctl export_piefxis`
 //! writes): the namespace of versions before 0.7; a plaintext `password` attribute on
 //! `<user>`, turned into SCRAM records at once and never stored, or ejabberd's SCRAM record
 //! in it (`scram:StoredKey,ServerKey,Salt,Iterations`); a main file that includes one file per
 //! host (`<xi:include href='…'/>`, a file name in the same directory only). Elements this
-//! server keeps no data for (privacy lists, PEP nodes, archives) are skipped and named on
+//! server keeps no data for (privacy lists, archives) are skipped and named on
 //! stderr.
 //!
 //! Import is two steps: [`parse`] reads and validates the whole document (XML limits, JIDs,
@@ -28,11 +36,18 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rookery_core::Config;
+use rookery_modules::form::Submitted;
+use rookery_modules::pubsub::config::{
+    ConfigError, Limits as NodeLimits, NodeConfig, NS_NODE_CONFIG,
+};
+use rookery_modules::pubsub::pep::PepSettings;
 use rookery_modules::vcard::VcardLimits;
 use rookery_modules::{offline::OfflineLimits, private::PrivateLimits, roster::RosterLimits};
 use rookery_sasl::{HashAlg, ScramCredentials};
 use rookery_stanza::{BareJid, Jid};
-use rookery_storage::{RosterItem, Storage, Subscription};
+use rookery_storage::{
+    ItemRecord, ItemSelection, PubSubService, RosterItem, Storage, Subscription, SubscriptionRecord,
+};
 use rookery_xml::{Element, Limits};
 use std::collections::HashSet;
 
@@ -49,6 +64,15 @@ const NS_CLIENT: &str = "jabber:client";
 const NS_VCARD: &str = rookery_modules::vcard::NS;
 const NS_PRIVATE: &str = rookery_modules::private::NS;
 const VCARD_STORE: &str = rookery_modules::vcard::STORE;
+const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const NS_PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+const NS_DATA: &str = "jabber:x:data";
+const NS_SUBSCRIBE_OPTIONS: &str = "http://jabber.org/protocol/pubsub#subscribe_options";
+/// Bytes of a PEP node name.
+pub const MAX_NODE_NAME: usize = 1024;
+/// The stored options of a subscription that asked for no notifications (`pubsub#deliver`
+/// false, XEP-0060 §6.3.7); the only options the PubSub module keeps.
+const NO_DELIVERY: &str = "nodeliver";
 const PRIVATE_STORE: &str = rookery_modules::private::STORE;
 
 /// Bytes of a document `import` reads; larger files are refused before being read.
@@ -86,6 +110,33 @@ pub struct Account {
     pub private: Vec<Element>,
     /// `<message xmlns='jabber:client'>` stanzas, oldest first.
     pub offline: Vec<Element>,
+    /// PEP nodes, sorted by name.
+    pub pep: Vec<PepNode>,
+}
+
+/// One PEP node of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PepNode {
+    pub node: String,
+    pub config: NodeConfig,
+    /// `(bare JID, affiliation)`, sorted by JID.
+    pub affiliations: Vec<(String, String)>,
+    /// Sorted by (JID, subid).
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// Oldest first: `(id, publisher, payload)`.
+    pub items: Vec<(String, String, Option<Element>)>,
+}
+
+impl PepNode {
+    fn new(node: String) -> Self {
+        PepNode {
+            node,
+            config: NodeConfig::pep(),
+            affiliations: Vec::new(),
+            subscriptions: Vec::new(),
+            items: Vec::new(),
+        }
+    }
 }
 
 impl Account {
@@ -98,6 +149,7 @@ impl Account {
             vcard: None,
             private: Vec::new(),
             offline: Vec::new(),
+            pep: Vec::new(),
         }
     }
 }
@@ -168,7 +220,146 @@ async fn export_account(storage: &Storage, domain: &str, node: &str) -> Result<A
     for (_, xml) in storage.offline.peek_offline(domain, node, count).await? {
         a.offline.push(stored("offline message", &xml)?);
     }
+    let service = PubSubService::Account { domain, user: node };
+    for rec in storage.pubsub.list_nodes(service).await? {
+        let mut n = PepNode::new(rec.node.clone());
+        let what = format!("PEP node '{}'", rec.node);
+        n.config = NodeConfig::from_doc(&rec.config)
+            .ok_or_else(|| anyhow!("the stored configuration of {what} is unreadable"))?;
+        n.affiliations = storage.pubsub.affiliations(service, &rec.node).await?;
+        n.subscriptions = storage.pubsub.subscriptions(service, &rec.node).await?;
+        let page = |max| ItemSelection::Page {
+            after: None,
+            before: None,
+            max,
+        };
+        let count = storage
+            .pubsub
+            .get_items(service, &rec.node, page(0))
+            .await?
+            .count;
+        let items = storage
+            .pubsub
+            .get_items(service, &rec.node, page(count))
+            .await?
+            .items;
+        // Newest first in storage; oldest first in the document, the order to publish them in.
+        for i in items.into_iter().rev() {
+            let payload = if i.payload.is_empty() {
+                None
+            } else {
+                Some(stored(&format!("item of {what}"), &i.payload)?)
+            };
+            n.items.push((i.id, i.publisher, payload));
+        }
+        a.pep.push(n);
+    }
     Ok(a)
+}
+
+/// A node's configuration as a submitted form: FORM_TYPE and each field's values (the
+/// service's own read-only fields left out).
+fn config_form(c: &NodeConfig) -> Element {
+    let limits = NodeLimits {
+        max_items: usize::MAX,
+        max_item_bytes: 0,
+    };
+    let full = c.form("submit", NS_NODE_CONFIG, &limits);
+    let mut form = Element::new("x", NS_DATA).with_attr("type", "submit");
+    for f in full.children().filter(|f| f.is("field", NS_DATA)) {
+        let Some(var) = f.attr("var") else { continue };
+        if matches!(var, "pubsub#max_payload_size" | "pubsub#node_type") {
+            continue;
+        }
+        let mut field = Element::new("field", NS_DATA).with_attr("var", var);
+        if var == "FORM_TYPE" {
+            field.set_attr("type", "hidden");
+        }
+        for v in f.children().filter(|v| v.is("value", NS_DATA)) {
+            field.push_child(Element::new("value", NS_DATA).with_text(v.text()));
+        }
+        form.push_child(field);
+    }
+    form
+}
+
+fn pep_elements(a: &Account) -> Vec<Element> {
+    if a.pep.is_empty() {
+        return Vec::new();
+    }
+    let mut owner = Element::new("pubsub", NS_PUBSUB_OWNER);
+    let mut items_el = Element::new("pubsub", NS_PUBSUB);
+    for n in &a.pep {
+        let node = n.node.as_str();
+        owner.push_child(
+            Element::new("configure", NS_PUBSUB_OWNER)
+                .with_attr("node", node)
+                .with_child(config_form(&n.config)),
+        );
+        if !n.affiliations.is_empty() {
+            let mut affs = Element::new("affiliations", NS_PUBSUB_OWNER).with_attr("node", node);
+            for (jid, aff) in &n.affiliations {
+                affs.push_child(
+                    Element::new("affiliation", NS_PUBSUB_OWNER)
+                        .with_attr("jid", jid.as_str())
+                        .with_attr("affiliation", aff.as_str()),
+                );
+            }
+            owner.push_child(affs);
+        }
+        if !n.subscriptions.is_empty() {
+            let mut subs = Element::new("subscriptions", NS_PUBSUB_OWNER).with_attr("node", node);
+            for s in &n.subscriptions {
+                let mut sub = Element::new("subscription", NS_PUBSUB_OWNER)
+                    .with_attr("jid", s.jid.as_str())
+                    .with_attr("subscription", s.state.as_str())
+                    .with_attr("subid", s.subid.as_str());
+                if s.options == NO_DELIVERY {
+                    sub.push_child(
+                        Element::new("options", NS_PUBSUB_OWNER).with_child(
+                            Element::new("x", NS_DATA)
+                                .with_attr("type", "submit")
+                                .with_child(
+                                    Element::new("field", NS_DATA)
+                                        .with_attr("var", "FORM_TYPE")
+                                        .with_attr("type", "hidden")
+                                        .with_child(
+                                            Element::new("value", NS_DATA)
+                                                .with_text(NS_SUBSCRIBE_OPTIONS),
+                                        ),
+                                )
+                                .with_child(
+                                    Element::new("field", NS_DATA)
+                                        .with_attr("var", "pubsub#deliver")
+                                        .with_child(Element::new("value", NS_DATA).with_text("0")),
+                                ),
+                        ),
+                    );
+                }
+                subs.push_child(sub);
+            }
+            owner.push_child(subs);
+        }
+        if !n.items.is_empty() {
+            let mut list = Element::new("items", NS_PUBSUB).with_attr("node", node);
+            for (id, publisher, payload) in &n.items {
+                let mut item = Element::new("item", NS_PUBSUB).with_attr("id", id.as_str());
+                if !publisher.is_empty() {
+                    item.set_attr("publisher", publisher.as_str());
+                }
+                if let Some(p) = payload {
+                    item.push_child(p.clone());
+                }
+                list.push_child(item);
+            }
+            items_el.push_child(list);
+        }
+    }
+    let mut out = vec![owner];
+    if items_el.children().next().is_some() {
+        out.push(items_el);
+    }
+    out
 }
 
 /// The document as XML, with an XML declaration and a final newline.
@@ -246,6 +437,9 @@ fn account_element(a: &Account) -> Element {
             box_.push_child(m.clone());
         }
         user.push_child(box_);
+    }
+    for p in pep_elements(a) {
+        user.push_child(p);
     }
     user
 }
@@ -517,10 +711,16 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
                 })?;
                 a.offline.push(m.clone());
             }
+        } else if el.is("pubsub", NS_PUBSUB_OWNER) {
+            parse_pep_owner(&mut a.pep, el, &who, skipped)
+                .with_context(|| format!("{who}: bad PEP node data"))?;
+        } else if el.is("pubsub", NS_PUBSUB) {
+            parse_pep_items(&mut a.pep, el).with_context(|| format!("{who}: bad PEP items"))?;
         } else {
             skipped.push(format!("<{} xmlns='{}'> of {who}", el.name(), el.ns()));
         }
     }
+    a.pep.sort_by(|x, y| x.node.cmp(&y.node));
     // Records are kept in one order whatever the document's, so export after import gives
     // the same document.
     a.pending_in.sort_by(|x, y| x.0.cmp(&y.0));
@@ -548,6 +748,177 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
         bail!("{who} has no credentials (neither scram-credentials nor a password)");
     }
     Ok(a)
+}
+
+/// The node a `<configure>`, `<affiliations>`, `<subscriptions>` or `<items>` is about,
+/// created at its first mention.
+fn pep_node<'a>(nodes: &'a mut Vec<PepNode>, el: &Element) -> Result<&'a mut PepNode> {
+    let name = el
+        .attr("node")
+        .ok_or_else(|| anyhow!("<{}> without a node", el.name()))?;
+    if name.is_empty() || name.len() > MAX_NODE_NAME {
+        bail!("node name of {} bytes (1 to {MAX_NODE_NAME})", name.len());
+    }
+    let i = match nodes.iter().position(|n| n.node == name) {
+        Some(i) => i,
+        None => {
+            nodes.push(PepNode::new(name.to_owned()));
+            nodes.len() - 1
+        }
+    };
+    Ok(&mut nodes[i])
+}
+
+fn parse_pep_owner(
+    nodes: &mut Vec<PepNode>,
+    el: &Element,
+    who: &str,
+    skipped: &mut Vec<String>,
+) -> Result<()> {
+    for c in el.children() {
+        match c.name() {
+            "configure" => {
+                let n = pep_node(nodes, c)?;
+                let what = format!("node '{}'", n.node);
+                let form = c
+                    .get_child("x", NS_DATA)
+                    .ok_or_else(|| anyhow!("{what}: <configure> without a form"))?;
+                // Limits are the configuration's: `check` compares the result with them.
+                let limits = NodeLimits {
+                    max_items: usize::MAX,
+                    max_item_bytes: 0,
+                };
+                // Field by field: a field this server has no setting for (other servers
+                // offer more) is named and skipped; a bad value of a known one refuses.
+                let mut config = NodeConfig::pep();
+                for field in form.children().filter(|f| f.is("field", NS_DATA)) {
+                    let one = Element::new("x", NS_DATA)
+                        .with_attr("type", "submit")
+                        .with_child(field.clone());
+                    match config.apply_form(&Submitted::of(&one), &limits) {
+                        Ok(()) => {}
+                        Err(ConfigError::UnknownField(var)) => {
+                            skipped.push(format!("the setting '{var}' of PEP {what} of {who}"))
+                        }
+                        Err(e) => bail!("{what}: bad configuration: {e}"),
+                    }
+                }
+                n.config = config;
+            }
+            "affiliations" => {
+                let n = pep_node(nodes, c)?;
+                for a in c.children() {
+                    let jid = a
+                        .attr("jid")
+                        .ok_or_else(|| anyhow!("an affiliation without a jid"))?;
+                    let jid = bare(jid, "an affiliation of")?;
+                    let aff = a.attr("affiliation").unwrap_or("none");
+                    if aff == "none" {
+                        continue;
+                    }
+                    if !["owner", "publisher", "publish-only", "member", "outcast"].contains(&aff) {
+                        bail!("node '{}': unknown affiliation '{aff}'", n.node);
+                    }
+                    if n.affiliations.iter().any(|(j, _)| *j == jid) {
+                        bail!("node '{}': {jid} is affiliated twice", n.node);
+                    }
+                    n.affiliations.push((jid, aff.to_owned()));
+                }
+                n.affiliations.sort();
+            }
+            "subscriptions" => {
+                let n = pep_node(nodes, c)?;
+                for s in c.children() {
+                    let jid = s
+                        .attr("jid")
+                        .ok_or_else(|| anyhow!("a subscription without a jid"))?;
+                    let parsed = Jid::new(jid)
+                        .map_err(|e| anyhow!("subscription of '{jid}', not a valid JID: {e}"))?;
+                    if !rookery_stanza::is_stable(&parsed) {
+                        bail!("subscription of '{jid}', not a valid JID");
+                    }
+                    let state = s.attr("subscription").unwrap_or("subscribed");
+                    if !["subscribed", "pending", "unconfigured"].contains(&state) {
+                        bail!("node '{}': unknown subscription state '{state}'", n.node);
+                    }
+                    // Servers without subscription ids (Prosody) write none: one is made up.
+                    let subid = match s.attr("subid") {
+                        Some(id) if !id.is_empty() && id.len() <= MAX_NODE_NAME => id.to_owned(),
+                        Some(_) => bail!(
+                            "node '{}': a subid of 1 to {MAX_NODE_NAME} bytes expected",
+                            n.node
+                        ),
+                        None => format!("imported-{}", n.subscriptions.len() + 1),
+                    };
+                    let deliver = match s
+                        .get_child("options", NS_PUBSUB_OWNER)
+                        .and_then(|o| o.get_child("x", NS_DATA))
+                    {
+                        Some(form) => Submitted::of(form)
+                            .boolean("pubsub#deliver")
+                            .map_err(|e| anyhow!("node '{}': {e}", n.node))?
+                            .unwrap_or(true),
+                        None => true,
+                    };
+                    let record = SubscriptionRecord {
+                        jid: parsed.to_string(),
+                        subid,
+                        state: state.to_owned(),
+                        options: if deliver {
+                            String::new()
+                        } else {
+                            NO_DELIVERY.to_owned()
+                        },
+                    };
+                    if n.subscriptions
+                        .iter()
+                        .any(|o| o.jid == record.jid && o.subid == record.subid)
+                    {
+                        bail!(
+                            "node '{}': subscription {} {} appears twice",
+                            n.node,
+                            record.jid,
+                            record.subid
+                        );
+                    }
+                    n.subscriptions.push(record);
+                }
+                n.subscriptions
+                    .sort_by(|x, y| (&x.jid, &x.subid).cmp(&(&y.jid, &y.subid)));
+            }
+            other => bail!("<{other}> in the PEP owner data"),
+        }
+    }
+    Ok(())
+}
+
+fn parse_pep_items(nodes: &mut Vec<PepNode>, el: &Element) -> Result<()> {
+    for list in el.children() {
+        if list.name() != "items" {
+            bail!("<{}> in the PEP items", list.name());
+        }
+        let n = pep_node(nodes, list)?;
+        for item in list.children() {
+            let id = item
+                .attr("id")
+                .filter(|id| !id.is_empty() && id.len() <= MAX_NODE_NAME)
+                .ok_or_else(|| anyhow!("node '{}': an item without an id", n.node))?;
+            if n.items.iter().any(|(i, _, _)| i == id) {
+                bail!("node '{}': item '{id}' appears twice", n.node);
+            }
+            let publisher = match item.attr("publisher") {
+                Some(p) => bare(p, "the publisher")?,
+                None => String::new(),
+            };
+            let mut children = item.children();
+            let payload = children.next().cloned();
+            if children.next().is_some() {
+                bail!("node '{}': item '{id}' has more than one payload", n.node);
+            }
+            n.items.push((id.to_owned(), publisher, payload));
+        }
+    }
+    Ok(())
 }
 
 /// An element without attributes or content.
@@ -741,6 +1112,7 @@ pub async fn check(
     let max_offline = config.section::<OfflineLimits>().max_offline_messages;
     let max_vcard = config.section::<VcardLimits>().max_vcard_bytes;
     let max_private = config.section::<PrivateLimits>().max_private_bytes;
+    let pep = config.section::<PepSettings>();
     let mut found = HashSet::new();
     for h in &doc.hosts {
         for a in &h.accounts {
@@ -770,6 +1142,7 @@ pub async fn check(
                     );
                 }
             }
+            check_pep(&pep, a).with_context(|| format!("{who}: PEP"))?;
             if storage.accounts.account_exists(&h.domain, &a.node).await? {
                 found.insert((h.domain.clone(), a.node.clone()));
             }
@@ -790,6 +1163,48 @@ pub async fn check(
         );
     }
     Ok(found)
+}
+
+/// The `[pep]` bounds: what the module would have accepted.
+fn check_pep(pep: &PepSettings, a: &Account) -> Result<()> {
+    if a.pep.len() > pep.max_nodes {
+        bail!(
+            "{} nodes, above pep.max_nodes ({})",
+            a.pep.len(),
+            pep.max_nodes
+        );
+    }
+    let mut total = 0;
+    for n in &a.pep {
+        if n.config.max_items.resolve(pep.max_items) < n.items.len() {
+            bail!(
+                "node '{}' holds {} items, more than its pubsub#max_items (or pep.max_items)",
+                n.node,
+                n.items.len()
+            );
+        }
+        total += n.items.len();
+        let limit = if n.node == "urn:xmpp:avatar:data" {
+            pep.max_avatar_bytes
+        } else {
+            pep.max_item_bytes
+        };
+        for (id, _, p) in &n.items {
+            if p.as_ref().is_some_and(|p| p.to_xml("").len() > limit) {
+                bail!(
+                    "item '{id}' of node '{}' is larger than {limit} bytes",
+                    n.node
+                );
+            }
+        }
+    }
+    if total > pep.max_account_items {
+        bail!(
+            "{total} items, above pep.max_account_items ({})",
+            pep.max_account_items
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -874,6 +1289,47 @@ async fn write_data(storage: &Storage, domain: &str, a: &Account) -> Result<()> 
             .offline
             .push_offline(domain, node, &m.to_xml(""), usize::MAX)
             .await?;
+    }
+    let service = PubSubService::Account { domain, user: node };
+    let owner = format!("{node}@{domain}");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default();
+    for n in &a.pep {
+        storage
+            .pubsub
+            .create_node(service, &n.node, &n.config.to_doc(), &owner, usize::MAX)
+            .await?;
+        for (jid, aff) in &n.affiliations {
+            storage
+                .pubsub
+                .set_affiliation(service, &n.node, jid, Some(aff))
+                .await?;
+        }
+        for s in &n.subscriptions {
+            storage
+                .pubsub
+                .set_subscription(service, &n.node, s, usize::MAX)
+                .await?;
+        }
+        // Oldest first, so that storage keeps their order (each publication is the newest).
+        for (id, publisher, payload) in &n.items {
+            let record = ItemRecord {
+                id: id.clone(),
+                publisher: if publisher.is_empty() {
+                    owner.clone()
+                } else {
+                    publisher.clone()
+                },
+                payload: payload.as_ref().map(|p| p.to_xml("")).unwrap_or_default(),
+                published_us: now_us,
+            };
+            storage
+                .pubsub
+                .publish_item(service, &n.node, &record, usize::MAX, usize::MAX)
+                .await?;
+        }
     }
     Ok(())
 }

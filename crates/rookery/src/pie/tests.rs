@@ -78,6 +78,75 @@ async fn populated() -> Storage {
             .await
             .unwrap();
     }
+    // PEP: a node with its own configuration, a second affiliation, two subscriptions (one
+    // without notifications) and two items, and a node with the defaults and no item.
+    let pep = PubSubService::Account { domain: d, user: u };
+    let mut config = NodeConfig::pep();
+    config.title = "Alice's <mood>".into();
+    config.access_model = rookery_modules::pubsub::config::AccessModel::Open;
+    config.max_items = rookery_modules::pubsub::config::MaxItems::Count(10);
+    s.pubsub
+        .create_node(
+            pep,
+            "urn:xmpp:mood",
+            &config.to_doc(),
+            "alice@localhost",
+            10,
+        )
+        .await
+        .unwrap();
+    s.pubsub
+        .create_node(
+            pep,
+            "urn:xmpp:avatar:metadata",
+            &NodeConfig::pep().to_doc(),
+            "alice@localhost",
+            10,
+        )
+        .await
+        .unwrap();
+    s.pubsub
+        .set_affiliation(pep, "urn:xmpp:mood", "bob@localhost", Some("publisher"))
+        .await
+        .unwrap();
+    for (jid, options) in [
+        ("bob@localhost", ""),
+        ("dave@remote.example/x", "nodeliver"),
+    ] {
+        s.pubsub
+            .set_subscription(
+                pep,
+                "urn:xmpp:mood",
+                &SubscriptionRecord {
+                    jid: jid.into(),
+                    subid: format!("sub-{jid}"),
+                    state: "subscribed".into(),
+                    options: options.into(),
+                },
+                10,
+            )
+            .await
+            .unwrap();
+    }
+    for (id, mood) in [("first", "happy"), ("second", "sleepy")] {
+        s.pubsub
+            .publish_item(
+                pep,
+                "urn:xmpp:mood",
+                &ItemRecord {
+                    id: id.into(),
+                    publisher: "alice@localhost".into(),
+                    payload: format!(
+                        "<mood xmlns=\"http://jabber.org/protocol/mood\"><{mood}/></mood>"
+                    ),
+                    published_us: 1,
+                },
+                10,
+                100,
+            )
+            .await
+            .unwrap();
+    }
     s
 }
 
@@ -115,6 +184,35 @@ fn round_trip_is_lossless() {
             .await
             .unwrap();
         assert_eq!(offline.len(), 3);
+        // PEP: the configuration, subscriptions and items where the module reads them.
+        let pep = PubSubService::Account {
+            domain: "localhost",
+            user: "alice",
+        };
+        let nodes = fresh.pubsub.list_nodes(pep).await.unwrap();
+        assert_eq!(nodes.len(), 2);
+        let mood = NodeConfig::from_doc(&nodes[1].config).unwrap();
+        assert_eq!(mood.title, "Alice's <mood>");
+        let subs = fresh
+            .pubsub
+            .subscriptions(pep, "urn:xmpp:mood")
+            .await
+            .unwrap();
+        assert_eq!(subs[1].options, "nodeliver");
+        let items = fresh
+            .pubsub
+            .get_items(
+                pep,
+                "urn:xmpp:mood",
+                ItemSelection::Page {
+                    after: None,
+                    before: None,
+                    max: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(items.items[0].id, "second", "the newest stays the newest");
         assert!(offline[0].1.contains("m0") && offline[2].1.contains("m2"));
         let creds = fresh
             .accounts
@@ -149,6 +247,13 @@ fn writes_every_part() {
             "<vCard xmlns=\"vcard-temp\"><FN>Alice</FN></vCard>",
             "<query xmlns=\"jabber:iq:private\"><storage xmlns=\"storage:rosternotes\"><note jid=\"bob@localhost\">hi</note></storage></query>",
             "<offline-messages><message xmlns=\"jabber:client\" from=\"bob@localhost/r\" to=\"alice@localhost\" type=\"chat\"><body>m0</body></message>",
+            "<pubsub xmlns=\"http://jabber.org/protocol/pubsub#owner\"><configure node=\"urn:xmpp:avatar:metadata\"><x xmlns=\"jabber:x:data\" type=\"submit\"><field var=\"FORM_TYPE\" type=\"hidden\"><value>http://jabber.org/protocol/pubsub#node_config</value></field><field var=\"pubsub#title\"><value/></field>",
+            "<configure node=\"urn:xmpp:mood\"><x xmlns=\"jabber:x:data\" type=\"submit\"><field var=\"FORM_TYPE\" type=\"hidden\"><value>http://jabber.org/protocol/pubsub#node_config</value></field><field var=\"pubsub#title\"><value>Alice's &lt;mood&gt;</value></field>",
+            "<field var=\"pubsub#access_model\"><value>open</value></field>",
+            "<field var=\"pubsub#max_items\"><value>10</value></field>",
+            "<affiliations node=\"urn:xmpp:mood\"><affiliation jid=\"alice@localhost\" affiliation=\"owner\"/><affiliation jid=\"bob@localhost\" affiliation=\"publisher\"/></affiliations>",
+            "<subscriptions node=\"urn:xmpp:mood\"><subscription jid=\"bob@localhost\" subscription=\"subscribed\" subid=\"sub-bob@localhost\"/><subscription jid=\"dave@remote.example/x\" subscription=\"subscribed\" subid=\"sub-dave@remote.example/x\"><options><x xmlns=\"jabber:x:data\" type=\"submit\"><field var=\"FORM_TYPE\" type=\"hidden\"><value>http://jabber.org/protocol/pubsub#subscribe_options</value></field><field var=\"pubsub#deliver\"><value>0</value></field></x></options></subscription></subscriptions></pubsub>",
+            "<pubsub xmlns=\"http://jabber.org/protocol/pubsub\"><items node=\"urn:xmpp:mood\"><item id=\"first\" publisher=\"alice@localhost\"><mood xmlns=\"http://jabber.org/protocol/mood\"><happy/></mood></item><item id=\"second\" publisher=\"alice@localhost\"><mood xmlns=\"http://jabber.org/protocol/mood\"><sleepy/></mood></item></items></pubsub>",
         ] {
             assert!(xml.contains(part), "{part} missing from {xml}");
         }
@@ -296,12 +401,89 @@ fn malformed_documents_are_refused() {
             with_user("<offline-messages><message xmlns='jabber:client'/></offline-messages>"),
             "an offline message has no from",
         ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='n'><x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>everyone</value></field></x></configure></pubsub>"),
+            "unknown access model",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='n'/></pubsub>"),
+            "without a form",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><affiliations node='n'><affiliation jid='x@y' affiliation='king'/></affiliations></pubsub>"),
+            "unknown affiliation 'king'",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='n'><subscription jid='x@y' subscription='subscribed' subid=''/></subscriptions></pubsub>"),
+            "a subid of 1 to 1024 bytes",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='n'><subscription jid='x@y' subscription='maybe'/></subscriptions></pubsub>"),
+            "unknown subscription state 'maybe'",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node=''/></pubsub>"),
+            "node name of 0 bytes",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='n'><item id='1'/><item id='1'/></items></pubsub>"),
+            "item '1' appears twice",
+        ),
+        (
+            with_user("<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='n'><item id='1'><a xmlns='x'/><b xmlns='x'/></item></items></pubsub>"),
+            "more than one payload",
+        ),
     ] {
         let e = refused(&xml);
         assert!(e.contains(expected), "{expected:?} not in {e}");
     }
     let huge = " ".repeat(MAX_DOCUMENT_BYTES + 1);
     assert!(refused(&huge).contains("larger than"));
+}
+
+/// PEP data as Prosody's XEP-0227 storage writes it: configuration fields Rookery has no
+/// setting for (named and skipped), an affiliation `none`, subscriptions without subid.
+#[test]
+fn reads_pep_nodes_other_servers_write() {
+    let doc = parse(&with_user(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>\
+           <configure node='urn:xmpp:microblog:0'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#access_model'><value>open</value></field>\
+             <field var='pubsub#itemreply'><value>owner</value></field>\
+           </x></configure>\
+           <affiliations node='urn:xmpp:microblog:0'><affiliation jid='x@y' affiliation='none'/></affiliations>\
+           <subscriptions node='urn:xmpp:microblog:0'><subscription jid='b@y' subscribed='subscribed'/><subscription jid='a@y' subscribed='subscribed'/></subscriptions>\
+         </pubsub>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:microblog:0'>\
+           <item id='1'><entry xmlns='http://www.w3.org/2005/Atom'><title>hi</title></entry></item>\
+         </items></pubsub>",
+    ))
+    .unwrap();
+    let n = &doc.hosts[0].accounts[0].pep[0];
+    assert_eq!(n.node, "urn:xmpp:microblog:0");
+    assert_eq!(
+        n.config.access_model,
+        rookery_modules::pubsub::config::AccessModel::Open
+    );
+    assert!(n.affiliations.is_empty());
+    let subs: Vec<(&str, &str, &str)> = n
+        .subscriptions
+        .iter()
+        .map(|s| (s.jid.as_str(), s.subid.as_str(), s.state.as_str()))
+        .collect();
+    assert_eq!(
+        subs,
+        [
+            ("a@y", "imported-2", "subscribed"),
+            ("b@y", "imported-1", "subscribed")
+        ]
+    );
+    assert_eq!(n.items.len(), 1);
+    assert_eq!(
+        doc.skipped,
+        ["the setting 'pubsub#itemreply' of PEP node 'urn:xmpp:microblog:0' of u@localhost"]
+    );
 }
 
 #[test]
@@ -318,6 +500,15 @@ fn check_refuses_before_anything_is_written() {
             .await
             .unwrap_err();
         assert!(format!("{e}").contains("admin@localhost"), "{e}");
+        // A PEP node with more items than its max_items (1 for a PEP node by default).
+        let two = parse(&with_user(
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='n'><item id='1'/><item id='2'/></items></pubsub>",
+        ))
+        .unwrap();
+        let e = check(&config(), &s, &two, Existing::Refuse)
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("holds 2 items"), "{e:#}");
         let skip = check(&config(), &s, &doc, Existing::Skip).await.unwrap();
         assert_eq!(write(&s, &doc, &skip).await.unwrap(), 0);
         assert!(s
