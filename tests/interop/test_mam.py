@@ -370,3 +370,55 @@ def test_archive_is_deleted_with_the_account(make_server, raw_factory):
     b = raw_factory(srv)
     login_scram(b, bob, "b")
     assert mam_query(b).results == []
+
+
+def test_every_received_message_is_in_both_archives_after_sigkill(make_server, raw_factory):
+    """The durability rule of the message path with archiving: a message its recipient has
+    received is in the recipient's and the sender's archive, even when the server is
+    killed (SIGKILL) while messages are in flight. The sender's copy is appended without
+    waiting for its commit; the recipient's copy, queued after it, is committed before the
+    message is delivered."""
+    srv = make_server()
+    alice, bob = srv.add_user("a"), srv.add_user("b")
+    a, b = raw_factory(srv), raw_factory(srv)
+    im_login(a, alice, "a")
+    im_login(b, bob, "b")
+    total = 3000
+    # Sent in one burst: the server is still archiving and delivering when it is killed.
+    a.send("".join(
+        f"<message to='{bob.jid}' type='chat' id='k{i}'><body>k{i}</body></message>" for i in range(total)
+    ))
+    received: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(received) < 150 and time.monotonic() < deadline:
+        m = b.wait_for(qn(CLIENT_NS, "message"), timeout=10)
+        body = m.findtext(qn(CLIENT_NS, "body"))
+        if body:
+            received.append(body)
+    srv.kill()
+    # Whatever reached the socket before the kill counts as received.
+    while b.pump(0.2):
+        pass
+    for m in messages(b.elements):
+        body = m.findtext(qn(CLIENT_NS, "body"))
+        if body and body not in received:
+            received.append(body)
+    assert len(received) >= 150, f"only {len(received)} messages arrived before the kill"
+    assert len(received) < total, "every message was delivered before the kill: nothing was in flight"
+
+    with sqlite3.connect(srv.data_dir / "rookery.db") as c:
+        def archived(user) -> set[str]:
+            rows = c.execute("SELECT stanza FROM archive WHERE username = ?", (user.localpart,)).fetchall()
+            return {ET.fromstring(r[0]).findtext(qn(CLIENT_NS, "body")) for r in rows}
+
+        in_bob, in_alice = archived(bob), archived(alice)
+    missing_bob = [x for x in received if x not in in_bob]
+    missing_alice = [x for x in received if x not in in_alice]
+    assert not missing_bob and not missing_alice, (
+        f"received but not archived: recipient {missing_bob[:5]}, sender {missing_alice[:5]}"
+    )
+    # The archive keeps the order in which the messages were sent.
+    with sqlite3.connect(srv.data_dir / "rookery.db") as c:
+        rows = c.execute("SELECT stanza FROM archive WHERE username = ? ORDER BY seq", (bob.localpart,)).fetchall()
+    order = [ET.fromstring(r[0]).findtext(qn(CLIENT_NS, "body")) for r in rows]
+    assert order == sorted(order, key=lambda x: int(x[1:]))

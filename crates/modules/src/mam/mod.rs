@@ -38,8 +38,9 @@ use rookery_core::{spawn_background, Order, SectionDecl};
 use rookery_stanza::{
     random_id, BareJid, IqType, Jid, MessageType, Stanza, StanzaError, StanzaErrorCondition,
 };
-use rookery_storage::{ArchiveEntry, StorageError};
+use rookery_storage::{ArchiveEntry, ArchiveStore, StorageError};
 use rookery_xml::Element;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -315,8 +316,19 @@ pub fn worth_keeping(stanza: &Element) -> bool {
 }
 
 /// Archives `stanza` in `owner`'s archive as exchanged with `with`, if the owner's
-/// preferences allow; returns the archive id.
+/// preferences allow; returns the archive id once the append is committed.
 async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) -> Option<String> {
+    let (domain, user, entry) = archive_entry(server, owner, with, stanza).await?;
+    append(server.storage().archive.clone(), domain, user, entry).await
+}
+
+/// The entry `stanza` makes in `owner`'s archive, if the owner's preferences allow.
+async fn archive_entry(
+    server: &Server,
+    owner: &BareJid,
+    with: &Jid,
+    stanza: &Stanza,
+) -> Option<(String, String, ArchiveEntry)> {
     let (domain, user) = (owner.domain().as_str(), owner.node()?.as_str());
     let prefs = match prefs_of(server, owner, domain, user).await {
         Ok(p) => p,
@@ -344,24 +356,28 @@ async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) 
     }
     let now_us = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
         .unwrap_or(i64::MAX);
-    let xml = stanza.to_xml_string();
+    let entry = ArchiveEntry {
+        id: new_stanza_id(now_us),
+        timestamp_us: now_us,
+        with_bare: contact,
+        with_resource: with.resource().map(|r| r.to_string()).unwrap_or_default(),
+        stanza: stanza.to_xml_string(),
+    };
+    Some((domain.to_owned(), user.to_owned(), entry))
+}
+
+/// Appends `entry`; its id once committed.
+async fn append(
+    store: Arc<dyn ArchiveStore>,
+    domain: String,
+    user: String,
+    mut entry: ArchiveEntry,
+) -> Option<String> {
     // A clash of random ids is astronomically unlikely; retry rather than lose a message.
     for _ in 0..3 {
-        let entry = ArchiveEntry {
-            id: new_stanza_id(now_us),
-            timestamp_us: now_us,
-            with_bare: contact.clone(),
-            with_resource: with.resource().map(|r| r.to_string()).unwrap_or_default(),
-            stanza: xml.clone(),
-        };
-        match server
-            .storage()
-            .archive
-            .append_archive(domain, user, &entry)
-            .await
-        {
+        match store.append_archive(&domain, &user, &entry).await {
             Ok(_) => return Some(entry.id),
-            Err(StorageError::AlreadyExists) => continue,
+            Err(StorageError::AlreadyExists) => entry.id = new_stanza_id(entry.timestamp_us),
             // No such account: the core answers the sender; nothing to archive.
             Err(StorageError::NotFound) => return None,
             Err(e) => {
@@ -371,6 +387,30 @@ async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) 
         }
     }
     None
+}
+
+/// Appends `entry` without waiting for the commit: the append is started here (a backend
+/// that queues appends, as SQLite's writer does, has queued it when this returns) and
+/// finishes in a task of its own.
+///
+/// Used for the sender's copy of a message to a local account: the recipient's copy is
+/// appended after it, while the message is being delivered, and delivery waits for that
+/// commit. The backend commits appends in the order they were queued, so once the
+/// recipient's copy is committed the sender's is too (the durability rule: a message a
+/// recipient has received is in both archives), and a message costs its sender one commit
+/// wait instead of two.
+async fn append_queued(
+    store: Arc<dyn ArchiveStore>,
+    domain: String,
+    user: String,
+    entry: ArchiveEntry,
+) {
+    let mut pending = Box::pin(append(store, domain, user, entry));
+    // One poll: far enough for the append to be queued.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(pending.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        tokio::spawn(pending);
+    }
 }
 
 /// A stanza a local client sends: forged stanza ids go; a message goes into the sender's
@@ -389,7 +429,17 @@ async fn outbound(server: &Server, mut c: ClientStanza) -> ClientStanza {
         return c;
     };
     if to.to_bare() != owner {
-        archive(server, &owner, to, &c.stanza).await;
+        if let Some((domain, user, entry)) = archive_entry(server, &owner, to, &c.stanza).await {
+            let store = server.storage().archive.clone();
+            // To a local account the recipient's copy follows on the same store (see
+            // `append_queued`); to anyone else the sender's copy is the only one, so it is
+            // committed before the message leaves.
+            if to.node().is_some() && server.serves(to.domain().as_str()) {
+                append_queued(store, domain, user, entry).await;
+            } else {
+                append(store, domain, user, entry).await;
+            }
+        }
     }
     c
 }
