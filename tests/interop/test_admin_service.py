@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from harness import LoginError, User, connect_client, restart_server, session
+from harness import LoginError, RawStream, User, connect_client, loopback_source, restart_server, session
 from test_admin_commands import ADMIN_NS, BOSS, NS, DATA, execute, field, q, run, submit
 
 SERVER_CONFIG = {"host_extra": f'[host.admin]\nadmins = ["{BOSS}@localhost"]'}
@@ -232,3 +232,45 @@ async def test_edit_admin_list_keeps_the_configured_admins(server, boss, alice):
         refused = await execute(a, server.domain, "get-online-users-num")
         assert refused["error"]["condition"] == "forbidden"
     assert server.cli("admins").stdout.splitlines() == [f"{boss.jid} config"]
+
+
+async def test_welcome_after_in_band_registration_and_the_cli_on_a_stopped_server(make_server):
+    srv = make_server(host_extra=f'registration = true\n\n[host.admin]\nadmins = ["{BOSS}@localhost"]')
+    boss = User(BOSS, srv.domain, "the boss's password")
+    res = srv.user("add", boss.jid, "--password", boss.password)
+    assert res.returncode == 0, res.stderr
+    async with session(srv, boss) as b:
+        await run(b, srv.domain, "set-welcome", field("welcome", "Welcome, new reader."))
+    # XEP-0077 in-band registration: the welcome message waits offline for the first login.
+    name = f"ibr-{uuid.uuid4().hex[:8]}"
+    s = RawStream(srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path, source_address=loopback_source())
+    try:
+        s.open_stream()
+        s.starttls()
+        reply = s.iq(f"<query xmlns='jabber:iq:register'><username>{name}</username><password>in-band-pw</password></query>",
+                     itype="set")
+        assert reply.get("type") == "result", reply
+    finally:
+        s.close()
+    newcomer = User(name, srv.domain, "in-band-pw")
+    async with session(srv, newcomer) as n:
+        n.send_presence()
+        msg = await n.next_message(timeout=10, predicate=lambda m: m["subject"] == "Welcome")
+        assert msg["body"] == "Welcome, new reader." and msg["type"] == "normal"
+
+    # Without a running server the CLI works on the database with the same operations.
+    srv.stop()
+    res = srv.user("disable", newcomer.jid)
+    assert res.returncode == 0 and f"disabled {newcomer.jid}" in res.stdout, res.stderr
+    res = srv.cli("motd", "set", "Written while stopped")
+    assert res.returncode == 0, res.stderr
+    assert srv.cli("motd", "show").stdout == "Written while stopped\n"
+    assert srv.cli("admins").stdout.splitlines() == [f"{boss.jid} config"]
+    srv.start()
+    err = await refused_login(srv, newcomer)
+    assert "account-disabled" in err.auth_failures, err
+    assert srv.user("enable", newcomer.jid).returncode == 0
+    async with session(srv, newcomer) as n:
+        n.send_presence()
+        msg = await n.next_message(timeout=10, predicate=is_motd)
+        assert msg["body"] == "Written while stopped"

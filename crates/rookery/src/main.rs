@@ -802,6 +802,8 @@ async fn motd(config: &Config, cmd: MotdCommand) -> Result<()> {
                     t.trim_end_matches(['\r', '\n']).to_owned()
                 }
             };
+            // Checked here too, so an oversized text is never sent to the server's socket.
+            ops::check_message(&text)?;
             match admin::request_with_body(config, &format!("motd-set {domain}"), Some(&text))
                 .await?
             {

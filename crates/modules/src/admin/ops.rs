@@ -58,7 +58,8 @@ impl Motd {
     }
 }
 
-fn check_message(text: &str) -> Result<(), OpError> {
+/// A message of the day or welcome message is acceptable: not empty, at most [`MAX_MESSAGE`].
+pub fn check_message(text: &str) -> Result<(), OpError> {
     if text.trim().is_empty() {
         return Err(OpError::Invalid("the message is empty".into()));
     }
