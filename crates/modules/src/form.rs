@@ -34,6 +34,13 @@ impl FormBuilder {
         self
     }
 
+    /// The form's `<instructions/>` (XEP-0004 §3.1).
+    pub fn instructions(mut self, text: &str) -> Self {
+        self.form
+            .push_child(Element::new("instructions", NS_DATA).with_text(text));
+        self
+    }
+
     /// A field with its values; `kind` is the XEP-0004 field type (or `None` in a result).
     pub fn field(
         mut self,

@@ -3,7 +3,7 @@
 //! These chains carry cross-module rules: the carbons module refuses forged carbons before
 //! any other filter and copies only what every filter let through; what the blocking module
 //! drops is never archived; contacts see an account come online before its offline backlog
-//! is replayed; the last-activity module observes presence before it is broadcast; carbons
+//! is replayed, and the message of the day comes after both; the last-activity module observes presence before it is broadcast; carbons
 //! and push act on an undeliverable message before offline storage stops the event; the
 //! blocking module loads a list before anything else runs for a new session and forgets it
 //! after everything else ran for a closed one; the caps module sees presence to an account
@@ -70,7 +70,7 @@ struct Free {
     client_stanza: [&'static str; 6],
     session_bound: [&'static str; 4],
     session_closed: [&'static str; 5],
-    presence_broadcast: [&'static str; 4],
+    presence_broadcast: [&'static str; 5],
     published_item: [&'static str; 2],
 }
 
@@ -110,7 +110,7 @@ fn every_cross_module_order_holds_with_all_modules() {
             client_stanza: ["register", "carbons", "blocking", "mam", "avatar", "carbons"],
             session_bound: ["blocking", "push", "mam", "bookmarks"],
             session_closed: ["presence", "caps", "last", "avatar", "blocking"],
-            presence_broadcast: ["last", "presence", "caps", "offline"],
+            presence_broadcast: ["last", "presence", "caps", "offline", "admin"],
             published_item: ["bookmarks", "avatar"],
         })
     );
@@ -118,7 +118,7 @@ fn every_cross_module_order_holds_with_all_modules() {
 
 /// Listing the modules in another order changes only the order of handlers that declare none
 /// between them (mam and avatar on ClientStanza, mam, push and bookmarks on SessionBound,
-/// presence, caps, last and avatar on SessionClosed, offline and caps on PresenceBroadcast,
+/// presence, caps, last and avatar on SessionClosed, offline, admin and caps on PresenceBroadcast,
 /// bookmarks and avatar on PublishedItem, which act on different nodes): the initialisation
 /// order, as it always was.
 #[test]
@@ -135,7 +135,7 @@ fn the_order_does_not_depend_on_how_modules_are_listed() {
             client_stanza: ["register", "carbons", "blocking", "avatar", "mam", "carbons"],
             session_bound: ["blocking", "bookmarks", "mam", "push"],
             session_closed: ["avatar", "last", "caps", "presence", "blocking"],
-            presence_broadcast: ["last", "presence", "offline", "caps"],
+            presence_broadcast: ["last", "presence", "offline", "admin", "caps"],
             published_item: ["avatar", "bookmarks"],
         })
     );

@@ -1249,6 +1249,10 @@ impl ClientStream {
                             return self.sasl_failure(SaslError::InvalidAuthzid);
                         }
                     }
+                    // After the proof, so only the account's owner learns it is disabled.
+                    if let Err(e) = self.refuse_disabled(&jid).await {
+                        return self.sasl_failure(e);
+                    }
                     if let Some(auth) = self.auth_mut() {
                         auth.attempt = None;
                     }
@@ -1272,6 +1276,28 @@ impl ClientStream {
                     return Ok(Next::Restart);
                 }
                 Err(e) => return self.sasl_failure(e),
+            }
+        }
+    }
+
+    /// `Err(AccountDisabled)` when an administrator disabled the account (XEP-0133 §4.5):
+    /// every way of logging in (SASL, SASL2, FAST tokens) passes here after its proof.
+    pub(crate) async fn refuse_disabled(&self, jid: &BareJid) -> Result<(), SaslError> {
+        let node = jid.node().map(|n| n.as_str()).unwrap_or_default();
+        match self
+            .server()
+            .storage()
+            .account_disabled(jid.domain().as_str(), node)
+            .await
+        {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                tracing::info!(peer = %self.peer, jid = %jid, "login refused: the account is disabled");
+                Err(SaslError::AccountDisabled)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "disabled-account look-up failed");
+                Err(SaslError::Internal("storage".into()))
             }
         }
     }

@@ -1,14 +1,17 @@
 //! The local administration socket: a Unix socket in the data directory (mode 0600, so only
 //! the server's user can use it) through which `rookery` commands reach the running server —
-//! to list sessions, print counters, reload the configuration, and delete an account the way
-//! the server's own removal does.
+//! to list sessions, print counters, reload the configuration, delete, disable and re-enable
+//! accounts, and read or change the message of the day and the administrators, through the
+//! same operations as the XMPP administration commands (`rookery_modules::admin::ops`).
 //!
-//! One request line, answered by lines of text and the connection closed; nothing here is
-//! reachable from the network.
+//! One request line (followed, for `motd-set`, by the message until the client closes its
+//! side), answered by lines of text and the connection closed; nothing here is reachable
+//! from the network.
 
 use crate::reload::Reloader;
 use anyhow::{Context, Result};
 use rookery_core::{Config, Server};
+use rookery_modules::admin::ops;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 const MAX_REQUEST: u64 = 4096;
+/// The CLI's name in the log lines of the operations it asks for.
+const ACTOR: &str = "rookery CLI";
 
 pub fn socket_path(config: &Config) -> PathBuf {
     config.data_dir.join("rookery.sock")
@@ -66,12 +71,41 @@ async fn answer(
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await?;
+    let body_limit = rookery_modules::admin::ops::MAX_MESSAGE as u64 + 1;
+    let mut reader = BufReader::new(read.take(MAX_REQUEST + body_limit));
+    (&mut reader).take(MAX_REQUEST).read_line(&mut line).await?;
     let line = line.trim();
     let reply = if let Some(jid) = line.strip_prefix("delete ") {
         delete(&server, jid).await
+    } else if let Some(jid) = line.strip_prefix("disable ") {
+        disable(&server, jid, true).await
+    } else if let Some(jid) = line.strip_prefix("enable ") {
+        disable(&server, jid, false).await
+    } else if let Some(domain) = line.strip_prefix("motd-set ") {
+        let mut text = String::new();
+        reader.take(body_limit).read_to_string(&mut text).await?;
+        motd_set(&server, domain, &text).await
+    } else if let Some(domain) = line.strip_prefix("motd-delete ") {
+        match host(&server, domain) {
+            Err(e) => e,
+            Ok(d) => match ops::delete_motd(&server, d, ACTOR).await {
+                Ok(true) => "deleted\n".to_owned(),
+                Ok(false) => "missing\n".to_owned(),
+                Err(e) => format!("error: {e}\n"),
+            },
+        }
+    } else if let Some(domain) = line.strip_prefix("motd ") {
+        match host(&server, domain) {
+            Err(e) => e,
+            // The text as stored, after a first line saying whether there is one.
+            Ok(d) => match ops::motd(&server, d).await {
+                Ok(Some(m)) => format!("motd\n{}", m.text),
+                Ok(None) => "none\n".to_owned(),
+                Err(e) => format!("error: {e}\n"),
+            },
+        }
+    } else if let Some(domain) = line.strip_prefix("admins ") {
+        admins(&server, domain).await
     } else if line == "reload" {
         // Reads files: off the runtime's threads.
         match tokio::task::spawn_blocking(move || reloader.reload()).await {
@@ -131,8 +165,94 @@ async fn delete(server: &Arc<Server>, jid: &str) -> String {
     }
 }
 
+/// A domain this server serves, or the error line.
+fn host<'a>(server: &Server, domain: &'a str) -> Result<&'a str, String> {
+    let domain = domain.trim();
+    if server.config().host(domain).is_some() {
+        Ok(domain)
+    } else {
+        Err(format!(
+            "error: {domain} is not a domain this server serves\n"
+        ))
+    }
+}
+
+/// `disable JID` / `enable JID`: as the `disable-user` and `reenable-user` commands do it
+/// (disabling ends the account's sessions); `done`, `missing` or an error line.
+async fn disable(server: &Arc<Server>, jid: &str, disabled: bool) -> String {
+    let Ok(user) = rookery_stanza::BareJid::new(jid.trim()) else {
+        return "error: not a bare JID\n".to_owned();
+    };
+    match ops::set_disabled(server, &user, disabled, ACTOR).await {
+        Ok(true) => "done\n".to_owned(),
+        Ok(false) => "missing\n".to_owned(),
+        Err(e) => format!("error: {e}\n"),
+    }
+}
+
+/// `motd-set DOMAIN` then the text: as the `set-motd` command does it (sent to the online
+/// accounts now, to the others at their next login); `sent N` or an error line.
+async fn motd_set(server: &Arc<Server>, domain: &str, text: &str) -> String {
+    let domain = match host(server, domain) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    match ops::set_motd(server, domain, text, ACTOR).await {
+        Ok(sent) => format!("sent {sent}\n"),
+        Err(e) => format!("error: {e}\n"),
+    }
+}
+
+/// `admins DOMAIN`: one line per administrator, `JID config` or `JID added`.
+async fn admins(server: &Server, domain: &str) -> String {
+    let domain = match host(server, domain) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let fixed = configured_admins(server.config(), domain);
+    match ops::added_admins(server, domain).await {
+        Ok(added) => admin_lines(&fixed, &added),
+        Err(e) => format!("error: {e}\n"),
+    }
+}
+
+/// The administrators the configuration names for `domain`.
+pub fn configured_admins(config: &Config, domain: &str) -> Vec<rookery_stanza::BareJid> {
+    config
+        .host(domain)
+        .map(|h| {
+            h.section::<rookery_modules::admin::AdminConfig>()
+                .admins
+                .iter()
+                .filter_map(|a| rookery_stanza::BareJid::new(a).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The lines `rookery admins` prints.
+pub fn admin_lines(fixed: &[rookery_stanza::BareJid], added: &[rookery_stanza::BareJid]) -> String {
+    let mut out = String::new();
+    for a in fixed {
+        out.push_str(&format!("{a} config\n"));
+    }
+    for a in added.iter().filter(|a| !fixed.contains(a)) {
+        out.push_str(&format!("{a} added\n"));
+    }
+    out
+}
+
 /// Sends one request to a running server. `Ok(None)` when no server is running.
 pub async fn request(config: &Config, line: &str) -> Result<Option<String>> {
+    request_with_body(config, line, None).await
+}
+
+/// [`request`] with text after the request line (the message of `motd-set`).
+pub async fn request_with_body(
+    config: &Config,
+    line: &str,
+    body: Option<&str>,
+) -> Result<Option<String>> {
     let path = socket_path(config);
     let mut stream = match UnixStream::connect(&path).await {
         Ok(s) => s,
@@ -147,6 +267,11 @@ pub async fn request(config: &Config, line: &str) -> Result<Option<String>> {
         Err(e) => return Err(e).with_context(|| format!("cannot reach {}", path.display())),
     };
     stream.write_all(format!("{line}\n").as_bytes()).await?;
+    if let Some(body) = body {
+        stream.write_all(body.as_bytes()).await?;
+        // The server reads the text until this side is closed.
+        stream.shutdown().await?;
+    }
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut out))
         .await

@@ -79,6 +79,38 @@ enum Command {
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
+    /// The message of the day (XEP-0133): sent to each account once, at its next login, and
+    /// at once to the accounts online when it is set (works while the server runs).
+    #[command(subcommand)]
+    Motd(MotdCommand),
+    /// List a host's administrators: those of the configuration (`config`) and those added
+    /// over XMPP with the edit-admin command (`added`).
+    Admins {
+        /// The host (needed when the server serves several).
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MotdCommand {
+    /// Set the message of the day: the TEXT argument, or stdin when it is absent.
+    Set {
+        text: Option<String>,
+        /// The host (needed when the server serves several).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Print the message of the day (nothing, and a note on stderr, when there is none).
+    Show {
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Delete the message of the day.
+    Delete {
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +130,11 @@ enum UserCommand {
     },
     /// Delete an account.
     Delete { jid: String },
+    /// Disable an account: its sessions end and it cannot log in until enabled again; its
+    /// data is kept and it still receives messages (stored offline).
+    Disable { jid: String },
+    /// Enable a disabled account again.
+    Enable { jid: String },
     /// List accounts, one bare JID per line.
     List {
         /// Only this domain.
@@ -209,6 +246,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }),
         Command::User(cmd) => rt.block_on(user(&config, cmd)),
+        Command::Motd(cmd) => rt.block_on(motd(&config, cmd)),
+        Command::Admins { host } => rt.block_on(admins(&config, host)),
         Command::Export { domain } => rt.block_on(export(&config, domain)),
         Command::Import {
             file,
@@ -702,6 +741,179 @@ async fn import(config: &Config, file: &Path, prosody: bool, skip_existing: bool
     Ok(())
 }
 
+/// `rookery user disable|enable`: a running server does it itself, as the disable-user and
+/// reenable-user commands do (disabling ends the account's sessions); without one the flag
+/// is written to the database by the same operation.
+async fn toggle_account(
+    config: &Config,
+    open: &dyn Fn(Create) -> Result<Storage>,
+    jid: &str,
+    disable: bool,
+) -> Result<()> {
+    let (node, domain) = account(config, jid)?;
+    let user = BareJid::new(&format!("{node}@{domain}"))?;
+    let line = format!("{} {user}", if disable { "disable" } else { "enable" });
+    let exists = match admin::request(config, &line).await? {
+        Some(reply) => match reply.trim() {
+            "done" => true,
+            "missing" => false,
+            other => bail!(
+                "the server could not change {user}: {}",
+                other.trim_start_matches("error: ")
+            ),
+        },
+        None => {
+            rookery_modules::admin::ops::store_disabled(&open(Create::No)?, &user, disable).await?
+        }
+    };
+    if !exists {
+        bail!("{user} does not exist");
+    }
+    println!("{} {user}", if disable { "disabled" } else { "enabled" });
+    Ok(())
+}
+
+/// The host a command is about: `--host`, or the only one the configuration serves.
+fn one_host(config: &Config, host: Option<String>) -> Result<String> {
+    match host {
+        Some(h) => {
+            if config.host(&h).is_none() {
+                bail!("{h} is not a domain this server serves");
+            }
+            Ok(h)
+        }
+        None => match config.hosts.as_slice() {
+            [only] => Ok(only.domain.clone()),
+            hosts => bail!(
+                "the server serves {} domains: name one with --host ({})",
+                hosts.len(),
+                hosts
+                    .iter()
+                    .map(|h| h.domain.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    }
+}
+
+/// Commands on the database need one that keeps data.
+fn persistent(config: &Config) -> Result<()> {
+    if config.storage.backend == StorageBackend::Memory {
+        bail!("the memory storage backend keeps nothing between runs");
+    }
+    Ok(())
+}
+
+async fn motd(config: &Config, cmd: MotdCommand) -> Result<()> {
+    use rookery_modules::admin::ops;
+    persistent(config)?;
+    match cmd {
+        MotdCommand::Set { text, host } => {
+            let domain = one_host(config, host)?;
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    use std::io::Read;
+                    let mut t = String::new();
+                    std::io::stdin()
+                        .take(ops::MAX_MESSAGE as u64 + 1)
+                        .read_to_string(&mut t)
+                        .context("cannot read the message from stdin")?;
+                    t.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            // Checked here too, so an oversized text is never sent to the server's socket.
+            ops::check_message(&text)?;
+            match admin::request_with_body(config, &format!("motd-set {domain}"), Some(&text))
+                .await?
+            {
+                Some(reply) => match reply.trim().strip_prefix("sent ") {
+                    Some(n) => {
+                        println!("message of the day of {domain} set; sent to {n} online sessions")
+                    }
+                    None => bail!(
+                        "the server could not set it: {}",
+                        reply.trim().trim_start_matches("error: ")
+                    ),
+                },
+                None => {
+                    ops::store_motd(&open_storage(config, Create::No)?, &domain, &text).await?;
+                    tracing::info!(target: "rookery::admin", actor = "rookery CLI", domain, "message of the day set");
+                    println!("message of the day of {domain} set");
+                }
+            }
+        }
+        MotdCommand::Show { host } => {
+            let domain = one_host(config, host)?;
+            let text = match admin::request(config, &format!("motd {domain}")).await? {
+                Some(reply) => match reply.split_once('\n') {
+                    Some(("motd", text)) => Some(text.to_owned()),
+                    Some(("none", _)) => None,
+                    _ => bail!("the server could not read it: {}", reply.trim()),
+                },
+                None => ops::stored_motd(&open_storage(config, Create::No)?, &domain)
+                    .await?
+                    .map(|m| m.text),
+            };
+            match text {
+                Some(t) => println!("{t}"),
+                None => eprintln!("rookery: {domain} has no message of the day"),
+            }
+        }
+        MotdCommand::Delete { host } => {
+            let domain = one_host(config, host)?;
+            let had = match admin::request(config, &format!("motd-delete {domain}")).await? {
+                Some(reply) => match reply.trim() {
+                    "deleted" => true,
+                    "missing" => false,
+                    other => bail!(
+                        "the server could not delete it: {}",
+                        other.trim_start_matches("error: ")
+                    ),
+                },
+                None => ops::store_delete_motd(&open_storage(config, Create::No)?, &domain).await?,
+            };
+            if had {
+                println!("message of the day of {domain} deleted");
+            } else {
+                eprintln!("rookery: {domain} has no message of the day");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn admins(config: &Config, host: Option<String>) -> Result<()> {
+    let domain = one_host(config, host)?;
+    let out = match admin::request(config, &format!("admins {domain}")).await? {
+        Some(reply) if reply.starts_with("error: ") => {
+            bail!("{}", reply.trim().trim_start_matches("error: "))
+        }
+        Some(reply) => reply,
+        None => {
+            let fixed = admin::configured_admins(config, &domain);
+            let added = if config.storage.backend == StorageBackend::Memory
+                || !config.database_path().exists()
+            {
+                Vec::new()
+            } else {
+                rookery_modules::admin::ops::stored_admins(
+                    &open_storage(config, Create::No)?,
+                    &domain,
+                )
+                .await?
+            };
+            admin::admin_lines(&fixed, &added)
+        }
+    };
+    if out.is_empty() {
+        eprintln!("rookery: {domain} has no administrators");
+    }
+    print!("{out}");
+    Ok(())
+}
+
 async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
     if config.storage.backend == StorageBackend::Memory {
         bail!("the memory storage backend keeps no accounts between runs");
@@ -780,6 +992,8 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
             }
             println!("deleted {node}@{domain} and all its data");
         }
+        UserCommand::Disable { jid } => toggle_account(config, &open, &jid, true).await?,
+        UserCommand::Enable { jid } => toggle_account(config, &open, &jid, false).await?,
         UserCommand::List { domain } => {
             if let Some(d) = &domain {
                 if config.host(d).is_none() {

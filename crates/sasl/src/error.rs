@@ -34,6 +34,10 @@ pub enum SaslError {
     /// The credentials (a FAST token) were right but are no longer valid.
     #[error("credentials expired")]
     CredentialsExpired,
+    /// The credentials were right but the account is disabled (RFC 6120 §6.5.1; raised by the
+    /// server's policy after the proof, so a wrong password never learns it).
+    #[error("account disabled")]
+    AccountDisabled,
     /// The client aborted the exchange (raised by the server on `<abort/>`).
     #[error("aborted")]
     Aborted,
@@ -57,6 +61,7 @@ impl SaslError {
             SaslError::IncorrectEncoding => "incorrect-encoding",
             SaslError::Aborted => "aborted",
             SaslError::CredentialsExpired => "credentials-expired",
+            SaslError::AccountDisabled => "account-disabled",
             SaslError::Internal(_) => "temporary-auth-failure",
         }
     }

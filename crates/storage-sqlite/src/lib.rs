@@ -80,7 +80,7 @@ mod upload;
 pub use archive::SqliteArchiveStore;
 pub use im::{SqliteOfflineStore, SqliteRosterStore, SqliteUserDataStore};
 pub use pubsub::SqlitePubSubStore;
-pub use rooms::SqliteRoomStore;
+pub use rooms::{SqliteHostDataStore, SqliteRoomStore};
 pub use upload::SqliteUploadStore;
 
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
@@ -92,6 +92,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_muc_archive.sql"),
     include_str!("../migrations/0006_pubsub.sql"),
     include_str!("../migrations/0007_uploads.sql"),
+    include_str!("../migrations/0008_host_data.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -280,6 +281,9 @@ impl SqliteBackend {
             room_archive: Arc::new(self.room_archive_store()),
             pubsub: Arc::new(self.pubsub_store()),
             upload: Arc::new(SqliteUploadStore {
+                conn: self.conn.clone(),
+            }),
+            host_data: Arc::new(SqliteHostDataStore {
                 conn: self.conn.clone(),
             }),
         }

@@ -504,6 +504,114 @@ pub async fn all(storage: &Storage) {
     room_archive_store(storage).await;
     pubsub_store(storage).await;
     upload_store(storage).await;
+    host_data_store(storage).await;
+    account_disabling(storage).await;
+}
+
+/// The whole [`crate::HostDataStore`] contract: values per (domain, key), replaced on write,
+/// deleted by `None`, limited in size, and independent of accounts. Leaves nothing behind.
+pub async fn host_data_store(s: &Storage) {
+    let h = &s.host_data;
+    const OTHER: &str = "example.net";
+    assert_eq!(h.get_host_data(D, "motd").await.expect("get"), None);
+    // Deleting what is not there is fine.
+    h.set_host_data(D, "motd", None, 64)
+        .await
+        .expect("delete absent");
+    h.set_host_data(D, "motd", Some("hello\nworld"), 64)
+        .await
+        .expect("set");
+    h.set_host_data(D, "welcome", Some("hi"), 64)
+        .await
+        .expect("set other key");
+    h.set_host_data(OTHER, "motd", Some("other host"), 64)
+        .await
+        .expect("set other host");
+    assert_eq!(
+        h.get_host_data(D, "motd").await.expect("get").as_deref(),
+        Some("hello\nworld")
+    );
+    assert_eq!(
+        h.get_host_data(OTHER, "motd")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("other host")
+    );
+    // Replaced, not appended; the empty string is a value, not a deletion.
+    h.set_host_data(D, "motd", Some(""), 64)
+        .await
+        .expect("replace");
+    assert_eq!(
+        h.get_host_data(D, "motd").await.expect("get").as_deref(),
+        Some("")
+    );
+    // Over the limit: refused, and the old value stays.
+    h.set_host_data(D, "welcome", Some("0123456789"), 9)
+        .await
+        .expect_err("over the limit");
+    assert!(matches!(
+        h.set_host_data(D, "welcome", Some("0123456789"), 9).await,
+        Err(StorageError::LimitReached(_))
+    ));
+    h.set_host_data(D, "welcome", Some("0123456789"), 10)
+        .await
+        .expect("at the limit");
+    // Accounts do not own host values: creating and deleting one leaves them.
+    create(s, D, "motd").await;
+    drop_account(s, D, "motd").await;
+    assert_eq!(
+        h.get_host_data(D, "welcome").await.expect("get").as_deref(),
+        Some("0123456789")
+    );
+    for (d, k) in [(D, "motd"), (D, "welcome"), (OTHER, "motd")] {
+        h.set_host_data(d, k, None, 0).await.expect("delete");
+        assert_eq!(h.get_host_data(d, k).await.expect("get"), None);
+    }
+    assert_no_accounts(s).await;
+}
+
+/// [`Storage::set_account_disabled`]: a flag per account, kept apart from other accounts,
+/// refused for a missing account, and gone with the account (a new account of the same name
+/// starts enabled).
+pub async fn account_disabling(s: &Storage) {
+    assert_no_accounts(s).await;
+    create(s, D, "alice").await;
+    create(s, D, "bob").await;
+    assert!(!s.account_disabled(D, "alice").await.expect("read"));
+    s.set_account_disabled(D, "alice", true)
+        .await
+        .expect("disable");
+    assert!(s.account_disabled(D, "alice").await.expect("read"));
+    assert!(!s.account_disabled(D, "bob").await.expect("read"));
+    // Idempotent both ways.
+    s.set_account_disabled(D, "alice", true)
+        .await
+        .expect("disable again");
+    s.set_account_disabled(D, "alice", false)
+        .await
+        .expect("enable");
+    assert!(!s.account_disabled(D, "alice").await.expect("read"));
+    s.set_account_disabled(D, "alice", false)
+        .await
+        .expect("enable again");
+    assert!(matches!(
+        s.set_account_disabled(D, "nobody", true).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(!s.account_disabled(D, "nobody").await.expect("read"));
+    s.set_account_disabled(D, "bob", true)
+        .await
+        .expect("disable");
+    drop_account(s, D, "bob").await;
+    create(s, D, "bob").await;
+    assert!(
+        !s.account_disabled(D, "bob").await.expect("read"),
+        "the flag went with the deleted account"
+    );
+    drop_account(s, D, "alice").await;
+    drop_account(s, D, "bob").await;
+    assert_no_accounts(s).await;
 }
 
 /// The whole [`crate::RoomStore`] contract: rooms are per service, listed in room order,

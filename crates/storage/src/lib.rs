@@ -346,6 +346,38 @@ pub trait RoomStore: Send + Sync + 'static {
     async fn list_rooms(&self, service: &str) -> Result<Vec<(String, String)>, StorageError>;
 }
 
+/// Small values kept per served host (a domain of the configuration), not per account: the
+/// message of the day, the welcome message, administrators added over XMPP. Keyed by
+/// (domain, key); a host is not an account, so deleting accounts leaves these alone.
+///
+/// Keys are short names chosen by the server (see [`host_keys`]); values are text, limited
+/// by the writer through `max_bytes`.
+#[async_trait::async_trait]
+pub trait HostDataStore: Send + Sync + 'static {
+    /// The value stored under `key` for `domain`.
+    async fn get_host_data(&self, domain: &str, key: &str) -> Result<Option<String>, StorageError>;
+    /// Stores (Some) or deletes (None; deleting an absent key is not an error) a value.
+    /// `max_bytes`: refuse with [`StorageError::LimitReached`] when the value is larger
+    /// (checked first: nothing is written).
+    async fn set_host_data(
+        &self,
+        domain: &str,
+        key: &str,
+        value: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(), StorageError>;
+}
+
+/// The keys the server uses in [`HostDataStore`].
+pub mod host_keys {
+    /// The message of the day (XEP-0133 §4.23), as its text.
+    pub const MOTD: &str = "motd";
+    /// The message sent to a newly registered account (XEP-0133 §4.27).
+    pub const WELCOME: &str = "welcome";
+    /// Administrators added over XMPP (XEP-0133 §4.28), one bare JID per line.
+    pub const ADMINS: &str = "admins";
+}
+
 /// Message archives (XEP-0313); see [`archive`] for the model. One trait serves two
 /// kinds of owner, each its own store in [`Storage`]: accounts (`archive`: `domain` and
 /// `user` name an account, which must exist) and MUC rooms (`room_archive`: `domain` is the
@@ -414,11 +446,19 @@ pub struct Storage {
     pub pubsub: Arc<dyn PubSubStore>,
     /// Records of HTTP file uploads (XEP-0363), owned by accounts.
     pub upload: Arc<dyn UploadStore>,
+    /// Small per-host values (message of the day, added administrators).
+    pub host_data: Arc<dyn HostDataStore>,
 }
 
 /// The user-data store of FAST tokens (XEP-0484), one key per client: credentials issued
 /// under the current password, revoked when it changes.
 pub const FAST_TOKENS_STORE: &str = "fast";
+
+/// The user-data store of the server's own per-account state (whether the account is
+/// disabled; which message of the day it has seen). Being user data, it goes with the account.
+pub const ACCOUNT_STATE_STORE: &str = "urn:rookery:account";
+/// The key of [`ACCOUNT_STATE_STORE`] present (value `1`) while the account is disabled.
+pub const DISABLED_KEY: &str = "disabled";
 
 impl Storage {
     /// Everything in memory (tests, ephemeral servers).
@@ -446,6 +486,38 @@ impl Storage {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Whether the account is disabled (XEP-0133 §4.5): one keyed read, done at each login.
+    pub async fn account_disabled(&self, domain: &str, user: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .user_data
+            .get_data(domain, user, ACCOUNT_STATE_STORE, DISABLED_KEY)
+            .await?
+            .is_some())
+    }
+
+    /// Disables or re-enables an account; its data is kept either way. NotFound if the
+    /// account doesn't exist.
+    pub async fn set_account_disabled(
+        &self,
+        domain: &str,
+        user: &str,
+        disabled: bool,
+    ) -> Result<(), StorageError> {
+        if !self.accounts.account_exists(domain, user).await? {
+            return Err(StorageError::NotFound);
+        }
+        self.user_data
+            .set_data(
+                domain,
+                user,
+                ACCOUNT_STATE_STORE,
+                DISABLED_KEY,
+                disabled.then_some("1"),
+                1,
+            )
+            .await
     }
 }
 

@@ -15,9 +15,9 @@ use parking_lot::RwLock;
 
 use crate::{
     check_data_size, dedup_groups, validate_credentials, AccountStore, ArchiveBound, ArchiveEntry,
-    ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore, HashAlg, ItemPage, ItemRecord,
-    ItemSelection, NodeRecord, OfflineStore, PageRequest, PubSubService, PubSubStore, Published,
-    RoomStore, Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError,
+    ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore, HashAlg, HostDataStore, ItemPage,
+    ItemRecord, ItemSelection, NodeRecord, OfflineStore, PageRequest, PubSubService, PubSubStore,
+    Published, RoomStore, Roster, RosterItem, RosterStore, ScramCredentials, Storage, StorageError,
     SubscriptionRecord, UploadRecord, UploadStore, UserDataStore,
 };
 
@@ -109,6 +109,8 @@ struct State {
     last_pubsub_seq: u64,
     /// Upload records by id; an account's go with it (under the same lock).
     uploads: BTreeMap<String, UploadRecord>,
+    /// Per-host values: (domain, key) -> value. Not an account's: kept apart.
+    host_data: BTreeMap<(String, String), String>,
 }
 
 impl State {
@@ -164,6 +166,9 @@ impl MemoryBackend {
             room_archive: Arc::new(self.room_archive_store()),
             pubsub: Arc::new(self.pubsub_store()),
             upload: Arc::new(MemoryUploadStore {
+                state: self.state.clone(),
+            }),
+            host_data: Arc::new(MemoryHostDataStore {
                 state: self.state.clone(),
             }),
         }
@@ -251,6 +256,45 @@ pub struct MemoryOfflineStore {
 #[derive(Debug)]
 pub struct MemoryUserDataStore {
     state: Shared,
+}
+
+/// [`HostDataStore`] of a [`MemoryBackend`].
+#[derive(Debug)]
+pub struct MemoryHostDataStore {
+    state: Shared,
+}
+
+#[async_trait::async_trait]
+impl HostDataStore for MemoryHostDataStore {
+    async fn get_host_data(&self, domain: &str, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .state
+            .read()
+            .host_data
+            .get(&(domain.to_owned(), key.to_owned()))
+            .cloned())
+    }
+
+    async fn set_host_data(
+        &self,
+        domain: &str,
+        key: &str,
+        value: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(), StorageError> {
+        check_data_size(value, max_bytes)?;
+        let k = (domain.to_owned(), key.to_owned());
+        let mut s = self.state.write();
+        match value {
+            Some(v) => {
+                s.host_data.insert(k, v.to_owned());
+            }
+            None => {
+                s.host_data.remove(&k);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// [`RoomStore`] of a [`MemoryBackend`].

@@ -534,3 +534,96 @@ async fn changing_the_password_in_band_revokes_fast_tokens() {
     assert!(got.contains("<not-authorized"), "{got}");
     t.stop().await;
 }
+
+/// A SASL1 PLAIN attempt on a fresh stream; the outcome element as received.
+async fn sasl1_plain(t: &TestServer, user: &str, pw: &str) -> String {
+    let (mut c, _) = connect(t).await;
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain_b64(user, pw)
+    ))
+    .await;
+    read_outcome(&mut c).await
+}
+
+/// A SASL2 PLAIN attempt on a fresh stream.
+async fn sasl2_plain(t: &TestServer, user: &str, pw: &str) -> String {
+    let (mut c, _) = connect(t).await;
+    c.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+           <initial-response>{}</initial-response><user-agent id='{UA}'/>\
+         </authenticate>",
+        plain_b64(user, pw)
+    ))
+    .await;
+    read_outcome(&mut c).await
+}
+
+#[tokio::test]
+async fn a_disabled_account_cannot_log_in_by_any_mechanism_and_its_sessions_end() {
+    let t = TestServer::start("").await;
+    t.add_user("alice", "pw").await;
+    // A live session and a FAST token from before.
+    let (mut live, _) = connect(&t).await;
+    live.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'>\
+           <initial-response>{}</initial-response><user-agent id='{UA}'/>\
+           <bind xmlns='urn:xmpp:bind:0'/>\
+           <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>\
+         </authenticate>",
+        plain_b64("alice", "pw")
+    ))
+    .await;
+    let got = live.read_until("</stream:features>").await;
+    let token = attr(&got, "token", "token").expect("token");
+
+    let alice = rookery_stanza::BareJid::new("alice@localhost").expect("jid");
+    assert!(
+        rookery_modules::admin::ops::set_disabled(&t.server, &alice, true, "test")
+            .await
+            .expect("disable")
+    );
+    // XEP-0133 §4.5: the active session ends.
+    let (rest, _) = live.read_for(Duration::from_secs(2)).await;
+    assert!(rest.contains("policy-violation"), "{rest}");
+    let (_, closed) = live.read_for(Duration::from_millis(500)).await;
+    assert!(closed, "the stream is closed");
+
+    // RFC 6120 §6.5.1 on every path, after the proof only.
+    let got = sasl1_plain(&t, "alice", "pw").await;
+    assert!(
+        got.contains("<failure xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"")
+            && got.contains("<account-disabled"),
+        "SASL: {got}"
+    );
+    let got = sasl1_plain(&t, "alice", "wrong").await;
+    assert!(
+        got.contains("<not-authorized") && !got.contains("account-disabled"),
+        "a wrong password learns nothing: {got}"
+    );
+    let got = sasl2_plain(&t, "alice", "pw").await;
+    assert!(
+        got.contains("<failure xmlns=\"urn:xmpp:sasl:2\"") && got.contains("<account-disabled"),
+        "SASL2: {got}"
+    );
+    let got = login_token(&t, &token, "").await;
+    assert!(got.contains("<account-disabled"), "FAST: {got}");
+    // The data is kept: the account still exists with its token.
+    assert!(t
+        .server
+        .storage()
+        .accounts
+        .account_exists("localhost", "alice")
+        .await
+        .expect("exists"));
+
+    assert!(
+        rookery_modules::admin::ops::set_disabled(&t.server, &alice, false, "test")
+            .await
+            .expect("enable")
+    );
+    assert!(sasl1_plain(&t, "alice", "pw").await.contains("<success"));
+    assert!(sasl2_plain(&t, "alice", "pw").await.contains("<success"));
+    assert!(login_token(&t, &token, "").await.contains("<success"));
+    t.stop().await;
+}

@@ -3,7 +3,7 @@
 //! deleted account is removed as in-band cancellation removes it (subscriptions cancelled,
 //! sessions closed), so the CLI, the client and XMPP administration never disagree.
 
-use super::command_error;
+use super::{command_error, ops};
 use crate::form::{FormBuilder, Submitted};
 use rookery_core::Server;
 use rookery_sasl::ScramCredentials;
@@ -31,6 +31,14 @@ pub enum Command {
     GetOnlineUsersNum,
     GetOnlineUsersList,
     Announce,
+    DisableUser,
+    ReenableUser,
+    SetMotd,
+    EditMotd,
+    DeleteMotd,
+    SetWelcome,
+    DeleteWelcome,
+    EditAdmin,
 }
 
 pub const ALL: &[Command] = &[
@@ -43,7 +51,23 @@ pub const ALL: &[Command] = &[
     Command::GetOnlineUsersNum,
     Command::GetOnlineUsersList,
     Command::Announce,
+    Command::DisableUser,
+    Command::ReenableUser,
+    Command::SetMotd,
+    Command::EditMotd,
+    Command::DeleteMotd,
+    Command::SetWelcome,
+    Command::DeleteWelcome,
+    Command::EditAdmin,
 ];
+
+/// Who runs a command, for the log and for the commands that depend on it.
+pub struct Caller<'a> {
+    /// The admin's address, as logged.
+    pub actor: String,
+    /// The host's administrators from the configuration (fixed: `edit-admin` keeps them).
+    pub fixed_admins: &'a [BareJid],
+}
 
 /// What a command did: a note and a result form for the admin, and what to log.
 pub struct Outcome {
@@ -81,6 +105,14 @@ impl Command {
             Command::GetOnlineUsersNum => "get-online-users-num",
             Command::GetOnlineUsersList => "get-online-users-list",
             Command::Announce => "announce",
+            Command::DisableUser => "disable-user",
+            Command::ReenableUser => "reenable-user",
+            Command::SetMotd => "set-motd",
+            Command::EditMotd => "edit-motd",
+            Command::DeleteMotd => "delete-motd",
+            Command::SetWelcome => "set-welcome",
+            Command::DeleteWelcome => "delete-welcome",
+            Command::EditAdmin => "edit-admin",
         }
     }
 
@@ -95,6 +127,14 @@ impl Command {
             Command::GetOnlineUsersNum => "Get Number of Online Users",
             Command::GetOnlineUsersList => "Get List of Online Users",
             Command::Announce => "Send Announcement to Online Users",
+            Command::DisableUser => "Disable a User",
+            Command::ReenableUser => "Re-Enable a User",
+            Command::SetMotd => "Set Message of the Day",
+            Command::EditMotd => "Edit Message of the Day",
+            Command::DeleteMotd => "Delete Message of the Day",
+            Command::SetWelcome => "Set Welcome Message",
+            Command::DeleteWelcome => "Delete Welcome Message",
+            Command::EditAdmin => "Edit Admin List",
         }
     }
 
@@ -103,8 +143,14 @@ impl Command {
         ALL.iter().copied().find(|c| c.id() == id)
     }
 
-    /// The form the command asks the admin to fill in; `None`: it runs at once.
-    pub fn form(self) -> Option<Element> {
+    /// The form the command asks the admin to fill in, with the host's current values where
+    /// the command edits them; `None`: it runs at once.
+    pub async fn form(
+        self,
+        server: &Server,
+        domain: &str,
+        caller: &Caller<'_>,
+    ) -> Result<Option<Element>, StanzaError> {
         let f = FormBuilder::new("form", FORM_TYPE).title(self.name());
         let max_items = |f: FormBuilder| {
             f.list(
@@ -176,9 +222,81 @@ impl Command {
                     Some("Announcement"),
                     &[],
                 ),
-            Command::GetRegisteredUsersNum | Command::GetOnlineUsersNum => return None,
+            Command::DisableUser => f.field(
+                "accountjids",
+                Some("jid-multi"),
+                Some("The Jabber ID(s) to disable"),
+                &[],
+            ),
+            Command::ReenableUser => f.field(
+                "accountjids",
+                Some("jid-multi"),
+                Some("The Jabber ID(s) to re-enable"),
+                &[],
+            ),
+            Command::SetMotd | Command::EditMotd => {
+                let current = match self {
+                    Command::EditMotd => ops::motd(server, domain)
+                        .await
+                        .map_err(op_error)?
+                        .map(|m| m.text),
+                    _ => None,
+                };
+                let lines: Vec<&str> = current
+                    .as_deref()
+                    .map(|t| t.lines().collect())
+                    .unwrap_or_default();
+                f.field(
+                    "motd",
+                    Some("text-multi"),
+                    Some("Message of the Day"),
+                    &lines,
+                )
+            }
+            Command::SetWelcome => {
+                let current = ops::welcome(server.storage(), domain)
+                    .await
+                    .map_err(op_error)?;
+                let lines: Vec<&str> = current
+                    .as_deref()
+                    .map(|t| t.lines().collect())
+                    .unwrap_or_default();
+                f.field(
+                    "welcome",
+                    Some("text-multi"),
+                    Some("Welcome Message"),
+                    &lines,
+                )
+            }
+            Command::EditAdmin => {
+                let added = ops::added_admins(server, domain).await.map_err(op_error)?;
+                let all: Vec<String> = caller
+                    .fixed_admins
+                    .iter()
+                    .chain(added.iter())
+                    .map(|a| a.to_string())
+                    .collect();
+                let values: Vec<&str> = all.iter().map(String::as_str).collect();
+                let fixed: Vec<String> =
+                    caller.fixed_admins.iter().map(|a| a.to_string()).collect();
+                f.instructions(&format!(
+                    "Edit the list of administrators. Those named in the server's \
+                     configuration ({}) stay administrators and cannot be removed here.",
+                    fixed.join(", ")
+                ))
+                .field(
+                    "adminjids",
+                    Some("jid-multi"),
+                    Some("The admin list"),
+                    &values,
+                )
+            }
+            Command::GetRegisteredUsersNum
+            | Command::GetOnlineUsersNum
+            | Command::DeleteMotd
+            | Command::DeleteWelcome => return Ok(None),
         };
-        Some(form.build())
+        Ok(Some(form.build()))
     }
 
     /// Runs the command on host `domain` with the submitted `form`.
@@ -187,7 +305,14 @@ impl Command {
         server: &Arc<Server>,
         domain: &str,
         form: Option<&Element>,
+        caller: &Caller<'_>,
     ) -> Result<Outcome, StanzaError> {
+        let text_of = |var: &str| {
+            form.map(Submitted::of)
+                .and_then(|s| s.values(var))
+                .unwrap_or_default()
+                .join("\n")
+        };
         let submitted = form.map(Submitted::of).map(|s| {
             (
                 s.values("accountjid").unwrap_or_default(),
@@ -218,6 +343,7 @@ impl Command {
                     }
                     Err(e) => return Err(internal(e)),
                 }
+                ops::send_welcome(server, &account).await;
                 Ok(note(format!("created {account}"), account.to_string()))
             }
             Command::ChangeUserPassword => {
@@ -339,6 +465,84 @@ impl Command {
                     String::new(),
                 ))
             }
+            Command::DisableUser | Command::ReenableUser => {
+                let accounts = local_accounts(domain, &many)?;
+                let disable = self == Command::DisableUser;
+                let mut done = Vec::new();
+                let mut missing = Vec::new();
+                for account in &accounts {
+                    match ops::set_disabled(server, account, disable, &caller.actor)
+                        .await
+                        .map_err(op_error)?
+                    {
+                        true => done.push(account.to_string()),
+                        false => missing.push(account.to_string()),
+                    }
+                }
+                let mut text = format!(
+                    "{}: {}",
+                    if disable { "disabled" } else { "re-enabled" },
+                    list_or_none(&done)
+                );
+                if !missing.is_empty() {
+                    text.push_str(&format!("; no such account: {}", missing.join(", ")));
+                }
+                Ok(note(text, done.join(",")))
+            }
+            Command::SetMotd | Command::EditMotd => {
+                let text = text_of("motd");
+                let sent = ops::set_motd(server, domain, &text, &caller.actor)
+                    .await
+                    .map_err(op_error)?;
+                Ok(note(
+                    format!("message of the day set, sent to {sent} online sessions"),
+                    format!("{} bytes", text.len()),
+                ))
+            }
+            Command::DeleteMotd => {
+                let had = ops::delete_motd(server, domain, &caller.actor)
+                    .await
+                    .map_err(op_error)?;
+                Ok(note(
+                    if had {
+                        "message of the day deleted".into()
+                    } else {
+                        "there was no message of the day".into()
+                    },
+                    String::new(),
+                ))
+            }
+            Command::SetWelcome => {
+                let text = text_of("welcome");
+                ops::set_welcome(server.storage(), domain, Some(&text), &caller.actor)
+                    .await
+                    .map_err(op_error)?;
+                Ok(note(
+                    "welcome message set".into(),
+                    format!("{} bytes", text.len()),
+                ))
+            }
+            Command::DeleteWelcome => {
+                ops::set_welcome(server.storage(), domain, None, &caller.actor)
+                    .await
+                    .map_err(op_error)?;
+                Ok(note("welcome message deleted".into(), String::new()))
+            }
+            Command::EditAdmin => {
+                let wanted = form
+                    .map(Submitted::of)
+                    .and_then(|s| s.values("adminjids"))
+                    .unwrap_or_default();
+                let added =
+                    ops::set_admins(server, domain, caller.fixed_admins, &wanted, &caller.actor)
+                        .await
+                        .map_err(op_error)?;
+                let list: Vec<String> = added.iter().map(|a| a.to_string()).collect();
+                Ok(note(
+                    format!("administrators added over XMPP: {}", list_or_none(&list)),
+                    list.join(","),
+                ))
+            }
             Command::Announce => {
                 let body = announcement.join("\n");
                 if body.trim().is_empty() {
@@ -371,6 +575,16 @@ impl Command {
                 ))
             }
         }
+    }
+}
+
+/// An operation's refusal as the command's error: what the admin got wrong is `not-acceptable`
+/// with the reason (XEP-0133 §5 leaves the condition to the service), a storage failure
+/// `internal-server-error`.
+fn op_error(e: ops::OpError) -> StanzaError {
+    match e {
+        ops::OpError::Invalid(text) => not_acceptable(text),
+        ops::OpError::Storage(e) => internal(e),
     }
 }
 

@@ -17,17 +17,23 @@
 //! Sessions are kept for [`SESSION_TTL`] and at most [`MAX_SESSIONS`] at once. Every
 //! completed command is logged at info level with the admin's address, the command and its
 //! targets (never a password).
+//!
+//! Administrators are those of `[host.admin] admins` (fixed) and those added with
+//! `edit-admin` (stored per host, [`ops::added_admins`]); the commands are offered only on a
+//! host with configured ones. The message of the day is sent whatever the admins: the
+//! module hooks each session's first available presence for it ([`ops`]).
 
 pub mod commands;
+pub mod ops;
 
 use parking_lot::Mutex;
 use rookery_core::config::ConfigError;
-use rookery_core::events::{HostDiscoInfo, HostDiscoItems};
+use rookery_core::events::{HostDiscoInfo, HostDiscoItems, PresenceBroadcast};
 use rookery_core::{
-    iq_fn, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Order, Place, Section,
-    SectionDecl, Spec,
+    iq_fn, Flow, HostBuilder, IqRequest, IqResult, IqScope, Module, ModuleError, Order, Place,
+    Section, SectionDecl, Server, Spec,
 };
-use rookery_stanza::{BareJid, Jid, StanzaError, StanzaErrorCondition};
+use rookery_stanza::{BareJid, Jid, PresenceType, StanzaError, StanzaErrorCondition};
 use rookery_xml::Element;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -56,8 +62,9 @@ impl Section for AdminConfig {
     const KEY: &'static str = "admin";
     const PLACE: Place = Place::Host;
     const EXAMPLE: &'static str = r#"# Administrators of this host (bare JIDs): they get the service administration commands
-# (XEP-0133: add, delete and end the sessions of users, change passwords, list and count
-# users, announce) in their client's ad-hoc commands menu (XEP-0050).
+# (XEP-0133: add, delete, disable and end the sessions of users, change passwords, list and
+# count users, announce, the message of the day and welcome message, add administrators)
+# in their client's ad-hoc commands menu (XEP-0050).
 [host.admin]
 admins = []
 "#;
@@ -86,7 +93,7 @@ impl Module for Admin {
         },
         Spec {
             id: "XEP-0133",
-            title: "Service Administration (add, delete, end sessions of and change passwords of users, counts and lists, announce)",
+            title: "Service Administration (add, delete, disable, re-enable, end sessions of and change passwords of users, counts and lists, announce, message of the day, welcome message, admin list)",
             version: "1.3.0",
         },
     ];
@@ -94,6 +101,21 @@ impl Module for Admin {
 
     fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
         let config = host.section::<AdminConfig>();
+        // The host values the operations cache (message of the day, added admins), one for
+        // the server, found again by the admin socket through `Server::shared`.
+        host.shared::<ops::HostCache>();
+        // The message of the day reaches each account at its next login whether or not the
+        // host has administrators (the CLI sets it too). After the presence broadcast and
+        // after the offline module started the backlog's delivery.
+        host.hook::<PresenceBroadcast, _, _>(
+            Order::normal().after("presence").after("offline"),
+            |server, ev| async move {
+                if ev.stanza.presence_type() == Some(PresenceType::Available) {
+                    ops::motd_on_presence(&server, &ev.session).await;
+                }
+                Flow::Continue
+            },
+        );
         if config.admins.is_empty() {
             // Nobody may run a command: nothing to offer or advertise.
             return Ok(());
@@ -118,13 +140,13 @@ impl Module for Admin {
         )?;
         let s = state.clone();
         let domain = host.domain().to_owned();
-        host.filter::<HostDiscoItems, _, _>(Order::normal(), move |_server, mut ev| {
+        host.filter::<HostDiscoItems, _, _>(Order::normal(), move |server, mut ev| {
             let s = s.clone();
             let domain = domain.clone();
             async move {
                 if ev.node == NS {
                     ev.found = true;
-                    if s.is_admin(&ev.requester) {
+                    if s.is_admin(&server, &domain, &ev.requester).await {
                         for c in commands::ALL {
                             ev.query.push_child(
                                 Element::new("item", NS_DISCO_ITEMS)
@@ -139,15 +161,17 @@ impl Module for Admin {
             }
         });
         let s = state;
-        host.filter::<HostDiscoInfo, _, _>(Order::normal(), move |_server, mut ev| {
+        let domain = host.domain().to_owned();
+        host.filter::<HostDiscoInfo, _, _>(Order::normal(), move |server, mut ev| {
             let s = s.clone();
+            let domain = domain.clone();
             async move {
                 if ev.node == NS {
                     ev.found = true;
                     ev.query
                         .push_child(identity("automation", "command-list", None));
                 } else if let Some(c) = commands::Command::by_node(&ev.node) {
-                    if s.is_admin(&ev.requester) {
+                    if s.is_admin(&server, &domain, &ev.requester).await {
                         ev.found = true;
                         ev.query
                             .push_child(identity("automation", "command-node", Some(c.name())));
@@ -183,6 +207,8 @@ struct Open {
 }
 
 struct State {
+    /// The administrators of the configuration; those added over XMPP are in
+    /// [`ops::added_admins`].
     admins: Vec<BareJid>,
     sessions: Mutex<HashMap<String, Open>>,
 }
@@ -193,9 +219,26 @@ pub fn command_error(condition: StanzaErrorCondition, specific: &str) -> StanzaE
 }
 
 impl State {
-    fn is_admin(&self, who: &Jid) -> bool {
+    /// Named in the configuration.
+    fn is_fixed_admin(&self, who: &Jid) -> bool {
         let bare = who.to_bare();
         self.admins.contains(&bare)
+    }
+
+    /// Named in the configuration or added over XMPP (`edit-admin`). A failed read of the
+    /// added ones counts as not added: refusing is the safe side.
+    async fn is_admin(&self, server: &Server, domain: &str, who: &Jid) -> bool {
+        if self.is_fixed_admin(who) {
+            return true;
+        }
+        let bare = who.to_bare();
+        match ops::added_admins(server, domain).await {
+            Ok(added) => added.contains(&bare),
+            Err(e) => {
+                tracing::warn!(error = %e, "added administrators not read");
+                false
+            }
+        }
     }
 
     async fn handle(&self, req: IqRequest) -> IqResult {
@@ -211,7 +254,10 @@ impl State {
         };
         // Only a host's own admins, and only over their authenticated session (a remote
         // entity's address proves nothing about who typed the command).
-        if !self.is_admin(&req.from) || !req.server.serves(req.from.domain().as_str()) {
+        let domain = req.to.domain().as_str().to_owned();
+        if !req.server.serves(req.from.domain().as_str())
+            || !self.is_admin(&req.server, &domain, &req.from).await
+        {
             tracing::info!(target: "rookery::admin", requester = %req.from, command = command.name(),
                 "refused: not an admin");
             return Err(StanzaError::new(StanzaErrorCondition::Forbidden)
@@ -232,7 +278,8 @@ impl State {
                         "bad-action",
                     ));
                 }
-                match command.form() {
+                let caller = self.caller(&req);
+                match command.form(&req.server, &domain, &caller).await? {
                     // No input needed: run now.
                     None => self.finish(&req, command, new_session_id(), None).await,
                     Some(form) => {
@@ -282,8 +329,9 @@ impl State {
         id: String,
         form: Option<&Element>,
     ) -> IqResult {
+        let caller = self.caller(req);
         let outcome = command
-            .run(&req.server, req.to.domain().as_str(), form)
+            .run(&req.server, req.to.domain().as_str(), form, &caller)
             .await?;
         tracing::info!(target: "rookery::admin", admin = %req.from, command = command.name(),
             targets = %outcome.log, "admin command run");
@@ -299,6 +347,13 @@ impl State {
             out.push_child(result);
         }
         Ok(Some(out))
+    }
+
+    fn caller(&self, req: &IqRequest) -> commands::Caller<'_> {
+        commands::Caller {
+            actor: req.from.to_string(),
+            fixed_admins: &self.admins,
+        }
     }
 
     fn open(&self, id: String, command: commands::Command, requester: Jid) {
@@ -385,7 +440,7 @@ mod tests {
         let s = state();
         let boss = Jid::new("boss@example.org/laptop").expect("jid");
         let other = Jid::new("eve@example.org/x").expect("jid");
-        assert!(s.is_admin(&boss) && !s.is_admin(&other));
+        assert!(s.is_fixed_admin(&boss) && !s.is_fixed_admin(&other));
         s.open("a".into(), commands::Command::Announce, boss.clone());
         let bad = |e: StanzaError| e.condition == StanzaErrorCondition::BadRequest;
         assert!(s

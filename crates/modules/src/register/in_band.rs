@@ -178,6 +178,9 @@ async fn create_account(req: PreAuthRequest, limiter: &RegistrationLimiter) -> I
             {
                 Ok(()) => {
                     tracing::info!(peer = %req.peer, jid = %jid, "account registered in-band");
+                    // XEP-0133 §4.27: the host's welcome message, kept offline for the
+                    // account's first login.
+                    crate::admin::ops::send_welcome(&req.server, &jid).await;
                     Ok(None)
                 }
                 Err(rookery_storage::StorageError::AlreadyExists) => {

@@ -131,6 +131,9 @@ impl ClientStream {
             .await;
         match verified {
             Ok(Verified::Valid { token, expiry }) => {
+                if let Err(e) = self.refuse_disabled(&jid).await {
+                    return self.sasl_failure(e);
+                }
                 if let Some(auth) = self.auth_mut() {
                     auth.attempt = None;
                 }
