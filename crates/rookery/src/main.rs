@@ -374,7 +374,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
     // default action, which for SIGHUP is to die.
     let mut signals = Signals::new()?;
     create_private_dir(&config.data_dir)?;
-    let storage = open_storage(&config, Create::Yes)?;
+    // Every store call is timed for the metrics, whatever the backend.
+    let storage = rookery_storage::timed::timed(open_storage(&config, Create::Yes)?);
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
     let reloader = Arc::new(reload::Reloader {
         config_path,
