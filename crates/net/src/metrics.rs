@@ -129,7 +129,7 @@ impl Section for MetricsConfig {
     const KEY: &'static str = "metrics";
     const PLACE: Place = Place::Server;
     const EXAMPLE: &'static str = r#"# Prometheus metrics at /metrics on the HTTP listeners ([[listener]] kind = "http" or
-# "https"; add one on a loopback address to scrape without any other HTTP service).
+# "https"), or on a listener of their own (address below).
 [metrics]
 enabled = true
 # Addresses or networks (CIDR) that may read /metrics; others are answered 403. Behind a
