@@ -4,8 +4,12 @@
 //!
 //! The figures are process-wide statics ([`STORES`]), like the event counters of
 //! `rookery_core::counters`: one set of atomics per (store, operation), laid out before the
-//! first call, so recording a call is a clock read and two relaxed adds — no allocation, no
-//! lock. The metrics endpoint reads them ([`StoreStats::operations`]).
+//! first call, so recording a call is two clock reads and two relaxed adds — no lock, and no
+//! allocation for the figures. The one allocation the wrapper adds is its own boxed future,
+//! which the `async_trait` signatures of the store traits impose (every store call already
+//! boxes its future the same way). Measured against the in-memory store, release build:
+//! 55–85 ns more per call, against tens of microseconds for a SQLite call.
+//! The metrics endpoint reads them ([`StoreStats::operations`]).
 //!
 //! Only [`StorageError::Backend`] and [`StorageError::Corrupt`] count as errors: `NotFound`,
 //! `AlreadyExists` and `LimitReached` are answers (an account that does not exist, a quota
