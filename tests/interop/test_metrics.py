@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +20,8 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import CLIENT_NS, qn, xml_text_escape
+from conftest import ROOKERY_BIN
+from harness import CLIENT_NS, RookeryServer, ServerStartError, free_ports, qn, xml_text_escape
 from wsclient import WsStream
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "rookery.json"
@@ -225,3 +227,107 @@ def test_forwarding_headers_from_untrusted_peers_are_ignored(server):
 def test_disabled_metrics_are_not_served(make_server):
     srv = make_server(extra_toml="[metrics]\nenabled = false")
     assert fetch(srv)[0] == 404
+
+
+HISTOGRAM = "rookery_storage_operation_duration_seconds"
+
+
+def storage_calls(s: Scrape, store: str, operation: str) -> float:
+    return s.value(f"{HISTOGRAM}_count", store=store, operation=operation)
+
+
+def test_storage_calls_are_timed_and_the_archive_counted(make_server, raw_factory):
+    srv = make_server()
+    alice, bob = srv.add_user("alice"), srv.add_user("bob")
+    before = scrape(srv)
+    # Every store and operation is there from the start (zeros included), with no error.
+    assert before.families[HISTOGRAM].type == "histogram"
+    for store in ("accounts", "roster", "offline", "user_data", "archive", "rooms", "room_archive", "pubsub", "upload"):
+        assert before.value("rookery_storage_errors_total", store=store) == 0, store
+        assert any(x.labels.get("store") == store for x in before.samples[f"{HISTOGRAM}_count"]), store
+    # Counted when the server started: an empty archive.
+    assert [(x.labels, x.value) for x in before.samples["rookery_archive_entries"]] == [
+        ({"store": "archive"}, 0),
+        ({"store": "room_archive"}, 0),
+    ]
+
+    a, b = raw_factory(srv), raw_factory(srv)
+    a.login(alice, "desk")
+    b.login(bob, "phone")
+    for i in range(3):
+        message(a, b.jid, f"kept {i}")
+    for i in range(3):
+        b.wait_for(
+            lambda e, i=i: e.tag == qn(CLIENT_NS, "message") and e.findtext(qn(CLIENT_NS, "body")) == f"kept {i}",
+            what=f"message {i}",
+        )
+    after = scrape(srv)
+    # Two logins read the credentials; each message was archived for its sender and its
+    # recipient (XEP-0313), each append timed once.
+    assert storage_calls(after, "accounts", "get_credentials") - storage_calls(before, "accounts", "get_credentials") >= 2
+    appended = storage_calls(after, "archive", "append_archive") - storage_calls(before, "archive", "append_archive")
+    assert appended == 6, appended
+    # Buckets are cumulative and end with every call; the sum is a positive duration.
+    buckets = [
+        x for x in after.samples[f"{HISTOGRAM}_bucket"] if x.labels["store"] == "archive" and x.labels["operation"] == "append_archive"
+    ]
+    values = [x.value for x in buckets]
+    assert values == sorted(values) and buckets[-1].labels["le"] == "+Inf", buckets
+    assert values[-1] == storage_calls(after, "archive", "append_archive")
+    assert 0 < after.value(f"{HISTOGRAM}_sum", store="archive", operation="append_archive") < 60
+    assert after.value("rookery_storage_errors_total") == 0
+
+    # The archive is counted at start (and every few minutes): after a restart on the same
+    # database, it holds what was appended.
+    a.close()
+    b.close()
+    rc, _, err = srv.stop()
+    assert rc == 0, err
+    srv.start()
+    restarted = scrape(srv)
+    assert restarted.value("rookery_archive_entries", store="archive") == 6
+    assert restarted.value("rookery_archive_entries", store="room_archive") == 0
+
+
+def test_the_metrics_own_listener_serves_only_metrics(make_server):
+    (port,) = free_ports(1)
+    srv = make_server(extra_toml=f'[metrics]\naddress = "127.0.0.1:{port}"')
+    status, content_type, body = fetch(srv, port=port)
+    assert status == 200, body
+    assert content_type.startswith("text/plain; version=0.0.4"), content_type
+    assert Scrape(body).value("rookery_build_info") == 1
+    # Nothing else is served there: no discovery, no WebSocket, no BOSH.
+    for path in ("/.well-known/host-meta.json", "/xmpp-websocket", "/http-bind"):
+        req = urllib.request.Request(f"http://{srv.host}:{port}{path}", headers={"Host": srv.domain})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 404, path
+    # With an address of their own, the metrics leave the HTTP listeners, which go on
+    # serving the rest.
+    assert fetch(srv)[0] == 404
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://{srv.host}:{srv.http_port}/.well-known/host-meta.json", headers={"Host": srv.domain}
+        ),
+        timeout=10,
+    ) as r:
+        assert r.status == 200
+    # The allowed addresses apply there too.
+    (port2,) = free_ports(1)
+    closed = make_server(extra_toml=f'[metrics]\naddress = "127.0.0.1:{port2}"\nallowed = []')
+    assert fetch(closed, port=port2)[0] == 403
+
+
+def test_a_metrics_address_in_use_stops_the_server(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = RookeryServer(ROOKERY_BIN, tmp_path, extra_toml=f'[metrics]\naddress = "127.0.0.1:{port}"')
+        try:
+            with pytest.raises(ServerStartError) as e:
+                srv.start(deadline_secs=10)
+        finally:
+            srv.kill()
+        # Asked for and unavailable: the server does not start without it, and says why.
+        assert f"metrics.address: cannot listen on 127.0.0.1:{port}" in str(e.value), e.value

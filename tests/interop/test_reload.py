@@ -1,5 +1,7 @@
-"""SIGHUP: certificates and log level are read again, sessions stay connected, and a bad
-certificate or configuration is logged and changes nothing."""
+"""SIGHUP: certificates and log level are read again, a host no longer listed stops being
+served (its sessions end with host-gone) and comes back when listed again, sessions on
+other hosts stay connected, and a bad certificate or configuration is logged and changes
+nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +14,18 @@ import time
 
 import pytest
 
-from harness import PING_NS, LoginError, connect_client, pem_to_der, session, write_self_signed_cert
+from harness import (
+    CLIENT_NS,
+    PING_NS,
+    LoginError,
+    RawStream,
+    User,
+    connect_client,
+    pem_to_der,
+    qn,
+    session,
+    write_self_signed_cert,
+)
 
 
 def fingerprint(der: bytes) -> str:
@@ -168,3 +181,93 @@ def test_rookery_reload_reports_what_it_applied_and_refuses_a_bad_file(make_serv
     srv.stop(signal.SIGTERM, timeout=10)
     gone = srv.cli("reload")
     assert gone.returncode == 1 and "not running" in gone.stderr, gone.stderr
+
+
+OTHER = "other.localhost"
+
+
+def other_stream(srv) -> RawStream:
+    """A client stream to the second host, trusting that host's certificate."""
+    return RawStream(srv.host, srv.c2s_port, domain=OTHER, cafile=srv.data_dir / "certs" / f"{OTHER}.pem")
+
+
+def ping_ok(stream: RawStream) -> None:
+    reply = stream.iq(f"<ping xmlns='{PING_NS}'/>", to=stream.domain)
+    assert reply.get("type") == "result", reply
+
+
+def test_a_host_removed_by_reload_is_gone_and_comes_back(make_server):
+    srv = make_server(extra_hosts=[OTHER])
+    text = srv.config_path.read_text()
+    block = f'[[host]]\ndomain = "{OTHER}"\n'
+    assert block in text, text
+    alice = srv.add_user("alice")
+    carol = User("carol", OTHER, "carol-secret")
+    assert srv.user("add", carol.jid, "--password", carol.password).returncode == 0
+    a = RawStream(srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path)
+    c = other_stream(srv)
+    streams = [a, c]
+    try:
+        a.login(alice, "desk")
+        c.login(carol, "phone")
+
+        # Removed from the file: its session ends with host-gone (RFC 6120 §4.9.3.7).
+        srv.config_path.write_text(text.replace(block, ""))
+        mark = hup(srv)
+        line = srv.wait_for_log(rf"host {OTHER} removed", mark)
+        assert "1 session(s) closed with host-gone" in line, line
+        c.read_until_closed(timeout=10)
+        assert c.stream_error() == "host-gone", c.text[-2000:]
+        assert "take effect only after a restart" not in srv.stderr_text()[mark:]
+        # The other host's session goes on.
+        ping_ok(a)
+        # A new stream to the removed host: host-unknown.
+        n = other_stream(srv)
+        streams.append(n)
+        n.open_stream(wait_features=False)
+        n.read_until_closed(timeout=10)
+        assert n.stream_error() == "host-unknown", n.text[-2000:]
+        # A message to its user is no longer delivered locally.
+        a.send(f"<message to='{carol.jid}' id='m1' type='chat'><body>hi</body></message>")
+        bounce = a.wait_for(lambda e: e.tag == qn(CLIENT_NS, "message") and e.get("id") == "m1", what="bounce")
+        assert bounce.get("type") == "error", bounce
+
+        # An invalid file changes nothing: the host stays removed.
+        srv.config_path.write_text(text.replace('log_level = "debug"', 'log_level = "loud"'))
+        mark = hup(srv)
+        srv.wait_for_log(r"reload failed", mark)
+        n2 = other_stream(srv)
+        streams.append(n2)
+        n2.open_stream(wait_features=False)
+        n2.read_until_closed(timeout=10)
+        assert n2.stream_error() == "host-unknown", n2.text[-2000:]
+
+        # Listed again: served again, its accounts log in, the other session still on.
+        srv.config_path.write_text(text)
+        mark = hup(srv)
+        srv.wait_for_log(rf"host {OTHER} is served again", mark)
+        back = other_stream(srv)
+        streams.append(back)
+        assert back.login(carol, "again").startswith(carol.jid)
+        ping_ok(back)
+        ping_ok(a)
+        assert srv.running
+    finally:
+        for st in streams:
+            st.close()
+
+
+def test_a_new_host_needs_a_restart(make_server):
+    srv = make_server()
+    text = srv.config_path.read_text()
+    srv.config_path.write_text(text + f'\n[[host]]\ndomain = "{OTHER}"\n')
+    mark = hup(srv)
+    line = srv.wait_for_log(r"take effect only after a restart", mark)
+    assert "hosts" in line, line
+    n = other_stream(srv)
+    try:
+        n.open_stream(wait_features=False)
+        n.read_until_closed(timeout=10)
+        assert n.stream_error() == "host-unknown", n.text[-2000:]
+    finally:
+        n.close()

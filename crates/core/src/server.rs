@@ -24,7 +24,8 @@ use rookery_stanza::{
 };
 use rookery_storage::Storage;
 use rookery_xml::Element;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,12 @@ pub struct Server {
     pending_iqs: Arc<PendingIqs>,
     /// What modules keep for the whole server ([`crate::HostBuilder::shared`]).
     shared: SharedState,
+    /// Hosts a reload took out of the configuration ([`Server::retire_host`]): built at
+    /// start, kept, but not served (nor their service domains) until listed again.
+    retired: RwLock<HashSet<String>>,
+    /// Whether `retired` has any entry: the routing hot path reads this one atomic, not the
+    /// lock, while no host was ever retired.
+    any_retired: AtomicBool,
 }
 
 impl Server {
@@ -126,6 +133,8 @@ impl Server {
             started: Instant::now(),
             pending_iqs: Arc::default(),
             shared,
+            retired: RwLock::default(),
+            any_retired: AtomicBool::new(false),
         });
         registry.start(&server, &enabled);
         Ok(server)
@@ -135,15 +144,69 @@ impl Server {
         &self.config
     }
     pub fn host(&self, domain: &str) -> Option<&Arc<Host>> {
-        self.hosts.get(domain)
+        self.live_host(domain)
     }
     /// Whether `domain` is one of this server's virtual hosts (its accounts' domains).
     pub fn serves(&self, domain: &str) -> bool {
-        self.hosts.contains_key(domain)
+        self.live_host(domain).is_some()
     }
-    /// The service domain `domain`, if a module claimed it.
+    /// The service domain `domain`, if a module of a served host claimed it.
     pub fn service(&self, domain: &str) -> Option<&Arc<ServiceDomain>> {
-        self.services.get(domain)
+        self.services
+            .get(domain)
+            .filter(|s| !self.is_retired(&s.host))
+    }
+
+    /// Every host the server was built with (retired ones included), sorted.
+    pub fn built_hosts(&self) -> Vec<&str> {
+        let mut hosts: Vec<&str> = self.hosts.keys().map(String::as_str).collect();
+        hosts.sort_unstable();
+        hosts
+    }
+
+    fn is_retired(&self, domain: &str) -> bool {
+        self.any_retired.load(Ordering::Acquire) && self.retired.read().contains(domain)
+    }
+
+    /// The host `domain`, unless a reload retired it.
+    fn live_host(&self, domain: &str) -> Option<&Arc<Host>> {
+        self.hosts.get(domain).filter(|_| !self.is_retired(domain))
+    }
+
+    /// Stops serving a host a reload no longer finds in the configuration: from now on it
+    /// is unknown (new streams to it get `host-unknown`, stanzas to it and to its service
+    /// domains are routed as to any other domain), and each of its sessions is closed with
+    /// the `host-gone` stream error (RFC 6120 §4.9.3.7). The host's modules stay built, so
+    /// listing it again ([`Server::restore_host`]) serves it as before. Returns how many
+    /// sessions were asked to close; `None` if the server has no such host or it is
+    /// retired already.
+    pub fn retire_host(&self, domain: &str) -> Option<usize> {
+        if !self.hosts.contains_key(domain) || !self.retired.write().insert(domain.to_owned()) {
+            return None;
+        }
+        self.any_retired.store(true, Ordering::Release);
+        let mut closed = 0;
+        for s in self.sessions.all() {
+            if s.jid().domain().as_str() == domain {
+                s.kick(
+                    StreamErrorCondition::HostGone,
+                    "this host is no longer served here",
+                );
+                closed += 1;
+            }
+        }
+        Some(closed)
+    }
+
+    /// Serves a retired host again (a reload found it listed again); false if it was not
+    /// retired.
+    pub fn restore_host(&self, domain: &str) -> bool {
+        let mut retired = self.retired.write();
+        let was = retired.remove(domain);
+        if retired.is_empty() {
+            self.any_retired.store(false, Ordering::Release);
+        }
+        was
     }
     /// The HTTP handlers modules registered ([`crate::http`]), for the HTTP listeners to
     /// mount.
@@ -186,10 +249,10 @@ impl Server {
 
     /// Where stanzas to `domain` go: the one place that decides it.
     pub fn destination(&self, domain: &str) -> Destination {
-        if let Some(host) = self.hosts.get(domain) {
+        if let Some(host) = self.live_host(domain) {
             return Destination::Host(host.clone());
         }
-        if let Some(service) = self.services.get(domain) {
+        if let Some(service) = self.service(domain) {
             return Destination::Service(service.clone());
         }
         if let Some(component) = self.components.read().get(domain) {
@@ -307,7 +370,7 @@ impl Server {
     /// Routes a stamped stanza from a local client session.
     pub async fn route_from_client(self: &Arc<Self>, from: &FullJid, stanza: Stanza) {
         crate::counters::stanza_in(stanza.name());
-        let Some(host) = self.hosts.get(from.domain().as_str()).cloned() else {
+        let Some(host) = self.live_host(from.domain().as_str()).cloned() else {
             return;
         };
         let Some(ClientStanza { mut stanza, .. }) = host
@@ -490,7 +553,7 @@ impl Server {
     /// Runs the [`LocalDelivery`] filters for a stanza addressed to a local account.
     /// A dropped IQ request is answered `service-unavailable` (every request gets an answer).
     async fn filter_local(self: &Arc<Self>, to: &Jid, stanza: Stanza) -> Option<Stanza> {
-        let host = self.hosts.get(to.domain().as_str())?;
+        let host = self.live_host(to.domain().as_str())?;
         let is_request =
             stanza.kind() == StanzaKind::Iq && stanza.iq_type().is_some_and(IqType::is_request);
         // A clone shares the element: nothing is copied unless a filter changes it.
@@ -535,7 +598,7 @@ impl Server {
                 _ => return,
             },
         };
-        if self.hosts.contains_key(to.domain().as_str()) {
+        if self.live_host(to.domain().as_str()).is_some() {
             if let Ok(full) = to.try_as_full() {
                 if let Some(session) = self.sessions.get(full) {
                     let _ = session.deliver(reply);
@@ -555,7 +618,7 @@ impl Server {
         let Some(to) = request.from() else {
             return;
         };
-        if self.hosts.contains_key(to.domain().as_str()) {
+        if self.live_host(to.domain().as_str()).is_some() {
             self.deliver_to_sender(reply, Some(to.clone()))
         } else {
             let reply = Stanza::from_parts(
@@ -669,7 +732,7 @@ impl Server {
 
     /// The [`LocalDelivery`] filters without answering a dropped request (the caller does).
     async fn filter_local_quiet(self: &Arc<Self>, to: &Jid, stanza: Stanza) -> Option<Stanza> {
-        let host = self.hosts.get(to.domain().as_str())?;
+        let host = self.live_host(to.domain().as_str())?;
         host.hooks()
             .fold(
                 self,
@@ -862,7 +925,7 @@ impl Server {
                     stanza,
                     sessions,
                 });
-                if let Some(host) = self.hosts.get(event.to.domain().as_str()) {
+                if let Some(host) = self.live_host(event.to.domain().as_str()) {
                     if host.hooks().run_shared(self, event.clone()).await == Flow::Stop {
                         return;
                     }
@@ -937,7 +1000,7 @@ impl Server {
         delivered_to: Vec<u64>,
         sessions: Resources,
     ) {
-        if let Some(host) = self.hosts.get(to.domain().as_str()).cloned() {
+        if let Some(host) = self.live_host(to.domain().as_str()).cloned() {
             host.hooks()
                 .run(
                     self,

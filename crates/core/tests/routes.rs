@@ -336,3 +336,77 @@ async fn a_message_to_several_resources_is_shared_and_serialised_once() {
     assert_eq!(hooked.len(), 1);
     assert!(hooked[0].is_serialised());
 }
+
+/// Two hosts, each with its `svc.` service domain; the second can be retired by a reload.
+#[tokio::test]
+async fn a_retired_host_and_its_service_domain_are_not_served_until_restored() {
+    use rookery_core::route::Destination;
+    use rookery_stanza::StreamErrorCondition;
+    let mut registry = ModuleRegistry::new();
+    registry.register::<Routes>();
+    let cfg = Config::from_toml(
+        "[[host]]\ndomain = 'example.org'\nmodules = ['routes']\n\
+         [[host]]\ndomain = 'other.org'\nmodules = ['routes']\n",
+        std::path::Path::new("t.toml"),
+        std::path::Path::new("."),
+        &registry,
+    )
+    .expect("config");
+    let server = Server::new(cfg, Storage::memory(), &registry).expect("server");
+    let (kept, _kept_inbox) =
+        SessionHandle::new(FullJid::new("alice@example.org/a").expect("jid"), 8);
+    let (gone, _gone_inbox) =
+        SessionHandle::new(FullJid::new("carol@other.org/c").expect("jid"), 8);
+    server.sessions().bind(kept.clone());
+    server.sessions().bind(gone.clone());
+    assert_eq!(server.built_hosts(), ["example.org", "other.org"]);
+
+    assert_eq!(server.retire_host("other.org"), Some(1));
+    // Once only; an unknown host is not retired.
+    assert_eq!(server.retire_host("other.org"), None);
+    assert_eq!(server.retire_host("nowhere.org"), None);
+    assert_eq!(
+        gone.kicked().await,
+        (
+            StreamErrorCondition::HostGone,
+            "this host is no longer served here".to_owned()
+        )
+    );
+    assert!(!server.serves("other.org") && server.host("other.org").is_none());
+    assert!(server.service("svc.other.org").is_none());
+    assert!(matches!(
+        server.destination("other.org"),
+        Destination::Unrouted
+    ));
+    assert!(matches!(
+        server.destination("svc.other.org"),
+        Destination::Unrouted
+    ));
+    // The other host is untouched, its session too.
+    assert!(server.serves("example.org"));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(50), kept.kicked())
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        server.destination("svc.example.org"),
+        Destination::Service(_)
+    ));
+    assert!(matches!(
+        server.destination("example.org"),
+        Destination::Host(_)
+    ));
+
+    assert!(server.restore_host("other.org"));
+    assert!(!server.restore_host("other.org"));
+    assert!(server.serves("other.org"));
+    assert!(matches!(
+        server.destination("svc.other.org"),
+        Destination::Service(_)
+    ));
+    assert!(matches!(
+        server.destination("other.org"),
+        Destination::Host(_)
+    ));
+}

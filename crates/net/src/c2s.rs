@@ -1438,6 +1438,14 @@ impl ClientStream {
                 "replaced by a new session with the same resource",
             );
         }
+        // A reload may have retired the host after this stream opened: checked after the
+        // registration, so `Server::retire_host` either finds this session or is seen here.
+        if !self.server().serves(jid.domain().as_str()) {
+            handle.kick(
+                StreamErrorCondition::HostGone,
+                "this host is no longer served here",
+            );
+        }
         self.stage = Stage::Bound(Bound {
             user,
             handle: handle.clone(),

@@ -198,6 +198,8 @@ use tokio::net::TcpListener;
 pub struct BoundListener {
     pub kind: ListenerKind,
     pub local_addr: SocketAddr,
+    /// The metrics' own HTTP listener (`[metrics] address`): only `/metrics` is served.
+    pub metrics_only: bool,
     listener: TcpListener,
 }
 
@@ -211,8 +213,50 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<BoundListener>> {
         out.push(BoundListener {
             kind: l.kind,
             local_addr: listener.local_addr()?,
+            metrics_only: false,
             listener,
         });
+    }
+    let config = server.config();
+    let http_listeners = config
+        .listeners
+        .iter()
+        .any(|l| matches!(l.kind, ListenerKind::Http | ListenerKind::Https));
+    match metrics::own_listener(
+        &config.sections.get::<metrics::MetricsConfig>(),
+        http_listeners,
+    ) {
+        Some((address, metrics::Chosen::Configured)) => {
+            let listener = listen(address).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("metrics.address: cannot listen on {address}: {e}"),
+                )
+            })?;
+            out.push(BoundListener {
+                kind: ListenerKind::Http,
+                local_addr: listener.local_addr()?,
+                metrics_only: true,
+                listener,
+            });
+        }
+        // Not asked for: a port taken (a second server on this machine) costs the metrics
+        // only, with a warning, not the server.
+        Some((address, metrics::Chosen::Default)) => match listen(address) {
+            Ok(listener) => out.push(BoundListener {
+                kind: ListenerKind::Http,
+                local_addr: listener.local_addr()?,
+                metrics_only: true,
+                listener,
+            }),
+            Err(e) => tracing::warn!(
+                %address,
+                error = %e,
+                "metrics are not served: there is no HTTP listener and the default metrics \
+                 address is unavailable; set [metrics] address"
+            ),
+        },
+        None => {}
     }
     Ok(out)
 }
@@ -259,7 +303,7 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     let port = |kind| {
         listeners
             .iter()
-            .find(|l| l.kind == kind)
+            .find(|l| l.kind == kind && !l.metrics_only)
             .map(|l| l.local_addr.port())
     };
     let listener = port(ListenerKind::Https)
@@ -279,6 +323,16 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
         }
     };
     let metrics = metrics::Metrics::new(server.clone(), conn_limits.clone(), s2s.clone());
+    if server
+        .config()
+        .sections
+        .get::<metrics::MetricsConfig>()
+        .enabled
+    {
+        server
+            .tasks()
+            .spawn(metrics::count_archives(server.clone()));
+    }
     for l in listeners {
         if matches!(l.kind, ListenerKind::S2s | ListenerKind::S2sDirectTls) {
             let Some(s2s) = s2s.clone() else { continue };
@@ -296,13 +350,18 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
             ListenerKind::Https => Some(Some(tls.clone())),
         };
         if let Some(http_tls) = http_tls {
-            tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
+            if l.metrics_only {
+                tracing::info!(address = %l.local_addr, "metrics listening");
+            } else {
+                tracing::info!(address = %l.local_addr, kind = ?l.kind, "listening");
+            }
             http::serve(
                 streams.clone(),
                 conn_limits.clone(),
                 metrics.clone(),
                 http_tls,
                 l.listener,
+                l.metrics_only,
             );
             continue;
         }

@@ -15,6 +15,15 @@
 //! `rookery_sessions{host,transport}`, `rookery_client_connections`,
 //! `rookery_s2s_connections{direction}`, `rookery_build_info{version}`, and the `process_`
 //! metrics every Prometheus client library exports.
+//!
+//! Storage: `rookery_storage_operation_duration_seconds{store,operation}` (a histogram of
+//! every store call, recorded by [`rookery_storage::timed`] around the server's storage),
+//! `rookery_storage_errors_total{store}` (backend and corruption errors), and
+//! `rookery_archive_entries{store}` (entries in the message archives of accounts and of
+//! rooms), counted by the backend every [`ARCHIVE_COUNT_INTERVAL`] rather than per scrape:
+//! counting is a walk over an index, too much for every scrape and unneeded for a figure
+//! that moves slowly; a counter kept by append and purge would miss what account deletion
+//! and room destruction remove, so the backend is asked.
 
 use crate::http::{refuse, Connection, HttpContext, HttpRouter};
 use crate::limits::ConnectionLimits;
@@ -26,7 +35,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use ipnet::IpNet;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -35,11 +44,13 @@ use rookery_core::config::ConfigError;
 use rookery_core::counters::{self, Counter};
 use rookery_core::settings::{Place, Section};
 use rookery_core::{ClientTransport, Server};
+use rookery_storage::timed::{self, OperationStats};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where the metrics are served, on every HTTP listener (not under `[http] path_prefix`).
 pub const PATH: &str = "/metrics";
@@ -56,6 +67,37 @@ pub struct MetricsConfig {
     /// answered 403. Behind a trusted proxy (`[http] trusted_proxies`) the address it
     /// forwards is the one checked.
     pub allowed: Vec<String>,
+    /// A listener of the metrics' own, serving `/metrics` and nothing else; when set, the
+    /// HTTP listeners no longer serve it. Unset: the HTTP listeners serve it, and without
+    /// any HTTP listener the metrics listen on [`DEFAULT_ADDRESS`] (loopback only).
+    pub address: Option<SocketAddr>,
+}
+
+/// Where the metrics listen when no HTTP listener is configured and `[metrics] address` is
+/// unset: loopback only, so that enabling the metrics never opens a port to the network.
+/// 9464 is the port Prometheus exporters of OpenTelemetry use.
+pub const DEFAULT_ADDRESS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+
+/// Why [`own_listener`] chose its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// `[metrics] address`: failing to bind it stops the server, like any listener.
+    Configured,
+    /// [`DEFAULT_ADDRESS`], for want of an HTTP listener: failing to bind it is a warning.
+    Default,
+}
+
+/// The metrics' own listener, if there is one: `[metrics] address`, or
+/// [`DEFAULT_ADDRESS`] when no HTTP listener (`http_listeners` false) would serve them.
+pub fn own_listener(config: &MetricsConfig, http_listeners: bool) -> Option<(SocketAddr, Chosen)> {
+    if !config.enabled {
+        return None;
+    }
+    match config.address {
+        Some(a) => Some((a, Chosen::Configured)),
+        None if !http_listeners => Some((DEFAULT_ADDRESS, Chosen::Default)),
+        None => None,
+    }
 }
 
 impl Default for MetricsConfig {
@@ -64,6 +106,7 @@ impl Default for MetricsConfig {
             enabled: true,
             // Loopback: the whole of 127.0.0.0/8, and ::1.
             allowed: vec!["127.0.0.0/8".to_owned(), "::1".to_owned()],
+            address: None,
         }
     }
 }
@@ -86,12 +129,16 @@ impl Section for MetricsConfig {
     const KEY: &'static str = "metrics";
     const PLACE: Place = Place::Server;
     const EXAMPLE: &'static str = r#"# Prometheus metrics at /metrics on the HTTP listeners ([[listener]] kind = "http" or
-# "https"; add one on a loopback address to scrape without any other HTTP service).
+# "https"), or on a listener of their own (address below).
 [metrics]
 enabled = true
 # Addresses or networks (CIDR) that may read /metrics; others are answered 403. Behind a
 # reverse proxy listed in [http] trusted_proxies, the client address it forwards counts.
 allowed = ["127.0.0.0/8", "::1"]
+# A listener of their own, serving only /metrics (the HTTP listeners then stop serving
+# it). Unset: the HTTP listeners serve it, and when there is none the metrics listen on
+# 127.0.0.1:9464, loopback only.
+# address = "127.0.0.1:9464"
 "#;
 
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
@@ -133,6 +180,56 @@ pub fn login(mechanism: &str, success: bool) {
     LOGINS[i][usize::from(!success)].fetch_add(1, Ordering::Relaxed);
 }
 
+/// How often the archives' entries are counted for `rookery_archive_entries`.
+pub const ARCHIVE_COUNT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The last counts of archived entries: accounts' archives, then rooms' (`u64::MAX`: not
+/// known, the backend does not count or has not been asked yet).
+static ARCHIVE_ENTRIES: [AtomicU64; 2] = [const { AtomicU64::new(u64::MAX) }; 2];
+
+/// Counts the archived entries now and every [`ARCHIVE_COUNT_INTERVAL`] until the server
+/// stops.
+pub(crate) async fn count_archives(server: Arc<Server>) {
+    let shutdown = server.shutdown_token().clone();
+    loop {
+        let stores = [&server.storage().archive, &server.storage().room_archive];
+        for (slot, store) in ARCHIVE_ENTRIES.iter().zip(stores) {
+            match store.count_archived().await {
+                Ok(n) => slot.store(n.unwrap_or(u64::MAX), Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, "archived entries could not be counted"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ARCHIVE_COUNT_INTERVAL) => {}
+        }
+    }
+}
+
+/// One store's figures for a scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSnapshot {
+    pub store: &'static str,
+    pub operations: Vec<OperationStats>,
+    pub errors: u64,
+}
+
+/// A histogram already counted (per-bucket counts, `+Inf` last), for the encoder.
+struct ConstHistogram<'a> {
+    sum: f64,
+    count: u64,
+    buckets: &'a [(f64, u64)],
+}
+
+impl EncodeMetric for ConstHistogram<'_> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, self.buckets, None)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// What a scrape reports, read from the counters and the server's state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -148,6 +245,10 @@ pub struct Snapshot {
     /// `None` when federation is off.
     pub s2s: Option<(u64, u64)>,
     pub process: ProcessStats,
+    /// Every store's latencies and errors.
+    pub storage: Vec<StoreSnapshot>,
+    /// `(store, entries)` for the archives whose backend counts them.
+    pub archive_entries: Vec<(&'static str, u64)>,
 }
 
 /// The process's figures, from `/proc/self` (none elsewhere).
@@ -272,6 +373,20 @@ impl Metrics {
                 .as_ref()
                 .map(|s| (s.incoming_connections() as u64, s.outgoing_links() as u64)),
             process: ProcessStats::read(),
+            storage: timed::STORES
+                .iter()
+                .map(|s| StoreSnapshot {
+                    store: s.store,
+                    operations: s.operations(),
+                    errors: s.errors(),
+                })
+                .collect(),
+            archive_entries: ["archive", "room_archive"]
+                .into_iter()
+                .zip(&ARCHIVE_ENTRIES)
+                .map(|(store, n)| (store, n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n != u64::MAX)
+                .collect(),
         }
     }
 }
@@ -384,6 +499,54 @@ impl Collector for Snapshot {
         }
 
         let mut family = enc.encode_descriptor(
+            "rookery_storage_operation_duration_seconds",
+            "Time taken by each call to the storage backend, by store and operation.",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut buckets: Vec<(f64, u64)> = timed::BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .map(|b| (b, 0))
+            .collect();
+        for store in &self.storage {
+            for op in &store.operations {
+                for (b, n) in buckets.iter_mut().zip(op.buckets) {
+                    b.1 = n;
+                }
+                let labels = [("store", store.store), ("operation", op.operation)];
+                ConstHistogram {
+                    sum: op.sum_seconds,
+                    count: op.count(),
+                    buckets: &buckets,
+                }
+                .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = enc.encode_descriptor(
+            "rookery_storage_errors",
+            "Storage calls that failed in the backend (or read corrupt data), by store.",
+            None,
+            MetricType::Counter,
+        )?;
+        for store in &self.storage {
+            ConstCounter::new(store.errors)
+                .encode(family.encode_family(&[("store", store.store)])?)?;
+        }
+        if !self.archive_entries.is_empty() {
+            let mut family = enc.encode_descriptor(
+                "rookery_archive_entries",
+                "Entries in the message archives (of accounts: archive; of rooms: room_archive), counted every few minutes.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (store, n) in &self.archive_entries {
+                ConstGauge::new(*n).encode(family.encode_family(&[("store", *store)])?)?;
+            }
+        }
+
+        let mut family = enc.encode_descriptor(
             "rookery_build_info",
             "The running version, as a label; the value is always 1.",
             None,
@@ -440,10 +603,11 @@ impl Collector for Snapshot {
     }
 }
 
-/// The `/metrics` route, for the HTTP listeners' route table; no route when `[metrics]
-/// enabled = false`.
-pub(crate) fn router(metrics: Arc<Metrics>, config: &MetricsConfig) -> HttpRouter {
-    if !config.enabled {
+/// The `/metrics` route, for the route table of an HTTP listener (`own`: the metrics' own
+/// listener); no route when `[metrics] enabled = false`, nor on the HTTP listeners when
+/// the metrics have an address of their own.
+pub(crate) fn router(metrics: Arc<Metrics>, config: &MetricsConfig, own: bool) -> HttpRouter {
+    if !config.enabled || (config.address.is_some() && !own) {
         return Router::new();
     }
     // Checked when the configuration was read.
@@ -521,6 +685,20 @@ mod tests {
                 start_time_seconds: Some(1_700_000_000.25),
                 ..ProcessStats::default()
             },
+            storage: vec![StoreSnapshot {
+                store: "accounts",
+                operations: vec![OperationStats {
+                    operation: "get_credentials",
+                    buckets: std::array::from_fn(|i| match i {
+                        0 => 2,
+                        3 => 1,
+                        _ => 0,
+                    }),
+                    sum_seconds: 0.0006,
+                }],
+                errors: 1,
+            }],
+            archive_entries: vec![("archive", 42)],
         }
     }
 
@@ -542,6 +720,13 @@ mod tests {
             "process_cpu_seconds_total 1.5",
             "process_resident_memory_bytes 4096",
             "process_start_time_seconds 1700000000.25",
+            "# TYPE rookery_storage_operation_duration_seconds histogram",
+            "rookery_storage_operation_duration_seconds_count{store=\"accounts\",operation=\"get_credentials\"} 3",
+            "rookery_storage_operation_duration_seconds_bucket{store=\"accounts\",operation=\"get_credentials\",le=\"5e-05\"} 2",
+            "rookery_storage_operation_duration_seconds_bucket{store=\"accounts\",operation=\"get_credentials\",le=\"0.0005\"} 3",
+            "rookery_storage_operation_duration_seconds_bucket{store=\"accounts\",operation=\"get_credentials\",le=\"+Inf\"} 3",
+            "rookery_storage_errors_total{store=\"accounts\"} 1",
+            "rookery_archive_entries{store=\"archive\"} 42",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }
@@ -561,7 +746,13 @@ mod tests {
                 described.push(name.to_owned());
             } else if !line.starts_with('#') {
                 let name = line.split(['{', ' ']).next().expect("name");
-                assert_eq!(described.last().map(String::as_str), Some(name), "{line}");
+                // A histogram's samples are its `_bucket`, `_sum` and `_count` series.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|f| described.last().is_some_and(|d| d == f))
+                    .unwrap_or(name);
+                assert_eq!(described.last().map(String::as_str), Some(family), "{line}");
             }
         }
         assert!(
@@ -626,6 +817,24 @@ mod tests {
         MetricsConfig::default()
             .validate("metrics")
             .expect("the default is valid");
+    }
+
+    #[test]
+    fn the_own_listener_is_loopback_unless_configured() {
+        let mut config = MetricsConfig::default();
+        // With an HTTP listener, no new port.
+        assert_eq!(own_listener(&config, true), None);
+        // Without one, loopback only, and not fatal if taken.
+        let (a, chosen) = own_listener(&config, false).expect("a listener");
+        assert!(a.ip().is_loopback(), "{a}");
+        assert_eq!(chosen, Chosen::Default);
+        config.address = Some("192.0.2.7:9100".parse().expect("addr"));
+        assert_eq!(
+            own_listener(&config, true),
+            Some(("192.0.2.7:9100".parse().expect("addr"), Chosen::Configured))
+        );
+        config.enabled = false;
+        assert_eq!(own_listener(&config, false), None);
     }
 
     #[test]

@@ -263,7 +263,7 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[(
     "Operations",
-    "PostgreSQL backend, full configuration reload (hosts and module options)",
+    "PostgreSQL backend; reload of new hosts and of module options and limits (a restart applies them)",
     &[],
 )];
 
@@ -421,15 +421,18 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
     // default action, which for SIGHUP is to die.
     let mut signals = Signals::new()?;
     create_private_dir(&config.data_dir)?;
-    let storage = open_storage(&config, Create::Yes)?;
+    // Every store call is timed for the metrics, whatever the backend.
+    let storage = rookery_storage::timed::timed(open_storage(&config, Create::Yes)?);
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
+    let running = config.clone();
+    let server = Server::new(config, storage, &crate::registry())?;
     let reloader = Arc::new(reload::Reloader {
         config_path,
-        running: config.clone(),
+        running,
         tls: tls.clone(),
         log,
+        server: server.clone(),
     });
-    let server = Server::new(config, storage, &crate::registry())?;
     let listeners = rookery_net::bind_all(&server).await?;
     rookery_net::serve(server.clone(), tls, listeners);
     admin::serve(server.clone(), reloader.clone())?;

@@ -1,10 +1,13 @@
 //! SIGHUP and `rookery reload`: re-read the configuration file and apply what can change without dropping a
-//! session — every host's certificate and key, and the log level. Anything invalid is
-//! logged and the running settings stay; the server never stops because of a reload.
+//! session — every host's certificate and key, the log level, and which of the hosts the
+//! server was built with are served (a host no longer listed is retired: its sessions end
+//! with `host-gone`; listed again, it is served again). Anything invalid is logged and the
+//! running settings stay; the server never stops because of a reload.
 
-use rookery_core::Config;
+use rookery_core::{Config, Server};
 use rookery_net::tls::TlsContext;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tracing_subscriber::reload::Handle;
 use tracing_subscriber::{EnvFilter, Registry};
 
@@ -56,6 +59,7 @@ pub struct Reloader {
     pub running: Config,
     pub tls: TlsContext,
     pub log: LogFilter,
+    pub server: Arc<Server>,
 }
 
 impl Reloader {
@@ -81,6 +85,7 @@ impl Reloader {
         let mut report = vec![format!("configuration read from {source}")];
         report.push(self.log.apply(&new.log_level));
         report.push(self.reload_certificates(&new));
+        report.extend(self.reload_hosts(&new));
         let restart = needs_restart(&self.running, &new);
         if !restart.is_empty() {
             let line = format!(
@@ -91,6 +96,30 @@ impl Reloader {
             report.push(line);
         }
         Ok(report.join("\n") + "\n")
+    }
+
+    /// Retires the hosts the server serves that `new` no longer lists, and serves again the
+    /// retired ones it lists again. A host the server was not built with is left for a
+    /// restart (see [`needs_restart`]).
+    fn reload_hosts(&self, new: &Config) -> Vec<String> {
+        let mut lines = Vec::new();
+        for domain in self.server.built_hosts() {
+            let line = if new.host(domain).is_none() {
+                match self.server.retire_host(domain) {
+                    Some(n) => format!(
+                        "reload: host {domain} removed: no longer served, {n} session(s) closed with host-gone"
+                    ),
+                    None => continue,
+                }
+            } else if self.server.restore_host(domain) {
+                format!("reload: host {domain} is served again")
+            } else {
+                continue;
+            };
+            tracing::warn!("{line}");
+            lines.push(line);
+        }
+        lines
     }
 
     fn reload_certificates(&self, new: &Config) -> String {
@@ -125,7 +154,8 @@ impl Reloader {
 }
 
 /// The settings of `new` that differ from the running ones and that a reload does not
-/// apply (everything but `log_level` and the hosts' certificate and key paths).
+/// apply (everything but `log_level`, the hosts' certificate and key paths, and the removal
+/// of hosts: a host added, or a host's other settings changed, need a restart).
 fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     // Module sections (archive, push, the modules' keys in `[limits]`...) are compared by
     // their TOML rendering.
@@ -135,8 +165,11 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
         format!("{a:?}") != format!("{b:?}")
     }
-    let without_certs = |c: &Config| {
+    // The hosts of `c` that `other` lists too (a removed host is applied, not a change to
+    // restart for), without their certificates (applied too).
+    let kept = |c: &Config, other: &Config| {
         let mut hosts = c.hosts.clone();
+        hosts.retain(|h| other.host(&h.domain).is_some());
         for h in &mut hosts {
             h.certificate = None;
             h.key = None;
@@ -151,7 +184,12 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("limits", differs(&a.limits, &b.limits)),
         ("messages", differs(&a.messages, &b.messages)),
         ("listeners", differs(&a.listeners, &b.listeners)),
-        ("hosts", differs(&without_certs(a), &without_certs(b))),
+        (
+            "hosts",
+            // A new host, or a kept one with other settings.
+            b.hosts.iter().any(|h| a.host(&h.domain).is_none())
+                || differs(&kept(a, b), &kept(b, a)),
+        ),
     ];
     for (name, changed) in checks {
         // `limits` may be there already, for a module's key in that table.
@@ -189,6 +227,16 @@ mod tests {
             "[limits]\nmax_stanza_bytes = 100000\n{base}[[host]]\ndomain = 'b.example'\n"
         ));
         assert_eq!(needs_restart(&running, &other), ["limits", "hosts"]);
+        // Removing a host is applied; so is listing it again, with its certificate changed.
+        let two = config(&format!("{base}[[host]]\ndomain = 'b.example'\n"));
+        assert!(needs_restart(&two, &running).is_empty());
+        let b_again = config(&format!(
+            "{base}[[host]]\ndomain = 'b.example'\ncertificate = 'b.pem'\nkey = 'b.key'\n"
+        ));
+        assert!(needs_restart(&two, &b_again).is_empty());
+        // A kept host's modules changed: a restart.
+        let modules = config(&format!("{base}modules = ['ping']\n"));
+        assert_eq!(needs_restart(&running, &modules), ["hosts"]);
         // A module's section (the archive's) is compared too, by its key.
         let archive = config(&format!("[archive]\nretention_days = 30\n{base}"));
         assert_eq!(needs_restart(&running, &archive), ["archive"]);

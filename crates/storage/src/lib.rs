@@ -61,6 +61,7 @@ pub mod archive;
 pub mod conformance;
 pub mod memory;
 pub mod pubsub;
+pub mod timed;
 pub mod upload;
 
 pub use archive::{
@@ -426,6 +427,12 @@ pub trait ArchiveStore: Send + Sync + 'static {
     ) -> Result<(), StorageError>;
     /// Deletes a whole archive (a destroyed room); returns how many entries it held.
     async fn delete_archive(&self, domain: &str, user: &str) -> Result<usize, StorageError>;
+    /// How many entries the store holds across every archive, for the archive size metric;
+    /// `None` when the backend cannot tell without reading every entry (the default, so a
+    /// backend need not implement it). The server asks every few minutes, not per scrape.
+    async fn count_archived(&self) -> Result<Option<u64>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// The bundle of per-feature stores a server runs with. All stores of one bundle share

@@ -970,6 +970,16 @@ impl ArchiveStore for MemoryArchiveStore {
                 .unwrap_or(0))
         }
     }
+
+    async fn count_archived(&self) -> Result<Option<u64>, StorageError> {
+        let state = self.state.read();
+        let n: usize = if self.rooms {
+            state.room_archives.values().map(Vec::len).sum()
+        } else {
+            state.accounts.values().map(|a| a.archive.len()).sum()
+        };
+        Ok(Some(n as u64))
+    }
 }
 
 /// [`PubSubStore`] of a [`MemoryBackend`]: an account's PEP service lives in its record,

@@ -523,6 +523,7 @@ pub(crate) fn serve(
     metrics: Arc<crate::metrics::Metrics>,
     tls: Option<TlsContext>,
     listener: TcpListener,
+    metrics_only: bool,
 ) {
     let server = streams.server.clone();
     let config = server.config().sections.get::<HttpConfig>();
@@ -530,9 +531,21 @@ pub(crate) fn serve(
         .config()
         .sections
         .get::<crate::metrics::MetricsConfig>();
-    let router = routes(&config)
-        .merge(crate::metrics::router(metrics, &metrics_config))
-        .build(streams, limits.clone());
+    let router = if metrics_only {
+        // The metrics' own listener: `/metrics` and nothing else (no XMPP endpoint, no
+        // discovery, no module handler).
+        let ctx = Arc::new(HttpContext {
+            streams,
+            config: config.clone(),
+            limits: limits.clone(),
+            alt_connections: Vec::new(),
+        });
+        crate::metrics::router(metrics, &metrics_config, true).with_state(ctx)
+    } else {
+        routes(&config)
+            .merge(crate::metrics::router(metrics, &metrics_config, false))
+            .build(streams, limits.clone())
+    };
     let l = Arc::new(Listener {
         router,
         tls,
