@@ -22,8 +22,8 @@ use crate::pubsub::{
 };
 use crate::upload::{UploadRecord, UploadStore};
 use crate::{
-    AccountStore, ArchiveStore, HashAlg, OfflineStore, RoomStore, Roster, RosterItem, RosterStore,
-    ScramCredentials, Storage, StorageError, UserDataStore,
+    AccountStore, ArchiveStore, HashAlg, HostDataStore, OfflineStore, RoomStore, Roster,
+    RosterItem, RosterStore, ScramCredentials, Storage, StorageError, UserDataStore,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -248,6 +248,11 @@ timed_store!(PubSubStore, PubSubOps {
     async fn subscriptions_of(&self, service: PubSubService<'_>, jid: &str, include_full: bool) -> Result<Vec<(String, SubscriptionRecord)>, StorageError>;
 });
 
+timed_store!(HostDataStore, HostDataOps {
+    async fn get_host_data(&self, domain: &str, key: &str) -> Result<Option<String>, StorageError>;
+    async fn set_host_data(&self, domain: &str, key: &str, value: Option<&str>, max_bytes: usize) -> Result<(), StorageError>;
+});
+
 timed_store!(UploadStore, UploadOps {
     async fn add_upload(&self, record: &UploadRecord, since: i64, quota: u64) -> Result<(), StorageError>;
     async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StorageError>;
@@ -265,9 +270,10 @@ pub static ROOMS: StoreStats = StoreStats::new("rooms", RoomOps::NAMES);
 pub static ROOM_ARCHIVE: StoreStats = StoreStats::new("room_archive", ArchiveOps::NAMES);
 pub static PUBSUB: StoreStats = StoreStats::new("pubsub", PubSubOps::NAMES);
 pub static UPLOAD: StoreStats = StoreStats::new("upload", UploadOps::NAMES);
+pub static HOST_DATA: StoreStats = StoreStats::new("host_data", HostDataOps::NAMES);
 
 /// Every store's figures, in the order of [`Storage`]'s fields.
-pub static STORES: [&StoreStats; 9] = [
+pub static STORES: [&StoreStats; 10] = [
     &ACCOUNTS,
     &ROSTER,
     &OFFLINE,
@@ -277,6 +283,7 @@ pub static STORES: [&StoreStats; 9] = [
     &ROOM_ARCHIVE,
     &PUBSUB,
     &UPLOAD,
+    &HOST_DATA,
 ];
 
 /// The same stores, timed. Call it once, where the server opens its storage: a bundle
@@ -295,6 +302,7 @@ pub fn timed(s: Storage) -> Storage {
         room_archive: wrap(s.room_archive, &ROOM_ARCHIVE),
         pubsub: wrap(s.pubsub, &PUBSUB),
         upload: wrap(s.upload, &UPLOAD),
+        host_data: wrap(s.host_data, &HOST_DATA),
     }
 }
 
@@ -327,7 +335,8 @@ mod tests {
                 "rooms",
                 "room_archive",
                 "pubsub",
-                "upload"
+                "upload",
+                "host_data"
             ]
         );
     }
