@@ -158,7 +158,8 @@ fn run(cli: Cli) -> Result<()> {
             // A server already running with this configuration holds its own ports: that is
             // not an error (checking before a restart is what operators do).
             let running = rt.block_on(admin::request(&config, "stats"))?.is_some();
-            check(cli.config.as_deref(), &config, running)
+            let database = rt.block_on(check_database(&config))?;
+            check(cli.config.as_deref(), &config, running, database)
         }
         Command::Modules { .. } => Ok(()),
         Command::Stats => rt.block_on(async {
@@ -216,7 +217,7 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[(
     "Operations",
-    "PostgreSQL backend, full configuration reload (hosts and module options)",
+    "full configuration reload (hosts and module options)",
     &[],
 )];
 
@@ -275,7 +276,10 @@ fn init_logging(level: &str) -> reload::LogFilter {
     use tracing_subscriber::util::SubscriberInitExt;
     let (filter, from_env) = match tracing_subscriber::EnvFilter::try_from_default_env() {
         Ok(f) => (f, true),
-        Err(_) => (tracing_subscriber::EnvFilter::new(level), false),
+        Err(_) => (
+            reload::filter_for(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+            false,
+        ),
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
@@ -298,6 +302,10 @@ fn describe(file: Option<&Path>, config: &Config) -> Vec<String> {
     };
     let storage = match config.storage.backend {
         StorageBackend::Memory => "database: none (storage.backend = \"memory\")".to_owned(),
+        StorageBackend::Postgresql => format!(
+            "database: PostgreSQL {}",
+            rookery_storage_postgres::describe_url(config.storage.url.as_deref().unwrap_or(""))
+        ),
         StorageBackend::Sqlite => {
             let db = absolute(&config.database_path());
             let state = if db.exists() {
@@ -340,9 +348,34 @@ enum Create {
     No,
 }
 
-fn open_storage(config: &Config, create: Create) -> Result<Storage> {
+/// Whether the database exists already. A PostgreSQL database is made by its administrator,
+/// so it always counts as existing (its tables are created by the first open).
+fn database_exists(config: &Config) -> bool {
+    match config.storage.backend {
+        StorageBackend::Sqlite => config.database_path().exists(),
+        StorageBackend::Memory | StorageBackend::Postgresql => true,
+    }
+}
+
+async fn open_storage(config: &Config, create: Create) -> Result<Storage> {
     match config.storage.backend {
         StorageBackend::Memory => Ok(Storage::memory()),
+        StorageBackend::Postgresql => {
+            let url = config.storage.url.clone().unwrap_or_default();
+            let db =
+                rookery_storage_postgres::PgBackend::open(&rookery_storage_postgres::PgOptions {
+                    url: url.clone(),
+                    pool_size: config.storage.pool_size,
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the PostgreSQL database {}",
+                        rookery_storage_postgres::describe_url(&url)
+                    )
+                })?;
+            Ok(db.storage())
+        }
         StorageBackend::Sqlite => {
             let path = config.database_path();
             if !path.exists() {
@@ -374,7 +407,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
     // default action, which for SIGHUP is to die.
     let mut signals = Signals::new()?;
     create_private_dir(&config.data_dir)?;
-    let storage = open_storage(&config, Create::Yes)?;
+    let storage = open_storage(&config, Create::Yes).await?;
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
     let reloader = Arc::new(reload::Reloader {
         config_path,
@@ -476,9 +509,49 @@ impl Signals {
     }
 }
 
+/// A PostgreSQL database is checked by connecting to it (without changing it): an
+/// unreachable database or a schema newer than this build is an error, as it would be for
+/// `serve`; otherwise one line with the server's and the schema's versions. None for the
+/// other backends.
+async fn check_database(config: &Config) -> Result<Option<String>> {
+    if config.storage.backend != StorageBackend::Postgresql {
+        return Ok(None);
+    }
+    let url = config.storage.url.as_deref().unwrap_or("");
+    let probe = rookery_storage_postgres::probe(url)
+        .await
+        .with_context(|| {
+            format!(
+                "storage.url: cannot reach the PostgreSQL database {}",
+                rookery_storage_postgres::describe_url(url)
+            )
+        })?;
+    let supported = rookery_storage_postgres::SCHEMA_VERSION;
+    let schema = match probe.schema_version {
+        None | Some(0) => "no schema yet (the server creates it when it starts)".to_owned(),
+        Some(v) if v > supported => bail!(
+            "the PostgreSQL database has schema version {v}, newer than this build supports \
+             ({supported})"
+        ),
+        Some(v) if v < supported => {
+            format!("schema version {v} (the server migrates it to {supported} when it starts)")
+        }
+        Some(v) => format!("schema version {v}"),
+    };
+    Ok(Some(format!(
+        "database reachable: PostgreSQL {}, {schema}",
+        probe.server_version
+    )))
+}
+
 /// Everything `serve` would refuse, checked before anything is printed: modules, certificates
 /// and whether the listeners' addresses can be bound now.
-fn check(file: Option<&Path>, config: &Config, running: bool) -> Result<()> {
+fn check(
+    file: Option<&Path>,
+    config: &Config,
+    running: bool,
+    database: Option<String>,
+) -> Result<()> {
     let registry = crate::registry();
     let mut hosts = Vec::new();
     for h in &config.hosts {
@@ -518,6 +591,9 @@ fn check(file: Option<&Path>, config: &Config, running: bool) -> Result<()> {
         }
     }
     for line in describe(file, config) {
+        println!("{line}");
+    }
+    if let Some(line) = database {
         println!("{line}");
     }
     for line in hosts {
@@ -594,7 +670,7 @@ async fn export(config: &Config, domain: Option<String>) -> Result<()> {
             bail!("{d} is not a domain this server serves");
         }
     }
-    let storage = open_storage(config, Create::No)?;
+    let storage = open_storage(config, Create::No).await?;
     let doc = pie::export(&storage, domain.as_deref()).await?;
     let xml = pie::to_xml(&doc);
     use std::io::Write;
@@ -617,8 +693,8 @@ async fn import(config: &Config, file: &Path, skip_existing: bool) -> Result<()>
     for s in &doc.skipped {
         eprintln!("rookery: skipped {s} (not kept by this server)");
     }
-    let existed = config.database_path().exists();
-    let storage = open_storage(config, Create::Yes)?;
+    let existed = database_exists(config);
+    let storage = open_storage(config, Create::Yes).await?;
     let existing = if skip_existing {
         pie::Existing::Skip
     } else {
@@ -681,29 +757,45 @@ async fn import(config: &Config, file: &Path, skip_existing: bool) -> Result<()>
     Ok(())
 }
 
+/// The storage of a `rookery user` command, warning when it had to create the database.
+async fn open_user_storage(config: &Config, create: Create) -> Result<Storage> {
+    let existed = database_exists(config);
+    let storage = open_storage(config, create).await?;
+    if !existed {
+        eprintln!(
+            "rookery: warning: created a new, empty database at {}: if the server uses \
+             another configuration, give it with --config FILE",
+            absolute(&config.database_path()).display()
+        );
+    }
+    Ok(storage)
+}
+
+/// The database a command used, for messages: the SQLite file or the PostgreSQL URL
+/// (without its password).
+fn database_name(config: &Config) -> String {
+    match config.storage.backend {
+        StorageBackend::Postgresql => format!(
+            "the PostgreSQL database {}",
+            rookery_storage_postgres::describe_url(config.storage.url.as_deref().unwrap_or(""))
+        ),
+        _ => absolute(&config.database_path()).display().to_string(),
+    }
+}
+
 async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
     if config.storage.backend == StorageBackend::Memory {
         bail!("the memory storage backend keeps no accounts between runs");
     }
     // Arguments are checked before the database is opened, so a refused command changes
     // nothing on disk.
-    let open = |create: Create| -> Result<Storage> {
-        let existed = config.database_path().exists();
-        let storage = open_storage(config, create)?;
-        if !existed {
-            eprintln!(
-                "rookery: warning: created a new, empty database at {}: if the server uses \
-                 another configuration, give it with --config FILE",
-                absolute(&config.database_path()).display()
-            );
-        }
-        Ok(storage)
-    };
+    let open = |create: Create| open_user_storage(config, create);
     match cmd {
         UserCommand::Add { jid, password: pw } => {
             let (node, domain) = account(config, &jid)?;
             let creds = rookery_sasl::generate_all(&password(config, &jid, pw)?, SCRAM_ITERATIONS)?;
-            open(Create::Yes)?
+            open(Create::Yes)
+                .await?
                 .accounts
                 .create_account(&domain, &node, &creds)
                 .await
@@ -717,7 +809,7 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Passwd { jid, password: pw } => {
             let (node, domain) = account(config, &jid)?;
-            let storage = open(Create::No)?;
+            let storage = open(Create::No).await?;
             if !storage.accounts.account_exists(&domain, &node).await? {
                 bail!("{node}@{domain} does not exist");
             }
@@ -748,7 +840,8 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
                     ),
                 },
                 None => {
-                    if !open(Create::No)?
+                    if !open(Create::No)
+                        .await?
                         .accounts
                         .delete_account(&domain, &node)
                         .await?
@@ -765,7 +858,8 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
                     bail!("{d} is not a domain this server serves");
                 }
             }
-            let list = open(Create::No)?
+            let list = open(Create::No)
+                .await?
                 .accounts
                 .list_accounts(domain.as_deref())
                 .await?;
@@ -776,7 +870,7 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
                         .as_deref()
                         .map(|d| format!(" of {d}"))
                         .unwrap_or_default(),
-                    absolute(&config.database_path()).display()
+                    database_name(config)
                 );
             }
             for (node, d) in list {

@@ -615,3 +615,77 @@ impl AccountStore for PgAccountStore {
         rows.iter().map(|r| Ok((get(r, 0)?, get(r, 1)?))).collect()
     }
 }
+
+/// Where a connection string points, without its password: `user@host:port/dbname`.
+pub fn describe_url(url: &str) -> String {
+    let Ok(config) = parse_url(url) else {
+        return "an invalid URL".to_owned();
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, port)| match h {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+        })
+        .collect();
+    format!(
+        "{}@{}/{}",
+        config.get_user().unwrap_or("(default user)"),
+        if hosts.is_empty() {
+            "(default host)".to_owned()
+        } else {
+            hosts.join(",")
+        },
+        config.get_dbname().unwrap_or("(default database)")
+    )
+}
+
+/// What `rookery check` reports of a database, found without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// `SHOW server_version`.
+    pub server_version: String,
+    /// The schema version recorded, or None when no migration has run yet (the server
+    /// creates the schema when it starts).
+    pub schema_version: Option<i64>,
+}
+
+/// Connects once (no pool, no migration) and reads the server's and the schema's versions.
+pub async fn probe(url: &str) -> Result<Probe, StorageError> {
+    let config = parse_url(url)?;
+    let (client, connection) = config.connect(NoTls).await.map_err(db)?;
+    let task = tokio::spawn(connection);
+    let result = async {
+        let row = client
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(db)?;
+        let server_version: String = get(&row, 0)?;
+        let row = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await
+            .map_err(db)?;
+        let schema_version = if get::<bool>(&row, 0)? {
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Some(get(&row, 0)?)
+        } else {
+            None
+        };
+        Ok(Probe {
+            server_version,
+            schema_version,
+        })
+    }
+    .await;
+    drop(client);
+    let _ = task.await;
+    result
+}

@@ -132,11 +132,11 @@ impl Module for Mam {
         // After the blocking module's filters: what it drops is not archived.
         host.filter::<ClientStanza, _, _>(
             Order::normal().after("blocking"),
-            |server, c| async move { Some(outbound(&server, c).await) },
+            |server, c| async move { outbound(&server, c).await },
         );
         host.filter::<LocalDelivery, _, _>(
             Order::normal().after("blocking"),
-            |server, d| async move { Some(inbound(&server, d).await) },
+            |server, d| async move { inbound(&server, d).await },
         );
         host.hook::<SessionBound, _, _>(Order::normal(), |server, ev| async move {
             cache_prefs(&server, &ev.session).await;
@@ -315,14 +315,24 @@ pub fn worth_keeping(stanza: &Element) -> bool {
 }
 
 /// Archives `stanza` in `owner`'s archive as exchanged with `with`, if the owner's
-/// preferences allow; returns the archive id.
-async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) -> Option<String> {
-    let (domain, user) = (owner.domain().as_str(), owner.node()?.as_str());
+/// preferences allow; returns the archive id, None when the message is not to be archived.
+/// Err when the storage failed (the database is unreachable, say): the caller refuses the
+/// message rather than deliver one its archive would miss.
+async fn archive(
+    server: &Server,
+    owner: &BareJid,
+    with: &Jid,
+    stanza: &Stanza,
+) -> Result<Option<String>, StorageError> {
+    let Some(user) = owner.node() else {
+        return Ok(None);
+    };
+    let (domain, user) = (owner.domain().as_str(), user.as_str());
     let prefs = match prefs_of(server, owner, domain, user).await {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(error = %e, "archive preferences unreadable; message not archived");
-            return None;
+            tracing::error!(error = %e, "archive preferences unreadable; message refused");
+            return Err(e);
         }
     };
     let contact = with.to_bare().to_string();
@@ -336,10 +346,10 @@ async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) 
     };
     match prefs.allows(with, in_roster).await {
         Ok(true) => {}
-        Ok(false) => return None,
+        Ok(false) => return Ok(None),
         Err(e) => {
-            tracing::error!(error = %e, "roster unreadable; message not archived");
-            return None;
+            tracing::error!(error = %e, "roster unreadable; message refused");
+            return Err(e);
         }
     }
     let now_us = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
@@ -360,62 +370,78 @@ async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) 
             .append_archive(domain, user, &entry)
             .await
         {
-            Ok(_) => return Some(entry.id),
+            Ok(_) => return Ok(Some(entry.id)),
             Err(StorageError::AlreadyExists) => continue,
             // No such account: the core answers the sender; nothing to archive.
-            Err(StorageError::NotFound) => return None,
+            Err(StorageError::NotFound) => return Ok(None),
             Err(e) => {
-                tracing::error!(error = %e, "archiving failed");
-                return None;
+                tracing::error!(error = %e, "archiving failed; message refused");
+                return Err(e);
             }
         }
     }
-    None
+    Ok(None)
+}
+
+/// The answer to a message that could not be archived: the storage failed, so the server
+/// takes no responsibility for it (RFC 6120 §8.3.3.8 internal-server-error), and the
+/// sender knows to send it again.
+fn archive_failed() -> StanzaError {
+    StanzaError::new(StanzaErrorCondition::InternalServerError)
+        .with_text("the message archive is unavailable; the message was not delivered")
 }
 
 /// A stanza a local client sends: forged stanza ids go; a message goes into the sender's
-/// archive (not marked: the recipient can't query the sender's archive).
-async fn outbound(server: &Server, mut c: ClientStanza) -> ClientStanza {
+/// archive (not marked: the recipient can't query the sender's archive). None (refused,
+/// with an error to the sender) when the archive could not be written.
+async fn outbound(server: &Server, mut c: ClientStanza) -> Option<ClientStanza> {
     if c.stanza.name() != "message" {
-        return c;
+        return Some(c);
     }
     strip_local_stanza_ids(server, &mut c.stanza);
     if !archivable(&c.stanza) {
-        return c;
+        return Some(c);
     }
     let owner = c.from.to_bare();
     // No 'to' is the sender's own account (archived when delivered).
     let Some(to) = c.stanza.to() else {
-        return c;
+        return Some(c);
     };
-    if to.to_bare() != owner {
-        archive(server, &owner, to, &c.stanza).await;
+    if to.to_bare() != owner && archive(server, &owner, to, &c.stanza).await.is_err() {
+        server.bounce(&c.stanza, archive_failed());
+        return None;
     }
-    c
+    Some(c)
 }
 
 /// A stanza about to reach a local account: forged stanza ids go; a message goes into the
 /// recipient's archive and carries its archive id.
-async fn inbound(server: &Server, mut d: LocalDelivery) -> LocalDelivery {
+async fn inbound(server: &Server, mut d: LocalDelivery) -> Option<LocalDelivery> {
     if d.stanza.name() != "message" {
-        return d;
+        return Some(d);
     }
     strip_local_stanza_ids(server, &mut d.stanza);
     if !archivable(&d.stanza) {
-        return d;
+        return Some(d);
     }
     let Some(from) = d.stanza.from() else {
-        return d;
+        return Some(d);
     };
     let owner = d.to.to_bare();
-    if let Some(id) = archive(server, &owner, from, &d.stanza).await {
-        d.stanza.element_mut().push_child(
+    match archive(server, &owner, from, &d.stanza).await {
+        Ok(Some(id)) => d.stanza.element_mut().push_child(
             Element::new("stanza-id", NS_SID)
                 .with_attr("by", owner.to_string())
                 .with_attr("id", id),
-        );
+        ),
+        Ok(None) => {}
+        // Not delivered: a message the recipient got must be in their archive.
+        Err(_) => {
+            server.bounce(&d.stanza, archive_failed());
+            return None;
+        }
     }
-    d
+    Some(d)
 }
 
 /// The retention purge: every interval, delete what is older than the retention period,
