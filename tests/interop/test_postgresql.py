@@ -201,3 +201,32 @@ def test_database_outage_gives_errors_and_recovers_without_losing_messages(serve
     assert archived_bodies(b, alice.jid) == delivered
     assert archived_bodies(a, bob.jid) == delivered
     assert "during" not in delivered
+
+
+async def test_export_then_import_into_another_database(server, postgres_server, new_user, raw, raw_factory, tmp_path):  # noqa: F811
+    """`rookery export` reads the accounts from PostgreSQL, `rookery import` writes them into
+    another PostgreSQL database, and a server on that database logs them in with their
+    passwords and rosters."""
+    alice, bob = new_user("alice"), new_user("bob")
+    a = raw()
+    im_login(a, alice, "desk")
+    assert roster_set(a, roster_item_xml(bob.jid, name="Bob")).get("type") == "result"
+    res = server.cli("export")
+    assert res.returncode == 0, res.stderr
+    assert f"name='{alice.localpart}'" in res.stdout.replace('"', "'"), res.stdout[:2000]
+    dump = tmp_path / "export.xml"
+    dump.write_text(res.stdout)
+    dst = start_rookery(tmp_path / "dst", extra_toml=storage_toml(postgres_server.create_database("dst")))
+    try:
+        res = dst.cli("import", str(dump))
+        assert res.returncode == 0, res.stderr
+        listed = dst.user("list").stdout.split()
+        assert alice.jid in listed and bob.jid in listed
+        async with session(dst, alice) as client:
+            assert str(client.boundjid.bare) == alice.jid
+        b = raw_factory(dst)
+        im_login(b, alice, "moved")
+        assert roster_of(b.roster)[bob.jid].name == "Bob"
+    finally:
+        dst.kill()
+
