@@ -364,8 +364,8 @@ async fn open_storage(config: &Config, create: Create) -> Result<Storage> {
             let url = config.storage.url.clone().unwrap_or_default();
             let db =
                 rookery_storage_postgres::PgBackend::open(&rookery_storage_postgres::PgOptions {
-                    url: url.clone(),
                     pool_size: config.storage.pool_size,
+                    ..rookery_storage_postgres::PgOptions::new(url.clone())
                 })
                 .await
                 .with_context(|| {

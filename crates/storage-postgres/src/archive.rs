@@ -53,7 +53,7 @@ pub(crate) const ROOMS: Table = Table {
 
 /// Most appends in one transaction: every message is archived twice (sender, recipient)
 /// on the message path, and a commit per append would cost a WAL flush each.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 /// An append waiting for the writer.
 pub(crate) struct PendingAppend {
@@ -72,13 +72,13 @@ pub(crate) type ArchiveWriter = tokio::sync::mpsc::UnboundedSender<PendingAppend
 /// commit, so an append that returned `Ok` is durable; a failed append (unknown account,
 /// duplicate id) does not fail the others of its batch, and a database failure fails the
 /// whole batch (nothing of it was committed). The task ends when every sender is gone.
-pub(crate) fn start_writer(db: Db) -> ArchiveWriter {
+pub(crate) fn start_writer(db: Db, max_batch: usize) -> ArchiveWriter {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingAppend>();
     tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut batch = Vec::with_capacity(max_batch);
         while let Some(first) = rx.recv().await {
             batch.push(first);
-            while batch.len() < MAX_BATCH {
+            while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,

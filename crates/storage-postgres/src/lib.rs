@@ -235,6 +235,9 @@ pub struct PgOptions {
     pub url: String,
     /// Most connections open at once.
     pub pool_size: usize,
+    /// Most archive appends committed in one transaction (group commit); 1 commits each
+    /// alone (for measuring what grouping gains).
+    pub archive_batch: usize,
 }
 
 impl PgOptions {
@@ -242,6 +245,7 @@ impl PgOptions {
         PgOptions {
             url: url.into(),
             pool_size: DEFAULT_POOL_SIZE,
+            archive_batch: archive::MAX_BATCH,
         }
     }
 }
@@ -314,7 +318,7 @@ impl PgBackend {
             migrate(&mut conn).await?;
         }
         Ok(PgBackend {
-            archive_writer: archive::start_writer(db.clone()),
+            archive_writer: archive::start_writer(db.clone(), options.archive_batch.max(1)),
             db,
         })
     }

@@ -11,8 +11,8 @@ use rookery_storage_postgres::{PgBackend, PgOptions, SCHEMA_VERSION};
 
 async fn open(url: &str) -> PgBackend {
     PgBackend::open(&PgOptions {
-        url: url.to_owned(),
         pool_size: 8,
+        ..PgOptions::new(url)
     })
     .await
     .expect("open")

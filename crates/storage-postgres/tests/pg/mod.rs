@@ -141,9 +141,15 @@ fn start() -> &'static (u16, PathBuf) {
             _dir: dir,
         };
         let socket_dir = server._dir.path().to_path_buf();
-        // fsync off (-F): test data need not survive a machine crash.
+        // fsync off (-F): test data need not survive a machine crash. A benchmark sets
+        // ROOKERY_PG_FSYNC=1 to measure commits as a production server makes them.
+        let fsync = if std::env::var_os("ROOKERY_PG_FSYNC").is_some() {
+            ""
+        } else {
+            "-F "
+        };
         let options = format!(
-            "-F -h 127.0.0.1 -p {port} -k {} -c max_connections=300",
+            "{fsync}-h 127.0.0.1 -p {port} -k {} -c max_connections=300",
             socket_dir.display()
         );
         let mut pg_ctl = server.command("pg_ctl");
