@@ -227,7 +227,7 @@ async fn append_one<C: GenericClient>(
 #[derive(Clone)]
 pub struct PgArchiveStore {
     pub(crate) db: Db,
-    pub(crate) writer: ArchiveWriter,
+    pub(crate) writer: Option<ArchiveWriter>,
     pub(crate) table: &'static Table,
 }
 
@@ -493,6 +493,15 @@ impl ArchiveStore for PgArchiveStore {
         user: &str,
         entry: &ArchiveEntry,
     ) -> Result<i64, StorageError> {
+        let Some(writer) = &self.writer else {
+            // No group commit: this append alone, in its own transaction.
+            let mut conn = self.db.conn().await?;
+            let tx = conn.transaction().await.map_err(db)?;
+            let owner = lock_owner(&tx, self.table, domain, user).await?;
+            let ts = append_one(&tx, self.table, owner, entry).await?;
+            tx.commit().await.map_err(db)?;
+            return Ok(ts);
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = PendingAppend {
             table: self.table,
@@ -501,7 +510,7 @@ impl ArchiveStore for PgArchiveStore {
             entry: entry.clone(),
             reply,
         };
-        self.writer
+        writer
             .send(job)
             .map_err(|_| StorageError::Backend("the archive writer has stopped".into()))?;
         answer

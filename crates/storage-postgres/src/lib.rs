@@ -235,8 +235,9 @@ pub struct PgOptions {
     pub url: String,
     /// Most connections open at once.
     pub pool_size: usize,
-    /// Most archive appends committed in one transaction (group commit); 1 commits each
-    /// alone (for measuring what grouping gains).
+    /// Most archive appends committed in one transaction by the archive writer (group
+    /// commit). 0: no writer, each append is its own transaction on a pooled connection,
+    /// concurrently (for measuring what grouping gains).
     pub archive_batch: usize,
 }
 
@@ -278,7 +279,8 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StorageError> {
 #[derive(Clone)]
 pub struct PgBackend {
     db: Db,
-    archive_writer: archive::ArchiveWriter,
+    /// None: appends commit one by one (`archive_batch = 0`).
+    archive_writer: Option<archive::ArchiveWriter>,
 }
 
 impl std::fmt::Debug for PgBackend {
@@ -318,7 +320,8 @@ impl PgBackend {
             migrate(&mut conn).await?;
         }
         Ok(PgBackend {
-            archive_writer: archive::start_writer(db.clone(), options.archive_batch.max(1)),
+            archive_writer: (options.archive_batch > 0)
+                .then(|| archive::start_writer(db.clone(), options.archive_batch)),
             db,
         })
     }

@@ -437,3 +437,23 @@ async fn archive_ids_increase_in_append_order_under_concurrency() {
         (0..50).map(|n| format!("alice-{n}")).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_conformance_without_group_commit() {
+    // `archive_batch = 0`: each append its own transaction, no writer task.
+    for suite in ["archive", "room_archive", "deletion"] {
+        let b = PgBackend::open(&PgOptions {
+            archive_batch: 0,
+            pool_size: 8,
+            ..PgOptions::new(pg::fresh_database().await)
+        })
+        .await
+        .expect("open");
+        let s = b.storage();
+        match suite {
+            "archive" => conformance::archive_store(&s).await,
+            "room_archive" => conformance::room_archive_store(&s).await,
+            _ => conformance::account_deletion(&s).await,
+        }
+    }
+}
