@@ -13,7 +13,7 @@
 //! that moment in one transaction (group commit, [`start_writer`]); each caller is answered
 //! after the commit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
 use rookery_storage::{
@@ -102,138 +102,47 @@ pub(crate) fn start_writer(db: Db, max_batch: usize) -> ArchiveWriter {
 
 /// Writes a batch in one transaction; one result per job, in order. Err when the
 /// transaction itself failed (nothing was written).
-///
-/// Per owner of the batch: one lock, one read of the newest timestamp and one of which of
-/// the batch's ids the archive holds already; then the inserts are sent together
-/// (tokio-postgres pipelines the statements of one connection), so a batch costs a few
-/// round trips per owner plus one for all its inserts, not two per append.
 async fn write_batch(
     db: &Db,
     jobs: &[PendingAppend],
 ) -> Result<Vec<Result<i64, StorageError>>, StorageError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(db_err)?;
-    // Every owner of the batch, locked in one order (table, domain, user), so batches and
-    // other writers never wait for each other in a cycle.
-    let mut owners: BTreeMap<(&str, &str, &str), Owner> = BTreeMap::new();
+    // Lock every owner of the batch first, in one order (table, domain, user), so batches
+    // and other writers never wait for each other in a cycle.
+    let mut owners: BTreeMap<(&str, &str, &str), Result<i64, StorageError>> = BTreeMap::new();
     for job in jobs {
         owners
             .entry((job.table.name, &job.domain, &job.user))
-            .or_insert_with(|| Owner {
-                table: job.table,
-                id: None,
-                newest: None,
-                ids: HashSet::new(),
-            })
-            .ids
-            .insert(job.entry.id.as_str());
+            .or_insert(Err(StorageError::NotFound));
     }
     for ((_, domain, user), owner) in owners.iter_mut() {
-        let table = owner.table;
-        let id = match lock_owner(&tx, table, domain, user).await {
-            Ok(id) => id,
-            Err(StorageError::NotFound) => continue,
-            Err(e) => return Err(e),
-        };
-        owner.id = Some(id);
-        owner.newest = query_opt(
-            &tx,
-            &format!(
-                "SELECT ts FROM {} WHERE {} = $1 ORDER BY id DESC LIMIT 1",
-                table.name, table.owner
-            ),
-            &[&id],
-        )
-        .await?
-        .map(|r| get::<i64>(&r, 0))
-        .transpose()?;
-        // The batch's ids the archive holds already: those appends are AlreadyExists.
-        let wanted: Vec<&str> = owner.ids.drain().collect();
-        let taken = query(
-            &tx,
-            &format!(
-                "SELECT stanza_id FROM {} WHERE {} = $1 AND stanza_id = ANY($2)",
-                table.name, table.owner
-            ),
-            &[&id, &wanted],
-        )
-        .await?;
-        for row in &taken {
-            let taken: String = get(row, 0)?;
-            if let Some(k) = wanted.iter().find(|w| **w == taken) {
-                owner.ids.insert(k);
+        let table = jobs
+            .iter()
+            .find(|j| j.domain == *domain && j.user == *user)
+            .map(|j| j.table)
+            .unwrap_or(&ACCOUNTS);
+        *owner = lock_owner(&tx, table, domain, user).await;
+        if let Err(e @ StorageError::Backend(_)) = owner {
+            return Err(StorageError::Backend(e.to_string()));
+        }
+    }
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let owner = match &owners[&(job.table.name, job.domain.as_str(), job.user.as_str())] {
+            Ok(id) => *id,
+            Err(_) => {
+                results.push(Err(StorageError::NotFound));
+                continue;
             }
-        }
-    }
-    // Each job's outcome, or the timestamp it is inserted with, in order.
-    let mut results: Vec<Result<i64, StorageError>> = Vec::with_capacity(jobs.len());
-    let mut inserts = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        let owner = owners
-            .get_mut(&(job.table.name, job.domain.as_str(), job.user.as_str()))
-            .ok_or_else(|| StorageError::Backend("archive batch lost an owner".into()))?;
-        let Some(id) = owner.id else {
-            results.push(Err(StorageError::NotFound));
-            continue;
         };
-        // Taken before, or earlier in this batch.
-        if !owner.ids.insert(job.entry.id.as_str()) {
-            results.push(Err(StorageError::AlreadyExists));
-            continue;
-        }
-        let ts = owner
-            .newest
-            .map_or(job.entry.timestamp_us, |n| n.max(job.entry.timestamp_us));
-        owner.newest = Some(ts);
-        results.push(Ok(ts));
-        inserts.push((i, id, ts));
-    }
-    let mut statements = std::collections::HashMap::new();
-    for table in [&ACCOUNTS, &ROOMS] {
-        if jobs.iter().any(|j| j.table.name == table.name) {
-            let sql = format!(
-                "INSERT INTO {} ({}, stanza_id, ts, with_bare, with_resource, stanza)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT ({}, stanza_id) DO NOTHING RETURNING id",
-                table.name, table.owner, table.owner
-            );
-            statements.insert(table.name, tx.prepare_cached(&sql).await.map_err(db_err)?);
-        }
-    }
-    let sent = inserts.iter().map(|(i, owner, ts)| {
-        let (job, tx, statements) = (&jobs[*i], &tx, &statements);
-        async move {
-            let st = statements
-                .get(job.table.name)
-                .ok_or_else(|| StorageError::Backend("no insert statement".into()))?;
-            let e = &job.entry;
-            tx.query_opt(
-                st,
-                &[owner, &e.id, ts, &e.with_bare, &e.with_resource, &e.stanza],
-            )
-            .await
-            .map_err(db_err)
-        }
-    });
-    let inserted = futures_util::future::join_all(sent).await;
-    for ((i, _, _), row) in inserts.iter().zip(inserted) {
-        // The owner is locked and its ids were checked: a conflict is not expected, but if
-        // one happens the append is reported as what it is.
-        if row?.is_none() {
-            results[*i] = Err(StorageError::AlreadyExists);
+        match append_one(&tx, job.table, owner, &job.entry).await {
+            Err(e @ StorageError::Backend(_)) => return Err(e),
+            other => results.push(other),
         }
     }
     tx.commit().await.map_err(db_err)?;
     Ok(results)
-}
-
-/// An owner of a batch: its id once locked (None: no such account), the newest timestamp
-/// of its archive as the batch goes, and the ids the batch may not use.
-struct Owner<'a> {
-    table: &'static Table,
-    id: Option<i64>,
-    newest: Option<i64>,
-    ids: HashSet<&'a str>,
 }
 
 fn db_err(e: tokio_postgres::Error) -> StorageError {
