@@ -116,10 +116,11 @@ async fn write_batch(
             .entry((job.table.name, &job.domain, &job.user))
             .or_insert(Err(StorageError::NotFound));
     }
-    for ((_, domain, user), owner) in owners.iter_mut() {
+    for ((name, domain, user), owner) in owners.iter_mut() {
+        // The same names may own an account archive and a room archive: match the table.
         let table = jobs
             .iter()
-            .find(|j| j.domain == *domain && j.user == *user)
+            .find(|j| j.table.name == *name && j.domain == *domain && j.user == *user)
             .map(|j| j.table)
             .unwrap_or(&ACCOUNTS);
         *owner = lock_owner(&tx, table, domain, user).await;
