@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -90,6 +91,25 @@ class PostgresServer:
         options = f"-F -h {self.host} -p {self.port} -k {self.dir} -c max_connections=200"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
         self.started = True
+        self._watch()
+
+    def _watch(self) -> None:
+        """A watcher that stops the server once this process is gone, however it ended (a
+        SIGKILL runs no exit handler). Started once; it outlives this process on purpose."""
+        if getattr(self, "_watcher", None) is not None:
+            return
+        stop = " ".join(shlex.quote(a) for a in self._cmd("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"))
+        script = (
+            f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+            f"{stop} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.dir))}"
+        )
+        self._watcher = subprocess.Popen(
+            ["sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stops the server (``fast``: connections are closed at once, as when a database

@@ -106,6 +106,33 @@ extern "C" fn stop_at_exit() {
     }
 }
 
+/// A watcher that stops the server and removes its directory once this process is gone,
+/// however it ended: killed on a timeout, the exit handler never runs.
+fn watch(bin: &Path, data: &Path, dir: &Path, as_postgres: bool) {
+    let stop = format!(
+        "{}{} -D {} -m immediate -w stop",
+        if as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        },
+        bin.join("pg_ctl").display(),
+        data.display()
+    );
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    // Not waited for: it outlives this process on purpose.
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
 /// Starts the shared server if it isn't running; returns its port and socket directory.
 fn start() -> &'static (u16, PathBuf) {
     STARTED.get_or_init(|| {
@@ -165,6 +192,7 @@ fn start() -> &'static (u16, PathBuf) {
             libc::atexit(stop_at_exit);
         }
         run(pg_ctl, "pg_ctl start");
+        watch(&bin, &data, &socket_dir, as_postgres);
         (port, socket_dir)
     })
 }
