@@ -86,6 +86,10 @@ def archived_bodies(stream, with_jid: str | None = None) -> list[str]:
 
 
 def test_check_reports_the_database(server):
+    # The running server is recognised by its admin socket, made just after the listeners.
+    deadline = time.monotonic() + 10
+    while not (server.data_dir / "rookery.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     res = server.cli("check")
     assert res.returncode == 0, res.stderr
     assert "database: PostgreSQL postgres@127.0.0.1:" in res.stdout, res.stdout
@@ -142,7 +146,8 @@ async def test_a_persistent_room_survives_a_restart(server, new_user):
         await o.plugin["xep_0045"].set_affiliation(room, "member", jid=member.jid)
         o.send_message(mto=room, mbody="before the restart", mtype="groupchat")
         await next_groupchat(o, "before the restart")
-    rc, _out, err = server.stop()
+    # A graceful stop may take the whole shutdown grace (10 s) on a loaded machine.
+    rc, _out, err = server.stop(timeout=30)
     assert rc == 0, err[-3000:]
     server.start()
     async with muc_client(server, member) as m:
@@ -185,6 +190,9 @@ def test_database_outage_gives_errors_and_recovers_without_losing_messages(serve
         assert stanza_error_condition(reply)[1] in ("internal-server-error", "resource-constraint")
         assert time.monotonic() - started < 30, "errors come within the pool's timeouts"
         assert server.running
+        res = server.cli("check")
+        assert res.returncode == 1, res.stdout
+        assert "storage.url: cannot reach the PostgreSQL database" in res.stderr, res.stderr
     finally:
         postgres_server.start()
     # Back: the same operations succeed on the same streams, without restarting Rookery.
