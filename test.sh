@@ -8,7 +8,8 @@
 # the Python packages for the interop tests are installed into .venv, and with apt-get
 # when they are missing, the Debian packages of the clients the README's recipes use
 # (go-sendxmpp, profanity, tmux), of the browser tests (chromium) and of the federation
-# peers (prosody, lua-unbound, ejabberd; run as private instances, never as services). The browser tests' Converse.js comes
+# peers (prosody, lua-unbound, ejabberd; run as private instances, never as services) and
+# PostgreSQL (installed before cargo test: the PostgreSQL backend's tests start their own). The browser tests' Converse.js comes
 # from the npm registry into tests/interop/browser/node_modules (browser/install.sh).
 set -euo pipefail
 
@@ -45,17 +46,7 @@ cargo fmt --all -- --check
 phase "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-phase "cargo test"
-cargo test --workspace
-
-phase "cargo build"
-cargo build --workspace
-if [[ ! -x "$ROOKERY_BIN" ]]; then
-    echo "rookery binary not found at $ROOKERY_BIN after the build" >&2
-    exit 1
-fi
-
-phase "client packages"
+phase "Debian packages"
 # Debian packages, each named by the command it provides.
 CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium)
 # systemd-analyze (package systemd) checks contrib/systemd/rookery.service.
@@ -65,11 +56,14 @@ missing_tools=()
 # lua-unbound (its resolver, pointed at the tests' own DNS server) and ejabberd; coturn, the TURN
 # server of the XEP-0215 tests.
 PEER_PACKAGES=(prosody lua-unbound ejabberd coturn)
+# PostgreSQL: the storage-postgres crate's tests and test_postgresql.py each run their own
+# server from a temporary directory (initdb + pg_ctl), so it is installed before cargo test.
+SERVER_PACKAGES=(postgresql)
 missing=("${missing_tools[@]}")
 for pkg in "${CLIENT_PACKAGES[@]}"; do
     command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-for pkg in "${PEER_PACKAGES[@]}"; do
+for pkg in "${PEER_PACKAGES[@]}" "${SERVER_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q ' installed$' || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -77,7 +71,7 @@ if ((${#missing[@]})); then
     SUDO=()
     [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
     # No system service may start from these packages (one taking port 5222 would break
-    # test_readme.py): Debian's policy-rc.d protocol, for the install only.
+    # test_readme.py, a PostgreSQL cluster would hold port 5432): Debian's policy-rc.d protocol, for the install only.
     policy=/usr/sbin/policy-rc.d
     made_policy=0
     if [[ ! -e $policy ]]; then
@@ -93,7 +87,17 @@ if ((${#missing[@]})); then
         exit 1
     fi
 else
-    echo "${CLIENT_PACKAGES[*]} ${PEER_PACKAGES[*]} present"
+    echo "${CLIENT_PACKAGES[*]} ${PEER_PACKAGES[*]} ${SERVER_PACKAGES[*]} present"
+fi
+
+phase "cargo test"
+cargo test --workspace
+
+phase "cargo build"
+cargo build --workspace
+if [[ ! -x "$ROOKERY_BIN" ]]; then
+    echo "rookery binary not found at $ROOKERY_BIN after the build" >&2
+    exit 1
 fi
 
 phase "browser client (Converse.js)"

@@ -17,6 +17,8 @@
 #   bench/run.sh --servers "" --pairs "rookery-rookery rookery-ejabberd ejabberd-ejabberd"
 #                                  federation: pairs of servers messaging each other (s2s)
 #   bench/run.sh --servers "" --turn   the built-in TURN server beside coturn (relay throughput)
+#   bench/run.sh --servers "" --storage   archive appends and MAM pages over 100k messages,
+#                                  SQLite beside PostgreSQL (a private PostgreSQL server, fsync on)
 #
 # Each server runs as its own process from a private configuration and data directory under
 # a temporary directory, on its own loopback ports, pinned to CPU 0; the load generator
@@ -71,6 +73,10 @@ TURN=0                                   # --turn: bench/turn_relay.py, Rookery'
 TURN_SESSIONS="${TURN_SESSIONS:-50}"     # allocation pairs (turnutils_uclient -m)
 TURN_MESSAGES="${TURN_MESSAGES:-4000}"   # datagrams each client sends
 TURN_LENGTH="${TURN_LENGTH:-1200}"       # bytes per datagram
+STORAGE=0                                # --storage: the storage backends' archive benchmark
+BENCH_MESSAGES="${BENCH_MESSAGES:-100000}"  # messages archived (twice each) by --storage
+BENCH_WRITERS="${BENCH_WRITERS:-64}"     # concurrent writers (sessions) of --storage
+BENCH_QUERIES="${BENCH_QUERIES:-200}"    # queries of each page kind of --storage
 S2S_MSG_PAIRS="${S2S_MSG_PAIRS:-100}"   # account pairs (on server A and on server B) per run
 S2S_DURATION="${S2S_DURATION:-10}"
 S2S_WINDOW="${S2S_WINDOW:-16}"         # messages in flight per direction, flat out
@@ -100,6 +106,10 @@ Options:
                         the single servers by bench/s2s_pairs.py (see BENCHMARKS.md, Federation)
   --turn                the TURN relay: Rookery's built-in server beside coturn, both driven by
                         turnutils_uclient (bench/turn_relay.py; see BENCHMARKS.md, TURN relay)
+  --storage             the archive at the storage level: appends of the message path and MAM
+                        pages over BENCH_MESSAGES messages, SQLite beside PostgreSQL (with and
+                        without group commit), one run (crates/storage-postgres/tests/bench.rs;
+                        needs Debian's postgresql package; see BENCHMARKS.md, Storage backends)
   --out DIR             results directory (default bench/results/DATE)
   --no-install          do not apt-get install missing servers (skip them instead)
   --no-priority         do not raise the benchmark's CPU priority (autogroup nice)
@@ -126,6 +136,7 @@ while [[ $# -gt 0 ]]; do
         --scenarios) SCENARIOS="$2"; shift 2 ;;
         --pairs) PAIRS="$2"; shift 2 ;;
         --turn) TURN=1; shift ;;
+        --storage) STORAGE=1; shift ;;
         --out) OUT="$2"; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
         --no-priority) PRIORITY=""; shift ;;
@@ -215,11 +226,13 @@ install_servers() {
     # Federation pairs with Prosody: it resolves the test domains through lua-unbound.
     [[ " $PAIRS " == *prosody* ]] && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1 && missing+=(lua-unbound)
     [[ $TURN == 1 ]] && ! command -v turnserver >/dev/null && missing+=(coturn)
+    [[ $STORAGE == 1 ]] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && missing+=(postgresql)
     [[ ${#missing[@]} == 0 ]] && return 0
     if [[ $INSTALL == 0 ]]; then
         log "not installed: ${missing[*]} (skipped, --no-install)"
         for m in "${missing[@]}"; do SERVERS="${SERVERS//$m/}"; done
         [[ " ${missing[*]} " == *" coturn "* ]] && TURN=0
+        [[ " ${missing[*]} " == *" postgresql "* ]] && STORAGE=0
         return 0
     fi
     log "installing ${missing[*]} from Debian"
@@ -728,6 +741,19 @@ run_turn() {
         | tee -a "$OUT/table.md"
 }
 
+# The storage backends (--storage): the archive benchmark of crates/storage-postgres, which
+# starts its own PostgreSQL (initdb + pg_ctl in a temporary directory, fsync on) beside an
+# SQLite file, in a release build; its table is appended to table.md.
+run_storage() {
+    log "storage: SQLite and PostgreSQL archives ($BENCH_MESSAGES messages)"
+    (cd "$ROOT" && ROOKERY_PG_FSYNC=1 BENCH_MESSAGES="$BENCH_MESSAGES" BENCH_WRITERS="$BENCH_WRITERS" \
+        BENCH_QUERIES="$BENCH_QUERIES" cargo test --release -p rookery-storage-postgres --test bench \
+        -- --ignored --nocapture --test-threads 1) 2>"$OUT/logs/storage.err" \
+        | grep -E '^(\||[0-9]+ messages|group commit)' | tee "$OUT/storage.md" || true
+    { echo; echo "Storage backends (crates/storage-postgres/tests/bench.rs)"; echo; cat "$OUT/storage.md"; } \
+        >>"$OUT/table.md"
+}
+
 # ---- Main ------------------------------------------------------------------------------------
 install_servers
 build
@@ -765,4 +791,5 @@ if [[ -n "${SERVERS// /}" ]]; then
 fi
 if [[ -n "${PAIRS// /}" ]]; then run_pairs; fi
 if [[ $TURN == 1 ]]; then run_turn; fi
+if [[ $STORAGE == 1 ]]; then run_storage; fi
 log "table: $OUT/table.md; raw results: $RAW"

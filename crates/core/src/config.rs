@@ -216,13 +216,26 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// SQLite database file; default `<data_dir>/rookery.db`.
     pub path: Option<PathBuf>,
+    /// PostgreSQL connection string (`backend = "postgresql"`):
+    /// `postgresql://user[:password]@host[:port]/dbname` or `host=... dbname=...`.
+    pub url: Option<String>,
+    /// PostgreSQL: most connections the server opens.
+    pub pool_size: usize,
 }
+
+/// Connections to PostgreSQL by default.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// The most `storage.pool_size` accepts: PostgreSQL's own default `max_connections` is 100,
+/// and each connection is a server process.
+pub const MAX_POOL_SIZE: usize = 1024;
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             backend: StorageBackend::Sqlite,
             path: None,
+            url: None,
+            pool_size: DEFAULT_POOL_SIZE,
         }
     }
 }
@@ -231,6 +244,8 @@ impl Default for StorageConfig {
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     Sqlite,
+    /// A PostgreSQL server (`storage.url`).
+    Postgresql,
     /// Volatile, for tests and experiments: everything is lost at exit.
     Memory,
 }
@@ -537,6 +552,7 @@ impl Config {
         if self.hosts.is_empty() {
             return Err(invalid("host", "at least one [[host]] must be served"));
         }
+        self.validate_storage()?;
         let mut seen = std::collections::HashSet::new();
         for (i, h) in self.hosts.iter_mut().enumerate() {
             let key = format!("host[{i}].domain");
@@ -624,6 +640,39 @@ impl Config {
         Ok(())
     }
 
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        match s.backend {
+            StorageBackend::Postgresql => {
+                if !matches!(s.url.as_deref(), Some(u) if !u.trim().is_empty()) {
+                    return Err(invalid(
+                        "storage.url",
+                        "backend \"postgresql\" needs the database's URL, e.g. \
+                         \"postgresql://rookery@localhost/rookery\"",
+                    ));
+                }
+                if s.path.is_some() {
+                    return Err(invalid(
+                        "storage.path",
+                        "is the SQLite database file: backend \"postgresql\" uses storage.url",
+                    ));
+                }
+                if !(1..=MAX_POOL_SIZE).contains(&s.pool_size) {
+                    return Err(invalid(
+                        "storage.pool_size",
+                        format!("must be between 1 and {MAX_POOL_SIZE}"),
+                    ));
+                }
+            }
+            StorageBackend::Sqlite | StorageBackend::Memory => {
+                if s.url.is_some() {
+                    return Err(invalid("storage.url", "is for backend \"postgresql\" only"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.storage
             .path
@@ -706,6 +755,40 @@ mod tests {
         );
         assert_eq!(c.limits.max_stanza_bytes, 65536);
         assert_eq!(c.limits.max_depth, Limits::default().max_depth);
+    }
+
+    #[test]
+    fn postgresql_storage_needs_a_url_and_a_sane_pool() {
+        let host = "[[host]]\ndomain = 'a.org'\n";
+        let c = parse(&format!(
+            "[storage]\nbackend = 'postgresql'\nurl = 'postgresql://r@db/rookery'\n{host}"
+        ))
+        .expect("valid");
+        assert_eq!(c.storage.backend, StorageBackend::Postgresql);
+        assert_eq!(c.storage.url.as_deref(), Some("postgresql://r@db/rookery"));
+        assert_eq!(c.storage.pool_size, DEFAULT_POOL_SIZE);
+        for (storage, key) in [
+            ("backend = 'postgresql'", "storage.url"),
+            ("backend = 'postgresql'\nurl = '  '", "storage.url"),
+            (
+                "backend = 'postgresql'\nurl = 'host=db'\npool_size = 0",
+                "storage.pool_size",
+            ),
+            (
+                "backend = 'postgresql'\nurl = 'host=db'\npool_size = 5000",
+                "storage.pool_size",
+            ),
+            (
+                "backend = 'postgresql'\nurl = 'host=db'\npath = 'x.db'",
+                "storage.path",
+            ),
+            ("backend = 'sqlite'\nurl = 'host=db'", "storage.url"),
+        ] {
+            let e = parse(&format!("[storage]\n{storage}\n{host}"))
+                .expect_err(storage)
+                .to_string();
+            assert!(e.starts_with(key), "{storage}: {e}");
+        }
     }
 
     #[test]

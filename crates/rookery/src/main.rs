@@ -202,7 +202,8 @@ fn run(cli: Cli) -> Result<()> {
             // A server already running with this configuration holds its own ports: that is
             // not an error (checking before a restart is what operators do).
             let running = rt.block_on(admin::request(&config, "stats"))?.is_some();
-            check(cli.config.as_deref(), &config, running)
+            let database = rt.block_on(check_database(&config))?;
+            check(cli.config.as_deref(), &config, running, database)
         }
         Command::Modules { .. } => Ok(()),
         Command::Stats => rt.block_on(async {
@@ -263,7 +264,7 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[(
     "Operations",
-    "PostgreSQL backend; reload of new hosts and of module options and limits (a restart applies them)",
+    "reload of new hosts and of module options and limits (a restart applies them)",
     &[],
 )];
 
@@ -322,7 +323,10 @@ fn init_logging(level: &str) -> reload::LogFilter {
     use tracing_subscriber::util::SubscriberInitExt;
     let (filter, from_env) = match tracing_subscriber::EnvFilter::try_from_default_env() {
         Ok(f) => (f, true),
-        Err(_) => (tracing_subscriber::EnvFilter::new(level), false),
+        Err(_) => (
+            reload::filter_for(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+            false,
+        ),
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
@@ -345,6 +349,10 @@ fn describe(file: Option<&Path>, config: &Config) -> Vec<String> {
     };
     let storage = match config.storage.backend {
         StorageBackend::Memory => "database: none (storage.backend = \"memory\")".to_owned(),
+        StorageBackend::Postgresql => format!(
+            "database: PostgreSQL {}",
+            rookery_storage_postgres::describe_url(config.storage.url.as_deref().unwrap_or(""))
+        ),
         StorageBackend::Sqlite => {
             let db = absolute(&config.database_path());
             let state = if db.exists() {
@@ -387,9 +395,34 @@ enum Create {
     No,
 }
 
-fn open_storage(config: &Config, create: Create) -> Result<Storage> {
+/// Whether the database exists already. A PostgreSQL database is made by its administrator,
+/// so it always counts as existing (its tables are created by the first open).
+fn database_exists(config: &Config) -> bool {
+    match config.storage.backend {
+        StorageBackend::Sqlite => config.database_path().exists(),
+        StorageBackend::Memory | StorageBackend::Postgresql => true,
+    }
+}
+
+async fn open_storage(config: &Config, create: Create) -> Result<Storage> {
     match config.storage.backend {
         StorageBackend::Memory => Ok(Storage::memory()),
+        StorageBackend::Postgresql => {
+            let url = config.storage.url.clone().unwrap_or_default();
+            let db =
+                rookery_storage_postgres::PgBackend::open(&rookery_storage_postgres::PgOptions {
+                    pool_size: config.storage.pool_size,
+                    ..rookery_storage_postgres::PgOptions::new(url.clone())
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the PostgreSQL database {}",
+                        rookery_storage_postgres::describe_url(&url)
+                    )
+                })?;
+            Ok(db.storage())
+        }
         StorageBackend::Sqlite => {
             let path = config.database_path();
             if !path.exists() {
@@ -422,7 +455,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
     let mut signals = Signals::new()?;
     create_private_dir(&config.data_dir)?;
     // Every store call is timed for the metrics, whatever the backend.
-    let storage = rookery_storage::timed::timed(open_storage(&config, Create::Yes)?);
+    let storage = rookery_storage::timed::timed(open_storage(&config, Create::Yes).await?);
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
     let running = config.clone();
     let server = Server::new(config, storage, &crate::registry())?;
@@ -526,9 +559,49 @@ impl Signals {
     }
 }
 
+/// A PostgreSQL database is checked by connecting to it (without changing it): an
+/// unreachable database or a schema newer than this build is an error, as it would be for
+/// `serve`; otherwise one line with the server's and the schema's versions. None for the
+/// other backends.
+async fn check_database(config: &Config) -> Result<Option<String>> {
+    if config.storage.backend != StorageBackend::Postgresql {
+        return Ok(None);
+    }
+    let url = config.storage.url.as_deref().unwrap_or("");
+    let probe = rookery_storage_postgres::probe(url)
+        .await
+        .with_context(|| {
+            format!(
+                "storage.url: cannot reach the PostgreSQL database {}",
+                rookery_storage_postgres::describe_url(url)
+            )
+        })?;
+    let supported = rookery_storage_postgres::SCHEMA_VERSION;
+    let schema = match probe.schema_version {
+        None | Some(0) => "no schema yet (the server creates it when it starts)".to_owned(),
+        Some(v) if v > supported => bail!(
+            "the PostgreSQL database has schema version {v}, newer than this build supports \
+             ({supported})"
+        ),
+        Some(v) if v < supported => {
+            format!("schema version {v} (the server migrates it to {supported} when it starts)")
+        }
+        Some(v) => format!("schema version {v}"),
+    };
+    Ok(Some(format!(
+        "database reachable: PostgreSQL {}, {schema}",
+        probe.server_version
+    )))
+}
+
 /// Everything `serve` would refuse, checked before anything is printed: modules, certificates
 /// and whether the listeners' addresses can be bound now.
-fn check(file: Option<&Path>, config: &Config, running: bool) -> Result<()> {
+fn check(
+    file: Option<&Path>,
+    config: &Config,
+    running: bool,
+    database: Option<String>,
+) -> Result<()> {
     let registry = crate::registry();
     let mut hosts = Vec::new();
     for h in &config.hosts {
@@ -568,6 +641,9 @@ fn check(file: Option<&Path>, config: &Config, running: bool) -> Result<()> {
         }
     }
     for line in describe(file, config) {
+        println!("{line}");
+    }
+    if let Some(line) = database {
         println!("{line}");
     }
     for line in hosts {
@@ -644,7 +720,7 @@ async fn export(config: &Config, domain: Option<String>) -> Result<()> {
             bail!("{d} is not a domain this server serves");
         }
     }
-    let storage = open_storage(config, Create::No)?;
+    let storage = open_storage(config, Create::No).await?;
     let doc = pie::export(&storage, domain.as_deref()).await?;
     let xml = pie::to_xml(&doc);
     use std::io::Write;
@@ -671,8 +747,8 @@ async fn import(config: &Config, file: &Path, prosody: bool, skip_existing: bool
     for s in &doc.skipped {
         eprintln!("rookery: skipped {s} (not kept by this server)");
     }
-    let existed = config.database_path().exists();
-    let storage = open_storage(config, Create::Yes)?;
+    let existed = database_exists(config);
+    let storage = open_storage(config, Create::Yes).await?;
     let existing = if skip_existing {
         pie::Existing::Skip
     } else {
@@ -747,12 +823,7 @@ async fn import(config: &Config, file: &Path, prosody: bool, skip_existing: bool
 /// `rookery user disable|enable`: a running server does it itself, as the disable-user and
 /// reenable-user commands do (disabling ends the account's sessions); without one the flag
 /// is written to the database by the same operation.
-async fn toggle_account(
-    config: &Config,
-    open: &dyn Fn(Create) -> Result<Storage>,
-    jid: &str,
-    disable: bool,
-) -> Result<()> {
+async fn toggle_account(config: &Config, jid: &str, disable: bool) -> Result<()> {
     let (node, domain) = account(config, jid)?;
     let user = BareJid::new(&format!("{node}@{domain}"))?;
     let line = format!("{} {user}", if disable { "disable" } else { "enable" });
@@ -766,7 +837,12 @@ async fn toggle_account(
             ),
         },
         None => {
-            rookery_modules::admin::ops::store_disabled(&open(Create::No)?, &user, disable).await?
+            rookery_modules::admin::ops::store_disabled(
+                &open_user_storage(config, Create::No).await?,
+                &user,
+                disable,
+            )
+            .await?
         }
     };
     if !exists {
@@ -841,7 +917,8 @@ async fn motd(config: &Config, cmd: MotdCommand) -> Result<()> {
                     ),
                 },
                 None => {
-                    ops::store_motd(&open_storage(config, Create::No)?, &domain, &text).await?;
+                    ops::store_motd(&open_storage(config, Create::No).await?, &domain, &text)
+                        .await?;
                     tracing::info!(target: "rookery::admin", actor = "rookery CLI", domain, "message of the day set");
                     println!("message of the day of {domain} set");
                 }
@@ -855,7 +932,7 @@ async fn motd(config: &Config, cmd: MotdCommand) -> Result<()> {
                     Some(("none", _)) => None,
                     _ => bail!("the server could not read it: {}", reply.trim()),
                 },
-                None => ops::stored_motd(&open_storage(config, Create::No)?, &domain)
+                None => ops::stored_motd(&open_storage(config, Create::No).await?, &domain)
                     .await?
                     .map(|m| m.text),
             };
@@ -875,7 +952,10 @@ async fn motd(config: &Config, cmd: MotdCommand) -> Result<()> {
                         other.trim_start_matches("error: ")
                     ),
                 },
-                None => ops::store_delete_motd(&open_storage(config, Create::No)?, &domain).await?,
+                None => {
+                    ops::store_delete_motd(&open_storage(config, Create::No).await?, &domain)
+                        .await?
+                }
             };
             if had {
                 println!("message of the day of {domain} deleted");
@@ -902,7 +982,7 @@ async fn admins(config: &Config, host: Option<String>) -> Result<()> {
                 Vec::new()
             } else {
                 rookery_modules::admin::ops::stored_admins(
-                    &open_storage(config, Create::No)?,
+                    &open_storage(config, Create::No).await?,
                     &domain,
                 )
                 .await?
@@ -917,29 +997,45 @@ async fn admins(config: &Config, host: Option<String>) -> Result<()> {
     Ok(())
 }
 
+/// The storage of a `rookery user` command, warning when it had to create the database.
+async fn open_user_storage(config: &Config, create: Create) -> Result<Storage> {
+    let existed = database_exists(config);
+    let storage = open_storage(config, create).await?;
+    if !existed {
+        eprintln!(
+            "rookery: warning: created a new, empty database at {}: if the server uses \
+             another configuration, give it with --config FILE",
+            absolute(&config.database_path()).display()
+        );
+    }
+    Ok(storage)
+}
+
+/// The database a command used, for messages: the SQLite file or the PostgreSQL URL
+/// (without its password).
+fn database_name(config: &Config) -> String {
+    match config.storage.backend {
+        StorageBackend::Postgresql => format!(
+            "the PostgreSQL database {}",
+            rookery_storage_postgres::describe_url(config.storage.url.as_deref().unwrap_or(""))
+        ),
+        _ => absolute(&config.database_path()).display().to_string(),
+    }
+}
+
 async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
     if config.storage.backend == StorageBackend::Memory {
         bail!("the memory storage backend keeps no accounts between runs");
     }
     // Arguments are checked before the database is opened, so a refused command changes
     // nothing on disk.
-    let open = |create: Create| -> Result<Storage> {
-        let existed = config.database_path().exists();
-        let storage = open_storage(config, create)?;
-        if !existed {
-            eprintln!(
-                "rookery: warning: created a new, empty database at {}: if the server uses \
-                 another configuration, give it with --config FILE",
-                absolute(&config.database_path()).display()
-            );
-        }
-        Ok(storage)
-    };
+    let open = |create: Create| open_user_storage(config, create);
     match cmd {
         UserCommand::Add { jid, password: pw } => {
             let (node, domain) = account(config, &jid)?;
             let creds = rookery_sasl::generate_all(&password(config, &jid, pw)?, SCRAM_ITERATIONS)?;
-            open(Create::Yes)?
+            open(Create::Yes)
+                .await?
                 .accounts
                 .create_account(&domain, &node, &creds)
                 .await
@@ -953,7 +1049,7 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Passwd { jid, password: pw } => {
             let (node, domain) = account(config, &jid)?;
-            let storage = open(Create::No)?;
+            let storage = open(Create::No).await?;
             if !storage.accounts.account_exists(&domain, &node).await? {
                 bail!("{node}@{domain} does not exist");
             }
@@ -984,7 +1080,8 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
                     ),
                 },
                 None => {
-                    if !open(Create::No)?
+                    if !open(Create::No)
+                        .await?
                         .accounts
                         .delete_account(&domain, &node)
                         .await?
@@ -995,15 +1092,16 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
             }
             println!("deleted {node}@{domain} and all its data");
         }
-        UserCommand::Disable { jid } => toggle_account(config, &open, &jid, true).await?,
-        UserCommand::Enable { jid } => toggle_account(config, &open, &jid, false).await?,
+        UserCommand::Disable { jid } => toggle_account(config, &jid, true).await?,
+        UserCommand::Enable { jid } => toggle_account(config, &jid, false).await?,
         UserCommand::List { domain } => {
             if let Some(d) = &domain {
                 if config.host(d).is_none() {
                     bail!("{d} is not a domain this server serves");
                 }
             }
-            let list = open(Create::No)?
+            let list = open(Create::No)
+                .await?
                 .accounts
                 .list_accounts(domain.as_deref())
                 .await?;
@@ -1014,7 +1112,7 @@ async fn user(config: &Config, cmd: UserCommand) -> Result<()> {
                         .as_deref()
                         .map(|d| format!(" of {d}"))
                         .unwrap_or_default(),
-                    absolute(&config.database_path()).display()
+                    database_name(config)
                 );
             }
             for (node, d) in list {

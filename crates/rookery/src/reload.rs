@@ -19,6 +19,20 @@ pub struct LogFilter {
     from_env: bool,
 }
 
+/// The filter of a `log_level`. The PostgreSQL driver logs every statement with its
+/// parameters at debug level, which would put stored credential records (SCRAM keys) and
+/// message bodies in the log: it is held at `info` unless the level names it explicitly.
+pub fn filter_for(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    if level.contains("tokio_postgres") {
+        return Ok(filter);
+    }
+    Ok(match "tokio_postgres=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    })
+}
+
 impl LogFilter {
     pub fn new(handle: Handle<EnvFilter, Registry>, from_env: bool) -> Self {
         LogFilter { handle, from_env }
@@ -33,7 +47,7 @@ impl LogFilter {
             tracing::info!("{line}");
             return line;
         }
-        let filter = match EnvFilter::try_new(level) {
+        let filter = match filter_for(level) {
             Ok(f) => f,
             Err(e) => {
                 let line =
@@ -213,6 +227,22 @@ mod tests {
             &crate::registry(),
         )
         .expect("config")
+    }
+
+    #[test]
+    fn the_database_driver_is_held_at_info_unless_named() {
+        for level in ["debug", "trace", "info,rookery_net=debug"] {
+            let f = filter_for(level).expect("filter").to_string();
+            assert!(f.contains("tokio_postgres=info"), "{level}: {f}");
+        }
+        let f = filter_for("debug,tokio_postgres=trace")
+            .expect("filter")
+            .to_string();
+        assert!(
+            f.contains("tokio_postgres=trace") && !f.contains("tokio_postgres=info"),
+            "{f}"
+        );
+        assert!(filter_for("rookery=loud").is_err());
     }
 
     #[test]

@@ -390,6 +390,11 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// the archive's newest entry is raised to it (archive order is time order); returns
     /// the timestamp stored. AlreadyExists if the archive has an entry with this id;
     /// NotFound if the account doesn't exist.
+    ///
+    /// Order: appends are committed in the order their futures were first polled (a
+    /// backend queues an append to its writer on the first poll), so once an append has
+    /// returned `Ok`, every append first polled before it is committed too. The message
+    /// path relies on it (the sender's copy is not waited for; see the `mam` module).
     async fn append_archive(
         &self,
         domain: &str,

@@ -133,11 +133,11 @@ impl Module for Mam {
         // After the blocking module's filters: what it drops is not archived.
         host.filter::<ClientStanza, _, _>(
             Order::normal().after("blocking"),
-            |server, c| async move { Some(outbound(&server, c).await) },
+            |server, c| async move { outbound(&server, c).await },
         );
         host.filter::<LocalDelivery, _, _>(
             Order::normal().after("blocking"),
-            |server, d| async move { Some(inbound(&server, d).await) },
+            |server, d| async move { inbound(&server, d).await },
         );
         host.hook::<SessionBound, _, _>(Order::normal(), |server, ev| async move {
             cache_prefs(&server, &ev.session).await;
@@ -316,25 +316,40 @@ pub fn worth_keeping(stanza: &Element) -> bool {
 }
 
 /// Archives `stanza` in `owner`'s archive as exchanged with `with`, if the owner's
-/// preferences allow; returns the archive id once the append is committed.
-async fn archive(server: &Server, owner: &BareJid, with: &Jid, stanza: &Stanza) -> Option<String> {
-    let (domain, user, entry) = archive_entry(server, owner, with, stanza).await?;
-    append(server.storage().archive.clone(), domain, user, entry).await
+/// preferences allow; returns the archive id once the append is committed, None when the
+/// message is not to be archived. Err when the storage failed (the database is unreachable,
+/// say): the caller refuses the message rather than deliver one its archive would miss.
+async fn archive(
+    server: &Server,
+    owner: &BareJid,
+    with: &Jid,
+    stanza: &Stanza,
+) -> Result<Option<String>, StorageError> {
+    match archive_entry(server, owner, with, stanza).await? {
+        Some((domain, user, entry)) => {
+            append(server.storage().archive.clone(), domain, user, entry).await
+        }
+        None => Ok(None),
+    }
 }
 
-/// The entry `stanza` makes in `owner`'s archive, if the owner's preferences allow.
+/// The entry `stanza` makes in `owner`'s archive, None if the owner's preferences don't
+/// want it; Err when they (or the roster they depend on) could not be read.
 async fn archive_entry(
     server: &Server,
     owner: &BareJid,
     with: &Jid,
     stanza: &Stanza,
-) -> Option<(String, String, ArchiveEntry)> {
-    let (domain, user) = (owner.domain().as_str(), owner.node()?.as_str());
+) -> Result<Option<(String, String, ArchiveEntry)>, StorageError> {
+    let Some(user) = owner.node() else {
+        return Ok(None);
+    };
+    let (domain, user) = (owner.domain().as_str(), user.as_str());
     let prefs = match prefs_of(server, owner, domain, user).await {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(error = %e, "archive preferences unreadable; message not archived");
-            return None;
+            tracing::error!(error = %e, "archive preferences unreadable; message refused");
+            return Err(e);
         }
     };
     let contact = with.to_bare().to_string();
@@ -348,10 +363,10 @@ async fn archive_entry(
     };
     match prefs.allows(with, in_roster).await {
         Ok(true) => {}
-        Ok(false) => return None,
+        Ok(false) => return Ok(None),
         Err(e) => {
-            tracing::error!(error = %e, "roster unreadable; message not archived");
-            return None;
+            tracing::error!(error = %e, "roster unreadable; message refused");
+            return Err(e);
         }
     }
     let now_us = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
@@ -363,42 +378,42 @@ async fn archive_entry(
         with_resource: with.resource().map(|r| r.to_string()).unwrap_or_default(),
         stanza: stanza.to_xml_string(),
     };
-    Some((domain.to_owned(), user.to_owned(), entry))
+    Ok(Some((domain.to_owned(), user.to_owned(), entry)))
 }
 
-/// Appends `entry`; its id once committed.
+/// Appends `entry`; its id once committed (None: the account does not exist).
 async fn append(
     store: Arc<dyn ArchiveStore>,
     domain: String,
     user: String,
     mut entry: ArchiveEntry,
-) -> Option<String> {
+) -> Result<Option<String>, StorageError> {
     // A clash of random ids is astronomically unlikely; retry rather than lose a message.
     for _ in 0..3 {
         match store.append_archive(&domain, &user, &entry).await {
-            Ok(_) => return Some(entry.id),
+            Ok(_) => return Ok(Some(entry.id)),
             Err(StorageError::AlreadyExists) => entry.id = new_stanza_id(entry.timestamp_us),
             // No such account: the core answers the sender; nothing to archive.
-            Err(StorageError::NotFound) => return None,
+            Err(StorageError::NotFound) => return Ok(None),
             Err(e) => {
-                tracing::error!(error = %e, "archiving failed");
-                return None;
+                tracing::error!(error = %e, "archiving failed; message refused");
+                return Err(e);
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// Appends `entry` without waiting for the commit: the append is started here (a backend
-/// that queues appends, as SQLite's writer does, has queued it when this returns) and
-/// finishes in a task of its own.
+/// that queues appends, as SQLite's and PostgreSQL's writers do, has queued it when this
+/// returns) and finishes in a task of its own.
 ///
 /// Used for the sender's copy of a message to a local account: the recipient's copy is
 /// appended after it, while the message is being delivered, and delivery waits for that
-/// commit. The backend commits appends in the order they were queued, so once the
-/// recipient's copy is committed the sender's is too (the durability rule: a message a
-/// recipient has received is in both archives), and a message costs its sender one commit
-/// wait instead of two.
+/// commit (and is refused if it fails). The backend commits appends in the order they were
+/// queued, so once the recipient's copy is committed the sender's is too (the durability
+/// rule: a message a recipient has received is in both archives), and a message costs its
+/// sender one commit wait instead of two. A failure of the sender's copy alone is logged.
 async fn append_queued(
     store: Arc<dyn ArchiveStore>,
     domain: String,
@@ -413,59 +428,83 @@ async fn append_queued(
     }
 }
 
+/// The answer to a message that could not be archived: the storage failed, so the server
+/// takes no responsibility for it (RFC 6120 §8.3.3.8 internal-server-error), and the
+/// sender knows to send it again.
+fn archive_failed() -> StanzaError {
+    StanzaError::new(StanzaErrorCondition::InternalServerError)
+        .with_text("the message archive is unavailable; the message was not delivered")
+}
+
 /// A stanza a local client sends: forged stanza ids go; a message goes into the sender's
-/// archive (not marked: the recipient can't query the sender's archive).
-async fn outbound(server: &Server, mut c: ClientStanza) -> ClientStanza {
+/// archive (not marked: the recipient can't query the sender's archive). None (refused,
+/// with an error to the sender) when the archive could not be written.
+async fn outbound(server: &Server, mut c: ClientStanza) -> Option<ClientStanza> {
     if c.stanza.name() != "message" {
-        return c;
+        return Some(c);
     }
     strip_local_stanza_ids(server, &mut c.stanza);
     if !archivable(&c.stanza) {
-        return c;
+        return Some(c);
     }
     let owner = c.from.to_bare();
     // No 'to' is the sender's own account (archived when delivered).
     let Some(to) = c.stanza.to() else {
-        return c;
+        return Some(c);
     };
-    if to.to_bare() != owner {
-        if let Some((domain, user, entry)) = archive_entry(server, &owner, to, &c.stanza).await {
-            let store = server.storage().archive.clone();
-            // To a local account the recipient's copy follows on the same store (see
-            // `append_queued`); to anyone else the sender's copy is the only one, so it is
-            // committed before the message leaves.
-            if to.node().is_some() && server.serves(to.domain().as_str()) {
-                append_queued(store, domain, user, entry).await;
-            } else {
-                append(store, domain, user, entry).await;
-            }
-        }
+    if to.to_bare() == owner {
+        return Some(c);
     }
-    c
+    let entry = match archive_entry(server, &owner, to, &c.stanza).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Some(c),
+        Err(_) => {
+            server.bounce(&c.stanza, archive_failed());
+            return None;
+        }
+    };
+    let (domain, user, entry) = entry;
+    let store = server.storage().archive.clone();
+    // To a local account the recipient's copy follows on the same store (see
+    // `append_queued`); to anyone else the sender's copy is the only one, so it is committed
+    // before the message leaves.
+    if to.node().is_some() && server.serves(to.domain().as_str()) {
+        append_queued(store, domain, user, entry).await;
+    } else if append(store, domain, user, entry).await.is_err() {
+        server.bounce(&c.stanza, archive_failed());
+        return None;
+    }
+    Some(c)
 }
 
 /// A stanza about to reach a local account: forged stanza ids go; a message goes into the
 /// recipient's archive and carries its archive id.
-async fn inbound(server: &Server, mut d: LocalDelivery) -> LocalDelivery {
+async fn inbound(server: &Server, mut d: LocalDelivery) -> Option<LocalDelivery> {
     if d.stanza.name() != "message" {
-        return d;
+        return Some(d);
     }
     strip_local_stanza_ids(server, &mut d.stanza);
     if !archivable(&d.stanza) {
-        return d;
+        return Some(d);
     }
     let Some(from) = d.stanza.from() else {
-        return d;
+        return Some(d);
     };
     let owner = d.to.to_bare();
-    if let Some(id) = archive(server, &owner, from, &d.stanza).await {
-        d.stanza.element_mut().push_child(
+    match archive(server, &owner, from, &d.stanza).await {
+        Ok(Some(id)) => d.stanza.element_mut().push_child(
             Element::new("stanza-id", NS_SID)
                 .with_attr("by", owner.to_string())
                 .with_attr("id", id),
-        );
+        ),
+        Ok(None) => {}
+        // Not delivered: a message the recipient got must be in their archive.
+        Err(_) => {
+            server.bounce(&d.stanza, archive_failed());
+            return None;
+        }
     }
-    d
+    Some(d)
 }
 
 /// The retention purge: every interval, delete what is older than the retention period,
