@@ -94,7 +94,7 @@ def test_check_reports_the_database(server):
     assert res.returncode == 0, res.stderr
     assert "database: PostgreSQL postgres@127.0.0.1:" in res.stdout, res.stdout
     assert "database reachable: PostgreSQL 1" in res.stdout, res.stdout
-    assert "schema version 5" in res.stdout, res.stdout
+    assert "schema version 6" in res.stdout, res.stdout
 
 
 async def test_cli_accounts_log_in_with_slixmpp(server, new_user):
