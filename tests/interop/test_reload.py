@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -21,6 +22,7 @@ from harness import (
     RawStream,
     User,
     connect_client,
+    login_scram,
     pem_to_der,
     qn,
     session,
@@ -271,3 +273,44 @@ def test_a_new_host_needs_a_restart(make_server):
         assert n.stream_error() == "host-unknown", n.text[-2000:]
     finally:
         n.close()
+
+
+def test_reload_applies_a_module_limit_to_the_running_server(make_server, raw_factory):
+    """A module setting read at each use (here `[limits] max_roster_items`) takes effect on
+    reload, for sessions already connected, without a restart; lowering it again applies too."""
+    srv = make_server(extra_limits={"max_roster_items": 2})
+    deadline = time.monotonic() + 10
+    while srv.cli("stats").returncode != 0:
+        assert time.monotonic() < deadline, "no admin socket"
+        time.sleep(0.1)
+    user = srv.add_user("lim")
+    stream = raw_factory(srv)
+    login_scram(stream, user, "r")
+
+    def add(n: int) -> ET.Element:
+        return stream.iq(
+            f"<query xmlns='jabber:iq:roster'><item jid='contact{n}@{srv.domain}'/></query>", itype="set"
+        )
+
+    assert add(1).get("type") == "result" and add(2).get("type") == "result"
+    refused = add(3)
+    assert refused.get("type") == "error", ET.tostring(refused)
+    assert refused.find(f"{{{CLIENT_NS}}}error/{{urn:ietf:params:xml:ns:xmpp-stanzas}}not-allowed") is not None
+
+    text = srv.config_path.read_text()
+    assert "max_roster_items = 2" in text
+    srv.config_path.write_text(text.replace("max_roster_items = 2", "max_roster_items = 4"))
+    res = srv.cli("reload")
+    assert res.returncode == 0, res.stderr
+    assert "module settings applied: [limits]" in res.stdout, res.stdout
+    assert "restart" not in res.stdout, res.stdout
+    # The same session, no reconnect: the new limit holds.
+    assert add(3).get("type") == "result" and add(4).get("type") == "result"
+    assert add(5).get("type") == "error"
+
+    srv.config_path.write_text(text)
+    res = srv.cli("reload")
+    assert res.returncode == 0 and "module settings applied: [limits]" in res.stdout, res.stdout
+    assert add(6).get("type") == "error"
+    ping = stream.iq(f"<ping xmlns='{PING_NS}'/>", to=srv.domain)
+    assert ping.get("type") == "result"

@@ -48,6 +48,11 @@ pub trait Section: DeserializeOwned + Serialize + Default + Send + Sync + 'stati
         let _ = key;
         Ok(())
     }
+    /// Whether a reload applies a changed value to the running server: true for a section
+    /// its module reads at each use (`server.config().section::<T>()` when it needs it, never
+    /// kept from start-up), so the next use sees the new value. Server-wide sections only;
+    /// a host's sections change with a restart.
+    const LIVE: bool = false;
 }
 
 /// A section's value for a module: type-erased so a [`Config`](crate::Config) can hold the
@@ -61,6 +66,8 @@ pub struct SectionDecl {
     pub key: &'static str,
     pub place: Place,
     pub example: &'static str,
+    /// [`Section::LIVE`].
+    pub live: bool,
     read: fn(&str) -> Result<Read, toml::de::Error>,
     validate: fn(&Read, &str) -> Result<(), ConfigError>,
     defaults: fn() -> Result<toml::Value, toml::ser::Error>,
@@ -102,6 +109,7 @@ impl SectionDecl {
             key: T::KEY,
             place: T::PLACE,
             example: T::EXAMPLE,
+            live: T::LIVE,
             read: read::<T>,
             validate: validate::<T>,
             defaults: defaults::<T>,
@@ -291,13 +299,22 @@ impl<'de, S: DeserializeSeed<'de> + Clone> Visitor<'de> for Each<S> {
     }
 }
 
-/// The sections read for the server or for one host, by type.
+/// One section's value and its rendering (for comparisons), in a cell that the clones of a
+/// configuration share, so that a reload can replace a live section's value for everyone
+/// holding the running configuration.
+type Cell = Arc<parking_lot::RwLock<(Value, String)>>;
+
+/// The sections read for the server or for one host, by type: key, whether live, value.
 #[derive(Clone, Default)]
-pub struct Sections(HashMap<TypeId, (&'static str, Value, String)>);
+pub struct Sections(HashMap<TypeId, (&'static str, bool, Cell)>);
 
 impl fmt::Debug for Sections {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rendered: Vec<_> = self.0.values().map(|(k, _, r)| (k, r)).collect();
+        let mut rendered: Vec<_> = self
+            .0
+            .values()
+            .map(|(k, _, c)| (k, c.read().1.clone()))
+            .collect();
         rendered.sort();
         f.debug_map().entries(rendered).finish()
     }
@@ -309,7 +326,7 @@ impl Sections {
     pub fn get<T: Section>(&self) -> Arc<T> {
         self.0
             .get(&TypeId::of::<T>())
-            .and_then(|(_, v, _)| v.clone().downcast::<T>().ok())
+            .and_then(|(_, _, c)| c.read().0.clone().downcast::<T>().ok())
             .unwrap_or_default()
     }
 
@@ -318,7 +335,9 @@ impl Sections {
         let mut keys: Vec<&'static str> = self
             .0
             .iter()
-            .filter(|(t, (_, _, r))| other.0.get(*t).map(|(_, _, o)| o) != Some(r))
+            .filter(|(t, (_, _, c))| {
+                other.0.get(*t).map(|(_, _, o)| o.read().1.clone()) != Some(c.read().1.clone())
+            })
             .map(|(_, (k, _, _))| *k)
             .chain(
                 other
@@ -333,9 +352,40 @@ impl Sections {
         keys
     }
 
+    /// Gives the live sections ([`Section::LIVE`]) whose values differ in `new` their new
+    /// values, here and in every clone of these sections (the running server's
+    /// configuration among them); returns their keys. `new` must be a validated
+    /// configuration's. The other sections are left as they are.
+    pub fn apply_live(&self, new: &Sections) -> Vec<&'static str> {
+        let mut applied = Vec::new();
+        for (t, (key, live, cell)) in &self.0 {
+            if !*live {
+                continue;
+            }
+            let Some((_, _, from)) = new.0.get(t) else {
+                continue;
+            };
+            let value = from.read().clone();
+            let mut current = cell.write();
+            if current.1 != value.1 {
+                *current = value;
+                applied.push(*key);
+            }
+        }
+        applied.sort_unstable();
+        applied.dedup();
+        applied
+    }
+
     pub(crate) fn insert(&mut self, decl: &SectionDecl, value: Value) {
         let rendered = (decl.render)(&value);
-        self.0
-            .insert(decl.section_type(), (decl.key, value, rendered));
+        self.0.insert(
+            decl.section_type(),
+            (
+                decl.key,
+                decl.live,
+                Arc::new(parking_lot::RwLock::new((value, rendered))),
+            ),
+        );
     }
 }

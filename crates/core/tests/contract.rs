@@ -35,6 +35,8 @@ impl Section for WidgetLimits {
     const KEY: &'static str = "limits";
     const PLACE: Place = Place::SharedTable;
     const EXAMPLE: &'static str = "max_widgets = 3\nwidget_label = \"w\"\n";
+    // Read at each use: a reload applies it (GadgetLimits, below, is not live).
+    const LIVE: bool = true;
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if self.max_widgets == 0 {
             return Err(ConfigError::invalid(
@@ -128,6 +130,23 @@ fn modules_keys_in_a_shared_table_are_read_beside_the_cores() {
     assert_eq!(*c.section::<WidgetLimits>(), WidgetLimits::default());
     let c = Config::load(None, &registry()).expect("default");
     assert_eq!(*c.section::<WidgetLimits>(), WidgetLimits::default());
+}
+
+#[test]
+fn a_reload_applies_live_sections_to_every_clone_of_the_running_configuration() {
+    let running = parse("[limits]\nmax_widgets = 3\nmax_gadgets = 1\n").expect("valid");
+    // The server and the reloader each hold a clone of the running configuration.
+    let server_copy = running.clone();
+    let new = parse("[limits]\nmax_widgets = 5\nmax_gadgets = 2\n").expect("valid");
+    assert_eq!(running.sections.apply_live(&new.sections), ["limits"]);
+    assert_eq!(server_copy.section::<WidgetLimits>().max_widgets, 5);
+    // A section that is not live keeps its value, and still differs from the new file.
+    assert_eq!(server_copy.section::<GadgetLimits>().max_gadgets, 1);
+    assert_eq!(running.sections.changed(&new.sections), ["limits"]);
+    // Nothing left to apply; with the gadgets equal too, nothing differs.
+    assert!(running.sections.apply_live(&new.sections).is_empty());
+    let same = parse("[limits]\nmax_widgets = 5\nmax_gadgets = 1\n").expect("valid");
+    assert!(running.sections.changed(&same.sections).is_empty());
 }
 
 #[test]

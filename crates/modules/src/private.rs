@@ -68,6 +68,8 @@ impl Default for PrivateLimits {
 impl Section for PrivateLimits {
     const KEY: &'static str = "limits";
     const PLACE: Place = Place::SharedTable;
+    // Read at each request: a reload applies a new value.
+    const LIVE: bool = true;
     // In the example file this line follows the `vcard` module's `max_vcard_bytes`, whose
     // comment describes both sizes.
     const EXAMPLE: &'static str = "max_private_bytes = 65536\n";

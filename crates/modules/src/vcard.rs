@@ -65,6 +65,8 @@ impl Default for VcardLimits {
 impl Section for VcardLimits {
     const KEY: &'static str = "limits";
     const PLACE: Place = Place::SharedTable;
+    // Read at each request: a reload applies a new value.
+    const LIVE: bool = true;
     // The comment speaks for `max_private_bytes` too, the line after this one in the example
     // file (the `private` module's).
     const EXAMPLE: &'static str = r#"# Bytes of one account's vCard (XEP-0054) and of one private XML element (XEP-0049).

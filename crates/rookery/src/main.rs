@@ -264,7 +264,7 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[(
     "Operations",
-    "reload of new hosts and of module options and limits (a restart applies them)",
+    "reload of a new host, of the core's `[limits]` and of module settings read at start (a restart applies them)",
     &[],
 )];
 

@@ -100,6 +100,7 @@ impl Reloader {
         report.push(self.log.apply(&new.log_level));
         report.push(self.reload_certificates(&new));
         report.extend(self.reload_hosts(&new));
+        report.extend(self.reload_live_sections(&new));
         let restart = needs_restart(&self.running, &new);
         if !restart.is_empty() {
             let line = format!(
@@ -110,6 +111,22 @@ impl Reloader {
             report.push(line);
         }
         Ok(report.join("\n") + "\n")
+    }
+
+    /// Gives the running server the new values of the module sections it reads at each use
+    /// ([`rookery_core::Section::LIVE`]: the roster, vCard and private XML size limits...).
+    fn reload_live_sections(&self, new: &Config) -> Option<String> {
+        let mut applied = self.server.config().sections.apply_live(&new.sections);
+        // The reloader's copy shares the server's values; applied again in case it does not.
+        applied.extend(self.running.sections.apply_live(&new.sections));
+        applied.sort_unstable();
+        applied.dedup();
+        if applied.is_empty() {
+            return None;
+        }
+        let line = format!("reload: module settings applied: [{}]", applied.join(", "));
+        tracing::info!("{line}");
+        Some(line)
     }
 
     /// Retires the hosts the server serves that `new` no longer lists, and serves again the

@@ -47,6 +47,8 @@ impl Default for RosterLimits {
 impl Section for RosterLimits {
     const KEY: &'static str = "limits";
     const PLACE: Place = Place::SharedTable;
+    // Read at each request: a reload applies a new value.
+    const LIVE: bool = true;
     const EXAMPLE: &'static str = r#"# Items in one roster; adding more is refused (not-allowed).
 max_roster_items = 5000
 "#;
