@@ -47,6 +47,8 @@ impl Default for OfflineLimits {
 impl Section for OfflineLimits {
     const KEY: &'static str = "limits";
     const PLACE: Place = Place::SharedTable;
+    // Read at each use: a reload applies a new value.
+    const LIVE: bool = true;
     const EXAMPLE: &'static str = r#"# Messages kept for an offline account; beyond, senders get service-unavailable.
 max_offline_messages = 1000
 "#;

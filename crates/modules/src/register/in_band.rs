@@ -58,6 +58,8 @@ impl Default for RegistrationLimits {
 impl Section for RegistrationLimits {
     const KEY: &'static str = "limits";
     const PLACE: Place = Place::SharedTable;
+    // Read at each use: a reload applies a new value.
+    const LIVE: bool = true;
     const EXAMPLE: &'static str = r#"# In-band registrations (when a host allows them) accepted from one IP address per hour.
 registrations_per_ip_per_hour = 5
 "#;
