@@ -1,5 +1,6 @@
-"""SIGHUP: certificates and log level are read again, a host no longer listed stops being
-served (its sessions end with host-gone) and comes back when listed again, sessions on
+"""SIGHUP and `rookery reload`: certificates and log level are read again, a host added is
+served, a host no longer listed stops being served (its sessions end with host-gone) and
+comes back when listed again, `[limits]` and the live module settings apply, sessions on
 other hosts stay connected, and a bad certificate or configuration is logged and changes
 nothing."""
 
@@ -7,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import signal
 import socket
 import ssl
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from harness import (
     CLIENT_NS,
+    DISCO_INFO_NS,
+    DISCO_ITEMS_NS,
     PING_NS,
     LoginError,
     RawStream,
@@ -130,7 +135,8 @@ def test_sighup_applies_the_log_level_and_refuses_a_bad_configuration(make_serve
     )
     mark = hup(srv)
     srv.wait_for_log(r'log level is now "info"', mark)
-    srv.wait_for_log(r"changes to limits take effect only after a restart", mark)
+    srv.wait_for_log(r"\[limits\] applied to new connections", mark)
+    assert "take effect only after a restart" not in srv.stderr_text()[mark:]
     # Debug lines (such as "client connected") stop.
     after = len(srv.stderr_text())
     stream = raw_factory(srv)
@@ -259,20 +265,132 @@ def test_a_host_removed_by_reload_is_gone_and_comes_back(make_server):
             st.close()
 
 
-def test_a_new_host_needs_a_restart(make_server):
-    srv = make_server()
-    text = srv.config_path.read_text()
-    srv.config_path.write_text(text + f'\n[[host]]\ndomain = "{OTHER}"\n')
-    mark = hup(srv)
-    line = srv.wait_for_log(r"take effect only after a restart", mark)
-    assert "hosts" in line, line
-    n = other_stream(srv)
+def https_request(srv, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One request to the server's HTTPS listener, whatever host the URL names (the
+    certificate is not checked: the point is the route)."""
+    u = urllib.parse.urlsplit(url)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(srv.host, srv.https_port, context=ctx, timeout=10)
     try:
-        n.open_stream(wait_features=False)
-        n.read_until_closed(timeout=10)
-        assert n.stream_error() == "host-unknown", n.text[-2000:]
+        path = u.path + (f"?{u.query}" if u.query else "")
+        conn.request(method, path, body=body, headers={"Host": u.netloc})
+        res = conn.getresponse()
+        return res.status, res.read()
     finally:
-        n.close()
+        conn.close()
+
+
+def test_a_host_added_by_reload_is_served_with_its_modules(make_server):
+    """A host added to the file is served after `rookery reload`, without a restart: a
+    certificate is generated for it, its accounts log in over STARTTLS, its modules answer
+    (disco, MUC service domain, HTTP upload through the running HTTPS listener), messages
+    cross between the hosts, and the sessions of the other host stay connected."""
+    srv = make_server()
+    deadline = time.monotonic() + 10
+    while srv.cli("stats").returncode != 0:
+        assert time.monotonic() < deadline, "no admin socket"
+        time.sleep(0.1)
+    alice = srv.add_user("alice")
+    a = RawStream(srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path)
+    streams = [a]
+    try:
+        a.login(alice, "desk")
+        text = srv.config_path.read_text()
+        srv.config_path.write_text(text + f'\n[[host]]\ndomain = "{OTHER}"\n')
+        res = srv.cli("reload")
+        assert res.returncode == 0, res.stderr
+        assert f"host {OTHER} added: served with" in res.stdout, res.stdout
+        assert "restart" not in res.stdout, res.stdout
+        assert (srv.data_dir / "certs" / f"{OTHER}.pem").exists()
+
+        carol = User("carol", OTHER, "carol-secret")
+        assert srv.user("add", carol.jid, "--password", carol.password).returncode == 0
+        c = other_stream(srv)
+        streams.append(c)
+        assert c.login(carol, "phone").startswith(carol.jid)
+        ping_ok(c)
+        info = c.iq(f"<query xmlns='{DISCO_INFO_NS}'/>", to=OTHER)
+        assert info.get("type") == "result", ET.tostring(info)
+        features = {f.get("var") for f in info.iter(f"{{{DISCO_INFO_NS}}}feature")}
+        assert "urn:xmpp:ping" in features and "jabber:iq:last" in features, features
+        items = c.iq(f"<query xmlns='{DISCO_ITEMS_NS}'/>", to=OTHER)
+        jids = {i.get("jid") for i in items.iter(f"{{{DISCO_ITEMS_NS}}}item")}
+        assert f"conference.{OTHER}" in jids and f"upload.{OTHER}" in jids, jids
+        muc = c.iq(f"<query xmlns='{DISCO_INFO_NS}'/>", to=f"conference.{OTHER}")
+        assert muc.find(f"{{{DISCO_INFO_NS}}}query/{{{DISCO_INFO_NS}}}feature[@var='http://jabber.org/protocol/muc']") is not None, ET.tostring(muc)
+
+        # Its upload service's HTTP handler is mounted on the running listener.
+        data = b"added at runtime\n"
+        slot = c.iq(
+            f"<request xmlns='urn:xmpp:http:upload:0' filename='a.txt' size='{len(data)}' content-type='text/plain'/>",
+            to=f"upload.{OTHER}",
+        )
+        assert slot.get("type") == "result", ET.tostring(slot)
+        ns = "urn:xmpp:http:upload:0"
+        put = slot.find(f"{{{ns}}}slot/{{{ns}}}put").get("url")
+        get = slot.find(f"{{{ns}}}slot/{{{ns}}}get").get("url")
+        status, _ = https_request(srv, "PUT", put, data)
+        assert status == 201, status
+        status, body = https_request(srv, "GET", get)
+        assert status == 200 and body == data, (status, body)
+
+        # Messages cross between the hosts; the first host's session never dropped.
+        a.send(f"<message to='{carol.jid}/phone' id='x1' type='chat'><body>welcome</body></message>")
+        got = c.wait_for(lambda e: e.tag == qn(CLIENT_NS, "message") and e.get("id") == "x1", what="message")
+        assert got.findtext(qn(CLIENT_NS, "body")) == "welcome"
+        ping_ok(a)
+
+        # Removed again: retired like a host the server started with.
+        srv.config_path.write_text(text)
+        res = srv.cli("reload")
+        assert f"host {OTHER} removed" in res.stdout, res.stdout
+        c.read_until_closed(timeout=10)
+        assert c.stream_error() == "host-gone", c.text[-2000:]
+        ping_ok(a)
+    finally:
+        for st in streams:
+            st.close()
+
+
+def test_reload_applies_the_core_limits_to_new_connections(make_server):
+    """`[limits]` is applied by a reload: a new stream gets the new stanza size limit (a
+    larger stanza ends it with policy-violation), while a stream opened before keeps the
+    limits it started with."""
+    srv = make_server(max_stanza_bytes=65536)
+    deadline = time.monotonic() + 10
+    while srv.cli("stats").returncode != 0:
+        assert time.monotonic() < deadline, "no admin socket"
+        time.sleep(0.1)
+    alice, bob = srv.add_user("alice"), srv.add_user("bob")
+    before = RawStream(srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path)
+    streams = [before]
+    try:
+        before.login(alice, "old")
+        text = srv.config_path.read_text()
+        assert "max_stanza_bytes = 65536" in text, text
+        srv.config_path.write_text(text.replace("max_stanza_bytes = 65536", "max_stanza_bytes = 8192"))
+        res = srv.cli("reload")
+        assert res.returncode == 0, res.stderr
+        assert "[limits] applied to new connections" in res.stdout, res.stdout
+        assert "restart" not in res.stdout, res.stdout
+        body = "x" * 20000
+        # The stream from before the reload: its 64 KiB limit still holds.
+        before.send(f"<message to='{alice.jid}/old' id='big1' type='chat'><body>{body}</body></message>")
+        echo = before.wait_for(lambda e: e.tag == qn(CLIENT_NS, "message") and e.get("id") == "big1", what="own message")
+        assert len(echo.findtext(qn(CLIENT_NS, "body"))) == len(body)
+        # A new stream: the 8 KiB limit.
+        after = RawStream(srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path)
+        streams.append(after)
+        after.login(bob, "new")
+        after.send(f"<message to='{alice.jid}' id='big2' type='chat'><body>{body}</body></message>")
+        after.read_until_closed(timeout=10)
+        assert after.stream_error() == "policy-violation", after.text[-2000:]
+        ping_ok(before)
+    finally:
+        for st in streams:
+            st.close()
 
 
 def test_reload_applies_a_module_limit_to_the_running_server(make_server, raw_factory):

@@ -331,6 +331,18 @@ pub struct Limits {
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 impl Limits {
+    /// The XML parser's limits for one stream (or one WebSocket message, one BOSH body):
+    /// read when the stream starts, so a reload's new values apply to new streams.
+    pub fn xml(&self) -> rookery_xml::Limits {
+        rookery_xml::Limits {
+            max_stanza_bytes: self.max_stanza_bytes,
+            max_depth: self.max_depth,
+            max_attributes: self.max_attributes,
+            max_attribute_bytes: self.max_attribute_bytes,
+            ..rookery_xml::Limits::default()
+        }
+    }
+
     /// Why a password chosen for an account (new account or password change) is refused, if it
     /// is; `None` when it may be used.
     pub fn password_problem(&self, password: &str) -> Option<String> {

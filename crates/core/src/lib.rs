@@ -42,7 +42,7 @@ pub use route::{
     AttachError, Destination, ExternalRoute, RemoteRoutes, RouteError, Service, ServiceHandle,
     ServiceSendError,
 };
-pub use server::Server;
+pub use server::{AddHostError, Server};
 pub use sessions::{
     ClientTransport, Outgoing, Resources, SessionHandle, SessionInbox, SessionRegistry,
 };

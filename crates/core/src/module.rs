@@ -76,6 +76,12 @@ pub trait Module: 'static {
     fn start(server: &Arc<Server>) {
         let _ = server;
     }
+    /// Called when a reload adds the host `domain` enabling this module while the module runs
+    /// already for other hosts (if none did, [`start`](Self::start) is called instead): for
+    /// work `start` set up per host, such as a listener the new host's settings name.
+    fn host_added(server: &Arc<Server>, domain: &str) {
+        let _ = (server, domain);
+    }
 }
 
 /// Runs a module's background task for as long as the server runs: tracked by the server's
@@ -103,6 +109,7 @@ pub struct ModuleDescriptor {
     pub pre_auth: &'static [&'static str],
     init: fn(&mut HostBuilder<'_>) -> Result<(), ModuleError>,
     start: fn(&Arc<Server>),
+    host_added: fn(&Arc<Server>, &str),
 }
 
 impl ModuleDescriptor {
@@ -115,6 +122,7 @@ impl ModuleDescriptor {
             pre_auth: M::PRE_AUTH,
             init: M::init,
             start: M::start,
+            host_added: M::host_added,
         }
     }
 }
@@ -149,6 +157,14 @@ impl ModuleRegistry {
     pub(crate) fn start(&self, server: &Arc<Server>, enabled: &BTreeSet<&str>) {
         for m in self.modules.iter().filter(|m| enabled.contains(m.name)) {
             (m.start)(server);
+        }
+    }
+
+    /// Tells the modules in `running` that a reload added the host `domain` enabling them
+    /// ([`Module::host_added`]).
+    pub(crate) fn host_added(&self, server: &Arc<Server>, domain: &str, running: &BTreeSet<&str>) {
+        for m in self.modules.iter().filter(|m| running.contains(m.name)) {
+            (m.host_added)(server, domain);
         }
     }
 

@@ -17,14 +17,15 @@ use crate::route::{
     AttachError, Destination, ExternalRoute, RemoteRoutes, ServiceDomain, ServiceHandle,
 };
 use crate::sessions::{Resources, SessionRegistry};
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock};
 use rookery_stanza::{
     ns, parse_jid, BareJid, Bounce, FullJid, IqType, Jid, MessageType, PresenceType, SharedStanza,
     Stanza, StanzaError, StanzaErrorCondition, StanzaKind, StreamErrorCondition,
 };
 use rookery_storage::Storage;
 use rookery_xml::Element;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -32,12 +33,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub struct Server {
-    config: Arc<Config>,
-    hosts: HashMap<String, Arc<Host>>,
+    /// The configuration in force: replaced whole by [`Server::apply_config`] (a reload);
+    /// readers take the current one with [`Server::config`].
+    config: ArcSwap<Config>,
+    /// Told (with a new generation number) each time the configuration is replaced, for
+    /// what keeps a value derived from it (the connection limits of the listeners).
+    config_updates: tokio::sync::watch::Sender<u64>,
+    /// Every module the build has, to build hosts a reload adds.
+    registry: ModuleRegistry,
+    /// The virtual hosts by domain: replaced whole when a reload adds one, so the routing
+    /// path reads it with one atomic load.
+    hosts: ArcSwap<HashMap<String, Arc<Host>>>,
     /// Service domains claimed by the hosts' modules, by domain.
-    services: HashMap<String, Arc<ServiceDomain>>,
+    services: ArcSwap<HashMap<String, Arc<ServiceDomain>>>,
     /// HTTP handlers the hosts' modules registered, each path once.
-    http_handlers: Vec<HttpMount>,
+    http_handlers: ArcSwap<Vec<HttpMount>>,
     /// Where the HTTP listeners are reached, once the transport bound them.
     http_endpoint: RwLock<Option<Arc<HttpEndpoint>>>,
     /// External components attached under their domain (XEP-0114), by domain.
@@ -52,14 +62,70 @@ pub struct Server {
     tasks: TaskTracker,
     started: Instant,
     pending_iqs: Arc<PendingIqs>,
-    /// What modules keep for the whole server ([`crate::HostBuilder::shared`]).
-    shared: SharedState,
+    /// What modules keep for the whole server ([`crate::HostBuilder::shared`]); a host a
+    /// reload adds is built with the same values.
+    shared: Mutex<SharedState>,
+    /// The modules some host enables, each started once ([`crate::Module::start`]).
+    started_modules: Mutex<BTreeSet<&'static str>>,
     /// Hosts a reload took out of the configuration ([`Server::retire_host`]): built at
     /// start, kept, but not served (nor their service domains) until listed again.
     retired: RwLock<HashSet<String>>,
     /// Whether `retired` has any entry: the routing hot path reads this one atomic, not the
     /// lock, while no host was ever retired.
     any_retired: AtomicBool,
+}
+
+/// Why a host could not be added to a running server ([`Server::add_host`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AddHostError {
+    #[error("host {0} is not in the configuration given")]
+    NotConfigured(String),
+    #[error("host {0} is served already")]
+    Exists(String),
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+}
+
+/// A host's service domains and HTTP handlers checked against what is served already
+/// (`hosts`, `services`, `mounts`) and added to the last two.
+fn claim_routes(
+    host: &mut Host,
+    hosts: &HashMap<String, Arc<Host>>,
+    configured: &Config,
+    services: &mut HashMap<String, Arc<ServiceDomain>>,
+    mounts: &mut Vec<HttpMount>,
+) -> Result<(), ModuleError> {
+    for claim in std::mem::take(&mut host.services) {
+        let domain = claim.domain.as_str().to_owned();
+        if configured.hosts.iter().any(|h| h.domain == domain)
+            || hosts.contains_key(&domain)
+            || services.contains_key(&domain)
+        {
+            return Err(ModuleError::Init {
+                module: claim.module,
+                message: format!("the domain {domain} is already served"),
+            });
+        }
+        services.insert(
+            domain,
+            Arc::new(ServiceDomain {
+                domain: claim.domain,
+                host: host.domain.clone(),
+                module: claim.module,
+                service: claim.service,
+            }),
+        );
+    }
+    for mount in std::mem::take(&mut host.http_handlers) {
+        if mounts.iter().any(|m| m.path == mount.path) {
+            return Err(ModuleError::Init {
+                module: mount.module,
+                message: format!("the HTTP path {} is already served", mount.path),
+            });
+        }
+        mounts.push(mount);
+    }
+    Ok(())
 }
 
 impl Server {
@@ -83,45 +149,26 @@ impl Server {
                 &storage,
                 &mut shared,
             )?;
-            for claim in std::mem::take(&mut host.services) {
-                let domain = claim.domain.as_str().to_owned();
-                if config.hosts.iter().any(|h| h.domain == domain) || services.contains_key(&domain)
-                {
-                    return Err(ModuleError::Init {
-                        module: claim.module,
-                        message: format!("the domain {domain} is already served"),
-                    });
-                }
-                services.insert(
-                    domain,
-                    Arc::new(ServiceDomain {
-                        domain: claim.domain,
-                        host: h.domain.clone(),
-                        module: claim.module,
-                        service: claim.service,
-                    }),
-                );
-            }
-            for mount in std::mem::take(&mut host.http_handlers) {
-                if http_handlers.iter().any(|m| m.path == mount.path) {
-                    return Err(ModuleError::Init {
-                        module: mount.module,
-                        message: format!("the HTTP path {} is already served", mount.path),
-                    });
-                }
-                http_handlers.push(mount);
-            }
+            claim_routes(
+                &mut host,
+                &hosts,
+                &config,
+                &mut services,
+                &mut http_handlers,
+            )?;
             hosts.insert(h.domain.clone(), Arc::new(host));
         }
-        let enabled: std::collections::BTreeSet<&str> = hosts
+        let enabled: BTreeSet<&'static str> = hosts
             .values()
             .flat_map(|h: &Arc<Host>| h.modules().iter().copied())
             .collect();
         let server = Arc::new_cyclic(|me| Server {
-            config: Arc::new(config),
-            hosts,
-            services,
-            http_handlers,
+            config: ArcSwap::from_pointee(config),
+            config_updates: tokio::sync::watch::Sender::new(0),
+            registry: registry.clone(),
+            hosts: ArcSwap::from_pointee(hosts),
+            services: ArcSwap::from_pointee(services),
+            http_handlers: ArcSwap::from_pointee(http_handlers),
             http_endpoint: RwLock::default(),
             components: RwLock::default(),
             remote: RwLock::default(),
@@ -132,7 +179,8 @@ impl Server {
             tasks: TaskTracker::new(),
             started: Instant::now(),
             pending_iqs: Arc::default(),
-            shared,
+            shared: Mutex::new(shared),
+            started_modules: Mutex::new(enabled.clone()),
             retired: RwLock::default(),
             any_retired: AtomicBool::new(false),
         });
@@ -140,26 +188,105 @@ impl Server {
         Ok(server)
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force now. A reload may replace it ([`Server::apply_config`]):
+    /// keep the `Arc` for as long as one consistent view is needed, and ask again for the
+    /// next decision.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
     }
-    pub fn host(&self, domain: &str) -> Option<&Arc<Host>> {
+
+    /// Puts `config` in force: what reads the configuration at each use (new connections'
+    /// limits, routing rules, per-host settings) sees it from now on, and the watchers of
+    /// [`Server::config_updates`] are told. The caller ([`crate`]'s user, the reload) keeps
+    /// what cannot change while running (listeners, storage, module sections read at start)
+    /// as it was; a host listed here but not served yet is served once
+    /// [`Server::add_host`] builds it.
+    pub fn apply_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+        self.config_updates
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// Told each time [`Server::apply_config`] replaces the configuration.
+    pub fn config_updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config_updates.subscribe()
+    }
+
+    /// Builds and serves a host a reload added: `domain` must be one of the hosts of the
+    /// configuration in force (put there first with [`Server::apply_config`]) and not
+    /// served or retired already. Its modules are initialised with the values other hosts'
+    /// modules share; the modules no host enabled before are started
+    /// ([`crate::Module::start`]), the others are told ([`crate::Module::host_added`]). On
+    /// an error (a module refused the configuration, a service domain or HTTP path served
+    /// already) nothing is served. Returns the modules now enabled on it.
+    pub fn add_host(self: &Arc<Self>, domain: &str) -> Result<Vec<&'static str>, AddHostError> {
+        let config = self.config();
+        let h = config
+            .host(domain)
+            .ok_or_else(|| AddHostError::NotConfigured(domain.to_owned()))?;
+        if self.hosts.load().contains_key(domain) {
+            return Err(AddHostError::Exists(domain.to_owned()));
+        }
+        let mut host = {
+            let mut shared = self.shared.lock();
+            self.registry.build_host_sharing(
+                &h.domain,
+                h.modules.as_deref(),
+                &config,
+                &self.storage,
+                &mut shared,
+            )?
+        };
+        // Hosts are added by one reload at a time (the reloader serialises them), so the
+        // maps read here are the ones replaced below.
+        let hosts = self.hosts.load_full();
+        let mut services = (**self.services.load()).clone();
+        let mut mounts = (**self.http_handlers.load()).clone();
+        claim_routes(&mut host, &hosts, &config, &mut services, &mut mounts)?;
+        let modules = host.modules().to_vec();
+        let mut new_hosts = (*hosts).clone();
+        new_hosts.insert(domain.to_owned(), Arc::new(host));
+        self.services.store(Arc::new(services));
+        self.http_handlers.store(Arc::new(mounts));
+        self.hosts.store(Arc::new(new_hosts));
+        let fresh: BTreeSet<&'static str> = {
+            let mut started = self.started_modules.lock();
+            modules
+                .iter()
+                .copied()
+                .filter(|m| started.insert(m))
+                .collect()
+        };
+        self.registry.start(self, &fresh);
+        let told: BTreeSet<&'static str> = modules
+            .iter()
+            .copied()
+            .filter(|m| !fresh.contains(m))
+            .collect();
+        self.registry.host_added(self, domain, &told);
+        Ok(modules)
+    }
+
+    pub fn host(&self, domain: &str) -> Option<Arc<Host>> {
         self.live_host(domain)
     }
     /// Whether `domain` is one of this server's virtual hosts (its accounts' domains).
     pub fn serves(&self, domain: &str) -> bool {
-        self.live_host(domain).is_some()
+        !self.is_retired(domain) && self.hosts.load().contains_key(domain)
     }
     /// The service domain `domain`, if a module of a served host claimed it.
-    pub fn service(&self, domain: &str) -> Option<&Arc<ServiceDomain>> {
+    pub fn service(&self, domain: &str) -> Option<Arc<ServiceDomain>> {
         self.services
+            .load()
             .get(domain)
             .filter(|s| !self.is_retired(&s.host))
+            .cloned()
     }
 
-    /// Every host the server was built with (retired ones included), sorted.
-    pub fn built_hosts(&self) -> Vec<&str> {
-        let mut hosts: Vec<&str> = self.hosts.keys().map(String::as_str).collect();
+    /// Every host the server was built with or a reload added (retired ones included),
+    /// sorted.
+    pub fn built_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.hosts.load().keys().cloned().collect();
         hosts.sort_unstable();
         hosts
     }
@@ -169,8 +296,11 @@ impl Server {
     }
 
     /// The host `domain`, unless a reload retired it.
-    fn live_host(&self, domain: &str) -> Option<&Arc<Host>> {
-        self.hosts.get(domain).filter(|_| !self.is_retired(domain))
+    fn live_host(&self, domain: &str) -> Option<Arc<Host>> {
+        if self.is_retired(domain) {
+            return None;
+        }
+        self.hosts.load().get(domain).cloned()
     }
 
     /// Stops serving a host a reload no longer finds in the configuration: from now on it
@@ -181,7 +311,9 @@ impl Server {
     /// sessions were asked to close; `None` if the server has no such host or it is
     /// retired already.
     pub fn retire_host(&self, domain: &str) -> Option<usize> {
-        if !self.hosts.contains_key(domain) || !self.retired.write().insert(domain.to_owned()) {
+        if !self.hosts.load().contains_key(domain)
+            || !self.retired.write().insert(domain.to_owned())
+        {
             return None;
         }
         self.any_retired.store(true, Ordering::Release);
@@ -210,8 +342,10 @@ impl Server {
     }
     /// The HTTP handlers modules registered ([`crate::http`]), for the HTTP listeners to
     /// mount.
-    pub fn http_handlers(&self) -> &[HttpMount] {
-        &self.http_handlers
+    /// The list changes when a reload adds a host whose modules serve HTTP: look a request's
+    /// handler up in the list of the moment.
+    pub fn http_handlers(&self) -> Arc<Vec<HttpMount>> {
+        self.http_handlers.load_full()
     }
     /// Where the HTTP listeners are reached (set by the transport when it serves them).
     pub fn http_endpoint(&self) -> Option<Arc<HttpEndpoint>> {
@@ -239,7 +373,7 @@ impl Server {
     /// ([`crate::HostBuilder::shared`]), for their [`crate::Module::start`]; `None` when no
     /// host asked for one.
     pub fn shared<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        self.shared.get::<T>()
+        self.shared.lock().get::<T>()
     }
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
@@ -250,10 +384,10 @@ impl Server {
     /// Where stanzas to `domain` go: the one place that decides it.
     pub fn destination(&self, domain: &str) -> Destination {
         if let Some(host) = self.live_host(domain) {
-            return Destination::Host(host.clone());
+            return Destination::Host(host);
         }
         if let Some(service) = self.service(domain) {
-            return Destination::Service(service.clone());
+            return Destination::Service(service);
         }
         if let Some(component) = self.components.read().get(domain) {
             return Destination::External(component.clone());
@@ -274,7 +408,7 @@ impl Server {
         domain: &str,
         route: Arc<dyn ExternalRoute>,
     ) -> Result<(), AttachError> {
-        if self.hosts.contains_key(domain) || self.services.contains_key(domain) {
+        if self.hosts.load().contains_key(domain) || self.services.load().contains_key(domain) {
             return Err(AttachError::Served);
         }
         match self.components.write().entry(domain.to_owned()) {
@@ -370,7 +504,7 @@ impl Server {
     /// Routes a stamped stanza from a local client session.
     pub async fn route_from_client(self: &Arc<Self>, from: &FullJid, stanza: Stanza) {
         crate::counters::stanza_in(stanza.name());
-        let Some(host) = self.live_host(from.domain().as_str()).cloned() else {
+        let Some(host) = self.live_host(from.domain().as_str()) else {
             return;
         };
         let Some(ClientStanza { mut stanza, .. }) = host
@@ -825,6 +959,7 @@ impl Server {
         };
         let handler = self
             .hosts
+            .load()
             .get(to.domain().as_str())
             .and_then(|h| h.iq_handler(payload.ns(), scope))
             .cloned();
@@ -956,7 +1091,7 @@ impl Server {
                     .filter(|(p, _)| *p == top)
                     .map(|(_, s)| *s)
                     .collect();
-                if !self.config.messages.to_all_top_priority_resources {
+                if !self.config.load().messages.to_all_top_priority_resources {
                     // Sessions are registered in binding order: the last is the newest.
                     targets.drain(..targets.len().saturating_sub(1));
                 }
@@ -988,6 +1123,7 @@ impl Server {
             MessageType::Normal | MessageType::Chat | MessageType::Error
         ) && self
             .hosts
+            .load()
             .get(domain)
             .is_some_and(|h| h.hooks().has_handlers::<MessageDelivered>())
     }
@@ -1000,7 +1136,7 @@ impl Server {
         delivered_to: Vec<u64>,
         sessions: Resources,
     ) {
-        if let Some(host) = self.live_host(to.domain().as_str()).cloned() {
+        if let Some(host) = self.live_host(to.domain().as_str()) {
             host.hooks()
                 .run(
                     self,

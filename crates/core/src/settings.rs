@@ -352,6 +352,30 @@ impl Sections {
         keys
     }
 
+    /// [`changed`](Self::changed) for the sections read at start only (not
+    /// [`Section::LIVE`]): what a running server cannot take without a restart.
+    pub fn changed_at_start(&self, other: &Sections) -> Vec<&'static str> {
+        let mut keys: Vec<&'static str> = self
+            .0
+            .iter()
+            .filter(|(_, (_, live, _))| !*live)
+            .filter(|(t, (_, _, c))| {
+                other.0.get(*t).map(|(_, _, o)| o.read().1.clone()) != Some(c.read().1.clone())
+            })
+            .map(|(_, (k, _, _))| *k)
+            .chain(
+                other
+                    .0
+                    .iter()
+                    .filter(|(t, (_, live, _))| !*live && !self.0.contains_key(*t))
+                    .map(|(_, (k, _, _))| *k),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
     /// Gives the live sections ([`Section::LIVE`]) whose values differ in `new` their new
     /// values, here and in every clone of these sections (the running server's
     /// configuration among them); returns their keys. `new` must be a validated

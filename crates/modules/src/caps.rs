@@ -1095,7 +1095,7 @@ async fn seen(
 }
 
 async fn announce(server: &Arc<Server>, update: CapsUpdated) {
-    if let Some(host) = server.host(update.owner.domain().as_str()).cloned() {
+    if let Some(host) = server.host(update.owner.domain().as_str()) {
         host.hooks().run(server, update).await;
     }
 }

@@ -20,15 +20,12 @@ async fn archived(s: &Arc<Server>, user: &str) -> bool {
         .is_some()
 }
 
-/// The archive purge runs from the server's start, before any session exists, and its task
-/// ends when the server shuts down.
+/// The archive purge runs from the server's start, before any session exists, reads its
+/// settings at each round (so a reload that sets a retention period applies without a
+/// restart: `[archive]` is a live section), and its task ends when the server shuts down.
 #[tokio::test]
-async fn the_archive_purge_runs_from_start_and_stops_on_shutdown() {
-    let s = server_with(
-        "[archive]\nretention_days = 1\npurge_interval_secs = 1\n",
-        "",
-    )
-    .await;
+async fn the_archive_purge_follows_reloaded_retention_and_stops_on_shutdown() {
+    let s = server_with("[archive]\npurge_interval_secs = 1\n", "").await;
     assert_eq!(
         s.tasks().len(),
         1 + UPLOAD_TASKS,
@@ -50,6 +47,25 @@ async fn the_archive_purge_runs_from_start_and_stops_on_shutdown() {
         )
         .await
         .expect("append");
+    // Without retention (the default) nothing is purged, however many rounds run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(archived(&s, "bob").await, "kept without retention");
+
+    // A reload sets `retention_days = 1`: the next round purges the 3-day-old message.
+    let reloaded = rookery_core::Config::from_toml(
+        &format!(
+            "[archive]\nretention_days = 1\npurge_interval_secs = 1\n[[host]]\ndomain = '{D}'\n"
+        ),
+        std::path::Path::new("t.toml"),
+        std::path::Path::new("."),
+        &rookery_modules::registry(),
+    )
+    .expect("config");
+    assert!(s
+        .config()
+        .sections
+        .apply_live(&reloaded.sections)
+        .contains(&"archive"));
     let mut purged = false;
     for _ in 0..300 {
         if !archived(&s, "bob").await {
@@ -71,9 +87,45 @@ async fn the_archive_purge_runs_from_start_and_stops_on_shutdown() {
     assert!(s.tasks().is_empty());
 }
 
-/// Without retention there is nothing to purge, and no task.
+/// A host a reload adds is built with every module, its service domains routed, and the
+/// modules running already are not started twice; a host not configured, or added twice,
+/// is refused and changes nothing.
 #[tokio::test]
-async fn no_purge_task_without_retention() {
+async fn a_host_added_at_runtime_is_served_with_its_modules() {
     let s = server().await;
-    assert_eq!(s.tasks().len(), UPLOAD_TASKS);
+    let tasks = s.tasks().len();
+    assert!(!s.serves("third.org"));
+    assert!(matches!(
+        s.add_host("third.org"),
+        Err(rookery_core::AddHostError::NotConfigured(_))
+    ));
+    let mut next = (*s.config()).clone();
+    let reloaded = rookery_core::Config::from_toml(
+        "[[host]]\ndomain = 'third.org'\n",
+        std::path::Path::new("t.toml"),
+        std::path::Path::new("."),
+        &rookery_modules::registry(),
+    )
+    .expect("config");
+    next.hosts.extend(reloaded.hosts);
+    s.apply_config(next);
+    let modules = s.add_host("third.org").expect("added");
+    assert!(
+        modules.contains(&"muc") && modules.contains(&"mam"),
+        "{modules:?}"
+    );
+    assert!(s.serves("third.org"));
+    let muc = s.service("conference.third.org").expect("its MUC service");
+    assert_eq!(muc.host(), "third.org");
+    assert!(s
+        .http_handlers()
+        .iter()
+        .any(|m| m.path == "/upload/upload.third.org"));
+    // Every module ran already for the other hosts: no second purge or expiry task.
+    assert_eq!(s.tasks().len(), tasks);
+    assert!(matches!(
+        s.add_host("third.org"),
+        Err(rookery_core::AddHostError::Exists(_))
+    ));
+    assert!(s.built_hosts().contains(&"third.org".to_owned()));
 }

@@ -890,7 +890,7 @@ impl ClientStream {
             .ok()
             .filter(|j| j.node().is_none())
             .map(|j| j.domain().to_string());
-        let host = domain.and_then(|d| self.server().host(&d).cloned());
+        let host = domain.and_then(|d| self.server().host(&d));
         let Some(host) = host else {
             return Err(Close::err_text(
                 StreamErrorCondition::HostUnknown,

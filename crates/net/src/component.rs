@@ -576,9 +576,8 @@ impl Connection {
             return;
         }
         self.header_sent = true;
-        let fallback = self
-            .server
-            .config()
+        let config = self.server.config();
+        let fallback = config
             .hosts
             .first()
             .map(|h| h.domain.as_str())

@@ -296,6 +296,11 @@ struct Listener {
 pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundListener>) {
     let limits = &server.config().limits;
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
+    // A reload may change `[limits] max_connections`/`max_connections_per_ip`.
+    server.tasks().spawn(follow_connection_limits(
+        server.clone(),
+        conn_limits.clone(),
+    ));
     let streams = Arc::new(StreamContext::new(server.clone()));
     let components = component::Components::new(server.clone());
     // Where modules' URLs point (upload slots): `[http] public_url`, else an HTTPS
@@ -381,6 +386,24 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     }
 }
 
+/// Gives the client listeners' connection counter the maxima of each configuration a reload
+/// puts in force, until the server shuts down.
+async fn follow_connection_limits(server: Arc<Server>, limits: Arc<ConnectionLimits>) {
+    let mut updates = server.config_updates();
+    let shutdown = server.shutdown_token().clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = updates.changed() => if changed.is_err() { return },
+        }
+        let config = server.config();
+        limits.set(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
+    }
+}
+
 /// Accepts server-to-server connections until the server shuts down.
 async fn s2s_accept_loop(
     server: Arc<Server>,
@@ -452,13 +475,7 @@ async fn client_connection(
     let limits = &server.config().limits;
     let setup = TcpSetup {
         tls: l.tls.clone(),
-        parser: rookery_xml::StreamParser::new(rookery_xml::Limits {
-            max_stanza_bytes: limits.max_stanza_bytes,
-            max_depth: limits.max_depth,
-            max_attributes: limits.max_attributes,
-            max_attribute_bytes: limits.max_attribute_bytes,
-            ..rookery_xml::Limits::default()
-        }),
+        parser: rookery_xml::StreamParser::new(limits.xml()),
         handshake_limit: Duration::from_secs(limits.tls_handshake_timeout_secs),
         shutdown: server.shutdown_token().clone(),
         permit,

@@ -3,13 +3,16 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Counts open connections in total and per address.
 pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
+    /// The maxima: a reload may change them ([`ConnectionLimits::set`]); connections open
+    /// beyond a lowered maximum stay, new ones wait until the count is under it.
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
     state: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
@@ -22,19 +25,19 @@ pub struct ConnectionPermit {
 impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             state: Mutex::new((0, HashMap::new())),
         })
     }
 
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
         let mut st = self.state.lock();
-        if st.0 >= self.max_total {
+        if st.0 >= self.max_total.load(Ordering::Relaxed) {
             return None;
         }
         let n = st.1.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= self.max_per_ip.load(Ordering::Relaxed) {
             return None;
         }
         *n += 1;
@@ -43,6 +46,12 @@ impl ConnectionLimits {
             limits: self.clone(),
             ip,
         })
+    }
+
+    /// New maxima, for the connections accepted from now on.
+    pub fn set(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     pub fn open(&self) -> usize {

@@ -28,7 +28,7 @@ pub fn socket_path(config: &Config) -> PathBuf {
 
 /// Starts answering on the admin socket until shutdown.
 pub fn serve(server: Arc<Server>, reloader: Arc<Reloader>) -> Result<()> {
-    let path = socket_path(server.config());
+    let path = socket_path(&server.config());
     // A socket left by a killed server is stale: the listener below proves we own it now.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)
@@ -209,7 +209,7 @@ async fn admins(server: &Server, domain: &str) -> String {
         Ok(d) => d,
         Err(e) => return e,
     };
-    let fixed = configured_admins(server.config(), domain);
+    let fixed = configured_admins(&server.config(), domain);
     match ops::added_admins(server, domain).await {
         Ok(added) => admin_lines(&fixed, &added),
         Err(e) => format!("error: {e}\n"),

@@ -264,7 +264,7 @@ fn run(cli: Cli) -> Result<()> {
 /// cannot silently go stale.
 pub const MISSING: &[(&str, &str, &[&str])] = &[(
     "Operations",
-    "reload of a new host, of the core's `[limits]` and of module settings read at start (a restart applies them)",
+    "reload of the module settings read at start (MUC, PubSub, upload, TURN, push, SASL, federation...) and of a kept host's module list (a restart applies them)",
     &[],
 )];
 
@@ -457,15 +457,13 @@ async fn serve(config: Config, config_path: Option<PathBuf>, log: reload::LogFil
     // Every store call is timed for the metrics, whatever the backend.
     let storage = rookery_storage::timed::timed(open_storage(&config, Create::Yes).await?);
     let tls = rookery_net::tls::TlsContext::load(&config, true)?;
-    let running = config.clone();
     let server = Server::new(config, storage, &crate::registry())?;
-    let reloader = Arc::new(reload::Reloader {
+    let reloader = Arc::new(reload::Reloader::new(
         config_path,
-        running,
-        tls: tls.clone(),
+        tls.clone(),
         log,
-        server: server.clone(),
-    });
+        server.clone(),
+    ));
     let listeners = rookery_net::bind_all(&server).await?;
     rookery_net::serve(server.clone(), tls, listeners);
     admin::serve(server.clone(), reloader.clone())?;

@@ -139,7 +139,7 @@ impl TestServer {
     ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for d in domains {
-            let (path, _, _) = rookery_net::tls::cert_paths(self.server.config(), d);
+            let (path, _, _) = rookery_net::tls::cert_paths(&self.server.config(), d);
             let pem = std::fs::read(path).expect("generated cert");
             for c in rustls_pemfile::certs(&mut pem.as_slice()) {
                 roots.add(c.expect("pem")).expect("trust anchor");

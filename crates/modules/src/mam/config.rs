@@ -70,6 +70,8 @@ impl Default for ArchiveConfig {
 impl Section for ArchiveConfig {
     const KEY: &'static str = "archive";
     const PLACE: Place = Place::Server;
+    // Read at each use: queries, preferences and the purge's rounds.
+    const LIVE: bool = true;
     const EXAMPLE: &'static str = r#"[archive]
 # Message archives (XEP-0313, the "mam" module). Which messages an account archives until it
 # sets its own preference: "always", "never", or "roster" (only with contacts in its roster).

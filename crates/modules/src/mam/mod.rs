@@ -147,9 +147,7 @@ impl Module for Mam {
     }
 
     fn start(server: &Arc<Server>) {
-        if server.config().section::<ArchiveConfig>().retention_days > 0 {
-            start_purge(server);
-        }
+        start_purge(server);
     }
 }
 
@@ -508,47 +506,56 @@ async fn inbound(server: &Server, mut d: LocalDelivery) -> Option<LocalDelivery>
 }
 
 /// The retention purge: every interval, delete what is older than the retention period,
-/// one bounded transaction at a time, until the server shuts down.
+/// one bounded transaction at a time, until the server shuts down. The settings are read
+/// at each round, so a reload that sets, changes or clears `retention_days` (or the
+/// interval) applies from the next one ([`ArchiveConfig`] is a live section).
 fn start_purge(server: &Arc<Server>) {
-    let cfg = server.config().section::<ArchiveConfig>();
-    let server_ref = server.clone();
+    let weak = Arc::downgrade(server);
     spawn_background(server, "archive purge", async move {
-        let server = server_ref;
-        let mut tick = tokio::time::interval(Duration::from_secs(cfg.purge_interval_secs));
         loop {
-            tick.tick().await;
-            let retention_us = i64::from(cfg.retention_days) * 86_400 * 1_000_000;
-            let now_us =
-                i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
-                    .unwrap_or(i64::MAX);
-            let cutoff = now_us.saturating_sub(retention_us);
-            let mut total = 0;
-            loop {
-                match server
-                    .storage()
-                    .archive
-                    .purge_archive(cutoff, cfg.purge_batch)
-                    .await
-                {
-                    Ok(n) => {
-                        total += n;
-                        if n < cfg.purge_batch {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "archive purge failed");
-                        break;
-                    }
-                }
-                // Let archiving and queries in between batches.
-                tokio::task::yield_now().await;
+            let Some(server) = weak.upgrade() else { return };
+            let cfg = server.config().section::<ArchiveConfig>();
+            if cfg.retention_days > 0 {
+                purge_once(&server, &cfg).await;
             }
-            if total > 0 {
-                tracing::info!(messages = total, "archive retention purge");
-            }
+            let wait = Duration::from_secs(cfg.purge_interval_secs.max(1));
+            drop(server);
+            tokio::time::sleep(wait).await;
         }
     });
+}
+
+/// One round of the retention purge.
+async fn purge_once(server: &Server, cfg: &ArchiveConfig) {
+    let retention_us = i64::from(cfg.retention_days) * 86_400 * 1_000_000;
+    let now_us = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+        .unwrap_or(i64::MAX);
+    let cutoff = now_us.saturating_sub(retention_us);
+    let mut total = 0;
+    loop {
+        match server
+            .storage()
+            .archive
+            .purge_archive(cutoff, cfg.purge_batch)
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < cfg.purge_batch {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "archive purge failed");
+                break;
+            }
+        }
+        // Let archiving and queries in between batches.
+        tokio::task::yield_now().await;
+    }
+    if total > 0 {
+        tracing::info!(messages = total, "archive retention purge");
+    }
 }
 
 #[cfg(test)]

@@ -249,6 +249,12 @@ impl Module for Proxy65 {
         host.service_domain(&domain, Some(&settings.name), ProxyService(inner))
     }
 
+    /// A host a reload adds may name a listener no other host has: serve it. Listeners
+    /// served already are skipped (each is taken once), so this is [`start`](Self::start).
+    fn host_added(server: &Arc<Server>, _domain: &str) {
+        Self::start(server);
+    }
+
     fn start(server: &Arc<Server>) {
         let Some(listeners) = server.shared::<Listeners>() else {
             return;

@@ -246,24 +246,16 @@ impl Module for Upload {
 
     fn start(server: &Arc<Server>) {
         let dir = upload_dir(&server.config().data_dir);
-        // One expiry period for the whole server: the shortest any host asks for.
-        let days = server
-            .config()
-            .hosts
-            .iter()
-            .filter(|h| {
-                server
-                    .host(&h.domain)
-                    .is_some_and(|host| host.modules().contains(&Self::NAME))
-            })
-            .map(|h| h.section::<UploadSettings>().expire_after_days)
-            .filter(|d| *d > 0)
-            .min();
         let storage = server.storage().clone();
+        let weak = Arc::downgrade(server);
         spawn_background(server, "upload expiry", async move {
             let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
             loop {
                 tick.tick().await;
+                // Asked at each round: a reload may add a host with its own period.
+                let Some(days) = weak.upgrade().map(|s| expiry_days(&s)) else {
+                    return;
+                };
                 let cutoff = days.map(|d| {
                     now_unix()
                         .saturating_sub(i64::try_from(d.saturating_mul(86_400)).unwrap_or(i64::MAX))
@@ -274,6 +266,23 @@ impl Module for Upload {
             }
         });
     }
+}
+
+/// One expiry period for the whole server: the shortest any host that runs the module asks
+/// for; `None` keeps files for ever.
+fn expiry_days(server: &Server) -> Option<u64> {
+    server
+        .config()
+        .hosts
+        .iter()
+        .filter(|h| {
+            server
+                .host(&h.domain)
+                .is_some_and(|host| host.modules().contains(&Upload::NAME))
+        })
+        .map(|h| h.section::<UploadSettings>().expire_after_days)
+        .filter(|d| *d > 0)
+        .min()
 }
 
 pub(crate) fn now_unix() -> i64 {

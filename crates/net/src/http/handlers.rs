@@ -13,38 +13,46 @@ use super::{Connection, HttpContext, HttpRouter};
 use async_trait::async_trait;
 use axum::body::{Body, BodyDataStream};
 use axum::extract::{Request, State};
-use axum::response::Response;
-use axum::routing::any;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use axum::{Extension, Router};
 use futures_util::StreamExt as _;
 use rookery_core::http::{
-    BodyError, Bytes, Chunks, HttpClient, HttpHandler, HttpMount, RequestBody, ResponseBody,
-    SubPath,
+    BodyError, Bytes, Chunks, HttpClient, HttpHandler, RequestBody, ResponseBody, SubPath,
 };
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The routes of every mounted handler, paths under `prefix`.
-pub(crate) fn router(prefix: &str, mounts: &[HttpMount]) -> HttpRouter {
-    let mut router = Router::new();
-    for mount in mounts {
-        let base = format!("{prefix}{}", mount.path);
-        let handler = mount.handler.clone();
-        let at = base.clone();
-        router = router.route(
-            &format!("{base}/{{*rest}}"),
-            any(
-                move |State(ctx): State<Arc<HttpContext>>,
-                      Extension(conn): Extension<Connection>,
-                      req: Request| {
-                    let handler = handler.clone();
-                    let at = at.clone();
-                    async move { call(&*handler, &at, &ctx, &conn, req).await }
-                },
-            ),
-        );
-    }
-    router
+/// The routes of the mounted handlers, paths under `prefix`: the router's fallback, which
+/// looks the request's handler up in the server's list of the moment, since a reload that
+/// adds a host may add handlers ([`rookery_core::Server::http_handlers`]). A handler at
+/// `/upload/example.org` answers `<prefix>/upload/example.org/...`; any other path not
+/// routed is `404 Not Found`.
+pub(crate) fn router(prefix: &str) -> HttpRouter {
+    let prefix: Arc<str> = prefix.into();
+    Router::new().fallback(
+        move |State(ctx): State<Arc<HttpContext>>,
+              Extension(conn): Extension<Connection>,
+              req: Request| {
+            let prefix = prefix.clone();
+            async move {
+                let mounts = ctx.streams.server.http_handlers();
+                let found = req.uri().path().strip_prefix(&*prefix).and_then(|rest| {
+                    mounts.iter().find(|m| {
+                        rest.strip_prefix(m.path.as_str())
+                            .is_some_and(|sub| sub.starts_with('/'))
+                    })
+                });
+                match found {
+                    Some(mount) => {
+                        let base = format!("{prefix}{}", mount.path);
+                        call(&*mount.handler, &base, &ctx, &conn, req).await
+                    }
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        },
+    )
 }
 
 async fn call(

@@ -297,7 +297,7 @@ impl Routes {
             .layer(middleware::from_fn_with_state(ctx.clone(), guard));
         // Modules' handlers (`HostBuilder::http_handler`): large bodies and limits of their
         // own, so beside the guard, like `merge`.
-        let handlers = handlers::router(&self.prefix, ctx.streams.server.http_handlers());
+        let handlers = handlers::router(&self.prefix);
         Router::new()
             .merge(endpoints)
             .merge(self.others)

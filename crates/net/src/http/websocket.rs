@@ -102,13 +102,7 @@ pub async fn upgrade(
     };
     let limits = &server.config().limits;
     let max = limits.max_stanza_bytes;
-    let parser = MessageParser::new(rookery_xml::Limits {
-        max_stanza_bytes: max,
-        max_depth: limits.max_depth,
-        max_attributes: limits.max_attributes,
-        max_attribute_bytes: limits.max_attribute_bytes,
-        ..rookery_xml::Limits::default()
-    });
+    let parser = MessageParser::new(limits.xml());
     let streams = ctx.streams.clone();
     // Over wss the stream binds to this TLS connection; behind a proxy, to none we know.
     let channel_bindings = if conn.tls {

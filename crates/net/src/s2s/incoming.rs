@@ -41,7 +41,7 @@ pub async fn serve_connection(
     let setup = TcpSetup {
         tls: s2s.tls.clone(),
         parser: s2s.parser(),
-        handshake_limit: s2s.handshake_limit,
+        handshake_limit: s2s.handshake_limit(),
         shutdown: server.shutdown_token().clone(),
         permit,
         side: TlsSide::S2sIn,

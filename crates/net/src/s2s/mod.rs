@@ -277,8 +277,6 @@ pub struct S2s {
     outgoing_limits: Arc<ConnectionLimits>,
     /// Dialback verifications (connections to peers' authoritative servers) at once.
     verifications: Semaphore,
-    parser_limits: rookery_xml::Limits,
-    handshake_limit: Duration,
     me: Weak<S2s>,
 }
 
@@ -309,7 +307,6 @@ impl S2s {
         } else {
             dialback::DialbackSecret::new(config.dialback_secret.as_bytes())
         };
-        let limits = &server.config().limits;
         let s2s = Arc::new_cyclic(|me| S2s {
             server: Arc::downgrade(server),
             tls,
@@ -321,14 +318,6 @@ impl S2s {
             incoming_limits: ConnectionLimits::new(config.max_incoming, config.max_incoming_per_ip),
             outgoing_limits: ConnectionLimits::new(config.max_outgoing, config.max_outgoing),
             verifications: Semaphore::new(config.max_incoming.max(1)),
-            parser_limits: rookery_xml::Limits {
-                max_stanza_bytes: limits.max_stanza_bytes,
-                max_depth: limits.max_depth,
-                max_attributes: limits.max_attributes,
-                max_attribute_bytes: limits.max_attribute_bytes,
-                ..rookery_xml::Limits::default()
-            },
-            handshake_limit: Duration::from_secs(limits.tls_handshake_timeout_secs),
             config,
             me: me.clone(),
         });
@@ -369,8 +358,21 @@ impl S2s {
         })
     }
 
+    /// A parser with the limits in force now (`[limits]`, which a reload may change).
     fn parser(&self) -> rookery_xml::StreamParser {
-        rookery_xml::StreamParser::new(self.parser_limits.clone())
+        let limits = self
+            .server()
+            .map(|s| s.config().limits.xml())
+            .unwrap_or_default();
+        rookery_xml::StreamParser::new(limits)
+    }
+
+    /// The TLS handshake time limit in force now.
+    fn handshake_limit(&self) -> Duration {
+        let secs = self
+            .server()
+            .map_or(15, |s| s.config().limits.tls_handshake_timeout_secs);
+        Duration::from_secs(secs)
     }
 
     /// Queues a stanza on the link from `local` to `remote`, setting the link up if there is

@@ -271,7 +271,7 @@ async fn negotiate(
     let setup = TcpSetup {
         tls: s2s.tls.clone(),
         parser: s2s.parser(),
-        handshake_limit: s2s.handshake_limit,
+        handshake_limit: s2s.handshake_limit(),
         shutdown: server.shutdown_token().clone(),
         permit,
         side: TlsSide::S2sOut {

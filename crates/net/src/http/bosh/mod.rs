@@ -277,13 +277,7 @@ pub async fn request(
     if bytes.len() > limits.max_stanza_bytes + BODY_OVERHEAD {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
-    let xml_limits = rookery_xml::Limits {
-        max_stanza_bytes: limits.max_stanza_bytes,
-        max_depth: limits.max_depth,
-        max_attributes: limits.max_attributes,
-        max_attribute_bytes: limits.max_attribute_bytes,
-        ..rookery_xml::Limits::default()
-    };
+    let xml_limits = limits.xml();
     let req = match body::read(&bytes, xml_limits) {
         Ok(r) => r,
         Err(ReadError::NotBosh(e)) => {
