@@ -7,6 +7,7 @@ with every message that was delivered in the archives afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import xml.etree.ElementTree as ET
 
@@ -209,6 +210,39 @@ def test_database_outage_gives_errors_and_recovers_without_losing_messages(serve
     assert archived_bodies(b, alice.jid) == delivered
     assert archived_bodies(a, bob.jid) == delivered
     assert "during" not in delivered
+
+
+async def test_room_messages_sent_during_an_outage_are_archived_when_it_returns(server, postgres_server, new_user):  # noqa: F811
+    """A room broadcasts while the database is away; its archive worker retries, so the
+    room's archive has every message, in order, once PostgreSQL is back."""
+    owner = new_user("roomowner")
+    room = room_jid(server, "outage")
+    async with muc_client(server, owner) as o:
+        await create_instant(o, room, "owner")
+        o.send_message(mto=room, mbody="room-before", mtype="groupchat")
+        await next_groupchat(o, "room-before")
+        assert [forwarded(r)["body"] for r in await room_archive(o, room)] == ["room-before"]
+        postgres_server.stop()
+        try:
+            for body in ("room-during-1", "room-during-2"):
+                o.send_message(mto=room, mbody=body, mtype="groupchat")
+                await next_groupchat(o, body)
+            assert server.running
+        finally:
+            postgres_server.start()
+        o.send_message(mto=room, mbody="room-after", mtype="groupchat")
+        await next_groupchat(o, "room-after")
+        want = ["room-before", "room-during-1", "room-during-2", "room-after"]
+        deadline = time.monotonic() + 30
+        while True:
+            got = [forwarded(r)["body"] for r in await room_archive(o, room)]
+            if got == want:
+                break
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.5)
+    log = server.stderr_text()
+    assert "a room message could not be archived yet; retrying" in log, "the outage was not seen"
+    assert "a room message was not archived" not in log
 
 
 async def test_export_then_import_into_another_database(server, postgres_server, new_user, raw, raw_factory, tmp_path):  # noqa: F811

@@ -9,6 +9,13 @@
 //! Queries run in tasks of their own once the operations before them are done, so a long
 //! query does not hold up archiving.
 //!
+//! A message the room broadcast is not dropped from its archive because the database is
+//! away for a while (PostgreSQL restarting): the worker retries the append with a growing
+//! delay, for up to [`APPEND_RETRY_FOR`], keeping the operations behind it in order (the
+//! queue fills meanwhile, and then the rooms wait). An append that did commit before its
+//! answer was lost comes back as `AlreadyExists` (the id is unique per room) and counts as
+//! stored.
+//!
 //! Archived messages are what the room broadcast, with the sender's real JID in a
 //! `muc#user` `<item/>`: a result keeps it only for those who may see real JIDs (a
 //! non-anonymous room, moderators, admins and owners).
@@ -24,10 +31,19 @@ use rookery_storage::{
 };
 use rookery_xml::Element;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Operations waiting for the worker, across the service's rooms.
 const QUEUE: usize = 4096;
+
+/// How long an append that fails for the backend's sake is retried before the message is
+/// given up (and logged at error).
+const APPEND_RETRY_FOR: Duration = Duration::from_secs(300);
+/// The first delay between two tries, doubled each time up to [`APPEND_RETRY_MAX_DELAY`].
+const APPEND_RETRY_DELAY: Duration = Duration::from_millis(100);
+const APPEND_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// The newest `max` messages of a room's archive, oldest first (id, time, message): the
 /// history of a room loaded after a restart. Unreadable entries are skipped.
@@ -80,6 +96,7 @@ pub fn start(
         service,
         store,
         cfg,
+        shutdown: shutdown.clone(),
     };
     let task = async move {
         let Some(shutdown) = shutdown else {
@@ -121,6 +138,8 @@ struct Worker {
     service: ServiceHandle,
     store: Arc<dyn ArchiveStore>,
     cfg: Arc<ArchiveConfig>,
+    /// The server's stop: retries end there (what could not be stored by then is logged).
+    shutdown: Option<CancellationToken>,
 }
 
 /// The store's key of a room: its service's domain and its local part.
@@ -218,8 +237,38 @@ impl Worker {
             with_resource: nick,
             stanza: message.to_xml(""),
         };
-        if let Err(e) = self.store.append_archive(domain, node, &entry).await {
-            tracing::warn!(room = %room, error = %e, "a room message was not archived");
+        let started = Instant::now();
+        let mut delay = APPEND_RETRY_DELAY;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let e = match self.store.append_archive(domain, node, &entry).await {
+                Ok(_) => return,
+                // Stored by an earlier try whose answer was lost.
+                Err(StorageError::AlreadyExists) if tries > 1 => return,
+                Err(e) => e,
+            };
+            let stopping = self.shutdown.as_ref().is_some_and(|t| t.is_cancelled());
+            if !matches!(e, StorageError::Backend(_))
+                || stopping
+                || started.elapsed() >= APPEND_RETRY_FOR
+            {
+                tracing::error!(room = %room, error = %e, tries, "a room message was not archived");
+                return;
+            }
+            if tries == 1 {
+                tracing::warn!(room = %room, error = %e, "a room message could not be archived yet; retrying");
+            }
+            match &self.shutdown {
+                Some(t) => {
+                    tokio::select! {
+                        _ = t.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                None => tokio::time::sleep(delay).await,
+            }
+            delay = (delay * 2).min(APPEND_RETRY_MAX_DELAY);
         }
     }
 
