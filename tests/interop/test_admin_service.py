@@ -103,7 +103,8 @@ async def test_disable_and_reenable_over_xmpp_and_the_cli(server, boss, alice, b
 async def test_non_admins_are_refused_the_new_commands(server, boss, alice):
     async with session(server, alice) as a:
         for cmd in ("disable-user", "reenable-user", "set-motd", "edit-motd", "delete-motd",
-                    "set-welcome", "delete-welcome", "edit-admin"):
+                    "set-welcome", "delete-welcome", "edit-admin", "get-active-users-num",
+                    "get-active-users", "get-idle-users-num", "get-idle-users", "get-user-lastlogin"):
             refused = await execute(a, server.domain, cmd)
             assert refused["type"] == "error" and refused["error"]["condition"] == "forbidden", cmd
     async with session(server, boss) as b:
@@ -111,7 +112,8 @@ async def test_non_admins_are_refused_the_new_commands(server, boss, alice):
         items = await b.plugin["xep_0050"].get_commands(server.domain)
         nodes = {node for _jid, node, _name in items["disco_items"]["items"]}
         for cmd in ("disable-user", "reenable-user", "set-motd", "edit-motd", "delete-motd",
-                    "set-welcome", "delete-welcome", "edit-admin"):
+                    "set-welcome", "delete-welcome", "edit-admin", "get-active-users-num",
+                    "get-active-users", "get-idle-users-num", "get-idle-users", "get-user-lastlogin"):
             assert f"{ADMIN_NS}#{cmd}" in nodes, nodes
 
 
@@ -274,3 +276,107 @@ async def test_welcome_after_in_band_registration_and_the_cli_on_a_stopped_serve
         n.send_presence()
         msg = await n.next_message(timeout=10, predicate=is_motd)
         assert msg["body"] == "Written while stopped"
+
+
+async def completed_form(c, domain: str, command: str):
+    """A command that answers at once (no form): its result <command/>."""
+    done = await execute(c, domain, command)
+    assert done["type"] == "result", done
+    cmd = done.xml.find(q(NS, "command"))
+    assert cmd.get("status") == "completed", cmd
+    return cmd
+
+
+async def csi(c, state: str) -> None:
+    """Say `state` (XEP-0352), then wait until the server processed it (a ping after it)."""
+    c.send_raw(f"<{state} xmlns='urn:xmpp:csi:0'/>")
+    pong = await c.iq(c.boundjid.domain, "get", "<ping xmlns='urn:xmpp:ping'/>")
+    assert pong["type"] == "result"
+
+
+async def test_active_and_idle_users_follow_client_state_indication(server, boss, alice, bob):
+    """XEP-0133 §4.15–4.16, §4.20–4.21: an online user is idle when every session of it said
+    `<inactive/>` (XEP-0352), active otherwise; counts and lists agree."""
+    async with session(server, boss) as b, session(server, alice) as a, session(server, bob) as o:
+        await csi(o, "inactive")
+
+        async def lists():
+            active = form_values(
+                await run(b, server.domain, "get-active-users", field("max_items", "none")), "activeuserjids")
+            idle = form_values(
+                await run(b, server.domain, "get-idle-users", field("max_items", "none")), "idleuserjids")
+            n_active = form_values(await completed_form(b, server.domain, "get-active-users-num"), "activeusersnum")
+            n_idle = form_values(await completed_form(b, server.domain, "get-idle-users-num"), "idleusersnum")
+            assert n_active == [str(len(active))] and n_idle == [str(len(idle))], (n_active, active, n_idle, idle)
+            return active, idle
+
+        active, idle = await lists()
+        assert boss.jid in active and alice.jid in active and bob.jid not in active, active
+        assert idle.count(bob.jid) == 1 and alice.jid not in idle, idle
+        # A second session of bob, active: bob is active.
+        async with session(server, bob, resource="desk"):
+            active, idle = await lists()
+            assert bob.jid in active and bob.jid not in idle
+        await csi(o, "active")
+        active, idle = await lists()
+        assert bob.jid in active and bob.jid not in idle
+        await csi(a, "inactive")
+        active, idle = await lists()
+        assert alice.jid in idle and alice.jid not in active
+
+
+def parse_time(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+async def test_user_last_login_time(server, boss):
+    """XEP-0133 §4.12: the last login time (XEP-0082 DateTime) of each account named: the
+    latest bind while online, kept after logout (the latest of several sessions, whichever
+    closed last); "never" for an account that never logged out; an unknown account is
+    item-not-found; a foreign one not-acceptable."""
+    import time
+
+    carol = User(f"carol-{uuid.uuid4().hex[:6]}", server.domain, "carol's password")
+    never = User(f"never-{uuid.uuid4().hex[:6]}", server.domain, "never's password")
+    for u in (carol, never):
+        assert server.user("add", u.jid, "--password", u.password).returncode == 0
+
+    async def last_login(b, *jids: str) -> list[str]:
+        out = await run(b, server.domain, "get-user-lastlogin", field("accountjids", *jids))
+        assert form_values(out, "accountjids") == list(jids)
+        return form_values(out, "lastlogin")
+
+    async with session(server, boss) as b:
+        assert await last_login(b, never.jid) == ["never"]
+        first = time.time()
+        async with session(server, carol, resource="one"):
+            (online,) = await last_login(b, carol.jid)
+            assert first - 2 <= parse_time(online) <= time.time() + 1, online
+            await asyncio.sleep(1.2)
+            second = time.time()
+            async with session(server, carol, resource="two"):
+                (both,) = await last_login(b, carol.jid)
+                assert parse_time(both) >= int(second), (both, second)
+            # The later session closed first; the earlier one still stands for its login.
+        # Offline now: the latest login of that stretch is kept.
+        deadline = time.monotonic() + 10
+        while True:
+            kept, never_value = await last_login(b, carol.jid, never.jid)
+            if kept != "never":
+                break
+            assert time.monotonic() < deadline, "no login recorded at logout"
+            await asyncio.sleep(0.2)
+        assert kept == both and never_value == "never", (kept, both)
+
+        for jid, condition in ((f"nobody-{uuid.uuid4().hex[:6]}@{server.domain}", "item-not-found"),
+                               ("someone@elsewhere.example", "not-acceptable")):
+            started = await execute(b, server.domain, "get-user-lastlogin")
+            sid = started.xml.find(q(NS, "command")).get("sessionid")
+            refused = await b.iq(
+                server.domain, "set",
+                f"<command xmlns='{NS}' node='{ADMIN_NS}#get-user-lastlogin' sessionid='{sid}' action='complete'>"
+                + submit(field("accountjids", jid)) + "</command>",
+            )
+            assert refused["type"] == "error" and refused["error"]["condition"] == condition, refused

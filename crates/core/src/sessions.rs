@@ -6,7 +6,7 @@ use parking_lot::{Mutex, RwLock};
 use rookery_stanza::{BareJid, FullJid, SharedStanza, StreamErrorCondition};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -88,6 +88,12 @@ pub struct SessionHandle {
     peer: Option<std::net::SocketAddr>,
     /// A [`ClientTransport`].
     transport: AtomicU8,
+    /// Whether the client said it is inactive (XEP-0352), for the administration's active
+    /// and idle user counts (XEP-0133 §4.15, §4.16).
+    inactive: AtomicBool,
+    /// When the session was bound, in seconds since the Unix epoch (the account's last
+    /// login, XEP-0133 §4.12).
+    bound_at: u64,
 }
 
 /// The session task's side: the stanzas to write and the kick signal.
@@ -121,6 +127,10 @@ impl SessionHandle {
             extensions: Mutex::new(Vec::new()),
             peer,
             transport: AtomicU8::new(ClientTransport::Other as u8),
+            inactive: AtomicBool::new(false),
+            bound_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         });
         let inbox = SessionInbox {
             stanzas: rx,
@@ -145,6 +155,18 @@ impl SessionHandle {
     /// Records how the client is connected (when bound, and when resumed elsewhere).
     pub fn set_transport(&self, transport: ClientTransport) {
         self.transport.store(transport as u8, Ordering::Relaxed);
+    }
+    /// Whether the client said it is inactive (XEP-0352) and has not said active since.
+    pub fn is_inactive(&self) -> bool {
+        self.inactive.load(Ordering::Relaxed)
+    }
+    /// Records the client's state (XEP-0352 `<inactive/>` or `<active/>`).
+    pub fn set_inactive(&self, inactive: bool) {
+        self.inactive.store(inactive, Ordering::Relaxed);
+    }
+    /// When the session was bound, in seconds since the Unix epoch.
+    pub fn bound_at(&self) -> u64 {
+        self.bound_at
     }
     /// Queues a stanza for this session without waiting.
     pub fn deliver(&self, stanza: impl Into<SharedStanza>) -> Result<(), DeliveryError> {

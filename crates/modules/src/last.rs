@@ -11,7 +11,10 @@
 //! * to a full JID (§4): routed to the client by the core, as the XEP says.
 //!
 //! When the last session of an account ends, `("last", "")` is set to
-//! `<last xmlns='jabber:iq:last' stamp='UNIX seconds' status='...'/>`.
+//! `<last xmlns='jabber:iq:last' stamp='UNIX seconds' login='UNIX seconds' status='...'/>`:
+//! `login` is the latest bind among the sessions of that stretch online (a session closing
+//! while others stay hands its bind time to them), for the administration's "last login
+//! time" ([`last_login`], XEP-0133 §4.12).
 
 use parking_lot::Mutex;
 use rookery_core::events::{PresenceBroadcast, SessionClosed};
@@ -34,6 +37,45 @@ pub struct Last;
 /// when it becomes available again.
 #[derive(Default)]
 struct LastStatus(Mutex<Option<String>>);
+
+/// Session state: the latest bind time of the account's sessions that closed while this one
+/// stayed (so the account's last login survives them).
+#[derive(Default)]
+struct LaterLogin(std::sync::atomic::AtomicU64);
+
+/// The latest login `session` stands for: its own bind, or a later one it was handed.
+fn latest_login(session: &rookery_core::SessionHandle) -> u64 {
+    let handed = session
+        .extension::<LaterLogin>()
+        .map_or(0, |l| l.0.load(std::sync::atomic::Ordering::Relaxed));
+    session.bound_at().max(handed)
+}
+
+/// When `user` last logged in (seconds since the Unix epoch): the latest bind of its
+/// sessions while it is online, else the one recorded when it went offline; `None` when it
+/// never logged out since the module was enabled.
+pub async fn last_login(server: &Server, user: &BareJid) -> Result<Option<u64>, StorageError> {
+    let online = server
+        .sessions()
+        .resources(user)
+        .iter()
+        .map(|s| latest_login(s))
+        .max();
+    if online.is_some() {
+        return Ok(online);
+    }
+    let Some(node) = user.node() else {
+        return Ok(None);
+    };
+    let stored = server
+        .storage()
+        .user_data
+        .get_data(user.domain().as_str(), node.as_str(), STORE, "")
+        .await?;
+    Ok(stored
+        .and_then(|xml| rookery_xml::parse_element(&xml).ok())
+        .and_then(|r| r.attr("login").and_then(|l| l.parse().ok())))
+}
 
 impl Module for Last {
     const NAME: &'static str = "last";
@@ -72,14 +114,21 @@ impl Module for Last {
         );
         host.hook::<SessionClosed, _, _>(Order::normal(), |server, ev| async move {
             let user = ev.session.jid().to_bare();
-            if server.sessions().is_online(&user) {
+            let login = latest_login(&ev.session);
+            let remaining = server.sessions().resources(&user);
+            if !remaining.is_empty() {
+                for s in remaining.iter() {
+                    s.extension_or_insert_with(LaterLogin::default)
+                        .0
+                        .fetch_max(login, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Flow::Continue;
             }
             let status = ev
                 .session
                 .extension::<LastStatus>()
                 .and_then(|s| s.0.lock().clone());
-            record_logout(&server, &user, status.as_deref()).await;
+            record_logout(&server, &user, login, status.as_deref()).await;
             Flow::Continue
         });
         Ok(())
@@ -93,11 +142,13 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn record_logout(server: &Server, user: &BareJid, status: Option<&str>) {
+async fn record_logout(server: &Server, user: &BareJid, login: u64, status: Option<&str>) {
     let Some(node) = user.node() else {
         return;
     };
-    let mut el = Element::new("last", NS).with_attr("stamp", now().to_string());
+    let mut el = Element::new("last", NS)
+        .with_attr("stamp", now().to_string())
+        .with_attr("login", login.to_string());
     if let Some(s) = status.filter(|s| !s.is_empty()) {
         el.set_attr("status", s);
     }

@@ -1075,6 +1075,7 @@ impl ClientStream {
             (Bound, crate::csi::NS, "inactive") => {
                 if let Some(b) = self.bound_mut() {
                     b.csi.set_inactive();
+                    b.handle.set_inactive(true);
                 }
                 Ok(Next::Continue)
             }
@@ -1082,6 +1083,7 @@ impl ClientStream {
                 // §5: everything held is on the wire before anything the client sends next
                 // is processed (the driver sends what was written before reading on).
                 if let Stage::Bound(b) = &mut self.stage {
+                    b.handle.set_inactive(false);
                     for o in b.csi.set_active() {
                         b.write_outgoing(*o, &mut self.out);
                     }
@@ -1821,6 +1823,8 @@ impl ClientStream {
         tracing::info!(peer = %self.peer, jid = %d.handle.jid(), "session resumed");
         counters::incr(Counter::SmResumed);
         d.handle.set_transport(self.out.transport());
+        // The resumed stream starts active (its `ClientState` is new).
+        d.handle.set_inactive(false);
         let mut b = Bound {
             user,
             handle: d.handle,

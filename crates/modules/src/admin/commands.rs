@@ -30,6 +30,11 @@ pub enum Command {
     GetRegisteredUsersList,
     GetOnlineUsersNum,
     GetOnlineUsersList,
+    GetActiveUsersNum,
+    GetActiveUsersList,
+    GetIdleUsersNum,
+    GetIdleUsersList,
+    GetUserLastLogin,
     Announce,
     DisableUser,
     ReenableUser,
@@ -50,6 +55,11 @@ pub const ALL: &[Command] = &[
     Command::GetRegisteredUsersList,
     Command::GetOnlineUsersNum,
     Command::GetOnlineUsersList,
+    Command::GetActiveUsersNum,
+    Command::GetActiveUsersList,
+    Command::GetIdleUsersNum,
+    Command::GetIdleUsersList,
+    Command::GetUserLastLogin,
     Command::Announce,
     Command::DisableUser,
     Command::ReenableUser,
@@ -104,6 +114,11 @@ impl Command {
             Command::GetRegisteredUsersList => "get-registered-users-list",
             Command::GetOnlineUsersNum => "get-online-users-num",
             Command::GetOnlineUsersList => "get-online-users-list",
+            Command::GetActiveUsersNum => "get-active-users-num",
+            Command::GetActiveUsersList => "get-active-users",
+            Command::GetIdleUsersNum => "get-idle-users-num",
+            Command::GetIdleUsersList => "get-idle-users",
+            Command::GetUserLastLogin => "get-user-lastlogin",
             Command::Announce => "announce",
             Command::DisableUser => "disable-user",
             Command::ReenableUser => "reenable-user",
@@ -126,6 +141,11 @@ impl Command {
             Command::GetRegisteredUsersList => "Get List of Registered Users",
             Command::GetOnlineUsersNum => "Get Number of Online Users",
             Command::GetOnlineUsersList => "Get List of Online Users",
+            Command::GetActiveUsersNum => "Get Number of Active Users",
+            Command::GetActiveUsersList => "Get List of Active Users",
+            Command::GetIdleUsersNum => "Get Number of Idle Users",
+            Command::GetIdleUsersList => "Get List of Idle Users",
+            Command::GetUserLastLogin => "Get User Last Login Time",
             Command::Announce => "Send Announcement to Online Users",
             Command::DisableUser => "Disable a User",
             Command::ReenableUser => "Re-Enable a User",
@@ -213,7 +233,16 @@ impl Command {
                     Some("The new password for this account"),
                     &[],
                 ),
-            Command::GetRegisteredUsersList | Command::GetOnlineUsersList => max_items(f),
+            Command::GetRegisteredUsersList
+            | Command::GetOnlineUsersList
+            | Command::GetActiveUsersList
+            | Command::GetIdleUsersList => max_items(f),
+            Command::GetUserLastLogin => f.field(
+                "accountjids",
+                Some("jid-multi"),
+                Some("The Jabber ID(s) for which to retrieve the last login time"),
+                &[],
+            ),
             Command::Announce => f
                 .field("subject", Some("text-single"), Some("Subject"), &[])
                 .field(
@@ -293,6 +322,8 @@ impl Command {
             }
             Command::GetRegisteredUsersNum
             | Command::GetOnlineUsersNum
+            | Command::GetActiveUsersNum
+            | Command::GetIdleUsersNum
             | Command::DeleteMotd
             | Command::DeleteWelcome => return Ok(None),
         };
@@ -432,7 +463,71 @@ impl Command {
                     String::new(),
                 ))
             }
-            Command::GetRegisteredUsersList | Command::GetOnlineUsersList => {
+            Command::GetActiveUsersNum | Command::GetIdleUsersNum => {
+                let active = self == Command::GetActiveUsersNum;
+                let n = by_activity(server, domain, active).len();
+                let (var, label) = if active {
+                    ("activeusersnum", "The number of active users")
+                } else {
+                    ("idleusersnum", "The number of idle users")
+                };
+                Ok(result(
+                    FormBuilder::new("result", FORM_TYPE).field(
+                        var,
+                        None,
+                        Some(label),
+                        &[&n.to_string()],
+                    ),
+                    String::new(),
+                ))
+            }
+            Command::GetUserLastLogin => {
+                let accounts = local_accounts(domain, &many)?;
+                let mut times = Vec::with_capacity(accounts.len());
+                for account in &accounts {
+                    let (d, n) = parts(account);
+                    if !server
+                        .storage()
+                        .accounts
+                        .account_exists(d, n)
+                        .await
+                        .map_err(internal)?
+                    {
+                        return Err(StanzaError::new(StanzaErrorCondition::ItemNotFound)
+                            .with_text(format!("{account} does not exist")));
+                    }
+                    // XEP-0082 DateTime; "never" for an account with no login recorded.
+                    let at = crate::last::last_login(server, account)
+                        .await
+                        .map_err(internal)?
+                        .and_then(|secs| i64::try_from(secs).ok())
+                        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+                        .and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                        .unwrap_or_else(|| "never".to_owned());
+                    times.push(at);
+                }
+                let jids: Vec<String> = accounts.iter().map(|a| a.to_string()).collect();
+                let jid_values: Vec<&str> = jids.iter().map(String::as_str).collect();
+                let time_values: Vec<&str> = times.iter().map(String::as_str).collect();
+                Ok(result(
+                    FormBuilder::new("result", FORM_TYPE)
+                        .field("accountjids", Some("jid-multi"), None, &jid_values)
+                        .field(
+                            "lastlogin",
+                            Some("text-multi"),
+                            Some("The last login time of each, in the same order"),
+                            &time_values,
+                        ),
+                    jids.join(","),
+                ))
+            }
+            Command::GetRegisteredUsersList
+            | Command::GetOnlineUsersList
+            | Command::GetActiveUsersList
+            | Command::GetIdleUsersList => {
                 let limit = match max_items.as_deref() {
                     None | Some("none") => MAX_LISTED,
                     Some(v) => v
@@ -445,6 +540,18 @@ impl Command {
                         "onlineuserjids",
                         "The list of all online users",
                         online(server, domain),
+                    )
+                } else if self == Command::GetActiveUsersList {
+                    (
+                        "activeuserjids",
+                        "The list of active users",
+                        by_activity(server, domain, true),
+                    )
+                } else if self == Command::GetIdleUsersList {
+                    (
+                        "idleuserjids",
+                        "The list of idle users",
+                        by_activity(server, domain, false),
                     )
                 } else {
                     (
@@ -676,6 +783,27 @@ async fn registered(server: &Server, domain: &str) -> Result<Vec<String>, Stanza
 }
 
 /// The bare JIDs with at least one session on `domain`, sorted.
+/// The online users of `domain` that are active (`active`: some session has not said it
+/// is inactive, XEP-0352) or idle (every session said so), sorted: XEP-0133 §4.15–4.16
+/// distinguish "users who are online and actively using the service from users who are
+/// online but idle", and client state indication is how a client says which it is.
+fn by_activity(server: &Server, domain: &str, active: bool) -> Vec<String> {
+    let mut by_user: std::collections::BTreeMap<String, bool> = Default::default();
+    for s in server.sessions().all() {
+        if s.jid().domain().as_str() != domain {
+            continue;
+        }
+        *by_user
+            .entry(s.jid().to_bare().to_string())
+            .or_insert(false) |= !s.is_inactive();
+    }
+    by_user
+        .into_iter()
+        .filter(|(_, any_active)| *any_active == active)
+        .map(|(user, _)| user)
+        .collect()
+}
+
 fn online(server: &Server, domain: &str) -> Vec<String> {
     let mut users: Vec<String> = server
         .sessions()

@@ -18,6 +18,11 @@
 //! completed command is logged at info level with the admin's address, the command and its
 //! targets (never a password).
 //!
+//! Active and idle users (§4.15–4.16, §4.20–4.21) are told apart by client state indication
+//! (XEP-0352): idle when every session of the user said `<inactive/>`. The last login time
+//! (§4.12) is the latest bind while the user is online, else the one the `last` module
+//! recorded when it went offline ([`crate::last::last_login`]).
+//!
 //! Administrators are those of `[host.admin] admins` (fixed) and those added with
 //! `edit-admin` (stored per host, [`ops::added_admins`]); the commands are offered only on a
 //! host with configured ones. The message of the day is sent whatever the admins: the
@@ -93,7 +98,7 @@ impl Module for Admin {
         },
         Spec {
             id: "XEP-0133",
-            title: "Service Administration (add, delete, disable, re-enable, end sessions of and change passwords of users, counts and lists, announce, message of the day, welcome message, admin list)",
+            title: "Service Administration (add, delete, disable, re-enable, end sessions of and change passwords of users, counts and lists of registered, online, active and idle users, last login time, announce, message of the day, welcome message, admin list)",
             version: "1.3.0",
         },
     ];
