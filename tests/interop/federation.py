@@ -728,7 +728,7 @@ end, 1000);
         cert = self.cert
         modules = [
             "roster", "saslauth", "tls", "dialback", "disco", "ping", "version", "time", "private", "vcard_legacy",
-            "harness_s2s_log",
+            "mam", "blocklist", "harness_s2s_log",
         ]
         if self.settings["bidi"]:
             modules.append("s2s_bidi")

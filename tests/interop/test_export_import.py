@@ -109,7 +109,10 @@ async def test_export_then_import_into_an_empty_server(make_server, tmp_path):
 
     def complete():
         text = export(src)
-        return text.count("<body>") == 2 and "type=\"subscribe\"" in text
+        offline = [
+            b for box in ET.fromstring(text.encode()).iter(qn(PIE_NS, "offline-messages")) for b in box.iter(qn(CLIENT_NS, "body"))
+        ]
+        return len(offline) == 2 and "type=\"subscribe\"" in text
 
     deadline = time.monotonic() + 10
     while not complete():
@@ -131,6 +134,13 @@ async def test_export_then_import_into_an_empty_server(make_server, tmp_path):
     assert owner is not None and owner.find(f"{{{PUBSUB_NS}#owner}}configure").get("node") == NICK_NS
     nick = users[alice.localpart].find(f"{{{PUBSUB_NS}}}pubsub/{{{PUBSUB_NS}}}items/{{{PUBSUB_NS}}}item/{{{NICK_NS}}}nick")
     assert nick is not None and nick.text == "Al"
+    # Bob's message archive (XEP-0227's urn:xmpp:pie:0#mam form): what he sent, in order.
+    archive = users[bob.localpart].find("{urn:xmpp:pie:0#mam}archive")
+    assert archive is not None, document
+    results = archive.findall("{urn:xmpp:mam:2}result")
+    bodies = [r.find(f"{{urn:xmpp:forward:0}}forwarded/{{{CLIENT_NS}}}message/{{{CLIENT_NS}}}body").text for r in results]
+    assert bodies == ["first", "second"], bodies
+    archived_ids = [r.get("id") for r in results]
     path = tmp_path / "export.xml"
     path.write_text(document)
 
@@ -198,6 +208,11 @@ async def test_export_then_import_into_an_empty_server(make_server, tmp_path):
             assert first["from"].bare == bob.jid
         async with session(dst, bob) as b:
             assert (await roster(b))[alice.jid].get("subscription") == "both"
+            # The archive came along with its ids: a client's MAM sync goes on where it was.
+            reply = await b.iq(None, "set", "<query xmlns='urn:xmpp:mam:2' queryid='q'/>")
+            assert reply["type"] == "result", reply
+            first_id = reply.xml.find("{urn:xmpp:mam:2}fin/{http://jabber.org/protocol/rsm}set/{http://jabber.org/protocol/rsm}first")
+            assert first_id is not None and first_id.text == archived_ids[0], reply
         async with session(dst, carol):
             pass
     finally:

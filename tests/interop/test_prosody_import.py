@@ -1,6 +1,7 @@
 """`rookery import --prosody DIR`: a real Prosody 0.12 (the Debian package, started privately
 by the federation helpers) gets accounts, a mutual roster subscription, a pending request,
-private XML, a PEP node and offline messages from slixmpp clients; its data directory is imported into an
+private XML, a PEP node, a blocklist, archived messages (mod_mam) and offline messages from
+slixmpp clients; its data directory is imported into an
 empty Rookery, and the users log in with their old passwords (SCRAM-SHA-1 with the records
 Prosody made, and PLAIN) and find their roster, request and messages. Malformed and hostile
 data directories are refused (exit 1) and change nothing."""
@@ -78,6 +79,20 @@ def export(server) -> str:
     return res.stdout
 
 
+async def own_archive(client) -> list[tuple[str, str, str]]:
+    """(archive id, body, time) of every message in the client's own archive, oldest first."""
+    for plugin in ("xep_0059", "xep_0297", "xep_0313"):
+        client.register_plugin(plugin)
+    got = []
+    async for msg in client.plugin["xep_0313"].iterate(rsm={"max": 10}):
+        fwd = msg["mam_result"]["forwarded"]
+        got.append((msg["mam_result"]["id"], fwd["stanza"]["body"], fwd["delay"]["stamp"].timestamp()))
+    return got
+
+
+BLOCKING_NS = "urn:xmpp:blocking"
+
+
 async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwords(prosody_peer, tmp_path):
     peer = prosody_peer
     alice, bob, carol = peer.add_user("moved"), peer.add_user("moved"), peer.add_user("moved")
@@ -111,6 +126,13 @@ async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwor
         # A vCard: Prosody's mod_vcard_legacy keeps it as the PEP node urn:xmpp:vcard4.
         reply = await a.iq(None, "set", "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN></vCard>")
         assert reply["type"] == "result", reply
+        # A blocklist (mod_blocklist) and a conversation both archive (mod_mam).
+        reply = await a.iq(None, "set", f"<block xmlns='{BLOCKING_NS}'><item jid='spammer@spam.example'/></block>")
+        assert reply["type"] == "result", reply
+        a.send_message(mto=b.boundjid.full, mbody="archived hello", mtype="chat")
+        await b.next_message(timeout=10, predicate=lambda m: m["body"] == "archived hello")
+        b.send_message(mto=a.boundjid.full, mbody="archived reply", mtype="chat")
+        await a.next_message(timeout=10, predicate=lambda m: m["body"] == "archived reply")
     async with session(peer, carol) as c:
         c.send_presence(pto=alice.jid, ptype="subscribe")
         await c.iq(peer.domain, "get", "<ping xmlns='urn:xmpp:ping'/>")
@@ -118,6 +140,10 @@ async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwor
         for body in ("first", "second"):
             b.send_message(mto=alice.jid, mbody=body, mtype="chat")
         await b.iq(peer.domain, "get", "<ping xmlns='urn:xmpp:ping'/>")
+    # Bob's archive as Prosody answers it: what he sent and received, Alice offline or not.
+    async with session(peer, bob) as b:
+        bob_archive = await own_archive(b)
+    assert [body for _id, body, _t in bob_archive] == ["archived hello", "archived reply", "first", "second"], bob_archive
     # Prosody writes each change at once; stopped, it holds nothing back.
     peer.stop()
     data = peer.data_dir
@@ -207,8 +233,24 @@ async def test_a_prosody_data_directory_imports_and_its_users_keep_their_passwor
             delay = first.xml.find("{urn:xmpp:delay}delay")
             assert delay is not None and delay.get("stamp") == stamps[0], ET.tostring(first.xml)
             await wait_for(lambda: asyncio.sleep(0, result=carol.jid in requests), what="Carol's pending request")
+            reply = await a.iq(None, "get", f"<blocklist xmlns='{BLOCKING_NS}'/>")
+            blocked = [i.get("jid") for i in reply.xml.iter(f"{{{BLOCKING_NS}}}item")]
+            assert blocked == ["spammer@spam.example"], reply
         async with session(dst, bob, mech="PLAIN") as b:
             assert (await roster(b))[alice.jid].get("subscription") == "both"
+            # The same archive on Rookery: ids, bodies, order and times (to the microsecond).
+            moved = await own_archive(b)
+            assert [(i, body) for i, body, _t in moved] == [(i, body) for i, body, _t in bob_archive]
+            assert all(abs(t1 - t2) < 1e-5 for (_i, _b, t1), (_j, _c, t2) in zip(moved, bob_archive)), (moved, bob_archive)
+            # A query by correspondent finds the conversation with Alice.
+            reply = await b.iq(None, "set", (
+                "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>"
+                "<field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>"
+                f"<field var='with'><value>{alice.jid}</value></field></x></query>"
+            ))
+            assert reply["type"] == "result", reply
+            fin = reply.xml.find("{urn:xmpp:mam:2}fin/{http://jabber.org/protocol/rsm}set/{http://jabber.org/protocol/rsm}count")
+            assert fin is not None and fin.text == "4", reply
         async with session(dst, carol, mech="SCRAM-SHA-1"):
             pass
         with pytest.raises(LoginError):

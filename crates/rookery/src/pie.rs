@@ -18,13 +18,20 @@
 //!   XEP-0060 §6.5 answers). When items were published is not part of the format: imported
 //!   items keep their order and get the time of the import.
 //!
+//! * the account's blocklist (XEP-0191) as `<blocklist xmlns='urn:xmpp:blocking'>` with an
+//!   `<item jid='…'/>` per blocked JID, and its message archive (XEP-0313) as
+//!   `<archive xmlns='urn:xmpp:pie:0#mam'>`, one `<result xmlns='urn:xmpp:mam:2' id='…'>` per
+//!   message in archive order, each the message `<forwarded>` (XEP-0297) with its archiving
+//!   time in a `<delay>` (XEP-0203): the form Prosody's XEP-0227 storage and Tigase write.
+//!   The other party of an imported message is its `to` when the account sent it, else its
+//!   `from`.
+//!
 //! Import also reads the older forms (XEP-0227 0.x, and what `ejabberdctl export_piefxis`
 //! writes): the namespace of versions before 0.7; a plaintext `password` attribute on
 //! `<user>`, turned into SCRAM records at once and never stored, or ejabberd's SCRAM record
 //! in it (`scram:StoredKey,ServerKey,Salt,Iterations`); a main file that includes one file per
 //! host (`<xi:include href='…'/>`, a file name in the same directory only). Elements this
-//! server keeps no data for (privacy lists, archives) are skipped and named on
-//! stderr.
+//! server keeps no data for (privacy lists) are skipped and named on stderr.
 //!
 //! Import is two steps: [`parse`] reads and validates the whole document (XML limits, JIDs,
 //! base64, iteration counts, element shapes) into a [`Document`], then [`check`] compares it
@@ -46,7 +53,8 @@ use rookery_modules::{offline::OfflineLimits, private::PrivateLimits, roster::Ro
 use rookery_sasl::{HashAlg, ScramCredentials};
 use rookery_stanza::{BareJid, Jid};
 use rookery_storage::{
-    ItemRecord, ItemSelection, PubSubService, RosterItem, Storage, Subscription, SubscriptionRecord,
+    ArchiveEntry, ArchiveFilter, ArchiveQuery, ItemRecord, ItemSelection, PageRequest,
+    PubSubService, RosterItem, Storage, Subscription, SubscriptionRecord,
 };
 use rookery_xml::{Element, Limits};
 use std::collections::HashSet;
@@ -74,6 +82,15 @@ pub const MAX_NODE_NAME: usize = 1024;
 /// false, XEP-0060 §6.3.7); the only options the PubSub module keeps.
 const NO_DELIVERY: &str = "nodeliver";
 const PRIVATE_STORE: &str = rookery_modules::private::STORE;
+const NS_BLOCKING: &str = rookery_modules::blocking::NS;
+const BLOCKLIST_STORE: &str = rookery_modules::blocking::STORE;
+/// XEP-0227's message archive element (as Prosody and Tigase write it).
+const NS_PIE_MAM: &str = "urn:xmpp:pie:0#mam";
+const NS_MAM: &str = "urn:xmpp:mam:2";
+const NS_FORWARD: &str = "urn:xmpp:forward:0";
+const NS_DELAY: &str = "urn:xmpp:delay";
+/// Archived messages read per storage query while exporting.
+const EXPORT_ARCHIVE_PAGE: usize = 500;
 
 /// Bytes of a document `import` reads; larger files are refused before being read.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
@@ -112,6 +129,22 @@ pub struct Account {
     pub offline: Vec<Element>,
     /// PEP nodes, sorted by name.
     pub pep: Vec<PepNode>,
+    /// Blocked JIDs (XEP-0191), sorted.
+    pub blocklist: Vec<String>,
+    /// The message archive, in archive order.
+    pub archive: Vec<ArchivedMessage>,
+}
+
+/// One message of an account's archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// The archive id (XEP-0359 stanza id), unique within the archive.
+    pub id: String,
+    pub timestamp_us: i64,
+    /// The other party, bare, and its resource ("" when none).
+    pub with_bare: String,
+    pub with_resource: String,
+    pub message: Element,
 }
 
 /// One PEP node of an account.
@@ -150,6 +183,8 @@ impl Account {
             private: Vec::new(),
             offline: Vec::new(),
             pep: Vec::new(),
+            blocklist: Vec::new(),
+            archive: Vec::new(),
         }
     }
 }
@@ -219,6 +254,46 @@ async fn export_account(storage: &Storage, domain: &str, node: &str) -> Result<A
     let count = storage.offline.count_offline(domain, node).await?;
     for (_, xml) in storage.offline.peek_offline(domain, node, count).await? {
         a.offline.push(stored("offline message", &xml)?);
+    }
+    if let Some(xml) = storage
+        .user_data
+        .get_data(domain, node, BLOCKLIST_STORE, "")
+        .await?
+    {
+        let list = rookery_modules::blocking::Blocklist::from_xml(&xml)
+            .map_err(|e| anyhow!("the stored blocklist is unreadable: {e}"))?;
+        a.blocklist = list.items().map(str::to_owned).collect();
+    }
+    let mut page = PageRequest::First;
+    loop {
+        let got = storage
+            .archive
+            .query_archive(
+                domain,
+                node,
+                &ArchiveQuery {
+                    filter: ArchiveFilter::default(),
+                    page,
+                    max: EXPORT_ARCHIVE_PAGE,
+                },
+            )
+            .await?;
+        let Some(last) = got.entries.last().map(|e| e.id.clone()) else {
+            break;
+        };
+        for e in got.entries {
+            a.archive.push(ArchivedMessage {
+                message: stored(&format!("archived message {}", e.id), &e.stanza)?,
+                id: e.id,
+                timestamp_us: e.timestamp_us,
+                with_bare: e.with_bare,
+                with_resource: e.with_resource,
+            });
+        }
+        if got.complete {
+            break;
+        }
+        page = PageRequest::After(last);
     }
     let service = PubSubService::Account { domain, user: node };
     for rec in storage.pubsub.list_nodes(service).await? {
@@ -440,6 +515,30 @@ fn account_element(a: &Account) -> Element {
     }
     for p in pep_elements(a) {
         user.push_child(p);
+    }
+    if !a.blocklist.is_empty() {
+        let mut list = Element::new("blocklist", NS_BLOCKING);
+        for jid in &a.blocklist {
+            list.push_child(Element::new("item", NS_BLOCKING).with_attr("jid", jid.as_str()));
+        }
+        user.push_child(list);
+    }
+    if !a.archive.is_empty() {
+        let mut archive = Element::new("archive", NS_PIE_MAM);
+        for m in &a.archive {
+            let delay = Element::new("delay", NS_DELAY)
+                .with_attr("stamp", rookery_modules::mam::query::stamp(m.timestamp_us));
+            archive.push_child(
+                Element::new("result", NS_MAM)
+                    .with_attr("id", m.id.as_str())
+                    .with_child(
+                        Element::new("forwarded", NS_FORWARD)
+                            .with_child(delay)
+                            .with_child(m.message.clone()),
+                    ),
+            );
+        }
+        user.push_child(archive);
     }
     user
 }
@@ -711,6 +810,26 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
                 })?;
                 a.offline.push(m.clone());
             }
+        } else if el.is("blocklist", NS_BLOCKING) {
+            for item in el.children() {
+                let jid = item
+                    .attr("jid")
+                    .filter(|_| item.is("item", NS_BLOCKING))
+                    .ok_or_else(|| anyhow!("{who}: a blocklist entry is not an <item jid='…'/>"))?;
+                let jid = Jid::new(jid)
+                    .map_err(|e| anyhow!("{who}: the blocked '{jid}' is not a valid JID: {e}"))?;
+                a.blocklist.push(jid.to_string());
+            }
+        } else if el.is("archive", NS_PIE_MAM) {
+            let mut ids = HashSet::new();
+            for (i, r) in el.children().enumerate() {
+                let m = parse_archived(&who, r)
+                    .with_context(|| format!("{who}: archived message {}", i + 1))?;
+                if !ids.insert(m.id.clone()) {
+                    bail!("{who}: the archive id '{}' appears twice", m.id);
+                }
+                a.archive.push(m);
+            }
         } else if el.is("pubsub", NS_PUBSUB_OWNER) {
             parse_pep_owner(&mut a.pep, el, &who, skipped)
                 .with_context(|| format!("{who}: bad PEP node data"))?;
@@ -726,6 +845,8 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
     a.pending_in.sort_by(|x, y| x.0.cmp(&y.0));
     a.roster.sort_by(|x, y| x.jid.cmp(&y.jid));
     a.credentials.sort_by_key(|c| c.hash);
+    a.blocklist.sort();
+    a.blocklist.dedup();
     // The older form: a plaintext password, made into SCRAM records here and dropped. When a
     // document carries both, the password gives records for every hash.
     match u.attr("password") {
@@ -748,6 +869,61 @@ fn parse_account(domain: &str, u: &Element, skipped: &mut Vec<String>) -> Result
         bail!("{who} has no credentials (neither scram-credentials nor a password)");
     }
     Ok(a)
+}
+
+/// One `<result xmlns='urn:xmpp:mam:2' id='…'>` of an `<archive>`: its id, the delay's
+/// stamp, the forwarded message, and the other party (its `to` when `account` sent it, else
+/// its `from`).
+fn parse_archived(account: &str, r: &Element) -> Result<ArchivedMessage> {
+    if !r.is("result", NS_MAM) {
+        bail!(
+            "<{}> in '{}' (expected <result xmlns='{NS_MAM}'>)",
+            r.name(),
+            r.ns()
+        );
+    }
+    let id = r
+        .attr("id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| anyhow!("a result has no id"))?;
+    let forwarded = r
+        .get_child("forwarded", NS_FORWARD)
+        .ok_or_else(|| anyhow!("result {id} has no <forwarded xmlns='{NS_FORWARD}'>"))?;
+    let stamp = forwarded
+        .get_child("delay", NS_DELAY)
+        .and_then(|d| d.attr("stamp"))
+        .ok_or_else(|| anyhow!("result {id} has no delay stamp"))?;
+    let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            anyhow!("result {id}: the stamp '{stamp}' is not an XEP-0082 DateTime: {e}")
+        })?;
+    let timestamp_us = i64::try_from(at.unix_timestamp_nanos() / 1000)
+        .map_err(|_| anyhow!("result {id}: the stamp '{stamp}' is out of range"))?;
+    let message = forwarded
+        .get_child("message", NS_CLIENT)
+        .ok_or_else(|| anyhow!("result {id} forwards no <message xmlns='{NS_CLIENT}'>"))?;
+    let jid_of = |attr: &str| -> Result<Option<Jid>> {
+        message
+            .attr(attr)
+            .map(|j| {
+                Jid::new(j)
+                    .map_err(|e| anyhow!("result {id}: '{j}' ({attr}) is not a valid JID: {e}"))
+            })
+            .transpose()
+    };
+    let (from, to) = (jid_of("from")?, jid_of("to")?);
+    let sent = from
+        .as_ref()
+        .is_some_and(|f| f.to_bare().as_str() == account);
+    let other = if sent { to } else { from.or(to) }
+        .ok_or_else(|| anyhow!("result {id}: the message names no other party"))?;
+    Ok(ArchivedMessage {
+        id: id.to_owned(),
+        timestamp_us,
+        with_bare: other.to_bare().to_string(),
+        with_resource: other.resource().map(|r| r.to_string()).unwrap_or_default(),
+        message: message.clone(),
+    })
 }
 
 /// The node a `<configure>`, `<affiliations>`, `<subscriptions>` or `<items>` is about,
@@ -1142,6 +1318,12 @@ pub async fn check(
                     );
                 }
             }
+            if a.blocklist.len() > max_roster {
+                bail!(
+                    "{who}: {} blocked JIDs, above limits.max_roster_items ({max_roster}), which bounds blocklists",
+                    a.blocklist.len()
+                );
+            }
             check_pep(&pep, a).with_context(|| format!("{who}: PEP"))?;
             if storage.accounts.account_exists(&h.domain, &a.node).await? {
                 found.insert((h.domain.clone(), a.node.clone()));
@@ -1289,6 +1471,34 @@ async fn write_data(storage: &Storage, domain: &str, a: &Account) -> Result<()> 
             .offline
             .push_offline(domain, node, &m.to_xml(""), usize::MAX)
             .await?;
+    }
+    if !a.blocklist.is_empty() {
+        let mut list = Element::new("blocklist", NS_BLOCKING);
+        for jid in &a.blocklist {
+            list.push_child(Element::new("item", NS_BLOCKING).with_attr("jid", jid.as_str()));
+        }
+        storage
+            .user_data
+            .set_data(
+                domain,
+                node,
+                BLOCKLIST_STORE,
+                "",
+                Some(&list.to_xml("")),
+                usize::MAX,
+            )
+            .await?;
+    }
+    // In archive order: the store keeps the order of appends.
+    for m in &a.archive {
+        let entry = ArchiveEntry {
+            id: m.id.clone(),
+            timestamp_us: m.timestamp_us,
+            with_bare: m.with_bare.clone(),
+            with_resource: m.with_resource.clone(),
+            stanza: m.message.to_xml(""),
+        };
+        storage.archive.append_archive(domain, node, &entry).await?;
     }
     let service = PubSubService::Account { domain, user: node };
     let owner = format!("{node}@{domain}");

@@ -17,9 +17,12 @@
 //!   stored as tables (`{ name = "message"; attr = {…}; [1] = child, … }`).
 //!
 //! * `pep` (mod_pep: per node its `config`, `affiliations` and `subscribers`) and the items of
-//!   each node in the archive store `pep_<node>` (oldest first, the publisher in `with`).
+//!   each node in the archive store `pep_<node>` (oldest first, the publisher in `with`);
+//! * `archive` (mod_mam's message archive; `archive2` in older versions): per message the
+//!   stanza, its archive id in `key` and its time in `when` (seconds);
+//! * `blocklist` (mod_blocklist: the blocked JIDs as keys, metadata under `[false]`).
 //!
-//! Other stores (MAM archives, blocklists, …) and node settings Rookery has no field for are
+//! Other stores (MUC logs, privacy lists, …) and node settings Rookery has no field for are
 //! named on stderr as skipped.
 //!
 //! The data is turned into a XEP-0227 document and read by [`pie::parse_with`], so an import
@@ -43,7 +46,16 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 /// Hosts and users read from one directory.
 pub const MAX_ENTRIES: usize = 100_000;
 /// Prosody's stores this importer reads.
-const STORES: [&str; 5] = ["accounts", "roster", "vcard", "private", "offline"];
+const STORES: [&str; 8] = [
+    "accounts",
+    "roster",
+    "vcard",
+    "private",
+    "offline",
+    "archive",
+    "archive2",
+    "blocklist",
+];
 const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Reads a Prosody data directory into a validated document.
@@ -117,6 +129,18 @@ fn to_pie(dir: &Path, skipped: &mut Vec<String>) -> Result<Element> {
                     .with_context(|| ctx("the PEP nodes"))?
                 {
                     u.push_child(el);
+                }
+            }
+            if let Some((p, text)) = file("blocklist", "dat", &mut budget)? {
+                u.push_child(blocklist(&load(&text, &p)?).with_context(|| ctx("the blocklist"))?);
+            }
+            // mod_mam's store; `archive2` before Prosody 0.11 renamed it.
+            for store in ["archive", "archive2"] {
+                if let Some((p, text)) = file(store, "list", &mut budget)? {
+                    let items =
+                        lua::parse_items(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+                    u.push_child(archive(&items).with_context(|| ctx("the message archive"))?);
+                    break;
                 }
             }
             host.push_child(u);
@@ -447,6 +471,76 @@ fn offline(v: &Value, domain: &str) -> Result<Element> {
         }
     }
     Ok(m)
+}
+
+/// mod_blocklist's record: `{ [false] = { created = … }; ["jid"] = when; … }` (0.12 keeps
+/// the time of the block, older versions `true`), as XEP-0227 carries it
+/// (`<blocklist xmlns='urn:xmpp:blocking'>`).
+fn blocklist(v: &Value) -> Result<Element> {
+    let mut list = Element::new("blocklist", rookery_modules::blocking::NS);
+    for (k, value) in &table(v, "the blocklist")?.entries {
+        match (k, value) {
+            // The metadata entry.
+            (Key::Bool(false), _) => {}
+            (Key::Str(_), Value::Bool(false)) => {}
+            (Key::Str(jid), Value::Bool(true) | Value::Int(_) | Value::Float(_)) => {
+                let jid = std::str::from_utf8(jid)
+                    .map_err(|_| anyhow!("a blocked JID is not UTF-8 text"))?;
+                list.push_child(
+                    Element::new("item", rookery_modules::blocking::NS).with_attr("jid", jid),
+                );
+            }
+            (_, other) => bail!("an entry is {}, not a blocked JID", other.kind()),
+        }
+    }
+    Ok(list)
+}
+
+/// mod_mam's archive as XEP-0227 carries it (see [`pie`]): each item is the stanza as stored
+/// (with the `stamp` attribute storage adds, which is not the message's), its archive id in
+/// `key` and its time in `when` (seconds since the epoch, fractional or not). The other party
+/// is taken from the message itself on import.
+fn archive(items: &[Value]) -> Result<Element> {
+    const NS_MAM: &str = "urn:xmpp:mam:2";
+    let mut archive = Element::new("archive", "urn:xmpp:pie:0#mam");
+    for (i, v) in items.iter().enumerate() {
+        let what = || format!("archived message {}", i + 1);
+        let t = table(v, "an archived message")?;
+        let mut m = element(v, "jabber:client", 0).with_context(what)?;
+        m.remove_attr("stamp");
+        m.remove_attr("stamp_legacy");
+        if !m.is("message", "jabber:client") {
+            bail!("{}: <{}> in '{}', not a message", what(), m.name(), m.ns());
+        }
+        let id = match t.get("key") {
+            Some(k) => text(k, "an archive id")?,
+            None => bail!("{} has no key", what()),
+        };
+        let seconds = match t.get("when") {
+            Some(Value::Int(s)) => *s as f64,
+            Some(Value::Float(s)) => *s,
+            Some(other) => bail!("{}: its time is {}", what(), other.kind()),
+            None => bail!("{} has no time", what()),
+        };
+        let micros = seconds * 1e6;
+        // Within XEP-0082's years (0000-9999), and a number.
+        if !micros.is_finite() || !(-62_167_219_200e6..=253_402_300_799e6).contains(&micros) {
+            bail!("{}: its time {seconds} is out of range", what());
+        }
+        let stamp = rookery_modules::mam::query::stamp(micros.round() as i64);
+        archive.push_child(
+            Element::new("result", NS_MAM)
+                .with_attr("id", id)
+                .with_child(
+                    Element::new("forwarded", "urn:xmpp:forward:0")
+                        .with_child(
+                            Element::new("delay", "urn:xmpp:delay").with_attr("stamp", stamp),
+                        )
+                        .with_child(m),
+                ),
+        );
+    }
+    Ok(archive)
 }
 
 /// Prosody's node settings (`util.pubsub` config keys) and the XEP-0060 §16.4.4 fields they

@@ -49,6 +49,47 @@ async fn populated() -> Storage {
         .set_data(
             d,
             u,
+            BLOCKLIST_STORE,
+            "",
+            Some("<blocklist xmlns=\"urn:xmpp:blocking\"><item jid=\"spam.example\"/><item jid=\"troll@remote.example/x\"/></blocklist>"),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    for (i, (id, from, to)) in [
+        ("a1", "alice@localhost/desk", "bob@localhost"),
+        ("a2", "bob@localhost/phone", "alice@localhost/desk"),
+        ("a3", "dave@remote.example/x", "alice@localhost"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (with_bare, with_resource) = match i {
+            0 => ("bob@localhost", ""),
+            1 => ("bob@localhost", "phone"),
+            _ => ("dave@remote.example", "x"),
+        };
+        s.archive
+            .append_archive(
+                d,
+                u,
+                &ArchiveEntry {
+                    id: id.into(),
+                    timestamp_us: 1_700_000_000_000_000 + i as i64 * 1_500_000,
+                    with_bare: with_bare.into(),
+                    with_resource: with_resource.into(),
+                    stanza: format!(
+                        "<message xmlns=\"jabber:client\" from=\"{from}\" to=\"{to}\" type=\"chat\"><body>{id} &amp; more</body></message>"
+                    ),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    s.user_data
+        .set_data(
+            d,
+            u,
             VCARD_STORE,
             "",
             Some("<vCard xmlns=\"vcard-temp\"><FN>Alice</FN></vCard>"),
@@ -225,6 +266,47 @@ fn round_trip_is_lossless() {
             fresh.roster.pending_in("localhost", "alice").await.unwrap()[0].0,
             "eve@remote.example"
         );
+        // The archive: order, ids, times and the other party (from the message) as stored.
+        let page = fresh
+            .archive
+            .query_archive(
+                "localhost",
+                "alice",
+                &ArchiveQuery {
+                    filter: ArchiveFilter::default(),
+                    page: PageRequest::First,
+                    max: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let got: Vec<(&str, i64, &str, &str)> = page
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.id.as_str(),
+                    e.timestamp_us,
+                    e.with_bare.as_str(),
+                    e.with_resource.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a1", 1_700_000_000_000_000, "bob@localhost", ""),
+                ("a2", 1_700_000_001_500_000, "bob@localhost", "phone"),
+                ("a3", 1_700_000_003_000_000, "dave@remote.example", "x"),
+            ]
+        );
+        let blocked = fresh
+            .user_data
+            .get_data("localhost", "alice", BLOCKLIST_STORE, "")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(blocked.contains("spam.example") && blocked.contains("troll@remote.example/x"));
         // One domain only.
         let one = export(&fresh, Some("example.org")).await.unwrap();
         assert_eq!(one.hosts.len(), 1);
@@ -253,6 +335,9 @@ fn writes_every_part() {
             "<field var=\"pubsub#max_items\"><value>10</value></field>",
             "<affiliations node=\"urn:xmpp:mood\"><affiliation jid=\"alice@localhost\" affiliation=\"owner\"/><affiliation jid=\"bob@localhost\" affiliation=\"publisher\"/></affiliations>",
             "<subscriptions node=\"urn:xmpp:mood\"><subscription jid=\"bob@localhost\" subscription=\"subscribed\" subid=\"sub-bob@localhost\"/><subscription jid=\"dave@remote.example/x\" subscription=\"subscribed\" subid=\"sub-dave@remote.example/x\"><options><x xmlns=\"jabber:x:data\" type=\"submit\"><field var=\"FORM_TYPE\" type=\"hidden\"><value>http://jabber.org/protocol/pubsub#subscribe_options</value></field><field var=\"pubsub#deliver\"><value>0</value></field></x></options></subscription></subscriptions></pubsub>",
+            "<blocklist xmlns=\"urn:xmpp:blocking\"><item jid=\"spam.example\"/><item jid=\"troll@remote.example/x\"/></blocklist>",
+            "<archive xmlns=\"urn:xmpp:pie:0#mam\"><result xmlns=\"urn:xmpp:mam:2\" id=\"a1\"><forwarded xmlns=\"urn:xmpp:forward:0\"><delay xmlns=\"urn:xmpp:delay\" stamp=\"2023-11-14T22:13:20Z\"/><message xmlns=\"jabber:client\" from=\"alice@localhost/desk\" to=\"bob@localhost\" type=\"chat\"><body>a1 &amp; more</body></message></forwarded></result>",
+            "<result xmlns=\"urn:xmpp:mam:2\" id=\"a2\"><forwarded xmlns=\"urn:xmpp:forward:0\"><delay xmlns=\"urn:xmpp:delay\" stamp=\"2023-11-14T22:13:21.5Z\"/>",
             "<pubsub xmlns=\"http://jabber.org/protocol/pubsub\"><items node=\"urn:xmpp:mood\"><item id=\"first\" publisher=\"alice@localhost\"><mood xmlns=\"http://jabber.org/protocol/mood\"><happy/></mood></item><item id=\"second\" publisher=\"alice@localhost\"><mood xmlns=\"http://jabber.org/protocol/mood\"><sleepy/></mood></item></items></pubsub>",
         ] {
             assert!(xml.contains(part), "{part} missing from {xml}");
@@ -650,4 +735,71 @@ fn reads_the_scram_records_ejabberd_encodes_twice() {
         BASE64.encode(&c.stored_key[..10])
     ));
     assert!(refused(&bad).contains("scram-credentials"));
+}
+
+#[test]
+fn malformed_archives_and_blocklists_are_refused() {
+    let result = |id: &str, stamp: &str, message: &str| {
+        format!(
+            "<result xmlns='urn:xmpp:mam:2'{id}><forwarded xmlns='urn:xmpp:forward:0'>{stamp}{message}</forwarded></result>"
+        )
+    };
+    let stamp = "<delay xmlns='urn:xmpp:delay' stamp='2024-01-02T03:04:05Z'/>";
+    let message = "<message xmlns='jabber:client' from='bob@localhost/r' to='u@localhost'><body>x</body></message>";
+    let archive = |results: &str| {
+        with_user(&format!(
+            "<archive xmlns='urn:xmpp:pie:0#mam'>{results}</archive>"
+        ))
+    };
+    // The good form is read, the other party taken from the message.
+    let doc = parse(&archive(&result(" id='1'", stamp, message))).unwrap();
+    let m = &doc.hosts[0].accounts[0].archive[0];
+    assert_eq!(
+        (m.with_bare.as_str(), m.with_resource.as_str()),
+        ("bob@localhost", "r")
+    );
+    assert_eq!(m.timestamp_us, 1_704_164_645_000_000);
+    for (xml, why) in [
+        (archive(&result("", stamp, message)), "has no id"),
+        (
+            archive(&(result(" id='1'", stamp, message) + &result(" id='1'", stamp, message))),
+            "appears twice",
+        ),
+        (archive(&result(" id='1'", "", message)), "no delay stamp"),
+        (
+            archive(&result(
+                " id='1'",
+                "<delay xmlns='urn:xmpp:delay' stamp='yesterday'/>",
+                message,
+            )),
+            "not an XEP-0082 DateTime",
+        ),
+        (
+            archive(&result(" id='1'", stamp, "")),
+            "forwards no <message",
+        ),
+        (
+            archive(&result(
+                " id='1'",
+                stamp,
+                "<message xmlns='jabber:client' from='u@localhost'/>",
+            )),
+            "names no other party",
+        ),
+        (
+            archive("<message xmlns='jabber:client'/>"),
+            "expected <result",
+        ),
+        (
+            with_user("<blocklist xmlns='urn:xmpp:blocking'><item jid='a@@b'/></blocklist>"),
+            "not a valid JID",
+        ),
+        (
+            with_user("<blocklist xmlns='urn:xmpp:blocking'><item/></blocklist>"),
+            "not an <item jid",
+        ),
+    ] {
+        let e = refused(&xml);
+        assert!(e.contains(why), "{why}: {e}");
+    }
 }

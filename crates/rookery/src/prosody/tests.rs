@@ -178,7 +178,19 @@ fn prosody_dir() -> (tempfile::TempDir, ScramCredentials) {
         "localhost/pep_urn%3axmpp%3amood/alice.list",
         "item({\n\t[\"key\"] = \"m1\";\n\t[\"with\"] = \"alice@localhost\";\n\t[\"attr\"] = {\n\t\t[\"xmlns\"] = \"http://jabber.org/protocol/mood\";\n\t\t[\"stamp\"] = \"2026-12-06T12:00:00Z\";\n\t};\n\t[\"name\"] = \"mood\";\n\t[1] = { [\"name\"] = \"happy\"; [\"attr\"] = {}; };\n\t[\"when\"] = 1796573995;\n});\nitem({ key = \"m2\"; with = \"bob-2@localhost\"; name = \"mood\"; attr = { xmlns = \"http://jabber.org/protocol/mood\" }; { name = \"sad\"; attr = {} } });\n",
     );
-    write(d, "localhost/archive/alice.list", "");
+    // mod_mam: one message Alice sent, one she received (a fractional time).
+    write(
+        d,
+        "localhost/archive/alice.list",
+        "item({\n\t[\"key\"] = \"0190a1b2-aaaa\";\n\t[\"with\"] = \"bob-2@localhost\";\n\t[\"when\"] = 1796573995;\n\t[\"name\"] = \"message\";\n\t[\"attr\"] = {\n\t\t[\"xmlns\"] = \"jabber:client\";\n\t\t[\"from\"] = \"alice@localhost/desk\";\n\t\t[\"to\"] = \"bob-2@localhost\";\n\t\t[\"type\"] = \"chat\";\n\t\t[\"stamp\"] = \"2026-12-06T11:39:55Z\";\n\t};\n\t[1] = { [\"name\"] = \"body\"; [\"attr\"] = {}; [1] = \"hello\"; };\n});\n\
+         item({ key = \"0190a1b2-bbbb\"; with = \"bob-2@localhost\"; when = 1796573996.25; name = \"message\"; attr = { xmlns = \"jabber:client\"; from = \"bob-2@localhost/phone\"; to = \"alice@localhost/desk\"; type = \"chat\" }; { name = \"body\"; attr = {}; \"hi back\" } });\n",
+    );
+    write(
+        d,
+        "localhost/blocklist/alice.dat",
+        "return {\n\t[false] = {\n\t\t[\"created\"] = 1796573990;\n\t};\n\t[\"spam@spam.example\"] = 1796573991;\n\t[\"spam.example\"] = true;\n\t[\"forgiven@example.net\"] = false;\n};\n",
+    );
+    write(d, "localhost/muc_log/alice.list", "");
     write(d, "conference%2elocalhost/persistent.dat", "return {};\n");
     std::fs::create_dir_all(d.join("example%2enet/accounts")).unwrap();
     (dir, c)
@@ -210,7 +222,7 @@ fn imports_accounts_and_their_data() {
             doc.skipped,
             vec![
                 "the Prosody data of conference.localhost (it has no accounts)".to_owned(),
-                "the Prosody store 'archive' of localhost".to_owned(),
+                "the Prosody store 'muc_log' of localhost".to_owned(),
                 "the Prosody data of example.net (it has no accounts)".to_owned(),
                 "the setting 'itemreply' of PEP node 'urn:xmpp:mood'".to_owned(),
             ]
@@ -302,6 +314,64 @@ fn imports_accounts_and_their_data() {
             "<message xmlns=\"jabber:client\" type=\"chat\" to=\"alice@localhost\" from=\"bob-2@localhost/phone\" xml:lang=\"en\"><body>first</body><delay xmlns=\"urn:xmpp:delay\" from=\"localhost\" stamp=\"2026-12-06T12:00:00Z\">Offline Storage</delay></message>"
         );
         assert!(offline[1].1.contains("<body>second</body>"));
+
+        // The message archive: ids, times, the other party, the storage stamp left out.
+        let page = s
+            .archive
+            .query_archive(
+                "localhost",
+                "alice",
+                &rookery_storage::ArchiveQuery {
+                    filter: Default::default(),
+                    page: rookery_storage::PageRequest::First,
+                    max: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let got: Vec<(&str, i64, &str, &str)> = page
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.id.as_str(),
+                    e.timestamp_us,
+                    e.with_bare.as_str(),
+                    e.with_resource.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "0190a1b2-aaaa",
+                    1_796_573_995_000_000,
+                    "bob-2@localhost",
+                    ""
+                ),
+                (
+                    "0190a1b2-bbbb",
+                    1_796_573_996_250_000,
+                    "bob-2@localhost",
+                    "phone"
+                ),
+            ]
+        );
+        assert_eq!(
+            page.entries[0].stanza,
+            "<message xmlns=\"jabber:client\" from=\"alice@localhost/desk\" to=\"bob-2@localhost\" type=\"chat\"><body>hello</body></message>"
+        );
+        let blocked = s
+            .user_data
+            .get_data("localhost", "alice", rookery_modules::blocking::STORE, "")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            blocked,
+            "<blocklist xmlns=\"urn:xmpp:blocking\"><item jid=\"spam.example\"/><item jid=\"spam@spam.example\"/></blocklist>"
+        );
 
         // The PEP node with its settings, the affiliations (the owner's made by the store),
         // the subscriber and the items in their order, the archive's stamp left out.
