@@ -56,7 +56,10 @@
 //!   the `(domain, username, id)` index and the primary key.
 //! * **Offline message ids** come from `AUTOINCREMENT`: increasing, never reused.
 //! * **Archive queries cost a page, not an archive** (`archive.rs`): every query is a
-//!   range seek on an index whose entries are in archive order, reading `max + 1` rows.
+//!   range seek on an index whose entries are in archive order, reading `max + 1` rows,
+//!   and the RSM count and first index of a whole archive or one correspondent are
+//!   differences of ordinals kept on the rows (two seeks), since rows are only deleted
+//!   oldest first or all at once.
 //! * **PubSub pages cost a page, not a node** (`pubsub.rs`): items are read newest first
 //!   through the `(node_id, seq)` index, and node and service item counts are columns kept
 //!   in the transaction of every change.
