@@ -39,6 +39,8 @@ pub struct SqliteArchiveStore {
     pub(crate) conn: Shared,
     pub(crate) writer: ArchiveWriter,
     pub(crate) table: &'static Table,
+    /// The owner id the next purge call starts from (see `purge_archive`).
+    pub(crate) purge_from: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// One archive table, its owners and its indexes.
@@ -496,6 +498,31 @@ fn result_set(
     Ok(Some(set))
 }
 
+/// Up to `max` owners with ids in `from..until` whose oldest entry is older than
+/// `before_us`, in id order (one seek per owner examined; read outside the write lock).
+fn purge_candidates(
+    conn: &Connection,
+    table: &Table,
+    before_us: i64,
+    from: i64,
+    until: i64,
+    max: usize,
+) -> Result<Vec<i64>, StorageError> {
+    conn.prepare_cached(&format!(
+        "SELECT o.id FROM {owners} o
+         WHERE o.id >= ?2 AND o.id < ?3
+           AND (SELECT ts FROM {time} WHERE owner = o.id ORDER BY ts, n LIMIT 1) < ?1
+         ORDER BY o.id LIMIT ?4",
+        owners = table.owners,
+        time = table.by_time
+    ))
+    .and_then(|mut s| {
+        s.query_map(params![before_us, from, until, to_i64(max)], |r| r.get(0))?
+            .collect::<Result<_, _>>()
+    })
+    .map_err(read_err)
+}
+
 const PAGE_COLUMNS: &str = "seq, ts, n, wn, stanza_id, with_bare, with_resource, stanza";
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, ArchiveEntry)> {
@@ -717,30 +744,32 @@ impl ArchiveStore for SqliteArchiveStore {
     }
 
     async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError> {
+        use std::sync::atomic::Ordering;
         let table = self.table;
+        let purge_from = self.purge_from.clone();
         run(&self.conn, move |conn| {
+            // Owner by owner, through (owner, ts, n): there is no index on the time alone
+            // (it would be one more index written by every append). Each owner loses its
+            // oldest entries, which keeps the ordinals' differences exact. The caller calls
+            // again while a call purges `limit` entries; a call resumes at the owner where
+            // the previous one stopped, so one run examines each owner once, not once per
+            // call, and wraps around once so owners passed by an interrupted run are not
+            // left out.
+            let from = purge_from.load(Ordering::Relaxed);
+            let mut candidates = purge_candidates(conn, table, before_us, from, i64::MAX, limit)?;
+            if candidates.len() < limit && from > 0 {
+                let more = limit - candidates.len();
+                candidates.extend(purge_candidates(conn, table, before_us, 0, from, more)?);
+            }
             // One bounded transaction per call: the write lock is held for `limit` rows at
             // most, so messages keep being archived while a large backlog is purged.
             let tx = write_tx(conn)?;
-            // Owner by owner, through (owner, ts, n): there is no index on the time alone
-            // (it would be one more index written by every append). Each owner loses its
-            // oldest entries, which keeps the ordinals' differences exact.
-            let owners: Vec<i64> = tx
-                .prepare_cached(&format!(
-                    "SELECT o.id FROM {owners} o
-                     WHERE (SELECT ts FROM {time} WHERE owner = o.id
-                            ORDER BY ts, n LIMIT 1) < ?1",
-                    owners = table.owners,
-                    time = table.by_time
-                ))
-                .and_then(|mut s| {
-                    s.query_map(params![before_us], |r| r.get(0))?
-                        .collect::<Result<_, _>>()
-                })
-                .map_err(read_err)?;
             let mut purged = 0;
-            for owner in owners {
+            let mut next_from = 0;
+            for owner in candidates {
                 if purged >= limit {
+                    // This owner may have more: the next call starts with it.
+                    next_from = owner;
                     break;
                 }
                 purged += tx
@@ -753,8 +782,14 @@ impl ArchiveStore for SqliteArchiveStore {
                     ))
                     .and_then(|mut s| s.execute(params![owner, before_us, to_i64(limit - purged)]))
                     .map_err(backend)?;
+                next_from = owner;
             }
             tx.commit().map_err(backend)?;
+            // A call that purged less than `limit` ends the run: the next starts over.
+            purge_from.store(
+                if purged >= limit { next_from } else { 0 },
+                Ordering::Relaxed,
+            );
             Ok(purged)
         })
         .await
@@ -844,6 +879,67 @@ mod tests {
 
     fn record(sql: &str) {
         TRACED.lock().push(sql.trim_start().to_owned());
+    }
+
+    /// The purge resumes where its previous call stopped and wraps around: a run of calls
+    /// (until one purges less than its limit) purges every owner's old entries, even after
+    /// a run that was cut short, and leaves newer entries and their counts exact.
+    #[tokio::test]
+    async fn purge_runs_cover_every_owner_once_and_wrap_around() {
+        let b = SqliteBackend::open_in_memory().expect("open");
+        let rooms = b.room_archive_store();
+        let entry = |id: String, ts: i64| ArchiveEntry {
+            id,
+            timestamp_us: ts,
+            with_bare: "room@conference.example.org".into(),
+            with_resource: "nick".into(),
+            stanza: "<message/>".into(),
+        };
+        for room in 0..40 {
+            for n in 0..4 {
+                // Three old entries, then one at time 1000.
+                let ts = if n < 3 { 10 + n } else { 1000 };
+                rooms
+                    .append_archive(
+                        "conference.example.org",
+                        &format!("r{room}"),
+                        &entry(format!("e{n}"), ts),
+                    )
+                    .await
+                    .expect("append");
+            }
+        }
+        // A run cut short after its first call: 7 entries gone, the cursor mid-way.
+        assert_eq!(rooms.purge_archive(12, 7).await.expect("purge"), 7);
+        // The next run (a later cutoff) goes on from there and wraps around.
+        let mut calls = Vec::new();
+        loop {
+            let n = rooms.purge_archive(500, 7).await.expect("purge");
+            calls.push(n);
+            if n < 7 {
+                break;
+            }
+            assert!(calls.len() < 100, "{calls:?}");
+        }
+        assert_eq!(calls.iter().sum::<usize>(), 40 * 3 - 7, "{calls:?}");
+        for room in 0..40 {
+            let p = rooms
+                .query_archive(
+                    "conference.example.org",
+                    &format!("r{room}"),
+                    &ArchiveQuery {
+                        filter: ArchiveFilter::default(),
+                        page: PageRequest::Last,
+                        max: 10,
+                    },
+                )
+                .await
+                .expect("query");
+            assert_eq!(p.entries.len(), 1, "r{room}");
+            assert_eq!((p.count, p.first_index), (1, Some(0)), "r{room}");
+            assert_eq!(p.entries[0].id, "e3");
+        }
+        assert_eq!(rooms.purge_archive(500, 7).await.expect("purge"), 0);
     }
 
     /// Every statement a query runs seeks an index: no full scan of the table, no sort of

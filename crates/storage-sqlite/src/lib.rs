@@ -306,6 +306,7 @@ impl SqliteBackend {
             conn: self.conn.clone(),
             writer: self.archive_writer.clone(),
             table: &archive::ROOMS,
+            purge_from: Default::default(),
         }
     }
 
@@ -322,6 +323,7 @@ impl SqliteBackend {
             conn: self.conn.clone(),
             writer: self.archive_writer.clone(),
             table: &archive::ACCOUNTS,
+            purge_from: Default::default(),
         }
     }
 
