@@ -13,7 +13,8 @@
 //! entries (the purge) or all of them, so the entries between two rows of an unfiltered
 //! set number the difference of their ordinals `n`, and those of a set filtered by a bare
 //! JID the difference of their ordinals `wn` (numbered per owner and bare JID). The size
-//! of the set is `last - first + 1` and a page's first index `page_first - first`, exact.
+//! of the set is `last - first + 1` and a page's first index `page_first - first`, exact
+//! at any size (so the approximate count XEP-0059 §2.2 allows for large sets is not used).
 //! The two shapes without an ordinal, a full JID and a list of ids, are counted with
 //! `COUNT(*)`: an ids list is short (the caller caps it), and a full JID's set is the part
 //! of one conversation from one resource. All statements of a query run in one read
