@@ -358,7 +358,7 @@ def test_archive_is_deleted_with_the_account(make_server, raw_factory):
 
     def rows(user) -> int:
         with sqlite3.connect(db) as c:
-            return c.execute("SELECT COUNT(*) FROM archive WHERE username = ?", (user.localpart,)).fetchone()[0]
+            return c.execute("SELECT COUNT(*) FROM archive JOIN archive_owners ON archive_owners.id = archive.owner WHERE username = ?", (user.localpart,)).fetchone()[0]
 
     assert rows(bob) == 3 and rows(alice) == 3
     res = srv.user("delete", bob.jid)
@@ -408,7 +408,7 @@ def test_every_received_message_is_in_both_archives_after_sigkill(make_server, r
 
     with sqlite3.connect(srv.data_dir / "rookery.db") as c:
         def archived(user) -> set[str]:
-            rows = c.execute("SELECT stanza FROM archive WHERE username = ?", (user.localpart,)).fetchall()
+            rows = c.execute("SELECT stanza FROM archive JOIN archive_owners ON archive_owners.id = archive.owner WHERE username = ?", (user.localpart,)).fetchall()
             return {ET.fromstring(r[0]).findtext(qn(CLIENT_NS, "body")) for r in rows}
 
         in_bob, in_alice = archived(bob), archived(alice)
@@ -419,6 +419,6 @@ def test_every_received_message_is_in_both_archives_after_sigkill(make_server, r
     )
     # The archive keeps the order in which the messages were sent.
     with sqlite3.connect(srv.data_dir / "rookery.db") as c:
-        rows = c.execute("SELECT stanza FROM archive WHERE username = ? ORDER BY seq", (bob.localpart,)).fetchall()
+        rows = c.execute("SELECT stanza FROM archive JOIN archive_owners ON archive_owners.id = archive.owner WHERE username = ? ORDER BY seq", (bob.localpart,)).fetchall()
     order = [ET.fromstring(r[0]).findtext(qn(CLIENT_NS, "body")) for r in rows]
     assert order == sorted(order, key=lambda x: int(x[1:]))

@@ -56,7 +56,10 @@
 //!   the `(domain, username, id)` index and the primary key.
 //! * **Offline message ids** come from `AUTOINCREMENT`: increasing, never reused.
 //! * **Archive queries cost a page, not an archive** (`archive.rs`): every query is a
-//!   range seek on an index whose entries are in archive order, reading `max + 1` rows.
+//!   range seek on an index whose entries are in archive order, reading `max + 1` rows,
+//!   and the RSM count and first index of a whole archive or one correspondent are
+//!   differences of ordinals kept on the rows (two seeks), since rows are only deleted
+//!   oldest first or all at once.
 //! * **PubSub pages cost a page, not a node** (`pubsub.rs`): items are read newest first
 //!   through the `(node_id, seq)` index, and node and service item counts are columns kept
 //!   in the transaction of every change.
@@ -93,6 +96,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_pubsub.sql"),
     include_str!("../migrations/0007_uploads.sql"),
     include_str!("../migrations/0008_host_data.sql"),
+    include_str!("../migrations/0009_lean_archive.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -302,6 +306,7 @@ impl SqliteBackend {
             conn: self.conn.clone(),
             writer: self.archive_writer.clone(),
             table: &archive::ROOMS,
+            purge_from: Default::default(),
         }
     }
 
@@ -318,6 +323,7 @@ impl SqliteBackend {
             conn: self.conn.clone(),
             writer: self.archive_writer.clone(),
             table: &archive::ACCOUNTS,
+            purge_from: Default::default(),
         }
     }
 
@@ -463,6 +469,11 @@ fn current_version(conn: &Connection) -> Result<i64, StorageError> {
 /// Safe to run concurrently from several processes (`BEGIN IMMEDIATE` serialises them
 /// and the version is re-read inside the transaction).
 fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// [`migrate`], stopping at schema `target` (tests build databases of older versions).
+fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StorageError> {
     loop {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -483,6 +494,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
         }
         let Some(sql) = usize::try_from(current)
             .ok()
+            .filter(|_| current < target)
             .and_then(|i| MIGRATIONS.get(i))
         else {
             tx.commit().map_err(backend)?;
@@ -772,6 +784,227 @@ mod tests {
             .expect("count");
         assert_eq!(n, SCHEMA_VERSION);
         assert_eq!(current_version(&conn).expect("version"), SCHEMA_VERSION);
+    }
+
+    /// A database at schema 8 (archives keyed by domain and username text, five indexes)
+    /// with rows in both archive tables migrates to the integer-owner schema with every
+    /// entry, id, timestamp and order intact, exact counts, and seq never reused.
+    #[tokio::test]
+    async fn archives_migrate_from_schema_8_intact() {
+        use rookery_storage::{ArchiveEntry, ArchiveFilter, ArchiveQuery, PageRequest};
+        use rookery_storage::{StorageError, WithFilter};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rookery.db");
+        let entry = |n: i64, with: &str, res: &str, ts: i64| ArchiveEntry {
+            id: format!("id-{}", (n * 7919) % 10007),
+            timestamp_us: ts,
+            with_bare: with.to_owned(),
+            with_resource: res.to_owned(),
+            stanza: format!("<message id='m{n}'><body>{n}</body></message>"),
+        };
+        let mut alice = Vec::new();
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            configure(&mut conn, true).expect("configure");
+            migrate_to(&mut conn, 8).expect("to 8");
+            assert_eq!(current_version(&conn).expect("v"), 8);
+            for user in ["alice", "bob"] {
+                conn.execute("INSERT INTO accounts VALUES ('example.org', ?1, 0)", [user])
+                    .expect("account");
+            }
+            let insert = |table: &str, domain: &str, user: &str, e: &ArchiveEntry| {
+                conn.execute(
+                    &format!(
+                        "INSERT INTO {table} (domain, username, stanza_id, ts, with_bare,
+                             with_resource, stanza) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    ),
+                    params![
+                        domain,
+                        user,
+                        e.id,
+                        e.timestamp_us,
+                        e.with_bare,
+                        e.with_resource,
+                        e.stanza
+                    ],
+                )
+                .expect("insert");
+            };
+            for n in 0..40 {
+                let with = if n % 3 == 0 {
+                    "bob@example.org"
+                } else {
+                    "carol@example.net"
+                };
+                // Some entries share a timestamp (a clock that went back was raised).
+                let e = entry(
+                    n,
+                    with,
+                    if n % 2 == 0 { "r1" } else { "" },
+                    1000 + 10 * (n / 2),
+                );
+                insert("archive", "example.org", "alice", &e);
+                alice.push(e);
+                insert(
+                    "archive",
+                    "example.org",
+                    "bob",
+                    &entry(100 + n, "alice@example.org", "", 5 + n),
+                );
+                insert(
+                    "muc_archive",
+                    "conference.example.org",
+                    "lobby",
+                    &entry(200 + n, "lobby@conference.example.org", "nick", 7 + n),
+                );
+            }
+            // A purged oldest entry, and bob's newest deleted (the highest seq is gone).
+            conn.execute("DELETE FROM archive WHERE stanza_id = ?1", [&alice[0].id])
+                .expect("purge");
+            alice.remove(0);
+            conn.execute(
+                "DELETE FROM archive WHERE seq = (SELECT MAX(seq) FROM archive)",
+                [],
+            )
+            .expect("delete");
+        }
+        let max_seq_before: i64 = Connection::open(&path)
+            .expect("open")
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'archive'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("seq");
+
+        let b = SqliteBackend::open(&path).expect("open migrates");
+        assert_eq!(b.schema_version().expect("v"), SCHEMA_VERSION);
+        let s = b.storage();
+        let q = |filter: ArchiveFilter, page: PageRequest, max: usize| ArchiveQuery {
+            filter,
+            page,
+            max,
+        };
+        let p = s
+            .archive
+            .query_archive(
+                "example.org",
+                "alice",
+                &q(ArchiveFilter::default(), PageRequest::First, 100),
+            )
+            .await
+            .expect("query");
+        assert_eq!(p.entries, alice);
+        assert_eq!((p.count, p.first_index, p.complete), (39, Some(0), true));
+        // Counts and indexes come from the ordinals the migration numbered.
+        let p = s
+            .archive
+            .query_archive(
+                "example.org",
+                "alice",
+                &q(
+                    ArchiveFilter::default(),
+                    PageRequest::After(alice[9].id.clone()),
+                    5,
+                ),
+            )
+            .await
+            .expect("after");
+        assert_eq!(p.entries, alice[10..15]);
+        assert_eq!((p.count, p.first_index), (39, Some(10)));
+        let bob_filter = ArchiveFilter {
+            with: Some(WithFilter {
+                bare: "bob@example.org".into(),
+                resource: None,
+            }),
+            ..ArchiveFilter::default()
+        };
+        let bobs: Vec<_> = alice
+            .iter()
+            .filter(|e| e.with_bare == "bob@example.org")
+            .cloned()
+            .collect();
+        let p = s
+            .archive
+            .query_archive(
+                "example.org",
+                "alice",
+                &q(bob_filter.clone(), PageRequest::Last, 3),
+            )
+            .await
+            .expect("with");
+        assert_eq!(p.entries, bobs[bobs.len() - 3..]);
+        assert_eq!((p.count, p.first_index), (bobs.len(), Some(bobs.len() - 3)));
+        let p = s
+            .room_archive
+            .query_archive(
+                "conference.example.org",
+                "lobby",
+                &q(ArchiveFilter::default(), PageRequest::Last, 100),
+            )
+            .await
+            .expect("room");
+        assert_eq!(p.count, 40);
+        assert_eq!(p.entries[0].id, entry(200, "", "", 0).id);
+        let p = s
+            .archive
+            .query_archive(
+                "example.org",
+                "bob",
+                &q(ArchiveFilter::default(), PageRequest::First, 100),
+            )
+            .await
+            .expect("bob");
+        assert_eq!(p.count, 39);
+        // The id index still refuses duplicates; appends continue the order and the counts.
+        assert!(matches!(
+            s.archive
+                .append_archive("example.org", "alice", &alice[3])
+                .await,
+            Err(StorageError::AlreadyExists)
+        ));
+        let late = entry(500, "bob@example.org", "", 1);
+        let ts = s
+            .archive
+            .append_archive("example.org", "alice", &late)
+            .await
+            .expect("append");
+        assert_eq!(ts, alice[38].timestamp_us);
+        let p = s
+            .archive
+            .query_archive("example.org", "alice", &q(bob_filter, PageRequest::Last, 1))
+            .await
+            .expect("with");
+        assert_eq!(p.entries[0].id, late.id);
+        assert_eq!((p.count, p.first_index), (bobs.len() + 1, Some(bobs.len())));
+        let seq: i64 = b
+            .conn
+            .lock()
+            .query_row(
+                "SELECT seq FROM archive WHERE stanza_id = ?1",
+                [&late.id],
+                |r| r.get(0),
+            )
+            .expect("seq");
+        assert!(seq > max_seq_before, "{seq} <= {max_seq_before}");
+        // Account deletion still cascades to the archive.
+        assert!(s
+            .accounts
+            .delete_account("example.org", "alice")
+            .await
+            .expect("delete"));
+        let left: i64 = b
+            .conn
+            .lock()
+            .query_row(
+                "SELECT COUNT(*) FROM archive a JOIN archive_owners o ON o.id = a.owner
+                 WHERE o.username = 'alice'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(left, 0);
+        assert!(b.integrity_check().expect("check"));
     }
 
     /// Statements traced on the connection under test (only that test installs a tracer).

@@ -27,7 +27,9 @@ fn rows_per_table(c: &rusqlite::Connection) -> Vec<(&'static str, i64)> {
         "offline_messages",
         "user_data",
         "archive",
+        "archive_owners",
         "muc_archive",
+        "muc_archive_owners",
         "pubsub_services",
         "pubsub_nodes",
         "pubsub_items",
@@ -146,7 +148,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
 
     let b = SqliteBackend::open(&path).expect("open migrates");
     assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 8);
+    assert_eq!(SCHEMA_VERSION, 9);
     let s = b.storage();
     assert_eq!(
         s.accounts.list_accounts(None).await.expect("list"),

@@ -2253,6 +2253,8 @@ async fn archive_replace_and_delete(s: &Storage) {
     let mut want = before.entries.clone();
     want[1].stanza = "<message><retracted/></message>".into();
     assert_eq!(after.entries, want);
+    // A replaced entry still counts once.
+    assert_eq!((after.count, after.first_index), (before.count, Some(0)));
     let bob_before = page(
         s,
         D,
@@ -2284,6 +2286,48 @@ async fn archive_replace_and_delete(s: &Storage) {
     assert_eq!(
         s.archive.delete_archive(D, "alice").await.expect("again"),
         0
+    );
+    // An archive started again after its deletion counts from its new first entry.
+    for n in 0..3 {
+        let with = if n == 1 {
+            "carol@example.net"
+        } else {
+            "bob@example.org"
+        };
+        s.archive
+            .append_archive(D, "alice", &archived(100 + n, with, "", 5_000_000))
+            .await
+            .expect("append");
+    }
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::Last,
+        2,
+    )
+    .await;
+    assert_eq!((p.count, p.first_index), (3, Some(1)));
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter {
+            with: Some(WithFilter {
+                bare: "bob@example.org".into(),
+                resource: None,
+            }),
+            ..ArchiveFilter::default()
+        },
+        PageRequest::Last,
+        1,
+    )
+    .await;
+    assert_eq!((p.count, p.first_index), (2, Some(1)));
+    assert_eq!(
+        s.archive.delete_archive(D, "alice").await.expect("third"),
+        3
     );
 }
 
@@ -2714,6 +2758,74 @@ async fn archive_purge(s: &Storage) {
     )
     .await;
     assert_eq!(after.entries, before.entries[7..]);
+    // Counts and first indexes after a purge are those of what is left.
+    let left = &before.entries[7..];
+    assert_eq!((after.count, after.first_index), (left.len(), Some(0)));
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::After(left[2].id.clone()),
+        4,
+    )
+    .await;
+    assert_eq!(p.entries, left[3..7]);
+    assert_eq!((p.count, p.first_index), (left.len(), Some(3)));
+    let p = page(
+        s,
+        D,
+        "alice",
+        ArchiveFilter::default(),
+        PageRequest::Last,
+        4,
+    )
+    .await;
+    assert_eq!((p.count, p.first_index), (left.len(), Some(left.len() - 4)));
+    let bob_left: Vec<String> = left
+        .iter()
+        .filter(|e| e.with_bare == "bob@example.org")
+        .map(|e| e.id.clone())
+        .collect();
+    let bob = ArchiveFilter {
+        with: Some(WithFilter {
+            bare: "bob@example.org".into(),
+            resource: None,
+        }),
+        ..ArchiveFilter::default()
+    };
+    let p = page(s, D, "alice", bob.clone(), PageRequest::Last, 2).await;
+    assert_eq!(ids_of(&p), bob_left[bob_left.len() - 2..]);
+    assert_eq!(
+        (p.count, p.first_index),
+        (bob_left.len(), Some(bob_left.len() - 2))
+    );
+    let p = page(
+        s,
+        D,
+        "alice",
+        bob,
+        PageRequest::After(bob_left[0].clone()),
+        1,
+    )
+    .await;
+    assert_eq!((p.count, p.first_index), (bob_left.len(), Some(1)));
+    let window = ArchiveFilter {
+        start_us: Some(left[5].timestamp_us),
+        end_us: Some(left[10].timestamp_us),
+        ..ArchiveFilter::default()
+    };
+    let p = page(
+        s,
+        D,
+        "alice",
+        window,
+        PageRequest::After(left[6].id.clone()),
+        2,
+    )
+    .await;
+    assert_eq!(p.entries, left[7..9]);
+    assert_eq!((p.count, p.first_index, p.complete), (6, Some(2), false));
     assert_eq!(
         page(
             s,
