@@ -432,3 +432,38 @@ def test_reload_applies_a_module_limit_to_the_running_server(make_server, raw_fa
     assert add(6).get("type") == "error"
     ping = stream.iq(f"<ping xmlns='{PING_NS}'/>", to=srv.domain)
     assert ping.get("type") == "result"
+
+
+def test_reload_applies_the_offered_sasl_mechanisms_to_new_streams(make_server, raw_factory):
+    """`[sasl] mechanisms` is a live section: after a reload, new streams are offered the new
+    list (no restart), and accounts log in with what is offered."""
+    srv = make_server()
+    deadline = time.monotonic() + 10
+    while srv.cli("stats").returncode != 0:
+        assert time.monotonic() < deadline, "no admin socket"
+        time.sleep(0.1)
+    user = srv.add_user("mech")
+
+    def offered() -> list[str]:
+        stream = raw_factory(srv)
+        stream.open_stream()
+        stream.starttls()
+        mechanisms = stream.mechanisms()
+        stream.close()
+        return mechanisms
+
+    assert "PLAIN" in offered() and "SCRAM-SHA-256" in offered()
+    text = srv.config_path.read_text()
+    srv.config_path.write_text(text + '\n[sasl]\nmechanisms = ["SCRAM-SHA-256"]\n')
+    res = srv.cli("reload")
+    assert res.returncode == 0, res.stderr
+    assert "module settings applied: [sasl]" in res.stdout, res.stdout
+    assert "restart" not in res.stdout, res.stdout
+    assert offered() == ["SCRAM-SHA-256"]
+    stream = raw_factory(srv)
+    login_scram(stream, user, "after")
+    ping_ok(stream)
+    srv.config_path.write_text(text)
+    res = srv.cli("reload")
+    assert "module settings applied: [sasl]" in res.stdout, res.stdout
+    assert "PLAIN" in offered()

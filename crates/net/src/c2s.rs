@@ -14,6 +14,7 @@ use crate::csi::ClientState;
 use crate::limits::{AuthThrottle, TokenBucket};
 use crate::sm::{self, Detached, ResumeError, Resumptions, StreamState, TakeoverReceiver};
 use crate::transport::{Received, StanzaTransport};
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rookery_core::counters::{self, Counter};
@@ -52,10 +53,12 @@ pub struct StreamContext {
     /// Sessions that can be resumed (XEP-0198), shared by every transport.
     pub resumptions: Arc<Resumptions>,
     /// `[stream_management]` and `[fast]`, read once here rather than on every batch.
-    pub sm_config: Arc<sm::StreamManagementConfig>,
-    pub fast_config: Arc<crate::fast::FastConfig>,
-    /// `[sasl]`: the mechanisms offered.
-    pub sasl_config: Arc<crate::sasl_config::SaslConfig>,
+    /// `[stream_management]`, `[fast]` and `[sasl]` (the mechanisms offered): live sections,
+    /// replaced by [`StreamContext::refresh`] when a reload changes them, and read with one
+    /// atomic load where streams need them.
+    pub sm_config: ArcSwap<sm::StreamManagementConfig>,
+    pub fast_config: ArcSwap<crate::fast::FastConfig>,
+    pub sasl_config: ArcSwap<crate::sasl_config::SaslConfig>,
     /// The BOSH sessions (XEP-0124), shared by every HTTP listener.
     pub bosh: Arc<crate::http::bosh::Registry>,
 }
@@ -63,9 +66,9 @@ pub struct StreamContext {
 impl StreamContext {
     pub fn new(server: Arc<Server>) -> Self {
         let sections = &server.config().sections;
-        let sm_config = sections.get();
-        let fast_config = sections.get();
-        let sasl_config = sections.get();
+        let sm_config = ArcSwap::new(sections.get());
+        let fast_config = ArcSwap::new(sections.get());
+        let sasl_config = ArcSwap::new(sections.get());
         let bosh = crate::http::bosh::Registry::new(
             (*sections.get::<crate::http::bosh::BoshConfig>()).clone(),
             sections
@@ -81,6 +84,15 @@ impl StreamContext {
             sasl_config,
             bosh: Arc::new(bosh),
         }
+    }
+
+    /// Takes the live stream sections' values from the configuration in force (after a
+    /// reload): new values apply from the streams' next use of them.
+    pub fn refresh(&self) {
+        let config = self.server.config();
+        self.sm_config.store(config.sections.get());
+        self.fast_config.store(config.sections.get());
+        self.sasl_config.store(config.sections.get());
     }
 }
 
@@ -598,7 +610,7 @@ impl ClientStream {
                     }
                 }
                 b.request_ack_if_due(&mut self.out);
-                let max = self.ctx.sm_config.max_unacked_stanzas;
+                let max = self.ctx.sm_config.load().max_unacked_stanzas;
                 if b.sm.as_ref().is_some_and(|s| s.unacked_len() > max) {
                     return Err(Close::err_text(
                         StreamErrorCondition::PolicyViolation,
@@ -930,7 +942,7 @@ impl ClientStream {
     fn offered_mechanisms(&self) -> Vec<Mechanism> {
         let tls = self.confidential;
         let has_cb = !self.channel_bindings.supported().is_empty();
-        let allowed = &self.ctx.sasl_config;
+        let allowed = self.ctx.sasl_config.load();
         Mechanism::ALL
             .into_iter()
             .filter(|m| allowed.allows(*m))
@@ -1596,12 +1608,12 @@ impl ClientStream {
 
     /// `[stream_management]` as configured.
     fn sm_config(&self) -> Arc<sm::StreamManagementConfig> {
-        self.ctx.sm_config.clone()
+        self.ctx.sm_config.load_full()
     }
 
     /// `[fast]` as configured.
     fn fast_config(&self) -> Arc<crate::fast::FastConfig> {
-        self.ctx.fast_config.clone()
+        self.ctx.fast_config.load_full()
     }
 
     /// Whether an IQ before authentication is answered (by a module of this host, or with

@@ -41,6 +41,8 @@ impl Default for FastConfig {
 impl Section for FastConfig {
     const KEY: &'static str = "fast";
     const PLACE: Place = Place::Server;
+    // Read by the streams through `c2s::StreamContext`, refreshed on reload.
+    const LIVE: bool = true;
     const EXAMPLE: &'static str = r#"# FAST (XEP-0484): SASL2 clients may ask for a token to log in again in one round trip.
 [fast]
 enabled = true

@@ -296,12 +296,14 @@ struct Listener {
 pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundListener>) {
     let limits = &server.config().limits;
     let conn_limits = ConnectionLimits::new(limits.max_connections, limits.max_connections_per_ip);
-    // A reload may change `[limits] max_connections`/`max_connections_per_ip`.
-    server.tasks().spawn(follow_connection_limits(
+    let streams = Arc::new(StreamContext::new(server.clone()));
+    // A reload may change `[limits] max_connections`/`max_connections_per_ip` and the live
+    // stream sections.
+    server.tasks().spawn(follow_config(
         server.clone(),
         conn_limits.clone(),
+        streams.clone(),
     ));
-    let streams = Arc::new(StreamContext::new(server.clone()));
     let components = component::Components::new(server.clone());
     // Where modules' URLs point (upload slots): `[http] public_url`, else an HTTPS
     // listener's port (an HTTP one if there is none) on each host's domain.
@@ -386,9 +388,13 @@ pub fn serve(server: Arc<Server>, tls: tls::TlsContext, listeners: Vec<BoundList
     }
 }
 
-/// Gives the client listeners' connection counter the maxima of each configuration a reload
-/// puts in force, until the server shuts down.
-async fn follow_connection_limits(server: Arc<Server>, limits: Arc<ConnectionLimits>) {
+/// Gives the client listeners' connection counter the maxima, and the streams the live
+/// sections, of each configuration a reload puts in force, until the server shuts down.
+async fn follow_config(
+    server: Arc<Server>,
+    limits: Arc<ConnectionLimits>,
+    streams: Arc<StreamContext>,
+) {
     let mut updates = server.config_updates();
     let shutdown = server.shutdown_token().clone();
     loop {
@@ -401,6 +407,7 @@ async fn follow_connection_limits(server: Arc<Server>, limits: Arc<ConnectionLim
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         );
+        streams.refresh();
     }
 }
 

@@ -37,6 +37,8 @@ impl SaslConfig {
 impl Section for SaslConfig {
     const KEY: &'static str = "sasl";
     const PLACE: Place = Place::Server;
+    // Read by the streams through `c2s::StreamContext`, refreshed on reload.
+    const LIVE: bool = true;
     const EXAMPLE: &'static str = r#"# SASL mechanisms offered to clients, strongest first. Accounts imported with SCRAM-SHA-1
 # records only (from ejabberd or Prosody) log in with SCRAM-SHA-1 or PLAIN until they log in
 # once with PLAIN (which makes the other records) or set a password: list only those meanwhile.

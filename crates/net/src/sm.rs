@@ -56,6 +56,8 @@ impl Default for StreamManagementConfig {
 impl Section for StreamManagementConfig {
     const KEY: &'static str = "stream_management";
     const PLACE: Place = Place::Server;
+    // Read by the streams through `c2s::StreamContext`, refreshed on reload.
+    const LIVE: bool = true;
     const EXAMPLE: &'static str = r#"# Stream management (XEP-0198): acknowledgements, and resumption of a session whose
 # connection dropped (phones changing networks).
 [stream_management]

@@ -145,9 +145,11 @@ impl Reloader {
         if differs(&running.messages, &next.messages) {
             report.push(info("reload: [messages] applied"));
         }
+        // The live sections first: their cells are shared with `next`, so the watchers told
+        // by `apply_config` (the transports) read the new values.
+        report.extend(self.reload_live_sections(&new));
         self.server.apply_config(next);
         report.extend(self.reload_hosts(&new, certificates_ok.then_some(&added)));
-        report.extend(self.reload_live_sections(&new));
         let restart = needs_restart(&running, &new);
         if !restart.is_empty() {
             let line = format!(
@@ -394,10 +396,12 @@ mod tests {
         // A kept host's modules changed: a restart.
         let modules = config(&format!("{base}modules = ['ping']\n"));
         assert_eq!(needs_restart(&running, &modules), ["hosts"]);
-        // A section read at start (SASL's) is compared too, by its key; a live one (the
-        // archive's, the modules' keys in `[limits]`) is applied.
+        // A section read at start (federation's) is compared too, by its key; a live one
+        // (SASL's, the archive's, the modules' keys in `[limits]`) is applied.
+        let s2s = config(&format!("[s2s]\nenabled = false\n{base}"));
+        assert_eq!(needs_restart(&running, &s2s), ["s2s"]);
         let sasl = config(&format!("[sasl]\nmechanisms = ['PLAIN']\n{base}"));
-        assert_eq!(needs_restart(&running, &sasl), ["sasl"]);
+        assert!(needs_restart(&running, &sasl).is_empty());
         let archive = config(&format!("[archive]\nretention_days = 30\n{base}"));
         assert!(needs_restart(&running, &archive).is_empty());
         let offline = config(&format!(
