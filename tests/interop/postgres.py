@@ -80,7 +80,8 @@ class PostgresServer:
             self._make_tls()
 
     def _make_tls(self) -> None:
-        """A CA, a server certificate it signs (openssl CLI), and a TLS-only pg_hba.conf."""
+        """A CA, a server certificate it signs, and a TLS-only pg_hba.conf. The openssl CLI
+        comes with Debian's postgresql package (through ssl-cert), which these tests need."""
         pki = self.dir / "pki"
         pki.mkdir()
 
