@@ -11,16 +11,18 @@ import statistics
 import sys
 from pathlib import Path
 
-SERVERS = ["rookery", "rookery-base", "ejabberd", "prosody", "rookery-mam", "ejabberd-mam", "prosody-mam"]
+SERVERS = ["rookery", "rookery-base", "ejabberd", "prosody", "rookery-mam", "ejabberd-mam", "prosody-mam",
+           "rookery-pg"]
 NAMES = {"rookery": "Rookery", "rookery-base": "Rookery (baseline)", "ejabberd": "ejabberd", "prosody": "Prosody",
          "rookery-mam": "Rookery as shipped", "ejabberd-mam": "ejabberd + mod_mam",
-         "prosody-mam": "Prosody + mam"}
+         "prosody-mam": "Prosody + mam", "rookery-pg": "Rookery on PostgreSQL"}
 
 
 def reference(server):
-    """The Rookery column a server's ratio is taken against: archive-on servers are compared
-    with Rookery as shipped (archive on), the others with Rookery's benchmark module set."""
-    return "rookery-mam" if server.endswith("-mam") else "rookery"
+    """The Rookery column a server's ratio is taken against: archive-on servers (and Rookery
+    as shipped on PostgreSQL) are compared with Rookery as shipped (archive on, SQLite), the
+    others with Rookery's benchmark module set."""
+    return "rookery-mam" if server.endswith("-mam") or server == "rookery-pg" else "rookery"
 
 
 def get(d, *path):

@@ -9,6 +9,9 @@
 #   bench/run.sh --servers "rookery-mam ejabberd-mam prosody-mam"   archive on: Rookery as
 #                                  shipped (its default modules) beside ejabberd with mod_mam
 #                                  and Prosody with mam, each on its default archive store
+#   bench/run.sh --servers "rookery-mam rookery-pg" --scenarios "messages"   the message path
+#                                  with the archive on SQLite and on PostgreSQL (a private
+#                                  PostgreSQL server the script starts, fsync on)
 #   bench/run.sh --scenarios "ws-login ws-idle bosh-rtt"   the web transports (WebSocket, BOSH)
 #
 # The web-transport scenarios (ws-login, ws-idle, bosh-rtt) use each server's plain HTTP
@@ -99,7 +102,9 @@ Options:
   --reps N              repetitions per scenario and server (default $REPS)
   --servers "LIST"      among: rookery ejabberd prosody (the benchmark module sets: no
                         archive), rookery-mam ejabberd-mam prosody-mam (archive on: Rookery
-                        as shipped, ejabberd with mod_mam, Prosody with mam)
+                        as shipped, ejabberd with mod_mam, Prosody with mam), rookery-pg
+                        (Rookery as shipped on a private PostgreSQL server: needs Debian's
+                        postgresql package)
   --scenarios "LIST"    among: login login-plain idle messages rate fanout muc pep
                         ws-login ws-idle bosh-rtt
   --pairs "LIST"        federation pairs A-B (A, B among rookery ejabberd prosody), run after
@@ -194,6 +199,7 @@ cleanup() {
         [[ -n "$p" ]] && kill "$p" 2>/dev/null || true
     done
     stop_server || true
+    declare -F stop_postgres >/dev/null && stop_postgres
     # Prosody writes its own log file (warnings and errors) in its private directory.
     local p
     for p in prosody prosody-mam; do
@@ -226,13 +232,14 @@ install_servers() {
     # Federation pairs with Prosody: it resolves the test domains through lua-unbound.
     [[ " $PAIRS " == *prosody* ]] && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1 && missing+=(lua-unbound)
     [[ $TURN == 1 ]] && ! command -v turnserver >/dev/null && missing+=(coturn)
-    [[ $STORAGE == 1 ]] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && missing+=(postgresql)
+    [[ $STORAGE == 1 || " $SERVERS " == *" rookery-pg "* ]] \
+        && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && missing+=(postgresql)
     [[ ${#missing[@]} == 0 ]] && return 0
     if [[ $INSTALL == 0 ]]; then
         log "not installed: ${missing[*]} (skipped, --no-install)"
         for m in "${missing[@]}"; do SERVERS="${SERVERS//$m/}"; done
         [[ " ${missing[*]} " == *" coturn "* ]] && TURN=0
-        [[ " ${missing[*]} " == *" postgresql "* ]] && STORAGE=0
+        if [[ " ${missing[*]} " == *" postgresql "* ]]; then STORAGE=0; SERVERS="${SERVERS//rookery-pg/}"; fi
         return 0
     fi
     log "installing ${missing[*]} from Debian"
@@ -291,11 +298,13 @@ build() {
 # Ports: Rookery 15222/15223, ejabberd 25222/25223 (+25299 Erlang distribution),
 # Prosody 35222/35223; each one's plain HTTP (WebSocket, BOSH) on the c2s port + 2 (15224...).
 # Port numbers are checked free before each start.
-# The archive-on variants (rookery-mam, ejabberd-mam, prosody-mam) use the c2s port + 1000.
+# The archive-on variants (rookery-mam, ejabberd-mam, prosody-mam) use the c2s port + 1000;
+# rookery-pg 17222, and its PostgreSQL server 17299.
 port_of() {
     case "$1" in
         rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; rookery-base) echo 45222 ;;
         rookery-mam) echo 16222 ;; ejabberd-mam) echo 26222 ;; prosody-mam) echo 36222 ;;
+        rookery-pg) echo 17222 ;;
     esac
 }
 # The server software a name runs (rookery-base and rookery-mam are Rookery).
@@ -358,6 +367,17 @@ prepare_servers() {
                 render rookery.toml "$d/rookery.toml" "$d"
                 sed -i '/^modules = \[/d' "$d/rookery.toml"
                 ;;
+            rookery-pg)
+                # Rookery as shipped (as rookery-mam) with every store on PostgreSQL: the
+                # message path with the archive on PostgreSQL beside rookery-mam's SQLite.
+                render rookery.toml "$d/rookery.toml" "$d"
+                sed -i '/^modules = \[/d' "$d/rookery.toml"
+                start_postgres
+                sed -i "s|^backend = \"sqlite\"\$|backend = \"postgresql\"\nurl = \"postgresql://postgres@127.0.0.1:$PG_PORT/rookery?sslmode=disable\"|" \
+                    "$d/rookery.toml"
+                grep -q '^backend = "postgresql"' "$d/rookery.toml" \
+                    || { echo "rookery-pg: [storage] not set" >&2; exit 1; }
+                ;;
             ejabberd|ejabberd-mam)
                 mkdir -p "$d/conf" "$d/spool" "$d/logs"
                 render ejabberd.yml "$d/conf/ejabberd.yml" "$d"
@@ -388,6 +408,37 @@ prepare_servers() {
                 ;;
         esac
     done
+}
+
+# PostgreSQL for rookery-pg: Debian's server binaries run as the `postgres` user from a
+# private directory (initdb + pg_ctl, as the storage benchmark does), on loopback port
+# PG_PORT, with fsync on (commits cost what they cost in production), for the whole run;
+# stopped by cleanup. Rookery reaches it over TCP, as a database on another machine.
+PG_PORT=17299
+PG_BIN=""
+PG_DIR=""
+pg_() { local tool="$1"; shift; runuser -u postgres -- "$PG_BIN/$tool" "$@"; }
+start_postgres() {
+    PG_BIN="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+    PG_DIR="$WORK/postgresql"
+    mkdir -p "$PG_DIR"
+    chown postgres: "$PG_DIR"
+    if port_open "$PG_PORT"; then echo "port $PG_PORT is in use: cannot start PostgreSQL" >&2; exit 1; fi
+    pg_ initdb -D "$PG_DIR/data" -A trust -U postgres -E UTF8 --locale=C >"$OUT/logs/postgresql-initdb.log" 2>&1
+    # max_connections: the pool (16) of the server plus the `user add` processes (4 at once).
+    # Pinned to CPU 0 with the server (taskset, inherited by every backend process): the
+    # database is part of the server measured, as SQLite is inside rookery-mam's process,
+    # and stays off the generator's CPU.
+    taskset -c 0 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+        -o "-h 127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=100" start >/dev/null
+    pg_ createdb -h 127.0.0.1 -p "$PG_PORT" -U postgres -T template0 rookery
+    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') started for rookery-pg (port $PG_PORT)"
+}
+stop_postgres() {
+    [[ -z "$PG_DIR" ]] && return 0
+    pg_ pg_ctl -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+    cp "$PG_DIR/server.log" "$OUT/logs/postgresql.log" 2>/dev/null || true
+    PG_DIR=""
 }
 
 ejabberdctl_() { # runs ejabberdctl for the ejabberd instance SERVER_NAME (ejabberd, ejabberd-mam)

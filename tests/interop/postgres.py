@@ -8,6 +8,10 @@ PostgreSQL refuses to run as root: when the tests run as root, its commands run 
 ``postgres_server`` is a module-scoped fixture (import it into the test module);
 ``PostgresServer.stop()``/``start()`` take the database away and bring it back on the same
 port and data, to test what a server does meanwhile.
+
+``PostgresServer(bin_dir, tls=True)`` takes TLS only: ``ssl = on`` with a certificate for
+``localhost`` and 127.0.0.1 signed by a CA made here (``ca_file``; ``wrong_ca_file`` signed
+nothing), and ``hostssl`` lines only in ``pg_hba.conf``, so TCP without TLS is refused.
 """
 
 from __future__ import annotations
@@ -53,8 +57,9 @@ class PostgresError(RuntimeError):
 class PostgresServer:
     host = "127.0.0.1"
 
-    def __init__(self, bin_dir: Path):
+    def __init__(self, bin_dir: Path, tls: bool = False):
         self.bin = bin_dir
+        self.tls = tls
         self.as_postgres = os.geteuid() == 0
         self.dir = Path(tempfile.mkdtemp(prefix="rookery-pg-"))
         self.data = self.dir / "data"
@@ -69,6 +74,48 @@ class PostgresServer:
             "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync",
         )
         _LIVE.add(self)
+        self.ca_file = self.dir / "ca.pem"
+        self.wrong_ca_file = self.dir / "wrong-ca.pem"
+        if tls:
+            self._make_tls()
+
+    def _make_tls(self) -> None:
+        """A CA, a server certificate it signs, and a TLS-only pg_hba.conf. The openssl CLI
+        comes with Debian's postgresql package (through ssl-cert), which these tests need."""
+        pki = self.dir / "pki"
+        pki.mkdir()
+
+        def openssl(*args: str) -> None:
+            res = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60, cwd=pki)
+            if res.returncode != 0:
+                raise PostgresError(f"openssl {args[0]} failed: {res.stderr}")
+
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        ca_ext = ("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", str(self.ca_file), "-days", "2",
+                "-subj", "/CN=Rookery test CA", *ca_ext)
+        openssl("req", "-x509", *ec, "-keyout", "wrong-ca.key", "-out", str(self.wrong_ca_file), "-days", "2",
+                "-subj", "/CN=Rookery other CA", *ca_ext)
+        openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+        (pki / "ext.cnf").write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        )
+        openssl("x509", "-req", "-in", "server.csr", "-CA", str(self.ca_file), "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+        files = {
+            "server.crt": (pki / "server.crt").read_text(),
+            "server.key": (pki / "server.key").read_text(),
+            # TCP only with TLS; the unix socket stays for local administration.
+            "pg_hba.conf": "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        }
+        for name, text in files.items():
+            path = self.data / name
+            path.write_text(text)
+            # PostgreSQL refuses a key file that others can read.
+            path.chmod(0o600)
+            if self.as_postgres:
+                shutil.chown(path, "postgres", "postgres")
 
     def _cmd(self, tool: str, *args: str) -> list[str]:
         cmd = [str(self.bin / tool), *args]
@@ -89,6 +136,8 @@ class PostgresServer:
     def start(self) -> None:
         # fsync off (-F): test data need not survive a machine crash.
         options = f"-F -h {self.host} -p {self.port} -k {self.dir} -c max_connections=200"
+        if self.tls:
+            options += " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
         self.started = True
         self._watch()
@@ -151,9 +200,8 @@ def storage_toml(url: str, pool_size: int = 8) -> str:
     return f'[storage]\nbackend = "postgresql"\nurl = "{url}"\npool_size = {pool_size}\n'
 
 
-@pytest.fixture(scope="module")
-def postgres_server():
-    """A PostgreSQL server for the module; fails (not skips) when PostgreSQL is missing."""
+def _serve(tls: bool):
+    """A PostgreSQL server for a module; fails (not skips) when PostgreSQL is missing."""
     bin_dir = server_bin()
     if bin_dir is None:
         pytest.fail(
@@ -161,9 +209,21 @@ def postgres_server():
             "Debian's `postgresql` package (./test.sh does)",
             pytrace=False,
         )
-    server = PostgresServer(bin_dir)
+    server = PostgresServer(bin_dir, tls=tls)
     try:
         server.start()
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A PostgreSQL server for the module."""
+    yield from _serve(tls=False)
+
+
+@pytest.fixture(scope="module")
+def postgres_tls_server():
+    """A PostgreSQL server for the module that takes TCP connections with TLS only."""
+    yield from _serve(tls=True)

@@ -586,8 +586,12 @@ async fn check_database(config: &Config) -> Result<Option<String>> {
         }
         Some(v) => format!("schema version {v}"),
     };
+    let tls = match &probe.tls {
+        Some(version) => format!("TLS {version} (sslmode={})", probe.tls_mode.as_str()),
+        None => format!("no TLS (sslmode={})", probe.tls_mode.as_str()),
+    };
     Ok(Some(format!(
-        "database reachable: PostgreSQL {}, {schema}",
+        "database reachable: PostgreSQL {}, {schema}, {tls}",
         probe.server_version
     )))
 }

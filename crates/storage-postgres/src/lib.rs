@@ -39,8 +39,11 @@
 //!   commit.
 //! * **Archive queries cost a page, not an archive** (`archive.rs`): index range seeks in
 //!   archive order reading `max + 1` rows (the plans are checked in `tests/postgres.rs`).
-//! * **No TLS to the database** in this version: `sslmode=disable` or `prefer` (which then
-//!   connects without TLS); anything stricter is refused when the backend is opened.
+//! * **TLS to the database as libpq does it** (`tls.rs`): `sslmode` `disable`, `prefer`
+//!   (the default: TLS when offered, certificate unchecked), `require` (TLS, certificate
+//!   unchecked), `verify-ca` (chain checked against `sslrootcert` or the system's roots),
+//!   `verify-full` (chain and host name). The CA file is read when the backend is opened:
+//!   an unreadable one is an error then, not at the first connection.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,20 +51,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rookery_sasl::{HashAlg, ScramCredentials};
 use rookery_storage::{validate_credentials, AccountStore, Storage, StorageError};
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 mod archive;
 mod im;
 mod pubsub;
+mod tls;
 
 pub use archive::{page_sql as archive_page_sql, PgArchiveStore};
 pub use im::{
     PgHostDataStore, PgOfflineStore, PgRoomStore, PgRosterStore, PgUploadStore, PgUserDataStore,
 };
 pub use pubsub::PgPubSubStore;
+pub use tls::{split_url, MakeRustlsConnect, RootCert, SplitUrl, TlsMode, MAX_ROOT_CERT_FILE};
 
 /// The migrations, in order: entry `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -96,8 +100,26 @@ pub(crate) fn db(e: tokio_postgres::Error) -> StorageError {
     }
     match e.as_db_error() {
         Some(d) => StorageError::Backend(format!("database: {}", d.message())),
-        None => StorageError::Backend(format!("database: {e}")),
+        None => StorageError::Backend(format!("database: {}", with_causes(&e))),
     }
+}
+
+/// An error and its causes, one after the other: tokio-postgres says "error performing
+/// TLS handshake" and keeps the reason (a certificate error) in its source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    // Bounded: a source chain is a few links.
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Errors of a write: a foreign-key violation means the owner doesn't exist (a concurrent
@@ -254,28 +276,44 @@ impl PgOptions {
     }
 }
 
-/// Parses and checks a connection string: the TLS modes this build can honour, and the
-/// connect timeout it needs.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StorageError> {
-    let mut config: tokio_postgres::Config = url
+/// A checked connection string: tokio-postgres's settings and the TLS mode (see `tls.rs`).
+#[derive(Debug, Clone)]
+pub struct PgUrl {
+    pub config: tokio_postgres::Config,
+    pub tls: TlsMode,
+    pub root_cert: RootCert,
+}
+
+impl PgUrl {
+    /// The TLS connector of this URL; reads the CA file of `verify-ca`/`verify-full`, so a
+    /// missing or unreadable `sslrootcert` is an error here.
+    pub fn connector(&self) -> Result<MakeRustlsConnect, StorageError> {
+        Ok(MakeRustlsConnect::new(tls::client_config(
+            self.tls,
+            &self.root_cert,
+        )?))
+    }
+}
+
+/// Parses and checks a connection string: the TLS mode, and the connect timeout it needs.
+pub fn parse_url(url: &str) -> Result<PgUrl, StorageError> {
+    let split = split_url(url)?;
+    let mut config: tokio_postgres::Config = split
+        .rest
         .parse()
         .map_err(|e| StorageError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
-    match config.get_ssl_mode() {
-        SslMode::Disable | SslMode::Prefer => {}
-        other => {
-            return Err(StorageError::Backend(format!(
-                "sslmode {other:?} is not supported: Rookery connects to PostgreSQL without TLS \
-                 (use sslmode=disable or prefer, over loopback or a trusted network)"
-            )))
-        }
-    }
+    config.ssl_mode(split.mode.wire());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
         config.application_name("rookery");
     }
-    Ok(config)
+    Ok(PgUrl {
+        config,
+        tls: split.mode,
+        root_cert: split.root_cert,
+    })
 }
 
 /// An open PostgreSQL database (a pool of connections to it).
@@ -296,13 +334,13 @@ impl PgBackend {
     /// Connects, applies the migrations the database lacks and starts the archive writer.
     /// Must run inside a tokio runtime.
     pub async fn open(options: &PgOptions) -> Result<Self, StorageError> {
-        let config = parse_url(&options.url)?;
+        let url = parse_url(&options.url)?;
         if options.pool_size == 0 {
             return Err(StorageError::Backend("pool_size must be at least 1".into()));
         }
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            url.config.clone(),
+            url.connector()?,
             ManagerConfig {
                 // A connection whose socket closed (database restarted) reports it at once
                 // and is dropped; no extra round trip per checkout.
@@ -631,7 +669,7 @@ impl AccountStore for PgAccountStore {
 
 /// Where a connection string points, without its password: `user@host:port/dbname`.
 pub fn describe_url(url: &str) -> String {
-    let Ok(config) = parse_url(url) else {
+    let Ok(PgUrl { config, .. }) = parse_url(url) else {
         return "an invalid URL".to_owned();
     };
     let hosts: Vec<String> = config
@@ -663,12 +701,16 @@ pub struct Probe {
     /// The schema version recorded, or None when no migration has run yet (the server
     /// creates the schema when it starts).
     pub schema_version: Option<i64>,
+    /// The `sslmode` connected with.
+    pub tls_mode: TlsMode,
+    /// The TLS version of the connection (`pg_stat_ssl`), None without TLS.
+    pub tls: Option<String>,
 }
 
 /// Connects once (no pool, no migration) and reads the server's and the schema's versions.
 pub async fn probe(url: &str) -> Result<Probe, StorageError> {
-    let config = parse_url(url)?;
-    let (client, connection) = config.connect(NoTls).await.map_err(db)?;
+    let url = parse_url(url)?;
+    let (client, connection) = url.config.connect(url.connector()?).await.map_err(db)?;
     let task = tokio::spawn(connection);
     let result = async {
         let row = client
@@ -692,9 +734,23 @@ pub async fn probe(url: &str) -> Result<Probe, StorageError> {
         } else {
             None
         };
+        let row = client
+            .query_one(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let tls = if get::<bool>(&row, 0)? {
+            Some(get::<Option<String>>(&row, 1)?.unwrap_or_else(|| "TLS".to_owned()))
+        } else {
+            None
+        };
         Ok(Probe {
             server_version,
             schema_version,
+            tls_mode: url.tls,
+            tls,
         })
     }
     .await;
