@@ -310,13 +310,18 @@ pub async fn run<T: StanzaTransport>(ctx: Arc<StreamContext>, mut transport: T) 
     let close = drive(&mut stream, &mut transport).await;
     let ending = stream.end(close);
     if ending.send_and_close {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = send(&mut stream.out, &mut transport).await;
-            transport.close().await;
-        })
+        // Boxed, like the release below: they run once, at the end, and would otherwise
+        // add their size to the task of every session for its whole life.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            Box::pin(async {
+                let _ = send(&mut stream.out, &mut transport).await;
+                transport.close().await;
+            }),
+        )
         .await;
     }
-    stream.release(ending).await;
+    Box::pin(stream.release(ending)).await;
 }
 
 /// Sends what the stream wrote.
@@ -412,7 +417,12 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
                 }
                 let mut restarted = false;
                 for ev in events.drain(..) {
-                    match stream.on_event(ev).await {
+                    // Boxed: handling an event can go through SASL, binding, storage and
+                    // the modules' hooks, a future of several KiB that would otherwise
+                    // stay in the connection's task for its whole life, idle or not; one
+                    // short-lived allocation per event costs far less than that memory
+                    // held by every idle session.
+                    match Box::pin(stream.on_event(ev)).await {
                         Ok(Next::Continue) => {}
                         Ok(Next::Restart) => {
                             restarted = true;
@@ -422,7 +432,7 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
                             if send(&mut stream.out, transport).await.is_err() {
                                 return Close::Dropped;
                             }
-                            if transport.upgrade_tls().await.is_err() {
+                            if Box::pin(transport.upgrade_tls()).await.is_err() {
                                 return Close::Dropped;
                             }
                             stream.tls_established(transport.channel_bindings());
@@ -449,6 +459,9 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
                 if send(&mut stream.out, transport).await.is_err() {
                     return Close::Dropped;
                 }
+                // The list grew to the largest batch read; an idle stream keeps none (one
+                // small allocation per read under load).
+                events = Vec::new();
                 if restarted {
                     // Anything the client sent after <starttls/> or <auth/> in the same
                     // read was sent before it could know the outcome: discard it
@@ -1035,6 +1048,8 @@ impl ClientStream {
             Stage::Ended => return Err(Close::Dropped),
         };
         use StageName::*;
+        // The once-per-stream exchanges (SASL, registration, binding) are boxed, so the
+        // future the driver allocates for every event is the size of the stanza path.
         match (stage, el.ns(), el.name()) {
             (Plain | Unauthenticated { .. }, ns::TLS, "starttls") => self.starttls(),
             (Plain, ns::SASL, "auth") => {
@@ -1045,7 +1060,7 @@ impl ClientStream {
             }
             (Unauthenticated { .. }, ns::SASL, "auth") => {
                 let initial = decode_sasl(&el);
-                self.sasl_auth(&el, initial).await
+                Box::pin(self.sasl_auth(&el, initial)).await
             }
             (Plain, NS_SASL2, _) => {
                 let fail = Element::new("failure", NS_SASL2)
@@ -1054,11 +1069,11 @@ impl ClientStream {
                 Ok(Next::Continue)
             }
             (Unauthenticated { exchange: false }, NS_SASL2, "authenticate") => {
-                self.sasl2_authenticate(el).await
+                Box::pin(self.sasl2_authenticate(el)).await
             }
             (Unauthenticated { .. }, NS_SASL2 | ns::SASL, "response") => {
                 let data = decode_sasl(&el);
-                self.sasl_step(|s| data.and_then(|d| s.step(&d))).await
+                Box::pin(self.sasl_step(|s| data.and_then(|d| s.step(&d)))).await
             }
             (Unauthenticated { .. }, NS_SASL2 | ns::SASL, "abort") => {
                 if let Some(auth) = self.auth_mut() {
@@ -1067,10 +1082,10 @@ impl ClientStream {
                 self.sasl_failure(SaslError::Aborted)
             }
             (Unauthenticated { .. }, ns::CLIENT, "iq") if self.answers_before_auth(&el) => {
-                self.register(el).await;
+                Box::pin(self.register(el)).await;
                 Ok(Next::Continue)
             }
-            (Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el).await,
+            (Authenticated, ns::CLIENT, "iq") => Box::pin(self.pre_bind_iq(el)).await,
             (Authenticated | Bound, sm::NS, _) => self.on_sm(el).await.map(|()| Next::Continue),
             (Bound, crate::csi::NS, "inactive") => {
                 if let Some(b) = self.bound_mut() {
@@ -1688,7 +1703,7 @@ impl ClientStream {
                 self.write(&reply);
                 Ok(())
             }
-            (false, "resume") => match self.take_for_resume(&el).await? {
+            (false, "resume") => match Box::pin(self.take_for_resume(&el)).await? {
                 Ok(d) => {
                     let resumed = resumed_element(&d, &el);
                     self.write(&resumed);
