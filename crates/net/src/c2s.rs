@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 mod sasl2;
 use sasl2::NS_SASL2;
@@ -415,47 +416,16 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
                     }
                     resume_reading = now + wait;
                 }
-                let mut restarted = false;
-                for ev in events.drain(..) {
-                    // Boxed: handling an event can go through SASL, binding, storage and
-                    // the modules' hooks, a future of several KiB that would otherwise
-                    // stay in the connection's task for its whole life, idle or not; one
-                    // short-lived allocation per event costs far less than that memory
-                    // held by every idle session.
-                    match Box::pin(stream.on_event(ev)).await {
-                        Ok(Next::Continue) => {}
-                        Ok(Next::Restart) => {
-                            restarted = true;
-                            break;
-                        }
-                        Ok(Next::StartTls) => {
-                            if send(&mut stream.out, transport).await.is_err() {
-                                return Close::Dropped;
-                            }
-                            if Box::pin(transport.upgrade_tls()).await.is_err() {
-                                return Close::Dropped;
-                            }
-                            stream.tls_established(transport.channel_bindings());
-                            restarted = true;
-                            break;
-                        }
-                        Ok(Next::Delay(delay)) => {
-                            if send(&mut stream.out, transport).await.is_err() {
-                                return Close::Dropped;
-                            }
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = shutdown.cancelled() => {
-                                    return Close::err(StreamErrorCondition::SystemShutdown);
-                                }
-                            }
-                            if let Err(close) = stream.after_delay() {
-                                return close;
-                            }
-                        }
+                // Boxed, once per read: handling events can go through SASL, binding,
+                // storage and the modules' hooks, a future of several KiB that would
+                // otherwise stay in the connection's task for its whole life, idle or not.
+                // One short-lived allocation per read (carrying every stanza it brought)
+                // costs far less than that memory held by every idle session.
+                let restarted =
+                    match Box::pin(handle_events(stream, transport, &mut events, &shutdown)).await {
+                        Ok(restarted) => restarted,
                         Err(close) => return close,
-                    }
-                }
+                    };
                 if send(&mut stream.out, transport).await.is_err() {
                     return Close::Dropped;
                 }
@@ -512,6 +482,47 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
             }
         }
     }
+}
+
+/// Handles the events of one read in order; `Ok(true)` when the stream restarted (after
+/// SASL or STARTTLS) and the rest of the read must be discarded.
+async fn handle_events<T: StanzaTransport>(
+    stream: &mut ClientStream,
+    transport: &mut T,
+    events: &mut Vec<StreamEvent>,
+    shutdown: &CancellationToken,
+) -> Result<bool, Close> {
+    for ev in events.drain(..) {
+        match stream.on_event(ev).await? {
+            Next::Continue => {}
+            Next::Restart => return Ok(true),
+            Next::StartTls => {
+                if send(&mut stream.out, transport).await.is_err() {
+                    return Err(Close::Dropped);
+                }
+                // Boxed: once per stream, and the handshake's future (a whole
+                // `ServerConnection`) would make every read's allocation larger.
+                if Box::pin(transport.upgrade_tls()).await.is_err() {
+                    return Err(Close::Dropped);
+                }
+                stream.tls_established(transport.channel_bindings());
+                return Ok(true);
+            }
+            Next::Delay(delay) => {
+                if send(&mut stream.out, transport).await.is_err() {
+                    return Err(Close::Dropped);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {
+                        return Err(Close::err(StreamErrorCondition::SystemShutdown));
+                    }
+                }
+                stream.after_delay()?;
+            }
+        }
+    }
+    Ok(false)
 }
 
 impl ClientStream {
