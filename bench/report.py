@@ -18,6 +18,11 @@ NAMES = {"rookery": "Rookery", "rookery-base": "Rookery (baseline)", "ejabberd":
          "prosody-mam": "Prosody + mam", "rookery-pg": "Rookery on PostgreSQL"}
 
 
+# The certificate kind every server was given (bench/run.sh CERT_KIND); runs before the
+# setting existed used ECDSA P-256.
+CERT_NAMES = {"ecdsa": "ECDSA P-256", "rsa": "RSA-2048"}
+
+
 def reference(server):
     """The Rookery column a server's ratio is taken against: archive-on servers (and Rookery
     as shipped on PostgreSQL) are compared with Rookery as shipped (archive on, SQLite), the
@@ -203,7 +208,8 @@ def main():
     print(f"Rookery {v.get('rookery')}, ejabberd {v.get('ejabberd')} (Erlang {v.get('erlang')}), "
           f"Prosody {v.get('prosody')} (Lua {v.get('lua')}). Servers pinned to CPU 0, generator "
           f"to CPU 1; autogroup nice {meta.get('priority')}; fixed-rate scenario under SCHED_FIFO: "
-          f"{'yes' if meta.get('realtime_rate') == 1 else 'no'}. Median (min–max) of "
+          f"{'yes' if meta.get('realtime_rate') == 1 else 'no'}; certificate "
+          f"{CERT_NAMES.get(meta.get('cert_kind', 'ecdsa'), meta.get('cert_kind'))}. Median (min–max) of "
           f"{meta.get('reps')} repetition(s); ratio = server / Rookery (archive-on servers: "
           f"/ Rookery as shipped).")
     print()

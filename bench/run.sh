@@ -43,6 +43,11 @@ REPS="${REPS:-3}"
 SERVERS="${SERVERS:-rookery ejabberd prosody}"
 SCENARIOS="${SCENARIOS:-login login-plain idle messages rate fanout muc pep}"
 DOMAIN="${DOMAIN:-localhost}"
+# The one certificate all servers are given (self-signed, for DOMAIN): ecdsa (P-256, what
+# current deployments and ACME clients issue by default) or rsa (RSA-2048). The signature
+# in each full TLS handshake is a large part of a login's cost with RSA, a small one with
+# ECDSA, so login figures name the kind (BENCHMARKS.md, "Logins by certificate kind").
+CERT_KIND="${CERT_KIND:-ecdsa}"
 LOGIN_COUNT="${LOGIN_COUNT:-2000}"       # logins per login run
 LOGIN_USERS="${LOGIN_USERS:-1000}"       # accounts the logins cycle through
 LOGIN_CONC="${LOGIN_CONC:-50}"
@@ -124,7 +129,7 @@ Options:
                         the server "rookery-base", right after "rookery", for before/after
                         figures from one run
 Counts come from environment variables: LOGIN_COUNT LOGIN_USERS LOGIN_CONC IDLE_COUNT
-IDLE_PROCS IDLE_REPS MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
+IDLE_PROCS IDLE_REPS CERT_KIND MSG_PAIRS MSG_DURATION MSG_WINDOW RATE RATE_PAIRS RATE_DURATION
 FANOUT_CONTACTS FANOUT_REPEATS MUC_BIG MUC_ROOMS MUC_OCCUPANTS MUC_REPEATS PEP_CONTACTS
 PEP_REPEATS WS_LOGIN_COUNT WS_IDLE_COUNT BOSH_SESSIONS BOSH_RATE BOSH_DURATION S2S_MSG_PAIRS
 S2S_DURATION S2S_WINDOW S2S_RATE S2S_CPUS TURN_SESSIONS TURN_MESSAGES TURN_LENGTH (see the
@@ -340,7 +345,13 @@ drop_missing_modules() { # binary config
 }
 
 prepare_servers() {
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    local newkey
+    case "$CERT_KIND" in
+        ecdsa) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+        rsa) newkey=(-newkey rsa:2048) ;;
+        *) echo "CERT_KIND must be ecdsa or rsa, not '$CERT_KIND'" >&2; exit 2 ;;
+    esac
+    openssl req -x509 "${newkey[@]}" -nodes -days 30 \
         -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj "/CN=$DOMAIN" \
         -addext "subjectAltName=DNS:$DOMAIN" >/dev/null 2>&1
     cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/server.pem"
@@ -820,7 +831,7 @@ versions() {
     v="$(dpkg-query -W -f='${Version}' lua5.4 2>/dev/null || echo none)"; printf '"lua":"%s"}' "$v"
 }
 cat >"$OUT/meta.json" <<EOF
-{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","nproc":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')","kernel":"$(uname -r)","versions":$(versions),"command":"bench/run.sh $ARGS_GIVEN","quick":$QUICK,"reps":$REPS,"priority":"${PRIORITY:-none}","realtime_rate":$REALTIME,"params":{"login_count":$LOGIN_COUNT,"login_users":$LOGIN_USERS,"login_concurrency":$LOGIN_CONC,"idle_count":$IDLE_COUNT,"idle_procs":$IDLE_PROCS,"msg_pairs":$MSG_PAIRS,"msg_duration":$MSG_DURATION,"msg_window":$MSG_WINDOW,"rate":$RATE,"rate_pairs":$RATE_PAIRS,"rate_duration":$RATE_DURATION,"fanout_contacts":$FANOUT_CONTACTS,"fanout_repeats":$FANOUT_REPEATS,"pep_contacts":$PEP_CONTACTS,"pep_repeats":$PEP_REPEATS,"ws_login_count":$WS_LOGIN_COUNT,"ws_idle_count":$WS_IDLE_COUNT,"bosh_sessions":$BOSH_SESSIONS,"bosh_rate":$BOSH_RATE,"bosh_duration":$BOSH_DURATION}}
+{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","nproc":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')","kernel":"$(uname -r)","versions":$(versions),"command":"bench/run.sh $ARGS_GIVEN","quick":$QUICK,"reps":$REPS,"priority":"${PRIORITY:-none}","realtime_rate":$REALTIME,"cert_kind":"$CERT_KIND","params":{"login_count":$LOGIN_COUNT,"login_users":$LOGIN_USERS,"login_concurrency":$LOGIN_CONC,"idle_count":$IDLE_COUNT,"idle_procs":$IDLE_PROCS,"msg_pairs":$MSG_PAIRS,"msg_duration":$MSG_DURATION,"msg_window":$MSG_WINDOW,"rate":$RATE,"rate_pairs":$RATE_PAIRS,"rate_duration":$RATE_DURATION,"fanout_contacts":$FANOUT_CONTACTS,"fanout_repeats":$FANOUT_REPEATS,"pep_contacts":$PEP_CONTACTS,"pep_repeats":$PEP_REPEATS,"ws_login_count":$WS_LOGIN_COUNT,"ws_idle_count":$WS_IDLE_COUNT,"bosh_sessions":$BOSH_SESSIONS,"bosh_rate":$BOSH_RATE,"bosh_duration":$BOSH_DURATION}}
 EOF
 log "results in $OUT (servers: $SERVERS; scenarios: $SCENARIOS; reps: $REPS)"
 

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 mod sasl2;
 use sasl2::NS_SASL2;
@@ -322,13 +323,18 @@ pub async fn run<T: StanzaTransport>(ctx: Arc<StreamContext>, mut transport: T) 
     let close = drive(&mut stream, &mut transport).await;
     let ending = stream.end(close);
     if ending.send_and_close {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = send(&mut stream.out, &mut transport).await;
-            transport.close().await;
-        })
+        // Boxed, like the release below: they run once, at the end, and would otherwise
+        // add their size to the task of every session for its whole life.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            Box::pin(async {
+                let _ = send(&mut stream.out, &mut transport).await;
+                transport.close().await;
+            }),
+        )
         .await;
     }
-    stream.release(ending).await;
+    Box::pin(stream.release(ending)).await;
 }
 
 /// Sends what the stream wrote.
@@ -422,45 +428,22 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
                     }
                     resume_reading = now + wait;
                 }
-                let mut restarted = false;
-                for ev in events.drain(..) {
-                    match stream.on_event(ev).await {
-                        Ok(Next::Continue) => {}
-                        Ok(Next::Restart) => {
-                            restarted = true;
-                            break;
-                        }
-                        Ok(Next::StartTls) => {
-                            if send(&mut stream.out, transport).await.is_err() {
-                                return Close::Dropped;
-                            }
-                            if transport.upgrade_tls().await.is_err() {
-                                return Close::Dropped;
-                            }
-                            stream.tls_established(transport.channel_bindings());
-                            restarted = true;
-                            break;
-                        }
-                        Ok(Next::Delay(delay)) => {
-                            if send(&mut stream.out, transport).await.is_err() {
-                                return Close::Dropped;
-                            }
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = shutdown.cancelled() => {
-                                    return Close::err(StreamErrorCondition::SystemShutdown);
-                                }
-                            }
-                            if let Err(close) = stream.after_delay() {
-                                return close;
-                            }
-                        }
+                // Boxed, once per read: handling events can go through SASL, binding,
+                // storage and the modules' hooks, a future of several KiB that would
+                // otherwise stay in the connection's task for its whole life, idle or not.
+                // One short-lived allocation per read (carrying every stanza it brought)
+                // costs far less than that memory held by every idle session.
+                let restarted =
+                    match Box::pin(handle_events(stream, transport, &mut events, &shutdown)).await {
+                        Ok(restarted) => restarted,
                         Err(close) => return close,
-                    }
-                }
+                    };
                 if send(&mut stream.out, transport).await.is_err() {
                     return Close::Dropped;
                 }
+                // The list grew to the largest batch read; an idle stream keeps none (one
+                // small allocation per read under load).
+                events = Vec::new();
                 if restarted {
                     // Anything the client sent after <starttls/> or <auth/> in the same
                     // read was sent before it could know the outcome: discard it
@@ -511,6 +494,47 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
             }
         }
     }
+}
+
+/// Handles the events of one read in order; `Ok(true)` when the stream restarted (after
+/// SASL or STARTTLS) and the rest of the read must be discarded.
+async fn handle_events<T: StanzaTransport>(
+    stream: &mut ClientStream,
+    transport: &mut T,
+    events: &mut Vec<StreamEvent>,
+    shutdown: &CancellationToken,
+) -> Result<bool, Close> {
+    for ev in events.drain(..) {
+        match stream.on_event(ev).await? {
+            Next::Continue => {}
+            Next::Restart => return Ok(true),
+            Next::StartTls => {
+                if send(&mut stream.out, transport).await.is_err() {
+                    return Err(Close::Dropped);
+                }
+                // Boxed: once per stream, and the handshake's future (a whole
+                // `ServerConnection`) would make every read's allocation larger.
+                if Box::pin(transport.upgrade_tls()).await.is_err() {
+                    return Err(Close::Dropped);
+                }
+                stream.tls_established(transport.channel_bindings());
+                return Ok(true);
+            }
+            Next::Delay(delay) => {
+                if send(&mut stream.out, transport).await.is_err() {
+                    return Err(Close::Dropped);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {
+                        return Err(Close::err(StreamErrorCondition::SystemShutdown));
+                    }
+                }
+                stream.after_delay()?;
+            }
+        }
+    }
+    Ok(false)
 }
 
 impl ClientStream {
@@ -1047,6 +1071,8 @@ impl ClientStream {
             Stage::Ended => return Err(Close::Dropped),
         };
         use StageName::*;
+        // The once-per-stream exchanges (SASL, registration, binding) are boxed, so the
+        // future the driver allocates for every event is the size of the stanza path.
         match (stage, el.ns(), el.name()) {
             (Plain | Unauthenticated { .. }, ns::TLS, "starttls") => self.starttls(),
             (Plain, ns::SASL, "auth") => {
@@ -1057,7 +1083,7 @@ impl ClientStream {
             }
             (Unauthenticated { .. }, ns::SASL, "auth") => {
                 let initial = decode_sasl(&el);
-                self.sasl_auth(&el, initial).await
+                Box::pin(self.sasl_auth(&el, initial)).await
             }
             (Plain, NS_SASL2, _) => {
                 let fail = Element::new("failure", NS_SASL2)
@@ -1066,11 +1092,11 @@ impl ClientStream {
                 Ok(Next::Continue)
             }
             (Unauthenticated { exchange: false }, NS_SASL2, "authenticate") => {
-                self.sasl2_authenticate(el).await
+                Box::pin(self.sasl2_authenticate(el)).await
             }
             (Unauthenticated { .. }, NS_SASL2 | ns::SASL, "response") => {
                 let data = decode_sasl(&el);
-                self.sasl_step(|s| data.and_then(|d| s.step(&d))).await
+                Box::pin(self.sasl_step(|s| data.and_then(|d| s.step(&d)))).await
             }
             (Unauthenticated { .. }, NS_SASL2 | ns::SASL, "abort") => {
                 if let Some(auth) = self.auth_mut() {
@@ -1079,10 +1105,10 @@ impl ClientStream {
                 self.sasl_failure(SaslError::Aborted)
             }
             (Unauthenticated { .. }, ns::CLIENT, "iq") if self.answers_before_auth(&el) => {
-                self.register(el).await;
+                Box::pin(self.register(el)).await;
                 Ok(Next::Continue)
             }
-            (Authenticated, ns::CLIENT, "iq") => self.pre_bind_iq(el).await,
+            (Authenticated, ns::CLIENT, "iq") => Box::pin(self.pre_bind_iq(el)).await,
             (Authenticated | Bound, sm::NS, _) => self.on_sm(el).await.map(|()| Next::Continue),
             (Bound, crate::csi::NS, "inactive") => {
                 if let Some(b) = self.bound_mut() {
@@ -1702,7 +1728,7 @@ impl ClientStream {
                 self.write(&reply);
                 Ok(())
             }
-            (false, "resume") => match self.take_for_resume(&el).await? {
+            (false, "resume") => match Box::pin(self.take_for_resume(&el)).await? {
                 Ok(d) => {
                     let resumed = resumed_element(&d, &el);
                     self.write(&resumed);

@@ -472,6 +472,10 @@ async fn accept_loop(l: Arc<Listener>, listener: TcpListener) {
 
 /// Runs one accepted connection to its end: a client stream over TCP (after the TLS
 /// handshake on a direct-TLS port), or an external component's stream.
+///
+/// The handshake and the component's stream are boxed: this future is the task of every
+/// client session, and an inline `.await` would keep their size in it for the session's
+/// whole life (ARCHITECTURE.md, "Per-connection memory").
 async fn client_connection(
     l: Arc<Listener>,
     socket: tokio::net::TcpStream,
@@ -493,14 +497,16 @@ async fn client_connection(
         // XEP-0114 streams have no STARTTLS: the transport is never asked to upgrade.
         ListenerKind::Component => {
             let transport = TcpTransport::plain(socket, peer, setup);
-            return component::run(l.components.clone(), transport).await;
+            return Box::pin(component::run(l.components.clone(), transport)).await;
         }
         // Served by `http::serve` and `s2s_accept_loop`, never here.
         ListenerKind::Http
         | ListenerKind::Https
         | ListenerKind::S2s
         | ListenerKind::S2sDirectTls => return,
-        ListenerKind::C2sDirectTls => match TcpTransport::direct_tls(socket, peer, setup).await {
+        ListenerKind::C2sDirectTls => match Box::pin(TcpTransport::direct_tls(socket, peer, setup))
+            .await
+        {
             Ok(t) => t,
             Err(why) => {
                 tracing::debug!(%peer, %why, "TLS handshake did not complete");
