@@ -50,6 +50,14 @@ def served_fingerprint(srv) -> str:
             return fingerprint(tls.getpeercert(binary_form=True))
 
 
+def wait_for_admin_socket(srv) -> None:
+    """The admin socket opens just after the listeners the harness waits for."""
+    deadline = time.monotonic() + 10
+    while srv.cli("stats").returncode != 0:
+        assert time.monotonic() < deadline, "no admin socket"
+        time.sleep(0.1)
+
+
 def hup(srv) -> int:
     """Send SIGHUP; return the log's length before it, to look for what it caused."""
     mark = len(srv.stderr_text())
@@ -163,11 +171,7 @@ def test_rookery_reload_reports_what_it_applied_and_refuses_a_bad_file(make_serv
     outcome; an invalid file is a readable error (exit 1) and the server runs on as before;
     without a running server it says so."""
     srv = make_server()
-    # The admin socket opens just after the listeners the harness waits for.
-    deadline = time.monotonic() + 10
-    while srv.cli("stats").returncode != 0:
-        assert time.monotonic() < deadline, "no admin socket"
-        time.sleep(0.1)
+    wait_for_admin_socket(srv)
     text = srv.config_path.read_text()
     srv.config_path.write_text(text.replace('log_level = "debug"', 'log_level = "info"'))
     res = srv.cli("reload")
@@ -288,10 +292,7 @@ def test_a_host_added_by_reload_is_served_with_its_modules(make_server):
     (disco, MUC service domain, HTTP upload through the running HTTPS listener), messages
     cross between the hosts, and the sessions of the other host stay connected."""
     srv = make_server()
-    deadline = time.monotonic() + 10
-    while srv.cli("stats").returncode != 0:
-        assert time.monotonic() < deadline, "no admin socket"
-        time.sleep(0.1)
+    wait_for_admin_socket(srv)
     alice = srv.add_user("alice")
     a = RawStream(srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path)
     streams = [a]
@@ -359,10 +360,7 @@ def test_reload_applies_the_core_limits_to_new_connections(make_server):
     larger stanza ends it with policy-violation), while a stream opened before keeps the
     limits it started with."""
     srv = make_server(max_stanza_bytes=65536)
-    deadline = time.monotonic() + 10
-    while srv.cli("stats").returncode != 0:
-        assert time.monotonic() < deadline, "no admin socket"
-        time.sleep(0.1)
+    wait_for_admin_socket(srv)
     alice, bob = srv.add_user("alice"), srv.add_user("bob")
     before = RawStream(srv.host, srv.c2s_port, domain=srv.domain, cafile=srv.cert_path)
     streams = [before]
@@ -397,10 +395,7 @@ def test_reload_applies_a_module_limit_to_the_running_server(make_server, raw_fa
     """A module setting read at each use (here `[limits] max_roster_items`) takes effect on
     reload, for sessions already connected, without a restart; lowering it again applies too."""
     srv = make_server(extra_limits={"max_roster_items": 2})
-    deadline = time.monotonic() + 10
-    while srv.cli("stats").returncode != 0:
-        assert time.monotonic() < deadline, "no admin socket"
-        time.sleep(0.1)
+    wait_for_admin_socket(srv)
     user = srv.add_user("lim")
     stream = raw_factory(srv)
     login_scram(stream, user, "r")
@@ -438,10 +433,7 @@ def test_reload_applies_the_offered_sasl_mechanisms_to_new_streams(make_server, 
     """`[sasl] mechanisms` is a live section: after a reload, new streams are offered the new
     list (no restart), and accounts log in with what is offered."""
     srv = make_server()
-    deadline = time.monotonic() + 10
-    while srv.cli("stats").returncode != 0:
-        assert time.monotonic() < deadline, "no admin socket"
-        time.sleep(0.1)
+    wait_for_admin_socket(srv)
     user = srv.add_user("mech")
 
     def offered() -> list[str]:

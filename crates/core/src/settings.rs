@@ -332,42 +332,30 @@ impl Sections {
 
     /// The keys of the sections whose values differ between `self` and `other`.
     pub fn changed(&self, other: &Sections) -> Vec<&'static str> {
-        let mut keys: Vec<&'static str> = self
-            .0
-            .iter()
-            .filter(|(t, (_, _, c))| {
-                other.0.get(*t).map(|(_, _, o)| o.read().1.clone()) != Some(c.read().1.clone())
-            })
-            .map(|(_, (k, _, _))| *k)
-            .chain(
-                other
-                    .0
-                    .iter()
-                    .filter(|(t, _)| !self.0.contains_key(*t))
-                    .map(|(_, (k, _, _))| *k),
-            )
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys
+        self.differing(other, true)
     }
 
     /// [`changed`](Self::changed) for the sections read at start only (not
     /// [`Section::LIVE`]): what a running server cannot take without a restart.
     pub fn changed_at_start(&self, other: &Sections) -> Vec<&'static str> {
+        self.differing(other, false)
+    }
+
+    fn differing(&self, other: &Sections, with_live: bool) -> Vec<&'static str> {
+        // Compared by rendering; a cell both share (clones of one configuration) is equal.
+        let differs = |a: &Cell, b: &Cell| !Arc::ptr_eq(a, b) && a.read().1 != b.read().1;
         let mut keys: Vec<&'static str> = self
             .0
             .iter()
-            .filter(|(_, (_, live, _))| !*live)
-            .filter(|(t, (_, _, c))| {
-                other.0.get(*t).map(|(_, _, o)| o.read().1.clone()) != Some(c.read().1.clone())
+            .filter(|(t, (_, live, c))| {
+                (with_live || !*live) && other.0.get(*t).is_none_or(|(_, _, o)| differs(c, o))
             })
             .map(|(_, (k, _, _))| *k)
             .chain(
                 other
                     .0
                     .iter()
-                    .filter(|(t, (_, live, _))| !*live && !self.0.contains_key(*t))
+                    .filter(|(t, (_, live, _))| (with_live || !*live) && !self.0.contains_key(*t))
                     .map(|(_, (k, _, _))| *k),
             )
             .collect();
