@@ -379,6 +379,8 @@ def test_running_servers_files_are_private(server):
     db = server.data_dir / "rookery.db"
     names = [db, db.with_name("rookery.db-wal"), db.with_name("rookery.db-shm")]
     names += list((server.data_dir / "certs").glob("*.key"))
+    journal = server.data_dir / "rookery.db.archive-journal"
+    names += [journal, journal / "lock", *journal.glob("*.log")]
     for path in names:
         assert path.exists(), path
         assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode & 0o777)}"

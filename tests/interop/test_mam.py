@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
+import struct
 import time
+import zlib
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -372,17 +375,55 @@ def test_archive_is_deleted_with_the_account(make_server, raw_factory):
     assert mam_query(b).results == []
 
 
-def test_every_received_message_is_in_both_archives_after_sigkill(make_server, raw_factory):
+def journal_leftovers(db: Path) -> list[tuple[str, str]]:
+    """The archive journal's records that the database has not committed yet, as (owner,
+    stanza id) pairs, read independently of the server: segments named by number in
+    ``<db>.archive-journal``, records ``[length u32][CRC-32 u32][payload]`` little-endian,
+    the payload a table byte, an i64 timestamp and six length-prefixed strings (domain,
+    user, id, with, resource, stanza); a segment ends at a zero length or a bad checksum."""
+    with sqlite3.connect(db) as c:
+        segment, offset = c.execute("SELECT segment, offset FROM archive_journal").fetchone()
+    out = []
+    for path in sorted((db.parent / (db.name + ".archive-journal")).glob("*.log")):
+        number = int(path.stem)
+        if number < segment:
+            continue
+        data = path.read_bytes()
+        at = offset if number == segment else 0
+        while at + 8 <= len(data):
+            length, crc = struct.unpack_from("<II", data, at)
+            payload = data[at + 8 : at + 8 + length]
+            if length == 0 or len(payload) < length or zlib.crc32(payload) != crc:
+                break
+            fields, pos = [], 9
+            for _ in range(6):
+                (n,) = struct.unpack_from("<I", payload, pos)
+                fields.append(payload[pos + 4 : pos + 4 + n].decode())
+                pos += 4 + n
+            out.append((fields[1], ET.fromstring(fields[5]).findtext(qn(CLIENT_NS, "body"))))
+            at += 8 + length
+    return out
+
+
+@pytest.mark.parametrize("database", ["free", "locked"])
+def test_every_received_message_is_in_both_archives_after_sigkill(make_server, raw_factory, database):
     """The durability rule of the message path with archiving: a message its recipient has
     received is in the recipient's and the sender's archive, even when the server is
-    killed (SIGKILL) while messages are in flight. The sender's copy is appended without
-    waiting for its commit; the recipient's copy, queued after it, is committed before the
-    message is delivered."""
+    killed (SIGKILL) while messages are in flight. Both copies are in the archive journal
+    before the message is delivered; what the database had not committed at the kill is
+    committed when the server starts again, once. With the database's write lock held by
+    another process during the burst (``locked``), nothing can be committed: every message
+    delivered is then only in the journal at the kill."""
     srv = make_server()
     alice, bob = srv.add_user("a"), srv.add_user("b")
     a, b = raw_factory(srv), raw_factory(srv)
     im_login(a, alice, "a")
     im_login(b, bob, "b")
+    db = srv.data_dir / "rookery.db"
+    holder = None
+    if database == "locked":
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
     total = 3000
     # Sent in one burst: the server is still archiving and delivering when it is killed.
     a.send("".join(
@@ -396,6 +437,9 @@ def test_every_received_message_is_in_both_archives_after_sigkill(make_server, r
         if body:
             received.append(body)
     srv.kill()
+    if holder is not None:
+        holder.execute("ROLLBACK")
+        holder.close()
     # Whatever reached the socket before the kill counts as received.
     while b.pump(0.2):
         pass
@@ -406,17 +450,36 @@ def test_every_received_message_is_in_both_archives_after_sigkill(make_server, r
     assert len(received) >= 150, f"only {len(received)} messages arrived before the kill"
     assert len(received) < total, "every message was delivered before the kill: nothing was in flight"
 
-    with sqlite3.connect(srv.data_dir / "rookery.db") as c:
-        def archived(user) -> set[str]:
+    def archived(user) -> list[str]:
+        with sqlite3.connect(db) as c:
             rows = c.execute("SELECT stanza FROM archive JOIN archive_owners ON archive_owners.id = archive.owner WHERE username = ?", (user.localpart,)).fetchall()
-            return {ET.fromstring(r[0]).findtext(qn(CLIENT_NS, "body")) for r in rows}
+        return [ET.fromstring(r[0]).findtext(qn(CLIENT_NS, "body")) for r in rows]
 
-        in_bob, in_alice = archived(bob), archived(alice)
-    missing_bob = [x for x in received if x not in in_bob]
-    missing_alice = [x for x in received if x not in in_alice]
-    assert not missing_bob and not missing_alice, (
-        f"received but not archived: recipient {missing_bob[:5]}, sender {missing_alice[:5]}"
-    )
+    # At the kill: committed, or in the journal past the committed position.
+    pending = journal_leftovers(db)
+    for user in (bob, alice):
+        have = set(archived(user)) | {body for owner, body in pending if owner == user.localpart}
+        missing = [x for x in received if x not in have]
+        assert not missing, f"received but neither committed nor journaled for {user.localpart}: {missing[:5]}"
+    committed = {user.localpart: len(archived(user)) for user in (bob, alice)}
+    if database == "locked":
+        assert committed == {bob.localpart: 0, alice.localpart: 0}
+        assert {body for owner, body in pending if owner == bob.localpart} >= set(received)
+
+    # Started again, the server commits the journal's records before it serves anyone.
+    srv.start()
+    for user in (bob, alice):
+        rows = archived(user)
+        assert len(rows) == len(set(rows)), f"an entry of {user.localpart} was committed twice"
+        assert len(rows) == committed[user.localpart] + sum(1 for o, _ in pending if o == user.localpart)
+        missing = [x for x in received if x not in rows]
+        assert not missing, f"received but not archived for {user.localpart}: {missing[:5]}"
+    assert journal_leftovers(db) == []
+    bob_again = raw_factory(srv)
+    login_scram(bob_again, bob, "b")
+    # The client's view agrees: the archive's count covers what the database holds.
+    got = mam_query(bob_again, rsm="<max>10</max><before/>")
+    assert int(got.rsm("count").text) == len(archived(bob)) and got.bodies() == archived(bob)[-10:]
     # The archive keeps the order in which the messages were sent.
     with sqlite3.connect(srv.data_dir / "rookery.db") as c:
         rows = c.execute("SELECT stanza FROM archive JOIN archive_owners ON archive_owners.id = archive.owner WHERE username = ? ORDER BY seq", (bob.localpart,)).fetchall()

@@ -21,7 +21,9 @@
 //! transaction, so they see one snapshot.
 //!
 //! Appends go through one writer thread per database that commits every append waiting
-//! at that moment in one transaction (group commit, [`start_writer`]).
+//! at that moment in one transaction (group commit, [`start_writer`]). On the message path
+//! they are journaled first (`journal.rs`) and acknowledged without waiting for the commit;
+//! every read waits for the writer to commit what was journaled before it.
 
 use rookery_storage::{
     ArchiveBound, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, ArchiveStore,
@@ -30,7 +32,11 @@ use rookery_storage::{
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::im::{count_from, read_err, read_tx, require_account, to_i64, write_err, write_tx};
+use crate::journal;
 use crate::{backend, run, Shared};
 
 /// [`ArchiveStore`] on SQLite: account archives (table `archive`) or room archives
@@ -58,6 +64,14 @@ pub(crate) struct Table {
     by_seq: &'static str,
     /// Owners are accounts, which must exist to be written to.
     of_accounts: bool,
+    /// The table's number in journal records.
+    pub(crate) tag: u8,
+}
+
+impl Table {
+    fn of_tag(tag: u8) -> Option<&'static Table> {
+        [&ACCOUNTS, &ROOMS].into_iter().find(|t| t.tag == tag)
+    }
 }
 
 pub(crate) const ACCOUNTS: Table = Table {
@@ -67,6 +81,7 @@ pub(crate) const ACCOUNTS: Table = Table {
     by_with: "archive INDEXED BY archive_with",
     by_seq: "archive NOT INDEXED",
     of_accounts: true,
+    tag: 0,
 };
 
 pub(crate) const ROOMS: Table = Table {
@@ -76,12 +91,22 @@ pub(crate) const ROOMS: Table = Table {
     by_with: "muc_archive INDEXED BY muc_archive_with",
     by_seq: "muc_archive NOT INDEXED",
     of_accounts: false,
+    tag: 1,
 };
 
-/// Appends most in one transaction: every message is archived twice (sender, recipient)
-/// on the message path, and a commit per append would cost a WAL write of every page it
-/// touched and a hop to the blocking pool each time.
-const MAX_BATCH: usize = 256;
+/// Appends most in one transaction. Every message is archived twice (sender, recipient),
+/// and a commit writes a whole page for every index leaf its appends touched: the more
+/// appends of the same archives a batch holds, the fewer pages per append. Journaled
+/// appends don't wait for the commit, so their batches grow to this under load.
+const MAX_BATCH: usize = 4096;
+
+/// Journaled appends not yet committed, at most: past this, appends wait for the writer
+/// (memory stays bounded, and so does the wait of a read for what is journaled).
+const MAX_UNCOMMITTED: usize = 32 * 1024;
+
+/// How long a read waits for the writer to commit what was journaled before it; past
+/// this (the database has been failing for that long) it reads what is committed.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An append waiting for the writer.
 pub(crate) struct PendingAppend {
@@ -89,23 +114,76 @@ pub(crate) struct PendingAppend {
     domain: String,
     user: String,
     entry: ArchiveEntry,
-    reply: tokio::sync::oneshot::Sender<Result<i64, StorageError>>,
+    done: Done,
+}
+
+/// What the writer does once an append is committed.
+enum Done {
+    /// Answer the caller, who waits for the commit.
+    Reply(tokio::sync::oneshot::Sender<Result<i64, StorageError>>),
+    /// The append is in the journal, which the commit catches up to: the `seq`-th
+    /// journaled append of this process, ending at `at`.
+    Journaled { seq: u64, at: journal::Position },
 }
 
 /// The queue of the archive writer: one thread per database that takes every append
-/// waiting when it gets to them and writes them in one transaction (group commit). Each
-/// caller still gets its own answer after the commit, so an append that returned `Ok` is
-/// durable, as with every other store; a failed append (unknown account, duplicate id)
-/// does not fail the others of its batch.
-pub(crate) type ArchiveWriter = tokio::sync::mpsc::UnboundedSender<PendingAppend>;
+/// waiting when it gets to them and writes them in one transaction (group commit).
+///
+/// An append comes one of two ways. Committed ([`SqliteArchiveStore::append_archive`]):
+/// the caller gets its answer after the commit, so an append that returned `Ok` is durable
+/// and a failed one (unknown account, duplicate id) does not fail the others of its batch.
+/// Journaled ([`SqliteArchiveStore::append_archive_journaled`], when this process owns the
+/// database's journal): the caller returns once the record is in the journal (`journal.rs`);
+/// a batch that cannot be committed is retried until it is, and an append the database
+/// refuses (its account is gone) is dropped with a log line. Both go through one queue,
+/// committed in queue order.
+#[derive(Clone)]
+pub(crate) struct ArchiveWriter {
+    queue: tokio::sync::mpsc::UnboundedSender<PendingAppend>,
+    shared: Arc<WriterState>,
+}
 
-/// Starts the writer thread of `conn`. It ends when every sender is gone.
-pub(crate) fn start_writer(conn: Shared) -> Result<ArchiveWriter, StorageError> {
+struct WriterState {
+    /// The journal, when this process owns it. Appends are written and queued under this
+    /// lock, so queue order is journal order.
+    journal: Option<parking_lot::Mutex<journal::Journal>>,
+    /// The number of appends journaled so far (the last one's `seq`).
+    journaled: AtomicU64,
+    /// The `seq` of the last journaled append committed.
+    committed: AtomicU64,
+    /// Woken after every commit of journaled appends.
+    settled: tokio::sync::Notify,
+    /// Room for journaled appends not yet committed ([`MAX_UNCOMMITTED`]).
+    room: tokio::sync::Semaphore,
+}
+
+/// Starts the writer thread of `conn` (`own_connection`: no other store uses it), with the
+/// journal this process owns, if any. It ends when every sender is gone.
+pub(crate) fn start_writer(
+    conn: Shared,
+    own_connection: bool,
+    journal: Option<journal::Journal>,
+) -> Result<ArchiveWriter, StorageError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingAppend>();
+    let mut retired = journal
+        .as_ref()
+        .map(|j| (j.dir().to_owned(), j.first_segment()));
+    let shared = Arc::new(WriterState {
+        journal: journal.map(parking_lot::Mutex::new),
+        journaled: AtomicU64::new(0),
+        committed: AtomicU64::new(0),
+        settled: tokio::sync::Notify::new(),
+        room: tokio::sync::Semaphore::new(MAX_UNCOMMITTED),
+    });
+    let state = shared.clone();
     std::thread::Builder::new()
         .name("archive-writer".into())
         .spawn(move || {
             let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut cache = AppendCache {
+                shared_connection: !own_connection,
+                ..AppendCache::default()
+            };
             while let Some(first) = rx.blocking_recv() {
                 batch.push(first);
                 while batch.len() < MAX_BATCH {
@@ -114,34 +192,221 @@ pub(crate) fn start_writer(conn: Shared) -> Result<ArchiveWriter, StorageError> 
                         Err(_) => break,
                     }
                 }
-                let results = write_batch(&mut conn.lock(), &batch);
+                let results = commit_batch(&conn, &mut cache, &mut batch);
+                let mut last = None;
+                let mut journaled = 0;
                 for (job, result) in batch.drain(..).zip(results) {
-                    // The caller may have gone (its task ended): nothing to tell.
-                    let _ = job.reply.send(result);
+                    match job.done {
+                        // The caller may have gone (its task ended): nothing to tell.
+                        Done::Reply(reply) => drop(reply.send(result)),
+                        Done::Journaled { seq, at } => {
+                            journaled += 1;
+                            last = Some((seq, at));
+                            if let Err(e) = result {
+                                dropped(&job.domain, &job.user, &e);
+                            }
+                        }
+                    }
+                }
+                if let Some((seq, at)) = last {
+                    state.committed.store(seq, Ordering::Release);
+                    state.room.add_permits(journaled);
+                    state.settled.notify_waiters();
+                    if let Some((dir, from)) = retired.as_mut() {
+                        *from = journal::retire(dir, *from, at);
+                    }
                 }
             }
         })
         .map_err(|e| StorageError::Backend(format!("cannot start the archive writer: {e}")))?;
-    Ok(tx)
+    Ok(ArchiveWriter { queue: tx, shared })
 }
 
-/// Writes a batch in one transaction; one result per job, in order.
-fn write_batch(conn: &mut Connection, jobs: &[PendingAppend]) -> Vec<Result<i64, StorageError>> {
-    let failed_all = |e: &StorageError| {
-        jobs.iter()
-            .map(|_| Err(StorageError::Backend(e.to_string())))
-            .collect()
-    };
-    let tx = match write_tx(conn) {
-        Ok(tx) => tx,
-        Err(e) => return failed_all(&e),
-    };
-    // A failed statement is undone alone (SQLite statement atomicity); the rest commit.
-    let results: Vec<_> = jobs.iter().map(|job| append_one(&tx, job)).collect();
-    if let Err(e) = tx.commit().map_err(backend) {
-        return failed_all(&e);
+/// A journaled append the database refused: it was acknowledged, so say so loudly unless
+/// its owner is simply gone.
+fn dropped(domain: &str, user: &str, e: &StorageError) {
+    match e {
+        StorageError::NotFound => {
+            tracing::debug!(%domain, %user, "archive entry for a deleted account dropped")
+        }
+        e => tracing::error!(%domain, %user, error = %e, "journaled archive entry dropped"),
     }
-    results
+}
+
+/// Commits a batch: one result per job, in order. When the transaction as a whole fails,
+/// the committed appends get the error and the journaled ones are tried again, with a
+/// growing pause, until they commit: they were acknowledged, and the journal's position
+/// must not move past them.
+fn commit_batch(
+    conn: &Shared,
+    cache: &mut AppendCache,
+    batch: &mut Vec<PendingAppend>,
+) -> Vec<Result<i64, StorageError>> {
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match write_batch(&mut conn.lock(), cache, batch) {
+            Ok(results) => return results,
+            Err(e) => {
+                let journaled = batch
+                    .iter()
+                    .filter(|j| matches!(j.done, Done::Journaled { .. }))
+                    .count();
+                if journaled == 0 {
+                    return batch
+                        .iter()
+                        .map(|_| Err(StorageError::Backend(e.to_string())))
+                        .collect();
+                }
+                tracing::error!(error = %e, appends = journaled, "archive commit failed; retrying");
+                // Answer the waiting callers now; keep the journaled appends, in order.
+                for job in std::mem::take(batch) {
+                    match job.done {
+                        Done::Reply(reply) => {
+                            drop(reply.send(Err(StorageError::Backend(e.to_string()))))
+                        }
+                        Done::Journaled { .. } => batch.push(job),
+                    }
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Writes a batch in one transaction; one result per job, in order. Err when the
+/// transaction failed as a whole (nothing of it is committed), or when a journaled append
+/// failed for a reason other than the database refusing it.
+fn write_batch(
+    conn: &mut Connection,
+    cache: &mut AppendCache,
+    jobs: &[PendingAppend],
+) -> Result<Vec<Result<i64, StorageError>>, StorageError> {
+    let result = write_batch_cached(conn, cache, jobs);
+    if result.is_err() {
+        // What the cache learnt in the transaction was undone with it.
+        cache.clear();
+    }
+    result
+}
+
+fn write_batch_cached(
+    conn: &mut Connection,
+    cache: &mut AppendCache,
+    jobs: &[PendingAppend],
+) -> Result<Vec<Result<i64, StorageError>>, StorageError> {
+    let tx = write_tx(conn)?;
+    cache.check(&tx)?;
+    // A failed statement is undone alone (SQLite statement atomicity); the rest commit.
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut reached = None;
+    for job in jobs {
+        let result = append_one(&tx, cache, job.table, &job.domain, &job.user, &job.entry);
+        if let Done::Journaled { at, .. } = job.done {
+            if matches!(result, Err(StorageError::Backend(_))) {
+                return result.map(|_| Vec::new());
+            }
+            reached = Some(at);
+        }
+        results.push(result);
+    }
+    if let Some(at) = reached {
+        store_position(&tx, at)?;
+    }
+    tx.commit().map_err(backend)?;
+    Ok(results)
+}
+
+/// Records in `tx` that the journal is committed up to `at`.
+fn store_position(tx: &Transaction<'_>, at: journal::Position) -> Result<(), StorageError> {
+    tx.prepare_cached("UPDATE archive_journal SET segment = ?1, offset = ?2 WHERE id = 1")
+        .and_then(|mut s| {
+            s.execute(params![
+                i64::try_from(at.segment).unwrap_or(i64::MAX),
+                i64::try_from(at.offset).unwrap_or(i64::MAX)
+            ])
+        })
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Where the journal was committed up to, as stored.
+pub(crate) fn stored_position(conn: &Connection) -> Result<journal::Position, StorageError> {
+    let (segment, offset): (i64, i64) = conn
+        .query_row(
+            "SELECT segment, offset FROM archive_journal WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(read_err)?;
+    Ok(journal::Position {
+        segment: u64::try_from(segment).unwrap_or(0),
+        offset: u64::try_from(offset).unwrap_or(0),
+    })
+}
+
+/// Commits the records a previous run journaled but did not commit (at open, before the
+/// writer starts), in batches, each with the position it reaches. Returns how many.
+pub(crate) fn replay(
+    conn: &mut Connection,
+    records: Vec<(journal::Position, journal::Record)>,
+) -> Result<usize, StorageError> {
+    let n = records.len();
+    let mut cache = AppendCache::default();
+    for chunk in records.chunks(MAX_BATCH) {
+        let tx = write_tx(conn)?;
+        cache.check(&tx)?;
+        for (_, r) in chunk {
+            let Some(table) = Table::of_tag(r.table) else {
+                tracing::error!(
+                    tag = r.table,
+                    "journaled archive entry of an unknown table dropped"
+                );
+                continue;
+            };
+            match append_one(&tx, &mut cache, table, &r.domain, &r.user, &r.entry) {
+                Ok(_) => {}
+                // Committed before the position was: the record was replayed already.
+                Err(StorageError::AlreadyExists) => {}
+                Err(e @ StorageError::Backend(_)) => return Err(e),
+                Err(e) => dropped(&r.domain, &r.user, &e),
+            }
+        }
+        if let Some((at, _)) = chunk.last() {
+            store_position(&tx, *at)?;
+        }
+        tx.commit().map_err(backend)?;
+    }
+    Ok(n)
+}
+
+impl ArchiveWriter {
+    fn stopped() -> StorageError {
+        StorageError::Backend("the archive writer has stopped".into())
+    }
+
+    /// Waits until every append journaled before this call is committed (or
+    /// [`SETTLE_TIMEOUT`] has passed), so a read sees them.
+    async fn settle(&self) {
+        let target = self.shared.journaled.load(Ordering::Acquire);
+        if self.shared.committed.load(Ordering::Acquire) >= target {
+            return;
+        }
+        let wait = async {
+            loop {
+                let notified = self.shared.settled.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.shared.committed.load(Ordering::Acquire) >= target {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(SETTLE_TIMEOUT, wait).await.is_err() {
+            tracing::warn!("the archive writer is behind; reading what is committed");
+        }
+    }
 }
 
 /// The id of the owner's row, if it has one (it has one once it has archived anything).
@@ -159,49 +424,131 @@ fn owner_id(
     .map_err(read_err)
 }
 
-fn append_one(tx: &Transaction<'_>, job: &PendingAppend) -> Result<i64, StorageError> {
-    let (table, domain, user, entry) = (job.table, &job.domain, &job.user, &job.entry);
-    let owner = match owner_id(tx, table, domain, user)? {
+/// What the writer knows of the archives it appends to, so that an append is one
+/// `INSERT` instead of three look-ups and an insert: owner ids, and each archive's newest
+/// timestamp and ordinals. Only the writer appends, but other connections delete (an
+/// account, a room's archive, the purge), in this process or another: the cache is
+/// emptied whenever the database changed through another connection (`PRAGMA
+/// data_version`, read under the write lock), and when a transaction of the writer fails.
+#[derive(Default)]
+pub(crate) struct AppendCache {
+    /// The writer shares its connection with the other stores (an in-memory database):
+    /// their changes don't move `data_version`, so nothing is kept between transactions.
+    shared_connection: bool,
+    data_version: i64,
+    /// Owner ids by table tag, domain and name.
+    owners: [std::collections::HashMap<String, std::collections::HashMap<String, i64>>; 2],
+    /// The newest `(ts, n)` of an owner's archive, by table tag and owner id.
+    newest: [std::collections::HashMap<i64, (i64, i64)>; 2],
+    /// The newest `wn` of an owner's entries with one bare JID.
+    newest_with: [std::collections::HashMap<i64, std::collections::HashMap<String, i64>>; 2],
+    /// Entries in `newest_with`, which grows with the conversations: bounded by this.
+    with_entries: usize,
+}
+
+/// At most this many (owner, bare JID) ordinals are cached; past it the cache starts over.
+const MAX_CACHED_WITH: usize = 256 * 1024;
+
+impl AppendCache {
+    /// Empties the cache unless the database is as this connection left it. Call with the
+    /// write lock held (in a write transaction).
+    fn check(&mut self, tx: &Transaction<'_>) -> Result<(), StorageError> {
+        let version: i64 = tx
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(backend)?;
+        if version != self.data_version || self.shared_connection {
+            *self = AppendCache {
+                data_version: version,
+                shared_connection: self.shared_connection,
+                ..AppendCache::default()
+            };
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        *self = AppendCache {
+            shared_connection: self.shared_connection,
+            ..AppendCache::default()
+        };
+    }
+}
+
+fn append_one(
+    tx: &Transaction<'_>,
+    cache: &mut AppendCache,
+    table: &Table,
+    domain: &str,
+    user: &str,
+    entry: &ArchiveEntry,
+) -> Result<i64, StorageError> {
+    let t = usize::from(table.tag);
+    let cached = cache.owners[t]
+        .get(domain)
+        .and_then(|u| u.get(user))
+        .copied();
+    let owner = match cached {
         Some(id) => id,
         None => {
-            // An owner row of an account exists only while the account does (it cascades
-            // from `accounts`), so the account is checked only when the row is made.
-            if table.of_accounts {
-                require_account(tx, domain, user)?;
-            }
-            tx.prepare_cached(&format!(
-                "INSERT INTO {} (domain, username) VALUES (?1, ?2)",
-                table.owners
-            ))
-            .and_then(|mut s| s.insert(params![domain, user]))
-            .map_err(write_err)?
+            let id = match owner_id(tx, table, domain, user)? {
+                Some(id) => id,
+                None => {
+                    // An owner row of an account exists only while the account does (it
+                    // cascades from `accounts`), so the account is checked only when the
+                    // row is made.
+                    if table.of_accounts {
+                        require_account(tx, domain, user)?;
+                    }
+                    tx.prepare_cached(&format!(
+                        "INSERT INTO {} (domain, username) VALUES (?1, ?2)",
+                        table.owners
+                    ))
+                    .and_then(|mut s| s.insert(params![domain, user]))
+                    .map_err(write_err)?
+                }
+            };
+            cache.owners[t]
+                .entry(domain.to_owned())
+                .or_default()
+                .insert(user.to_owned(), id);
+            id
         }
     };
     // The newest entry, overall and with this bare JID: the timestamp never decreases and
     // the ordinals continue from theirs (see the module documentation).
-    let newest: Option<(i64, i64)> = tx
-        .prepare_cached(&format!(
-            "SELECT ts, n FROM {} WHERE owner = ?1 ORDER BY ts DESC, n DESC LIMIT 1",
-            table.by_time
-        ))
-        .and_then(|mut s| {
-            s.query_row(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(read_err)?;
+    let newest = match cache.newest[t].get(&owner) {
+        Some(&newest) => Some(newest),
+        None => tx
+            .prepare_cached(&format!(
+                "SELECT ts, n FROM {} WHERE owner = ?1 ORDER BY ts DESC, n DESC LIMIT 1",
+                table.by_time
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(read_err)?,
+    };
     let (ts, n) = newest.map_or((entry.timestamp_us, 1), |(ts, n)| {
         (ts.max(entry.timestamp_us), n.saturating_add(1))
     });
-    let newest_with: Option<i64> = tx
-        .prepare_cached(&format!(
-            "SELECT wn FROM {} WHERE owner = ?1 AND with_bare = ?2 ORDER BY seq DESC LIMIT 1",
-            table.by_with
-        ))
-        .and_then(|mut s| {
-            s.query_row(params![owner, entry.with_bare], |r| r.get(0))
-                .optional()
-        })
-        .map_err(read_err)?;
+    let cached_with = cache.newest_with[t]
+        .get(&owner)
+        .and_then(|w| w.get(&entry.with_bare))
+        .copied();
+    let newest_with = match cached_with {
+        Some(wn) => Some(wn),
+        None => tx
+            .prepare_cached(&format!(
+                "SELECT wn FROM {} WHERE owner = ?1 AND with_bare = ?2 ORDER BY seq DESC LIMIT 1",
+                table.by_with
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![owner, entry.with_bare], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(read_err)?,
+    };
     let wn = newest_with.map_or(1, |wn| wn.saturating_add(1));
     let inserted = tx
         .prepare_cached(&format!(
@@ -227,6 +574,18 @@ fn append_one(tx: &Transaction<'_>, job: &PendingAppend) -> Result<i64, StorageE
     if inserted == 0 {
         return Err(StorageError::AlreadyExists);
     }
+    cache.newest[t].insert(owner, (ts, n));
+    if cached_with.is_none() {
+        if cache.with_entries >= MAX_CACHED_WITH {
+            cache.newest_with = Default::default();
+            cache.with_entries = 0;
+        }
+        cache.with_entries += 1;
+    }
+    cache.newest_with[t]
+        .entry(owner)
+        .or_default()
+        .insert(entry.with_bare.clone(), wn);
     Ok(ts)
 }
 
@@ -683,14 +1042,88 @@ impl ArchiveStore for SqliteArchiveStore {
             domain: domain.to_owned(),
             user: user.to_owned(),
             entry: entry.clone(),
-            reply,
+            done: Done::Reply(reply),
         };
         self.writer
+            .queue
             .send(job)
-            .map_err(|_| StorageError::Backend("the archive writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StorageError::Backend("the archive writer has stopped".into()))?
+            .map_err(|_| ArchiveWriter::stopped())?;
+        answer.await.map_err(|_| ArchiveWriter::stopped())?
+    }
+
+    async fn append_archive_journaled(
+        &self,
+        domain: &str,
+        user: &str,
+        entry: ArchiveEntry,
+    ) -> Result<(), StorageError> {
+        let state = &self.writer.shared;
+        let Some(journal) = &state.journal else {
+            return self.append_archive(domain, user, &entry).await.map(|_| ());
+        };
+        // Written on the first poll whatever the room left, so appends are journaled (and
+        // committed) in the order their futures were first polled; an append that found no
+        // room waits for it once journaled.
+        let has_room = match state.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        };
+        let mut record = Vec::with_capacity(64 + entry.stanza.len());
+        journal::encode(&mut record, self.table.tag, domain, user, &entry);
+        // Written and queued under the journal's lock: queue order is journal order.
+        let written = {
+            let mut journal = journal.lock();
+            match journal.append(&record) {
+                Ok(Some(at)) => {
+                    let seq = state.journaled.load(Ordering::Relaxed) + 1;
+                    let job = PendingAppend {
+                        table: self.table,
+                        domain: domain.to_owned(),
+                        user: user.to_owned(),
+                        entry,
+                        done: Done::Journaled { seq, at },
+                    };
+                    let sent = self.writer.queue.send(job);
+                    state.journaled.store(seq, Ordering::Release);
+                    Ok(sent)
+                }
+                Ok(None) => Err(Some(entry)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the archive journal");
+                    Err(None)
+                }
+            }
+        };
+        match written {
+            // Unsent, the record is still in the journal: the next open commits it.
+            Ok(sent) => {
+                sent.map_err(|_| ArchiveWriter::stopped())?;
+                if !has_room {
+                    state
+                        .room
+                        .acquire()
+                        .await
+                        .map_err(|_| ArchiveWriter::stopped())?
+                        .forget();
+                }
+                Ok(())
+            }
+            Err(unjournaled) => {
+                if has_room {
+                    state.room.add_permits(1);
+                }
+                match unjournaled {
+                    // Too large for the journal: committed before it is acknowledged.
+                    Some(entry) => self.append_archive(domain, user, &entry).await.map(|_| ()),
+                    None => Err(StorageError::Backend(
+                        "cannot write the archive journal".into(),
+                    )),
+                }
+            }
+        }
     }
 
     async fn query_archive(
@@ -699,6 +1132,7 @@ impl ArchiveStore for SqliteArchiveStore {
         user: &str,
         q: &ArchiveQuery,
     ) -> Result<ArchivePage, StorageError> {
+        self.writer.settle().await;
         let (domain, user, q) = (domain.to_owned(), user.to_owned(), q.clone());
         let table = self.table;
         run(&self.conn, move |conn| {
@@ -712,6 +1146,7 @@ impl ArchiveStore for SqliteArchiveStore {
         domain: &str,
         user: &str,
     ) -> Result<Option<(ArchiveBound, ArchiveBound)>, StorageError> {
+        self.writer.settle().await;
         let (domain, user) = (domain.to_owned(), user.to_owned());
         let table = self.table;
         run(&self.conn, move |conn| {
@@ -745,6 +1180,7 @@ impl ArchiveStore for SqliteArchiveStore {
     }
 
     async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError> {
+        self.writer.settle().await;
         use std::sync::atomic::Ordering;
         let table = self.table;
         let purge_from = self.purge_from.clone();
@@ -803,6 +1239,7 @@ impl ArchiveStore for SqliteArchiveStore {
         id: &str,
         stanza: &str,
     ) -> Result<(), StorageError> {
+        self.writer.settle().await;
         let (domain, user, id, stanza) = (
             domain.to_owned(),
             user.to_owned(),
@@ -832,6 +1269,7 @@ impl ArchiveStore for SqliteArchiveStore {
     }
 
     async fn delete_archive(&self, domain: &str, user: &str) -> Result<usize, StorageError> {
+        self.writer.settle().await;
         let (domain, user) = (domain.to_owned(), user.to_owned());
         let table = self.table;
         run(&self.conn, move |conn| {
@@ -855,6 +1293,7 @@ impl ArchiveStore for SqliteArchiveStore {
     }
 
     async fn count_archived(&self) -> Result<Option<u64>, StorageError> {
+        self.writer.settle().await;
         let table = self.table;
         run(&self.conn, move |conn| {
             // `count(*)` walks the smallest index (three integers per row) and reads no
@@ -1059,5 +1498,259 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn entry(id: &str, ts: i64) -> ArchiveEntry {
+        ArchiveEntry {
+            id: id.into(),
+            timestamp_us: ts,
+            with_bare: "bob@example.org".into(),
+            with_resource: "phone".into(),
+            stanza: format!("<message xmlns='jabber:client'><body>{id}</body></message>"),
+        }
+    }
+
+    async fn ids(store: &dyn ArchiveStore, user: &str) -> Vec<String> {
+        let q = ArchiveQuery {
+            filter: ArchiveFilter::default(),
+            page: PageRequest::First,
+            max: 1000,
+        };
+        store
+            .query_archive("example.org", user, &q)
+            .await
+            .expect("query")
+            .entries
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// Reopens `path` once the previous backend's writer has let go of the journal (its
+    /// thread ends after the last store is dropped).
+    fn reopen(path: &std::path::Path) -> SqliteBackend {
+        for _ in 0..200 {
+            if let Some(claim) = journal::Claim::take(path).expect("claim") {
+                drop(claim);
+                return SqliteBackend::open(path).expect("open");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the journal stayed held");
+    }
+
+    /// Journaled appends are read back at once (reads wait for the writer), in order with
+    /// committed ones, and cost no commit on the caller's path.
+    #[tokio::test]
+    async fn journaled_appends_are_read_back_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rookery.db");
+        let b = SqliteBackend::open(&path).expect("open");
+        let s = b.storage();
+        s.accounts
+            .create_account("example.org", "alice", &[])
+            .await
+            .expect("create");
+        assert!(
+            b.archive_writer.shared.journal.is_some(),
+            "the server owns the journal"
+        );
+        for n in 0..500 {
+            let e = entry(&format!("j{n:03}"), 1000 + n);
+            if n % 100 == 50 {
+                s.archive
+                    .append_archive("example.org", "alice", &e)
+                    .await
+                    .expect("committed append");
+            } else {
+                s.archive
+                    .append_archive_journaled("example.org", "alice", e)
+                    .await
+                    .expect("journaled append");
+            }
+        }
+        let want: Vec<_> = (0..500).map(|n| format!("j{n:03}")).collect();
+        let q = ArchiveQuery {
+            filter: ArchiveFilter::default(),
+            page: PageRequest::First,
+            max: 1000,
+        };
+        let page = s
+            .archive
+            .query_archive("example.org", "alice", &q)
+            .await
+            .expect("query");
+        assert_eq!(
+            page.entries.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            want.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(page.count, 500);
+        // An append for an account that does not exist is dropped, not an error later on.
+        s.archive
+            .append_archive_journaled("example.org", "nobody", entry("x", 1))
+            .await
+            .expect("journaled");
+        assert!(ids(s.archive.as_ref(), "nobody").await.is_empty());
+        // The position reached is stored with the entries.
+        let stored = stored_position(&b.conn.lock()).expect("position");
+        assert!(stored.segment >= 1 && stored.offset > 0, "{stored:?}");
+        // A second process on the same database gets no journal and commits directly.
+        let other = SqliteBackend::open(&path).expect("second open");
+        assert!(other.archive_writer.shared.journal.is_none());
+        other
+            .archive_store()
+            .append_archive_journaled("example.org", "alice", entry("k", 5000))
+            .await
+            .expect("direct");
+        assert_eq!(
+            ids(s.archive.as_ref(), "alice")
+                .await
+                .last()
+                .map(String::as_str),
+            Some("k")
+        );
+    }
+
+    /// What a killed server journaled but never committed is committed at the next open,
+    /// once, before anything reads the archive; a record the database refuses is dropped.
+    #[tokio::test]
+    async fn the_next_open_commits_what_a_killed_process_journaled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rookery.db");
+        {
+            let b = SqliteBackend::open(&path).expect("open");
+            let s = b.storage();
+            s.accounts
+                .create_account("example.org", "alice", &[])
+                .await
+                .expect("create");
+            s.archive
+                .append_archive_journaled("example.org", "alice", entry("a1", 10))
+                .await
+                .expect("journaled");
+            assert_eq!(ids(s.archive.as_ref(), "alice").await, ["a1"]);
+        }
+        // As a killed server leaves it: records in the journal past the stored position.
+        let applied = {
+            let conn = Connection::open(&path).expect("raw open");
+            stored_position(&conn).expect("position")
+        };
+        for _ in 0..200 {
+            if let Some(claim) = journal::Claim::take(&path).expect("claim") {
+                let mut j = claim.start(applied).expect("start");
+                let mut buf = Vec::new();
+                for (table, user, id) in [
+                    (ACCOUNTS.tag, "alice", "a2"),
+                    (ACCOUNTS.tag, "ghost", "g1"),
+                    (ROOMS.tag, "room", "r1"),
+                    (ACCOUNTS.tag, "alice", "a3"),
+                ] {
+                    journal::encode(&mut buf, table, "example.org", user, &entry(id, 20));
+                    j.append(&buf).expect("append").expect("fits");
+                }
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let b = reopen(&path);
+        let s = b.storage();
+        assert_eq!(ids(s.archive.as_ref(), "alice").await, ["a1", "a2", "a3"]);
+        assert_eq!(ids(s.room_archive.as_ref(), "room").await, ["r1"]);
+        assert!(ids(s.archive.as_ref(), "ghost").await.is_empty());
+        drop((s, b));
+        // Nothing is committed twice, and the old segments are gone.
+        let b = reopen(&path);
+        assert_eq!(
+            ids(b.storage().archive.as_ref(), "alice").await,
+            ["a1", "a2", "a3"]
+        );
+        let segments = std::fs::read_dir(journal::dir_of(&path))
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count();
+        assert_eq!(segments, 0, "no segment is left before the first append");
+    }
+
+    /// The writer's cache of owners and ordinals follows deletions made through other
+    /// connections: a deleted account's owner id, reused for another account, never
+    /// receives the deleted account's entries, and a recreated archive counts from 1.
+    #[tokio::test]
+    async fn the_append_cache_follows_deletions_by_other_connections() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rookery.db");
+        let b = SqliteBackend::open(&path).expect("open");
+        let s = b.storage();
+        for user in ["alice", "bob"] {
+            s.accounts
+                .create_account("example.org", user, &[])
+                .await
+                .expect("create");
+            s.archive
+                .append_archive_journaled("example.org", user, entry(&format!("{user}1"), 10))
+                .await
+                .expect("append");
+        }
+        assert_eq!(ids(s.archive.as_ref(), "bob").await, ["bob1"]);
+        s.accounts
+            .delete_account("example.org", "bob")
+            .await
+            .expect("delete");
+        s.accounts
+            .create_account("example.org", "carol", &[])
+            .await
+            .expect("create");
+        s.archive
+            .append_archive_journaled("example.org", "carol", entry("carol1", 20))
+            .await
+            .expect("append");
+        s.accounts
+            .create_account("example.org", "bob", &[])
+            .await
+            .expect("create");
+        s.archive
+            .append_archive_journaled("example.org", "bob", entry("bob2", 30))
+            .await
+            .expect("append");
+        assert_eq!(ids(s.archive.as_ref(), "carol").await, ["carol1"]);
+        assert_eq!(ids(s.archive.as_ref(), "bob").await, ["bob2"]);
+        // A room's archive deleted and started again counts from its first entry.
+        let rooms = b.room_archive_store();
+        for id in ["r1", "r2"] {
+            rooms
+                .append_archive_journaled("example.org", "room", entry(id, 40))
+                .await
+                .expect("append");
+        }
+        assert_eq!(
+            rooms
+                .delete_archive("example.org", "room")
+                .await
+                .expect("delete"),
+            2
+        );
+        rooms
+            .append_archive_journaled("example.org", "room", entry("r3", 50))
+            .await
+            .expect("append");
+        let q = ArchiveQuery {
+            filter: ArchiveFilter::default(),
+            page: PageRequest::Last,
+            max: 10,
+        };
+        let page = rooms
+            .query_archive("example.org", "room", &q)
+            .await
+            .expect("query");
+        assert_eq!((page.count, page.first_index), (1, Some(0)));
+        assert_eq!(page.entries[0].id, "r3");
+        let alice = s
+            .archive
+            .query_archive("example.org", "alice", &q)
+            .await
+            .expect("query");
+        assert_eq!(alice.count, 1);
     }
 }

@@ -9,13 +9,17 @@
 //!   written before commit returns); only an operating-system crash or power loss can
 //!   lose the last few commits. That is the trade-off recommended by SQLite for WAL and
 //!   the one Rookery makes: FULL would fsync on every commit for protection only
-//!   against OS crashes.
+//!   against OS crashes. Archive appends on the message path get the same guarantee
+//!   sooner, from the archive journal (`journal.rs`): a record copied into a shared file
+//!   mapping is in the kernel's page cache, and the next open commits what the last run
+//!   journaled but did not commit.
 //! * **Several processes.** The server and the `rookery user` CLI may open the same file
 //!   at once: writers use `BEGIN IMMEDIATE` and wait up to 5 s (`busy_timeout`) for the
 //!   lock, and WAL lets readers proceed meanwhile.
 //! * **Never block the async runtime.** Every store call runs on tokio's blocking pool
 //!   with the connection behind a mutex, except archive appends, which a dedicated writer
-//!   thread commits in batches (each caller is answered after the commit).
+//!   thread commits in batches (a committed append is answered after the commit, a
+//!   journaled one once it is in the journal; reads of the archive wait for the writer).
 //! * **Archive appends don't queue behind the other stores, nor behind checkpoints.** For a
 //!   database file the archive writer has its own connection (WAL lets the other connection
 //!   read meanwhile; writes of both take SQLite's write lock in turn, waiting up to
@@ -76,6 +80,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod archive;
 mod im;
+mod journal;
 mod pubsub;
 mod rooms;
 mod upload;
@@ -97,6 +102,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_uploads.sql"),
     include_str!("../migrations/0008_host_data.sql"),
     include_str!("../migrations/0009_lean_archive.sql"),
+    include_str!("../migrations/0010_archive_journal.sql"),
 ];
 
 /// The schema version this build creates and understands.
@@ -209,6 +215,35 @@ fn narrow_mode(path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Takes the archive journal of the database at `path` (`journal.rs`) and commits what a
+/// previous run left in it; None when another process has it (that process commits its
+/// own records; this one commits its archive appends before acknowledging them).
+fn open_journal(
+    path: &Path,
+    conn: &mut Connection,
+) -> Result<Option<journal::Journal>, StorageError> {
+    let failed = |e: std::io::Error| {
+        StorageError::Backend(format!(
+            "archive journal {}: {e}",
+            journal::dir_of(path).display()
+        ))
+    };
+    let Some(claim) = journal::Claim::take(path).map_err(failed)? else {
+        tracing::info!(
+            "the archive journal is held by another process; archive appends are committed directly"
+        );
+        return Ok(None);
+    };
+    let applied = archive::stored_position(conn)?;
+    let leftovers = claim.leftovers(applied).map_err(failed)?;
+    let reached = leftovers.last().map_or(applied, |(at, _)| *at);
+    let n = archive::replay(conn, leftovers)?;
+    if n > 0 {
+        tracing::info!(entries = n, "archive entries recovered from the journal");
+    }
+    claim.start(reached).map(Some).map_err(failed)
+}
+
 /// An open SQLite database.
 #[derive(Clone)]
 pub struct SqliteBackend {
@@ -242,13 +277,14 @@ impl SqliteBackend {
         migrate(&mut conn)?;
         let mut writer = open()?;
         configure(&mut writer, true)?;
+        let journal = open_journal(path, &mut writer)?;
         let mut checkpointer = open()?;
         configure(&mut checkpointer, true)?;
         let conn = Arc::new(Mutex::new(conn));
         // The stores hold the connection: the checkpointer stops when the last one is gone.
         start_checkpointer(checkpointer, Arc::downgrade(&conn))?;
         let backend = SqliteBackend {
-            archive_writer: archive::start_writer(Arc::new(Mutex::new(writer)))?,
+            archive_writer: archive::start_writer(Arc::new(Mutex::new(writer)), true, journal)?,
             conn,
         };
         // Opening in WAL mode creates the companions; narrow any an older version left wide.
@@ -268,7 +304,8 @@ impl SqliteBackend {
         // One connection: an in-memory database is private to the connection that made it.
         let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteBackend {
-            archive_writer: archive::start_writer(conn.clone())?,
+            // Nothing of an in-memory database outlives the process: no journal.
+            archive_writer: archive::start_writer(conn.clone(), false, None)?,
             conn,
         })
     }

@@ -401,6 +401,21 @@ pub trait ArchiveStore: Send + Sync + 'static {
         user: &str,
         entry: &ArchiveEntry,
     ) -> Result<i64, StorageError>;
+    /// Appends `entry` like [`append_archive`](Self::append_archive), but may return
+    /// before the commit: once it returns `Ok`, the entry survives a crash or kill of the
+    /// server process (as a commit does), every read of the archive sees it, and it is
+    /// committed in the same order as every other append. A backend with a journal
+    /// (SQLite's, `journal.rs`) returns once the entry is in it; the default waits for the
+    /// commit. Errors only the commit can find (an unknown account, an id already in the
+    /// archive) may then not be reported: the backend drops such an entry and logs it.
+    async fn append_archive_journaled(
+        &self,
+        domain: &str,
+        user: &str,
+        entry: ArchiveEntry,
+    ) -> Result<(), StorageError> {
+        self.append_archive(domain, user, &entry).await.map(|_| ())
+    }
     /// One page of the result set `query.filter` selects, in archive order. NotFound when
     /// an id the query names (after-id, before-id, ids, RSM after/before) is not in the
     /// archive. An unknown account has an empty archive.

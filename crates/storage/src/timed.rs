@@ -221,6 +221,7 @@ timed_store!(RoomStore, RoomOps {
 
 timed_store!(ArchiveStore, ArchiveOps {
     async fn append_archive(&self, domain: &str, user: &str, entry: &ArchiveEntry) -> Result<i64, StorageError>;
+    async fn append_archive_journaled(&self, domain: &str, user: &str, entry: ArchiveEntry) -> Result<(), StorageError>;
     async fn query_archive(&self, domain: &str, user: &str, query: &ArchiveQuery) -> Result<ArchivePage, StorageError>;
     async fn archive_bounds(&self, domain: &str, user: &str) -> Result<Option<(ArchiveBound, ArchiveBound)>, StorageError>;
     async fn purge_archive(&self, before_us: i64, limit: usize) -> Result<usize, StorageError>;

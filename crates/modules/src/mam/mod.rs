@@ -325,7 +325,7 @@ async fn archive(
 ) -> Result<Option<String>, StorageError> {
     match archive_entry(server, owner, with, stanza).await? {
         Some((domain, user, entry)) => {
-            append(server.storage().archive.clone(), domain, user, entry).await
+            append_journaled(server.storage().archive.clone(), domain, user, entry).await
         }
         None => Ok(None),
     }
@@ -379,46 +379,46 @@ async fn archive_entry(
     Ok(Some((domain.to_owned(), user.to_owned(), entry)))
 }
 
-/// Appends `entry`; its id once committed (None: the account does not exist).
-async fn append(
+/// Appends `entry` on the message path; its id once the entry survives a crash of the
+/// server (journaled or committed, see `ArchiveStore::append_archive_journaled`), None when
+/// the account does not exist.
+async fn append_journaled(
     store: Arc<dyn ArchiveStore>,
     domain: String,
     user: String,
-    mut entry: ArchiveEntry,
+    entry: ArchiveEntry,
 ) -> Result<Option<String>, StorageError> {
-    // A clash of random ids is astronomically unlikely; retry rather than lose a message.
-    for _ in 0..3 {
-        match store.append_archive(&domain, &user, &entry).await {
-            Ok(_) => return Ok(Some(entry.id)),
-            Err(StorageError::AlreadyExists) => entry.id = new_stanza_id(entry.timestamp_us),
-            // No such account: the core answers the sender; nothing to archive.
-            Err(StorageError::NotFound) => return Ok(None),
-            Err(e) => {
-                tracing::error!(error = %e, "archiving failed; message refused");
-                return Err(e);
-            }
+    let id = entry.id.clone();
+    match store.append_archive_journaled(&domain, &user, entry).await {
+        Ok(()) => Ok(Some(id)),
+        // No such account: the core answers the sender; nothing to archive.
+        Err(StorageError::NotFound) => Ok(None),
+        // A backend that commits before answering found the random id taken: a clash
+        // of 95 random bits. The sender is told to send again rather than lose it.
+        Err(e) => {
+            tracing::error!(error = %e, "archiving failed; message refused");
+            Err(e)
         }
     }
-    Ok(None)
 }
 
-/// Appends `entry` without waiting for the commit: the append is started here (a backend
-/// that queues appends, as SQLite's and PostgreSQL's writers do, has queued it when this
-/// returns) and finishes in a task of its own.
+/// Appends `entry` without waiting for it: the append is started here (a backend that
+/// queues appends, as SQLite's and PostgreSQL's writers do, has journaled or queued it when
+/// this returns) and finishes in a task of its own.
 ///
 /// Used for the sender's copy of a message to a local account: the recipient's copy is
 /// appended after it, while the message is being delivered, and delivery waits for that
-/// commit (and is refused if it fails). The backend commits appends in the order they were
-/// queued, so once the recipient's copy is committed the sender's is too (the durability
-/// rule: a message a recipient has received is in both archives), and a message costs its
-/// sender one commit wait instead of two. A failure of the sender's copy alone is logged.
+/// one (and is refused if it fails). The backend keeps appends in the order they were
+/// first polled, so once the recipient's copy survives a crash the sender's does too (the
+/// durability rule: a message a recipient has received is in both archives), and a message
+/// costs its sender one wait instead of two. A failure of the sender's copy alone is logged.
 async fn append_queued(
     store: Arc<dyn ArchiveStore>,
     domain: String,
     user: String,
     entry: ArchiveEntry,
 ) {
-    let mut pending = Box::pin(append(store, domain, user, entry));
+    let mut pending = Box::pin(append_journaled(store, domain, user, entry));
     // One poll: far enough for the append to be queued.
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(pending.as_mut().poll(cx))).await;
     if first.is_pending() {
@@ -468,7 +468,7 @@ async fn outbound(server: &Server, mut c: ClientStanza) -> Option<ClientStanza> 
     // before the message leaves.
     if to.node().is_some() && server.serves(to.domain().as_str()) {
         append_queued(store, domain, user, entry).await;
-    } else if append(store, domain, user, entry).await.is_err() {
+    } else if append_journaled(store, domain, user, entry).await.is_err() {
         server.bounce(&c.stanza, archive_failed());
         return None;
     }
