@@ -100,6 +100,25 @@ pub(crate) const ROOMS: Table = Table {
 /// appends don't wait for the commit, so their batches grow to this under load.
 const MAX_BATCH: usize = 4096;
 
+/// How long the writer lets journaled appends gather before it commits them, when no one
+/// waits for that commit (no committed append in the batch, no read waiting to settle).
+/// Nobody's message waits for it, and one commit per interval instead of one per append
+/// (at moderate rates) spares the server's core a transaction, a thread wake-up and a WAL
+/// write of the same index pages each time.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The writer offers its core to other threads (`sched_yield`) after this many appends of
+/// a batch. On a busy core the scheduler otherwise lets a running thread finish its time
+/// slice (milliseconds) before a thread woken by a client's message gets the core, and
+/// those waits were the tail of message latency; a yield costs a system call when no one
+/// else is waiting.
+/// Only batches up to [`YIELDING_BATCH`] appends yield: a larger one means the server is
+/// saturated, latency is then queueing, and the yields would only cost throughput.
+const YIELD_EVERY: usize = 16;
+
+/// See [`YIELD_EVERY`].
+const YIELDING_BATCH: usize = 512;
+
 /// Journaled appends not yet committed, at most: past this, appends wait for the writer
 /// (memory stays bounded, and so does the wait of a read for what is journaled).
 const MAX_UNCOMMITTED: usize = 32 * 1024;
@@ -155,6 +174,8 @@ struct WriterState {
     settled: tokio::sync::Notify,
     /// Room for journaled appends not yet committed ([`MAX_UNCOMMITTED`]).
     room: tokio::sync::Semaphore,
+    /// Reads waiting for the writer ([`ArchiveWriter::settle`]): it then commits at once.
+    readers: std::sync::atomic::AtomicUsize,
 }
 
 /// Starts the writer thread of `conn` (`own_connection`: no other store uses it), with the
@@ -174,6 +195,7 @@ pub(crate) fn start_writer(
         committed: AtomicU64::new(0),
         settled: tokio::sync::Notify::new(),
         room: tokio::sync::Semaphore::new(MAX_UNCOMMITTED),
+        readers: std::sync::atomic::AtomicUsize::new(0),
     });
     let state = shared.clone();
     std::thread::Builder::new()
@@ -186,11 +208,16 @@ pub(crate) fn start_writer(
             };
             while let Some(first) = rx.blocking_recv() {
                 batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
+                drain(&mut rx, &mut batch);
+                let unwaited = || {
+                    state.readers.load(Ordering::Acquire) == 0
+                        && batch
+                            .iter()
+                            .all(|j| matches!(j.done, Done::Journaled { .. }))
+                };
+                if batch.len() < MAX_BATCH && unwaited() {
+                    std::thread::sleep(GATHER);
+                    drain(&mut rx, &mut batch);
                 }
                 let results = commit_batch(&conn, &mut cache, &mut batch);
                 let mut last = None;
@@ -220,6 +247,19 @@ pub(crate) fn start_writer(
         })
         .map_err(|e| StorageError::Backend(format!("cannot start the archive writer: {e}")))?;
     Ok(ArchiveWriter { queue: tx, shared })
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`].
+fn drain(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<PendingAppend>,
+    batch: &mut Vec<PendingAppend>,
+) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
 }
 
 /// A journaled append the database refused: it was acknowledged, so say so loudly unless
@@ -300,7 +340,11 @@ fn write_batch_cached(
     // A failed statement is undone alone (SQLite statement atomicity); the rest commit.
     let mut results = Vec::with_capacity(jobs.len());
     let mut reached = None;
-    for job in jobs {
+    for (i, job) in jobs.iter().enumerate() {
+        if i % YIELD_EVERY == YIELD_EVERY - 1 && jobs.len() <= YIELDING_BATCH {
+            // Let a thread that has messages to deliver have the core (see YIELD_EVERY).
+            std::thread::yield_now();
+        }
         let result = append_one(&tx, cache, job.table, &job.domain, &job.user, &job.entry);
         if let Done::Journaled { at, .. } = job.done {
             if matches!(result, Err(StorageError::Backend(_))) {
@@ -403,7 +447,10 @@ impl ArchiveWriter {
                 notified.await;
             }
         };
-        if tokio::time::timeout(SETTLE_TIMEOUT, wait).await.is_err() {
+        self.shared.readers.fetch_add(1, Ordering::AcqRel);
+        let waited = tokio::time::timeout(SETTLE_TIMEOUT, wait).await;
+        self.shared.readers.fetch_sub(1, Ordering::AcqRel);
+        if waited.is_err() {
             tracing::warn!("the archive writer is behind; reading what is committed");
         }
     }
