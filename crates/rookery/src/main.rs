@@ -456,10 +456,15 @@ async fn open_storage(config: &Config, create: Create) -> Result<Storage> {
 /// one has run its slice, milliseconds. The runtime's threads wake for every stanza and run
 /// briefly, while the storage threads (the archive writer, the checkpointer) run long: with
 /// the default slice, their turns were the tail of message latency at a steady rate with
-/// the archive on. On older kernels the call fails and nothing changes.
+/// the archive on. On older kernels the call fails and nothing changes; a thread started
+/// under another policy (real-time, set by the operator) keeps it.
 fn short_time_slice() {
     #[cfg(target_os = "linux")]
     {
+        // SAFETY: sched_getscheduler on the calling thread (pid 0) takes no pointers.
+        if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+            return;
+        }
         /// `struct sched_attr` as of Linux 3.14 (`SCHED_ATTR_SIZE_VER0`); libc has no binding.
         #[repr(C)]
         struct SchedAttr {

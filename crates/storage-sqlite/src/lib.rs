@@ -477,18 +477,16 @@ fn start_checkpointer(
     };
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || {
+        .spawn(move || loop {
             lower_priority(CHECKPOINTER_NICE);
-            loop {
-                std::thread::sleep(CHECKPOINT_INTERVAL);
-                if alive.upgrade().is_none() {
-                    checkpoint(&conn, "TRUNCATE");
-                    return;
-                }
-                if let Some((_, frames, _)) = checkpoint(&conn, "PASSIVE") {
-                    if frames > WAL_RESTART_FRAMES {
-                        checkpoint(&conn, "RESTART");
-                    }
+            std::thread::sleep(CHECKPOINT_INTERVAL);
+            if alive.upgrade().is_none() {
+                checkpoint(&conn, "TRUNCATE");
+                return;
+            }
+            if let Some((_, frames, _)) = checkpoint(&conn, "PASSIVE") {
+                if frames > WAL_RESTART_FRAMES {
+                    checkpoint(&conn, "RESTART");
                 }
             }
         })
@@ -504,10 +502,27 @@ fn start_checkpointer(
 /// (about a tenth) of a saturated core, so the WAL keeps being copied back.
 const CHECKPOINTER_NICE: i32 = 10;
 
-/// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread).
-fn lower_priority(nice: i32) {
+/// Makes the calling thread a background one: out of a real-time policy, at `nice`
+/// (Linux: per thread; it only ever lowers a priority, which needs no privilege).
+///
+/// A server run under a real-time policy (`chrt`, systemd's `CPUSchedulingPolicy`) has
+/// every thread real-time, and a real-time thread keeps its core until it blocks: a
+/// storage thread would then hold a delivering thread off for a whole commit or checkpoint.
+/// The storage threads call this each round, since the policy can be set while they run.
+pub(crate) fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     {
+        // SAFETY: sched_getscheduler/sched_setscheduler on the calling thread (pid 0), with
+        // a parameter that lives for the call.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            if policy == libc::SCHED_FIFO || policy == libc::SCHED_RR {
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+            } else if nice == 0 {
+                return;
+            }
+        }
         // SAFETY: gettid and setpriority on the calling thread take no pointers.
         let failed = unsafe {
             let tid = libc::syscall(libc::SYS_gettid);
