@@ -1577,17 +1577,22 @@ mod tests {
             .collect()
     }
 
-    /// Reopens `path` once the previous backend's writer has let go of the journal (its
+    /// The journal of `path`, once the previous backend's writer has let go of it (its
     /// thread ends after the last store is dropped).
-    fn reopen(path: &std::path::Path) -> SqliteBackend {
+    fn claim_when_free(path: &std::path::Path) -> journal::Claim {
         for _ in 0..200 {
             if let Some(claim) = journal::Claim::take(path).expect("claim") {
-                drop(claim);
-                return SqliteBackend::open(path).expect("open");
+                return claim;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("the journal stayed held");
+    }
+
+    /// Reopens `path` once the previous backend has let go of the journal.
+    fn reopen(path: &std::path::Path) -> SqliteBackend {
+        drop(claim_when_free(path));
+        SqliteBackend::open(path).expect("open")
     }
 
     /// Journaled appends are read back at once (reads wait for the writer), in order with
@@ -1686,22 +1691,18 @@ mod tests {
             let conn = Connection::open(&path).expect("raw open");
             stored_position(&conn).expect("position")
         };
-        for _ in 0..200 {
-            if let Some(claim) = journal::Claim::take(&path).expect("claim") {
-                let mut j = claim.start(applied).expect("start");
-                let mut buf = Vec::new();
-                for (table, user, id) in [
-                    (ACCOUNTS.tag, "alice", "a2"),
-                    (ACCOUNTS.tag, "ghost", "g1"),
-                    (ROOMS.tag, "room", "r1"),
-                    (ACCOUNTS.tag, "alice", "a3"),
-                ] {
-                    journal::encode(&mut buf, table, "example.org", user, &entry(id, 20));
-                    j.append(&buf).expect("append").expect("fits");
-                }
-                break;
+        {
+            let mut j = claim_when_free(&path).start(applied).expect("start");
+            let mut buf = Vec::new();
+            for (table, user, id) in [
+                (ACCOUNTS.tag, "alice", "a2"),
+                (ACCOUNTS.tag, "ghost", "g1"),
+                (ROOMS.tag, "room", "r1"),
+                (ACCOUNTS.tag, "alice", "a3"),
+            ] {
+                journal::encode(&mut buf, table, "example.org", user, &entry(id, 20));
+                j.append(&buf).expect("append").expect("fits");
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let b = reopen(&path);
         let s = b.storage();

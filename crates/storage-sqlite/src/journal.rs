@@ -358,6 +358,15 @@ mod tests {
         }
     }
 
+    /// A new journal for the database at `db`, nothing committed yet.
+    fn fresh(db: &Path) -> Journal {
+        Claim::take(db)
+            .expect("take")
+            .expect("free")
+            .start(Position::default())
+            .expect("start")
+    }
+
     fn write(journal: &mut Journal, i: usize) -> Position {
         let mut buf = Vec::new();
         encode(&mut buf, (i % 2) as u8, "example.org", "alice", &entry(i));
@@ -403,11 +412,7 @@ mod tests {
     fn a_torn_or_damaged_record_ends_the_segment() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let db = tmp.path().join("r.db");
-        let mut journal = Claim::take(&db)
-            .expect("take")
-            .expect("free")
-            .start(Position::default())
-            .expect("start");
+        let mut journal = fresh(&db);
         let positions: Vec<_> = (0..3).map(|i| write(&mut journal, i)).collect();
         drop(journal);
         let path = segment_path(&dir_of(&db), positions[0].segment);
@@ -432,11 +437,7 @@ mod tests {
     fn a_full_segment_continues_in_the_next_and_retire_deletes_the_old() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let db = tmp.path().join("r.db");
-        let mut journal = Claim::take(&db)
-            .expect("take")
-            .expect("free")
-            .start(Position::default())
-            .expect("start");
+        let mut journal = fresh(&db);
         let first = journal.first_segment();
         let big = vec![b'x'; SEGMENT_BYTES / 3];
         let mut buf = Vec::new();
