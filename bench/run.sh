@@ -110,7 +110,7 @@ Options:
                         as shipped, ejabberd with mod_mam, Prosody with mam), rookery-pg
                         (Rookery as shipped on a private PostgreSQL server: needs Debian's
                         postgresql package)
-  --scenarios "LIST"    among: login login-plain idle messages rate fanout muc pep
+  --scenarios "LIST"    among: login login-plain login-tcp idle messages rate fanout muc pep
                         ws-login ws-idle bosh-rtt
   --pairs "LIST"        federation pairs A-B (A, B among rookery ejabberd prosody), run after
                         the single servers by bench/s2s_pairs.py (see BENCHMARKS.md, Federation)
@@ -677,13 +677,17 @@ run_idle() { # server rep scenario (idle, ws-idle) sessions
 run_scenario() { # server scenario
     local s="$1" scen="$2" r
     case "$scen" in
-        login|login-plain)
-            local mech=SCRAM-SHA-1
+        login|login-plain|login-tcp)
+            # login-tcp: SCRAM-SHA-1 on the STARTTLS port without STARTTLS (every server's
+            # configuration here accepts authentication in the clear; the other scenarios
+            # still negotiate TLS): a login's cost apart from the TLS handshake.
+            local mech=SCRAM-SHA-1 tls=starttls
             [[ $scen == login-plain ]] && mech=PLAIN
+            [[ $scen == login-tcp ]] && tls=none
             for ((r = 1; r <= REPS; r++)); do
                 # Each run starts with an untimed warm-up login per account (it also fills
                 # the generator's SCRAM key cache, which lives as long as the process).
-                gen "$s" "$scen" "$r" -- --mechanism "$mech" login --count "$LOGIN_COUNT" \
+                gen "$s" "$scen" "$r" -- --tls "$tls" --mechanism "$mech" login --count "$LOGIN_COUNT" \
                     --users "$LOGIN_USERS" --concurrency "$LOGIN_CONC"
             done
             ;;

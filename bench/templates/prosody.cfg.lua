@@ -61,7 +61,9 @@ network_settings = {
 	tcp_backlog = 1024;
 }
 
-c2s_require_encryption = true
+-- Authentication in the clear allowed for the login-tcp scenario (as in the other servers'
+-- files); the other TCP scenarios still negotiate STARTTLS first.
+c2s_require_encryption = false
 s2s_require_encryption = true
 
 authentication = "internal_hashed"

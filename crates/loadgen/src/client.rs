@@ -32,6 +32,61 @@ pub enum TlsMode {
     StartTls,
     /// TLS from the first byte (XEP-0368).
     Direct,
+    /// Plain TCP throughout, for servers configured to accept authentication without TLS:
+    /// it measures what a login costs apart from the TLS handshake.
+    None,
+}
+
+/// The connection's byte stream: TLS over TCP, or TCP alone (`TlsMode::None`).
+pub enum Stream {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A failure, classified so a run can count failures by kind.
@@ -204,7 +259,7 @@ pub struct LoginTimes {
 
 /// An established, bound client session.
 pub struct Conn {
-    stream: TlsStream<TcpStream>,
+    stream: Stream,
     pub scanner: StreamScanner,
     pub out: Vec<u8>,
     /// The full JID the server bound.
@@ -397,7 +452,8 @@ pub async fn connect_tcp(t: &Target, addr: SocketAddr, n: u64) -> Result<TcpStre
 }
 
 impl Conn {
-    /// Connects and negotiates TLS (STARTTLS or direct), then opens the stream over TLS.
+    /// Connects and negotiates TLS (STARTTLS or direct; none with `TlsMode::None`), then
+    /// opens the stream.
     /// Returns the session before authentication, its stream features and the timings.
     async fn open(t: &Target, n: u64) -> Result<(Conn, Vec<u8>, LoginTimes, Instant)> {
         let start = Instant::now();
@@ -435,12 +491,17 @@ impl Conn {
                 ));
             }
         }
-        let name = ServerName::try_from(t.domain.clone())
-            .map_err(|e| ClientError::new("config", format!("bad domain for SNI: {e}")))?;
-        let stream = tokio::time::timeout(t.step_timeout, t.connector.connect(name, tcp))
-            .await
-            .map_err(|_| ClientError::new("timeout", "TLS handshake"))?
-            .map_err(io_err("tls"))?;
+        let stream = if t.tls == TlsMode::None {
+            Stream::Plain(tcp)
+        } else {
+            let name = ServerName::try_from(t.domain.clone())
+                .map_err(|e| ClientError::new("config", format!("bad domain for SNI: {e}")))?;
+            let tls = tokio::time::timeout(t.step_timeout, t.connector.connect(name, tcp))
+                .await
+                .map_err(|_| ClientError::new("timeout", "TLS handshake"))?
+                .map_err(io_err("tls"))?;
+            Stream::Tls(Box::new(tls))
+        };
         times.tls_us = us(start);
 
         let mut conn = Conn {
@@ -545,7 +606,10 @@ impl Conn {
 
     /// The TLS protocol version and cipher suite of this connection.
     pub fn tls_info(&self) -> (String, String) {
-        let (_, session) = self.stream.get_ref();
+        let Stream::Tls(tls) = &self.stream else {
+            return ("none".into(), "none".into());
+        };
+        let (_, session) = tls.get_ref();
         let v = session
             .protocol_version()
             .map(|v| format!("{v:?}"))
@@ -788,7 +852,7 @@ pub fn write_iq_answer(el: &[u8], out: &mut Vec<u8>) {
 
 /// The reading side of a split session.
 pub struct ConnReader {
-    rd: tokio::io::ReadHalf<TlsStream<TcpStream>>,
+    rd: tokio::io::ReadHalf<Stream>,
     pub scanner: StreamScanner,
     read_buf: Box<[u8]>,
 }

@@ -44,7 +44,8 @@ struct TargetArgs {
     /// Server address (must resolve to loopback).
     #[arg(long, global = true, default_value = "127.0.0.1")]
     host: String,
-    /// Server port: the STARTTLS c2s port, or the direct TLS port with `--tls direct`.
+    /// Server port: the STARTTLS c2s port, or the direct TLS port with `--tls direct`
+    /// (`--tls none`: plain TCP, for a server that accepts authentication in the clear).
     #[arg(long, global = true, default_value_t = 5222)]
     port: u16,
     /// XMPP domain of the accounts.
@@ -92,6 +93,8 @@ struct TargetArgs {
 enum TlsArg {
     Starttls,
     Direct,
+    /// No TLS: the server must accept authentication in the clear.
+    None,
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,6 +218,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         tls: match a.tls {
             TlsArg::Starttls => TlsMode::StartTls,
             TlsArg::Direct => TlsMode::Direct,
+            TlsArg::None => TlsMode::None,
         },
         mechanism,
         user_pattern: a.user_pattern.clone(),

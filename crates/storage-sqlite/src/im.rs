@@ -14,7 +14,7 @@ use rookery_storage::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::{backend, now_unix, run, Shared};
+use crate::{backend, now_unix, read, run, Shared};
 
 /// Errors of a read: a value of the wrong type or range is corrupt data.
 pub(crate) fn read_err(e: rusqlite::Error) -> StorageError {
@@ -196,7 +196,7 @@ fn bump_version(tx: &Transaction<'_>, domain: &str, user: &str) -> Result<u64, S
 impl RosterStore for SqliteRosterStore {
     async fn roster(&self, domain: &str, user: &str) -> Result<Roster, StorageError> {
         let (domain, user) = (domain.to_owned(), user.to_owned());
-        run(&self.conn, move |conn| {
+        read(&self.conn, move |conn| {
             let tx = read_tx(conn)?;
             // Query 1: the items in key order, each row carrying the version (a constant
             // subquery, evaluated once).
@@ -439,7 +439,7 @@ impl RosterStore for SqliteRosterStore {
         user: &str,
     ) -> Result<Vec<(String, String)>, StorageError> {
         let (domain, user) = (domain.to_owned(), user.to_owned());
-        run(&self.conn, move |conn| {
+        read(&self.conn, move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT contact, stanza FROM roster_pending_in
@@ -522,7 +522,7 @@ impl OfflineStore for SqliteOfflineStore {
             return Ok(Vec::new());
         }
         let (domain, user) = (domain.to_owned(), user.to_owned());
-        run(&self.conn, move |conn| {
+        read(&self.conn, move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, stanza FROM offline_messages
@@ -615,7 +615,7 @@ impl UserDataStore for SqliteUserDataStore {
             store.to_owned(),
             key.to_owned(),
         );
-        run(&self.conn, move |conn| {
+        read(&self.conn, move |conn| {
             conn.prepare_cached(
                 "SELECT value FROM user_data
                  WHERE domain = ?1 AND username = ?2 AND store = ?3 AND key = ?4",

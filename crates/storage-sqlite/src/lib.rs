@@ -157,6 +157,29 @@ where
     .map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?
 }
 
+/// Run `f`, a small indexed read, on the calling thread when the connection is free, and on
+/// tokio's blocking pool (as [`run`]) when another task holds it.
+///
+/// Why on the calling thread: with its pages in SQLite's cache such a read costs a few
+/// microseconds, less than handing it to a pool thread and back (two wake-ups and two
+/// context switches). A login makes about twelve of them (credentials, roster, pending
+/// subscriptions, offline messages, the modules' per-user data), and the hand-offs were a
+/// third of a login's CPU (BENCHMARKS.md, "Logins: reads on the calling thread"). In WAL
+/// mode a reader never waits for a writer, so the caller is held only for the read itself
+/// (or, rarely, by SQLite's busy handler while another connection recovers the WAL).
+/// Writes, which wait for the write lock, and the archive's reads, which wait for the
+/// journal, stay on the pool.
+async fn read<T, F>(conn: &Shared, f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+{
+    if let Some(mut guard) = conn.try_lock() {
+        return f(&mut guard);
+    }
+    run(conn, f).await
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -773,7 +796,7 @@ impl AccountStore for SqliteAccountStore {
         hash: HashAlg,
     ) -> Result<Option<ScramCredentials>, StorageError> {
         let (domain, username) = (domain.to_owned(), username.to_owned());
-        self.run(move |conn| {
+        read(&self.conn, move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT hash, salt, iterations, stored_key, server_key
@@ -794,7 +817,7 @@ impl AccountStore for SqliteAccountStore {
 
     async fn account_exists(&self, domain: &str, username: &str) -> Result<bool, StorageError> {
         let (domain, username) = (domain.to_owned(), username.to_owned());
-        self.run(move |conn| {
+        read(&self.conn, move |conn| {
             conn.prepare_cached("SELECT 1 FROM accounts WHERE domain = ?1 AND username = ?2")
                 .and_then(|mut s| s.exists(params![domain, username]))
                 .map_err(backend)
@@ -852,6 +875,38 @@ impl AccountStore for SqliteAccountStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read runs on the calling thread while the connection is free, and waits on the
+    /// blocking pool (without holding the caller's thread) while another task holds it.
+    #[tokio::test(flavor = "current_thread")]
+    // The guard is held across the sleep on purpose: it stands for another task's use.
+    #[allow(clippy::await_holding_lock)]
+    async fn reads_run_inline_when_the_connection_is_free() {
+        let conn: Shared = Arc::new(Mutex::new(Connection::open_in_memory().expect("open")));
+        let caller = std::thread::current().id();
+        let inline = read(&conn, |c| {
+            let one: i64 = c.query_row("SELECT 1", [], |r| r.get(0)).map_err(backend)?;
+            Ok((one, std::thread::current().id()))
+        })
+        .await
+        .expect("read");
+        assert_eq!(inline, (1, caller));
+
+        // Held by another task: the read goes to the pool and completes once released.
+        let guard = conn.lock();
+        let pending = tokio::spawn({
+            let conn = conn.clone();
+            async move { read(&conn, |_| Ok(std::thread::current().id())).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !pending.is_finished(),
+            "the read must wait for the connection"
+        );
+        drop(guard);
+        let on = pending.await.expect("join").expect("read");
+        assert_ne!(on, caller, "a held connection is waited for on the pool");
+    }
 
     #[test]
     fn migrations_are_idempotent_on_one_connection() {

@@ -25,7 +25,7 @@ use rookery_storage::{
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::im::{count_from, read_err, read_tx, require_account, to_i64, write_tx};
-use crate::{backend, run, Shared};
+use crate::{backend, read, run, Shared};
 
 /// [`PubSubStore`] of a [`SqliteBackend`](crate::SqliteBackend).
 pub struct SqlitePubSubStore {
@@ -567,7 +567,7 @@ impl PubSubStore for SqlitePubSubStore {
         node: &str,
     ) -> Result<Option<NodeRecord>, StorageError> {
         let (svc, node) = (Service::of(service), node.to_owned());
-        run(&self.conn, move |conn| {
+        read(&self.conn, move |conn| {
             let config: Option<String> = conn
                 .prepare_cached(
                     "SELECT n.config

@@ -4,7 +4,7 @@ use rookery_storage::{check_data_size, HostDataStore, RoomStore, StorageError};
 use rusqlite::{params, OptionalExtension};
 
 use crate::im::{read_err, write_tx};
-use crate::{backend, now_unix, run, Shared};
+use crate::{backend, now_unix, read, run, Shared};
 
 /// [`RoomStore`] of a [`SqliteBackend`](crate::SqliteBackend).
 pub struct SqliteRoomStore {
@@ -102,7 +102,7 @@ impl std::fmt::Debug for SqliteHostDataStore {
 impl HostDataStore for SqliteHostDataStore {
     async fn get_host_data(&self, domain: &str, key: &str) -> Result<Option<String>, StorageError> {
         let (domain, key) = (domain.to_owned(), key.to_owned());
-        run(&self.conn, move |conn| {
+        read(&self.conn, move |conn| {
             conn.prepare_cached("SELECT value FROM host_data WHERE domain = ?1 AND key = ?2")
                 .map_err(backend)?
                 .query_row(params![domain, key], |r| r.get(0))
