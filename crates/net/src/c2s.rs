@@ -317,24 +317,35 @@ async fn takeover_request(takeover: &mut Option<TakeoverReceiver>) -> Option<sm:
 /// Runs one client stream over `transport` to its end: reads and hands events to the
 /// stream, writes what it answers and what its session receives, enforces the input rate,
 /// the authentication deadline and the idle check, then ends or parks the session.
-pub async fn run<T: StanzaTransport>(ctx: Arc<StreamContext>, mut transport: T) {
-    let mut stream = ClientStream::new(ctx, &transport);
-    tracing::debug!(peer = %stream.peer, tls = stream.confidential, "client connected");
-    let close = drive(&mut stream, &mut transport).await;
-    let ending = stream.end(close);
-    if ending.send_and_close {
-        // Boxed, like the release below: they run once, at the end, and would otherwise
-        // add their size to the task of every session for its whole life.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            Box::pin(async {
-                let _ = send(&mut stream.out, &mut transport).await;
-                transport.close().await;
-            }),
-        )
-        .await;
+///
+/// Not an `async fn`: an `async fn` keeps its arguments in its future and then moves them
+/// into locals of their own, so the transport (about 850 bytes) would be held twice by
+/// every session for its whole life. The `async move` block below uses the captured
+/// transport in place.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn run<T: StanzaTransport>(
+    ctx: Arc<StreamContext>,
+    mut transport: T,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let mut stream = ClientStream::new(ctx, &transport);
+        tracing::debug!(peer = %stream.peer, tls = stream.confidential, "client connected");
+        let close = drive(&mut stream, &mut transport).await;
+        let ending = stream.end(close);
+        if ending.send_and_close {
+            // Boxed, like the release below: they run once, at the end, and would
+            // otherwise add their size to the task of every session for its whole life.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                Box::pin(async {
+                    let _ = send(&mut stream.out, &mut transport).await;
+                    transport.close().await;
+                }),
+            )
+            .await;
+        }
+        Box::pin(stream.release(ending)).await;
     }
-    Box::pin(stream.release(ending)).await;
 }
 
 /// Sends what the stream wrote.

@@ -457,9 +457,7 @@ async fn accept_loop(l: Arc<Listener>, listener: TcpListener) {
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
-                server
-                    .tasks()
-                    .spawn(client_connection(l.clone(), socket, peer, permit));
+                spawn_client_connection(&l, socket, peer, permit);
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -470,14 +468,16 @@ async fn accept_loop(l: Arc<Listener>, listener: TcpListener) {
     }
 }
 
-/// Runs one accepted connection to its end: a client stream over TCP (after the TLS
+/// Spawns the task of one accepted connection: a client stream over TCP (after the TLS
 /// handshake on a direct-TLS port), or an external component's stream.
 ///
-/// The handshake and the component's stream are boxed: this future is the task of every
-/// client session, and an inline `.await` would keep their size in it for the session's
-/// whole life (ARCHITECTURE.md, "Per-connection memory").
-async fn client_connection(
-    l: Arc<Listener>,
+/// The stream's future is the task itself, not awaited inside a wrapper: a wrapper future
+/// keeps the transport it builds beside the stream's future that took it over (both live
+/// at the call), about 2.5 KiB more in every session's task for its whole life
+/// (ARCHITECTURE.md, "Per-connection memory"). On a direct-TLS port the handshake is a
+/// task of its own that spawns the stream's once the handshake is done.
+fn spawn_client_connection(
+    l: &Arc<Listener>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
     permit: limits::ConnectionPermit,
@@ -492,28 +492,39 @@ async fn client_connection(
         permit,
         side: crate::transport::TlsSide::Client,
     };
-    let transport = match l.kind {
-        ListenerKind::C2s => TcpTransport::plain(socket, peer, setup),
+    match l.kind {
+        ListenerKind::C2s => {
+            let transport = TcpTransport::plain(socket, peer, setup);
+            server.tasks().spawn(c2s::run(l.streams.clone(), transport));
+        }
         // XEP-0114 streams have no STARTTLS: the transport is never asked to upgrade.
         ListenerKind::Component => {
             let transport = TcpTransport::plain(socket, peer, setup);
-            return Box::pin(component::run(l.components.clone(), transport)).await;
+            server
+                .tasks()
+                .spawn(component::run(l.components.clone(), transport));
         }
         // Served by `http::serve` and `s2s_accept_loop`, never here.
         ListenerKind::Http
         | ListenerKind::Https
         | ListenerKind::S2s
-        | ListenerKind::S2sDirectTls => return,
-        ListenerKind::C2sDirectTls => match Box::pin(TcpTransport::direct_tls(socket, peer, setup))
-            .await
-        {
-            Ok(t) => t,
-            Err(why) => {
-                tracing::debug!(%peer, %why, "TLS handshake did not complete");
-                rookery_core::counters::incr(rookery_core::counters::Counter::TlsHandshakeFailures);
-                return;
-            }
-        },
-    };
-    c2s::run(l.streams.clone(), transport).await;
+        | ListenerKind::S2sDirectTls => {}
+        ListenerKind::C2sDirectTls => {
+            let streams = l.streams.clone();
+            server.tasks().spawn(async move {
+                match TcpTransport::direct_tls(socket, peer, setup).await {
+                    Ok(transport) => {
+                        let tasks = streams.server.tasks().clone();
+                        tasks.spawn(c2s::run(streams, transport));
+                    }
+                    Err(why) => {
+                        tracing::debug!(%peer, %why, "TLS handshake did not complete");
+                        rookery_core::counters::incr(
+                            rookery_core::counters::Counter::TlsHandshakeFailures,
+                        );
+                    }
+                }
+            });
+        }
+    }
 }
