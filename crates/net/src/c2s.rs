@@ -383,7 +383,10 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
     let mut throttled_since: Option<Instant> = None;
     // While over its rate the stream is not read (TCP pushes back on the sender); stanzas
     // for it are still written.
-    let mut resume_reading = Instant::now();
+    // The wait until reading resumes, only while over the rate: a timer of its own exists
+    // only then (an idle or a busy stream within its rate has none, and no timer is made
+    // per pass of the loop).
+    let mut throttle: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let idle = Duration::from_secs(limits.idle_timeout_secs);
     // When the client last sent anything (for the idle check once bound).
     let mut last_read = Instant::now();
@@ -408,8 +411,14 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
                     return Close::Dropped;
                 }
             }
-            _ = tokio::time::sleep_until(resume_reading), if resume_reading > Instant::now() => {}
-            ready = transport.readable(), if resume_reading <= Instant::now() => {
+            _ = async {
+                if let Some(wait) = throttle.as_mut() {
+                    wait.as_mut().await;
+                }
+            }, if throttle.is_some() => {
+                throttle = None;
+            }
+            ready = transport.readable(), if throttle.is_none() => {
                 if ready.is_err() {
                     return Close::Dropped;
                 }
@@ -437,7 +446,7 @@ async fn drive<T: StanzaTransport>(stream: &mut ClientStream, transport: &mut T)
                             "sending too fast for too long",
                         );
                     }
-                    resume_reading = now + wait;
+                    throttle = Some(Box::pin(tokio::time::sleep_until(now + wait)));
                 }
                 // Boxed, once per read: handling events can go through SASL, binding,
                 // storage and the modules' hooks, a future of several KiB that would

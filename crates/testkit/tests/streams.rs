@@ -250,6 +250,42 @@ async fn registration_on_a_host_without_the_register_module_is_service_unavailab
     t.stop().await;
 }
 
+/// A burst over the stanza rate pauses reading and then resumes it: what the burst's read
+/// brought is handled, the next stanza waits until the bucket has refilled, and the stream
+/// stays up.
+#[tokio::test]
+async fn a_burst_over_the_rate_pauses_reading_then_resumes() {
+    let t =
+        TestServer::start("[limits]\nmax_stanzas_per_second = 20\nrate_limit_grace_secs = 30\n")
+            .await;
+    t.add_user("burst", "pw").await;
+    let tls = t.client_tls(&[&TLS13]);
+    let mut c = RawClient::direct_tls(t.direct_tls, tls).await;
+    c.open_stream().await;
+    c.login_plain("burst", "pw", "b").await;
+    // Twice the burst allowance (40), in one write: 40 over, a pause of about two seconds.
+    let batch: String = (0..80)
+        .map(|i| {
+            format!("<iq type='get' id='b{i}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        })
+        .collect();
+    c.send(&batch).await;
+    let got = c.read_until("id=\"b79\"").await;
+    assert_eq!(got.matches("type=\"result\"").count(), 80, "{got}");
+    let paused = std::time::Instant::now();
+    c.send("<iq type='get' id='after' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let got = c.read_until("id=\"after\"").await;
+    let waited = paused.elapsed();
+    assert!(!got.contains("<policy-violation"), "{got}");
+    assert!(
+        waited >= std::time::Duration::from_millis(1000),
+        "{waited:?}"
+    );
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn a_flooding_client_is_paced_then_cut_off_while_others_keep_their_latency() {
     let t = TestServer::start("[limits]\nmax_stanzas_per_second = 20\nrate_limit_grace_secs = 2\n")
