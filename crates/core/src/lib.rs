@@ -28,6 +28,7 @@ pub mod preauth;
 pub mod requests;
 pub mod route;
 pub mod server;
+pub mod session_queue;
 pub mod sessions;
 pub mod settings;
 

@@ -2,13 +2,14 @@
 //! reach them. Delivery never blocks the sender: each session has a bounded queue, and a session
 //! that does not drain it is disconnected instead of letting memory grow.
 
+use crate::session_queue::{self, QueueReceiver, QueueSender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use rookery_stanza::{BareJid, FullJid, SharedStanza, StreamErrorCondition};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 /// Presence state stored in one atomic: `UNAVAILABLE`, or the priority (-128..=127).
 const UNAVAILABLE: i16 = i16::MIN;
@@ -76,7 +77,7 @@ impl ClientTransport {
 pub struct SessionHandle {
     id: u64,
     jid: FullJid,
-    queue: mpsc::Sender<Box<Outgoing>>,
+    queue: QueueSender<Box<Outgoing>>,
     presence: AtomicI16,
     kick: Mutex<Option<(StreamErrorCondition, String)>>,
     kicked: Notify,
@@ -98,7 +99,7 @@ pub struct SessionHandle {
 
 /// The session task's side: the stanzas to write and the kick signal.
 pub struct SessionInbox {
-    pub stanzas: mpsc::Receiver<Box<Outgoing>>,
+    pub stanzas: QueueReceiver<Box<Outgoing>>,
     handle: Arc<SessionHandle>,
 }
 
@@ -116,7 +117,7 @@ impl SessionHandle {
         queue: usize,
         peer: Option<std::net::SocketAddr>,
     ) -> (Arc<SessionHandle>, SessionInbox) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = session_queue::channel(queue.max(1));
         let handle = Arc::new(SessionHandle {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             jid,
@@ -197,7 +198,7 @@ impl SessionHandle {
                 crate::counters::stanza_out(kind);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_)) => {
                 crate::counters::incr(crate::counters::Counter::SendQueueOverflows);
                 self.kick(
                     StreamErrorCondition::PolicyViolation,
@@ -205,7 +206,7 @@ impl SessionHandle {
                 );
                 Err(DeliveryError::Overflow)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
+            Err(TrySendError::Closed(_)) => Err(DeliveryError::Gone),
         }
     }
     /// Asks the session to close its stream with this error. The first reason wins.
