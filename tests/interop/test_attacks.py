@@ -466,13 +466,10 @@ def test_unauthenticated_flood_memory_is_bounded_and_reused(flood):
     assert second["after_rss"] <= first["after_rss"] + slack
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server weakness: memory freed after a connection flood is kept by the allocator (mimalloc "
-    "keeps freed pages for reuse): VmRSS stays near the flood's peak instead of returning to the "
-    "baseline; it is reused by the next flood (no leak)",
-)
 def test_unauthenticated_flood_memory_returns_near_baseline(flood):
+    # Once an expected failure (what the flood left was kept near its peak); since each
+    # connection's task is the stream's own future and the parser keeps nothing between
+    # stanzas, what is left after the flood is within 16 MiB of the baseline.
     base_rss, _, rounds = flood
     after = rounds[-1]["after_rss"]
     assert after <= base_rss + 16 * MIB, f"VmRSS {after / MIB:.1f} MiB after the flood, {base_rss / MIB:.1f} before"

@@ -129,3 +129,34 @@ async fn a_host_added_at_runtime_is_served_with_its_modules() {
     ));
     assert!(s.built_hosts().contains(&"third.org".to_owned()));
 }
+
+/// Once shutdown has begun the rooms' tasks are gone while their handles may still be
+/// registered: a stanza for such a room (the unavailable presence of a session ending
+/// during shutdown) is dropped, instead of finding the dead room's queue again and again
+/// without yielding, which held a runtime thread and kept the server from stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stanza_for_a_room_after_shutdown_began_does_not_hold_the_thread() {
+    let s = server().await;
+    let mut c = Client::online(&s, &format!("alice@{D}/r")).await;
+    let room = format!("room@conference.{D}");
+    c.send(&format!(
+        "<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        c.drain().iter().any(|e| e.name() == "presence"),
+        "joined the room"
+    );
+    s.shutdown_token().cancel();
+    // The room's task sees the cancellation and ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let leave = tokio::spawn(async move {
+        c.send(&format!("<presence to='{room}/alice' type='unavailable'/>"))
+            .await;
+    });
+    tokio::time::timeout(Duration::from_secs(5), leave)
+        .await
+        .expect("routing the stanza returns")
+        .expect("join");
+}

@@ -418,8 +418,26 @@ impl Inner {
             };
             match tx.send(stanza).await {
                 Ok(()) => return,
-                // The room ended between the look-up and the send: try again with a new one.
-                Err(mpsc::error::SendError(back)) => stanza = back,
+                // The room's task ended while its handle was registered (between the
+                // look-up and the send, or cancelled by shutdown, which leaves the handle):
+                // unregister that handle, so the next look-up opens a new room instead of
+                // finding the same closed queue again and again without yielding. While
+                // the server stops, rooms are not reopened: the stanza is dropped.
+                Err(mpsc::error::SendError(back)) => {
+                    {
+                        let mut rooms = self.rooms.lock();
+                        if rooms.get(&room_jid).is_some_and(|h| h.tx.same_channel(&tx)) {
+                            rooms.remove(&room_jid);
+                        }
+                    }
+                    if service
+                        .server()
+                        .is_some_and(|s| s.shutdown_token().is_cancelled())
+                    {
+                        return;
+                    }
+                    stanza = back;
+                }
             }
         }
     }
