@@ -38,56 +38,7 @@ pub enum TlsMode {
 }
 
 /// The connection's byte stream: TLS over TCP, or TCP alone (`TlsMode::None`).
-pub enum Stream {
-    Tls(Box<TlsStream<TcpStream>>),
-    Plain(TcpStream),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+type Stream = tokio_util::either::Either<Box<TlsStream<TcpStream>>, TcpStream>;
 
 /// A failure, classified so a run can count failures by kind.
 #[derive(Debug, Clone)]
@@ -492,7 +443,7 @@ impl Conn {
             }
         }
         let stream = if t.tls == TlsMode::None {
-            Stream::Plain(tcp)
+            Stream::Right(tcp)
         } else {
             let name = ServerName::try_from(t.domain.clone())
                 .map_err(|e| ClientError::new("config", format!("bad domain for SNI: {e}")))?;
@@ -500,7 +451,7 @@ impl Conn {
                 .await
                 .map_err(|_| ClientError::new("timeout", "TLS handshake"))?
                 .map_err(io_err("tls"))?;
-            Stream::Tls(Box::new(tls))
+            Stream::Left(Box::new(tls))
         };
         times.tls_us = us(start);
 
@@ -606,7 +557,7 @@ impl Conn {
 
     /// The TLS protocol version and cipher suite of this connection.
     pub fn tls_info(&self) -> (String, String) {
-        let Stream::Tls(tls) = &self.stream else {
+        let Stream::Left(tls) = &self.stream else {
             return ("none".into(), "none".into());
         };
         let (_, session) = tls.get_ref();
