@@ -26,6 +26,7 @@ pub mod s2s;
 pub mod sasl_config;
 pub mod sm;
 pub mod tls;
+pub mod tls_records;
 pub mod transport;
 
 use crate::c2s::StreamContext;

@@ -13,6 +13,7 @@
 
 use crate::limits::ConnectionPermit;
 use crate::tls::{TlsConfigs, TlsContext};
+use crate::tls_records::{self, TlsRecords};
 use rookery_core::counters::{self, Counter};
 use rookery_sasl::ChannelBindings;
 use rookery_xml::{Framing, StreamEvent, StreamParser, XmlError};
@@ -178,12 +179,8 @@ impl TcpTransport {
                 .map_err(UpgradeError::Handshake)?;
                 Transport::TlsClient(Box::new(tls))
             }
-            side => {
-                let config = match side {
-                    TlsSide::S2sIn => configs.s2s_direct.clone(),
-                    _ => configs.direct.clone(),
-                };
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            TlsSide::S2sIn => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(configs.s2s_direct.clone());
                 let tls = handshake(
                     acceptor.accept(socket),
                     setup.handshake_limit,
@@ -192,6 +189,18 @@ impl TcpTransport {
                 .await
                 .map_err(UpgradeError::Handshake)?;
                 Transport::Tls(Box::new(tls))
+            }
+            TlsSide::Client => {
+                let (records, bindings) = handshake(
+                    accept_client(socket, configs.direct.clone(), &configs),
+                    setup.handshake_limit,
+                    &setup.shutdown,
+                )
+                .await
+                .map_err(UpgradeError::Handshake)?;
+                let mut t = Self::new(Transport::Records(Box::new(records)), peer, setup, false);
+                t.channel_bindings = bindings;
+                return Ok(t);
             }
         };
         let mut t = Self::new(io, peer, setup, false);
@@ -202,7 +211,7 @@ impl TcpTransport {
     /// The certificate chain the other end presented in the TLS handshake, if any.
     pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
         let certs = match self.io.as_ref()? {
-            Transport::Plain(_) => return None,
+            Transport::Plain(_) | Transport::Records(_) => return None,
             Transport::Tls(tls) => tls.get_ref().1.peer_certificates()?,
             Transport::TlsClient(tls) => tls.get_ref().1.peer_certificates()?,
         };
@@ -346,16 +355,22 @@ impl StanzaTransport for TcpTransport {
                 .await
                 .map(|tls| Transport::TlsClient(Box::new(tls)))
             }
-            side => {
-                let config = match side {
-                    TlsSide::S2sIn => configs.s2s_starttls.clone(),
-                    _ => configs.starttls.clone(),
-                };
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            TlsSide::S2sIn => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(configs.s2s_starttls.clone());
                 handshake(acceptor.accept(tcp), self.handshake_limit, &self.shutdown)
                     .await
                     .map(|tls| Transport::Tls(Box::new(tls)))
             }
+            TlsSide::Client => handshake(
+                accept_client(tcp, configs.starttls.clone(), &configs),
+                self.handshake_limit,
+                &self.shutdown,
+            )
+            .await
+            .map(|(records, bindings)| {
+                self.channel_bindings = bindings;
+                Transport::Records(Box::new(records))
+            }),
         };
         match done {
             Ok(io) => {
@@ -376,6 +391,17 @@ impl StanzaTransport for TcpTransport {
             let _ = io.shutdown().await;
         }
     }
+}
+
+/// A client stream's TLS handshake: rustls's, after which this server protects the records
+/// itself (`crate::tls_records`, for an idle session's memory), with the channel-binding data
+/// taken from the finished handshake.
+async fn accept_client(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    configs: &TlsConfigs,
+) -> io::Result<(TlsRecords, ChannelBindings)> {
+    tls_records::accept(tcp, config, |conn| configs.channel_bindings(conn)).await
 }
 
 /// A TLS handshake bounded in time and abandoned at shutdown.
@@ -400,11 +426,16 @@ pub enum Transport {
     Tls(Box<TlsStream<TcpStream>>),
     /// TLS where this server connected (an outgoing server-to-server stream).
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A client stream's TLS: rustls's handshake, then records protected here.
+    Records(Box<TlsRecords>),
 }
 
 impl Transport {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_) | Transport::TlsClient(_))
+        matches!(
+            self,
+            Transport::Tls(_) | Transport::TlsClient(_) | Transport::Records(_)
+        )
     }
 
     fn tcp(&self) -> &TcpStream {
@@ -412,6 +443,7 @@ impl Transport {
             Transport::Plain(s) => s,
             Transport::Tls(s) => s.get_ref().0,
             Transport::TlsClient(s) => s.get_ref().0,
+            Transport::Records(s) => s.tcp(),
         }
     }
 
@@ -484,6 +516,7 @@ impl AsyncRead for Transport {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Records(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -498,6 +531,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Records(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -505,6 +539,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Records(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -512,6 +547,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Records(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
