@@ -47,8 +47,9 @@ phase "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 phase "Debian packages"
-# Debian packages, each named by the command it provides.
-CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium)
+# Debian packages, each named by the command it provides (openssl: s_client, a second TLS
+# implementation against the server's record layer, test_tls_openssl.py).
+CLIENT_PACKAGES=(go-sendxmpp profanity tmux chromium openssl)
 # systemd-analyze (package systemd) checks contrib/systemd/rookery.service.
 missing_tools=()
 [[ -x /usr/bin/systemd-analyze ]] || missing_tools=(systemd)
