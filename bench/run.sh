@@ -301,14 +301,17 @@ build() {
 
 # ---- Servers ---------------------------------------------------------------------------------
 # Ports: Rookery 15222/15223, ejabberd 25222/25223 (+25299 Erlang distribution),
-# Prosody 35222/35223; each one's plain HTTP (WebSocket, BOSH) on the c2s port + 2 (15224...).
+# Prosody 31222/31223; each one's plain HTTP (WebSocket, BOSH) on the c2s port + 2 (15224...).
 # Port numbers are checked free before each start.
 # The archive-on variants (rookery-mam, ejabberd-mam, prosody-mam) use the c2s port + 1000;
-# rookery-pg 17222, and its PostgreSQL server 17299.
+# rookery-pg 17222, and its PostgreSQL server 17299; rookery-base 18222.
 port_of() {
     case "$1" in
-        rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 35222 ;; rookery-base) echo 45222 ;;
-        rookery-mam) echo 16222 ;; ejabberd-mam) echo 26222 ;; prosody-mam) echo 36222 ;;
+        # All below Linux's ephemeral range (32768 and up by default): after an idle run's
+        # 19,000 connections, a port in that range may be held by one of the generator's
+        # closed connections in TIME_WAIT, and the next server could not listen on it.
+        rookery) echo 15222 ;; ejabberd) echo 25222 ;; prosody) echo 31222 ;; rookery-base) echo 18222 ;;
+        rookery-mam) echo 16222 ;; ejabberd-mam) echo 26222 ;; prosody-mam) echo 32222 ;;
         rookery-pg) echo 17222 ;;
     esac
 }
