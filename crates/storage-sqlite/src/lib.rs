@@ -295,14 +295,23 @@ impl SqliteBackend {
             Connection::open(path)
                 .map_err(|e| StorageError::Backend(format!("cannot open {}: {e}", path.display())))
         };
+        // Which step failed goes into the error: an operator's "database is locked" says
+        // more with it.
+        let during = |what: &'static str| {
+            move |e: StorageError| match e {
+                StorageError::Backend(m) => StorageError::Backend(format!("{what}: {m}")),
+                other => other,
+            }
+        };
         let mut conn = open()?;
-        configure(&mut conn, true)?;
-        migrate(&mut conn)?;
+        configure(&mut conn, true).map_err(during("configuring the connection"))?;
+        migrate(&mut conn).map_err(during("updating the schema"))?;
         let mut writer = open()?;
-        configure(&mut writer, true)?;
-        let journal = open_journal(path, &mut writer)?;
+        configure(&mut writer, true).map_err(during("configuring the archive writer"))?;
+        let journal =
+            open_journal(path, &mut writer).map_err(during("opening the archive journal"))?;
         let mut checkpointer = open()?;
-        configure(&mut checkpointer, true)?;
+        configure(&mut checkpointer, true).map_err(during("configuring the checkpointer"))?;
         let conn = Arc::new(Mutex::new(conn));
         // The stores hold the connection: the checkpointer stops when the last one is gone.
         start_checkpointer(checkpointer, Arc::downgrade(&conn))?;
@@ -444,9 +453,22 @@ impl SqliteBackend {
 fn configure(conn: &mut Connection, file: bool) -> Result<(), StorageError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(backend)?;
+    // Switching a new database to WAL takes an exclusive lock. When another process is doing
+    // the same at that moment (a script creating accounts with parallel `rookery user add`),
+    // SQLite answers SQLITE_BUSY at once instead of waiting, since it skips the busy handler
+    // where waiting could deadlock; so the switch is retried until the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mode: String = loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => break r.map_err(backend)?,
+        }
+    };
     if file && !mode.eq_ignore_ascii_case("wal") {
         return Err(StorageError::Backend(format!(
             "cannot enable WAL journal mode (got {mode})"
@@ -875,6 +897,74 @@ impl AccountStore for SqliteAccountStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Several processes opening a database that does not exist yet (a script creating
+    /// accounts with parallel `rookery user add`): each waits for the others instead of
+    /// failing with "database is locked", and the schema is made once. The processes are
+    /// this test binary again, running `opens_the_database_named_by_the_environment`.
+    #[test]
+    fn concurrent_first_opens_from_several_processes_wait_for_each_other() {
+        let exe = std::env::current_exe().expect("test binary");
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("rookery.db");
+            // All start opening at the same moment, as parallel processes can.
+            let at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_millis()
+                + 300;
+            let children: Vec<_> = (0..8)
+                .map(|_| {
+                    std::process::Command::new(&exe)
+                        .args([
+                            "--exact",
+                            "tests::opens_the_database_named_by_the_environment",
+                            "--ignored",
+                            "--quiet",
+                        ])
+                        .env("ROOKERY_TEST_OPEN_DB", &path)
+                        .env("ROOKERY_TEST_OPEN_AT", at.to_string())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("spawn")
+                })
+                .collect();
+            for child in children {
+                let out = child.wait_with_output().expect("wait");
+                assert!(
+                    out.status.success(),
+                    "an open failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let conn = Connection::open(&path).expect("reopen");
+            assert_eq!(current_version(&conn).expect("version"), SCHEMA_VERSION);
+        }
+    }
+
+    /// The child of the test above (ignored when run alone).
+    #[test]
+    #[ignore = "run by concurrent_first_opens_from_several_processes_wait_for_each_other"]
+    fn opens_the_database_named_by_the_environment() {
+        if let Some(path) = std::env::var_os("ROOKERY_TEST_OPEN_DB") {
+            let at: u128 = std::env::var("ROOKERY_TEST_OPEN_AT")
+                .ok()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            let now = || {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            };
+            while now() < at {
+                std::hint::spin_loop();
+            }
+            SqliteBackend::open(Path::new(&path)).expect("open");
+        }
+    }
 
     /// A read runs on the calling thread while the connection is free, and waits on the
     /// blocking pool (without holding the caller's thread) while another task holds it.
