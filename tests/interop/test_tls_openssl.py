@@ -1,10 +1,11 @@
-"""A client stream's TLS against a second TLS implementation: OpenSSL's ``s_client``.
+"""A client's TLS against a second TLS implementation: OpenSSL's ``s_client``.
 
-After rustls's handshake the server protects a client stream's records itself
-(``net::tls_records``); these tests drive a whole session through ``openssl s_client``
-(STARTTLS and direct TLS, every TLS 1.3 suite and the TLS 1.2 AEAD suites), and on TLS 1.3
-ask for key updates in both directions (``K``: update and request one back; ``k``: update
-only) in the middle of the stream, then check that what follows still goes both ways.
+After rustls's handshake the server protects the records of a client stream, and of an
+HTTPS connection, itself (``net::tls_records``). These tests drive whole sessions through
+``openssl s_client``: XMPP over STARTTLS and direct TLS with every TLS 1.3 suite and the
+TLS 1.2 AEAD suites, asking on TLS 1.3 for key updates in both directions (``K``: update
+and request one back; ``k``: update only) in the middle of the stream and checking that
+what follows still goes both ways; and HTTPS requests on one kept-alive connection.
 """
 
 from __future__ import annotations
@@ -141,5 +142,32 @@ def test_session_over_openssl(server, suite, tls13, direct_tls):
         text = client.text()
         assert "alert" not in text.lower(), text[-3000:]
         assert "error" not in text.lower().split("verify return code")[-1], text[-3000:]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("suite,tls13", [SUITES[0], SUITES[2], SUITES[3]])
+def test_https_keep_alive_over_openssl(server, suite, tls13):
+    """HTTPS connections use the same record layer: requests on one kept-alive connection,
+    with key updates between them on TLS 1.3."""
+    client = SClient(
+        [
+            "-connect", f"127.0.0.1:{server.https_port}", "-servername", server.domain,
+            "-alpn", "http/1.1", "-CAfile", str(server.cert_path), *suite,
+        ]
+    )
+    request = f"GET /.well-known/host-meta HTTP/1.1\r\nHost: {server.domain}:{server.https_port}\r\n\r\n"
+    try:
+        client.wait_for(r"Verify return code: 0 \(ok\)")
+        for i in range(1, 4):
+            client.send(request)
+            client.wait_for(r"HTTP/1\.1 200", count=i)
+            client.wait_for(r"</XRD>", count=i)
+            if tls13:
+                client.send("K\n" if i % 2 else "k\n")
+                client.wait_for(r"KEYUPDATE", count=i)
+        text = client.text()
+        assert "xmpp-websocket" in text
+        assert "alert" not in text.lower(), text[-3000:]
     finally:
         client.close()

@@ -344,9 +344,7 @@ impl TlsConfigs {
             .first()
             .map(|h| h.domain.clone())
             .unwrap_or_default();
-        let make = |alpn: Vec<Vec<u8>>,
-                    client_stream: bool|
-         -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let make = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ServerConfig>, TlsError> {
             let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
                 .with_no_client_auth()
@@ -357,13 +355,11 @@ impl TlsConfigs {
             cfg.alpn_protocols = alpn;
             // Keep session tickets small in number: they are per connection memory.
             cfg.send_tls13_tickets = 0;
-            if client_stream {
-                // Client streams take the keys over after the handshake and protect their
-                // records themselves (`crate::tls_records`); the key log gives them the
-                // TLS 1.3 traffic secrets their key updates derive from.
-                cfg.enable_secret_extraction = true;
-                cfg.key_log = Arc::new(crate::tls_records::TrafficSecrets);
-            }
+            // Client connections (XMPP streams, HTTPS) take the keys over after the handshake
+            // and protect their records themselves (`crate::tls_records`); the key log gives
+            // them the TLS 1.3 traffic secrets their key updates derive from.
+            cfg.enable_secret_extraction = true;
+            cfg.key_log = Arc::new(crate::tls_records::TrafficSecrets);
             Ok(Arc::new(cfg))
         };
         let make_s2s = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ServerConfig>, TlsError> {
@@ -381,9 +377,9 @@ impl TlsConfigs {
             Ok(Arc::new(cfg))
         };
         Ok(TlsConfigs {
-            starttls: make(Vec::new(), true)?,
-            direct: make(vec![b"xmpp-client".to_vec()], true)?,
-            https: make(vec![b"http/1.1".to_vec()], false)?,
+            starttls: make(Vec::new())?,
+            direct: make(vec![b"xmpp-client".to_vec()])?,
+            https: make(vec![b"http/1.1".to_vec()])?,
             s2s_starttls: make_s2s(Vec::new())?,
             s2s_direct: make_s2s(vec![b"xmpp-server".to_vec()])?,
             certs,

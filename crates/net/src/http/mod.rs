@@ -612,15 +612,17 @@ async fn connection(
     // The configurations current now: the channel-binding data must name the certificate
     // this client is shown, even if a reload happens during the handshake.
     let configs = tls.current();
-    let acceptor = tokio_rustls::TlsAcceptor::from(configs.https.clone());
+    // rustls's handshake, then the records protected here (`crate::tls_records`), as on a
+    // client stream's TCP connection: a WebSocket session is as long-lived and as idle.
+    let accept = crate::tls_records::accept(socket, configs.https.clone(), |c| {
+        configs.channel_bindings(c)
+    });
     let limit = Duration::from_secs(l.server.config().limits.tls_handshake_timeout_secs);
-    match crate::transport::handshake(acceptor.accept(socket), limit, l.server.shutdown_token())
-        .await
-    {
-        Ok(stream) => {
+    match crate::transport::handshake(accept, limit, l.server.shutdown_token()).await {
+        Ok((records, bindings)) => {
             conn.tls = true;
-            conn.channel_bindings = configs.channel_bindings(stream.get_ref().1);
-            serve_http(&l, stream, conn).await
+            conn.channel_bindings = bindings;
+            serve_http(&l, records, conn).await
         }
         Err(why) => {
             tracing::debug!(%peer, why, "HTTPS handshake did not complete");
