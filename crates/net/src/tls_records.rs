@@ -913,6 +913,29 @@ mod tests {
         (version, exporter, ended)
     }
 
+    /// An echo server for `suite` on a free loopback port, and a rustls client connection to
+    /// it (blocking, for a `spawn_blocking` task) with data written before its handshake.
+    async fn echo_pair(
+        suite: SupportedCipherSuite,
+    ) -> (
+        tokio::task::JoinHandle<(Option<ProtocolVersion>, Vec<u8>, io::Result<()>)>,
+        impl FnOnce() -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    ) {
+        let (server_config, client_config) = configs(suite);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(echo_server(listener, server_config));
+        let connect = move || {
+            let name = ServerName::try_from("example.org").expect("name");
+            let conn = rustls::ClientConnection::new(client_config, name).expect("client");
+            let tcp = std::net::TcpStream::connect(addr).expect("connect");
+            rustls::StreamOwned::new(conn, tcp)
+        };
+        (server, connect)
+    }
+
     fn read_exact(s: &mut impl Read, n: usize) -> Vec<u8> {
         let mut got = vec![0u8; n];
         s.read_exact(&mut got).expect("echo back");
@@ -923,21 +946,14 @@ mod tests {
     /// asked of the server (TLS 1.3), and close_notify both ways; the server's exporter matches
     /// the client's.
     async fn echo_with(suite: SupportedCipherSuite, key_update: bool) {
-        let (server_config, client_config) = configs(suite);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(echo_server(listener, server_config));
+        let (server, connect) = echo_pair(suite).await;
         let client = tokio::task::spawn_blocking(move || {
-            let name = ServerName::try_from("example.org").expect("name");
-            let mut conn = rustls::ClientConnection::new(client_config, name).expect("client");
+            let mut s = connect();
             // Written before the handshake: rustls sends it right after its Finished.
-            conn.writer()
+            s.conn
+                .writer()
                 .write_all(b"<stream:stream>")
                 .expect("early write");
-            let tcp = std::net::TcpStream::connect(addr).expect("connect");
-            let mut s = rustls::StreamOwned::new(conn, tcp);
             assert_eq!(read_exact(&mut s, 15), b"<stream:stream>");
             let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
             s.write_all(&big).expect("big write");
@@ -991,17 +1007,9 @@ mod tests {
             provider::cipher_suite::TLS13_AES_128_GCM_SHA256,
             provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         ] {
-            let (server_config, client_config) = configs(suite);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let server = tokio::spawn(echo_server(listener, server_config));
+            let (server, connect) = echo_pair(suite).await;
             let client = tokio::task::spawn_blocking(move || {
-                let name = ServerName::try_from("example.org").expect("name");
-                let conn = rustls::ClientConnection::new(client_config, name).expect("client");
-                let tcp = std::net::TcpStream::connect(addr).expect("connect");
-                let mut s = rustls::StreamOwned::new(conn, tcp);
+                let mut s = connect();
                 s.write_all(b"ping").expect("write");
                 assert_eq!(read_exact(&mut s, 4), b"ping");
                 // An application-data record of the right shape with garbage inside.
