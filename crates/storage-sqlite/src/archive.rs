@@ -4,8 +4,9 @@
 //! its entries reference it by integer id. Within an owner, archive order is `seq` order,
 //! and also `(ts, n)` order (`ts` never decreases, the ordinal `n` increases), so a query
 //! becomes a lower and an upper bound on one row each: ids (RSM after/before, after-id,
-//! before-id) are looked up through the unique `(owner, stanza_id)` index, `start`/`end`
-//! through `(owner, ts, n)`. The page is then one range seek, on `(owner, ts, n)` with
+//! before-id) are looked up by the time their prefix gives, through `(owner, ts, n)` (or,
+//! for the few entries whose `ts` is not their id's time, in the ids table: [`row_of`]),
+//! `start`/`end` through `(owner, ts, n)` too. The page is then one range seek, on `(owner, ts, n)` with
 //! row-value bounds, or on `(owner, with_bare)` (in `seq` order) with `seq` bounds,
 //! reading at most `max + 1` rows (the extra one tells whether the page is the last).
 //!
@@ -62,6 +63,8 @@ pub(crate) struct Table {
     /// The table read by `seq` alone (an ids filter): the planner would otherwise scan the
     /// owner's range of `(owner, ts, n)`, which covers `owner` and `seq`.
     by_seq: &'static str,
+    /// The entries whose id does not carry their timestamp (see [`row_of`]).
+    ids: &'static str,
     /// Owners are accounts, which must exist to be written to.
     of_accounts: bool,
     /// The table's number in journal records.
@@ -80,6 +83,7 @@ pub(crate) const ACCOUNTS: Table = Table {
     by_time: "archive INDEXED BY archive_time",
     by_with: "archive INDEXED BY archive_with",
     by_seq: "archive NOT INDEXED",
+    ids: "archive_ids",
     of_accounts: true,
     tag: 0,
 };
@@ -90,6 +94,7 @@ pub(crate) const ROOMS: Table = Table {
     by_time: "muc_archive INDEXED BY muc_archive_time",
     by_with: "muc_archive INDEXED BY muc_archive_with",
     by_seq: "muc_archive NOT INDEXED",
+    ids: "muc_archive_ids",
     of_accounts: false,
     tag: 1,
 };
@@ -349,7 +354,17 @@ fn write_batch_cached(
             // Let a thread that has messages to deliver have the core (see YIELD_EVERY).
             std::thread::yield_now();
         }
-        let result = append_one(&tx, cache, job.table, &job.domain, &job.user, &job.entry);
+        // A journaled append's id was made for it by the server (see `append_one`).
+        let checked = matches!(job.done, Done::Reply(_));
+        let result = append_one(
+            &tx,
+            cache,
+            job.table,
+            &job.domain,
+            &job.user,
+            &job.entry,
+            checked,
+        );
         if let Done::Journaled { at, .. } = job.done {
             if matches!(result, Err(StorageError::Backend(_))) {
                 return result.map(|_| Vec::new());
@@ -412,7 +427,7 @@ pub(crate) fn replay(
                 );
                 continue;
             };
-            match append_one(&tx, &mut cache, table, &r.domain, &r.user, &r.entry) {
+            match append_one(&tx, &mut cache, table, &r.domain, &r.user, &r.entry, true) {
                 Ok(_) => {}
                 // Committed before the position was: the record was replayed already.
                 Err(StorageError::AlreadyExists) => {}
@@ -525,6 +540,12 @@ impl AppendCache {
     }
 }
 
+/// Appends `entry` to the owner's archive; returns the timestamp stored.
+///
+/// `checked`: AlreadyExists if the archive has an entry with this id. A journaled append
+/// is not checked: its id is one the server has just made for it (the archiving time and
+/// 95 random bits, `mam::new_stanza_id`), unique by construction, and the look-ups cost
+/// about a tenth of an append (BENCHMARKS.md).
 fn append_one(
     tx: &Transaction<'_>,
     cache: &mut AppendCache,
@@ -532,6 +553,7 @@ fn append_one(
     domain: &str,
     user: &str,
     entry: &ArchiveEntry,
+    checked: bool,
 ) -> Result<i64, StorageError> {
     let t = usize::from(table.tag);
     let cached = cache.owners[t]
@@ -601,16 +623,22 @@ fn append_one(
             .map_err(read_err)?,
     };
     let wn = newest_with.map_or(1, |wn| wn.saturating_add(1));
-    let inserted = tx
+    if checked {
+        match row_of(tx, table, owner, &entry.id) {
+            Ok(_) => return Err(StorageError::AlreadyExists),
+            Err(StorageError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let seq = tx
         .prepare_cached(&format!(
             "INSERT INTO {}
                  (owner, ts, n, wn, stanza_id, with_bare, with_resource, stanza)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (owner, stanza_id) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             table.name
         ))
         .and_then(|mut s| {
-            s.execute(params![
+            s.insert(params![
                 owner,
                 ts,
                 n,
@@ -622,8 +650,16 @@ fn append_one(
             ])
         })
         .map_err(write_err)?;
-    if inserted == 0 {
-        return Err(StorageError::AlreadyExists);
+    if rookery_storage::id_time(&entry.id) != Some(ts) {
+        // Not found by its time: listed. A clash here (an unchecked append) keeps the
+        // first entry's listing; ids are unique by construction on that path.
+        tx.prepare_cached(&format!(
+            "INSERT INTO {} (owner, stanza_id, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (owner, stanza_id) DO NOTHING",
+            table.ids
+        ))
+        .and_then(|mut s| s.execute(params![owner, entry.id, seq]))
+        .map_err(write_err)?;
     }
     cache.newest[t].insert(owner, (ts, n));
     if cached_with.is_none() {
@@ -668,10 +704,29 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 /// The entry with this id in the owner's archive, or NotFound.
+///
+/// There is no index of ids (`migrations/0011_archive_ids.sql`): an id that carries a
+/// time ([`rookery_storage::id_time`], the server's own ids) is looked for among the
+/// owner's entries at that time, through `(owner, ts, n)`; an entry whose `ts` is not its
+/// id's time is listed in the ids table, looked in next.
 fn row_of(conn: &Connection, table: &Table, owner: i64, id: &str) -> Result<Row, StorageError> {
+    if let Some(ts) = rookery_storage::id_time(id) {
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM {} WHERE owner = ?1 AND ts = ?2 AND stanza_id = ?3",
+                table.by_time
+            ))
+            .and_then(|mut s| s.query_row(params![owner, ts, id], row_from).optional())
+            .map_err(read_err)?;
+        if let Some(row) = row {
+            return Ok(row);
+        }
+    }
     conn.prepare_cached(&format!(
-        "SELECT {ROW_COLUMNS} FROM {} WHERE owner = ?1 AND stanza_id = ?2",
-        table.name
+        "SELECT a.seq, a.ts, a.n, a.wn FROM {ids} i JOIN {t} a ON a.seq = i.seq
+         WHERE i.owner = ?1 AND i.stanza_id = ?2 AND a.owner = ?1",
+        ids = table.ids,
+        t = table.name
     ))
     .and_then(|mut s| s.query_row(params![owner, id], row_from).optional())
     .map_err(read_err)?
@@ -1270,6 +1325,17 @@ impl ArchiveStore for SqliteArchiveStore {
                     ))
                     .and_then(|mut s| s.execute(params![owner, before_us, to_i64(limit - purged)]))
                     .map_err(backend)?;
+                // The listings of purged entries (`row_of`): every `seq` below the oldest
+                // entry left, since the purge takes the oldest first and seqs grow.
+                tx.prepare_cached(&format!(
+                    "DELETE FROM {ids} WHERE owner = ?1 AND seq < COALESCE(
+                         (SELECT seq FROM {time} WHERE owner = ?1 ORDER BY ts, n LIMIT 1),
+                         9223372036854775807)",
+                    ids = table.ids,
+                    time = table.by_time
+                ))
+                .and_then(|mut s| s.execute(params![owner]))
+                .map_err(backend)?;
                 next_from = owner;
             }
             tx.commit().map_err(backend)?;
@@ -1300,21 +1366,16 @@ impl ArchiveStore for SqliteArchiveStore {
         let table = self.table;
         run(&self.conn, move |conn| {
             let tx = write_tx(conn)?;
-            let n = tx
-                .prepare_cached(&format!(
-                    "UPDATE {} SET stanza = ?4
-                     WHERE owner = (SELECT id FROM {} WHERE domain = ?1 AND username = ?2)
-                       AND stanza_id = ?3",
-                    table.name, table.owners
-                ))
-                .and_then(|mut s| s.execute(params![domain, user, id, stanza]))
-                .map_err(write_err)?;
+            let owner = owner_id(&tx, table, &domain, &user)?.ok_or(StorageError::NotFound)?;
+            let row = row_of(&tx, table, owner, &id)?;
+            tx.prepare_cached(&format!(
+                "UPDATE {} SET stanza = ?2 WHERE seq = ?1",
+                table.name
+            ))
+            .and_then(|mut s| s.execute(params![row.seq, stanza]))
+            .map_err(write_err)?;
             tx.commit().map_err(backend)?;
-            if n == 0 {
-                Err(StorageError::NotFound)
-            } else {
-                Ok(())
-            }
+            Ok(())
         })
         .await
     }
@@ -1375,6 +1436,134 @@ mod tests {
     /// The purge resumes where its previous call stopped and wraps around: a run of calls
     /// (until one purges less than its limit) purges every owner's old entries, even after
     /// a run that was cut short, and leaves newer entries and their counts exact.
+    /// Ids are found without an index of ids: by their time when they carry the entry's
+    /// own (`archive_ids` stays empty), else through their listing; duplicates are refused
+    /// either way, a replaced stanza is found either way, and the purge drops listings.
+    #[tokio::test]
+    async fn ids_are_found_by_their_time_or_their_listing() {
+        let b = SqliteBackend::open_in_memory().expect("open");
+        let s = b.storage();
+        s.accounts
+            .create_account("example.org", "alice", &[])
+            .await
+            .expect("create");
+        let entry = |id: String, ts: i64| ArchiveEntry {
+            id,
+            timestamp_us: ts,
+            with_bare: "bob@example.org".into(),
+            with_resource: String::new(),
+            stanza: format!("<message id='{ts}'/>"),
+        };
+        let native = |ts: i64, tail: &str| format!("{}{tail}", rookery_storage::id_time_prefix(ts));
+        let listed = || -> i64 {
+            b.conn
+                .lock()
+                .query_row("SELECT COUNT(*) FROM archive_ids", [], |r| r.get(0))
+                .expect("count")
+        };
+        // Ids carrying their entry's time: none listed, even sharing a microsecond.
+        let ids = [
+            native(1_000, "a"),
+            native(2_000, "b"),
+            native(2_000, "c"),
+            native(3_000, "d"),
+        ];
+        for (id, ts) in ids.iter().zip([1_000, 2_000, 2_000, 3_000]) {
+            s.archive
+                .append_archive("example.org", "alice", &entry(id.clone(), ts))
+                .await
+                .expect("append");
+        }
+        assert_eq!(listed(), 0);
+        // An id from elsewhere, and one whose time the store raised (the clock went back):
+        // listed.
+        let foreign = "from-elsewhere".to_owned();
+        let raised = native(2_500, "e");
+        s.archive
+            .append_archive("example.org", "alice", &entry(foreign.clone(), 4_000))
+            .await
+            .expect("append");
+        assert_eq!(
+            s.archive
+                .append_archive("example.org", "alice", &entry(raised.clone(), 2_500))
+                .await
+                .expect("append"),
+            4_000
+        );
+        assert_eq!(listed(), 2);
+        // Duplicates of every kind are refused.
+        for (id, ts) in [(&ids[2], 9_000), (&foreign, 9_000), (&raised, 9_000)] {
+            assert!(matches!(
+                s.archive
+                    .append_archive("example.org", "alice", &entry(id.clone(), ts))
+                    .await,
+                Err(StorageError::AlreadyExists)
+            ));
+        }
+        // Every id bounds a page to the right entries.
+        let all = [&ids[0], &ids[1], &ids[2], &ids[3], &foreign, &raised];
+        for (i, id) in all.iter().enumerate() {
+            let q = ArchiveQuery {
+                filter: ArchiveFilter {
+                    after_id: Some((*id).clone()),
+                    ..ArchiveFilter::default()
+                },
+                page: PageRequest::First,
+                max: 10,
+            };
+            let page = s
+                .archive
+                .query_archive("example.org", "alice", &q)
+                .await
+                .expect("query");
+            let got: Vec<&String> = page.entries.iter().map(|e| &e.id).collect();
+            assert_eq!(got, all[i + 1..].to_vec(), "after {id}");
+        }
+        let unknown = ArchiveQuery {
+            filter: ArchiveFilter {
+                after_id: Some(native(2_000, "zz")),
+                ..ArchiveFilter::default()
+            },
+            page: PageRequest::First,
+            max: 10,
+        };
+        assert!(matches!(
+            s.archive
+                .query_archive("example.org", "alice", &unknown)
+                .await,
+            Err(StorageError::NotFound)
+        ));
+        for id in [&ids[1], &foreign] {
+            s.archive
+                .replace_archived("example.org", "alice", id, "<message>gone</message>")
+                .await
+                .expect("replace");
+        }
+        let replaced: i64 = b
+            .conn
+            .lock()
+            .query_row(
+                "SELECT COUNT(*) FROM archive WHERE stanza = '<message>gone</message>'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(replaced, 2);
+        // The purge takes the four oldest and the foreign id's entry (time 4,000 < 4,001),
+        // and its listing; the raised entry (also at 4,000) goes too.
+        assert_eq!(s.archive.purge_archive(4_001, 100).await.expect("purge"), 6);
+        assert_eq!(listed(), 0);
+        // Purging part: the listing of what is left stays.
+        for (n, ts) in [(1, 5_000), (2, 6_000)] {
+            s.archive
+                .append_archive("example.org", "alice", &entry(format!("x{n}"), ts))
+                .await
+                .expect("append");
+        }
+        assert_eq!(s.archive.purge_archive(5_500, 100).await.expect("purge"), 1);
+        assert_eq!(listed(), 1);
+    }
+
     #[tokio::test]
     async fn purge_runs_cover_every_owner_once_and_wrap_around() {
         let b = SqliteBackend::open_in_memory().expect("open");
@@ -1440,6 +1629,15 @@ mod tests {
     async fn archive_queries_seek_indexes_and_never_sort() {
         let b = SqliteBackend::open_in_memory().expect("open");
         let s = b.storage();
+        // Even entries have ids carrying their time (found through `(owner, ts, n)`), odd
+        // ones ids from elsewhere (listed in `archive_ids`).
+        let id = |user: &str, n: i64| {
+            if n % 2 == 0 {
+                format!("{}{user}{n}", rookery_storage::id_time_prefix(1000 * n))
+            } else {
+                format!("{user}-{n}")
+            }
+        };
         for user in ["alice", "bob"] {
             s.accounts
                 .create_account("example.org", user, &[])
@@ -1447,7 +1645,7 @@ mod tests {
                 .expect("create");
             for n in 0..200 {
                 let entry = ArchiveEntry {
-                    id: format!("{user}-{n}"),
+                    id: id(user, n),
                     timestamp_us: 1000 * n,
                     with_bare: format!("c{}@example.net", n % 3),
                     with_resource: format!("r{}", n % 2),
@@ -1481,20 +1679,20 @@ mod tests {
                 ..ArchiveFilter::default()
             },
             ArchiveFilter {
-                after_id: Some("alice-10".into()),
-                before_id: Some("alice-190".into()),
+                after_id: Some(id("alice", 10)),
+                before_id: Some(id("alice", 191)),
                 ..ArchiveFilter::default()
             },
             ArchiveFilter {
-                ids: Some(vec!["alice-3".into(), "alice-99".into()]),
+                ids: Some(vec![id("alice", 3), id("alice", 98)]),
                 ..ArchiveFilter::default()
             },
         ];
         let pages = [
             PageRequest::First,
             PageRequest::Last,
-            PageRequest::After("alice-100".into()),
-            PageRequest::Before("alice-100".into()),
+            PageRequest::After(id("alice", 100)),
+            PageRequest::Before(id("alice", 101)),
         ];
         for filter in &filters {
             for page in &pages {

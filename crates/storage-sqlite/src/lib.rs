@@ -103,6 +103,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_host_data.sql"),
     include_str!("../migrations/0009_lean_archive.sql"),
     include_str!("../migrations/0010_archive_journal.sql"),
+    include_str!("../migrations/0011_archive_ids.sql"),
 ];
 
 /// The schema version this build creates and understands.

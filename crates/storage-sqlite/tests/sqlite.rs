@@ -148,7 +148,7 @@ async fn schema_version_1_database_migrates_keeping_its_accounts() {
 
     let b = SqliteBackend::open(&path).expect("open migrates");
     assert_eq!(b.schema_version().expect("version"), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 10);
+    assert_eq!(SCHEMA_VERSION, 11);
     let s = b.storage();
     assert_eq!(
         s.accounts.list_accounts(None).await.expect("list"),

@@ -26,6 +26,45 @@ pub struct ArchiveEntry {
     pub stanza: String,
 }
 
+/// Digits of the time prefix of the stanza ids this server's archives make.
+pub const ID_TIME_DIGITS: usize = 11;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The time prefix of a stanza id the server makes: `timestamp_us` (clamped at 0) in
+/// [`ID_TIME_DIGITS`] base-62 digits, so ids sort by time. 62^11 microseconds is over 16
+/// million years: the prefix never wraps. The rest of an id is random (the `mam` module).
+///
+/// Clients treat ids as opaque. A store may use the prefix: an entry whose id carries the
+/// entry's own timestamp is found by that timestamp, which SQLite's store indexes anyway,
+/// so no index of the ids themselves has to be written on every append.
+pub fn id_time_prefix(timestamp_us: i64) -> String {
+    let mut prefix = [b'0'; ID_TIME_DIGITS];
+    let mut n = u64::try_from(timestamp_us).unwrap_or(0);
+    for slot in prefix.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    prefix.iter().map(|&b| char::from(b)).collect()
+}
+
+/// The time an id's prefix gives ([`id_time_prefix`]), if it has one that fits an `i64`.
+/// Any id may have one by chance; a store using it must compare the entry's timestamp.
+pub fn id_time(id: &str) -> Option<i64> {
+    let prefix = id.as_bytes().get(..ID_TIME_DIGITS)?;
+    let mut n: u64 = 0;
+    for &b in prefix {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'A'..=b'Z' => b - b'A' + 10,
+            b'a'..=b'z' => b - b'a' + 36,
+            _ => return None,
+        };
+        n = n.checked_mul(62)?.checked_add(u64::from(digit))?;
+    }
+    i64::try_from(n).ok()
+}
+
 /// The `with` field of a query (XEP-0313 §4.1.1): a bare JID matches every resource of
 /// it; a full JID only that resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,4 +136,25 @@ pub struct ArchivePage {
 pub struct ArchiveBound {
     pub id: String,
     pub timestamp_us: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{id_time, id_time_prefix, ID_TIME_DIGITS};
+
+    #[test]
+    fn id_time_prefixes_round_trip_and_sort() {
+        for t in [0, 1, 61, 62, 1_700_000_000_000_000, i64::MAX] {
+            let p = id_time_prefix(t);
+            assert_eq!(p.len(), ID_TIME_DIGITS);
+            assert_eq!(id_time(&format!("{p}xyz")), Some(t), "{t}");
+        }
+        assert_eq!(id_time_prefix(-5), id_time_prefix(0));
+        assert!(id_time_prefix(1_700_000_000_000_000) < id_time_prefix(1_700_000_000_000_001));
+        // Too short, not base 62, or past i64: no time.
+        assert_eq!(id_time("0123456789"), None);
+        assert_eq!(id_time("0123456789-abc"), None);
+        assert_eq!(id_time("zzzzzzzzzzzzzzz"), None);
+        assert_eq!(id_time("é0123456789ab"), None);
+    }
 }

@@ -65,7 +65,8 @@ pub mod timed;
 pub mod upload;
 
 pub use archive::{
-    ArchiveBound, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery, PageRequest, WithFilter,
+    id_time, id_time_prefix, ArchiveBound, ArchiveEntry, ArchiveFilter, ArchivePage, ArchiveQuery,
+    PageRequest, WithFilter,
 };
 pub use pubsub::{
     ItemPage, ItemRecord, ItemSelection, NodeRecord, PubSubService, PubSubStore, Published,
@@ -406,8 +407,10 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// server process (as a commit does), every read of the archive sees it, and it is
     /// committed in the same order as every other append. A backend with a journal
     /// (SQLite's, `journal.rs`) returns once the entry is in it; the default waits for the
-    /// commit. Errors only the commit can find (an unknown account, an id already in the
-    /// archive) may then not be reported: the backend drops such an entry and logs it.
+    /// commit. Errors only the commit can find (an unknown account) may then not be
+    /// reported: the backend drops such an entry and logs it. The caller gives the entry an
+    /// id it has just made, unique by construction (the `mam` module's: the time and 95
+    /// random bits), and a backend need not look for it in the archive (SQLite's does not).
     async fn append_archive_journaled(
         &self,
         domain: &str,

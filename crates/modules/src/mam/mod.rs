@@ -71,19 +71,12 @@ const CONTENT_NAMESPACES: &[&str] = &[
 /// and, in practice, never reused (XEP-0313 §"IDs").
 const ID_RANDOM_LEN: usize = 16;
 
-/// A new stanza id: the archiving time (microseconds, 11 base-62 digits, so ids sort by
-/// time), then random characters. Clients treat ids as opaque; the time prefix makes the
-/// store's id index grow at its end instead of at random places, so archiving a message
-/// touches a few hot pages instead of a random one per message.
+/// A new stanza id: the archiving time (`rookery_storage::id_time_prefix`: 11 base-62
+/// digits of microseconds, so ids sort by time), then random characters. Clients treat ids
+/// as opaque; the time prefix lets the store find an entry by its timestamp, which it
+/// indexes anyway, instead of writing an index of ids on every append.
 pub fn new_stanza_id(timestamp_us: i64) -> String {
-    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut prefix = [b'0'; 11];
-    let mut n = u64::try_from(timestamp_us).unwrap_or(0);
-    for slot in prefix.iter_mut().rev() {
-        *slot = DIGITS[(n % 62) as usize];
-        n /= 62;
-    }
-    let mut id: String = prefix.iter().map(|&b| char::from(b)).collect();
+    let mut id = rookery_storage::id_time_prefix(timestamp_us);
     id.push_str(&random_id(ID_RANDOM_LEN));
     id
 }
