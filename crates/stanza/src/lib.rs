@@ -153,12 +153,25 @@ fn copy_reply_addressing(request: &Element, reply: &mut Element) {
 
 /// A random identifier of `len` URL-safe characters (stream ids, generated resources, ...).
 pub fn random_id(len: usize) -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    use rand::RngCore;
+    const CHARS: &[u8; 62] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
-        .collect()
+    let mut id = String::with_capacity(len);
+    // Random bytes in bulk (one generator call, not one per character); six bits of a byte
+    // pick a character and the two values past 61 are skipped, so every character is
+    // equally likely (about 5.95 bits each).
+    let mut bytes = [0u8; 32];
+    while id.len() < len {
+        rng.fill_bytes(&mut bytes);
+        for b in bytes {
+            if let Some(&c) = CHARS.get(usize::from(b & 63)) {
+                if id.len() < len {
+                    id.push(char::from(c));
+                }
+            }
+        }
+    }
+    id
 }
 
 /// Parses an address as it appears in a `to`/`from` attribute, applying RFC 7622 preparation.

@@ -264,7 +264,8 @@ impl Stanza {
     /// The stanza as XML text with its header's addresses, declaring its namespace (as
     /// `Element::to_xml("")` does), for storage: offline queues, pending requests.
     pub fn to_xml_string(&self) -> String {
-        let mut out = Vec::new();
+        // A chat message is a few hundred bytes: one allocation instead of seven doublings.
+        let mut out = Vec::with_capacity(512);
         let to = if self.readdressed {
             self.to.as_ref().map(Jid::as_str)
         } else {

@@ -271,3 +271,25 @@ fn a_readdressed_stanza_is_copied_with_its_address_when_changed() {
     assert!(!one.is_serialised());
     assert_eq!(one.serialisations(), 1);
 }
+
+#[test]
+fn random_ids_have_the_length_asked_and_every_character_equally_likely() {
+    for len in [0, 1, 16, 33, 100] {
+        let id = crate::random_id(len);
+        assert_eq!(id.len(), len);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+    }
+    assert_ne!(crate::random_id(16), crate::random_id(16));
+    // 62,000 characters: each of the 62 about 1,000 times (standard deviation about 31).
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..1000 {
+        for c in crate::random_id(62).chars() {
+            *counts.entry(c).or_insert(0u32) += 1;
+        }
+    }
+    assert_eq!(counts.len(), 62);
+    assert!(
+        counts.values().all(|&n| (800..1200).contains(&n)),
+        "{counts:?}"
+    );
+}
