@@ -145,13 +145,25 @@ const MAX_UNCOMMITTED: usize = 64 * 1024;
 /// this (the database has been failing for that long) it reads what is committed.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// An append waiting for the writer.
+/// An append waiting for the writer: its table and its journal record ([`journal::encode`]),
+/// one buffer instead of six strings (the writer thread frees what it is sent, and a free
+/// from another thread than the allocating one is the allocator's slow path).
 pub(crate) struct PendingAppend {
     table: &'static Table,
-    domain: String,
-    user: String,
-    entry: ArchiveEntry,
+    record: Vec<u8>,
     done: Done,
+}
+
+impl PendingAppend {
+    fn new(table: &'static Table, domain: &str, user: &str, e: &ArchiveEntry, done: Done) -> Self {
+        let mut record = Vec::with_capacity(64 + e.stanza.len());
+        journal::encode(&mut record, table.tag, domain, user, e);
+        PendingAppend {
+            table,
+            record,
+            done,
+        }
+    }
 }
 
 /// What the writer does once an append is committed.
@@ -264,8 +276,8 @@ pub(crate) fn start_writer(
                         Done::Journaled { seq, at } => {
                             journaled += 1;
                             last = Some((seq, at));
-                            if let Err(e) = result {
-                                dropped(&job.domain, &job.user, &e);
+                            if let (Err(e), Some(r)) = (result, journal::fields(&job.record)) {
+                                dropped(r.domain, r.user, &e);
                             }
                         }
                     }
@@ -393,15 +405,11 @@ fn write_batch_cached(
         }
         // A journaled append's id was made for it by the server (see `append_one`).
         let checked = matches!(job.done, Done::Reply(_));
-        let result = append_one(
-            &tx,
-            cache,
-            job.table,
-            &job.domain,
-            &job.user,
-            &job.entry,
-            checked,
-        );
+        let result = match journal::fields(&job.record) {
+            Some(r) => append_one(&tx, cache, job.table, &r, checked),
+            // Encoded by this process a moment ago: cannot happen.
+            None => Err(StorageError::Corrupt("malformed archive append".into())),
+        };
         if let Done::Journaled { at, .. } = job.done {
             if matches!(result, Err(StorageError::Backend(_))) {
                 return result.map(|_| Vec::new());
@@ -464,7 +472,7 @@ pub(crate) fn replay(
                 );
                 continue;
             };
-            match append_one(&tx, &mut cache, table, &r.domain, &r.user, &r.entry, true) {
+            match append_one(&tx, &mut cache, table, &r.as_ref(), true) {
                 Ok(_) => {}
                 // Committed before the position was: the record was replayed already.
                 Err(StorageError::AlreadyExists) => {}
@@ -588,11 +596,10 @@ fn append_one(
     tx: &Transaction<'_>,
     cache: &mut AppendCache,
     table: &Table,
-    domain: &str,
-    user: &str,
-    entry: &ArchiveEntry,
+    entry: &journal::RecordRef<'_>,
     checked: bool,
 ) -> Result<i64, StorageError> {
+    let (domain, user) = (entry.domain, entry.user);
     let t = usize::from(table.tag);
     let cached = cache.owners[t]
         .get(domain)
@@ -645,7 +652,7 @@ fn append_one(
     });
     let cached_with = cache.newest_with[t]
         .get(&owner)
-        .and_then(|w| w.get(&entry.with_bare))
+        .and_then(|w| w.get(entry.with_bare))
         .copied();
     let newest_with = match cached_with {
         Some(wn) => Some(wn),
@@ -662,7 +669,7 @@ fn append_one(
     };
     let wn = newest_with.map_or(1, |wn| wn.saturating_add(1));
     if checked {
-        match row_of(tx, table, owner, &entry.id) {
+        match row_of(tx, table, owner, entry.id) {
             Ok(_) => return Err(StorageError::AlreadyExists),
             Err(StorageError::NotFound) => {}
             Err(e) => return Err(e),
@@ -688,7 +695,7 @@ fn append_one(
             ])
         })
         .map_err(write_err)?;
-    if rookery_storage::id_time(&entry.id) != Some(ts) {
+    if rookery_storage::id_time(entry.id) != Some(ts) {
         // Not found by its time: listed. A clash here (an unchecked append) keeps the
         // first entry's listing; ids are unique by construction on that path.
         tx.prepare_cached(&format!(
@@ -708,10 +715,10 @@ fn append_one(
         cache.with_entries += 1;
     }
     let with = cache.newest_with[t].entry(owner).or_default();
-    match with.get_mut(&entry.with_bare) {
+    match with.get_mut(entry.with_bare) {
         Some(slot) => *slot = wn,
         None => {
-            with.insert(entry.with_bare.clone(), wn);
+            with.insert(entry.with_bare.to_owned(), wn);
         }
     }
     Ok(ts)
@@ -1184,13 +1191,7 @@ impl ArchiveStore for SqliteArchiveStore {
         entry: &ArchiveEntry,
     ) -> Result<i64, StorageError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = PendingAppend {
-            table: self.table,
-            domain: domain.to_owned(),
-            user: user.to_owned(),
-            entry: entry.clone(),
-            done: Done::Reply(reply),
-        };
+        let job = PendingAppend::new(self.table, domain, user, entry, Done::Reply(reply));
         self.writer
             .queue
             .send(job)
@@ -1229,9 +1230,7 @@ impl ArchiveStore for SqliteArchiveStore {
                     let seq = state.journaled.load(Ordering::Relaxed) + 1;
                     let job = PendingAppend {
                         table: self.table,
-                        domain: domain.to_owned(),
-                        user: user.to_owned(),
-                        entry,
+                        record,
                         done: Done::Journaled { seq, at },
                     };
                     let sent = self.writer.queue.send(job);

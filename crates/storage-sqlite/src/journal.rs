@@ -93,34 +93,82 @@ pub(crate) fn encode(out: &mut Vec<u8>, table: u8, domain: &str, user: &str, e: 
     out[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Decodes a payload; None if it is malformed (then the checksum matched by accident, or
-/// the file was damaged: the segment ends there).
-fn decode(payload: &[u8]) -> Option<Record> {
+/// A record's fields, borrowed from its encoding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordRef<'a> {
+    pub table: u8,
+    pub domain: &'a str,
+    pub user: &'a str,
+    pub id: &'a str,
+    pub timestamp_us: i64,
+    pub with_bare: &'a str,
+    pub with_resource: &'a str,
+    pub stanza: &'a str,
+}
+
+impl Record {
+    pub(crate) fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            table: self.table,
+            domain: &self.domain,
+            user: &self.user,
+            id: &self.entry.id,
+            timestamp_us: self.entry.timestamp_us,
+            with_bare: &self.entry.with_bare,
+            with_resource: &self.entry.with_resource,
+            stanza: &self.entry.stanza,
+        }
+    }
+}
+
+/// The fields of an encoded record, header included ([`encode`]); None if it is malformed.
+pub(crate) fn fields(record: &[u8]) -> Option<RecordRef<'_>> {
+    decode_ref(record.get(HEADER..)?)
+}
+
+/// Decodes a payload in place; None if it is malformed.
+fn decode_ref(payload: &[u8]) -> Option<RecordRef<'_>> {
     let (&table, rest) = payload.split_first()?;
     let (ts, mut rest) = rest.split_at_checked(8)?;
     let timestamp_us = i64::from_le_bytes(ts.try_into().ok()?);
-    let mut next = || -> Option<String> {
+    let mut next = || -> Option<&str> {
         let (len, tail) = rest.split_at_checked(4)?;
         let len = usize::try_from(u32::from_le_bytes(len.try_into().ok()?)).ok()?;
         let (s, tail) = tail.split_at_checked(len)?;
         rest = tail;
-        String::from_utf8(s.to_vec()).ok()
+        std::str::from_utf8(s).ok()
     };
     let (domain, user, id, with_bare, with_resource, stanza) =
         (next()?, next()?, next()?, next()?, next()?, next()?);
     if !rest.is_empty() {
         return None;
     }
-    Some(Record {
+    Some(RecordRef {
         table,
         domain,
         user,
+        id,
+        timestamp_us,
+        with_bare,
+        with_resource,
+        stanza,
+    })
+}
+
+/// Decodes a payload; None if it is malformed (then the checksum matched by accident, or
+/// the file was damaged: the segment ends there).
+fn decode(payload: &[u8]) -> Option<Record> {
+    let r = decode_ref(payload)?;
+    Some(Record {
+        table: r.table,
+        domain: r.domain.to_owned(),
+        user: r.user.to_owned(),
         entry: ArchiveEntry {
-            id,
-            timestamp_us,
-            with_bare,
-            with_resource,
-            stanza,
+            id: r.id.to_owned(),
+            timestamp_us: r.timestamp_us,
+            with_bare: r.with_bare.to_owned(),
+            with_resource: r.with_resource.to_owned(),
+            stanza: r.stanza.to_owned(),
         },
     })
 }
@@ -371,6 +419,35 @@ mod tests {
         let mut buf = Vec::new();
         encode(&mut buf, (i % 2) as u8, "example.org", "alice", &entry(i));
         journal.append(&buf).expect("append").expect("fits")
+    }
+
+    /// The fields read in place from an encoding are the ones encoded; a cut or padded
+    /// encoding reads as nothing.
+    #[test]
+    fn fields_are_read_in_place() {
+        let e = entry(4);
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, "example.org", "alice", &e);
+        let r = fields(&buf).expect("fields");
+        assert_eq!((r.table, r.domain, r.user), (1, "example.org", "alice"));
+        assert_eq!(
+            (r.id, r.timestamp_us, r.with_bare, r.with_resource, r.stanza),
+            (
+                e.id.as_str(),
+                e.timestamp_us,
+                e.with_bare.as_str(),
+                e.with_resource.as_str(),
+                e.stanza.as_str()
+            )
+        );
+        assert!(fields(&buf[..buf.len() - 1]).is_none());
+        let mut padded = buf.clone();
+        padded.push(0);
+        assert!(fields(&padded).is_none());
+        assert!(fields(&buf[..HEADER - 1]).is_none());
+        let owned = decode(&buf[HEADER..]).expect("decode");
+        assert_eq!(owned.entry, e);
+        assert_eq!(owned.as_ref().stanza, e.stanza);
     }
 
     #[test]
