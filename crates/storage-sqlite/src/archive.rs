@@ -156,14 +156,19 @@ pub(crate) struct PendingAppend {
 
 impl PendingAppend {
     fn new(table: &'static Table, domain: &str, user: &str, e: &ArchiveEntry, done: Done) -> Self {
-        let mut record = Vec::with_capacity(64 + e.stanza.len());
-        journal::encode(&mut record, table.tag, domain, user, e);
         PendingAppend {
             table,
-            record,
+            record: record_of(table, domain, user, e),
             done,
         }
     }
+}
+
+/// The journal record of an append ([`journal::encode`]).
+fn record_of(table: &Table, domain: &str, user: &str, e: &ArchiveEntry) -> Vec<u8> {
+    let mut record = Vec::with_capacity(64 + e.stanza.len());
+    journal::encode(&mut record, table.tag, domain, user, e);
+    record
 }
 
 /// What the writer does once an append is committed.
@@ -1220,8 +1225,7 @@ impl ArchiveStore for SqliteArchiveStore {
             }
             Err(_) => false,
         };
-        let mut record = Vec::with_capacity(64 + entry.stanza.len());
-        journal::encode(&mut record, self.table.tag, domain, user, &entry);
+        let record = record_of(self.table, domain, user, &entry);
         // Written and queued under the journal's lock: queue order is journal order.
         let written = {
             let mut journal = journal.lock();
@@ -1474,9 +1478,6 @@ mod tests {
         TRACED.lock().push(sql.trim_start().to_owned());
     }
 
-    /// The purge resumes where its previous call stopped and wraps around: a run of calls
-    /// (until one purges less than its limit) purges every owner's old entries, even after
-    /// a run that was cut short, and leaves newer entries and their counts exact.
     /// Ids are found without an index of ids: by their time when they carry the entry's
     /// own (`archive_ids` stays empty), else through their listing; duplicates are refused
     /// either way, a replaced stanza is found either way, and the purge drops listings.
@@ -1605,6 +1606,9 @@ mod tests {
         assert_eq!(listed(), 1);
     }
 
+    /// The purge resumes where its previous call stopped and wraps around: a run of calls
+    /// (until one purges less than its limit) purges every owner's old entries, even after
+    /// a run that was cut short, and leaves newer entries and their counts exact.
     #[tokio::test]
     async fn purge_runs_cover_every_owner_once_and_wrap_around() {
         let b = SqliteBackend::open_in_memory().expect("open");
@@ -1873,20 +1877,31 @@ mod tests {
                 }
             }
         };
+        // A batch over YIELDING_BATCH, committed, then one journaled append: the writer is
+        // then in a long gathering, a fifth of the way through.
+        let long_gathering = |journal: &mut dyn FnMut(usize) -> _| {
+            blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+            let batch = journal(YIELDING_BATCH * 2);
+            let one = journal(1);
+            let archive = s.archive.clone();
+            let q = q.clone();
+            let blocker = &blocker;
+            async move {
+                batch.await;
+                blocker.execute_batch("COMMIT").expect("unlock");
+                archive
+                    .query_archive("example.org", "alice", &q)
+                    .await
+                    .expect("settle");
+                one.await;
+                tokio::time::sleep(GATHER_SATURATED / 5).await;
+            }
+        };
         let mut read_waits = Vec::new();
         let mut append_waits = Vec::new();
         for round in 0..3 {
-            // A batch over YIELDING_BATCH: the next gathering is the long one.
-            blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
-            journal(YIELDING_BATCH * 2).await;
-            blocker.execute_batch("COMMIT").expect("unlock");
-            s.archive
-                .query_archive("example.org", "alice", &q)
-                .await
-                .expect("settle");
-            // One journaled append starts the long gathering; a read comes during it.
-            journal(1).await;
-            tokio::time::sleep(GATHER_SATURATED / 5).await;
+            // A read during a long gathering.
+            long_gathering(&mut journal).await;
             let started = std::time::Instant::now();
             let page = s
                 .archive
@@ -1899,15 +1914,7 @@ mod tests {
                 round * (YIELDING_BATCH * 4 + 3) + YIELDING_BATCH * 2 + 1
             );
             // The same with a committed append.
-            blocker.execute_batch("BEGIN IMMEDIATE").expect("lock");
-            journal(YIELDING_BATCH * 2).await;
-            blocker.execute_batch("COMMIT").expect("unlock");
-            s.archive
-                .query_archive("example.org", "alice", &q)
-                .await
-                .expect("settle");
-            journal(1).await;
-            tokio::time::sleep(GATHER_SATURATED / 5).await;
+            long_gathering(&mut journal).await;
             let started = std::time::Instant::now();
             s.archive
                 .append_archive(
