@@ -4,7 +4,7 @@
 
 use crate::session_queue::{self, QueueReceiver, QueueSender, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use rookery_stanza::{BareJid, FullJid, SharedStanza, StreamErrorCondition};
+use rookery_stanza::{BareJid, FullJid, Jid, SharedStanza, StreamErrorCondition};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -389,11 +389,12 @@ impl SessionRegistry {
         self.users.read().get(bare_str(jid))?.find(jid).cloned()
     }
 
-    /// Every bound session of an account (no copy: see [`Resources`]).
-    pub fn resources(&self, bare: &BareJid) -> Resources {
+    /// Every bound session of the account of `jid`, a bare JID or one of its full JIDs (no
+    /// copy: see [`Resources`]).
+    pub fn resources(&self, jid: &Jid) -> Resources {
         self.users
             .read()
-            .get(bare.as_str())
+            .get(rookery_stanza::bare_str(jid))
             .cloned()
             .unwrap_or_default()
     }

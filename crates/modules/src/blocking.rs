@@ -208,12 +208,13 @@ impl State {
         }
     }
 
-    /// The account's list: from the cache, else from storage.
-    async fn list(&self, server: &Server, user: &BareJid) -> Result<Arc<Blocklist>, StorageError> {
-        if let Some(l) = self.cache.read().get(user.as_str()) {
+    /// The list of the account `user` belongs to (a bare JID, or one of its full JIDs): from
+    /// the cache, else from storage. The cache is read without building the bare JID.
+    async fn list(&self, server: &Server, user: &Jid) -> Result<Arc<Blocklist>, StorageError> {
+        if let Some(l) = self.cache.read().get(rookery_stanza::bare_str(user)) {
             return Ok(l.clone());
         }
-        load(server, user).await.map(Arc::new)
+        load(server, &user.to_bare()).await.map(Arc::new)
     }
 
     async fn load_for_session(&self, server: &Server, user: &BareJid) {
@@ -275,12 +276,11 @@ async fn load(server: &Server, user: &BareJid) -> Result<Blocklist, StorageError
 }
 
 /// A local account that may have a blocklist: on a served host that has this module.
-fn local_account(server: &Server, jid: &Jid) -> Option<BareJid> {
-    jid.node()?;
-    let host = server.host(jid.domain().as_str())?;
-    host.modules()
-        .contains(&Blocking::NAME)
-        .then(|| jid.to_bare())
+fn local_account(server: &Server, jid: &Jid) -> bool {
+    jid.node().is_some()
+        && server
+            .host(jid.domain().as_str())
+            .is_some_and(|host| host.modules().contains(&Blocking::NAME))
 }
 
 // ---- Enforcement ------------------------------------------------------------------------
@@ -298,11 +298,12 @@ async fn filter_delivery(
     if from.node().is_some() && from.node() == d.to.node() && from.domain() == d.to.domain() {
         return Some(d); // §5: never between an account's own resources.
     }
-    let recipient = d.to.to_bare();
-    let inbound = match state.list(server, &recipient).await {
+    let recipient = &d.to;
+    let inbound = match state.list(server, recipient).await {
         Ok(list) => list.blocks(from),
         Err(e) => {
-            tracing::error!(error = %e, account = %recipient, "blocklist unreadable: not delivering");
+            let account = rookery_stanza::bare_str(recipient);
+            tracing::error!(error = %e, account, "blocklist unreadable: not delivering");
             true
         }
     };
@@ -316,21 +317,22 @@ async fn filter_delivery(
     }
     // Sent on behalf of a local account that blocked the recipient (presence broadcast,
     // probe, probe answer...): the blocked entity must not get it.
-    let Some(sender) = local_account(server, from) else {
+    if !local_account(server, from) {
         return Some(d);
-    };
+    }
     // This filter runs on the recipient's host, whose cache this is; the cache of another
     // local host is out of reach, its storage is not.
-    let blocked_by_sender = if sender.domain() == recipient.domain() {
-        state.list(server, &sender).await
+    let blocked_by_sender = if from.domain() == recipient.domain() {
+        state.list(server, from).await
     } else {
-        load(server, &sender).await.map(Arc::new)
+        load(server, &from.to_bare()).await.map(Arc::new)
     };
     match blocked_by_sender {
         Ok(list) if list.blocks(&d.to) => None,
         Ok(_) => Some(d),
         Err(e) => {
-            tracing::error!(error = %e, account = %sender, "blocklist unreadable: not delivering");
+            let account = rookery_stanza::bare_str(from);
+            tracing::error!(error = %e, account, "blocklist unreadable: not delivering");
             None
         }
     }
@@ -350,11 +352,11 @@ async fn filter_outbound(
     let Some(to) = c.stanza.to() else {
         return Some(c);
     };
-    let user = c.from.to_bare();
-    let list = match state.list(server, &user).await {
+    let user = rookery_stanza::bare_str(&c.from);
+    let list = match state.list(server, &c.from).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, account = %user, "blocklist unreadable");
+            tracing::error!(error = %e, account = user, "blocklist unreadable");
             server.bounce(
                 &c.stanza,
                 StanzaError::new(StanzaErrorCondition::InternalServerError),
@@ -365,7 +367,7 @@ async fn filter_outbound(
     if list.is_empty() {
         return Some(c);
     }
-    if (to.node().is_some() && to.to_bare() == user) || !list.blocks(to) {
+    if (to.node().is_some() && rookery_stanza::bare_str(to) == user) || !list.blocks(to) {
         return Some(c);
     }
     server.bounce(&c.stanza, blocked_error());

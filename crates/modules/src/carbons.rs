@@ -217,8 +217,8 @@ fn eligible(stanza: &Element, direction: Direction) -> bool {
 /// The XEP-0297 wrapped copy, `from` the account, without a `to`: each resource gets it
 /// [`readdressed`](SharedStanza::readdressed), so the copies share one element and one
 /// serialisation.
-fn wrap(kind: &str, account: &BareJid, original: &Element) -> SharedStanza {
-    let mut copy = Element::new("message", ns::CLIENT).with_attr("from", account.as_str());
+fn wrap(kind: &str, account: &str, original: &Element) -> SharedStanza {
+    let mut copy = Element::new("message", ns::CLIENT).with_attr("from", account);
     if let Some(t) = original.attr("type") {
         copy.set_attr("type", t);
     }
@@ -233,7 +233,7 @@ fn wrap(kind: &str, account: &BareJid, original: &Element) -> SharedStanza {
 /// Delivers the wrapped copy of `original` to each of `targets`; whether any got one.
 fn deliver_copies<'a>(
     kind: &str,
-    account: &BareJid,
+    account: &str,
     original: &Element,
     targets: impl Iterator<Item = &'a Arc<SessionHandle>>,
 ) -> bool {
@@ -254,9 +254,10 @@ fn sent_copies(server: &Server, from: &FullJid, stanza: &Stanza) {
     if stanza.kind() != StanzaKind::Message {
         return;
     }
-    let account = from.to_bare();
+    // Compared and looked up as borrowed strings: this runs on every message a client sends.
+    let account = rookery_stanza::bare_str(from);
     // No 'to' means the account itself (RFC 6120 §10.3.1): nothing to copy.
-    let Some(peer) = stanza.to().map(Jid::to_bare) else {
+    let Some(peer) = stanza.to().map(rookery_stanza::bare_str) else {
         return;
     };
     if peer == account {
@@ -267,7 +268,7 @@ fn sent_copies(server: &Server, from: &FullJid, stanza: &Stanza) {
         return;
     }
     // One registry look-up: the sender is among the account's sessions.
-    let resources = server.sessions().resources(&account);
+    let resources = server.sessions().resources(from);
     let Some(sender) = resources.iter().find(|s| s.jid() == from) else {
         return;
     };
@@ -276,13 +277,13 @@ fn sent_copies(server: &Server, from: &FullJid, stanza: &Stanza) {
     if is_error
         && !id
             .zip(sender.extension::<CarbonState>())
-            .is_some_and(|(id, st)| st.knows(peer.as_str(), id))
+            .is_some_and(|(id, st)| st.knows(peer, id))
     {
         return;
     }
     let copied = deliver_copies(
         "sent",
-        &account,
+        account,
         stanza,
         resources
             .iter()
@@ -291,7 +292,7 @@ fn sent_copies(server: &Server, from: &FullJid, stanza: &Stanza) {
     if let (true, Some(id), false) = (copied, id, is_error) {
         sender
             .extension_or_insert_with(CarbonState::default)
-            .remember(peer.as_str(), id);
+            .remember(peer, id);
     }
 }
 
@@ -304,10 +305,10 @@ fn received_copies(
     stanza: &Element,
     delivered_to: &[u64],
 ) {
-    let Some(peer) = from.map(Jid::to_bare) else {
+    let Some(peer) = from.map(rookery_stanza::bare_str) else {
         return;
     };
-    if peer == *account {
+    if peer == account.as_str() {
         return;
     }
     let id = stanza.attr("id");
@@ -318,7 +319,7 @@ fn received_copies(
             resources.iter().any(|s| {
                 delivered_to.contains(&s.id())
                     && s.extension::<CarbonState>()
-                        .is_some_and(|st| st.knows(peer.as_str(), id))
+                        .is_some_and(|st| st.knows(peer, id))
             })
         })
     } else {
@@ -329,7 +330,7 @@ fn received_copies(
     }
     let copied = deliver_copies(
         "received",
-        account,
+        account.as_str(),
         stanza,
         resources
             .iter()
@@ -338,7 +339,7 @@ fn received_copies(
     if let (true, Some(id), false) = (copied, id, is_error) {
         for s in resources.iter().filter(|s| delivered_to.contains(&s.id())) {
             s.extension_or_insert_with(CarbonState::default)
-                .remember(peer.as_str(), id);
+                .remember(peer, id);
         }
     }
 }
@@ -407,7 +408,7 @@ mod tests {
         let account = BareJid::new("romeo@x").expect("jid");
         let to = FullJid::new("romeo@x/home").expect("jid");
         let original = el("<message xmlns='jabber:client' from='juliet@y/b' to='romeo@x/garden' type='chat'><body>hi</body></message>");
-        let c = wrap("received", &account, &original)
+        let c = wrap("received", account.as_str(), &original)
             .readdressed(Jid::from(to))
             .into_element();
         assert_eq!(c.attr("from"), Some("romeo@x"));

@@ -195,5 +195,13 @@ pub fn is_stable(jid: &Jid) -> bool {
     Jid::new(jid.as_str()).is_ok_and(|again| again == *jid)
 }
 
+/// The bare part of an address, borrowed: its string up to the resource. A node or a
+/// domain holds no `/` (RFC 7622 §3.2, §3.3), so the first `/` starts the resource. The
+/// message path asks this several times per message; `Jid::to_bare` formats a new string.
+pub fn bare_str(jid: &Jid) -> &str {
+    let s = jid.as_str();
+    s.split_once('/').map_or(s, |(bare, _)| bare)
+}
+
 #[cfg(test)]
 mod tests;

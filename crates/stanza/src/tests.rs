@@ -293,3 +293,20 @@ fn random_ids_have_the_length_asked_and_every_character_equally_likely() {
         "{counts:?}"
     );
 }
+
+/// The borrowed bare part is the bare JID's string, with or without a node or a resource,
+/// and with a resource that holds `/` and `@`.
+#[test]
+fn bare_str_is_the_bare_jid() {
+    for s in [
+        "juliet@example.com/balcony",
+        "juliet@example.com",
+        "example.com/res",
+        "example.com",
+        "juliet@example.com/a/b@c",
+        "[::1]/x",
+    ] {
+        let jid = Jid::new(s).expect("valid");
+        assert_eq!(bare_str(&jid), jid.to_bare().as_str(), "{s}");
+    }
+}

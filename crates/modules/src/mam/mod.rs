@@ -36,7 +36,7 @@ use rookery_core::{
 };
 use rookery_core::{spawn_background, Order, SectionDecl};
 use rookery_stanza::{
-    random_id, BareJid, IqType, Jid, MessageType, Stanza, StanzaError, StanzaErrorCondition,
+    random_id, IqType, Jid, MessageType, Stanza, StanzaError, StanzaErrorCondition,
 };
 use rookery_storage::{ArchiveEntry, ArchiveStore, StorageError};
 use rookery_xml::Element;
@@ -212,7 +212,7 @@ async fn cache_prefs(server: &Server, session: &SessionHandle) {
 /// The preferences of `owner`: from one of its sessions, else from storage.
 async fn prefs_of(
     server: &Server,
-    owner: &BareJid,
+    owner: &Jid,
     domain: &str,
     user: &str,
 ) -> Result<Arc<prefs::Prefs>, StorageError> {
@@ -312,7 +312,7 @@ pub fn worth_keeping(stanza: &Element) -> bool {
 /// say): the caller refuses the message rather than deliver one its archive would miss.
 async fn archive(
     server: &Server,
-    owner: &BareJid,
+    owner: &Jid,
     with: &Jid,
     stanza: &Stanza,
 ) -> Result<Option<String>, StorageError> {
@@ -324,11 +324,12 @@ async fn archive(
     }
 }
 
-/// The entry `stanza` makes in `owner`'s archive, None if the owner's preferences don't
-/// want it; Err when they (or the roster they depend on) could not be read.
+/// The entry `stanza` makes in the archive of `owner` (the account's bare JID or one of its
+/// full JIDs), None if the owner's preferences don't want it; Err when they (or the roster
+/// they depend on) could not be read.
 async fn archive_entry(
     server: &Server,
-    owner: &BareJid,
+    owner: &Jid,
     with: &Jid,
     stanza: &Stanza,
 ) -> Result<Option<(String, String, ArchiveEntry)>, StorageError> {
@@ -343,7 +344,7 @@ async fn archive_entry(
             return Err(e);
         }
     };
-    let contact = with.to_bare().to_string();
+    let contact = rookery_stanza::bare_str(with).to_owned();
     let in_roster = async {
         server
             .storage()
@@ -438,15 +439,14 @@ async fn outbound(server: &Server, mut c: ClientStanza) -> Option<ClientStanza> 
     if !archivable(&c.stanza) {
         return Some(c);
     }
-    let owner = c.from.to_bare();
     // No 'to' is the sender's own account (archived when delivered).
     let Some(to) = c.stanza.to() else {
         return Some(c);
     };
-    if to.to_bare() == owner {
+    if rookery_stanza::bare_str(to) == rookery_stanza::bare_str(&c.from) {
         return Some(c);
     }
-    let entry = match archive_entry(server, &owner, to, &c.stanza).await {
+    let entry = match archive_entry(server, &c.from, to, &c.stanza).await {
         Ok(Some(entry)) => entry,
         Ok(None) => return Some(c),
         Err(_) => {
@@ -481,11 +481,10 @@ async fn inbound(server: &Server, mut d: LocalDelivery) -> Option<LocalDelivery>
     let Some(from) = d.stanza.from() else {
         return Some(d);
     };
-    let owner = d.to.to_bare();
-    match archive(server, &owner, from, &d.stanza).await {
+    match archive(server, &d.to, from, &d.stanza).await {
         Ok(Some(id)) => d.stanza.element_mut().push_child(
             Element::new("stanza-id", NS_SID)
-                .with_attr("by", owner.to_string())
+                .with_attr("by", rookery_stanza::bare_str(&d.to))
                 .with_attr("id", id),
         ),
         Ok(None) => {}

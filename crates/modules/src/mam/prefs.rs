@@ -92,8 +92,8 @@ impl Prefs {
         contact: &Jid,
         in_roster: impl std::future::Future<Output = Result<bool, StorageError>>,
     ) -> Result<bool, StorageError> {
-        let bare = contact.to_bare().to_string();
-        let listed = |set: &BTreeSet<String>| set.contains(contact.as_str()) || set.contains(&bare);
+        let bare = rookery_stanza::bare_str(contact);
+        let listed = |set: &BTreeSet<String>| set.contains(contact.as_str()) || set.contains(bare);
         if listed(&self.never) {
             return Ok(false);
         }
