@@ -4,7 +4,7 @@
 
 use crate::session_queue::{self, QueueReceiver, QueueSender, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use rookery_stanza::{BareJid, FullJid, Jid, SharedStanza, StreamErrorCondition};
+use rookery_stanza::{bare_str, BareJid, FullJid, Jid, SharedStanza, StreamErrorCondition};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -331,11 +331,6 @@ impl Iterator for ResourcesIter {
 
 impl ExactSizeIterator for ResourcesIter {}
 
-/// The bare JID part of a full JID, borrowed (a node or domain holds no `/`, RFC 7622 §3).
-fn bare_str(jid: &FullJid) -> &str {
-    jid.as_str().split('/').next().unwrap_or_default()
-}
-
 /// All bound sessions, by bare JID (its string: a full JID is looked up without building
 /// its bare JID).
 #[derive(Default)]
@@ -394,7 +389,7 @@ impl SessionRegistry {
     pub fn resources(&self, jid: &Jid) -> Resources {
         self.users
             .read()
-            .get(rookery_stanza::bare_str(jid))
+            .get(bare_str(jid))
             .cloned()
             .unwrap_or_default()
     }
