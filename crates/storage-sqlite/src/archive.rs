@@ -595,12 +595,6 @@ impl AppendCache {
     }
 }
 
-/// Appends `entry` to the owner's archive; returns the timestamp stored.
-///
-/// `checked`: AlreadyExists if the archive has an entry with this id. A journaled append
-/// is not checked: its id is one the server has just made for it (the archiving time and
-/// 95 random bits, `mam::new_stanza_id`), unique by construction, and the look-ups cost
-/// about a tenth of an append (BENCHMARKS.md).
 /// The row insert of each table, prepared once for a batch: looking a statement up in the
 /// connection's cache by its text (and formatting that text) for every append, then
 /// clearing its bindings, was a twentieth of the archive writer's time.
@@ -614,22 +608,27 @@ impl<'t> Inserts<'t> {
         table: &Table,
     ) -> Result<&mut rusqlite::CachedStatement<'t>, StorageError> {
         let slot = &mut self.0[usize::from(table.tag)];
-        if slot.is_none() {
-            *slot = Some(
-                tx.prepare_cached(&format!(
+        let statement = match slot.take() {
+            Some(statement) => statement,
+            None => tx
+                .prepare_cached(&format!(
                     "INSERT INTO {}
                          (owner, ts, n, wn, stanza_id, with_bare, with_resource, stanza)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     table.name
                 ))
                 .map_err(write_err)?,
-            );
-        }
-        slot.as_mut()
-            .ok_or_else(|| StorageError::Backend("archive insert not prepared".into()))
+        };
+        Ok(slot.insert(statement))
     }
 }
 
+/// Appends `entry` to the owner's archive; returns the timestamp stored.
+///
+/// `checked`: AlreadyExists if the archive has an entry with this id. A journaled append
+/// is not checked: its id is one the server has just made for it (the archiving time and
+/// 95 random bits, `mam::new_stanza_id`), unique by construction, and the look-ups cost
+/// about a tenth of an append (BENCHMARKS.md).
 fn append_one<'t>(
     tx: &'t Transaction<'_>,
     cache: &mut AppendCache,
@@ -1513,10 +1512,7 @@ mod tests {
     async fn ids_are_found_by_their_time_or_their_listing() {
         let b = SqliteBackend::open_in_memory().expect("open");
         let s = b.storage();
-        s.accounts
-            .create_account("example.org", "alice", &[])
-            .await
-            .expect("create");
+        create_alice(&s).await;
         let entry = |id: String, ts: i64| ArchiveEntry {
             id,
             timestamp_us: ts,
@@ -1832,6 +1828,14 @@ mod tests {
         }
     }
 
+    /// Creates alice@example.org, the account whose archive most tests write.
+    async fn create_alice(s: &rookery_storage::Storage) {
+        s.accounts
+            .create_account("example.org", "alice", &[])
+            .await
+            .expect("create");
+    }
+
     async fn ids(store: &dyn ArchiveStore, user: &str) -> Vec<String> {
         let q = ArchiveQuery {
             filter: ArchiveFilter::default(),
@@ -1875,10 +1879,7 @@ mod tests {
         let path = dir.path().join("rookery.db");
         let b = SqliteBackend::open(&path).expect("open");
         let s = b.storage();
-        s.accounts
-            .create_account("example.org", "alice", &[])
-            .await
-            .expect("create");
+        create_alice(&s).await;
         // Another connection holding the write lock keeps the writer in its commit while
         // appends queue up: its next batch holds them all, whatever the machine's speed.
         let blocker = Connection::open(&path).expect("second connection");
@@ -1972,10 +1973,7 @@ mod tests {
         let path = dir.path().join("rookery.db");
         let b = SqliteBackend::open(&path).expect("open");
         let s = b.storage();
-        s.accounts
-            .create_account("example.org", "alice", &[])
-            .await
-            .expect("create");
+        create_alice(&s).await;
         assert!(
             b.archive_writer.shared.journal.is_some(),
             "the server owns the journal"
@@ -2045,10 +2043,7 @@ mod tests {
         {
             let b = SqliteBackend::open(&path).expect("open");
             let s = b.storage();
-            s.accounts
-                .create_account("example.org", "alice", &[])
-                .await
-                .expect("create");
+            create_alice(&s).await;
             s.archive
                 .append_archive_journaled("example.org", "alice", entry("a1", 10))
                 .await
