@@ -66,7 +66,6 @@ def pinned(cpu: str | None, argv: list[str]) -> list[str]:
 
 def start_rookery(binary: str, work: Path, port: int, cpu: str | None) -> subprocess.Popen:
     work.mkdir(parents=True, exist_ok=True)
-    c2s = free_udp_port()  # a free number; TCP on it is free as well on a quiet machine
     config = work / "rookery.toml"
     config.write_text(
         f"""data_dir = "{work / 'data'}"
@@ -84,9 +83,11 @@ max_allocations = 100000
 max_bytes_per_second = 1099511627776
 max_bytes_per_allocation = 1099511627776
 
+# The benchmark speaks only TURN; the client listener takes whatever port the kernel gives
+# (port 0), so it can never collide with another process's TCP port.
 [[listener]]
 kind = "c2s"
-address = "127.0.0.1:{c2s}"
+address = "127.0.0.1:0"
 
 [[host]]
 domain = "localhost"
@@ -115,23 +116,43 @@ def start_coturn(work: Path, port: int, cpu: str | None) -> subprocess.Popen:
     )
 
 
-def wait_ready(port: int, proc: subprocess.Popen) -> None:
-    """A STUN binding request answered: the server is up."""
+def wait_ready(port: int, proc: subprocess.Popen) -> bool:
+    """A STUN binding request answered: the server is up. False if it exited first (its
+    port was taken between `free_udp_port` and its bind, say)."""
     request = bytes.fromhex("000100002112a442") + os.urandom(12)
     deadline = time.monotonic() + 20
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.3)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"the server exited at start (status {proc.returncode})")
+                return False
             s.sendto(request, ("127.0.0.1", port))
             try:
                 data, _ = s.recvfrom(2048)
                 if data[:2] == b"\x01\x01":
-                    return
+                    return True
             except OSError:
                 pass
     raise SystemExit("the server did not answer a STUN binding request")
+
+
+def start(name: str, args: argparse.Namespace, work: Path) -> tuple[subprocess.Popen, int]:
+    """The server up on a free UDP port. The port is only known free when it is picked, so
+    a server that exits at start is started again on a new one, three tries in all."""
+    for attempt in range(3):
+        port = free_udp_port()
+        where = work / f"{name}-{attempt}"
+        if name == "rookery":
+            proc = start_rookery(args.rookery_bin, where, port, args.cpu_server)
+            log_path = where / "rookery.log"
+        else:
+            proc = start_coturn(where, port, args.cpu_server)
+            log_path = where / "turn.log"
+        if wait_ready(port, proc):
+            return proc, port
+        tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+        log(f"{name} exited at start (status {proc.returncode}) on port {port}: {tail}")
+    raise SystemExit(f"the server exited at start (status {proc.returncode}): {tail}")
 
 
 def uclient(port: int, sessions: int, messages: int, length: int, cpu: str | None) -> dict:
@@ -162,13 +183,8 @@ def run(args: argparse.Namespace) -> None:
     work = Path(args.work)
     for name in args.servers.split():
         for rep in range(args.reps):
-            port = free_udp_port()
-            if name == "rookery":
-                proc = start_rookery(args.rookery_bin, work / f"rookery-{rep}", port, args.cpu_server)
-            else:
-                proc = start_coturn(work / f"coturn-{rep}", port, args.cpu_server)
+            proc, port = start(name, args, work / f"{name}-{rep}")
             try:
-                wait_ready(port, proc)
                 pid = proc.pid  # taskset execs the server: the same process
                 before = cpu_seconds(pid)
                 started = time.monotonic()
