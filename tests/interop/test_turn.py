@@ -4,7 +4,8 @@ host's external service discovery (XEP-0215) lists it with TURN REST API credent
 without loss; **aioice** (aiortc's STUN/TURN client) gets its mapped address by a STUN
 binding, allocates, and exchanges datagrams with a plain UDP peer through the relay; wrong,
 expired and made-up credentials are refused; the per-user allocation quota answers 486; a
-peer in `denied_peers` is never relayed to or from."""
+peer in `denied_peers` is never relayed to or from; a TURN port another process holds stops
+the server at start, saying why, instead of discovery announcing a server that is not there."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import socket
 import shutil
 import subprocess
 import time
@@ -20,7 +22,8 @@ import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 
-from harness import free_udp_port, session
+from conftest import ROOKERY_BIN
+from harness import RookeryServer, ServerStartError, free_udp_port, session
 
 NS = "urn:xmpp:extdisco:2"
 SECRET = "the built-in server's secret"
@@ -220,3 +223,18 @@ async def test_a_denied_peer_is_never_relayed(server, alice):
         transport.close()
         denied_t.close()
         allowed_t.close()
+
+
+def test_a_turn_port_in_use_stops_the_server(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        srv = RookeryServer(
+            ROOKERY_BIN, tmp_path, extra_toml=f'[turn]\nenabled = true\naddress = "127.0.0.1:{port}"'
+        )
+        try:
+            with pytest.raises(ServerStartError) as e:
+                srv.start(deadline_secs=10)
+        finally:
+            srv.kill()
+        assert f"cannot listen on 127.0.0.1:{port} (turn.address)" in str(e.value), e.value

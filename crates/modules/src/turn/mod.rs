@@ -236,10 +236,22 @@ impl Module for Turn {
     ];
     const CONFIG: &'static [SectionDecl] = &[SectionDecl::of::<TurnConfig>()];
 
-    fn init(_host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
-        // Nothing per host: the server is one for the process (started in `start`), and the
-        // extdisco module announces it on each host.
-        Ok(())
+    fn init(host: &mut HostBuilder<'_>) -> Result<(), ModuleError> {
+        // The server is one for the process (started in `start`), and the extdisco module
+        // announces it on each host. Its port is bound here, by the first host, so that a
+        // taken port stops the server at start with a clear error, as a taken client or
+        // proxy65 port does, instead of the server running while every host's discovery
+        // announces a TURN service that is not there.
+        let config = host.section::<TurnConfig>();
+        if !config.enabled {
+            return Ok(());
+        }
+        host.shared::<ListenSocket>()
+            .bind_once(&config)
+            .map_err(|e| ModuleError::Init {
+                module: Self::NAME,
+                message: format!("cannot listen on {} (turn.address): {e}", config.address),
+            })
     }
 
     fn start(server: &Arc<Server>) {
@@ -257,9 +269,15 @@ impl Module for Turn {
         } else {
             config.realm.clone()
         };
+        // Bound by the `init` of the host that enabled the module; `start` runs once, so the
+        // socket is always there (a defensive check, not a path).
+        let Some(socket) = server.shared::<ListenSocket>().and_then(|s| s.take()) else {
+            tracing::error!("the TURN server's port was not bound: not started");
+            return;
+        };
         let shutdown = server.shutdown_token().clone();
         server.tasks().spawn(async move {
-            match run(&config, realm).await {
+            match run(&config, realm, socket).await {
                 Ok(turn) => {
                     shutdown.cancelled().await;
                     if let Err(e) = turn.close().await {
@@ -283,15 +301,66 @@ pub enum StartError {
     Turn(#[from] turn::Error),
 }
 
-/// Binds the listening socket and starts the TURN server; it runs until closed.
-pub async fn run(config: &TurnConfig, realm: String) -> Result<turn::server::Server, StartError> {
+/// The TURN server's listening socket, from the first host's `init` (which binds it) to
+/// `start` (which serves it).
+#[derive(Default)]
+struct ListenSocket(parking_lot::Mutex<Listen>);
+
+#[derive(Default)]
+enum Listen {
+    #[default]
+    Unbound,
+    Bound(std::net::UdpSocket),
+    /// Taken by `start`: later hosts (a reload's) find the server running.
+    Serving,
+}
+
+impl ListenSocket {
+    /// Binds `config.address` unless a host did already.
+    fn bind_once(&self, config: &TurnConfig) -> Result<(), StartError> {
+        let mut state = self.0.lock();
+        if matches!(*state, Listen::Unbound) {
+            *state = Listen::Bound(bind(config)?);
+        }
+        Ok(())
+    }
+
+    /// The bound socket, for `start` to serve; none if no host bound one or it is served.
+    fn take(&self) -> Option<std::net::UdpSocket> {
+        let mut state = self.0.lock();
+        match std::mem::take(&mut *state) {
+            Listen::Bound(socket) => {
+                *state = Listen::Serving;
+                Some(socket)
+            }
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+}
+
+/// The listening socket on `config.address`, non-blocking for tokio.
+pub fn bind(config: &TurnConfig) -> Result<std::net::UdpSocket, StartError> {
     let listen = config
         .listen_addr()
         .ok_or_else(|| StartError::Address(config.address.clone()))?;
+    let socket = std::net::UdpSocket::bind(listen)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Starts the TURN server on `socket` (from [`bind`]); it runs until closed.
+pub async fn run(
+    config: &TurnConfig,
+    realm: String,
+    socket: std::net::UdpSocket,
+) -> Result<turn::server::Server, StartError> {
     let public_ip = config
         .announced_ip()
         .ok_or_else(|| StartError::Address("no public_ip".into()))?;
-    let socket = tokio::net::UdpSocket::bind(listen).await?;
+    let socket = tokio::net::UdpSocket::from_std(socket)?;
     admission::enlarge_buffers(&socket, admission::LISTEN_SOCKET_BUFFER);
     let local = socket.local_addr()?;
     let peers = PeerFilter::new(config.allow_loopback_peers, &config.denied_peers)
@@ -414,5 +483,40 @@ mod tests {
             ..c
         };
         assert_eq!(secret(&set), "shared");
+    }
+
+    /// The port is bound once, by the first host, handed to `start` once, and a port another
+    /// socket holds is an error naming the cause rather than a server without its socket.
+    #[test]
+    fn the_listening_socket_is_bound_once_and_taken_once() {
+        let config = TurnConfig {
+            enabled: true,
+            address: "127.0.0.1:0".into(),
+            ..TurnConfig::default()
+        };
+        let slot = ListenSocket::default();
+        assert!(slot.take().is_none(), "nothing bound yet");
+        slot.bind_once(&config).expect("a free port");
+        let port = match &*slot.0.lock() {
+            Listen::Bound(s) => s.local_addr().expect("bound").port(),
+            _ => panic!("bound by the first host"),
+        };
+        slot.bind_once(&config)
+            .expect("a second host binds nothing");
+        let socket = slot.take().expect("the socket for start");
+        assert_eq!(socket.local_addr().expect("bound").port(), port);
+        assert!(slot.take().is_none(), "served once");
+        slot.bind_once(&config)
+            .expect("a reload's host, once serving");
+        assert!(matches!(*slot.0.lock(), Listen::Serving));
+
+        let taken = TurnConfig {
+            address: format!("127.0.0.1:{port}"),
+            ..config
+        };
+        match ListenSocket::default().bind_once(&taken) {
+            Err(StartError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
+            other => panic!("{other:?}"),
+        }
     }
 }
