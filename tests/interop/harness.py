@@ -406,6 +406,17 @@ class RookeryServer:
                 pass
         _LIVE_SERVERS.discard(self)
 
+    def start_failure(self, deadline_secs: float = 10.0) -> str:
+        """Starts a server that must refuse to start (a setting it cannot honour): the
+        error it stopped with. One that starts is stopped, and the test fails."""
+        try:
+            self.start(deadline_secs=deadline_secs)
+        except ServerStartError as e:
+            return str(e)
+        finally:
+            self.kill()
+        raise AssertionError("the server started")
+
     # -- output ------------------------------------------------------------
 
     def stdout_text(self) -> str:

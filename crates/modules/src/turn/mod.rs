@@ -342,7 +342,7 @@ impl ListenSocket {
 }
 
 /// The listening socket on `config.address`, non-blocking for tokio.
-pub fn bind(config: &TurnConfig) -> Result<std::net::UdpSocket, StartError> {
+fn bind(config: &TurnConfig) -> Result<std::net::UdpSocket, StartError> {
     let listen = config
         .listen_addr()
         .ok_or_else(|| StartError::Address(config.address.clone()))?;
@@ -351,7 +351,7 @@ pub fn bind(config: &TurnConfig) -> Result<std::net::UdpSocket, StartError> {
     Ok(socket)
 }
 
-/// Starts the TURN server on `socket` (from [`bind`]); it runs until closed.
+/// Starts the TURN server on `socket` (bound by `init`); it runs until closed.
 pub async fn run(
     config: &TurnConfig,
     realm: String,
